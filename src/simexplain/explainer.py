@@ -1,0 +1,143 @@
+"""The Explainer: one embedding model (or a two-stream pair) and how to explain its similarities."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Iterable, Sequence
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .adapters import SplitModel
+from .decomposition import check_similarity
+from .errors import ImageError
+from .explanation import PairExplanation, Side
+from .head import Contributions
+from .images import ImageInput, Preprocess, check_tensor, load_image
+from .visualize import blank_like
+
+Transform = Callable[[Image.Image], torch.Tensor]
+# Relative residual above which a head is reported as not exactly decomposable.
+EXACT_TOLERANCE = 1e-4
+
+
+class Explainer:
+    """Explain the similarity of an embedding model by activation decomposition.
+
+    model: maps an image batch to embeddings (B, D).
+    layer: name (from model.named_modules()) of the submodule whose output is explained.
+    similarity: "cosine", "dot", or "euclidean" (squared distance).
+    transform: PIL image -> (C, H, W) tensor; default: 224x224, ImageNet normalisation.
+    model_b, layer_b, transform_b: the second stream of a two-stream model (default: same).
+    """
+
+    def __init__(self, model: torch.nn.Module, layer: str, similarity: str = "cosine",
+                 transform: Transform | None = None, model_b: torch.nn.Module | None = None,
+                 layer_b: str | None = None, transform_b: Transform | None = None):
+        self.similarity = check_similarity(similarity)
+        self.stream_a = SplitModel(model, layer)
+        if model_b is None and layer_b is None:
+            self.stream_b = self.stream_a
+        else:
+            self.stream_b = SplitModel(model_b if model_b is not None else model,
+                                       layer_b if layer_b is not None else layer)
+        self.transform_a = transform or Preprocess()
+        self.transform_b = transform_b or self.transform_a
+        self._warned_inexact = False
+
+    # -- inputs --------------------------------------------------------------------------------
+    def stream(self, side: str) -> SplitModel:
+        return self.stream_a if side == "a" else self.stream_b
+
+    def prepare(self, image: ImageInput, side: str = "a") -> tuple[torch.Tensor, Image.Image]:
+        """(1, C, H, W) model input on the model's device, and the image as the model sees it."""
+        transform = self.transform_a if side == "a" else self.transform_b
+        stream = self.stream(side)
+        if isinstance(image, torch.Tensor):
+            tensor = check_tensor(image, name=f"image {side}")
+            if tensor.shape[0] != 1:
+                raise ImageError(f"image {side}: expected one image (1, C, H, W), got "
+                                 f"{tuple(tensor.shape)}")
+            return tensor.to(stream.device), blank_like(tuple(tensor.shape[2:]))
+        picture = load_image(image)
+        shown = transform.resize(picture) if hasattr(transform, "resize") else picture
+        tensor = check_tensor(transform(picture), name=f"image {side}")
+        if shown.size != (tensor.shape[3], tensor.shape[2]):
+            shown = shown.resize((tensor.shape[3], tensor.shape[2]), Image.BILINEAR)
+        return tensor.to(stream.device), shown
+
+    def embed(self, images: Sequence[ImageInput] | torch.Tensor, side: str = "a",
+              batch_size: int = 32, progress: bool = False) -> torch.Tensor:
+        """(N, D) embeddings of images (paths, PIL images, or a (N, C, H, W) tensor)."""
+        stream = self.stream(side)
+        if isinstance(images, torch.Tensor):
+            return torch.cat([stream.embed(chunk) for chunk in images.split(batch_size)])
+        out = []
+        for batch in _batches(list(images), batch_size, progress, "embedding"):
+            out.append(stream.embed(torch.cat([self.prepare(im, side)[0] for im in batch])))
+        return torch.cat(out)
+
+    # -- decomposition ---------------------------------------------------------------------------
+    def contributions(self, x: torch.Tensor, side: str = "a") -> Contributions:
+        """Per-position contributions of a preprocessed batch (B, C, H, W)."""
+        result = self.stream(side).contributions(x)
+        worst = float(result.residual.max())
+        if worst > EXACT_TOLERANCE and not self._warned_inexact:
+            self._warned_inexact = True
+            warnings.warn(
+                f"the head after layer {self.stream(side).layer_name!r} is not exactly "
+                f"decomposable (relative residual {worst:.2e}); maps are a first-order "
+                "linearisation and PairExplanation.residual reports the gap", stacklevel=3)
+        return result
+
+    def side(self, image: ImageInput, side: str) -> Side:
+        tensor, shown = self.prepare(image, side)
+        c = self.contributions(tensor, side)
+        return Side(image=shown, grid=c.grid, contributions=c.positions[0],
+                    embedding=c.embedding[0])
+
+    def explain(self, a: ImageInput, b: ImageInput) -> PairExplanation:
+        """Decompose the similarity of a and b."""
+        return PairExplanation.from_sides(self.side(a, "a"), self.side(b, "b"), self.similarity)
+
+    def explain_gallery(self, query: ImageInput, gallery: Iterable[ImageInput],
+                        batch_size: int = 16, progress: bool = False) -> list[PairExplanation]:
+        """Explain one query (side a) against many images (side b), in batches."""
+        query_side = self.side(query, "a")
+        results = []
+        for batch in _batches(list(gallery), batch_size, progress, "explaining"):
+            prepared = [self.prepare(image, "b") for image in batch]
+            shapes = {tuple(t.shape) for t, _ in prepared}
+            if len(shapes) > 1:
+                # different sizes cannot share a batch: fall back to one at a time
+                groups = [[p] for p in prepared]
+            else:
+                groups = [prepared]
+            for group in groups:
+                c = self.contributions(torch.cat([t for t, _ in group]), "b")
+                for i, (_, shown) in enumerate(group):
+                    side_b = Side(image=shown, grid=c.grid, contributions=c.positions[i],
+                                  embedding=c.embedding[i])
+                    results.append(PairExplanation.from_sides(query_side, side_b, self.similarity))
+        return results
+
+    # -- saliency by any method ------------------------------------------------------------------
+    def saliency(self, a: ImageInput, b: ImageInput, method: str = "decomposition",
+                 **options) -> tuple[torch.Tensor, torch.Tensor]:
+        """Overall maps (on the feature grids) of both images by `method`.
+
+        Methods: decomposition, gradcam, gradcam-raw, rgradcam, occlusion, random
+        (see simexplain.methods).
+        """
+        from .methods import get_method
+        return get_method(method, **options).attribute(self, a, b)
+
+
+def _batches(items: list, size: int, progress: bool, label: str):
+    bar = tqdm(total=len(items), desc=label, unit="img", disable=not progress)
+    for start in range(0, len(items), size):
+        chunk = items[start:start + size]
+        yield chunk
+        bar.update(len(chunk))
+    bar.close()

@@ -1,0 +1,132 @@
+"""PairExplanation: the decomposition of one pair's similarity and the maps derived from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import decomposition, maps, visualize
+from .errors import SimexplainError
+
+
+@dataclass
+class Side:
+    """One image of the pair as the model saw it."""
+
+    image: Image.Image  # the model's input, resized, for display
+    grid: tuple[int, int]  # feature grid (H, W)
+    contributions: torch.Tensor  # (P, D), u_p
+    embedding: torch.Tensor  # (D,), the model's own embedding
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return (self.image.height, self.image.width)
+
+
+@dataclass
+class PairExplanation:
+    """Why the model finds images a and b similar.
+
+    `pairwise[i, j, k, l]` is the share of the score carried by position (i, j) of a's feature
+    grid together with position (k, l) of b's. Maps are signed and on the feature grids;
+    `upsample` brings one to image size, `overlay` renders it.
+    """
+
+    score: float  # the model's own similarity from its own forward pass
+    similarity: str
+    a: Side
+    b: Side
+    pairwise_flat: torch.Tensor = field(repr=False)  # (P, Q)
+    overall_a_flat: torch.Tensor = field(repr=False)  # (P,)
+    overall_b_flat: torch.Tensor = field(repr=False)  # (Q,)
+
+    @classmethod
+    def from_sides(cls, a: Side, b: Side, similarity: str) -> "PairExplanation":
+        u, v = a.contributions.double(), b.contributions.double()
+        e_a, e_b = a.embedding.double(), b.embedding.double()
+        d = decomposition.pairwise(u, v, e_a, e_b, similarity)
+        o_a, o_b = decomposition.overall(u, v, e_a, e_b, similarity)
+        s = float(decomposition.score(a.embedding, b.embedding, similarity))
+        return cls(score=s, similarity=similarity, a=a, b=b,
+                   pairwise_flat=d, overall_a_flat=o_a, overall_b_flat=o_b)
+
+    # -- the decomposition -----------------------------------------------------------------
+    @property
+    def pairwise(self) -> torch.Tensor:
+        """(Ha, Wa, Hb, Wb) position-pair contributions."""
+        return self.pairwise_flat.reshape(*self.a.grid, *self.b.grid)
+
+    @property
+    def overall_a(self) -> torch.Tensor:
+        """(Ha, Wa) signed overall map of image a."""
+        return self.overall_a_flat.reshape(self.a.grid)
+
+    @property
+    def overall_b(self) -> torch.Tensor:
+        """(Hb, Wb) signed overall map of image b."""
+        return self.overall_b_flat.reshape(self.b.grid)
+
+    @property
+    def total(self) -> float:
+        """What the decomposition sums to (the score, for exact heads)."""
+        if self.similarity == "euclidean":
+            return float(self.overall_a_flat.sum() + self.overall_b_flat.sum())
+        return float(self.pairwise_flat.sum())
+
+    @property
+    def residual(self) -> float:
+        """|decomposition total - score|: float error for exact heads."""
+        return abs(self.total - self.score)
+
+    # -- point and region maps -------------------------------------------------------------
+    def _sides(self, side: str) -> tuple[Side, Side, torch.Tensor]:
+        """(the side pointed at, the other side, D oriented as (pointed, other))."""
+        if side == "a":
+            return self.a, self.b, self.pairwise_flat
+        if side == "b":
+            return self.b, self.a, self.pairwise_flat.T
+        raise SimexplainError(f"side must be 'a' or 'b', got {side!r}")
+
+    def point_map(self, side: str, point: tuple[float, float]) -> torch.Tensor:
+        """Map over the other image's grid for pixel (row, col) of `side` (bilinear)."""
+        here, there, d = self._sides(side)
+        weights = maps.point_weights(point, here.grid, here.image_size)
+        return (weights @ d).reshape(there.grid)
+
+    def region_map(self, side: str, region: maps.Region) -> torch.Tensor:
+        """Map over the other image's grid for a box (top, left, bottom, right) or a mask."""
+        here, there, d = self._sides(side)
+        weights = maps.region_weights(region, here.grid, here.image_size)
+        return (weights @ d).reshape(there.grid)
+
+    def partial_score(self, side: str, region: maps.Region) -> float:
+        """s_R = sum_p w_p O[p]: the share of the score carried by a region of `side`."""
+        here = self.a if side == "a" else self.b
+        overall = self.overall_a_flat if side == "a" else self.overall_b_flat
+        weights = maps.region_weights(region, here.grid, here.image_size)
+        return float(weights @ overall)
+
+    # -- display -----------------------------------------------------------------------------
+    def image(self, side: str) -> Image.Image:
+        return self._sides(side)[0].image
+
+    def upsample(self, grid_map: torch.Tensor, side: str) -> np.ndarray:
+        """A map over `side`'s grid, bilinearly upsampled to that image's size."""
+        return maps.upsample(grid_map, self._sides(side)[0].image_size)
+
+    def overlay(self, grid_map: torch.Tensor, side: str, signed: bool = False,
+                alpha: float = 0.5) -> Image.Image:
+        """Render a map over `side`'s image: signed colours, or the paper's positive form."""
+        return visualize.overlay(self.image(side), self.upsample(grid_map, side), signed, alpha)
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary."""
+        return {
+            "score": self.score, "similarity": self.similarity, "residual": self.residual,
+            "grid_a": list(self.a.grid), "grid_b": list(self.b.grid),
+            "image_size_a": list(self.a.image_size), "image_size_b": list(self.b.image_size),
+            "overall_a": self.overall_a.tolist(), "overall_b": self.overall_b.tolist(),
+        }

@@ -1,0 +1,90 @@
+"""Rendering maps: heat-map overlays, marked points and boxes, figure grids."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .maps import display_form
+
+
+def colorize(values: np.ndarray, signed: bool) -> np.ndarray:
+    """(H, W) map -> (H, W, 4) RGBA floats.
+
+    signed: diverging colours centred on 0 (blue negative, red positive), scaled by max |value|;
+    positive (paper's display form): ReLU then max-normalise, 'jet'-like colours.
+    """
+    from matplotlib import colormaps
+    if signed:
+        peak = float(np.abs(values).max()) or 1.0
+        return colormaps["RdBu_r"](0.5 + 0.5 * values / peak)
+    return colormaps["jet"](display_form(values))
+
+
+def overlay(image: Image.Image, heat: np.ndarray, signed: bool = False,
+            alpha: float = 0.5) -> Image.Image:
+    """Blend a map (already at the image's size) over the image."""
+    rgba = colorize(heat, signed)
+    if not signed:
+        # fade the colour where the map is ~0 so the photo stays readable
+        weight = alpha * (0.25 + 0.75 * display_form(heat))[..., None]
+    else:
+        weight = np.full(heat.shape + (1,), alpha)
+    base = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
+    blended = base * (1 - weight) + rgba[..., :3] * weight
+    return Image.fromarray((blended * 255).round().astype(np.uint8))
+
+
+def mark_point(image: Image.Image, point: Sequence[float], color=(255, 255, 255),
+               radius: int | None = None) -> Image.Image:
+    """Draw a ringed cross at (row, col)."""
+    out = image.copy()
+    draw = ImageDraw.Draw(out)
+    r = radius or max(3, min(out.size) // 30)
+    row, col = point
+    draw.ellipse([col - r, row - r, col + r, row + r], outline=(0, 0, 0), width=3)
+    draw.ellipse([col - r, row - r, col + r, row + r], outline=color, width=1)
+    return out
+
+
+def mark_box(image: Image.Image, box: Sequence[float], color=(255, 255, 0)) -> Image.Image:
+    """Draw a (top, left, bottom, right) box."""
+    out = image.copy()
+    top, left, bottom, right = box
+    draw = ImageDraw.Draw(out)
+    draw.rectangle([left, top, right - 1, bottom - 1], outline=(0, 0, 0), width=3)
+    draw.rectangle([left, top, right - 1, bottom - 1], outline=color, width=1)
+    return out
+
+
+def blank_like(size: tuple[int, int]) -> Image.Image:
+    """A neutral gray canvas of (height, width) for inputs given as tensors."""
+    height, width = size
+    return Image.new("RGB", (width, height), (128, 128, 128))
+
+
+def save_figure(panels: list[list[tuple[Image.Image, str]]], path, scale: float = 2.0,
+                title: str | None = None) -> None:
+    """Save rows of (image, caption) panels as one PNG figure."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    n_rows = len(panels)
+    n_cols = max(len(row) for row in panels)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(scale * n_cols, scale * n_rows + 0.3),
+                             squeeze=False)
+    for r, row in enumerate(panels):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(row):
+                image, caption = row[c]
+                ax.imshow(image)
+                ax.set_title(caption, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

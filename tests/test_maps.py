@@ -1,0 +1,87 @@
+"""Point, region and gallery maps derived from the pairwise decomposition."""
+
+import numpy as np
+import pytest
+import torch
+
+from simexplain import Explainer, SimexplainError
+from simexplain.toy import HeadModel
+
+
+@pytest.fixture(scope="module")
+def explainer():
+    torch.manual_seed(0)
+    return Explainer(HeadModel("mlp").eval(), "features", similarity="cosine")
+
+
+def image(seed, size=32):
+    return torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def result(explainer):
+    return explainer.explain(image(1), image(2, size=48))  # grids 8x8 and 12x12
+
+
+def test_point_map_at_cell_centre_is_the_pairwise_slice(result):
+    # cell (i, j) of an 8x8 grid on a 32 px image: centre at pixel (4i + 1.5, 4j + 1.5)
+    for i, j in [(0, 0), (3, 5), (7, 7)]:
+        centre = (4 * i + 1.5, 4 * j + 1.5)
+        torch.testing.assert_close(result.point_map("a", centre), result.pairwise[i, j])
+    # and from side b (12x12 on 48 px): pixel (4k + 1.5, 4l + 1.5)
+    torch.testing.assert_close(result.point_map("b", (4 * 2 + 1.5, 4 * 9 + 1.5)),
+                               result.pairwise[:, :, 2, 9])
+
+
+def test_point_map_interpolates_between_cells(result):
+    between = result.point_map("a", (4 * 3 + 1.5, 4 * 3 + 3.5))  # half way from (3,3) to (3,4)
+    expected = 0.5 * (result.pairwise[3, 3] + result.pairwise[3, 4])
+    torch.testing.assert_close(between, expected)
+
+
+def test_whole_image_region_gives_the_overall_map(result):
+    torch.testing.assert_close(result.region_map("a", (0, 0, 32, 32)), result.overall_b)
+    torch.testing.assert_close(result.region_map("b", (0, 0, 48, 48)), result.overall_a)
+    assert result.partial_score("a", (0, 0, 32, 32)) == pytest.approx(result.score, rel=1e-5)
+
+
+def test_region_mask_equals_box(result):
+    mask = np.zeros((32, 32))
+    mask[6:19, 3:27] = 1
+    torch.testing.assert_close(result.region_map("a", mask), result.region_map("a", (6, 3, 19, 27)))
+
+
+def test_partial_scores_of_a_partition_add_up(result):
+    left = result.partial_score("a", (0, 0, 32, 13))
+    right = result.partial_score("a", (0, 13, 32, 32))
+    assert left + right == pytest.approx(result.score, rel=1e-5)
+
+
+@pytest.mark.parametrize("box", [(5, 5, 5, 20), (40, 40, 50, 50), (10, 10, 2, 2)])
+def test_empty_or_outside_region_is_an_error(result, box):
+    with pytest.raises(SimexplainError, match="empty or outside"):
+        result.region_map("a", box)
+
+
+def test_point_outside_image_is_an_error(result):
+    with pytest.raises(SimexplainError, match="outside the image"):
+        result.point_map("a", (100, 3))
+
+
+def test_gallery_equals_repeated_explain(explainer):
+    query = image(1)
+    gallery = [image(s) for s in range(10, 15)]
+    batched = explainer.explain_gallery(query, gallery, batch_size=2)
+    for item, single in zip(gallery, batched):
+        expected = explainer.explain(query, item)
+        assert single.score == pytest.approx(expected.score, rel=1e-5)
+        torch.testing.assert_close(single.pairwise, expected.pairwise, rtol=1e-4, atol=1e-7)
+
+
+def test_upsample_and_overlay(result):
+    heat = result.upsample(result.overall_a, "a")
+    assert heat.shape == (32, 32)
+    picture = result.overlay(result.overall_b, "b", signed=True)
+    assert picture.size == (48, 48)
+    d = result.to_dict()
+    assert d["score"] == result.score and len(d["overall_a"]) == 8

@@ -1,0 +1,77 @@
+"""The paper's theory about Grad-CAM and the decomposition, and the uniform saliency call."""
+
+import pytest
+import torch
+
+from simexplain import Explainer, METHODS, SimexplainError
+from simexplain.toy import HeadModel
+
+
+def images(seed):
+    return torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def explainer_for(head, normalize, similarity="dot", bias=False):
+    torch.manual_seed(0)
+    return Explainer(HeadModel(head, normalize=normalize, bias=bias).eval(), "features",
+                     similarity=similarity)
+
+
+def maps(explainer, method):
+    return explainer.saliency(images(1), images(2), method)
+
+
+def test_gap_linear_dot_all_gradcams_equal_the_decomposition():
+    explainer = explainer_for("gap", normalize=False)
+    dec_a, dec_b = maps(explainer, "decomposition")
+    for method in ("gradcam", "gradcam-raw", "rgradcam"):
+        m_a, m_b = maps(explainer, method)
+        torch.testing.assert_close(m_a, torch.relu(dec_a), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(m_b, torch.relu(dec_b), rtol=1e-4, atol=1e-6)
+
+
+def test_with_l2_normalisation_gradcam_differs():
+    explainer = explainer_for("gap", normalize=True)
+    dec_a, _ = maps(explainer, "decomposition")
+    grad_a, _ = maps(explainer, "gradcam")
+    assert not torch.allclose(grad_a, torch.relu(dec_a), rtol=1e-2, atol=1e-4)
+    # the raw variant drops the normalisation and agrees again (up to the positive scale)
+    raw_a, _ = maps(explainer, "gradcam-raw")
+    ratio = raw_a[dec_a > 1e-6] / dec_a[dec_a > 1e-6]
+    assert float(ratio.std() / ratio.mean()) < 1e-4
+
+
+@pytest.mark.parametrize("head", ["gmp", "flatten"])
+def test_rgradcam_keeps_the_equivalence_gradcam_breaks_it(head):
+    explainer = explainer_for(head, normalize=False)
+    dec_a, dec_b = maps(explainer, "decomposition")
+    r_a, r_b = maps(explainer, "rgradcam")
+    torch.testing.assert_close(r_a, torch.relu(dec_a), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(r_b, torch.relu(dec_b), rtol=1e-4, atol=1e-6)
+    g_a, _ = maps(explainer, "gradcam")
+    assert not torch.allclose(g_a, torch.relu(dec_a), rtol=1e-2, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_returns_maps_on_both_grids(method):
+    explainer = explainer_for("gap", normalize=True, similarity="cosine", bias=True)
+    m_a, m_b = maps(explainer, method)
+    assert m_a.shape == (8, 8) and m_b.shape == (8, 8)
+    assert torch.isfinite(m_a).all() and torch.isfinite(m_b).all()
+
+
+def test_occlusion_tracks_the_score_drop():
+    """Occluding a cell changes the score by exactly the occlusion map's value."""
+    explainer = explainer_for("gap", normalize=True, similarity="cosine", bias=True)
+    _, occ_b = explainer.saliency(images(1), images(2), "occlusion")
+    b = images(2).clone()
+    b[:, :, 0:4, 4:8] = 0  # cell (0, 1) of the 8x8 grid on a 32 px image
+    full = explainer.explain(images(1), images(2)).score
+    dropped = explainer.explain(images(1), b).score
+    assert float(occ_b[0, 1]) == pytest.approx(full - dropped, rel=1e-4, abs=1e-6)
+
+
+def test_unknown_method_is_a_clear_error():
+    explainer = explainer_for("gap", normalize=True)
+    with pytest.raises(SimexplainError, match="unknown method 'gradcamm'"):
+        maps(explainer, "gradcamm")
