@@ -1,0 +1,102 @@
+"""Writing explanations to disk: PNG figures and result.json for one pair."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import visualize
+from .explanation import PairExplanation
+
+
+def default_points(result: PairExplanation, count: int = 4) -> list[tuple[float, float]]:
+    """Pixels of image a at the centres of its strongest positive cells (distinct cells)."""
+    rows, cols = result.a.grid
+    height, width = result.a.image_size
+    order = torch.argsort(result.overall_a_flat, descending=True)[:count]
+    return [(((int(i) // cols) + 0.5) * height / rows, ((int(i) % cols) + 0.5) * width / cols)
+            for i in order]
+
+
+def argmax_pixel(grid_map: torch.Tensor, image_size: tuple[int, int]) -> tuple[float, float]:
+    """Image pixel at the centre of the map's maximal cell."""
+    rows, cols = grid_map.shape
+    index = int(torch.argmax(grid_map))
+    return ((index // cols + 0.5) * image_size[0] / rows, (index % cols + 0.5) * image_size[1] / cols)
+
+
+def overall_figure(result: PairExplanation, path: Path, title: str = "") -> None:
+    panels = []
+    for side, overall in (("a", result.overall_a), ("b", result.overall_b)):
+        panels.append([
+            (result.image(side), f"image {side}"),
+            (result.overlay(overall, side, signed=True), "overall (signed)"),
+            (result.overlay(overall, side, signed=False), "overall (positive, paper)"),
+        ])
+    visualize.save_figure(panels, path, title=title or f"{result.similarity} = {result.score:.4f}")
+
+
+def points_figure(result: PairExplanation, points: Sequence[tuple[float, float]], path: Path) -> None:
+    """One row per point of a: a with the point, the point map on b with its maximum marked."""
+    panels = []
+    for n, point in enumerate(points, 1):
+        point_map = result.point_map("a", point)
+        peak = argmax_pixel(point_map, result.b.image_size)
+        panels.append([
+            (visualize.mark_point(result.image("a"), point), f"point {n} on a"),
+            (visualize.mark_point(result.overlay(point_map, "b"), peak), f"its map on b"),
+        ])
+    visualize.save_figure(panels, path)
+
+
+def write_pair(result: PairExplanation, out: Path, points: Sequence[tuple[float, float]] | None = None,
+               extra: dict | None = None) -> dict:
+    """Write overall_a.png, overall_b.png, overall.png, points.png and result.json to `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    points = list(points) if points else default_points(result)
+    files = {}
+    for side, overall in (("a", result.overall_a), ("b", result.overall_b)):
+        name = f"overall_{side}.png"
+        result.overlay(overall, side, signed=True).save(out / name)
+        files[f"overall_{side}"] = name
+    overall_figure(result, out / "overall.png")
+    files["overall"] = "overall.png"
+    points_figure(result, points, out / "points.png")
+    files["points"] = "points.png"
+    summary = {
+        "score": result.score, "similarity": result.similarity, "residual": result.residual,
+        "grid_a": list(result.a.grid), "grid_b": list(result.b.grid),
+        "points_a": [list(map(float, p)) for p in points], "files": files,
+        **(extra or {}),
+    }
+    write_json_atomic(out / "result.json", summary)
+    return summary
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON through a temporary file and a rename: never a half-written file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2, default=_json_default)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return np.asarray(value).tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,87 @@
+"""Named, ready-to-use models: `zoo.list()` names them, `zoo.load(name)` returns an Explainer.
+
+Each entry knows its model, explained layer, similarity and preprocessing; weights come from
+registry packages (FaceNet, EfficientNet-Lite0) or from this package (Fashion-MNIST models we
+trained ourselves). Nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from ..errors import SimexplainError
+from ..images import Preprocess
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    build: Callable[[], nn.Module]
+    layer: str
+    similarity: str
+    preprocess: Preprocess
+    embedding_dim: int
+    description: str
+    faces: bool = False  # detect and crop faces before embedding
+
+
+_REGISTRY: dict[str, ZooEntry] = {}
+_MODELS: dict[str, nn.Module] = {}
+
+
+def register(entry: ZooEntry) -> None:
+    _REGISTRY[entry.name] = entry
+
+
+def list() -> list[str]:  # noqa: A001 - the documented name
+    """Names of the available models."""
+    _register_builtins()
+    return sorted(_REGISTRY)
+
+
+def entry(name: str) -> ZooEntry:
+    _register_builtins()
+    if name not in _REGISTRY:
+        raise SimexplainError(f"unknown model {name!r}; the zoo has: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def model(name: str) -> nn.Module:
+    """The zoo model itself (built once per process, eval mode)."""
+    if name not in _MODELS:
+        _MODELS[name] = entry(name).build().eval()
+    return _MODELS[name]
+
+
+def load(name: str, size: int | None = None):
+    """A ready Explainer for a named model. `size` overrides the input side in pixels
+    (larger inputs give a finer feature grid at a higher cost)."""
+    from ..explainer import Explainer
+    spec = entry(name)
+    preprocess = spec.preprocess
+    if size is not None:
+        from dataclasses import replace
+        preprocess = replace(preprocess, size=(size, size))
+    explainer = Explainer(model(name), spec.layer, similarity=spec.similarity, transform=preprocess)
+    explainer.model_name = name
+    return explainer
+
+
+_BUILTINS_DONE = False
+
+
+def _register_builtins() -> None:
+    global _BUILTINS_DONE
+    if _BUILTINS_DONE:
+        return
+    _BUILTINS_DONE = True
+    from . import efficientnet
+    register(ZooEntry(
+        name="efficientnet-lite0", build=efficientnet.build_efficientnet_lite0,
+        layer=efficientnet.DEFAULT_LAYER, similarity="cosine",
+        preprocess=efficientnet.PREPROCESS, embedding_dim=1280,
+        description="EfficientNet-Lite0 ImageNet, global-average-pooled 1280-d features, "
+                    "7x7 grid at 224 px"))

@@ -1,0 +1,100 @@
+"""The `simexplain pair` and `simexplain models` commands, and loading user models."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from simexplain.adapters import load_user_model
+from simexplain.cli import main
+from simexplain.errors import ModelError
+from simexplain.toy import HeadModel
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pictures")
+    rng = np.random.default_rng(0)
+    paths = []
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(folder / name)
+        paths.append(str(folder / name))
+    return paths
+
+
+def test_pair_writes_figures_and_result_json(pictures, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["pair", *pictures, "--model", "simexplain.toy:tiny_cnn", "--layer", "features",
+                 "--size", "64", "--out", str(out), "--point", "10,20", "--point", "32,32"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out / 'overall.png'}" in printed
+    result = json.loads((out / "result.json").read_text())
+    assert result["similarity"] == "cosine" and result["residual"] < 1e-4
+    assert result["points_a"] == [[10.0, 20.0], [32.0, 32.0]]
+    for name in ("overall_a.png", "overall_b.png", "overall.png", "points.png"):
+        assert Image.open(out / name).size[0] > 0
+
+
+def test_pair_json_goes_to_stdout(pictures, tmp_path, capsys):
+    code = main(["pair", *pictures, "--model", "simexplain.toy:tiny_cnn", "--layer", "features",
+                 "--size", "64", "--out", str(tmp_path), "--json", "--similarity", "dot"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) >= {"score", "similarity", "residual"} and result["similarity"] == "dot"
+
+
+def test_pair_bad_layer_is_a_clear_error(pictures, tmp_path, capsys):
+    code = main(["pair", *pictures, "--model", "simexplain.toy:tiny_cnn", "--layer", "featurez",
+                 "--out", str(tmp_path)])
+    assert code == 2
+    assert "layer 'featurez' not found" in capsys.readouterr().err
+
+
+def test_unknown_model_is_a_clear_error(pictures, tmp_path, capsys):
+    assert main(["pair", *pictures, "--model", "no-such-model", "--layer", "x",
+                 "--out", str(tmp_path)]) == 2
+    assert "cannot find model 'no-such-model'" in capsys.readouterr().err
+
+
+def test_models_lists_the_zoo(capsys):
+    assert main(["models"]) == 0
+    assert "efficientnet-lite0" in capsys.readouterr().out
+
+
+def test_torchscript_sequential_is_unscripted_exactly(tmp_path):
+    torch.manual_seed(0)
+    eager = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4),
+        torch.nn.BatchNorm1d(4)).eval()
+    path = tmp_path / "model.ts"
+    torch.jit.script(eager).save(str(path))
+    model = load_user_model(str(path))
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(model(x), eager(x))
+    from simexplain import Explainer
+    result = Explainer(model, "1", similarity="dot").explain(x[:1], x[1:])
+    assert result.residual < 1e-4 * abs(result.score)
+
+
+def test_torchscript_with_custom_forward_is_refused(tmp_path):
+    path = tmp_path / "custom.ts"
+    torch.jit.script(HeadModel("gap").eval()).save(str(path))
+    with pytest.raises(ModelError, match="custom forward"):
+        load_user_model(str(path))
+
+
+def test_pickled_module_file(tmp_path):
+    model = HeadModel("gmp").eval()
+    path = tmp_path / "whole.pt"
+    torch.save(model, path)
+    loaded = load_user_model(str(path))
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), model(x))
+    state = tmp_path / "state.pt"
+    torch.save(model.state_dict(), state)
+    with pytest.raises(ModelError, match="not a model"):
+        load_user_model(str(state))
