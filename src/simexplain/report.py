@@ -42,17 +42,21 @@ def overall_figure(result: PairExplanation, path: Path, title: str = "") -> None
     visualize.save_figure(panels, path, title=title or f"{result.similarity} = {result.score:.4f}")
 
 
+POINT_COLORS = [(255, 255, 255), (0, 255, 0), (255, 0, 255), (0, 255, 255), (255, 255, 0)]
+
+
 def points_figure(result: PairExplanation, points: Sequence[tuple[float, float]], path: Path) -> None:
-    """One row per point of a: a with the point, the point map on b with its maximum marked."""
-    panels = []
-    for n, point in enumerate(points, 1):
+    """One column per point of a: a with the point (top), its map on b with the map's
+    maximum marked in the same colour (bottom)."""
+    top, bottom = [], []
+    for n, point in enumerate(points):
+        color = POINT_COLORS[n % len(POINT_COLORS)]
         point_map = result.point_map("a", point)
         peak = argmax_pixel(point_map, result.b.image_size)
-        panels.append([
-            (visualize.mark_point(result.image("a"), point), f"point {n} on a"),
-            (visualize.mark_point(result.overlay(point_map, "b"), peak), f"its map on b"),
-        ])
-    visualize.save_figure(panels, path)
+        top.append((visualize.mark_point(result.image("a"), point, color), f"point {n + 1} on a"))
+        bottom.append((visualize.mark_point(result.overlay(point_map, "b"), peak, color),
+                       f"point {n + 1}: map on b"))
+    visualize.save_figure([top, bottom], path)
 
 
 def write_pair(result: PairExplanation, out: Path, points: Sequence[tuple[float, float]] | None = None,

