@@ -126,3 +126,13 @@ def test_custom_functional_normalisation_is_frozen():
     model = Custom().eval()
     result = Explainer(model, "features", similarity="dot").explain(images(seed=1), images(seed=2))
     assert result.residual < 1e-5
+
+
+def test_chunked_tangents_give_the_same_contributions(monkeypatch):
+    import simexplain.adapters as adapters
+    model = make("mlp")
+    x = images(n=2, seed=9)
+    whole = Explainer(model, "features").contributions(x).positions
+    monkeypatch.setattr(adapters, "TANGENT_BUDGET", 2 * 32 * 64 * 10)  # ~10 tangents a chunk
+    chunked = Explainer(model, "features").contributions(x).positions
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-7)

@@ -11,7 +11,11 @@ import torch
 from torch import nn
 
 from .errors import LayerError, ModelError
-from .head import Contributions, FreezeScales, compute_contributions, head_offsets
+from .head import Contributions, FreezeScales, compute_contributions, head_offsets, mask_shape
+
+
+# Floats of forward-mode tangents held at once at the explained layer (about 1 GB).
+TANGENT_BUDGET = 256 * 1024 * 1024
 
 
 class SplitModel:
@@ -133,9 +137,16 @@ class SplitModel:
         return out
 
     def contributions(self, x: torch.Tensor, chunk_size: int | None = None) -> Contributions:
+        """Per-position contributions of the batch x. Tangents are pushed in chunks so that
+        they stay under TANGENT_BUDGET floats (each chunk reruns the trunk once)."""
         shape, head = self._probe(x)
         grid, prefix = self.grid(x)
         offsets = head_offsets(self.model, head)
+        if chunk_size is None:
+            per_tangent = len(x) * math.prod(shape[1:])
+            n_tangents = math.prod(mask_shape(shape)) + 1  # positions + the constant term
+            if n_tangents * per_tangent > TANGENT_BUDGET:
+                chunk_size = max(1, TANGENT_BUDGET // per_tangent)
         try:
             result = compute_contributions(
                 self.model, self.layer, x, shape, offsets, grid, prefix, chunk_size)
