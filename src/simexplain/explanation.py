@@ -93,20 +93,20 @@ class PairExplanation:
     def point_map(self, side: str, point: tuple[float, float]) -> torch.Tensor:
         """Map over the other image's grid for pixel (row, col) of `side` (bilinear)."""
         here, there, d = self._sides(side)
-        weights = maps.point_weights(point, here.grid, here.image_size)
+        weights = maps.point_weights(point, here.grid, here.image_size).to(d.device)
         return (weights @ d).reshape(there.grid)
 
     def region_map(self, side: str, region: maps.Region) -> torch.Tensor:
         """Map over the other image's grid for a box (top, left, bottom, right) or a mask."""
         here, there, d = self._sides(side)
-        weights = maps.region_weights(region, here.grid, here.image_size)
+        weights = maps.region_weights(region, here.grid, here.image_size).to(d.device)
         return (weights @ d).reshape(there.grid)
 
     def partial_score(self, side: str, region: maps.Region) -> float:
         """s_R = sum_p w_p O[p]: the share of the score carried by a region of `side`."""
         here = self.a if side == "a" else self.b
         overall = self.overall_a_flat if side == "a" else self.overall_b_flat
-        weights = maps.region_weights(region, here.grid, here.image_size)
+        weights = maps.region_weights(region, here.grid, here.image_size).to(overall.device)
         return float(weights @ overall)
 
     # -- display -----------------------------------------------------------------------------
