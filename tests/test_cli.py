@@ -98,3 +98,17 @@ def test_pickled_module_file(tmp_path):
     torch.save(model.state_dict(), state)
     with pytest.raises(ModelError, match="not a model"):
         load_user_model(str(state))
+
+
+def test_pair_with_a_face_model_crops_the_faces(tmp_path):
+    from simexplain.datasets import face_photos
+    photos = face_photos()
+    out = tmp_path / "faces"
+    assert main(["pair", str(photos["obama"]), str(photos["biden"]), "--model", "facenet",
+                 "--out", str(out)]) == 0
+    result = json.loads((out / "result.json").read_text())
+    top, left, bottom, right = result["face_box_a"]
+    width, height = Image.open(photos["obama"]).size
+    assert 0 <= top < bottom <= height and 0 <= left < right <= width
+    assert (bottom - top) * (right - left) < 0.5 * width * height  # a face, not the photo
+    assert result["files"]["crops"] == "crops.png" and (out / "crops.png").exists()

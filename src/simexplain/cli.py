@@ -55,14 +55,23 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) 
 
 
 def cmd_pair(args: argparse.Namespace) -> int:
-    from .report import write_pair
+    from .report import write_json_atomic, write_pair
+    from .visualize import save_figure
     explainer = build_explainer(args.model, args.layer, args.similarity, args.size)
     a, b, crops = prepare_pair(explainer, args.a, args.b)
     result = explainer.explain(a, b)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    drawn = crops.pop("_crops", None)
+    if drawn:  # show what was compared: the face crop on each photo
+        save_figure([[(drawn[0], "photo a, face crop"), (drawn[1], "photo b, face crop")]],
+                    out / "crops.png", scale=2.5)
     summary = write_pair(result, out, args.point, extra={
         "model": args.model, "layer": explainer.stream_a.layer_name,
         "image_a": str(args.a), "image_b": str(args.b), **crops})
+    if drawn:
+        summary["files"]["crops"] = "crops.png"
+        write_json_atomic(out / "result.json", summary)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -80,9 +89,13 @@ def prepare_pair(explainer, a, b):
     if name in zoo.list() and zoo.entry(name).faces:
         from .faces import crop_face
         from .images import load_image
-        face_a, box_a = crop_face(load_image(a))
-        face_b, box_b = crop_face(load_image(b))
-        return face_a, face_b, {"face_box_a": list(box_a), "face_box_b": list(box_b)}
+        from .visualize import mark_box
+        photo_a, photo_b = load_image(a), load_image(b)
+        face_a, box_a = crop_face(photo_a, size=None)
+        face_b, box_b = crop_face(photo_b, size=None)
+        drawn = (mark_box(photo_a, box_a), mark_box(photo_b, box_b))
+        return face_a, face_b, {"face_box_a": list(box_a), "face_box_b": list(box_b),
+                                "_crops": drawn}
     return a, b, {}
 
 
