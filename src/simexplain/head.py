@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, jvp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
 # Ops whose outputs act as per-sample scalars in a head: their value is kept, their tangent
@@ -173,7 +174,8 @@ def compute_contributions(
     offset_tangents = {
         k: torch.cat([torch.zeros((n_pos,) + v.shape, device=device, dtype=v.dtype), v[None]])
         for k, v in offsets.items()}
-    with torch.no_grad():
+    # Fused attention kernels have no forward-mode derivative: use the plain one.
+    with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
         primal, tangents = vmap(tangent, chunk_size=chunk_size)(mask_tangents, offset_tangents)
     embedding = primal[0]  # (B, D): the primal is the same in every row
     linear = tangents[:n_pos].transpose(0, 1)  # (B, N, D)
