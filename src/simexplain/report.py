@@ -16,12 +16,19 @@ from .explanation import PairExplanation
 
 
 def default_points(result: PairExplanation, count: int = 4) -> list[tuple[float, float]]:
-    """Pixels of image a at the centres of its strongest positive cells (distinct cells)."""
+    """Pixels of image a at the centres of its strongest positive cells, spread out: each
+    chosen cell is at least a third of the grid away from the others (where possible)."""
     rows, cols = result.a.grid
     height, width = result.a.image_size
-    order = torch.argsort(result.overall_a_flat, descending=True)[:count]
-    return [(((int(i) // cols) + 0.5) * height / rows, ((int(i) % cols) + 0.5) * width / cols)
-            for i in order]
+    spacing = max(1, min(rows, cols) // 3)
+    chosen: list[tuple[int, int]] = []
+    for index in torch.argsort(result.overall_a_flat, descending=True).tolist():
+        cell = (index // cols, index % cols)
+        if all(max(abs(cell[0] - r), abs(cell[1] - c)) >= spacing for r, c in chosen):
+            chosen.append(cell)
+        if len(chosen) == count:
+            break
+    return [((r + 0.5) * height / rows, (c + 0.5) * width / cols) for r, c in chosen]
 
 
 def argmax_pixel(grid_map: torch.Tensor, image_size: tuple[int, int]) -> tuple[float, float]:

@@ -1,0 +1,823 @@
+// simexplain page: pair view and gallery view. Plain JS, no build step.
+//
+// Maps arrive as small float grids (the model's feature grid) and are drawn here: bilinear
+// upsampling (cell-centre aligned, as the server's `maps.upsample`), a colour map, and a
+// blend over the image. Pointer updates go through `Latest`: at most one request in flight,
+// a newer position replaces a pending one, and answers that arrive after the pointer left
+// are dropped.
+"use strict";
+
+const $ = (selector, root = document) => root.querySelector(selector);
+
+// ---------------------------------------------------------------------------------------------
+// state and counters (the counters are read by the browser tests)
+const state = {
+  models: null,
+  model: null,
+  method: "decomposition",
+  alpha: 0.55,
+  signed: true,
+  view: "pair",
+  images: { samples: [], gallery: [], uploads: [] },
+  pair: { a: null, b: null, explanation: null, box: null, boxSide: null, region: null },
+  gallery: { query: null, search: null, box: null },
+};
+const stats = {
+  pointRequests: 0, pointApplied: 0, inFlight: 0, maxInFlight: 0, superseded: 0,
+  stale: 0, explains: 0, searches: 0, errors: 0, lastError: null,
+};
+
+// ---------------------------------------------------------------------------------------------
+// the API
+async function api(path, body, signal) {
+  const options = { signal };
+  if (body !== undefined) {
+    options.method = "POST";
+    if (body instanceof FormData) {
+      options.body = body;
+    } else {
+      options.headers = { "Content-Type": "application/json" };
+      options.body = JSON.stringify(body);
+    }
+  }
+  const response = await fetch(path, options);
+  let data = null;
+  try { data = await response.json(); } catch (_) { data = null; }
+  if (!response.ok) {
+    throw new Error((data && data.error) || `${response.status} ${response.statusText}`);
+  }
+  return data;
+}
+
+function setStatus(message, isError = false) {
+  const el = $("#status");
+  el.textContent = message || "";
+  el.classList.toggle("error", isError);
+  if (isError) { stats.errors += 1; stats.lastError = message; }
+}
+
+function fail(error) {
+  if (error && error.name === "AbortError") return;
+  setStatus(String(error && error.message ? error.message : error), true);
+}
+
+// ---------------------------------------------------------------------------------------------
+// single-flight queue for pointer updates
+class Latest {
+  constructor(send, apply) {
+    this.send = send;
+    this.apply = apply;
+    this.busy = false;
+    this.pending = null;
+    this.generation = 0;
+  }
+  push(job) {
+    if (this.pending) stats.superseded += 1;
+    this.pending = job;
+    if (!this.busy) this.next();
+  }
+  cancel() {
+    // drop what is queued and ignore what is in flight
+    this.pending = null;
+    this.generation += 1;
+  }
+  async next() {
+    const job = this.pending;
+    this.pending = null;
+    if (!job) return;
+    this.busy = true;
+    const generation = this.generation;
+    stats.inFlight += 1;
+    stats.maxInFlight = Math.max(stats.maxInFlight, stats.inFlight);
+    stats.pointRequests += 1;
+    try {
+      const result = await this.send(job);
+      if (generation === this.generation) {
+        this.apply(result, job);
+        stats.pointApplied += 1;
+      } else {
+        stats.stale += 1;
+      }
+    } catch (error) {
+      if (generation === this.generation) fail(error);
+    } finally {
+      stats.inFlight -= 1;
+      this.busy = false;
+      if (this.pending) this.next();
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// colour maps: 256-entry RGB tables
+function clamp01(x) { return Math.max(0, Math.min(1, x)); }
+
+function buildTable(fn) {
+  const table = new Uint8ClampedArray(256 * 3);
+  for (let i = 0; i < 256; i++) {
+    const [r, g, b] = fn(i / 255);
+    table[3 * i] = Math.round(r * 255);
+    table[3 * i + 1] = Math.round(g * 255);
+    table[3 * i + 2] = Math.round(b * 255);
+  }
+  return table;
+}
+
+// positive maps: the classic blue-cyan-yellow-red ramp
+const JET = buildTable((t) => [
+  clamp01(1.5 - Math.abs(4 * t - 3)), clamp01(1.5 - Math.abs(4 * t - 2)),
+  clamp01(1.5 - Math.abs(4 * t - 1))]);
+
+// signed maps: blue (negative) - white (0) - red (positive), the ColorBrewer RdBu ramp
+const RDBU = [[5, 48, 97], [33, 102, 172], [67, 147, 195], [146, 197, 222], [209, 229, 240],
+  [247, 247, 247], [253, 219, 199], [244, 165, 130], [214, 96, 77], [178, 24, 43],
+  [103, 0, 31]];
+const DIVERGING = buildTable((t) => {
+  const x = t * (RDBU.length - 1);
+  const i = Math.min(Math.floor(x), RDBU.length - 2);
+  const f = x - i;
+  return [0, 1, 2].map((c) => (RDBU[i][c] * (1 - f) + RDBU[i + 1][c] * f) / 255);
+});
+
+// ---------------------------------------------------------------------------------------------
+// a canvas showing an image, optionally a map over it, a box and markers
+function axis(n, cells) {
+  // bilinear, cell-centre aligned: display pixel i -> feature coordinate
+  const i0 = new Int32Array(n); const i1 = new Int32Array(n); const w = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    let f = (i + 0.5) * cells / n - 0.5;
+    f = Math.min(Math.max(f, 0), cells - 1);
+    const a = Math.floor(f);
+    i0[i] = a; i1[i] = Math.min(a + 1, cells - 1); w[i] = f - a;
+  }
+  return { i0, i1, w };
+}
+
+class MapView {
+  constructor(canvas, maxWidth, maxHeight) {
+    this.canvas = canvas;
+    this.ctx = canvas.getContext("2d", { willReadFrequently: true });
+    this.maxWidth = maxWidth;
+    this.maxHeight = maxHeight;
+    this.image = null;
+    this.imageSize = null; // [height, width] as the model sees it
+    this.base = null;
+    this.map = null;
+    this.overlay = null;
+    this.box = null;
+    this.markers = [];
+    this.label = "";
+    this.loading = null;
+  }
+
+  async setImage(url, imageSize) {
+    const key = url;
+    this.loadingKey = key;
+    const image = await new Promise((resolve, reject) => {
+      const img = new Image();
+      img.onload = () => resolve(img);
+      img.onerror = () => reject(new Error(`cannot load ${url}`));
+      img.src = url;
+    });
+    if (this.loadingKey !== key) return false;
+    this.image = image;
+    this.imageSize = imageSize;
+    const scale = Math.min(this.maxWidth / image.naturalWidth, this.maxHeight / image.naturalHeight);
+    const width = Math.max(1, Math.round(image.naturalWidth * scale));
+    const height = Math.max(1, Math.round(image.naturalHeight * scale));
+    this.canvas.width = width;
+    this.canvas.height = height;
+    this.ctx.drawImage(image, 0, 0, width, height);
+    this.base = this.ctx.getImageData(0, 0, width, height);
+    this.overlay = null;
+    this.render();
+    return true;
+  }
+
+  setMap(grid) {
+    if (grid === this.map) return;
+    this.map = grid;
+    this.overlay = null;
+  }
+
+  compose() {
+    const { width, height } = this.canvas;
+    const out = new ImageData(new Uint8ClampedArray(this.base.data), width, height);
+    if (!this.map) return out;
+    const rows = this.map.length; const cols = this.map[0].length;
+    const flat = new Float64Array(rows * cols);
+    let peak = 0;
+    for (let r = 0; r < rows; r++) {
+      for (let c = 0; c < cols; c++) {
+        const v = this.map[r][c];
+        flat[r * cols + c] = v;
+        peak = Math.max(peak, state.signed ? Math.abs(v) : v);
+      }
+    }
+    const ys = axis(height, rows); const xs = axis(width, cols);
+    const data = out.data;
+    const alpha = state.alpha; const signed = state.signed;
+    const table = signed ? DIVERGING : JET;
+    for (let y = 0; y < height; y++) {
+      const r0 = ys.i0[y] * cols; const r1 = ys.i1[y] * cols; const wy = ys.w[y];
+      for (let x = 0; x < width; x++) {
+        const c0 = xs.i0[x]; const c1 = xs.i1[x]; const wx = xs.w[x];
+        const top = flat[r0 + c0] * (1 - wx) + flat[r0 + c1] * wx;
+        const bottom = flat[r1 + c0] * (1 - wx) + flat[r1 + c1] * wx;
+        const v = top * (1 - wy) + bottom * wy;
+        let t; let weight;
+        if (signed) {
+          // colour fades towards 0 so that the photo stays readable where nothing happens
+          const s = peak > 0 ? v / peak : 0;
+          t = 0.5 + 0.5 * s;
+          weight = alpha * (0.2 + 0.8 * Math.abs(s));
+        } else {
+          t = peak > 0 ? Math.max(v, 0) / peak : 0;
+          weight = alpha * (0.25 + 0.75 * t);
+        }
+        const k = 3 * Math.round(clamp01(t) * 255);
+        const i = 4 * (y * width + x);
+        data[i] = data[i] * (1 - weight) + table[k] * weight;
+        data[i + 1] = data[i + 1] * (1 - weight) + table[k + 1] * weight;
+        data[i + 2] = data[i + 2] * (1 - weight) + table[k + 2] * weight;
+      }
+    }
+    return out;
+  }
+
+  invalidate() { this.overlay = null; }
+
+  render() {
+    if (!this.base) return;
+    if (!this.overlay) this.overlay = this.compose();
+    const ctx = this.ctx;
+    ctx.putImageData(this.overlay, 0, 0);
+    if (this.box) {
+      const [t, l, b, r] = this.box.map((v, i) => v * this.scale(i % 2 === 0 ? 0 : 1));
+      ctx.lineWidth = 3; ctx.strokeStyle = "rgba(0,0,0,0.8)";
+      ctx.strokeRect(l, t, r - l, b - t);
+      ctx.lineWidth = 1.5; ctx.strokeStyle = "#ffeb3b";
+      ctx.strokeRect(l, t, r - l, b - t);
+    }
+    for (const marker of this.markers) {
+      const x = marker.col * this.scale(1); const y = marker.row * this.scale(0);
+      const radius = Math.max(5, Math.min(this.canvas.width, this.canvas.height) / 28);
+      ctx.beginPath();
+      if (marker.kind === "ring") {
+        ctx.arc(x, y, radius, 0, 2 * Math.PI);
+      } else {
+        ctx.moveTo(x - radius, y); ctx.lineTo(x + radius, y);
+        ctx.moveTo(x, y - radius); ctx.lineTo(x, y + radius);
+      }
+      ctx.lineWidth = 4; ctx.strokeStyle = "rgba(0,0,0,0.85)"; ctx.stroke();
+      ctx.lineWidth = 2; ctx.strokeStyle = "#fff"; ctx.stroke();
+    }
+  }
+
+  // display pixels per model pixel along rows (0) or columns (1)
+  scale(dim) {
+    if (!this.imageSize) return 1;
+    return dim === 0 ? this.canvas.height / this.imageSize[0] : this.canvas.width / this.imageSize[1];
+  }
+
+  // pointer event -> [row, col] in the model's pixels, clamped to the image
+  toModel(event) {
+    const rect = this.canvas.getBoundingClientRect();
+    const [h, w] = this.imageSize;
+    const row = Math.min(Math.max((event.clientY - rect.top) / rect.height * h, 0), h);
+    const col = Math.min(Math.max((event.clientX - rect.left) / rect.width * w, 0), w);
+    return [row, col];
+  }
+}
+
+// pointer gestures on a view: hover, drag a box, click, leave
+function gestures(view, on) {
+  const canvas = view.canvas;
+  let drag = null;
+  const boxOf = (p, q) => [Math.min(p[0], q[0]), Math.min(p[1], q[1]),
+    Math.max(p[0], q[0]), Math.max(p[1], q[1])];
+  canvas.addEventListener("pointerdown", (event) => {
+    if (!view.imageSize || event.button !== 0) return;
+    drag = { start: view.toModel(event), x: event.clientX, y: event.clientY, moved: false };
+    canvas.setPointerCapture(event.pointerId);
+    event.preventDefault();
+  });
+  canvas.addEventListener("pointermove", (event) => {
+    if (!view.imageSize) return;
+    const point = view.toModel(event);
+    if (drag) {
+      if (!drag.moved && Math.hypot(event.clientX - drag.x, event.clientY - drag.y) < 5) return;
+      drag.moved = true;
+      on.box(boxOf(drag.start, point), false);
+    } else {
+      on.hover(point);
+    }
+  });
+  canvas.addEventListener("pointerup", (event) => {
+    if (!drag) return;
+    const point = view.toModel(event);
+    const moved = drag.moved;
+    const start = drag.start;
+    drag = null;
+    if (moved) on.box(boxOf(start, point), true); else on.click(point);
+  });
+  canvas.addEventListener("pointercancel", () => { drag = null; on.leave(); });
+  canvas.addEventListener("pointerleave", () => { if (!drag) on.leave(); });
+}
+
+// ---------------------------------------------------------------------------------------------
+// image pickers
+const pickers = [];
+
+function fillPicker(select) {
+  const current = select.value;
+  select.innerHTML = "";
+  const groups = [["Samples", state.images.samples], ["Gallery", state.images.gallery],
+    ["Uploads", state.images.uploads]];
+  for (const [label, items] of groups) {
+    if (!items.length) continue;
+    const group = document.createElement("optgroup");
+    group.label = label;
+    for (const item of items) {
+      const option = document.createElement("option");
+      option.value = item.id;
+      option.textContent = item.name;
+      group.appendChild(option);
+    }
+    select.appendChild(group);
+  }
+  if (current) select.value = current;
+}
+
+function allImages() {
+  return [...state.images.samples, ...state.images.gallery, ...state.images.uploads];
+}
+
+async function upload(file) {
+  const form = new FormData();
+  form.append("file", file, file.name);
+  setStatus(`uploading ${file.name} ...`);
+  const info = await api("/api/images", form);
+  if (!state.images.uploads.some((item) => item.id === info.id)) state.images.uploads.push(info);
+  for (const select of pickers) fillPicker(select);
+  setStatus("");
+  return info;
+}
+
+function pickerWithUpload(select, input, onPick) {
+  pickers.push(select);
+  select.addEventListener("change", () => onPick(select.value));
+  input.addEventListener("change", async () => {
+    const file = input.files && input.files[0];
+    input.value = "";
+    if (!file) return;
+    try {
+      const info = await upload(file);
+      select.value = info.id;
+      onPick(info.id);
+    } catch (error) { fail(error); }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// pair view
+const pairViews = {};
+let explainAbort = null;
+
+const pairQueue = new Latest(
+  (job) => api(job.kind === "point" ? "/api/point" : "/api/region", job.body),
+  (result, job) => showPairMap(result, job));
+
+function other(side) { return side === "a" ? "b" : "a"; }
+
+async function explainPair() {
+  const { a, b } = state.pair;
+  if (!a || !b) return;
+  if (explainAbort) explainAbort.abort();
+  explainAbort = new AbortController();
+  pairQueue.cancel();
+  document.body.classList.add("busy");
+  setStatus(`explaining with ${state.model} (${state.method}) ...`);
+  try {
+    const result = await api("/api/explain",
+      { a, b, method: state.method, model: state.model }, explainAbort.signal);
+    state.pair.explanation = result;
+    state.pair.box = null; state.pair.region = null; state.pair.boxSide = null;
+    await Promise.all(["a", "b"].map((side) =>
+      pairViews[side].setImage(`${result[side].url}?max_side=1024`, result[side].image_size)));
+    stats.explains += 1;
+    restPair();
+    setStatus("");
+  } catch (error) {
+    fail(error);
+  } finally {
+    document.body.classList.remove("busy");
+  }
+}
+
+function describePair(extra) {
+  const e = state.pair.explanation;
+  if (!e) { $("#pair-info").textContent = ""; return; }
+  const parts = [`<b>score</b> (${e.similarity}) = ${e.score.toFixed(4)}`,
+    `<b>residual</b> ${e.residual.toExponential(1)}`, `model ${e.model}`,
+    `maps: ${e.method}`];
+  if (extra) parts.push(extra);
+  $("#pair-info").innerHTML = parts.join(" &middot; ");
+}
+
+// the resting display: overall maps, or the pinned box and its region map
+function restPair() {
+  const e = state.pair.explanation;
+  if (!e) return;
+  for (const side of ["a", "b"]) {
+    const view = pairViews[side];
+    view.setMap(e[side].overall);
+    view.markers = [];
+    view.box = state.pair.boxSide === side ? state.pair.box : null;
+  }
+  let extra = "";
+  if (state.pair.region) {
+    const r = state.pair.region;
+    pairViews[r.side].setMap(r.map);
+    pairViews[r.side].markers = [{ ...r.argmax, kind: "ring" }];
+    extra = `region s<sub>R</sub> = ${r.partial_score.toFixed(4)}`;
+  }
+  for (const side of ["a", "b"]) pairViews[side].render();
+  $("#caption-a").textContent = captionFor(e.a.id);
+  $("#caption-b").textContent = captionFor(e.b.id);
+  describePair(extra);
+}
+
+function captionFor(id) {
+  const item = allImages().find((x) => x.id === id);
+  return item ? item.name : id;
+}
+
+function showPairMap(result, job) {
+  const e = state.pair.explanation;
+  if (!e || job.body.explanation_id !== e.explanation_id) return;
+  const here = job.body.side;
+  const there = result.side;
+  const target = pairViews[there];
+  target.setMap(result.map);
+  target.markers = [{ ...result.argmax, kind: "ring" }];
+  target.box = null;
+  target.render();
+  if (job.kind === "region") {
+    state.pair.region = result;
+    describePair(`region s<sub>R</sub> = ${result.partial_score.toFixed(4)}`);
+  } else {
+    describePair(`point map on ${there}: max ${result.argmax.value.toExponential(2)}`);
+  }
+  const source = pairViews[here];
+  source.render();
+}
+
+function setupPair() {
+  for (const side of ["a", "b"]) {
+    const view = new MapView($(`#view-${side}`), 420, 420);
+    pairViews[side] = view;
+    pickerWithUpload($(`#pick-${side}`), $(`#upload-${side}`), (id) => {
+      state.pair[side] = id;
+      explainPair();
+    });
+    gestures(view, {
+      hover(point) {
+        const e = state.pair.explanation;
+        if (!e) return;
+        // the pointer itself is drawn at once; the map on the other side follows
+        view.markers = [{ row: point[0], col: point[1], kind: "cross" }];
+        view.setMap(e[side].overall);
+        view.box = state.pair.boxSide === side ? state.pair.box : null;
+        view.render();
+        pairQueue.push({ kind: "point", body: {
+          explanation_id: e.explanation_id, side, row: point[0], col: point[1] } });
+      },
+      box(box, final) {
+        const e = state.pair.explanation;
+        if (!e) return;
+        state.pair.box = box; state.pair.boxSide = side;
+        view.box = box; view.markers = [];
+        view.render();
+        if (box[2] - box[0] < 1 || box[3] - box[1] < 1) return;
+        pairQueue.push({ kind: "region", body: {
+          explanation_id: e.explanation_id, side, box } });
+      },
+      click() {
+        pairQueue.cancel();
+        state.pair.box = null; state.pair.boxSide = null; state.pair.region = null;
+        restPair();
+      },
+      leave() {
+        pairQueue.cancel();
+        restPair();
+      },
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// gallery view
+let queryView = null;
+let resultViews = []; // [{id, view, hit, card}]
+let searchAbort = null;
+
+const galleryQueue = new Latest(
+  (job) => api("/api/search/point", job.body),
+  (result, job) => showResultMaps(result, job));
+
+async function runSearch(box) {
+  const query = state.gallery.query;
+  if (!query) return;
+  if (searchAbort) searchAbort.abort();
+  searchAbort = new AbortController();
+  galleryQueue.cancel();
+  document.body.classList.add("busy");
+  setStatus(box ? "searching by region ..." : "searching ...");
+  try {
+    const k = Number($("#k").value);
+    const result = await api("/api/search", { query, box: box || null, k }, searchAbort.signal);
+    state.gallery.search = result;
+    state.gallery.box = result.box;
+    const q = result.query;
+    if (queryView.loadedId !== q.shown_id) {
+      await queryView.setImage(`${q.url}?max_side=1024`, q.image_size);
+      queryView.loadedId = q.shown_id;
+    }
+    await showResults(result);
+    stats.searches += 1;
+    restGallery();
+    const what = result.box ? "region" : "whole image";
+    $("#caption-query").textContent =
+      `${captionFor(query)} · ranked by ${what} · ${result.similarity}`;
+    setStatus("");
+  } catch (error) {
+    fail(error);
+  } finally {
+    document.body.classList.remove("busy");
+  }
+}
+
+async function showResults(result) {
+  const container = $("#results");
+  container.innerHTML = "";
+  resultViews = [];
+  const loads = [];
+  for (const hit of result.hits) {
+    const card = document.createElement("figure");
+    card.className = "card";
+    card.dataset.id = hit.id;
+    card.dataset.rank = String(hit.rank);
+    const canvas = document.createElement("canvas");
+    canvas.width = 180; canvas.height = 180;
+    const meta = document.createElement("figcaption");
+    meta.className = "meta";
+    meta.innerHTML = `<span>#${hit.rank} <b>${hit.score.toFixed(4)}</b></span>` +
+      `<span class="name" title="${escapeHtml(hit.name)}">${escapeHtml(hit.name)}</span>`;
+    card.append(canvas, meta);
+    container.appendChild(card);
+    const view = new MapView(canvas, 180, 180);
+    view.setMap(hit.map);
+    resultViews.push({ id: hit.id, view, hit, card });
+    card.addEventListener("click", () => openPair(result.query.id, hit.id));
+    loads.push(view.setImage(`${hit.url}?max_side=256`, hit.image_size));
+  }
+  await Promise.all(loads);
+}
+
+function escapeHtml(text) {
+  return String(text).replace(/[&<>"']/g, (c) => ({
+    "&": "&amp;", "<": "&lt;", ">": "&gt;", "\"": "&quot;", "'": "&#39;" }[c]));
+}
+
+function restGallery() {
+  queryView.setMap(null);
+  queryView.markers = [];
+  queryView.box = state.gallery.box;
+  queryView.render();
+  for (const r of resultViews) {
+    r.view.setMap(r.hit.map);
+    r.view.markers = [];
+    r.view.render();
+  }
+}
+
+function visibleResults() {
+  const height = window.innerHeight; const width = window.innerWidth;
+  return resultViews.filter((r) => {
+    const rect = r.card.getBoundingClientRect();
+    return rect.bottom > 0 && rect.top < height && rect.right > 0 && rect.left < width;
+  }).map((r) => r.id);
+}
+
+function showResultMaps(result, job) {
+  const search = state.gallery.search;
+  if (!search || job.body.search_id !== search.search_id) return;
+  const byId = new Map(resultViews.map((r) => [r.id, r]));
+  for (const item of result.maps) {
+    const r = byId.get(item.id);
+    if (!r) continue;
+    r.view.setMap(item.map);
+    r.view.markers = [{ ...item.argmax, kind: "ring" }];
+    r.view.render();
+  }
+}
+
+function setupGallery() {
+  queryView = new MapView($("#view-query"), 360, 360);
+  pickerWithUpload($("#pick-query"), $("#upload-query"), (id) => {
+    state.gallery.query = id;
+    state.gallery.box = null;
+    runSearch(null);
+  });
+  $("#k").addEventListener("change", () => runSearch(state.gallery.box));
+  gestures(queryView, {
+    hover(point) {
+      const search = state.gallery.search;
+      if (!search) return;
+      queryView.markers = [{ row: point[0], col: point[1], kind: "cross" }];
+      queryView.render();
+      const results = visibleResults();
+      if (!results.length) return;
+      galleryQueue.push({ body: {
+        search_id: search.search_id, results, row: point[0], col: point[1] } });
+    },
+    box(box, final) {
+      galleryQueue.cancel();
+      queryView.box = box; queryView.markers = [];
+      queryView.render();
+      if (final && box[2] - box[0] >= 1 && box[3] - box[1] >= 1) runSearch(box);
+    },
+    click() {
+      galleryQueue.cancel();
+      if (state.gallery.box) runSearch(null); else restGallery();
+    },
+    leave() {
+      galleryQueue.cancel();
+      if (state.gallery.search) restGallery();
+    },
+  });
+}
+
+function openPair(a, b) {
+  state.pair.a = a; state.pair.b = b;
+  $("#pick-a").value = a; $("#pick-b").value = b;
+  if (state.models.index) {
+    state.model = state.models.index.model;
+    $("#model").value = state.model;
+  }
+  switchView("pair");
+  explainPair();
+}
+
+// ---------------------------------------------------------------------------------------------
+// figure export (PNG of what is on screen, with a caption line)
+function figureCanvas() {
+  const pad = 12; const titleHeight = 26;
+  let panels; let title;
+  if (state.view === "pair") {
+    const e = state.pair.explanation;
+    panels = [pairViews.a.canvas, pairViews.b.canvas];
+    title = e ? `${e.model} · ${e.method} · score ${e.score.toFixed(4)} (${e.similarity})` : "";
+    if (state.pair.region) title += ` · region s_R ${state.pair.region.partial_score.toFixed(4)}`;
+  } else {
+    panels = [queryView.canvas, ...resultViews.map((r) => r.view.canvas)];
+    const s = state.gallery.search;
+    title = s ? `${s.model} · query ${captionFor(s.query.id)}${s.box ? " (region)" : ""}` : "";
+  }
+  const columns = state.view === "pair" ? 2 : Math.min(5, panels.length);
+  const rows = [];
+  for (let i = 0; i < panels.length; i += columns) rows.push(panels.slice(i, i + columns));
+  const width = pad + Math.max(...rows.map((row) =>
+    row.reduce((sum, c) => sum + c.width + pad, 0)));
+  const height = titleHeight + pad + rows.reduce((sum, row) =>
+    sum + Math.max(...row.map((c) => c.height)) + pad, 0);
+  const out = document.createElement("canvas");
+  out.width = width; out.height = height;
+  const ctx = out.getContext("2d");
+  ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, width, height);
+  ctx.fillStyle = "#111"; ctx.font = "15px sans-serif";
+  ctx.fillText(title, pad, 19);
+  let y = titleHeight + pad;
+  for (const row of rows) {
+    let x = pad;
+    for (const c of row) { ctx.drawImage(c, x, y); x += c.width + pad; }
+    y += Math.max(...row.map((c) => c.height)) + pad;
+  }
+  return out;
+}
+
+function download() {
+  const canvas = figureCanvas();
+  canvas.toBlob((blob) => {
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(blob);
+    link.download = `simexplain-${state.view}.png`;
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+  }, "image/png");
+}
+
+// ---------------------------------------------------------------------------------------------
+// views, controls, start-up
+function switchView(view) {
+  state.view = view;
+  $("#pair-view").hidden = view !== "pair";
+  $("#gallery-view").hidden = view !== "gallery";
+  for (const tab of document.querySelectorAll(".tab")) {
+    tab.setAttribute("aria-pressed", String(tab.dataset.view === view));
+  }
+  const indexModel = state.models && state.models.index && state.models.index.model;
+  $("#model").disabled = view === "gallery";
+  $("#method").disabled = view === "gallery";
+  if (view === "gallery" && indexModel) $("#model").value = indexModel;
+  if (view === "pair") $("#model").value = state.model;
+  if (view === "gallery" && !state.gallery.search && state.gallery.query) runSearch(null);
+}
+
+function redrawAll() {
+  for (const view of [pairViews.a, pairViews.b, queryView, ...resultViews.map((r) => r.view)]) {
+    if (!view) continue;
+    view.invalidate();
+    view.render();
+  }
+}
+
+async function start() {
+  setupPair();
+  setupGallery();
+  try {
+    state.models = await api("/api/models");
+  } catch (error) { fail(error); return; }
+  const models = state.models;
+  state.model = models.default;
+  const modelSelect = $("#model");
+  for (const m of models.models) {
+    const option = document.createElement("option");
+    option.value = m.name;
+    option.textContent = m.name;
+    if (m.description) option.title = m.description;
+    modelSelect.appendChild(option);
+  }
+  modelSelect.value = state.model;
+  modelSelect.addEventListener("change", () => { state.model = modelSelect.value; explainPair(); });
+  const methodSelect = $("#method");
+  for (const m of models.methods) {
+    const option = document.createElement("option");
+    option.value = m; option.textContent = m;
+    methodSelect.appendChild(option);
+  }
+  methodSelect.value = state.method;
+  methodSelect.addEventListener("change", () => { state.method = methodSelect.value; explainPair(); });
+  $("#opacity").addEventListener("input", (event) => {
+    state.alpha = Number(event.target.value) / 100; redrawAll();
+  });
+  state.alpha = Number($("#opacity").value) / 100;
+  $("#signed").addEventListener("change", (event) => {
+    state.signed = event.target.checked; redrawAll();
+  });
+  state.signed = $("#signed").checked;
+  $("#download").addEventListener("click", download);
+  for (const tab of document.querySelectorAll(".tab")) {
+    tab.addEventListener("click", () => switchView(tab.dataset.view));
+  }
+
+  const [samples, gallery] = await Promise.all([
+    api("/api/images?source=samples&limit=1000"),
+    models.index ? api("/api/images?source=gallery&limit=1000") : Promise.resolve({ images: [] }),
+  ]).catch((error) => { fail(error); return [{ images: [] }, { images: [] }]; });
+  state.images.samples = samples.images;
+  state.images.gallery = gallery.images;
+  for (const select of pickers) fillPicker(select);
+
+  const all = allImages();
+  if (models.index) {
+    $("#tab-gallery").disabled = false;
+    $("#tab-gallery").title = `${models.index.size} images, ${models.index.model}`;
+    if (state.images.gallery.length) {
+      state.gallery.query = state.images.gallery[0].id;
+      $("#pick-query").value = state.gallery.query;
+    }
+  }
+  const fromHash = () => {
+    const hash = window.location.hash.replace("#", "");
+    if ((hash === "gallery" && models.index) || hash === "pair") switchView(hash);
+  };
+  window.addEventListener("hashchange", fromHash);
+  fromHash();
+  if (all.length >= 2) {
+    state.pair.a = all[0].id; state.pair.b = all[1].id;
+    $("#pick-a").value = state.pair.a; $("#pick-b").value = state.pair.b;
+    await explainPair();
+  } else if (state.view === "pair") {
+    setStatus("upload two images to begin");
+  }
+}
+
+window.simexplain = {
+  state, stats, pairViews, get queryView() { return queryView; },
+  get results() { return resultViews; }, figureCanvas, switchView, runSearch,
+};
+start();

@@ -1,0 +1,544 @@
+"""The JSON API behind the page: every endpoint, its results, and every kind of bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from simexplain.web import create_app
+from simexplain.web.cache import LRU
+
+SIZE = 64  # the toy model's input side in conftest.py (an 8x8 feature grid)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims a huge size (a decompression bomb's header) with a tiny payload."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="module")
+def client(explainer, samples):
+    app = create_app(explainer=explainer, samples=samples)
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def gallery_client(explainer, index_dir, samples):
+    app = create_app(explainer=explainer, index=index_dir, samples=samples)
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def pair(client):
+    response = client.post("/api/explain", json={"a": "s0", "b": "s1"})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def assert_error(response, status: int, contains: str = ""):
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert isinstance(body.get("error"), str) and body["error"]
+    assert contains.lower() in body["error"].lower(), body["error"]
+
+
+# -- service ----------------------------------------------------------------------------------
+def test_health_and_models(client):
+    assert client.get("/healthz").json() == {"status": "ok", "model": "toy", "index_size": None}
+    models = client.get("/api/models").json()
+    assert models["default"] == "toy"
+    assert [m["name"] for m in models["models"]] == ["toy"]
+    assert models["models"][0]["loaded"] and models["models"][0]["similarity"] == "cosine"
+    assert set(models["methods"]) == {"decomposition", "gradcam", "gradcam-raw", "rgradcam",
+                                      "occlusion"}
+    assert models["index"] is None
+
+
+def test_openapi_documents_every_endpoint(client):
+    schema = client.get("/openapi.json").json()
+    paths = schema["paths"]
+    for path, method in [("/api/images", "post"), ("/api/images", "get"),
+                         ("/api/images/{image_id}", "get"), ("/api/explain", "post"),
+                         ("/api/point", "post"), ("/api/region", "post"),
+                         ("/api/search", "post"), ("/api/search/point", "post"),
+                         ("/api/models", "get"), ("/healthz", "get")]:
+        assert method in paths[path], (path, method)
+        assert paths[path][method].get("summary")
+    components = schema["components"]["schemas"]
+    for name in ("ExplainRequest", "ExplainResponse", "PointRequest", "MapResponse",
+                 "RegionRequest", "RegionResponse", "SearchRequest", "SearchResponse",
+                 "SearchPointRequest", "SearchPointResponse", "ErrorBody"):
+        assert name in components
+    assert components["PointRequest"]["properties"]["row"].get("description")
+    assert "404" in paths["/api/point"]["post"]["responses"]
+
+
+def test_page_and_static_files(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "<canvas" in page.text
+    for name in ("app.js", "style.css"):
+        assert client.get(f"/static/{name}").status_code == 200
+    assert_error(client.get("/static/nothing.js"), 404)
+
+
+def test_unknown_endpoint_and_method(client):
+    assert_error(client.get("/api/nothing"), 404)
+    assert_error(client.get("/api/explain"), 405)
+
+
+# -- images -----------------------------------------------------------------------------------
+def test_list_and_get_images(client):
+    listing = client.get("/api/images?source=samples").json()
+    assert listing["total"] == 3 and [i["id"] for i in listing["images"]] == ["s0", "s1", "s2"]
+    assert listing["images"][0]["name"] == "left-right"
+    assert client.get("/api/images?source=gallery").json()["total"] == 0
+    response = client.get("/api/images/s0")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(response.content)).size == (96, 96)
+    small = client.get("/api/images/s0?max_side=32")
+    assert Image.open(io.BytesIO(small.content)).size == (32, 32)
+    assert_error(client.get("/api/images?source=files"), 422)
+    assert_error(client.get("/api/images?limit=0"), 422)
+    assert_error(client.get("/api/images/s0?max_side=1"), 422)
+
+
+@pytest.mark.parametrize("image_id", ["s9", "g0", "u" + "0" * 24, "nope", "..", "%2e%2e",
+                                      "..%2F..%2Fetc%2Fpasswd", "s0.png", "x" * 300])
+def test_get_unknown_image(client, image_id):
+    assert_error(client.get(f"/api/images/{image_id}"), 404)
+
+
+def test_upload_then_explain(client, kit):
+    data = png_bytes(kit.two_part(3, 1, size=120))
+    response = client.post("/api/images", files={"file": ("mine.png", data, "image/png")})
+    assert response.status_code == 201, response.text
+    info = response.json()
+    assert info["id"].startswith("u") and info["source"] == "upload"
+    assert (info["width"], info["height"]) == (120, 120) and info["name"] == "mine.png"
+    again = client.post("/api/images", files={"file": ("other.png", data, "image/png")})
+    assert again.json()["id"] == info["id"]  # content-addressed
+    assert client.get(info["url"]).status_code == 200
+    explained = client.post("/api/explain", json={"a": info["id"], "b": "s2"})
+    assert explained.status_code == 200 and explained.json()["a"]["id"] == info["id"]
+
+
+def test_upload_keeps_odd_modes_and_names_safe(client, kit):
+    gray = Image.fromarray(kit.pattern(2)[..., 0]).convert("L")
+    buffer = io.BytesIO()
+    gray.save(buffer, format="JPEG")
+    response = client.post("/api/images",
+                           files={"file": ("../../evil<script>.jpg", buffer.getvalue(),
+                                           "image/jpeg")})
+    assert response.status_code == 201
+    assert "/" not in response.json()["name"] and "<" not in response.json()["name"]
+    rgba = Image.new("RGBA", (40, 30), (255, 0, 0, 0))
+    response = client.post("/api/images", files={"file": ("t.png", png_bytes(rgba))})
+    assert response.status_code == 201
+
+
+@pytest.mark.parametrize("payload,contains", [
+    (b"", "empty"),
+    (b"this is not an image", "not an image"),
+    (png_bytes(Image.new("RGB", (50, 50)))[:60], "decode"),
+    (b"GIF89a" + b"\x00" * 20, ""),
+])
+def test_upload_rejects_non_images(client, payload, contains):
+    response = client.post("/api/images", files={"file": ("x.png", payload, "image/png")})
+    assert_error(response, 400, contains)
+
+
+def test_upload_rejects_decompression_bomb(client):
+    response = client.post("/api/images",
+                           files={"file": ("bomb.png", png_header_only(100_000, 100_000))})
+    assert_error(response, 413, "pixels")
+
+
+def test_upload_missing_or_wrong_field(client):
+    assert_error(client.post("/api/images"), 422)
+    assert_error(client.post("/api/images", files={"other": ("x.png", b"123")}), 422)
+    assert_error(client.post("/api/images", json={"file": "abc"}), 422)
+
+
+def test_upload_size_and_pixel_limits(explainer, samples):
+    app = create_app(explainer=explainer, samples=samples, max_upload_bytes=4000,
+                     max_pixels=64 * 64)
+    with TestClient(app) as small:
+        noisy = Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 60, 3),
+                                                                  dtype=np.uint8))
+        big = png_bytes(noisy)
+        assert len(big) > 4000
+        assert_error(small.post("/api/images", files={"file": ("big.png", big)}), 413)
+        assert_error(small.post("/api/images", files={"file": ("big.png", big * 30)}), 413)
+        wide = png_bytes(Image.new("RGB", (100, 100), (9, 9, 9)))
+        assert len(wide) < 4000
+        assert_error(small.post("/api/images", files={"file": ("wide.png", wide)}), 413,
+                     "pixels")
+        ok = png_bytes(Image.new("RGB", (60, 60), (9, 9, 9)))
+        assert small.post("/api/images", files={"file": ("ok.png", ok)}).status_code == 201
+
+
+def test_json_body_limit(client):
+    huge = json.dumps({"a": "s0", "b": "s1", "pad": "x" * (2 * 1024 * 1024)})
+    response = client.post("/api/explain", content=huge,
+                           headers={"content-type": "application/json"})
+    assert_error(response, 413)
+
+    def chunks():  # no content-length: the limit applies while streaming
+        for _ in range(40):
+            yield b" " * 65536
+    response = client.post("/api/explain", content=chunks(),
+                           headers={"content-type": "application/json"})
+    assert_error(response, 413)
+
+
+# -- pairs ------------------------------------------------------------------------------------
+def test_explain_matches_the_engine(client, pair, explainer, samples):
+    expected = explainer.explain(samples[0][1], samples[1][1])
+    assert pair["model"] == "toy" and pair["method"] == "decomposition" and pair["signed"]
+    assert pair["score"] == pytest.approx(expected.score, abs=1e-6)
+    assert pair["residual"] < 1e-5
+    for side in ("a", "b"):
+        assert pair[side]["grid"] == [8, 8] and pair[side]["image_size"] == [SIZE, SIZE]
+        overall = np.array(pair[side]["overall"])
+        assert overall.shape == (8, 8)
+        assert overall.sum() == pytest.approx(expected.score, rel=1e-4)
+    np.testing.assert_allclose(np.array(pair["a"]["overall"]),
+                               expected.overall_a.numpy(), rtol=1e-4, atol=1e-9)
+    again = client.post("/api/explain", json={"a": "s0", "b": "s1"}).json()
+    assert again["explanation_id"] == pair["explanation_id"]
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam-raw", "rgradcam", "occlusion"])
+def test_explain_other_methods(client, pair, method):
+    response = client.post("/api/explain", json={"a": "s0", "b": "s1", "method": method})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["method"] == method and not body["signed"]
+    assert body["explanation_id"] == pair["explanation_id"]
+    assert np.array(body["a"]["overall"]).shape == (8, 8)
+    assert body["score"] == pytest.approx(pair["score"])
+
+
+def test_point_map(client, pair, explainer, samples):
+    expected = explainer.explain(samples[0][1], samples[1][1])
+    for side, other in (("a", "b"), ("b", "a")):
+        response = client.post("/api/point", json={
+            "explanation_id": pair["explanation_id"], "side": side, "row": 20.5, "col": 40,
+            "seq": 7})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["side"] == other and body["seq"] == 7 and body["grid"] == [8, 8]
+        grid = np.array(body["map"])
+        np.testing.assert_allclose(grid, expected.point_map(side, (20.5, 40)).numpy(),
+                                   rtol=1e-4, atol=1e-9)
+        r, c = np.unravel_index(grid.argmax(), grid.shape)
+        assert body["argmax"]["cell"] == [r, c]
+        assert body["argmax"]["row"] == pytest.approx((r + 0.5) * SIZE / 8)
+        assert body["argmax"]["col"] == pytest.approx((c + 0.5) * SIZE / 8)
+    # the edges of the image are inside it
+    for row, col in ((0, 0), (SIZE, SIZE)):
+        assert client.post("/api/point", json={"explanation_id": pair["explanation_id"],
+                                               "side": "a", "row": row,
+                                               "col": col}).status_code == 200
+
+
+def test_region_map(client, pair, explainer, samples):
+    expected = explainer.explain(samples[0][1], samples[1][1])
+    box = [4, 0, 40.5, 30]
+    response = client.post("/api/region", json={
+        "explanation_id": pair["explanation_id"], "side": "a", "box": box, "seq": 3})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["side"] == "b" and body["seq"] == 3
+    np.testing.assert_allclose(np.array(body["map"]), expected.region_map("a", box).numpy(),
+                               rtol=1e-4, atol=1e-9)
+    assert body["partial_score"] == pytest.approx(expected.partial_score("a", box), rel=1e-5)
+    assert np.array(body["map"]).sum() == pytest.approx(body["partial_score"], rel=1e-4)
+    whole = client.post("/api/region", json={
+        "explanation_id": pair["explanation_id"], "side": "b", "box": [0, 0, SIZE, SIZE]})
+    assert whole.json()["partial_score"] == pytest.approx(pair["score"], rel=1e-5)
+
+
+@pytest.mark.parametrize("body,status,contains", [
+    ({"a": "s0"}, 422, "b"),
+    ({"a": "s0", "b": 5}, 422, "b"),
+    ({"a": "s0", "b": "s1", "method": "magic"}, 422, "method"),
+    ({"a": "s0", "b": "s1", "method": "random"}, 422, "method"),
+    ({"a": "s0", "b": "s77"}, 404, "s77"),
+    ({"a": "../../etc/passwd", "b": "s1"}, 422, "a"),
+    ({"a": "u" + "a" * 24, "b": "s1"}, 404, ""),
+    ({"a": "s0", "b": "s1", "model": "no-such-model"}, 404, "model"),
+    ([1, 2, 3], 422, ""),
+    ("just a string", 422, ""),
+])
+def test_explain_bad_input(client, body, status, contains):
+    assert_error(client.post("/api/explain", json=body), status, contains)
+
+
+@pytest.mark.parametrize("raw", [b"{bad json", b'{"a": "s0", "b": ', b"\xff\xfe\x00",
+                                 b"{'a': 's0'}"])
+def test_malformed_json(client, raw):
+    for path in ("/api/explain", "/api/point", "/api/region", "/api/search",
+                 "/api/search/point"):
+        response = client.post(path, content=raw, headers={"content-type": "application/json"})
+        assert_error(response, 400, "json")
+
+
+def test_wrong_content_type_and_empty_body(client):
+    assert_error(client.post("/api/explain", content=b'{"a":"s0","b":"s1"}',
+                             headers={"content-type": "text/plain"}), 422)
+    assert_error(client.post("/api/point"), 422)
+
+
+@pytest.mark.parametrize("change,status,contains", [
+    ({"side": "c"}, 422, "side"),
+    ({"side": None}, 422, "side"),
+    ({"row": "abc"}, 422, "row"),
+    ({"row": [1]}, 422, "row"),
+    ({"row": SIZE + 1}, 400, "outside"),
+    ({"col": -0.5}, 400, "outside"),
+    ({"row": 1e308 * 10}, 422, "row"),  # serialised as Infinity
+    ({"explanation_id": "nope"}, 404, "explanation"),
+    ({"explanation_id": "../x"}, 422, "explanation_id"),
+    ({"explanation_id": ""}, 422, "explanation_id"),
+    ({"seq": -1}, 422, "seq"),
+    ({"seq": "x"}, 422, "seq"),
+])
+def test_point_bad_input(client, pair, change, status, contains):
+    body = {"explanation_id": pair["explanation_id"], "side": "a", "row": 10, "col": 10,
+            **change}
+    assert_error(client.post("/api/point", content=json.dumps(body),
+                             headers={"content-type": "application/json"}), status, contains)
+
+
+def test_point_missing_fields_and_nan(client, pair):
+    assert_error(client.post("/api/point", json={"explanation_id": pair["explanation_id"]}),
+                 422, "side")
+    raw = ('{"explanation_id": "%s", "side": "a", "row": NaN, "col": 3}'
+           % pair["explanation_id"])
+    assert_error(client.post("/api/point", content=raw,
+                             headers={"content-type": "application/json"}), 422, "row")
+
+
+@pytest.mark.parametrize("box,status,contains", [
+    ([10, 10, 10, 20], 400, "empty"),
+    ([30, 10, 20, 20], 400, "empty"),
+    ([10, 30, 20, 20], 400, "empty"),
+    ([SIZE + 5, SIZE + 5, SIZE + 20, SIZE + 20], 400, "outside"),
+    ([-20, -20, -10, -10], 400, "outside"),
+    ([1, 2, 3], 422, "box"),
+    ([1, 2, 3, 4, 5], 422, "box"),
+    ("0,0,10,10", 422, "box"),
+    (None, 422, "box"),
+    ([0, 0, "a", 10], 422, "box"),
+])
+def test_region_bad_input(client, pair, box, status, contains):
+    body = {"explanation_id": pair["explanation_id"], "side": "a", "box": box}
+    assert_error(client.post("/api/region", json=body), status, contains)
+
+
+def test_region_box_partly_outside_is_clipped(client, pair):
+    response = client.post("/api/region", json={
+        "explanation_id": pair["explanation_id"], "side": "a", "box": [-10, -10, 1e6, 1e6]})
+    assert response.status_code == 200
+    assert response.json()["partial_score"] == pytest.approx(pair["score"], rel=1e-5)
+
+
+def test_caches_are_bounded(explainer, samples):
+    app = create_app(explainer=explainer, samples=samples, max_explanations=2, max_sides=3)
+    engine = app.state.engine
+    with TestClient(app) as c:
+        ids = [c.post("/api/explain", json={"a": a, "b": b}).json()["explanation_id"]
+               for a, b in (("s0", "s1"), ("s1", "s2"), ("s2", "s0"))]
+        assert len(engine.explanations) == 2 and len(engine.sides) <= 3
+        assert_error(c.post("/api/point", json={"explanation_id": ids[0], "side": "a",
+                                                "row": 1, "col": 1}), 404, "explain the pair")
+        assert c.post("/api/point", json={"explanation_id": ids[2], "side": "a", "row": 1,
+                                          "col": 1}).status_code == 200
+
+
+def test_lru_cost_bound():
+    cache = LRU(10, max_cost=100, cost=len)
+    cache.put("a", "x" * 60)
+    cache.put("b", "y" * 60)
+    assert "a" not in cache and cache.get("b") and cache.total_cost == 60
+    cache.put("c", "z" * 500)  # alone above the bound: kept by itself
+    assert len(cache) == 1 and cache.get("c")
+
+
+# -- gallery ----------------------------------------------------------------------------------
+def test_search_needs_an_index(client):
+    assert_error(client.post("/api/search", json={"query": "s0"}), 400, "index")
+    assert_error(client.post("/api/search/point", json={
+        "search_id": "abc", "results": ["g0"], "row": 1, "col": 1}), 404, "search")
+
+
+def test_gallery_health_and_listing(gallery_client):
+    assert gallery_client.get("/healthz").json()["index_size"] == 16
+    info = gallery_client.get("/api/models").json()["index"]
+    assert info == {"model": "toy", "size": 16, "similarity": "cosine", "layer": "features"}
+    listing = gallery_client.get("/api/images?source=gallery&limit=5&offset=2").json()
+    assert listing["total"] == 16 and [i["id"] for i in listing["images"]] == [
+        "g2", "g3", "g4", "g5", "g6"]
+    assert gallery_client.get("/api/images/g15").status_code == 200
+    assert_error(gallery_client.get("/api/images/g16"), 404)
+
+
+def test_search_whole_and_region(gallery_client, explainer, index_dir, kit):
+    from simexplain.retrieval import Index
+    whole = gallery_client.post("/api/search", json={"query": "s0", "k": 6})
+    assert whole.status_code == 200, whole.text
+    body = whole.json()
+    assert [h["rank"] for h in body["hits"]] == [1, 2, 3, 4, 5, 6]
+    scores = [h["score"] for h in body["hits"]]
+    assert scores == sorted(scores, reverse=True)
+    index = Index.load(index_dir, explainer=explainer)
+    expected = index.search(kit.two_part(0, 4), k=6)
+    assert [h["index"] for h in body["hits"]] == [h.index for h in expected]
+    for hit in body["hits"]:
+        assert hit["id"] == f"g{hit['index']}" and hit["grid"] == [8, 8]
+        assert np.array(hit["map"]).sum() == pytest.approx(hit["score"], rel=1e-4)
+
+    box = [0, 0, SIZE, SIZE / 2]
+    region = gallery_client.post("/api/search", json={"query": "s0", "k": 6, "box": box})
+    assert region.status_code == 200
+    region = region.json()
+    assert region["box"] == box and region["search_id"] != body["search_id"]
+    expected = index.search(kit.two_part(0, 4), k=6, region=box)
+    assert [h["index"] for h in region["hits"]] == [h.index for h in expected]
+    assert [h["id"] for h in region["hits"]] != [h["id"] for h in body["hits"]]
+    for hit, exp in zip(region["hits"], expected):
+        assert hit["score"] == pytest.approx(exp.score, rel=1e-5)
+        # the region map on each hit sums to its partial similarity
+        assert np.array(hit["map"]).sum() == pytest.approx(hit["score"], rel=1e-4)
+
+
+def test_search_point_maps(gallery_client, explainer):
+    search = gallery_client.post("/api/search", json={"query": "g3", "k": 5}).json()
+    ids = [h["id"] for h in search["hits"]]
+    response = gallery_client.post("/api/search/point", json={
+        "search_id": search["search_id"], "results": ids[:4], "row": 12, "col": 50, "seq": 9})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["seq"] == 9 and [m["id"] for m in body["maps"]] == ids[:4]
+    engine = gallery_client.app.state.engine
+    for item in body["maps"]:
+        i = int(item["id"][1:])
+        expected = explainer.explain(engine.images.pixels("g3"),
+                                     engine.images.gallery_paths[i]).point_map("a", (12, 50))
+        np.testing.assert_allclose(np.array(item["map"]), expected.numpy(), rtol=1e-4,
+                                   atol=1e-9)
+        grid = np.array(item["map"])
+        assert item["argmax"]["cell"] == list(np.unravel_index(grid.argmax(), grid.shape))
+    # results that were not in the hit list are computed on demand
+    other = [f"g{i}" for i in range(16) if f"g{i}" not in ids][:2]
+    response = gallery_client.post("/api/search/point", json={
+        "search_id": search["search_id"], "results": other, "row": 1, "col": 1})
+    assert response.status_code == 200 and len(response.json()["maps"]) == 2
+
+
+def test_search_with_an_uploaded_query(gallery_client, kit):
+    data = png_bytes(kit.two_part(4, 0))
+    image_id = gallery_client.post("/api/images", files={"file": ("q.png", data)}).json()["id"]
+    response = gallery_client.post("/api/search", json={"query": image_id, "k": 3,
+                                                        "box": [0, 32, 64, 64]})
+    assert response.status_code == 200 and len(response.json()["hits"]) == 3
+
+
+@pytest.mark.parametrize("body,status,contains", [
+    ({"query": "s0", "k": 0}, 422, "k"),
+    ({"query": "s0", "k": 1000}, 422, "k"),
+    ({"query": "s0", "k": "many"}, 422, "k"),
+    ({"query": "s99"}, 404, "s99"),
+    ({}, 422, "query"),
+    ({"query": "s0", "box": [5, 5, 5, 9]}, 400, "empty"),
+    ({"query": "s0", "box": [100, 100, 200, 200]}, 400, "outside"),
+    ({"query": "s0", "box": [1, 2]}, 422, "box"),
+])
+def test_search_bad_input(gallery_client, body, status, contains):
+    assert_error(gallery_client.post("/api/search", json=body), status, contains)
+
+
+def test_search_point_bad_input(gallery_client):
+    search = gallery_client.post("/api/search", json={"query": "s1", "k": 3}).json()
+    sid = search["search_id"]
+    good = {"search_id": sid, "results": ["g0"], "row": 3, "col": 3}
+    cases = [
+        ({"search_id": "0123456789abcdef"}, 404, "search"),
+        ({"results": []}, 422, "results"),
+        ({"results": "g0"}, 422, "results"),
+        ({"results": ["g99"]}, 404, "g99"),
+        ({"results": ["s0"]}, 400, "gallery"),
+        ({"results": ["../../x"]}, 422, "results"),
+        ({"results": ["g0"] * 101}, 422, "results"),
+        ({"row": 999}, 400, "outside"),
+        ({"col": None}, 422, "col"),
+    ]
+    for change, status, contains in cases:
+        assert_error(gallery_client.post("/api/search/point", json={**good, **change}),
+                     status, contains)
+
+
+def test_index_and_model_must_agree(explainer, index_dir):
+    from simexplain.errors import SimexplainError
+    with pytest.raises(SimexplainError, match="index"):
+        create_app(explainer=explainer, model="other-name", index=index_dir, samples=[])
+
+
+# -- the command -------------------------------------------------------------------------------
+def test_serve_command_binds_localhost(monkeypatch, capsys):
+    import uvicorn
+
+    from simexplain import cli
+    from simexplain.web import app as web_app
+    calls = {}
+    monkeypatch.setattr(web_app, "create_app", lambda **kw: calls.setdefault("app", kw))
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: calls.update(
+        host=host, port=port))
+    assert cli.main(["serve", "--index", "some/index", "--port", "8123"]) == 0
+    assert calls["host"] == "127.0.0.1" and calls["port"] == 8123
+    assert calls["app"]["index"] == "some/index"
+    assert "http://127.0.0.1:8123/" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    assert "127.0.0.1" in capsys.readouterr().out
+
+
+def test_no_server_errors_on_random_bodies(client, pair):
+    """Fuzz: random JSON values for every field of every endpoint never give a 500."""
+    rng = np.random.default_rng(0)
+    values = [None, True, -1, 0, 3.5, 1e300, "", "s0", "a", "zz", [], [1, 2, 3, 4], {},
+              {"x": 1}, ["s0"], "g0", pair["explanation_id"], 10**30, [0, 0, 5, 5]]
+    fields = {"/api/explain": ["a", "b", "method", "model"],
+              "/api/point": ["explanation_id", "side", "row", "col", "seq"],
+              "/api/region": ["explanation_id", "side", "box", "seq"],
+              "/api/search": ["query", "box", "k"],
+              "/api/search/point": ["search_id", "results", "row", "col", "seq"]}
+    for path, names in fields.items():
+        for _ in range(25):
+            body = {n: values[rng.integers(len(values))] for n in names
+                    if rng.random() < 0.85}
+            response = client.post(path, json=body)
+            assert response.status_code in (200, 400, 404, 413, 422), (path, body,
+                                                                       response.text)
+            assert "error" in response.json() or response.status_code == 200

@@ -1,0 +1,349 @@
+"""The page in a real headless Chromium (Playwright), against a real uvicorn on 127.0.0.1.
+
+Pair view: explain, move the pointer (the other image's map changes), drag a region, switch
+display and method, download the figure. Gallery view: hover (maps on every result), drag
+boxes (the ranking changes to what the region shows). Screenshots go to test-artifacts/.
+
+`python tests/web/test_browser.py --docs` redraws docs/img/web-pair.png and web-gallery.png
+with efficientnet-lite0 on scikit-image's photos.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = os.environ.get("SIMEXPLAIN_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+VIEWPORT = {"width": 1400, "height": 1000}
+
+# a cheap fingerprint of a canvas's pixels
+CANVAS_HASH = """(canvas) => {
+  const d = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  let h = 2166136261;
+  for (let i = 0; i < d.length; i += 3) { h ^= d[i]; h = Math.imul(h, 16777619) >>> 0; }
+  return h;
+}"""
+
+
+@contextmanager
+def serve(app):
+    """Run `app` with uvicorn on 127.0.0.1, on a free port, in a background thread."""
+    import uvicorn
+    # proto IPPROTO_TCP: asyncio then sets TCP_NODELAY on accepted connections, as when
+    # uvicorn binds the port itself (else keep-alive responses wait ~40 ms for delayed ACKs)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@contextmanager
+def chromium():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium is missing at {CHROMIUM}: the browser tests need it. Install it "
+                    "with `sudo apt-get install chromium` (scripts/setup.sh does), or point "
+                    "SIMEXPLAIN_CHROMIUM at a Chromium binary.", pytrace=False)
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def open_page(browser, url):
+    context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on("console", lambda msg: problems.append(f"console: {msg.text}")
+            if msg.type == "error" else None)
+    page.goto(url)
+    return page, problems
+
+
+def shoot(page, path):
+    """A screenshot of the page down to the end of its content."""
+    bottom = page.evaluate("Math.ceil(document.querySelector('main').getBoundingClientRect()"
+                           ".bottom) + 8")
+    page.screenshot(path=str(path), clip={"x": 0, "y": 0, "width": VIEWPORT["width"],
+                                          "height": min(max(bottom, 200), VIEWPORT["height"])})
+
+
+def stat(page, name):
+    return page.evaluate(f"window.simexplain.stats.{name}")
+
+
+def wait_stat(page, name, at_least, timeout=30_000):
+    page.wait_for_function(f"window.simexplain && window.simexplain.stats.{name} >= {at_least}"
+                           " && window.simexplain.stats.inFlight === 0", timeout=timeout)
+
+
+def canvas_hash(page, selector):
+    return page.eval_on_selector(selector, CANVAS_HASH)
+
+
+def point_on(page, selector, fy, fx):
+    box = page.locator(selector).bounding_box()
+    return box["x"] + fx * box["width"], box["y"] + fy * box["height"]
+
+
+def hover_and_wait(page, selector, fy, fx, steps=8):
+    before = stat(page, "pointApplied")
+    x, y = point_on(page, selector, fy, fx)
+    page.mouse.move(x, y, steps=steps)
+    wait_stat(page, "pointApplied", before + 1)
+
+
+def drag(page, selector, start, end, steps=10):
+    page.mouse.move(*point_on(page, selector, *start))
+    page.mouse.down()
+    page.mouse.move(*point_on(page, selector, *end), steps=steps)
+    page.mouse.up()
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def server(explainer, index_dir, samples):
+    from simexplain.web import create_app
+    app = create_app(explainer=explainer, index=index_dir, samples=samples)
+    with serve(app) as url:
+        yield url
+
+
+@pytest.fixture(scope="module", autouse=True)
+def artifacts():
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+# -- tests ------------------------------------------------------------------------------------
+def test_pair_view(browser, server):
+    page, problems = open_page(browser, server)
+    wait_stat(page, "explains", 1)
+    info = page.inner_text("#pair-info")
+    assert "score" in info and "residual" in info
+    before = canvas_hash(page, "#view-b")
+
+    # the pointer over a: the point-specific map appears on b, and changes with the point
+    hover_and_wait(page, "#view-a", 0.2, 0.2)
+    first = canvas_hash(page, "#view-b")
+    assert first != before
+    hover_and_wait(page, "#view-a", 0.85, 0.8)
+    second = canvas_hash(page, "#view-b")
+    assert second != first
+    # and the other way round
+    a_before = canvas_hash(page, "#view-a")
+    hover_and_wait(page, "#view-b", 0.5, 0.5)
+    assert canvas_hash(page, "#view-a") != a_before
+
+    # a burst of moves never has more than one request in flight; late answers are dropped
+    x, y = point_on(page, "#view-a", 0.1, 0.1)
+    page.mouse.move(x, y)
+    x, y = point_on(page, "#view-a", 0.9, 0.9)
+    page.mouse.move(x, y, steps=60)
+    wait_stat(page, "pointApplied", 1)
+    assert stat(page, "maxInFlight") == 1
+
+    # leaving restores the overall map
+    page.mouse.move(5, 5)
+    page.wait_for_timeout(100)
+    page.wait_for_function("window.simexplain.stats.inFlight === 0")
+    assert canvas_hash(page, "#view-b") == before
+
+    # a dragged box gives the region map and its partial score
+    drag(page, "#view-a", (0.1, 0.1), (0.6, 0.5))
+    page.wait_for_function("document.querySelector('#pair-info').textContent.includes('region')")
+    wait_stat(page, "pointApplied", 1)
+    region = canvas_hash(page, "#view-b")
+    assert region not in (before, first, second)
+    shoot(page, ARTIFACTS / "web-pair.png")
+
+    # display controls redraw client-side
+    page.uncheck("#signed")
+    assert canvas_hash(page, "#view-b") != region
+    page.fill("#opacity", "20")
+    page.dispatch_event("#opacity", "input")
+    assert canvas_hash(page, "#view-b") != region
+
+    # method selector: new overall maps
+    page.select_option("#method", "rgradcam")
+    wait_stat(page, "explains", 2)
+    assert "rgradcam" in page.inner_text("#pair-info")
+
+    # picking another image re-explains
+    page.select_option("#pick-b", "s2")
+    wait_stat(page, "explains", 3)
+
+    # PNG download of the figure (client-side canvas export)
+    with page.expect_download() as download:
+        page.click("#download")
+    target = ARTIFACTS / "web-pair-download.png"
+    download.value.save_as(target)
+    from PIL import Image
+    with Image.open(target) as figure:
+        assert figure.format == "PNG" and figure.width > 2 * 64
+    assert stat(page, "errors") == 0, stat(page, "lastError")
+    assert problems == []
+
+
+def test_upload_in_the_page(browser, server, tmp_path, kit):
+    path = tmp_path / "mine.png"
+    kit.two_part(5, 2, size=80).save(path)
+    page, problems = open_page(browser, server)
+    wait_stat(page, "explains", 1)
+    page.set_input_files("#upload-a", str(path))
+    wait_stat(page, "explains", 2)
+    assert page.eval_on_selector("#pick-a", "s => s.value").startswith("u")
+    assert page.inner_text("#caption-a") == "mine.png"
+    assert problems == []
+
+
+def test_gallery_view(browser, server):
+    page, problems = open_page(browser, server + "/#gallery")
+    wait_stat(page, "searches", 1)
+    ranking = page.eval_on_selector_all("#results .card", "cards => cards.map(c => c.dataset.id)")
+    assert len(ranking) == 12
+
+    # hovering over the query draws the point map on every visible result at once
+    cards = page.locator("#results .card canvas")
+    before = [cards.nth(i).evaluate(CANVAS_HASH) for i in range(4)]
+    hover_and_wait(page, "#view-query", 0.3, 0.25)
+    after = [cards.nth(i).evaluate(CANVAS_HASH) for i in range(4)]
+    assert all(b != a for b, a in zip(before, after))
+    assert stat(page, "maxInFlight") == 1
+    shoot(page, ARTIFACTS / "web-gallery-hover.png")
+
+    # a box on the left half (pattern 0) ranks the plain pattern-0 image first ...
+    drag(page, "#view-query", (0.05, 0.05), (0.95, 0.45))
+    wait_stat(page, "searches", 2)
+    left = page.eval_on_selector_all("#results .card", "cards => cards.map(c => c.dataset.id)")
+    assert left != ranking
+    names = page.eval_on_selector_all("#results .card .name", "n => n.map(x => x.textContent)")
+    assert names[0] == "plain0.png"
+    # ... and one on the right half (pattern 3) the plain pattern-3 image
+    drag(page, "#view-query", (0.05, 0.55), (0.95, 0.95))
+    wait_stat(page, "searches", 3)
+    right = page.eval_on_selector_all("#results .card", "cards => cards.map(c => c.dataset.id)")
+    assert right != left
+    names = page.eval_on_selector_all("#results .card .name", "n => n.map(x => x.textContent)")
+    assert names[0] == "plain3.png"
+    assert "region" in page.inner_text("#caption-query")
+    hover_and_wait(page, "#view-query", 0.5, 0.75)
+    shoot(page, ARTIFACTS / "web-gallery.png")
+
+    # a click on the query searches with the whole image again
+    page.mouse.move(5, 5)
+    page.click("#view-query")
+    wait_stat(page, "searches", 4)
+    whole = page.eval_on_selector_all("#results .card", "cards => cards.map(c => c.dataset.id)")
+    assert whole == ranking
+
+    # a click on a result explains that pair
+    page.mouse.move(5, 5)
+    explains = stat(page, "explains")
+    page.locator("#results .card").nth(2).click()
+    wait_stat(page, "explains", explains + 1)
+    assert page.eval_on_selector("#pick-b", "s => s.value") == whole[2]
+    assert page.is_visible("#pair-view") and not page.is_visible("#gallery-view")
+    assert stat(page, "errors") == 0, stat(page, "lastError")
+    assert problems == []
+
+
+# -- README screenshots (real model) ----------------------------------------------------------
+def docs_screenshots(out: Path = ROOT / "docs" / "img") -> None:
+    """docs/img/web-pair.png and web-gallery.png: efficientnet-lite0, scikit-image photos."""
+    import tempfile
+
+    from PIL import ImageOps
+
+    from simexplain import zoo
+    from simexplain.datasets import skimage_photos
+    from simexplain.retrieval import Index
+    from simexplain.web import create_app
+
+    photos = skimage_photos()
+    work = Path(tempfile.mkdtemp(prefix="simexplain-docs-"))
+    gallery = work / "gallery"
+    gallery.mkdir()
+    for name, image in photos.items():
+        image.save(gallery / f"{name}.png")
+        ImageOps.mirror(image).save(gallery / f"{name}-mirrored.png")
+        w, h = image.size
+        image.crop((0, 0, w // 2, h)).save(gallery / f"{name}-left.png")
+        image.crop((w // 2, 0, w, h)).save(gallery / f"{name}-right.png")
+    explainer = zoo.load("efficientnet-lite0")
+    Index.build(gallery, explainer, model_name="efficientnet-lite0", out=work / "index",
+                progress=False)
+    samples = [(n, photos[n]) for n in ("astronaut", "chelsea", "coffee", "motorcycle_left",
+                                        "motorcycle_right", "rocket")]
+    app = create_app(explainer=explainer, index=work / "index", samples=samples)
+    out.mkdir(parents=True, exist_ok=True)
+    with chromium() as b, serve(app) as url:
+        page, _ = open_page(b, url)
+        wait_stat(page, "explains", 1, timeout=120_000)
+        page.select_option("#pick-a", "s3")
+        wait_stat(page, "explains", 2, timeout=120_000)
+        page.select_option("#pick-b", "s4")
+        wait_stat(page, "explains", 3, timeout=120_000)
+        hover_and_wait(page, "#view-a", 0.33, 0.7)  # the headlight
+        shoot(page, out / "web-pair.png")
+
+        page, _ = open_page(b, url + "/#gallery")
+        wait_stat(page, "searches", 1, timeout=120_000)
+        gallery_ids = page.eval_on_selector_all(
+            "#pick-query optgroup[label=Gallery] option",
+            "o => o.map(x => [x.value, x.textContent])")
+        query = next(i for i, n in gallery_ids if n == "astronaut.png")
+        page.select_option("#pick-query", query)
+        wait_stat(page, "searches", 2, timeout=120_000)
+        drag(page, "#view-query", (0.05, 0.25), (0.45, 0.7))  # the face
+        wait_stat(page, "searches", 3, timeout=120_000)
+        hover_and_wait(page, "#view-query", 0.25, 0.45)
+        shoot(page, out / "web-gallery.png")
+    from PIL import Image
+    for name in ("web-pair.png", "web-gallery.png"):  # 256 colours: a third of the bytes
+        with Image.open(out / name) as shot:
+            small = shot.convert("RGB").quantize(256)
+        small.save(out / name, optimize=True)
+    print(f"wrote {out / 'web-pair.png'} and {out / 'web-gallery.png'}")
+
+
+if __name__ == "__main__":
+    if "--docs" in sys.argv:
+        docs_screenshots()
+    else:
+        sys.exit(pytest.main([__file__, "-q"]))
