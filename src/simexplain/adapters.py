@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import difflib
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator
 
 import torch
 from torch import nn
 
 from .errors import LayerError, ModelError
-from .head import Contributions, FreezeScales, compute_contributions, head_offsets, mask_shape
+from .head import Contributions, RawEmbeddings, compute_contributions, head_offsets, mask_shape
 
 
 # Floats of forward-mode tangents held at once at the explained layer (about 1 GB).
@@ -179,16 +179,11 @@ class SplitModel:
 
         `raw=True` skips the final L2 normalisation (F.normalize) to get raw embeddings.
         """
-        with self.capture() as captured, torch.enable_grad(), FreezeScales(skip_normalize=raw) \
-                if raw else _null():
+        with self.capture() as captured, torch.enable_grad(), \
+                RawEmbeddings() if raw else nullcontext():
             out = self._run(x)
         self._check_embedding(out.detach())
         return captured[0], out
-
-
-@contextmanager
-def _null():
-    yield
 
 
 # -- loading a user's model from the command line -----------------------------------------------

@@ -38,19 +38,21 @@ _SCALE_OPS = {
 _NORMALIZE_SIG = inspect.signature(F.normalize)
 _BATCH_NORM_SIG = inspect.signature(F.batch_norm)
 _LAYER_NORM_SIG = inspect.signature(F.layer_norm)
-_RAW_NORMALIZE = object()  # sentinel: normalisation disabled (raw embeddings)
+
+
+class RawEmbeddings(TorchFunctionMode):
+    """Within the block, F.normalize is the identity: the model returns its raw
+    (pre-normalisation) embedding, which Grad-CAM's "raw" variant needs."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.normalize:
+            return _NORMALIZE_SIG.bind(*args, **kwargs).arguments["input"]
+        return func(*args, **kwargs)
 
 
 class FreezeScales(TorchFunctionMode):
-    """Run a forward pass with per-sample scalars frozen (values unchanged, tangents dropped).
-
-    With `skip_normalize=True`, F.normalize becomes the identity: the model then returns its
-    raw (pre-normalisation) embedding, which Grad-CAM's "raw" variant needs.
-    """
-
-    def __init__(self, skip_normalize: bool = False):
-        super().__init__()
-        self.skip_normalize = skip_normalize
+    """Run a forward pass with per-sample scalars frozen (values unchanged, tangents dropped)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -58,8 +60,6 @@ class FreezeScales(TorchFunctionMode):
             bound = _NORMALIZE_SIG.bind(*args, **kwargs)
             bound.apply_defaults()
             a = bound.arguments
-            if self.skip_normalize:
-                return a["input"]
             denom = a["input"].norm(a["p"], a["dim"], keepdim=True).clamp_min(a["eps"])
             return a["input"] / denom.detach()
         if func is F.batch_norm:
