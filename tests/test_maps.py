@@ -85,3 +85,12 @@ def test_upsample_and_overlay(result):
     assert picture.size == (48, 48)
     d = result.to_dict()
     assert d["score"] == result.score and len(d["overall_a"]) == 8
+
+
+def test_gallery_of_mixed_sizes_keeps_the_order(explainer):
+    query = image(1)
+    gallery = [image(20, size=32), image(21, size=48), image(22, size=32)]
+    batched = explainer.explain_gallery(query, gallery, batch_size=3)
+    assert [r.b.grid for r in batched] == [(8, 8), (12, 12), (8, 8)]
+    for item, single in zip(gallery, batched):
+        assert single.score == pytest.approx(explainer.explain(query, item).score, rel=1e-5)

@@ -108,18 +108,17 @@ class Explainer:
         results = []
         for batch in _batches(list(gallery), batch_size, progress, "explaining"):
             prepared = [self.prepare(image, "b") for image in batch]
-            shapes = {tuple(t.shape) for t, _ in prepared}
-            if len(shapes) > 1:
-                # different sizes cannot share a batch: fall back to one at a time
-                groups = [[p] for p in prepared]
-            else:
-                groups = [prepared]
-            for group in groups:
-                c = self.contributions(torch.cat([t for t, _ in group]), "b")
-                for i, (_, shown) in enumerate(group):
-                    side_b = Side(image=shown, grid=c.grid, contributions=c.positions[i],
-                                  embedding=c.embedding[i])
-                    results.append(PairExplanation.from_sides(query_side, side_b, self.similarity))
+            by_shape: dict[tuple, list[int]] = {}  # images of one size share a forward pass
+            for i, (tensor, _) in enumerate(prepared):
+                by_shape.setdefault(tuple(tensor.shape), []).append(i)
+            sides: dict[int, Side] = {}
+            for members in by_shape.values():
+                c = self.contributions(torch.cat([prepared[i][0] for i in members]), "b")
+                for row, i in enumerate(members):
+                    sides[i] = Side(image=prepared[i][1], grid=c.grid,
+                                    contributions=c.positions[row], embedding=c.embedding[row])
+            results += [PairExplanation.from_sides(query_side, sides[i], self.similarity)
+                        for i in range(len(prepared))]
         return results
 
     # -- saliency by any method ------------------------------------------------------------------
