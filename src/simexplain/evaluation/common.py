@@ -1,0 +1,358 @@
+"""Shared parts of the benchmarks: models and their settings, maps by any method, statistics.
+
+Every benchmark feeds the explainer ready tensors built from PIL images at exactly the size
+the benchmark wants (``to_tensor``), so composites of any size reach the model unresized and
+the known boxes stay valid in the model's own pixel frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import SimexplainError
+
+# The saliency methods compared everywhere (simexplain.methods), in display order.
+METHODS = ("decomposition", "gradcam", "gradcam-raw", "rgradcam", "occlusion", "random")
+# The models benchmarked, in display order.
+MODELS = ("fmnist-gap", "fmnist-gmp", "efficientnet-lite0", "facenet")
+BOOTSTRAP = 2000  # bootstrap resamples for every confidence interval
+
+
+# -- models -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelSetup:
+    """How the benchmarks feed one zoo model.
+
+    domain: which real items the model is shown ("fmnist", "photos", "faces").
+    single: side in pixels of a single item (query images, faithfulness pairs).
+    cell: side of one item in a 2x2 composite (the composite is 2 * cell).
+    corr: side of the images in the correspondence benchmark.
+    occlusion_cap: occlusion (one forward pass per feature cell, 10-60x the cost of the
+    other methods on a CPU) runs on the first `occlusion_cap` samples only; 0 leaves it out,
+    None runs it everywhere. Benchmarks may set their own caps (their OCCLUSION_CAPS).
+    """
+
+    name: str
+    domain: str
+    single: int
+    cell: int
+    corr: int
+    occlusion_cap: int | None = None
+
+
+SETUPS = {
+    "fmnist-gap": ModelSetup("fmnist-gap", "fmnist", 28, 28, 56, occlusion_cap=80),
+    "fmnist-gmp": ModelSetup("fmnist-gmp", "fmnist", 28, 28, 56, occlusion_cap=80),
+    # 2 x 128 px = 256 px: an 8x8 grid, 4x4 cells per item
+    "efficientnet-lite0": ModelSetup("efficientnet-lite0", "photos", 224, 128, 448,
+                                     occlusion_cap=10),
+    # 2 x 160 px = 320 px: an 8x8 grid
+    "facenet": ModelSetup("facenet", "faces", 160, 160, 320, occlusion_cap=5),
+}
+QUICK_OCCLUSION_CAP = 5
+
+
+def method_cap(setup: ModelSetup, method: str, quick: bool = False,
+               caps: dict | None = None) -> int | None:
+    """How many samples `method` runs on for this model (None: all). `caps` (model -> cap)
+    replaces the model's default occlusion cap for one benchmark."""
+    if method != "occlusion":
+        return None
+    cap = caps[setup.name] if caps and setup.name in caps else setup.occlusion_cap
+    if quick:
+        return QUICK_OCCLUSION_CAP if cap is None else min(cap, QUICK_OCCLUSION_CAP)
+    return cap
+
+
+def runs_on(setup: ModelSetup, method: str, index: int, quick: bool = False,
+            caps: dict | None = None) -> bool:
+    """Does `method` run on sample `index`? (See ModelSetup.occlusion_cap.)"""
+    cap = method_cap(setup, method, quick, caps)
+    return cap is None or index < cap
+
+
+def cap_notes(setup: ModelSetup, methods, samples: int, quick: bool = False,
+              caps: dict | None = None) -> list[str]:
+    notes = []
+    for m in methods:
+        cap = method_cap(setup, m, quick, caps)
+        if cap is not None and cap < samples:
+            notes.append(f"{m}: left out (too slow for this model on a CPU)" if cap == 0 else
+                         f"{m}: first {cap} of {samples} samples only (cost)")
+    return notes
+
+
+def usable_methods(setup: ModelSetup, methods, quick: bool = False,
+                   caps: dict | None = None) -> list[str]:
+    """The methods minus those this model leaves out altogether (cap 0)."""
+    return [m for m in methods if method_cap(setup, m, quick, caps) != 0]
+
+
+def available_models(wanted: Iterable[str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """(models that load, {model: why skipped}) for the benchmark models (or those wanted)."""
+    from .. import zoo
+    names = list(wanted) if wanted is not None else list(MODELS)
+    listed = set(zoo.list())
+    ok, skipped = [], {}
+    for name in names:
+        if name not in SETUPS:
+            skipped[name] = "not a benchmark model (choose from " + ", ".join(MODELS) + ")"
+        elif name not in listed:
+            skipped[name] = "not in this installation's zoo"
+        else:
+            try:
+                zoo.model(name)
+                ok.append(name)
+            except Exception as exc:  # noqa: BLE001 - missing weights, packages ...
+                skipped[name] = f"cannot be loaded: {str(exc).splitlines()[0][:200]}"
+    return ok, skipped
+
+
+def load_model(name: str):
+    """(Explainer, ModelSetup) for a benchmark model."""
+    from .. import zoo
+    if name not in SETUPS:
+        raise SimexplainError(
+            f"no benchmark settings for model {name!r}; choose from {', '.join(MODELS)}")
+    if name not in zoo.list():
+        raise SimexplainError(f"model {name!r} is not available in this installation's zoo")
+    return zoo.load(name), SETUPS[name]
+
+
+def to_tensor(explainer, image: Image.Image, side: str = "a") -> torch.Tensor:
+    """(1, C, H, W) model input of a PIL image at its own size (no resizing)."""
+    transform = explainer.transform_a if side == "a" else explainer.transform_b
+    if dataclasses.is_dataclass(transform) and hasattr(transform, "size"):
+        transform = dataclasses.replace(transform, size=(image.height, image.width))
+    return transform(image)[None].to(explainer.stream(side).device)
+
+
+def resolve_methods(requested: Sequence[str] | None, allowed: Sequence[str] = METHODS
+                    ) -> list[str]:
+    """Expand 'all' and check names against the methods a benchmark supports."""
+    if not requested:
+        return list(allowed)
+    out: list[str] = []
+    for name in requested:
+        names = allowed if name == "all" else [name]
+        for n in names:
+            if n not in allowed:
+                raise SimexplainError(
+                    f"method {n!r} is not supported here; choose from {', '.join(allowed)} "
+                    "or 'all'")
+            if n not in out:
+                out.append(n)
+    return out
+
+
+# -- maps -------------------------------------------------------------------------------------
+def method_map(explainer, method: str, a: torch.Tensor, b: torch.Tensor, side: str = "b",
+               seed: int = 0) -> torch.Tensor:
+    """One image's overall map (on its feature grid) for the pair (a, b), by `method`.
+
+    Occlusion computes only the side asked for (half the forward passes); `random` is seeded
+    per call, so a sample's random map depends on the seed only, never on the model.
+    """
+    from ..methods import get_method
+    if method == "random":
+        maps = get_method("random", seed=seed).attribute(explainer, a, b)
+    elif method == "occlusion":
+        occ = get_method("occlusion")
+        if hasattr(occ, "_side"):
+            from .. import decomposition
+            stream, x = (explainer.stream_a, a) if side == "a" else (explainer.stream_b, b)
+            other_stream, other_x = ((explainer.stream_b, b) if side == "a"
+                                     else (explainer.stream_a, a))
+            e = stream.embed(x)[0]
+            other = other_stream.embed(other_x)[0]
+            sim = explainer.similarity
+            base = decomposition.score(e, other, sim)
+            sign = -1.0 if sim == "euclidean" else 1.0
+            return occ._side(stream, x, other, base, sim, sign).detach().float().cpu()
+        maps = occ.attribute(explainer, a, b)
+    else:
+        maps = get_method(method).attribute(explainer, a, b)
+    result = maps[0] if side == "a" else maps[1]
+    return result.detach().float().cpu()
+
+
+def score(explainer, a: torch.Tensor, b: torch.Tensor, e_a: torch.Tensor | None = None
+          ) -> torch.Tensor:
+    """Similarity of a (1 image; or its embedding e_a) with every image of the batch b."""
+    from .. import decomposition
+    if e_a is None:
+        e_a = explainer.stream_a.embed(a)[0]
+    e_b = torch.cat([explainer.stream_b.embed(chunk) for chunk in b.split(32)])
+    return decomposition.score(e_a, e_b, explainer.similarity).detach().float().cpu()
+
+
+def cell_centres(grid: tuple[int, int], image_size: tuple[int, int]) -> np.ndarray:
+    """(H*W, 2) continuous pixel (row, col) of every feature cell's centre (cell-centre
+    alignment; pixel (i, j) covers [i, i+1) x [j, j+1))."""
+    rows, cols = grid
+    height, width = image_size
+    r = (np.arange(rows) + 0.5) * height / rows
+    c = (np.arange(cols) + 0.5) * width / cols
+    rr, cc = np.meshgrid(r, c, indexing="ij")
+    return np.stack([rr.ravel(), cc.ravel()], axis=1)
+
+
+def argmax_cell(grid_map, rng: np.random.Generator | None = None) -> tuple[int, int]:
+    """(row, col) of the map's maximum; ties broken uniformly at random (seeded)."""
+    values = np.asarray(grid_map, dtype=np.float64)
+    flat = values.ravel()
+    best = np.flatnonzero(flat >= flat.max())
+    index = int(best[0]) if rng is None or len(best) == 1 else int(rng.choice(best))
+    return divmod(index, values.shape[1])
+
+
+def is_flat(grid_map) -> bool:
+    """Are all values of the map equal (no maximum to point at)?"""
+    values = np.asarray(grid_map, dtype=np.float64)
+    return bool(values.max() - values.min() <= 1e-12 * max(1.0, abs(values.max())))
+
+
+# -- statistics --------------------------------------------------------------------------------
+def bootstrap_ci(values, weights=None, seed: int = 0, n_boot: int = BOOTSTRAP,
+                 level: float = 0.95) -> dict:
+    """Mean and percentile bootstrap CI of (weighted) per-sample values.
+
+    With weights (e.g. the number of points of each pair), samples are resampled whole and the
+    statistic is sum(w * v) / sum(w): a cluster bootstrap. NaNs are left out.
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    w = np.ones_like(v) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
+    keep = np.isfinite(v) & (w > 0)
+    v, w = v[keep], w[keep]
+    n = len(v)
+    if n == 0:
+        return {"mean": math.nan, "lo": math.nan, "hi": math.nan, "n": 0}
+    mean = float((v * w).sum() / w.sum())
+    if n == 1:
+        return {"mean": mean, "lo": mean, "hi": mean, "n": 1}
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    stats = (v[idx] * w[idx]).sum(1) / np.maximum(w[idx].sum(1), 1e-300)
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(stats, [alpha, 1 - alpha])
+    return {"mean": mean, "lo": float(min(lo, mean)), "hi": float(max(hi, mean)), "n": n}
+
+
+def paired_difference(x, y, weights=None, seed: int = 0, n_boot: int = BOOTSTRAP) -> dict:
+    """Bootstrap CI of mean(x) - mean(y) over the same samples (pairs resampled together)."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise SimexplainError("paired difference needs values on the same samples")
+    return bootstrap_ci(x - y, weights=weights, seed=seed, n_boot=n_boot)
+
+
+def spearman(x, y) -> float:
+    """Spearman rank correlation (average ranks for ties); 0 when either input is constant."""
+    from scipy.stats import rankdata
+    a = np.asarray(x, dtype=np.float64).ravel()
+    b = np.asarray(y, dtype=np.float64).ravel()
+    if is_flat(a) or is_flat(b):
+        return 0.0
+    ra, rb = rankdata(a), rankdata(b)
+    ra -= ra.mean()
+    rb -= rb.mean()
+    return float((ra * rb).sum() / math.sqrt((ra * ra).sum() * (rb * rb).sum()))
+
+
+# -- results -----------------------------------------------------------------------------------
+def new_result(benchmark: str, model: str, seed: int, samples: int, settings: dict) -> dict:
+    return {"benchmark": benchmark, "model": model, "seed": seed, "samples": samples,
+            "bootstrap": BOOTSTRAP, "settings": settings, "methods": {}, "per_sample": {},
+            "notes": [], "seconds": 0.0}
+
+
+class Timer:
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *_):
+        self.seconds = time.perf_counter() - self.start
+
+
+def sample_seed(seed: int, index: int, salt: int = 0) -> int:
+    """A per-sample seed derived from the run's seed (stable across methods and models)."""
+    return int(np.random.SeedSequence([seed, index, salt]).generate_state(1)[0])
+
+
+def progress(iterable, total: int, label: str, enabled: bool):
+    from tqdm.auto import tqdm
+    return tqdm(iterable, total=total, desc=label, unit="sample", disable=not enabled,
+                leave=False)
+
+
+# -- command line shared by the benchmark subcommands ----------------------------------------------
+def configure_benchmark_parser(parser, methods: Sequence[str], default_samples: dict,
+                               quick_samples: int) -> None:
+    defaults = ", ".join(f"{k} {v}" for k, v in default_samples.items())
+    parser.add_argument("--model", action="append", metavar="NAME", required=True,
+                        help="benchmark model, repeatable, or 'all' (" + ", ".join(MODELS) + ")")
+    parser.add_argument("--method", action="append", metavar="M",
+                        help="method, repeatable, or 'all' (default): " + ", ".join(methods))
+    parser.add_argument("--samples", type=int,
+                        help=f"samples per model (default: {defaults}; --quick: {quick_samples})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every draw (default 0)")
+    parser.add_argument("--quick", action="store_true", help="tiny sample counts")
+    parser.add_argument("--out", required=True, help="folder for the JSON, Markdown and plots")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--progress", action="store_true", help="show progress bars")
+
+
+def expand_models(requested: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for name in requested:
+        for n in (MODELS if name == "all" else [name]):
+            if n not in out:
+                out.append(n)
+    return out
+
+
+def run_benchmark_cli(args, module) -> int:
+    """Run one benchmark module for the models asked for; write and print its figures."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from . import report
+    if args.samples is not None and args.samples < 1:
+        raise SimexplainError("--samples must be at least 1")
+    out = Path(args.out)
+    wanted = expand_models(args.model)
+    models, skipped = available_models(wanted)
+    if "all" not in args.model and skipped:
+        name, why = next(iter(skipped.items()))
+        raise SimexplainError(f"model {name}: {why}")
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for model in models:
+        result = module.run(model, methods=args.method, samples=args.samples, seed=args.seed,
+                            quick=args.quick, show_progress=args.progress)
+        results.append(result)
+        report.write_json(out / f"{module.NAME}-{model}.json", result)
+    section = report.benchmark_section(module.NAME, results, out / "img", Path("img"))
+    skipped_lines = "".join(f"\n- {k} skipped: {v}" for k, v in skipped.items())
+    (out / f"{module.NAME}.md").write_text(section + skipped_lines + "\n")
+    if args.json:
+        print(json.dumps(report.clean({"benchmark": module.NAME, "results": results,
+                                       "skipped": skipped}), indent=2,
+                         default=report.json_default))
+    else:
+        print(section)
+        for k, v in skipped.items():
+            print(f"skipped {k}: {v}", file=sys.stderr)
+        print(f"wrote {out / (module.NAME + '.md')} and {module.NAME}-<model>.json")
+    return 0
