@@ -114,22 +114,22 @@ class Occlusion(Method):
         self.batch_size = batch_size
 
     def attribute(self, explainer, a, b) -> Maps:
+        return self.side_map(explainer, a, b, "a"), self.side_map(explainer, a, b, "b")
+
+    def side_map(self, explainer, a, b, side: str) -> torch.Tensor:
+        """The occlusion map of one side only (half the forward passes of `attribute`)."""
         x_a, _ = explainer.prepare(a, "a")
         x_b, _ = explainer.prepare(b, "b")
-        e_a = explainer.stream_a.embed(x_a)
-        e_b = explainer.stream_b.embed(x_b)
+        e_a = explainer.stream_a.embed(x_a)[0]
+        e_b = explainer.stream_b.embed(x_b)[0]
         sim = explainer.similarity
-        base = decomposition.score(e_a[0], e_b[0], sim)
-        sign = -1.0 if sim == "euclidean" else 1.0
-        map_a = self._side(explainer.stream_a, x_a, e_b[0], base, sim, sign)
-        map_b = self._side(explainer.stream_b, x_b, e_a[0], base, sim, sign)
-        return map_a, map_b
-
-    def _side(self, stream, x, other, base, sim, sign) -> torch.Tensor:
+        base = decomposition.score(e_a, e_b, sim)
+        stream, x, other = ((explainer.stream_a, x_a, e_b) if side == "a"
+                            else (explainer.stream_b, x_b, e_a))
         (rows, cols), _ = stream.grid(x)
         height, width = x.shape[2:]
-        masks = []
         half = (self.window - 1) / 2
+        masks = []
         for r in range(rows):
             for c in range(cols):
                 top = int(round((r - half) * height / rows))
@@ -142,6 +142,7 @@ class Occlusion(Method):
         occluded = x * torch.stack(masks)[:, None]  # (P, C, H, W)
         scores = torch.cat([decomposition.score(stream.embed(chunk), other, sim)
                             for chunk in occluded.split(self.batch_size)])
+        sign = -1.0 if sim == "euclidean" else 1.0  # explain closeness for the distance
         return (sign * (base - scores)).reshape(rows, cols)
 
 

@@ -165,19 +165,7 @@ def method_map(explainer, method: str, a: torch.Tensor, b: torch.Tensor, side: s
     if method == "random":
         maps = get_method("random", seed=seed).attribute(explainer, a, b)
     elif method == "occlusion":
-        occ = get_method("occlusion")
-        if hasattr(occ, "_side"):
-            from .. import decomposition
-            stream, x = (explainer.stream_a, a) if side == "a" else (explainer.stream_b, b)
-            other_stream, other_x = ((explainer.stream_b, b) if side == "a"
-                                     else (explainer.stream_a, a))
-            e = stream.embed(x)[0]
-            other = other_stream.embed(other_x)[0]
-            sim = explainer.similarity
-            base = decomposition.score(e, other, sim)
-            sign = -1.0 if sim == "euclidean" else 1.0
-            return occ._side(stream, x, other, base, sim, sign).detach().float().cpu()
-        maps = occ.attribute(explainer, a, b)
+        return get_method("occlusion").side_map(explainer, a, b, side).detach().float().cpu()
     else:
         maps = get_method(method).attribute(explainer, a, b)
     result = maps[0] if side == "a" else maps[1]
