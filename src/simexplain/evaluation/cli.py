@@ -1,7 +1,8 @@
 """`simexplain eval <benchmark>`: one subcommand per benchmark module.
 
 To add a benchmark, write a module with `configure_parser(parser)` (its options) and
-`run_cli(args) -> int`, and add a line to BENCHMARKS. Modules are imported only when the
+`run_cli(args) -> int`, or a standard benchmark module (ALLOWED, DEFAULT_SAMPLES,
+QUICK_SAMPLES and `run`, see common.run_benchmark_cli), and add a line to BENCHMARKS. Modules are imported only when the
 `eval` command line is built, and a benchmark whose module is missing is left out.
 """
 
@@ -47,8 +48,14 @@ def add_cli(subparsers) -> None:
             continue
         parser = benchmarks.add_parser(name, help=text, description=module.__doc__.split("\n\n")[0]
                                        if module.__doc__ else text)
-        module.configure_parser(parser)
-        parser.set_defaults(run=module.run_cli)
+        if hasattr(module, "configure_parser"):
+            module.configure_parser(parser)
+            parser.set_defaults(run=module.run_cli)
+        else:  # a standard benchmark: ALLOWED methods, DEFAULT_SAMPLES, QUICK_SAMPLES, run()
+            from .common import configure_benchmark_parser, run_benchmark_cli
+            configure_benchmark_parser(parser, module.ALLOWED, module.DEFAULT_SAMPLES,
+                                       module.QUICK_SAMPLES)
+            parser.set_defaults(run=lambda args, module=module: run_benchmark_cli(args, module))
 
 
 def _add_broken(benchmarks, name: str, module_name: str, exc: ImportError) -> None:

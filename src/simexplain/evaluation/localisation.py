@@ -108,13 +108,3 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
     result["seconds"] = timer.seconds
     return result
 
-
-def configure_parser(parser) -> None:
-    from .common import configure_benchmark_parser
-    configure_benchmark_parser(parser, ALLOWED, DEFAULT_SAMPLES, QUICK_SAMPLES)
-
-
-def run_cli(args) -> int:
-    import sys
-    from .common import run_benchmark_cli
-    return run_benchmark_cli(args, sys.modules[__name__])
