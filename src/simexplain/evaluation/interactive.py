@@ -131,8 +131,10 @@ def ranking_metrics(scores: np.ndarray, target_labels: np.ndarray, gallery_label
     hits = relevant & within
     precision = np.cumsum(hits, axis=1) / ranks[None, :]
     average = (precision * hits).sum(1) / r
+    from .common import bootstrap_ci
     return {"recall@1": float(relevant[:, 0].mean()), "map@r": float(average.mean()),
-            "queries": int(keep.sum())}
+            "queries": int(keep.sum()),
+            "recall@1_ci": bootstrap_ci(relevant[:, 0]), "map@r_ci": bootstrap_ci(average)}
 
 
 def _to_tensor(items: np.ndarray, transform) -> torch.Tensor:
@@ -239,17 +241,25 @@ def markdown_table(results: dict) -> str:
         f"Interactive retrieval, Fashion-MNIST test split: {results['queries']} composite "
         f"queries, {results['gallery']} gallery items, seed {results['seed']}.",
         "",
+        "Each figure: mean [95% bootstrap CI over queries].",
+        "",
         "| model | input (item / composite) | grid | global R@1 | region R@1 | global MAP@R | "
         "region MAP@R | right-half R@1 |",
         "|---|---|---|---|---|---|---|---|",
     ]
+
+    def cell(figures: dict, key: str) -> str:
+        ci = figures.get(f"{key}_ci")
+        text = f"{figures[key]:.3f}"
+        return f"{text} [{ci['lo']:.3f}, {ci['hi']:.3f}]" if ci else text
+
     for name, m in results["models"].items():
         lines.append(
             f"| {name} | {m['item_size'][0]}x{m['item_size'][1]} / "
             f"{m['query_size'][0]}x{m['query_size'][1]} | {m['grid'][0]}x{m['grid'][1]} | "
-            f"{m['global']['recall@1']:.3f} | {m['region']['recall@1']:.3f} | "
-            f"{m['global']['map@r']:.3f} | {m['region']['map@r']:.3f} | "
-            f"{m['region_right']['recall@1']:.3f} |")
+            f"{cell(m['global'], 'recall@1')} | {cell(m['region'], 'recall@1')} | "
+            f"{cell(m['global'], 'map@r')} | {cell(m['region'], 'map@r')} | "
+            f"{cell(m['region_right'], 'recall@1')} |")
     for name, reason in results["skipped"].items():
         lines.append(f"\nskipped {name}: {reason}")
     return "\n".join(lines) + "\n"
