@@ -13,7 +13,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+pip_install() {
+    # this machine's pip configuration warns about every missing local mirror folder
+    .venv/bin/python -m pip install -q --disable-pip-version-check "$@" 2>&1 \
+        | { grep -v '^WARNING: Location .* is ignored' || true; }
+}
 [ -x .venv/bin/python ] || python3 -m venv .venv
 # torch first and pinned exactly: an unpinned torch pulls a multi-GB CUDA build.
-.venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
-.venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0" -e ".[zoo,retrieval,web,dev]"
+pip_install torch==2.13.0
+pip_install "torch==2.13.0" -e ".[zoo,retrieval,web,dev]"
