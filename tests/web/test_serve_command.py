@@ -1,0 +1,55 @@
+"""The README's flow, for real: `simexplain index build` then `simexplain serve --index` in a
+separate process, answering on 127.0.0.1 until stopped."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+from PIL import Image
+
+from simexplain.cli import main
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_index_build_then_serve(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(photos / f"{i}.png")
+    index = tmp_path / "photos.index"
+    assert main(["index", "build", str(photos), "--model", "simexplain.toy:tiny_cnn",
+                 "--layer", "features", "--size", "64", "--out", str(index), "--quiet"]) == 0
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "simexplain.cli", "serve", "--index", str(index),
+         "--model", "simexplain.toy:tiny_cnn", "--layer", "features", "--size", "64",
+         "--port", str(port), "--samples", str(photos)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    health = json.loads(r.read())
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert server.poll() is None, server.stdout.read()
+                assert time.monotonic() < deadline, "the server did not come up in 60 s"
+                time.sleep(0.3)
+        assert health["status"] == "ok" and health["index_size"] == 4, health
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
+            assert "simexplain" in r.read().decode()
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
