@@ -70,9 +70,10 @@ def test_grayscale_and_transparent_images_are_converted(explainer, tmp_path, mod
     assert result.image("a").mode == "RGB"
 
 
-def test_tensor_with_wrong_channels(explainer):
-    with pytest.raises(ModelError, match=r"failed on an input of shape \(1, 4, 32, 32\)"):
-        explainer.explain(torch.randn(1, 4, 32, 32), torch.randn(1, 3, 32, 32))
+@pytest.mark.parametrize("channels", [1, 4])  # a grayscale or RGBA tensor for an RGB model
+def test_tensor_with_wrong_channels(explainer, channels):
+    with pytest.raises(ModelError, match=rf"failed on an input of shape \(1, {channels}, 32, 32\)"):
+        explainer.explain(torch.randn(1, channels, 32, 32), torch.randn(1, 3, 32, 32))
 
 
 def test_tensor_with_wrong_rank(explainer):
