@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from . import datasets, report, visualize, zoo
+from .files import write_text_atomic
 from .maps import upsample
 
 COMPARED_METHODS = ("decomposition", "gradcam", "gradcam-raw", "rgradcam", "occlusion")
@@ -142,9 +143,7 @@ def build_report(out: Path, sections: list[Section] | None = None) -> Path:
         rendered.append((section, pairs))
         print(f"  {section.title}: {len(pairs)} pairs in {time.perf_counter() - started:.1f} s")
     page = out / "index.html"
-    tmp = out / ".index.html.tmp"
-    tmp.write_text(render_html(rendered, out))
-    tmp.replace(page)
+    write_text_atomic(page, render_html(rendered, out))
     return page
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -13,6 +11,7 @@ import torch
 
 from . import visualize
 from .explanation import PairExplanation
+from .files import write_text_atomic
 
 
 def default_points(result: PairExplanation, count: int = 4) -> list[tuple[float, float]]:
@@ -92,15 +91,7 @@ def write_pair(result: PairExplanation, out: Path, points: Sequence[tuple[float,
 
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write JSON through a temporary file and a rename: never a half-written file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, default=_json_default)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(data, indent=2, default=_json_default))
 
 
 def _json_default(value):

@@ -58,6 +58,7 @@ from tqdm.auto import tqdm
 from . import maps
 from .decomposition import SIMILARITIES, check_similarity
 from .errors import ImageError, SimexplainError
+from .files import write_text_atomic
 from .explanation import PairExplanation, Side
 
 FORMAT_NAME = "simexplain-index"
@@ -1120,7 +1121,5 @@ def write_results_page(out: Path, prepared: RegionQuery, hits: list[Hit], index:
     lines.append("</table><p>Maps are signed: red raises the score, blue lowers it.</p>"
                  "</body></html>")
     page = out / "index.html"
-    tmp = out / ".index.html.tmp"
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, page)
+    write_text_atomic(page, "\n".join(lines))
     return page

@@ -9,7 +9,6 @@ the same seed, data and machine give the same weights.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import time
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from tqdm import tqdm
 
 from .datasets import fashion_mnist
 from .errors import SimexplainError
+from .files import atomic_path
 from .evaluation.metrics import map_at_r, recall_at_k
 from .zoo.fmnist import FMNIST_MEAN, FMNIST_STD, HEADS, FashionNet, weights_path
 
@@ -85,14 +85,8 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor)
 
 
 def _save_atomic(obj: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(out) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def train_fmnist(head: str, epochs: int, seed: int, out: Path, data_root=None,

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..files import write_text_atomic
 from .common import METHODS, paired_difference
 
 BASELINES_NOTE = "baseline"
@@ -57,17 +56,7 @@ def clean(value):
 
 def write_json(path: Path, data) -> None:
     """Write JSON atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(clean(data), handle, separators=(",", ":"), default=json_default)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(clean(data), separators=(",", ":"), default=json_default))
 
 
 # -- formatting --------------------------------------------------------------------------------

@@ -43,7 +43,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -53,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
+from ..files import atomic_path
 from ..images import Preprocess
 from .graphdef import Graph, GraphDefError, read_graphdef
 
@@ -417,15 +417,8 @@ def _load_cache(cache_file: Path, key: dict) -> dict[str, torch.Tensor] | None:
 
 def _save_cache(cache_file: Path, key: dict, state: dict[str, torch.Tensor]) -> None:
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=cache_file.name, suffix=".tmp", dir=cache_file.parent)
-        os.close(fd)
-        try:
+        with atomic_path(cache_file) as tmp:
             torch.save({"key": key, "state_dict": state}, tmp)
-            os.replace(tmp, cache_file)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     except OSError as exc:  # a read-only home directory must not break model loading
         warnings.warn(f"could not cache the converted FaceNet weights in {cache_file}: {exc}",
                       RuntimeWarning, stacklevel=3)
