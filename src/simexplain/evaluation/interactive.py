@@ -39,6 +39,7 @@ from PIL import Image
 from .. import maps
 from ..errors import SimexplainError
 from ..retrieval import rank_order, similarity_scores
+from .metrics import average_precision_at_r
 
 ITEM = 28
 DEFAULT_MODELS = ("fmnist-gap", "fmnist-gmp", "efficientnet-lite0")
@@ -126,11 +127,7 @@ def ranking_metrics(scores: np.ndarray, target_labels: np.ndarray, gallery_label
     if not keep.any():
         return {"recall@1": math.nan, "map@r": math.nan, "queries": 0}
     relevant, r = relevant[keep], r[keep]
-    ranks = np.arange(1, relevant.shape[1] + 1)
-    within = ranks[None, :] <= r[:, None]
-    hits = relevant & within
-    precision = np.cumsum(hits, axis=1) / ranks[None, :]
-    average = (precision * hits).sum(1) / r
+    average = average_precision_at_r(torch.from_numpy(relevant), torch.from_numpy(r)).numpy()
     from .common import bootstrap_ci
     return {"recall@1": float(relevant[:, 0].mean()), "map@r": float(average.mean()),
             "queries": int(keep.sum()),

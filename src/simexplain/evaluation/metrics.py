@@ -101,6 +101,14 @@ def recall_at_k(query_emb, query_labels, gallery_emb, gallery_labels, k: int = 1
     return hits / q.shape[0]
 
 
+def average_precision_at_r(relevant: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Per-query AP@R from ranked relevance (n, >= max R; best first) and R (n,), R > 0."""
+    ranks = torch.arange(1, relevant.shape[1] + 1, dtype=torch.float64)
+    hits = relevant.double() * (ranks[None, :] <= r[:, None])  # only the first R ranks count
+    precision = hits.cumsum(dim=1) / ranks[None, :]
+    return (precision * hits).sum(dim=1) / r.double()
+
+
 def map_at_r(query_emb, query_labels, gallery_emb, gallery_labels,
              exclude_self: bool = False) -> float:
     """Mean average precision at R (Musgrave et al. 2020); NaN when no query has a match."""
@@ -117,14 +125,7 @@ def map_at_r(query_emb, query_labels, gallery_emb, gallery_labels,
         sim = _similarities(q, g, start, stop, exclude_self)[keep]
         r = r[keep]
         labels = ql[start:stop][keep]
-        max_r = int(r.max())
-        top = sim.topk(max_r, dim=1).indices                      # (n, max_r)
-        relevant = (gl[top] == labels[:, None]).double()
-        ranks = torch.arange(1, max_r + 1, dtype=torch.float64)
-        within = ranks[None, :] <= r[:, None]                     # only the first R ranks
-        relevant = relevant * within
-        precision = relevant.cumsum(dim=1) / ranks[None, :]
-        average = (precision * relevant).sum(dim=1) / r.double()
-        total += float(average.sum())
+        top = sim.topk(int(r.max()), dim=1).indices              # (n, max R)
+        total += float(average_precision_at_r(gl[top] == labels[:, None], r).sum())
         counted += int(keep.sum())
     return total / counted if counted else math.nan
