@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -105,21 +105,25 @@ class Explainer:
                         batch_size: int = 16, progress: bool = False) -> list[PairExplanation]:
         """Explain one query (side a) against many images (side b), in batches."""
         query_side = self.side(query, "a")
-        results = []
-        for batch in _batches(list(gallery), batch_size, progress, "explaining"):
-            prepared = [self.prepare(image, "b") for image in batch]
-            by_shape: dict[tuple, list[int]] = {}  # images of one size share a forward pass
+        return [PairExplanation.from_sides(query_side, other, self.similarity)
+                for other in self.sides(gallery, "b", batch_size, progress)]
+
+    def sides(self, images: Iterable[ImageInput], side: str = "b", batch_size: int = 16,
+              progress: bool = False) -> Iterator[Side]:
+        """The decomposed Side of each image, in order, computed a batch at a time (images of
+        one size share a forward pass)."""
+        for batch in _batches(list(images), batch_size, progress, "explaining"):
+            prepared = [self.prepare(image, side) for image in batch]
+            by_shape: dict[tuple, list[int]] = {}
             for i, (tensor, _) in enumerate(prepared):
                 by_shape.setdefault(tuple(tensor.shape), []).append(i)
-            sides: dict[int, Side] = {}
+            done: dict[int, Side] = {}
             for members in by_shape.values():
-                c = self.contributions(torch.cat([prepared[i][0] for i in members]), "b")
+                c = self.contributions(torch.cat([prepared[i][0] for i in members]), side)
                 for row, i in enumerate(members):
-                    sides[i] = Side(image=prepared[i][1], grid=c.grid,
-                                    contributions=c.positions[row], embedding=c.embedding[row])
-            results += [PairExplanation.from_sides(query_side, sides[i], self.similarity)
-                        for i in range(len(prepared))]
-        return results
+                    done[i] = Side(image=prepared[i][1], grid=c.grid,
+                                   contributions=c.positions[row], embedding=c.embedding[row])
+            yield from (done[i] for i in range(len(prepared)))
 
     # -- saliency by any method ------------------------------------------------------------------
     def saliency(self, a: ImageInput, b: ImageInput, method: str = "decomposition",

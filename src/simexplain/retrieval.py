@@ -383,7 +383,7 @@ class Index:
     def region_vector(self, query, region: maps.Region | None = None) -> RegionQuery:
         """The query's search vector: q_R = sum_p w_p u_p for a region, else e_a."""
         explainer = self._require_explainer()
-        side = explainer.side(query, "a")
+        side = explainer.side(face_crop_for(explainer)(query), "a")
         if side.embedding.shape[-1] != self.dim:
             raise IndexMismatchError(
                 f"the query model gives {side.embedding.shape[-1]}-d embeddings but the index "
@@ -459,33 +459,21 @@ class Index:
     def explain_hits(self, prepared: RegionQuery, hits: list[Hit], batch_size: int = 16) -> None:
         """Attach the pair decomposition (and the region map) to each hit, in place."""
         explainer = self._require_explainer()
-        for start in range(0, len(hits), batch_size):
-            group = hits[start:start + batch_size]
-            tensors, shown = [], []
-            for hit in group:
-                try:
-                    tensor, image = explainer.prepare(hit.path, "b")
-                except ImageError as exc:
-                    raise SimexplainError(f"cannot explain hit {hit.rank}: {exc}") from None
-                self._warn_if_changed(hit)
-                tensors.append(tensor)
-                shown.append(image)
-            if len({tuple(t.shape) for t in tensors}) == 1:
-                parts = [(list(range(len(group))), torch.cat(tensors))]
-            else:
-                parts = [([i], t) for i, t in enumerate(tensors)]
-            for members, batch in parts:
-                c = explainer.contributions(batch, "b")
-                for j, i in enumerate(members):
-                    side_b = Side(image=shown[i], grid=c.grid, contributions=c.positions[j],
-                                  embedding=c.embedding[j])
-                    result = PairExplanation.from_sides(prepared.side, side_b,
-                                                        explainer.similarity)
-                    group[i].explanation = result
-                    if prepared.is_region:
-                        d = result.pairwise_flat
-                        weights = prepared.weights.to(device=d.device, dtype=d.dtype)
-                        group[i].region_map = (weights @ d).reshape(side_b.grid)
+        for hit in hits:
+            self._warn_if_changed(hit)
+        model_input = face_crop_for(explainer)
+        try:
+            sides = list(explainer.sides([model_input(hit.path) for hit in hits], "b",
+                                         batch_size))
+        except ImageError as exc:
+            raise SimexplainError(f"cannot explain the hits: {exc}") from None
+        for hit, side_b in zip(hits, sides):
+            result = PairExplanation.from_sides(prepared.side, side_b, explainer.similarity)
+            hit.explanation = result
+            if prepared.is_region:
+                d = result.pairwise_flat
+                weights = prepared.weights.to(device=d.device, dtype=d.dtype)
+                hit.region_map = (weights @ d).reshape(side_b.grid)
 
     def _warn_if_changed(self, hit: Hit) -> None:
         expected = self.hashes[hit.index] if hit.index < len(self.hashes) else ""
@@ -700,10 +688,11 @@ class _BuildState:
         batch)."""
         ready: list[tuple[int, str, torch.Tensor]] = []
         skipped: list[Skipped] = []
+        model_input = face_crop_for(explainer)
         for i, path in enumerate(chunk, offset):
             try:
                 digest = file_sha256(path)
-                tensor, _ = explainer.prepare(path, "b")
+                tensor, _ = explainer.prepare(model_input(path), "b")
             except (ImageError, OSError) as exc:
                 skipped.append(Skipped(path, _reason(exc)))
                 continue
@@ -730,6 +719,22 @@ class _BuildState:
             self.hashes.extend(r[1] for r in results)
         self.skipped.extend(skipped)
         self.done = offset + len(chunk)
+
+
+def face_crop_for(explainer):
+    """What the model is given for an image: face models (zoo entries marked `faces`) see the
+    detected face crop, as in `simexplain pair`; an image without a face is an ImageError."""
+    from . import zoo
+    name = getattr(explainer, "model_name", None)
+    if name not in zoo.list() or not zoo.entry(name).faces:
+        return lambda image: image
+
+    def crop(image):
+        if isinstance(image, torch.Tensor):
+            return image  # already the model's input
+        from .faces import crop_face
+        return crop_face(image, size=None)[0]
+    return crop
 
 
 def _reason(exc: Exception) -> str:
