@@ -135,6 +135,17 @@ def to_tensor(explainer, image: Image.Image, side: str = "a") -> torch.Tensor:
     return transform(image)[None].to(explainer.stream(side).device)
 
 
+def start_run(model: str, methods, samples: int | None, quick: bool, allowed: Sequence[str],
+              default_samples: int, quick_samples: int):
+    """What every benchmark's run() starts with: the methods asked for (checked against
+    `allowed`), the sample count, the loaded model, its settings and its item source."""
+    from .composites import item_source
+    methods = resolve_methods(methods, allowed)
+    samples = samples or (quick_samples if quick else default_samples)
+    explainer, setup = load_model(model)
+    return methods, samples, explainer, setup, item_source(setup.domain)
+
+
 def resolve_methods(requested: Sequence[str] | None, allowed: Sequence[str] = METHODS
                     ) -> list[str]:
     """Expand 'all' and check names against the methods a benchmark supports."""

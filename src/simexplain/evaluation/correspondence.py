@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .. import maps as maplib
-from .common import (argmax_cell, bootstrap_ci, cell_centres, is_flat, load_model, new_result,
-                     progress, sample_seed, to_tensor, Timer)
-from .composites import FMNIST_FOREGROUND, grid2x2, item_source, random_view
+from .common import (argmax_cell, bootstrap_ci, cell_centres, is_flat, new_result, progress,
+                     sample_seed, start_run, to_tensor, Timer)
+from .composites import FMNIST_FOREGROUND, grid2x2, random_view
 
 NAME = "correspondence"
 ALLOWED = ("decomposition", "cosine", "random")
@@ -173,11 +173,8 @@ def cosine_map(feats_a: torch.Tensor, feats_b: torch.Tensor, point, image_size) 
 
 def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
         quick: bool = False, show_progress: bool = False) -> dict:
-    from .common import resolve_methods
-    methods = resolve_methods(methods, ALLOWED)
-    samples = samples or (QUICK_SAMPLES if quick else DEFAULT_SAMPLES.get(model, 10))
-    explainer, setup = load_model(model)
-    source = item_source(setup.domain)
+    methods, samples, explainer, setup, source = start_run(
+        model, methods, samples, quick, ALLOWED, DEFAULT_SAMPLES.get(model, 10), QUICK_SAMPLES)
     size = setup.corr
     rotation = 10.0 if setup.domain == "faces" else 15.0
     result = new_result(NAME, model, seed, samples, {

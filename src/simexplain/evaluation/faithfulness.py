@@ -28,9 +28,8 @@ import torch.nn.functional as F
 from scipy import ndimage, sparse
 from scipy.sparse.linalg import splu
 
-from .common import (METHODS, bootstrap_ci, cap_notes, load_model, method_map, new_result,
-                     progress, runs_on, sample_seed, score, to_tensor, usable_methods, Timer)
-from .composites import item_source
+from .common import (bootstrap_ci, cap_notes, method_map, METHODS, new_result, progress, runs_on,
+                     sample_seed, score, start_run, to_tensor, usable_methods, Timer)
 
 NAME = "faithfulness"
 ALLOWED = METHODS
@@ -208,11 +207,8 @@ def curves_for_map(explainer, a, b, grid_map, counts, masks, rng, base: float,
 
 def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
         quick: bool = False, show_progress: bool = False) -> dict:
-    from .common import resolve_methods
-    methods = resolve_methods(methods, ALLOWED)
-    samples = samples or (QUICK_SAMPLES if quick else DEFAULT_SAMPLES.get(model, 10))
-    explainer, setup = load_model(model)
-    source = item_source(setup.domain)
+    methods, samples, explainer, setup, source = start_run(
+        model, methods, samples, quick, ALLOWED, DEFAULT_SAMPLES.get(model, 10), QUICK_SAMPLES)
     max_steps = MAX_STEPS[setup.domain] if not quick else min(MAX_STEPS[setup.domain], 8)
     result = new_result(NAME, model, seed, samples, {
         "image_size": setup.single, "max_steps": max_steps, "deletion_fill": "image mean",

@@ -21,9 +21,9 @@ import numpy as np
 from scipy import ndimage
 
 from .. import maps as maplib
-from .common import (METHODS, bootstrap_ci, cap_notes, load_model, new_result, progress,
-                     runs_on, sample_seed, to_tensor, usable_methods, Timer)
-from .composites import Box, box_iou, item_source, random_canvas
+from .common import (bootstrap_ci, cap_notes, METHODS, new_result, progress, runs_on, sample_seed,
+                     start_run, to_tensor, usable_methods, Timer)
+from .composites import Box, box_iou, random_canvas
 from .pointing import pair_maps
 
 NAME = "localisation"
@@ -65,11 +65,8 @@ def correct(heat: np.ndarray, threshold: float, box: Box, iou: float = IOU) -> b
 
 def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
         quick: bool = False, show_progress: bool = False) -> dict:
-    from .common import resolve_methods
-    methods = resolve_methods(methods, ALLOWED)
-    samples = samples or (QUICK_SAMPLES if quick else DEFAULT_SAMPLES.get(model, 20))
-    explainer, setup = load_model(model)
-    source = item_source(setup.domain)
+    methods, samples, explainer, setup, source = start_run(
+        model, methods, samples, quick, ALLOWED, DEFAULT_SAMPLES.get(model, 20), QUICK_SAMPLES)
     result = new_result(NAME, model, seed, samples, {
         "query_size": setup.single, "canvas_size": 2 * setup.cell, "target_scale": list(SCALE),
         "thresholds": list(THRESHOLDS), "iou": IOU, "domain": setup.domain,

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import (METHODS, argmax_cell, bootstrap_ci, cap_notes, cell_centres, is_flat,
-                     load_model, method_map, new_result, progress, runs_on, sample_seed,
-                     to_tensor, usable_methods, Timer)
-from .composites import Box, item_source, matching_grid
+from .common import (argmax_cell, bootstrap_ci, cap_notes, cell_centres, is_flat, method_map,
+                     METHODS, new_result, progress, runs_on, sample_seed, start_run, to_tensor,
+                     usable_methods, Timer)
+from .composites import Box, matching_grid
 
 NAME = "pointing"
 ALLOWED = METHODS + ("decomposition-point",)
@@ -72,11 +72,8 @@ def pair_maps(explainer, methods, a, b, query_point, seed: int) -> dict:
 
 def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
         quick: bool = False, show_progress: bool = False) -> dict:
-    from .common import resolve_methods
-    methods = resolve_methods(methods, ALLOWED)
-    samples = samples or (QUICK_SAMPLES if quick else DEFAULT_SAMPLES.get(model, 20))
-    explainer, setup = load_model(model)
-    source = item_source(setup.domain)
+    methods, samples, explainer, setup, source = start_run(
+        model, methods, samples, quick, ALLOWED, DEFAULT_SAMPLES.get(model, 20), QUICK_SAMPLES)
     result = new_result(NAME, model, seed, samples, {
         "query_size": setup.single, "grid_size": 2 * setup.cell, "chance": 0.25,
         "domain": setup.domain})

@@ -30,9 +30,8 @@ import numpy as np
 import torch
 
 from ..explainer import Explainer
-from .common import (METHODS, bootstrap_ci, cap_notes, load_model, method_map, new_result,
-                     progress, runs_on, sample_seed, spearman, to_tensor, usable_methods, Timer)
-from .composites import item_source
+from .common import (bootstrap_ci, cap_notes, method_map, METHODS, new_result, progress, runs_on,
+                     sample_seed, spearman, start_run, to_tensor, usable_methods, Timer)
 
 NAME = "sanity"
 ALLOWED = METHODS
@@ -124,11 +123,8 @@ def _with_model(explainer: Explainer, model: torch.nn.Module) -> Explainer:
 
 def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
         quick: bool = False, show_progress: bool = False) -> dict:
-    from .common import resolve_methods
-    methods = resolve_methods(methods, ALLOWED)
-    samples = samples or (QUICK_SAMPLES if quick else DEFAULT_SAMPLES.get(model, 5))
-    explainer, setup = load_model(model)
-    source = item_source(setup.domain)
+    methods, samples, explainer, setup, source = start_run(
+        model, methods, samples, quick, ALLOWED, DEFAULT_SAMPLES.get(model, 5), QUICK_SAMPLES)
     pairs, partners = [], []
     for i in range(samples):
         rng = np.random.default_rng(sample_seed(seed, i, _SALT))
