@@ -390,31 +390,26 @@ class Engine:
         """Contributions of images on one side, from the cache or computed in batches."""
         explainer = self.explainer(model)
         found: dict[str, Prepared] = {}
-        missing: list[tuple[str, str, torch.Tensor, Image.Image]] = []
+        missing: list[tuple[str, str, Image.Image]] = []
         for image_id in dict.fromkeys(image_ids):
             cached = self.sides.get((model, image_id, which))
             if cached is not None:
                 found[image_id] = cached
                 continue
             shown_id, picture = self._model_view(model, image_id)
-            tensor, shown = explainer.prepare(picture, which)
-            missing.append((image_id, shown_id, tensor, shown))
-        groups: dict[tuple, list] = {}
-        for item in missing:
-            groups.setdefault(tuple(item[2].shape), []).append(item)
-        for group in groups.values():
-            for start in range(0, len(group), 16):
-                chunk = group[start:start + 16]
-                with self._compute, warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    c = explainer.contributions(torch.cat([t for _, _, t, _ in chunk]), which)
-                for i, (image_id, shown_id, _, shown) in enumerate(chunk):
-                    # kept in float64 once, so that pointer updates convert nothing
-                    side = Side(image=shown, grid=c.grid,
-                                contributions=c.positions[i].detach().double().cpu().clone(),
-                                embedding=c.embedding[i].detach().double().cpu().clone())
-                    found[image_id] = self.sides.put((model, image_id, which),
-                                                     Prepared(image_id, shown_id, side))
+            missing.append((image_id, shown_id, picture))
+        if missing:
+            with self._compute, warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                computed = list(explainer.sides([picture for _, _, picture in missing], which,
+                                                batch_size=16))
+            for (image_id, shown_id, _), side in zip(missing, computed):
+                # kept in float64 once, so that pointer updates convert nothing
+                side = Side(image=side.image, grid=side.grid,
+                            contributions=side.contributions.detach().double().cpu().clone(),
+                            embedding=side.embedding.detach().double().cpu().clone())
+                found[image_id] = self.sides.put((model, image_id, which),
+                                                 Prepared(image_id, shown_id, side))
         return [found[i] for i in image_ids]
 
     # -- pairs ---------------------------------------------------------------------------------
