@@ -86,7 +86,7 @@ def prepare_pair(explainer, a, b):
     """Face models see detected, cropped faces; others the images as given."""
     from . import zoo
     name = getattr(explainer, "model_name", None)
-    if name in zoo.list() and zoo.entry(name).faces:
+    if zoo.crops_faces(name):
         from .faces import crop_face
         from .images import load_image
         from .visualize import mark_box

@@ -726,7 +726,7 @@ def face_crop_for(explainer):
     detected face crop, as in `simexplain pair`; an image without a face is an ImageError."""
     from . import zoo
     name = getattr(explainer, "model_name", None)
-    if name not in zoo.list() or not zoo.entry(name).faces:
+    if not zoo.crops_faces(name):
         return lambda image: image
 
     def crop(image):

@@ -373,7 +373,7 @@ class Engine:
     def _model_view(self, model: str, image_id: str) -> tuple[str, Image.Image]:
         """(id of what the model sees, that image): a face crop for face models."""
         from .. import zoo
-        if _is_zoo(model) and zoo.entry(model).faces:
+        if _is_zoo(model) and zoo.crops_faces(model):
             tag = "face"
             derived_id = f"f-{tag}-{image_id}"[:42]
             try:

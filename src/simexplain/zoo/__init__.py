@@ -49,6 +49,11 @@ def entry(name: str) -> ZooEntry:
     return _REGISTRY[name]
 
 
+def crops_faces(name: str | None) -> bool:
+    """Does this name denote a zoo face model, whose inputs are detected face crops?"""
+    return name in list() and entry(name).faces
+
+
 def model(name: str) -> nn.Module:
     """The zoo model itself (built once per process, eval mode)."""
     if name not in _MODELS:
