@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .. import decomposition, maps
+from .. import maps, regions
 from ..errors import SimexplainError
 from ..explanation import PairExplanation, Side
 from ..images import MAX_PIXELS, load_image, to_rgb
@@ -273,7 +273,6 @@ class SearchRecord:
     model: str
     query: Prepared
     box: list[float] | None
-    query_vector: torch.Tensor  # (D,) sum_p w_p u_p (w = 1 everywhere without a box)
     hit_ids: list[str]
 
 
@@ -352,7 +351,7 @@ class Engine:
                     "similarity": None, "description": None}
             loaded = self.pinned.get(name) or self.explainers.get(name)
             if loaded is not None:
-                info["similarity"] = loaded.similarity
+                info["similarity"] = loaded.similarity.name
             if _is_zoo(name):
                 from .. import zoo
                 entry = zoo.entry(name)
@@ -366,7 +365,7 @@ class Engine:
             return None
         explainer = self.pinned[self.index_model]
         return {"model": self.index_model, "size": len(self.images.gallery_paths),
-                "similarity": explainer.similarity,
+                "similarity": explainer.similarity.name,
                 "layer": explainer.stream_a.layer_name}
 
     # -- contributions -------------------------------------------------------------------------
@@ -439,7 +438,7 @@ class Engine:
             map_a, map_b = record.method_maps[method]
         return {
             "explanation_id": record.id, "model": model, "method": method,
-            "similarity": pair.similarity, "score": pair.score, "residual": pair.residual,
+            "similarity": pair.similarity.name, "score": pair.score, "residual": pair.residual,
             "signed": method == "decomposition",
             "a": self._side_json(record.a, map_a), "b": self._side_json(record.b, map_b),
         }
@@ -478,57 +477,35 @@ class Engine:
         if self.index is None:
             raise WebError("this server has no index: start it with `simexplain serve "
                            "--index INDEX` for the gallery search")
+        from ..retrieval import RegionQuery
         model = self.index_model
         explainer = self.explainer(model)
         query_prepared = self.prepared(model, [query], "a")[0]
         q = query_prepared.side
-        if box is not None:
-            weights = maps.region_weights(_box(box), q.grid, q.image_size).to(
-                q.contributions.dtype)
-        else:
-            weights = torch.ones(q.contributions.shape[0], dtype=q.contributions.dtype)
-        vector = weights @ q.contributions
+        prepared = RegionQuery.from_side(q, _box(box) if box is not None else None)
         k = max(1, min(int(k), len(self.images.gallery_paths)))
-        hits = self._index_search(q, vector, box, k)
-        hit_ids = [f"g{index}" for index, _ in hits]
+        hits = self.index.search(prepared, k)
+        hit_ids = [f"g{hit.index}" for hit in hits]
         results = self.prepared(model, hit_ids, "b") if hit_ids else []
         out_hits = []
-        for rank, ((index, score), prepared) in enumerate(zip(hits, results), start=1):
-            grid_map = self._result_map(vector, q.embedding, prepared.side, explainer.similarity)
+        for hit, result in zip(hits, results):
+            grid_map = prepared.map_on(result.side, explainer.similarity)
             out_hits.append({
-                "rank": rank, "id": prepared.image_id, "index": index,
-                "name": self.images.gallery_paths[index].name, "score": score,
-                "url": f"/api/images/{prepared.shown_id}",
-                **{k_: v for k_, v in map_result("b", grid_map, prepared.side.image_size).items()
+                "rank": hit.rank, "id": result.image_id, "index": hit.index,
+                "name": self.images.gallery_paths[hit.index].name, "score": hit.score,
+                "url": f"/api/images/{result.shown_id}",
+                **{k_: v for k_, v in map_result("b", grid_map, result.side.image_size).items()
                    if k_ != "side"},
-                "image_size": list(prepared.side.image_size)})
+                "image_size": list(result.side.image_size)})
         search_id = secrets.token_hex(8)
         self.searches.put(search_id, SearchRecord(search_id, model, query_prepared,
                                                   list(box) if box is not None else None,
-                                                  vector, hit_ids))
-        return {"search_id": search_id, "model": model, "similarity": explainer.similarity,
+                                                  hit_ids))
+        return {"search_id": search_id, "model": model, "similarity": explainer.similarity.name,
                 "query": {"id": query, "shown_id": query_prepared.shown_id,
                           "url": f"/api/images/{query_prepared.shown_id}",
                           "grid": list(q.grid), "image_size": list(q.image_size)},
                 "box": list(box) if box is not None else None, "hits": out_hits}
-
-    def _index_search(self, q: Side, vector: torch.Tensor, box, k: int
-                      ) -> list[tuple[int, float]]:
-        """(gallery index, score) of the k best matches to the query, or to its region (then
-        ranked by the partial similarity s_R)."""
-        if box is None:
-            hits = self.index.search_vector(q.embedding.double(), k)
-        else:
-            hits = self.index.search_vector(vector.double(), k, q.embedding.double())
-        return [(int(h.index), float(h.score)) for h in hits]
-
-    @staticmethod
-    def _result_map(query_vector: torch.Tensor, query_embedding: torch.Tensor, result: Side,
-                    similarity: str) -> torch.Tensor:
-        """Map over a result's grid of a weighted query: sum_p w_p D[p, :]."""
-        row = decomposition.pairwise(query_vector[None].double(), result.contributions,
-                                     query_embedding.double(), result.embedding, similarity)[0]
-        return row.reshape(result.grid)
 
     def search_record(self, search_id: str) -> SearchRecord:
         record = self.searches.get(search_id)
@@ -546,12 +523,11 @@ class Engine:
             if record_.source != "gallery":
                 raise WebError(f"{image_id!r} is not a gallery image")
         q = record.query.side
-        weights = maps.point_weights((row, col), q.grid, q.image_size).to(q.contributions.dtype)
-        vector = weights @ q.contributions
+        weights = maps.point_weights((row, col), q.grid, q.image_size)
         similarity = self.explainer(record.model).similarity
         out = []
         for prepared in self.prepared(record.model, list(results), "b"):
-            grid_map = self._result_map(vector, q.embedding, prepared.side, similarity)
+            grid_map = regions.side_map(similarity, weights, q, prepared.side)
             result = map_result("b", grid_map, prepared.side.image_size)
             result["id"] = prepared.image_id
             out.append(result)
