@@ -38,14 +38,14 @@ def png_header_only(width: int, height: int) -> bytes:
 @pytest.fixture(scope="module")
 def client(explainer, samples):
     app = create_app(explainer=explainer, samples=samples)
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         yield c
 
 
 @pytest.fixture(scope="module")
 def gallery_client(explainer, index_dir, samples):
     app = create_app(explainer=explainer, index=index_dir, samples=samples)
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         yield c
 
 
@@ -183,7 +183,7 @@ def test_upload_missing_or_wrong_field(client):
 def test_upload_size_and_pixel_limits(explainer, samples):
     app = create_app(explainer=explainer, samples=samples, max_upload_bytes=4000,
                      max_pixels=64 * 64)
-    with TestClient(app) as small:
+    with TestClient(app, base_url="http://localhost") as small:
         noisy = Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 60, 3),
                                                                   dtype=np.uint8))
         big = png_bytes(noisy)
@@ -368,7 +368,7 @@ def test_region_box_partly_outside_is_clipped(client, pair):
 def test_caches_are_bounded(explainer, samples):
     app = create_app(explainer=explainer, samples=samples, max_explanations=2, max_sides=3)
     engine = app.state.engine
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         ids = [c.post("/api/explain", json={"a": a, "b": b}).json()["explanation_id"]
                for a, b in (("s0", "s1"), ("s1", "s2"), ("s2", "s0"))]
         assert len(engine.explanations) == 2 and len(engine.sides) <= 3
@@ -523,12 +523,15 @@ def test_serve_command_binds_localhost(monkeypatch, capsys):
     from simexplain import cli
     from simexplain.web import app as web_app
     calls = {}
-    monkeypatch.setattr(web_app, "create_app", lambda **kw: calls.setdefault("app", kw))
+    monkeypatch.setattr(web_app, "create_app", lambda **kw: calls.update(app=kw))
     monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: calls.update(
         host=host, port=port))
     assert cli.main(["serve", "--index", "some/index", "--port", "8123"]) == 0
     assert calls["host"] == "127.0.0.1" and calls["port"] == 8123
     assert calls["app"]["index"] == "some/index"
+    assert {"127.0.0.1", "localhost", "::1"} == set(calls["app"]["allowed_hosts"])
+    assert cli.main(["serve", "--allowed-host", "a.lan", "--allowed-host", "b.lan"]) == 0
+    assert {"a.lan", "b.lan", "localhost"} <= set(calls["app"]["allowed_hosts"])
     assert "http://127.0.0.1:8123/" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli.main(["serve", "--help"])

@@ -31,7 +31,8 @@ from ..images import MAX_PIXELS
 from ..methods import METHODS as _REGISTRY
 from .cache import LRU
 from .errors import NotFound, WebError
-from .store import MAX_UPLOAD_BYTES, ImageStore, default_samples
+from .store import (MAX_UPLOAD_BYTES, STORED_SIDE, UPLOAD_MEMORY, ImageStore, PixelBudget,
+                    default_samples)
 
 # the methods the page offers: every registered one but the random baseline
 METHODS = tuple(name for name in _REGISTRY if name != "random")
@@ -108,7 +109,9 @@ class Engine:
                  samples: Sequence | None = None, models: Sequence[str] | None = None,
                  max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS,
                  max_explanations: int = 64, max_searches: int = 32, max_sides: int = 256,
-                 max_side_memory: int = 256 * 2**20, max_models: int = 3):
+                 max_side_memory: int = 256 * 2**20, max_models: int = 3,
+                 upload_side: int = STORED_SIDE, max_upload_memory: int = UPLOAD_MEMORY,
+                 decode_budget: PixelBudget | None = None):
         from .. import zoo
         self.max_upload_bytes = max_upload_bytes
         self.max_pixels = max_pixels
@@ -143,7 +146,8 @@ class Engine:
 
         gallery = list(getattr(self.index, "paths", [])) if self.index is not None else []
         self.images = ImageStore(gallery, default_samples() if samples is None else samples,
-                                 max_pixels=max_pixels)
+                                 max_upload_memory=max_upload_memory, max_pixels=max_pixels,
+                                 stored_side=upload_side, budget=decode_budget)
         self.sides: LRU[Prepared] = LRU(
             max_sides, max_side_memory,
             cost=lambda p: p.side.contributions.numel() * p.side.contributions.element_size())
