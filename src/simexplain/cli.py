@@ -25,17 +25,29 @@ def build_explainer(model: str, layer: str | None = None, similarity: str | None
             entry = zoo.entry(model)
             explainer = Explainer(zoo.model(model), layer or entry.layer,
                                   similarity=similarity or entry.similarity,
-                                  transform=explainer.transform_a)
+                                  transform=explainer.transform_a, faces=entry.faces)
             explainer.model_name = model
         return explainer
     from .adapters import load_user_model
     if not layer:
         raise SimexplainError(f"--layer is required for a model that is not in the zoo ({model})")
-    side = size or 224
     explainer = Explainer(load_user_model(model), layer, similarity=similarity or "cosine",
-                          transform=Preprocess(size=(side, side)))
+                          transform=zoo.sized(Preprocess(), size))
     explainer.model_name = model
     return explainer
+
+
+def parse_size(text: str) -> int | tuple[int, int]:
+    """`--size N` (the short side where the model keeps the aspect ratio, else a square) or
+    `--size H,W` (exactly that)."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"a size is N (pixels) or H,W (height,width in pixels), got {text!r}")
+    return values[0] if len(values) == 1 else values
 
 
 def parse_point(text: str) -> tuple[float, float]:
@@ -52,27 +64,20 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) 
     parser.add_argument("--layer", help="explained layer (default: the zoo model's)")
     parser.add_argument("--similarity", choices=similarity_names(),
                         help="default: the zoo model's, else cosine")
-    parser.add_argument("--size", type=int, help="input side in pixels (default: the model's)")
+    parser.add_argument("--size", type=parse_size,
+                        help="model input size: N is the short side with the aspect ratio kept "
+                             "for models that pool over positions (see `simexplain models`), "
+                             "else an NxN square; H,W is exactly that (default: the model's)")
 
 
 def cmd_pair(args: argparse.Namespace) -> int:
-    from .report import write_json_atomic, write_pair
-    from .visualize import save_figure
+    from .report import write_pair
     explainer = build_explainer(args.model, args.layer, args.similarity, args.size)
-    a, b, crops = prepare_pair(explainer, args.a, args.b)
-    result = explainer.explain(a, b)
+    result = explainer.explain(args.a, args.b)  # face models see face crops (the pipeline)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    drawn = crops.pop("_crops", None)
-    if drawn:  # show what was compared: the face crop on each photo
-        save_figure([[(drawn[0], "photo a, face crop"), (drawn[1], "photo b, face crop")]],
-                    out / "crops.png", scale=2.5)
     summary = write_pair(result, out, args.point, extra={
         "model": args.model, "layer": explainer.stream_a.layer_name,
-        "image_a": str(args.a), "image_b": str(args.b), **crops})
-    if drawn:
-        summary["files"]["crops"] = "crops.png"
-        write_json_atomic(out / "result.json", summary)
+        "image_a": str(args.a), "image_b": str(args.b)})
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -81,23 +86,6 @@ def cmd_pair(args: argparse.Namespace) -> int:
             print(f"wrote {out / name}")
         print(f"wrote {out / 'result.json'}")
     return 0
-
-
-def prepare_pair(explainer, a, b):
-    """Face models see detected, cropped faces; others the images as given."""
-    from . import zoo
-    name = getattr(explainer, "model_name", None)
-    if zoo.crops_faces(name):
-        from .faces import crop_face
-        from .images import load_image
-        from .visualize import mark_box
-        photo_a, photo_b = load_image(a), load_image(b)
-        face_a, box_a = crop_face(photo_a, size=None)
-        face_b, box_b = crop_face(photo_b, size=None)
-        drawn = (mark_box(photo_a, box_a), mark_box(photo_b, box_b))
-        return face_a, face_b, {"face_box_a": list(box_a), "face_box_b": list(box_b),
-                                "_crops": drawn}
-    return a, b, {}
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -109,7 +97,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     from . import zoo
     for name in zoo.list():
         entry = zoo.entry(name)
-        print(f"{name:20s} layer={entry.layer:12s} {entry.similarity:9s} {entry.description}")
+        print(f"{name:20s} layer={entry.layer:12s} {entry.similarity:9s} {entry.description}; "
+              f"input: {entry.preprocess.describe()}" + (", face crops" if entry.faces else ""))
     return 0
 
 
@@ -124,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_model_arguments(pair)
     pair.add_argument("--out", default="simexplain-pair", help="output folder")
     pair.add_argument("--point", type=parse_point, action="append",
-                      help="ROW,COL pixel of image a (as the model sees it) for a point map; "
+                      help="ROW,COL pixel of image a (in the file's pixels) for a point map; "
                            "repeatable (default: the 4 strongest cells)")
     pair.add_argument("--json", action="store_true", help="print result.json to stdout")
     pair.set_defaults(run=cmd_pair)

@@ -40,8 +40,8 @@ class _GradientMethod(Method):
     raw = False  # similarity on raw (pre-normalisation) embeddings
 
     def gradients(self, explainer, a, b):
-        x_a, _ = explainer.prepare(a, "a")
-        x_b, _ = explainer.prepare(b, "b")
+        x_a = explainer.prepare(a, "a").tensor
+        x_b = explainer.prepare(b, "b").tensor
         feats_a, e_a = explainer.stream_a.features_and_embedding(x_a, raw=self.raw)
         feats_b, e_b = explainer.stream_b.features_and_embedding(x_b, raw=self.raw)
         similarity = explainer.similarity
@@ -115,8 +115,8 @@ class Occlusion(Method):
 
     def side_map(self, explainer, a, b, side: str) -> torch.Tensor:
         """The occlusion map of one side only (half the forward passes of `attribute`)."""
-        x_a, _ = explainer.prepare(a, "a")
-        x_b, _ = explainer.prepare(b, "b")
+        x_a = explainer.prepare(a, "a").tensor
+        x_b = explainer.prepare(b, "b").tensor
         e_a = explainer.stream_a.embed(x_a)[0]
         e_b = explainer.stream_b.embed(x_b)[0]
         sim = explainer.similarity
@@ -151,8 +151,8 @@ class RandomMap(Method):
         self.generator = torch.Generator().manual_seed(seed)
 
     def attribute(self, explainer, a, b) -> Maps:
-        x_a, _ = explainer.prepare(a, "a")
-        x_b, _ = explainer.prepare(b, "b")
+        x_a = explainer.prepare(a, "a").tensor
+        x_b = explainer.prepare(b, "b").tensor
         grid_a, _ = explainer.stream_a.grid(x_a)
         grid_b, _ = explainer.stream_b.grid(x_b)
         return (torch.rand(grid_a, generator=self.generator),

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ImageError, SimexplainError
 from ..files import atomic_path
-from .model import MODEL_KEYS, face_crop_for, model_info
+from .model import MODEL_KEYS, model_info
 from .storage import FORMAT_NAME, FORMAT_VERSION, Skipped, check_kind, file_sha256, \
     require_faiss
 
@@ -164,11 +164,10 @@ class _BuildState:
         batch)."""
         ready: list[tuple[int, str, torch.Tensor]] = []
         skipped: list[Skipped] = []
-        model_input = face_crop_for(explainer)
         for i, path in enumerate(chunk, offset):
             try:
                 digest = file_sha256(path)
-                tensor, _ = explainer.prepare(model_input(path), "b")
+                tensor = explainer.prepare(path, "b").tensor
             except (ImageError, OSError) as exc:
                 skipped.append(Skipped(path, str(exc) or type(exc).__name__))
                 continue

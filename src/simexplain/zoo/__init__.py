@@ -25,7 +25,7 @@ class ZooEntry:
     preprocess: Preprocess
     embedding_dim: int
     description: str
-    faces: bool = False  # detect and crop faces before embedding
+    faces: bool = False  # detect and crop faces before embedding (Explainer(faces=True))
 
 
 _REGISTRY: dict[str, ZooEntry] = {}
@@ -49,11 +49,6 @@ def entry(name: str) -> ZooEntry:
     return _REGISTRY[name]
 
 
-def crops_faces(name: str | None) -> bool:
-    """Does this name denote a zoo face model, whose inputs are detected face crops?"""
-    return name in list() and entry(name).faces
-
-
 def model(name: str) -> nn.Module:
     """The zoo model itself (built once per process, eval mode)."""
     if name not in _MODELS:
@@ -61,16 +56,28 @@ def model(name: str) -> nn.Module:
     return _MODELS[name]
 
 
-def load(name: str, size: int | None = None):
-    """A ready Explainer for a named model. `size` overrides the input side in pixels
-    (larger inputs give a finer feature grid at a higher cost)."""
+def sized(preprocess: Preprocess, size: int | tuple[int, int] | None) -> Preprocess:
+    """`preprocess` at another input size: an int is the side (the short side where the
+    aspect ratio is kept, else both sides); (height, width) is exactly that (squashed)."""
+    from dataclasses import replace
+    if size is None:
+        return preprocess
+    if isinstance(size, int):
+        return replace(preprocess, size=(size, size))
+    height, width = (int(v) for v in size)
+    return replace(preprocess, size=(height, width), keep_aspect=False)
+
+
+def load(name: str, size: int | tuple[int, int] | None = None):
+    """A ready Explainer for a named model. `size` overrides the input size in pixels
+    (larger inputs give a finer feature grid at a higher cost): an int is the short side
+    (aspect ratio kept) for models that pool over positions, the side of a square for the
+    others; (height, width) is an exact size."""
     from ..explainer import Explainer
     spec = entry(name)
-    preprocess = spec.preprocess
-    if size is not None:
-        from dataclasses import replace
-        preprocess = replace(preprocess, size=(size, size))
-    explainer = Explainer(model(name), spec.layer, similarity=spec.similarity, transform=preprocess)
+    preprocess = sized(spec.preprocess, size)
+    explainer = Explainer(model(name), spec.layer, similarity=spec.similarity,
+                          transform=preprocess, faces=spec.faces)
     explainer.model_name = name
     return explainer
 
@@ -89,7 +96,7 @@ def _register_builtins() -> None:
         layer=efficientnet.DEFAULT_LAYER, similarity="cosine",
         preprocess=efficientnet.PREPROCESS, embedding_dim=1280,
         description="EfficientNet-Lite0 ImageNet, global-average-pooled 1280-d features, "
-                    "7x7 grid at 224 px"))
+                    "7x7 grid at 224x224 px, 7x10 on a 4:3 photo (aspect ratio kept)"))
     register(ZooEntry(
         name="facenet", build=facenet.build_facenet, layer=facenet.DEFAULT_LAYER,
         similarity="cosine", preprocess=facenet.FACENET_PREPROCESS,
@@ -102,4 +109,5 @@ def _register_builtins() -> None:
             layer=fmnist.EXPLAINED_LAYER, similarity="cosine",
             preprocess=fmnist.FMNIST_PREPROCESS, embedding_dim=64,
             description=f"small CNN trained here on Fashion-MNIST (multi-similarity loss), "
-                        f"{head.upper()} head, linear, L2; 7x7 grid at 28 px"))
+                        f"{head.upper()} head, linear, L2; 7x7 grid at 28 px, 7x14 on a 28x56 "
+                        f"composite (aspect ratio kept)"))
