@@ -127,7 +127,7 @@ def test_a_point_on_a_1280x960_photo_lands_on_the_same_spot_in_the_overlay():
     from simexplain import visualize
     photo = Image.new("RGB", (1280, 960), (128, 128, 128))
     result = toy_explainer().explain(photo, photo)
-    assert result.a.grid == (16, 21)  # 64x85 input: the photo's 4:3 kept
+    assert result.a.input_size == (64, 85) and result.a.grid[0] == 16  # 4:3 kept
     for point in [(700.0, 333.0), (100.0, 1200.0), (480.0, 640.0)]:
         bump = result.a.point_weights(point).reshape(result.a.grid)
         drawn = np.asarray(visualize.overlay_map(result, bump, "a"), dtype=np.float64)
