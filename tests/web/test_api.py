@@ -9,6 +9,7 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -413,36 +414,45 @@ def test_gallery_health_and_listing(gallery_client):
     assert_error(gallery_client.get("/api/images/g16"), 404)
 
 
-def test_search_whole_and_region(gallery_client, explainer, index_dir, kit):
-    from simexplain.retrieval import Index
-    whole = gallery_client.post("/api/search", json={"query": "s0", "k": 6})
-    assert whole.status_code == 200, whole.text
-    body = whole.json()
-    assert [h["rank"] for h in body["hits"]] == [1, 2, 3, 4, 5, 6]
-    scores = [h["score"] for h in body["hits"]]
-    assert scores == sorted(scores, reverse=True)
-    index = Index.load(index_dir, explainer=explainer)
-    expected = index.search(kit.two_part(0, 4), k=6)
-    assert [h["index"] for h in body["hits"]] == [h.index for h in expected]
-    for hit in body["hits"]:
-        assert hit["id"] == f"g{hit['index']}" and hit["grid"] == [8, 8]
-        assert np.array(hit["map"]).sum() == pytest.approx(hit["score"], rel=1e-4)
-
+def test_search_whole_and_region_equal_brute_force(gallery_client, explainer, kit):
+    """Hits, scores and maps against the full decomposition of the query with every gallery
+    image (PairExplanation), not against the index the server searches."""
+    from simexplain import maps
+    engine = gallery_client.app.state.engine
+    gallery = engine.images.gallery_paths
+    pairs = explainer.explain_gallery(kit.two_part(0, 4), gallery)
     box = [0, 0, SIZE, SIZE / 2]
-    region = gallery_client.post("/api/search", json={"query": "s0", "k": 6, "box": box})
-    assert region.status_code == 200
-    region = region.json()
-    assert region["box"] == box and region["search_id"] != body["search_id"]
-    expected = index.search(kit.two_part(0, 4), k=6, region=box)
-    assert [h["index"] for h in region["hits"]] == [h.index for h in expected]
-    assert [h["id"] for h in region["hits"]] != [h["id"] for h in body["hits"]]
-    for hit, exp in zip(region["hits"], expected):
-        assert hit["score"] == pytest.approx(exp.score, rel=1e-5)
-        # the region map on each hit sums to its partial similarity
-        assert np.array(hit["map"]).sum() == pytest.approx(hit["score"], rel=1e-4)
+    weights = maps.region_weights(box, pairs[0].a.grid, pairs[0].a.image_size)
+    responses = []
+    for request, partial in (({}, None), ({"box": box}, box)):
+        response = gallery_client.post("/api/search", json={"query": "s0", "k": 6, **request})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        responses.append(body)
+        assert body["box"] == request.get("box")
+        assert [h["rank"] for h in body["hits"]] == [1, 2, 3, 4, 5, 6]
+        scores = np.array([p.partial_score("a", partial) if partial else p.score
+                           for p in pairs])
+        order = np.argsort(-scores, kind="stable")[:6]
+        assert [h["index"] for h in body["hits"]] == list(order)
+        for hit in body["hits"]:
+            pair = pairs[hit["index"]]
+            assert hit["id"] == f"g{hit['index']}" and hit["grid"] == [8, 8]
+            assert hit["score"] == pytest.approx(scores[hit["index"]], rel=1e-5)
+            # the map on each hit is the query's (region's) row sum of the pairwise map
+            w = weights if partial else torch.ones(pair.pairwise_flat.shape[0],
+                                                  dtype=torch.float64)
+            expected = (w @ pair.pairwise_flat).reshape(pair.b.grid)
+            np.testing.assert_allclose(np.array(hit["map"]), expected.numpy(), rtol=1e-4,
+                                       atol=1e-9)
+            assert np.array(hit["map"]).sum() == pytest.approx(hit["score"], rel=1e-4)
+    whole, region = responses
+    assert region["search_id"] != whole["search_id"]
+    assert [h["id"] for h in region["hits"]] != [h["id"] for h in whole["hits"]]
 
 
 def test_search_point_maps(gallery_client, explainer):
+    from simexplain import maps
     search = gallery_client.post("/api/search", json={"query": "g3", "k": 5}).json()
     ids = [h["id"] for h in search["hits"]]
     response = gallery_client.post("/api/search/point", json={
@@ -453,8 +463,9 @@ def test_search_point_maps(gallery_client, explainer):
     engine = gallery_client.app.state.engine
     for item in body["maps"]:
         i = int(item["id"][1:])
-        expected = explainer.explain(engine.images.pixels("g3"),
-                                     engine.images.gallery_paths[i]).point_map("a", (12, 50))
+        pair = explainer.explain(engine.images.pixels("g3"), engine.images.gallery_paths[i])
+        weights = maps.point_weights((12, 50), pair.a.grid, pair.a.image_size)
+        expected = (weights @ pair.pairwise_flat).reshape(pair.b.grid)  # from the full P x Q map
         np.testing.assert_allclose(np.array(item["map"]), expected.numpy(), rtol=1e-4,
                                    atol=1e-9)
         grid = np.array(item["map"])

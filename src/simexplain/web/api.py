@@ -79,7 +79,7 @@ def explain_json(result: Explained) -> dict:
         sides[name] = {**prepared_json(prepared), "overall": grid_list(grid_map),
                        "overall_peak": peak(grid_map, prepared.side.image_size)}
     return {"explanation_id": record.id, "model": record.model, "method": result.method,
-            "similarity": pair.similarity, "score": pair.score, "residual": pair.residual,
+            "similarity": pair.similarity.name, "score": pair.score, "residual": pair.residual,
             "signed": result.method == "decomposition", **sides}
 
 

@@ -17,6 +17,7 @@ from typing import Sequence
 
 from ..errors import SimexplainError
 from ..images import MAX_PIXELS
+from ..similarity import names as similarity_names
 from .middleware import LOCAL_HOSTS
 from .store import MAX_UPLOAD_BYTES
 
@@ -65,7 +66,7 @@ def add_cli(subparsers) -> None:
     serve.add_argument("--model", help="zoo name, model file or module:factory (default: the "
                                        "index's model, else efficientnet-lite0)")
     serve.add_argument("--layer", help="explained layer (for models outside the zoo)")
-    serve.add_argument("--similarity", choices=["cosine", "dot", "euclidean"])
+    serve.add_argument("--similarity", choices=similarity_names())
     serve.add_argument("--size", type=int, help="input side in pixels (default: the model's)")
     serve.add_argument("--samples", nargs="*", metavar="IMAGE",
                        help="images or folders offered in the pickers (default: "
