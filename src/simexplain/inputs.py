@@ -36,14 +36,6 @@ class PreparedImage:
     photo: Image.Image  # the image as given, RGB (a gray canvas for tensor inputs)
     frame: Frame  # photo size, the box of it the model sees, the input size
 
-    @property
-    def crop(self) -> Image.Image:
-        """The part of the photo the model sees (the face crop, or the whole photo)."""
-        if not self.frame.cropped:
-            return self.photo
-        top, left, bottom, right = self.frame.box
-        return self.photo.crop((left, top, right, bottom))
-
 
 class InputPipeline:
     """Image -> model input for one model stream.
