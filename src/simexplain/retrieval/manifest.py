@@ -134,12 +134,13 @@ def validate(m: dict, where: Path) -> None:
         and isinstance(s["reason"], str) for s in m["skipped"]), "skipped entries are malformed")
     files = m["files"]
     need(isinstance(files, dict) and set(files) == {EMBEDDINGS, VECTORS} and all(
-        isinstance(f, dict) and set(f) == {"bytes", "sha256"} and _int(f["bytes"], 1)
+        isinstance(f, dict) and set(f) == {"bytes", "sha256"} and _int(f["bytes"], 1, 2 ** 53)
         and _hex(f["sha256"]) for f in files.values()), "the stored files' entries are malformed")
 
 
-def _int(value, low: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value < 2 ** 53
+def _int(value, low: int, high: int = 2 ** 31 - 1) -> bool:
+    """An integer in [low, high] (FAISS takes 32-bit parameters)."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def _text(value) -> bool:

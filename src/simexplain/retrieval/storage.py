@@ -212,13 +212,14 @@ def read_manifest(path: str | Path) -> dict:
     file = path / MANIFEST
     if not file.is_file():
         raise IndexFormatError(f"{file} is missing: {path} is not a complete simexplain index")
-    if not (path / MARKER).is_file() and not _legacy_manifest(file):
-        raise damaged(path, f"the marker file {MARKER} is missing")
     try:
         text = file.read_bytes()
     except OSError as exc:
         raise IndexFormatError(f"{file}: cannot read it ({exc.strerror})") from None
-    return parse(text, file)
+    manifest = parse(text, file)  # first: a foreign or older manifest is named as such
+    if not (path / MARKER).is_file():
+        raise damaged(path, f"the marker file {MARKER} is missing")
+    return manifest
 
 
 def _verify_file(file: Path, expected: dict, verify: bool) -> None:
