@@ -283,6 +283,16 @@ def test_cli_search_reports_damage_in_one_line(intact, tmp_path, capsys):
     assert "index damaged" in err
 
 
+def test_a_vectors_only_index_round_trips(tmp_path):
+    vectors = np.random.default_rng(0).standard_normal((50, 4))
+    index = Index.from_vectors(vectors, similarity="euclidean", kind="ivf")
+    index.save(tmp_path / "vectors")
+    loaded = Index.load(tmp_path / "vectors")
+    assert loaded.info["layer"] is None and loaded.kind == "ivf"
+    np.testing.assert_array_equal(loaded.embeddings, index.embeddings)
+    assert [Path(p).name for p in loaded.paths] == index.paths  # labels, under a root
+
+
 def test_a_format_1_index_is_refused_with_how_to_rebuild(intact, tmp_path):
     _, path, original, _, _ = intact
     copy = tmp_path / "old"

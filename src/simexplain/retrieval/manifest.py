@@ -96,7 +96,7 @@ def validate(m: dict, where: Path) -> None:
          + ", ".join(sorted(set(m) ^ expected)))
     need(isinstance(m["created"], str), "created is not a string")
     need(_optional_text(m["model"]), "model is not a name")
-    need(_text(m["layer"]), "layer is not a layer name")
+    need(_optional_text(m["layer"]), "layer is not a layer name")  # None: vectors only
     need(_optional_text(m["layer_b"]), "layer_b is not a layer name")
     need(m["similarity"] in similarities.names(),
          f"unknown similarity {str(m['similarity'])[:40]!r}")
