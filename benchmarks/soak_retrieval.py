@@ -113,7 +113,8 @@ def soak_kills(work: Path, kills: int, images: int, seed: int) -> dict:
         if extra:
             leftovers.append(f"round {rounds}: {extra}")
     return {"kills": done_kills, "rounds": rounds, "images": images, "resumed_runs": resumed,
-            "uninterrupted_build_s": round(full, 1), "startup_s": round(startup, 1), "mismatches": mismatches,
+            "uninterrupted_build_s": round(full, 1), "startup_s": round(startup, 1),
+            "mismatches": mismatches,
             "leftovers": leftovers, "user_files_touched": touched}
 
 

@@ -27,6 +27,7 @@ from .manifest import (EMBEDDINGS, FORMAT_NAME, FORMAT_VERSION, KINDS, MANIFEST,
 from .storage import MARKER, Skipped, check_replaceable, read_manifest
 
 __all__ = ["Index", "Hit", "RegionQuery", "Skipped", "IndexFormatError", "IndexMismatchError",
-           "checkpoint_path", "gallery_files", "remove_checkpoint", "check_replaceable", "MARKER", "add_cli", "explainer_for_index", "check_model",
+           "checkpoint_path", "gallery_files", "remove_checkpoint", "check_replaceable", "MARKER",
+           "add_cli", "explainer_for_index", "check_model",
            "model_info", "weights_fingerprint", "read_manifest", "KINDS", "MANIFEST",
            "EMBEDDINGS", "VECTORS", "FORMAT_NAME", "FORMAT_VERSION", "FETCH_MARGIN"]
