@@ -219,24 +219,11 @@ def test_upload_errors_name_the_file_and_state_limits_in_mb(explainer, samples):
         assert "bytes" not in big.json()["error"]
 
 
-def test_explain_error_names_the_image_that_failed(explainer, samples, kit):
+def test_explain_error_names_the_image_that_failed(picky, samples):
     """A model that refuses an image (as a face model refuses a photo without a face): the
     error says which image, and on which side, so the page can show it on that panel."""
-    from simexplain.errors import SimexplainError
-    from simexplain.explainer import Explainer
-    from simexplain.images import Preprocess
-    from simexplain.toy import tiny_cnn
-    picky = Explainer(tiny_cnn(), "features", transform=Preprocess(size=(SIZE, SIZE)))
-    sides = picky.sides
-
-    def refusing(images, *args, **kwargs):
-        images = list(images)
-        if any(image.size == (77, 50) for image in images):
-            raise SimexplainError("no face found (77x50 pixels)")
-        return sides(images, *args, **kwargs)
-    picky.sides = refusing
-    faceless = ("no-face", Image.fromarray(kit.pattern(4)).resize((77, 50)))
-    app = create_app(explainer=picky, samples=[*samples[:2], faceless])
+    explainer, faceless = picky
+    app = create_app(explainer=explainer, samples=[*samples[:2], faceless])
     with TestClient(app, base_url="http://localhost") as c:
         assert c.post("/api/explain", json={"a": "s0", "b": "s1"}).status_code == 200
         for a, b, side in (("s0", "s2", "b"), ("s2", "s1", "a")):

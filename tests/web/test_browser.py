@@ -314,33 +314,11 @@ def test_docs_work_offline(browser, server):
 
 
 # -- honest states, scales and upload errors (issue 14) ---------------------------------------
-NO_FACE = (77, 50)  # the size of the sample the picky model refuses
-
-
 @pytest.fixture(scope="module")
-def picky_server(samples, kit):
-    """A model that refuses one sample, as a face model refuses a photo without a face."""
-    from PIL import Image
-
-    from simexplain.errors import SimexplainError
-    from simexplain.explainer import Explainer
-    from simexplain.images import Preprocess
-    from simexplain.toy import tiny_cnn
+def picky_server(picky, samples):
     from simexplain.web import create_app
-    picky = Explainer(tiny_cnn(), "features", similarity="cosine",
-                      transform=Preprocess(size=(kit.size, kit.size)))
-    picky.model_name = "picky"
-    sides = picky.sides
-
-    def refusing(images, *args, **kwargs):
-        images = list(images)
-        for image in images:
-            if getattr(image, "size", None) == NO_FACE:
-                raise SimexplainError(f"no face found ({image.width}x{image.height} pixels)")
-        return sides(images, *args, **kwargs)
-    picky.sides = refusing
-    faceless = Image.fromarray(kit.pattern(4)).resize(NO_FACE)
-    app = create_app(explainer=picky, samples=[*samples[:2], ("no-face", faceless)])
+    explainer, faceless = picky
+    app = create_app(explainer=explainer, samples=[*samples[:2], faceless])
     with serve(app) as url:
         yield url
 
@@ -376,7 +354,7 @@ def test_failed_explain_shows_on_its_panel(browser, picky_server):
     assert page.inner_text("#caption-b") == "no-face"
     assert page.evaluate("window.simexplain.pairViews.b.map") is None
     width, height = page.eval_on_selector("#view-b", "c => [c.width, c.height]")
-    assert abs(width / height - NO_FACE[0] / NO_FACE[1]) < 0.02
+    assert abs(width / height - 77 / 50) < 0.02  # the no-face image's own shape
     shoot(page, ARTIFACTS / "web-error.png")
     # a good image again: the error goes, the score comes back
     page.select_option("#pick-b", "s1")
