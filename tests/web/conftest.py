@@ -84,6 +84,29 @@ def samples():
             ("blob", Image.fromarray(pattern(2)))]
 
 
+NO_FACE = (77, 50)  # the size of the image the picky model refuses
+
+
+@pytest.fixture(scope="session")
+def picky():
+    """(a toy model that refuses one image, as a face model refuses a photo without a face;
+    that image, named "no-face")."""
+    from simexplain.errors import SimexplainError
+    explainer = Explainer(tiny_cnn(), "features", similarity="cosine",
+                          transform=Preprocess(size=(SIZE, SIZE)))
+    explainer.model_name = "picky"
+    sides = explainer.sides
+
+    def refusing(images, *args, **kwargs):
+        images = list(images)
+        for image in images:
+            if getattr(image, "size", None) == NO_FACE:
+                raise SimexplainError(f"no face found ({image.width}x{image.height} pixels)")
+        return sides(images, *args, **kwargs)
+    explainer.sides = refusing
+    return explainer, ("no-face", Image.fromarray(pattern(4)).resize(NO_FACE))
+
+
 @pytest.fixture(scope="session")
 def kit():
     """The image makers, for tests (the test modules cannot import this conftest by name)."""

@@ -208,6 +208,31 @@ def test_upload_size_and_pixel_limits(explainer, samples):
         assert small.post("/api/images", files={"file": ("ok.png", ok)}).status_code == 201
 
 
+def test_upload_errors_name_the_file_and_state_limits_in_mb(explainer, samples):
+    app = create_app(explainer=explainer, samples=samples, max_upload_bytes=3 * 2**20)
+    with TestClient(app, base_url="http://localhost") as c:
+        assert c.get("/api/models").json()["upload_limit_bytes"] == 3 * 2**20
+        response = c.post("/api/images", files={"file": ("notes.txt", b"just words")})
+        assert_error(response, 400, "notes.txt: ")
+        assert response.json()["file"] == "notes.txt"
+        big = c.post("/api/images", files={"file": ("big.png", b"\0" * (3 * 2**20 + 100))})
+        assert_error(big, 413, "3 MB")
+        assert "bytes" not in big.json()["error"]
+
+
+def test_explain_error_names_the_image_that_failed(picky, samples):
+    """A model that refuses an image (as a face model refuses a photo without a face): the
+    error says which image, and on which side, so the page can show it on that panel."""
+    explainer, faceless = picky
+    app = create_app(explainer=explainer, samples=[*samples[:2], faceless])
+    with TestClient(app, base_url="http://localhost") as c:
+        assert c.post("/api/explain", json={"a": "s0", "b": "s1"}).status_code == 200
+        for a, b, side in (("s0", "s2", "b"), ("s2", "s1", "a")):
+            response = c.post("/api/explain", json={"a": a, "b": b})
+            assert_error(response, 400, f"image {side} (no-face): no face found")
+            assert response.json()["side"] == side and response.json()["image"] == "s2"
+
+
 def test_json_body_limit(client):
     huge = json.dumps({"a": "s0", "b": "s1", "pad": "x" * (2 * 1024 * 1024)})
     response = client.post("/api/explain", content=huge,

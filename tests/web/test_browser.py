@@ -313,6 +313,134 @@ def test_docs_work_offline(browser, server):
     context.close()
 
 
+# -- honest states, scales and upload errors (issue 14) ---------------------------------------
+@pytest.fixture(scope="module")
+def picky_server(picky, samples):
+    from simexplain.web import create_app
+    explainer, faceless = picky
+    app = create_app(explainer=explainer, samples=[*samples[:2], faceless])
+    with serve(app) as url:
+        yield url
+
+
+def test_failed_explain_shows_on_its_panel(browser, picky_server):
+    page, problems = open_page(browser, picky_server)
+    wait_stat(page, "explains", 1)
+    assert "score" in page.inner_text("#pair-info")
+    held = []
+    page.route("**/api/explain", lambda route: held.append(route))
+    page.select_option("#pick-b", "s2")
+    page.wait_for_function("document.querySelector('#computing-b') && "
+                           "!document.querySelector('#computing-b').hidden")
+    for _ in range(100):  # the request is held while the page shows that it computes
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert held, "the explain request never left the page"
+    # while it computes: a spinner on both panels, the old maps and numbers dimmed
+    assert page.is_visible("#computing-a") and page.is_visible("#computing-b")
+    assert "computing" in page.inner_text("#computing-b")
+    assert page.eval_on_selector("#view-b", "c => c.classList.contains('stale')")
+    assert page.eval_on_selector("#pair-info", "e => e.classList.contains('stale')")
+    shoot(page, ARTIFACTS / "web-computing.png")
+    held[0].continue_()
+    page.unroute("**/api/explain")
+    page.wait_for_selector("#error-b:not([hidden])")
+    message = page.inner_text("#error-b")
+    assert "no-face" in message and "no face found" in message
+    assert not page.is_visible("#error-a") and not page.is_visible("#computing-b")
+    # nothing old stays up under the new name: no score, b shows the new image without a map
+    assert "score" not in page.inner_text("#pair-info")
+    assert page.inner_text("#caption-b") == "no-face"
+    assert page.evaluate("window.simexplain.pairViews.b.map") is None
+    width, height = page.eval_on_selector("#view-b", "c => [c.width, c.height]")
+    assert abs(width / height - 77 / 50) < 0.02  # the no-face image's own shape
+    shoot(page, ARTIFACTS / "web-error.png")
+    # a good image again: the error goes, the score comes back
+    page.select_option("#pick-b", "s1")
+    wait_stat(page, "explains", 2)
+    assert not page.is_visible("#error-b") and "score" in page.inner_text("#pair-info")
+    # the browser logs the refused request itself; nothing else went wrong
+    assert [p for p in problems if "status of 400" not in p] == []
+
+
+def test_colour_bar_readout_and_tooltips(browser, server):
+    page, problems = open_page(browser, server)
+    wait_stat(page, "explains", 1)
+    e = page.evaluate("window.simexplain.state.pair.explanation")
+    peak = max(abs(v) for row in e["a"]["overall"] for v in row)
+    assert page.is_visible("#scale-a") and page.is_visible("#scale-b")
+    assert float(page.inner_text("#scale-a .hi")) == pytest.approx(peak, rel=5e-3)
+    assert float(page.inner_text("#scale-a .lo")) == pytest.approx(-peak, rel=5e-3)
+    assert "score" in page.inner_text("#scale-a .unit")
+
+    # the value under the pointer is the drawn (bilinear) map's value there
+    hover_and_wait(page, "#view-a", 0.3, 0.6)
+    row, col = page.evaluate("[window.simexplain.pairViews.a.markers[0].row, "
+                             "window.simexplain.pairViews.a.markers[0].col]")
+    grid = e["a"]["overall"]
+    rows, cols = len(grid), len(grid[0])
+    height, width = e["a"]["image_size"]
+    fy = min(max((row + 0.5) * rows / height - 0.5, 0), rows - 1)
+    fx = min(max((col + 0.5) * cols / width - 0.5, 0), cols - 1)
+    y0, x0 = int(fy), int(fx)
+    y1, x1 = min(y0 + 1, rows - 1), min(x0 + 1, cols - 1)
+    dy, dx = fy - y0, fx - x0
+    expected = ((grid[y0][x0] * (1 - dx) + grid[y0][x1] * dx) * (1 - dy)
+                + (grid[y1][x0] * (1 - dx) + grid[y1][x1] * dx) * dy)
+    readout = page.inner_text("#readout-a")
+    assert readout.startswith("value under the pointer:")
+    assert float(readout.split(":")[1]) == pytest.approx(expected, rel=5e-3, abs=1e-9)
+    # the point map on b has its own scale
+    point_peak = page.evaluate("Math.max(...window.simexplain.pairViews.b.map.flat()"
+                               ".map(Math.abs))")
+    assert float(page.inner_text("#scale-b .hi")) == pytest.approx(point_peak, rel=5e-3)
+    assert "point map" in page.inner_text("#scale-b .unit")
+
+    # tooltips explain score, residual and s_R
+    titles = page.eval_on_selector_all("#pair-info .term", "t => t.map(x => x.title)")
+    assert any("similarity" in t for t in titles) and any("sum" in t for t in titles)
+    page.mouse.move(5, 5)
+    drag(page, "#view-a", (0.1, 0.1), (0.6, 0.5))
+    page.wait_for_function("document.querySelector('#pair-info').textContent.includes('region')")
+    titles = page.eval_on_selector_all("#pair-info .term", "t => t.map(x => x.title)")
+    assert any("partial similarity" in t for t in titles)
+    # the positive view starts its scale at 0
+    page.uncheck("#signed")
+    assert page.inner_text("#scale-a .lo") == "0"
+    shoot(page, ARTIFACTS / "web-scale.png")
+    assert problems == []
+
+
+def test_upload_errors_beside_the_control(browser, server):
+    page, problems = open_page(browser, server)
+    wait_stat(page, "explains", 1)
+    page.set_input_files("#upload-a", files=[{"name": "notes.png", "mimeType": "image/png",
+                                              "buffer": b"not an image at all"}])
+    page.wait_for_selector("#upload-error-a:not([hidden])")
+    message = page.inner_text("#upload-error-a")
+    assert "notes.png" in message and "not an image" in message
+    assert not page.is_visible("#upload-error-b")
+    big = b"\x89PNG" + b"\0" * (10 * 2**20 + 1000)
+    page.set_input_files("#upload-b", files=[{"name": "huge.png", "mimeType": "image/png",
+                                              "buffer": big}])
+    page.wait_for_selector("#upload-error-b:not([hidden])")
+    message = page.inner_text("#upload-error-b")
+    assert "huge.png" in message and "10 MB" in message and "bytes" not in message
+    shoot(page, ARTIFACTS / "web-upload-error.png")
+    # a good upload clears the error
+    import io
+
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(buffer, format="PNG")
+    page.set_input_files("#upload-a", files=[{"name": "red.png", "mimeType": "image/png",
+                                              "buffer": buffer.getvalue()}])
+    wait_stat(page, "explains", 2)
+    assert not page.is_visible("#upload-error-a")
+    assert [p for p in problems if "status of 400" not in p] == []
+
+
 # -- README screenshots (real model) ----------------------------------------------------------
 def docs_screenshots(out: Path = ROOT / "docs" / "img") -> None:
     """docs/img/web-pair.png and web-gallery.png: efficientnet-lite0, scikit-image photos."""

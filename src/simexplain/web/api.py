@@ -24,13 +24,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import SimexplainError
 from ..maps import Frame
 from .engine import METHODS, Engine, Explained, GridMap, Prepared, SearchResult
-from .errors import status_of
+from .errors import megabytes, status_of
 from .middleware import LOCAL_HOSTS, BodyLimit, HostCheck, ServerTiming
 from .schemas import (ERRORS, ErrorBody, ExplainRequest, ExplainResponse, Health, ImageInfo,
                       ImageList, MapResponse, ModelsResponse, PointRequest, RegionRequest,
                       RegionResponse, SearchPointRequest, SearchPointResponse, SearchRequest,
                       SearchResponse)
-from .store import ImageRecord
+from .store import ImageRecord, clean_name
 
 STATIC = Path(__file__).parent / "static"
 JSON_BODY_LIMIT = 1024 * 1024
@@ -116,16 +116,16 @@ def build_app(engine: Engine, title: str = "simexplain",
                     "them.")
     app.state.engine = engine
 
-    multipart_margin = 64 * 1024
     app.add_middleware(ServerTiming)
     app.add_middleware(BodyLimit, json_limit=JSON_BODY_LIMIT,
-                       upload_limit=engine.max_upload_bytes + multipart_margin)
+                       upload_limit=engine.max_upload_bytes)
     app.add_middleware(HostCheck, allowed=list(allowed_hosts))  # outermost: checked first
 
     # -- errors --------------------------------------------------------------------------------
     @app.exception_handler(SimexplainError)
     async def _simexplain_error(_request: Request, exc: SimexplainError):
-        return error(status_of(exc), str(exc))
+        return JSONResponse({"error": str(exc), **getattr(exc, "fields", {})},
+                            status_code=status_of(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException):
@@ -171,7 +171,8 @@ def build_app(engine: Engine, title: str = "simexplain",
              summary="models, methods and the index this server offers")
     def models():
         return {"default": engine.default_model, "models": engine.model_infos(),
-                "methods": list(METHODS), "index": engine.index_info()}
+                "methods": list(METHODS), "index": engine.index_info(),
+                "upload_limit_bytes": engine.max_upload_bytes, "pixel_limit": engine.max_pixels}
 
     # -- images --------------------------------------------------------------------------------
     @app.get("/api/images", response_model=ImageList, tags=["images"],
@@ -188,12 +189,18 @@ def build_app(engine: Engine, title: str = "simexplain",
               responses={**ERRORS, 413: {"model": ErrorBody, "description": "too large"}})
     async def upload(file: UploadFile = File(description="the image file (PNG, JPEG, ...); at "
                                               "most 10 MB and 40 megapixels by default")):
+        name = clean_name(file.filename or "upload")
         data = await file.read(engine.max_upload_bytes + 1)
         if len(data) > engine.max_upload_bytes:
-            return error(413, f"upload exceeds the limit of {engine.max_upload_bytes} bytes")
+            return JSONResponse({"error": f"{name}: the file is larger than the upload limit "
+                                          f"of {megabytes(engine.max_upload_bytes)}",
+                                 "file": name}, status_code=413)
         from starlette.concurrency import run_in_threadpool
-        record = await run_in_threadpool(engine.images.add_upload, data,
-                                         file.filename or "upload")
+        try:
+            record = await run_in_threadpool(engine.images.add_upload, data, name)
+        except SimexplainError as exc:  # errors name the file, for the page to show
+            return JSONResponse({"error": f"{name}: {exc}", "file": name},
+                                status_code=status_of(exc))
         return image_json(record)
 
     @app.get("/api/images/{image_id}", tags=["images"],

@@ -30,7 +30,7 @@ from ..explanation import PairExplanation, Side
 from ..images import MAX_PIXELS
 from ..methods import METHODS as _REGISTRY
 from .cache import LRU
-from .errors import NotFound, WebError
+from .errors import Busy, ImageFailed, NotFound, WebError
 from .store import (MAX_UPLOAD_BYTES, STORED_SIDE, UPLOAD_MEMORY, ImageStore, PixelBudget,
                     default_samples)
 
@@ -225,6 +225,18 @@ class Engine:
                                                  Prepared(image_id, image_id, side))
         return [found[i] for i in image_ids]
 
+    def _prepare_one(self, model: str, image_id: str, which: str,
+                     side_name: str | None = None) -> Prepared:
+        """One image's contributions; an image the model cannot take (no face found, ...)
+        raises ImageFailed naming it."""
+        try:
+            return self.prepared(model, [image_id], which)[0]
+        except (NotFound, Busy):
+            raise
+        except SimexplainError as exc:
+            raise ImageFailed(side_name or which, image_id, self.images.record(image_id).name,
+                              str(exc)) from None
+
     # -- pairs ---------------------------------------------------------------------------------
     def explain(self, a: str, b: str, method: str = "decomposition",
                 model: str | None = None) -> Explained:
@@ -236,8 +248,8 @@ class Engine:
         key = hashlib.sha256(f"{model}\0{a}\0{b}".encode()).hexdigest()[:20]
         record = self.explanations.get(key)
         if record is None:
-            side_a = self.prepared(model, [a], "a")[0]
-            side_b = self.prepared(model, [b], "b")[0]
+            side_a = self._prepare_one(model, a, "a")
+            side_b = self._prepare_one(model, b, "b")
             pair = PairExplanation.from_sides(side_a.side, side_b.side, explainer.similarity)
             record = self.explanations.put(key, ExplanationRecord(key, model, side_a, side_b,
                                                                   pair))
@@ -284,7 +296,7 @@ class Engine:
         from ..retrieval.index import RegionQuery
         model = self.index_model
         explainer = self.explainer(model)
-        query_prepared = self.prepared(model, [query], "a")[0]
+        query_prepared = self._prepare_one(model, query, "a", "query")
         q = query_prepared.side
         prepared = RegionQuery.from_side(q, _box(box) if box is not None else None)
         k = max(1, min(int(k), len(self.images.gallery_paths)))

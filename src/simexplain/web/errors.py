@@ -25,6 +25,20 @@ class Busy(WebError):
     status = 503
 
 
+class ImageFailed(WebError):
+    """One image of a request could not be used (e.g. no face found): names it, and says
+    which side it is on, so that the page shows the error on that image's panel."""
+
+    def __init__(self, side: str, image_id: str, name: str, reason: str):
+        super().__init__(f"image {side} ({name}): {reason}")
+        self.fields = {"side": side, "image": image_id}
+
+
+def megabytes(count: int) -> str:
+    """A byte count for people: 10485760 -> '10 MB'."""
+    return f"{count / 2**20:.3g} MB"
+
+
 def status_of(exc: SimexplainError) -> int:
     """The HTTP status of an error: its own, else 400 (any SimexplainError is bad input)."""
     return getattr(exc, "status", 400)

@@ -7,25 +7,33 @@ import time
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .errors import megabytes
+
 
 class BodyTooLarge(StarletteHTTPException):
-    def __init__(self, limit: int):
-        super().__init__(413, f"request body exceeds the limit of {limit} bytes")
+    def __init__(self, what: str, limit: int):
+        super().__init__(413, f"{what} exceeds the limit of {megabytes(limit)}")
 
 
 class BodyLimit:
     """ASGI middleware: refuse request bodies above a limit (uploads get a larger one), by the
-    declared Content-Length at once, else while the body streams in."""
+    declared Content-Length at once, else while the body streams in. An upload's form
+    wrapping gets `upload_margin` bytes beyond the file's own limit."""
 
-    def __init__(self, app, json_limit: int, upload_limit: int):
+    def __init__(self, app, json_limit: int, upload_limit: int, upload_margin: int = 64 * 1024):
         self.app = app
         self.json_limit = json_limit
         self.upload_limit = upload_limit
+        self.upload_margin = upload_margin
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = self.upload_limit if scope.get("path") == "/api/images" else self.json_limit
+        if scope.get("path") == "/api/images":
+            what, shown, limit = "the upload", self.upload_limit, \
+                self.upload_limit + self.upload_margin
+        else:
+            what, shown, limit = "the request body", self.json_limit, self.json_limit
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
@@ -34,8 +42,8 @@ class BodyLimit:
                     declared = 0
                 if declared > limit:
                     response = JSONResponse(
-                        {"error": f"request body of {declared} bytes exceeds the limit of "
-                                  f"{limit} bytes"}, status_code=413)
+                        {"error": f"{what} ({megabytes(declared)}) exceeds the limit of "
+                                  f"{megabytes(shown)}"}, status_code=413)
                     return await response(scope, receive, send)
         received = 0
 
@@ -45,7 +53,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyTooLarge(limit)
+                    raise BodyTooLarge(what, shown)
             return message
 
         return await self.app(scope, limited, send)

@@ -26,6 +26,10 @@ Seq = Annotated[Optional[int], Field(default=None, ge=0, le=2**53,
 
 class ErrorBody(BaseModel):
     error: str = Field(description="what went wrong, in words")
+    side: Optional[str] = Field(default=None, description="the side of the image that failed "
+                                "('a', 'b' or 'query'), when one did")
+    image: Optional[str] = Field(default=None, description="the id of the image that failed")
+    file: Optional[str] = Field(default=None, description="the uploaded file that failed")
 
 
 class ImageInfo(BaseModel):
@@ -63,6 +67,8 @@ class ModelsResponse(BaseModel):
     models: list[ModelInfo]
     methods: list[str]
     index: Optional[IndexInfo] = None
+    upload_limit_bytes: int = Field(description="largest accepted upload file")
+    pixel_limit: int = Field(description="largest accepted image, in pixels")
 
 
 class Health(BaseModel):

@@ -139,8 +139,8 @@ def decode_upload(data: bytes, max_pixels: int = MAX_PIXELS, stored_side: int = 
                 if width < 1 or height < 1:
                     raise WebError("the image has no pixels")
                 if width * height > max_pixels:
-                    raise TooLarge(f"image of {width}x{height} pixels exceeds the limit of "
-                                   f"{max_pixels} pixels")
+                    raise TooLarge(f"the image has {width}x{height} pixels, more than the "
+                                   f"limit of {max_pixels / 1e6:.3g} megapixels")
                 probe.verify()
             with budget.hold(width * height), Image.open(io.BytesIO(data)) as opened:
                 return _downscaled(opened, stored_side)
@@ -248,7 +248,7 @@ class ImageStore:
         if existing is not None:
             return existing
         image = decode_upload(data, self.max_pixels, self.stored_side, self.budget)
-        record = ImageRecord(image_id, _clean_name(name), "upload", png=_png(image),
+        record = ImageRecord(image_id, clean_name(name), "upload", png=_png(image),
                              size=image.size)
         return self.uploads.put(image_id, record)
 
@@ -304,7 +304,8 @@ def _named_sample(sample: Any, i: int) -> tuple[str, Image.Image]:
     return str(name), load_image(image)
 
 
-def _clean_name(name: str) -> str:
+def clean_name(name: str) -> str:
+    """A file name safe to show and store: no folders, odd characters replaced."""
     name = Path(str(name or "upload")).name
     return re.sub(r"[^\w.\- ]", "_", name)[:80] or "upload"
 

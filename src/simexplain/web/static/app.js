@@ -44,7 +44,9 @@ async function api(path, body, signal) {
   let data = null;
   try { data = await response.json(); } catch (_) { data = null; }
   if (!response.ok) {
-    throw new Error((data && data.error) || `${response.status} ${response.statusText}`);
+    const error = new Error((data && data.error) || `${response.status} ${response.statusText}`);
+    error.side = data && data.side; // which image failed, when the server knows
+    throw error;
   }
   return data;
 }
@@ -59,6 +61,22 @@ function setStatus(message, isError = false) {
 function fail(error) {
   if (error && error.name === "AbortError") return;
   setStatus(String(error && error.message ? error.message : error), true);
+}
+
+// per-panel states ("a", "b", "query"): computing (the old map dimmed under a spinner), or
+// an error shown on the panel of the image that failed
+function panelBusy(panel, message) {
+  const overlay = $(`#computing-${panel}`);
+  overlay.hidden = !message;
+  $(".computing-text", overlay).textContent = message || "";
+  $(`#view-${panel}`).classList.toggle("stale", Boolean(message));
+}
+
+function panelError(panel, message) {
+  const box = $(`#error-${panel}`);
+  box.hidden = !message;
+  box.textContent = message || "";
+  if (message) { stats.errors += 1; stats.lastError = message; }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -111,6 +129,13 @@ class Latest {
 // ---------------------------------------------------------------------------------------------
 // colour maps: 256-entry RGB tables
 function clamp01(x) { return Math.max(0, Math.min(1, x)); }
+
+// numbers for people: 3 significant digits, exponent only when needed
+function fmt(x) {
+  if (x === 0) return "0";
+  const a = Math.abs(x);
+  return a >= 1e-3 && a < 1e4 ? String(Number(x.toPrecision(3))) : x.toExponential(2);
+}
 
 function buildTable(fn) {
   const table = new Uint8ClampedArray(256 * 3);
@@ -183,7 +208,7 @@ class MapView {
     if (this.loadingKey !== key) return false;
     this.image = image;
     this.imageSize = imageSize;
-    this.crop = crop || [0, 0, imageSize[0], imageSize[1]];
+    this.crop = crop || (imageSize ? [0, 0, imageSize[0], imageSize[1]] : null);
     const scale = Math.min(this.maxWidth / image.naturalWidth, this.maxHeight / image.naturalHeight);
     const width = Math.max(1, Math.round(image.naturalWidth * scale));
     const height = Math.max(1, Math.round(image.naturalHeight * scale));
@@ -196,7 +221,20 @@ class MapView {
     return true;
   }
 
-  setMap(grid) {
+  // an image alone, without a map and without pointer gestures (after an error)
+  async showPlain(url) {
+    this.map = null; this.markers = []; this.box = null; this.overlay = null;
+    try {
+      await this.setImage(url, null);
+    } catch (_) {
+      this.base = null;
+      this.ctx.clearRect(0, 0, this.canvas.width, this.canvas.height);
+    }
+    this.imageSize = null;
+  }
+
+  setMap(grid, unit) {
+    if (unit !== undefined) this.unit = unit;
     if (grid === this.map) return;
     this.map = grid;
     this.overlay = null;
@@ -216,6 +254,8 @@ class MapView {
         peak = Math.max(peak, state.signed ? Math.abs(v) : v);
       }
     }
+    // the colour scale in the map's own values (signed: -peak..peak; else 0..peak)
+    this.range = { lo: state.signed ? -peak : 0, hi: peak, signed: state.signed };
     // the map covers the part of the photo the model saw (all of it, or the face crop)
     const top = Math.round(this.crop[0] * this.scale(0));
     const left = Math.round(this.crop[1] * this.scale(1));
@@ -255,9 +295,52 @@ class MapView {
 
   invalidate() { this.overlay = null; }
 
+  // the map's value at a model pixel (bilinear, cell-centre aligned, as drawn)
+  valueAt(point) {
+    if (!this.map || !this.imageSize) return null;
+    const rows = this.map.length; const cols = this.map[0].length;
+    const coord = (x, cells, size) => Math.min(Math.max((x + 0.5) * cells / size - 0.5, 0),
+      cells - 1);
+    const fy = coord(point[0], rows, this.imageSize[0]);
+    const fx = coord(point[1], cols, this.imageSize[1]);
+    const y0 = Math.floor(fy); const x0 = Math.floor(fx);
+    const y1 = Math.min(y0 + 1, rows - 1); const x1 = Math.min(x0 + 1, cols - 1);
+    const dy = fy - y0; const dx = fx - x0;
+    return (this.map[y0][x0] * (1 - dx) + this.map[y0][x1] * dx) * (1 - dy) +
+      (this.map[y1][x0] * (1 - dx) + this.map[y1][x1] * dx) * dy;
+  }
+
+  // the value under the pointer, in the panel's readout line
+  showValue(point) {
+    if (!this.readout) return;
+    const value = point ? this.valueAt(point) : null;
+    this.readout.textContent = value === null ? "" : `value under the pointer: ${fmt(value)}`;
+  }
+
+  // the colour bar under the panel: the colour map with the map's real values at its ends
+  drawScale() {
+    if (!this.scale_) return;
+    const el = this.scale_;
+    el.hidden = !this.map || !this.range;
+    if (el.hidden) return;
+    const { lo, hi, signed } = this.range;
+    const table = signed ? DIVERGING : JET;
+    const stops = [];
+    for (let i = 0; i <= 10; i++) {
+      const k = 3 * Math.round(i * 25.5);
+      stops.push(`rgb(${table[k]},${table[k + 1]},${table[k + 2]}) ${i * 10}%`);
+    }
+    $(".bar", el).style.background = `linear-gradient(to right, ${stops.join(", ")})`;
+    $(".lo", el).textContent = fmt(lo);
+    $(".mid", el).textContent = signed ? "0" : "";
+    $(".hi", el).textContent = fmt(hi);
+    $(".unit", el).textContent = this.unit || "";
+  }
+
   render() {
     if (!this.base) return;
     if (!this.overlay) this.overlay = this.compose();
+    this.drawScale();
     const ctx = this.ctx;
     ctx.putImageData(this.overlay, 0, 0);
     if (this.box) {
@@ -362,29 +445,48 @@ function allImages() {
   return [...state.images.samples, ...state.images.gallery, ...state.images.uploads];
 }
 
+function megabytes(count) { return `${Number((count / 2 ** 20).toPrecision(3))} MB`; }
+
 async function upload(file) {
+  const limit = state.models && state.models.upload_limit_bytes;
+  if (limit && file.size > limit) {
+    throw new Error(`${file.name}: the file (${megabytes(file.size)}) is larger than the ` +
+      `upload limit of ${megabytes(limit)}`);
+  }
   const form = new FormData();
   form.append("file", file, file.name);
-  setStatus(`uploading ${file.name} ...`);
   const info = await api("/api/images", form);
   if (!state.images.uploads.some((item) => item.id === info.id)) state.images.uploads.push(info);
   for (const select of pickers) fillPicker(select);
-  setStatus("");
   return info;
 }
 
-function pickerWithUpload(select, input, onPick) {
+// an upload control with its error beside it ("panel": a, b or query)
+function pickerWithUpload(panel, onPick) {
+  const select = $(`#pick-${panel}`);
+  const input = $(`#upload-${panel}`);
+  const problem = $(`#upload-error-${panel}`);
   pickers.push(select);
   select.addEventListener("change", () => onPick(select.value));
   input.addEventListener("change", async () => {
     const file = input.files && input.files[0];
     input.value = "";
     if (!file) return;
+    problem.hidden = true;
+    problem.textContent = "";
+    input.parentElement.classList.add("uploading");
     try {
       const info = await upload(file);
       select.value = info.id;
       onPick(info.id);
-    } catch (error) { fail(error); }
+    } catch (error) {
+      const message = String(error.message || error);
+      problem.textContent = message.startsWith(file.name) ? message : `${file.name}: ${message}`;
+      problem.hidden = false;
+      stats.errors += 1; stats.lastError = problem.textContent;
+    } finally {
+      input.parentElement.classList.remove("uploading");
+    }
   });
 }
 
@@ -403,13 +505,19 @@ async function explainPair() {
   const { a, b } = state.pair;
   if (!a || !b) return;
   if (explainAbort) explainAbort.abort();
-  explainAbort = new AbortController();
+  const abort = new AbortController();
+  explainAbort = abort;
   pairQueue.cancel();
   document.body.classList.add("busy");
-  setStatus(`explaining with ${state.model} (${state.method}) ...`);
+  for (const side of ["a", "b"]) {
+    panelError(side, null);
+    panelBusy(side, `computing ${state.method} with ${state.model} ...`);
+  }
+  $("#pair-info").classList.add("stale");
+  setStatus("");
   try {
     const result = await api("/api/explain",
-      { a, b, method: state.method, model: state.model }, explainAbort.signal);
+      { a, b, method: state.method, model: state.model }, abort.signal);
     state.pair.explanation = result;
     state.pair.box = null; state.pair.region = null; state.pair.boxSide = null;
     await Promise.all(["a", "b"].map((side) =>
@@ -417,19 +525,61 @@ async function explainPair() {
         result[side].crop)));
     stats.explains += 1;
     restPair();
-    setStatus("");
   } catch (error) {
-    fail(error);
+    if (error && error.name === "AbortError") return; // a newer request owns the panels
+    await pairFailed(error);
   } finally {
-    document.body.classList.remove("busy");
+    if (explainAbort === abort) {
+      for (const side of ["a", "b"]) panelBusy(side, null);
+      $("#pair-info").classList.remove("stale");
+      document.body.classList.remove("busy");
+    }
   }
+}
+
+// after a failed explanation nothing old stays up under the new names: the picked images
+// are shown without maps, the score is gone, and the error sits on the image that failed
+async function pairFailed(error) {
+  state.pair.explanation = null;
+  state.pair.box = null; state.pair.region = null; state.pair.boxSide = null;
+  describePair();
+  const failed = error.side ? [error.side] : ["a", "b"];
+  await Promise.all(["a", "b"].map(async (side) => {
+    const id = state.pair[side];
+    $(`#caption-${side}`).textContent = captionFor(id);
+    await pairViews[side].showPlain(`/api/images/${id}?max_side=1024`);
+  }));
+  for (const side of failed) {
+    const message = String(error.message || error);
+    const name = captionFor(state.pair[side]);
+    panelError(side, message.includes(name) ? message : `${name}: ${message}`);
+  }
+}
+
+// one-sentence explanations of the numbers on the page
+const TIPS = {
+  score: "The model's own similarity of the two images (its embeddings compared by the " +
+    "similarity shown); the decomposition maps split exactly this number over the images.",
+  residual: "|sum of the decomposition - score|: how far the maps are from adding up to the " +
+    "score. Float rounding (about 1e-7) for heads the decomposition is exact for.",
+  sR: "s_R, the partial similarity: the share of the score carried by the selected region " +
+    "(the overall map summed inside the box).",
+  value: "Map values are the share of the score each feature cell carries; red raises the " +
+    "score, blue lowers it.",
+};
+const SCORE_UNIT = "share of the score per cell";
+
+function term(name, tip) { return `<b class="term" title="${escapeHtml(tip)}">${name}</b>`; }
+
+function overallUnit(e) {
+  return e.signed ? SCORE_UNIT : `${e.method}: relative saliency (no unit)`;
 }
 
 function describePair(extra) {
   const e = state.pair.explanation;
   if (!e) { $("#pair-info").textContent = ""; return; }
-  const parts = [`<b>score</b> (${e.similarity}) = ${e.score.toFixed(4)}`,
-    `<b>residual</b> ${e.residual.toExponential(1)}`, `model ${e.model}`,
+  const parts = [`${term("score", TIPS.score)} (${e.similarity}) = ${e.score.toFixed(4)}`,
+    `${term("residual", TIPS.residual)} ${e.residual.toExponential(1)}`, `model ${e.model}`,
     `maps: ${e.method}`];
   if (extra) parts.push(extra);
   $("#pair-info").innerHTML = parts.join(" &middot; ");
@@ -441,16 +591,16 @@ function restPair() {
   if (!e) return;
   for (const side of ["a", "b"]) {
     const view = pairViews[side];
-    view.setMap(e[side].overall);
+    view.setMap(e[side].overall, overallUnit(e));
     view.markers = [];
     view.box = state.pair.boxSide === side ? state.pair.box : null;
   }
   let extra = "";
   if (state.pair.region) {
     const r = state.pair.region;
-    pairViews[r.side].setMap(r.map);
+    pairViews[r.side].setMap(r.map, `region map: ${SCORE_UNIT}`);
     pairViews[r.side].markers = [{ ...r.argmax, kind: "ring" }];
-    extra = `region s<sub>R</sub> = ${r.partial_score.toFixed(4)}`;
+    extra = `${term("region s<sub>R</sub>", TIPS.sR)} = ${r.partial_score.toFixed(4)}`;
   }
   for (const side of ["a", "b"]) pairViews[side].render();
   $("#caption-a").textContent = captionFor(e.a.id);
@@ -469,13 +619,13 @@ function showPairMap(result, job) {
   const here = job.body.side;
   const there = result.side;
   const target = pairViews[there];
-  target.setMap(result.map);
+  target.setMap(result.map, `${job.kind} map: ${SCORE_UNIT}`);
   target.markers = [{ ...result.argmax, kind: "ring" }];
   target.box = null;
   target.render();
   if (job.kind === "region") {
     state.pair.region = result;
-    describePair(`region s<sub>R</sub> = ${result.partial_score.toFixed(4)}`);
+    describePair(`${term("region s<sub>R</sub>", TIPS.sR)} = ${result.partial_score.toFixed(4)}`);
   } else {
     describePair(`point map on ${there}: max ${result.argmax.value.toExponential(2)}`);
   }
@@ -486,8 +636,10 @@ function showPairMap(result, job) {
 function setupPair() {
   for (const side of ["a", "b"]) {
     const view = new MapView($(`#view-${side}`), 420, 420);
+    view.scale_ = $(`#scale-${side}`);
+    view.readout = $(`#readout-${side}`);
     pairViews[side] = view;
-    pickerWithUpload($(`#pick-${side}`), $(`#upload-${side}`), (id) => {
+    pickerWithUpload(side, (id) => {
       state.pair[side] = id;
       explainPair();
     });
@@ -497,9 +649,10 @@ function setupPair() {
         if (!e) return;
         // the pointer itself is drawn at once; the map on the other side follows
         view.markers = [{ row: point[0], col: point[1], kind: "cross" }];
-        view.setMap(e[side].overall);
+        view.setMap(e[side].overall, overallUnit(e));
         view.box = state.pair.boxSide === side ? state.pair.box : null;
         view.render();
+        view.showValue(point);
         pairQueue.push({ kind: "point", body: {
           explanation_id: e.explanation_id, side, row: point[0], col: point[1] } });
       },
@@ -520,6 +673,7 @@ function setupPair() {
       },
       leave() {
         pairQueue.cancel();
+        view.showValue(null);
         restPair();
       },
     });
@@ -540,13 +694,17 @@ async function runSearch(box) {
   const query = state.gallery.query;
   if (!query) return;
   if (searchAbort) searchAbort.abort();
-  searchAbort = new AbortController();
+  const abort = new AbortController();
+  searchAbort = abort;
   galleryQueue.cancel();
   document.body.classList.add("busy");
-  setStatus(box ? "searching by region ..." : "searching ...");
+  panelError("query", null);
+  panelBusy("query", box ? "searching by region ..." : "searching ...");
+  $("#results").classList.add("stale");
+  setStatus("");
   try {
     const k = Number($("#k").value);
-    const result = await api("/api/search", { query, box: box || null, k }, searchAbort.signal);
+    const result = await api("/api/search", { query, box: box || null, k }, abort.signal);
     state.gallery.search = result;
     state.gallery.box = result.box;
     const q = result.query;
@@ -560,11 +718,24 @@ async function runSearch(box) {
     const what = result.box ? "region" : "whole image";
     $("#caption-query").textContent =
       `${captionFor(query)} · ranked by ${what} · ${result.similarity}`;
-    setStatus("");
   } catch (error) {
-    fail(error);
+    if (error && error.name === "AbortError") return;
+    // no old ranking under the new query: the query alone, the error on it
+    state.gallery.search = null;
+    $("#results").innerHTML = "";
+    resultViews = [];
+    queryView.loadedId = null;
+    await queryView.showPlain(`/api/images/${query}?max_side=1024`);
+    $("#caption-query").textContent = captionFor(query);
+    const message = String(error.message || error);
+    const name = captionFor(query);
+    panelError("query", message.includes(name) ? message : `${name}: ${message}`);
   } finally {
-    document.body.classList.remove("busy");
+    if (searchAbort === abort) {
+      panelBusy("query", null);
+      $("#results").classList.remove("stale");
+      document.body.classList.remove("busy");
+    }
   }
 }
 
@@ -635,7 +806,7 @@ function showResultMaps(result, job) {
 
 function setupGallery() {
   queryView = new MapView($("#view-query"), 360, 360);
-  pickerWithUpload($("#pick-query"), $("#upload-query"), (id) => {
+  pickerWithUpload("query", (id) => {
     state.gallery.query = id;
     state.gallery.box = null;
     runSearch(null);
