@@ -795,25 +795,7 @@ def model_info(explainer, model_name: str | None = None) -> dict:
 
 def weights_fingerprint(explainer) -> str:
     """sha256 over the parameters and buffers of the explainer's model(s)."""
-    cached = getattr(explainer, "_weights_sha256", None)
-    if cached:
-        return cached
-    digest = hashlib.sha256()
-    streams = [explainer.stream_a] + ([] if explainer.stream_b is explainer.stream_a
-                                      else [explainer.stream_b])
-    for stream in streams:
-        for name, tensor in stream.model.state_dict().items():
-            t = tensor.detach().cpu().contiguous()
-            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-            if t.dtype == torch.bfloat16:
-                t = t.float()
-            digest.update(t.numpy().tobytes())
-    value = digest.hexdigest()
-    try:
-        explainer._weights_sha256 = value
-    except AttributeError:
-        pass
-    return value
+    return explainer.weights_sha256()
 
 
 def check_model(expected: dict, actual: dict, where: str = "the index") -> None:
@@ -951,7 +933,7 @@ def parse_region(text: str) -> tuple[float, float, float, float]:
 
 
 def add_cli(subparsers) -> None:
-    from .cli import add_model_arguments
+    from .zoo.arguments import add_model_arguments
 
     index = subparsers.add_parser("index", help="build a searchable gallery index")
     index_commands = index.add_subparsers(dest="index_command", required=True)
@@ -983,8 +965,8 @@ def add_cli(subparsers) -> None:
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:
-    from .cli import build_explainer
-    explainer = build_explainer(args.model, args.layer, args.similarity, args.size)
+    from .zoo import resolve
+    explainer = resolve(args.model, args.layer, args.similarity, args.size)
     checkpoint = checkpoint_path(args.out)
     if (checkpoint / "state.json").is_file() and not args.restart:
         print(f"resuming from {checkpoint}", file=sys.stderr)
@@ -1001,7 +983,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 def explainer_for_index(index_path: str | Path, args: argparse.Namespace | None = None):
     """The query model of an index: the one its manifest names, unless overridden (then it
     must match)."""
-    from .cli import build_explainer
+    from .zoo import resolve
     manifest = read_manifest(Path(index_path)) if Path(index_path).is_dir() else None
     if manifest is None:
         raise IndexFormatError(f"index not found: {index_path}")
@@ -1014,10 +996,7 @@ def explainer_for_index(index_path: str | Path, args: argparse.Namespace | None 
     input_size = manifest.get("input_size")
     if size is None and input_size and input_size[0] == input_size[1]:
         size = int(input_size[0])
-    explainer = build_explainer(model, layer, similarity, size)
-    if not getattr(explainer, "model_name", None):
-        explainer.model_name = model
-    return explainer
+    return resolve(model, layer, similarity, size)
 
 
 def cmd_search(args: argparse.Namespace) -> int:

@@ -18,9 +18,10 @@ import torch
 from PIL import Image
 
 from ..errors import SimexplainError
+from ..methods import METHODS as _REGISTRY
 
-# The saliency methods compared everywhere (simexplain.methods), in display order.
-METHODS = ("decomposition", "gradcam", "gradcam-raw", "rgradcam", "occlusion", "random")
+# The saliency methods compared everywhere: the registry's (simexplain.methods), in its order.
+METHODS = tuple(_REGISTRY)
 # The models benchmarked, in display order.
 MODELS = ("fmnist-gap", "fmnist-gmp", "efficientnet-lite0", "facenet")
 BOOTSTRAP = 2000  # bootstrap resamples for every confidence interval
@@ -63,8 +64,9 @@ QUICK_OCCLUSION_CAP = 5
 def method_cap(setup: ModelSetup, method: str, quick: bool = False,
                caps: dict | None = None) -> int | None:
     """How many samples `method` runs on for this model (None: all). `caps` (model -> cap)
-    replaces the model's default occlusion cap for one benchmark."""
-    if method != "occlusion":
+    replaces the model's default occlusion cap for one benchmark (caps apply to the methods
+    that cost a forward pass per feature cell)."""
+    if method not in _REGISTRY or not _REGISTRY[method].per_cell_cost:
         return None
     cap = caps[setup.name] if caps and setup.name in caps else setup.occlusion_cap
     if quick:
@@ -169,18 +171,13 @@ def method_map(explainer, method: str, a: torch.Tensor, b: torch.Tensor, side: s
                seed: int = 0) -> torch.Tensor:
     """One image's overall map (on its feature grid) for the pair (a, b), by `method`.
 
-    Occlusion computes only the side asked for (half the forward passes); `random` is seeded
-    per call, so a sample's random map depends on the seed only, never on the model.
+    Only the side asked for is computed where that saves work (occlusion); seeded methods
+    (random) are seeded per call, so a sample's map depends on the seed only, never on the model.
     """
-    from ..methods import get_method
-    if method == "random":
-        maps = get_method("random", seed=seed).attribute(explainer, a, b)
-    elif method == "occlusion":
-        return get_method("occlusion").side_map(explainer, a, b, side).detach().float().cpu()
-    else:
-        maps = get_method(method).attribute(explainer, a, b)
-    result = maps[0] if side == "a" else maps[1]
-    return result.detach().float().cpu()
+    from ..methods import method_class
+    cls = method_class(method)
+    maps = (cls(seed=seed) if cls.seeded else cls()).attribute(explainer, a, b, sides=side)
+    return maps[0 if side == "a" else 1].detach().float().cpu()
 
 
 def score(explainer, a: torch.Tensor, b: torch.Tensor, e_a: torch.Tensor | None = None

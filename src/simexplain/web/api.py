@@ -31,7 +31,7 @@ ImageId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-
                                examples=["s0"])]
 Token = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 Side = Literal["a", "b"]
-Method = Literal["decomposition", "gradcam", "gradcam-raw", "rgradcam", "occlusion"]
+Method = Literal[METHODS]  # the methods registry's names (simexplain.methods)
 Box = Annotated[list[FiniteFloat], Field(
     min_length=4, max_length=4,
     description="[top, left, bottom, right] in pixels of the image as the model sees it "

@@ -30,9 +30,10 @@ from .. import decomposition, maps
 from ..errors import SimexplainError
 from ..explanation import PairExplanation, Side
 from ..images import MAX_PIXELS, load_image, to_rgb
+from ..methods import explanation_methods, method_class
 from .cache import LRU
 
-METHODS = ("decomposition", "gradcam", "gradcam-raw", "rgradcam", "occlusion")
+METHODS = tuple(explanation_methods())
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 # Uploads are kept at most this large (longest side, pixels): plenty for display and for any
 # model input, and it bounds the memory one upload can hold.
@@ -304,9 +305,9 @@ class Engine:
         if explainer is not None:
             name = model or getattr(explainer, "model_name", None) or index_model or "custom"
         else:
-            from ..cli import build_explainer
+            from ..zoo import resolve
             name = model or index_model or "efficientnet-lite0"
-            explainer = build_explainer(name)
+            explainer = resolve(name)
         if index_model is not None and index_model != name:
             raise SimexplainError(f"the index was built with model {index_model!r}, but the "
                                   f"server's model is {name!r}")
@@ -341,8 +342,8 @@ class Engine:
         with self._load_lock:
             found = self.explainers.get(name)
             if found is None:
-                from ..cli import build_explainer
-                found = self.explainers.put(name, build_explainer(name))
+                from ..zoo import resolve
+                found = self.explainers.put(name, resolve(name))
         return found
 
     def model_infos(self) -> list[dict]:
@@ -440,7 +441,7 @@ class Engine:
         return {
             "explanation_id": record.id, "model": model, "method": method,
             "similarity": pair.similarity, "score": pair.score, "residual": pair.residual,
-            "signed": method == "decomposition",
+            "signed": method_class(method).signed,
             "a": self._side_json(record.a, map_a), "b": self._side_json(record.b, map_b),
         }
 
@@ -603,8 +604,8 @@ def _load_index(path, explainer, model):
         raise SimexplainError(f"the gallery search needs simexplain.retrieval ({exc})") from None
     if explainer is None:
         if model is not None:
-            from ..cli import build_explainer
-            explainer = build_explainer(model)
+            from ..zoo import resolve
+            explainer = resolve(model)
         else:
             explainer = explainer_for_index(path)
     return Index.load(path, explainer=explainer)

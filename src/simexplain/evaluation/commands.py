@@ -2,8 +2,9 @@
 
 To add a benchmark, write a module with `configure_parser(parser)` (its options) and
 `run_cli(args) -> int`, or a standard benchmark module (ALLOWED, DEFAULT_SAMPLES,
-QUICK_SAMPLES and `run`, see common.run_benchmark_cli), and add a line to BENCHMARKS. Modules are imported only when the
-`eval` command line is built, and a benchmark whose module is missing is left out.
+QUICK_SAMPLES and `run`, see common.run_benchmark_cli), and add a line to BENCHMARKS. Modules
+are imported only when the `eval` command line is built, and a benchmark whose module is
+missing is left out.
 """
 
 from __future__ import annotations
