@@ -78,3 +78,10 @@ def test_no_import_cycles_at_module_level():
             walk(name)
     assert cycles == []
 
+
+
+def test_the_core_does_not_import_rendering():
+    core = ("simexplain.explainer", "simexplain.explanation", "simexplain.head",
+            "simexplain.adapters", "simexplain.maps")
+    for name in core:
+        assert "simexplain.visualize" not in imports(name, top_level_only=False), name

@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from . import datasets, report, visualize, zoo
+from . import datasets, pair_report, visualize, zoo
 from .files import write_text_atomic
-from .maps import upsample
 from .methods import PreparedPair, explanation_methods, get_method
 
 COMPARED_METHODS = explanation_methods()
@@ -104,9 +103,9 @@ def fashion_section(seed: int = 0) -> Section:
 def render_pair(explainer, spec: PairSpec, folder: Path, stem: str) -> dict:
     """Write the pair's figures; return what the HTML needs."""
     result = explainer.explain(spec.a, spec.b)
-    report.overall_figure(result, folder / f"{stem}_overall.png", title=spec.title)
-    points = report.default_points(result, count=3)
-    report.points_figure(result, points, folder / f"{stem}_points.png")
+    pair_report.overall_figure(result, folder / f"{stem}_overall.png", title=spec.title)
+    points = pair_report.default_points(result, count=3)
+    pair_report.points_figure(result, points, folder / f"{stem}_points.png")
     methods_figure(explainer, spec, result, folder / f"{stem}_methods.png")
     files = [f"{stem}_overall.png", f"{stem}_points.png", f"{stem}_methods.png"]
     if spec.crops:
@@ -125,8 +124,7 @@ def methods_figure(explainer, spec: PairSpec, result, path: Path) -> None:
     for method in COMPARED_METHODS:
         map_a, map_b = get_method(method).attribute(explainer, pair)
         for row, side, grid_map in ((0, "a", map_a), (1, "b", map_b)):
-            heat = upsample(grid_map, result.image(side).size[::-1])
-            rows[row].append((visualize.overlay(result.image(side), heat), f"{method} ({side})"))
+            rows[row].append((visualize.overlay_map(result, grid_map, side), f"{method} ({side})"))
     visualize.save_figure(rows, path)
 
 

@@ -15,8 +15,7 @@ from .decomposition import check_similarity
 from .errors import ImageError
 from .explanation import PairExplanation, Side
 from .head import Contributions
-from .images import ImageInput, Preprocess, check_tensor, load_image
-from .visualize import blank_like
+from .images import ImageInput, Preprocess, blank_image, check_tensor, load_image
 
 Transform = Callable[[Image.Image], torch.Tensor]
 # Relative residual above which a head is reported as not exactly decomposable.
@@ -81,7 +80,7 @@ class Explainer:
             if tensor.shape[0] != 1:
                 raise ImageError(f"image {side}: expected one image (1, C, H, W), got "
                                  f"{tuple(tensor.shape)}")
-            return tensor.to(stream.device), blank_like(tuple(tensor.shape[2:]))
+            return tensor.to(stream.device), blank_image(tuple(tensor.shape[2:]))
         picture = load_image(image)
         shown = transform.resize(picture) if hasattr(transform, "resize") else picture
         tensor = check_tensor(transform(picture), name=f"image {side}")

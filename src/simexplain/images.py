@@ -98,3 +98,9 @@ def check_tensor(tensor: torch.Tensor, name: str = "input") -> torch.Tensor:
     if not torch.isfinite(tensor).all():
         raise ImageError(f"{name}: tensor contains NaN or infinite values")
     return tensor
+
+
+def blank_image(size: tuple[int, int]) -> Image.Image:
+    """A neutral gray canvas of (height, width): what is shown for inputs given as tensors."""
+    height, width = size
+    return Image.new("RGB", (width, height), (128, 128, 128))

@@ -31,7 +31,8 @@ def parse_point(text: str) -> tuple[float, float]:
 
 
 def cmd_pair(args: argparse.Namespace) -> int:
-    from ..report import write_json_atomic, write_pair
+    from ..files import write_json_atomic
+    from ..pair_report import write_pair
     from ..visualize import save_figure
     explainer = from_args(args)
     a, b, crops = prepare_pair(explainer, args.a, args.b)
