@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from simexplain import Explainer
-from simexplain.decomposition import score
 from simexplain.toy import HEADS, HeadModel, TokenModel, trunk
 
 EXACT_HEADS = [h for h in HEADS if h != "gelu"]
@@ -18,6 +17,15 @@ def make(head, normalize=True, seed=0):
 
 def images(n=1, seed=1, size=32):
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def score(e_a, e_b, similarity):
+    """The similarity of two embeddings, written out here independently of simexplain."""
+    if similarity == "cosine":
+        return torch.nn.functional.cosine_similarity(e_a, e_b, dim=0)
+    if similarity == "dot":
+        return (e_a * e_b).sum()
+    return ((e_a - e_b) ** 2).sum()  # squared Euclidean distance
 
 
 def relative_gap(total, s):
@@ -94,6 +102,8 @@ def test_transformer_tokens_with_class_token():
     assert result.overall_a.shape == (8, 8)
     with torch.no_grad():
         expected = float(score(model(images(seed=7))[0], model(images(seed=8))[0], "cosine"))
+    assert result.score == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert float(result.overall_a.sum()) == pytest.approx(expected, rel=1e-4, abs=1e-6)
     assert result.residual <= 1e-4 * abs(expected)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from typing import Sequence
 
 from ..errors import SimexplainError
@@ -17,6 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     from importlib import import_module
     parser = argparse.ArgumentParser(
         prog="simexplain", description="Visual explanations for deep metric learning models.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (anywhere on the line)")
     commands = parser.add_subparsers(dest="command", required=True)
     for group in GROUPS:
         import_module(f"{__name__}.{group}").register(commands)
@@ -28,9 +31,16 @@ GROUPS = ("pair", "models", "demo", "search", "eval", "serve")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run a command. Any SimexplainError is one line on stderr and exit status 2 (with
+    `--debug`, anywhere on the line, the traceback is printed too)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
     try:
         return args.run(args)
     except SimexplainError as exc:
-        print(f"simexplain: error: {exc}", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"simexplain: error: {message}", file=sys.stderr)
         return 2
