@@ -10,12 +10,15 @@ trained ourselves). Nothing is downloaded at run time.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from torch import nn
 
 from ..errors import SimexplainError
 from ..images import Preprocess
+
+if TYPE_CHECKING:
+    from ..explainer import Explainer
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ def model(name: str) -> nn.Module:
     return _MODELS[name]
 
 
-def load(name: str, size: int | None = None):
+def load(name: str, size: int | None = None) -> "Explainer":
     """A ready Explainer for a named model. `size` overrides the input side in pixels
     (larger inputs give a finer feature grid at a higher cost)."""
     from ..explainer import Explainer
@@ -77,7 +80,7 @@ def load(name: str, size: int | None = None):
 
 
 def resolve(model_spec: str, layer: str | None = None, similarity: str | None = None,
-            size: int | None = None):
+            size: int | None = None) -> "Explainer":
     """An Explainer from a zoo name, a model file or `module:factory`: the one place that
     turns a model named on the command line (or in an index manifest) into an Explainer.
 
