@@ -66,7 +66,7 @@ def model(name: str) -> nn.Module:
     return _MODELS[name]
 
 
-def load(name: str, size: int | None = None) -> "Explainer":
+def load(name: str, size: int | None = None) -> Explainer:
     """A ready Explainer for a named model. `size` overrides the input side in pixels
     (larger inputs give a finer feature grid at a higher cost)."""
     from ..explainer import Explainer
@@ -80,7 +80,7 @@ def load(name: str, size: int | None = None) -> "Explainer":
 
 
 def resolve(model_spec: str, layer: str | None = None, similarity: str | None = None,
-            size: int | None = None) -> "Explainer":
+            size: int | None = None) -> Explainer:
     """An Explainer from a zoo name, a model file or `module:factory`: the one place that
     turns a model named on the command line (or in an index manifest) into an Explainer.
 
