@@ -11,11 +11,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .adapters import SplitModel
-from .decomposition import check_similarity
 from .errors import ImageError
 from .explanation import PairExplanation, Side
 from .head import Contributions
 from .images import ImageInput, Preprocess, blank_image, check_tensor, load_image
+from .similarity import Similarity, get as get_similarity
 
 Transform = Callable[[Image.Image], torch.Tensor]
 # Relative residual above which a head is reported as not exactly decomposable.
@@ -27,20 +27,21 @@ class Explainer:
 
     model: maps an image batch to embeddings (B, D).
     layer: name (from model.named_modules()) of the submodule whose output is explained.
-    similarity: "cosine", "dot", or "euclidean" (squared distance).
+    similarity: "cosine", "dot", "euclidean" (squared distance), or your own `Similarity`
+        instance (see simexplain.similarity); `explainer.similarity` is the Similarity object.
     transform: PIL image -> (C, H, W) tensor; default: 224x224, ImageNet normalisation.
     model_b, layer_b, transform_b: the second stream of a two-stream model (default: same).
     model_name: what the model is called (a zoo name, a file, `module:factory`); recorded in
     index manifests and reports, and it decides whether a zoo face model sees face crops.
     """
 
-    def __init__(self, model: torch.nn.Module, layer: str, similarity: str = "cosine",
-                 transform: Transform | None = None, model_b: torch.nn.Module | None = None,
-                 layer_b: str | None = None, transform_b: Transform | None = None,
-                 model_name: str | None = None):
+    def __init__(self, model: torch.nn.Module, layer: str,
+                 similarity: str | Similarity = "cosine", transform: Transform | None = None,
+                 model_b: torch.nn.Module | None = None, layer_b: str | None = None,
+                 transform_b: Transform | None = None, model_name: str | None = None):
         self.model_name = model_name
         self._weights_sha256: str | None = None  # computed on first use (weights_sha256)
-        self.similarity = check_similarity(similarity)
+        self.similarity = get_similarity(similarity)
         self.stream_a = SplitModel(model, layer)
         if model_b is None and layer_b is None:
             self.stream_b = self.stream_a

@@ -8,8 +8,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import decomposition, maps
+from . import maps, regions
 from .errors import SimexplainError
+from .similarity import Similarity, get as get_similarity
 
 
 @dataclass
@@ -36,7 +37,7 @@ class PairExplanation:
     """
 
     score: float  # the model's own similarity from its own forward pass
-    similarity: str
+    similarity: Similarity  # equals its name ("cosine", ...); to_dict reports the name
     a: Side
     b: Side
     pairwise_flat: torch.Tensor = field(repr=False)  # (P, Q)
@@ -44,12 +45,13 @@ class PairExplanation:
     overall_b_flat: torch.Tensor = field(repr=False)  # (Q,)
 
     @classmethod
-    def from_sides(cls, a: Side, b: Side, similarity: str) -> "PairExplanation":
+    def from_sides(cls, a: Side, b: Side, similarity: str | Similarity) -> "PairExplanation":
+        similarity = get_similarity(similarity)
         u, v = a.contributions.double(), b.contributions.double()
         e_a, e_b = a.embedding.double(), b.embedding.double()
-        d = decomposition.pairwise(u, v, e_a, e_b, similarity)
-        o_a, o_b = decomposition.overall(u, v, e_a, e_b, similarity)
-        s = float(decomposition.score(a.embedding, b.embedding, similarity))
+        d = similarity.pairwise(u, v, e_a, e_b)
+        o_a, o_b = similarity.overall(u, v, e_a, e_b)
+        s = float(similarity.score(a.embedding, b.embedding))
         return cls(score=s, similarity=similarity, a=a, b=b,
                    pairwise_flat=d, overall_a_flat=o_a, overall_b_flat=o_b)
 
@@ -72,9 +74,8 @@ class PairExplanation:
     @property
     def total(self) -> float:
         """What the decomposition sums to (the score, for exact heads)."""
-        if self.similarity == "euclidean":
-            return float(self.overall_a_flat.sum() + self.overall_b_flat.sum())
-        return float(self.pairwise_flat.sum())
+        return float(self.similarity.total(self.pairwise_flat, self.overall_a_flat,
+                                           self.overall_b_flat))
 
     @property
     def residual(self) -> float:
@@ -82,25 +83,28 @@ class PairExplanation:
         return abs(self.total - self.score)
 
     # -- point and region maps -------------------------------------------------------------
-    def _sides(self, side: str) -> tuple[Side, Side, torch.Tensor]:
-        """(the side pointed at, the other side, D oriented as (pointed, other))."""
+    def _sides(self, side: str) -> tuple[Side, Side]:
+        """(the side pointed at, the other side)."""
         if side == "a":
-            return self.a, self.b, self.pairwise_flat
+            return self.a, self.b
         if side == "b":
-            return self.b, self.a, self.pairwise_flat.T
+            return self.b, self.a
         raise SimexplainError(f"side must be 'a' or 'b', got {side!r}")
+
+    def weighted_map(self, side: str, weights: torch.Tensor) -> torch.Tensor:
+        """sum_p w_p D[p, :] over the other image's grid, for weights (P,) on `side`'s grid."""
+        here, there = self._sides(side)
+        return regions.side_map(self.similarity, weights, here, there, here_is_a=side == "a")
 
     def point_map(self, side: str, point: tuple[float, float]) -> torch.Tensor:
         """Map over the other image's grid for pixel (row, col) of `side` (bilinear)."""
-        here, there, d = self._sides(side)
-        weights = maps.point_weights(point, here.grid, here.image_size).to(d.device)
-        return (weights @ d).reshape(there.grid)
+        here, _ = self._sides(side)
+        return self.weighted_map(side, maps.point_weights(point, here.grid, here.image_size))
 
     def region_map(self, side: str, region: maps.Region) -> torch.Tensor:
         """Map over the other image's grid for a box (top, left, bottom, right) or a mask."""
-        here, there, d = self._sides(side)
-        weights = maps.region_weights(region, here.grid, here.image_size).to(d.device)
-        return (weights @ d).reshape(there.grid)
+        here, _ = self._sides(side)
+        return self.weighted_map(side, maps.region_weights(region, here.grid, here.image_size))
 
     def partial_score(self, side: str, region: maps.Region) -> float:
         """s_R = sum_p w_p O[p]: the share of the score carried by a region of `side`."""
@@ -120,7 +124,7 @@ class PairExplanation:
     def to_dict(self) -> dict:
         """JSON-ready summary."""
         return {
-            "score": self.score, "similarity": self.similarity, "residual": self.residual,
+            "score": self.score, "similarity": self.similarity.name, "residual": self.residual,
             "grid_a": list(self.a.grid), "grid_b": list(self.b.grid),
             "image_size_a": list(self.a.image_size), "image_size_b": list(self.b.image_size),
             "overall_a": self.overall_a.tolist(), "overall_b": self.overall_b.tolist(),

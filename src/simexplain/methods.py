@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from . import decomposition
 from .errors import SimexplainError
 from .explanation import PairExplanation, Side
 from .images import ImageInput
+from .similarity import Similarity
 
 Maps = tuple[torch.Tensor, torch.Tensor]  # (Ha, Wa), (Hb, Wb)
 
@@ -57,10 +57,9 @@ class PreparedPair:
         return self.cache["embeddings"]
 
 
-def closeness(e_a: torch.Tensor, e_b: torch.Tensor, similarity: str) -> torch.Tensor:
-    """The similarity, signed so that larger means closer (minus the squared distance)."""
-    s = decomposition.score(e_a, e_b, similarity)
-    return -s if similarity == "euclidean" else s
+def closeness(e_a: torch.Tensor, e_b: torch.Tensor, similarity: Similarity) -> torch.Tensor:
+    """The similarity, signed so that larger means closer (minus a distance)."""
+    return similarity.closeness(similarity.score(e_a, e_b))
 
 
 class Method:
@@ -122,8 +121,8 @@ class _GradientMethod(Method):
             feats_a, e_a = explainer.stream_a.features_and_embedding(pair.x_a, raw=self.raw)
             feats_b, e_b = explainer.stream_b.features_and_embedding(pair.x_b, raw=self.raw)
             similarity = explainer.similarity
-            if self.raw and similarity == "cosine":
-                similarity = "dot"  # the paper's "without normalisation" variant
+            if self.raw:  # the paper's "without normalisation" variant (cosine -> dot)
+                similarity = similarity.without_normalisation()
             s = closeness(e_a[0], e_b[0], similarity)
             grad_a, grad_b = torch.autograd.grad(s, [feats_a, feats_b])
             pair.cache[key] = ((feats_a.detach(), grad_a), (feats_b.detach(), grad_b))

@@ -78,7 +78,7 @@ def write_pair(result: PairExplanation, out: Path, points: Sequence[tuple[float,
     points_figure(result, points, out / "points.png")
     files["points"] = "points.png"
     summary = {
-        "score": result.score, "similarity": result.similarity, "residual": result.residual,
+        "score": result.score, "similarity": result.similarity.name, "residual": result.residual,
         "grid_a": list(result.a.grid), "grid_b": list(result.b.grid),
         "points_a": [list(map(float, p)) for p in points], "files": files,
         **(extra or {}),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..similarity import names as similarity_names
+
 
 def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True,
                         model_help: str | None = None) -> None:
@@ -12,7 +14,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True,
                         help=model_help or "zoo name (see `simexplain models`), model file, "
                                            "or module:factory")
     parser.add_argument("--layer", help="explained layer (default: the zoo model's)")
-    parser.add_argument("--similarity", choices=["cosine", "dot", "euclidean"],
+    parser.add_argument("--similarity", choices=similarity_names(),
                         help="default: the zoo model's, else cosine")
     parser.add_argument("--size", type=int, help="input side in pixels (default: the model's)")
 
