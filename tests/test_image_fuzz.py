@@ -20,6 +20,7 @@ fuzz = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fuzz)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow's notes on the corrupt files
 def test_seeded_fuzz_has_no_unhandled_exceptions():
     result = fuzz.run(350, seed=1)
     assert result["unhandled"] == []
