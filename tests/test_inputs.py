@@ -143,7 +143,6 @@ def test_a_point_on_a_1280x960_photo_lands_on_the_same_spot_in_the_overlay():
 def test_web_and_command_line_give_the_same_embeddings(tmp_path):
     """The web engine and `simexplain pair` go through one input pipeline: the same photo
     gives the same tensor and embedding at every --size."""
-    from simexplain.cli import build_explainer
     from simexplain.datasets import skimage_photos
     from simexplain.web.engine import Engine
     path = tmp_path / "motorcycle.png"
@@ -152,8 +151,8 @@ def test_web_and_command_line_give_the_same_embeddings(tmp_path):
     cases += [("facenet", 160), ("facenet", 224)] if _has_faces() else []
     for model, size in cases:
         photo = face_photo() if model == "facenet" else path
-        cli = build_explainer(model, size=size)
-        engine = Engine(explainer=build_explainer(model, size=size), model=model, samples=[photo])
+        cli = zoo.resolve(model, size=size)
+        engine = Engine(explainer=zoo.resolve(model, size=size), model=model, samples=[photo])
         served = engine.prepared(model, ["s0"], "a")[0].side
         side = cli.side(photo, "a")
         assert served.frame == side.frame, (model, size)

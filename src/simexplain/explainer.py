@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -33,12 +34,17 @@ class Explainer:
     model_b, layer_b, transform_b: the second stream of a two-stream model (default: same).
     faces: detect the largest face of each photo and explain that crop (face-recognition
         models); points and regions are still given in the photo's pixels.
+    model_name: what the model is called (a zoo name, a file, `module:factory`); recorded in
+    index manifests and reports.
     """
 
     def __init__(self, model: torch.nn.Module, layer: str,
                  similarity: str | Similarity = "cosine", transform: Transform | None = None,
                  model_b: torch.nn.Module | None = None, layer_b: str | None = None,
-                 transform_b: Transform | None = None, faces: bool = False):
+                 transform_b: Transform | None = None, faces: bool = False,
+                 model_name: str | None = None):
+        self.model_name = model_name
+        self._weights_sha256: str | None = None  # computed on first use (weights_sha256)
         self.similarity = get_similarity(similarity)
         self.stream_a = SplitModel(model, layer)
         if model_b is None and layer_b is None:
@@ -53,6 +59,22 @@ class Explainer:
         self.inputs_b = self.inputs_a if self.transform_b is self.transform_a else \
             InputPipeline(self.transform_b, faces=faces)
         self._warned_inexact = False
+
+    def weights_sha256(self) -> str:
+        """sha256 over the parameters and buffers of the model(s): identifies the weights an
+        index was built with. Computed once (the weights are assumed not to change)."""
+        if self._weights_sha256 is None:
+            digest = hashlib.sha256()
+            streams = [self.stream_a] + ([] if self.stream_b is self.stream_a else [self.stream_b])
+            for stream in streams:
+                for name, tensor in stream.model.state_dict().items():
+                    t = tensor.detach().cpu().contiguous()
+                    digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+                    if t.dtype == torch.bfloat16:
+                        t = t.float()
+                    digest.update(t.numpy().tobytes())
+            self._weights_sha256 = digest.hexdigest()
+        return self._weights_sha256
 
     # -- inputs --------------------------------------------------------------------------------
     def stream(self, side: str) -> SplitModel:
@@ -134,11 +156,8 @@ class Explainer:
     # -- saliency by any method ------------------------------------------------------------------
     def saliency(self, a: ImageInput, b: ImageInput, method: str = "decomposition",
                  **options) -> tuple[torch.Tensor, torch.Tensor]:
-        """Overall maps (on the feature grids) of both images by `method`.
-
-        Methods: decomposition, gradcam, gradcam-raw, rgradcam, occlusion, random
-        (see simexplain.methods).
-        """
+        """Overall maps (on the feature grids) of both images by `method`: any name in
+        simexplain.METHODS (see simexplain.methods)."""
         from .methods import get_method
         return get_method(method, **options).attribute(self, a, b)
 

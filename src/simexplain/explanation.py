@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import maps, regions, visualize
+from . import maps, regions
 from .errors import SimexplainError
 from .similarity import Similarity, get as get_similarity
 
@@ -60,7 +60,7 @@ class PairExplanation:
 
     `pairwise[i, j, k, l]` is the share of the score carried by position (i, j) of a's feature
     grid together with position (k, l) of b's. Maps are signed and on the feature grids;
-    `upsample` brings one to image size, `overlay` renders it.
+    `upsample` brings one to image size, `simexplain.visualize.overlay_map` renders it.
     """
 
     score: float  # the model's own similarity from its own forward pass
@@ -154,11 +154,6 @@ class PairExplanation:
         """A map over `side`'s grid, bilinearly upsampled onto that photo: the part the model
         saw (all of it, or the face crop) is filled, the rest is 0."""
         return self._sides(side)[0].frame.upsample(grid_map)[0]
-
-    def overlay(self, grid_map: torch.Tensor, side: str, signed: bool = False,
-                alpha: float = 0.5) -> Image.Image:
-        """Render a map over `side`'s image: signed colours, or the paper's positive form."""
-        return visualize.overlay_map(self, grid_map, side, signed, alpha)
 
     def to_dict(self) -> dict:
         """JSON-ready summary."""

@@ -19,7 +19,7 @@ def write_results_page(out: Path, prepared: RegionQuery, hits: list[Hit], index:
                        summary: dict) -> Path:
     """index.html with the query (region boxed), the ranked hits, their scores and maps."""
     from .. import visualize
-    from ..report import write_json_atomic
+    from ..files import write_json_atomic
     out.mkdir(parents=True, exist_ok=True)
     query_image = visualize.shown(prepared.side)  # the photo, aspect kept, downscaled
     if prepared.side.frame.cropped:  # the part the model saw (a face crop)

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import SimexplainError
 from ..maps import Frame
+from ..methods import method_class
 from .engine import METHODS, Engine, Explained, GridMap, Prepared, SearchResult
 from .errors import megabytes, status_of
 from .middleware import LOCAL_HOSTS, BodyLimit, HostCheck, ServerTiming
@@ -84,7 +85,7 @@ def explain_json(result: Explained) -> dict:
                        "overall_peak": peak(grid_map, prepared.side.frame)}
     return {"explanation_id": record.id, "model": record.model, "method": result.method,
             "similarity": pair.similarity.name, "score": pair.score, "residual": pair.residual,
-            "signed": result.method == "decomposition", **sides}
+            "signed": method_class(result.method).signed, **sides}
 
 
 def search_json(result: SearchResult) -> dict:

@@ -67,7 +67,7 @@ def add_cli(subparsers) -> None:
                                        "index's model, else efficientnet-lite0)")
     serve.add_argument("--layer", help="explained layer (for models outside the zoo)")
     serve.add_argument("--similarity", choices=similarity_names())
-    from ..cli import parse_size
+    from ..zoo.arguments import parse_size
     serve.add_argument("--size", type=parse_size,
                        help="model input size: N (short side, aspect kept where the model "
                             "allows it) or H,W (default: the model's)")
@@ -125,8 +125,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     models = None
     if args.model and (args.model not in zoo.list() or args.layer or args.similarity or
                        args.size):
-        from ..cli import build_explainer
-        explainer = build_explainer(args.model, args.layer, args.similarity, args.size)
+        from ..zoo import resolve
+        explainer = resolve(args.model, args.layer, args.similarity, args.size)
         models = [args.model] + zoo.list()
     samples = _sample_paths(args.samples) if args.samples else None
     app = create_app(model=args.model, index=args.index, explainer=explainer, samples=samples,

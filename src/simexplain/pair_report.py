@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from . import visualize
 from .explanation import PairExplanation
-from .files import write_text_atomic
+from .files import write_json_atomic
 
 
 def default_points(result: PairExplanation, count: int = 4) -> list[tuple[float, float]]:
@@ -103,18 +101,3 @@ def write_pair(result: PairExplanation, out: Path, points: Sequence[tuple[float,
     }
     write_json_atomic(out / "result.json", summary)
     return summary
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON through a temporary file and a rename: never a half-written file."""
-    write_text_atomic(path, json.dumps(data, indent=2, default=_json_default))
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, (torch.Tensor, np.ndarray)):
-        return np.asarray(value).tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
