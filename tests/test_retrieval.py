@@ -113,7 +113,8 @@ def test_explained_hits_carry_region_and_overall_maps(built, query, similarity):
         assert result is not None and result.residual < 1e-4
         assert hit.score == pytest.approx(result.partial_score("a", region), rel=1e-5, abs=1e-6)
         assert hit.full_score == pytest.approx(result.score, rel=1e-5, abs=1e-6)
-        torch.testing.assert_close(hit.region_map, result.region_map("a", region))
+        torch.testing.assert_close(hit.region_map,
+                                   result.region_map("a", region, kind="contribution"))
         assert hit.overall_map.shape == result.b.grid
     plain = index.search(query, k=2, explain=True)
     assert plain[0].region_map is None and plain[0].overall_map is not None

@@ -63,3 +63,21 @@ def overall(u: torch.Tensor, v: torch.Tensor, e_a: torch.Tensor, e_b: torch.Tens
         o_a = o_a * scale[..., None]
         o_b = o_b * scale[..., None]
     return o_a, o_b
+
+
+def relative(overall_map: torch.Tensor, u: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """Relative map R[p] = O[p] - (sum_p' O[p']) * share[p], share[p] = u_p . e / |e|^2
+    (METHOD.md, "Relative maps"): each position's contribution minus its share of the score.
+
+    Shapes: O (..., P), u (..., P, D), e (..., D). The form holds for every similarity because
+    it is written in terms of O: it always equals k * u_p . (e_other minus its projection on e)
+    with k = 1/(|e_a||e_b|) (cosine), 1 (dot), -1 (squared distance). Sums to 0.
+
+    The shares are divided by their own sum, sum_p u_p . e (= |e|^2 where the decomposition is
+    complete), so R sums to 0 to float64 precision even where sum_p u_p differs from e by the
+    float32 error of the forward pass or a linearised head's residual.
+    """
+    dots = (u * e[..., None, :]).sum(-1)
+    total = dots.sum(-1, keepdim=True)
+    share = dots / torch.where(total.abs() > 1e-300, total, torch.ones_like(total))
+    return overall_map - overall_map.sum(-1, keepdim=True) * share

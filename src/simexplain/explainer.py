@@ -130,7 +130,7 @@ class Explainer:
                  **options) -> tuple[torch.Tensor, torch.Tensor]:
         """Overall maps (on the feature grids) of both images by `method`.
 
-        Methods: decomposition, gradcam, gradcam-raw, rgradcam, occlusion, random
+        Methods: decomposition, relative, gradcam, gradcam-raw, rgradcam, occlusion, random
         (see simexplain.methods).
         """
         from .methods import get_method

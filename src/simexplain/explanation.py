@@ -9,7 +9,31 @@ import torch
 from PIL import Image
 
 from . import decomposition, maps, visualize
-from .errors import SimexplainError
+from .errors import NoPointMap, SimexplainError
+
+# Point-map kinds (METHOD.md, "Point-map kinds") and the label shown with each.
+POINT_MAP_KINDS: dict[str, str] = {
+    "match-centred": "match: cosine of centred contributions",
+    "match": "match: cosine of contributions",
+    "contribution": "share of the score",
+}
+# The kind that finds correspondences best on the benchmarks (docs/BENCHMARKS.md,
+# correspondence): used by the CLI, the demo report and the web app.
+DEFAULT_POINT_MAP = "match-centred"
+# A point whose contribution is below this fraction of the largest position's has none.
+_NO_CONTRIBUTION = 1e-9
+
+
+def point_map_label(kind: str) -> str:
+    """How a point map of `kind` is labelled in figures and the web app."""
+    return POINT_MAP_KINDS[_check_kind(kind)]
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in POINT_MAP_KINDS:
+        raise SimexplainError(
+            f"unknown point-map kind {kind!r}; choose one of {', '.join(POINT_MAP_KINDS)}")
+    return kind
 
 
 @dataclass
@@ -70,6 +94,24 @@ class PairExplanation:
         return self.overall_b_flat.reshape(self.b.grid)
 
     @property
+    def relative_a(self) -> torch.Tensor:
+        """(Ha, Wa) relative map of image a: O_a minus each position's share of the score
+        (METHOD.md, "Relative maps"); sums to 0. Red: carries more of the similarity than of
+        a's own embedding."""
+        return self._relative(self.a, self.overall_a_flat).reshape(self.a.grid)
+
+    @property
+    def relative_b(self) -> torch.Tensor:
+        """(Hb, Wb) relative map of image b (see relative_a)."""
+        return self._relative(self.b, self.overall_b_flat).reshape(self.b.grid)
+
+    @staticmethod
+    def _relative(side: Side, overall_flat: torch.Tensor) -> torch.Tensor:
+        u, e = side.contributions.double(), side.embedding.double()
+        return decomposition.relative(overall_flat, u.to(overall_flat.device),
+                                      e.to(overall_flat.device))
+
+    @property
     def total(self) -> float:
         """What the decomposition sums to (the score, for exact heads)."""
         if self.similarity == "euclidean":
@@ -90,17 +132,48 @@ class PairExplanation:
             return self.b, self.a, self.pairwise_flat.T
         raise SimexplainError(f"side must be 'a' or 'b', got {side!r}")
 
-    def point_map(self, side: str, point: tuple[float, float]) -> torch.Tensor:
-        """Map over the other image's grid for pixel (row, col) of `side` (bilinear)."""
-        here, there, d = self._sides(side)
-        weights = maps.point_weights(point, here.grid, here.image_size).to(d.device)
-        return (weights @ d).reshape(there.grid)
+    def point_map(self, side: str, point: tuple[float, float],
+                  kind: str = DEFAULT_POINT_MAP) -> torch.Tensor:
+        """Map over the other image's grid for pixel (row, col) of `side` (bilinear weights).
 
-    def region_map(self, side: str, region: maps.Region) -> torch.Tensor:
-        """Map over the other image's grid for a box (top, left, bottom, right) or a mask."""
+        kind: "contribution" (the exact row of D: the share of the score each position of the
+        other image carries with this point), "match" (cosine between the point's contribution
+        and each of the other image's), "match-centred" (the same after subtracting each image's
+        mean contribution); see POINT_MAP_KINDS and DEFAULT_POINT_MAP. Raises NoPointMap where
+        the point carries no contribution (GMP heads), instead of returning a flat map.
+        """
+        here = self._sides(side)[0]
+        return self._weighted_map(side, maps.point_weights(point, here.grid, here.image_size),
+                                  kind, f"point {tuple(point)}")
+
+    def region_map(self, side: str, region: maps.Region,
+                   kind: str = DEFAULT_POINT_MAP) -> torch.Tensor:
+        """Map over the other image's grid for a box (top, left, bottom, right) or a mask; the
+        region's contribution is the covered-fraction weighted sum (kinds as for point_map)."""
+        here = self._sides(side)[0]
+        return self._weighted_map(side, maps.region_weights(region, here.grid, here.image_size),
+                                  kind, "region")
+
+    def _weighted_map(self, side: str, weights: torch.Tensor, kind: str,
+                      what: str) -> torch.Tensor:
         here, there, d = self._sides(side)
-        weights = maps.region_weights(region, here.grid, here.image_size).to(d.device)
-        return (weights @ d).reshape(there.grid)
+        _check_kind(kind)
+        u = here.contributions.to(d.device, torch.float64)
+        weights = weights.to(d.device)
+        query = weights @ u
+        if float(query.norm()) <= _NO_CONTRIBUTION * float(u.norm(dim=1).max()):
+            raise NoPointMap(
+                f"no map: the {what} of image {side} carries no contribution (u = 0: with a "
+                "max-pooling head it is no channel's maximum), so nothing of the other image "
+                "is matched to it")
+        if kind == "contribution":
+            return (weights @ d).reshape(there.grid)
+        v = there.contributions.to(d.device, torch.float64)
+        if kind == "match-centred":
+            query = query - weights.sum() * u.mean(0)
+            v = v - v.mean(0)
+        cosine = (v @ query) / (v.norm(dim=1) * query.norm()).clamp_min(1e-300)
+        return cosine.reshape(there.grid)
 
     def partial_score(self, side: str, region: maps.Region) -> float:
         """s_R = sum_p w_p O[p]: the share of the score carried by a region of `side`."""
@@ -129,4 +202,5 @@ class PairExplanation:
             "grid_a": list(self.a.grid), "grid_b": list(self.b.grid),
             "image_size_a": list(self.a.image_size), "image_size_b": list(self.b.image_size),
             "overall_a": self.overall_a.tolist(), "overall_b": self.overall_b.tolist(),
+            "relative_a": self.relative_a.tolist(), "relative_b": self.relative_b.tolist(),
         }

@@ -35,6 +35,18 @@ class Decomposition(Method):
         return result.overall_a.float(), result.overall_b.float()
 
 
+class Relative(Method):
+    """Signed relative maps: each position's contribution minus its share of the score
+    (METHOD.md, "Relative maps"; PairExplanation.relative_a/b). Exact, no backward pass; for
+    the cosine it is Grad-CAM before its ReLU under a GAP head."""
+
+    name = "relative"
+
+    def attribute(self, explainer, a, b) -> Maps:
+        result = explainer.explain(a, b)
+        return result.relative_a.float(), result.relative_b.float()
+
+
 class _GradientMethod(Method):
     """Shared part: the similarity of both images as a function of both feature maps."""
 
@@ -164,7 +176,7 @@ class RandomMap(Method):
 
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (Decomposition, GradCAM, GradCAMRaw, RGradCAM, Occlusion, RandomMap)}
+    cls.name: cls for cls in (Decomposition, Relative, GradCAM, GradCAMRaw, RGradCAM, Occlusion, RandomMap)}
 
 
 def get_method(name: str, **options) -> Method:
