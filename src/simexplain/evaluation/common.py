@@ -18,9 +18,14 @@ import torch
 from PIL import Image
 
 from ..errors import SimexplainError
+from ..explanation import POINT_MAP_KINDS
 
 # The saliency methods compared everywhere (simexplain.methods), in display order.
-METHODS = ("decomposition", "gradcam", "gradcam-raw", "rgradcam", "occlusion", "random")
+METHODS = ("decomposition", "relative", "gradcam", "gradcam-raw", "rgradcam", "occlusion",
+           "random")
+# Point-specific maps of the decomposition, one benchmark method per kind
+# (PairExplanation.point_map(kind=...)): "point-match-centred" etc.
+POINT_METHODS = {f"point-{kind}": kind for kind in POINT_MAP_KINDS}
 # The models benchmarked, in display order.
 MODELS = ("fmnist-gap", "fmnist-gmp", "efficientnet-lite0", "facenet")
 BOOTSTRAP = 2000  # bootstrap resamples for every confidence interval
@@ -181,6 +186,24 @@ def method_map(explainer, method: str, a: torch.Tensor, b: torch.Tensor, side: s
         maps = get_method(method).attribute(explainer, a, b)
     result = maps[0] if side == "a" else maps[1]
     return result.detach().float().cpu()
+
+
+def positive_form(grid_map) -> torch.Tensor:
+    """The form every method is compared in where a benchmark ranks cells (sanity,
+    faithfulness): the positive part, as displayed (Grad-CAM's maps are ReLU'd by definition;
+    signed maps are ReLU'd too, so no method's negative cells carry an order the others lack).
+    Cells tied at 0 are then ordered the same way for every method."""
+    return torch.relu(torch.as_tensor(grid_map, dtype=torch.float32))
+
+
+def point_map(result, side: str, point, method: str) -> torch.Tensor | None:
+    """The point map of a POINT_METHODS method, or None where the point has no map (no
+    contribution: NoPointMap), which benchmarks count apart from wrong answers."""
+    from ..errors import NoPointMap
+    try:
+        return result.point_map(side, point, kind=POINT_METHODS[method]).float()
+    except NoPointMap:
+        return None
 
 
 def score(explainer, a: torch.Tensor, b: torch.Tensor, e_a: torch.Tensor | None = None

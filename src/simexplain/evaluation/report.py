@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from ..files import write_text_atomic
-from .common import METHODS, paired_difference
+from .common import METHODS, paired_difference, POINT_METHODS
 
 BASELINES_NOTE = "baseline"
-ORDER = METHODS + ("decomposition-point", "cosine")
-DECOMPOSITION = ("decomposition", "decomposition-point")
+ORDER = METHODS + tuple(POINT_METHODS) + ("cosine",)
+# the decomposition's own maps: overall, relative and point maps of every kind
+DECOMPOSITION = ("decomposition", "relative") + tuple(POINT_METHODS)
 TITLES = {
     "pointing": "Pointing game",
     "localisation": "Weakly supervised localisation",
@@ -291,8 +292,10 @@ def _table(name: str, results: list[dict]) -> str:
             for m in _methods(r):
                 f = r["methods"][m]
                 rows.append([r["model"], m, fmt(f["hit_rate"]), fmt(f["mass"]),
-                             str(f["flat_maps"]), str(f["hit_rate"]["n"])])
-        return table(["model", "method", "hit rate", "mass in match", "flat maps", "n"], rows)
+                             str(f["flat_maps"]), str(f.get("no_map", 0)),
+                             str(f["hit_rate"]["n"])])
+        return table(["model", "method", "hit rate", "mass in match", "flat maps", "no map",
+                      "n"], rows)
     if name == "localisation":
         th = results[0]["settings"]["thresholds"]
         for r in results:
@@ -316,10 +319,10 @@ def _table(name: str, results: list[dict]) -> str:
                 f = r["methods"][m]
                 rows.append([r["model"], m, fmt(f["pck@0.05"]), fmt(f["pck@0.1"]),
                              fmt(f["mean_error"]), str(f.get("flat_maps", "n/a")),
-                             f"{r['samples']} / {r['points']}",
+                             str(f.get("no_map", 0)), f"{r['samples']} / {r['points']}",
                              "x".join(str(v) for v in r.get("grid", []))])
         return table(["model", "method", "PCK@0.05", "PCK@0.1", "mean error", "flat maps",
-                      "pairs / points", "grid of b"], rows)
+                      "no map", "pairs / points", "grid of b"], rows) + _stereo_table(results)
     if name == "sanity":
         blocks = []
         for r in results:
@@ -334,6 +337,35 @@ def _table(name: str, results: list[dict]) -> str:
                           table(["method"] + stages + ["final (CI)", "reference"], rows))
         return "\n\n".join(blocks)
     return ""
+
+
+def _stereo_table(results: list[dict]) -> str:
+    """Correspondence on the real stereo pair (scikit-image's motorcycle, true disparity)."""
+    rows, skipped = [], []
+    for r in results:
+        stereo = r.get("stereo") or {}
+        if "skipped" in stereo:
+            skipped.append(f"- {r['model']}: not run ({stereo['skipped']}).")
+            continue
+        for m in _methods(stereo):
+            f = stereo["methods"][m]
+            rows.append([r["model"], m, fmt(f["pck@0.05"]), fmt(f["pck@0.1"]),
+                         str(f["flat_maps"]), str(f["no_map"]), str(stereo["points"]),
+                         "x".join(str(v) for v in stereo["image_size"]),
+                         "x".join(str(v) for v in stereo["grid"])])
+    if not rows and not skipped:
+        return ""
+    text = ("\n\n**Real photos with ground truth**: scikit-image's rectified stereo pair "
+            "`stereo_motorcycle` (left view = a, right view = b, resized with the aspect kept); "
+            "query points: every cell centre of a with a known disparity whose true point "
+            "(same row, column minus the disparity) lies in b; one pair, so the intervals "
+            "resample points.")
+    if rows:
+        text += "\n\n" + table(["model", "method", "PCK@0.05", "PCK@0.1", "flat maps",
+                                   "no map", "points", "image", "grid"], rows)
+    if skipped:
+        text += "\n\n" + "\n".join(skipped)
+    return text
 
 
 def _sanity_summary(results: list[dict]) -> list[str]:
@@ -365,7 +397,10 @@ def _pyplot():
 # Grad-CAM on raw embeddings under a GAP head) stay visible as differently dashed lines
 STYLES = {
     "decomposition": ("tab:blue", "-", 2.6),
-    "decomposition-point": ("tab:cyan", "-", 1.6),
+    "relative": ("black", "-", 2.0),
+    "point-contribution": ("tab:cyan", "-", 1.6),
+    "point-match": ("tab:olive", (0, (3, 1)), 1.6),
+    "point-match-centred": ("tab:pink", "-", 1.8),
     "gradcam": ("tab:orange", "-", 2.2),
     "gradcam-raw": ("tab:green", (0, (4, 3)), 1.6),
     "rgradcam": ("tab:red", (0, (1, 2)), 1.8),

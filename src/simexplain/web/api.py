@@ -31,7 +31,7 @@ ImageId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-
                                examples=["s0"])]
 Token = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 Side = Literal["a", "b"]
-Method = Literal["decomposition", "gradcam", "gradcam-raw", "rgradcam", "occlusion"]
+Method = Literal["decomposition", "relative", "gradcam", "gradcam-raw", "rgradcam", "occlusion"]
 Box = Annotated[list[FiniteFloat], Field(
     min_length=4, max_length=4,
     description="[top, left, bottom, right] in pixels of the image as the model sees it "
@@ -126,7 +126,7 @@ class ExplainResponse(BaseModel):
     score: float = Field(description="the model's own similarity")
     residual: float = Field(description="|sum of the decomposition - score| (float error for "
                             "exact heads)")
-    signed: bool = Field(description="true when the maps are signed (the decomposition)")
+    signed: bool = Field(description="true when the maps are signed (decomposition, relative)")
     a: ExplainedSide
     b: ExplainedSide
 
@@ -142,8 +142,13 @@ class PointRequest(BaseModel):
 class MapResponse(BaseModel):
     side: Side = Field(description="the image the map is drawn on")
     grid: list[int]
-    map: Grid
-    argmax: Peak
+    map: Optional[Grid] = Field(description="null when no_map")
+    argmax: Optional[Peak] = Field(description="null when no_map")
+    kind: str = Field(description="the point-map kind shown (the default, see README)")
+    label: str = Field(description="what the map shows, for display")
+    no_map: bool = Field(default=False, description="true where the point or region carries "
+                         "no contribution (max-pooling heads): there is no map, not a flat one")
+    message: Optional[str] = None
     seq: Optional[int] = None
 
 
@@ -204,12 +209,8 @@ class SearchPointRequest(BaseModel):
     seq: Seq = None
 
 
-class ResultMap(BaseModel):
+class ResultMap(MapResponse):
     id: str
-    side: Side
-    grid: list[int]
-    map: Grid
-    argmax: Peak
 
 
 class SearchPointResponse(BaseModel):

@@ -27,12 +27,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .. import decomposition, maps
-from ..errors import SimexplainError
-from ..explanation import PairExplanation, Side
+from ..errors import NoPointMap, SimexplainError
+from ..explanation import DEFAULT_POINT_MAP, PairExplanation, Side, point_map_label
 from ..images import MAX_PIXELS, load_image, to_rgb
 from .cache import LRU
 
-METHODS = ("decomposition", "gradcam", "gradcam-raw", "rgradcam", "occlusion")
+METHODS = ("decomposition", "relative", "gradcam", "gradcam-raw", "rgradcam", "occlusion")
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 # Uploads are kept at most this large (longest side, pixels): plenty for display and for any
 # model input, and it bounds the memory one upload can hold.
@@ -248,6 +248,20 @@ def map_result(side: str, grid_map: torch.Tensor, image_size: tuple[int, int]) -
             "argmax": peak(grid_map, image_size)}
 
 
+def pair_map_result(pair: PairExplanation, side: str, where, region: bool = False) -> dict:
+    """The point (or region) map of the default kind on the other image, labelled with its
+    kind; where the point carries no contribution, an explicit "no map" result."""
+    other = _other(side)
+    there = _side_of(pair, other)
+    info = {"kind": DEFAULT_POINT_MAP, "label": point_map_label(DEFAULT_POINT_MAP)}
+    try:
+        grid_map = pair.region_map(side, where) if region else pair.point_map(side, where)
+    except NoPointMap as exc:
+        return {"side": other, "grid": list(there.grid), "map": None, "argmax": None,
+                "no_map": True, "message": str(exc), **info}
+    return {**map_result(other, grid_map, there.image_size), "no_map": False, **info}
+
+
 @dataclass
 class Prepared:
     """One image as one stream of a model saw it, with its contributions."""
@@ -431,6 +445,8 @@ class Engine:
         pair = record.pair
         if method == "decomposition":
             map_a, map_b = pair.overall_a, pair.overall_b
+        elif method == "relative":
+            map_a, map_b = pair.relative_a, pair.relative_b
         else:
             if method not in record.method_maps:
                 with self._compute:
@@ -440,7 +456,7 @@ class Engine:
         return {
             "explanation_id": record.id, "model": model, "method": method,
             "similarity": pair.similarity, "score": pair.score, "residual": pair.residual,
-            "signed": method == "decomposition",
+            "signed": method in ("decomposition", "relative"),
             "a": self._side_json(record.a, map_a), "b": self._side_json(record.b, map_b),
         }
 
@@ -460,16 +476,11 @@ class Engine:
         return record
 
     def point(self, explanation_id: str, side: str, row: float, col: float) -> dict:
-        record = self.record(explanation_id)
-        other = _other(side)
-        grid_map = record.pair.point_map(side, (row, col))
-        return map_result(other, grid_map, _side_of(record.pair, other).image_size)
+        return pair_map_result(self.record(explanation_id).pair, side, (row, col))
 
     def region(self, explanation_id: str, side: str, box: Sequence[float]) -> dict:
         record = self.record(explanation_id)
-        other = _other(side)
-        grid_map = record.pair.region_map(side, _box(box))
-        result = map_result(other, grid_map, _side_of(record.pair, other).image_size)
+        result = pair_map_result(record.pair, side, _box(box), region=True)
         result["partial_score"] = record.pair.partial_score(side, _box(box))
         return result
 
@@ -546,13 +557,11 @@ class Engine:
             if record_.source != "gallery":
                 raise WebError(f"{image_id!r} is not a gallery image")
         q = record.query.side
-        weights = maps.point_weights((row, col), q.grid, q.image_size).to(q.contributions.dtype)
-        vector = weights @ q.contributions
         similarity = self.explainer(record.model).similarity
         out = []
         for prepared in self.prepared(record.model, list(results), "b"):
-            grid_map = self._result_map(vector, q.embedding, prepared.side, similarity)
-            result = map_result("b", grid_map, prepared.side.image_size)
+            pair = PairExplanation.from_sides(q, prepared.side, similarity)
+            result = pair_map_result(pair, "a", (row, col))
             result["id"] = prepared.image_id
             out.append(result)
         return out

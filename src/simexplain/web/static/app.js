@@ -459,15 +459,18 @@ function showPairMap(result, job) {
   const here = job.body.side;
   const there = result.side;
   const target = pairViews[there];
-  target.setMap(result.map);
-  target.markers = [{ ...result.argmax, kind: "ring" }];
+  // no_map: the point carries no contribution, so there is nothing to draw (not a flat map)
+  target.setMap(result.no_map ? null : result.map);
+  target.markers = result.no_map ? [] : [{ ...result.argmax, kind: "ring" }];
   target.box = null;
   target.render();
+  const shown = result.no_map ? `no map on ${there}: this ${job.kind} carries no contribution`
+    : `${result.label} on ${there}: max ${result.argmax.value.toExponential(2)}`;
   if (job.kind === "region") {
     state.pair.region = result;
-    describePair(`region s<sub>R</sub> = ${result.partial_score.toFixed(4)}`);
+    describePair(`region s<sub>R</sub> = ${result.partial_score.toFixed(4)}; ${shown}`);
   } else {
-    describePair(`point map on ${there}: max ${result.argmax.value.toExponential(2)}`);
+    describePair(`point map (${shown})`);
   }
   const source = pairViews[here];
   source.render();
@@ -617,8 +620,8 @@ function showResultMaps(result, job) {
   for (const item of result.maps) {
     const r = byId.get(item.id);
     if (!r) continue;
-    r.view.setMap(item.map);
-    r.view.markers = [{ ...item.argmax, kind: "ring" }];
+    r.view.setMap(item.no_map ? null : item.map);
+    r.view.markers = item.no_map ? [] : [{ ...item.argmax, kind: "ring" }];
     r.view.render();
   }
 }
