@@ -506,7 +506,9 @@ DATA_NOTES = [
     "embeddings ranks cells exactly like the decomposition's overall map (METHOD.md: they agree "
     "up to Grad-CAM's ReLU and a positive scale), and RGrad-CAM equals Grad-CAM (the gradient "
     "is the same at every position), so identical rows are expected there; GMP heads break "
-    "both equalities. Occlusion costs one forward pass per feature cell and runs on the first "
+    "both equalities. The relative map equals Grad-CAM on the cosine before its ReLU under a "
+    "GAP head (METHOD.md, \"Relative maps\"), so their hits agree there except where "
+    "Grad-CAM's ReLU leaves nothing. Occlusion costs one forward pass per feature cell and runs on the first "
     "samples only where the notes say so. The random method is seeded per sample.",
 ]
 
@@ -575,8 +577,10 @@ def write_report(results: dict[str, list[dict]], out: Path, meta: dict,
     lines = [
         "# Benchmarks",
         "",
-        "How well do the maps explain the models? Six saliency methods (the exact decomposition, "
-        "Grad-CAM on normalised and raw embeddings, RGrad-CAM, occlusion, random) on the zoo "
+        "How well do the maps explain the models? Seven saliency methods (the exact "
+        "decomposition's overall and relative maps, Grad-CAM on normalised and raw embeddings, "
+        "RGrad-CAM, occlusion, random) and the decomposition's point maps of three kinds "
+        "(contribution, match, match-centred) against raw feature matching, on the zoo "
         "models, with real items from Fashion-MNIST, scikit-image's photos and the face photos. "
         "Every figure is the mean over samples with a 95% percentile-bootstrap confidence "
         f"interval ({meta.get('bootstrap')} resamples) as `mean [low, high]`; comparisons between "
