@@ -555,13 +555,15 @@ def test_point_without_contribution_answers_no_map_not_a_flat_map():
 
     from simexplain import Explainer
     from simexplain.toy import HeadModel
-    from simexplain.web.engine import pair_map_result
+    from simexplain.web.api import map_json
+    from simexplain.web.engine import point_grid_map
     torch.manual_seed(0)
     explainer = Explainer(HeadModel("gmp", bias=False).eval(), "features")
     pair = explainer.explain(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))
     norms = pair.a.contributions.norm(dim=1)
     empty, full = int(torch.argmin(norms)), int(torch.argmax(norms))
     centre = lambda i: (4 * (i // 8) + 1.5, 4 * (i % 8) + 1.5)  # noqa: E731
-    answer = pair_map_result(pair, "a", centre(empty))
+    answer = map_json(point_grid_map(pair, "a", centre(empty)))
     assert answer["no_map"] is True and answer["map"] is None and "no map" in answer["message"]
-    assert pair_map_result(pair, "a", centre(full))["no_map"] is False
+    assert answer["kind"] == DEFAULT_POINT_MAP
+    assert map_json(point_grid_map(pair, "a", centre(full)))["no_map"] is False

@@ -15,7 +15,7 @@ from typing import Sequence
 
 from ..errors import SimexplainError
 from ..images import MAX_PIXELS
-from .engine import MAX_UPLOAD_BYTES
+from .store import MAX_UPLOAD_BYTES
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000

@@ -1,0 +1,205 @@
+"""Request and response schemas of the JSON API (pydantic): validation and the OpenAPI docs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional
+
+from pydantic import BaseModel, Field, FiniteFloat
+
+from .engine import METHODS
+
+ImageId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
+                               description="an image id from /api/images or an upload",
+                               examples=["s0"])]
+Token = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+Side = Literal["a", "b"]
+Method = Literal[METHODS]  # type: ignore[valid-type] - the registry's names
+Box = Annotated[list[FiniteFloat], Field(
+    min_length=4, max_length=4,
+    description="[top, left, bottom, right] in pixels of the image as the model sees it "
+                "(`image_size`)", examples=[[40, 60, 120, 160]])]
+Grid = Annotated[list[list[float]], Field(description="a map over the feature grid, rows of "
+                                          "floats (H x W)")]
+Seq = Annotated[Optional[int], Field(default=None, ge=0, le=2**53,
+                                     description="echoed back, to match answers to requests")]
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="what went wrong, in words")
+
+
+class ImageInfo(BaseModel):
+    id: str = Field(description="use this id in other requests")
+    name: str
+    source: Literal["gallery", "sample", "upload", "derived"]
+    width: Optional[int] = Field(default=None, description="pixels (null if not loaded yet)")
+    height: Optional[int] = None
+    url: str = Field(description="where GET returns the image")
+
+
+class ImageList(BaseModel):
+    images: list[ImageInfo]
+    total: int
+    offset: int
+    limit: int
+
+
+class ModelInfo(BaseModel):
+    name: str
+    loaded: bool
+    similarity: Optional[str] = None
+    description: Optional[str] = None
+
+
+class IndexInfo(BaseModel):
+    model: str = Field(description="the model the index was built with (the gallery view uses it)")
+    size: int = Field(description="number of gallery images")
+    similarity: str
+    layer: str
+
+
+class ModelsResponse(BaseModel):
+    default: str
+    models: list[ModelInfo]
+    methods: list[str]
+    index: Optional[IndexInfo] = None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    model: str
+    index_size: Optional[int] = None
+
+
+class Peak(BaseModel):
+    row: float = Field(description="pixel row of the map's maximum (cell centre)")
+    col: float
+    cell: list[int] = Field(description="[row, col] of the cell on the feature grid")
+    value: float
+
+
+class ExplainRequest(BaseModel):
+    a: ImageId
+    b: ImageId
+    method: Method = Field(default="decomposition",
+                           description="which overall maps to return; point and region maps "
+                                       "always come from the decomposition")
+    model: Optional[str] = Field(default=None, max_length=200,
+                                 description="a name from /api/models (default: the server's)")
+
+
+class ExplainedSide(BaseModel):
+    id: str = Field(description="the image id asked for")
+    shown_id: str = Field(description="the image the model saw (a face crop for face models)")
+    url: str
+    grid: list[int] = Field(description="[H, W] of the feature grid")
+    image_size: list[int] = Field(description="[height, width] in pixels of the image as the "
+                                  "model sees it: points and boxes use these coordinates")
+    overall: Grid
+    overall_peak: Peak
+
+
+class ExplainResponse(BaseModel):
+    explanation_id: str = Field(description="key of the cached decomposition for /api/point "
+                                "and /api/region")
+    model: str
+    method: str
+    similarity: str
+    score: float = Field(description="the model's own similarity")
+    residual: float = Field(description="|sum of the decomposition - score| (float error for "
+                            "exact heads)")
+    signed: bool = Field(description="true when the maps are signed (decomposition, relative)")
+    a: ExplainedSide
+    b: ExplainedSide
+
+
+class PointRequest(BaseModel):
+    explanation_id: Token
+    side: Side = Field(description="the image pointed at; the map is on the other one")
+    row: FiniteFloat = Field(description="pixel row in the pointed image's `image_size`")
+    col: FiniteFloat
+    seq: Seq = None
+
+
+class MapResponse(BaseModel):
+    side: Side = Field(description="the image the map is drawn on")
+    grid: Optional[list[int]] = Field(description="null when no_map")
+    map: Optional[Grid] = Field(description="null when no_map")
+    argmax: Optional[Peak] = Field(description="null when no_map")
+    kind: str = Field(description="the point-map kind shown (the default, see README)")
+    label: str = Field(description="what the map shows, for display")
+    no_map: bool = Field(default=False, description="true where the point or region carries "
+                         "no contribution (max-pooling heads): there is no map, not a flat one")
+    message: Optional[str] = Field(default=None, description="why there is no map")
+    seq: Optional[int] = None
+
+
+class RegionRequest(BaseModel):
+    explanation_id: Token
+    side: Side
+    box: Box
+    seq: Seq = None
+
+
+class RegionResponse(MapResponse):
+    partial_score: float = Field(description="s_R: the share of the score carried by the box")
+
+
+class SearchRequest(BaseModel):
+    query: ImageId
+    box: Optional[Box] = Field(default=None, description="rank by the partial similarity of "
+                               "this region of the query (null: the whole image)")
+    k: int = Field(default=12, ge=1, le=100, description="number of results")
+
+
+class QueryInfo(BaseModel):
+    id: str
+    shown_id: str
+    url: str
+    grid: list[int]
+    image_size: list[int]
+
+
+class SearchHit(BaseModel):
+    rank: int
+    id: str = Field(description="gallery image id")
+    index: int = Field(description="position in the index")
+    name: str
+    score: float = Field(description="similarity (partial similarity s_R with a box)")
+    url: str
+    grid: list[int]
+    image_size: list[int]
+    map: Grid = Field(description="overall map (or region map, with a box) on this result")
+    argmax: Peak
+
+
+class SearchResponse(BaseModel):
+    search_id: str = Field(description="key of the cached query for /api/search/point")
+    model: str
+    similarity: str
+    query: QueryInfo
+    box: Optional[list[float]] = None
+    hits: list[SearchHit]
+
+
+class SearchPointRequest(BaseModel):
+    search_id: Token
+    results: list[ImageId] = Field(min_length=1, max_length=100,
+                                   description="ids of the results on screen")
+    row: FiniteFloat = Field(description="pixel row in the query's `image_size`")
+    col: FiniteFloat
+    seq: Seq = None
+
+
+class ResultMap(MapResponse):
+    id: str
+
+
+class SearchPointResponse(BaseModel):
+    maps: list[ResultMap]
+    seq: Optional[int] = None
+
+
+ERRORS = {400: {"model": ErrorBody, "description": "bad input"},
+          404: {"model": ErrorBody, "description": "unknown id"},
+          422: {"model": ErrorBody, "description": "invalid request body"}}
