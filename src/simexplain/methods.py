@@ -1,7 +1,7 @@
 """Saliency methods with one uniform call: `Method().attribute(explainer, a, b) -> (map_a, map_b)`.
 
 Every method returns maps over both images' feature grids, so they can be compared cell by cell.
-The decomposition needs no backward pass; the Grad-CAM family are the paper's baselines; occlusion
+The decomposition and its relative map need no backward pass; the Grad-CAM family are the paper's baselines; occlusion
 is a black-box baseline; random is the floor every evaluation compares against.
 """
 
