@@ -60,7 +60,7 @@ def percentiles(values: list[float]) -> dict:
 def http_client(app, use_uvicorn: bool):
     if not use_uvicorn:
         from fastapi.testclient import TestClient
-        with TestClient(app) as client:
+        with TestClient(app, base_url="http://localhost") as client:
             yield client
         return
     import httpx

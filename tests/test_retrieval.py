@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from simexplain import retrieval
+from simexplain import maps
+from simexplain.retrieval import storage
 from simexplain.cli import main
 from simexplain.errors import SimexplainError
 from simexplain.explainer import Explainer
@@ -113,8 +114,10 @@ def test_explained_hits_carry_region_and_overall_maps(built, query, similarity):
         assert result is not None and result.residual < 1e-4
         assert hit.score == pytest.approx(result.partial_score("a", region), rel=1e-5, abs=1e-6)
         assert hit.full_score == pytest.approx(result.score, rel=1e-5, abs=1e-6)
+        # the region's row of the pairwise map, from the full P x Q decomposition
+        weights = maps.region_weights(region, result.a.grid, result.a.image_size)
         torch.testing.assert_close(hit.region_map,
-                                   result.region_map("a", region, kind="contribution"))
+                                   (weights @ result.pairwise_flat).reshape(result.b.grid))
         assert hit.overall_map.shape == result.b.grid
     plain = index.search(query, k=2, explain=True)
     assert plain[0].region_map is None and plain[0].overall_map is not None
@@ -402,7 +405,7 @@ def test_failed_save_leaves_the_old_index_intact(built, tmp_path, monkeypatch):
             raise OSError("rename failed")
         return real_rename(src, dst)
     with monkeypatch.context() as patch:
-        patch.setattr(retrieval.os, "rename", rename)
+        patch.setattr(storage.os, "rename", rename)
         with pytest.raises(OSError, match="rename failed"):
             other.save(target)
     assert len(Index.load(target)) == N_IMAGES

@@ -10,11 +10,12 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .errors import LayerError, ModelError
-from .head import Contributions, RawEmbeddings, compute_contributions, head_offsets, mask_shape
+from .errors import LayerError, ModelError, SimexplainError
+from .head import (STRATEGIES, Contributions, HeadTape, RawEmbeddings, head_offsets, mask_shape,
+                   tangent_contributions, tape_contributions)
 
 
-# Floats of forward-mode tangents held at once at the explained layer (about 1 GB).
+# Floats of tangents (or cotangents) held at once in head analysis (about 1 GB).
 TANGENT_BUDGET = 256 * 1024 * 1024
 
 
@@ -136,26 +137,54 @@ class SplitModel:
         self._check_embedding(out)
         return out
 
-    def contributions(self, x: torch.Tensor, chunk_size: int | None = None) -> Contributions:
-        """Per-position contributions of the batch x. Tangents are pushed in chunks so that
-        they stay under TANGENT_BUDGET floats (each chunk reruns the trunk once)."""
+    def contributions(self, x: torch.Tensor, strategy: str = "auto") -> Contributions:
+        """Per-position contributions of the batch x, from one forward pass of the model.
+
+        The head is recorded during that pass (`head.HeadTape`) and analysed on its own, so
+        the trunk runs once; see `head.tape_contributions` for the strategies. "tangents" is
+        the reference path: one tangent per position through the whole model, the trunk rerun
+        for each chunk of TANGENT_BUDGET floats; it is also the fallback for heads the tape
+        cannot replay.
+        """
+        if strategy not in STRATEGIES:
+            raise SimexplainError(
+                f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
         shape, head = self._probe(x)
         grid, prefix = self.grid(x)
         offsets = head_offsets(self.model, head)
-        if chunk_size is None:
-            per_tangent = len(x) * math.prod(shape[1:])
-            n_tangents = math.prod(mask_shape(shape)) + 1  # positions + the constant term
-            if n_tangents * per_tangent > TANGENT_BUDGET:
-                chunk_size = max(1, TANGENT_BUDGET // per_tangent)
         try:
-            result = compute_contributions(
-                self.model, self.layer, x, shape, offsets, grid, prefix, chunk_size)
+            result = None
+            if strategy != "tangents":
+                result = self._tape_contributions(x, offsets, grid, prefix, strategy)
+            if result is None:
+                result = self._tangent_contributions(x, shape, offsets, grid, prefix)
         except RuntimeError as exc:
             raise ModelError(
                 f"cannot push contributions through the head after {self.layer_name!r}: {exc}"
                 .splitlines()[0]) from None
         self._check_embedding(result.embedding)
         return result
+
+    def _tape_contributions(self, x, offsets, grid, prefix, strategy) -> Contributions | None:
+        tape = HeadTape(offsets)
+        handle = self.layer.register_forward_hook(tape.hook)
+        try:
+            with torch.no_grad(), tape:
+                embedding = self._run(x)
+        finally:
+            handle.remove()
+        self._check_embedding(embedding)
+        return tape_contributions(tape, embedding, offsets, grid, prefix, strategy,
+                                  budget=TANGENT_BUDGET)
+
+    def _tangent_contributions(self, x, shape, offsets, grid, prefix) -> Contributions:
+        per_tangent = len(x) * math.prod(shape[1:])
+        n_tangents = math.prod(mask_shape(shape)) + 1  # positions + the constant term
+        chunk_size = None
+        if n_tangents * per_tangent > TANGENT_BUDGET:
+            chunk_size = max(1, TANGENT_BUDGET // per_tangent)
+        return tangent_contributions(self.model, self.layer, x, shape, offsets, grid, prefix,
+                                     chunk_size)
 
     @contextmanager
     def capture(self, requires_grad: bool = True) -> Iterator[list[torch.Tensor]]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import SimexplainError
+from .similarity import names as similarity_names
 
 
 def build_explainer(model: str, layer: str | None = None, similarity: str | None = None,
@@ -49,7 +50,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) 
     parser.add_argument("--model", required=required,
                         help="zoo name (see `simexplain models`), model file, or module:factory")
     parser.add_argument("--layer", help="explained layer (default: the zoo model's)")
-    parser.add_argument("--similarity", choices=["cosine", "dot", "euclidean"],
+    parser.add_argument("--similarity", choices=similarity_names(),
                         help="default: the zoo model's, else cosine")
     parser.add_argument("--size", type=int, help="input side in pixels (default: the model's)")
 

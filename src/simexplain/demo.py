@@ -117,7 +117,7 @@ def render_pair(explainer, spec: PairSpec, folder: Path, stem: str) -> dict:
                               folder / f"{stem}_crops.png", scale=2.5)
         files.insert(0, f"{stem}_crops.png")
     return {"title": spec.title, "score": result.score, "residual": result.residual,
-            "similarity": result.similarity, "grid": result.a.grid, "files": files}
+            "similarity": result.similarity.name, "grid": result.a.grid, "files": files}
 
 
 def methods_figure(explainer, spec: PairSpec, result, path: Path) -> None:

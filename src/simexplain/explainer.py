@@ -10,11 +10,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .adapters import SplitModel
-from .decomposition import check_similarity
 from .errors import ImageError
 from .explanation import PairExplanation, Side
 from .head import Contributions
 from .images import ImageInput, Preprocess, check_tensor, load_image
+from .similarity import Similarity, get as get_similarity
 from .visualize import blank_like
 
 Transform = Callable[[Image.Image], torch.Tensor]
@@ -27,15 +27,17 @@ class Explainer:
 
     model: maps an image batch to embeddings (B, D).
     layer: name (from model.named_modules()) of the submodule whose output is explained.
-    similarity: "cosine", "dot", or "euclidean" (squared distance).
+    similarity: "cosine", "dot", "euclidean" (squared distance), or your own `Similarity`
+        instance (see simexplain.similarity); `explainer.similarity` is the Similarity object.
     transform: PIL image -> (C, H, W) tensor; default: 224x224, ImageNet normalisation.
     model_b, layer_b, transform_b: the second stream of a two-stream model (default: same).
     """
 
-    def __init__(self, model: torch.nn.Module, layer: str, similarity: str = "cosine",
-                 transform: Transform | None = None, model_b: torch.nn.Module | None = None,
-                 layer_b: str | None = None, transform_b: Transform | None = None):
-        self.similarity = check_similarity(similarity)
+    def __init__(self, model: torch.nn.Module, layer: str,
+                 similarity: str | Similarity = "cosine", transform: Transform | None = None,
+                 model_b: torch.nn.Module | None = None, layer_b: str | None = None,
+                 transform_b: Transform | None = None):
+        self.similarity = get_similarity(similarity)
         self.stream_a = SplitModel(model, layer)
         if model_b is None and layer_b is None:
             self.stream_b = self.stream_a

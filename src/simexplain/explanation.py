@@ -8,8 +8,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import decomposition, maps, visualize
+from . import maps, regions, visualize
 from .errors import NoPointMap, SimexplainError
+from .similarity import Similarity, get as get_similarity
 
 # Point-map kinds (METHOD.md, "Point-map kinds") and the label shown with each.
 POINT_MAP_KINDS: dict[str, str] = {
@@ -60,7 +61,7 @@ class PairExplanation:
     """
 
     score: float  # the model's own similarity from its own forward pass
-    similarity: str
+    similarity: Similarity  # equals its name ("cosine", ...); to_dict reports the name
     a: Side
     b: Side
     pairwise_flat: torch.Tensor = field(repr=False)  # (P, Q)
@@ -68,12 +69,13 @@ class PairExplanation:
     overall_b_flat: torch.Tensor = field(repr=False)  # (Q,)
 
     @classmethod
-    def from_sides(cls, a: Side, b: Side, similarity: str) -> "PairExplanation":
+    def from_sides(cls, a: Side, b: Side, similarity: str | Similarity) -> "PairExplanation":
+        similarity = get_similarity(similarity)
         u, v = a.contributions.double(), b.contributions.double()
         e_a, e_b = a.embedding.double(), b.embedding.double()
-        d = decomposition.pairwise(u, v, e_a, e_b, similarity)
-        o_a, o_b = decomposition.overall(u, v, e_a, e_b, similarity)
-        s = float(decomposition.score(a.embedding, b.embedding, similarity))
+        d = similarity.pairwise(u, v, e_a, e_b)
+        o_a, o_b = similarity.overall(u, v, e_a, e_b)
+        s = float(similarity.score(a.embedding, b.embedding))
         return cls(score=s, similarity=similarity, a=a, b=b,
                    pairwise_flat=d, overall_a_flat=o_a, overall_b_flat=o_b)
 
@@ -105,18 +107,16 @@ class PairExplanation:
         """(Hb, Wb) relative map of image b (see relative_a)."""
         return self._relative(self.b, self.overall_b_flat).reshape(self.b.grid)
 
-    @staticmethod
-    def _relative(side: Side, overall_flat: torch.Tensor) -> torch.Tensor:
+    def _relative(self, side: Side, overall_flat: torch.Tensor) -> torch.Tensor:
         u, e = side.contributions.double(), side.embedding.double()
-        return decomposition.relative(overall_flat, u.to(overall_flat.device),
-                                      e.to(overall_flat.device))
+        return self.similarity.relative(overall_flat, u.to(overall_flat.device),
+                                        e.to(overall_flat.device))
 
     @property
     def total(self) -> float:
         """What the decomposition sums to (the score, for exact heads)."""
-        if self.similarity == "euclidean":
-            return float(self.overall_a_flat.sum() + self.overall_b_flat.sum())
-        return float(self.pairwise_flat.sum())
+        return float(self.similarity.total(self.pairwise_flat, self.overall_a_flat,
+                                           self.overall_b_flat))
 
     @property
     def residual(self) -> float:
@@ -124,13 +124,18 @@ class PairExplanation:
         return abs(self.total - self.score)
 
     # -- point and region maps -------------------------------------------------------------
-    def _sides(self, side: str) -> tuple[Side, Side, torch.Tensor]:
-        """(the side pointed at, the other side, D oriented as (pointed, other))."""
+    def _sides(self, side: str) -> tuple[Side, Side]:
+        """(the side pointed at, the other side)."""
         if side == "a":
-            return self.a, self.b, self.pairwise_flat
+            return self.a, self.b
         if side == "b":
-            return self.b, self.a, self.pairwise_flat.T
+            return self.b, self.a
         raise SimexplainError(f"side must be 'a' or 'b', got {side!r}")
+
+    def weighted_map(self, side: str, weights: torch.Tensor) -> torch.Tensor:
+        """sum_p w_p D[p, :] over the other image's grid, for weights (P,) on `side`'s grid."""
+        here, there = self._sides(side)
+        return regions.side_map(self.similarity, weights, here, there, here_is_a=side == "a")
 
     def point_map(self, side: str, point: tuple[float, float],
                   kind: str = DEFAULT_POINT_MAP) -> torch.Tensor:
@@ -156,10 +161,10 @@ class PairExplanation:
 
     def _weighted_map(self, side: str, weights: torch.Tensor, kind: str,
                       what: str) -> torch.Tensor:
-        here, there, d = self._sides(side)
+        here, there = self._sides(side)
         _check_kind(kind)
-        u = here.contributions.to(d.device, torch.float64)
-        weights = weights.to(d.device)
+        u = here.contributions.to(torch.float64)
+        weights = weights.to(u.device)
         query = weights @ u
         if float(query.norm()) <= _NO_CONTRIBUTION * float(u.norm(dim=1).max()):
             raise NoPointMap(
@@ -167,8 +172,8 @@ class PairExplanation:
                 "max-pooling head it is no channel's maximum), so nothing of the other image "
                 "is matched to it")
         if kind == "contribution":
-            return (weights @ d).reshape(there.grid)
-        v = there.contributions.to(d.device, torch.float64)
+            return self.weighted_map(side, weights)
+        v = there.contributions.to(u.device, torch.float64)
         if kind == "match-centred":
             query = query - weights.sum() * u.mean(0)
             v = v - v.mean(0)
@@ -198,7 +203,7 @@ class PairExplanation:
     def to_dict(self) -> dict:
         """JSON-ready summary."""
         return {
-            "score": self.score, "similarity": self.similarity, "residual": self.residual,
+            "score": self.score, "similarity": self.similarity.name, "residual": self.residual,
             "grid_a": list(self.a.grid), "grid_b": list(self.b.grid),
             "image_size_a": list(self.a.image_size), "image_size_b": list(self.b.image_size),
             "overall_a": self.overall_a.tolist(), "overall_b": self.overall_b.tolist(),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 
-from . import decomposition
 from .errors import SimexplainError
 from .images import ImageInput
 
@@ -58,11 +57,9 @@ class _GradientMethod(Method):
         feats_a, e_a = explainer.stream_a.features_and_embedding(x_a, raw=self.raw)
         feats_b, e_b = explainer.stream_b.features_and_embedding(x_b, raw=self.raw)
         similarity = explainer.similarity
-        if self.raw and similarity == "cosine":
-            similarity = "dot"  # the paper's "without normalisation" variant
-        s = decomposition.score(e_a[0], e_b[0], similarity)
-        if similarity == "euclidean":
-            s = -s  # explain closeness, as for the other similarities
+        if self.raw:
+            similarity = similarity.without_normalisation()
+        s = similarity.closeness(similarity.score(e_a[0], e_b[0]))
         grad_a, grad_b = torch.autograd.grad(s, [feats_a, feats_b])
         return (feats_a.detach(), grad_a), (feats_b.detach(), grad_b)
 
@@ -135,7 +132,7 @@ class Occlusion(Method):
         e_a = explainer.stream_a.embed(x_a)[0]
         e_b = explainer.stream_b.embed(x_b)[0]
         sim = explainer.similarity
-        base = decomposition.score(e_a, e_b, sim)
+        base = sim.score(e_a, e_b)
         stream, x, other = ((explainer.stream_a, x_a, e_b) if side == "a"
                             else (explainer.stream_b, x_b, e_a))
         (rows, cols), _ = stream.grid(x)
@@ -152,10 +149,9 @@ class Occlusion(Method):
                 m[max(top, 0):bottom, max(left, 0):right] = 0
                 masks.append(m)
         occluded = x * torch.stack(masks)[:, None]  # (P, C, H, W)
-        scores = torch.cat([decomposition.score(stream.embed(chunk), other, sim)
+        scores = torch.cat([sim.score(stream.embed(chunk), other)
                             for chunk in occluded.split(self.batch_size)])
-        sign = -1.0 if sim == "euclidean" else 1.0  # explain closeness for the distance
-        return (sign * (base - scores)).reshape(rows, cols)
+        return sim.closeness(base - scores).reshape(rows, cols)  # explain closeness
 
 
 class RandomMap(Method):

@@ -74,10 +74,16 @@ class HeadModel(nn.Module):
 
 class TokenModel(nn.Module):
     """A transformer-shaped model: patch tokens plus a class token, explained at `tokens`
-    (B, 1 + N, C); head: LayerNorm, mean over tokens, linear, L2 norm."""
+    (B, 1 + N, C); head (`pool`): "norm-mean" LayerNorm then the mean over tokens, "mean" the
+    mean then LayerNorm, "cls" the class token then LayerNorm; then linear, L2 norm."""
 
-    def __init__(self, dim: int = 8, width: int = 16, patch: int = 4):
+    POOLS = ("norm-mean", "mean", "cls")
+
+    def __init__(self, dim: int = 8, width: int = 16, patch: int = 4, pool: str = "norm-mean"):
         super().__init__()
+        if pool not in self.POOLS:
+            raise ValueError(f"unknown pool {pool!r}; choose one of {self.POOLS}")
+        self.pool = pool
         self.patch = nn.Conv2d(3, width, patch, stride=patch)
         self.cls = nn.Parameter(torch.randn(1, 1, width))
         self.tokens = nn.Identity()
@@ -88,7 +94,11 @@ class TokenModel(nn.Module):
         t = self.patch(x).flatten(2).transpose(1, 2)  # (B, N, C)
         t = torch.cat([self.cls.expand(len(t), -1, -1), t], dim=1)
         t = self.tokens(t)
-        return F.normalize(self.proj(self.norm(t).mean(1)), dim=1)
+        if self.pool == "norm-mean":
+            pooled = self.norm(t).mean(1)
+        else:
+            pooled = self.norm(t.mean(1) if self.pool == "mean" else t[:, 0])
+        return F.normalize(self.proj(pooled), dim=1)
 
 
 def _randomise_batchnorm(model: nn.Module, seed: int = 0) -> None:

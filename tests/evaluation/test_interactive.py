@@ -71,7 +71,7 @@ def test_ranking_metrics_agree_with_the_metrics_module():
     rng = np.random.default_rng(0)
     q, g = rng.standard_normal((30, 6)), rng.standard_normal((80, 6))
     ql, gl = rng.integers(0, 4, 30), rng.integers(0, 4, 80)
-    from simexplain.retrieval import similarity_scores
+    from simexplain.similarity import scores as similarity_scores
     figures = ranking_metrics(similarity_scores(q, g, "cosine"), ql, gl, "cosine")
     assert figures["recall@1"] == pytest.approx(recall_at_k(q, ql, g, gl, k=1))
     assert figures["map@r"] == pytest.approx(map_at_r(q, ql, g, gl))

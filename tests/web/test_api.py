@@ -9,6 +9,7 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -38,14 +39,14 @@ def png_header_only(width: int, height: int) -> bytes:
 @pytest.fixture(scope="module")
 def client(explainer, samples):
     app = create_app(explainer=explainer, samples=samples)
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         yield c
 
 
 @pytest.fixture(scope="module")
 def gallery_client(explainer, index_dir, samples):
     app = create_app(explainer=explainer, index=index_dir, samples=samples)
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         yield c
 
 
@@ -183,7 +184,7 @@ def test_upload_missing_or_wrong_field(client):
 def test_upload_size_and_pixel_limits(explainer, samples):
     app = create_app(explainer=explainer, samples=samples, max_upload_bytes=4000,
                      max_pixels=64 * 64)
-    with TestClient(app) as small:
+    with TestClient(app, base_url="http://localhost") as small:
         noisy = Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 60, 3),
                                                                   dtype=np.uint8))
         big = png_bytes(noisy)
@@ -373,7 +374,7 @@ def test_region_box_partly_outside_is_clipped(client, pair):
 def test_caches_are_bounded(explainer, samples):
     app = create_app(explainer=explainer, samples=samples, max_explanations=2, max_sides=3)
     engine = app.state.engine
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         ids = [c.post("/api/explain", json={"a": a, "b": b}).json()["explanation_id"]
                for a, b in (("s0", "s1"), ("s1", "s2"), ("s2", "s0"))]
         assert len(engine.explanations) == 2 and len(engine.sides) <= 3
@@ -410,36 +411,45 @@ def test_gallery_health_and_listing(gallery_client):
     assert_error(gallery_client.get("/api/images/g16"), 404)
 
 
-def test_search_whole_and_region(gallery_client, explainer, index_dir, kit):
-    from simexplain.retrieval import Index
-    whole = gallery_client.post("/api/search", json={"query": "s0", "k": 6})
-    assert whole.status_code == 200, whole.text
-    body = whole.json()
-    assert [h["rank"] for h in body["hits"]] == [1, 2, 3, 4, 5, 6]
-    scores = [h["score"] for h in body["hits"]]
-    assert scores == sorted(scores, reverse=True)
-    index = Index.load(index_dir, explainer=explainer)
-    expected = index.search(kit.two_part(0, 4), k=6)
-    assert [h["index"] for h in body["hits"]] == [h.index for h in expected]
-    for hit in body["hits"]:
-        assert hit["id"] == f"g{hit['index']}" and hit["grid"] == [8, 8]
-        assert np.array(hit["map"]).sum() == pytest.approx(hit["score"], rel=1e-4)
-
+def test_search_whole_and_region_equal_brute_force(gallery_client, explainer, kit):
+    """Hits, scores and maps against the full decomposition of the query with every gallery
+    image (PairExplanation), not against the index the server searches."""
+    from simexplain import maps
+    engine = gallery_client.app.state.engine
+    gallery = engine.images.gallery_paths
+    pairs = explainer.explain_gallery(kit.two_part(0, 4), gallery)
     box = [0, 0, SIZE, SIZE / 2]
-    region = gallery_client.post("/api/search", json={"query": "s0", "k": 6, "box": box})
-    assert region.status_code == 200
-    region = region.json()
-    assert region["box"] == box and region["search_id"] != body["search_id"]
-    expected = index.search(kit.two_part(0, 4), k=6, region=box)
-    assert [h["index"] for h in region["hits"]] == [h.index for h in expected]
-    assert [h["id"] for h in region["hits"]] != [h["id"] for h in body["hits"]]
-    for hit, exp in zip(region["hits"], expected):
-        assert hit["score"] == pytest.approx(exp.score, rel=1e-5)
-        # the region map on each hit sums to its partial similarity
-        assert np.array(hit["map"]).sum() == pytest.approx(hit["score"], rel=1e-4)
+    weights = maps.region_weights(box, pairs[0].a.grid, pairs[0].a.image_size)
+    responses = []
+    for request, partial in (({}, None), ({"box": box}, box)):
+        response = gallery_client.post("/api/search", json={"query": "s0", "k": 6, **request})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        responses.append(body)
+        assert body["box"] == request.get("box")
+        assert [h["rank"] for h in body["hits"]] == [1, 2, 3, 4, 5, 6]
+        scores = np.array([p.partial_score("a", partial) if partial else p.score
+                           for p in pairs])
+        order = np.argsort(-scores, kind="stable")[:6]
+        assert [h["index"] for h in body["hits"]] == list(order)
+        for hit in body["hits"]:
+            pair = pairs[hit["index"]]
+            assert hit["id"] == f"g{hit['index']}" and hit["grid"] == [8, 8]
+            assert hit["score"] == pytest.approx(scores[hit["index"]], rel=1e-5)
+            # the map on each hit is the query's (region's) row sum of the pairwise map
+            w = weights if partial else torch.ones(pair.pairwise_flat.shape[0],
+                                                  dtype=torch.float64)
+            expected = (w @ pair.pairwise_flat).reshape(pair.b.grid)
+            np.testing.assert_allclose(np.array(hit["map"]), expected.numpy(), rtol=1e-4,
+                                       atol=1e-9)
+            assert np.array(hit["map"]).sum() == pytest.approx(hit["score"], rel=1e-4)
+    whole, region = responses
+    assert region["search_id"] != whole["search_id"]
+    assert [h["id"] for h in region["hits"]] != [h["id"] for h in whole["hits"]]
 
 
 def test_search_point_maps(gallery_client, explainer):
+    from simexplain import maps
     search = gallery_client.post("/api/search", json={"query": "g3", "k": 5}).json()
     ids = [h["id"] for h in search["hits"]]
     response = gallery_client.post("/api/search/point", json={
@@ -450,8 +460,14 @@ def test_search_point_maps(gallery_client, explainer):
     engine = gallery_client.app.state.engine
     for item in body["maps"]:
         i = int(item["id"][1:])
-        expected = explainer.explain(engine.images.pixels("g3"),
-                                     engine.images.gallery_paths[i]).point_map("a", (12, 50))
+        pair = explainer.explain(engine.images.pixels("g3"), engine.images.gallery_paths[i])
+        weights = maps.point_weights((12, 50), pair.a.grid, pair.a.image_size)
+        # the default kind, match-centred, computed here: cosine of centred contributions
+        assert item["kind"] == DEFAULT_POINT_MAP == "match-centred"
+        u, v = pair.a.contributions.double(), pair.b.contributions.double()
+        query = weights @ (u - u.mean(0))
+        expected = torch.nn.functional.cosine_similarity(
+            v - v.mean(0), query[None], dim=1).reshape(pair.b.grid)
         np.testing.assert_allclose(np.array(item["map"]), expected.numpy(), rtol=1e-4,
                                    atol=1e-9)
         grid = np.array(item["map"])
@@ -518,12 +534,15 @@ def test_serve_command_binds_localhost(monkeypatch, capsys):
     from simexplain import cli
     from simexplain.web import app as web_app
     calls = {}
-    monkeypatch.setattr(web_app, "create_app", lambda **kw: calls.setdefault("app", kw))
+    monkeypatch.setattr(web_app, "create_app", lambda **kw: calls.update(app=kw))
     monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: calls.update(
         host=host, port=port))
     assert cli.main(["serve", "--index", "some/index", "--port", "8123"]) == 0
     assert calls["host"] == "127.0.0.1" and calls["port"] == 8123
     assert calls["app"]["index"] == "some/index"
+    assert {"127.0.0.1", "localhost", "::1"} == set(calls["app"]["allowed_hosts"])
+    assert cli.main(["serve", "--allowed-host", "a.lan", "--allowed-host", "b.lan"]) == 0
+    assert {"a.lan", "b.lan", "localhost"} <= set(calls["app"]["allowed_hosts"])
     assert "http://127.0.0.1:8123/" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli.main(["serve", "--help"])

@@ -1,6 +1,7 @@
 """The README's flow, for real: `simexplain index build` then `simexplain serve --index` in a
 separate process, answering on 127.0.0.1 until stopped."""
 
+import http.client
 import json
 import socket
 import subprocess
@@ -20,6 +21,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def get(port: int, path: str, host: str) -> tuple[int, dict]:
+    """GET with an explicit Host header: (status, lower-cased headers)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.putrequest("GET", path, skip_host=True)
+        connection.putheader("Host", host)
+        connection.endheaders()
+        response = connection.getresponse()
+        response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        connection.close()
+
+
 def test_index_build_then_serve(tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -33,7 +48,7 @@ def test_index_build_then_serve(tmp_path):
     server = subprocess.Popen(
         [sys.executable, "-m", "simexplain.cli", "serve", "--index", str(index),
          "--model", "simexplain.toy:tiny_cnn", "--layer", "features", "--size", "64",
-         "--port", str(port), "--samples", str(photos)],
+         "--port", str(port), "--samples", str(photos), "--allowed-host", "photos.example"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -50,6 +65,16 @@ def test_index_build_then_serve(tmp_path):
         assert health["status"] == "ok" and health["index_size"] == 4, health
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
             assert "simexplain" in r.read().decode()
+        # Host names: the bound address, localhost forms and --allowed-host; nothing else,
+        # and no redirect ever points at a host the server did not accept
+        for host, status in [(f"localhost:{port}", 200), (f"[::1]:{port}", 200),
+                             ("photos.example", 200), ("evil.example", 400),
+                             (f"evil.example:{port}", 400)]:
+            assert get(port, "/healthz", host)[0] == status, host
+        status, headers = get(port, "/api/images/", "evil.example")
+        assert status == 400 and "location" not in headers
+        status, headers = get(port, "/api/images/", f"127.0.0.1:{port}")
+        assert status == 307 and headers["location"].startswith(f"http://127.0.0.1:{port}/")
     finally:
         server.terminate()
         server.wait(timeout=20)

@@ -209,11 +209,10 @@ def point_map(result, side: str, point, method: str) -> torch.Tensor | None:
 def score(explainer, a: torch.Tensor, b: torch.Tensor, e_a: torch.Tensor | None = None
           ) -> torch.Tensor:
     """Similarity of a (1 image; or its embedding e_a) with every image of the batch b."""
-    from .. import decomposition
     if e_a is None:
         e_a = explainer.stream_a.embed(a)[0]
     e_b = torch.cat([explainer.stream_b.embed(chunk) for chunk in b.split(32)])
-    return decomposition.score(e_a, e_b, explainer.similarity).detach().float().cpu()
+    return explainer.similarity.score(e_a, e_b).detach().float().cpu()
 
 
 def cell_centres(grid: tuple[int, int], image_size: tuple[int, int]) -> np.ndarray:

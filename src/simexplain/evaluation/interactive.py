@@ -36,9 +36,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .. import maps
+from .. import maps, regions
+from .. import similarity as similarities
 from ..errors import SimexplainError
-from ..retrieval import rank_order, similarity_scores
 from .metrics import average_precision_at_r
 
 ITEM = 28
@@ -118,9 +118,9 @@ def make_composites(images: np.ndarray, labels: np.ndarray, n_queries: int, n_ga
 
 
 def ranking_metrics(scores: np.ndarray, target_labels: np.ndarray, gallery_labels: np.ndarray,
-                    similarity: str) -> dict:
+                    similarity: str | similarities.Similarity) -> dict:
     """Recall@1 and MAP@R of (Q, G) scores for the given targets (queries with R = 0 left out)."""
-    order = rank_order(np.asarray(scores), similarity)
+    order = similarities.get(similarity).best_first(np.asarray(scores))
     relevant = gallery_labels[order] == np.asarray(target_labels)[:, None]  # (Q, G) best first
     r = (gallery_labels[None, :] == np.asarray(target_labels)[:, None]).sum(1)
     keep = r > 0
@@ -169,19 +169,19 @@ def evaluate_model(explainer, data: Composites, item_size: int | None = None,
         u = c.positions.detach().double().cpu()  # (B, P, D)
         w_left = maps.region_weights(left_box, c.grid, (side, 2 * side))
         w_right = maps.region_weights(right_box, c.grid, (side, 2 * side))
-        left.append(torch.einsum("p,bpd->bd", w_left, u))
-        right.append(torch.einsum("p,bpd->bd", w_right, u))
+        left.append(regions.region_vector(w_left, u))
+        right.append(regions.region_vector(w_right, u))
         embeddings.append(c.embedding.detach().double().cpu())
         residual = max(residual, float(c.residual.max()))
     e_a, q_left, q_right = torch.cat(embeddings), torch.cat(left), torch.cat(right)
     decompose_s = time.perf_counter() - started
 
     labels = data.gallery_labels
-    global_scores = similarity_scores(e_a, gallery, similarity)
-    left_scores = similarity_scores(q_left, gallery, similarity, e_a)
-    right_scores = similarity_scores(q_right, gallery, similarity, e_a)
+    global_scores = similarities.scores(e_a, gallery, similarity)
+    left_scores = similarities.scores(q_left, gallery, similarity, e_a)
+    right_scores = similarities.scores(q_right, gallery, similarity, e_a)
     return {
-        "similarity": similarity,
+        "similarity": similarity.name,
         "layer": stream.layer_name,
         "item_size": [side, side], "query_size": [side, 2 * side],
         "grid": list(grid), "gallery_grid": list(ev.stream_b.grid(

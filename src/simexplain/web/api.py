@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from ..errors import SimexplainError
 from ..explanation import point_map_label
 from .engine import METHODS, Engine, Explained, GridMap, Prepared, SearchResult
 from .errors import status_of
-from .middleware import BodyLimit, ServerTiming
+from .middleware import LOCAL_HOSTS, BodyLimit, HostCheck, ServerTiming
 from .schemas import (ERRORS, ErrorBody, ExplainRequest, ExplainResponse, Health, ImageInfo,
                       ImageList, MapResponse, ModelsResponse, PointRequest, RegionRequest,
                       RegionResponse, SearchPointRequest, SearchPointResponse, SearchRequest,
@@ -86,7 +86,7 @@ def explain_json(result: Explained) -> dict:
         sides[name] = {**prepared_json(prepared), "overall": grid_list(grid_map),
                        "overall_peak": peak(grid_map, prepared.side.image_size)}
     return {"explanation_id": record.id, "model": record.model, "method": result.method,
-            "similarity": pair.similarity, "score": pair.score, "residual": pair.residual,
+            "similarity": pair.similarity.name, "score": pair.score, "residual": pair.residual,
             "signed": result.method in ("decomposition", "relative"), **sides}
 
 
@@ -105,7 +105,10 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def build_app(engine: Engine, title: str = "simexplain") -> FastAPI:
+def build_app(engine: Engine, title: str = "simexplain",
+              allowed_hosts: Sequence[str] = LOCAL_HOSTS) -> FastAPI:
+    """The FastAPI application over `engine`, answering only to `allowed_hosts` (Host header
+    names; "*" for any)."""
     app = FastAPI(
         title=title, version="0.1",
         description="Explain why a metric-learning model finds two images similar "
@@ -119,6 +122,7 @@ def build_app(engine: Engine, title: str = "simexplain") -> FastAPI:
     app.add_middleware(ServerTiming)
     app.add_middleware(BodyLimit, json_limit=JSON_BODY_LIMIT,
                        upload_limit=engine.max_upload_bytes + multipart_margin)
+    app.add_middleware(HostCheck, allowed=list(allowed_hosts))  # outermost: checked first
 
     # -- errors --------------------------------------------------------------------------------
     @app.exception_handler(SimexplainError)

@@ -1,6 +1,7 @@
 """`simexplain serve`: the interactive page and its JSON API.
 
     simexplain serve [--index INDEX] [--model NAME] [--host 127.0.0.1] [--port 8000]
+                     [--allowed-host NAME ...]
 
 `create_app(...)` builds the FastAPI application (for tests, or to mount elsewhere);
 `add_cli(subparsers)` registers the `serve` subcommand. FastAPI and uvicorn are imported only
@@ -10,11 +11,14 @@ when a server is built, so the rest of the command line works without them.
 from __future__ import annotations
 
 import argparse
+import socket
 from pathlib import Path
 from typing import Sequence
 
 from ..errors import SimexplainError
 from ..images import MAX_PIXELS
+from ..similarity import names as similarity_names
+from .middleware import LOCAL_HOSTS
 from .store import MAX_UPLOAD_BYTES
 
 DEFAULT_HOST = "127.0.0.1"
@@ -24,7 +28,7 @@ DEFAULT_PORT = 8000
 def create_app(model: str | None = None, index=None, explainer=None,
                samples: Sequence | None = None, models: Sequence[str] | None = None,
                max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS,
-               **cache_limits):
+               allowed_hosts: Sequence[str] = LOCAL_HOSTS, **cache_limits):
     """The web application.
 
     model: zoo name (or a label for `explainer`); default: the index's model, else
@@ -35,7 +39,10 @@ def create_app(model: str | None = None, index=None, explainer=None,
         default: scikit-image's bundled photos when installed.
     models: names offered in the model menu (default: the zoo, or only `explainer`).
     max_upload_bytes, max_pixels: upload limits (413 above them).
-    cache_limits: max_explanations, max_searches, max_sides, max_side_memory, max_models.
+    allowed_hosts: the host names the server answers to (the Host header; ports ignored):
+        default localhost, 127.0.0.1 and ::1; "*" answers to any (no DNS-rebinding guard).
+    cache_limits: max_explanations, max_searches, max_sides, max_side_memory, max_models,
+        and for uploads upload_side, max_upload_memory, decode_budget (see `web.store`).
     """
     try:
         from .api import build_app
@@ -47,7 +54,7 @@ def create_app(model: str | None = None, index=None, explainer=None,
     engine = Engine(explainer=explainer, model=model, index=index, samples=samples,
                     models=models, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
                     **cache_limits)
-    return build_app(engine)
+    return build_app(engine, allowed_hosts=allowed_hosts)
 
 
 def add_cli(subparsers) -> None:
@@ -59,7 +66,7 @@ def add_cli(subparsers) -> None:
     serve.add_argument("--model", help="zoo name, model file or module:factory (default: the "
                                        "index's model, else efficientnet-lite0)")
     serve.add_argument("--layer", help="explained layer (for models outside the zoo)")
-    serve.add_argument("--similarity", choices=["cosine", "dot", "euclidean"])
+    serve.add_argument("--similarity", choices=similarity_names())
     serve.add_argument("--size", type=int, help="input side in pixels (default: the model's)")
     serve.add_argument("--samples", nargs="*", metavar="IMAGE",
                        help="images or folders offered in the pickers (default: "
@@ -67,6 +74,10 @@ def add_cli(subparsers) -> None:
     serve.add_argument("--host", default=DEFAULT_HOST,
                        help=f"interface to bind (default {DEFAULT_HOST}: this machine only)")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                       help="also answer to this host name (repeatable; the server answers "
+                            "to the --host it binds and to localhost, 127.0.0.1 and [::1]; "
+                            "other Host headers get 400, which stops DNS rebinding)")
     serve.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_BYTES / 2**20,
                        help="largest accepted upload (default 10)")
     serve.set_defaults(run=cmd_serve)
@@ -86,6 +97,20 @@ def _sample_paths(items: Sequence[str]) -> list[Path]:
     return paths
 
 
+def served_hosts(bind: str, extra: Sequence[str] = ()) -> list[str]:
+    """The host names a server bound to `bind` answers to: localhost forms, the bound name,
+    and for a wildcard bind (0.0.0.0, ::) this machine's own names and addresses."""
+    names = [*LOCAL_HOSTS, bind, *extra]
+    if bind in ("0.0.0.0", "::", ""):
+        hostname = socket.gethostname()
+        names += [hostname, socket.getfqdn()]
+        try:
+            names += [info[4][0] for info in socket.getaddrinfo(hostname, None)]
+        except OSError:  # a machine without a resolvable name: the others still work
+            pass
+    return [name for name in dict.fromkeys(names) if name]
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -102,7 +127,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         models = [args.model] + zoo.list()
     samples = _sample_paths(args.samples) if args.samples else None
     app = create_app(model=args.model, index=args.index, explainer=explainer, samples=samples,
-                     models=models, max_upload_bytes=int(args.max_upload_mb * 2**20))
+                     models=models, max_upload_bytes=int(args.max_upload_mb * 2**20),
+                     allowed_hosts=served_hosts(args.host, args.allowed_host))
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"simexplain: warning: serving on {args.host}: anyone who can reach this "
               "machine can use the server")

@@ -24,14 +24,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .. import decomposition, maps
 from ..errors import NoPointMap, SimexplainError
 from ..explanation import DEFAULT_POINT_MAP, PairExplanation, Side
 from ..images import MAX_PIXELS
 from ..methods import METHODS as _REGISTRY
 from .cache import LRU
 from .errors import NotFound, WebError
-from .store import MAX_UPLOAD_BYTES, ImageStore, default_samples
+from .store import (MAX_UPLOAD_BYTES, STORED_SIDE, UPLOAD_MEMORY, ImageStore, PixelBudget,
+                    default_samples)
 
 # the methods the page offers: every registered one but the random baseline
 METHODS = tuple(name for name in _REGISTRY if name != "random")
@@ -95,7 +95,6 @@ class SearchRecord:
     model: str
     query: Prepared
     box: list[float] | None
-    query_vector: torch.Tensor  # (D,) sum_p w_p u_p (w = 1 everywhere without a box)
     hit_ids: list[str]
 
 
@@ -123,7 +122,9 @@ class Engine:
                  samples: Sequence | None = None, models: Sequence[str] | None = None,
                  max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS,
                  max_explanations: int = 64, max_searches: int = 32, max_sides: int = 256,
-                 max_side_memory: int = 256 * 2**20, max_models: int = 3):
+                 max_side_memory: int = 256 * 2**20, max_models: int = 3,
+                 upload_side: int = STORED_SIDE, max_upload_memory: int = UPLOAD_MEMORY,
+                 decode_budget: PixelBudget | None = None):
         from .. import zoo
         self.max_upload_bytes = max_upload_bytes
         self.max_pixels = max_pixels
@@ -158,7 +159,8 @@ class Engine:
 
         gallery = list(getattr(self.index, "paths", [])) if self.index is not None else []
         self.images = ImageStore(gallery, default_samples() if samples is None else samples,
-                                 max_pixels=max_pixels)
+                                 max_upload_memory=max_upload_memory, max_pixels=max_pixels,
+                                 stored_side=upload_side, budget=decode_budget)
         self.sides: LRU[Prepared] = LRU(
             max_sides, max_side_memory,
             cost=lambda p: p.side.contributions.numel() * p.side.contributions.element_size())
@@ -190,7 +192,7 @@ class Engine:
                     "similarity": None, "description": None}
             loaded = self.pinned.get(name) or self.explainers.get(name)
             if loaded is not None:
-                info["similarity"] = loaded.similarity
+                info["similarity"] = loaded.similarity.name
             if _is_zoo(name):
                 from .. import zoo
                 entry = zoo.entry(name)
@@ -205,7 +207,7 @@ class Engine:
             return None
         explainer = self.pinned[self.index_model]
         return {"model": self.index_model, "size": len(self.images.gallery_paths),
-                "similarity": explainer.similarity,
+                "similarity": explainer.similarity.name,
                 "layer": explainer.stream_a.layer_name}
 
     # -- contributions -------------------------------------------------------------------------
@@ -304,48 +306,26 @@ class Engine:
         if self.index is None:
             raise WebError("this server has no index: start it with `simexplain serve "
                            "--index INDEX` for the gallery search")
+        from ..retrieval.index import RegionQuery
         model = self.index_model
         explainer = self.explainer(model)
         query_prepared = self.prepared(model, [query], "a")[0]
         q = query_prepared.side
-        if box is not None:
-            weights = maps.region_weights(_box(box), q.grid, q.image_size).to(
-                q.contributions.dtype)
-        else:
-            weights = torch.ones(q.contributions.shape[0], dtype=q.contributions.dtype)
-        vector = weights @ q.contributions
+        prepared = RegionQuery.from_side(q, _box(box) if box is not None else None)
         k = max(1, min(int(k), len(self.images.gallery_paths)))
-        found = self._index_search(q, vector, box, k)
-        hit_ids = [f"g{index}" for index, _ in found]
+        found = self.index.search(prepared, k)
+        hit_ids = [f"g{hit.index}" for hit in found]
         results = self.prepared(model, hit_ids, "b") if hit_ids else []
         hits = []
-        for rank, ((index, score), prepared) in enumerate(zip(found, results), start=1):
-            grid_map = self._result_map(vector, q.embedding, prepared.side, explainer.similarity)
-            hits.append(SearchHit(rank, index, self.images.gallery_paths[index].name, score,
-                                  prepared, GridMap("b", grid_map, prepared.side.image_size)))
+        for hit, result in zip(found, results):
+            grid_map = prepared.map_on(result.side, explainer.similarity)
+            hits.append(SearchHit(hit.rank, hit.index, self.images.gallery_paths[hit.index].name,
+                                  hit.score, result,
+                                  GridMap("b", grid_map, result.side.image_size)))
         search_id = secrets.token_hex(8)
         record = self.searches.put(search_id, SearchRecord(
-            search_id, model, query_prepared, list(box) if box is not None else None, vector,
-            hit_ids))
-        return SearchResult(record, explainer.similarity, hits)
-
-    def _index_search(self, q: Side, vector: torch.Tensor, box, k: int
-                      ) -> list[tuple[int, float]]:
-        """(gallery index, score) of the k best matches to the query, or to its region (then
-        ranked by the partial similarity s_R)."""
-        if box is None:
-            hits = self.index.search_vector(q.embedding.double(), k)
-        else:
-            hits = self.index.search_vector(vector.double(), k, q.embedding.double())
-        return [(int(h.index), float(h.score)) for h in hits]
-
-    @staticmethod
-    def _result_map(query_vector: torch.Tensor, query_embedding: torch.Tensor, result: Side,
-                    similarity: str) -> torch.Tensor:
-        """Map over a result's grid of a weighted query: sum_p w_p D[p, :]."""
-        row = decomposition.pairwise(query_vector[None].double(), result.contributions,
-                                     query_embedding.double(), result.embedding, similarity)[0]
-        return row.reshape(result.grid)
+            search_id, model, query_prepared, list(box) if box is not None else None, hit_ids))
+        return SearchResult(record, explainer.similarity.name, hits)
 
     def search_record(self, search_id: str) -> SearchRecord:
         record = self.searches.get(search_id)

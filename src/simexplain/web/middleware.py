@@ -1,4 +1,4 @@
-"""ASGI middleware of the web server: request body limits and server timing."""
+"""ASGI middleware of the web server: Host checks, request body limits, server timing."""
 
 from __future__ import annotations
 
@@ -73,3 +73,44 @@ class ServerTiming:
         return await self.app(scope, receive, timed)
 
 
+# Names under which a server is always reachable from its own machine.
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, without port, brackets or trailing dot, in lower case:
+    'LocalHost:8000' -> 'localhost', '[::1]:8000' -> '::1'."""
+    value = header.strip().lower()
+    if value.startswith("["):  # an IPv6 literal, with or without a port
+        return value[1:value.index("]")] if "]" in value else value
+    if value.count(":") == 1:
+        value = value.split(":")[0]
+    return value.rstrip(".")
+
+
+class HostCheck:
+    """ASGI middleware: answer 400 unless the Host header names this server (one of
+    `allowed`, ports ignored; "*" allows any). A web page elsewhere can point its own domain
+    at 127.0.0.1 (DNS rebinding) and so reach a local server, but its requests still carry
+    that domain as Host; and no answer builds a URL from a Host it did not accept."""
+
+    def __init__(self, app, allowed):
+        self.app = app
+        self.any = "*" in allowed
+        self.allowed = {host_name(h) for h in allowed if h != "*"}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket") or self.any:
+            return await self.app(scope, receive, send)
+        header = next((v.decode("latin-1") for k, v in scope.get("headers", [])
+                       if k == b"host"), "")
+        if host_name(header) in self.allowed:
+            return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":
+            return await send({"type": "websocket.close", "code": 1008})
+        shown = header[:100] if header else "(none)"
+        response = JSONResponse(
+            {"error": f"this server does not answer to the host name {shown!r}; it answers to "
+                      f"{', '.join(sorted(self.allowed))} (start it with --allowed-host NAME "
+                      "to add a name)"}, status_code=400)
+        return await response(scope, receive, send)

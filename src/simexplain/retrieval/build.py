@@ -1,0 +1,230 @@
+"""Resumable index builds: embed a gallery a batch at a time, checkpointing to `<out>.partial`
+so that an interrupted build continues where it stopped and ends with the same index."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import uuid
+import warnings
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import ImageError, SimexplainError
+from ..files import atomic_path
+from .model import MODEL_KEYS, face_crop_for, model_info
+from .storage import FORMAT_NAME, FORMAT_VERSION, Skipped, check_kind, file_sha256, \
+    require_faiss
+
+
+def build_index(cls, images: str | Path | Iterable[str | Path], explainer,
+                model_name: str | None = None, batch_size: int = 32, progress: bool = True,
+                out: str | Path | None = None, resume: bool = True, kind: str = "flat",
+                checkpoint_every: int = 8):
+    """`Index.build` (see there); `cls` is the Index class."""
+    check_kind(kind)
+    if batch_size < 1:
+        raise SimexplainError(f"batch_size must be >= 1, got {batch_size}")
+    require_faiss()
+    paths = gallery_files(images)
+    info = model_info(explainer, model_name)
+    checkpoint = checkpoint_path(out) if out is not None else None
+    state = _BuildState(paths, info)
+    if checkpoint is not None:
+        if resume:
+            state = _BuildState.resume(checkpoint, paths, info) or state
+        else:
+            _remove_checkpoint(checkpoint)
+    resumed_from = state.done
+    stream = explainer.stream("b")
+    bar = tqdm(total=len(paths), initial=state.done, desc="indexing", unit="img",
+               disable=not progress)
+    batches_since = 0
+    try:
+        while state.done < len(paths):
+            chunk = paths[state.done:state.done + batch_size]
+            state.add_batch(chunk, state.done, explainer, stream)
+            bar.update(len(chunk))
+            batches_since += 1
+            if checkpoint is not None and batches_since >= checkpoint_every:
+                state.write(checkpoint)
+                batches_since = 0
+    except BaseException:
+        if checkpoint is not None and state.done > resumed_from:
+            try:
+                state.write(checkpoint)
+            except Exception:  # noqa: BLE001 - keep the original error
+                pass
+        raise
+    finally:
+        bar.close()
+    if not state.embeddings:
+        raise SimexplainError(
+            f"no readable image among the {len(paths)} files; skipped: "
+            + "; ".join(f"{s.path} ({s.reason})" for s in state.skipped[:5]))
+    index = cls(np.concatenate(state.embeddings), [paths[i] for i in state.ok], {**info},
+                kind=kind, hashes=state.hashes, skipped=state.skipped)
+    index.explainer = explainer
+    index.resumed_from = resumed_from
+    if out is not None:
+        index.save(out)
+        _remove_checkpoint(checkpoint)
+    return index
+
+
+class _BuildState:
+    """What a build has done so far, and its checkpoint: a folder `<out>.partial` holding one
+    shard per checkpoint (embeddings, gallery rows and sha256 of the images embedded since the
+    previous one) and state.json (replaced atomically) naming the shards that count."""
+
+    STATE = "state.json"
+
+    def __init__(self, paths: list[str], info: dict):
+        self.paths = paths
+        self.info = info
+        self.done = 0  # files processed, in order (embedded or skipped)
+        self.embeddings: list[np.ndarray] = []  # one array per batch (or per resumed shard)
+        self.ok: list[int] = []  # rows of `paths` that were embedded
+        self.hashes: list[str] = []
+        self.skipped: list[Skipped] = []
+        self.shards: list[str] = []
+        self._flushed_items = 0  # len(self.ok) already in a shard
+
+    def _key(self) -> dict:
+        listing = hashlib.sha256("\n".join(self.paths).encode()).hexdigest()
+        return json.loads(json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION,
+                                      "paths_sha256": listing, "count": len(self.paths),
+                                      **{k: self.info.get(k) for k in MODEL_KEYS}}))
+
+    @classmethod
+    def resume(cls, checkpoint: Path, paths, info) -> "_BuildState | None":
+        """The state saved in `checkpoint`, or None (with a warning) when it cannot be used."""
+        if not (checkpoint / cls.STATE).is_file():
+            return None
+        state = cls(paths, info)
+        try:
+            meta = json.loads((checkpoint / cls.STATE).read_text())
+            if meta.get("key") != state._key():
+                warnings.warn(f"ignoring build checkpoint {checkpoint}: it belongs to another "
+                              "model or another list of images; starting over", stacklevel=3)
+                return None
+            for name in meta["shards"]:
+                with np.load(checkpoint / name, allow_pickle=False) as shard:
+                    embeddings = np.asarray(shard["embeddings"], dtype=np.float32)
+                    ok = [int(i) for i in shard["ok"]]
+                    hashes = [str(h) for h in shard["hashes"]]
+                if not (len(embeddings) == len(ok) == len(hashes)):
+                    raise ValueError(f"inconsistent shard {name}")
+                if len(embeddings):
+                    state.embeddings.append(embeddings)
+                state.ok += ok
+                state.hashes += hashes
+            state.shards = list(meta["shards"])
+            state.done = int(meta["done"])
+            state.skipped = [Skipped(s["path"], s["reason"]) for s in meta["skipped"]]
+        except Exception as exc:  # noqa: BLE001 - any damage means: start again
+            warnings.warn(f"ignoring unreadable build checkpoint {checkpoint} ({exc}); "
+                          "starting over", stacklevel=3)
+            return None
+        if state.ok and (max(state.ok) >= state.done or state.done > len(paths)):
+            warnings.warn(f"ignoring inconsistent build checkpoint {checkpoint}; starting over",
+                          stacklevel=3)
+            return None
+        state._flushed_items = len(state.ok)
+        return state
+
+    def write(self, checkpoint: Path) -> None:
+        """Write a shard with what is new since the last checkpoint, then atomically replace
+        state.json: a crash at any point leaves the previous checkpoint usable."""
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        new = len(self.ok) - self._flushed_items
+        if new:
+            rows = np.concatenate(self.embeddings)[self._flushed_items:]
+            name = f"shard-{len(self.shards):05d}-{uuid.uuid4().hex[:6]}.npz"
+            with atomic_path(checkpoint / name) as tmp, open(tmp, "wb") as handle:
+                np.savez(handle, embeddings=rows,
+                         ok=np.asarray(self.ok[self._flushed_items:], dtype=np.int64),
+                         hashes=np.asarray(self.hashes[self._flushed_items:], dtype=str))
+            self.shards.append(name)
+            self._flushed_items = len(self.ok)
+            self.embeddings = [np.concatenate(self.embeddings)]  # keep the list short
+        meta = {"key": self._key(), "done": self.done, "shards": self.shards,
+                "skipped": [s.to_dict() for s in self.skipped]}
+        with atomic_path(checkpoint / self.STATE) as tmp:
+            tmp.write_text(json.dumps(meta))
+
+    def add_batch(self, chunk: list[str], offset: int, explainer, stream) -> None:
+        """Prepare, hash and embed one batch; unreadable files are recorded as skipped. The
+        state changes only once the whole batch is done (a checkpoint never holds half a
+        batch)."""
+        ready: list[tuple[int, str, torch.Tensor]] = []
+        skipped: list[Skipped] = []
+        model_input = face_crop_for(explainer)
+        for i, path in enumerate(chunk, offset):
+            try:
+                digest = file_sha256(path)
+                tensor, _ = explainer.prepare(model_input(path), "b")
+            except (ImageError, OSError) as exc:
+                skipped.append(Skipped(path, str(exc) or type(exc).__name__))
+                continue
+            ready.append((i, digest, tensor))
+        groups: dict[tuple, list] = {}
+        for item in ready:
+            groups.setdefault(tuple(item[2].shape), []).append(item)
+        results: list[tuple[int, str, np.ndarray]] = []
+        for items in groups.values():
+            out = stream.embed(torch.cat([t for _, _, t in items]))
+            vectors = out.detach().float().cpu().numpy()
+            for (i, digest, _), vec in zip(items, vectors):
+                results.append((i, digest, vec))
+        results.sort(key=lambda r: r[0])
+        if results:
+            dims = {r[2].shape[0] for r in results}
+            if self.embeddings:
+                dims.add(self.embeddings[0].shape[1])
+            if len(dims) != 1:
+                raise SimexplainError(
+                    f"the model gives embeddings of different sizes {sorted(dims)}")
+            self.embeddings.append(np.stack([r[2] for r in results]).astype(np.float32))
+            self.ok.extend(r[0] for r in results)
+            self.hashes.extend(r[1] for r in results)
+        self.skipped.extend(skipped)
+        self.done = offset + len(chunk)
+
+
+def checkpoint_path(out: str | Path) -> Path:
+    """Where a build into `out` keeps its partial progress (a folder)."""
+    out = Path(out)
+    return out.parent / f"{out.name}.partial"
+
+
+def _remove_checkpoint(checkpoint: Path) -> None:
+    if checkpoint.is_dir():
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    elif checkpoint.exists():
+        checkpoint.unlink()
+
+
+def gallery_files(images: str | Path | Iterable[str | Path]) -> list[str]:
+    """All files of a folder (recursively, sorted, hidden ones left out) or the given list."""
+    if isinstance(images, (str, Path)):
+        root = Path(images)
+        if not root.exists():
+            raise SimexplainError(f"gallery folder not found: {root}")
+        if root.is_file():
+            raise SimexplainError(f"{root} is a file; give a folder of images or a list of paths")
+        files = sorted(str(p) for p in root.rglob("*")
+                       if p.is_file() and not any(part.startswith(".")
+                                                  for part in p.relative_to(root).parts))
+        if not files:
+            raise SimexplainError(f"gallery folder {root} holds no files")
+        return files
+    files = [str(p) for p in images]
+    if not files:
+        raise SimexplainError("the list of gallery images is empty")
+    return files

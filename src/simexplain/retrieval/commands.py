@@ -1,0 +1,128 @@
+"""The command line of retrieval: `simexplain index build` and `simexplain search`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import SimexplainError
+from .build import checkpoint_path
+from .index import Index
+from .storage import KINDS, IndexFormatError, read_manifest
+
+
+def parse_region(text: str) -> tuple[float, float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(
+            f"a region is TOP,LEFT,BOTTOM,RIGHT in the query's model-input pixels, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def add_cli(subparsers) -> None:
+    from ..cli import add_model_arguments
+
+    index = subparsers.add_parser("index", help="build a searchable gallery index")
+    index_commands = index.add_subparsers(dest="index_command", required=True)
+    build = index_commands.add_parser("build", help="embed a folder of images into an index")
+    build.add_argument("folder", help="folder of gallery images (searched recursively)")
+    add_model_arguments(build)
+    build.add_argument("--out", required=True, help="index folder to write")
+    build.add_argument("--batch-size", type=int, default=32)
+    build.add_argument("--kind", choices=KINDS, default="flat",
+                       help="flat: exact (default); ivf, hnsw: approximate, for large galleries")
+    build.add_argument("--restart", action="store_true",
+                       help="ignore a checkpoint of an interrupted build and start over")
+    build.add_argument("--quiet", action="store_true", help="no progress bar")
+    build.set_defaults(run=cmd_index_build)
+
+    search = subparsers.add_parser("search", help="search an index with an image or a region")
+    search.add_argument("index", help="index folder (from `simexplain index build`)")
+    search.add_argument("query", help="query image")
+    add_model_arguments(search, required=False)
+    search.add_argument("--region", type=parse_region,
+                        help="TOP,LEFT,BOTTOM,RIGHT box in the query's model-input pixels: rank "
+                             "by the partial similarity of that region")
+    search.add_argument("-k", type=int, default=10, help="number of hits (default 10)")
+    search.add_argument("--explain", action="store_true",
+                        help="decompose each hit: overall map and (with --region) region map")
+    search.add_argument("--out", help="write a results page (index.html + PNGs) here")
+    search.add_argument("--json", action="store_true", help="print the hits as JSON")
+    search.set_defaults(run=cmd_search)
+
+
+def cmd_index_build(args: argparse.Namespace) -> int:
+    from ..cli import build_explainer
+    explainer = build_explainer(args.model, args.layer, args.similarity, args.size)
+    checkpoint = checkpoint_path(args.out)
+    if (checkpoint / "state.json").is_file() and not args.restart:
+        print(f"resuming from {checkpoint}", file=sys.stderr)
+    index = Index.build(args.folder, explainer, model_name=args.model,
+                        batch_size=args.batch_size, progress=not args.quiet, out=args.out,
+                        resume=not args.restart, kind=args.kind)
+    print(f"indexed {len(index)} images into {args.out} ({index.similarity}, {index.dim}-d, "
+          f"{index.kind}); skipped {len(index.skipped)}")
+    for item in index.skipped:
+        print(f"  skipped {item.path}: {item.reason}")
+    return 0
+
+
+def explainer_for_index(index_path: str | Path, args: argparse.Namespace | None = None):
+    """The query model of an index: the one its manifest names, unless overridden (then it
+    must match)."""
+    from ..cli import build_explainer
+    manifest = read_manifest(Path(index_path)) if Path(index_path).is_dir() else None
+    if manifest is None:
+        raise IndexFormatError(f"index not found: {index_path}")
+    model = getattr(args, "model", None) or manifest.get("model")
+    if not model:
+        raise SimexplainError(f"{index_path}: the manifest names no model; pass --model")
+    layer = getattr(args, "layer", None) or manifest.get("layer")
+    similarity = getattr(args, "similarity", None) or manifest.get("similarity")
+    size = getattr(args, "size", None)
+    input_size = manifest.get("input_size")
+    if size is None and input_size and input_size[0] == input_size[1]:
+        size = int(input_size[0])
+    explainer = build_explainer(model, layer, similarity, size)
+    if not getattr(explainer, "model_name", None):
+        explainer.model_name = model
+    return explainer
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    if args.k < 1:
+        raise SimexplainError(f"-k must be >= 1, got {args.k}")
+    explainer = explainer_for_index(args.index, args)
+    index = Index.load(args.index, explainer=explainer)
+    prepared = index.region_vector(args.query, args.region)
+    hits = index.search(prepared, args.k, explain=args.explain)
+    summary = {
+        "index": str(args.index), "query": str(args.query), "model": index.model_name,
+        "similarity": index.similarity.name,
+        "region": list(args.region) if args.region else None,
+        "ranking": "ascending" if index.similarity.lower_is_better else "descending",
+        "score": ("partial similarity s_R of the region" if args.region else
+                  f"{index.similarity} of the whole images"),
+        "hits": [hit.to_dict() for hit in hits],
+    }
+    if args.out:
+        from .page import write_results_page
+        summary["page"] = str(write_results_page(Path(args.out), prepared, hits, index, summary))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        what = "region" if args.region else "image"
+        print(f"{len(hits)} hits for the query {what} ({summary['score']}, "
+              f"{summary['ranking']}):")
+        for hit in hits:
+            print(f"{hit.rank:4d}  {hit.score: .6f}  {hit.path}")
+        if args.out:
+            print(f"wrote {summary['page']}")
+    return 0
+
+

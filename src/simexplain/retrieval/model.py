@@ -1,0 +1,93 @@
+"""The model of an index: what identifies it (name, layers, similarity, input size, a
+fingerprint of its weights), the check that a query model is the same, and what it is given
+for an image (face models see the detected face crop)."""
+
+from __future__ import annotations
+
+import hashlib
+import torch
+
+from ..errors import SimexplainError
+
+MODEL_KEYS = ("model", "layer", "layer_b", "similarity", "input_size", "weights_sha256")
+
+
+class IndexMismatchError(SimexplainError):
+    """The model used for a query is not the model the index was built with."""
+
+
+def model_info(explainer, model_name: str | None = None) -> dict:
+    """What identifies the gallery model of an explainer: name, layers, similarity, input
+    size (of side b), and a sha256 of its weights."""
+    stream_b = explainer.stream("b")
+    size = getattr(explainer.transform_b, "size", None)
+    return {
+        "model": model_name if model_name is not None else getattr(explainer, "model_name", None),
+        "layer": explainer.stream_a.layer_name,
+        "layer_b": stream_b.layer_name,
+        "similarity": explainer.similarity.name,
+        "input_size": list(size) if size is not None else None,
+        "weights_sha256": weights_fingerprint(explainer),
+    }
+
+
+def weights_fingerprint(explainer) -> str:
+    """sha256 over the parameters and buffers of the explainer's model(s)."""
+    cached = getattr(explainer, "_weights_sha256", None)
+    if cached:
+        return cached
+    digest = hashlib.sha256()
+    streams = [explainer.stream_a] + ([] if explainer.stream_b is explainer.stream_a
+                                      else [explainer.stream_b])
+    for stream in streams:
+        for name, tensor in stream.model.state_dict().items():
+            t = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+            if t.dtype == torch.bfloat16:
+                t = t.float()
+            digest.update(t.numpy().tobytes())
+    value = digest.hexdigest()
+    try:
+        explainer._weights_sha256 = value
+    except AttributeError:
+        pass
+    return value
+
+
+def check_model(expected: dict, actual: dict, where: str = "the index") -> None:
+    """Refuse a query model that differs from the index's (IndexMismatchError)."""
+    problems = []
+    if expected.get("model") and actual.get("model") and expected["model"] != actual["model"]:
+        problems.append(f"model {actual['model']!r} instead of {expected['model']!r}")
+    for key, label in (("layer", "layer"), ("layer_b", "gallery layer"),
+                       ("similarity", "similarity")):
+        if expected.get(key) and actual.get(key) and expected[key] != actual[key]:
+            problems.append(f"{label} {actual[key]!r} instead of {expected[key]!r}")
+    if (expected.get("input_size") and actual.get("input_size")
+            and list(expected["input_size"]) != list(actual["input_size"])):
+        problems.append(f"input size {tuple(actual['input_size'])} instead of "
+                        f"{tuple(expected['input_size'])}")
+    if (not problems and expected.get("weights_sha256") and actual.get("weights_sha256")
+            and expected["weights_sha256"] != actual["weights_sha256"]):
+        problems.append("different weights (the weights fingerprint does not match)")
+    if problems:
+        raise IndexMismatchError(
+            f"the query model does not match {where}: " + "; ".join(problems)
+            + f". Use the model the index was built with ({expected.get('model')!r}, layer "
+              f"{expected.get('layer')!r}, {expected.get('similarity')}) or rebuild the index.")
+
+
+def face_crop_for(explainer):
+    """What the model is given for an image: face models (zoo entries marked `faces`) see the
+    detected face crop, as in `simexplain pair`; an image without a face is an ImageError."""
+    from .. import zoo
+    name = getattr(explainer, "model_name", None)
+    if not zoo.crops_faces(name):
+        return lambda image: image
+
+    def crop(image):
+        if isinstance(image, torch.Tensor):
+            return image  # already the model's input
+        from ..faces import crop_face
+        return crop_face(image, size=None)[0]
+    return crop

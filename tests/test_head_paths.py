@@ -1,0 +1,222 @@
+"""The fast head-analysis paths (recorded head, pooled shares, forward tangents or reverse-mode
+Jacobian) give the same contributions as the reference path (one tangent per position through
+the whole model), and those contributions sum to the model's own embedding."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import simexplain.adapters as adapters
+from simexplain import SimexplainError
+from simexplain.adapters import SplitModel
+from simexplain.toy import HEADS, HeadModel, L2Norm, TokenModel, trunk
+
+
+class Upsampled(nn.Module):
+    """Max pooling with ties: nearest upsampling repeats each value four times."""
+
+    def __init__(self, pool: str):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.ReLU(),
+                                      nn.Upsample(scale_factor=2, mode="nearest"))
+        self.pool = pool
+        self.fc = nn.Linear(8, 6)
+
+    def forward(self, x):
+        a = self.features(x)
+        pooled = F.adaptive_max_pool2d(a, 1).flatten(1) if self.pool == "adaptive" else a.amax((2, 3))
+        return F.normalize(self.fc(pooled), dim=1)
+
+
+class Concat(nn.Module):
+    """Average and max pooling concatenated (the layer output is read twice)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = trunk()
+        self.fc = nn.Linear(64, 8)
+
+    def forward(self, x):
+        a = self.features(x)
+        return self.fc(torch.cat([a.mean((2, 3)), a.amax((2, 3))], 1))
+
+
+class ConvHead(nn.Module):
+    """A 1x1 convolution, BatchNorm and in-place ReLU before pooling (channels mix per position)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = trunk()
+        self.head = nn.Sequential(nn.Conv2d(32, 24, 1), nn.BatchNorm2d(24), nn.ReLU(inplace=True),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 8), L2Norm())
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+class FlattenBN(nn.Module):
+    """Flatten, Linear, BatchNorm1d (the paper's 7x7 re-identification form), wide embedding."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = trunk()
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 8 * 8, 96), nn.BatchNorm1d(96))
+        with torch.no_grad():
+            self.head[2].running_mean.normal_(0, 0.1)
+            self.head[2].running_var.uniform_(0.5, 1.5)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def _model(name):
+    torch.manual_seed(0)
+    if name in HEADS:
+        return HeadModel(head=name).eval(), "features"
+    if name.startswith("tokens-"):
+        return TokenModel(pool=name[len("tokens-"):]).eval(), "tokens"
+    return {"ties-adaptive": lambda: Upsampled("adaptive"), "ties-amax": lambda: Upsampled("amax"),
+            "concat": Concat, "conv-head": ConvHead, "flatten-bn": FlattenBN}[name]().eval(), "features"
+
+
+# the path `auto` takes on each model (P = 64 positions, D = 8 except flatten-bn)
+EXPECTED_PATH = {
+    "gap": "mean pooling", "gmp": "argmax pooling", "gem": "mean pooling",
+    "flatten": "linear pooling", "mlp": "mean pooling", "mlp-leaky": "mean pooling",
+    "layernorm": "mean pooling", "dropout-bn": "mean pooling", "gelu": "mean pooling",
+    "tokens-norm-mean": "whole head", "tokens-mean": "mean pooling", "tokens-cls": "select pooling",
+    "ties-adaptive": "argmax pooling", "ties-amax": "amax pooling", "concat": "whole head",
+    "conv-head": "whole head", "flatten-bn": "linear pooling",
+}
+MODELS = list(EXPECTED_PATH)
+
+
+def _inputs(n=3, height=32, width=32, seed=1):
+    return torch.randn(n, 3, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+def _no_structure(monkeypatch):
+    import simexplain.head as head
+    monkeypatch.setattr(head, "find_pooling", lambda *_: None)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("strategy", ["auto", "forward", "reverse"])
+def test_fast_paths_equal_the_reference_path(name, strategy):
+    model, layer = _model(name)
+    split = SplitModel(model, layer)
+    x = _inputs()
+    reference = split.contributions(x, "tangents")
+    fast = split.contributions(x, strategy)
+    assert reference.path == "tangents"
+    assert fast.path.startswith(EXPECTED_PATH[name])
+    if strategy != "auto":
+        assert fast.path.endswith(strategy)
+    scale = float(reference.positions.abs().max())
+    torch.testing.assert_close(fast.positions, reference.positions, rtol=0, atol=1e-5 * scale)
+    torch.testing.assert_close(fast.constant, reference.constant, rtol=0, atol=1e-5 * scale)
+    torch.testing.assert_close(fast.residual, reference.residual, rtol=1e-2, atol=1e-6)
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(fast.embedding, expected)
+    if name != "gelu":  # exact heads: the contributions sum to the model's own embedding
+        torch.testing.assert_close(fast.positions.sum(1), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["gap", "gmp", "gem", "flatten", "tokens-mean", "ties-amax"])
+@pytest.mark.parametrize("strategy", ["forward", "reverse"])
+def test_whole_head_paths_equal_the_pooled_paths(name, strategy, monkeypatch):
+    model, layer = _model(name)
+    split = SplitModel(model, layer)
+    x = _inputs(n=2, seed=2)
+    pooled = split.contributions(x, strategy)
+    _no_structure(monkeypatch)
+    whole = split.contributions(x, strategy)
+    assert whole.path == f"whole head, {strategy}"
+    torch.testing.assert_close(whole.positions, pooled.positions, rtol=1e-4, atol=1e-6)
+
+
+def test_ties_in_max_pooling_follow_the_pooling_function():
+    """Each maximum is repeated in a 2x2 block: adaptive max pooling gives it to one position
+    (at most one per channel carries anything), amax splits it equally over the four."""
+    x = _inputs(n=1, seed=3)
+    for pool in ("adaptive", "amax"):
+        model, layer = _model(f"ties-{pool}")
+        c = SplitModel(model, layer).contributions(x)
+        assert c.grid == (16, 16)
+        linear = (c.positions - c.constant[:, None] / 256)[0]  # (256, D)
+        carrying = int((linear.abs().sum(-1) > 1e-9).sum())
+        if pool == "adaptive":
+            assert 0 < carrying <= 8
+        else:
+            blocks = linear.view(8, 2, 8, 2, -1)
+            assert carrying >= 4
+            torch.testing.assert_close(blocks, blocks[:, :1, :, :1].expand_as(blocks))
+
+
+def test_non_square_grid_and_two_streams():
+    model, layer = _model("gmp")
+    x = _inputs(n=2, height=32, width=48)
+    split = SplitModel(model, layer)
+    fast, reference = split.contributions(x), split.contributions(x, "tangents")
+    assert fast.grid == (8, 12) and fast.positions.shape == (2, 96, 8)
+    torch.testing.assert_close(fast.positions, reference.positions, rtol=1e-4, atol=1e-6)
+
+
+def test_batch_rows_equal_single_images():
+    model, layer = _model("conv-head")
+    split = SplitModel(model, layer)
+    x = _inputs(n=4, seed=4)
+    batch = split.contributions(x).positions
+    for i in range(4):
+        torch.testing.assert_close(batch[i], split.contributions(x[i:i + 1]).positions[0],
+                                   rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["forward", "reverse"])
+@pytest.mark.parametrize("structured", [True, False])
+def test_chunks_give_the_same_contributions_and_never_rerun_the_trunk(strategy, structured,
+                                                                      monkeypatch):
+    model, layer = _model("mlp")
+    split = SplitModel(model, layer)
+    x = _inputs(n=2, seed=9)
+    whole = split.contributions(x, strategy).positions
+    if not structured:
+        _no_structure(monkeypatch)
+    runs = []
+    model.features[0].register_forward_hook(lambda *_: runs.append(1))
+    monkeypatch.setattr(adapters, "TANGENT_BUDGET", 2 * 32 * 64 * 3)  # a few at a time
+    chunked = split.contributions(x, strategy).positions
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-7)
+    assert len(runs) == 1
+
+
+def test_a_head_the_tape_cannot_replay_falls_back_to_tangents():
+    """Calls made with torch functions disabled are invisible to the recording: the replay
+    cannot give the model's embedding, so the reference path is taken."""
+
+    class Hidden(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = trunk()
+            self.fc = nn.Linear(32, 8)
+
+        def forward(self, x):
+            a = self.features(x)
+            with torch._C.DisableTorchFunction():
+                return self.fc(a.mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Hidden().eval()
+    x = _inputs(n=2)
+    c = SplitModel(model, "features").contributions(x)
+    assert c.path == "tangents"
+    with torch.no_grad():
+        torch.testing.assert_close(c.positions.sum(1), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_strategy_is_a_clear_error():
+    model, layer = _model("gap")
+    with pytest.raises(SimexplainError, match="unknown strategy 'fast'"):
+        SplitModel(model, layer).contributions(_inputs(n=1), "fast")
