@@ -9,7 +9,7 @@ concurrent uploads, an API fuzz, and a load test of the pair view's pointer upda
    Targets (issue 12): growth < 500 MB during the uploads, < 100 MB above the baseline after.
 2. fuzz: `--fuzz` (2,000) requests with random fields and values (schema-driven: right and
    wrong types, unknown ids, bad boxes, NaN, malformed JSON, random bytes as uploads, foreign
-   Host headers). Target: no 5xx answer, every error a JSON body.
+   Host headers). Target: no 5xx answer, every error a JSON body, redirects only to this server.
 3. load: `--clients` (4) keep-alive clients POST /api/point at random pixels for at most
    `--seconds` (10) or `--requests` (20,000) requests in all. Reported: requests/s, p50/p95/max.
 
@@ -175,12 +175,17 @@ def fuzz(url: str, count: int, seed: int, explanation_id: str) -> dict:
                 headers = {"host": ["evil.example", "localhost.evil.example", "", "[::2]"][
                     rng.integers(4)]}
                 response = client.get("/api/models", headers=headers)
-            counts[str(response.status_code)] = counts.get(str(response.status_code), 0) + 1
-            ok_json = response.status_code == 200 or (
-                response.headers.get("content-type", "").startswith("application/json")
-                and "error" in response.json())
-            if response.status_code >= 500 or not ok_json:
-                failures.append(f"{response.status_code} {path}: {response.text[:200]}")
+            status = response.status_code
+            counts[str(status)] = counts.get(str(status), 0) + 1
+            if 300 <= status < 400:  # e.g. /api/images/ -> /api/images: on this host only
+                good = response.headers.get("location", "").startswith(url + "/")
+            else:
+                good = status < 300 or (
+                    status < 500 and "json" in response.headers.get("content-type", "")
+                    and "error" in response.json())
+            if not good:
+                failures.append(f"{status} {response.request.method} "
+                                f"{response.request.url.path}: {response.text[:200]}")
     return {"requests": count, "statuses": dict(sorted(counts.items())),
             "failures": failures[:10], "failure_count": len(failures)}
 
@@ -275,7 +280,7 @@ def main(argv=None) -> int:
         "RSS growth during the uploads": memory["peak_growth_mb"] < MAX_GROWTH_MB,
         "RSS above the baseline after": memory["after_growth_mb"] < MAX_AFTER_MB,
         "all uploads accepted": memory["statuses"] == {"201": memory["uploads"]},
-        "no 5xx and JSON errors in the fuzz": fuzzed["failure_count"] == 0,
+        "fuzz: no 5xx, JSON errors, no foreign redirects": fuzzed["failure_count"] == 0,
         "no errors under load": loaded["errors"] == 0,
         "server still up": results["server_alive"],
     }
@@ -291,7 +296,7 @@ def main(argv=None) -> int:
               f"{memory['after_growth_mb']:.0f} MB after (target < {MAX_AFTER_MB:.0f}); "
               f"statuses {memory['statuses']}")
         print(f"fuzz: {fuzzed['requests']} requests, statuses {fuzzed['statuses']}, "
-              f"{fuzzed['failure_count']} 5xx or non-JSON errors")
+              f"{fuzzed['failure_count']} failures (5xx, non-JSON errors, foreign redirects)")
         for failure in fuzzed["failures"]:
             print(f"  {failure}")
         print(f"load: POST /api/point, {loaded['clients']} clients, {loaded['requests']} "

@@ -103,6 +103,15 @@ def test_page_and_static_files(client):
     assert_error(client.get("/static/nothing.js"), 404)
 
 
+def test_docs_are_served_from_the_app(client):
+    page = client.get("/docs")
+    assert page.status_code == 200 and "SwaggerUIBundle" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # no CDN
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert client.get(f"/docs-assets/{asset}").status_code == 200
+    assert_error(client.get("/redoc"), 404)  # FastAPI's default loads from a CDN
+
+
 def test_unknown_endpoint_and_method(client):
     assert_error(client.get("/api/nothing"), 404)
     assert_error(client.get("/api/explain"), 405)

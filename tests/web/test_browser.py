@@ -283,6 +283,36 @@ def test_gallery_view(browser, server):
     assert problems == []
 
 
+def test_docs_work_offline(browser, server):
+    """/docs renders Swagger UI from files the app serves itself: no request leaves it."""
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    outside: list[str] = []
+
+    def only_local(route):
+        url = route.request.url
+        if url.startswith(server + "/") or url.startswith("data:"):
+            route.continue_()
+        else:
+            outside.append(url)
+            route.abort()
+    page.route("**/*", only_local)
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.goto(f"{server}/docs")
+    page.wait_for_selector(".swagger-ui .info .title", timeout=30_000)
+    assert "simexplain" in page.inner_text(".swagger-ui .info .title")
+    page.wait_for_selector(".opblock-summary-path[data-path='/api/explain']", timeout=30_000)
+    # an operation opens and shows its request schema
+    page.click(".opblock-summary-path[data-path='/api/point']")
+    page.wait_for_selector(".opblock.is-open .opblock-body", timeout=10_000)
+    page.wait_for_function("document.querySelector('.opblock.is-open').innerText"
+                           ".includes('explanation_id')", timeout=10_000)
+    page.screenshot(path=str(ARTIFACTS / "web-docs.png"))
+    assert outside == [] and problems == []
+    context.close()
+
+
 # -- README screenshots (real model) ----------------------------------------------------------
 def docs_screenshots(out: Path = ROOT / "docs" / "img") -> None:
     """docs/img/web-pair.png and web-gallery.png: efficientnet-lite0, scikit-image photos."""

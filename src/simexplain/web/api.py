@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -110,7 +111,7 @@ def build_app(engine: Engine, title: str = "simexplain",
     """The FastAPI application over `engine`, answering only to `allowed_hosts` (Host header
     names; "*" for any)."""
     app = FastAPI(
-        title=title, version="0.1",
+        title=title, version="0.1", docs_url=None, redoc_url=None,  # /docs: served below
         description="Explain why a metric-learning model finds two images similar "
                     "(activation decomposition, Zhu et al. TIP 2021): overall, point-specific "
                     "and region maps of image pairs, and region search in a gallery. Maps are "
@@ -257,4 +258,30 @@ def build_app(engine: Engine, title: str = "simexplain",
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _add_docs(app)
     return app
+
+
+def _add_docs(app: FastAPI) -> None:
+    """/docs: Swagger UI from the swagger-ui-bundle-v2 package's files, served by this app
+    (no CDN: the docs work offline); without the package, a page pointing at the JSON."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        swagger_ui_path = None
+    if swagger_ui_path:
+        app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        if not swagger_ui_path:
+            return HTMLResponse(
+                "<!doctype html><title>simexplain API</title><p>The API is described in "
+                "<a href='/openapi.json'>/openapi.json</a>. For the interactive docs here, "
+                "<code>pip install swagger-ui-bundle-v2</code>.</p>")
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url, title=f"{app.title} API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None})  # no calls to an online validator
