@@ -1,8 +1,9 @@
 """Saliency methods with one uniform call: `Method().attribute(explainer, a, b) -> (map_a, map_b)`.
 
 Every method returns maps over both images' feature grids, so they can be compared cell by cell.
-The decomposition and its relative map need no backward pass; the Grad-CAM family are the paper's baselines; occlusion
-is a black-box baseline; random is the floor every evaluation compares against.
+The decomposition and its relative map need no backward pass; the Grad-CAM family are the
+paper's baselines; occlusion is a black-box baseline; random is the floor every evaluation
+compares against.
 """
 
 from __future__ import annotations
@@ -172,7 +173,8 @@ class RandomMap(Method):
 
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (Decomposition, Relative, GradCAM, GradCAMRaw, RGradCAM, Occlusion, RandomMap)}
+    cls.name: cls for cls in (Decomposition, Relative, GradCAM, GradCAMRaw, RGradCAM, Occlusion,
+                              RandomMap)}
 
 
 def get_method(name: str, **options) -> Method:

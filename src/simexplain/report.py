@@ -101,7 +101,8 @@ def write_pair(result: PairExplanation, out: Path, points: Sequence[tuple[float,
     summary = {
         **result.to_dict(),  # score, similarity, residual, grids, overall and relative maps
         "points_a": [list(map(float, p)) for p in points],
-        "point_map_kind": DEFAULT_POINT_MAP, "point_map_label": point_map_label(DEFAULT_POINT_MAP),
+        "point_map_kind": DEFAULT_POINT_MAP,
+        "point_map_label": point_map_label(DEFAULT_POINT_MAP),
         "points_without_map": [n for n, ok in enumerate(found) if not ok], "files": files,
         **(extra or {}),
     }

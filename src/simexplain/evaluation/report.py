@@ -509,8 +509,11 @@ DATA_NOTES = [
     "is the same at every position), so identical rows are expected there; GMP heads break "
     "both equalities. The relative map equals Grad-CAM on the cosine before its ReLU under a "
     "GAP head (METHOD.md, \"Relative maps\"), so their hits agree there except where "
-    "Grad-CAM's ReLU leaves nothing. Occlusion costs one forward pass per feature cell and runs on the first "
-    "samples only where the notes say so. The random method is seeded per sample.",
+    "Grad-CAM's ReLU leaves nothing. Occlusion costs one forward pass per feature cell and "
+    "runs on the first samples only where the notes say so. The random method is seeded per "
+    "sample. Faithfulness and sanity compare every method in one form, its positive part "
+    "(Grad-CAM is ReLU'd by definition), so there the overall map and Grad-CAM on raw "
+    "embeddings coincide under a GAP head.",
 ]
 
 
