@@ -22,7 +22,7 @@ test: data
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) benchmarks/bench_explain.py
+	$(PY) benchmarks/bench_explain.py --write-readme README.md
 
 clean:
 	rm -rf $(VENV) data/cache

@@ -1,58 +1,51 @@
-"""Time of `Explainer.explain` against two plain forward passes and a per-position loop.
+"""Cost of `Explainer.explain`, measured side by side with what it is compared to.
 
-    python benchmarks/bench_explain.py [--model efficientnet-lite0] [--repeats 5]
+    python benchmarks/bench_explain.py [--quick] [--repeats 3] [--write-readme README.md]
 
-All three are measured side by side in one run, on the same inputs; ratios are reported
-against the two forward passes (the least any explanation of a pair can cost).
+Sections (all timings are medians over `--repeats`, on the same inputs, in one process):
+
+1. grids: a conv trunk (C=256) -> GAP -> Linear(256->128) -> L2 at feature grids 7x7 to 64x64:
+   `explain(a, b)` against two plain forward passes, the reference head path (one tangent per
+   position, the previous engine) where it finishes quickly, and the peak memory of `explain`
+   above that of the two forward passes (resident set size, each grid in a fresh process).
+2. zoo: the same ratio on the named models whose weights are present.
+3. paper shapes: the reference loops written from the paper's description (per-position
+   contributions u_p, then for each pair (p, q) the product u_p . v_q, in Python loops) against
+   `explain` given the same activations (the explained layer is the model's input).
+4. saliency: `saliency("decomposition")` against `saliency("gradcam")`, per image.
+
+Ratios are what counts: the machine may be shared. `--write-readme` replaces the block between
+the `bench:start` and `bench:end` markers of the given README with the tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
+import threading
 import time
+from collections import OrderedDict
+from pathlib import Path
 
+import numpy as np
 import torch
-from torch.func import jvp
+from PIL import Image
+from torch import nn
 
-from simexplain import zoo
-from simexplain.head import FreezeScales, head_offsets, mask_shape
-from simexplain.toy import tiny_cnn
+from simexplain import Explainer, zoo
+from simexplain.explanation import PairExplanation, Side
+from simexplain.toy import L2Norm
+from simexplain.visualize import blank_like
 
-
-def per_position_loop(explainer, x_a, x_b):
-    """The reference approach: one head evaluation per position, then loops over (p, q)."""
-    contributions = []
-    for x in (x_a, x_b):
-        stream = explainer.stream_a
-        shape, head = stream._probe(x)
-        offsets = head_offsets(stream.model, head)
-        ones = torch.ones(mask_shape(shape))
-        n_pos = ones.numel()
-
-        def forward(mask, offset_values):
-            handle = stream.layer.register_forward_hook(lambda _m, _i, out: out * mask)
-            try:
-                with FreezeScales():
-                    return torch.func.functional_call(stream.model, offset_values, (x,),
-                                                      strict=False)
-            finally:
-                handle.remove()
-        zeros = {k: torch.zeros_like(v) for k, v in offsets.items()}
-        with torch.no_grad():
-            _, const = jvp(forward, (ones, offsets), (torch.zeros_like(ones), offsets))
-            rows = []
-            for p in range(n_pos):
-                tangent = torch.zeros(n_pos)
-                tangent[p] = 1
-                _, t = jvp(forward, (ones, offsets), (tangent.view_as(ones), zeros))
-                rows.append(t[0] + const[0] / n_pos)
-        contributions.append(rows)
-    u, v = contributions
-    return [[float(u[p] @ v[q]) for q in range(len(v))] for p in range(len(u))]
+GRIDS = (7, 14, 28, 32, 48, 64)
+REFERENCE_PATH_MAX_GRID = 14  # the previous engine is O(P^2 C): minutes beyond this
 
 
-def measure(fn, repeats):
+def measure(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
@@ -62,35 +55,311 @@ def measure(fn, repeats):
     return statistics.median(times)
 
 
-def bench(name, explainer, size, repeats):
-    torch.manual_seed(0)
-    x_a, x_b = torch.randn(1, 3, size, size), torch.randn(1, 3, size, size)
+def explain_with(explainer: Explainer, x_a: torch.Tensor, x_b: torch.Tensor,
+                 strategy: str) -> PairExplanation:
+    """`explain` with the head analysed by a given strategy ("auto" is what explain does)."""
+    sides = []
+    for x, side in ((x_a, "a"), (x_b, "b")):
+        c = explainer.stream(side).contributions(x, strategy)
+        sides.append(Side(image=blank_like(tuple(x.shape[2:])), grid=c.grid,
+                          contributions=c.positions[0], embedding=c.embedding[0]))
+    return PairExplanation.from_sides(*sides, explainer.similarity)
+
+
+# -- 1. grids ------------------------------------------------------------------------------------
+def grid_model(seed: int = 0) -> nn.Module:
+    """Conv trunk with four stride-2 stages (input = 16 x grid) to C=256, GAP, Linear, L2."""
+    torch.manual_seed(seed)
+    trunk, c_in = [], 3
+    for c_out in (32, 64, 128, 256):
+        trunk += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.ReLU()]
+        c_in = c_out
+    trunk += [nn.Conv2d(256, 256, 3, padding=1), nn.ReLU()]
+    return nn.Sequential(OrderedDict(features=nn.Sequential(*trunk), pool=nn.AdaptiveAvgPool2d(1),
+                                     flat=nn.Flatten(), fc=nn.Linear(256, 128),
+                                     norm=L2Norm())).eval()
+
+
+def pair(size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(1, 3, size, size, generator=gen), torch.randn(1, 3, size, size, generator=gen)
+
+
+def two_forwards(model: nn.Module, x_a: torch.Tensor, x_b: torch.Tensor) -> None:
+    with torch.no_grad():
+        model(x_a), model(x_b)
+
+
+def grid_row(grid: int, repeats: int) -> dict:
+    model = grid_model()
+    explainer = Explainer(model, "features")
+    x_a, x_b = pair(16 * grid)
+    t_fwd = measure(lambda: two_forwards(model, x_a, x_b), repeats)
+    t_exp = measure(lambda: explainer.explain(x_a, x_b), repeats)
+    row = {"grid": f"{grid}x{grid}", "forwards_ms": t_fwd * 1e3, "explain": t_exp / t_fwd,
+           "path": explainer.stream_a.contributions(x_a).path}
+    if grid <= REFERENCE_PATH_MAX_GRID:
+        t_ref = measure(lambda: explain_with(explainer, x_a, x_b, "tangents"), 1)
+        row["reference_path"] = t_ref / t_fwd
+    row["memory_forwards_mb"] = peak_memory(grid, "forwards")
+    row["memory_explain_mb"] = peak_memory(grid, "explain")
+    return row
+
+
+def peak_memory(grid: int, task: str) -> float:
+    """Peak resident memory (MB) that `task` (forwards or explain) adds, in a fresh process in
+    which large buffers are mapped and unmapped directly (so resident memory follows live
+    tensors), sampled every half millisecond."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    out = subprocess.run([sys.executable, __file__, "--memory-probe", f"{grid}:{task}"],
+                         capture_output=True, text=True, check=True, env=env)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_probe(spec: str) -> None:
+    grid, task = spec.split(":")
+    torch.set_num_threads(1)
+    model = grid_model()
+    explainer = Explainer(model, "features")
+    x_a, x_b = pair(16 * int(grid))
+    run = (lambda: explainer.explain(x_a, x_b)) if task == "explain" else (
+        lambda: two_forwards(model, x_a, x_b))
+    run()  # warm-up: one-time set-up (the probe pass, lazy imports) is not the task's memory
+    peak, done = [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _resident_bytes())
+            time.sleep(0.0005)
+    before = _resident_bytes()
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    run()
+    done.set()
+    sampler.join()
+    print(max(0, peak[0] - before) / 2**20)
+
+
+# -- 2. zoo ------------------------------------------------------------------------------------
+def random_image(seed: int, size: int = 256) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def zoo_row(name: str, repeats: int) -> dict | None:
+    try:
+        explainer = zoo.load(name)
+    except Exception as exc:  # noqa: BLE001 - weights absent: skip, say why
+        print(f"  {name}: skipped ({str(exc).splitlines()[0]})")
+        return None
+    x_a, x_b = (explainer.prepare(random_image(seed))[0] for seed in (1, 2))
     model = explainer.stream_a.model
-
-    def two_forwards():
-        with torch.no_grad():
-            model(x_a), model(x_b)
-    t_forward = measure(two_forwards, repeats)
-    t_explain = measure(lambda: explainer.explain(x_a, x_b), repeats)
-    t_loop = measure(lambda: per_position_loop(explainer, x_a, x_b), 1)
-    grid = explainer.explain(x_a, x_b).a.grid
-    print(f"{name:20s} grid {grid[0]}x{grid[1]}  two forwards {t_forward * 1e3:8.1f} ms   "
-          f"explain {t_explain * 1e3:8.1f} ms ({t_explain / t_forward:5.2f}x)   "
-          f"per-position loop {t_loop * 1e3:9.1f} ms ({t_loop / t_forward:6.1f}x, "
-          f"{t_loop / t_explain:5.1f}x slower than explain)")
+    t_fwd = measure(lambda: two_forwards(model, x_a, x_b), repeats)
+    t_exp = measure(lambda: explainer.explain(x_a, x_b), repeats)
+    grid = explainer.stream_a.grid(x_a)[0]
+    return {"model": name, "grid": f"{grid[0]}x{grid[1]}", "forwards_ms": t_fwd * 1e3,
+            "explain": t_exp / t_fwd, "path": explainer.stream_a.contributions(x_a).path}
 
 
-def main():
+# -- 3. the paper's shapes and reference loops -----------------------------------------------------
+def head_model(kind: str, channels: int, grid: tuple[int, int], dim: int, seed: int) -> nn.Module:
+    """Identity 'trunk' (the activations are the input), then the head."""
+    torch.manual_seed(seed)
+    if kind == "flatten+bn":
+        head = [nn.Flatten(), nn.Linear(channels * grid[0] * grid[1], dim), nn.BatchNorm1d(dim)]
+    elif kind == "gap+bn":
+        head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.BatchNorm1d(channels)]
+    else:  # gap+fc
+        head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, dim)]
+    model = nn.Sequential(OrderedDict([("features", nn.Identity())] + [
+        (str(i), m) for i, m in enumerate(head)])).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            with torch.no_grad():
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+    return model
+
+
+def reference_contributions(model: nn.Module, a: np.ndarray) -> list[np.ndarray]:
+    """u_p from the paper's description, one position at a time: the head's linear map applied to
+    A_p (GAP: divided by P; flatten: the position's own block of W), BN folded in, the constant
+    term spread evenly."""
+    layers = [m for m in model.children() if not isinstance(m, nn.Identity)]
+    c, h, w = a.shape
+    n_pos = h * w
+    linear = next((m for m in layers if isinstance(m, nn.Linear)), None)
+    bn = next((m for m in layers if isinstance(m, nn.BatchNorm1d)), None)
+    flatten_first = isinstance(layers[0], nn.Flatten)
+    weight = linear.weight.detach().numpy().astype(np.float64) if linear else None
+    bias = linear.bias.detach().numpy().astype(np.float64) if linear else 0.0
+    if bn is not None:
+        scale = (bn.weight / (bn.running_var + bn.eps).sqrt()).detach().numpy().astype(np.float64)
+        shift = (bn.bias.detach() - bn.running_mean * bn.weight /
+                 (bn.running_var + bn.eps).sqrt()).detach().numpy().astype(np.float64)
+    else:
+        scale, shift = 1.0, 0.0
+    u = []
+    for i in range(h):
+        for j in range(w):
+            a_p = a[:, i, j].astype(np.float64)
+            if flatten_first:  # W reshaped to D x C x P: the block of position p
+                proj = weight[:, np.arange(c) * n_pos + i * w + j] @ a_p
+            elif weight is not None:
+                proj = weight @ a_p / n_pos
+            else:
+                proj = a_p / n_pos
+            u.append(scale * proj + (scale * bias + shift) / n_pos)
+    return u
+
+
+def reference_loops(model_a, model_b, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The decomposition D[p, q] = u_p . v_q / (|e_a| |e_b|) with loops over positions."""
+    u = reference_contributions(model_a, a)
+    v = reference_contributions(model_b, b)
+    e_a, e_b = sum(u), sum(v)
+    scale = 1.0 / (np.linalg.norm(e_a) * np.linalg.norm(e_b))
+    out = np.zeros((len(u), len(v)))
+    for p in range(len(u)):
+        for q in range(len(v)):
+            out[p, q] = np.dot(u[p], v[q]) * scale
+    return out
+
+
+PAPER_SHAPES = (  # (label, head, channels, grid a, grid b, dim)
+    ("re-ID 7x7, flatten + BN", "flatten+bn", 512, (7, 7), (7, 7), 512),
+    ("re-ID 16x8, GAP + BN", "gap+bn", 2048, (16, 8), (16, 8), 2048),
+    ("cross-view 32x32 vs 14x77, GAP + FC", "gap+fc", 512, (32, 32), (14, 77), 512),
+)
+
+
+def paper_row(label, kind, channels, grid_a, grid_b, dim, repeats, quick) -> dict:
+    model_a = head_model(kind, channels, grid_a, dim, seed=0)
+    two_stream = grid_a != grid_b
+    model_b = head_model(kind, channels, grid_b, dim, seed=1) if two_stream else model_a
+    explainer = Explainer(model_a, "features", model_b=model_b if two_stream else None,
+                          layer_b="features" if two_stream else None)
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(1, channels, *grid_a, generator=gen).relu()
+    b = torch.randn(1, channels, *grid_b, generator=gen).relu()
+    t_exp = measure(lambda: explainer.explain(a, b), repeats)
+    if quick and len(a[0, 0].flatten()) * len(b[0, 0].flatten()) > 20000:
+        return {"shape": label, "explain_ms": t_exp * 1e3}
+    start = time.perf_counter()
+    loops = reference_loops(model_a, model_b, a[0].numpy(), b[0].numpy())
+    t_ref = time.perf_counter() - start
+    ours = explainer.explain(a, b).pairwise_flat.numpy()
+    gap = float(np.abs(loops - ours).max() / np.abs(loops).max())
+    assert gap < 1e-5, f"{label}: explain and the reference loops disagree ({gap:.1e})"
+    return {"shape": label, "explain_ms": t_exp * 1e3, "loops_ms": t_ref * 1e3,
+            "speedup": t_ref / t_exp, "agreement": gap}
+
+
+# -- 4. saliency -----------------------------------------------------------------------------------
+def saliency_row(name: str, explainer: Explainer, size: tuple[int, int], repeats: int) -> dict:
+    x_a, x_b = (torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(s))
+                for s in (1, 2))
+    t_dec = measure(lambda: explainer.saliency(x_a, x_b, "decomposition"), repeats)
+    t_cam = measure(lambda: explainer.saliency(x_a, x_b, "gradcam"), repeats)
+    return {"model": name, "decomposition_ms": t_dec / 2 * 1e3, "gradcam_ms": t_cam / 2 * 1e3,
+            "speedup": t_cam / t_dec}
+
+
+# -- report ----------------------------------------------------------------------------------------
+def tables(results: dict) -> str:
+    lines = ["| grid | two forwards | `explain` | reference head path | head analysis | "
+             "peak memory: forwards, `explain` |", "|---|---|---|---|---|---|"]
+    for r in results["grids"]:
+        ref = f"{r['reference_path']:.1f}x" if "reference_path" in r else "(not run)"
+        lines.append(f"| {r['grid']} | 1x ({r['forwards_ms']:.0f} ms) | {r['explain']:.2f}x | "
+                     f"{ref} | {r['path']} | {r['memory_forwards_mb']:.0f} MB, "
+                     f"{r['memory_explain_mb']:.0f} MB |")
+    if results["zoo"]:
+        lines += ["", "| model | grid | two forwards | `explain` | head analysis |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['grid']} | 1x ({r['forwards_ms']:.1f} ms) | "
+                  f"{r['explain']:.2f}x | {r['path']} |" for r in results["zoo"]]
+    lines += ["", "| paper shape (given the activations) | reference loops | `explain` | "
+              "speed-up | agreement |", "|---|---|---|---|---|"]
+    for r in results["paper"]:
+        if "loops_ms" in r:
+            lines.append(f"| {r['shape']} | {r['loops_ms']:.0f} ms | {r['explain_ms']:.1f} ms | "
+                         f"{r['speedup']:.0f}x | {r['agreement']:.0e} |")
+        else:
+            lines.append(f"| {r['shape']} | (skipped, --quick) | {r['explain_ms']:.1f} ms | | |")
+    lines += ["", "| model | `saliency(\"decomposition\")` per image | `saliency(\"gradcam\")` "
+              "per image | ratio |", "|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['decomposition_ms']:.1f} ms | {r['gradcam_ms']:.1f} ms | "
+              f"{r['speedup']:.2f}x faster |" for r in results["saliency"]]
+    return "\n".join(lines)
+
+
+def write_readme(path: Path, text: str, header: str) -> None:
+    readme = path.read_text()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    if start not in readme or end not in readme:
+        raise SystemExit(f"{path}: no {start} ... {end} block to replace")
+    before, rest = readme.split(start, 1)
+    after = rest.split(end, 1)[1]
+    path.write_text(f"{before}{start}\n{header}\n\n{text}\n{end}{after}")
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="toy model only")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="small grids, toy shapes only")
+    parser.add_argument("--write-readme", type=Path, help="README whose bench block to replace")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="torch threads (default: torch's own choice)")
+    parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    from simexplain import Explainer, Preprocess
-    bench("toy (tiny_cnn)", Explainer(tiny_cnn(), "features", transform=Preprocess((64, 64))),
-          64, args.repeats)
+    if args.memory_probe:
+        memory_probe(args.memory_probe)
+        return
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    results: dict = {"grids": [], "zoo": [], "paper": [], "saliency": []}
+    print("1. grids: conv trunk C=256 -> GAP -> Linear(256->128) -> L2")
+    for grid in (7, 14) if args.quick else GRIDS:
+        results["grids"].append(grid_row(grid, args.repeats))
+        print("  ", results["grids"][-1], flush=True)
+    print("2. zoo models")
+    for name in () if args.quick else ("efficientnet-lite0", "fmnist-gap", "facenet"):
+        row = zoo_row(name, args.repeats)
+        if row:
+            results["zoo"].append(row)
+            print("  ", row, flush=True)
+    print("3. paper shapes: reference loops vs explain")
+    for shape in PAPER_SHAPES:
+        results["paper"].append(paper_row(*shape, args.repeats, args.quick))
+        print("  ", results["paper"][-1], flush=True)
+    print("4. saliency per image")
+    cases = [("grid model 28x28 (448 px)", Explainer(grid_model(), "features"), (448, 448))]
     if not args.quick:
-        bench("efficientnet-lite0", zoo.load("efficientnet-lite0"), 224, args.repeats)
+        try:
+            cases.append(("efficientnet-lite0", zoo.load("efficientnet-lite0"), (224, 224)))
+        except Exception:  # noqa: BLE001 - weights absent
+            pass
+    for name, explainer, size in cases:
+        results["saliency"].append(saliency_row(name, explainer, size, args.repeats))
+        print("  ", results["saliency"][-1], flush=True)
+    text = tables(results)
+    print(text)
+    print(f"({time.perf_counter() - started:.0f} s)")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    if args.write_readme:
+        header = (f"Measured by `make bench` with {torch.get_num_threads()} torch thread(s) "
+                  f"(torch {torch.__version__.split('+')[0]}), medians of {args.repeats}.")
+        write_readme(args.write_readme, text, header)
 
 
 if __name__ == "__main__":

@@ -401,7 +401,7 @@ def test_failed_save_leaves_the_old_index_intact(built, tmp_path, monkeypatch):
     real_rename = os.rename
 
     def rename(src, dst):
-        if Path(dst) == target and ".tmp-" in Path(src).name:
+        if Path(dst) == target and ".simexplain-tmp-" in Path(src).name:
             raise OSError("rename failed")
         return real_rename(src, dst)
     with monkeypatch.context() as patch:
@@ -418,7 +418,7 @@ def test_failed_save_leaves_the_old_index_intact(built, tmp_path, monkeypatch):
 def test_save_refuses_to_replace_a_foreign_folder(built, tmp_path):
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "keep.jpg").write_bytes(b"x")
-    with pytest.raises(IndexFormatError, match="not a simexplain index"):
+    with pytest.raises(SimexplainError, match="not an index folder written by simexplain"):
         built["dot"][0].save(tmp_path / "photos")
     assert (tmp_path / "photos" / "keep.jpg").exists()
 

@@ -33,6 +33,7 @@ How it is computed (cost for P positions, C channels, D embedding dimensions):
 from __future__ import annotations
 
 import inspect
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -461,7 +462,7 @@ def _pooled_shares(tape: HeadTape, pooling: _Pooling, features: torch.Tensor,
             tape.steps[i].run(env, offsets)
         return env[chain_out]
     # Elementwise steps: one tangent (the whole layer output) carries every position at once.
-    y, t = jvp(chain, (features,), (features,))
+    y, t = jvp(chain, (features,), (features,)) if pooling.chain else (features, features)
     y_pos, t_pos = _to_positions(y), _to_positions(t)  # (B, P, C)
     n_pos = y_pos.shape[1]
     if pooling.kind == "mean":
@@ -481,12 +482,30 @@ def _pooled_shares(tape: HeadTape, pooling: _Pooling, features: torch.Tensor,
     else:  # flatten + Linear: W reshaped to (D, P, C) maps each position on its own
         linear = tape.steps[pooling.argument]
         weight = linear.args[1] if len(linear.args) > 1 else linear.kwargs["weight"]
-        per_position = _to_positions(weight.reshape(weight.shape[0], *y.shape[1:]))
-        shares = torch.einsum("dpc,bpc->bpd", per_position, t_pos)
+        per_position = _per_position_weight(weight, y.shape[1:])  # (P, C, D)
+        shares = torch.bmm(t_pos.transpose(0, 1).contiguous(), per_position).transpose(0, 1)
         bias = linear.args[2] if len(linear.args) > 2 else linear.kwargs.get("bias")
         bias = offsets[bias.name] if isinstance(bias, _Offset) else torch.zeros(())
         return shares, bias.expand(len(y), shares.shape[-1])
     return shares, torch.zeros(())  # pooling has no offsets
+
+
+# Weights of flatten + Linear heads rearranged as (P, C, D), kept while the weight lives and is
+# unchanged: the rearrangement is a strided copy that costs more than the product itself.
+_PER_POSITION: dict[int, tuple] = {}  # id(weight) -> (weakref, key, (P, C, D) tensor)
+
+
+def _per_position_weight(weight: torch.Tensor, feature_shape: torch.Size) -> torch.Tensor:
+    key = (weight._version, tuple(feature_shape))
+    cached = _PER_POSITION.get(id(weight))
+    if cached is not None and cached[0]() is weight and cached[1] == key:
+        return cached[2]
+    per_position = _to_positions(weight.detach().reshape(weight.shape[0], *feature_shape))
+    per_position = per_position.permute(1, 2, 0).contiguous()  # (D, P, C) -> (P, C, D)
+    ident = id(weight)
+    ref = weakref.ref(weight, lambda _: _PER_POSITION.pop(ident, None))
+    _PER_POSITION[ident] = (ref, key, per_position)
+    return per_position
 
 
 def _pooled(tape: HeadTape, pooling: _Pooling, features: torch.Tensor,
@@ -538,17 +557,18 @@ def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[st
         def post(r, off):
             return tape.replay({source: r}, off, start, out_slot)
 
-        primal, constant = jvp(post, (pooled, offsets), (pooled_constant, offsets))
-        scale = float(embedding.abs().max()) + 1e-12
-        if not torch.allclose(primal, embedding, rtol=1e-4, atol=1e-5 * scale):
-            return None
         n_pos = _to_positions(features).shape[1]
         mode = strategy if strategy != "auto" else "forward" if n_pos <= dim else "reverse"
         chunk = max(1, budget // pooled.numel())  # tangents or cotangents at a time
         if mode == "forward":
-            linear = _forward(post, pooled, offsets, shares, n_pos, chunk)
+            primal, linear, constant = _forward(post, pooled, offsets, shares, pooled_constant,
+                                                n_pos, chunk)
         else:
+            primal, constant = jvp(post, (pooled, offsets), (pooled_constant, offsets))
             linear = _reverse(post, pooled, offsets, shares, dim, chunk)
+        scale = float(embedding.abs().max()) + 1e-12
+        if not torch.allclose(primal, embedding, rtol=1e-4, atol=1e-5 * scale):
+            return None  # the replay is not the model's head
     result = _assemble(embedding, linear, constant, grid, prefix_tokens)
     result.path = f"{pooling.kind} pooling, {mode}" if pooling else f"whole head, {mode}"
     return result
@@ -563,16 +583,24 @@ def _one_position(features: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return features * mask.view(1, -1, 1)
 
 
-def _forward(post, pooled, offsets, shares, n_pos: int, chunk: int) -> torch.Tensor:
-    """(B, P, D) by forward tangents: one per position."""
-    def push(tangent):
-        return jvp(lambda r: post(r, offsets), (pooled,), (tangent,))[1]
-    if shares is not None:
-        out = vmap(push, in_dims=1, chunk_size=chunk)(shares)  # (P, B, D)
+def _forward(post, pooled, offsets, shares, pooled_constant, n_pos: int, chunk: int):
+    """(embedding, (B, P, D) linear parts, (B, D) constant) by forward tangents: one per
+    position, and one more for the constant term (the offsets moved by their own values)."""
+    def push(index, tangent):
+        last = (index == n_pos).to(pooled.dtype)  # the constant term's tangent
+        offset_tangents = {k: v * last for k, v in offsets.items()}
+        if shares is None:
+            tangent = _one_position(pooled, index) + pooled_constant * last
+        return jvp(post, (pooled, offsets), (tangent, offset_tangents))
+    index = torch.arange(n_pos + 1, device=pooled.device)
+    if shares is None:
+        tangents = torch.zeros(n_pos + 1)  # unused: built from the index
+        in_dims = (0, 0)
     else:
-        index = torch.arange(n_pos, device=pooled.device)
-        out = vmap(lambda p: push(_one_position(pooled, p)), chunk_size=chunk)(index)
-    return out.transpose(0, 1)
+        tangents = torch.cat([shares, pooled_constant[:, None]], dim=1)
+        in_dims = (0, 1)
+    primal, out = vmap(push, in_dims=in_dims, chunk_size=chunk)(index, tangents)  # (P+1, B, D)
+    return primal[0], out[:n_pos].transpose(0, 1), out[n_pos]
 
 
 def _reverse(post, pooled, offsets, shares, dim: int, chunk: int) -> torch.Tensor:

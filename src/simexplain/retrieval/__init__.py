@@ -12,19 +12,22 @@ embeddings are kept next to it and the top candidates are re-scored exactly (flo
 reported scores are the true s_R. `kind` picks the FAISS structure: "flat" (exact, the
 default), "ivf" (inverted lists) or "hnsw" (graph); the last two are approximate.
 
-Modules: `index` (Index, Hit, RegionQuery, search), `storage` (the folder on disk, manifest and
-checks), `build` (resumable builds), `model` (the index's model and its fingerprint), `page`
+Modules: `index` (Index, Hit, RegionQuery, search), `storage` (the folder on disk: what may be
+replaced, save and verified load), `manifest` (its checksum, schema and gallery paths),
+`build` (resumable builds), `model` (the index's model and its fingerprint), `page`
 (the HTML results page), `commands` (`simexplain index build`, `simexplain search`).
 """
 
-from .build import checkpoint_path, gallery_files
+from .build import checkpoint_path, gallery_files, remove_checkpoint
 from .commands import add_cli, explainer_for_index
 from .index import FETCH_MARGIN, Hit, Index, RegionQuery
 from .model import IndexMismatchError, check_model, model_info, weights_fingerprint
-from .storage import (EMBEDDINGS, FORMAT_NAME, FORMAT_VERSION, KINDS, MANIFEST, VECTORS,
-                      IndexFormatError, Skipped, read_manifest)
+from .manifest import (EMBEDDINGS, FORMAT_NAME, FORMAT_VERSION, KINDS, MANIFEST, VECTORS,
+                       IndexFormatError)
+from .storage import MARKER, Skipped, check_replaceable, read_manifest
 
 __all__ = ["Index", "Hit", "RegionQuery", "Skipped", "IndexFormatError", "IndexMismatchError",
-           "checkpoint_path", "gallery_files", "add_cli", "explainer_for_index", "check_model",
+           "checkpoint_path", "gallery_files", "remove_checkpoint", "check_replaceable", "MARKER",
+           "add_cli", "explainer_for_index", "check_model",
            "model_info", "weights_fingerprint", "read_manifest", "KINDS", "MANIFEST",
            "EMBEDDINGS", "VECTORS", "FORMAT_NAME", "FORMAT_VERSION", "FETCH_MARGIN"]

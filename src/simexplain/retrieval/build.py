@@ -1,11 +1,14 @@
-"""Resumable index builds: embed a gallery a batch at a time, checkpointing to `<out>.partial`
-so that an interrupted build continues where it stopped and ends with the same index."""
+"""Resumable index builds: embed a gallery a batch at a time, checkpointing next to the output
+(`.<out>.simexplain-partial`, a name no user picks, created exclusively and marked as ours) so
+that an interrupted build continues where it stopped and ends with the same index. Only the
+files a build wrote are ever removed from it."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+import os
+import re
 import uuid
 import warnings
 from pathlib import Path
@@ -18,8 +21,13 @@ from tqdm.auto import tqdm
 from ..errors import ImageError, SimexplainError
 from ..files import atomic_path
 from .model import MODEL_KEYS, face_crop_for, model_info
-from .storage import FORMAT_NAME, FORMAT_VERSION, Skipped, check_kind, file_sha256, \
-    require_faiss
+from .storage import (FORMAT_NAME, FORMAT_VERSION, Skipped, check_kind, check_replaceable,
+                      common_root, file_sha256, require_faiss)
+
+PARTIAL_MARKER = "simexplain-partial"
+# what a build writes into its checkpoint folder (atomic_path's temporary files included)
+_OWN = re.compile(r"^(simexplain-partial|state\.json|shard-\d{5}-[0-9a-f]{6}\.npz"
+                  r"|\.(simexplain-partial|state\.json|shard-\d{5}-[0-9a-f]{6}\.npz)\..+\.tmp)$")
 
 
 def build_index(cls, images: str | Path | Iterable[str | Path], explainer,
@@ -31,15 +39,19 @@ def build_index(cls, images: str | Path | Iterable[str | Path], explainer,
     if batch_size < 1:
         raise SimexplainError(f"batch_size must be >= 1, got {batch_size}")
     require_faiss()
-    paths = gallery_files(images)
+    root, paths = gallery_files(images)
+    checkpoint = None
+    if out is not None:  # refuse a bad --out before any work
+        check_replaceable(out)
+        checkpoint = checkpoint_path(out)
+        check_checkpoint(checkpoint)
     info = model_info(explainer, model_name)
-    checkpoint = checkpoint_path(out) if out is not None else None
-    state = _BuildState(paths, info)
+    state = _BuildState(paths, info, root)
     if checkpoint is not None:
         if resume:
-            state = _BuildState.resume(checkpoint, paths, info) or state
+            state = _BuildState.resume(checkpoint, paths, info, root) or state
         else:
-            _remove_checkpoint(checkpoint)
+            remove_checkpoint(checkpoint)
     resumed_from = state.done
     stream = explainer.stream("b")
     bar = tqdm(total=len(paths), initial=state.done, desc="indexing", unit="img",
@@ -68,12 +80,12 @@ def build_index(cls, images: str | Path | Iterable[str | Path], explainer,
             f"no readable image among the {len(paths)} files; skipped: "
             + "; ".join(f"{s.path} ({s.reason})" for s in state.skipped[:5]))
     index = cls(np.concatenate(state.embeddings), [paths[i] for i in state.ok], {**info},
-                kind=kind, hashes=state.hashes, skipped=state.skipped)
+                kind=kind, hashes=state.hashes, skipped=state.skipped, root=root)
     index.explainer = explainer
     index.resumed_from = resumed_from
     if out is not None:
         index.save(out)
-        _remove_checkpoint(checkpoint)
+        remove_checkpoint(checkpoint)
     return index
 
 
@@ -84,9 +96,10 @@ class _BuildState:
 
     STATE = "state.json"
 
-    def __init__(self, paths: list[str], info: dict):
+    def __init__(self, paths: list[str], info: dict, root: Path):
         self.paths = paths
         self.info = info
+        self.root = root
         self.done = 0  # files processed, in order (embedded or skipped)
         self.embeddings: list[np.ndarray] = []  # one array per batch (or per resumed shard)
         self.ok: list[int] = []  # rows of `paths` that were embedded
@@ -102,11 +115,11 @@ class _BuildState:
                                       **{k: self.info.get(k) for k in MODEL_KEYS}}))
 
     @classmethod
-    def resume(cls, checkpoint: Path, paths, info) -> "_BuildState | None":
+    def resume(cls, checkpoint: Path, paths, info, root) -> "_BuildState | None":
         """The state saved in `checkpoint`, or None (with a warning) when it cannot be used."""
         if not (checkpoint / cls.STATE).is_file():
             return None
-        state = cls(paths, info)
+        state = cls(paths, info, root)
         try:
             meta = json.loads((checkpoint / cls.STATE).read_text())
             if meta.get("key") != state._key():
@@ -141,7 +154,7 @@ class _BuildState:
     def write(self, checkpoint: Path) -> None:
         """Write a shard with what is new since the last checkpoint, then atomically replace
         state.json: a crash at any point leaves the previous checkpoint usable."""
-        checkpoint.mkdir(parents=True, exist_ok=True)
+        _make_own(checkpoint)
         new = len(self.ok) - self._flushed_items
         if new:
             rows = np.concatenate(self.embeddings)[self._flushed_items:]
@@ -165,7 +178,11 @@ class _BuildState:
         ready: list[tuple[int, str, torch.Tensor]] = []
         skipped: list[Skipped] = []
         model_input = face_crop_for(explainer)
+        real_root = os.path.realpath(self.root)
         for i, path in enumerate(chunk, offset):
+            if os.path.commonpath([real_root, os.path.realpath(path)]) != real_root:
+                skipped.append(Skipped(path, "a link to a file outside the gallery folder"))
+                continue
             try:
                 digest = file_sha256(path)
                 tensor, _ = explainer.prepare(model_input(path), "b")
@@ -200,31 +217,73 @@ class _BuildState:
 def checkpoint_path(out: str | Path) -> Path:
     """Where a build into `out` keeps its partial progress (a folder)."""
     out = Path(out)
-    return out.parent / f"{out.name}.partial"
+    return out.parent / f".{out.name}.simexplain-partial"
 
 
-def _remove_checkpoint(checkpoint: Path) -> None:
-    if checkpoint.is_dir():
-        shutil.rmtree(checkpoint, ignore_errors=True)
-    elif checkpoint.exists():
-        checkpoint.unlink()
+def _is_own(checkpoint: Path) -> bool:
+    marker = checkpoint / PARTIAL_MARKER
+    try:
+        return (checkpoint.is_dir() and not checkpoint.is_symlink() and marker.is_file()
+                and json.loads(marker.read_text()) == {"format": PARTIAL_MARKER})
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
 
 
-def gallery_files(images: str | Path | Iterable[str | Path]) -> list[str]:
-    """All files of a folder (recursively, sorted, hidden ones left out) or the given list."""
+def check_checkpoint(checkpoint: Path) -> None:
+    """Refuse a folder at the checkpoint name that simexplain did not make."""
+    if (checkpoint.exists() or checkpoint.is_symlink()) and not _is_own(checkpoint):
+        raise SimexplainError(f"{checkpoint} exists and was not made by simexplain; refusing to "
+                              "use or remove it (move it away, or choose another --out)")
+
+
+def _make_own(checkpoint: Path) -> None:
+    """Create the checkpoint folder exclusively, marked as ours (or check an existing one)."""
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(checkpoint)
+    except FileExistsError:
+        check_checkpoint(checkpoint)
+        return
+    with atomic_path(checkpoint / PARTIAL_MARKER) as tmp:
+        tmp.write_text(json.dumps({"format": PARTIAL_MARKER}))
+
+
+def remove_checkpoint(checkpoint: Path) -> None:
+    """Remove a checkpoint folder of ours: only the files a build writes, then the folder if
+    that left it empty (anything else stays, with a warning)."""
+    if not checkpoint.exists():
+        return
+    check_checkpoint(checkpoint)
+    for entry in os.listdir(checkpoint):
+        if _OWN.match(entry) and entry != PARTIAL_MARKER and (checkpoint / entry).is_file():
+            (checkpoint / entry).unlink()
+    others = [e for e in os.listdir(checkpoint) if e != PARTIAL_MARKER]
+    if others:
+        warnings.warn(f"left {checkpoint} in place: it holds files simexplain did not write "
+                      f"({', '.join(sorted(others)[:3])})", stacklevel=3)
+        return
+    (checkpoint / PARTIAL_MARKER).unlink()
+    checkpoint.rmdir()
+
+
+def gallery_files(images: str | Path | Iterable[str | Path]) -> tuple[Path, list[str]]:
+    """The gallery root (absolute) and its files as absolute paths: all files of a folder
+    (recursively, sorted, hidden ones left out), or the given list (root: their deepest common
+    folder)."""
     if isinstance(images, (str, Path)):
-        root = Path(images)
+        root = Path(os.path.abspath(images))
         if not root.exists():
-            raise SimexplainError(f"gallery folder not found: {root}")
+            raise SimexplainError(f"gallery folder not found: {images}")
         if root.is_file():
-            raise SimexplainError(f"{root} is a file; give a folder of images or a list of paths")
+            raise SimexplainError(f"{images} is a file; give a folder of images or a list of "
+                                  "paths")
         files = sorted(str(p) for p in root.rglob("*")
                        if p.is_file() and not any(part.startswith(".")
                                                   for part in p.relative_to(root).parts))
         if not files:
-            raise SimexplainError(f"gallery folder {root} holds no files")
-        return files
-    files = [str(p) for p in images]
+            raise SimexplainError(f"gallery folder {images} holds no files")
+        return root, files
+    files = [os.path.abspath(p) for p in images]
     if not files:
         raise SimexplainError("the list of gallery images is empty")
-    return files
+    return common_root(files), files

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 from ..errors import SimexplainError
-from .build import checkpoint_path
+from .build import check_checkpoint, checkpoint_path
 from .index import Index
-from .storage import KINDS, IndexFormatError, read_manifest
+from .manifest import KINDS
+from .storage import check_replaceable, read_manifest
 
 
 def parse_region(text: str) -> tuple[float, float, float, float]:
@@ -58,8 +59,10 @@ def add_cli(subparsers) -> None:
 
 def cmd_index_build(args: argparse.Namespace) -> int:
     from ..cli import build_explainer
+    check_replaceable(args.out)  # before loading the model: refuse a bad --out at once
     explainer = build_explainer(args.model, args.layer, args.similarity, args.size)
     checkpoint = checkpoint_path(args.out)
+    check_checkpoint(checkpoint)
     if (checkpoint / "state.json").is_file() and not args.restart:
         print(f"resuming from {checkpoint}", file=sys.stderr)
     index = Index.build(args.folder, explainer, model_name=args.model,
@@ -76,9 +79,7 @@ def explainer_for_index(index_path: str | Path, args: argparse.Namespace | None 
     """The query model of an index: the one its manifest names, unless overridden (then it
     must match)."""
     from ..cli import build_explainer
-    manifest = read_manifest(Path(index_path)) if Path(index_path).is_dir() else None
-    if manifest is None:
-        raise IndexFormatError(f"index not found: {index_path}")
+    manifest = read_manifest(Path(index_path))
     model = getattr(args, "model", None) or manifest.get("model")
     if not model:
         raise SimexplainError(f"{index_path}: the manifest names no model; pass --model")

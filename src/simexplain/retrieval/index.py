@@ -99,7 +99,7 @@ class Index:
     def __init__(self, embeddings: np.ndarray, paths: Sequence[str], info: dict,
                  kind: str = "flat", hashes: Sequence[str] | None = None,
                  skipped: Sequence[Skipped] = (), vectors=None, params: dict | None = None,
-                 explainer=None):
+                 explainer=None, root: str | Path | None = None):
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         if embeddings.ndim != 2 or embeddings.shape[0] == 0:
             raise SimexplainError(f"an index needs (N, D) embeddings with N >= 1, got "
@@ -109,6 +109,9 @@ class Index:
         check_kind(kind)
         self.embeddings = embeddings
         self.paths = [str(p) for p in paths]
+        # the gallery folder the paths lie in (saved paths are relative to it); None: their
+        # deepest common folder, decided when saved
+        self.root = Path(root) if root is not None else None
         self.hashes = list(hashes) if hashes is not None else [""] * len(self.paths)
         self.skipped = list(skipped)
         self.info = dict(info)
@@ -160,9 +163,10 @@ class Index:
         """Embed a folder (all files, recursively, sorted) or a list of image files.
 
         Unreadable files are skipped and listed in `.skipped`. With `out`, progress is
-        checkpointed to the folder `<out>.partial` every `checkpoint_every` batches (and when
-        the build is interrupted); a rerun with `resume=True` continues from there, and the
-        finished index is saved to `out` (the checkpoint is then removed).
+        checkpointed to the folder `checkpoint_path(out)` every `checkpoint_every` batches (and
+        when the build is interrupted); a rerun with `resume=True` continues from there, and
+        the finished index is saved to `out` (the checkpoint is then removed). `out` must be
+        absent, empty, or an index folder simexplain wrote that holds nothing else.
         """
         from .build import build_index
         return build_index(cls, images, explainer, model_name, batch_size, progress, out,
@@ -301,14 +305,16 @@ class Index:
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write the index folder atomically: a temporary folder next to `path`, renamed into
-        place. An existing index at `path` is replaced only once the new one is complete."""
+        place. `path` must be absent, empty, or an index folder of ours holding nothing else
+        (else SimexplainError); an existing index is replaced once the new one is complete."""
         from .storage import save_index
         return save_index(self, path)
 
     @classmethod
     def load(cls, path: str | Path, explainer=None, verify: bool = True) -> "Index":
-        """Open an index folder, verifying its manifest and the size and sha256 of each stored
-        file; with `explainer`, also check that it is the index's model."""
+        """Open an index folder, verifying its marker, its manifest (checksum and schema) and
+        the size and sha256 of each stored file (IndexFormatError "index damaged: ..."); with
+        `explainer`, also check that it is the index's model."""
         from .storage import load_index
         return load_index(cls, path, explainer, verify)
 

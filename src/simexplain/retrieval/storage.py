@@ -1,8 +1,13 @@
-"""An index on disk: a folder with manifest.json (format version, model, layer, similarity,
-input size, weights fingerprint, image paths and their sha256, skipped files, sizes and sha256
-of the stored arrays), embeddings.npy and vectors.faiss. `save_index` writes a temporary
-folder next to the target and renames it into place; `load_index` verifies everything and
-refuses a mismatch (IndexFormatError)."""
+"""An index on disk: a folder holding exactly the marker file `simexplain-index`,
+manifest.json (see `manifest`), embeddings.npy and vectors.faiss.
+
+Saving never deletes what simexplain did not write: the target must be absent, an empty
+folder, or a complete index folder of ours holding nothing else; anything else is refused.
+The new index is written into a temporary folder (a name no user picks, created exclusively)
+next to the target and renamed into place; a replaced index is moved aside first and its own
+files removed. `load_index` verifies the marker, the manifest (checksum and schema), the size
+and sha256 of each stored file, and refuses any mismatch (IndexFormatError).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,6 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,17 +24,12 @@ import numpy as np
 
 from .. import similarity as similarities
 from ..errors import SimexplainError
+from .manifest import (EMBEDDINGS, FORMAT_NAME, FORMAT_VERSION, KINDS, MANIFEST, VECTORS,
+                       IndexFormatError, damaged, parse, relative_paths, seal)
 
-FORMAT_NAME = "simexplain-index"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-EMBEDDINGS = "embeddings.npy"
-VECTORS = "vectors.faiss"
-KINDS = ("flat", "ivf", "hnsw")  # FAISS structures: exact, inverted lists, graph
-
-
-class IndexFormatError(SimexplainError):
-    """An index folder is missing, incomplete, corrupted, or of an unknown format."""
+MARKER = "simexplain-index"  # present in every index folder simexplain writes
+OWN_FILES = (MARKER, MANIFEST, EMBEDDINGS, VECTORS)
+_LEGACY_FILES = {MANIFEST, EMBEDDINGS, VECTORS}  # format 1 had no marker
 
 
 @dataclass
@@ -67,8 +66,68 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def manifest_of(index, files: dict | None = None) -> dict:
-    """The manifest describing `index` (and the stored `files`)."""
+def marker_text() -> str:
+    return json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION}) + "\n"
+
+
+def check_replaceable(path: str | Path) -> None:
+    """Refuse (SimexplainError, one line) unless `path` is absent, an empty folder, or a
+    complete index folder of ours that holds nothing else."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_dir():
+        raise SimexplainError(f"{path} exists and is not an index folder; refusing to replace "
+                              "it (choose another --out)")
+    entries = set(os.listdir(path))
+    if not entries:
+        return
+    marker = path / MARKER
+    ours = marker.is_file() and not marker.is_symlink() and _read(marker) == marker_text()
+    legacy = entries == _LEGACY_FILES and _legacy_manifest(path / MANIFEST)
+    if not (ours or legacy):
+        raise SimexplainError(f"{path} is not an index folder written by simexplain; refusing "
+                              "to replace it (choose another --out, or move it away yourself)")
+    extra = sorted(entries - set(OWN_FILES))
+    if extra:
+        raise SimexplainError(f"{path} holds files simexplain did not write "
+                              f"({', '.join(extra[:3])}); refusing to replace it")
+    for name in entries:
+        if (path / name).is_symlink() or not (path / name).is_file():
+            raise SimexplainError(f"{path / name} is not a file simexplain wrote; refusing to "
+                                  "replace the folder")
+
+
+def save_index(index, path: str | Path) -> Path:
+    """Write the index folder atomically (see the module's docstring)."""
+    faiss = require_faiss()
+    path = Path(path)
+    check_replaceable(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = Path(index.root) if index.root is not None else common_root(index.paths)
+    manifest = _manifest(index, root, path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.simexplain-tmp-"))
+    try:
+        with open(tmp / EMBEDDINGS, "wb") as handle:
+            np.save(handle, index.embeddings, allow_pickle=False)
+            _fsync(handle)
+        faiss.write_index(index.vectors, str(tmp / VECTORS))
+        manifest["files"] = {name: {"bytes": (tmp / name).stat().st_size,
+                                    "sha256": file_sha256(tmp / name)}
+                             for name in (EMBEDDINGS, VECTORS)}
+        _write(tmp / MANIFEST, json.dumps(seal(manifest), indent=1))
+        _write(tmp / MARKER, marker_text())
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # made by mkdtemp above: all ours
+        raise
+    index.root = root
+    index.info["source"] = str(path)
+    return path
+
+
+def _manifest(index, root: Path, path: Path) -> dict:
+    from_index = os.path.relpath(root, path.parent.resolve() / path.name)
     return {
         "format": FORMAT_NAME, "version": FORMAT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -77,148 +136,156 @@ def manifest_of(index, files: dict | None = None) -> dict:
         "dim": index.dim, "input_size": index.info.get("input_size"),
         "weights_sha256": index.info.get("weights_sha256"),
         "kind": index.kind, "params": index.params, "count": len(index),
-        "paths": index.paths, "sha256": index.hashes,
+        "gallery_root": str(root),
+        "gallery_root_from_index": Path(from_index).as_posix() if from_index != "." else None,
+        "paths": relative_paths(index.paths, root), "sha256": index.hashes,
         "skipped": [s.to_dict() for s in index.skipped],
-        "files": files or {},
     }
 
 
-def save_index(index, path: str | Path) -> Path:
-    """Write the index folder atomically (see the module's docstring)."""
-    faiss = require_faiss()
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise IndexFormatError(f"{path} exists and is not an index folder")
-    if path.is_dir() and any(path.iterdir()) and not (path / MANIFEST).is_file():
-        raise IndexFormatError(f"{path} is a folder that is not a simexplain index; "
-                               "refusing to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    try:
-        with open(tmp / EMBEDDINGS, "wb") as handle:
-            np.save(handle, index.embeddings, allow_pickle=False)
-            _fsync(handle)
-        faiss.write_index(index.vectors, str(tmp / VECTORS))
-        files = {name: {"bytes": (tmp / name).stat().st_size, "sha256": file_sha256(tmp / name)}
-                 for name in (EMBEDDINGS, VECTORS)}
-        with open(tmp / MANIFEST, "w") as handle:
-            json.dump(manifest_of(index, files), handle, indent=1)
-            _fsync(handle)
-        _replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    index.info["source"] = str(path)
-    return path
+def common_root(paths) -> Path:
+    """The deepest folder holding every path (absolute)."""
+    folders = [os.path.dirname(os.path.abspath(p)) for p in paths]
+    return Path(os.path.commonpath(folders))
 
 
 def load_index(cls, path: str | Path, explainer=None, verify: bool = True):
-    """Open an index folder as a `cls` (Index), verifying its manifest and the size and sha256
-    of each stored file; with `explainer`, also check that it is the index's model."""
+    """Open an index folder as a `cls` (Index), verifying everything (see the docstring);
+    with `explainer`, also check that it is the index's model."""
     faiss = require_faiss()
     path = Path(path)
-    if not path.exists():
-        leftovers = (sorted(path.parent.glob(f".{path.name}.old-*"))
-                     if path.parent.is_dir() else [])
-        hint = (f" (an interrupted save left the previous index at {leftovers[0]})"
-                if leftovers else "")
-        raise IndexFormatError(f"index not found: {path}{hint}")
-    if not path.is_dir():
-        raise IndexFormatError(f"{path} is not an index folder (expected a folder with "
-                               f"{MANIFEST}, {EMBEDDINGS} and {VECTORS})")
     manifest = read_manifest(path)
     for name in (EMBEDDINGS, VECTORS):
-        _verify_file(path / name, manifest["files"].get(name), verify)
+        _verify_file(path / name, manifest["files"][name], verify)
     try:
         embeddings = np.load(path / EMBEDDINGS, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise IndexFormatError(f"{path / EMBEDDINGS}: cannot read embeddings ({exc})") from None
+        raise damaged(path / EMBEDDINGS, f"cannot read the embeddings ({exc})") from None
     count, dim = manifest["count"], manifest["dim"]
     if embeddings.dtype != np.float32 or embeddings.shape != (count, dim):
-        raise IndexFormatError(
-            f"{path / EMBEDDINGS}: expected float32 embeddings of shape ({count}, {dim}), "
-            f"found {embeddings.dtype} {embeddings.shape}")
+        raise damaged(path / EMBEDDINGS, f"expected float32 embeddings of shape ({count}, {dim}),"
+                                         f" found {embeddings.dtype} {embeddings.shape}")
     if not np.isfinite(embeddings).all():
-        raise IndexFormatError(f"{path / EMBEDDINGS}: contains NaN or infinite values")
+        raise damaged(path / EMBEDDINGS, "contains NaN or infinite values")
     try:
         vectors = faiss.read_index(str(path / VECTORS))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
-        raise IndexFormatError(
-            f"{path / VECTORS}: cannot read the FAISS index ({first})") from None
+        raise damaged(path / VECTORS, f"cannot read the FAISS index ({first})") from None
     similarity = similarities.get(manifest["similarity"])
     expected_d = similarity.index_vectors(np.zeros((1, dim), np.float32)).shape[1]
     if vectors.ntotal != count or vectors.d != expected_d:
-        raise IndexFormatError(
-            f"{path / VECTORS}: holds {vectors.ntotal} vectors of dimension {vectors.d}, "
-            f"the manifest says {count} of dimension {expected_d}")
-    info = {key: manifest.get(key) for key in
+        raise damaged(path / VECTORS, f"holds {vectors.ntotal} vectors of dimension {vectors.d},"
+                                      f" the manifest says {count} of dimension {expected_d}")
+    root = gallery_root(manifest, path)
+    info = {key: manifest[key] for key in
             ("model", "layer", "layer_b", "similarity", "input_size", "weights_sha256")}
     info["source"] = str(path)
-    index = cls(embeddings, manifest["paths"], info, kind=manifest["kind"],
-                hashes=manifest["sha256"], vectors=vectors, params=manifest["params"],
+    index = cls(embeddings, [str(root.joinpath(p)) for p in manifest["paths"]], info,
+                kind=manifest["kind"], hashes=manifest["sha256"], vectors=vectors,
+                params=manifest["params"], root=root,
                 skipped=[Skipped(s["path"], s["reason"]) for s in manifest["skipped"]])
     if explainer is not None:
         index.attach(explainer)
     return index
 
 
-def read_manifest(path: Path) -> dict:
-    """The manifest of an index folder, checked for the fields `load_index` relies on."""
+def gallery_root(manifest: dict, path: Path) -> Path:
+    """The recorded absolute gallery root, or, when it is gone and the gallery moved along
+    with the index, the root relative to the index folder."""
+    root = Path(manifest["gallery_root"])
+    if not root.is_dir() and manifest["gallery_root_from_index"] is not None:
+        moved = Path(os.path.normpath(path.resolve() / manifest["gallery_root_from_index"]))
+        if moved.is_dir():
+            return moved
+    return root
+
+
+def read_manifest(path: str | Path) -> dict:
+    """The verified manifest of an index folder (IndexFormatError otherwise)."""
+    path = Path(path)
+    if not path.exists():
+        raise IndexFormatError(f"index not found: {path}")
+    if not path.is_dir():
+        raise IndexFormatError(f"{path} is not an index folder (expected a folder with "
+                               f"{MANIFEST}, {EMBEDDINGS} and {VECTORS})")
     file = path / MANIFEST
     if not file.is_file():
         raise IndexFormatError(f"{file} is missing: {path} is not a complete simexplain index")
     try:
-        manifest = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IndexFormatError(f"{file}: not a valid manifest ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise IndexFormatError(f"{file}: not a simexplain index manifest")
-    if manifest.get("version") != FORMAT_VERSION:
-        raise IndexFormatError(f"{file}: index format version {manifest.get('version')!r} is "
-                               f"not supported (this simexplain reads version {FORMAT_VERSION}); "
-                               "rebuild the index")
-    required = {"model": object, "similarity": str, "dim": int, "count": int, "kind": str,
-                "params": dict, "paths": list, "sha256": list, "skipped": list, "files": dict}
-    for key, kind in required.items():
-        if key not in manifest or (kind is not object and not isinstance(manifest[key], kind)):
-            raise IndexFormatError(f"{file}: field {key!r} is missing or invalid")
-    if manifest["kind"] not in KINDS or manifest["similarity"] not in similarities.names():
-        raise IndexFormatError(f"{file}: unknown kind or similarity")
-    if len(manifest["paths"]) != manifest["count"] or len(manifest["sha256"]) != manifest["count"]:
-        raise IndexFormatError(f"{file}: count {manifest['count']} does not match the lists of "
-                               "paths and hashes")
+        text = file.read_bytes()
+    except OSError as exc:
+        raise IndexFormatError(f"{file}: cannot read it ({exc.strerror})") from None
+    manifest = parse(text, file)  # first: a foreign or older manifest is named as such
+    if not (path / MARKER).is_file():
+        raise damaged(path, f"the marker file {MARKER} is missing")
     return manifest
 
 
-def _verify_file(file: Path, expected: dict | None, verify: bool) -> None:
-    if expected is None:
-        raise IndexFormatError(f"{file.parent / MANIFEST}: no entry for {file.name}")
+def _verify_file(file: Path, expected: dict, verify: bool) -> None:
     if not file.is_file():
         raise IndexFormatError(f"{file} is missing: the index is incomplete; rebuild it")
     size = file.stat().st_size
-    if size != expected.get("bytes"):
-        raise IndexFormatError(f"{file} has {size} bytes, the manifest says "
-                               f"{expected.get('bytes')} (truncated or replaced); "
-                               "rebuild the index")
-    if verify and file_sha256(file) != expected.get("sha256"):
-        raise IndexFormatError(f"{file} is corrupted (sha256 does not match the manifest); "
-                               "rebuild the index")
+    if size != expected["bytes"]:
+        raise damaged(file, f"{size} bytes, the manifest says {expected['bytes']} (truncated "
+                            "or replaced)")
+    if verify and file_sha256(file) != expected["sha256"]:
+        raise damaged(file, "corrupted (its sha256 does not match the manifest)")
+
+
+def _legacy_manifest(file: Path) -> bool:
+    """A format-1 manifest (written before index folders carried a marker)."""
+    try:
+        manifest = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return (isinstance(manifest, dict) and manifest.get("format") == FORMAT_NAME
+            and manifest.get("version") == 1)
 
 
 def _replace_dir(tmp: Path, path: Path) -> None:
-    """Move the finished folder `tmp` to `path`, replacing an existing index there."""
+    """Move the finished folder `tmp` to `path` (absent, empty, or an index of ours)."""
+    if path.is_dir() and not os.listdir(path):
+        os.rmdir(path)
     if not path.exists():
         os.rename(tmp, path)
         return
-    old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+    # rename() onto the empty folder mkdtemp made for us: exclusive, and ours
+    old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.simexplain-old-"))
     os.rename(path, old)
     try:
         os.rename(tmp, path)
     except BaseException:
         os.rename(old, path)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    _remove_own(old, OWN_FILES)
+
+
+def _remove_own(folder: Path, names) -> None:
+    """Remove the named files simexplain wrote in `folder`, then the folder if it is empty:
+    never anything else."""
+    for name in names:
+        try:
+            (folder / name).unlink()
+        except FileNotFoundError:
+            pass
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _write(file: Path, text: str) -> None:
+    with open(file, "w") as handle:
+        handle.write(text)
+        _fsync(handle)
+
+
+def _read(file: Path) -> str | None:
+    try:
+        return file.read_text()[:200]
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _fsync(handle) -> None:

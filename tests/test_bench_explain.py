@@ -1,0 +1,44 @@
+"""Smoke test of benchmarks/bench_explain.py (no timing asserts): its reference loops, written
+from the paper's description, give the same decomposition as `explain` on small shapes, and
+its report renders."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_explain.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_explain", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("kind, grid_b", [("flatten+bn", (3, 4)), ("gap+bn", (3, 4)),
+                                          ("gap+fc", (2, 5))])
+def test_reference_loops_agree_with_explain(bench, kind, grid_b):
+    row = bench.paper_row("small", kind, 16, (3, 4), grid_b, 8, repeats=1, quick=False)
+    assert row["agreement"] < 1e-5  # paper_row also asserts it
+    assert row["speedup"] > 0
+
+
+def test_report_renders_and_replaces_the_readme_block(bench, tmp_path):
+    results = {
+        "grids": [{"grid": "7x7", "forwards_ms": 3.0, "explain": 1.1, "reference_path": 2.0,
+                   "path": "mean pooling, forward", "memory_forwards_mb": 1.0,
+                   "memory_explain_mb": 2.0}],
+        "zoo": [], "saliency": [],
+        "paper": [{"shape": "s", "explain_ms": 1.0, "loops_ms": 100.0, "speedup": 100.0,
+                   "agreement": 1e-9}],
+    }
+    text = bench.tables(results)
+    assert "| 7x7 | 1x (3 ms) | 1.10x | 2.0x | mean pooling, forward | 1 MB, 2 MB |" in text
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- bench:start -->\nold\n<!-- bench:end -->\nb\n")
+    bench.write_readme(readme, text, "header")
+    written = readme.read_text()
+    assert "old" not in written and "| 7x7 |" in written and written.endswith("b\n")
