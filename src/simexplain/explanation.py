@@ -18,8 +18,8 @@ POINT_MAP_KINDS: dict[str, str] = {
     "match": "match: cosine of contributions",
     "contribution": "share of the score",
 }
-# The kind that finds correspondences best on the benchmarks (docs/BENCHMARKS.md,
-# correspondence): used by the CLI, the demo report and the web app.
+# The kind that finds correspondences best on the correspondence benchmark (best or tied best
+# on every model; README, "Evaluation"): used by the CLI, the demo report and the web app.
 DEFAULT_POINT_MAP = "match-centred"
 # A point whose contribution is below this fraction of the largest position's has none.
 _NO_CONTRIBUTION = 1e-9
