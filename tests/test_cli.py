@@ -34,8 +34,16 @@ def test_pair_writes_figures_and_result_json(pictures, tmp_path, capsys):
     result = json.loads((out / "result.json").read_text())
     assert result["similarity"] == "cosine" and result["residual"] < 1e-4
     assert result["points_a"] == [[10.0, 20.0], [32.0, 32.0]]
-    for name in ("overall_a.png", "overall_b.png", "overall.png", "points.png"):
+    for name in ("overall_a.png", "overall_b.png", "relative_a.png", "relative_b.png",
+                 "overall.png", "points.png"):
         assert Image.open(out / name).size[0] > 0
+    # relative maps in result.json: signed, summing to 0; point maps labelled by kind
+    for side in "ab":
+        relative = np.array(result[f"relative_{side}"])
+        assert relative.shape == tuple(result[f"grid_{side}"])
+        assert abs(relative.sum()) < 1e-9 * np.abs(relative).sum()
+    assert result["point_map_kind"] == "match-centred"
+    assert "cosine of centred contributions" in result["point_map_label"]
 
 
 def test_pair_json_goes_to_stdout(pictures, tmp_path, capsys):

@@ -118,7 +118,7 @@ def test_points_and_regions_in_file_pixels_equal_input_pixels():
         assert result.partial_score("a", box) == pytest.approx(
             result.partial_score("a", frame.box_to_input(box), coords="input"))
         torch.testing.assert_close(result.region_map("a", box),
-                                   result.region_map("a", frame.box_to_input(box), "input"))
+                                   result.region_map("a", frame.box_to_input(box), coords="input"))
 
 
 def test_a_point_on_a_1280x960_photo_lands_on_the_same_spot_in_the_overlay():

@@ -28,21 +28,24 @@ def test_point_map_at_cell_centre_is_the_pairwise_slice(result):
     # cell (i, j) of an 8x8 grid on a 32 px image: centre at pixel (4i + 1.5, 4j + 1.5)
     for i, j in [(0, 0), (3, 5), (7, 7)]:
         centre = (4 * i + 1.5, 4 * j + 1.5)
-        torch.testing.assert_close(result.point_map("a", centre), result.pairwise[i, j])
+        torch.testing.assert_close(result.point_map("a", centre, kind="contribution"),
+                                   result.pairwise[i, j])
     # and from side b (12x12 on 48 px): pixel (4k + 1.5, 4l + 1.5)
-    torch.testing.assert_close(result.point_map("b", (4 * 2 + 1.5, 4 * 9 + 1.5)),
+    torch.testing.assert_close(result.point_map("b", (4 * 2 + 1.5, 4 * 9 + 1.5), kind="contribution"),
                                result.pairwise[:, :, 2, 9])
 
 
 def test_point_map_interpolates_between_cells(result):
-    between = result.point_map("a", (4 * 3 + 1.5, 4 * 3 + 3.5))  # half way from (3,3) to (3,4)
+    between = result.point_map("a", (4 * 3 + 1.5, 4 * 3 + 3.5), "contribution")  # half way from (3,3) to (3,4)
     expected = 0.5 * (result.pairwise[3, 3] + result.pairwise[3, 4])
     torch.testing.assert_close(between, expected)
 
 
 def test_whole_image_region_gives_the_overall_map(result):
-    torch.testing.assert_close(result.region_map("a", (0, 0, 32, 32)), result.overall_b)
-    torch.testing.assert_close(result.region_map("b", (0, 0, 48, 48)), result.overall_a)
+    torch.testing.assert_close(result.region_map("a", (0, 0, 32, 32), "contribution"),
+                               result.overall_b)
+    torch.testing.assert_close(result.region_map("b", (0, 0, 48, 48), "contribution"),
+                               result.overall_a)
     assert result.partial_score("a", (0, 0, 32, 32)) == pytest.approx(result.score, rel=1e-5)
 
 

@@ -125,10 +125,10 @@ def test_weighted_maps_equal_rows_of_the_pairwise_map():
         here = pair.a if side == "a" else pair.b
         other = pair.b if side == "a" else pair.a
         weights = maps.region_weights(box, here.grid, here.image_size)
-        torch.testing.assert_close(pair.region_map(side, box),
+        torch.testing.assert_close(pair.region_map(side, box, kind="contribution"),
                                    (weights @ d).reshape(other.grid))
         point = maps.point_weights((10.3, 17.8), here.grid, here.image_size)
-        torch.testing.assert_close(pair.point_map(side, (10.3, 17.8)),
+        torch.testing.assert_close(pair.point_map(side, (10.3, 17.8), kind="contribution"),
                                    (point @ d).reshape(other.grid))
 
 

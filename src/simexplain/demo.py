@@ -2,8 +2,9 @@
 
 Sections: faces (facenet), object photos (efficientnet-lite0), Fashion-MNIST items
 (fmnist-gap). For each pair: the score, both overall maps (signed and the paper's positive
-form), point-specific maps for marked points, and the decomposition next to Grad-CAM,
-Grad-CAM on raw embeddings, RGrad-CAM and occlusion.
+form) and relative maps, point-specific maps of the default kind for marked points, and the
+decomposition and its relative map next to Grad-CAM, Grad-CAM on raw embeddings, RGrad-CAM and
+occlusion.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from . import datasets, pair_report, visualize, zoo
+from .explanation import DEFAULT_POINT_MAP, point_map_label
 from .files import write_text_atomic
 from .methods import PreparedPair, explanation_methods, get_method
 
@@ -168,12 +170,17 @@ def render_html(rendered, folder: Path) -> str:
 
 CAPTIONS = {
     "crops": "What was compared: the detected face crop on each photo.",
-    "overall": "Overall maps: signed (red raises the similarity, blue lowers it; each map sums "
-               "to the score) and the paper's positive display form (ReLU, divided by the max).",
-    "points": "Point-specific maps: for each marked point of a, which part of b it matches "
-              "(ring: the map's maximum).",
-    "methods": "The decomposition next to the baselines: Grad-CAM, Grad-CAM on raw embeddings, "
-               "RGrad-CAM and occlusion (positive display form for all).",
+    "overall": "What carries the score: overall maps, signed (red raises the similarity, blue "
+               "lowers it; each map sums to the score) and the paper's positive display form "
+               "(ReLU, divided by the max). What raises it: the relative map (each position's "
+               "contribution minus its share of the score; sums to 0; red: carries more of the "
+               "similarity than of its own image's embedding).",
+    "points": "Where does this point match: for each marked point of a, the point-specific map "
+              f"on b, kind {DEFAULT_POINT_MAP!r} ({point_map_label(DEFAULT_POINT_MAP)}; ring: "
+              "the map's maximum; \"no map\" where the point carries no contribution).",
+    "methods": "The decomposition and its relative map next to the baselines: Grad-CAM, "
+               "Grad-CAM on raw embeddings, RGrad-CAM and occlusion (positive display form for "
+               "all).",
 }
 
 HTML = """<!doctype html>

@@ -21,3 +21,8 @@ class ModelError(SimexplainError):
 
 class DatasetMissing(SimexplainError):
     """A data set is not on disk; the message names the command that fetches it."""
+
+
+class NoPointMap(SimexplainError):
+    """The point or region carries no contribution (u = 0: with a GMP head, a position that is
+    no channel's maximum), so there is no map to show; not the same as a flat map."""

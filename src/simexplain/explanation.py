@@ -9,8 +9,32 @@ import torch
 from PIL import Image
 
 from . import maps, regions
-from .errors import SimexplainError
+from .errors import NoPointMap, SimexplainError
 from .similarity import Similarity, get as get_similarity
+
+# Point-map kinds (METHOD.md, "Point-map kinds") and the label shown with each.
+POINT_MAP_KINDS: dict[str, str] = {
+    "match-centred": "match: cosine of centred contributions",
+    "match": "match: cosine of contributions",
+    "contribution": "share of the score",
+}
+# The kind that finds correspondences best on the correspondence benchmark (best or tied best
+# on every model; README, "Evaluation"): used by the CLI, the demo report and the web app.
+DEFAULT_POINT_MAP = "match-centred"
+# A point whose contribution is below this fraction of the largest position's has none.
+_NO_CONTRIBUTION = 1e-9
+
+
+def point_map_label(kind: str) -> str:
+    """How a point map of `kind` is labelled in figures and the web app."""
+    return POINT_MAP_KINDS[_check_kind(kind)]
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in POINT_MAP_KINDS:
+        raise SimexplainError(
+            f"unknown point-map kind {kind!r}; choose one of {', '.join(POINT_MAP_KINDS)}")
+    return kind
 
 
 @dataclass
@@ -99,6 +123,23 @@ class PairExplanation:
         return self.overall_b_flat.reshape(self.b.grid)
 
     @property
+    def relative_a(self) -> torch.Tensor:
+        """(Ha, Wa) relative map of image a: O_a minus each position's share of the score
+        (METHOD.md, "Relative maps"); sums to 0. Red: carries more of the similarity than of
+        a's own embedding."""
+        return self._relative(self.a, self.overall_a_flat).reshape(self.a.grid)
+
+    @property
+    def relative_b(self) -> torch.Tensor:
+        """(Hb, Wb) relative map of image b (see relative_a)."""
+        return self._relative(self.b, self.overall_b_flat).reshape(self.b.grid)
+
+    def _relative(self, side: Side, overall_flat: torch.Tensor) -> torch.Tensor:
+        u, e = side.contributions.double(), side.embedding.double()
+        return self.similarity.relative(overall_flat, u.to(overall_flat.device),
+                                        e.to(overall_flat.device))
+
+    @property
     def total(self) -> float:
         """What the decomposition sums to (the score, for exact heads)."""
         return float(self.similarity.total(self.pairwise_flat, self.overall_a_flat,
@@ -124,18 +165,47 @@ class PairExplanation:
         return regions.side_map(self.similarity, weights, here, there, here_is_a=side == "a")
 
     def point_map(self, side: str, point: tuple[float, float],
-                  coords: maps.Coords = "image") -> torch.Tensor:
-        """Map over the other image's grid for pixel (row, col) of `side` (bilinear), in the
-        photo's pixels (coords="image") or the model input's (coords="input")."""
-        here, _ = self._sides(side)
-        return self.weighted_map(side, here.point_weights(point, coords))
+                  kind: str = DEFAULT_POINT_MAP, coords: maps.Coords = "image") -> torch.Tensor:
+        """Map over the other image's grid for pixel (row, col) of `side` (bilinear weights),
+        in the photo's pixels (coords="image") or the model input's (coords="input").
 
-    def region_map(self, side: str, region: maps.Region,
+        kind: "contribution" (the exact row of D: the share of the score each position of the
+        other image carries with this point), "match" (cosine between the point's contribution
+        and each of the other image's), "match-centred" (the same after subtracting each image's
+        mean contribution); see POINT_MAP_KINDS and DEFAULT_POINT_MAP. Raises NoPointMap where
+        the point carries no contribution (GMP heads), instead of returning a flat map.
+        """
+        here, _ = self._sides(side)
+        return self._kind_map(side, here.point_weights(point, coords), kind,
+                              f"point {tuple(point)}")
+
+    def region_map(self, side: str, region: maps.Region, kind: str = DEFAULT_POINT_MAP,
                    coords: maps.Coords = "image") -> torch.Tensor:
         """Map over the other image's grid for a box (top, left, bottom, right) or a mask of
-        `side`, in the photo's pixels (or the model input's: coords="input")."""
+        `side`, in the photo's pixels (or the model input's: coords="input"); the region's
+        contribution is the covered-fraction weighted sum (kinds as for point_map)."""
         here, _ = self._sides(side)
-        return self.weighted_map(side, here.region_weights(region, coords))
+        return self._kind_map(side, here.region_weights(region, coords), kind, "region")
+
+    def _kind_map(self, side: str, weights: torch.Tensor, kind: str, what: str) -> torch.Tensor:
+        here, there = self._sides(side)
+        _check_kind(kind)
+        u = here.contributions.to(torch.float64)
+        weights = weights.to(u.device)
+        query = weights @ u
+        if float(query.norm()) <= _NO_CONTRIBUTION * float(u.norm(dim=1).max()):
+            raise NoPointMap(
+                f"no map: the {what} of image {side} carries no contribution (u = 0: with a "
+                "max-pooling head it is no channel's maximum), so nothing of the other image "
+                "is matched to it")
+        if kind == "contribution":
+            return self.weighted_map(side, weights)
+        v = there.contributions.to(u.device, torch.float64)
+        if kind == "match-centred":
+            query = query - weights.sum() * u.mean(0)
+            v = v - v.mean(0)
+        cosine = (v @ query) / (v.norm(dim=1) * query.norm()).clamp_min(1e-300)
+        return cosine.reshape(there.grid)
 
     def partial_score(self, side: str, region: maps.Region,
                       coords: maps.Coords = "image") -> float:
@@ -163,4 +233,5 @@ class PairExplanation:
             "image_size_a": list(self.a.image_size), "image_size_b": list(self.b.image_size),
             "input_a": self.a.to_dict(), "input_b": self.b.to_dict(),
             "overall_a": self.overall_a.tolist(), "overall_b": self.overall_b.tolist(),
+            "relative_a": self.relative_a.tolist(), "relative_b": self.relative_b.tolist(),
         }

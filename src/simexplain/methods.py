@@ -113,6 +113,23 @@ def _decomposed(explainer, pair: PreparedPair, side: str) -> Side:
                 embedding=c.embedding[0], frame=prepared.frame)
 
 
+class Relative(Method):
+    """Signed relative maps: each position's contribution minus its share of the score
+    (METHOD.md, "Relative maps"; PairExplanation.relative_a/b). Exact, no backward pass; for
+    the cosine it is Grad-CAM before its ReLU under a GAP head."""
+
+    name = "relative"
+    label = "relative (exact, sums to 0)"
+    exact = False  # computed exactly, but it sums to 0, not to the score
+    signed = True
+    point_maps = True
+
+    def maps(self, explainer, pair, sides="ab") -> Maps:
+        side_a, side_b = (_decomposed(explainer, pair, s) for s in "ab")
+        result = PairExplanation.from_sides(side_a, side_b, explainer.similarity)
+        return result.relative_a.float(), result.relative_b.float()
+
+
 class _GradientMethod(Method):
     """Shared part: the similarity of both images as a function of both feature maps."""
 
@@ -248,7 +265,8 @@ class RandomMap(Method):
 
 # The registry, in display order: the one list of methods.
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (Decomposition, GradCAM, GradCAMRaw, RGradCAM, Occlusion, RandomMap)}
+    cls.name: cls for cls in (Decomposition, Relative, GradCAM, GradCAMRaw, RGradCAM, Occlusion,
+                              RandomMap)}
 
 
 def explanation_methods() -> list[str]:

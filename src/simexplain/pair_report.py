@@ -8,7 +8,8 @@ from typing import Sequence
 import torch
 
 from . import visualize
-from .explanation import PairExplanation
+from .errors import NoPointMap
+from .explanation import DEFAULT_POINT_MAP, PairExplanation, point_map_label
 from .files import write_json_atomic
 
 
@@ -29,13 +30,17 @@ def default_points(result: PairExplanation, count: int = 4) -> list[tuple[float,
 
 
 def overall_figure(result: PairExplanation, path: Path, title: str = "") -> None:
+    """Per side: the image, the overall map (signed and the paper's positive form) and the
+    relative map (signed)."""
     panels = []
-    for side, overall in (("a", result.overall_a), ("b", result.overall_b)):
+    for side, overall, relative in (("a", result.overall_a, result.relative_a),
+                                    ("b", result.overall_b, result.relative_b)):
         here = result.a if side == "a" else result.b
         panels.append([
             (visualize.shown(here), f"image {side}"),
             (visualize.overlay_map(result, overall, side, signed=True), "overall (signed)"),
             (visualize.overlay_map(result, overall, side), "overall (positive, paper)"),
+            (visualize.overlay_map(result, relative, side, signed=True), "relative (signed)"),
         ])
     visualize.save_figure(panels, path, title=title or f"{result.similarity} = {result.score:.4f}")
 
@@ -43,21 +48,31 @@ def overall_figure(result: PairExplanation, path: Path, title: str = "") -> None
 POINT_COLORS = [(255, 255, 255), (0, 255, 0), (255, 0, 255), (0, 255, 255), (255, 255, 0)]
 
 
-def points_figure(result: PairExplanation, points: Sequence[tuple[float, float]], path: Path) -> None:
-    """One column per point of a (in photo a's pixels): a with the point (top), its map on b
-    with the map's maximum marked in the same colour (bottom)."""
-    top, bottom = [], []
+def points_figure(result: PairExplanation, points: Sequence[tuple[float, float]], path: Path,
+                  kind: str = DEFAULT_POINT_MAP) -> list[bool]:
+    """One column per point of a (in photo a's pixels): a with the point (top), its map of
+    `kind` on b with the map's maximum marked in the same colour (bottom; "no map" where the
+    point carries no contribution). Returns, per point, whether it has a map."""
+    top, bottom, found = [], [], []
+    label = point_map_label(kind)
     photo_a = visualize.shown(result.a)
     for n, point in enumerate(points):
         color = POINT_COLORS[n % len(POINT_COLORS)]
-        point_map = result.point_map("a", point)
-        peak = result.b.frame.peak(point_map)
         top.append((visualize.mark_point(photo_a, visualize.to_display(result.a, point), color),
                     f"point {n + 1} on a"))
+        try:
+            point_map = result.point_map("a", point, kind=kind)
+        except NoPointMap:
+            bottom.append((visualize.shown(result.b), f"point {n + 1}: no map (no contribution)"))
+            found.append(False)
+            continue
+        peak = result.b.frame.peak(point_map)
         bottom.append((visualize.mark_point(visualize.overlay_map(result, point_map, "b"),
                                             visualize.to_display(result.b, peak), color),
-                       f"point {n + 1}: map on b"))
+                       f"point {n + 1}: {label}"))
+        found.append(True)
     visualize.save_figure([top, bottom], path)
+    return found
 
 
 def crops_figure(result: PairExplanation, path: Path) -> bool:
@@ -75,28 +90,31 @@ def crops_figure(result: PairExplanation, path: Path) -> bool:
 
 def write_pair(result: PairExplanation, out: Path, points: Sequence[tuple[float, float]] | None = None,
                extra: dict | None = None) -> dict:
-    """Write overall_a.png, overall_b.png, overall.png, points.png (crops.png when the model
-    saw face crops) and result.json to `out`. `points` are pixels (row, col) of photo a;
-    result.json gives each photo's size, the crop the model saw and the grid's cells in the
-    photos' pixels."""
+    """Write overall_{a,b}.png, relative_{a,b}.png, overall.png, points.png (crops.png when
+    the model saw face crops) and result.json to `out`. `points` are pixels (row, col) of photo
+    a; point maps are of the default kind (DEFAULT_POINT_MAP), labelled as such. result.json
+    gives each photo's size, the crop the model saw and the grid's cells in the photos' pixels."""
     out.mkdir(parents=True, exist_ok=True)
     points = list(points) if points else default_points(result)
     files = {}
     if crops_figure(result, out / "crops.png"):
         files["crops"] = "crops.png"
-    for side, overall in (("a", result.overall_a), ("b", result.overall_b)):
-        name = f"overall_{side}.png"
-        visualize.overlay_map(result, overall, side, signed=True).save(out / name)
-        files[f"overall_{side}"] = name
+    for name, side, grid_map in (("overall_a", "a", result.overall_a),
+                                 ("overall_b", "b", result.overall_b),
+                                 ("relative_a", "a", result.relative_a),
+                                 ("relative_b", "b", result.relative_b)):
+        visualize.overlay_map(result, grid_map, side, signed=True).save(out / f"{name}.png")
+        files[name] = f"{name}.png"
     overall_figure(result, out / "overall.png")
     files["overall"] = "overall.png"
-    points_figure(result, points, out / "points.png")
+    found = points_figure(result, points, out / "points.png")
     files["points"] = "points.png"
     summary = {
-        "score": result.score, "similarity": result.similarity.name, "residual": result.residual,
-        "grid_a": list(result.a.grid), "grid_b": list(result.b.grid),
-        "points_a": [list(map(float, p)) for p in points], "files": files,
-        "input_a": result.a.to_dict(), "input_b": result.b.to_dict(),
+        **result.to_dict(),  # score, similarity, residual, grids, inputs, overall and relative
+        "points_a": [list(map(float, p)) for p in points],
+        "point_map_kind": DEFAULT_POINT_MAP,
+        "point_map_label": point_map_label(DEFAULT_POINT_MAP),
+        "points_without_map": [n for n, ok in enumerate(found) if not ok], "files": files,
         **(extra or {}),
     }
     write_json_atomic(out / "result.json", summary)

@@ -78,6 +78,23 @@ class Similarity:
         """The similarity on raw (pre-normalisation) embeddings: Grad-CAM's "raw" variant."""
         return self
 
+    def relative(self, overall: torch.Tensor, u: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """Relative map R[p] = O[p] - (sum_p' O[p']) * share[p], share[p] = u_p . e / |e|^2
+        (METHOD.md, "Relative maps"): each position's contribution minus its share of the
+        score. Shapes: O (..., P), u (..., P, D), e (..., D).
+
+        Written in terms of O, so one form serves every similarity: it equals
+        k u_p . (e_other minus its projection on e), k = 1/(|e_a||e_b|) for the cosine, 1 for
+        the dot product, -1 for the squared distance (whose O is a share of the distance).
+        The shares are divided by their own sum, sum_p u_p . e (= |e|^2 where the
+        decomposition is complete), so R sums to 0 to float64 precision even where sum_p u_p
+        differs from e by the forward pass's float32 error or a linearised head's residual.
+        """
+        dots = (u * e[..., None, :]).sum(-1)
+        total = dots.sum(-1, keepdim=True)
+        share = dots / torch.where(total.abs() > 1e-300, total, torch.ones_like(total))
+        return overall - overall.sum(-1, keepdim=True) * share
+
     # -- a search index (one inner-product structure serves whole and region queries) -----------
     def index_vectors(self, embeddings: np.ndarray) -> np.ndarray:
         """(N, D') float32 rows stored in an inner-product index for gallery embeddings."""

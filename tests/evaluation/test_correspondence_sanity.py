@@ -94,3 +94,31 @@ def test_spearman_falls_under_randomisation():
         assert spearman(explainer.explain(*pairs[0]).overall_b,
                         same.explain(*pairs[0]).overall_b) == pytest.approx(1.0)
     assert correlations[-1] < 0.5
+
+
+def test_stereo_truth_shifts_columns_by_the_disparity_in_resized_pixels():
+    disparity = np.full((100, 200), 20.0)
+    disparity[:50, :] = np.inf  # unknown in the top half
+    points = np.array([[75.0, 100.0], [10.0, 100.0]])  # at half size: rows 150 and 20 orig.
+    truth = co.stereo_truth(points / 2, disparity, (50, 100))
+    np.testing.assert_allclose(truth[0], [37.5, 50.0 - 10.0])  # 20 px orig. = 10 px at half size
+    assert np.isnan(truth[1, 1])
+    found, true = co.stereo_points((5, 10), (50, 100), disparity)
+    # the top half (unknown) and the left column (its true point leaves b) are left out
+    assert len(found) == len(true) == 3 * 9 and (found[:, 0] >= 25).all()
+    np.testing.assert_allclose(true[:, 1], found[:, 1] - 10.0)
+
+
+def test_points_without_contribution_are_counted_as_no_map_not_wrong():
+    torch.manual_seed(0)
+    explainer = toy_explainer(HeadModel(head="gmp", bias=False).eval())
+    a, b = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    points = co.cell_centres((8, 8), (32, 32))
+    scores = co._Scores(["point-match", "cosine"])
+    co.score_pair(scores, ["point-match", "cosine"], explainer, a, b, points, points, 1, 2)
+    u = explainer.explain(a, b).a.contributions
+    empty = int((u.norm(dim=1) == 0).sum())
+    assert 0 < empty < 64
+    assert scores.no_map == {"point-match": empty, "cosine": 0}
+    # a point with no map is a miss
+    assert scores.hits["point-match"][0.1][0] <= (64 - empty) / 64

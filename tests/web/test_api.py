@@ -13,6 +13,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from simexplain.explanation import DEFAULT_POINT_MAP, point_map_label
 from simexplain.web import create_app
 from simexplain.web.cache import LRU
 
@@ -71,8 +72,8 @@ def test_health_and_models(client):
     assert models["default"] == "toy"
     assert [m["name"] for m in models["models"]] == ["toy"]
     assert models["models"][0]["loaded"] and models["models"][0]["similarity"] == "cosine"
-    assert set(models["methods"]) == {"decomposition", "gradcam", "gradcam-raw", "rgradcam",
-                                      "occlusion"}
+    assert set(models["methods"]) == {"decomposition", "relative", "gradcam", "gradcam-raw",
+                                      "rgradcam", "occlusion"}
     assert models["index"] is None
 
 
@@ -290,6 +291,8 @@ def test_point_map(client, pair, explainer, samples):
         grid = np.array(body["map"])
         np.testing.assert_allclose(grid, expected.point_map(side, (20.5, 40)).numpy(),
                                    rtol=1e-4, atol=1e-9)
+        assert body["kind"] == DEFAULT_POINT_MAP and body["no_map"] is False
+        assert body["label"] == point_map_label(DEFAULT_POINT_MAP)
         r, c = np.unravel_index(grid.argmax(), grid.shape)
         assert body["argmax"]["cell"] == [r, c]
         assert body["argmax"]["row"] == pytest.approx((r + 0.5) * PHOTO / 8)
@@ -312,7 +315,10 @@ def test_region_map(client, pair, explainer, samples):
     np.testing.assert_allclose(np.array(body["map"]), expected.region_map("a", box).numpy(),
                                rtol=1e-4, atol=1e-9)
     assert body["partial_score"] == pytest.approx(expected.partial_score("a", box), rel=1e-5)
-    assert np.array(body["map"]).sum() == pytest.approx(body["partial_score"], rel=1e-4)
+    # the map is of the default kind and says so; the contribution kind sums to s_R
+    assert body["kind"] == DEFAULT_POINT_MAP and body["label"] and body["no_map"] is False
+    assert float(expected.region_map("a", box, kind="contribution").sum()) == pytest.approx(
+        body["partial_score"], rel=1e-4)
     whole = client.post("/api/region", json={
         "explanation_id": pair["explanation_id"], "side": "b", "box": [0, 0, PHOTO, PHOTO]})
     assert whole.json()["partial_score"] == pytest.approx(pair["score"], rel=1e-5)
@@ -492,7 +498,12 @@ def test_search_point_maps(gallery_client, explainer):
         i = int(item["id"][1:])
         pair = explainer.explain(engine.images.pixels("g3"), engine.images.gallery_paths[i])
         weights = pair.a.point_weights((12, 50))
-        expected = (weights @ pair.pairwise_flat).reshape(pair.b.grid)  # from the full P x Q map
+        # the default kind, match-centred, computed here: cosine of centred contributions
+        assert item["kind"] == DEFAULT_POINT_MAP == "match-centred"
+        u, v = pair.a.contributions.double(), pair.b.contributions.double()
+        query = weights @ (u - u.mean(0))
+        expected = torch.nn.functional.cosine_similarity(
+            v - v.mean(0), query[None], dim=1).reshape(pair.b.grid)
         np.testing.assert_allclose(np.array(item["map"]), expected.numpy(), rtol=1e-4,
                                    atol=1e-9)
         grid = np.array(item["map"])
@@ -592,3 +603,22 @@ def test_no_server_errors_on_random_bodies(client, pair):
             assert response.status_code in (200, 400, 404, 413, 422), (path, body,
                                                                        response.text)
             assert "error" in response.json() or response.status_code == 200
+
+
+def test_point_without_contribution_answers_no_map_not_a_flat_map():
+    import torch
+
+    from simexplain import Explainer
+    from simexplain.toy import HeadModel
+    from simexplain.web.api import map_json
+    from simexplain.web.engine import point_grid_map
+    torch.manual_seed(0)
+    explainer = Explainer(HeadModel("gmp", bias=False).eval(), "features")
+    pair = explainer.explain(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))
+    norms = pair.a.contributions.norm(dim=1)
+    empty, full = int(torch.argmin(norms)), int(torch.argmax(norms))
+    centre = lambda i: (4 * (i // 8) + 1.5, 4 * (i % 8) + 1.5)  # noqa: E731
+    answer = map_json(point_grid_map(pair, "a", centre(empty)))
+    assert answer["no_map"] is True and answer["map"] is None and "no map" in answer["message"]
+    assert answer["kind"] == DEFAULT_POINT_MAP
+    assert map_json(point_grid_map(pair, "a", centre(full)))["no_map"] is False

@@ -165,6 +165,9 @@ def test_pair_view(browser, server):
     hover_and_wait(page, "#view-a", 0.85, 0.8)
     second = canvas_hash(page, "#view-b")
     assert second != first
+    # the live map is of the default kind, and says which
+    from simexplain.explanation import DEFAULT_POINT_MAP, point_map_label
+    assert point_map_label(DEFAULT_POINT_MAP) in page.inner_text("#pair-info")
     # and the other way round
     a_before = canvas_hash(page, "#view-a")
     hover_and_wait(page, "#view-b", 0.5, 0.5)

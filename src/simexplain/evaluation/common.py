@@ -18,10 +18,14 @@ import torch
 from PIL import Image
 
 from ..errors import SimexplainError
+from ..explanation import POINT_MAP_KINDS
 from ..methods import METHODS as _REGISTRY
 
 # The saliency methods compared everywhere: the registry's (simexplain.methods), in its order.
 METHODS = tuple(_REGISTRY)
+# Point-specific maps of the decomposition, one benchmark method per kind
+# (PairExplanation.point_map(kind=...)): "point-match-centred" etc.
+POINT_METHODS = {f"point-{kind}": kind for kind in POINT_MAP_KINDS}
 # The models benchmarked, in display order.
 MODELS = ("fmnist-gap", "fmnist-gmp", "efficientnet-lite0", "facenet")
 BOOTSTRAP = 2000  # bootstrap resamples for every confidence interval
@@ -180,6 +184,24 @@ def method_map(explainer, method: str, a: torch.Tensor, b: torch.Tensor, side: s
     cls = method_class(method)
     maps = (cls(seed=seed) if cls.seeded else cls()).attribute(explainer, a, b, sides=side)
     return maps[0 if side == "a" else 1].detach().float().cpu()
+
+
+def positive_form(grid_map) -> torch.Tensor:
+    """The form every method is compared in where a benchmark ranks cells (sanity,
+    faithfulness): the positive part, as displayed (Grad-CAM's maps are ReLU'd by definition;
+    signed maps are ReLU'd too, so no method's negative cells carry an order the others lack).
+    Cells tied at 0 are then ordered the same way for every method."""
+    return torch.relu(torch.as_tensor(grid_map, dtype=torch.float32))
+
+
+def point_map(result, side: str, point, method: str) -> torch.Tensor | None:
+    """The point map of a POINT_METHODS method, or None where the point has no map (no
+    contribution: NoPointMap), which benchmarks count apart from wrong answers."""
+    from ..errors import NoPointMap
+    try:
+        return result.point_map(side, point, kind=POINT_METHODS[method]).float()
+    except NoPointMap:
+        return None
 
 
 def score(explainer, a: torch.Tensor, b: torch.Tensor, e_a: torch.Tensor | None = None

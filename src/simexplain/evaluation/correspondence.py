@@ -17,10 +17,20 @@ channel's maximum, which is all zeros, points nowhere in particular). PCK@alpha:
 of points predicted within alpha x (b's larger side) of the truth, alpha = 0.05 and 0.1;
 confidence intervals resample whole pairs.
 
+Real photos with ground truth: scikit-image's rectified stereo pair ``stereo_motorcycle``
+(left, right, disparity) for models that take photos: a is the left view, b the right view,
+both resized to ``corr`` pixels on the longer side (the aspect kept); query points are all
+cell centres of a with a known disparity whose true point (row, col - disparity) lies in b at
+least half a cell from its border. One pair: its confidence intervals resample points.
+
+A map that does not exist (a point map at a point with no contribution: ``NoPointMap``) is
+counted as a miss in PCK and reported separately as *no map*; a flat map is counted apart too.
+Ties are broken at random, a fresh draw for every point.
+
 Methods (the Grad-CAM family has no point maps):
 
-* ``decomposition``: the point-specific map (``PairExplanation.point_map``: bilinear row of the
-  pairwise decomposition);
+* ``point-contribution``, ``point-match``, ``point-match-centred``: the point-specific map of
+  each kind (``PairExplanation.point_map(kind=...)``, METHOD.md "Point-map kinds");
 * ``cosine``: raw feature matching at the explained layer: cosine between the (bilinearly
   interpolated) feature vector at the point and every feature vector of b;
 * ``random``: a uniform random map.
@@ -36,13 +46,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .. import maps as maplib
-from .common import (argmax_cell, bootstrap_ci, cell_centres, is_flat, new_result, progress,
-                     sample_seed, start_run, to_tensor, Timer)
+from .common import (argmax_cell, bootstrap_ci, cell_centres, is_flat, new_result, point_map,
+                     POINT_METHODS, progress, sample_seed, start_run, to_tensor, Timer)
 from .composites import FMNIST_FOREGROUND, grid2x2, random_view
 from .report import compare, fmt, markdown_table, methods_of
 
 NAME = "correspondence"
-ALLOWED = ("decomposition", "cosine", "random")
+ALLOWED = tuple(POINT_METHODS) + ("cosine", "random")
 ALPHAS = (0.05, 0.1)
 MAX_POINTS = 16
 DEFAULT_SAMPLES = {
@@ -172,6 +182,102 @@ def cosine_map(feats_a: torch.Tensor, feats_b: torch.Tensor, point, image_size) 
     return sims.reshape(feats_b.shape[:2])
 
 
+def stereo_pair(side: int):
+    """(left, right, disparity map) of scikit-image's motorcycle, resized to `side` pixels on
+    the longer side; the disparity stays in original pixels (see stereo_truth)."""
+    import skimage.data
+    left, right, disparity = skimage.data.stereo_motorcycle()
+    height, width = disparity.shape
+    scale = side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))  # PIL: (w, h)
+    return (Image.fromarray(left).resize(size, Image.BILINEAR),
+            Image.fromarray(right).resize(size, Image.BILINEAR), disparity)
+
+
+def stereo_truth(points: np.ndarray, disparity: np.ndarray, image_size: tuple[int, int]
+                 ) -> np.ndarray:
+    """True (row, col) in the right view of continuous (row, col) points of the left view
+    (both at `image_size`): same row, col minus the disparity at the nearest original pixel;
+    NaN where the disparity is unknown."""
+    height, width = disparity.shape
+    sy, sx = image_size[0] / height, image_size[1] / width
+    rows = np.clip((points[:, 0] / sy).astype(int), 0, height - 1)
+    cols = np.clip((points[:, 1] / sx).astype(int), 0, width - 1)
+    d = disparity[rows, cols].astype(np.float64)
+    d[~np.isfinite(d)] = np.nan
+    return np.stack([points[:, 0], points[:, 1] - d * sx], axis=1)
+
+
+def stereo_points(grid, image_size, disparity) -> tuple[np.ndarray, np.ndarray]:
+    """(query points, their true points): every cell centre of a with a known disparity whose
+    true point lies in b at least half a cell from its border."""
+    centres = cell_centres(grid, image_size)
+    truth = stereo_truth(centres, disparity, image_size)
+    margin = max(image_size[0] / grid[0], image_size[1] / grid[1]) / 2
+    ok = (np.isfinite(truth).all(1) & (truth[:, 1] >= margin) &
+          (truth[:, 1] <= image_size[1] - margin))
+    return centres[ok], truth[ok]
+
+
+class _Scores:
+    """Per-pair hits, errors and map states of every method."""
+
+    def __init__(self, methods):
+        self.hits = {m: {a: [] for a in ALPHAS} for m in methods}
+        self.errors = {m: [] for m in methods}
+        self.flat = {m: 0 for m in methods}
+        self.no_map = {m: 0 for m in methods}
+        self.per_point = {m: {a: [] for a in ALPHAS} for m in methods}
+
+
+def score_pair(scores: _Scores, methods, explainer, a, b, points, truth, tie_seed: int,
+               random_seed: int) -> None:
+    """Predict the point of b for every point of a by every method; add the outcome."""
+    (gb, _) = explainer.stream_b.grid(b)
+    size_a, size_b = tuple(a.shape[2:]), tuple(b.shape[2:])
+    explained = explainer.explain(a, b) if any(m in POINT_METHODS for m in methods) else None
+    feats = ((layer_features(explainer.stream_a, a), layer_features(explainer.stream_b, b))
+             if "cosine" in methods else None)
+    random_rng = torch.Generator().manual_seed(random_seed % 2 ** 63)
+    for m in methods:
+        tie_rng = np.random.default_rng(tie_seed)  # one stream per pair: a new draw per point
+        predicted, found = [], []
+        for p in points:
+            pixel = (p[0] - 0.5, p[1] - 0.5)  # point_map's pixel-index convention
+            if m in POINT_METHODS:
+                grid_map = point_map(explained, "a", pixel, m)
+            elif m == "cosine":
+                grid_map = cosine_map(feats[0], feats[1], pixel, size_a)
+            else:
+                grid_map = torch.rand(gb, generator=random_rng)
+            if grid_map is None:
+                scores.no_map[m] += 1
+                predicted.append((np.nan, np.nan))
+                found.append(False)
+                continue
+            scores.flat[m] += int(is_flat(grid_map))
+            predicted.append(predict(grid_map, size_b, tie_rng))
+            found.append(True)
+        predicted = np.array(predicted, dtype=np.float64).reshape(-1, 2)
+        found = np.array(found, dtype=bool)
+        for alpha in ALPHAS:
+            hit = pck(predicted, truth, size_b, alpha) & found if len(points) else np.zeros(0)
+            scores.hits[m][alpha].append(float(hit.mean()) if len(points) else np.nan)
+            scores.per_point[m][alpha] += hit.astype(float).tolist()
+        dist = np.linalg.norm(predicted - truth, axis=1)[found] / max(size_b)
+        scores.errors[m].append(float(dist.mean()) if found.any() else np.nan)
+
+
+def summarise(result: dict, scores: _Scores, methods, weights, seed: int) -> None:
+    for m in methods:
+        result["methods"][m] = {f"pck@{alpha:g}": bootstrap_ci(scores.hits[m][alpha], weights,
+                                                               seed=seed) for alpha in ALPHAS}
+        result["methods"][m]["mean_error"] = bootstrap_ci(scores.errors[m], weights, seed=seed)
+        result["methods"][m]["flat_maps"] = scores.flat[m]
+        result["methods"][m]["no_map"] = scores.no_map[m]
+        result["per_sample"][m] = {f"pck@{alpha:g}": scores.hits[m][alpha] for alpha in ALPHAS}
+
+
 def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
         quick: bool = False, show_progress: bool = False) -> dict:
     methods, samples, explainer, setup, source = start_run(
@@ -184,10 +290,9 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
                     else f"affine: scale 0.8-1.25, rotation +-{rotation:g} deg, shift 10%, "
                          "mirror p=0.5",
         "domain": setup.domain})
-    hits = {m: {a: [] for a in ALPHAS} for m in methods}
-    flat = {m: 0 for m in methods}
+    scores = _Scores(methods)
     counts = []
-    errors = {m: [] for m in methods}
+    gb = ()
     with Timer() as timer:
         for i in progress(range(samples), samples, f"correspondence {model}", show_progress):
             rng = np.random.default_rng(sample_seed(seed, i, _SALT))
@@ -198,47 +303,49 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
             a = to_tensor(explainer, img_a, "a")
             b = to_tensor(explainer, img_b, "b")
             (ga, _), (gb, _) = explainer.stream_a.grid(a), explainer.stream_b.grid(b)
-            size_a, size_b = tuple(a.shape[2:]), tuple(b.shape[2:])
-            points = query_points(ga, size_a, t, mask, rng)
+            points = query_points(ga, tuple(a.shape[2:]), t, mask, rng)
             counts.append(len(points))
             truth = apply(t, points) if len(points) else np.zeros((0, 2))
-            explained = explainer.explain(a, b) if "decomposition" in methods else None
-            feats = ((layer_features(explainer.stream_a, a), layer_features(explainer.stream_b, b))
-                     if "cosine" in methods else None)
-            random_rng = torch.Generator().manual_seed(sample_seed(seed, i, 99) % 2 ** 63)
-            for m in methods:
-                predicted = []
-                for p in points:
-                    pixel = (p[0] - 0.5, p[1] - 0.5)  # point_map's pixel-index convention
-                    if m == "decomposition":
-                        grid_map = explained.point_map("a", pixel)
-                    elif m == "cosine":
-                        grid_map = cosine_map(feats[0], feats[1], pixel, size_a)
-                    else:
-                        grid_map = torch.rand(gb, generator=random_rng)
-                    flat[m] += int(is_flat(grid_map))
-                    tie_rng = np.random.default_rng(sample_seed(seed, i, 7))
-                    predicted.append(predict(grid_map, size_b, tie_rng))
-                predicted = np.array(predicted).reshape(-1, 2)
-                for alpha in ALPHAS:
-                    hit = pck(predicted, truth, size_b, alpha) if len(points) else np.zeros(0)
-                    hits[m][alpha].append(float(hit.mean()) if len(points) else np.nan)
-                dist = np.linalg.norm(predicted - truth, axis=1) / max(size_b) if len(points) \
-                    else np.zeros(0)
-                errors[m].append(float(dist.mean()) if len(points) else np.nan)
+            score_pair(scores, methods, explainer, a, b, points, truth,
+                       sample_seed(seed, i, 7), sample_seed(seed, i, 99))
     weights = np.array(counts, dtype=float)
-    for m in methods:
-        result["methods"][m] = {f"pck@{alpha:g}": bootstrap_ci(hits[m][alpha], weights, seed=seed)
-                                for alpha in ALPHAS}
-        result["methods"][m]["mean_error"] = bootstrap_ci(errors[m], weights, seed=seed)
-        result["methods"][m]["flat_maps"] = flat[m]
-        result["per_sample"][m] = {f"pck@{alpha:g}": hits[m][alpha] for alpha in ALPHAS}
+    summarise(result, scores, methods, weights, seed)
     result["per_sample"]["points"] = counts
     result["points"] = int(weights.sum())
     result["grid"] = [int(v) for v in gb] if samples else []
     result["seconds"] = timer.seconds
+    if setup.domain == "photos":
+        result["stereo"] = run_stereo(explainer, setup, methods, seed)
+    elif setup.domain == "faces":
+        result["stereo"] = {"skipped": "the stereo photos show no face: a face model has "
+                                       "nothing to compare there"}
+    else:
+        result["stereo"] = {"skipped": "Fashion-MNIST models see 28-px grayscale clothing "
+                                       "items; a street photo is outside their input domain"}
     return result
 
+
+def run_stereo(explainer, setup, methods, seed: int) -> dict:
+    """Correspondence on the motorcycle stereo pair with its true disparity."""
+    with Timer() as timer:
+        left, right, disparity = stereo_pair(setup.corr)
+        a = to_tensor(explainer, left, "a")
+        b = to_tensor(explainer, right, "b")
+        (ga, _) = explainer.stream_a.grid(a)
+        points, truth = stereo_points(ga, tuple(a.shape[2:]), disparity)
+        scores = _Scores(methods)
+        score_pair(scores, methods, explainer, a, b, points, truth, sample_seed(seed, 0, 8),
+                   sample_seed(seed, 0, 98))
+    out = {"image_size": [int(v) for v in a.shape[2:]], "grid": [int(v) for v in ga],
+           "points": len(points), "methods": {}, "seconds": timer.seconds}
+    for m in methods:
+        out["methods"][m] = {f"pck@{alpha:g}": bootstrap_ci(scores.per_point[m][alpha],
+                                                            seed=seed) for alpha in ALPHAS}
+        out["methods"][m]["no_map"] = scores.no_map[m]
+        out["methods"][m]["flat_maps"] = scores.flat[m]
+    out["per_point"] = {m: {f"pck@{alpha:g}": scores.per_point[m][alpha] for alpha in ALPHAS}
+                        for m in methods}
+    return out
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -260,10 +367,40 @@ def results_table(results: list[dict]) -> str:
             f = r["methods"][m]
             rows.append([r["model"], m, fmt(f["pck@0.05"]), fmt(f["pck@0.1"]),
                          fmt(f["mean_error"]), str(f.get("flat_maps", "n/a")),
-                         f"{r['samples']} / {r['points']}",
+                         str(f.get("no_map", 0)), f"{r['samples']} / {r['points']}",
                          "x".join(str(v) for v in r.get("grid", []))])
     return markdown_table(["model", "method", "PCK@0.05", "PCK@0.1", "mean error", "flat maps",
-                           "pairs / points", "grid of b"], rows)
+                           "no map", "pairs / points", "grid of b"], rows) + stereo_table(results)
+
+
+def stereo_table(results: list[dict]) -> str:
+    """Correspondence on the real stereo pair (scikit-image's motorcycle, true disparity)."""
+    rows, skipped = [], []
+    for r in results:
+        stereo = r.get("stereo") or {}
+        if "skipped" in stereo:
+            skipped.append(f"- {r['model']}: not run ({stereo['skipped']}).")
+            continue
+        for m in methods_of(stereo):
+            f = stereo["methods"][m]
+            rows.append([r["model"], m, fmt(f["pck@0.05"]), fmt(f["pck@0.1"]),
+                         str(f["flat_maps"]), str(f["no_map"]), str(stereo["points"]),
+                         "x".join(str(v) for v in stereo["image_size"]),
+                         "x".join(str(v) for v in stereo["grid"])])
+    if not rows and not skipped:
+        return ""
+    text = ("\n\n**Real photos with ground truth**: scikit-image's rectified stereo pair "
+            "`stereo_motorcycle` (left view = a, right view = b, resized with the aspect kept); "
+            "query points: every cell centre of a with a known disparity whose true point "
+            "(same row, column minus the disparity) lies in b; one pair, so the intervals "
+            "resample points.")
+    if rows:
+        text += "\n\n" + markdown_table(["model", "method", "PCK@0.05", "PCK@0.1", "flat maps",
+                                   "no map", "points", "image", "grid"], rows)
+    if skipped:
+        text += "\n\n" + "\n".join(skipped)
+    return text
+
 
 
 def headline_comparisons(result: dict) -> list:

@@ -17,6 +17,10 @@ the pair's original score s(a, b) and their area is taken over the fraction of c
   away -- lower AUC is better. Large images are imputed on a grid of at most 64 x 64 blocks
   (only blocks that hold no removed pixel count as known), then upsampled.
 
+Every method's map is used in the same form, its positive part (``common.positive_form``:
+Grad-CAM's maps are ReLU'd by definition, so signed maps are too), and cells tied at 0 are
+ordered by the same random permutation for every method.
+
 Pairs whose original score is not positive are left out (counted in the notes).
 """
 
@@ -28,8 +32,9 @@ import torch.nn.functional as F
 from scipy import ndimage, sparse
 from scipy.sparse.linalg import splu
 
-from .common import (bootstrap_ci, cap_notes, method_map, METHODS, new_result, progress, runs_on,
-                     sample_seed, score, start_run, to_tensor, usable_methods, Timer)
+from .common import (bootstrap_ci, cap_notes, method_map, METHODS, new_result, positive_form,
+                     progress, runs_on, sample_seed, score, start_run, to_tensor, usable_methods,
+                     Timer)
 from .report import compare, finish_plot, fmt, markdown_table, methods_of, pyplot, style
 
 NAME = "faithfulness"
@@ -245,7 +250,8 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
                     for k in CURVES:
                         aucs[m][k].append(np.nan)
                     continue
-                grid_map = method_map(explainer, m, a, b, "b", seed=sample_seed(seed, i, 99))
+                grid_map = positive_form(method_map(explainer, m, a, b, "b",
+                                                    seed=sample_seed(seed, i, 99)))
                 order_rng = np.random.default_rng(sample_seed(seed, i, 5))
                 found = curves_for_map(explainer, a, b, grid_map, counts, masks, order_rng, base,
                                        cache)

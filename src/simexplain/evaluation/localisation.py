@@ -11,8 +11,10 @@ fraction t of its maximum (t in 0.2 .. 0.8), and the bounding box of the largest
 component (4-connectivity, ``scipy.ndimage.label``) is the prediction: correct when its IoU
 with the known box exceeds 0.5. A map whose maximum is not positive predicts nothing (a miss).
 Reported: accuracy per threshold, and the best threshold (chosen on the same samples, as in the
-paper, so it is optimistic). ``decomposition-point`` is the point-specific map queried at the
-query's centre, as in the paper.
+paper, so it is optimistic). ``point-contribution`` (the paper's), ``point-match`` and
+``point-match-centred`` are the point-specific maps of each kind queried at the query's centre;
+where that point has no contribution (GMP heads) there is no map: a miss, counted as *no map*.
+``relative`` is the relative overall map.
 """
 
 from __future__ import annotations
@@ -21,15 +23,15 @@ import numpy as np
 from scipy import ndimage
 
 from .. import maps as maplib
-from .common import (bootstrap_ci, cap_notes, METHODS, new_result, progress, runs_on, sample_seed,
-                     start_run, to_tensor, usable_methods, Timer)
+from .common import (bootstrap_ci, cap_notes, METHODS, new_result, POINT_METHODS, progress,
+                     runs_on, sample_seed, start_run, to_tensor, usable_methods, Timer)
 from .composites import Box, box_iou, random_canvas
 from .pointing import pair_maps
 from .report import (compare, finish_plot, fmt, fmt_plain, markdown_table, methods_of, pyplot,
                      style)
 
 NAME = "localisation"
-ALLOWED = METHODS + ("decomposition-point",)
+ALLOWED = METHODS + tuple(POINT_METHODS)
 THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 SCALE = (0.35, 0.6)  # target side as a fraction of the canvas side
 IOU = 0.5
@@ -77,6 +79,7 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
     result["notes"] += cap_notes(setup, methods, samples, quick)
     methods = usable_methods(setup, methods, quick)
     hits = {m: np.full((samples, len(THRESHOLDS)), np.nan) for m in methods}
+    no_map = {m: 0 for m in methods}
     with Timer() as timer:
         for i in progress(range(samples), samples, f"localisation {model}", show_progress):
             rng = np.random.default_rng(sample_seed(seed, i, _SALT))
@@ -92,6 +95,10 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
             size = (canvas.image.height, canvas.image.width)
             box = canvas.target_object_box
             for m, grid_map in maps_b.items():
+                if grid_map is None:  # no point map: a miss, counted apart
+                    no_map[m] += 1
+                    hits[m][i] = False
+                    continue
                 heat = maplib.upsample(grid_map, size)
                 hits[m][i] = [correct(heat, th, box) for th in THRESHOLDS]
     for m in methods:
@@ -101,7 +108,7 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
         best = int(np.argmax([c["mean"] for c in per_threshold]))
         result["methods"][m] = {
             "accuracy": per_threshold, "best_threshold": THRESHOLDS[best],
-            "best_accuracy": per_threshold[best],
+            "best_accuracy": per_threshold[best], "no_map": no_map[m],
         }
         result["per_sample"][m] = {"correct": hits[m].tolist()}
     result["seconds"] = timer.seconds

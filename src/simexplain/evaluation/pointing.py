@@ -10,8 +10,11 @@ matching cell (ties between equal maxima are broken at random, seeded). Chance i
 reported: the share of the map's positive mass that lies in the matching cell (chance 25%), and
 how many maps were flat (all equal, e.g. a Grad-CAM map that its ReLU zeroed everywhere).
 
-``decomposition-point`` is the paper's point-specific map: the row of the pairwise decomposition
-for the query's centre, over the grid.
+``relative`` is the decomposition's relative overall map (METHOD.md, "Relative maps").
+``point-contribution``, ``point-match`` and ``point-match-centred`` are the point-specific maps
+of each kind for the query's centre (``contribution`` is the paper's: the row of the pairwise
+decomposition). Where the query's centre has no contribution (GMP heads) there is no point map:
+counted as a miss and reported as *no map*.
 """
 
 from __future__ import annotations
@@ -19,13 +22,13 @@ from __future__ import annotations
 import numpy as np
 
 from .common import (argmax_cell, bootstrap_ci, cap_notes, cell_centres, is_flat, method_map,
-                     METHODS, new_result, progress, runs_on, sample_seed, start_run, to_tensor,
-                     usable_methods, Timer)
+                     METHODS, new_result, point_map, POINT_METHODS, progress, runs_on,
+                     sample_seed, start_run, to_tensor, usable_methods, Timer)
 from .composites import Box, matching_grid
 from .report import compare, fmt, markdown_table, methods_of
 
 NAME = "pointing"
-ALLOWED = METHODS + ("decomposition-point",)
+ALLOWED = METHODS + tuple(POINT_METHODS)
 DEFAULT_SAMPLES = {
     "fmnist-gap": 300, "fmnist-gmp": 300,
     "efficientnet-lite0": 40, "facenet": 20}
@@ -59,12 +62,16 @@ def mass_in_box(grid_map, image_size: tuple[int, int], box: Box) -> float:
 
 
 def pair_maps(explainer, methods, a, b, query_point, seed: int) -> dict:
-    """Side-b maps of every method for one pair (one decomposition serves both its forms)."""
+    """Side-b maps of every method for one pair (one decomposition serves all its forms); a
+    point map that does not exist (NoPointMap) is None."""
     out = {}
-    if "decomposition" in methods or "decomposition-point" in methods:
+    if any(m in methods for m in ("decomposition", "relative", *POINT_METHODS)):
         result = explainer.explain(a, b)
         out["decomposition"] = result.overall_b.float()
-        out["decomposition-point"] = result.point_map("a", query_point).float()
+        out["relative"] = result.relative_b.float()
+        for m in POINT_METHODS:
+            if m in methods:
+                out[m] = point_map(result, "a", query_point, m)
     for m in methods:
         if m not in out:
             out[m] = method_map(explainer, m, a, b, "b", seed=seed)
@@ -83,6 +90,7 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
     hits = {m: [] for m in methods}
     mass = {m: [] for m in methods}
     flat = {m: 0 for m in methods}
+    no_map = {m: 0 for m in methods}
     with Timer() as timer:
         for i in progress(range(samples), samples, f"pointing {model}", show_progress):
             rng = np.random.default_rng(sample_seed(seed, i, _SALT))
@@ -100,6 +108,11 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
                     mass[m].append(np.nan)
                     continue
                 grid_map = maps_b[m]
+                if grid_map is None:  # no point map: a miss, counted apart
+                    no_map[m] += 1
+                    hits[m].append(0.0)
+                    mass[m].append(np.nan)
+                    continue
                 tie_rng = np.random.default_rng(sample_seed(seed, i, 7))
                 hits[m].append(float(pointing_hit(grid_map, size, grid.target_box, tie_rng)))
                 mass[m].append(mass_in_box(grid_map, size, grid.target_box))
@@ -109,6 +122,7 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
             "hit_rate": bootstrap_ci(hits[m], seed=seed),
             "mass": bootstrap_ci(mass[m], seed=seed),
             "flat_maps": flat[m],
+            "no_map": no_map[m],
         }
         result["per_sample"][m] = {"hit": hits[m], "mass": mass[m]}
     result["seconds"] = timer.seconds
@@ -133,9 +147,9 @@ def results_table(results: list[dict]) -> str:
         for m in methods_of(r):
             f = r["methods"][m]
             rows.append([r["model"], m, fmt(f["hit_rate"]), fmt(f["mass"]),
-                         str(f["flat_maps"]), str(f["hit_rate"]["n"])])
-    return markdown_table(["model", "method", "hit rate", "mass in match", "flat maps", "n"],
-                          rows)
+                         str(f["flat_maps"]), str(f.get("no_map", 0)), str(f["hit_rate"]["n"])])
+    return markdown_table(["model", "method", "hit rate", "mass in match", "flat maps", "no map",
+                           "n"], rows)
 
 
 def headline_comparisons(result: dict) -> list:

@@ -23,11 +23,12 @@ import numpy as np
 
 from ..files import write_text_atomic
 from ..methods import METHODS as _REGISTRY
-from .common import METHODS, paired_difference
+from .common import METHODS, paired_difference, POINT_METHODS
 
 BASELINES_NOTE = "baseline"
-ORDER = METHODS + ("decomposition-point", "cosine")
-DECOMPOSITION = ("decomposition", "decomposition-point")
+ORDER = METHODS + tuple(POINT_METHODS) + ("cosine",)
+# the decomposition's own maps: overall, relative and point maps of every kind
+DECOMPOSITION = ("decomposition", "relative") + tuple(POINT_METHODS)
 
 
 # -- files -------------------------------------------------------------------------------------
@@ -251,7 +252,10 @@ def pyplot():
 # Grad-CAM on raw embeddings under a GAP head) stay visible as differently dashed lines
 STYLES = {
     "decomposition": ("tab:blue", "-", 2.6),
-    "decomposition-point": ("tab:cyan", "-", 1.6),
+    "relative": ("black", "-", 2.0),
+    "point-contribution": ("tab:cyan", "-", 1.6),
+    "point-match": ("tab:olive", (0, (3, 1)), 1.6),
+    "point-match-centred": ("tab:pink", "-", 1.8),
     "gradcam": ("tab:orange", "-", 2.2),
     "gradcam-raw": ("tab:green", (0, (4, 3)), 1.6),
     "rgradcam": ("tab:red", (0, (1, 2)), 1.8),
@@ -307,8 +311,13 @@ DATA_NOTES = [
     "embeddings ranks cells exactly like the decomposition's overall map (METHOD.md: they agree "
     "up to Grad-CAM's ReLU and a positive scale), and RGrad-CAM equals Grad-CAM (the gradient "
     "is the same at every position), so identical rows are expected there; GMP heads break "
-    "both equalities. Occlusion costs one forward pass per feature cell and runs on the first "
-    "samples only where the notes say so. The random method is seeded per sample.",
+    "both equalities. The relative map equals Grad-CAM on the cosine before its ReLU under a "
+    "GAP head (METHOD.md, \"Relative maps\"), so their hits agree there except where "
+    "Grad-CAM's ReLU leaves nothing. Occlusion costs one forward pass per feature cell and "
+    "runs on the first samples only where the notes say so. The random method is seeded per "
+    "sample. Faithfulness and sanity compare every method in one form, its positive part "
+    "(Grad-CAM is ReLU'd by definition), so there the overall map and Grad-CAM on raw "
+    "embeddings coincide under a GAP head.",
 ]
 
 
@@ -376,8 +385,10 @@ def write_report(results: dict[str, list[dict]], out: Path, meta: dict, benchmar
     lines = [
         "# Benchmarks",
         "",
-        "How well do the maps explain the models? Six saliency methods (the exact decomposition, "
-        "Grad-CAM on normalised and raw embeddings, RGrad-CAM, occlusion, random) on the zoo "
+        "How well do the maps explain the models? Seven saliency methods (the exact "
+        "decomposition's overall and relative maps, Grad-CAM on normalised and raw embeddings, "
+        "RGrad-CAM, occlusion, random) and the decomposition's point maps of three kinds "
+        "(contribution, match, match-centred) against raw feature matching, on the zoo "
         "models, with real items from Fashion-MNIST, scikit-image's photos and the face photos. "
         "Every figure is the mean over samples with a 95% percentile-bootstrap confidence "
         f"interval ({meta.get('bootstrap')} resamples) as `mean [low, high]`; comparisons between "
@@ -412,6 +423,17 @@ def write_report(results: dict[str, list[dict]], out: Path, meta: dict, benchmar
               summary_table(results, benchmarks), "",
               "In brief (generated from the table above):", "", *in_brief(results, benchmarks),
               ""]
+    from .map_checks import DEFAULT_POINT_METHOD, map_checks  # it formats with this module
+    checks = map_checks(results)
+    if checks:
+        lines += ["## The three maps against their baselines", "",
+                  "Paired differences (95% CI) on the same samples: the relative map against "
+                  "Grad-CAM and against the overall map, and the default point map "
+                  f"(`{DEFAULT_POINT_METHOD}`) against raw feature cosine. Positive favours the "
+                  "first method where higher is better (hit rate, accuracy, insertion, PCK), "
+                  "negative where lower is better (deletion).", "",
+                  markdown_table(["benchmark", "model", "comparison", "means", "difference",
+                                  "verdict"], checks), ""]
     lines += ["## Data", "", *DATA_NOTES, ""]
     for module in benchmarks:
         if module.NAME in results:

@@ -17,8 +17,14 @@ change with the partner; a single-image saliency map would not.
 Caveats, reported with the numbers: the ``random`` method is seeded per sample, so its maps do
 not depend on the model at all (correlation 1 under parameter randomisation: it fails that
 check by construction) but differ per partner (it passes the reference check trivially): each
-check alone can be gamed. A constant map (e.g. a Grad-CAM map zeroed by its ReLU) has no ranks:
-its correlation is taken as 0.
+check alone can be gamed. Every method is compared in the same form, its positive part
+(``common.positive_form``: Grad-CAM's maps are ReLU'd by definition, so the signed maps are
+too; cells tied at 0 get average ranks for every method). A constant map (e.g. a map zeroed
+by the ReLU) has no ranks: its correlation is taken as 0.
+
+Where the explained layer and the head have no parameters of their own (efficientnet-lite0:
+its explained layer is an activation and its head a pooling), the cascade starts in the trunk;
+the notes say so.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ import numpy as np
 import torch
 
 from ..explainer import Explainer
-from .common import (bootstrap_ci, cap_notes, method_map, METHODS, new_result, progress, runs_on,
-                     sample_seed, spearman, start_run, to_tensor, usable_methods, Timer)
+from .common import (bootstrap_ci, cap_notes, method_map, METHODS, new_result, positive_form,
+                     progress, runs_on, sample_seed, spearman, start_run, to_tensor,
+                     usable_methods, Timer)
 from .report import finish_plot, fmt, fmt_plain, markdown_table, methods_of, pyplot, style
 
 NAME = "sanity"
@@ -142,13 +149,22 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
         "stage_layers": [len(names) for _, names in stages],
         "partners": PARTNERS, "randomisation": "each parameter tensor ~ N(its mean, its std)",
         "domain": setup.domain})
+    if not head and not inside:
+        result["notes"].append("the explained layer and the head have no parameters, so the "
+                               "cascade starts in the trunk (its top third first)")
+    elif not head:
+        result["notes"].append("the head has no parameters: the cascade starts at the "
+                               "explained layer")
     caps = OCCLUSION_CAPS
     result["notes"] += cap_notes(setup, methods, samples, quick, caps)
     methods = usable_methods(setup, methods, quick, caps)
     todo = {m: [i for i in range(samples) if runs_on(setup, m, i, quick, caps)]
             for m in methods}
+    def compared(*args, **kwargs):
+        return positive_form(method_map(*args, **kwargs))
+
     with Timer() as timer:
-        original = {m: {i: method_map(explainer, m, *pairs[i], "b", seed=sample_seed(seed, i, 99))
+        original = {m: {i: compared(explainer, m, *pairs[i], "b", seed=sample_seed(seed, i, 99))
                         for i in todo[m]} for m in methods}
         cascade = {m: np.full((samples, len(stages)), np.nan) for m in methods}
         # one copy of the model, reloaded and randomised at each stage: the explainer's probes
@@ -163,7 +179,7 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
             for m in methods:
                 for i in todo[m]:
                     a, b = pairs[i]
-                    new = method_map(broken, m, a, b, "b", seed=sample_seed(seed, i, 99))
+                    new = compared(broken, m, a, b, "b", seed=sample_seed(seed, i, 99))
                     cascade[m][i, s] = spearman(original[m][i], new)
         reference = {m: [] for m in methods}
         for i, bs in enumerate(partners):
@@ -172,7 +188,7 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
                 if i not in todo[m]:
                     reference[m].append(np.nan)
                     continue
-                maps_a = [method_map(explainer, m, a, b, "a", seed=sample_seed(seed, i, 99 + j))
+                maps_a = [compared(explainer, m, a, b, "a", seed=sample_seed(seed, i, 99 + j))
                           for j, b in enumerate(bs)]
                 reference[m].append(float(np.mean([spearman(x, y)
                                                    for x, y in combinations(maps_a, 2)])))

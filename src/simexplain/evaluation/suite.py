@@ -23,7 +23,7 @@ import torch
 
 from ..errors import SimexplainError
 from . import correspondence, faithfulness, localisation, pointing, report, sanity
-from .common import BOOTSTRAP, METHODS, MODELS, available_models
+from .common import BOOTSTRAP, METHODS, MODELS, POINT_METHODS, available_models
 
 BENCHMARKS = (pointing, localisation, faithfulness, correspondence, sanity)
 QUICK_MODELS = ("fmnist-gap", "fmnist-gmp")
@@ -90,7 +90,8 @@ def run_all(out: str | Path = "docs", quick: bool = False, seed: int = 0,
     meta = {
         "command": command, "quick": quick, "seed": seed, "bootstrap": BOOTSTRAP,
         "runtime_s": elapsed, "models": loaded, "methods": list(METHODS) +
-        ["decomposition-point (pointing, localisation)", "cosine (correspondence)"],
+        [f"{m} (pointing, localisation, correspondence)" for m in POINT_METHODS] +
+        ["cosine (correspondence)"],
         "skipped": skipped, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "machine": f"{os.cpu_count()} CPU cores", "date": datetime.date.today().isoformat(),
     }

@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import SimexplainError
+from ..explanation import point_map_label
 from ..maps import Frame
 from ..methods import method_class
 from .engine import METHODS, Engine, Explained, GridMap, Prepared, SearchResult
@@ -55,8 +56,15 @@ def peak(grid_map: torch.Tensor, frame: Frame) -> dict:
 
 
 def map_json(result: GridMap) -> dict:
-    return {"side": result.side, "grid": list(result.values.shape),
-            "map": grid_list(result.values), "argmax": peak(result.values, result.frame)}
+    """A point or region map; with its kind and label, or the explicit "no map" answer."""
+    out = {"side": result.side}
+    if result.kind is not None:
+        out.update(kind=result.kind, label=point_map_label(result.kind),
+                   no_map=result.no_map is not None)
+    if result.no_map is not None:
+        return {**out, "grid": None, "map": None, "argmax": None, "message": result.no_map}
+    return {**out, "grid": list(result.values.shape), "map": grid_list(result.values),
+            "argmax": peak(result.values, result.frame)}
 
 
 def image_json(record: ImageRecord) -> dict:

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .. import maps, regions
-from ..errors import SimexplainError
-from ..explanation import PairExplanation, Side
+from .. import maps
+from ..errors import NoPointMap, SimexplainError
+from ..explanation import DEFAULT_POINT_MAP, PairExplanation, Side
 from ..images import MAX_PIXELS
 from ..methods import explanation_methods
 from ..zoo import resolve
@@ -44,8 +44,22 @@ class GridMap:
     """A map over one image's feature grid, and where that grid lies in the image."""
 
     side: str  # "a" or "b": the image the map is drawn on
-    values: torch.Tensor  # (H, W)
+    values: torch.Tensor | None  # (H, W); None for a point map that does not exist
     frame: maps.Frame  # where the grid lies in that photo (its size, the crop the model saw)
+    kind: str | None = None  # the point-map kind (point and region maps)
+    no_map: str | None = None  # why there is no map (the point carries no contribution)
+
+
+def point_grid_map(pair: PairExplanation, side: str, where, region: bool = False) -> GridMap:
+    """The point (or region) map of the default kind on the other image; where the point
+    carries no contribution, a GridMap that says so instead of a flat map."""
+    other = _other(side)
+    frame = _side_of(pair, other).frame
+    try:
+        values = pair.region_map(side, where) if region else pair.point_map(side, where)
+    except NoPointMap as exc:
+        return GridMap(other, None, frame, DEFAULT_POINT_MAP, no_map=str(exc))
+    return GridMap(other, values, frame, DEFAULT_POINT_MAP)
 
 
 @dataclass
@@ -257,6 +271,8 @@ class Engine:
         pair = record.pair
         if method == "decomposition":
             map_a, map_b = pair.overall_a, pair.overall_b
+        elif method == "relative":
+            map_a, map_b = pair.relative_a, pair.relative_b
         else:
             if method not in record.method_maps:
                 with self._compute:
@@ -274,18 +290,13 @@ class Engine:
 
     def point(self, explanation_id: str, side: str, row: float, col: float) -> GridMap:
         """The point-specific map of pixel (row, col) of `side`, on the other image."""
-        record = self.record(explanation_id)
-        other = _other(side)
-        grid_map = record.pair.point_map(side, (row, col))
-        return GridMap(other, grid_map, _side_of(record.pair, other).frame)
+        return point_grid_map(self.record(explanation_id).pair, side, (row, col))
 
     def region(self, explanation_id: str, side: str,
                box: Sequence[float]) -> tuple[GridMap, float]:
         """The region map of a box on `side` (on the other image) and its partial score s_R."""
         record = self.record(explanation_id)
-        other = _other(side)
-        grid_map = record.pair.region_map(side, _box(box))
-        result = GridMap(other, grid_map, _side_of(record.pair, other).frame)
+        result = point_grid_map(record.pair, side, _box(box), region=True)
         return result, record.pair.partial_score(side, _box(box))
 
     # -- gallery search ------------------------------------------------------------------------
@@ -330,12 +341,11 @@ class Engine:
             if self.images.record(image_id).source != "gallery":
                 raise WebError(f"{image_id!r} is not a gallery image")
         q = record.query.side
-        weights = q.point_weights((row, col))
         similarity = self.explainer(record.model).similarity
         out = []
         for prepared in self.prepared(record.model, list(results), "b"):
-            grid_map = regions.side_map(similarity, weights, q, prepared.side)
-            out.append((prepared.image_id, GridMap("b", grid_map, prepared.side.frame)))
+            pair = PairExplanation.from_sides(q, prepared.side, similarity)
+            out.append((prepared.image_id, point_grid_map(pair, "a", (row, col))))
         return out
 
 

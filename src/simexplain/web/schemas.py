@@ -118,7 +118,7 @@ class ExplainResponse(BaseModel):
     score: float = Field(description="the model's own similarity")
     residual: float = Field(description="|sum of the decomposition - score| (float error for "
                             "exact heads)")
-    signed: bool = Field(description="true when the maps are signed (the decomposition)")
+    signed: bool = Field(description="true when the maps are signed (decomposition, relative)")
     a: ExplainedSide
     b: ExplainedSide
 
@@ -133,9 +133,14 @@ class PointRequest(BaseModel):
 
 class MapResponse(BaseModel):
     side: Side = Field(description="the image the map is drawn on")
-    grid: list[int]
-    map: Grid
-    argmax: Peak
+    grid: Optional[list[int]] = Field(description="null when no_map")
+    map: Optional[Grid] = Field(description="null when no_map")
+    argmax: Optional[Peak] = Field(description="null when no_map")
+    kind: str = Field(description="the point-map kind shown (the default, see README)")
+    label: str = Field(description="what the map shows, for display")
+    no_map: bool = Field(default=False, description="true where the point or region carries "
+                         "no contribution (max-pooling heads): there is no map, not a flat one")
+    message: Optional[str] = Field(default=None, description="why there is no map")
     seq: Optional[int] = None
 
 
@@ -200,12 +205,8 @@ class SearchPointRequest(BaseModel):
     seq: Seq = None
 
 
-class ResultMap(BaseModel):
+class ResultMap(MapResponse):
     id: str
-    side: Side
-    grid: list[int]
-    map: Grid
-    argmax: Peak
 
 
 class SearchPointResponse(BaseModel):

@@ -568,6 +568,10 @@ const TIPS = {
     "score, blue lowers it.",
 };
 const SCORE_UNIT = "share of the score per cell";
+// point and region maps: the contribution kind is in score units, the match kinds are cosines
+function mapUnit(result) {
+  return result.kind === "contribution" ? SCORE_UNIT : `${result.label} (-1 to 1)`;
+}
 
 function term(name, tip) { return `<b class="term" title="${escapeHtml(tip)}">${name}</b>`; }
 
@@ -598,8 +602,8 @@ function restPair() {
   let extra = "";
   if (state.pair.region) {
     const r = state.pair.region;
-    pairViews[r.side].setMap(r.map, `region map: ${SCORE_UNIT}`);
-    pairViews[r.side].markers = [{ ...r.argmax, kind: "ring" }];
+    pairViews[r.side].setMap(r.no_map ? null : r.map, `region map: ${mapUnit(r)}`);
+    pairViews[r.side].markers = r.no_map ? [] : [{ ...r.argmax, kind: "ring" }];
     extra = `${term("region s<sub>R</sub>", TIPS.sR)} = ${r.partial_score.toFixed(4)}`;
   }
   for (const side of ["a", "b"]) pairViews[side].render();
@@ -619,15 +623,18 @@ function showPairMap(result, job) {
   const here = job.body.side;
   const there = result.side;
   const target = pairViews[there];
-  target.setMap(result.map, `${job.kind} map: ${SCORE_UNIT}`);
-  target.markers = [{ ...result.argmax, kind: "ring" }];
+  // no_map: the point carries no contribution, so there is nothing to draw (not a flat map)
+  target.setMap(result.no_map ? null : result.map, `${job.kind} map: ${mapUnit(result)}`);
+  target.markers = result.no_map ? [] : [{ ...result.argmax, kind: "ring" }];
   target.box = null;
   target.render();
+  const shown = result.no_map ? `no map on ${there}: this ${job.kind} carries no contribution`
+    : `${result.label} on ${there}: max ${result.argmax.value.toExponential(2)}`;
   if (job.kind === "region") {
     state.pair.region = result;
-    describePair(`${term("region s<sub>R</sub>", TIPS.sR)} = ${result.partial_score.toFixed(4)}`);
+    describePair(`${term("region s<sub>R</sub>", TIPS.sR)} = ${result.partial_score.toFixed(4)}; ${shown}`);
   } else {
-    describePair(`point map on ${there}: max ${result.argmax.value.toExponential(2)}`);
+    describePair(`point map (${shown})`);
   }
   const source = pairViews[here];
   source.render();
@@ -798,8 +805,8 @@ function showResultMaps(result, job) {
   for (const item of result.maps) {
     const r = byId.get(item.id);
     if (!r) continue;
-    r.view.setMap(item.map);
-    r.view.markers = [{ ...item.argmax, kind: "ring" }];
+    r.view.setMap(item.no_map ? null : item.map);
+    r.view.markers = item.no_map ? [] : [{ ...item.argmax, kind: "ring" }];
     r.view.render();
   }
 }
