@@ -39,7 +39,7 @@ from torch import nn
 from simexplain import Explainer, zoo
 from simexplain.explanation import PairExplanation, Side
 from simexplain.toy import L2Norm
-from simexplain.visualize import blank_like
+from simexplain.images import blank_image
 
 GRIDS = (7, 14, 28, 32, 48, 64)
 REFERENCE_PATH_MAX_GRID = 14  # the previous engine is O(P^2 C): minutes beyond this
@@ -61,7 +61,7 @@ def explain_with(explainer: Explainer, x_a: torch.Tensor, x_b: torch.Tensor,
     sides = []
     for x, side in ((x_a, "a"), (x_b, "b")):
         c = explainer.stream(side).contributions(x, strategy)
-        sides.append(Side(image=blank_like(tuple(x.shape[2:])), grid=c.grid,
+        sides.append(Side(image=blank_image(tuple(x.shape[2:])), grid=c.grid,
                           contributions=c.positions[0], embedding=c.embedding[0]))
     return PairExplanation.from_sides(*sides, explainer.similarity)
 

@@ -122,13 +122,13 @@ def bench_build(count: int, side: int, use_zoo: bool, batch_size: int):
             array = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
             Image.fromarray(array).save(folder / f"img_{i:04d}.png")
         models = [("simexplain.toy:tiny_cnn",
-                   lambda: Explainer(tiny_cnn(), "features", transform=Preprocess(size=(64, 64))))]
+                   lambda: Explainer(tiny_cnn(), "features", transform=Preprocess(size=(64, 64)),
+                                     model_name="simexplain.toy:tiny_cnn"))]
         if use_zoo:
             from simexplain import zoo
             models.append(("efficientnet-lite0", lambda: zoo.load("efficientnet-lite0")))
         for name, make in models:
             explainer = make()
-            explainer.model_name = name
             # warm-up: first-call costs (weights, kernels) are not throughput
             explainer.embed([folder / "img_0000.png"] * min(batch_size, count), "b", batch_size)
             start = time.perf_counter()

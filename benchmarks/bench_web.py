@@ -114,12 +114,11 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     import torch
 
-    from simexplain.cli import build_explainer
+    from simexplain.zoo import resolve
     from simexplain.retrieval import Index
     from simexplain.web import create_app
 
-    explainer = build_explainer(args.model, args.layer)
-    explainer.model_name = args.model
+    explainer = resolve(args.model, args.layer)
     with tempfile.TemporaryDirectory(prefix="bench-web-") as tmp:
         index_path = Path(args.index) if args.index else Path(tmp) / "index"
         if not args.index:

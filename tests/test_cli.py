@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from simexplain.adapters import load_user_model
+from simexplain.zoo.user import load_user_model
 from simexplain.cli import main
 from simexplain.errors import ModelError
 from simexplain.toy import HeadModel

@@ -102,6 +102,8 @@ def test_transformer_tokens_with_class_token():
     assert result.overall_a.shape == (8, 8)
     with torch.no_grad():
         expected = float(score(model(images(seed=7))[0], model(images(seed=8))[0], "cosine"))
+    assert result.score == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert float(result.overall_a.sum()) == pytest.approx(expected, rel=1e-4, abs=1e-6)
     assert result.residual <= 1e-4 * abs(expected)
 
 

@@ -6,6 +6,7 @@ import torch
 
 from simexplain import Explainer, SimexplainError
 from simexplain.toy import HeadModel
+from simexplain.visualize import overlay_map
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def test_gallery_equals_repeated_explain(explainer):
 def test_upsample_and_overlay(result):
     heat = result.upsample(result.overall_a, "a")
     assert heat.shape == (32, 32)
-    picture = result.overlay(result.overall_b, "b", signed=True)
+    picture = overlay_map(result, result.overall_b, "b", signed=True)
     assert picture.size == (48, 48)
     d = result.to_dict()
     assert d["score"] == result.score and len(d["overall_a"]) == 8

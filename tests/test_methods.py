@@ -75,3 +75,42 @@ def test_unknown_method_is_a_clear_error():
     explainer = explainer_for("gap", normalize=True)
     with pytest.raises(SimexplainError, match="unknown method 'gradcamm'"):
         maps(explainer, "gradcamm")
+
+
+def test_registry_properties_match_what_the_maps_do():
+    """Declared properties are checked against the maps: unsigned methods never go below 0,
+    exact ones sum to the model's own score."""
+    explainer = explainer_for("gap", normalize=True, similarity="cosine", bias=True)
+    with torch.no_grad():
+        score = float(torch.nn.functional.cosine_similarity(
+            explainer.stream_a.model(images(1)), explainer.stream_a.model(images(2))))
+    for name, cls in METHODS.items():
+        m_a, m_b = maps(explainer, name)
+        if not cls.signed:
+            assert float(m_a.min()) >= 0 and float(m_b.min()) >= 0, name
+        if cls.exact:
+            assert float(m_a.sum()) == pytest.approx(score, abs=1e-4), name
+
+
+def test_methods_share_one_prepared_pair_and_occlusion_embeds_each_image_once(monkeypatch):
+    from simexplain.methods import PreparedPair, get_method
+    explainer = explainer_for("gap", normalize=True, similarity="cosine", bias=True)
+    pair = PreparedPair.of(explainer, images(1), images(2))
+    calls = []
+    original = explainer.stream_a.embed
+    monkeypatch.setattr(explainer.stream_a, "embed", lambda x: calls.append(len(x)) or original(x))
+    occ_a, occ_b = get_method("occlusion").attribute(explainer, pair)
+    # two single-image embeddings (a and b), then 64 occluded images per side in batches of 32
+    assert sorted(calls) == [1, 1, 32, 32, 32, 32]
+    # the same maps as from unprepared images, and a one-sided call computes one side only
+    again_a, again_b = explainer.saliency(images(1), images(2), "occlusion")
+    torch.testing.assert_close(occ_a, again_a)
+    torch.testing.assert_close(occ_b, again_b)
+    only_a, none_b = get_method("occlusion").attribute(explainer, images(1), images(2), sides="a")
+    torch.testing.assert_close(only_a, occ_a)
+    assert none_b is None
+    # gradients are computed once for Grad-CAM and RGrad-CAM on one pair
+    get_method("gradcam").attribute(explainer, pair)
+    cached = dict(pair.cache)
+    get_method("rgradcam").attribute(explainer, pair)
+    assert pair.cache.keys() == cached.keys()

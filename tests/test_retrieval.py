@@ -32,8 +32,8 @@ def toy_explainer(similarity: str = "cosine", seed: int = 0, name: str | None = 
     torch.manual_seed(seed)
     model = HeadModel("gap", dim=8, channels=8, depth=2, normalize=similarity == "cosine").eval()
     explainer = Explainer(model, "features", similarity=similarity,
-                          transform=Preprocess(size=(SIDE, SIDE)))
-    explainer.model_name = name or f"toy-{similarity}"
+                          transform=Preprocess(size=(SIDE, SIDE)),
+                          model_name=name or f"toy-{similarity}")
     return explainer
 
 

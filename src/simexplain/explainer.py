@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -13,9 +14,8 @@ from .adapters import SplitModel
 from .errors import ImageError
 from .explanation import PairExplanation, Side
 from .head import Contributions
-from .images import ImageInput, Preprocess, check_tensor, load_image
+from .images import ImageInput, Preprocess, blank_image, check_tensor, load_image
 from .similarity import Similarity, get as get_similarity
-from .visualize import blank_like
 
 Transform = Callable[[Image.Image], torch.Tensor]
 # Relative residual above which a head is reported as not exactly decomposable.
@@ -31,12 +31,16 @@ class Explainer:
         instance (see simexplain.similarity); `explainer.similarity` is the Similarity object.
     transform: PIL image -> (C, H, W) tensor; default: 224x224, ImageNet normalisation.
     model_b, layer_b, transform_b: the second stream of a two-stream model (default: same).
+    model_name: what the model is called (a zoo name, a file, `module:factory`); recorded in
+    index manifests and reports, and it decides whether a zoo face model sees face crops.
     """
 
     def __init__(self, model: torch.nn.Module, layer: str,
                  similarity: str | Similarity = "cosine", transform: Transform | None = None,
                  model_b: torch.nn.Module | None = None, layer_b: str | None = None,
-                 transform_b: Transform | None = None):
+                 transform_b: Transform | None = None, model_name: str | None = None):
+        self.model_name = model_name
+        self._weights_sha256: str | None = None  # computed on first use (weights_sha256)
         self.similarity = get_similarity(similarity)
         self.stream_a = SplitModel(model, layer)
         if model_b is None and layer_b is None:
@@ -47,6 +51,22 @@ class Explainer:
         self.transform_a = transform or Preprocess()
         self.transform_b = transform_b or self.transform_a
         self._warned_inexact = False
+
+    def weights_sha256(self) -> str:
+        """sha256 over the parameters and buffers of the model(s): identifies the weights an
+        index was built with. Computed once (the weights are assumed not to change)."""
+        if self._weights_sha256 is None:
+            digest = hashlib.sha256()
+            streams = [self.stream_a] + ([] if self.stream_b is self.stream_a else [self.stream_b])
+            for stream in streams:
+                for name, tensor in stream.model.state_dict().items():
+                    t = tensor.detach().cpu().contiguous()
+                    digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+                    if t.dtype == torch.bfloat16:
+                        t = t.float()
+                    digest.update(t.numpy().tobytes())
+            self._weights_sha256 = digest.hexdigest()
+        return self._weights_sha256
 
     # -- inputs --------------------------------------------------------------------------------
     def stream(self, side: str) -> SplitModel:
@@ -61,7 +81,7 @@ class Explainer:
             if tensor.shape[0] != 1:
                 raise ImageError(f"image {side}: expected one image (1, C, H, W), got "
                                  f"{tuple(tensor.shape)}")
-            return tensor.to(stream.device), blank_like(tuple(tensor.shape[2:]))
+            return tensor.to(stream.device), blank_image(tuple(tensor.shape[2:]))
         picture = load_image(image)
         shown = transform.resize(picture) if hasattr(transform, "resize") else picture
         tensor = check_tensor(transform(picture), name=f"image {side}")
@@ -130,11 +150,8 @@ class Explainer:
     # -- saliency by any method ------------------------------------------------------------------
     def saliency(self, a: ImageInput, b: ImageInput, method: str = "decomposition",
                  **options) -> tuple[torch.Tensor, torch.Tensor]:
-        """Overall maps (on the feature grids) of both images by `method`.
-
-        Methods: decomposition, gradcam, gradcam-raw, rgradcam, occlusion, random
-        (see simexplain.methods).
-        """
+        """Overall maps (on the feature grids) of both images by `method`: any name in
+        simexplain.METHODS (see simexplain.methods)."""
         from .methods import get_method
         return get_method(method, **options).attribute(self, a, b)
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import maps, regions, visualize
+from . import maps, regions
 from .errors import SimexplainError
 from .similarity import Similarity, get as get_similarity
 
@@ -33,7 +33,7 @@ class PairExplanation:
 
     `pairwise[i, j, k, l]` is the share of the score carried by position (i, j) of a's feature
     grid together with position (k, l) of b's. Maps are signed and on the feature grids;
-    `upsample` brings one to image size, `overlay` renders it.
+    `upsample` brings one to image size, `simexplain.visualize.overlay_map` renders it.
     """
 
     score: float  # the model's own similarity from its own forward pass
@@ -120,11 +120,6 @@ class PairExplanation:
     def upsample(self, grid_map: torch.Tensor, side: str) -> np.ndarray:
         """A map over `side`'s grid, bilinearly upsampled to that image's size."""
         return maps.upsample(grid_map, self._sides(side)[0].image_size)
-
-    def overlay(self, grid_map: torch.Tensor, side: str, signed: bool = False,
-                alpha: float = 0.5) -> Image.Image:
-        """Render a map over `side`'s image: signed colours, or the paper's positive form."""
-        return visualize.overlay(self.image(side), self.upsample(grid_map, side), signed, alpha)
 
     def to_dict(self) -> dict:
         """JSON-ready summary."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from contextlib import contextmanager
@@ -31,3 +32,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_json_atomic(path: str | Path, data) -> None:
+    """JSON through a temporary file and a rename: never a half-written file. Numpy and torch
+    values and paths are written as plain JSON."""
+    write_text_atomic(path, json.dumps(data, indent=2, default=_json_default))
+
+
+def _json_default(value):
+    import numpy as np
+    import torch
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return np.asarray(value).tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

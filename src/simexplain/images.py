@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Union
@@ -24,37 +25,99 @@ def load_image(source: str | Path | Image.Image) -> Image.Image:
     """Open a path (or take a PIL image) and return it as RGB.
 
     Grayscale and palette images are expanded to RGB; transparent images are composited on
-    white, so that what the model sees matches what a viewer sees.
+    white, so that what the model sees matches what a viewer sees; 16-bit and float images are
+    scaled to 8 bits (see `to_rgb`). Every unusable file is an ImageError naming it: the pixel
+    limit (MAX_PIXELS) is checked from the header, before anything is decoded.
     """
     if isinstance(source, Image.Image):
-        image = source
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ImageError(f"image file not found: {path}")
-        try:
+        return to_rgb(source)
+    path = Path(source)
+    name = _short(path)
+    try:
+        found = path.is_file()
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte
+        raise ImageError(f"{name}: cannot open ({_reason(exc)})") from None
+    if not found:
+        raise ImageError(f"image file not found: {name}")
+    try:
+        with warnings.catch_warnings():
+            # Pillow's own bomb check only warns below twice its limit: make it an error
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
-                if opened.width * opened.height > MAX_PIXELS:
-                    raise ImageError(
-                        f"{path}: {opened.width}x{opened.height} pixels exceeds the limit of "
-                        f"{MAX_PIXELS}")
+                check_pixels(opened.width, opened.height, name)
                 opened.load()
                 image = opened.copy()
-        except UnidentifiedImageError:
-            raise ImageError(f"{path}: not a readable image file") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise ImageError(f"{path}: cannot decode image ({exc})") from None
-    return to_rgb(image)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not a readable image file") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{name}: the image declares more pixels than the limit of "
+                         f"{MAX_PIXELS}") from None
+    except MemoryError:
+        raise ImageError(f"{name}: not enough memory to decode the image") from None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure (OSError, SyntaxError,
+        # struct.error, RuntimeError from a broken plugin ...) means the same: a bad file
+        raise ImageError(f"{name}: cannot decode image ({_reason(exc)})") from None
+    return to_rgb(image, name)
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
+def check_pixels(width: int, height: int, name: str = "image") -> None:
+    """Refuse a declared size over MAX_PIXELS (or empty) before it is decoded."""
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{name}: the image is empty ({width}x{height} pixels)")
+    if width * height > MAX_PIXELS:
+        raise ImageError(f"{name}: {width}x{height} pixels exceeds the limit of {MAX_PIXELS}")
+
+
+def _short(path: Path, limit: int = 120) -> str:
+    text = str(path)
+    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 2:]}"
+
+
+def _reason(exc: BaseException) -> str:
+    text = (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__).splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+# Modes whose values are not 8-bit: integers assumed 16-bit (what 16-bit PNG and TIFF decode
+# to), floats assumed in [0, 1] (float TIFF); both are scaled to 0..255 before conversion.
+_WIDE_INT = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
+    """The image as 8-bit RGB (alpha composited on white; 16-bit and float values scaled)."""
     if image.mode == "RGB":
         return image
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    try:
+        if image.mode in _WIDE_INT or image.mode == "F":
+            image = _to_8bit(image, name)
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and
+                                                  "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return image.convert("RGB")
+    except ImageError:
+        raise
+    except (ValueError, OSError) as exc:  # e.g. a mode Pillow cannot convert to RGB
+        raise ImageError(f"{name}: cannot convert {image.mode} pixels to RGB "
+                         f"({_reason(exc)})") from None
+
+
+def _to_8bit(image: Image.Image, name: str) -> Image.Image:
+    """A 16-bit or 32-bit integer image (0..65535) or a float image (0..1) as 8-bit 'L'."""
+    values = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ImageError(f"{name}: the image has NaN or infinite pixel values")
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    full = 1.0 if image.mode == "F" else 65535.0
+    if low < 0 or high > full:
+        raise ImageError(
+            f"{name}: {image.mode} pixel values span {low:g}..{high:g}; expected 0..{full:g} "
+            f"({'float images in 0..1' if image.mode == 'F' else '16-bit images'}); "
+            "convert the image to 8 bits first")
+    return Image.fromarray(np.rint(values * (255.0 / full)).astype(np.uint8), "L")
 
 
 @dataclass(frozen=True)
@@ -98,3 +161,9 @@ def check_tensor(tensor: torch.Tensor, name: str = "input") -> torch.Tensor:
     if not torch.isfinite(tensor).all():
         raise ImageError(f"{name}: tensor contains NaN or infinite values")
     return tensor
+
+
+def blank_image(size: tuple[int, int]) -> Image.Image:
+    """A neutral gray canvas of (height, width): what is shown for inputs given as tensors."""
+    height, width = size
+    return Image.new("RGB", (width, height), (128, 128, 128))

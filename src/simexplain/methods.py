@@ -3,24 +3,86 @@
 Every method returns maps over both images' feature grids, so they can be compared cell by cell.
 The decomposition needs no backward pass; the Grad-CAM family are the paper's baselines; occlusion
 is a black-box baseline; random is the floor every evaluation compares against.
+
+Each method declares what it is (exact or not, needs gradients, signed, gives point maps, costs a
+forward pass per feature cell, a control rather than an explanation), and the registry `METHODS`
+is the one list of methods: the web page, the demo and the evaluation read it. Methods that
+explain the same pair share one `PreparedPair` (inputs prepared once, embeddings and gradients
+computed once).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
+from PIL import Image
 
 from .errors import SimexplainError
+from .explanation import PairExplanation, Side
 from .images import ImageInput
+from .similarity import Similarity
 
 Maps = tuple[torch.Tensor, torch.Tensor]  # (Ha, Wa), (Hb, Wb)
 
 
+@dataclass
+class PreparedPair:
+    """Both images as model inputs, prepared once and shared by every method run on them."""
+
+    x_a: torch.Tensor  # (1, C, H, W) on the model's device
+    x_b: torch.Tensor
+    shown_a: Image.Image  # the images as the model sees them
+    shown_b: Image.Image
+    cache: dict = field(default_factory=dict, repr=False)  # embeddings, gradients
+
+    @classmethod
+    def of(cls, explainer, a: ImageInput | "PreparedPair", b: ImageInput | None = None
+           ) -> "PreparedPair":
+        """Prepare a and b (a PreparedPair given as `a` is returned as it is)."""
+        if isinstance(a, PreparedPair):
+            return a
+        x_a, shown_a = explainer.prepare(a, "a")
+        x_b, shown_b = explainer.prepare(b, "b")
+        return cls(x_a, x_b, shown_a, shown_b)
+
+    def x(self, side: str) -> torch.Tensor:
+        return self.x_a if side == "a" else self.x_b
+
+    def embeddings(self, explainer) -> tuple[torch.Tensor, torch.Tensor]:
+        """(e_a, e_b), each image embedded once (no gradients)."""
+        if "embeddings" not in self.cache:
+            self.cache["embeddings"] = (explainer.stream_a.embed(self.x_a)[0],
+                                        explainer.stream_b.embed(self.x_b)[0])
+        return self.cache["embeddings"]
+
+
+def closeness(e_a: torch.Tensor, e_b: torch.Tensor, similarity: Similarity) -> torch.Tensor:
+    """The similarity, signed so that larger means closer (minus a distance)."""
+    return similarity.closeness(similarity.score(e_a, e_b))
+
+
 class Method:
-    """Base class: subclasses implement `attribute`."""
+    """Base class: subclasses implement `maps` (one prepared pair -> both maps) and declare
+    their properties."""
 
     name = ""
+    label = ""  # for display
+    exact = False  # the maps sum to the model's own score (up to the reported residual)
+    needs_gradients = False
+    signed = False  # negative values are meaningful (else the map is >= 0)
+    point_maps = False  # also gives maps for a point or region of one image on the other
+    per_cell_cost = False  # one forward pass per feature cell: slow on large grids
+    control = False  # a floor to compare against, not an explanation (left out of displays)
+    seeded = False  # takes `seed`: its maps depend on the seed only
 
-    def attribute(self, explainer, a: ImageInput, b: ImageInput) -> Maps:
+    def attribute(self, explainer, a: ImageInput | PreparedPair, b: ImageInput | None = None,
+                  sides: str = "ab") -> Maps:
+        """Overall maps of a and b (or of the PreparedPair given as `a`). `sides` may name one
+        side only ("a" or "b"); the other map is then None unless it came for free."""
+        return self.maps(explainer, PreparedPair.of(explainer, a, b), sides)
+
+    def maps(self, explainer, pair: PreparedPair, sides: str = "ab") -> Maps:
         raise NotImplementedError
 
 
@@ -28,31 +90,46 @@ class Decomposition(Method):
     """Signed overall maps of the exact decomposition (METHOD.md)."""
 
     name = "decomposition"
+    label = "decomposition (exact)"
+    exact = True
+    signed = True
+    point_maps = True
 
-    def attribute(self, explainer, a, b) -> Maps:
-        result = explainer.explain(a, b)
+    def maps(self, explainer, pair, sides="ab") -> Maps:
+        side_a, side_b = (_decomposed(explainer, pair, s) for s in "ab")
+        result = PairExplanation.from_sides(side_a, side_b, explainer.similarity)
         return result.overall_a.float(), result.overall_b.float()
+
+
+def _decomposed(explainer, pair: PreparedPair, side: str) -> Side:
+    c = explainer.contributions(pair.x(side), side)
+    shown = pair.shown_a if side == "a" else pair.shown_b
+    return Side(image=shown, grid=c.grid, contributions=c.positions[0], embedding=c.embedding[0])
 
 
 class _GradientMethod(Method):
     """Shared part: the similarity of both images as a function of both feature maps."""
 
+    needs_gradients = True
     raw = False  # similarity on raw (pre-normalisation) embeddings
 
-    def gradients(self, explainer, a, b):
-        x_a, _ = explainer.prepare(a, "a")
-        x_b, _ = explainer.prepare(b, "b")
-        feats_a, e_a = explainer.stream_a.features_and_embedding(x_a, raw=self.raw)
-        feats_b, e_b = explainer.stream_b.features_and_embedding(x_b, raw=self.raw)
-        similarity = explainer.similarity
-        if self.raw:
-            similarity = similarity.without_normalisation()
-        s = similarity.closeness(similarity.score(e_a[0], e_b[0]))
-        grad_a, grad_b = torch.autograd.grad(s, [feats_a, feats_b])
-        return (feats_a.detach(), grad_a), (feats_b.detach(), grad_b)
+    def gradients(self, explainer, pair: PreparedPair):
+        """((A_a, ds/dA_a), (A_b, ds/dA_b)), computed once per pair for all Grad-CAMs that
+        share `raw`."""
+        key = ("gradients", self.raw)
+        if key not in pair.cache:
+            feats_a, e_a = explainer.stream_a.features_and_embedding(pair.x_a, raw=self.raw)
+            feats_b, e_b = explainer.stream_b.features_and_embedding(pair.x_b, raw=self.raw)
+            similarity = explainer.similarity
+            if self.raw:  # the paper's "without normalisation" variant (cosine -> dot)
+                similarity = similarity.without_normalisation()
+            s = closeness(e_a[0], e_b[0], similarity)
+            grad_a, grad_b = torch.autograd.grad(s, [feats_a, feats_b])
+            pair.cache[key] = ((feats_a.detach(), grad_a), (feats_b.detach(), grad_b))
+        return pair.cache[key]
 
-    def attribute(self, explainer, a, b) -> Maps:
-        (f_a, g_a), (f_b, g_b) = self.gradients(explainer, a, b)
+    def maps(self, explainer, pair, sides="ab") -> Maps:
+        (f_a, g_a), (f_b, g_b) = self.gradients(explainer, pair)
         return self.combine(f_a, g_a), self.combine(f_b, g_b)
 
     def combine(self, feats: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
@@ -73,6 +150,7 @@ class GradCAM(_GradientMethod):
     """alpha_k = mean_p ds/dA_pk; map = ReLU(sum_k alpha_k A_pk), s on the model's embeddings."""
 
     name = "gradcam"
+    label = "Grad-CAM"
 
     def combine(self, feats, grads):
         f, g = _channels_last_grid(feats), _channels_last_grid(grads)
@@ -84,6 +162,7 @@ class GradCAMRaw(GradCAM):
     """Grad-CAM on raw (pre-L2-normalisation) embeddings, dot product."""
 
     name = "gradcam-raw"
+    label = "Grad-CAM (raw embeddings)"
     raw = True
 
 
@@ -91,6 +170,7 @@ class RGradCAM(_GradientMethod):
     """Rectified Grad-CAM, no averaging: map_p = ReLU(sum_k ds/dA_pk A_pk)."""
 
     name = "rgradcam"
+    label = "RGrad-CAM"
 
     def combine(self, feats, grads):
         f, g = _channels_last_grid(feats), _channels_last_grid(grads)
@@ -105,24 +185,24 @@ class Occlusion(Method):
     """
 
     name = "occlusion"
+    label = "occlusion"
+    signed = True
+    per_cell_cost = True
 
     def __init__(self, window: int = 1, batch_size: int = 32):
         self.window = window
         self.batch_size = batch_size
 
-    def attribute(self, explainer, a, b) -> Maps:
-        return self.side_map(explainer, a, b, "a"), self.side_map(explainer, a, b, "b")
+    def maps(self, explainer, pair, sides="ab") -> Maps:
+        e_a, e_b = pair.embeddings(explainer)
+        base = closeness(e_a, e_b, explainer.similarity)
+        map_a = self._side(explainer, pair, "a", e_b, base) if "a" in sides else None
+        map_b = self._side(explainer, pair, "b", e_a, base) if "b" in sides else None
+        return map_a, map_b
 
-    def side_map(self, explainer, a, b, side: str) -> torch.Tensor:
-        """The occlusion map of one side only (half the forward passes of `attribute`)."""
-        x_a, _ = explainer.prepare(a, "a")
-        x_b, _ = explainer.prepare(b, "b")
-        e_a = explainer.stream_a.embed(x_a)[0]
-        e_b = explainer.stream_b.embed(x_b)[0]
-        sim = explainer.similarity
-        base = sim.score(e_a, e_b)
-        stream, x, other = ((explainer.stream_a, x_a, e_b) if side == "a"
-                            else (explainer.stream_b, x_b, e_a))
+    def _side(self, explainer, pair: PreparedPair, side: str, other: torch.Tensor,
+              base: torch.Tensor) -> torch.Tensor:
+        stream, x = explainer.stream(side), pair.x(side)
         (rows, cols), _ = stream.grid(x)
         height, width = x.shape[2:]
         half = (self.window - 1) / 2
@@ -137,34 +217,45 @@ class Occlusion(Method):
                 m[max(top, 0):bottom, max(left, 0):right] = 0
                 masks.append(m)
         occluded = x * torch.stack(masks)[:, None]  # (P, C, H, W)
-        scores = torch.cat([sim.score(stream.embed(chunk), other)
+        scores = torch.cat([closeness(stream.embed(chunk), other, explainer.similarity)
                             for chunk in occluded.split(self.batch_size)])
-        return sim.closeness(base - scores).reshape(rows, cols)  # explain closeness
+        return (base - scores).reshape(rows, cols)
 
 
 class RandomMap(Method):
     """Uniform random maps: the floor that evaluations compare against. Seeded."""
 
     name = "random"
+    label = "random"
+    control = True
+    seeded = True
 
     def __init__(self, seed: int = 0):
         self.generator = torch.Generator().manual_seed(seed)
 
-    def attribute(self, explainer, a, b) -> Maps:
-        x_a, _ = explainer.prepare(a, "a")
-        x_b, _ = explainer.prepare(b, "b")
-        grid_a, _ = explainer.stream_a.grid(x_a)
-        grid_b, _ = explainer.stream_b.grid(x_b)
+    def maps(self, explainer, pair, sides="ab") -> Maps:
+        grid_a, _ = explainer.stream_a.grid(pair.x_a)
+        grid_b, _ = explainer.stream_b.grid(pair.x_b)
         return (torch.rand(grid_a, generator=self.generator),
                 torch.rand(grid_b, generator=self.generator))
 
 
+# The registry, in display order: the one list of methods.
 METHODS: dict[str, type[Method]] = {
     cls.name: cls for cls in (Decomposition, GradCAM, GradCAMRaw, RGradCAM, Occlusion, RandomMap)}
 
 
-def get_method(name: str, **options) -> Method:
-    """A method by name, e.g. get_method("occlusion", window=2)."""
+def explanation_methods() -> list[str]:
+    """The methods shown to people (the registry without controls such as random)."""
+    return [name for name, cls in METHODS.items() if not cls.control]
+
+
+def method_class(name: str) -> type[Method]:
     if name not in METHODS:
         raise SimexplainError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
-    return METHODS[name](**options)
+    return METHODS[name]
+
+
+def get_method(name: str, **options) -> Method:
+    """A method by name, e.g. get_method("occlusion", window=2)."""
+    return method_class(name)(**options)

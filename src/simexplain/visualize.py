@@ -35,6 +35,13 @@ def overlay(image: Image.Image, heat: np.ndarray, signed: bool = False,
     return Image.fromarray((blended * 255).round().astype(np.uint8))
 
 
+def overlay_map(result, grid_map, side: str, signed: bool = False,
+                alpha: float = 0.5) -> Image.Image:
+    """Render a map over one side's feature grid of a PairExplanation on that side's image:
+    signed colours, or the paper's positive form."""
+    return overlay(result.image(side), result.upsample(grid_map, side), signed, alpha)
+
+
 def mark_point(image: Image.Image, point: Sequence[float], color=(255, 255, 255),
                radius: int | None = None) -> Image.Image:
     """Draw a ringed cross at (row, col)."""
@@ -56,12 +63,6 @@ def mark_box(image: Image.Image, box: Sequence[float], color=(255, 255, 0)) -> I
     draw.rectangle([left, top, right - 1, bottom - 1], outline=(0, 0, 0), width=3 * width)
     draw.rectangle([left, top, right - 1, bottom - 1], outline=color, width=width)
     return out
-
-
-def blank_like(size: tuple[int, int]) -> Image.Image:
-    """A neutral gray canvas of (height, width) for inputs given as tensors."""
-    height, width = size
-    return Image.new("RGB", (width, height), (128, 128, 128))
 
 
 def save_figure(panels: list[list[tuple[Image.Image, str]]], path, scale: float = 2.0,

@@ -154,7 +154,7 @@ def test_region_search_beats_global_search_for_a_trained_model(name):
 
 
 def test_a_broken_benchmark_module_does_not_break_the_command_line(tmp_path, monkeypatch, capsys):
-    from simexplain.evaluation import cli as eval_cli
+    from simexplain.evaluation import commands as eval_cli
     (tmp_path / "broken_bench_for_test.py").write_text("from math import no_such_name\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setitem(eval_cli.BENCHMARKS, "broken",

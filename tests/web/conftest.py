@@ -22,10 +22,8 @@ def pytest_configure(config):
 
 
 def toy_explainer() -> Explainer:
-    explainer = Explainer(tiny_cnn(), "features", similarity="cosine",
-                          transform=Preprocess(size=(SIZE, SIZE)))
-    explainer.model_name = "toy"
-    return explainer
+    return Explainer(tiny_cnn(), "features", similarity="cosine",
+                     transform=Preprocess(size=(SIZE, SIZE)), model_name="toy")
 
 
 def pattern(kind: int, size: int = 96) -> np.ndarray:

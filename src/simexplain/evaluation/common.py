@@ -18,9 +18,10 @@ import torch
 from PIL import Image
 
 from ..errors import SimexplainError
+from ..methods import METHODS as _REGISTRY
 
-# The saliency methods compared everywhere (simexplain.methods), in display order.
-METHODS = ("decomposition", "gradcam", "gradcam-raw", "rgradcam", "occlusion", "random")
+# The saliency methods compared everywhere: the registry's (simexplain.methods), in its order.
+METHODS = tuple(_REGISTRY)
 # The models benchmarked, in display order.
 MODELS = ("fmnist-gap", "fmnist-gmp", "efficientnet-lite0", "facenet")
 BOOTSTRAP = 2000  # bootstrap resamples for every confidence interval
@@ -63,8 +64,9 @@ QUICK_OCCLUSION_CAP = 5
 def method_cap(setup: ModelSetup, method: str, quick: bool = False,
                caps: dict | None = None) -> int | None:
     """How many samples `method` runs on for this model (None: all). `caps` (model -> cap)
-    replaces the model's default occlusion cap for one benchmark."""
-    if method != "occlusion":
+    replaces the model's default occlusion cap for one benchmark (caps apply to the methods
+    that cost a forward pass per feature cell)."""
+    if method not in _REGISTRY or not _REGISTRY[method].per_cell_cost:
         return None
     cap = caps[setup.name] if caps and setup.name in caps else setup.occlusion_cap
     if quick:
@@ -169,18 +171,13 @@ def method_map(explainer, method: str, a: torch.Tensor, b: torch.Tensor, side: s
                seed: int = 0) -> torch.Tensor:
     """One image's overall map (on its feature grid) for the pair (a, b), by `method`.
 
-    Occlusion computes only the side asked for (half the forward passes); `random` is seeded
-    per call, so a sample's random map depends on the seed only, never on the model.
+    Only the side asked for is computed where that saves work (occlusion); seeded methods
+    (random) are seeded per call, so a sample's map depends on the seed only, never on the model.
     """
-    from ..methods import get_method
-    if method == "random":
-        maps = get_method("random", seed=seed).attribute(explainer, a, b)
-    elif method == "occlusion":
-        return get_method("occlusion").side_map(explainer, a, b, side).detach().float().cpu()
-    else:
-        maps = get_method(method).attribute(explainer, a, b)
-    result = maps[0] if side == "a" else maps[1]
-    return result.detach().float().cpu()
+    from ..methods import method_class
+    cls = method_class(method)
+    maps = (cls(seed=seed) if cls.seeded else cls()).attribute(explainer, a, b, sides=side)
+    return maps[0 if side == "a" else 1].detach().float().cpu()
 
 
 def score(explainer, a: torch.Tensor, b: torch.Tensor, e_a: torch.Tensor | None = None
@@ -291,66 +288,3 @@ def progress(iterable, total: int, label: str, enabled: bool):
     from tqdm.auto import tqdm
     return tqdm(iterable, total=total, desc=label, unit="sample", disable=not enabled,
                 leave=False)
-
-
-# -- command line shared by the benchmark subcommands ----------------------------------------------
-def configure_benchmark_parser(parser, methods: Sequence[str], default_samples: dict,
-                               quick_samples: int) -> None:
-    defaults = ", ".join(f"{k} {v}" for k, v in default_samples.items())
-    parser.add_argument("--model", action="append", metavar="NAME", required=True,
-                        help="benchmark model, repeatable, or 'all' (" + ", ".join(MODELS) + ")")
-    parser.add_argument("--method", action="append", metavar="M",
-                        help="method, repeatable, or 'all' (default): " + ", ".join(methods))
-    parser.add_argument("--samples", type=int,
-                        help=f"samples per model (default: {defaults}; --quick: {quick_samples})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every draw (default 0)")
-    parser.add_argument("--quick", action="store_true", help="tiny sample counts")
-    parser.add_argument("--out", required=True, help="folder for the JSON, Markdown and plots")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    parser.add_argument("--progress", action="store_true", help="show progress bars")
-
-
-def expand_models(requested: Sequence[str]) -> list[str]:
-    out: list[str] = []
-    for name in requested:
-        for n in (MODELS if name == "all" else [name]):
-            if n not in out:
-                out.append(n)
-    return out
-
-
-def run_benchmark_cli(args, module) -> int:
-    """Run one benchmark module for the models asked for; write and print its figures."""
-    import json
-    import sys
-    from pathlib import Path
-
-    from . import report
-    if args.samples is not None and args.samples < 1:
-        raise SimexplainError("--samples must be at least 1")
-    out = Path(args.out)
-    wanted = expand_models(args.model)
-    models, skipped = available_models(wanted)
-    if "all" not in args.model and skipped:
-        name, why = next(iter(skipped.items()))
-        raise SimexplainError(f"model {name}: {why}")
-    out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for model in models:
-        result = module.run(model, methods=args.method, samples=args.samples, seed=args.seed,
-                            quick=args.quick, show_progress=args.progress)
-        results.append(result)
-        report.write_json(out / f"{module.NAME}-{model}.json", result)
-    section = report.benchmark_section(module.NAME, results, out / "img", Path("img"))
-    skipped_lines = "".join(f"\n- {k} skipped: {v}" for k, v in skipped.items())
-    (out / f"{module.NAME}.md").write_text(section + skipped_lines + "\n")
-    if args.json:
-        print(json.dumps(report.clean({"benchmark": module.NAME, "results": results,
-                                       "skipped": skipped}), indent=2,
-                         default=report.json_default))
-    else:
-        print(section)
-        for k, v in skipped.items():
-            print(f"skipped {k}: {v}", file=sys.stderr)
-        print(f"wrote {out / (module.NAME + '.md')} and {module.NAME}-<model>.json")
-    return 0

@@ -39,6 +39,7 @@ from .. import maps as maplib
 from .common import (argmax_cell, bootstrap_ci, cell_centres, is_flat, new_result, progress,
                      sample_seed, start_run, to_tensor, Timer)
 from .composites import FMNIST_FOREGROUND, grid2x2, random_view
+from .report import compare, fmt, markdown_table, methods_of
 
 NAME = "correspondence"
 ALLOWED = ("decomposition", "cosine", "random")
@@ -238,3 +239,34 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
     result["seconds"] = timer.seconds
     return result
 
+
+
+# -- report ------------------------------------------------------------------------------------
+TITLE = "Correspondence (point-specific maps)"
+
+
+def protocol_text(settings: dict) -> str:
+    return ("Pairs with known geometry (Fashion-MNIST: the same item at two cells of two "
+            "composites; photos and faces: a random affine copy). Prediction: argmax of "
+            "the map over b for a query point of a. PCK at 0.05 and 0.1 of b's side; mean "
+            "error as a fraction of the side (lower is better). Grad-CAM-type methods have "
+            "no point maps; *cosine* is raw feature matching at the explained layer.")
+
+
+def results_table(results: list[dict]) -> str:
+    rows = []
+    for r in results:
+        for m in methods_of(r):
+            f = r["methods"][m]
+            rows.append([r["model"], m, fmt(f["pck@0.05"]), fmt(f["pck@0.1"]),
+                         fmt(f["mean_error"]), str(f.get("flat_maps", "n/a")),
+                         f"{r['samples']} / {r['points']}",
+                         "x".join(str(v) for v in r.get("grid", []))])
+    return markdown_table(["model", "method", "PCK@0.05", "PCK@0.1", "mean error", "flat maps",
+                           "pairs / points", "grid of b"], rows)
+
+
+def headline_comparisons(result: dict) -> list:
+    ps = result["per_sample"]
+    return [compare(result, lambda m: ps[m]["pck@0.1"], True, "PCK@0.1",
+                    weights=ps["points"], methods=methods_of(result))]

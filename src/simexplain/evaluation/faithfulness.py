@@ -30,6 +30,7 @@ from scipy.sparse.linalg import splu
 
 from .common import (bootstrap_ci, cap_notes, method_map, METHODS, new_result, progress, runs_on,
                      sample_seed, score, start_run, to_tensor, usable_methods, Timer)
+from .report import compare, finish_plot, fmt, markdown_table, methods_of, pyplot, style
 
 NAME = "faithfulness"
 ALLOWED = METHODS
@@ -262,3 +263,52 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
     result["seconds"] = timer.seconds
     return result
 
+
+
+# -- report ------------------------------------------------------------------------------------
+TITLE = "Faithfulness: deletion, insertion, ROAD"
+PANEL_TITLES = {"deletion": "deletion (lower AUC better)",
+                "insertion": "insertion (higher better)", "road": "ROAD deletion (lower better)"}
+
+
+def protocol_text(settings: dict) -> str:
+    return ("Image b edited cell by cell in the order of its map, image a fixed; the "
+            "model's score normalised by the original score; AUC over the fraction of cells "
+            "edited. Deletion (mean fill) and ROAD (noisy linear imputation): lower is "
+            "better; insertion (from a blurred image): higher is better.")
+
+
+def results_table(results: list[dict]) -> str:
+    rows = []
+    for r in results:
+        for m in methods_of(r):
+            f = r["methods"][m]
+            rows.append([r["model"], m, fmt(f["deletion_auc"]), fmt(f["insertion_auc"]),
+                         fmt(f["road_auc"]), str(f["deletion_auc"]["n"])])
+    return markdown_table(["model", "method", "deletion AUC (lower)", "insertion AUC (higher)",
+                           "ROAD AUC (lower)", "n"], rows)
+
+
+def headline_comparisons(result: dict) -> list:
+    ps = result["per_sample"]
+    return [compare(result, lambda m, k=kind: ps[m][f"{k}_auc"], BETTER[kind] == "higher",
+                    f"{kind} AUC") for kind in CURVES]
+
+
+def plot_results(results: list[dict], img_dir):
+    """The three curves of every method, one row of panels per model."""
+    n = len(results)
+    fig, axes = pyplot().subplots(n, 3, figsize=(12, 3.2 * n), squeeze=False)
+    for row, r in enumerate(results):
+        x = r["fractions"]
+        for col, kind in enumerate(CURVES):
+            ax = axes[row, col]
+            for m in methods_of(r):
+                y = r["methods"][m]["curves"][kind]
+                if y:
+                    ax.plot(x, y, **style(m))
+            ax.set_title(f"{r['model']}: {PANEL_TITLES[kind]}", fontsize=9)
+            ax.set_xlabel("fraction of cells edited")
+            ax.set_ylabel("score / original score")
+            ax.grid(alpha=0.3)
+    return finish_plot(fig, axes, img_dir / f"{NAME}.png")

@@ -287,7 +287,7 @@ def run_cli(args: argparse.Namespace) -> int:
                               batch_size=args.batch_size, data_root=args.data)
     table = markdown_table(results)
     if args.out:
-        from ..report import write_json_atomic
+        from ..files import write_json_atomic
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "interactive.json", results)

@@ -25,6 +25,8 @@ from .common import (bootstrap_ci, cap_notes, METHODS, new_result, progress, run
                      start_run, to_tensor, usable_methods, Timer)
 from .composites import Box, box_iou, random_canvas
 from .pointing import pair_maps
+from .report import (compare, finish_plot, fmt, fmt_plain, markdown_table, methods_of, pyplot,
+                     style)
 
 NAME = "localisation"
 ALLOWED = METHODS + ("decomposition-point",)
@@ -105,3 +107,54 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
     result["seconds"] = timer.seconds
     return result
 
+
+
+# -- report ------------------------------------------------------------------------------------
+TITLE = "Weakly supervised localisation"
+
+
+def protocol_text(s: dict) -> str:
+    return (f"Matching item pasted at a random position and size ({s['target_scale'][0]:g}-"
+            f"{s['target_scale'][1]:g} of the side) over a 2x2 canvas of distractors. Map "
+            "upsampled, thresholded at t x max, bounding box of the largest connected "
+            f"component; correct when IoU > {s['iou']:g} with the known box. Accuracy per "
+            "threshold; *best* picks the threshold on the same samples (as the paper).")
+
+
+def results_table(results: list[dict]) -> str:
+    th = results[0]["settings"]["thresholds"]
+    rows = []
+    for r in results:
+        for m in methods_of(r):
+            f = r["methods"][m]
+            rows.append([r["model"], m] + [fmt_plain(c["mean"], 2) for c in f["accuracy"]] +
+                        [f"{fmt(f['best_accuracy'])} (t={f['best_threshold']:g})",
+                         str(f["best_accuracy"]["n"])])
+    return markdown_table(["model", "method"] + [f"t={t:g}" for t in th] + ["best", "n"], rows)
+
+
+def headline_comparisons(result: dict) -> list:
+    ps = result["per_sample"]
+
+    def best_col(m):
+        k = result["settings"]["thresholds"].index(result["methods"][m]["best_threshold"])
+        return np.asarray(ps[m]["correct"], dtype=np.float64)[:, k]
+    return [compare(result, best_col, True, "accuracy at each method's best threshold")]
+
+
+def plot_results(results: list[dict], img_dir):
+    """Accuracy against the threshold, one panel per model."""
+    n = len(results)
+    fig, axes = pyplot().subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False)
+    for col, r in enumerate(results):
+        ax = axes[0, col]
+        th = r["settings"]["thresholds"]
+        for m in methods_of(r):
+            ax.plot(th, [c["mean"] for c in r["methods"][m]["accuracy"]], marker="o", ms=3,
+                    **style(m))
+        ax.set_title(f"{r['model']} (n={r['samples']})", fontsize=9)
+        ax.set_xlabel("threshold (fraction of max)")
+        ax.set_ylabel("accuracy (IoU > 0.5)")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    return finish_plot(fig, axes, img_dir / f"{NAME}.png")

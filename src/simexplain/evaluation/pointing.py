@@ -22,6 +22,7 @@ from .common import (argmax_cell, bootstrap_ci, cap_notes, cell_centres, is_flat
                      METHODS, new_result, progress, runs_on, sample_seed, start_run, to_tensor,
                      usable_methods, Timer)
 from .composites import Box, matching_grid
+from .report import compare, fmt, markdown_table, methods_of
 
 NAME = "pointing"
 ALLOWED = METHODS + ("decomposition-point",)
@@ -113,3 +114,30 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
     result["seconds"] = timer.seconds
     return result
 
+
+
+# -- report ------------------------------------------------------------------------------------
+TITLE = "Pointing game"
+
+
+def protocol_text(settings: dict) -> str:
+    return ("Query: one real item; gallery image: a 2x2 grid of real items, exactly one "
+            "matching (same class / scene / person) at a random cell. Hit: the map's "
+            "maximal cell lies in the matching cell (chance 0.25). *Mass*: share of the "
+            "positive map mass in the matching cell (chance 0.25).")
+
+
+def results_table(results: list[dict]) -> str:
+    rows = []
+    for r in results:
+        for m in methods_of(r):
+            f = r["methods"][m]
+            rows.append([r["model"], m, fmt(f["hit_rate"]), fmt(f["mass"]),
+                         str(f["flat_maps"]), str(f["hit_rate"]["n"])])
+    return markdown_table(["model", "method", "hit rate", "mass in match", "flat maps", "n"],
+                          rows)
+
+
+def headline_comparisons(result: dict) -> list:
+    ps = result["per_sample"]
+    return [compare(result, lambda m: ps[m]["hit"], True, "hit rate")]

@@ -1,4 +1,11 @@
-"""Markdown tables, headline comparisons and plots of benchmark results.
+"""The benchmark report, generic: sections, summary and plots from what each benchmark declares.
+
+A benchmark module (pointing.py, ...) owns its words and figures: NAME, TITLE,
+`protocol_text(settings)`, `results_table(results)`, `headline_comparisons(result)` (its
+primary figure(s) compared across methods with `compare`), and optionally
+`plot_results(results, img_dir)`, `extra_lines(results)` (after the headline) and
+`brief_lines(results)` (for the report's summary). This module formats, compares and lays them
+out; it never names a benchmark.
 
 Every figure is shown as ``mean [low, high]`` with its 95% percentile-bootstrap interval.
 Headlines compare the best method with the runner-up by a *paired* bootstrap over the same
@@ -15,18 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from ..files import write_text_atomic
+from ..methods import METHODS as _REGISTRY
 from .common import METHODS, paired_difference
 
 BASELINES_NOTE = "baseline"
 ORDER = METHODS + ("decomposition-point", "cosine")
 DECOMPOSITION = ("decomposition", "decomposition-point")
-TITLES = {
-    "pointing": "Pointing game",
-    "localisation": "Weakly supervised localisation",
-    "faithfulness": "Faithfulness: deletion, insertion, ROAD",
-    "correspondence": "Correspondence (point-specific maps)",
-    "sanity": "Sanity checks: parameter and reference randomisation",
-}
 
 
 # -- files -------------------------------------------------------------------------------------
@@ -73,11 +74,12 @@ def fmt_plain(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
-def _methods(result: dict) -> list[str]:
+def methods_of(result: dict) -> list[str]:
+    """The result's methods in display order."""
     return sorted(result["methods"], key=lambda m: ORDER.index(m) if m in ORDER else 99)
 
 
-def table(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
@@ -89,7 +91,7 @@ def compare(result: dict, values_of, higher: bool, label: str, weights=None,
     """Best method by mean of per-sample values; paired margin to the runner-up (the best
     method whose values differ: methods with identical values are reported as tied) and the
     best decomposition variant's paired difference to the best baseline."""
-    methods = methods or _methods(result)
+    methods = methods or methods_of(result)
     values = {m: np.asarray(values_of(m), dtype=np.float64) for m in methods}
     values = {m: v for m, v in values.items() if v.size and np.isfinite(v).any()}
     if len(values) < 2:
@@ -130,7 +132,7 @@ def compare(result: dict, values_of, higher: bool, label: str, weights=None,
            "margin": diff(best, rest[0]) if rest else None,
            "partial": {m: diff(m, best) for m in partial}}
     decomp = [m for m in ranked if m in DECOMPOSITION]
-    baselines = [m for m in ranked if m not in DECOMPOSITION and m != "random"]
+    baselines = [m for m in ranked if m not in DECOMPOSITION and not _control(m)]
     if decomp and baselines:
         d, b = decomp[0], baselines[0]
         gap = diff(d, b)
@@ -139,9 +141,14 @@ def compare(result: dict, values_of, higher: bool, label: str, weights=None,
         out.update(decomposition=d, best_baseline=b, decomposition_vs_baseline=gap,
                    baseline_wins=bool(better and not same(d, b)),
                    baseline_wins_significant=bool(better and significant))
-    if "random" in values and best == "random":
+    if _control(best):
         out["random_wins"] = True
     return out
+
+
+def _control(method: str) -> bool:
+    """A control such as random (the registry says), not a baseline explanation."""
+    return method in _REGISTRY and _REGISTRY[method].control
 
 
 def _verdict(c: dict) -> str:
@@ -188,57 +195,36 @@ def headline_text(model: str, c: dict | None) -> str:
     return text
 
 
-def headlines(name: str, results: list[dict]) -> list[tuple[str, dict | None]]:
-    """(model, comparison) for the benchmark's primary figure(s)."""
-    out = []
-    for r in results:
-        ps = r["per_sample"]
-        model = r["model"]
-        if name == "pointing":
-            out.append((model, compare(r, lambda m: ps[m]["hit"], True, "hit rate")))
-        elif name == "localisation":
-            def best_col(m):
-                k = r["settings"]["thresholds"].index(r["methods"][m]["best_threshold"])
-                return np.asarray(ps[m]["correct"], dtype=np.float64)[:, k]
-            out.append((model, compare(r, best_col, True, "accuracy at each method's best "
-                                                          "threshold")))
-        elif name == "faithfulness":
-            for kind, higher in (("deletion", False), ("insertion", True), ("road", False)):
-                out.append((model, compare(r, lambda m, k=kind: ps[m][f"{k}_auc"], higher,
-                                           f"{kind} AUC")))
-        elif name == "correspondence":
-            out.append((model, compare(r, lambda m: ps[m]["pck@0.1"], True, "PCK@0.1",
-                                       weights=ps["points"], methods=_methods(r))))
-    return out
+def headlines(module, results: list[dict]) -> list[tuple[str, dict | None]]:
+    """(model, comparison) for the benchmark's primary figure(s), model by model."""
+    return [(r["model"], c) for r in results for c in module.headline_comparisons(r)]
 
 
 # -- sections ----------------------------------------------------------------------------------
-def benchmark_section(name: str, results: list[dict], img_dir: Path | None = None,
+def benchmark_section(module, results: list[dict], img_dir: Path | None = None,
                       img_rel: Path | None = None, level: int = 2) -> str:
-    """Markdown for one benchmark over all its models (and its plot, if img_dir is given)."""
+    """Markdown for one benchmark module over all its models (and its plot, if img_dir is
+    given)."""
     head = "#" * level
-    parts = [f"{head} {TITLES.get(name, name)}", ""]
+    title = getattr(module, "TITLE", module.NAME)
+    parts = [f"{head} {title}", ""]
     if not results:
         return "\n".join(parts + ["No model was run.", ""])
-    settings = results[0]["settings"]
-    parts.append(_protocol(name, settings))
-    parts.append("")
-    parts.append(_table(name, results))
-    parts.append("")
-    parts.append(_samples_line(results))
+    parts += [module.protocol_text(results[0]["settings"]), "", module.results_table(results),
+              "", _samples_line(results)]
     notes = [f"- {r['model']}: {n}" for r in results for n in r.get("notes", [])]
     if notes:
         parts += ["", "Notes:", *notes]
-    found = headlines(name, results)
+    found = headlines(module, results)
     if found:
         parts += ["", "Headline:", *[headline_text(model, c) for model, c in found]]
-    if name == "sanity":
-        parts += ["", *_sanity_summary(results)]
-    if img_dir is not None:
-        plot = plot_benchmark(name, results, Path(img_dir))
+    if hasattr(module, "extra_lines"):
+        parts += ["", *module.extra_lines(results)]
+    if img_dir is not None and hasattr(module, "plot_results"):
+        plot = module.plot_results(results, Path(img_dir))
         if plot is not None:
             rel = (Path(img_rel) if img_rel is not None else Path(img_dir)) / plot.name
-            parts += ["", f"![{TITLES.get(name, name)}]({rel.as_posix()})"]
+            parts += ["", f"![{title}]({rel.as_posix()})"]
     parts.append("")
     return "\n".join(parts)
 
@@ -253,108 +239,8 @@ def _samples_line(results: list[dict]) -> str:
             f"; 95% CIs from {results[0]['bootstrap']} bootstrap resamples.")
 
 
-def _protocol(name: str, s: dict) -> str:
-    if name == "pointing":
-        return ("Query: one real item; gallery image: a 2x2 grid of real items, exactly one "
-                "matching (same class / scene / person) at a random cell. Hit: the map's "
-                "maximal cell lies in the matching cell (chance 0.25). *Mass*: share of the "
-                "positive map mass in the matching cell (chance 0.25).")
-    if name == "localisation":
-        return (f"Matching item pasted at a random position and size ({s['target_scale'][0]:g}-"
-                f"{s['target_scale'][1]:g} of the side) over a 2x2 canvas of distractors. Map "
-                "upsampled, thresholded at t x max, bounding box of the largest connected "
-                f"component; correct when IoU > {s['iou']:g} with the known box. Accuracy per "
-                "threshold; *best* picks the threshold on the same samples (as the paper).")
-    if name == "faithfulness":
-        return ("Image b edited cell by cell in the order of its map, image a fixed; the "
-                "model's score normalised by the original score; AUC over the fraction of cells "
-                "edited. Deletion (mean fill) and ROAD (noisy linear imputation): lower is "
-                "better; insertion (from a blurred image): higher is better.")
-    if name == "correspondence":
-        return ("Pairs with known geometry (Fashion-MNIST: the same item at two cells of two "
-                "composites; photos and faces: a random affine copy). Prediction: argmax of "
-                "the map over b for a query point of a. PCK at 0.05 and 0.1 of b's side; mean "
-                "error as a fraction of the side (lower is better). Grad-CAM-type methods have "
-                "no point maps; *cosine* is raw feature matching at the explained layer.")
-    if name == "sanity":
-        return ("Cascading randomisation of the model's parameters from the head down; Spearman "
-                "correlation of b's map with the original (should fall). Reference "
-                "randomisation: mean Spearman correlation of a's maps against different "
-                "partners (lower = more pair-specific).")
-    return ""
-
-
-def _table(name: str, results: list[dict]) -> str:
-    rows = []
-    if name == "pointing":
-        for r in results:
-            for m in _methods(r):
-                f = r["methods"][m]
-                rows.append([r["model"], m, fmt(f["hit_rate"]), fmt(f["mass"]),
-                             str(f["flat_maps"]), str(f["hit_rate"]["n"])])
-        return table(["model", "method", "hit rate", "mass in match", "flat maps", "n"], rows)
-    if name == "localisation":
-        th = results[0]["settings"]["thresholds"]
-        for r in results:
-            for m in _methods(r):
-                f = r["methods"][m]
-                rows.append([r["model"], m] + [fmt_plain(c["mean"], 2) for c in f["accuracy"]] +
-                            [f"{fmt(f['best_accuracy'])} (t={f['best_threshold']:g})",
-                             str(f["best_accuracy"]["n"])])
-        return table(["model", "method"] + [f"t={t:g}" for t in th] + ["best", "n"], rows)
-    if name == "faithfulness":
-        for r in results:
-            for m in _methods(r):
-                f = r["methods"][m]
-                rows.append([r["model"], m, fmt(f["deletion_auc"]), fmt(f["insertion_auc"]),
-                             fmt(f["road_auc"]), str(f["deletion_auc"]["n"])])
-        return table(["model", "method", "deletion AUC (lower)", "insertion AUC (higher)",
-                      "ROAD AUC (lower)", "n"], rows)
-    if name == "correspondence":
-        for r in results:
-            for m in _methods(r):
-                f = r["methods"][m]
-                rows.append([r["model"], m, fmt(f["pck@0.05"]), fmt(f["pck@0.1"]),
-                             fmt(f["mean_error"]), str(f.get("flat_maps", "n/a")),
-                             f"{r['samples']} / {r['points']}",
-                             "x".join(str(v) for v in r.get("grid", []))])
-        return table(["model", "method", "PCK@0.05", "PCK@0.1", "mean error", "flat maps",
-                      "pairs / points", "grid of b"], rows)
-    if name == "sanity":
-        blocks = []
-        for r in results:
-            stages = r["settings"]["stages"]
-            rows = []
-            for m in _methods(r):
-                f = r["methods"][m]
-                rows.append([m] + [fmt_plain(c["mean"], 2) for c in f["cascade"]] +
-                            [fmt(f["final"]), fmt(f["reference"])])
-            blocks.append(f"**{r['model']}** ({r['samples']} pairs, {r['settings']['partners']} "
-                          "partners each)\n\n" +
-                          table(["method"] + stages + ["final (CI)", "reference"], rows))
-        return "\n\n".join(blocks)
-    return ""
-
-
-def _sanity_summary(results: list[dict]) -> list[str]:
-    lines = ["Summary (final-stage Spearman; lower means the map depends on the model):"]
-    for r in results:
-        bits = []
-        for m in _methods(r):
-            final = r["methods"][m]["final"]
-            if final is None:
-                continue
-            verdict = "falls" if final["mean"] < 0.5 else "does not fall below 0.5"
-            bits.append(f"{m} {fmt_plain(final['mean'], 2)} ({verdict})")
-        lines.append(f"- {r['model']}: " + "; ".join(bits) + ".")
-    lines.append("- The random method is seeded per sample: its maps ignore the model (final "
-                 "correlation 1, it fails by construction) but change with the partner (it "
-                 "passes the reference check trivially).")
-    return lines
-
-
 # -- plots -------------------------------------------------------------------------------------
-def _pyplot():
+def pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -374,7 +260,7 @@ STYLES = {
 }
 
 
-def _style(method: str) -> dict:
+def style(method: str) -> dict:
     colour, dashes, width = STYLES.get(method, (None, "-", 1.4))
     return {"color": colour, "linestyle": dashes, "lw": width, "label": method}
 
@@ -389,67 +275,17 @@ def _legend(fig, axes) -> None:
                ncol=min(len(ordered), 7), fontsize=8, frameon=False)
 
 
-def plot_benchmark(name: str, results: list[dict], img_dir: Path) -> Path | None:
-    """Write the benchmark's plot (one panel per model) and return its path."""
-    if name not in ("localisation", "faithfulness", "sanity") or not results:
-        return None
-    plt = _pyplot()
-    img_dir.mkdir(parents=True, exist_ok=True)
-    n = len(results)
-    if name == "faithfulness":
-        fig, axes = plt.subplots(n, 3, figsize=(12, 3.2 * n), squeeze=False)
-        for row, r in enumerate(results):
-            x = r["fractions"]
-            for col, (kind, title) in enumerate((("deletion", "deletion (lower AUC better)"),
-                                                 ("insertion", "insertion (higher better)"),
-                                                 ("road", "ROAD deletion (lower better)"))):
-                ax = axes[row, col]
-                for m in _methods(r):
-                    y = r["methods"][m]["curves"][kind]
-                    if y:
-                        ax.plot(x, y, **_style(m))
-                ax.set_title(f"{r['model']}: {title}", fontsize=9)
-                ax.set_xlabel("fraction of cells edited")
-                ax.set_ylabel("score / original score")
-                ax.grid(alpha=0.3)
-    elif name == "localisation":
-        fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False)
-        for col, r in enumerate(results):
-            ax = axes[0, col]
-            th = r["settings"]["thresholds"]
-            for m in _methods(r):
-                ax.plot(th, [c["mean"] for c in r["methods"][m]["accuracy"]], marker="o",
-                        ms=3, **_style(m))
-            ax.set_title(f"{r['model']} (n={r['samples']})", fontsize=9)
-            ax.set_xlabel("threshold (fraction of max)")
-            ax.set_ylabel("accuracy (IoU > 0.5)")
-            ax.set_ylim(0, 1)
-            ax.grid(alpha=0.3)
-    else:
-        fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 3.6), squeeze=False)
-        for col, r in enumerate(results):
-            ax = axes[0, col]
-            stages = ["original"] + r["settings"]["stages"]
-            for m in _methods(r):
-                ax.plot(range(len(stages)), [1.0] + [c["mean"] for c in
-                                                     r["methods"][m]["cascade"]],
-                        marker="o", ms=3, **_style(m))
-            ax.set_xticks(range(len(stages)))
-            ax.set_xticklabels(stages, rotation=35, ha="right", fontsize=7)
-            ax.set_title(f"{r['model']} (n={r['samples']})", fontsize=9)
-            ax.set_ylabel("Spearman with original map")
-            ax.set_ylim(-0.3, 1.05)
-            ax.grid(alpha=0.3)
+def finish_plot(fig, axes, path: Path) -> Path:
+    """Add the shared method legend below the panels, save the figure to `path`, close it."""
     _legend(fig, axes)
     fig.tight_layout(rect=(0, 0.4 / fig.get_size_inches()[1], 1, 1))
-    path = img_dir / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
-    plt.close(fig)
+    pyplot().close(fig)
     return path
 
 
 # -- the whole report --------------------------------------------------------------------------
-SECTION_ORDER = ("pointing", "localisation", "faithfulness", "correspondence", "sanity")
 DATA_NOTES = [
     "- **fmnist-gap, fmnist-gmp**: Fashion-MNIST test items (28 px; 2x2 composites 56 px, a "
     "14x14 grid, 7x7 cells per item). A match is another item of the same class; distractors "
@@ -476,10 +312,11 @@ DATA_NOTES = [
 ]
 
 
-def summary_table(results: dict[str, list[dict]]) -> str:
+def summary_table(results: dict[str, list[dict]], benchmarks) -> str:
     rows = []
-    for name in SECTION_ORDER:
-        for model, c in headlines(name, results.get(name, [])):
+    for module in benchmarks:
+        name = module.NAME
+        for model, c in headlines(module, results.get(name, [])):
             if c is None:
                 continue
             better = "higher" if c["higher"] else "lower"
@@ -493,16 +330,17 @@ def summary_table(results: dict[str, list[dict]]) -> str:
                 fmt(c["margin"]) if c["margin"] else "n/a",
                 f"{c['decomposition']} - {c['best_baseline']}: {fmt(d)}" if d else "n/a",
                 _verdict(c)])
-    return table(["benchmark", "figure", "model", "best", "runner-up", "margin (paired, 95% CI)",
-                  "decomposition - best non-random baseline", "baseline wins"], rows)
+    return markdown_table(["benchmark", "figure", "model", "best", "runner-up",
+                           "margin (paired, 95% CI)", "decomposition - best non-random baseline",
+                           "baseline wins"], rows)
 
 
-def in_brief(results: dict[str, list[dict]]) -> list[str]:
+def in_brief(results: dict[str, list[dict]], benchmarks) -> list[str]:
     """One line per benchmark figure: where the decomposition is best, tied, or beaten."""
     lines = []
-    for name in SECTION_ORDER:
+    for module in benchmarks:
         figures: dict[str, list[tuple[str, dict]]] = {}
-        for model, c in headlines(name, results.get(name, [])):
+        for model, c in headlines(module, results.get(module.NAME, [])):
             if c is not None and "baseline_wins" in c:
                 figures.setdefault(c["label"], []).append((model, c))
         for label, entries in figures.items():
@@ -512,7 +350,8 @@ def in_brief(results: dict[str, list[dict]]) -> list[str]:
                       if c["baseline_wins_significant"]]
             close = [m for m, c in entries if c["baseline_wins"] and
                      not c["baseline_wins_significant"]]
-            text = (f"- {TITLES[name].split(':')[0]}, {label}: the decomposition is best (or "
+            title = getattr(module, "TITLE", module.NAME).split(":")[0]
+            text = (f"- {title}, {label}: the decomposition is best (or "
                     f"tied) on {len(best)} of {len(entries)} models"
                     + (f" ({', '.join(best)})" if best else ""))
             if beaten:
@@ -520,20 +359,17 @@ def in_brief(results: dict[str, list[dict]]) -> list[str]:
             if close:
                 text += f"; a baseline is ahead within the CI on {', '.join(close)}"
             lines.append(text + ".")
-    if "sanity" in results:
-        for r in results["sanity"]:
-            kept = [m for m in _methods(r) if m != "random" and r["methods"][m]["final"] and
-                    r["methods"][m]["final"]["mean"] >= 0.5]
-            if kept:
-                lines.append(f"- Sanity, {r['model']}: after full randomisation the maps of "
-                             f"{', '.join(kept)} still correlate >= 0.5 with the originals.")
+    for module in benchmarks:
+        if hasattr(module, "brief_lines") and results.get(module.NAME):
+            lines += module.brief_lines(results[module.NAME])
     return lines
 
 
-def write_report(results: dict[str, list[dict]], out: Path, meta: dict,
+def write_report(results: dict[str, list[dict]], out: Path, meta: dict, benchmarks,
                  interactive: dict | None = None, interactive_table: str | None = None,
                  img_subdir: str = "img/benchmarks") -> Path:
-    """Write BENCHMARKS.md (and the plots under `img_subdir`) into `out`."""
+    """Write BENCHMARKS.md (and the plots under `img_subdir`) into `out`: one section per
+    benchmark module, in the order given."""
     out = Path(out)
     img_dir = out / img_subdir
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -573,12 +409,14 @@ def write_report(results: dict[str, list[dict]], out: Path, meta: dict,
               "fewer than half of the samples (occlusion on the larger models, for cost) are "
               "not ranked here; each section's headline compares them with the best method on "
               "their own samples.", "",
-              summary_table(results), "", "In brief (generated from the table above):", "",
-              *in_brief(results), ""]
+              summary_table(results, benchmarks), "",
+              "In brief (generated from the table above):", "", *in_brief(results, benchmarks),
+              ""]
     lines += ["## Data", "", *DATA_NOTES, ""]
-    for name in SECTION_ORDER:
-        if name in results:
-            lines.append(benchmark_section(name, results[name], img_dir, Path(img_subdir)))
+    for module in benchmarks:
+        if module.NAME in results:
+            lines.append(benchmark_section(module, results[module.NAME], img_dir,
+                                           Path(img_subdir)))
     lines += ["## Interactive retrieval", ""]
     if interactive_table:
         lines += ["Region queries (the partial similarity of a marked region, METHOD.md) against "

@@ -94,7 +94,7 @@ def run_all(out: str | Path = "docs", quick: bool = False, seed: int = 0,
         "skipped": skipped, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "machine": f"{os.cpu_count()} CPU cores", "date": datetime.date.today().isoformat(),
     }
-    path = report.write_report(results, out, meta, inter, inter_table)
+    path = report.write_report(results, out, meta, BENCHMARKS, inter, inter_table)
     report.write_json(out / "benchmarks.json", {"meta": meta, "results": results,
                                                 "interactive": inter})
     log(f"wrote {path} in {elapsed / 60:.1f} minutes")
@@ -111,7 +111,7 @@ def render(out: str | Path = "docs") -> Path:
     if inter and "models" in inter:
         from . import interactive
         table = interactive.markdown_table(inter)
-    return report.write_report(data["results"], out, data["meta"], inter, table)
+    return report.write_report(data["results"], out, data["meta"], BENCHMARKS, inter, table)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

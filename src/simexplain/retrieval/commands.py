@@ -26,7 +26,7 @@ def parse_region(text: str) -> tuple[float, float, float, float]:
 
 
 def add_cli(subparsers) -> None:
-    from ..cli import add_model_arguments
+    from ..zoo.arguments import add_model_arguments
 
     index = subparsers.add_parser("index", help="build a searchable gallery index")
     index_commands = index.add_subparsers(dest="index_command", required=True)
@@ -58,9 +58,9 @@ def add_cli(subparsers) -> None:
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:
-    from ..cli import build_explainer
+    from ..zoo import resolve
     check_replaceable(args.out)  # before loading the model: refuse a bad --out at once
-    explainer = build_explainer(args.model, args.layer, args.similarity, args.size)
+    explainer = resolve(args.model, args.layer, args.similarity, args.size)
     checkpoint = checkpoint_path(args.out)
     check_checkpoint(checkpoint)
     if (checkpoint / "state.json").is_file() and not args.restart:
@@ -78,7 +78,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 def explainer_for_index(index_path: str | Path, args: argparse.Namespace | None = None):
     """The query model of an index: the one its manifest names, unless overridden (then it
     must match)."""
-    from ..cli import build_explainer
+    from ..zoo import resolve
     manifest = read_manifest(Path(index_path))
     model = getattr(args, "model", None) or manifest.get("model")
     if not model:
@@ -89,10 +89,7 @@ def explainer_for_index(index_path: str | Path, args: argparse.Namespace | None 
     input_size = manifest.get("input_size")
     if size is None and input_size and input_size[0] == input_size[1]:
         size = int(input_size[0])
-    explainer = build_explainer(model, layer, similarity, size)
-    if not getattr(explainer, "model_name", None):
-        explainer.model_name = model
-    return explainer
+    return resolve(model, layer, similarity, size)
 
 
 def cmd_search(args: argparse.Namespace) -> int:

@@ -4,7 +4,6 @@ for an image (face models see the detected face crop)."""
 
 from __future__ import annotations
 
-import hashlib
 import torch
 
 from ..errors import SimexplainError
@@ -33,25 +32,7 @@ def model_info(explainer, model_name: str | None = None) -> dict:
 
 def weights_fingerprint(explainer) -> str:
     """sha256 over the parameters and buffers of the explainer's model(s)."""
-    cached = getattr(explainer, "_weights_sha256", None)
-    if cached:
-        return cached
-    digest = hashlib.sha256()
-    streams = [explainer.stream_a] + ([] if explainer.stream_b is explainer.stream_a
-                                      else [explainer.stream_b])
-    for stream in streams:
-        for name, tensor in stream.model.state_dict().items():
-            t = tensor.detach().cpu().contiguous()
-            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-            if t.dtype == torch.bfloat16:
-                t = t.float()
-            digest.update(t.numpy().tobytes())
-    value = digest.hexdigest()
-    try:
-        explainer._weights_sha256 = value
-    except AttributeError:
-        pass
-    return value
+    return explainer.weights_sha256()
 
 
 def check_model(expected: dict, actual: dict, where: str = "the index") -> None:

@@ -18,7 +18,7 @@ def write_results_page(out: Path, prepared: RegionQuery, hits: list[Hit], index:
                        summary: dict) -> Path:
     """index.html with the query (region boxed), the ranked hits, their scores and maps."""
     from .. import visualize
-    from ..report import write_json_atomic
+    from ..files import write_json_atomic
     out.mkdir(parents=True, exist_ok=True)
     query_image = prepared.side.image
     if prepared.is_region and not isinstance(prepared.region, (np.ndarray, torch.Tensor)):
@@ -41,11 +41,13 @@ def write_results_page(out: Path, prepared: RegionQuery, hits: list[Hit], index:
             cells["image"] = name
         if hit.explanation is not None:
             name = f"hit_{hit.rank:03d}_overall.png"
-            hit.explanation.overlay(hit.explanation.overall_b, "b", signed=True).save(out / name)
+            visualize.overlay_map(hit.explanation, hit.explanation.overall_b, "b",
+                                  signed=True).save(out / name)
             cells["overall"] = name
             if hit.region_map is not None:
                 name = f"hit_{hit.rank:03d}_region.png"
-                hit.explanation.overlay(hit.region_map, "b", signed=True).save(out / name)
+                visualize.overlay_map(hit.explanation, hit.region_map, "b",
+                                      signed=True).save(out / name)
                 cells["region"] = name
         rows.append((hit, cells))
     summary = {**summary, "files": {f"hit_{h.rank}": c for h, c in rows}}

@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import SimexplainError
+from ..methods import method_class
 from .engine import METHODS, Engine, Explained, GridMap, Prepared, SearchResult
 from .errors import megabytes, status_of
 from .middleware import LOCAL_HOSTS, BodyLimit, HostCheck, ServerTiming
@@ -80,7 +81,7 @@ def explain_json(result: Explained) -> dict:
                        "overall_peak": peak(grid_map, prepared.side.image_size)}
     return {"explanation_id": record.id, "model": record.model, "method": result.method,
             "similarity": pair.similarity.name, "score": pair.score, "residual": pair.residual,
-            "signed": result.method == "decomposition", **sides}
+            "signed": method_class(result.method).signed, **sides}
 
 
 def search_json(result: SearchResult) -> dict:

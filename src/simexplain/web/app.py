@@ -122,8 +122,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     models = None
     if args.model and (args.model not in zoo.list() or args.layer or args.similarity or
                        args.size):
-        from ..cli import build_explainer
-        explainer = build_explainer(args.model, args.layer, args.similarity, args.size)
+        from ..zoo import resolve
+        explainer = resolve(args.model, args.layer, args.similarity, args.size)
         models = [args.model] + zoo.list()
     samples = _sample_paths(args.samples) if args.samples else None
     app = create_app(model=args.model, index=args.index, explainer=explainer, samples=samples,

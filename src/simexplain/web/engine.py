@@ -28,14 +28,15 @@ from .. import maps, regions
 from ..errors import SimexplainError
 from ..explanation import PairExplanation, Side
 from ..images import MAX_PIXELS
-from ..methods import METHODS as _REGISTRY
+from ..methods import explanation_methods
+from ..zoo import resolve
 from .cache import LRU
 from .errors import Busy, ImageFailed, NotFound, WebError
 from .store import (MAX_UPLOAD_BYTES, STORED_SIDE, UPLOAD_MEMORY, ImageStore, PixelBudget,
                     default_samples)
 
 # the methods the page offers: every registered one but the random baseline
-METHODS = tuple(name for name in _REGISTRY if name != "random")
+METHODS = tuple(explanation_methods())  # the registry's, without controls (random)
 
 
 @dataclass
@@ -132,7 +133,7 @@ class Engine:
             name = model or getattr(explainer, "model_name", None) or index_model or "custom"
         else:
             name = model or index_model or "efficientnet-lite0"
-            explainer = _build_explainer(name)
+            explainer = resolve(name)
         if index_model is not None and index_model != name:
             raise SimexplainError(f"the index was built with model {index_model!r}, but the "
                                   f"server's model is {name!r}")
@@ -168,7 +169,7 @@ class Engine:
         with self._load_lock:
             found = self.explainers.get(name)
             if found is None:
-                found = self.explainers.put(name, _build_explainer(name))
+                found = self.explainers.put(name, resolve(name))
         return found
 
     def model_infos(self) -> list[dict]:
@@ -374,12 +375,6 @@ def _box(box: Sequence[float]) -> tuple[float, float, float, float]:
     return values
 
 
-def _build_explainer(name: str):
-    """A model by name: zoo names, model files, `module:factory`."""
-    from ..cli import build_explainer
-    return build_explainer(name)
-
-
 def _is_zoo(name: str) -> bool:
     from .. import zoo
     try:
@@ -403,7 +398,7 @@ def _load_index(path, explainer, model):
     except ImportError as exc:
         raise SimexplainError(f"the gallery search needs simexplain.retrieval ({exc})") from None
     if explainer is None:
-        explainer = _build_explainer(model) if model is not None else explainer_for_index(path)
+        explainer = resolve(model) if model is not None else explainer_for_index(path)
     return Index.load(path, explainer=explainer)
 
 

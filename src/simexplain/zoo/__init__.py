@@ -1,4 +1,6 @@
-"""Named, ready-to-use models: `zoo.list()` names them, `zoo.load(name)` returns an Explainer.
+"""Named, ready-to-use models: `zoo.list()` names them, `zoo.load(name)` returns an Explainer,
+and `zoo.resolve(spec)` turns anything the command line accepts (a zoo name, a model file,
+`module:factory`) into one.
 
 Each entry knows its model, explained layer, similarity and preprocessing; weights come from
 registry packages (FaceNet, EfficientNet-Lite0) or from this package (Fashion-MNIST models we
@@ -8,12 +10,15 @@ trained ourselves). Nothing is downloaded at run time.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from torch import nn
 
 from ..errors import SimexplainError
 from ..images import Preprocess
+
+if TYPE_CHECKING:
+    from ..explainer import Explainer
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,7 @@ def model(name: str) -> nn.Module:
     return _MODELS[name]
 
 
-def load(name: str, size: int | None = None):
+def load(name: str, size: int | None = None) -> Explainer:
     """A ready Explainer for a named model. `size` overrides the input side in pixels
     (larger inputs give a finer feature grid at a higher cost)."""
     from ..explainer import Explainer
@@ -70,9 +75,33 @@ def load(name: str, size: int | None = None):
     if size is not None:
         from dataclasses import replace
         preprocess = replace(preprocess, size=(size, size))
-    explainer = Explainer(model(name), spec.layer, similarity=spec.similarity, transform=preprocess)
-    explainer.model_name = name
-    return explainer
+    return Explainer(model(name), spec.layer, similarity=spec.similarity, transform=preprocess,
+                     model_name=name)
+
+
+def resolve(model_spec: str, layer: str | None = None, similarity: str | None = None,
+            size: int | None = None) -> Explainer:
+    """An Explainer from a zoo name, a model file or `module:factory`: the one place that
+    turns a model named on the command line (or in an index manifest) into an Explainer.
+
+    For a zoo name, `layer` and `similarity` override the entry's; a model outside the zoo
+    needs `layer` and defaults to cosine similarity at 224 px (`size` overrides the side)."""
+    from ..explainer import Explainer
+    if model_spec in list():
+        spec = entry(model_spec)
+        explainer = load(model_spec, size=size)
+        if layer or similarity:
+            explainer = Explainer(model(model_spec), layer or spec.layer,
+                                  similarity=similarity or spec.similarity,
+                                  transform=explainer.transform_a, model_name=model_spec)
+        return explainer
+    from .user import load_user_model
+    if not layer:
+        raise SimexplainError(
+            f"--layer is required for a model that is not in the zoo ({model_spec})")
+    side = size or 224
+    return Explainer(load_user_model(model_spec), layer, similarity=similarity or "cosine",
+                     transform=Preprocess(size=(side, side)), model_name=model_spec)
 
 
 _BUILTINS_DONE = False

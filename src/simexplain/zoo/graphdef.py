@@ -38,6 +38,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelError
+from .protobuf import (FIXED32 as _FIXED32, FIXED64 as _FIXED64, LEN as _LEN, VARINT as _VARINT,
+                       WireError as _WireError, expect as _expect, fields as _fields,
+                       packed_varints as _packed_varints, signed64 as _signed64, text as _text)
 
 __all__ = ["GraphDefError", "DType", "Tensor", "Node", "Graph", "read_graphdef", "parse_graphdef"]
 
@@ -85,112 +88,6 @@ class DType(int):
         return f"DType({self.name})"
 
     __str__ = __repr__
-
-
-# --------------------------------------------------------------------------- wire format
-
-class _WireError(Exception):
-    """Internal: malformed protobuf data at a byte offset."""
-
-    def __init__(self, message: str, offset: int, truncated: bool = False):
-        super().__init__(message)
-        self.message = message
-        self.offset = offset
-        self.truncated = truncated
-
-
-_VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
-
-
-def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
-    """Decode an unsigned varint at ``pos``; return (value, position after it)."""
-    if pos < end:  # fast path for one byte
-        b = data[pos]
-        if b < 0x80:
-            return b, pos + 1
-    result = 0
-    shift = 0
-    start = pos
-    while True:
-        if pos >= end:
-            raise _WireError("a varint runs past the end of its record", start, truncated=True)
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-        if shift >= 70:
-            raise _WireError("a varint is longer than 10 bytes", start)
-
-
-def _signed64(value: int) -> int:
-    """Reinterpret an unsigned 64-bit varint as two's complement (int32/int64 fields)."""
-    value &= (1 << 64) - 1
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-def _fields(data: bytes, pos: int, end: int):
-    """Yield ``(field_number, wire_type, value)`` for the message in ``data[pos:end]``.
-
-    ``value`` is an int for varint/fixed records and a ``(start, stop)`` pair for
-    length-delimited records (no copy is made).
-    """
-    while pos < end:
-        tag_at = pos
-        tag, pos = _varint(data, pos, end)
-        number = tag >> 3
-        wire = tag & 7
-        if number == 0:
-            raise _WireError("field number 0 is not allowed", tag_at)
-        if wire == _VARINT:
-            value, pos = _varint(data, pos, end)
-            yield number, wire, value
-        elif wire == _LEN:
-            length, pos = _varint(data, pos, end)
-            stop = pos + length
-            if stop > end:
-                outer = "the file" if end == len(data) else "its enclosing message"
-                raise _WireError(f"a {length}-byte record runs past the end of {outer}",
-                                 tag_at, truncated=True)
-            yield number, wire, (pos, stop)
-            pos = stop
-        elif wire == _FIXED32:
-            if pos + 4 > end:
-                raise _WireError("a 4-byte value runs past the end of its message", tag_at,
-                                 truncated=True)
-            yield number, wire, int.from_bytes(data[pos:pos + 4], "little")
-            pos += 4
-        elif wire == _FIXED64:
-            if pos + 8 > end:
-                raise _WireError("an 8-byte value runs past the end of its message", tag_at,
-                                 truncated=True)
-            yield number, wire, int.from_bytes(data[pos:pos + 8], "little")
-            pos += 8
-        else:  # 3/4 are deprecated groups (never used by TensorFlow), 6/7 do not exist
-            raise _WireError(f"invalid wire type {wire} for field {number}", tag_at)
-
-
-def _expect(wire: int, wanted: int | tuple[int, ...], what: str, offset: int) -> None:
-    allowed = wanted if isinstance(wanted, tuple) else (wanted,)
-    if wire not in allowed:
-        raise _WireError(f"{what} has wire type {wire}, expected {allowed[0]}", offset)
-
-
-def _text(data: bytes, span: tuple[int, int], what: str) -> str:
-    try:
-        return bytes(data[span[0]:span[1]]).decode("utf-8")
-    except UnicodeDecodeError:
-        raise _WireError(f"{what} is not valid UTF-8 text", span[0]) from None
-
-
-def _packed_varints(data: bytes, span: tuple[int, int]) -> list[int]:
-    pos, end = span
-    out = []
-    while pos < end:
-        value, pos = _varint(data, pos, end)
-        out.append(value)
-    return out
 
 
 # --------------------------------------------------------------------------- messages

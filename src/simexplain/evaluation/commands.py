@@ -2,13 +2,18 @@
 
 To add a benchmark, write a module with `configure_parser(parser)` (its options) and
 `run_cli(args) -> int`, or a standard benchmark module (ALLOWED, DEFAULT_SAMPLES,
-QUICK_SAMPLES and `run`, see common.run_benchmark_cli), and add a line to BENCHMARKS. Modules are imported only when the
-`eval` command line is built, and a benchmark whose module is missing is left out.
+QUICK_SAMPLES and `run`, see run_benchmark_cli below), and add a line to BENCHMARKS. Modules
+are imported only when the `eval` command line is built, and a benchmark whose module is
+missing is left out.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
+from typing import Sequence
+
+from ..errors import SimexplainError
+from .common import MODELS
 
 # name -> (module, one-line help)
 BENCHMARKS: dict[str, tuple[str, str]] = {
@@ -52,7 +57,6 @@ def add_cli(subparsers) -> None:
             module.configure_parser(parser)
             parser.set_defaults(run=module.run_cli)
         else:  # a standard benchmark: ALLOWED methods, DEFAULT_SAMPLES, QUICK_SAMPLES, run()
-            from .common import configure_benchmark_parser, run_benchmark_cli
             configure_benchmark_parser(parser, module.ALLOWED, module.DEFAULT_SAMPLES,
                                        module.QUICK_SAMPLES)
             parser.set_defaults(run=lambda args, module=module: run_benchmark_cli(args, module))
@@ -67,6 +71,70 @@ def _add_broken(benchmarks, name: str, module_name: str, exc: ImportError) -> No
     parser.add_argument("rest", nargs="*")
 
     def run(_args) -> int:
-        from ..errors import SimexplainError
         raise SimexplainError(message)
     parser.set_defaults(run=run)
+
+
+# -- command line shared by the benchmark subcommands ----------------------------------------------
+def configure_benchmark_parser(parser, methods: Sequence[str], default_samples: dict,
+                               quick_samples: int) -> None:
+    defaults = ", ".join(f"{k} {v}" for k, v in default_samples.items())
+    parser.add_argument("--model", action="append", metavar="NAME", required=True,
+                        help="benchmark model, repeatable, or 'all' (" + ", ".join(MODELS) +
+                             ")")
+    parser.add_argument("--method", action="append", metavar="M",
+                        help="method, repeatable, or 'all' (default): " + ", ".join(methods))
+    parser.add_argument("--samples", type=int,
+                        help=f"samples per model (default: {defaults}; --quick: {quick_samples})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every draw (default 0)")
+    parser.add_argument("--quick", action="store_true", help="tiny sample counts")
+    parser.add_argument("--out", required=True, help="folder for the JSON, Markdown and plots")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--progress", action="store_true", help="show progress bars")
+
+
+def expand_models(requested: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for name in requested:
+        for n in (MODELS if name == "all" else [name]):
+            if n not in out:
+                out.append(n)
+    return out
+
+
+def run_benchmark_cli(args, module) -> int:
+    """Run one benchmark module for the models asked for; write and print its figures."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from . import report
+    from .common import available_models
+    if args.samples is not None and args.samples < 1:
+        raise SimexplainError("--samples must be at least 1")
+    out = Path(args.out)
+    wanted = expand_models(args.model)
+    models, skipped = available_models(wanted)
+    if "all" not in args.model and skipped:
+        name, why = next(iter(skipped.items()))
+        raise SimexplainError(f"model {name}: {why}")
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for model in models:
+        result = module.run(model, methods=args.method, samples=args.samples, seed=args.seed,
+                            quick=args.quick, show_progress=args.progress)
+        results.append(result)
+        report.write_json(out / f"{module.NAME}-{model}.json", result)
+    section = report.benchmark_section(module, results, out / "img", Path("img"))
+    skipped_lines = "".join(f"\n- {k} skipped: {v}" for k, v in skipped.items())
+    (out / f"{module.NAME}.md").write_text(section + skipped_lines + "\n")
+    if args.json:
+        print(json.dumps(report.clean({"benchmark": module.NAME, "results": results,
+                                       "skipped": skipped}), indent=2,
+                         default=report.json_default))
+    else:
+        print(section)
+        for k, v in skipped.items():
+            print(f"skipped {k}: {v}", file=sys.stderr)
+        print(f"wrote {out / (module.NAME + '.md')} and {module.NAME}-<model>.json")
+    return 0

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from . import visualize
 from .explanation import PairExplanation
-from .files import write_text_atomic
+from .files import write_json_atomic
 
 
 def default_points(result: PairExplanation, count: int = 4) -> list[tuple[float, float]]:
@@ -42,8 +40,8 @@ def overall_figure(result: PairExplanation, path: Path, title: str = "") -> None
     for side, overall in (("a", result.overall_a), ("b", result.overall_b)):
         panels.append([
             (result.image(side), f"image {side}"),
-            (result.overlay(overall, side, signed=True), "overall (signed)"),
-            (result.overlay(overall, side, signed=False), "overall (positive, paper)"),
+            (visualize.overlay_map(result, overall, side, signed=True), "overall (signed)"),
+            (visualize.overlay_map(result, overall, side, signed=False), "overall (positive, paper)"),
         ])
     visualize.save_figure(panels, path, title=title or f"{result.similarity} = {result.score:.4f}")
 
@@ -60,7 +58,7 @@ def points_figure(result: PairExplanation, points: Sequence[tuple[float, float]]
         point_map = result.point_map("a", point)
         peak = argmax_pixel(point_map, result.b.image_size)
         top.append((visualize.mark_point(result.image("a"), point, color), f"point {n + 1} on a"))
-        bottom.append((visualize.mark_point(result.overlay(point_map, "b"), peak, color),
+        bottom.append((visualize.mark_point(visualize.overlay_map(result, point_map, "b"), peak, color),
                        f"point {n + 1}: map on b"))
     visualize.save_figure([top, bottom], path)
 
@@ -73,7 +71,7 @@ def write_pair(result: PairExplanation, out: Path, points: Sequence[tuple[float,
     files = {}
     for side, overall in (("a", result.overall_a), ("b", result.overall_b)):
         name = f"overall_{side}.png"
-        result.overlay(overall, side, signed=True).save(out / name)
+        visualize.overlay_map(result, overall, side, signed=True).save(out / name)
         files[f"overall_{side}"] = name
     overall_figure(result, out / "overall.png")
     files["overall"] = "overall.png"
@@ -87,18 +85,3 @@ def write_pair(result: PairExplanation, out: Path, points: Sequence[tuple[float,
     }
     write_json_atomic(out / "result.json", summary)
     return summary
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON through a temporary file and a rename: never a half-written file."""
-    write_text_atomic(path, json.dumps(data, indent=2, default=_json_default))
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, (torch.Tensor, np.ndarray)):
-        return np.asarray(value).tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

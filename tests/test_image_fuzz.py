@@ -1,0 +1,103 @@
+"""Every bad image is an ImageError naming the file, refused before it is decoded where the
+header already says it is too large; 16-bit and float images give what their 8-bit equivalent
+gives; the command line prints one line for any simexplain error."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from simexplain import ImageError, Preprocess
+from simexplain.cli import main
+from simexplain.images import MAX_PIXELS, load_image
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("fuzz_images", ROOT / "scripts" / "fuzz_images.py")
+fuzz = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fuzz)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow's notes on the corrupt files
+def test_seeded_fuzz_has_no_unhandled_exceptions():
+    result = fuzz.run(350, seed=1)
+    assert result["unhandled"] == []
+    by_kind = result["by_kind"]
+    assert by_kind["valid"] == {"loaded": 50}  # the unmodified files all load
+    assert by_kind["bomb"] == {"ImageError": 50}  # and no bomb does
+    assert by_kind["random"].get("loaded", 0) == 0
+
+
+LIMIT = rf"bomb.img: .*limit of {MAX_PIXELS}"
+
+
+@pytest.mark.parametrize("header,match", [
+    (b"P6 99999999 99999999", "bomb.img: cannot decode image"),  # ends inside the header
+    (b"P6 99999999 99999999 255\n", LIMIT), (b"P6 8000 8000 255\n", LIMIT),
+    (fuzz.png_header(40_000_000, 2, depth=16), LIMIT),
+    (fuzz.png_header(8000, 8000, depth=8, color=0), LIMIT)])
+def test_bombs_are_refused_from_the_header(tmp_path, header, match):
+    path = tmp_path / "bomb.img"
+    path.write_bytes(header)
+    with pytest.raises(ImageError, match=match):
+        load_image(path)
+
+
+def test_a_name_too_long_is_an_image_error(tmp_path):
+    with pytest.raises(ImageError, match=r"\.\.\.x+\.png: cannot open"):
+        load_image(tmp_path / ("x" * 400 + ".png"))
+
+
+def gray8(seed=0, size=(24, 36)):
+    return np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8)
+
+
+@pytest.mark.parametrize("kind", ["png16", "tiff-float", "tiff-int32", "tiff16"])
+def test_wide_images_match_their_8bit_equivalent(tmp_path, kind):
+    g = gray8()
+    reference = tmp_path / "g8.png"
+    Image.fromarray(g).save(reference)
+    path = tmp_path / f"wide-{kind}.{'png' if kind == 'png16' else 'tif'}"
+    if kind == "png16":
+        Image.fromarray(g.astype(np.uint16) * 257).save(path)
+    elif kind == "tiff16":
+        Image.fromarray(g.astype(np.uint16) * 257).save(path)
+    elif kind == "tiff-float":
+        Image.fromarray(g.astype(np.float32) / 255).save(path)
+    else:
+        Image.fromarray(g.astype(np.int32) * 257).save(path)
+    wide = load_image(path)
+    assert wide.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(wide)[..., 0], g)  # the value itself, not clipped
+    transform = Preprocess(size=(24, 36))
+    torch.testing.assert_close(transform(wide), transform(load_image(reference)))
+
+
+@pytest.mark.parametrize("values,match", [
+    (np.full((8, 8), 200.0, np.float32), r"F pixel values span 200\.\.200; expected 0\.\.1"),
+    (np.full((8, 8), np.nan, np.float32), "the image has NaN"),
+    (np.full((8, 8), -5, np.int32), r"I pixel values span -5\.\.-5"),
+])
+def test_wide_images_out_of_range_are_refused(tmp_path, values, match):
+    path = tmp_path / "odd.tif"
+    Image.fromarray(values).save(path)
+    with pytest.raises(ImageError, match=f"odd.tif: {match}"):
+        load_image(path)
+
+
+def test_cli_prints_one_line_and_exits_2_debug_shows_the_traceback(tmp_path, capsys):
+    bomb = tmp_path / "bomb.ppm"
+    bomb.write_bytes(b"P6 99999999 99999999")
+    good = tmp_path / "good.png"
+    Image.fromarray(gray8()).save(good)
+    argv = ["pair", str(bomb), str(good), "--model", "simexplain.toy:tiny_cnn",
+            "--layer", "features", "--size", "32", "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("simexplain: error: ")
+    assert "bomb.ppm" in err and "Traceback" not in err
+    assert main(argv + ["--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.rstrip().splitlines()[-1].startswith("simexplain: error:")
