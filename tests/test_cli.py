@@ -107,8 +107,18 @@ def test_pair_with_a_face_model_crops_the_faces(tmp_path):
     assert main(["pair", str(photos["obama"]), str(photos["biden"]), "--model", "facenet",
                  "--out", str(out)]) == 0
     result = json.loads((out / "result.json").read_text())
-    top, left, bottom, right = result["face_box_a"]
+    top, left, bottom, right = result["input_a"]["crop"]
     width, height = Image.open(photos["obama"]).size
+    assert result["input_a"]["image_size"] == [height, width]  # the photo's own pixels
     assert 0 <= top < bottom <= height and 0 <= left < right <= width
     assert (bottom - top) * (right - left) < 0.5 * width * height  # a face, not the photo
+    # the crop is the detector's face box (with its margin), and the grid tiles it
+    from simexplain.faces import crop_face
+    assert [top, left, bottom, right] == list(crop_face(photos["obama"], size=None)[1])
+    cells = np.array(result["input_a"]["cells"])
+    assert cells[:, 0].min() == top and cells[:, 2].max() == bottom
+    assert cells[:, 1].min() == left and cells[:, 3].max() == right
+    # the default points lie on the face, in the photo's pixels
+    for row, col in result["points_a"]:
+        assert top <= row <= bottom and left <= col <= right
     assert result["files"]["crops"] == "crops.png" and (out / "crops.png").exists()

@@ -70,6 +70,21 @@ class FlattenBN(nn.Module):
         return self.head(self.features(x))
 
 
+class PositionMixer(nn.Module):
+    """A Linear over the positions of each channel (view(B, C, P) then Linear(P -> 4)), then
+    flatten and Linear: not a pooling head, analysed whole."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = trunk()
+        self.mix = nn.Linear(64, 4)
+        self.fc = nn.Linear(32 * 4, 8)
+
+    def forward(self, x):
+        a = self.features(x)
+        return self.fc(self.mix(a.view(len(a), 32, -1)).flatten(1))
+
+
 def _model(name):
     torch.manual_seed(0)
     if name in HEADS:
@@ -77,7 +92,8 @@ def _model(name):
     if name.startswith("tokens-"):
         return TokenModel(pool=name[len("tokens-"):]).eval(), "tokens"
     return {"ties-adaptive": lambda: Upsampled("adaptive"), "ties-amax": lambda: Upsampled("amax"),
-            "concat": Concat, "conv-head": ConvHead, "flatten-bn": FlattenBN}[name]().eval(), "features"
+            "concat": Concat, "conv-head": ConvHead, "flatten-bn": FlattenBN,
+            "position-mixer": PositionMixer}[name]().eval(), "features"
 
 
 # the path `auto` takes on each model (P = 64 positions, D = 8 except flatten-bn)
@@ -87,7 +103,7 @@ EXPECTED_PATH = {
     "layernorm": "mean pooling", "dropout-bn": "mean pooling", "gelu": "mean pooling",
     "tokens-norm-mean": "whole head", "tokens-mean": "mean pooling", "tokens-cls": "select pooling",
     "ties-adaptive": "argmax pooling", "ties-amax": "amax pooling", "concat": "whole head",
-    "conv-head": "whole head", "flatten-bn": "linear pooling",
+    "conv-head": "whole head", "flatten-bn": "linear pooling", "position-mixer": "whole head",
 }
 MODELS = list(EXPECTED_PATH)
 

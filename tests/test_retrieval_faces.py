@@ -21,4 +21,6 @@ def test_facenet_index_crops_faces_and_skips_photos_without_one(tmp_path):
     hits = index.search(photos["obama"], k=4, explain=True)
     names = [face_identity(h.path.rsplit("/", 1)[1].split(".")[0]) for h in hits]
     assert names[:3] == ["obama", "obama", "obama"] and names[3] == "biden"
-    assert hits[0].explanation.a.image.size == hits[0].explanation.b.image.size == (160, 160)
+    explained = hits[0].explanation
+    assert explained.a.input_size == explained.b.input_size == (160, 160)
+    assert explained.a.frame.cropped and explained.a.image_size == explained.a.frame.image_size

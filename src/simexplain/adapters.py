@@ -144,7 +144,7 @@ class SplitModel:
         the trunk runs once; see `head.tape_contributions` for the strategies. "tangents" is
         the reference path: one tangent per position through the whole model, the trunk rerun
         for each chunk of TANGENT_BUDGET floats; it is also the fallback for heads the tape
-        cannot replay.
+        cannot record or replay.
         """
         if strategy not in STRATEGIES:
             raise SimexplainError(
@@ -174,8 +174,11 @@ class SplitModel:
         finally:
             handle.remove()
         self._check_embedding(embedding)
-        return tape_contributions(tape, embedding, offsets, grid, prefix, strategy,
-                                  budget=TANGENT_BUDGET)
+        try:
+            return tape_contributions(tape, embedding, offsets, grid, prefix, strategy,
+                                      budget=TANGENT_BUDGET)
+        except RuntimeError:
+            return None  # a recorded call that cannot be replayed under the transforms
 
     def _tangent_contributions(self, x, shape, offsets, grid, prefix) -> Contributions:
         per_tangent = len(x) * math.prod(shape[1:])

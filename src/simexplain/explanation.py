@@ -15,16 +15,43 @@ from .similarity import Similarity, get as get_similarity
 
 @dataclass
 class Side:
-    """One image of the pair as the model saw it."""
+    """One image of the pair: the photo, and what the model made of it.
 
-    image: Image.Image  # the model's input, resized, for display
+    Points and regions on it are in the photo's pixels (coords="image", the default) or in
+    the model input's (coords="input"); `frame` maps one onto the other (crop box, sizes).
+    """
+
+    image: Image.Image  # the photo as given (RGB); a gray canvas for tensor inputs
     grid: tuple[int, int]  # feature grid (H, W)
     contributions: torch.Tensor  # (P, D), u_p
     embedding: torch.Tensor  # (D,), the model's own embedding
+    frame: maps.Frame | None = None  # where the model input lies in the photo (None: all of it)
+
+    def __post_init__(self):
+        if self.frame is None:
+            self.frame = maps.Frame.whole((self.image.height, self.image.width))
 
     @property
     def image_size(self) -> tuple[int, int]:
+        """(height, width) of the photo: the file's pixels."""
         return (self.image.height, self.image.width)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) of the model input."""
+        return self.frame.input_size
+
+    def point_weights(self, point, coords: maps.Coords = "image") -> torch.Tensor:
+        """(P,) bilinear weights of a pixel (row, col) on this side's grid."""
+        return self.frame.point_weights(point, self.grid, coords)
+
+    def region_weights(self, region: maps.Region, coords: maps.Coords = "image") -> torch.Tensor:
+        """(P,) covered fraction of each cell for a box (top, left, bottom, right) or a mask."""
+        return self.frame.region_weights(region, self.grid, coords)
+
+    def to_dict(self) -> dict:
+        """Photo size, crop box, input size, grid and the cells' boxes, in the file's pixels."""
+        return self.frame.to_dict(self.grid)
 
 
 @dataclass
@@ -96,21 +123,27 @@ class PairExplanation:
         here, there = self._sides(side)
         return regions.side_map(self.similarity, weights, here, there, here_is_a=side == "a")
 
-    def point_map(self, side: str, point: tuple[float, float]) -> torch.Tensor:
-        """Map over the other image's grid for pixel (row, col) of `side` (bilinear)."""
+    def point_map(self, side: str, point: tuple[float, float],
+                  coords: maps.Coords = "image") -> torch.Tensor:
+        """Map over the other image's grid for pixel (row, col) of `side` (bilinear), in the
+        photo's pixels (coords="image") or the model input's (coords="input")."""
         here, _ = self._sides(side)
-        return self.weighted_map(side, maps.point_weights(point, here.grid, here.image_size))
+        return self.weighted_map(side, here.point_weights(point, coords))
 
-    def region_map(self, side: str, region: maps.Region) -> torch.Tensor:
-        """Map over the other image's grid for a box (top, left, bottom, right) or a mask."""
+    def region_map(self, side: str, region: maps.Region,
+                   coords: maps.Coords = "image") -> torch.Tensor:
+        """Map over the other image's grid for a box (top, left, bottom, right) or a mask of
+        `side`, in the photo's pixels (or the model input's: coords="input")."""
         here, _ = self._sides(side)
-        return self.weighted_map(side, maps.region_weights(region, here.grid, here.image_size))
+        return self.weighted_map(side, here.region_weights(region, coords))
 
-    def partial_score(self, side: str, region: maps.Region) -> float:
-        """s_R = sum_p w_p O[p]: the share of the score carried by a region of `side`."""
-        here = self.a if side == "a" else self.b
+    def partial_score(self, side: str, region: maps.Region,
+                      coords: maps.Coords = "image") -> float:
+        """s_R = sum_p w_p O[p]: the share of the score carried by a region of `side` (a box
+        or a mask in the photo's pixels, or the model input's with coords="input")."""
+        here, _ = self._sides(side)
         overall = self.overall_a_flat if side == "a" else self.overall_b_flat
-        weights = maps.region_weights(region, here.grid, here.image_size).to(overall.device)
+        weights = here.region_weights(region, coords).to(overall.device)
         return float(weights @ overall)
 
     # -- display -----------------------------------------------------------------------------
@@ -118,8 +151,9 @@ class PairExplanation:
         return self._sides(side)[0].image
 
     def upsample(self, grid_map: torch.Tensor, side: str) -> np.ndarray:
-        """A map over `side`'s grid, bilinearly upsampled to that image's size."""
-        return maps.upsample(grid_map, self._sides(side)[0].image_size)
+        """A map over `side`'s grid, bilinearly upsampled onto that photo: the part the model
+        saw (all of it, or the face crop) is filled, the rest is 0."""
+        return self._sides(side)[0].frame.upsample(grid_map)[0]
 
     def to_dict(self) -> dict:
         """JSON-ready summary."""
@@ -127,5 +161,6 @@ class PairExplanation:
             "score": self.score, "similarity": self.similarity.name, "residual": self.residual,
             "grid_a": list(self.a.grid), "grid_b": list(self.b.grid),
             "image_size_a": list(self.a.image_size), "image_size_b": list(self.b.image_size),
+            "input_a": self.a.to_dict(), "input_b": self.b.to_dict(),
             "overall_a": self.overall_a.tolist(), "overall_b": self.overall_b.tolist(),
         }

@@ -155,14 +155,15 @@ def _clip(top, left, bottom, right, height, width):
 
 
 def crop_face(image: Image.Image | str | Path, margin: float = 0.2, size: int | None = 160,
-              ) -> tuple[Image.Image, tuple[int, int, int, int]]:
+              name: str | None = None) -> tuple[Image.Image, tuple[int, int, int, int]]:
     """Crop the largest face of ``image`` and resize it to ``size`` x ``size``.
 
     The detected box is enlarged by ``margin`` times its width (height) in all, half on each
     side (FaceNet's own code adds a fixed 44 px, about 0.2 of a typical face box), clipped to
     the image, then resized to a square as FaceNet's alignment does (``size=None`` keeps the
     crop's own size). Returns the RGB crop and the cropped region ``(top, left, bottom,
-    right)`` in pixels of the original image. Raises :class:`ImageError` if no face is found.
+    right)`` in pixels of the original image. Raises :class:`ImageError` (naming the image
+    by ``name``, or its path) if no face is found.
     """
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
@@ -172,7 +173,7 @@ def crop_face(image: Image.Image | str | Path, margin: float = 0.2, size: int | 
     faces = detect_faces(rgb)
     if not faces:
         raise ImageError(
-            f"{_source_name(image)}: no face found ({rgb.width}x{rgb.height} pixels); use a "
+            f"{name or _source_name(image)}: no face found ({rgb.width}x{rgb.height} pixels); use a "
             "photo with a clearly visible, roughly frontal face of at least 20 pixels")
     face = faces[0]
     pad_y = face.height * margin / 2.0

@@ -33,6 +33,7 @@ How it is computed (cost for P positions, C channels, D embedding dimensions):
 from __future__ import annotations
 
 import inspect
+import math
 import weakref
 from dataclasses import dataclass
 
@@ -411,7 +412,7 @@ def find_pooling(tape: HeadTape, ndim: int) -> _Pooling | None:
                     and isinstance(index[1], int)):
                 kind, argument = "select", index[1]
         elif func in _FLATTEN:
-            linear = _flatten_then_linear(steps, readers, i)
+            linear = _flatten_then_linear(steps, readers, i, math.prod(tape.features.shape[1:]))
             if linear is not None:
                 return _Pooling(chain, i, "linear", steps[linear].outputs[0], linear)
         elif func in _ELEMENTWISE and len(step.outputs) == 1:
@@ -428,8 +429,10 @@ def _returns_indices(step: _Step) -> bool:
     return bool(flag)
 
 
-def _flatten_then_linear(steps: list[_Step], readers: dict[int, list[int]], i: int) -> int | None:
-    """Index of an F.linear step that alone reads the (B, -1) flattening done by step i."""
+def _flatten_then_linear(steps: list[_Step], readers: dict[int, list[int]], i: int,
+                         numel: int) -> int | None:
+    """Index of an F.linear step that alone reads the flattening done by step i and maps all
+    `numel` values of an image (a Linear over C * P, not e.g. over positions alone)."""
     flat = steps[i]
     out = flat.outputs[0]
     users = readers.get(out, [])
@@ -439,7 +442,7 @@ def _flatten_then_linear(steps: list[_Step], readers: dict[int, list[int]], i: i
     if step.func is not F.linear or step.reads != {out} or not isinstance(step.args[0], _Slot):
         return None
     weight = step.args[1] if len(step.args) > 1 else step.kwargs.get("weight")
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[1] != numel:
         return None
     return users[0]
 

@@ -19,6 +19,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Refuse decompression bombs before decoding them.
 MAX_PIXELS = 40_000_000
+# With the aspect ratio kept, the long side of a model input is at most this many short sides.
+MAX_ASPECT = 4
 
 
 def load_image(source: str | Path | Image.Image) -> Image.Image:
@@ -122,20 +124,45 @@ def _to_8bit(image: Image.Image, name: str) -> Image.Image:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Resize to `size` (height, width), scale to [0, 1], then normalise by mean/std.
+    """Resize, scale to [0, 1], then normalise by mean/std.
 
-    `grayscale=True` produces one channel (for models trained on gray images).
+    size: (height, width) of the model input. keep_aspect: resize the short side to
+    min(size) and keep the image's aspect ratio (a 28x56 composite stays 28x56, a 4:3 photo
+    4:3), for models whose head pools over positions (average, max, GeM, token mean) and so
+    accept any input shape; the long side is capped at MAX_ASPECT times the short one.
+    Without it the image is squashed to exactly `size` (heads that need a fixed size, such as
+    flatten + linear). `grayscale=True` produces one channel (for models trained on gray
+    images).
     """
 
     size: tuple[int, int] = (224, 224)
     mean: Sequence[float] = IMAGENET_MEAN
     std: Sequence[float] = IMAGENET_STD
     grayscale: bool = False
+    keep_aspect: bool = False
+
+    def input_size(self, width: int, height: int) -> tuple[int, int]:
+        """(height, width) of the model input for an image of width x height pixels."""
+        if not self.keep_aspect:
+            return int(self.size[0]), int(self.size[1])
+        short = int(min(self.size))
+        scale = short / min(width, height)
+        long_cap = short * MAX_ASPECT
+        h = min(max(short, int(round(height * scale))), long_cap)
+        w = min(max(short, int(round(width * scale))), long_cap)
+        return h, w
+
+    def describe(self) -> str:
+        """How inputs are sized, in words (for `simexplain models` and errors)."""
+        if self.keep_aspect:
+            return f"short side {min(self.size)} px, aspect ratio kept"
+        return f"{self.size[0]}x{self.size[1]} px (fixed: images are squashed)"
 
     def resize(self, image: Image.Image) -> Image.Image:
         """The image exactly as the model sees it (before normalisation), for display."""
-        height, width = self.size
-        return to_rgb(image).resize((width, height), Image.BILINEAR)
+        image = to_rgb(image)
+        height, width = self.input_size(image.width, image.height)
+        return image.resize((width, height), Image.BILINEAR)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         shown = self.resize(image)

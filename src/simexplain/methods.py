@@ -21,6 +21,7 @@ from PIL import Image
 from .errors import SimexplainError
 from .explanation import PairExplanation, Side
 from .images import ImageInput
+from .inputs import PreparedImage
 from .similarity import Similarity
 
 Maps = tuple[torch.Tensor, torch.Tensor]  # (Ha, Wa), (Hb, Wb)
@@ -30,10 +31,8 @@ Maps = tuple[torch.Tensor, torch.Tensor]  # (Ha, Wa), (Hb, Wb)
 class PreparedPair:
     """Both images as model inputs, prepared once and shared by every method run on them."""
 
-    x_a: torch.Tensor  # (1, C, H, W) on the model's device
-    x_b: torch.Tensor
-    shown_a: Image.Image  # the images as the model sees them
-    shown_b: Image.Image
+    a: PreparedImage  # model input (on the model's device), photo and frame
+    b: PreparedImage
     cache: dict = field(default_factory=dict, repr=False)  # embeddings, gradients
 
     @classmethod
@@ -42,9 +41,15 @@ class PreparedPair:
         """Prepare a and b (a PreparedPair given as `a` is returned as it is)."""
         if isinstance(a, PreparedPair):
             return a
-        x_a, shown_a = explainer.prepare(a, "a")
-        x_b, shown_b = explainer.prepare(b, "b")
-        return cls(x_a, x_b, shown_a, shown_b)
+        return cls(explainer.prepare(a, "a"), explainer.prepare(b, "b"))
+
+    @property
+    def x_a(self) -> torch.Tensor:
+        return self.a.tensor
+
+    @property
+    def x_b(self) -> torch.Tensor:
+        return self.b.tensor
 
     def x(self, side: str) -> torch.Tensor:
         return self.x_a if side == "a" else self.x_b
@@ -103,8 +108,9 @@ class Decomposition(Method):
 
 def _decomposed(explainer, pair: PreparedPair, side: str) -> Side:
     c = explainer.contributions(pair.x(side), side)
-    shown = pair.shown_a if side == "a" else pair.shown_b
-    return Side(image=shown, grid=c.grid, contributions=c.positions[0], embedding=c.embedding[0])
+    prepared = pair.a if side == "a" else pair.b
+    return Side(image=prepared.photo, grid=c.grid, contributions=c.positions[0],
+                embedding=c.embedding[0], frame=prepared.frame)
 
 
 class _GradientMethod(Method):

@@ -24,22 +24,67 @@ def colorize(values: np.ndarray, signed: bool) -> np.ndarray:
 
 
 def overlay(image: Image.Image, heat: np.ndarray, signed: bool = False,
-            alpha: float = 0.5) -> Image.Image:
-    """Blend a map (already at the image's size) over the image."""
+            alpha: float = 0.5, inside: np.ndarray | None = None) -> Image.Image:
+    """Blend a map (already at the image's size) over the image; with `inside` (0/1 of the
+    image's size), only there (the part of a photo the model saw)."""
     rgba = colorize(heat, signed)
     # fade the colour where the map is ~0 so the photo stays readable
     strength = np.abs(heat) / (np.abs(heat).max() or 1.0) if signed else display_form(heat)
     weight = alpha * (0.3 + 0.7 * strength)[..., None]
+    if inside is not None:
+        weight = weight * inside[..., None]
     base = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
     blended = base * (1 - weight) + rgba[..., :3] * weight
     return Image.fromarray((blended * 255).round().astype(np.uint8))
 
 
-def overlay_map(result, grid_map, side: str, signed: bool = False,
-                alpha: float = 0.5) -> Image.Image:
-    """Render a map over one side's feature grid of a PairExplanation on that side's image:
-    signed colours, or the paper's positive form."""
-    return overlay(result.image(side), result.upsample(grid_map, side), signed, alpha)
+# Longest side of a photo as drawn in figures and pages (photos are shown whole, at their own
+# aspect ratio, downscaled to this).
+DISPLAY_SIDE = 512
+
+
+def display_size(image_size: Sequence[int], max_side: int = DISPLAY_SIDE) -> tuple[int, int]:
+    """(height, width) of a photo as displayed: larger than `max_side`, it is shrunk."""
+    height, width = image_size
+    scale = min(1.0, max_side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def shown(side, max_side: int = DISPLAY_SIDE) -> Image.Image:
+    """The photo of an `explanation.Side` (or a photo) as displayed (downscaled, aspect ratio
+    kept)."""
+    photo = side if isinstance(side, Image.Image) else side.image
+    height, width = display_size((photo.height, photo.width), max_side)
+    if (height, width) == (photo.height, photo.width):
+        return photo
+    return photo.resize((width, height), Image.LANCZOS)
+
+
+def overlay_side(side, grid_map, signed: bool = False, alpha: float = 0.5,
+                 max_side: int = DISPLAY_SIDE) -> Image.Image:
+    """A map over a Side's feature grid drawn on its photo (downscaled for display, aspect
+    ratio kept) where the model saw it: the whole photo, or the face crop."""
+    base = shown(side, max_side)
+    heat, inside = side.frame.upsample(grid_map, (base.height, base.width))
+    return overlay(base, heat, signed, alpha, inside)
+
+
+def overlay_map(result, grid_map, side: str, signed: bool = False, alpha: float = 0.5,
+                max_side: int = DISPLAY_SIDE) -> Image.Image:
+    """`overlay_side` for side "a" or "b" of a PairExplanation. Mark points given in the
+    photo's pixels with `mark_point(image, to_display(result.a, point))`."""
+    return overlay_side(result.a if side == "a" else result.b, grid_map, signed, alpha,
+                        max_side)
+
+
+def to_display(side, point: Sequence[float], max_side: int = DISPLAY_SIDE
+               ) -> tuple[float, ...]:
+    """A point (row, col) or box (top, left, bottom, right) in a Side's photo pixels, in the
+    pixels of that photo as displayed (`shown`, `overlay_side`)."""
+    height, width = side.image_size
+    shown_height, shown_width = display_size((height, width), max_side)
+    scales = (shown_height / height, shown_width / width)
+    return tuple(float(v) * scales[i % 2] for i, v in enumerate(point))
 
 
 def mark_point(image: Image.Image, point: Sequence[float], color=(255, 255, 255),

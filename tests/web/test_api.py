@@ -17,6 +17,7 @@ from simexplain.web import create_app
 from simexplain.web.cache import LRU
 
 SIZE = 64  # the toy model's input side in conftest.py (an 8x8 feature grid)
+PHOTO = 96  # the sample and gallery photos' side: points and boxes are in their pixels
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -253,7 +254,9 @@ def test_explain_matches_the_engine(client, pair, explainer, samples):
     assert pair["score"] == pytest.approx(expected.score, abs=1e-6)
     assert pair["residual"] < 1e-5
     for side in ("a", "b"):
-        assert pair[side]["grid"] == [8, 8] and pair[side]["image_size"] == [SIZE, SIZE]
+        assert pair[side]["grid"] == [8, 8] and pair[side]["image_size"] == [PHOTO, PHOTO]
+        assert pair[side]["input_size"] == [SIZE, SIZE]
+        assert pair[side]["crop"] == [0, 0, PHOTO, PHOTO]
         overall = np.array(pair[side]["overall"])
         assert overall.shape == (8, 8)
         assert overall.sum() == pytest.approx(expected.score, rel=1e-4)
@@ -289,10 +292,10 @@ def test_point_map(client, pair, explainer, samples):
                                    rtol=1e-4, atol=1e-9)
         r, c = np.unravel_index(grid.argmax(), grid.shape)
         assert body["argmax"]["cell"] == [r, c]
-        assert body["argmax"]["row"] == pytest.approx((r + 0.5) * SIZE / 8)
-        assert body["argmax"]["col"] == pytest.approx((c + 0.5) * SIZE / 8)
+        assert body["argmax"]["row"] == pytest.approx((r + 0.5) * PHOTO / 8)
+        assert body["argmax"]["col"] == pytest.approx((c + 0.5) * PHOTO / 8)
     # the edges of the image are inside it
-    for row, col in ((0, 0), (SIZE, SIZE)):
+    for row, col in ((0, 0), (PHOTO, PHOTO)):
         assert client.post("/api/point", json={"explanation_id": pair["explanation_id"],
                                                "side": "a", "row": row,
                                                "col": col}).status_code == 200
@@ -311,7 +314,7 @@ def test_region_map(client, pair, explainer, samples):
     assert body["partial_score"] == pytest.approx(expected.partial_score("a", box), rel=1e-5)
     assert np.array(body["map"]).sum() == pytest.approx(body["partial_score"], rel=1e-4)
     whole = client.post("/api/region", json={
-        "explanation_id": pair["explanation_id"], "side": "b", "box": [0, 0, SIZE, SIZE]})
+        "explanation_id": pair["explanation_id"], "side": "b", "box": [0, 0, PHOTO, PHOTO]})
     assert whole.json()["partial_score"] == pytest.approx(pair["score"], rel=1e-5)
 
 
@@ -351,7 +354,7 @@ def test_wrong_content_type_and_empty_body(client):
     ({"side": None}, 422, "side"),
     ({"row": "abc"}, 422, "row"),
     ({"row": [1]}, 422, "row"),
-    ({"row": SIZE + 1}, 400, "outside"),
+    ({"row": PHOTO + 1}, 400, "outside"),
     ({"col": -0.5}, 400, "outside"),
     ({"row": 1e308 * 10}, 422, "row"),  # serialised as Infinity
     ({"explanation_id": "nope"}, 404, "explanation"),
@@ -380,7 +383,7 @@ def test_point_missing_fields_and_nan(client, pair):
     ([10, 10, 10, 20], 400, "empty"),
     ([30, 10, 20, 20], 400, "empty"),
     ([10, 30, 20, 20], 400, "empty"),
-    ([SIZE + 5, SIZE + 5, SIZE + 20, SIZE + 20], 400, "outside"),
+    ([PHOTO + 5, PHOTO + 5, PHOTO + 20, PHOTO + 20], 400, "outside"),
     ([-20, -20, -10, -10], 400, "outside"),
     ([1, 2, 3], 422, "box"),
     ([1, 2, 3, 4, 5], 422, "box"),
@@ -443,12 +446,11 @@ def test_gallery_health_and_listing(gallery_client):
 def test_search_whole_and_region_equal_brute_force(gallery_client, explainer, kit):
     """Hits, scores and maps against the full decomposition of the query with every gallery
     image (PairExplanation), not against the index the server searches."""
-    from simexplain import maps
     engine = gallery_client.app.state.engine
     gallery = engine.images.gallery_paths
     pairs = explainer.explain_gallery(kit.two_part(0, 4), gallery)
-    box = [0, 0, SIZE, SIZE / 2]
-    weights = maps.region_weights(box, pairs[0].a.grid, pairs[0].a.image_size)
+    box = [0, 0, PHOTO, PHOTO / 2]
+    weights = pairs[0].a.region_weights(box)
     responses = []
     for request, partial in (({}, None), ({"box": box}, box)):
         response = gallery_client.post("/api/search", json={"query": "s0", "k": 6, **request})
@@ -478,7 +480,6 @@ def test_search_whole_and_region_equal_brute_force(gallery_client, explainer, ki
 
 
 def test_search_point_maps(gallery_client, explainer):
-    from simexplain import maps
     search = gallery_client.post("/api/search", json={"query": "g3", "k": 5}).json()
     ids = [h["id"] for h in search["hits"]]
     response = gallery_client.post("/api/search/point", json={
@@ -490,7 +491,7 @@ def test_search_point_maps(gallery_client, explainer):
     for item in body["maps"]:
         i = int(item["id"][1:])
         pair = explainer.explain(engine.images.pixels("g3"), engine.images.gallery_paths[i])
-        weights = maps.point_weights((12, 50), pair.a.grid, pair.a.image_size)
+        weights = pair.a.point_weights((12, 50))
         expected = (weights @ pair.pairwise_flat).reshape(pair.b.grid)  # from the full P x Q map
         np.testing.assert_allclose(np.array(item["map"]), expected.numpy(), rtol=1e-4,
                                    atol=1e-9)

@@ -18,7 +18,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     from .. import zoo
     for name in zoo.list():
         entry = zoo.entry(name)
-        print(f"{name:20s} layer={entry.layer:12s} {entry.similarity:9s} {entry.description}")
+        print(f"{name:20s} layer={entry.layer:12s} {entry.similarity:9s} {entry.description}; "
+              f"input: {entry.preprocess.describe()}" + (", face crops" if entry.faces else ""))
     return 0
 
 

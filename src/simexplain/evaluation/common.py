@@ -130,11 +130,13 @@ def load_model(name: str):
 
 
 def to_tensor(explainer, image: Image.Image, side: str = "a") -> torch.Tensor:
-    """(1, C, H, W) model input of a PIL image at its own size (no resizing)."""
-    transform = explainer.transform_a if side == "a" else explainer.transform_b
+    """(1, C, H, W) model input of a PIL image at its own size (no resizing), through the
+    model's input pipeline (items are already the crops the model should see)."""
+    from ..inputs import InputPipeline
+    transform = explainer.inputs(side).transform
     if dataclasses.is_dataclass(transform) and hasattr(transform, "size"):
         transform = dataclasses.replace(transform, size=(image.height, image.width))
-    return transform(image)[None].to(explainer.stream(side).device)
+    return InputPipeline(transform).prepare(image).tensor.to(explainer.stream(side).device)
 
 
 def start_run(model: str, methods, samples: int | None, quick: bool, allowed: Sequence[str],

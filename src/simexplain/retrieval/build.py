@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ImageError, SimexplainError
 from ..files import atomic_path
-from .model import MODEL_KEYS, face_crop_for, model_info
+from .model import MODEL_KEYS, model_info
 from .storage import (FORMAT_NAME, FORMAT_VERSION, Skipped, check_kind, check_replaceable,
                       common_root, file_sha256, require_faiss)
 
@@ -177,7 +177,6 @@ class _BuildState:
         batch)."""
         ready: list[tuple[int, str, torch.Tensor]] = []
         skipped: list[Skipped] = []
-        model_input = face_crop_for(explainer)
         real_root = os.path.realpath(self.root)
         for i, path in enumerate(chunk, offset):
             if os.path.commonpath([real_root, os.path.realpath(path)]) != real_root:
@@ -185,7 +184,7 @@ class _BuildState:
                 continue
             try:
                 digest = file_sha256(path)
-                tensor, _ = explainer.prepare(model_input(path), "b")
+                tensor = explainer.prepare(path, "b").tensor
             except (ImageError, OSError) as exc:
                 skipped.append(Skipped(path, str(exc) or type(exc).__name__))
                 continue

@@ -21,7 +21,7 @@ def parse_region(text: str) -> tuple[float, float, float, float]:
         values = ()
     if len(values) != 4:
         raise argparse.ArgumentTypeError(
-            f"a region is TOP,LEFT,BOTTOM,RIGHT in the query's model-input pixels, got {text!r}")
+            f"a region is TOP,LEFT,BOTTOM,RIGHT in the query file's pixels, got {text!r}")
     return values  # type: ignore[return-value]
 
 
@@ -47,8 +47,8 @@ def add_cli(subparsers) -> None:
     search.add_argument("query", help="query image")
     add_model_arguments(search, required=False)
     search.add_argument("--region", type=parse_region,
-                        help="TOP,LEFT,BOTTOM,RIGHT box in the query's model-input pixels: rank "
-                             "by the partial similarity of that region")
+                        help="TOP,LEFT,BOTTOM,RIGHT box in the query file's pixels: rank by the "
+                             "partial similarity of that region")
     search.add_argument("-k", type=int, default=10, help="number of hits (default 10)")
     search.add_argument("--explain", action="store_true",
                         help="decompose each hit: overall map and (with --region) region map")
@@ -87,8 +87,9 @@ def explainer_for_index(index_path: str | Path, args: argparse.Namespace | None 
     similarity = getattr(args, "similarity", None) or manifest.get("similarity")
     size = getattr(args, "size", None)
     input_size = manifest.get("input_size")
-    if size is None and input_size and input_size[0] == input_size[1]:
-        size = int(input_size[0])
+    if size is None and input_size:
+        size = (int(input_size[0]) if input_size[0] == input_size[1]
+                else (int(input_size[0]), int(input_size[1])))
     return resolve(model, layer, similarity, size)
 
 
@@ -103,6 +104,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         "index": str(args.index), "query": str(args.query), "model": index.model_name,
         "similarity": index.similarity.name,
         "region": list(args.region) if args.region else None,
+        "query_input": prepared.side.to_dict(),  # sizes, crop, cells: the file's pixels
         "ranking": "ascending" if index.similarity.lower_is_better else "descending",
         "score": ("partial similarity s_R of the region" if args.region else
                   f"{index.similarity} of the whole images"),

@@ -17,7 +17,7 @@ from .. import similarity as similarities
 from ..errors import ImageError, SimexplainError
 from ..explanation import PairExplanation, Side
 from ..similarity import Similarity
-from .model import IndexMismatchError, check_model, face_crop_for, model_info
+from .model import IndexMismatchError, check_model, model_info
 from .storage import Skipped, check_kind, file_sha256, require_faiss
 
 # Extra candidates fetched from FAISS before exact re-scoring (guards near-ties at rank k).
@@ -53,6 +53,7 @@ class Hit:
         if self.explanation is not None:
             out["residual"] = self.explanation.residual
             out["grid"] = list(self.explanation.b.grid)
+            out["input"] = self.explanation.b.to_dict()  # sizes, crop, cells: file pixels
         return out
 
 
@@ -67,12 +68,14 @@ class RegionQuery:
     weights: torch.Tensor | None = None  # (P,) cell coverage of the region
 
     @classmethod
-    def from_side(cls, side: Side, region: maps.Region | None = None) -> "RegionQuery":
-        """The search vector of a decomposed query: q_R = sum_p w_p u_p, or e_a."""
+    def from_side(cls, side: Side, region: maps.Region | None = None,
+                  coords: maps.Coords = "image") -> "RegionQuery":
+        """The search vector of a decomposed query: q_R = sum_p w_p u_p, or e_a. The region
+        is in the query file's pixels (or the model input's, coords="input")."""
         embedding = side.embedding.detach().double().cpu()
         if region is None:
             return cls(vector=embedding, embedding=embedding, side=side)
-        weights = maps.region_weights(region, side.grid, side.image_size)
+        weights = side.region_weights(region, coords)
         vector = regions.region_vector(weights, side.contributions.detach().cpu())
         return cls(vector=vector, embedding=embedding, side=side, region=region,
                    weights=weights)
@@ -209,19 +212,22 @@ class Index:
         return self.explainer
 
     # -- search --------------------------------------------------------------------------------
-    def region_vector(self, query, region: maps.Region | None = None) -> RegionQuery:
+    def region_vector(self, query, region: maps.Region | None = None,
+                      coords: maps.Coords = "image") -> RegionQuery:
         """The query's search vector: q_R = sum_p w_p u_p for a region, else e_a."""
         explainer = self._require_explainer()
-        side = explainer.side(face_crop_for(explainer)(query), "a")
-        return RegionQuery.from_side(side, region)
+        side = explainer.side(query, "a")
+        return RegionQuery.from_side(side, region, coords)
 
     def search(self, query, k: int = 10, region: maps.Region | None = None,
-               explain: bool = False, batch_size: int = 16) -> list[Hit]:
+               explain: bool = False, batch_size: int = 16,
+               coords: maps.Coords = "image") -> list[Hit]:
         """Rank the gallery for a query image (path, PIL image or (1, C, H, W) tensor), or for
         a prepared `RegionQuery` (from `region_vector` or `RegionQuery.from_side`).
 
-        region: a box (top, left, bottom, right) or a mask in the query's model-input pixels;
-        hits are then ranked by the region's partial similarity s_R. explain: decompose the
+        region: a box (top, left, bottom, right) or a mask in the query file's pixels (in the
+        model input's with coords="input"); hits are then ranked by the region's partial
+        similarity s_R. explain: decompose the
         top k pairs too (`Hit.explanation`, `Hit.overall_map`, `Hit.region_map`).
         """
         if isinstance(query, RegionQuery):
@@ -229,7 +235,7 @@ class Index:
                 raise SimexplainError("a prepared RegionQuery already holds its region")
             prepared = query
         else:
-            prepared = self.region_vector(query, region)
+            prepared = self.region_vector(query, region, coords)
         hits = self.search_vector(prepared.vector, k,
                                   prepared.embedding if prepared.is_region else None)
         if explain:
@@ -284,10 +290,8 @@ class Index:
         explainer = self._require_explainer()
         for hit in hits:
             self._warn_if_changed(hit)
-        model_input = face_crop_for(explainer)
         try:
-            sides = list(explainer.sides([model_input(hit.path) for hit in hits], "b",
-                                         batch_size))
+            sides = list(explainer.sides([hit.path for hit in hits], "b", batch_size))
         except ImageError as exc:
             raise SimexplainError(f"cannot explain the hits: {exc}") from None
         for hit, side_b in zip(hits, sides):

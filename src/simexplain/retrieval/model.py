@@ -1,6 +1,6 @@
 """The model of an index: what identifies it (name, layers, similarity, input size, a
 fingerprint of its weights), the check that a query model is the same, and what it is given
-for an image (face models see the detected face crop)."""
+for an image (face models see the detected face crop: `Explainer.prepare`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import torch
 
 from ..errors import SimexplainError
 
-MODEL_KEYS = ("model", "layer", "layer_b", "similarity", "input_size", "weights_sha256")
+MODEL_KEYS = ("model", "layer", "layer_b", "similarity", "input_size", "keep_aspect",
+              "weights_sha256")
 
 
 class IndexMismatchError(SimexplainError):
@@ -17,7 +18,8 @@ class IndexMismatchError(SimexplainError):
 
 def model_info(explainer, model_name: str | None = None) -> dict:
     """What identifies the gallery model of an explainer: name, layers, similarity, input
-    size (of side b), and a sha256 of its weights."""
+    size (of side b) and whether inputs keep their aspect ratio, and a sha256 of its
+    weights."""
     stream_b = explainer.stream("b")
     size = getattr(explainer.transform_b, "size", None)
     return {
@@ -26,6 +28,7 @@ def model_info(explainer, model_name: str | None = None) -> dict:
         "layer_b": stream_b.layer_name,
         "similarity": explainer.similarity.name,
         "input_size": list(size) if size is not None else None,
+        "keep_aspect": bool(getattr(explainer.transform_b, "keep_aspect", False)),
         "weights_sha256": weights_fingerprint(explainer),
     }
 
@@ -48,6 +51,12 @@ def check_model(expected: dict, actual: dict, where: str = "the index") -> None:
             and list(expected["input_size"]) != list(actual["input_size"])):
         problems.append(f"input size {tuple(actual['input_size'])} instead of "
                         f"{tuple(expected['input_size'])}")
+    if (expected.get("keep_aspect") is not None and actual.get("keep_aspect") is not None
+            and bool(expected["keep_aspect"]) != bool(actual["keep_aspect"])):
+        problems.append("inputs " + ("squashed to the input size" if expected["keep_aspect"]
+                                     else "keeping their aspect ratio")
+                        + " instead of " + ("keeping their aspect ratio" if expected["keep_aspect"]
+                                            else "squashed to the input size"))
     if (not problems and expected.get("weights_sha256") and actual.get("weights_sha256")
             and expected["weights_sha256"] != actual["weights_sha256"]):
         problems.append("different weights (the weights fingerprint does not match)")
@@ -56,19 +65,3 @@ def check_model(expected: dict, actual: dict, where: str = "the index") -> None:
             f"the query model does not match {where}: " + "; ".join(problems)
             + f". Use the model the index was built with ({expected.get('model')!r}, layer "
               f"{expected.get('layer')!r}, {expected.get('similarity')}) or rebuild the index.")
-
-
-def face_crop_for(explainer):
-    """What the model is given for an image: face models (zoo entries marked `faces`) see the
-    detected face crop, as in `simexplain pair`; an image without a face is an ImageError."""
-    from .. import zoo
-    name = getattr(explainer, "model_name", None)
-    if not zoo.crops_faces(name):
-        return lambda image: image
-
-    def crop(image):
-        if isinstance(image, torch.Tensor):
-            return image  # already the model's input
-        from ..faces import crop_face
-        return crop_face(image, size=None)[0]
-    return crop

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import ImageError
+from ..images import load_image
 from ..files import write_text_atomic
 from .index import Hit, Index, RegionQuery
 
@@ -20,19 +21,23 @@ def write_results_page(out: Path, prepared: RegionQuery, hits: list[Hit], index:
     from .. import visualize
     from ..files import write_json_atomic
     out.mkdir(parents=True, exist_ok=True)
-    query_image = prepared.side.image
+    query_image = visualize.shown(prepared.side)  # the photo, aspect kept, downscaled
+    if prepared.side.frame.cropped:  # the part the model saw (a face crop)
+        query_image = visualize.mark_box(query_image, visualize.to_display(
+            prepared.side, prepared.side.frame.box), color=(0, 255, 255))
     if prepared.is_region and not isinstance(prepared.region, (np.ndarray, torch.Tensor)):
-        query_image = visualize.mark_box(query_image, prepared.region)
+        query_image = visualize.mark_box(query_image,
+                                         visualize.to_display(prepared.side, prepared.region))
     query_image.save(out / "query.png")
     rows = []
     for hit in hits:
         cells = {}
         image = None
         if hit.explanation is not None:
-            image = hit.explanation.image("b")
+            image = visualize.shown(hit.explanation.b)
         else:
             try:
-                image = index.explainer.prepare(hit.path, "b")[1]
+                image = visualize.shown(load_image(hit.path))
             except ImageError:
                 image = None
         if image is not None:
@@ -57,7 +62,7 @@ def write_results_page(out: Path, prepared: RegionQuery, hits: list[Hit], index:
     lines = [
         "<!doctype html><html><head><meta charset='utf-8'><title>simexplain search</title>",
         "<style>body{font-family:sans-serif;margin:1em}td,th{padding:4px 8px;"
-        "vertical-align:top;text-align:left}img{max-height:160px;image-rendering:pixelated}"
+        "vertical-align:top;text-align:left}img{max-height:200px;max-width:320px;image-rendering:pixelated}"
         ".path{font-size:80%;color:#555;word-break:break-all}</style></head><body>",
         "<h1>Search results</h1>",
         f"<p>Index <code>{esc(str(summary['index']))}</code>, model "

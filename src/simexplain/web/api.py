@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import SimexplainError
+from ..maps import Frame
 from ..methods import method_class
 from .engine import METHODS, Engine, Explained, GridMap, Prepared, SearchResult
 from .errors import megabytes, status_of
@@ -44,20 +45,18 @@ def grid_list(values: torch.Tensor) -> list[list[float]]:
     return [[float(f"{v:.6g}") for v in row] for row in array.tolist()]
 
 
-def peak(grid_map: torch.Tensor, image_size: tuple[int, int]) -> dict:
+def peak(grid_map: torch.Tensor, frame: Frame) -> dict:
     """The maximum of a map (also the maximum of its bilinear upsampling, which lies at a cell
-    centre), in pixels of the image the map is drawn on."""
+    centre), in pixels of the photo the map is drawn on."""
     grid_map = grid_map.double()
-    rows, cols = grid_map.shape
-    r, c = divmod(int(torch.argmax(grid_map.flatten())), cols)
-    height, width = image_size
-    return {"row": (r + 0.5) * height / rows, "col": (c + 0.5) * width / cols,
-            "cell": [r, c], "value": float(grid_map[r, c])}
+    r, c = divmod(int(torch.argmax(grid_map.flatten())), grid_map.shape[1])
+    row, col = frame.peak(grid_map)
+    return {"row": row, "col": col, "cell": [r, c], "value": float(grid_map[r, c])}
 
 
 def map_json(result: GridMap) -> dict:
     return {"side": result.side, "grid": list(result.values.shape),
-            "map": grid_list(result.values), "argmax": peak(result.values, result.image_size)}
+            "map": grid_list(result.values), "argmax": peak(result.values, result.frame)}
 
 
 def image_json(record: ImageRecord) -> dict:
@@ -69,7 +68,12 @@ def image_json(record: ImageRecord) -> dict:
 def prepared_json(prepared: Prepared) -> dict:
     return {"id": prepared.image_id, "shown_id": prepared.shown_id,
             "url": f"/api/images/{prepared.shown_id}", "grid": list(prepared.side.grid),
-            "image_size": list(prepared.side.image_size)}
+            "image_size": list(prepared.side.image_size), **_placement(prepared.side.frame)}
+
+
+def _placement(frame: Frame) -> dict:
+    """Where the model's input lies in the photo: the crop box and the input size."""
+    return {"crop": [int(v) for v in frame.box], "input_size": list(frame.input_size)}
 
 
 def explain_json(result: Explained) -> dict:
@@ -78,7 +82,7 @@ def explain_json(result: Explained) -> dict:
     for name, prepared, grid_map in (("a", record.a, result.map_a),
                                      ("b", record.b, result.map_b)):
         sides[name] = {**prepared_json(prepared), "overall": grid_list(grid_map),
-                       "overall_peak": peak(grid_map, prepared.side.image_size)}
+                       "overall_peak": peak(grid_map, prepared.side.frame)}
     return {"explanation_id": record.id, "model": record.model, "method": result.method,
             "similarity": pair.similarity.name, "score": pair.score, "residual": pair.residual,
             "signed": method_class(result.method).signed, **sides}
@@ -89,8 +93,9 @@ def search_json(result: SearchResult) -> dict:
     hits = [{"rank": hit.rank, "id": hit.result.image_id, "index": hit.index,
              "name": hit.name, "score": hit.score, "url": f"/api/images/{hit.result.shown_id}",
              "grid": list(hit.map.values.shape), "map": grid_list(hit.map.values),
-             "argmax": peak(hit.map.values, hit.map.image_size),
-             "image_size": list(hit.result.side.image_size)} for hit in result.hits]
+             "argmax": peak(hit.map.values, hit.map.frame),
+             "image_size": list(hit.result.side.image_size),
+             **_placement(hit.result.side.frame)} for hit in result.hits]
     return {"search_id": record.id, "model": record.model, "similarity": result.similarity,
             "query": prepared_json(record.query), "box": record.box, "hits": hits}
 

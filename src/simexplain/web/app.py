@@ -67,7 +67,10 @@ def add_cli(subparsers) -> None:
                                        "index's model, else efficientnet-lite0)")
     serve.add_argument("--layer", help="explained layer (for models outside the zoo)")
     serve.add_argument("--similarity", choices=similarity_names())
-    serve.add_argument("--size", type=int, help="input side in pixels (default: the model's)")
+    from ..zoo.arguments import parse_size
+    serve.add_argument("--size", type=parse_size,
+                       help="model input size: N (short side, aspect kept where the model "
+                            "allows it) or H,W (default: the model's)")
     serve.add_argument("--samples", nargs="*", metavar="IMAGE",
                        help="images or folders offered in the pickers (default: "
                             "scikit-image's sample photos)")

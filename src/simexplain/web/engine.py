@@ -41,11 +41,11 @@ METHODS = tuple(explanation_methods())  # the registry's, without controls (rand
 
 @dataclass
 class GridMap:
-    """A map over one image's feature grid, with the size of the image it is drawn on."""
+    """A map over one image's feature grid, and where that grid lies in the image."""
 
     side: str  # "a" or "b": the image the map is drawn on
     values: torch.Tensor  # (H, W)
-    image_size: tuple[int, int]  # (height, width) in pixels
+    frame: maps.Frame  # where the grid lies in that photo (its size, the crop the model saw)
 
 
 @dataclass
@@ -53,7 +53,7 @@ class Prepared:
     """One image as one stream of a model saw it, with its contributions."""
 
     image_id: str  # the image the client asked for
-    shown_id: str  # the image the model saw (a face crop for face models)
+    shown_id: str  # the image shown: the photo itself (side.frame says what the model saw)
     side: Side
 
 
@@ -199,46 +199,31 @@ class Engine:
                 "layer": explainer.stream_a.layer_name}
 
     # -- contributions -------------------------------------------------------------------------
-    def _model_view(self, model: str, image_id: str) -> tuple[str, Image.Image]:
-        """(id of what the model sees, that image): a face crop for face models."""
-        from .. import zoo
-        if _is_zoo(model) and zoo.crops_faces(model):
-            tag = "face"
-            derived_id = f"f-{tag}-{image_id}"[:42]
-            try:
-                return derived_id, self.images.pixels(derived_id)
-            except NotFound:
-                pass
-            from ..faces import crop_face
-            with self._compute:
-                crop, _box = crop_face(self.images.pixels(image_id))
-            return self.images.add_derived(image_id, tag, crop).id, crop
-        return image_id, self.images.pixels(image_id)
-
     def prepared(self, model: str, image_ids: Sequence[str], which: str) -> list[Prepared]:
         """Contributions of images on one side, from the cache or computed in batches."""
         explainer = self.explainer(model)
         found: dict[str, Prepared] = {}
-        missing: list[tuple[str, str, Image.Image]] = []
+        missing: list[tuple[str, Image.Image]] = []
         for image_id in dict.fromkeys(image_ids):
             cached = self.sides.get((model, image_id, which))
             if cached is not None:
                 found[image_id] = cached
                 continue
-            shown_id, picture = self._model_view(model, image_id)
-            missing.append((image_id, shown_id, picture))
+            missing.append((image_id, self.images.pixels(image_id)))
         if missing:
+            # the explainer's input pipeline crops faces for face models, as everywhere else
             with self._compute, warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                computed = list(explainer.sides([picture for _, _, picture in missing], which,
+                computed = list(explainer.sides([picture for _, picture in missing], which,
                                                 batch_size=16))
-            for (image_id, shown_id, _), side in zip(missing, computed):
+            for (image_id, _), side in zip(missing, computed):
                 # kept in float64 once, so that pointer updates convert nothing
                 side = Side(image=side.image, grid=side.grid,
                             contributions=side.contributions.detach().double().cpu().clone(),
-                            embedding=side.embedding.detach().double().cpu().clone())
+                            embedding=side.embedding.detach().double().cpu().clone(),
+                            frame=side.frame)
                 found[image_id] = self.sides.put((model, image_id, which),
-                                                 Prepared(image_id, shown_id, side))
+                                                 Prepared(image_id, image_id, side))
         return [found[i] for i in image_ids]
 
     def _prepare_one(self, model: str, image_id: str, which: str,
@@ -292,7 +277,7 @@ class Engine:
         record = self.record(explanation_id)
         other = _other(side)
         grid_map = record.pair.point_map(side, (row, col))
-        return GridMap(other, grid_map, _side_of(record.pair, other).image_size)
+        return GridMap(other, grid_map, _side_of(record.pair, other).frame)
 
     def region(self, explanation_id: str, side: str,
                box: Sequence[float]) -> tuple[GridMap, float]:
@@ -300,7 +285,7 @@ class Engine:
         record = self.record(explanation_id)
         other = _other(side)
         grid_map = record.pair.region_map(side, _box(box))
-        result = GridMap(other, grid_map, _side_of(record.pair, other).image_size)
+        result = GridMap(other, grid_map, _side_of(record.pair, other).frame)
         return result, record.pair.partial_score(side, _box(box))
 
     # -- gallery search ------------------------------------------------------------------------
@@ -324,7 +309,7 @@ class Engine:
             grid_map = prepared.map_on(result.side, explainer.similarity)
             hits.append(SearchHit(hit.rank, hit.index, self.images.gallery_paths[hit.index].name,
                                   hit.score, result,
-                                  GridMap("b", grid_map, result.side.image_size)))
+                                  GridMap("b", grid_map, result.side.frame)))
         search_id = secrets.token_hex(8)
         record = self.searches.put(search_id, SearchRecord(
             search_id, model, query_prepared, list(box) if box is not None else None, hit_ids))
@@ -345,12 +330,12 @@ class Engine:
             if self.images.record(image_id).source != "gallery":
                 raise WebError(f"{image_id!r} is not a gallery image")
         q = record.query.side
-        weights = maps.point_weights((row, col), q.grid, q.image_size)
+        weights = q.point_weights((row, col))
         similarity = self.explainer(record.model).similarity
         out = []
         for prepared in self.prepared(record.model, list(results), "b"):
             grid_map = regions.side_map(similarity, weights, q, prepared.side)
-            out.append((prepared.image_id, GridMap("b", grid_map, prepared.side.image_size)))
+            out.append((prepared.image_id, GridMap("b", grid_map, prepared.side.frame)))
         return out
 
 

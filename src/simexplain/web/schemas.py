@@ -96,11 +96,15 @@ class ExplainRequest(BaseModel):
 
 class ExplainedSide(BaseModel):
     id: str = Field(description="the image id asked for")
-    shown_id: str = Field(description="the image the model saw (a face crop for face models)")
+    shown_id: str = Field(description="the image shown: the photo itself")
     url: str
     grid: list[int] = Field(description="[H, W] of the feature grid")
-    image_size: list[int] = Field(description="[height, width] in pixels of the image as the "
-                                  "model sees it: points and boxes use these coordinates")
+    image_size: list[int] = Field(description="[height, width] in pixels of the photo: points "
+                                  "and boxes use these coordinates")
+    crop: list[int] = Field(description="[top, left, bottom, right] of the photo that the "
+                            "model saw (a face crop for face models, else the whole photo); "
+                            "the feature grid covers it")
+    input_size: list[int] = Field(description="[height, width] of the model's input")
     overall: Grid
     overall_peak: Peak
 
@@ -159,6 +163,8 @@ class QueryInfo(BaseModel):
     url: str
     grid: list[int]
     image_size: list[int]
+    crop: list[int]
+    input_size: list[int]
 
 
 class SearchHit(BaseModel):
@@ -170,6 +176,8 @@ class SearchHit(BaseModel):
     url: str
     grid: list[int]
     image_size: list[int]
+    crop: list[int] = Field(description="[top, left, bottom, right] the model saw")
+    input_size: list[int]
     map: Grid = Field(description="overall map (or region map, with a box) on this result")
     argmax: Peak
 

@@ -30,7 +30,7 @@ class ZooEntry:
     preprocess: Preprocess
     embedding_dim: int
     description: str
-    faces: bool = False  # detect and crop faces before embedding
+    faces: bool = False  # detect and crop faces before embedding (Explainer(faces=True))
 
 
 _REGISTRY: dict[str, ZooEntry] = {}
@@ -54,11 +54,6 @@ def entry(name: str) -> ZooEntry:
     return _REGISTRY[name]
 
 
-def crops_faces(name: str | None) -> bool:
-    """Does this name denote a zoo face model, whose inputs are detected face crops?"""
-    return name in list() and entry(name).faces
-
-
 def model(name: str) -> nn.Module:
     """The zoo model itself (built once per process, eval mode)."""
     if name not in _MODELS:
@@ -66,26 +61,37 @@ def model(name: str) -> nn.Module:
     return _MODELS[name]
 
 
-def load(name: str, size: int | None = None) -> Explainer:
-    """A ready Explainer for a named model. `size` overrides the input side in pixels
-    (larger inputs give a finer feature grid at a higher cost)."""
+def sized(preprocess: Preprocess, size: int | tuple[int, int] | None) -> Preprocess:
+    """`preprocess` at another input size: an int is the side (the short side where the
+    aspect ratio is kept, else both sides); (height, width) is exactly that (squashed)."""
+    from dataclasses import replace
+    if size is None:
+        return preprocess
+    if isinstance(size, int):
+        return replace(preprocess, size=(size, size))
+    height, width = (int(v) for v in size)
+    return replace(preprocess, size=(height, width), keep_aspect=False)
+
+
+def load(name: str, size: int | tuple[int, int] | None = None) -> Explainer:
+    """A ready Explainer for a named model. `size` overrides the input size in pixels
+    (larger inputs give a finer feature grid at a higher cost): an int is the short side
+    (aspect ratio kept) for models that pool over positions, the side of a square for the
+    others; (height, width) is an exact size."""
     from ..explainer import Explainer
     spec = entry(name)
-    preprocess = spec.preprocess
-    if size is not None:
-        from dataclasses import replace
-        preprocess = replace(preprocess, size=(size, size))
-    return Explainer(model(name), spec.layer, similarity=spec.similarity, transform=preprocess,
-                     model_name=name)
+    return Explainer(model(name), spec.layer, similarity=spec.similarity,
+                     transform=sized(spec.preprocess, size), faces=spec.faces, model_name=name)
 
 
 def resolve(model_spec: str, layer: str | None = None, similarity: str | None = None,
-            size: int | None = None) -> Explainer:
+            size: int | tuple[int, int] | None = None) -> Explainer:
     """An Explainer from a zoo name, a model file or `module:factory`: the one place that
     turns a model named on the command line (or in an index manifest) into an Explainer.
 
     For a zoo name, `layer` and `similarity` override the entry's; a model outside the zoo
-    needs `layer` and defaults to cosine similarity at 224 px (`size` overrides the side)."""
+    needs `layer` and defaults to cosine similarity at 224x224 px (`size`: N for NxN, or
+    (height, width))."""
     from ..explainer import Explainer
     if model_spec in list():
         spec = entry(model_spec)
@@ -93,15 +99,15 @@ def resolve(model_spec: str, layer: str | None = None, similarity: str | None = 
         if layer or similarity:
             explainer = Explainer(model(model_spec), layer or spec.layer,
                                   similarity=similarity or spec.similarity,
-                                  transform=explainer.transform_a, model_name=model_spec)
+                                  transform=explainer.transform_a, faces=spec.faces,
+                                  model_name=model_spec)
         return explainer
     from .user import load_user_model
     if not layer:
         raise SimexplainError(
             f"--layer is required for a model that is not in the zoo ({model_spec})")
-    side = size or 224
     return Explainer(load_user_model(model_spec), layer, similarity=similarity or "cosine",
-                     transform=Preprocess(size=(side, side)), model_name=model_spec)
+                     transform=sized(Preprocess(), size), model_name=model_spec)
 
 
 _BUILTINS_DONE = False
@@ -118,7 +124,7 @@ def _register_builtins() -> None:
         layer=efficientnet.DEFAULT_LAYER, similarity="cosine",
         preprocess=efficientnet.PREPROCESS, embedding_dim=1280,
         description="EfficientNet-Lite0 ImageNet, global-average-pooled 1280-d features, "
-                    "7x7 grid at 224 px"))
+                    "7x7 grid at 224x224 px, 7x10 on a 4:3 photo (aspect ratio kept)"))
     register(ZooEntry(
         name="facenet", build=facenet.build_facenet, layer=facenet.DEFAULT_LAYER,
         similarity="cosine", preprocess=facenet.FACENET_PREPROCESS,
@@ -131,4 +137,5 @@ def _register_builtins() -> None:
             layer=fmnist.EXPLAINED_LAYER, similarity="cosine",
             preprocess=fmnist.FMNIST_PREPROCESS, embedding_dim=64,
             description=f"small CNN trained here on Fashion-MNIST (multi-similarity loss), "
-                        f"{head.upper()} head, linear, L2; 7x7 grid at 28 px"))
+                        f"{head.upper()} head, linear, L2; 7x7 grid at 28 px, 7x14 on a 28x56 "
+                        f"composite (aspect ratio kept)"))

@@ -16,7 +16,23 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True,
     parser.add_argument("--layer", help="explained layer (default: the zoo model's)")
     parser.add_argument("--similarity", choices=similarity_names(),
                         help="default: the zoo model's, else cosine")
-    parser.add_argument("--size", type=int, help="input side in pixels (default: the model's)")
+    parser.add_argument("--size", type=parse_size,
+                        help="model input size: N is the short side with the aspect ratio kept "
+                             "for models that pool over positions (see `simexplain models`), "
+                             "else an NxN square; H,W is exactly that (default: the model's)")
+
+
+def parse_size(text: str) -> int | tuple[int, int]:
+    """`--size N` (the short side where the model keeps the aspect ratio, else a square) or
+    `--size H,W` (exactly that)."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"a size is N (pixels) or H,W (height,width in pixels), got {text!r}")
+    return values[0] if len(values) == 1 else values
 
 
 def from_args(args: argparse.Namespace):

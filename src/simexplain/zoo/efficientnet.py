@@ -10,7 +10,9 @@ from ..errors import ModelError
 from ..images import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 DEFAULT_LAYER = "features"  # (B, 1280, 7, 7) at 224 px
-PREPROCESS = Preprocess(size=(224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+# global average pooling: photos keep their aspect ratio (short side 224 px)
+PREPROCESS = Preprocess(size=(224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                        keep_aspect=True)
 
 
 class EfficientNetLiteEmbedder(nn.Module):

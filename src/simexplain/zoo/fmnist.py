@@ -22,8 +22,9 @@ from ..images import Preprocess
 # Mean and std of the Fashion-MNIST training images (pixel values scaled to [0, 1]).
 FMNIST_MEAN = 0.2860
 FMNIST_STD = 0.3530
+# GAP and GMP heads pool over positions: any input of at least 28 px keeps its shape
 FMNIST_PREPROCESS = Preprocess(size=(28, 28), mean=(FMNIST_MEAN,), std=(FMNIST_STD,),
-                               grayscale=True)
+                               grayscale=True, keep_aspect=True)
 HEADS = ("gap", "gmp")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 EXPLAINED_LAYER = "features"

@@ -185,7 +185,8 @@ class MapView {
     this.maxWidth = maxWidth;
     this.maxHeight = maxHeight;
     this.image = null;
-    this.imageSize = null; // [height, width] as the model sees it
+    this.imageSize = null; // [height, width] of the photo: points and boxes use its pixels
+    this.crop = null; // [top, left, bottom, right] of the photo that the model saw
     this.base = null;
     this.map = null;
     this.overlay = null;
@@ -195,7 +196,7 @@ class MapView {
     this.loading = null;
   }
 
-  async setImage(url, imageSize) {
+  async setImage(url, imageSize, crop = null) {
     const key = url;
     this.loadingKey = key;
     const image = await new Promise((resolve, reject) => {
@@ -207,6 +208,7 @@ class MapView {
     if (this.loadingKey !== key) return false;
     this.image = image;
     this.imageSize = imageSize;
+    this.crop = crop || (imageSize ? [0, 0, imageSize[0], imageSize[1]] : null);
     const scale = Math.min(this.maxWidth / image.naturalWidth, this.maxHeight / image.naturalHeight);
     const width = Math.max(1, Math.round(image.naturalWidth * scale));
     const height = Math.max(1, Math.round(image.naturalHeight * scale));
@@ -254,17 +256,23 @@ class MapView {
     }
     // the colour scale in the map's own values (signed: -peak..peak; else 0..peak)
     this.range = { lo: state.signed ? -peak : 0, hi: peak, signed: state.signed };
-    const ys = axis(height, rows); const xs = axis(width, cols);
+    // the map covers the part of the photo the model saw (all of it, or the face crop)
+    const top = Math.round(this.crop[0] * this.scale(0));
+    const left = Math.round(this.crop[1] * this.scale(1));
+    const bottom = Math.min(height, Math.max(top + 1, Math.round(this.crop[2] * this.scale(0))));
+    const right = Math.min(width, Math.max(left + 1, Math.round(this.crop[3] * this.scale(1))));
+    const ys = axis(bottom - top, rows); const xs = axis(right - left, cols);
     const data = out.data;
     const alpha = state.alpha; const signed = state.signed;
     const table = signed ? DIVERGING : JET;
-    for (let y = 0; y < height; y++) {
-      const r0 = ys.i0[y] * cols; const r1 = ys.i1[y] * cols; const wy = ys.w[y];
-      for (let x = 0; x < width; x++) {
-        const c0 = xs.i0[x]; const c1 = xs.i1[x]; const wx = xs.w[x];
-        const top = flat[r0 + c0] * (1 - wx) + flat[r0 + c1] * wx;
-        const bottom = flat[r1 + c0] * (1 - wx) + flat[r1 + c1] * wx;
-        const v = top * (1 - wy) + bottom * wy;
+    for (let y = top; y < bottom; y++) {
+      const r0 = ys.i0[y - top] * cols; const r1 = ys.i1[y - top] * cols;
+      const wy = ys.w[y - top];
+      for (let x = left; x < right; x++) {
+        const c0 = xs.i0[x - left]; const c1 = xs.i1[x - left]; const wx = xs.w[x - left];
+        const upper = flat[r0 + c0] * (1 - wx) + flat[r0 + c1] * wx;
+        const lower = flat[r1 + c0] * (1 - wx) + flat[r1 + c1] * wx;
+        const v = upper * (1 - wy) + lower * wy;
         let t; let weight;
         if (signed) {
           // colour fades towards 0 so that the photo stays readable where nothing happens
@@ -357,18 +365,19 @@ class MapView {
     }
   }
 
-  // display pixels per model pixel along rows (0) or columns (1)
+  // display pixels per photo pixel along rows (0) or columns (1)
   scale(dim) {
     if (!this.imageSize) return 1;
     return dim === 0 ? this.canvas.height / this.imageSize[0] : this.canvas.width / this.imageSize[1];
   }
 
-  // pointer event -> [row, col] in the model's pixels, clamped to the image
+  // pointer event -> [row, col] in the photo's pixels, clamped to the part the model saw
   toModel(event) {
     const rect = this.canvas.getBoundingClientRect();
     const [h, w] = this.imageSize;
-    const row = Math.min(Math.max((event.clientY - rect.top) / rect.height * h, 0), h);
-    const col = Math.min(Math.max((event.clientX - rect.left) / rect.width * w, 0), w);
+    const [top, left, bottom, right] = this.crop;
+    const row = Math.min(Math.max((event.clientY - rect.top) / rect.height * h, top), bottom);
+    const col = Math.min(Math.max((event.clientX - rect.left) / rect.width * w, left), right);
     return [row, col];
   }
 }
@@ -512,7 +521,8 @@ async function explainPair() {
     state.pair.explanation = result;
     state.pair.box = null; state.pair.region = null; state.pair.boxSide = null;
     await Promise.all(["a", "b"].map((side) =>
-      pairViews[side].setImage(`${result[side].url}?max_side=1024`, result[side].image_size)));
+      pairViews[side].setImage(`${result[side].url}?max_side=1024`, result[side].image_size,
+        result[side].crop)));
     stats.explains += 1;
     restPair();
   } catch (error) {
@@ -699,7 +709,7 @@ async function runSearch(box) {
     state.gallery.box = result.box;
     const q = result.query;
     if (queryView.loadedId !== q.shown_id) {
-      await queryView.setImage(`${q.url}?max_side=1024`, q.image_size);
+      await queryView.setImage(`${q.url}?max_side=1024`, q.image_size, q.crop);
       queryView.loadedId = q.shown_id;
     }
     await showResults(result);
@@ -751,7 +761,7 @@ async function showResults(result) {
     view.setMap(hit.map);
     resultViews.push({ id: hit.id, view, hit, card });
     card.addEventListener("click", () => openPair(result.query.id, hit.id));
-    loads.push(view.setImage(`${hit.url}?max_side=256`, hit.image_size));
+    loads.push(view.setImage(`${hit.url}?max_side=256`, hit.image_size, hit.crop));
   }
   await Promise.all(loads);
 }
