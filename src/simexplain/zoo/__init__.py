@@ -124,7 +124,7 @@ def _register_builtins() -> None:
         layer=efficientnet.DEFAULT_LAYER, similarity="cosine",
         preprocess=efficientnet.PREPROCESS, embedding_dim=1280,
         description="EfficientNet-Lite0 ImageNet, global-average-pooled 1280-d features, "
-                    "7x7 grid at 224x224 px, 7x10 on a 4:3 photo (aspect ratio kept)"))
+                    "7x7 grid at 224x224 px, 7x9 on a 4:3 photo (aspect ratio kept)"))
     register(ZooEntry(
         name="facenet", build=facenet.build_facenet, layer=facenet.DEFAULT_LAYER,
         similarity="cosine", preprocess=facenet.FACENET_PREPROCESS,
