@@ -11,8 +11,10 @@ import torch
 from torch import nn
 
 from .errors import LayerError, ModelError, SimexplainError
-from .head import (STRATEGIES, Contributions, HeadTape, RawEmbeddings, head_offsets, mask_shape,
-                   tangent_contributions, tape_contributions)
+from .frozen import RawEmbeddings
+from .head import (STRATEGIES, Contributions, head_offsets, mask_shape, tangent_contributions,
+                   tape_contributions)
+from .head_tape import HeadTape
 
 
 # Floats of tangents (or cotangents) held at once in head analysis (about 1 GB).
@@ -140,7 +142,7 @@ class SplitModel:
     def contributions(self, x: torch.Tensor, strategy: str = "auto") -> Contributions:
         """Per-position contributions of the batch x, from one forward pass of the model.
 
-        The head is recorded during that pass (`head.HeadTape`) and analysed on its own, so
+        The head is recorded during that pass (`head_tape.HeadTape`) and analysed on its own, so
         the trunk runs once; see `head.tape_contributions` for the strategies. "tangents" is
         the reference path: one tangent per position through the whole model, the trunk rerun
         for each chunk of TANGENT_BUDGET floats; it is also the fallback for heads the tape
