@@ -103,17 +103,15 @@ class Decomposition(Method):
     def maps(self, explainer, pair, sides="ab") -> Maps:
         side_a, side_b = (_decomposed(explainer, pair, s) for s in "ab")
         result = PairExplanation.from_sides(side_a, side_b, explainer.similarity)
-        return result.overall_a.float(), result.overall_b.float()
+        map_a, map_b = self.pick(result)
+        return map_a.float(), map_b.float()
+
+    def pick(self, result: PairExplanation) -> Maps:
+        """Which maps of the decomposed pair this method shows."""
+        return result.overall_a, result.overall_b
 
 
-def _decomposed(explainer, pair: PreparedPair, side: str) -> Side:
-    c = explainer.contributions(pair.x(side), side)
-    prepared = pair.a if side == "a" else pair.b
-    return Side(image=prepared.photo, grid=c.grid, contributions=c.positions[0],
-                embedding=c.embedding[0], frame=prepared.frame)
-
-
-class Relative(Method):
+class Relative(Decomposition):
     """Signed relative maps: each position's contribution minus its share of the score
     (METHOD.md, "Relative maps"; PairExplanation.relative_a/b). Exact, no backward pass; for
     the cosine it is Grad-CAM before its ReLU under a GAP head."""
@@ -121,13 +119,16 @@ class Relative(Method):
     name = "relative"
     label = "relative (exact, sums to 0)"
     exact = False  # computed exactly, but it sums to 0, not to the score
-    signed = True
-    point_maps = True
 
-    def maps(self, explainer, pair, sides="ab") -> Maps:
-        side_a, side_b = (_decomposed(explainer, pair, s) for s in "ab")
-        result = PairExplanation.from_sides(side_a, side_b, explainer.similarity)
-        return result.relative_a.float(), result.relative_b.float()
+    def pick(self, result: PairExplanation) -> Maps:
+        return result.relative_a, result.relative_b
+
+
+def _decomposed(explainer, pair: PreparedPair, side: str) -> Side:
+    c = explainer.contributions(pair.x(side), side)
+    prepared = pair.a if side == "a" else pair.b
+    return Side(image=prepared.photo, grid=c.grid, contributions=c.positions[0],
+                embedding=c.embedding[0], frame=prepared.frame)
 
 
 class _GradientMethod(Method):
