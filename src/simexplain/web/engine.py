@@ -28,7 +28,7 @@ from .. import maps
 from ..errors import NoPointMap, SimexplainError
 from ..explanation import DEFAULT_POINT_MAP, PairExplanation, Side
 from ..images import MAX_PIXELS
-from ..methods import explanation_methods
+from ..methods import Decomposition, explanation_methods, method_class
 from ..zoo import resolve
 from .cache import LRU
 from .errors import Busy, ImageFailed, NotFound, WebError
@@ -269,10 +269,9 @@ class Engine:
             record = self.explanations.put(key, ExplanationRecord(key, model, side_a, side_b,
                                                                   pair))
         pair = record.pair
-        if method == "decomposition":
-            map_a, map_b = pair.overall_a, pair.overall_b
-        elif method == "relative":
-            map_a, map_b = pair.relative_a, pair.relative_b
+        decomposed = method_class(method)
+        if issubclass(decomposed, Decomposition):  # its maps come from the cached pair
+            map_a, map_b = decomposed().pick(pair)
         else:
             if method not in record.method_maps:
                 with self._compute:
