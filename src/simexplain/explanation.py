@@ -9,33 +9,9 @@ import torch
 from PIL import Image
 
 from . import maps, regions
-from .errors import NoPointMap, SimexplainError
+from .errors import SimexplainError
+from .regions import DEFAULT_POINT_MAP, POINT_MAP_KINDS, point_map_label  # noqa: F401 (public here)
 from .similarity import Similarity, get as get_similarity
-
-# Point-map kinds (METHOD.md, "Point-map kinds") and the label shown with each.
-POINT_MAP_KINDS: dict[str, str] = {
-    "match-centred": "match: cosine of centred contributions",
-    "match": "match: cosine of contributions",
-    "contribution": "share of the score",
-}
-# The kind that finds correspondences best on the correspondence benchmark (best or tied best
-# on every model; README, "Evaluation"): used by the CLI, the demo report and the web app.
-DEFAULT_POINT_MAP = "match-centred"
-# A point whose contribution is below this fraction of the largest position's has none.
-_NO_CONTRIBUTION = 1e-9
-
-
-def point_map_label(kind: str) -> str:
-    """How a point map of `kind` is labelled in figures and the web app."""
-    return POINT_MAP_KINDS[_check_kind(kind)]
-
-
-def _check_kind(kind: str) -> str:
-    if kind not in POINT_MAP_KINDS:
-        raise SimexplainError(
-            f"unknown point-map kind {kind!r}; choose one of {', '.join(POINT_MAP_KINDS)}")
-    return kind
-
 
 @dataclass
 class Side:
@@ -189,23 +165,8 @@ class PairExplanation:
 
     def _kind_map(self, side: str, weights: torch.Tensor, kind: str, what: str) -> torch.Tensor:
         here, there = self._sides(side)
-        _check_kind(kind)
-        u = here.contributions.to(torch.float64)
-        weights = weights.to(u.device)
-        query = weights @ u
-        if float(query.norm()) <= _NO_CONTRIBUTION * float(u.norm(dim=1).max()):
-            raise NoPointMap(
-                f"no map: the {what} of image {side} carries no contribution (u = 0: with a "
-                "max-pooling head it is no channel's maximum), so nothing of the other image "
-                "is matched to it")
-        if kind == "contribution":
-            return self.weighted_map(side, weights)
-        v = there.contributions.to(u.device, torch.float64)
-        if kind == "match-centred":
-            query = query - weights.sum() * u.mean(0)
-            v = v - v.mean(0)
-        cosine = (v @ query) / (v.norm(dim=1) * query.norm()).clamp_min(1e-300)
-        return cosine.reshape(there.grid)
+        return regions.kind_map(self.similarity, weights, here, there, kind,
+                                here_is_a=side == "a", what=f"{what} of image {side}")
 
     def partial_score(self, side: str, region: maps.Region,
                       coords: maps.Coords = "image") -> float:

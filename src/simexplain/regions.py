@@ -11,7 +11,32 @@ from __future__ import annotations
 
 import torch
 
+from .errors import NoPointMap, SimexplainError
 from .similarity import Similarity
+
+# Point-map kinds (METHOD.md, "Point-map kinds") and the label shown with each.
+POINT_MAP_KINDS: dict[str, str] = {
+    "match-centred": "match: cosine of centred contributions",
+    "match": "match: cosine of contributions",
+    "contribution": "share of the score",
+}
+# The kind that finds correspondences best on the correspondence benchmark (best or tied best
+# on every model; README, "Evaluation"): used by the CLI, the demo report and the web app.
+DEFAULT_POINT_MAP = "match-centred"
+# A point whose contribution is below this fraction of the largest position's has none.
+_NO_CONTRIBUTION = 1e-9
+
+
+def point_map_label(kind: str) -> str:
+    """How a point map of `kind` is labelled in figures and the web app."""
+    return POINT_MAP_KINDS[check_kind(kind)]
+
+
+def check_kind(kind: str) -> str:
+    if kind not in POINT_MAP_KINDS:
+        raise SimexplainError(
+            f"unknown point-map kind {kind!r}; choose one of {', '.join(POINT_MAP_KINDS)}")
+    return kind
 
 
 def region_vector(weights: torch.Tensor, contributions: torch.Tensor) -> torch.Tensor:
@@ -42,3 +67,26 @@ def side_map(similarity: Similarity, weights: torch.Tensor, here, there,
     row = weighted_map(similarity, weights, here.contributions, here.embedding,
                        there.contributions, there.embedding, here_is_a)
     return row.reshape(there.grid)
+
+
+def kind_map(similarity: Similarity, weights: torch.Tensor, here, there, kind: str,
+             here_is_a: bool = True, what: str = "point") -> torch.Tensor:
+    """The point or region map of `kind` (POINT_MAP_KINDS) of weights on `here` over `there`'s
+    grid, from the two `explanation.Side`s' contributions alone (no P x Q map). Raises
+    NoPointMap where the weighted contribution is zero (GMP heads), never a flat map."""
+    check_kind(kind)
+    u = here.contributions.detach().to(torch.float64)
+    weights = weights.to(u.device)
+    query = weights @ u
+    if float(query.norm()) <= _NO_CONTRIBUTION * float(u.norm(dim=1).max()):
+        raise NoPointMap(
+            f"no map: the {what} carries no contribution (u = 0: with a max-pooling head it "
+            "is no channel's maximum), so nothing of the other image is matched to it")
+    if kind == "contribution":
+        return side_map(similarity, weights, here, there, here_is_a)
+    v = there.contributions.detach().to(u.device, torch.float64)
+    if kind == "match-centred":
+        query = query - weights.sum() * u.mean(0)
+        v = v - v.mean(0)
+    cosine = (v @ query) / (v.norm(dim=1) * query.norm()).clamp_min(1e-300)
+    return cosine.reshape(there.grid)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .. import maps
+from .. import maps, regions
 from ..errors import NoPointMap, SimexplainError
 from ..explanation import DEFAULT_POINT_MAP, PairExplanation, Side
 from ..images import MAX_PIXELS
@@ -340,11 +340,19 @@ class Engine:
             if self.images.record(image_id).source != "gallery":
                 raise WebError(f"{image_id!r} is not a gallery image")
         q = record.query.side
+        weights = q.point_weights((row, col))
         similarity = self.explainer(record.model).similarity
         out = []
         for prepared in self.prepared(record.model, list(results), "b"):
-            pair = PairExplanation.from_sides(q, prepared.side, similarity)
-            out.append((prepared.image_id, point_grid_map(pair, "a", (row, col))))
+            try:  # one small product per result: no P x Q map on a pointer move
+                grid_map = GridMap("b", regions.kind_map(
+                    similarity, weights, q, prepared.side, DEFAULT_POINT_MAP,
+                    what=f"point {(row, col)} of the query"), prepared.side.frame,
+                    DEFAULT_POINT_MAP)
+            except NoPointMap as exc:
+                grid_map = GridMap("b", None, prepared.side.frame, DEFAULT_POINT_MAP,
+                                   no_map=str(exc))
+            out.append((prepared.image_id, grid_map))
         return out
 
 
