@@ -231,6 +231,19 @@ def _skimage_data_dir() -> Path:
     return Path(skimage.data.__file__).parent
 
 
+def skimage_photo_path(name: str) -> Path:
+    """The file of one of scikit-image's bundled photos; `DatasetMissing` if it is absent."""
+    if name not in SKIMAGE_PHOTO_FILES:
+        raise DatasetMissing(f"unknown scikit-image photo {name!r}; available: "
+                             f"{', '.join(SKIMAGE_PHOTO_FILES)}")
+    path = _skimage_data_dir() / SKIMAGE_PHOTO_FILES[name]
+    if not path.is_file():
+        raise DatasetMissing(
+            f"scikit-image photo {name!r} is not bundled in this installation ({path}). "
+            "Reinstall it with `python -m pip install --force-reinstall scikit-image`.")
+    return path
+
+
 def skimage_photos(names: list[str] | None = None) -> dict[str, Image.Image]:
     """scikit-image's bundled photos as RGB PIL images (all of them, or the `names` given).
 

