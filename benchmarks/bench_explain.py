@@ -13,7 +13,9 @@ median of ratios of two timings taken back to back):
 3. paper shapes: the reference loops written from the paper's description (per-position
    contributions u_p, then for each pair (p, q) the product u_p . v_q, in Python loops) against
    `explain` given the same activations (the explained layer is the model's input).
-4. saliency: `saliency("decomposition")` against `saliency("gradcam")`, per image.
+4. saliency: `saliency("decomposition")` against `saliency("gradcam")` (which backpropagates
+   through the head only: the two share their forward pass) and against Grad-CAM as hook-based
+   libraries such as pytorch-grad-cam run it (backward through the whole model), per image.
 
 Ratios are what counts: the machine may be shared. `--write-readme` replaces the block between
 the `bench:start` and `bench:end` markers of the given README with the tables.
@@ -34,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from simexplain import Explainer, zoo
@@ -44,14 +45,23 @@ from simexplain.images import blank_image
 
 GRIDS = (7, 14, 28, 32, 48, 64)
 REFERENCE_PATH_MAX_GRID = 14  # the previous engine is O(P^2 C): minutes beyond this
+DEVICE = torch.device("cpu")  # --device: where models and inputs live (the code is agnostic)
+
+
+def sync() -> None:
+    """Wait for queued GPU work, so that a timing covers the work it times."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def measure(fn, repeats: int) -> float:
     fn()  # warm-up
+    sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -60,12 +70,15 @@ def compare(base, other, repeats: int) -> tuple[float, float]:
     """(median time of `base`, median ratio other / base), the two timed back to back in
     turn, so that a load change on the shared machine hits both sides of each ratio."""
     base(), other()  # warm-up
+    sync()
     times, ratios = [], []
     for _ in range(repeats):
         start = time.perf_counter()
         base()
+        sync()
         middle = time.perf_counter()
         other()
+        sync()
         end = time.perf_counter()
         times.append(middle - start)
         ratios.append((end - middle) / (middle - start))
@@ -94,12 +107,12 @@ def grid_model(seed: int = 0) -> nn.Module:
     trunk += [nn.Conv2d(256, 256, 3, padding=1), nn.ReLU()]
     return nn.Sequential(OrderedDict(features=nn.Sequential(*trunk), pool=nn.AdaptiveAvgPool2d(1),
                                      flat=nn.Flatten(), fc=nn.Linear(256, 128),
-                                     norm=L2Norm())).eval()
+                                     norm=L2Norm())).eval().to(DEVICE)
 
 
 def pair(size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(1, 3, size, size, generator=gen), torch.randn(1, 3, size, size, generator=gen)
+    return tuple(torch.randn(1, 3, size, size, generator=gen).to(DEVICE) for _ in range(2))
 
 
 def two_forwards(model: nn.Module, x_a: torch.Tensor, x_b: torch.Tensor) -> None:
@@ -118,8 +131,12 @@ def grid_row(grid: int, repeats: int) -> dict:
     if grid <= REFERENCE_PATH_MAX_GRID:
         _, row["reference_path"] = compare(
             forwards, lambda: explain_with(explainer, x_a, x_b, "tangents"), 1)
-    row["memory_forwards_mb"] = peak_memory(grid, "forwards")
-    row["memory_explain_mb"] = peak_memory(grid, "explain")
+    if DEVICE.type == "cpu":  # resident memory of a fresh process (see peak_memory)
+        row["memory_forwards_mb"] = peak_memory(grid, "forwards")
+        row["memory_explain_mb"] = peak_memory(grid, "explain")
+    else:
+        row["memory_forwards_mb"], row["memory_explain_mb"] = gpu_peak_memory(
+            forwards, lambda: explainer.explain(x_a, x_b))
     return row
 
 
@@ -131,6 +148,19 @@ def peak_memory(grid: int, task: str) -> float:
     out = subprocess.run([sys.executable, __file__, "--memory-probe", f"{grid}:{task}"],
                          capture_output=True, text=True, check=True, env=env)
     return float(out.stdout.strip().splitlines()[-1])
+
+
+def gpu_peak_memory(*tasks) -> list[float]:
+    """Peak GPU memory (MB) each task adds above what is allocated before it."""
+    peaks = []
+    for task in tasks:
+        sync()
+        before = torch.cuda.memory_allocated(DEVICE)
+        torch.cuda.reset_peak_memory_stats(DEVICE)
+        task()
+        sync()
+        peaks.append((torch.cuda.max_memory_allocated(DEVICE) - before) / 2**20)
+    return peaks
 
 
 def _resident_bytes() -> int:
@@ -163,18 +193,15 @@ def memory_probe(spec: str) -> None:
 
 
 # -- 2. zoo ------------------------------------------------------------------------------------
-def random_image(seed: int, size: int = 256) -> Image.Image:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
-
-
 def zoo_row(name: str, repeats: int) -> dict | None:
     try:
         explainer = zoo.load(name)
-    except Exception as exc:  # noqa: BLE001 - weights absent: skip, say why
+        explainer.stream_a.model.to(DEVICE)
+        images = zoo.entry(name).sample_pair()  # real images that suit the model (faces...)
+    except Exception as exc:  # noqa: BLE001 - weights or data absent: skip, say why
         print(f"  {name}: skipped ({str(exc).splitlines()[0]})")
         return None
-    x_a, x_b = (explainer.prepare(random_image(seed))[0] for seed in (1, 2))
+    x_a, x_b = (explainer.prepare(image).tensor for image in images)
     model = explainer.stream_a.model
     t_fwd, ratio = compare(lambda: two_forwards(model, x_a, x_b),
                            lambda: explainer.explain(x_a, x_b), repeats)
@@ -194,7 +221,7 @@ def head_model(kind: str, channels: int, grid: tuple[int, int], dim: int, seed: 
     else:  # gap+fc
         head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, dim)]
     model = nn.Sequential(OrderedDict([("features", nn.Identity())] + [
-        (str(i), m) for i, m in enumerate(head)])).eval()
+        (str(i), m) for i, m in enumerate(head)])).eval().to(DEVICE)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm1d):
             with torch.no_grad():
@@ -215,12 +242,12 @@ def reference_contributions(model: nn.Module, a: np.ndarray) -> list[np.ndarray]
     linear = next((m for m in layers if isinstance(m, nn.Linear)), None)
     bn = next((m for m in layers if isinstance(m, nn.BatchNorm1d)), None)
     flatten_first = isinstance(layers[0], nn.Flatten)
-    weight = linear.weight.detach().numpy().astype(np.float64) if linear else None
-    bias = linear.bias.detach().numpy().astype(np.float64) if linear else 0.0
+    weight = linear.weight.detach().cpu().numpy().astype(np.float64) if linear else None
+    bias = linear.bias.detach().cpu().numpy().astype(np.float64) if linear else 0.0
     if bn is not None:
-        scale = (bn.weight / (bn.running_var + bn.eps).sqrt()).detach().numpy().astype(np.float64)
+        scale = (bn.weight / (bn.running_var + bn.eps).sqrt()).detach().cpu().numpy().astype(np.float64)
         shift = (bn.bias.detach() - bn.running_mean * bn.weight /
-                 (bn.running_var + bn.eps).sqrt()).detach().numpy().astype(np.float64)
+                 (bn.running_var + bn.eps).sqrt()).detach().cpu().numpy().astype(np.float64)
     else:
         scale, shift = 1.0, 0.0
     u = []
@@ -264,15 +291,16 @@ def paper_row(label, kind, channels, grid_a, grid_b, dim, repeats, quick) -> dic
     explainer = Explainer(model_a, "features", model_b=model_b if two_stream else None,
                           layer_b="features" if two_stream else None)
     gen = torch.Generator().manual_seed(3)
-    a = torch.randn(1, channels, *grid_a, generator=gen).relu()
-    b = torch.randn(1, channels, *grid_b, generator=gen).relu()
-    t_exp = measure(lambda: explainer.explain(a, b), repeats)
+    a = torch.randn(1, channels, *grid_a, generator=gen).relu().to(DEVICE)
+    b = torch.randn(1, channels, *grid_b, generator=gen).relu().to(DEVICE)
+    # the same output as the loops: the P x Q map (explain computes it on first use)
+    t_exp = measure(lambda: explainer.explain(a, b).pairwise_flat, repeats)
     if quick and len(a[0, 0].flatten()) * len(b[0, 0].flatten()) > 20000:
         return {"shape": label, "explain_ms": t_exp * 1e3}
     start = time.perf_counter()
-    loops = reference_loops(model_a, model_b, a[0].numpy(), b[0].numpy())
+    loops = reference_loops(model_a, model_b, a[0].cpu().numpy(), b[0].cpu().numpy())
     t_ref = time.perf_counter() - start
-    ours = explainer.explain(a, b).pairwise_flat.numpy()
+    ours = explainer.explain(a, b).pairwise_flat.cpu().numpy()
     gap = float(np.abs(loops - ours).max() / np.abs(loops).max())
     assert gap < 1e-5, f"{label}: explain and the reference loops disagree ({gap:.1e})"
     return {"shape": label, "explain_ms": t_exp * 1e3, "loops_ms": t_ref * 1e3,
@@ -280,13 +308,37 @@ def paper_row(label, kind, channels, grid_a, grid_b, dim, repeats, quick) -> dic
 
 
 # -- 4. saliency -----------------------------------------------------------------------------------
+def gradcam_full_backward(explainer: Explainer, x_a: torch.Tensor, x_b: torch.Tensor):
+    """Grad-CAM as hook-based libraries run it (pytorch-grad-cam's way, written here from its
+    description): a forward pass with gradients enabled everywhere, the layer's output kept by a
+    hook, then `backward()` from the score through the whole model, parameters included."""
+    model, layer = explainer.stream_a.model, explainer.stream_a.layer
+    kept: list[torch.Tensor] = []
+
+    def keep(_module, _inputs, output):
+        output.retain_grad()
+        kept.append(output)
+    handle = layer.register_forward_hook(keep)
+    try:
+        model.zero_grad()
+        score = explainer.similarity.score(model(x_a)[0], model(x_b)[0])
+        score.backward()
+    finally:
+        handle.remove()
+    return [torch.relu((a * a.grad.mean((2, 3), keepdim=True)).sum(1))[0] for a in kept]
+
+
 def saliency_row(name: str, explainer: Explainer, size: tuple[int, int], repeats: int) -> dict:
-    x_a, x_b = (torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(s))
+    x_a, x_b = (torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(s)).to(DEVICE)
                 for s in (1, 2))
-    t_dec, ratio = compare(lambda: explainer.saliency(x_a, x_b, "decomposition"),
-                           lambda: explainer.saliency(x_a, x_b, "gradcam"), repeats)
+    decomposition = lambda: explainer.saliency(x_a, x_b, "decomposition")  # noqa: E731
+    t_dec, ratio = compare(decomposition, lambda: explainer.saliency(x_a, x_b, "gradcam"),
+                           repeats)
+    _, ratio_full = compare(decomposition, lambda: gradcam_full_backward(explainer, x_a, x_b),
+                            repeats)
     return {"model": name, "decomposition_ms": t_dec / 2 * 1e3,
-            "gradcam_ms": t_dec * ratio / 2 * 1e3, "speedup": ratio}
+            "gradcam_ms": t_dec * ratio / 2 * 1e3, "speedup": ratio,
+            "gradcam_full_ms": t_dec * ratio_full / 2 * 1e3, "speedup_full": ratio_full}
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -312,15 +364,17 @@ def tables(results: dict) -> str:
         else:
             lines.append(f"| {r['shape']} | (skipped, --quick) | {r['explain_ms']:.1f} ms | | |")
     lines += ["", "| model | `saliency(\"decomposition\")` per image | `saliency(\"gradcam\")` "
-              "per image | Grad-CAM time / decomposition time |", "|---|---|---|---|"]
+              "per image (backward through the head only) | ratio | Grad-CAM with a full "
+              "backward (hook libraries) | ratio |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['decomposition_ms']:.1f} ms | {r['gradcam_ms']:.1f} ms | "
-              f"{r['speedup']:.2f} |" for r in results["saliency"]]
+              f"{r['speedup']:.2f} | {r['gradcam_full_ms']:.1f} ms | {r['speedup_full']:.2f} |"
+              for r in results["saliency"]]
     return "\n".join(lines)
 
 
-def write_readme(path: Path, text: str, header: str) -> None:
+def write_readme(path: Path, text: str, header: str, block: str = "bench") -> None:
     readme = path.read_text()
-    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"
     if start not in readme or end not in readme:
         raise SystemExit(f"{path}: no {start} ... {end} block to replace")
     before, rest = readme.split(start, 1)
@@ -336,12 +390,16 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="torch threads (default: torch's own choice)")
+    parser.add_argument("--device", default="cpu",
+                        help="where to run (cpu, cuda); the GPU name goes into the header")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
         memory_probe(args.memory_probe)
         return
     torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = torch.device(args.device)
     started = time.perf_counter()
     results: dict = {"grids": [], "zoo": [], "paper": [], "saliency": []}
     print("1. grids: conv trunk C=256 -> GAP -> Linear(256->128) -> L2")
@@ -362,7 +420,9 @@ def main() -> None:
     cases = [("grid model 28x28 (448 px)", Explainer(grid_model(), "features"), (448, 448))]
     if not args.quick:
         try:
-            cases.append(("efficientnet-lite0", zoo.load("efficientnet-lite0"), (224, 224)))
+            explainer = zoo.load("efficientnet-lite0")
+            explainer.stream_a.model.to(DEVICE)
+            cases.append(("efficientnet-lite0", explainer, (224, 224)))
         except Exception:  # noqa: BLE001 - weights absent
             pass
     for name, explainer, size in cases:
@@ -374,9 +434,13 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     if args.write_readme:
-        header = (f"Measured by `make bench` with {torch.get_num_threads()} torch thread(s) "
-                  f"(torch {torch.__version__.split('+')[0]}), medians of {args.repeats}.")
-        write_readme(args.write_readme, text, header)
+        where = (f"on {torch.cuda.get_device_name(DEVICE)}" if DEVICE.type == "cuda" else
+                 f"on the CPU with {torch.get_num_threads()} torch thread(s)")
+        header = (f"Measured by `make bench` {where} (torch {torch.__version__.split('+')[0]}), "
+                  f"medians of {args.repeats}.")
+        # a GPU run has its own block: the CPU table stays
+        write_readme(args.write_readme, text, header,
+                     "bench" if DEVICE.type == "cpu" else f"bench-{DEVICE.type}")
 
 
 if __name__ == "__main__":

@@ -236,3 +236,33 @@ def test_unknown_strategy_is_a_clear_error():
     model, layer = _model("gap")
     with pytest.raises(SimexplainError, match="unknown strategy 'fast'"):
         SplitModel(model, layer).contributions(_inputs(n=1), "fast")
+
+
+@pytest.mark.parametrize("head", ["gap", "gmp", "flatten"])
+def test_explain_one_pass_for_both_images_equals_one_image_at_a_time(head):
+    """explain() runs a one-stream pair as one batch of two: each side must equal that image
+    decomposed alone, and the pair's score the model's own."""
+    from simexplain import Explainer
+    torch.manual_seed(1)
+    model = HeadModel(head).eval()
+    explainer = Explainer(model, "features")
+    a, b = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)
+    result = explainer.explain(a, b)
+    for side, x in (("a", a), ("b", b)):
+        alone = SplitModel(model, "features").contributions(x)
+        torch.testing.assert_close(result._sides(side)[0].contributions, alone.positions[0],
+                                   rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        expected = F.cosine_similarity(model(a), model(b)).item()
+    assert result.score == pytest.approx(expected, abs=1e-6)
+
+
+def test_pairwise_map_is_computed_on_first_use_and_total_matches_its_sum():
+    from simexplain import Explainer
+    torch.manual_seed(2)
+    explainer = Explainer(HeadModel("gap").eval(), "features")
+    result = explainer.explain(torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32))
+    assert "pairwise_flat" not in vars(result)  # the overall maps did not need it
+    total = result.total
+    assert float(result.pairwise_flat.sum()) == pytest.approx(total, abs=1e-9)
+    assert "pairwise_flat" in vars(result)

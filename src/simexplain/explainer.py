@@ -123,13 +123,25 @@ class Explainer:
 
     def side(self, image: ImageInput, side: str) -> Side:
         prepared = self.prepare(image, side)
-        c = self.contributions(prepared.tensor, side)
-        return Side(image=prepared.photo, grid=c.grid, contributions=c.positions[0],
-                    embedding=c.embedding[0], frame=prepared.frame)
+        return _side(prepared, self.contributions(prepared.tensor, side), 0)
 
     def explain(self, a: ImageInput, b: ImageInput) -> PairExplanation:
         """Decompose the similarity of a and b."""
-        return PairExplanation.from_sides(self.side(a, "a"), self.side(b, "b"), self.similarity)
+        return self.explain_prepared(self.prepare(a, "a"), self.prepare(b, "b"))
+
+    def explain_prepared(self, prepared_a: PreparedImage, prepared_b: PreparedImage
+                         ) -> PairExplanation:
+        """`explain` for images already prepared (`prepare(image, side)`)."""
+        if self.stream_b is self.stream_a and prepared_a.tensor.shape == prepared_b.tensor.shape:
+            # one stream, one input size: both images share one forward pass and one head
+            # analysis (half the fixed cost of two)
+            c = self.contributions(torch.cat([prepared_a.tensor, prepared_b.tensor]), "a")
+            side_a, side_b = (_side(prepared, c, row)
+                              for row, prepared in enumerate((prepared_a, prepared_b)))
+        else:
+            side_a = _side(prepared_a, self.contributions(prepared_a.tensor, "a"), 0)
+            side_b = _side(prepared_b, self.contributions(prepared_b.tensor, "b"), 0)
+        return PairExplanation.from_sides(side_a, side_b, self.similarity)
 
     def explain_gallery(self, query: ImageInput, gallery: Iterable[ImageInput],
                         batch_size: int = 16, progress: bool = False) -> list[PairExplanation]:
@@ -148,9 +160,7 @@ class Explainer:
             for members in _by_shape([p.tensor for p in prepared]).values():
                 c = self.contributions(torch.cat([prepared[i].tensor for i in members]), side)
                 for row, i in enumerate(members):
-                    done[i] = Side(image=prepared[i].photo, grid=c.grid,
-                                   contributions=c.positions[row], embedding=c.embedding[row],
-                                   frame=prepared[i].frame)
+                    done[i] = _side(prepared[i], c, row)
             yield from (done[i] for i in range(len(prepared)))
 
     # -- saliency by any method ------------------------------------------------------------------
@@ -160,6 +170,12 @@ class Explainer:
         simexplain.METHODS (see simexplain.methods)."""
         from .methods import get_method
         return get_method(method, **options).attribute(self, a, b)
+
+
+def _side(prepared: PreparedImage, c: Contributions, row: int) -> Side:
+    """Row `row` of a batch's contributions as the Side of the image `prepared`."""
+    return Side(image=prepared.photo, grid=c.grid, contributions=c.positions[row],
+                embedding=c.embedding[row], frame=prepared.frame)
 
 
 def _by_shape(tensors: Sequence[torch.Tensor]) -> dict[tuple, list[int]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,7 +68,6 @@ class PairExplanation:
     similarity: Similarity  # equals its name ("cosine", ...); to_dict reports the name
     a: Side
     b: Side
-    pairwise_flat: torch.Tensor = field(repr=False)  # (P, Q)
     overall_a_flat: torch.Tensor = field(repr=False)  # (P,)
     overall_b_flat: torch.Tensor = field(repr=False)  # (Q,)
 
@@ -76,13 +76,21 @@ class PairExplanation:
         similarity = get_similarity(similarity)
         u, v = a.contributions.double(), b.contributions.double()
         e_a, e_b = a.embedding.double(), b.embedding.double()
-        d = similarity.pairwise(u, v, e_a, e_b)
         o_a, o_b = similarity.overall(u, v, e_a, e_b)
         s = float(similarity.score(a.embedding, b.embedding))
-        return cls(score=s, similarity=similarity, a=a, b=b,
-                   pairwise_flat=d, overall_a_flat=o_a, overall_b_flat=o_b)
+        return cls(score=s, similarity=similarity, a=a, b=b, overall_a_flat=o_a,
+                   overall_b_flat=o_b)
 
     # -- the decomposition -----------------------------------------------------------------
+    @functools.cached_property
+    def pairwise_flat(self) -> torch.Tensor:
+        """(P, Q) position-pair contributions D[p, q], float64. Computed on first use: the
+        overall, point and region maps and the total never need it (P x Q grows as the
+        square of the grid)."""
+        u, v = self.a.contributions.double(), self.b.contributions.double()
+        return self.similarity.pairwise(u, v, self.a.embedding.double(),
+                                        self.b.embedding.double().to(u.device))
+
     @property
     def pairwise(self) -> torch.Tensor:
         """(Ha, Wa, Hb, Wb) position-pair contributions."""
@@ -118,8 +126,12 @@ class PairExplanation:
     @property
     def total(self) -> float:
         """What the decomposition sums to (the score, for exact heads)."""
-        return float(self.similarity.total(self.pairwise_flat, self.overall_a_flat,
-                                           self.overall_b_flat))
+        # sum_pq D[p, q] = pairwise(sum_p u_p, sum_q v_q): D is bilinear in (u, v)
+        u_sum = self.a.contributions.double().sum(0, keepdim=True)
+        v_sum = self.b.contributions.double().sum(0, keepdim=True).to(u_sum.device)
+        summed = self.similarity.pairwise(u_sum, v_sum, self.a.embedding.double(),
+                                          self.b.embedding.double().to(u_sum.device))
+        return float(self.similarity.total(summed, self.overall_a_flat, self.overall_b_flat))
 
     @property
     def residual(self) -> float:

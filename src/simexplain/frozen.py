@@ -42,8 +42,10 @@ class FreezeScales(TorchFunctionMode):
             bound = _NORMALIZE_SIG.bind(*args, **kwargs)
             bound.apply_defaults()
             a = bound.arguments
-            denom = a["input"].norm(a["p"], a["dim"], keepdim=True).clamp_min(a["eps"])
-            return a["input"] / denom.detach()
+            # detached before the norm: no derivative of the norm is ever computed (cheaper
+            # under forward-mode transforms than computing one and dropping it)
+            denom = a["input"].detach().norm(a["p"], a["dim"], keepdim=True).clamp_min(a["eps"])
+            return a["input"] / denom
         if func is F.batch_norm:
             bound = _BATCH_NORM_SIG.bind(*args, **kwargs)
             bound.apply_defaults()
@@ -53,10 +55,11 @@ class FreezeScales(TorchFunctionMode):
             bound = _LAYER_NORM_SIG.bind(*args, **kwargs)
             bound.apply_defaults()
             return _layer_norm_frozen(**bound.arguments)
-        out = func(*args, **kwargs)
-        if func in _SCALE_OPS and isinstance(out, torch.Tensor):
-            return out.detach()
-        return out
+        if func in _SCALE_OPS:  # value kept, derivative never computed
+            args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+            out = func(*args, **kwargs)
+            return out.detach() if isinstance(out, torch.Tensor) else out
+        return func(*args, **kwargs)
 
 
 def _batch_norm_eval(input, running_mean, running_var, weight, bias, eps, **_):

@@ -16,10 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from PIL import Image
 
 from .errors import SimexplainError
-from .explanation import PairExplanation, Side
+from .explanation import PairExplanation
 from .images import ImageInput
 from .inputs import PreparedImage
 from .similarity import Similarity
@@ -101,9 +100,9 @@ class Decomposition(Method):
     point_maps = True
 
     def maps(self, explainer, pair, sides="ab") -> Maps:
-        side_a, side_b = (_decomposed(explainer, pair, s) for s in "ab")
-        result = PairExplanation.from_sides(side_a, side_b, explainer.similarity)
-        map_a, map_b = self.pick(result)
+        if "decomposition" not in pair.cache:  # one decomposition for every method of its kind
+            pair.cache["decomposition"] = explainer.explain_prepared(pair.a, pair.b)
+        map_a, map_b = self.pick(pair.cache["decomposition"])
         return map_a.float(), map_b.float()
 
     def pick(self, result: PairExplanation) -> Maps:
@@ -122,13 +121,6 @@ class Relative(Decomposition):
 
     def pick(self, result: PairExplanation) -> Maps:
         return result.relative_a, result.relative_b
-
-
-def _decomposed(explainer, pair: PreparedPair, side: str) -> Side:
-    c = explainer.contributions(pair.x(side), side)
-    prepared = pair.a if side == "a" else pair.b
-    return Side(image=prepared.photo, grid=c.grid, contributions=c.positions[0],
-                embedding=c.embedding[0], frame=prepared.frame)
 
 
 class _GradientMethod(Method):

@@ -41,7 +41,8 @@ class Similarity:
 
     def pairwise(self, u: torch.Tensor, v: torch.Tensor, e_a: torch.Tensor,
                  e_b: torch.Tensor) -> torch.Tensor:
-        """D[..., p, q], the share of the score carried by position pair (p, q)."""
+        """D[..., p, q], the share of the score carried by position pair (p, q). Must be
+        bilinear in (u, v) (for fixed embeddings): region maps and the total rely on it."""
         raise NotImplementedError
 
     def overall(self, u: torch.Tensor, v: torch.Tensor, e_a: torch.Tensor, e_b: torch.Tensor
