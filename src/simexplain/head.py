@@ -223,7 +223,7 @@ def _forward(post, pooled, offsets, shares, pooled_constant, n_pos: int, chunk: 
         return jvp(post, (pooled, offsets), (tangent, offset_tangents))
     index = torch.arange(n_pos + 1, device=pooled.device)
     if shares is None:
-        tangents = torch.zeros(n_pos + 1)  # unused: built from the index
+        tangents = torch.zeros(n_pos + 1, device=pooled.device)  # unused: built from the index
         in_dims = (0, 0)
     else:
         tangents = torch.cat([shares, pooled_constant[:, None]], dim=1)

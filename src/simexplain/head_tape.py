@@ -286,9 +286,9 @@ def pooled_shares(tape: HeadTape, pooling: _Pooling, features: torch.Tensor,
         per_position = _per_position_weight(weight, y.shape[1:])  # (P, C, D)
         shares = torch.bmm(t_pos.transpose(0, 1).contiguous(), per_position).transpose(0, 1)
         bias = linear.args[2] if len(linear.args) > 2 else linear.kwargs.get("bias")
-        bias = offsets[bias.name] if isinstance(bias, _Offset) else torch.zeros(())
+        bias = offsets[bias.name] if isinstance(bias, _Offset) else shares.new_zeros(())
         return shares, bias.expand(len(y), shares.shape[-1])
-    return shares, torch.zeros(())  # pooling has no offsets
+    return shares, shares.new_zeros(())  # pooling has no offsets (on the model's device)
 
 
 # Weights of flatten + Linear heads rearranged as (P, C, D), kept while the weight lives and is
