@@ -131,14 +131,59 @@ def test_unknown_kind_is_an_error():
         result.point_map("a", (3, 3), kind="best")
 
 
-def test_gmp_point_without_contribution_has_no_map():
+def test_gmp_point_without_contribution_has_no_contribution_map_but_a_match_map():
     result = explainer_for("gmp", bias=False).explain(image(1), image(2))
     norms = result.a.contributions.norm(dim=1)
     empty, full = int(torch.argmin(norms)), int(torch.argmax(norms))
     assert float(norms[empty]) == 0.0  # no channel's maximum lies there
     rows, cols = result.a.grid
     centre = lambda i: (4 * (i // cols) + 1.5, 4 * (i % cols) + 1.5)  # noqa: E731
+    with pytest.raises(NoPointMap, match="no map"):
+        result.point_map("a", centre(empty), kind="contribution")
     for kind in POINT_MAP_KINDS:
-        with pytest.raises(NoPointMap, match="no map"):
-            result.point_map("a", centre(empty), kind=kind)
         assert torch.isfinite(result.point_map("a", centre(full), kind=kind)).all()
+    # the match kinds compare whole features as the head maps them: every point has a map
+    for kind in ("match", "match-centred"):
+        assert torch.isfinite(result.point_map("a", centre(empty), kind=kind)).all()
+
+
+def _layer_features(model, x):
+    """(P, C) the explained layer's output, read by a hook on the model's own forward pass."""
+    kept = []
+    handle = model.features.register_forward_hook(lambda _m, _i, out: kept.append(out))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    return kept[0][0].flatten(1).T.double()
+
+
+@pytest.mark.parametrize("kind", ["match", "match-centred"])
+def test_gmp_match_maps_compare_the_heads_map_of_whole_features(kind):
+    """Independent computation: W A_p for every position (W: the head's Linear), cosine."""
+    explainer = explainer_for("gmp")
+    model = explainer.stream_a.model
+    x_a, x_b = image(1), image(2, size=48)
+    result = explainer.explain(x_a, x_b)
+    weight = model.head[2].weight.detach().double()
+    f_a = _layer_features(model, explainer.prepare(x_a).tensor) @ weight.T
+    f_b = _layer_features(model, explainer.prepare(x_b).tensor) @ weight.T
+    if kind == "match-centred":
+        f_a, f_b = f_a - f_a.mean(0), f_b - f_b.mean(0)
+    close = dict(rtol=1e-5, atol=1e-6)  # the model runs in float32
+    got = result.point_map("a", (13.5, 21.5), kind=kind)
+    torch.testing.assert_close(got.flatten(), cosine_by_loops(f_a[3 * 8 + 5], f_b), **close)
+    got = result.point_map("b", (4 * 2 + 1.5, 4 * 9 + 1.5), kind=kind)
+    torch.testing.assert_close(got.flatten(), cosine_by_loops(f_b[2 * 12 + 9], f_a), **close)
+
+
+def test_class_token_head_gives_every_patch_a_match_map():
+    """A class-token head: no patch token carries a contribution of its own, but each has a
+    match map (its features as the head maps them)."""
+    from simexplain.toy import TokenModel
+    torch.manual_seed(0)
+    explainer = Explainer(TokenModel(pool="cls").eval(), "tokens")
+    result = explainer.explain(torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32))
+    assert result.a.projected is not None and result.a.projected.shape[0] == 64
+    maps = [result.point_map("a", (4 * r + 1.5, 4 * c + 1.5)) for r, c in ((0, 0), (5, 2))]
+    assert all(torch.isfinite(m).all() for m in maps)
+    assert not torch.allclose(maps[0], maps[1])  # the map follows the point

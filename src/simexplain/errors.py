@@ -24,5 +24,6 @@ class DatasetMissing(SimexplainError):
 
 
 class NoPointMap(SimexplainError):
-    """The point or region carries no contribution (u = 0: with a GMP head, a position that is
-    no channel's maximum), so there is no map to show; not the same as a flat map."""
+    """The point or region carries nothing to compare (the contribution kind where u = 0: with
+    a GMP head, a position that is no channel's maximum), so there is no map to show; not the
+    same as a flat map."""

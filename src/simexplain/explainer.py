@@ -175,7 +175,8 @@ class Explainer:
 def _side(prepared: PreparedImage, c: Contributions, row: int) -> Side:
     """Row `row` of a batch's contributions as the Side of the image `prepared`."""
     return Side(image=prepared.photo, grid=c.grid, contributions=c.positions[row],
-                embedding=c.embedding[row], frame=prepared.frame)
+                embedding=c.embedding[row], frame=prepared.frame,
+                projected=None if c.projected is None else c.projected[row])
 
 
 def _by_shape(tensors: Sequence[torch.Tensor]) -> dict[tuple, list[int]]:

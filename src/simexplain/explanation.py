@@ -27,6 +27,9 @@ class Side:
     contributions: torch.Tensor  # (P, D), u_p
     embedding: torch.Tensor  # (D,), the model's own embedding
     frame: maps.Frame | None = None  # where the model input lies in the photo (None: all of it)
+    # (P, D) the positions' whole features mapped by the head (`head.Contributions.projected`)
+    # for max-pooling and class-token heads; None where the contributions serve
+    projected: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.frame is None:
@@ -160,8 +163,11 @@ class PairExplanation:
         kind: "contribution" (the exact row of D: the share of the score each position of the
         other image carries with this point), "match" (cosine between the point's contribution
         and each of the other image's), "match-centred" (the same after subtracting each image's
-        mean contribution); see POINT_MAP_KINDS and DEFAULT_POINT_MAP. Raises NoPointMap where
-        the point carries no contribution (GMP heads), instead of returning a flat map.
+        mean contribution); see POINT_MAP_KINDS and DEFAULT_POINT_MAP. Under max pooling or a
+        class token the match kinds compare the positions' whole features as the head maps them
+        (`Side.projected`), so that every point has one. Raises NoPointMap where the point
+        carries nothing to compare (the contribution kind at a GMP point that is no channel's
+        maximum), instead of returning a flat map.
         """
         here, _ = self._sides(side)
         return self._kind_map(side, here.point_weights(point, coords), kind,

@@ -53,6 +53,12 @@ class Contributions:
     # How they were computed, e.g. "mean pooling, reverse" or "whole head, forward"
     # ("tangents": the reference path).
     path: str = "tangents"
+    # (B, P, D) each position's whole feature vector mapped by the head's linear part, J A_p,
+    # for heads whose pooling takes a channel from some positions only (max pooling, a class
+    # token), where many u_p are 0; None where u_p already is that map (up to 1 / P and the
+    # constant): average pooling, flatten heads, heads analysed whole. Point maps of the
+    # "match" kinds compare these (METHOD.md, "Point-map kinds").
+    projected: torch.Tensor | None = None
 
     @property
     def residual(self) -> torch.Tensor:
@@ -175,31 +181,38 @@ def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[st
             last = pooling.argument if pooling.kind == "linear" else pooling.pool
             start, source = last + 1, pooling.pooled
             pooled = replay_pooled(tape, pooling, features, offsets)
-            shares, pooled_constant = pooled_shares(tape, pooling, features, offsets)
+            shares, pooled_constant, whole = pooled_shares(tape, pooling, features, offsets)
+            if whole is not None:  # mapped by J together with the shares, in the same pass
+                shares = torch.cat([shares, whole], dim=1)
             shares = shares.reshape(batch, shares.shape[1], *pooled.shape[1:])
             pooled_constant = pooled_constant.expand_as(pooled)
         else:
             start, source, pooled = 0, 0, features
             pooled_constant = torch.zeros_like(features)
-            shares = None  # implicit: A masked to one position
+            shares, whole = None, None  # implicit: A masked to one position
 
         def post(r, off):
             return tape.replay({source: r}, off, start, out_slot)
 
         n_pos = to_positions(features).shape[1]
-        mode = strategy if strategy != "auto" else "forward" if n_pos <= dim else "reverse"
+        n_tangents = n_pos if shares is None else shares.shape[1]
+        mode = strategy if strategy != "auto" else "forward" if n_tangents <= dim else "reverse"
         chunk = max(1, budget // pooled.numel())  # tangents or cotangents at a time
         if mode == "forward":
             primal, linear, constant = _forward(post, pooled, offsets, shares, pooled_constant,
-                                                n_pos, chunk)
+                                                n_tangents, chunk)
         else:
             primal, constant = jvp(post, (pooled, offsets), (pooled_constant, offsets))
             linear = _reverse(post, pooled, offsets, shares, dim, chunk)
         scale = float(embedding.abs().max()) + 1e-12
         if not torch.allclose(primal, embedding, rtol=1e-4, atol=1e-5 * scale):
             return None  # the replay is not the model's head
+    projected = None
+    if whole is not None:
+        linear, projected = linear[:, :n_pos], linear[:, n_pos:, :][:, prefix_tokens:]
     result = _assemble(embedding, linear, constant, grid, prefix_tokens)
     result.path = f"{pooling.kind} pooling, {mode}" if pooling else f"whole head, {mode}"
+    result.projected = projected
     return result
 
 

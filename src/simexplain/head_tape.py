@@ -250,11 +250,19 @@ def to_positions(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(2).transpose(1, 2) if t.dim() == 4 else t
 
 
+# Poolings that take each channel from some positions only: a position's share of the pooled
+# tensor can be zero, so its whole feature vector is mapped as well (`pooled_shares`).
+SELECTIVE_POOLING = ("amax", "argmax", "select")
+
+
 def pooled_shares(tape: HeadTape, pooling: _Pooling, features: torch.Tensor,
-                   offsets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(S, pooled constant): S[b, p] is position p's share of the pooled tensor, i.e. the
+                  offsets: dict[str, torch.Tensor]
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(S, pooled constant, F): S[b, p] is position p's share of the pooled tensor, i.e. the
     tangent of the pooled tensor when only position p of the mask moves (B, P, *pooled dims);
-    the pooled constant is its tangent from the offsets (a Linear's bias for flatten heads)."""
+    the pooled constant is its tangent from the offsets (a Linear's bias for flatten heads).
+    F[b, p] (same shape as S) is position p's whole feature vector in the pooled tensor's
+    place, for SELECTIVE_POOLING (max pooling, a class token), else None (S is F / P or F)."""
     chain_out = tape.steps[pooling.chain[-1]].outputs[0] if pooling.chain else 0
 
     def chain(a):
@@ -287,8 +295,9 @@ def pooled_shares(tape: HeadTape, pooling: _Pooling, features: torch.Tensor,
         shares = torch.bmm(t_pos.transpose(0, 1).contiguous(), per_position).transpose(0, 1)
         bias = linear.args[2] if len(linear.args) > 2 else linear.kwargs.get("bias")
         bias = offsets[bias.name] if isinstance(bias, _Offset) else shares.new_zeros(())
-        return shares, bias.expand(len(y), shares.shape[-1])
-    return shares, shares.new_zeros(())  # pooling has no offsets (on the model's device)
+        return shares, bias.expand(len(y), shares.shape[-1]), None
+    whole = t_pos if pooling.kind in SELECTIVE_POOLING else None
+    return shares, shares.new_zeros(()), whole  # pooling has no offsets
 
 
 # Weights of flatten + Linear heads rearranged as (P, C, D), kept while the weight lives and is

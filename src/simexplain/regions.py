@@ -75,18 +75,29 @@ def kind_map(similarity: Similarity, weights: torch.Tensor, here, there, kind: s
     grid, from the two `explanation.Side`s' contributions alone (no P x Q map). Raises
     NoPointMap where the weighted contribution is zero (GMP heads), never a flat map."""
     check_kind(kind)
-    u = here.contributions.detach().to(torch.float64)
+    # contribution kind: the contributions u_p; match kinds: what the head makes of each
+    # position's whole features where the pooling selects (max pooling, a class token: many
+    # u_p are 0 there), else the contributions (average pooling: the same up to 1 / P)
+    u = matched_vectors(here, kind)
     weights = weights.to(u.device)
     query = weights @ u
     if float(query.norm()) <= _NO_CONTRIBUTION * float(u.norm(dim=1).max()):
         raise NoPointMap(
             f"no map: the {what} carries no contribution (u = 0: with a max-pooling head it "
-            "is no channel's maximum), so nothing of the other image is matched to it")
+            "is no channel's maximum), so nothing of the other image is matched to it; the "
+            "match kinds give a map there")
     if kind == "contribution":
         return side_map(similarity, weights, here, there, here_is_a)
-    v = there.contributions.detach().to(u.device, torch.float64)
+    v = matched_vectors(there, kind).to(u.device)
     if kind == "match-centred":
         query = query - weights.sum() * u.mean(0)
         v = v - v.mean(0)
     cosine = (v @ query) / (v.norm(dim=1) * query.norm()).clamp_min(1e-300)
     return cosine.reshape(there.grid)
+
+
+def matched_vectors(side, kind: str) -> torch.Tensor:
+    """(P, D) float64: the vectors a point map of `kind` compares on one side."""
+    vectors = side.contributions if kind == "contribution" or side.projected is None \
+        else side.projected
+    return vectors.detach().to(torch.float64)

@@ -114,11 +114,13 @@ def test_points_without_contribution_are_counted_as_no_map_not_wrong():
     explainer = toy_explainer(HeadModel(head="gmp", bias=False).eval())
     a, b = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
     points = co.cell_centres((8, 8), (32, 32))
-    scores = co._Scores(["point-match", "cosine"])
-    co.score_pair(scores, ["point-match", "cosine"], explainer, a, b, points, points, 1, 2)
+    methods = ["point-contribution", "point-match", "cosine"]
+    scores = co._Scores(methods)
+    co.score_pair(scores, methods, explainer, a, b, points, points, 1, 2)
     u = explainer.explain(a, b).a.contributions
     empty = int((u.norm(dim=1) == 0).sum())
     assert 0 < empty < 64
-    assert scores.no_map == {"point-match": empty, "cosine": 0}
+    # the contribution kind has no map there; the match kinds compare whole features
+    assert scores.no_map == {"point-contribution": empty, "point-match": 0, "cosine": 0}
     # a point with no map is a miss
-    assert scores.hits["point-match"][0.1][0] <= (64 - empty) / 64
+    assert scores.hits["point-contribution"][0.1][0] <= (64 - empty) / 64

@@ -618,7 +618,10 @@ def test_point_without_contribution_answers_no_map_not_a_flat_map():
     norms = pair.a.contributions.norm(dim=1)
     empty, full = int(torch.argmin(norms)), int(torch.argmax(norms))
     centre = lambda i: (4 * (i // 8) + 1.5, 4 * (i % 8) + 1.5)  # noqa: E731
-    answer = map_json(point_grid_map(pair, "a", centre(empty)))
+    answer = map_json(point_grid_map(pair, "a", centre(empty), kind="contribution"))
     assert answer["no_map"] is True and answer["map"] is None and "no map" in answer["message"]
-    assert answer["kind"] == DEFAULT_POINT_MAP
-    assert map_json(point_grid_map(pair, "a", centre(full)))["no_map"] is False
+    assert answer["kind"] == "contribution"
+    assert map_json(point_grid_map(pair, "a", centre(full), kind="contribution"))["no_map"] is False
+    # the default (match) kind compares whole features there: a real map, not "no map"
+    answer = map_json(point_grid_map(pair, "a", centre(empty)))
+    assert answer["no_map"] is False and answer["kind"] == DEFAULT_POINT_MAP

@@ -23,7 +23,7 @@ both resized to ``corr`` pixels on the longer side (the aspect kept); query poin
 cell centres of a with a known disparity whose true point (row, col - disparity) lies in b at
 least half a cell from its border. One pair: its confidence intervals resample points.
 
-A map that does not exist (a point map at a point with no contribution: ``NoPointMap``) is
+A map that does not exist (a contribution map at a point with no contribution: ``NoPointMap``) is
 counted as a miss in PCK and reported separately as *no map*; a flat map is counted apart too.
 Ties are broken at random, a fresh draw for every point.
 

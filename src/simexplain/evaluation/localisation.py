@@ -13,7 +13,8 @@ with the known box exceeds 0.5. A map whose maximum is not positive predicts not
 Reported: accuracy per threshold, and the best threshold (chosen on the same samples, as in the
 paper, so it is optimistic). ``point-contribution`` (the paper's), ``point-match`` and
 ``point-match-centred`` are the point-specific maps of each kind queried at the query's centre;
-where that point has no contribution (GMP heads) there is no map: a miss, counted as *no map*.
+where that point has no contribution (GMP heads) the contribution kind has no map: a miss,
+counted as *no map*.
 ``relative`` is the relative overall map.
 """
 

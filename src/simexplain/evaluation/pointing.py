@@ -13,8 +13,8 @@ how many maps were flat (all equal, e.g. a Grad-CAM map that its ReLU zeroed eve
 ``relative`` is the decomposition's relative overall map (METHOD.md, "Relative maps").
 ``point-contribution``, ``point-match`` and ``point-match-centred`` are the point-specific maps
 of each kind for the query's centre (``contribution`` is the paper's: the row of the pairwise
-decomposition). Where the query's centre has no contribution (GMP heads) there is no point map:
-counted as a miss and reported as *no map*.
+decomposition). Where the query's centre has no contribution (GMP heads) there is no
+contribution map: counted as a miss and reported as *no map* (the match kinds have a map there).
 """
 
 from __future__ import annotations

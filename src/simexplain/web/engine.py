@@ -50,16 +50,18 @@ class GridMap:
     no_map: str | None = None  # why there is no map (the point carries no contribution)
 
 
-def point_grid_map(pair: PairExplanation, side: str, where, region: bool = False) -> GridMap:
-    """The point (or region) map of the default kind on the other image; where the point
-    carries no contribution, a GridMap that says so instead of a flat map."""
+def point_grid_map(pair: PairExplanation, side: str, where, region: bool = False,
+                   kind: str = DEFAULT_POINT_MAP) -> GridMap:
+    """The point (or region) map of `kind` on the other image; where the point carries
+    nothing to compare, a GridMap that says so instead of a flat map."""
     other = _other(side)
     frame = _side_of(pair, other).frame
     try:
-        values = pair.region_map(side, where) if region else pair.point_map(side, where)
+        values = pair.region_map(side, where, kind) if region else \
+            pair.point_map(side, where, kind)
     except NoPointMap as exc:
-        return GridMap(other, None, frame, DEFAULT_POINT_MAP, no_map=str(exc))
-    return GridMap(other, values, frame, DEFAULT_POINT_MAP)
+        return GridMap(other, None, frame, kind, no_map=str(exc))
+    return GridMap(other, values, frame, kind)
 
 
 @dataclass
@@ -233,9 +235,9 @@ class Engine:
             for (image_id, _), side in zip(missing, computed):
                 # kept in float64 once, so that pointer updates convert nothing
                 side = Side(image=side.image, grid=side.grid,
-                            contributions=side.contributions.detach().double().cpu().clone(),
-                            embedding=side.embedding.detach().double().cpu().clone(),
-                            frame=side.frame)
+                            contributions=_float64(side.contributions),
+                            embedding=_float64(side.embedding), frame=side.frame,
+                            projected=_float64(side.projected))
                 found[image_id] = self.sides.put((model, image_id, which),
                                                  Prepared(image_id, image_id, side))
         return [found[i] for i in image_ids]
@@ -405,3 +407,7 @@ def _load_index(path, explainer, model):
 
 
 __all__ = ["Engine", "GridMap", "Explained", "SearchResult", "SearchHit", "METHODS"]
+
+
+def _float64(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else tensor.detach().double().cpu().clone()
