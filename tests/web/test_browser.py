@@ -371,10 +371,14 @@ def test_colour_bar_readout_and_tooltips(browser, server):
     page, problems = open_page(browser, server)
     wait_stat(page, "explains", 1)
     e = page.evaluate("window.simexplain.state.pair.explanation")
-    peak = max(abs(v) for row in e["a"]["overall"] for v in row)
+    values = [v for row in e["a"]["overall"] for v in row]
+    peak = max(abs(v) for v in values)
     assert page.is_visible("#scale-a") and page.is_visible("#scale-b")
     assert float(page.inner_text("#scale-a .hi")) == pytest.approx(peak, rel=5e-3)
-    assert float(page.inner_text("#scale-a .lo")) == pytest.approx(-peak, rel=5e-3)
+    # an all-positive map is shown on the positive ramp from 0 even in the signed view (no
+    # pale red wash); a map with negative values on the signed ramp, -peak..peak
+    low = -peak if min(values) < 0 else 0
+    assert float(page.inner_text("#scale-a .lo")) == pytest.approx(low, rel=5e-3)
     assert "score" in page.inner_text("#scale-a .unit")
 
     # the value under the pointer is the drawn (bilinear) map's value there
@@ -412,6 +416,21 @@ def test_colour_bar_readout_and_tooltips(browser, server):
     page.uncheck("#signed")
     assert page.inner_text("#scale-a .lo") == "0"
     shoot(page, ARTIFACTS / "web-scale.png")
+    # a map with negative values (the relative map sums to 0) gets the signed view, an
+    # all-positive one (Grad-CAM) the positive view, with the same box checked
+    page.check("#signed")
+    page.mouse.move(5, 5)
+    page.click("#view-a")  # clears the region
+    for method, signed in (("relative", True), ("gradcam", False)):
+        explains = stat(page, "explains")
+        page.select_option("#method", method)
+        wait_stat(page, "explains", explains + 1)
+        e = page.evaluate("window.simexplain.state.pair.explanation")
+        values = [v for row in e["a"]["overall"] for v in row]
+        assert (min(values) < 0) == signed
+        peak = max(abs(v) for v in values)
+        low = float(page.inner_text("#scale-a .lo"))
+        assert low == (pytest.approx(-peak, rel=5e-3) if signed else 0)
     assert problems == []
 
 
