@@ -22,8 +22,8 @@ Issue 14's ten points, and the tests that cover them:
     test_upload_errors_beside_the_control, test_drop_an_image_on_a_panel
 10. the pair view uses the width; keyboard-reachable controls: test_layout_and_keyboard
 
-`python tests/web/test_browser.py --docs` redraws docs/img/web-pair.png and web-gallery.png
-with efficientnet-lite0 on scikit-image's photos.
+`python tests/web/test_browser.py --docs` redraws the README's docs/img/web-pair.png,
+web-faces.png and web-gallery.png (efficientnet-lite0 on scikit-image's photos; facenet).
 """
 
 from __future__ import annotations
@@ -709,7 +709,8 @@ def test_identical_methods_and_finer_grid(browser, zoo_server):
 
 # -- README screenshots (real model) ----------------------------------------------------------
 def docs_screenshots(out: Path = ROOT / "docs" / "img") -> None:
-    """docs/img/web-pair.png and web-gallery.png: efficientnet-lite0, scikit-image photos."""
+    """docs/img/web-pair.png, web-faces.png and web-gallery.png: efficientnet-lite0 on
+    scikit-image's photos (the pair at input size 448), and facenet on its own sample pair."""
     import tempfile
 
     from PIL import ImageOps
@@ -737,13 +738,11 @@ def docs_screenshots(out: Path = ROOT / "docs" / "img") -> None:
     app = create_app(explainer=explainer, index=work / "index", samples=samples)
     out.mkdir(parents=True, exist_ok=True)
     with chromium() as b, serve(app) as url:
-        page, _ = open_page(b, url)
+        page, _ = open_page(b, url)  # opens on the model's own pair: the motorcycles
         wait_stat(page, "explains", 1, timeout=120_000)
-        page.select_option("#pick-a", "s3")
-        wait_stat(page, "explains", 2, timeout=120_000)
-        page.select_option("#pick-b", "s4")
-        wait_stat(page, "explains", 3, timeout=120_000)
-        hover_and_wait(page, "#view-a", 0.33, 0.7)  # the headlight
+        page.select_option("#size", "448")
+        wait_stat(page, "explains", 2, timeout=300_000)
+        hover_and_wait(page, "#view-a", 0.36, 0.62)  # the headlight
         shoot(page, out / "web-pair.png")
 
         page, _ = open_page(b, url + "/#gallery")
@@ -758,12 +757,18 @@ def docs_screenshots(out: Path = ROOT / "docs" / "img") -> None:
         wait_stat(page, "searches", 3, timeout=120_000)
         hover_and_wait(page, "#view-query", 0.25, 0.45)
         shoot(page, out / "web-gallery.png")
+    with chromium() as b, serve(create_app(model="facenet")) as url:
+        page, _ = open_page(b, url)  # opens on two photos of one face
+        wait_stat(page, "explains", 1, timeout=120_000)
+        hover_and_wait(page, "#view-a", 0.2, 0.6)  # an eye
+        shoot(page, out / "web-faces.png")
     from PIL import Image
-    for name in ("web-pair.png", "web-gallery.png"):  # 256 colours: a third of the bytes
+    names = ("web-pair.png", "web-faces.png", "web-gallery.png")
+    for name in names:  # 256 colours: a third of the bytes
         with Image.open(out / name) as shot:
             small = shot.convert("RGB").quantize(256)
         small.save(out / name, optimize=True)
-    print(f"wrote {out / 'web-pair.png'} and {out / 'web-gallery.png'}")
+    print("wrote " + ", ".join(str(out / name) for name in names))
 
 
 if __name__ == "__main__":
