@@ -742,7 +742,7 @@ def docs_screenshots(out: Path = ROOT / "docs" / "img") -> None:
         wait_stat(page, "explains", 1, timeout=120_000)
         page.select_option("#size", "448")
         wait_stat(page, "explains", 2, timeout=300_000)
-        hover_and_wait(page, "#view-a", 0.36, 0.62)  # the headlight
+        hover_and_wait(page, "#view-a", 0.27, 0.71)  # the headlight
         shoot(page, out / "web-pair.png")
 
         page, _ = open_page(b, url + "/#gallery")
@@ -760,7 +760,9 @@ def docs_screenshots(out: Path = ROOT / "docs" / "img") -> None:
     with chromium() as b, serve(create_app(model="facenet")) as url:
         page, _ = open_page(b, url)  # opens on two photos of one face
         wait_stat(page, "explains", 1, timeout=120_000)
-        hover_and_wait(page, "#view-a", 0.2, 0.6)  # an eye
+        page.select_option("#size", "320")  # a 8x8 grid rather than 3x3
+        wait_stat(page, "explains", 2, timeout=300_000)
+        hover_and_wait(page, "#view-a", 0.19, 0.6)  # an eye
         shoot(page, out / "web-faces.png")
     from PIL import Image
     names = ("web-pair.png", "web-faces.png", "web-gallery.png")

@@ -621,6 +621,7 @@ async function pairFailed(error) {
   state.pair.explanation = null;
   $("#grid-info").textContent = "";
   $("#method-note").textContent = "";
+  for (const option of $("#method").options) option.textContent = option.value;
   state.pair.box = null; state.pair.region = null; state.pair.boxSide = null;
   describePair();
   const failed = error.side ? [error.side] : ["a", "b"];
@@ -993,9 +994,10 @@ function setupGallery() {
 function openPair(a, b) {
   state.pair.a = a; state.pair.b = b;
   $("#pick-a").value = a; $("#pick-b").value = b;
-  if (state.models.index) {
+  if (state.models.index && state.model !== state.models.index.model) {
     state.model = state.models.index.model;
     $("#model").value = state.model;
+    fillSizes();
   }
   switchView("pair");
   explainPair();
@@ -1063,8 +1065,12 @@ function switchView(view) {
   const indexModel = state.models && state.models.index && state.models.index.model;
   $("#model").disabled = view === "gallery";
   $("#method").disabled = view === "gallery";
+  $("#size").disabled = view === "gallery" || !modelInfo().input_size;
   if (view === "gallery" && indexModel) $("#model").value = indexModel;
-  if (view === "pair") $("#model").value = state.model;
+  if (view === "pair") {
+    $("#model").value = state.model;
+    for (const side of ["a", "b"]) if (pairViews[side]) pairViews[side].layout();
+  }
   if (view === "gallery" && !state.gallery.search && state.gallery.query) runSearch(null);
 }
 
@@ -1162,6 +1168,7 @@ async function start() {
 }
 
 function modelInfo() {
+  if (!state.models) return {};
   return state.models.models.find((m) => m.name === state.model) || {};
 }
 
