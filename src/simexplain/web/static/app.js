@@ -950,7 +950,8 @@ function showResultMaps(result, job) {
     const r = byId.get(item.id);
     if (!r) continue;
     r.view.setMap(item.no_map ? null : item.map);
-    r.view.markers = rings(item);
+    // the strongest match only: numbered rings crowd a thumbnail
+    r.view.markers = item.no_map ? [] : [{ ...item.argmax, kind: "ring" }];
     r.view.render();
   }
 }
