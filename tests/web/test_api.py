@@ -579,6 +579,9 @@ def test_serve_command_binds_localhost(monkeypatch, capsys):
     assert {"127.0.0.1", "localhost", "::1"} == set(calls["app"]["allowed_hosts"])
     assert cli.main(["serve", "--allowed-host", "a.lan", "--allowed-host", "b.lan"]) == 0
     assert {"a.lan", "b.lan", "localhost"} <= set(calls["app"]["allowed_hosts"])
+    assert calls["app"]["max_input_side"] == 640
+    assert cli.main(["serve", "--max-size", "320"]) == 0
+    assert calls["app"]["max_input_side"] == 320
     assert "http://127.0.0.1:8123/" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli.main(["serve", "--help"])
@@ -635,10 +638,9 @@ def test_finer_grid_by_input_size(client, explainer, samples):
     assert body["a"]["input_size"] == [128, 128]
     resized = explainer.resized(128)
     expected = resized.explain(samples[0][1], samples[1][1])
-    assert body["score"] == pytest.approx(float(resized.embed([samples[0][1]], "a")[0] @
-                                                resized.embed([samples[1][1]], "b")[0]
-                                                / (resized.embed([samples[0][1]], "a")[0].norm()
-                                                   * resized.embed([samples[1][1]], "b")[0].norm())),
+    # the score is the resized model's own cosine of its two embeddings
+    e_a, e_b = resized.embed([samples[0][1]], "a")[0], resized.embed([samples[1][1]], "b")[0]
+    assert body["score"] == pytest.approx(float(e_a @ e_b / (e_a.norm() * e_b.norm())),
                                           rel=1e-5)
     np.testing.assert_allclose(body["a"]["overall"], expected.overall_a.numpy(), rtol=1e-4,
                                atol=1e-9)

@@ -29,9 +29,9 @@ from .engine import METHODS, Engine, Explained, GridMap, Prepared, SearchResult
 from .errors import megabytes, status_of
 from .middleware import LOCAL_HOSTS, BodyLimit, HostCheck, ServerTiming
 from .schemas import (ERRORS, ErrorBody, ExplainRequest, ExplainResponse, Health,
-                      IdenticalRequest, IdenticalResponse, ImageInfo, ImageList, MapResponse, ModelsResponse, PointRequest, RegionRequest,
-                      RegionResponse, SearchPointRequest, SearchPointResponse, SearchRequest,
-                      SearchResponse)
+                      IdenticalRequest, IdenticalResponse, ImageInfo, ImageList, MapResponse,
+                      ModelsResponse, PointRequest, RegionRequest, RegionResponse,
+                      SearchPointRequest, SearchPointResponse, SearchRequest, SearchResponse)
 from .store import ImageRecord, clean_name
 
 STATIC = Path(__file__).parent / "static"
