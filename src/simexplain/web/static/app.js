@@ -26,7 +26,8 @@ const state = {
 };
 const stats = {
   pointRequests: 0, pointApplied: 0, inFlight: 0, maxInFlight: 0, superseded: 0,
-  stale: 0, explains: 0, searches: 0, errors: 0, lastError: null, identicalShown: 0,
+  stale: 0, explains: 0, searches: 0, errors: 0, lastError: null,
+  identicalFor: null, // "explanation_id method" of the identical-method note shown
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -213,19 +214,22 @@ class MapView {
     this.image = image;
     this.imageSize = imageSize;
     this.crop = crop || (imageSize ? [0, 0, imageSize[0], imageSize[1]] : null);
-    this.layout();
+    this.layout(true);
     return true;
   }
 
-  // the canvas sized to the image within the bounds, and the image drawn on it
-  layout() {
+  // the canvas sized to the image within the bounds, and the image drawn on it (again only
+  // when its size changed, unless `redraw`: a new image)
+  layout(redraw = false) {
     const image = this.image;
     if (!image) return;
     const [maxWidth, maxHeight] = this.bounds();
     const scale = Math.min(maxWidth / image.naturalWidth, maxHeight / image.naturalHeight);
     const width = Math.max(1, Math.round(image.naturalWidth * scale));
     const height = Math.max(1, Math.round(image.naturalHeight * scale));
-    if (this.base && this.canvas.width === width && this.canvas.height === height) return;
+    if (!redraw && this.base && this.canvas.width === width && this.canvas.height === height) {
+      return;
+    }
     this.canvas.width = width;
     this.canvas.height = height;
     this.ctx.drawImage(image, 0, 0, width, height);
@@ -657,7 +661,7 @@ async function showIdentical(explanationId) {
   if (!e || e.explanation_id !== explanationId) return;
   const notes = identicalNotes(found, e.method);
   $("#method-note").textContent = notes.join("; ");
-  stats.identicalShown += 1;
+  stats.identicalFor = `${explanationId} ${e.method}`;
   for (const option of $("#method").options) {
     const same = (found.methods[option.value] || []).filter((r) => r.relation === "identical");
     option.textContent = same.length ?
