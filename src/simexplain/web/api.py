@@ -77,8 +77,10 @@ def query_cell(frame: Frame, grid: Sequence[int], point: Sequence[float]) -> lis
     return [float(v) for v in frame.cell_boxes((rows, cols))[r * cols + c]]
 
 
-def map_json(result: GridMap) -> dict:
-    """A point or region map; with its kind and label, or the explicit "no map" answer."""
+def map_json(result: GridMap, top: bool = False) -> dict:
+    """A point or region map; with its kind and label, or the explicit "no map" answer; `top`:
+    with its few strongest cells (the pair view rings them; gallery thumbnails ring only the
+    maximum, so a pointer move over many results skips them)."""
     out = {"side": result.side}
     if result.kind is not None:
         out.update(kind=result.kind, label=point_map_label(result.kind),
@@ -88,7 +90,7 @@ def map_json(result: GridMap) -> dict:
                 "message": result.no_map}
     return {**out, "grid": list(result.values.shape), "map": grid_list(result.values),
             "argmax": peak(result.values, result.frame),
-            "top": top_cells(result.values, result.frame)}
+            "top": top_cells(result.values, result.frame) if top else None}
 
 
 def image_json(record: ImageRecord) -> dict:
@@ -279,7 +281,7 @@ def build_app(engine: Engine, title: str = "simexplain",
         result = engine.point(request.explanation_id, request.side, request.row, request.col)
         pointed = engine.record(request.explanation_id)
         pointed = pointed.a if request.side == "a" else pointed.b
-        return {**map_json(result), "seq": request.seq,
+        return {**map_json(result, top=True), "seq": request.seq,
                 "query_cell": query_cell(pointed.side.frame, pointed.side.grid,
                                          (request.row, request.col))}
 
@@ -288,7 +290,7 @@ def build_app(engine: Engine, title: str = "simexplain",
               responses=ERRORS)
     def region(request: RegionRequest):
         result, partial = engine.region(request.explanation_id, request.side, request.box)
-        return {**map_json(result), "partial_score": partial, "seq": request.seq}
+        return {**map_json(result, top=True), "partial_score": partial, "seq": request.seq}
 
     # -- gallery -------------------------------------------------------------------------------
     @app.post("/api/search", response_model=SearchResponse, tags=["gallery"],

@@ -167,8 +167,9 @@ class MapResponse(BaseModel):
     grid: Optional[list[int]] = Field(description="null when no_map")
     map: Optional[Grid] = Field(description="null when no_map")
     argmax: Optional[Peak] = Field(description="null when no_map")
-    top: Optional[list[Peak]] = Field(default=None, description="the few largest cells, "
-                                      "largest first (ringed 1, 2, 3 in the page)")
+    top: Optional[list[Peak]] = Field(default=None, description="point and region maps of a "
+                                      "pair: the few largest cells, largest first (ringed 1, "
+                                      "2, 3 in the page); null in search results")
     query_cell: Optional[list[float]] = Field(default=None, description="point maps: [top, "
                                               "left, bottom, right] in pixels of the pointed "
                                               "cell")
