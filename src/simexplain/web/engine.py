@@ -189,8 +189,8 @@ class Engine:
                 continue
             try:
                 paths = zoo.entry(name).sample_pair()
-            except SimexplainError:  # data not fetched on this machine: the default pair
-                continue
+            except (SimexplainError, OSError):  # data not fetched (or not writable) here:
+                continue  # the page opens that model on the current pair
             pairs[name] = tuple(self.images.add_sample_file(p).id for p in paths)
         return pairs
 
