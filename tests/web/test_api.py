@@ -734,3 +734,29 @@ def test_identical_methods_are_computed_not_named():
 def test_identical_needs_a_known_explanation(client):
     response = client.post("/api/identical", json={"explanation_id": "nope"})
     assert response.status_code == 404 and "explain the pair again" in response.json()["error"]
+
+
+def test_zoo_models_offer_their_sample_pair(monkeypatch, explainer, samples):
+    """A zoo model's sample pair becomes two sample images the page opens on; without the
+    data on this machine the model has none (and the page keeps its current pair)."""
+    from simexplain import zoo
+    from simexplain.datasets import DatasetMissing
+    expected = [p.name for p in zoo.entry("fmnist-gap").sample_pair()]
+    app = create_app(explainer=explainer, model="fmnist-gap", samples=samples)
+    with TestClient(app, base_url="http://localhost") as c:
+        info = c.get("/api/models").json()["models"][0]
+        assert info["name"] == "fmnist-gap" and info["input_size"] == SIZE
+        listed = {i["id"]: i["name"] for i in c.get("/api/images").json()["images"]}
+        assert [listed[i] for i in info["sample_pair"]] == expected
+        with Image.open(zoo.entry("fmnist-gap").sample_pair()[0]) as first:
+            size = first.size
+        got = Image.open(io.BytesIO(c.get(f"/api/images/{info['sample_pair'][0]}").content))
+        assert got.size == size
+
+    def missing(self):
+        raise DatasetMissing("not fetched")
+    monkeypatch.setattr(zoo.ZooEntry, "sample_pair", missing)
+    app = create_app(explainer=explainer, model="fmnist-gap", samples=samples)
+    with TestClient(app, base_url="http://localhost") as c:
+        assert c.get("/api/models").json()["models"][0]["sample_pair"] is None
+        assert c.get("/api/images").json()["total"] == len(samples)
