@@ -211,3 +211,25 @@ def test_search_a_28x56_query_by_a_region_in_its_own_pixels(tmp_path, capsys):
             assert hit["score"] == pytest.approx(pairs[hit["path"]].partial_score("a", region),
                                                  abs=1e-5)
         assert [names[h["path"]] for h in summary["hits"][:4]] == [wanted] * 4
+
+
+def test_resized_explainer_sees_the_image_at_the_new_size():
+    """`explainer.resized(N)` is `--size N`: the same model fed the image resized to N (short
+    side, aspect kept where the model pools), so a finer grid; the original is unchanged."""
+    from simexplain.toy import tiny_cnn
+    explainer = Explainer(tiny_cnn(), "features",
+                          transform=Preprocess(size=(64, 64), keep_aspect=True))
+    photo = Image.fromarray(np.random.default_rng(3).integers(0, 255, (60, 90, 3),
+                                                              dtype=np.uint8))
+    bigger = explainer.resized(128)
+    side = bigger.side(photo, "a")
+    assert side.frame.input_size == (128, 192) and side.grid == (16, 24)
+    assert explainer.side(photo, "a").grid == (8, 12)  # the original keeps its size
+    # the embedding is the model's own forward pass on the photo resized by hand
+    x = Preprocess(size=(128, 192))(photo).unsqueeze(0)
+    with torch.no_grad():
+        expected = explainer.stream_a.model(x)[0].double()
+    np.testing.assert_allclose(side.embedding.double().numpy(), expected.numpy(), rtol=1e-4,
+                               atol=1e-6)
+    with pytest.raises(SimexplainError, match="no size"):
+        Explainer(tiny_cnn(), "features", transform=lambda image: image).resized(128)

@@ -60,6 +60,28 @@ class Explainer:
             InputPipeline(self.transform_b, faces=faces)
         self._warned_inexact = False
 
+    def resized(self, size: int | tuple[int, int]) -> "Explainer":
+        """This explainer at another input size (as `--size`, see `zoo.sized`): the same
+        model(s), layer(s) and similarity; a larger input gives a finer feature grid."""
+        import copy
+
+        from .errors import SimexplainError
+        from .zoo import sized
+        if not (isinstance(self.transform_a, Preprocess) and
+                isinstance(self.transform_b, Preprocess)):
+            raise SimexplainError("this model's input transform has no size to change (only "
+                                  "a Preprocess transform does)")
+        out = copy.copy(self)
+        out.transform_a = sized(self.transform_a, size)
+        out.transform_b = out.transform_a if self.transform_b is self.transform_a else \
+            sized(self.transform_b, size)
+        margin = self.inputs_a.face_margin
+        out.inputs_a = InputPipeline(out.transform_a, faces=self.faces, face_margin=margin)
+        out.inputs_b = out.inputs_a if out.transform_b is out.transform_a else \
+            InputPipeline(out.transform_b, faces=self.faces, face_margin=margin)
+        out._warned_inexact = False
+        return out
+
     def weights_sha256(self) -> str:
         """sha256 over the parameters and buffers of the model(s): identifies the weights an
         index was built with. Computed once (the weights are assumed not to change)."""

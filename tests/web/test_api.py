@@ -579,6 +579,9 @@ def test_serve_command_binds_localhost(monkeypatch, capsys):
     assert {"127.0.0.1", "localhost", "::1"} == set(calls["app"]["allowed_hosts"])
     assert cli.main(["serve", "--allowed-host", "a.lan", "--allowed-host", "b.lan"]) == 0
     assert {"a.lan", "b.lan", "localhost"} <= set(calls["app"]["allowed_hosts"])
+    assert calls["app"]["max_input_side"] == 640
+    assert cli.main(["serve", "--max-size", "320"]) == 0
+    assert calls["app"]["max_input_side"] == 320
     assert "http://127.0.0.1:8123/" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli.main(["serve", "--help"])
@@ -625,3 +628,138 @@ def test_point_without_contribution_answers_no_map_not_a_flat_map():
     # the default (match) kind compares whole features there: a real map, not "no map"
     answer = map_json(point_grid_map(pair, "a", centre(empty)))
     assert answer["no_map"] is False and answer["kind"] == DEFAULT_POINT_MAP
+
+
+# -- issue 14: input sizes, identical methods, sample pairs, ranked matches --------------------
+def test_finer_grid_by_input_size(client, explainer, samples):
+    """`size` is the model's input side: 128 px gives the toy a 16x16 grid, and the maps are
+    the resized model's own (Explainer.resized, the CLI's --size)."""
+    response = client.post("/api/explain", json={"a": "s0", "b": "s1", "size": 128})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["size"] == 128 and body["a"]["grid"] == [16, 16]
+    assert body["a"]["input_size"] == [128, 128]
+    resized = explainer.resized(128)
+    expected = resized.explain(samples[0][1], samples[1][1])
+    # the score is the resized model's own cosine of its two embeddings
+    e_a, e_b = resized.embed([samples[0][1]], "a")[0], resized.embed([samples[1][1]], "b")[0]
+    assert body["score"] == pytest.approx(float(e_a @ e_b / (e_a.norm() * e_b.norm())),
+                                          rel=1e-5)
+    np.testing.assert_allclose(body["a"]["overall"], expected.overall_a.numpy(), rtol=1e-4,
+                               atol=1e-9)
+    # the model's own size is the same explanation as no size at all
+    own = client.post("/api/explain", json={"a": "s0", "b": "s1", "size": SIZE}).json()
+    plain = client.post("/api/explain", json={"a": "s0", "b": "s1"}).json()
+    assert own["explanation_id"] == plain["explanation_id"] and plain["size"] == SIZE
+    assert client.get("/api/models").json()["models"][0]["input_size"] == SIZE
+
+
+@pytest.mark.parametrize("size", [5000, 641, 4, 0, -3])
+def test_input_size_is_bounded(client, size):
+    response = client.post("/api/explain", json={"a": "s0", "b": "s1", "size": size})
+    assert response.status_code == 400
+    assert "640 px" in response.json()["error"] and str(size) in response.json()["error"]
+
+
+def test_input_size_limit_is_the_servers(explainer, samples):
+    app = create_app(explainer=explainer, samples=samples, max_input_side=96)
+    with TestClient(app, base_url="http://localhost") as c:
+        assert c.get("/api/models").json()["max_input_side"] == 96
+        assert c.post("/api/explain", json={"a": "s0", "b": "s1", "size": 96}).status_code == 200
+        response = c.post("/api/explain", json={"a": "s0", "b": "s1", "size": 128})
+        assert response.status_code == 400 and "96 px" in response.json()["error"]
+
+
+def test_point_map_top_matches_and_pointed_cell(client, pair):
+    body = client.post("/api/point", json={"explanation_id": pair["explanation_id"],
+                                           "side": "a", "row": 20.5, "col": 40}).json()
+    grid = np.array(body["map"])
+    order = np.argsort(-grid.ravel(), kind="stable")[:3]
+    assert [t["value"] for t in body["top"]] == pytest.approx(grid.ravel()[order].tolist(),
+                                                              rel=1e-5)
+    assert body["top"][0]["value"] == pytest.approx(body["argmax"]["value"])
+    for t in body["top"]:
+        r, c = t["cell"]
+        assert grid[r, c] == pytest.approx(t["value"], rel=1e-5)
+        assert t["row"] == pytest.approx((r + 0.5) * PHOTO / 8)
+    # pixel (20.5, 40) lies in cell (1, 3) of the 8x8 grid over the 96 px photo
+    cell = PHOTO / 8
+    assert body["query_cell"] == pytest.approx([cell, 3 * cell, 2 * cell, 4 * cell])
+
+
+def test_identical_methods_are_computed_not_named():
+    """A global-average-pooling head makes Grad-CAM and RGrad-CAM the same map, and Grad-CAM
+    the positive part of the relative map (METHOD.md); a head with a flatten + linear layer
+    does not. The answer follows the maps, checked here against the methods themselves."""
+    from torch import nn
+
+    from simexplain.explainer import Explainer
+    from simexplain.images import Preprocess
+    from simexplain.methods import get_method
+
+    torch.manual_seed(0)
+    features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3,
+                                                                                 stride=2))
+    gap = nn.Sequential()
+    gap.add_module("features", features)
+    gap.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    gap.add_module("flat", nn.Flatten())
+    gap.add_module("fc", nn.Linear(8, 6, bias=False))  # a bias shifts the relative map
+    flat = nn.Sequential()
+    flat.add_module("features", features)
+    flat.add_module("flat", nn.Flatten())
+    flat.add_module("fc", nn.LazyLinear(6))
+    flat(torch.zeros(1, 3, 32, 32))
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+              for _ in range(2)]
+    for model, same in ((gap, True), (flat, False)):
+        model.eval()
+        explainer = Explainer(model, "features", transform=Preprocess(size=(32, 32)))
+        app = create_app(explainer=explainer, samples=images)
+        with TestClient(app, base_url="http://localhost") as c:
+            e = c.post("/api/explain", json={"a": "s0", "b": "s1"}).json()
+            body = c.post("/api/identical", json={"explanation_id": e["explanation_id"]}).json()
+        g = get_method("gradcam").attribute(explainer, *images)
+        r = get_method("rgradcam").attribute(explainer, *images)
+        rel = get_method("relative").attribute(explainer, *images)
+
+        def close(xs, ys):
+            return all(torch.allclose(x.double(), y.double(), rtol=1e-4, atol=1e-7)
+                       for x, y in zip(xs, ys))
+        assert close(g, r) == same and close(g, [torch.relu(x) for x in rel]) == same
+        named = {rel["method"]: rel["relation"] for rel in body["methods"]["gradcam"]}
+        assert (named.get("rgradcam") == "identical") == same
+        assert (named.get("relative") == "positive part") == same
+        assert "occlusion" not in body["compared"]  # a forward pass per cell: not computed
+
+
+def test_identical_needs_a_known_explanation(client):
+    response = client.post("/api/identical", json={"explanation_id": "nope"})
+    assert response.status_code == 404 and "explain the pair again" in response.json()["error"]
+
+
+def test_zoo_models_offer_their_sample_pair(monkeypatch, explainer, samples):
+    """A zoo model's sample pair becomes two sample images the page opens on; without the
+    data on this machine the model has none (and the page keeps its current pair)."""
+    from simexplain import zoo
+    from simexplain.datasets import DatasetMissing
+    expected = [p.name for p in zoo.entry("fmnist-gap").sample_pair()]
+    app = create_app(explainer=explainer, model="fmnist-gap", samples=samples)
+    with TestClient(app, base_url="http://localhost") as c:
+        info = c.get("/api/models").json()["models"][0]
+        assert info["name"] == "fmnist-gap" and info["input_size"] == SIZE
+        listed = {i["id"]: i["name"] for i in c.get("/api/images").json()["images"]}
+        assert [listed[i] for i in info["sample_pair"]] == expected
+        with Image.open(zoo.entry("fmnist-gap").sample_pair()[0]) as first:
+            size = first.size
+        got = Image.open(io.BytesIO(c.get(f"/api/images/{info['sample_pair'][0]}").content))
+        assert got.size == size
+
+    def missing(self):
+        raise DatasetMissing("not fetched")
+    monkeypatch.setattr(zoo.ZooEntry, "sample_pair", missing)
+    app = create_app(explainer=explainer, model="fmnist-gap", samples=samples)
+    with TestClient(app, base_url="http://localhost") as c:
+        assert c.get("/api/models").json()["models"][0]["sample_pair"] is None
+        assert c.get("/api/images").json()["total"] == len(samples)

@@ -2,10 +2,28 @@
 
 Pair view: explain, move the pointer (the other image's map changes), drag a region, switch
 display and method, download the figure. Gallery view: hover (maps on every result), drag
-boxes (the ranking changes to what the region shows). Screenshots go to test-artifacts/.
+boxes (the ranking changes to what the region shows). Screenshots go to test-artifacts/ (or
+the folder in $SIMEXPLAIN_SCREENSHOTS), for review.
 
-`python tests/web/test_browser.py --docs` redraws docs/img/web-pair.png and web-gallery.png
-with efficientnet-lite0 on scikit-image's photos.
+Issue 14's ten points, and the tests that cover them:
+ 1. a face model opens on two faces, failures name the image: test_models_open_on_their_own_pair,
+    test_failed_explain_shows_on_its_panel
+ 2. no old image or score under a new name after a failure: test_failed_explain_shows_on_its_panel
+ 3. /docs offline: test_docs_work_offline
+ 4. the point map says it is the decomposition's, whatever the Method menu:
+    test_point_map_cell_and_ranked_matches
+ 5. identical methods for the model's head are named: test_identical_methods_and_finer_grid
+ 6. a loading state per panel, old maps dimmed: test_failed_explain_shows_on_its_panel
+ 7. colour bar, value readout, tooltips, a positive view for all-positive maps:
+    test_colour_bar_readout_and_tooltips
+ 8. finer grids, the pointed cell outlined, the top matches ringed in rank order:
+    test_identical_methods_and_finer_grid, test_point_map_cell_and_ranked_matches
+ 9. upload errors beside the control, naming the file, in MB; drag and drop:
+    test_upload_errors_beside_the_control, test_drop_an_image_on_a_panel
+10. the pair view uses the width; keyboard-reachable controls: test_layout_and_keyboard
+
+`python tests/web/test_browser.py --docs` redraws the README's docs/img/web-pair.png,
+web-faces.png and web-gallery.png (efficientnet-lite0 on scikit-image's photos; facenet).
 """
 
 from __future__ import annotations
@@ -21,7 +39,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = ROOT / "test-artifacts"
+ARTIFACTS = Path(os.environ.get("SIMEXPLAIN_SCREENSHOTS") or ROOT / "test-artifacts")
 CHROMIUM = os.environ.get("SIMEXPLAIN_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
@@ -146,7 +164,7 @@ def server(explainer, index_dir, samples):
 
 @pytest.fixture(scope="module", autouse=True)
 def artifacts():
-    ARTIFACTS.mkdir(exist_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
 
 
@@ -207,9 +225,12 @@ def test_pair_view(browser, server):
     wait_stat(page, "explains", 2)
     assert "rgradcam" in page.inner_text("#pair-info")
 
-    # picking another image re-explains
+    # picking another image (of the same size) re-explains and draws the new photo under it
+    base = "window.simexplain.pairViews.b.base.data.reduce((h, v) => (h * 31 + v) >>> 0, 7)"
+    shown = page.evaluate(base)
     page.select_option("#pick-b", "s2")
     wait_stat(page, "explains", 3)
+    assert page.evaluate(base) != shown
 
     # PNG download of the figure (client-side canvas export)
     with page.expect_download() as download:
@@ -371,10 +392,14 @@ def test_colour_bar_readout_and_tooltips(browser, server):
     page, problems = open_page(browser, server)
     wait_stat(page, "explains", 1)
     e = page.evaluate("window.simexplain.state.pair.explanation")
-    peak = max(abs(v) for row in e["a"]["overall"] for v in row)
+    values = [v for row in e["a"]["overall"] for v in row]
+    peak = max(abs(v) for v in values)
     assert page.is_visible("#scale-a") and page.is_visible("#scale-b")
     assert float(page.inner_text("#scale-a .hi")) == pytest.approx(peak, rel=5e-3)
-    assert float(page.inner_text("#scale-a .lo")) == pytest.approx(-peak, rel=5e-3)
+    # an all-positive map is shown on the positive ramp from 0 even in the signed view (no
+    # pale red wash); a map with negative values on the signed ramp, -peak..peak
+    low = -peak if min(values) < 0 else 0
+    assert float(page.inner_text("#scale-a .lo")) == pytest.approx(low, rel=5e-3)
     assert "score" in page.inner_text("#scale-a .unit")
 
     # the value under the pointer is the drawn (bilinear) map's value there
@@ -412,6 +437,21 @@ def test_colour_bar_readout_and_tooltips(browser, server):
     page.uncheck("#signed")
     assert page.inner_text("#scale-a .lo") == "0"
     shoot(page, ARTIFACTS / "web-scale.png")
+    # a map with negative values (the relative map sums to 0) gets the signed view, an
+    # all-positive one (Grad-CAM) the positive view, with the same box checked
+    page.check("#signed")
+    page.mouse.move(5, 5)
+    page.click("#view-a")  # clears the region
+    for method, signed in (("relative", True), ("gradcam", False)):
+        explains = stat(page, "explains")
+        page.select_option("#method", method)
+        wait_stat(page, "explains", explains + 1)
+        e = page.evaluate("window.simexplain.state.pair.explanation")
+        values = [v for row in e["a"]["overall"] for v in row]
+        assert (min(values) < 0) == signed
+        peak = max(abs(v) for v in values)
+        low = float(page.inner_text("#scale-a .lo"))
+        assert low == (pytest.approx(-peak, rel=5e-3) if signed else 0)
     assert problems == []
 
 
@@ -444,9 +484,250 @@ def test_upload_errors_beside_the_control(browser, server):
     assert [p for p in problems if "status of 400" not in p] == []
 
 
+def test_point_map_cell_and_ranked_matches(browser, server):
+    page, problems = open_page(browser, server)
+    wait_stat(page, "explains", 1)
+    hover_and_wait(page, "#view-a", 0.3, 0.7)
+    e = page.evaluate("window.simexplain.state.pair.explanation")
+    a = page.evaluate("({cell: window.simexplain.pairViews.a.cell, "
+                      "cross: window.simexplain.pairViews.a.markers[0]})")
+    # the pointed cell is outlined: the grid cell of a that holds the point
+    rows, cols = e["a"]["grid"]
+    top, left, bottom, right = e["a"]["crop"]
+    row, col = a["cross"]["row"], a["cross"]["col"]
+    r = min(int((row - top) * rows / (bottom - top)), rows - 1)
+    c = min(int((col - left) * cols / (right - left)), cols - 1)
+    height, width = (bottom - top) / rows, (right - left) / cols
+    assert a["cell"] == pytest.approx([top + r * height, left + c * width,
+                                       top + (r + 1) * height, left + (c + 1) * width])
+    # on b: the three strongest cells of the drawn map, ringed and numbered 1, 2, 3 by rank
+    b = page.evaluate("({map: window.simexplain.pairViews.b.map, "
+                      "markers: window.simexplain.pairViews.b.markers})")
+    ranked = sorted(((v, i, j) for i, row_ in enumerate(b["map"]) for j, v in enumerate(row_)),
+                    reverse=True)[:3]
+    markers = b["markers"]
+    assert [m["label"] for m in markers] == ["1", "2", "3"]
+    assert [m["kind"] for m in markers] == ["ring"] * 3
+    assert [m["value"] for m in markers] == pytest.approx([v for v, _, _ in ranked], rel=1e-5)
+    rows_b, cols_b = e["b"]["grid"]
+    tb, lb, bb, rb = e["b"]["crop"]
+    for m, (_, i, j) in zip(markers, ranked):
+        if m["value"] > ranked[-1][0]:  # ties at the third place may come in either order
+            assert m["row"] == pytest.approx(tb + (i + 0.5) * (bb - tb) / rows_b)
+            assert m["col"] == pytest.approx(lb + (j + 0.5) * (rb - lb) / cols_b)
+    # the label says which map this is: the decomposition's, of the default kind
+    from simexplain.explanation import DEFAULT_POINT_MAP, point_map_label
+    info = page.inner_text("#pair-info")
+    assert f"point map: decomposition, {point_map_label(DEFAULT_POINT_MAP)}" in info
+    shoot(page, ARTIFACTS / "web-point-ranked.png")
+    # with a method that has no point maps, the point map is still the decomposition's, and
+    # the page says so
+    page.mouse.move(5, 5)
+    explains = stat(page, "explains")
+    page.select_option("#method", "gradcam")
+    wait_stat(page, "explains", explains + 1)
+    hover_and_wait(page, "#view-a", 0.3, 0.7)
+    info = page.inner_text("#pair-info")
+    assert "point map: decomposition" in info and "gradcam has no point maps" in info
+    assert "maps: gradcam" in info
+    assert problems == []
+
+
+DROP = """([selector, name, bytes]) => {
+  const transfer = new DataTransfer();
+  transfer.items.add(new File([new Uint8Array(bytes)], name, { type: "image/png" }));
+  const target = document.querySelector(selector);
+  for (const type of ["dragenter", "dragover", "drop"]) {
+    target.dispatchEvent(new DragEvent(type, { dataTransfer: transfer, bubbles: true,
+                                               cancelable: true }));
+  }
+}"""
+
+
+def test_drop_an_image_on_a_panel(browser, server, kit):
+    import io
+    page, problems = open_page(browser, server)
+    wait_stat(page, "explains", 1)
+    # a file that is no image: the error sits beside b's upload control and names the file
+    page.evaluate(DROP, ["#view-b", "scribble.png", list(b"no pixels here")])
+    page.wait_for_selector("#upload-error-b:not([hidden])")
+    message = page.inner_text("#upload-error-b")
+    assert "scribble.png" in message and "not an image" in message
+    assert not page.is_visible("#upload-error-a")
+    shoot(page, ARTIFACTS / "web-drop-error.png")
+    # an image dropped on a's panel is uploaded and explained against b
+    buffer = io.BytesIO()
+    kit.two_part(3, 1, size=72).save(buffer, format="PNG")
+    page.evaluate(DROP, ["#view-a", "dropped.png", list(buffer.getvalue())])
+    wait_stat(page, "explains", 2)
+    assert page.inner_text("#caption-a") == "dropped.png"
+    assert page.eval_on_selector("#pick-a", "s => s.value").startswith("u")
+    assert page.evaluate("window.simexplain.state.pair.explanation.a.image_size") == [72, 72]
+    assert [p for p in problems if "status of 400" not in p] == []
+
+
+def test_layout_and_keyboard(browser, server):
+    page, problems = open_page(browser, server)
+    wait_stat(page, "explains", 1)
+    # the pair view uses the width of a 1,400 px window: both panels side by side, each
+    # canvas (square images here) close to half the width
+    pair = page.locator("#pair-view .pair").bounding_box()
+    a, b = (page.locator(f"#view-{s}").bounding_box() for s in "ab")
+    assert pair["width"] >= VIEWPORT["width"] - 60
+    assert a["width"] >= 560 and b["width"] >= 560 and b["x"] > a["x"] + a["width"]
+    # narrow windows stack the panels, each within the window
+    page.set_viewport_size({"width": 700, "height": 1000})
+    page.wait_for_function("document.querySelector('#view-a').getBoundingClientRect().width"
+                           " <= 700")
+    a, b = (page.locator(f"#view-{s}").bounding_box() for s in "ab")
+    assert b["y"] >= a["y"] + a["height"] and a["width"] <= 700 and b["width"] <= 700
+    shoot(page, ARTIFACTS / "web-narrow.png")
+    page.set_viewport_size(VIEWPORT)
+
+    # every control is reached with Tab, in reading order, shows a focus ring and has a name
+    page.mouse.move(5, 5)
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+    order = []
+    for _ in range(25):
+        page.keyboard.press("Tab")
+        focused = page.evaluate("""() => { const e = document.activeElement;
+          const style = getComputedStyle(e.closest('label.upload') || e);
+          const name = e.getAttribute('aria-label') || (e.labels && e.labels.length &&
+            e.labels[0].textContent.trim()) || e.textContent.trim();
+          return e === document.body ? null : [e.id, style.outlineStyle, name]; }""")
+        if focused is None or focused[0] in [o[0] for o in order]:
+            break
+        order.append(focused)
+    ids = [o[0] for o in order]
+    expected = ["tab-pair", "model", "method", "size", "opacity", "signed", "download",
+                "pick-a", "upload-a", "view-a", "pick-b", "upload-b", "view-b"]
+    assert [i for i in ids if i in expected] == expected
+    for element, outline, name in order:
+        assert outline != "none", f"{element} shows no focus ring"
+        assert name, f"{element} has no accessible name"
+    # the arrow keys on a focused image give point maps, as the pointer does
+    page.focus("#view-a")
+    before = canvas_hash(page, "#view-b")
+    applied = stat(page, "pointApplied")
+    page.keyboard.press("ArrowUp")
+    wait_stat(page, "pointApplied", applied + 1)
+    assert canvas_hash(page, "#view-b") != before
+    shoot(page, ARTIFACTS / "web-keyboard.png")
+    page.keyboard.press("Escape")
+    page.wait_for_function("window.simexplain.stats.inFlight === 0")
+    assert problems == []
+
+
+# -- zoo models: their own sample pairs, identical methods, finer grids (real models) --------
+@pytest.fixture(scope="module")
+def zoo_server():
+    from simexplain import zoo
+    from simexplain.datasets import DatasetMissing
+    try:
+        zoo.entry("facenet").sample_pair(), zoo.entry("fmnist-gap").sample_pair()
+    except DatasetMissing as exc:
+        pytest.fail(f"the zoo's sample pairs are missing: {exc}", pytrace=False)
+    from simexplain.web import create_app
+    app = create_app(model="facenet", max_input_side=112)
+    with serve(app) as url:
+        yield url
+
+
+def test_models_open_on_their_own_pair(browser, zoo_server):
+    """`serve --model facenet` opens on two faces with maps drawn; another model picked in
+    the menu opens on its own pair (two sneakers for the Fashion-MNIST models)."""
+    from simexplain import zoo
+    page, problems = open_page(browser, zoo_server)
+    wait_stat(page, "explains", 1, timeout=120_000)
+    faces = [p.name for p in zoo.entry("facenet").sample_pair()]
+    assert [page.inner_text(f"#caption-{s}") for s in "ab"] == faces
+    e = page.evaluate("window.simexplain.state.pair.explanation")
+    assert e["model"] == "facenet" and e["a"]["crop"] != [0, 0, *e["a"]["image_size"]]
+    for side in "ab":  # maps drawn on both faces, with their scales
+        assert page.evaluate(f"window.simexplain.pairViews.{side}.map") is not None
+        assert page.is_visible(f"#scale-{side}") and not page.is_visible(f"#error-{side}")
+    shoot(page, ARTIFACTS / "web-facenet.png")
+    # the issue's own case: a photo without a face as image b names itself on b's panel
+    coffee = page.eval_on_selector_all("#pick-b option", "o => o.filter(x => x.textContent "
+                                       "=== 'coffee').map(x => x.value)")
+    with_map = canvas_hash(page, "#view-a")
+    page.select_option("#pick-b", coffee[0])
+    page.wait_for_selector("#error-b:not([hidden])", timeout=60_000)
+    message = page.inner_text("#error-b")
+    assert "coffee" in message and "no face found" in message
+    assert message.count("image b") == 1
+    assert not page.is_visible("#error-a") and "score" not in page.inner_text("#pair-info")
+    # no map stays drawn on a either: the plain photo
+    assert page.evaluate("window.simexplain.pairViews.a.map") is None
+    assert canvas_hash(page, "#view-a") != with_map
+    shoot(page, ARTIFACTS / "web-facenet-no-face.png")
+    page.select_option("#model", "fmnist-gap")
+    wait_stat(page, "explains", 2, timeout=120_000)
+    sneakers = [p.name for p in zoo.entry("fmnist-gap").sample_pair()]
+    assert [page.inner_text(f"#caption-{s}") for s in "ab"] == sneakers
+    assert page.evaluate("window.simexplain.state.pair.explanation.model") == "fmnist-gap"
+    assert not page.is_visible("#error-b")  # the new pair cleared the error
+    assert [p for p in problems if "status of 400" not in p] == []
+
+
+def test_identical_methods_and_finer_grid(browser, zoo_server):
+    page, problems = open_page(browser, zoo_server)
+    wait_stat(page, "explains", 1, timeout=120_000)
+    page.select_option("#model", "fmnist-gap")
+    wait_stat(page, "explains", 2, timeout=120_000)
+
+    # the note comes from the maps themselves: under the GAP head Grad-CAM and RGrad-CAM agree
+    def note():
+        page.wait_for_function("(e => window.simexplain.stats.identicalFor === "
+                               "`${e.explanation_id} ${e.method}`)"
+                               "(window.simexplain.state.pair.explanation)", timeout=60_000)
+        return page.inner_text("#method-note")
+    note()
+    page.select_option("#method", "gradcam")
+    wait_stat(page, "explains", 3, timeout=60_000)
+    text = note()
+    assert "identical to rgradcam for this model's head" in text
+    assert "positive part of relative" in text
+    e = page.evaluate("window.simexplain.state.pair.explanation")
+    import numpy as np
+    import torch
+
+    from simexplain import zoo
+    from simexplain.methods import get_method
+    a, b = zoo.entry("fmnist-gap").sample_pair()
+    rg = get_method("rgradcam").attribute(zoo.load("fmnist-gap"), a, b)
+    assert np.allclose(e["a"]["overall"], rg[0].numpy(), rtol=1e-3, atol=1e-6)
+    shoot(page, ARTIFACTS / "web-identical.png")
+    # under max pooling (fmnist-gmp) they differ, and the page does not claim otherwise
+    explains = stat(page, "explains")
+    page.select_option("#model", "fmnist-gmp")
+    wait_stat(page, "explains", explains + 1, timeout=60_000)
+    assert "rgradcam" not in note()
+    gmp = zoo.load("fmnist-gmp")
+    g, r = (get_method(m).attribute(gmp, a, b)[0] for m in ("gradcam", "rgradcam"))
+    assert not torch.allclose(g, r, rtol=1e-3, atol=1e-6)
+
+    # a finer grid: the input size menu offers larger inputs up to the server's limit
+    sizes = page.eval_on_selector_all("#size option", "o => o.map(x => Number(x.value))")
+    assert sizes[0] == 28 and max(sizes) <= 112 and 56 in sizes
+    assert page.inner_text("#grid-info") == "grid 7x7"
+    explains = stat(page, "explains")
+    page.select_option("#size", "56")
+    wait_stat(page, "explains", explains + 1, timeout=60_000)
+    e = page.evaluate("window.simexplain.state.pair.explanation")
+    assert e["a"]["grid"] == [14, 14] and e["size"] == 56
+    assert page.inner_text("#grid-info") == "grid 14x14"
+    hover_and_wait(page, "#view-a", 0.5, 0.5)
+    assert len(page.evaluate("window.simexplain.pairViews.b.map")) == 14
+    shoot(page, ARTIFACTS / "web-finer-grid.png")
+    assert stat(page, "errors") == 0, stat(page, "lastError")
+    assert problems == []
+
+
 # -- README screenshots (real model) ----------------------------------------------------------
 def docs_screenshots(out: Path = ROOT / "docs" / "img") -> None:
-    """docs/img/web-pair.png and web-gallery.png: efficientnet-lite0, scikit-image photos."""
+    """docs/img/web-pair.png, web-faces.png and web-gallery.png: efficientnet-lite0 on
+    scikit-image's photos (the pair at input size 448), and facenet on its own sample pair."""
     import tempfile
 
     from PIL import ImageOps
@@ -474,13 +755,11 @@ def docs_screenshots(out: Path = ROOT / "docs" / "img") -> None:
     app = create_app(explainer=explainer, index=work / "index", samples=samples)
     out.mkdir(parents=True, exist_ok=True)
     with chromium() as b, serve(app) as url:
-        page, _ = open_page(b, url)
+        page, _ = open_page(b, url)  # opens on the model's own pair: the motorcycles
         wait_stat(page, "explains", 1, timeout=120_000)
-        page.select_option("#pick-a", "s3")
-        wait_stat(page, "explains", 2, timeout=120_000)
-        page.select_option("#pick-b", "s4")
-        wait_stat(page, "explains", 3, timeout=120_000)
-        hover_and_wait(page, "#view-a", 0.33, 0.7)  # the headlight
+        page.select_option("#size", "448")
+        wait_stat(page, "explains", 2, timeout=300_000)
+        hover_and_wait(page, "#view-a", 0.27, 0.71)  # the headlight
         shoot(page, out / "web-pair.png")
 
         page, _ = open_page(b, url + "/#gallery")
@@ -495,12 +774,20 @@ def docs_screenshots(out: Path = ROOT / "docs" / "img") -> None:
         wait_stat(page, "searches", 3, timeout=120_000)
         hover_and_wait(page, "#view-query", 0.25, 0.45)
         shoot(page, out / "web-gallery.png")
+    with chromium() as b, serve(create_app(model="facenet")) as url:
+        page, _ = open_page(b, url)  # opens on two photos of one face
+        wait_stat(page, "explains", 1, timeout=120_000)
+        page.select_option("#size", "320")  # a 8x8 grid rather than 3x3
+        wait_stat(page, "explains", 2, timeout=300_000)
+        hover_and_wait(page, "#view-a", 0.19, 0.6)  # an eye
+        shoot(page, out / "web-faces.png")
     from PIL import Image
-    for name in ("web-pair.png", "web-gallery.png"):  # 256 colours: a third of the bytes
+    names = ("web-pair.png", "web-faces.png", "web-gallery.png")
+    for name in names:  # 256 colours: a third of the bytes
         with Image.open(out / name) as shot:
             small = shot.convert("RGB").quantize(256)
         small.save(out / name, optimize=True)
-    print(f"wrote {out / 'web-pair.png'} and {out / 'web-gallery.png'}")
+    print("wrote " + ", ".join(str(out / name) for name in names))
 
 
 if __name__ == "__main__":

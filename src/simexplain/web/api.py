@@ -28,10 +28,10 @@ from ..methods import method_class
 from .engine import METHODS, Engine, Explained, GridMap, Prepared, SearchResult
 from .errors import megabytes, status_of
 from .middleware import LOCAL_HOSTS, BodyLimit, HostCheck, ServerTiming
-from .schemas import (ERRORS, ErrorBody, ExplainRequest, ExplainResponse, Health, ImageInfo,
-                      ImageList, MapResponse, ModelsResponse, PointRequest, RegionRequest,
-                      RegionResponse, SearchPointRequest, SearchPointResponse, SearchRequest,
-                      SearchResponse)
+from .schemas import (ERRORS, ErrorBody, ExplainRequest, ExplainResponse, Health,
+                      IdenticalRequest, IdenticalResponse, ImageInfo, ImageList, MapResponse,
+                      ModelsResponse, PointRequest, RegionRequest, RegionResponse,
+                      SearchPointRequest, SearchPointResponse, SearchRequest, SearchResponse)
 from .store import ImageRecord, clean_name
 
 STATIC = Path(__file__).parent / "static"
@@ -55,16 +55,42 @@ def peak(grid_map: torch.Tensor, frame: Frame) -> dict:
     return {"row": row, "col": col, "cell": [r, c], "value": float(grid_map[r, c])}
 
 
-def map_json(result: GridMap) -> dict:
-    """A point or region map; with its kind and label, or the explicit "no map" answer."""
+TOP_MATCHES = 3  # the matches ringed (numbered) on a point or region map
+
+
+def top_cells(grid_map: torch.Tensor, frame: Frame, k: int = TOP_MATCHES) -> list[dict]:
+    """The k largest cells of a map, largest first, at their centres in the photo's pixels."""
+    values = grid_map.double().flatten()
+    centres = frame.cell_centres(tuple(grid_map.shape))
+    order = torch.argsort(values, descending=True)[:k].tolist()
+    cols = grid_map.shape[1]
+    return [{"row": float(centres[i][0]), "col": float(centres[i][1]),
+             "cell": list(divmod(i, cols)), "value": float(values[i])} for i in order]
+
+
+def query_cell(frame: Frame, grid: Sequence[int], point: Sequence[float]) -> list[float]:
+    """[top, left, bottom, right] in pixels of the grid cell under a pointed pixel."""
+    top, left, bottom, right = frame.box
+    rows, cols = int(grid[0]), int(grid[1])
+    r = min(max(int((point[0] - top) * rows / (bottom - top)), 0), rows - 1)
+    c = min(max(int((point[1] - left) * cols / (right - left)), 0), cols - 1)
+    return [float(v) for v in frame.cell_boxes((rows, cols))[r * cols + c]]
+
+
+def map_json(result: GridMap, top: bool = False) -> dict:
+    """A point or region map; with its kind and label, or the explicit "no map" answer; `top`:
+    with its few strongest cells (the pair view rings them; gallery thumbnails ring only the
+    maximum, so a pointer move over many results skips them)."""
     out = {"side": result.side}
     if result.kind is not None:
         out.update(kind=result.kind, label=point_map_label(result.kind),
                    no_map=result.no_map is not None)
     if result.no_map is not None:
-        return {**out, "grid": None, "map": None, "argmax": None, "message": result.no_map}
+        return {**out, "grid": None, "map": None, "argmax": None, "top": None,
+                "message": result.no_map}
     return {**out, "grid": list(result.values.shape), "map": grid_list(result.values),
-            "argmax": peak(result.values, result.frame)}
+            "argmax": peak(result.values, result.frame),
+            "top": top_cells(result.values, result.frame) if top else None}
 
 
 def image_json(record: ImageRecord) -> dict:
@@ -84,7 +110,7 @@ def _placement(frame: Frame) -> dict:
     return {"crop": [int(v) for v in frame.box], "input_size": list(frame.input_size)}
 
 
-def explain_json(result: Explained) -> dict:
+def explain_json(result: Explained, input_side: int | None) -> dict:
     record, pair = result.record, result.record.pair
     sides = {}
     for name, prepared, grid_map in (("a", record.a, result.map_a),
@@ -92,8 +118,10 @@ def explain_json(result: Explained) -> dict:
         sides[name] = {**prepared_json(prepared), "overall": grid_list(grid_map),
                        "overall_peak": peak(grid_map, prepared.side.frame)}
     return {"explanation_id": record.id, "model": record.model, "method": result.method,
-            "similarity": pair.similarity.name, "score": pair.score, "residual": pair.residual,
-            "signed": method_class(result.method).signed, **sides}
+            "size": record.size or input_side, "similarity": pair.similarity.name,
+            "score": pair.score, "residual": pair.residual,
+            "signed": method_class(result.method).signed,
+            "point_maps": method_class(result.method).point_maps, **sides}
 
 
 def search_json(result: SearchResult) -> dict:
@@ -181,6 +209,7 @@ def build_app(engine: Engine, title: str = "simexplain",
     def models():
         return {"default": engine.default_model, "models": engine.model_infos(),
                 "methods": list(METHODS), "index": engine.index_info(),
+                "max_input_side": engine.max_input_side,
                 "upload_limit_bytes": engine.max_upload_bytes, "pixel_limit": engine.max_pixels}
 
     # -- images --------------------------------------------------------------------------------
@@ -229,8 +258,20 @@ def build_app(engine: Engine, title: str = "simexplain",
         """Computes (or takes from the cache) both images' per-position contributions and
         returns the score, the residual and both overall maps of `method`. The
         `explanation_id` keys the cached decomposition for point and region maps."""
-        return explain_json(engine.explain(request.a, request.b, request.method,
-                                           request.model))
+        model = request.model or engine.default_model
+        return explain_json(engine.explain(request.a, request.b, request.method, model,
+                                           request.size), engine.input_side(model))
+
+    @app.post("/api/identical", response_model=IdenticalResponse, tags=["pairs"],
+              summary="which methods give the same maps on this pair (for this model's head)",
+              responses=ERRORS)
+    def identical(request: IdenticalRequest):
+        """Computes every method's maps for the cached pair (occlusion only once computed)
+        and compares them: e.g. Grad-CAM equals RGrad-CAM under a global-average-pooling
+        head, and Grad-CAM is the positive part of the relative map there."""
+        relations, compared = engine.identical(request.explanation_id)
+        return {"explanation_id": request.explanation_id, "compared": compared,
+                "methods": relations}
 
     @app.post("/api/point", response_model=MapResponse, tags=["pairs"],
               summary="point-specific map: a pixel of one image -> a map over the other",
@@ -238,14 +279,18 @@ def build_app(engine: Engine, title: str = "simexplain",
     def point(request: PointRequest):
         """One small product (bilinear point weights times the cached decomposition)."""
         result = engine.point(request.explanation_id, request.side, request.row, request.col)
-        return {**map_json(result), "seq": request.seq}
+        pointed = engine.record(request.explanation_id)
+        pointed = pointed.a if request.side == "a" else pointed.b
+        return {**map_json(result, top=True), "seq": request.seq,
+                "query_cell": query_cell(pointed.side.frame, pointed.side.grid,
+                                         (request.row, request.col))}
 
     @app.post("/api/region", response_model=RegionResponse, tags=["pairs"],
               summary="region map: a box on one image -> a map over the other",
               responses=ERRORS)
     def region(request: RegionRequest):
         result, partial = engine.region(request.explanation_id, request.side, request.box)
-        return {**map_json(result), "partial_score": partial, "seq": request.seq}
+        return {**map_json(result, top=True), "partial_score": partial, "seq": request.seq}
 
     # -- gallery -------------------------------------------------------------------------------
     @app.post("/api/search", response_model=SearchResponse, tags=["gallery"],

@@ -19,6 +19,7 @@ from ..errors import SimexplainError
 from ..images import MAX_PIXELS
 from ..similarity import names as similarity_names
 from .middleware import LOCAL_HOSTS
+from .engine import MAX_INPUT_SIDE
 from .store import MAX_UPLOAD_BYTES
 
 DEFAULT_HOST = "127.0.0.1"
@@ -28,7 +29,8 @@ DEFAULT_PORT = 8000
 def create_app(model: str | None = None, index=None, explainer=None,
                samples: Sequence | None = None, models: Sequence[str] | None = None,
                max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS,
-               allowed_hosts: Sequence[str] = LOCAL_HOSTS, **cache_limits):
+               allowed_hosts: Sequence[str] = LOCAL_HOSTS,
+               max_input_side: int = MAX_INPUT_SIDE, **cache_limits):
     """The web application.
 
     model: zoo name (or a label for `explainer`); default: the index's model, else
@@ -39,6 +41,8 @@ def create_app(model: str | None = None, index=None, explainer=None,
         default: scikit-image's bundled photos when installed.
     models: names offered in the model menu (default: the zoo, or only `explainer`).
     max_upload_bytes, max_pixels: upload limits (413 above them).
+    max_input_side: the largest model input size (short side, pixels) the page may ask for
+        (a finer grid costs compute; 400 above it).
     allowed_hosts: the host names the server answers to (the Host header; ports ignored):
         default localhost, 127.0.0.1 and ::1; "*" answers to any (no DNS-rebinding guard).
     cache_limits: max_explanations, max_searches, max_sides, max_side_memory, max_models,
@@ -53,7 +57,7 @@ def create_app(model: str | None = None, index=None, explainer=None,
     from .engine import Engine
     engine = Engine(explainer=explainer, model=model, index=index, samples=samples,
                     models=models, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
-                    **cache_limits)
+                    max_input_side=max_input_side, **cache_limits)
     return build_app(engine, allowed_hosts=allowed_hosts)
 
 
@@ -83,6 +87,9 @@ def add_cli(subparsers) -> None:
                             "other Host headers get 400, which stops DNS rebinding)")
     serve.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_BYTES / 2**20,
                        help="largest accepted upload (default 10)")
+    serve.add_argument("--max-size", type=int, default=MAX_INPUT_SIDE, metavar="PIXELS",
+                       help="largest input size the page may pick for a finer grid (short "
+                            f"side; default {MAX_INPUT_SIDE})")
     serve.set_defaults(run=cmd_serve)
 
 
@@ -131,6 +138,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     samples = _sample_paths(args.samples) if args.samples else None
     app = create_app(model=args.model, index=args.index, explainer=explainer, samples=samples,
                      models=models, max_upload_bytes=int(args.max_upload_mb * 2**20),
+                     max_input_side=args.max_size,
                      allowed_hosts=served_hosts(args.host, args.allowed_host))
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"simexplain: warning: serving on {args.host}: anyone who can reach this "

@@ -37,6 +37,12 @@ from .store import (MAX_UPLOAD_BYTES, STORED_SIDE, UPLOAD_MEMORY, ImageStore, Pi
 
 # the methods the page offers: every registered one but the random baseline
 METHODS = tuple(explanation_methods())  # the registry's, without controls (random)
+# the largest model input side the page may ask for (`--size` in the page): compute and the
+# P x Q pair grow with its square
+MAX_INPUT_SIDE = 640
+MIN_INPUT_SIDE = 16
+# two maps are "identical" when they differ by less than this fraction of their peak
+SAME_MAP_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -77,6 +83,7 @@ class Prepared:
 class ExplanationRecord:
     id: str
     model: str
+    size: int | None  # the model's input size (short side) asked for; None: its own
     a: Prepared
     b: Prepared
     pair: PairExplanation
@@ -128,9 +135,11 @@ class Engine:
                  max_explanations: int = 64, max_searches: int = 32, max_sides: int = 256,
                  max_side_memory: int = 256 * 2**20, max_models: int = 3,
                  upload_side: int = STORED_SIDE, max_upload_memory: int = UPLOAD_MEMORY,
-                 decode_budget: PixelBudget | None = None):
+                 decode_budget: PixelBudget | None = None,
+                 max_input_side: int = MAX_INPUT_SIDE):
         from .. import zoo
         self.max_upload_bytes = max_upload_bytes
+        self.max_input_side = max_input_side
         self.max_pixels = max_pixels
         self._compute = threading.RLock()  # one model computation at a time
         self._load_lock = threading.Lock()
@@ -170,10 +179,30 @@ class Engine:
             cost=lambda p: p.side.contributions.numel() * p.side.contributions.element_size())
         self.explanations: LRU[ExplanationRecord] = LRU(max_explanations)
         self.searches: LRU[SearchRecord] = LRU(max_searches)
+        self.sample_pairs = self._sample_pairs()
+
+    def _sample_pairs(self) -> dict[str, tuple[str, str]]:
+        """Each zoo model's own sample pair (faces for face models, ...) as two sample ids:
+        the pair the page opens on when that model is picked."""
+        from .. import zoo
+        pairs = {}
+        for name in self.models:
+            if not _is_zoo(name):
+                continue
+            try:
+                paths = zoo.entry(name).sample_pair()
+            except (SimexplainError, OSError):  # data not fetched (or not writable) here:
+                continue  # the page opens that model on the current pair
+            pairs[name] = tuple(self.images.add_sample_file(p).id for p in paths)
+        return pairs
 
     # -- models --------------------------------------------------------------------------------
-    def explainer(self, name: str | None = None):
+    def explainer(self, name: str | None = None, size: int | None = None):
+        """The model `name` (default: the server's), at input size `size` (the short side in
+        pixels, as `--size`; None: the model's own)."""
         name = name or self.default_model
+        if size is not None:
+            return self._resized(name, size)
         if name in self.pinned:
             return self.pinned[name]
         if name not in self.models:
@@ -188,12 +217,42 @@ class Engine:
                 found = self.explainers.put(name, resolve(name))
         return found
 
+    def _resized(self, name: str, size: int):
+        if not isinstance(size, int) or not MIN_INPUT_SIDE <= size <= self.max_input_side:
+            raise WebError(f"input size {size!r} px is outside what this server computes "
+                           f"({MIN_INPUT_SIDE} to {self.max_input_side} px on the short side)")
+        base = self.explainer(name)
+        if size == self.input_side(name):
+            return base
+        key = f"{name}\0{size}"
+        found = self.explainers.get(key)
+        if found is None:
+            with self._load_lock:
+                found = self.explainers.get(key) or self.explainers.put(key,
+                                                                        base.resized(size))
+        return found
+
+    def input_side(self, name: str) -> int | None:
+        """The model's own input size: the short side in pixels (None: not a Preprocess)."""
+        from ..images import Preprocess
+        loaded = self.pinned.get(name) or self.explainers.get(name)
+        if loaded is not None:
+            transform = loaded.transform_a
+        elif _is_zoo(name):
+            from .. import zoo
+            transform = zoo.entry(name).preprocess
+        else:
+            return None
+        return int(min(transform.size)) if isinstance(transform, Preprocess) else None
+
     def model_infos(self) -> list[dict]:
-        """name, loaded, similarity and description of each model offered."""
+        """name, loaded, similarity, description, input size and sample pair of each model
+        offered."""
         infos = []
         for name in self.models:
             info = {"name": name, "loaded": name in self.pinned or name in self.explainers,
-                    "similarity": None, "description": None}
+                    "similarity": None, "description": None, "input_size": self.input_side(name),
+                    "sample_pair": list(self.sample_pairs.get(name, ())) or None}
             loaded = self.pinned.get(name) or self.explainers.get(name)
             if loaded is not None:
                 info["similarity"] = loaded.similarity.name
@@ -215,13 +274,14 @@ class Engine:
                 "layer": explainer.stream_a.layer_name}
 
     # -- contributions -------------------------------------------------------------------------
-    def prepared(self, model: str, image_ids: Sequence[str], which: str) -> list[Prepared]:
+    def prepared(self, model: str, image_ids: Sequence[str], which: str,
+                 size: int | None = None) -> list[Prepared]:
         """Contributions of images on one side, from the cache or computed in batches."""
-        explainer = self.explainer(model)
+        explainer = self.explainer(model, size)
         found: dict[str, Prepared] = {}
         missing: list[tuple[str, Image.Image]] = []
         for image_id in dict.fromkeys(image_ids):
-            cached = self.sides.get((model, image_id, which))
+            cached = self.sides.get((model, size, image_id, which))
             if cached is not None:
                 found[image_id] = cached
                 continue
@@ -238,16 +298,16 @@ class Engine:
                             contributions=_float64(side.contributions),
                             embedding=_float64(side.embedding), frame=side.frame,
                             projected=_float64(side.projected))
-                found[image_id] = self.sides.put((model, image_id, which),
+                found[image_id] = self.sides.put((model, size, image_id, which),
                                                  Prepared(image_id, image_id, side))
         return [found[i] for i in image_ids]
 
     def _prepare_one(self, model: str, image_id: str, which: str,
-                     side_name: str | None = None) -> Prepared:
+                     side_name: str | None = None, size: int | None = None) -> Prepared:
         """One image's contributions; an image the model cannot take (no face found, ...)
         raises ImageFailed naming it."""
         try:
-            return self.prepared(model, [image_id], which)[0]
+            return self.prepared(model, [image_id], which, size)[0]
         except (NotFound, Busy):
             raise
         except SimexplainError as exc:
@@ -256,31 +316,62 @@ class Engine:
 
     # -- pairs ---------------------------------------------------------------------------------
     def explain(self, a: str, b: str, method: str = "decomposition",
-                model: str | None = None) -> Explained:
+                model: str | None = None, size: int | None = None) -> Explained:
+        """The pair's decomposition (cached) and `method`'s overall maps; `size`: the model's
+        input size in pixels (short side; None: the model's own)."""
         model = model or self.default_model
         if method not in METHODS:
             raise WebError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        explainer = self.explainer(model)
+        self.explainer(model)  # 404 for an unknown model before the size is looked at
+        if size is not None and size == self.input_side(model):
+            size = None  # the model's own size: one cache entry, not two
+        explainer = self.explainer(model, size)
         self.images.record(a), self.images.record(b)  # 404 before any work
-        key = hashlib.sha256(f"{model}\0{a}\0{b}".encode()).hexdigest()[:20]
+        key = hashlib.sha256(f"{model}\0{size}\0{a}\0{b}".encode()).hexdigest()[:20]
         record = self.explanations.get(key)
         if record is None:
-            side_a = self._prepare_one(model, a, "a")
-            side_b = self._prepare_one(model, b, "b")
+            side_a = self._prepare_one(model, a, "a", size=size)
+            side_b = self._prepare_one(model, b, "b", size=size)
             pair = PairExplanation.from_sides(side_a.side, side_b.side, explainer.similarity)
-            record = self.explanations.put(key, ExplanationRecord(key, model, side_a, side_b,
-                                                                  pair))
-        pair = record.pair
+            record = self.explanations.put(key, ExplanationRecord(key, model, size, side_a,
+                                                                  side_b, pair))
+        map_a, map_b = self._method_maps(record, method)
+        return Explained(record, method, torch.as_tensor(map_a), torch.as_tensor(map_b))
+
+    def _method_maps(self, record: ExplanationRecord, method: str):
+        """Overall maps of `method` for a cached pair (computed once per pair and method)."""
         decomposed = method_class(method)
         if issubclass(decomposed, Decomposition):  # its maps come from the cached pair
-            map_a, map_b = decomposed().pick(pair)
-        else:
-            if method not in record.method_maps:
-                with self._compute:
-                    record.method_maps[method] = explainer.saliency(
-                        record.a.side.image, record.b.side.image, method)
-            map_a, map_b = record.method_maps[method]
-        return Explained(record, method, torch.as_tensor(map_a), torch.as_tensor(map_b))
+            return decomposed().pick(record.pair)
+        if method not in record.method_maps:
+            explainer = self.explainer(record.model, record.size)
+            with self._compute:
+                record.method_maps[method] = explainer.saliency(
+                    record.a.side.image, record.b.side.image, method)
+        return record.method_maps[method]
+
+    def identical(self, explanation_id: str) -> tuple[dict[str, list[dict]], list[str]]:
+        """Which methods give the same maps on this pair, decided by computing them: for each
+        method, the others whose maps equal its own ("identical") or whose positive part it
+        is ("positive part", a ReLU'd map against a signed one), e.g. Grad-CAM and RGrad-CAM
+        under a global-average-pooling head. Methods with a forward pass per feature cell
+        (occlusion) are compared only once computed; returns (relations, methods compared)."""
+        record = self.record(explanation_id)
+        compared = [m for m in METHODS if not method_class(m).per_cell_cost
+                    or m in record.method_maps]
+        found = {m: [torch.as_tensor(v).double() for v in self._method_maps(record, m)]
+                 for m in compared}
+        relations: dict[str, list[dict]] = {m: [] for m in compared}
+        for m in compared:
+            for other in compared:
+                if other == m:
+                    continue
+                if _same_maps(found[m], found[other]):
+                    relations[m].append({"method": other, "relation": "identical"})
+                elif (not method_class(m).signed and method_class(other).signed and
+                      _same_maps(found[m], [torch.relu(v) for v in found[other]])):
+                    relations[m].append({"method": other, "relation": "positive part"})
+        return relations, compared
 
     def record(self, explanation_id: str) -> ExplanationRecord:
         record = self.explanations.get(explanation_id)
@@ -356,6 +447,17 @@ class Engine:
                                    no_map=str(exc))
             out.append((prepared.image_id, grid_map))
         return out
+
+
+def _same_maps(maps: Sequence[torch.Tensor], others: Sequence[torch.Tensor]) -> bool:
+    """Both sides' maps equal within SAME_MAP_TOLERANCE of their peak (and not all zero)."""
+    for x, y in zip(maps, others):
+        if x.shape != y.shape:
+            return False
+        peak = float(torch.maximum(x.abs().max(), y.abs().max()))
+        if peak == 0 or float((x - y).abs().max()) > SAME_MAP_TOLERANCE * peak:
+            return False
+    return True
 
 
 def _other(side: str) -> str:

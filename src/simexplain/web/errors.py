@@ -30,6 +30,7 @@ class ImageFailed(WebError):
     which side it is on, so that the page shows the error on that image's panel."""
 
     def __init__(self, side: str, image_id: str, name: str, reason: str):
+        reason = reason.removeprefix(f"image {side}: ")  # named once, with its file name
         super().__init__(f"image {side} ({name}): {reason}")
         self.fields = {"side": side, "image": image_id}
 

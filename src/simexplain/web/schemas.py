@@ -53,6 +53,11 @@ class ModelInfo(BaseModel):
     loaded: bool
     similarity: Optional[str] = None
     description: Optional[str] = None
+    input_size: Optional[int] = Field(default=None, description="the model's own input size "
+                                      "(short side, pixels); null when it cannot change")
+    sample_pair: Optional[list[str]] = Field(default=None, description="ids of two sample "
+                                             "images that suit the model (the page opens "
+                                             "on them)")
 
 
 class IndexInfo(BaseModel):
@@ -69,6 +74,7 @@ class ModelsResponse(BaseModel):
     index: Optional[IndexInfo] = None
     upload_limit_bytes: int = Field(description="largest accepted upload file")
     pixel_limit: int = Field(description="largest accepted image, in pixels")
+    max_input_side: int = Field(description="largest input size `size` may ask for")
 
 
 class Health(BaseModel):
@@ -89,9 +95,13 @@ class ExplainRequest(BaseModel):
     b: ImageId
     method: Method = Field(default="decomposition",
                            description="which overall maps to return; point and region maps "
-                                       "always come from the decomposition")
+                                       "always come from the decomposition (`point_maps` says "
+                                       "whether the method has its own)")
     model: Optional[str] = Field(default=None, max_length=200,
                                  description="a name from /api/models (default: the server's)")
+    size: Optional[int] = Field(default=None, description="the model's input size in pixels "
+                                "(short side, as `--size`; a larger input gives a finer grid), "
+                                "at most /api/models' max_input_side; null: the model's own")
 
 
 class ExplainedSide(BaseModel):
@@ -119,8 +129,29 @@ class ExplainResponse(BaseModel):
     residual: float = Field(description="|sum of the decomposition - score| (float error for "
                             "exact heads)")
     signed: bool = Field(description="true when the maps are signed (decomposition, relative)")
+    point_maps: bool = Field(description="false when the method has no point maps of its own "
+                             "(point and region maps then come from the decomposition)")
+    size: Optional[int] = Field(default=None, description="the input size used (short side, "
+                                "pixels)")
     a: ExplainedSide
     b: ExplainedSide
+
+
+class IdenticalRequest(BaseModel):
+    explanation_id: Token
+
+
+class Relation(BaseModel):
+    method: str
+    relation: Literal["identical", "positive part"] = Field(
+        description="identical maps, or this method's map is the other's positive part")
+
+
+class IdenticalResponse(BaseModel):
+    explanation_id: str
+    compared: list[str] = Field(description="the methods computed and compared")
+    methods: dict[str, list[Relation]] = Field(description="for each method compared, the "
+                                               "others that give the same maps on this pair")
 
 
 class PointRequest(BaseModel):
@@ -136,6 +167,12 @@ class MapResponse(BaseModel):
     grid: Optional[list[int]] = Field(description="null when no_map")
     map: Optional[Grid] = Field(description="null when no_map")
     argmax: Optional[Peak] = Field(description="null when no_map")
+    top: Optional[list[Peak]] = Field(default=None, description="point and region maps of a "
+                                      "pair: the few largest cells, largest first (ringed 1, "
+                                      "2, 3 in the page); null in search results")
+    query_cell: Optional[list[float]] = Field(default=None, description="point maps: [top, "
+                                              "left, bottom, right] in pixels of the pointed "
+                                              "cell")
     kind: str = Field(description="the point-map kind shown (the default, see README)")
     label: str = Field(description="what the map shows, for display")
     no_map: bool = Field(default=False, description="true where the point or region carries "

@@ -222,6 +222,17 @@ class ImageStore:
                            "time: upload it again)")
         return found
 
+    def add_sample_file(self, path: str | Path) -> ImageRecord:
+        """A sample read from its file when first used (a zoo model's sample pair); a sample
+        of the same name (with or without its suffix) is reused rather than added twice."""
+        path = Path(path)
+        for record in self.samples:
+            if record.path == path or record.name in (path.name, path.stem):
+                return record
+        record = ImageRecord(f"s{len(self.samples)}", path.name, "sample", path=path)
+        self.samples.append(record)
+        return record
+
     def pixels(self, image_id: str) -> Image.Image:
         """The image as RGB: uploads as stored (downscaled), gallery files as they are."""
         record = self.record(image_id)

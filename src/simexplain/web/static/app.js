@@ -15,6 +15,8 @@ const state = {
   models: null,
   model: null,
   method: "decomposition",
+  size: null, // the model's input size (short side, pixels); null: the model's own
+  identical: {}, // explanation id -> /api/identical's answer
   alpha: 0.55,
   signed: true,
   view: "pair",
@@ -25,6 +27,7 @@ const state = {
 const stats = {
   pointRequests: 0, pointApplied: 0, inFlight: 0, maxInFlight: 0, superseded: 0,
   stale: 0, explains: 0, searches: 0, errors: 0, lastError: null,
+  identicalFor: null, // "explanation_id method" of the identical-method note shown
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -179,11 +182,13 @@ function axis(n, cells) {
 }
 
 class MapView {
+  // bounds: [maxWidth, maxHeight] of the canvas, or a function giving them (panels that
+  // follow the window's width)
   constructor(canvas, maxWidth, maxHeight) {
     this.canvas = canvas;
     this.ctx = canvas.getContext("2d", { willReadFrequently: true });
-    this.maxWidth = maxWidth;
-    this.maxHeight = maxHeight;
+    this.bounds = typeof maxWidth === "function" ? maxWidth : () => [maxWidth, maxHeight];
+    this.cell = null; // the pointed cell's box, outlined
     this.image = null;
     this.imageSize = null; // [height, width] of the photo: points and boxes use its pixels
     this.crop = null; // [top, left, bottom, right] of the photo that the model saw
@@ -209,21 +214,33 @@ class MapView {
     this.image = image;
     this.imageSize = imageSize;
     this.crop = crop || (imageSize ? [0, 0, imageSize[0], imageSize[1]] : null);
-    const scale = Math.min(this.maxWidth / image.naturalWidth, this.maxHeight / image.naturalHeight);
+    this.layout(true);
+    return true;
+  }
+
+  // the canvas sized to the image within the bounds, and the image drawn on it (again only
+  // when its size changed, unless `redraw`: a new image)
+  layout(redraw = false) {
+    const image = this.image;
+    if (!image) return;
+    const [maxWidth, maxHeight] = this.bounds();
+    const scale = Math.min(maxWidth / image.naturalWidth, maxHeight / image.naturalHeight);
     const width = Math.max(1, Math.round(image.naturalWidth * scale));
     const height = Math.max(1, Math.round(image.naturalHeight * scale));
+    if (!redraw && this.base && this.canvas.width === width && this.canvas.height === height) {
+      return;
+    }
     this.canvas.width = width;
     this.canvas.height = height;
     this.ctx.drawImage(image, 0, 0, width, height);
     this.base = this.ctx.getImageData(0, 0, width, height);
     this.overlay = null;
     this.render();
-    return true;
   }
 
   // an image alone, without a map and without pointer gestures (after an error)
   async showPlain(url) {
-    this.map = null; this.markers = []; this.box = null; this.overlay = null;
+    this.map = null; this.markers = []; this.box = null; this.overlay = null; this.cell = null;
     try {
       await this.setImage(url, null);
     } catch (_) {
@@ -246,16 +263,20 @@ class MapView {
     if (!this.map) return out;
     const rows = this.map.length; const cols = this.map[0].length;
     const flat = new Float64Array(rows * cols);
-    let peak = 0;
+    let low = 0;
     for (let r = 0; r < rows; r++) {
       for (let c = 0; c < cols; c++) {
-        const v = this.map[r][c];
-        flat[r * cols + c] = v;
-        peak = Math.max(peak, state.signed ? Math.abs(v) : v);
+        flat[r * cols + c] = this.map[r][c];
+        low = Math.min(low, this.map[r][c]);
       }
     }
+    // the signed view only for maps with negative values: an all-positive map (Grad-CAM, a
+    // match map with nothing against) reads better on the positive ramp than as a pale red
+    const signed = state.signed && low < 0;
+    let peak = 0;
+    for (const v of flat) peak = Math.max(peak, signed ? Math.abs(v) : v);
     // the colour scale in the map's own values (signed: -peak..peak; else 0..peak)
-    this.range = { lo: state.signed ? -peak : 0, hi: peak, signed: state.signed };
+    this.range = { lo: signed ? -peak : 0, hi: peak, signed };
     // the map covers the part of the photo the model saw (all of it, or the face crop)
     const top = Math.round(this.crop[0] * this.scale(0));
     const left = Math.round(this.crop[1] * this.scale(1));
@@ -263,7 +284,7 @@ class MapView {
     const right = Math.min(width, Math.max(left + 1, Math.round(this.crop[3] * this.scale(1))));
     const ys = axis(bottom - top, rows); const xs = axis(right - left, cols);
     const data = out.data;
-    const alpha = state.alpha; const signed = state.signed;
+    const alpha = state.alpha;
     const table = signed ? DIVERGING : JET;
     for (let y = top; y < bottom; y++) {
       const r0 = ys.i0[y - top] * cols; const r1 = ys.i1[y - top] * cols;
@@ -350,9 +371,19 @@ class MapView {
       ctx.lineWidth = 1.5; ctx.strokeStyle = "#ffeb3b";
       ctx.strokeRect(l, t, r - l, b - t);
     }
-    for (const marker of this.markers) {
+    if (this.cell) { // the pointed cell: what the point map is of
+      const [t, l, b, r] = this.cell.map((v, i) => v * this.scale(i % 2 === 0 ? 0 : 1));
+      ctx.setLineDash([5, 4]);
+      ctx.lineWidth = 3; ctx.strokeStyle = "rgba(0,0,0,0.8)";
+      ctx.strokeRect(l, t, r - l, b - t);
+      ctx.lineWidth = 1.5; ctx.strokeStyle = "#fff";
+      ctx.strokeRect(l, t, r - l, b - t);
+      ctx.setLineDash([]);
+    }
+    const radius = Math.max(5, Math.min(this.canvas.width, this.canvas.height) / 28);
+    // the strongest match last, so that its ring is on top
+    for (const marker of [...this.markers].reverse()) {
       const x = marker.col * this.scale(1); const y = marker.row * this.scale(0);
-      const radius = Math.max(5, Math.min(this.canvas.width, this.canvas.height) / 28);
       ctx.beginPath();
       if (marker.kind === "ring") {
         ctx.arc(x, y, radius, 0, 2 * Math.PI);
@@ -362,6 +393,14 @@ class MapView {
       }
       ctx.lineWidth = 4; ctx.strokeStyle = "rgba(0,0,0,0.85)"; ctx.stroke();
       ctx.lineWidth = 2; ctx.strokeStyle = "#fff"; ctx.stroke();
+      if (marker.label) { // the rank of a match: 1 is the strongest
+        ctx.font = `bold ${Math.round(Math.max(11, radius * 1.1))}px sans-serif`;
+        ctx.textBaseline = "middle";
+        const tx = x + radius * 0.8; const ty = y - radius * 0.9;
+        ctx.lineWidth = 3; ctx.strokeStyle = "rgba(0,0,0,0.9)";
+        ctx.strokeText(marker.label, tx, ty);
+        ctx.fillStyle = "#fff"; ctx.fillText(marker.label, tx, ty);
+      }
     }
   }
 
@@ -415,6 +454,25 @@ function gestures(view, on) {
   });
   canvas.addEventListener("pointercancel", () => { drag = null; on.leave(); });
   canvas.addEventListener("pointerleave", () => { if (!drag) on.leave(); });
+  // the keyboard: arrow keys move a point over the image (a grid cell's worth per press,
+  // a fifth with Shift), Escape ends it
+  let keyPoint = null;
+  const STEPS = 16;
+  canvas.addEventListener("keydown", (event) => {
+    if (!view.imageSize) return;
+    const moves = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1] };
+    if (event.key === "Escape") { keyPoint = null; on.leave(); return; }
+    if (!(event.key in moves)) return;
+    event.preventDefault();
+    const [top, left, bottom, right] = view.crop;
+    if (!keyPoint) keyPoint = [(top + bottom) / 2, (left + right) / 2];
+    const step = event.shiftKey ? 0.2 : 1 / STEPS;
+    const [dy, dx] = moves[event.key];
+    keyPoint = [Math.min(Math.max(keyPoint[0] + dy * step * (bottom - top), top), bottom - 1),
+      Math.min(Math.max(keyPoint[1] + dx * step * (right - left), left), right - 1)];
+    on.hover(keyPoint);
+  });
+  canvas.addEventListener("blur", () => { if (keyPoint) { keyPoint = null; on.leave(); } });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -461,17 +519,39 @@ async function upload(file) {
   return info;
 }
 
-// an upload control with its error beside it ("panel": a, b or query)
+// an upload control with its error beside it ("panel": a, b or query); files dropped on the
+// panel take the same path as the file input
 function pickerWithUpload(panel, onPick) {
   const select = $(`#pick-${panel}`);
   const input = $(`#upload-${panel}`);
   const problem = $(`#upload-error-${panel}`);
   pickers.push(select);
   select.addEventListener("change", () => onPick(select.value));
-  input.addEventListener("change", async () => {
+  input.addEventListener("change", () => {
     const file = input.files && input.files[0];
     input.value = "";
-    if (!file) return;
+    if (file) useFile(file);
+  });
+  const zone = input.closest(".panel");
+  let depth = 0; // dragenter/leave fire for every child crossed
+  zone.addEventListener("dragenter", (event) => {
+    event.preventDefault(); depth += 1; zone.classList.add("dropping");
+  });
+  zone.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    if (event.dataTransfer) event.dataTransfer.dropEffect = "copy";
+  });
+  zone.addEventListener("dragleave", () => {
+    depth = Math.max(0, depth - 1);
+    if (!depth) zone.classList.remove("dropping");
+  });
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    depth = 0; zone.classList.remove("dropping");
+    const files = event.dataTransfer && event.dataTransfer.files;
+    if (files && files.length) useFile(files[0]);
+  });
+  async function useFile(file) {
     problem.hidden = true;
     problem.textContent = "";
     input.parentElement.classList.add("uploading");
@@ -487,7 +567,7 @@ function pickerWithUpload(panel, onPick) {
     } finally {
       input.parentElement.classList.remove("uploading");
     }
-  });
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -517,7 +597,7 @@ async function explainPair() {
   setStatus("");
   try {
     const result = await api("/api/explain",
-      { a, b, method: state.method, model: state.model }, abort.signal);
+      { a, b, method: state.method, model: state.model, size: state.size }, abort.signal);
     state.pair.explanation = result;
     state.pair.box = null; state.pair.region = null; state.pair.boxSide = null;
     await Promise.all(["a", "b"].map((side) =>
@@ -525,6 +605,8 @@ async function explainPair() {
         result[side].crop)));
     stats.explains += 1;
     restPair();
+    showGrid(result);
+    showIdentical(result.explanation_id);
   } catch (error) {
     if (error && error.name === "AbortError") return; // a newer request owns the panels
     await pairFailed(error);
@@ -541,6 +623,9 @@ async function explainPair() {
 // are shown without maps, the score is gone, and the error sits on the image that failed
 async function pairFailed(error) {
   state.pair.explanation = null;
+  $("#grid-info").textContent = "";
+  $("#method-note").textContent = "";
+  for (const option of $("#method").options) option.textContent = option.value;
   state.pair.box = null; state.pair.region = null; state.pair.boxSide = null;
   describePair();
   const failed = error.side ? [error.side] : ["a", "b"];
@@ -554,6 +639,54 @@ async function pairFailed(error) {
     const name = captionFor(state.pair[side]);
     panelError(side, message.includes(name) ? message : `${name}: ${message}`);
   }
+}
+
+// the feature grid the maps are on (the input size picks it)
+function showGrid(e) {
+  const [ga, gb] = [e.a.grid.join("x"), e.b.grid.join("x")];
+  $("#grid-info").textContent = ga === gb ? `grid ${ga}` : `grid a ${ga} · b ${gb}`;
+  $("#grid-info").title = `the maps are on the model's feature grid: ${e.size ? e.size + " px input" : ""}`;
+}
+
+// which methods give the same maps as the shown one, as computed by the server for this pair
+async function showIdentical(explanationId) {
+  let found = state.identical[explanationId];
+  if (!found) {
+    try {
+      found = await api("/api/identical", { explanation_id: explanationId });
+    } catch (error) { return; } // a note only: the maps stand without it
+    state.identical[explanationId] = found;
+  }
+  const e = state.pair.explanation;
+  if (!e || e.explanation_id !== explanationId) return;
+  const notes = identicalNotes(found, e.method);
+  $("#method-note").textContent = notes.join("; ");
+  stats.identicalFor = `${explanationId} ${e.method}`;
+  for (const option of $("#method").options) {
+    const same = (found.methods[option.value] || []).filter((r) => r.relation === "identical");
+    option.textContent = same.length ?
+      `${option.value} (= ${same.map((r) => r.method).join(", ")} here)` : option.value;
+  }
+}
+
+function identicalNotes(found, method) {
+  const notes = [];
+  const own = found.methods[method] || [];
+  const same = own.filter((r) => r.relation === "identical").map((r) => r.method);
+  if (same.length) notes.push(`identical to ${same.join(", ")} for this model's head`);
+  const part = own.filter((r) => r.relation === "positive part").map((r) => r.method);
+  if (part.length) notes.push(`the positive part of ${part.join(", ")} for this model's head`);
+  const parts = Object.entries(found.methods).filter(([, rs]) =>
+    rs.some((r) => r.method === method && r.relation === "positive part")).map(([m]) => m);
+  if (parts.length) notes.push(`its positive part is ${parts.join(", ")} for this model's head`);
+  return notes;
+}
+
+// rings on a map's strongest cells, numbered by rank
+function rings(result) {
+  if (result.no_map) return [];
+  const top = result.top || [result.argmax];
+  return top.map((cell, i) => ({ ...cell, kind: "ring", label: String(i + 1) }));
 }
 
 // one-sentence explanations of the numbers on the page
@@ -597,13 +730,14 @@ function restPair() {
     const view = pairViews[side];
     view.setMap(e[side].overall, overallUnit(e));
     view.markers = [];
+    view.cell = null;
     view.box = state.pair.boxSide === side ? state.pair.box : null;
   }
   let extra = "";
   if (state.pair.region) {
     const r = state.pair.region;
     pairViews[r.side].setMap(r.no_map ? null : r.map, `region map: ${mapUnit(r)}`);
-    pairViews[r.side].markers = r.no_map ? [] : [{ ...r.argmax, kind: "ring" }];
+    pairViews[r.side].markers = rings(r);
     extra = `${term("region s<sub>R</sub>", TIPS.sR)} = ${r.partial_score.toFixed(4)}`;
   }
   for (const side of ["a", "b"]) pairViews[side].render();
@@ -625,24 +759,38 @@ function showPairMap(result, job) {
   const target = pairViews[there];
   // no_map: the point carries no contribution, so there is nothing to draw (not a flat map)
   target.setMap(result.no_map ? null : result.map, `${job.kind} map: ${mapUnit(result)}`);
-  target.markers = result.no_map ? [] : [{ ...result.argmax, kind: "ring" }];
+  target.markers = rings(result);
   target.box = null;
+  target.cell = null;
   target.render();
-  const shown = result.no_map ? `no map on ${there}: this ${job.kind} carries no contribution`
-    : `${result.label} on ${there}: max ${result.argmax.value.toExponential(2)}`;
+  // point and region maps always come from the decomposition, whatever the Method menu says
+  const what = `${job.kind} map: decomposition, ${result.label}`;
+  const own = e.point_maps ? "" : ` (${e.method} has no ${job.kind} maps)`;
+  const shown = result.no_map ? `no ${job.kind} map on ${there}: this ${job.kind} carries no ` +
+    "contribution" : `${what} on ${there}${own}; rings 1-${rings(result).length}: its ` +
+    `strongest matches, max ${fmt(result.argmax.value)}`;
   if (job.kind === "region") {
     state.pair.region = result;
     describePair(`${term("region s<sub>R</sub>", TIPS.sR)} = ${result.partial_score.toFixed(4)}; ${shown}`);
   } else {
-    describePair(`point map (${shown})`);
+    describePair(shown);
   }
   const source = pairViews[here];
+  source.cell = job.kind === "point" ? result.query_cell : null;
   source.render();
+}
+
+// the pair's canvases share the width of the page (two columns, or one on narrow screens)
+function pairBounds(side) {
+  const stage = $(`#view-${side}`).parentElement;
+  const width = Math.max(160, Math.floor(stage.clientWidth));
+  const height = Math.max(280, Math.min(720, window.innerHeight - 260));
+  return [width, height];
 }
 
 function setupPair() {
   for (const side of ["a", "b"]) {
-    const view = new MapView($(`#view-${side}`), 420, 420);
+    const view = new MapView($(`#view-${side}`), () => pairBounds(side));
     view.scale_ = $(`#scale-${side}`);
     view.readout = $(`#readout-${side}`);
     pairViews[side] = view;
@@ -806,6 +954,7 @@ function showResultMaps(result, job) {
     const r = byId.get(item.id);
     if (!r) continue;
     r.view.setMap(item.no_map ? null : item.map);
+    // the strongest match only: numbered rings crowd a thumbnail
     r.view.markers = item.no_map ? [] : [{ ...item.argmax, kind: "ring" }];
     r.view.render();
   }
@@ -850,9 +999,10 @@ function setupGallery() {
 function openPair(a, b) {
   state.pair.a = a; state.pair.b = b;
   $("#pick-a").value = a; $("#pick-b").value = b;
-  if (state.models.index) {
+  if (state.models.index && state.model !== state.models.index.model) {
     state.model = state.models.index.model;
     $("#model").value = state.model;
+    fillSizes();
   }
   switchView("pair");
   explainPair();
@@ -920,8 +1070,12 @@ function switchView(view) {
   const indexModel = state.models && state.models.index && state.models.index.model;
   $("#model").disabled = view === "gallery";
   $("#method").disabled = view === "gallery";
+  $("#size").disabled = view === "gallery" || !modelInfo().input_size;
   if (view === "gallery" && indexModel) $("#model").value = indexModel;
-  if (view === "pair") $("#model").value = state.model;
+  if (view === "pair") {
+    $("#model").value = state.model;
+    for (const side of ["a", "b"]) if (pairViews[side]) pairViews[side].layout();
+  }
   if (view === "gallery" && !state.gallery.search && state.gallery.query) runSearch(null);
 }
 
@@ -950,7 +1104,19 @@ async function start() {
     modelSelect.appendChild(option);
   }
   modelSelect.value = state.model;
-  modelSelect.addEventListener("change", () => { state.model = modelSelect.value; explainPair(); });
+  modelSelect.addEventListener("change", () => {
+    state.model = modelSelect.value;
+    fillSizes();
+    // a model opens on a pair that suits it (two faces for a face model), when it has one
+    samplePair();
+    explainPair();
+  });
+  fillSizes();
+  $("#size").addEventListener("change", () => {
+    const value = Number($("#size").value);
+    state.size = value === modelInfo().input_size ? null : value;
+    explainPair();
+  });
   const methodSelect = $("#method");
   for (const m of models.methods) {
     const option = document.createElement("option");
@@ -995,7 +1161,9 @@ async function start() {
   };
   window.addEventListener("hashchange", fromHash);
   fromHash();
-  if (all.length >= 2) {
+  if (samplePair()) {
+    await explainPair();
+  } else if (all.length >= 2) {
     state.pair.a = all[0].id; state.pair.b = all[1].id;
     $("#pick-a").value = state.pair.a; $("#pick-b").value = state.pair.b;
     await explainPair();
@@ -1003,6 +1171,54 @@ async function start() {
     setStatus("upload two images to begin");
   }
 }
+
+function modelInfo() {
+  if (!state.models) return {};
+  return state.models.models.find((m) => m.name === state.model) || {};
+}
+
+// the current model's own sample pair in the pickers (false when it has none)
+function samplePair() {
+  const pair = modelInfo().sample_pair;
+  if (!pair) return false;
+  [state.pair.a, state.pair.b] = pair;
+  $("#pick-a").value = pair[0]; $("#pick-b").value = pair[1];
+  return true;
+}
+
+// input sizes for the current model: its own and finer ones, up to the server's limit
+function fillSizes() {
+  const select = $("#size");
+  const own = modelInfo().input_size;
+  select.innerHTML = "";
+  state.size = null;
+  select.disabled = !own;
+  if (!own) {
+    const option = document.createElement("option");
+    option.textContent = "fixed";
+    select.appendChild(option);
+    return;
+  }
+  const limit = state.models.max_input_side;
+  const sizes = [1, 1.5, 2, 3, 4].map((f) => Math.round(own * f / 8) * 8 || own)
+    .filter((v, i) => i === 0 || v <= limit);
+  sizes[0] = own;
+  for (const value of [...new Set(sizes)]) {
+    const option = document.createElement("option");
+    option.value = String(value);
+    option.textContent = value === own ? `${value} px (model's)` : `${value} px`;
+    select.appendChild(option);
+  }
+  select.value = String(own);
+}
+
+let resizeTimer = null;
+window.addEventListener("resize", () => {
+  clearTimeout(resizeTimer);
+  resizeTimer = setTimeout(() => {
+    for (const side of ["a", "b"]) if (pairViews[side]) pairViews[side].layout();
+  }, 100);
+});
 
 window.simexplain = {
   state, stats, pairViews, get queryView() { return queryView; },
