@@ -8,8 +8,7 @@ import torch
 from PIL import Image
 
 from simexplain import Explainer, Preprocess, SimexplainError, zoo
-from simexplain.inputs import InputPipeline
-from simexplain.maps import Frame, point_weights
+from simexplain.maps import Frame
 from simexplain.toy import HeadModel
 
 FRAMES = [Frame((960, 1280), (0, 0, 960, 1280), (224, 299)),     # a 4:3 photo, aspect kept
@@ -25,7 +24,8 @@ def test_coordinate_round_trip(frame):
     boxes = frame.cell_boxes(grid)
     for row, col in zip(rng.uniform(top, bottom - 1, 50), rng.uniform(left, right - 1, 50)):
         there = frame.to_input((row, col))
-        assert 0 - 0.5 <= there[0] <= frame.input_size[0] and -0.5 <= there[1] <= frame.input_size[1]
+        assert -0.5 <= there[0] <= frame.input_size[0]
+        assert -0.5 <= there[1] <= frame.input_size[1]
         np.testing.assert_allclose(frame.to_image(there), (row, col), atol=1e-9)
         # the same weights from either coordinate system
         torch.testing.assert_close(frame.point_weights((row, col), grid),
@@ -147,7 +147,8 @@ def test_web_and_command_line_give_the_same_embeddings(tmp_path):
     from simexplain.web.engine import Engine
     path = tmp_path / "motorcycle.png"
     skimage_photos(["motorcycle_left"])["motorcycle_left"].save(path)
-    cases = [("efficientnet-lite0", 160), ("efficientnet-lite0", 224), ("efficientnet-lite0", (200, 260))]
+    cases = [("efficientnet-lite0", 160), ("efficientnet-lite0", 224),
+             ("efficientnet-lite0", (200, 260))]
     cases += [("facenet", 160), ("facenet", 224)] if _has_faces() else []
     for model, size in cases:
         photo = face_photo() if model == "facenet" else path
