@@ -114,7 +114,7 @@ def test_points_without_contribution_are_counted_as_no_map_not_wrong():
     explainer = toy_explainer(HeadModel(head="gmp", bias=False).eval())
     a, b = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
     points = co.cell_centres((8, 8), (32, 32))
-    scores = co._Scores(["point-match", "cosine"])
+    scores = co.Scores(["point-match", "cosine"])
     co.score_pair(scores, ["point-match", "cosine"], explainer, a, b, points, points, 1, 2)
     u = explainer.explain(a, b).a.contributions
     empty = int((u.norm(dim=1) == 0).sum())

@@ -29,6 +29,9 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                      "pair-aware deletion, insertion and ROAD curves on image b"),
     "correspondence": ("simexplain.evaluation.correspondence",
                        "PCK of point-specific maps on pairs with known geometry"),
+    "crossview": ("simexplain.evaluation.crossview",
+                  "PCK of point maps across the two streams of the sketch model, and its "
+                  "sketch-to-item Recall@1"),
     "sanity": ("simexplain.evaluation.sanity",
                "cascading parameter randomisation and reference randomisation"),
     "all": ("simexplain.evaluation.suite",

@@ -61,6 +61,8 @@ SETUPS = {
                                      occlusion_cap=10),
     # 2 x 160 px = 320 px: an 8x8 grid
     "facenet": ModelSetup("facenet", "faces", 160, 160, 320, occlusion_cap=5),
+    # two streams (sketch, item): only the crossview benchmark runs it (not in MODELS)
+    "fmnist-sketch": ModelSetup("fmnist-sketch", "sketch", 28, 28, 28, occlusion_cap=0),
 }
 QUICK_OCCLUSION_CAP = 5
 
