@@ -214,8 +214,8 @@ CAPTIONS = {
     "patterns": "Cross-view patterns: the positions of a and b whose point maps "
                 f"({point_map_label(DEFAULT_POINT_MAP)}) pick each other (mutual best matches), "
                 "linked and numbered by the share of the score they carry together; spread "
-                "out (no two within a cell and a half on either image). "
-                "`PairExplanation.patterns(k)`.",
+                "out (no two within a cell and a half on either image): "
+                "PairExplanation.patterns(k).",
     "methods": "The decomposition and its relative map next to the baselines: Grad-CAM, "
                "Grad-CAM on raw embeddings, RGrad-CAM and occlusion (positive display form for "
                "all).",
