@@ -15,6 +15,10 @@ cosine between stream A's feature at the point and each of stream B's features a
 explained layers; the streams share no channels, so this is what matching without the
 decomposition gives) and ``random``.
 
+Cross-view patterns (the same pairs): the top ``PATTERNS`` of `PairExplanation.patterns`
+(default kind) scored like query points: PCK of each pattern's point in b against the true
+point of its point in a; pairs resampled whole.
+
 Retrieval quality of the model (the same run): sketch-to-item Recall@1 on the Fashion-MNIST
 test split, one seeded sketch per item querying all items: of its own item, and of an item of
 its class, with bootstrap CIs over queries.
@@ -39,6 +43,8 @@ ALLOWED = tuple(POINT_METHODS) + ("cosine", "random")
 MODELS = ("fmnist-sketch",)  # the benchmark's own models (`eval all` runs it on these only)
 DEFAULT_SAMPLES = {"fmnist-sketch": 300}
 QUICK_SAMPLES = 10
+PATTERNS = 5  # cross-view patterns per pair (PairExplanation.patterns), scored like points
+ALPHAS = correspondence.ALPHAS
 RETRIEVAL_ITEMS = 10000  # the whole test split
 QUICK_RETRIEVAL_ITEMS = 1000
 _SALT = 15
@@ -79,13 +85,13 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
     explainer, setup = load_model(model)
     items, labels = datasets.fashion_mnist("test")
     result = new_result(NAME, model, seed, samples, {
-        "image_size": setup.corr, "alphas": list(correspondence.ALPHAS),
+        "image_size": setup.corr, "alphas": list(ALPHAS),
         "max_points": correspondence.MAX_POINTS,
         "geometry": f"a random affine map: rotation +-{sketch.MAX_ROTATION:g} "
                     f"deg, scale {sketch.SCALE[0]:g}-{sketch.SCALE[1]:g}, shift "
                     f"{sketch.SHIFT:.0%}", "domain": setup.domain})
     scores = correspondence.Scores(methods)
-    counts = []
+    counts, pattern_hits = [], []
     gb = ()
     with Timer() as timer:
         for i in progress(range(samples), samples, f"crossview {model}", show_progress):
@@ -100,8 +106,16 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
             truth = correspondence.apply(back, points) if len(points) else np.zeros((0, 2))
             correspondence.score_pair(scores, methods, explainer, a, b, points, truth,
                                       sample_seed(seed, i, 7), sample_seed(seed, i, 99))
+            found = explainer.explain(a, b).patterns(PATTERNS, coords="input")
+            pattern_hits.append(pattern_pck(found, back, tuple(b.shape[2:])))
         weights = np.array(counts, dtype=float)
         correspondence.summarise(result, scores, methods, weights, seed)
+        found_counts = np.array([len(h[ALPHAS[0]]) for h in pattern_hits], dtype=float)
+        result["patterns"] = {"k": PATTERNS, "found": int(found_counts.sum())}
+        for alpha in ALPHAS:
+            per_pair = [float(np.mean(h[alpha])) if h[alpha] else np.nan for h in pattern_hits]
+            result["patterns"][f"pck@{alpha:g}"] = bootstrap_ci(per_pair, found_counts, seed=seed)
+            result["per_sample"][f"patterns pck@{alpha:g}"] = per_pair
         limit = QUICK_RETRIEVAL_ITEMS if quick else RETRIEVAL_ITEMS
         result["retrieval"] = retrieval(explainer, items[:limit], labels[:limit], seed)
     result["per_sample"]["points"] = counts
@@ -109,6 +123,18 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
     result["grid"] = [int(v) for v in gb] if samples else []
     result["seconds"] = timer.seconds
     return result
+
+
+def pattern_pck(found, back: np.ndarray, size: tuple[int, int]) -> dict:
+    """Per alpha, for each cross-view pattern: does its point in b lie within alpha x b's side
+    of the true point of its point in a? (Pattern points are pixel indices: +0.5 gives the
+    continuous coordinates of the geometry.)"""
+    if not found:
+        return {alpha: [] for alpha in ALPHAS}
+    points_a = np.array([p.point_a for p in found]) + 0.5
+    points_b = np.array([p.point_b for p in found]) + 0.5
+    truth = correspondence.apply(back, points_a)
+    return {alpha: correspondence.pck(points_b, truth, size, alpha).tolist() for alpha in ALPHAS}
 
 
 def _image(pixels: np.ndarray):
@@ -131,7 +157,15 @@ def protocol_text(settings: dict) -> str:
 def results_table(results: list[dict]) -> str:
     rows = [[r["model"], str(r["retrieval"]["items"]), fmt(r["retrieval"]["recall_at_1"]),
              fmt(r["retrieval"]["class_recall_at_1"])] for r in results if "retrieval" in r]
-    return (correspondence.pck_table(results) + "\n\nSketch-to-item retrieval:\n\n" +
+    patterns = [[r["model"], str(r["patterns"]["k"]), str(r["patterns"]["found"]),
+                 fmt(r["patterns"]["pck@0.05"]), fmt(r["patterns"]["pck@0.1"])]
+                for r in results if "patterns" in r]
+    return (correspondence.pck_table(results) +
+            "\n\nCross-view patterns (`PairExplanation.patterns(k)`, default kind): is each "
+            "pattern's point in b the true point of its point in a?\n\n" +
+            markdown_table(["model", "k per pair", "patterns found", "PCK@0.05", "PCK@0.1"],
+                           patterns) +
+            "\n\nSketch-to-item retrieval:\n\n" +
             markdown_table(["model", "test items", "Recall@1 (own item)",
                             "Recall@1 (class)"], rows))
 
