@@ -25,7 +25,8 @@ from .fmnist import EXPLAINED_LAYER, FMNIST_PREPROCESS, WEIGHTS_DIR, FashionNet,
 NAME = "fmnist-sketch"
 WEIGHTS = WEIGHTS_DIR / f"{NAME}.pt"
 SIZE = 28
-# Mean and std of the training sketches (pixel values scaled to [0, 1]).
+# The sketch stream's input normalisation (pixel values scaled to [0, 1]), fixed before
+# training and trained with; the training sketches' own mean and std are 0.27 and 0.34.
 SKETCH_MEAN = 0.12
 SKETCH_STD = 0.27
 SKETCH_PREPROCESS = Preprocess(size=(SIZE, SIZE), mean=(SKETCH_MEAN,), std=(SKETCH_STD,),
