@@ -95,6 +95,41 @@ def _save_atomic(obj: dict, out: Path) -> None:
         torch.save(obj, tmp)
 
 
+def _splits(data_root, limit: int | None, eval_limit: int | None):
+    """((train images, labels), (test images, labels)), the first `limit` / `eval_limit`."""
+    train_x, train_y = fashion_mnist("train", data_root)
+    test_x, test_y = fashion_mnist("test", data_root)
+    return (train_x[:limit], train_y[:limit]), (test_x[:eval_limit], test_y[:eval_limit])
+
+
+def _fit(models: list[torch.nn.Module], loss_of, n_items: int, epochs: int, batch_size: int,
+         lr: float, generator: torch.Generator, name: str, progress: bool) -> None:
+    """The training loop shared by the zoo's models: AdamW with a one-cycle schedule over the
+    models' parameters, a seeded shuffle per epoch, `loss_of(batch indices)` per step."""
+    parameters = [p for model in models for p in model.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=1e-4)
+    steps_per_epoch = max(1, n_items // batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15)
+    for epoch in range(epochs):
+        for model in models:
+            model.train()
+        order = torch.randperm(n_items, generator=generator)
+        bar = tqdm(range(steps_per_epoch), desc=f"{name} epoch {epoch + 1}/{epochs}",
+                   disable=not progress, leave=False)
+        running = None
+        for step in bar:
+            loss = loss_of(order[step * batch_size:(step + 1) * batch_size])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            value = loss.item()
+            running = value if running is None else 0.95 * running + 0.05 * value
+            bar.set_postfix(loss=f"{running:.3f}")
+        bar.close()
+
+
 def train_fmnist(head: str, epochs: int, seed: int, out: Path, data_root=None,
                  batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR,
                  embedding_dim: int = 64, augmentation: bool = True,
@@ -113,12 +148,7 @@ def train_fmnist(head: str, epochs: int, seed: int, out: Path, data_root=None,
     if epochs < 1 or batch_size < 2:
         raise SimexplainError("epochs must be >= 1 and batch size >= 2")
     out = Path(out)
-    train_x, train_y = fashion_mnist("train", data_root)
-    test_x, test_y = fashion_mnist("test", data_root)
-    if limit is not None:
-        train_x, train_y = train_x[:limit], train_y[:limit]
-    if eval_limit is not None:
-        test_x, test_y = test_x[:eval_limit], test_y[:eval_limit]
+    (train_x, train_y), (test_x, test_y) = _splits(data_root, limit, eval_limit)
     train_images, train_labels = normalize_images(train_x), torch.from_numpy(train_y)
     test_images, test_labels = normalize_images(test_x), torch.from_numpy(test_y)
 
@@ -128,34 +158,18 @@ def train_fmnist(head: str, epochs: int, seed: int, out: Path, data_root=None,
         model = FashionNet(head=head, embedding_dim=embedding_dim).to(device)
         loss_fn = losses.MultiSimilarityLoss(alpha=2.0, beta=50.0, base=0.5)
         miner = miners.MultiSimilarityMiner(epsilon=0.1)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-        steps_per_epoch = max(1, len(train_images) // batch_size)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15)
         generator = torch.Generator().manual_seed(seed)
 
-        for epoch in range(epochs):
-            model.train()
-            order = torch.randperm(len(train_images), generator=generator)
-            bar = tqdm(range(steps_per_epoch), desc=f"fmnist-{head} epoch {epoch + 1}/{epochs}",
-                       disable=not progress, leave=False)
-            running = None
-            for step in bar:
-                index = order[step * batch_size:(step + 1) * batch_size]
-                batch, labels = train_images[index], train_labels[index]
-                if augmentation:
-                    batch = augment(batch, generator)
-                batch, labels = batch.to(device), labels.to(device)
-                embeddings = model(batch)
-                loss = loss_fn(embeddings, labels, miner(embeddings, labels))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                value = loss.item()
-                running = value if running is None else 0.95 * running + 0.05 * value
-                bar.set_postfix(loss=f"{running:.3f}")
-            bar.close()
+        def loss_of(index: torch.Tensor) -> torch.Tensor:
+            batch, labels = train_images[index], train_labels[index]
+            if augmentation:
+                batch = augment(batch, generator)
+            batch, labels = batch.to(device), labels.to(device)
+            embeddings = model(batch)
+            return loss_fn(embeddings, labels, miner(embeddings, labels))
+
+        _fit([model], loss_of, len(train_images), epochs, batch_size, lr, generator,
+             f"fmnist-{head}", progress)
 
         model.eval()
         metrics = evaluate(model, test_images.to(device), test_labels)
@@ -226,12 +240,7 @@ def train_sketch(epochs: int, seed: int, out: Path, data_root=None,
     if epochs < 1 or batch_size < 2:
         raise SimexplainError("epochs must be >= 1 and batch size >= 2")
     out = Path(out)
-    train_x, _ = fashion_mnist("train", data_root)
-    test_x, test_y = fashion_mnist("test", data_root)
-    if limit is not None:
-        train_x = train_x[:limit]
-    if eval_limit is not None:
-        test_x, test_y = test_x[:eval_limit], test_y[:eval_limit]
+    (train_x, _), (test_x, test_y) = _splits(data_root, limit, eval_limit)
     train_items, train_edges = normalize_images(train_x), edges(train_x)
     test_items = normalize_images(test_x)
     test_sketches = sketch_tensors(test_x, np.random.default_rng([seed, 1]))
@@ -241,42 +250,24 @@ def train_sketch(epochs: int, seed: int, out: Path, data_root=None,
         seed_everything(seed)
         sketch_model, item_model = (m.to(device) for m in build_streams(embedding_dim, width))
         loss_fn = losses.NTXentLoss(temperature=0.1)
-        parameters = list(sketch_model.parameters()) + list(item_model.parameters())
-        optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=1e-4)
-        steps_per_epoch = max(1, len(train_items) // batch_size)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15)
         generator = torch.Generator().manual_seed(seed)
         rng = np.random.default_rng([seed, 0])
 
-        for epoch in range(epochs):
-            sketch_model.train()
-            item_model.train()
-            order = torch.randperm(len(train_items), generator=generator)
-            bar = tqdm(range(steps_per_epoch), desc=f"fmnist-sketch epoch {epoch + 1}/{epochs}",
-                       disable=not progress, leave=False)
-            running = None
-            for step in bar:
-                index = order[step * batch_size:(step + 1) * batch_size]
-                drawn = np.stack([draw_sketch(train_edges[i], random_transform(rng))
-                                  for i in index.tolist()])
-                sketch_batch = normalize_images(drawn, SKETCH_MEAN, SKETCH_STD).to(device)
-                items = train_items[index].to(device)
-                # two label tensors: pytorch-metric-learning drops the diagonal (the true
-                # pairs here) when labels and ref_labels are the same object
-                identity = torch.arange(len(index), device=device)
-                ref_identity = identity.clone()
-                za, zb = sketch_model(sketch_batch), item_model(items)
-                loss = (loss_fn(za, identity, ref_emb=zb, ref_labels=ref_identity) +
-                        loss_fn(zb, identity, ref_emb=za, ref_labels=ref_identity)) / 2
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                value = loss.item()
-                running = value if running is None else 0.95 * running + 0.05 * value
-                bar.set_postfix(loss=f"{running:.3f}")
-            bar.close()
+        def loss_of(index: torch.Tensor) -> torch.Tensor:
+            drawn = np.stack([draw_sketch(train_edges[i], random_transform(rng))
+                              for i in index.tolist()])
+            sketch_batch = normalize_images(drawn, SKETCH_MEAN, SKETCH_STD).to(device)
+            items = train_items[index].to(device)
+            # two label tensors: pytorch-metric-learning drops the diagonal (the true pairs
+            # here) when labels and ref_labels are the same object
+            identity = torch.arange(len(index), device=device)
+            ref_identity = identity.clone()
+            za, zb = sketch_model(sketch_batch), item_model(items)
+            return (loss_fn(za, identity, ref_emb=zb, ref_labels=ref_identity) +
+                    loss_fn(zb, identity, ref_emb=za, ref_labels=ref_identity)) / 2
+
+        _fit([sketch_model, item_model], loss_of, len(train_items), epochs, batch_size, lr,
+             generator, "fmnist-sketch", progress)
 
         # evaluate the weights as saved (half precision), not the float ones
         states = [{k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu())
