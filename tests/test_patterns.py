@@ -112,3 +112,24 @@ def test_image_and_input_coordinates_on_a_resized_photo():
         assert result.b.frame.to_image(q.point_b) == pytest.approx(p.point_b)
     assert [(p.point_a, p.point_b) for p in inputs] == \
         [(a, b) for a, b, _ in _brute_force(result, "match-centred", 5, 1.5, coords="input")]
+
+
+def test_a_distance_ranks_patterns_by_closeness():
+    """Squared Euclidean: strength is -D (the pair shortens the distance), and the contribution
+    kind's best match is the minimum of D."""
+    torch.manual_seed(0)
+    explainer = Explainer(HeadModel("gap", dim=8, channels=8, normalize=False), "features",
+                          similarity="euclidean", transform=Preprocess(size=(32, 32)),
+                          model_b=HeadModel("gap", dim=8, channels=8, normalize=False))
+    result = explainer.explain(*_photos(3))
+    d = result.pairwise_flat.numpy()
+    found = result.patterns(k=50, kind="contribution", spread=0)
+    assert found
+    cols = result.b.grid[1]
+    for p in found:
+        row = p.cell_a[0] * result.a.grid[1] + p.cell_a[1]
+        column = p.cell_b[0] * cols + p.cell_b[1]
+        assert p.strength == pytest.approx(-d[row, column]) and p.strength > 0
+        assert column == int(np.argmin(d[row])) and row == int(np.argmin(d[:, column]))
+    strengths = [p.strength for p in found]
+    assert strengths == sorted(strengths, reverse=True)

@@ -184,18 +184,23 @@ class PairExplanation:
         together), spread out (`simexplain.patterns`), strongest first.
         Points are the cells' centres as pixel (row, col) indices in the photo (coords="image")
         or the model input (coords="input"): `point_map("a", pattern.point_a)` peaks at
-        pattern.cell_b. Fewer than k where fewer positions match mutually."""
+        pattern.cell_b. Fewer than k where fewer positions match mutually. For a distance
+        (`similarity.lower_is_better`: squared Euclidean) closeness is what counts: strength
+        is -D[p, q] (how much the pair shortens the distance) and a contribution map's best
+        match is its minimum."""
         if k < 1:
             raise SimexplainError(f"k must be at least 1, got {k}")
         matrix = self.point_map_matrix(kind)
-        found = patternlib.mutual_matches(matrix, self.pairwise_flat, self.a.grid, self.b.grid,
-                                          k, spread)
+        sign = -1.0 if self.similarity.lower_is_better else 1.0
+        closeness = sign * self.pairwise_flat
+        ranked = sign * matrix if kind == "contribution" else matrix
+        found = patternlib.mutual_matches(ranked, closeness, self.a.grid, self.b.grid, k, spread)
         centres_a = self.a.frame.cell_centres(self.a.grid, coords) - 0.5  # pixel indices
         centres_b = self.b.frame.cell_centres(self.b.grid, coords) - 0.5
         return [patternlib.Pattern(
             point_a=tuple(float(v) for v in centres_a[p]),
             point_b=tuple(float(v) for v in centres_b[q]),
-            strength=float(self.pairwise_flat[p, q]), match=float(matrix[p, q]),
+            strength=float(closeness[p, q]), match=float(matrix[p, q]),
             cell_a=divmod(p, self.a.grid[1]), cell_b=divmod(q, self.b.grid[1]))
             for p, q in found]
 

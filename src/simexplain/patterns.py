@@ -11,7 +11,8 @@ the score the two positions carry together, D[p, q] (the kind's own value M[p, q
 would rank empty corners first); only patterns with D[p, q] > 0 are kept. A greedy
 non-maximum suppression then drops any pattern whose point in a or in b lies within `spread`
 cells of a stronger pattern's, so the patterns spread over the images.
-Works for any model, one stream or two.
+Works for any model, one stream or two. For a distance (squared Euclidean, where lower is
+closer) `PairExplanation.patterns` passes -D, so strength is always closeness.
 """
 
 from __future__ import annotations
