@@ -150,6 +150,9 @@ def start_run(model: str, methods, samples: int | None, quick: bool, allowed: Se
     """What every benchmark's run() starts with: the methods asked for (checked against
     `allowed`), the sample count, the loaded model, its settings and its item source."""
     from .composites import item_source
+    if model in SETUPS and model not in MODELS:
+        raise SimexplainError(f"this benchmark runs on {', '.join(MODELS)}, not {model!r} (the "
+                              "two-stream fmnist-sketch has its own: `simexplain eval crossview`)")
     methods = resolve_methods(methods, allowed)
     samples = samples or (quick_samples if quick else default_samples)
     explainer, setup = load_model(model)
