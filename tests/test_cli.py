@@ -130,3 +130,30 @@ def test_pair_with_a_face_model_crops_the_faces(tmp_path):
     for row, col in result["points_a"]:
         assert top <= row <= bottom and left <= col <= right
     assert result["files"]["crops"] == "crops.png" and (out / "crops.png").exists()
+
+
+def test_pair_with_the_two_stream_sketch_model_draws_patterns(tmp_path, capsys):
+    """A sketch and its item through the two streams: exact, and the cross-view patterns of
+    result.json are PairExplanation.patterns() in the photos' pixels, drawn in patterns.png."""
+    from simexplain import zoo
+    sketch_path, item_path = zoo.entry("fmnist-sketch").sample_pair()
+    out = tmp_path / "out"
+    assert main(["pair", str(sketch_path), str(item_path), "--model", "fmnist-sketch",
+                 "--out", str(out), "--patterns", "4", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["residual"] < 1e-5 and result["model"] == "fmnist-sketch"
+    expected = zoo.load("fmnist-sketch").explain(sketch_path, item_path).patterns(4)
+    assert 1 <= len(result["patterns"]) <= 4
+    assert result["patterns"] == json.loads(json.dumps([p.to_dict() for p in expected]))
+    assert result["files"]["patterns"] == "patterns.png"
+    drawn = Image.open(out / "patterns.png")
+    assert drawn.width > 2 * drawn.height * 0.9  # the two views side by side
+    assert main(["pair", str(sketch_path), str(item_path), "--model", "fmnist-sketch",
+                 "--out", str(tmp_path / "none"), "--patterns", "0"]) == 0
+    none = json.loads((tmp_path / "none" / "result.json").read_text())
+    assert none["patterns"] == [] and "patterns" not in none["files"]
+    assert not (tmp_path / "none" / "patterns.png").exists()
+    capsys.readouterr()
+    assert main(["pair", str(sketch_path), str(item_path), "--model", "fmnist-sketch",
+                 "--out", str(tmp_path / "bad"), "--patterns", "-1"]) != 0
+    assert "--patterns" in capsys.readouterr().err

@@ -88,3 +88,46 @@ def test_augment_is_seeded_and_keeps_shape():
     assert first.shape == batch.shape
     assert torch.equal(first, again)
     assert not torch.equal(first, batch)
+
+
+def test_sketch_training_quick_mode_is_seeded_and_loads(tiny_data, tmp_path, capsys):
+    """`simexplain train sketch` on a few images: two streams, half-precision weights that
+    load as the zoo's streams, the same weights for the same seed."""
+    from simexplain.cli import main
+    from simexplain.zoo.sketch import load_sketch_streams
+    outs = [tmp_path / "a.pt", tmp_path / "b.pt"]
+    for out in outs:
+        assert main(["train", "sketch", "--epochs", "1", "--batch-size", "32", "--limit", "64",
+                     "--eval-limit", "40", "--data", str(tiny_data), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "sketch-to-item Recall@1=" in printed and "(40 test items" in printed
+    a, b = (torch.load(out, weights_only=True) for out in outs)
+    assert a["model"] == "fmnist-sketch" and a["train_images"] == 64 and a["epochs"] == 1
+    assert 0.0 <= a["metrics"]["recall_at_1"] <= a["metrics"]["class_recall_at_1"] <= 1.0
+    for key in ("state_dict", "state_dict_b"):
+        assert a[key]["features.0.weight"].dtype == torch.float16
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    assert not torch.equal(a["state_dict"]["features.0.weight"],
+                           a["state_dict_b"]["features.0.weight"])
+    assert not list(tmp_path.glob(".*.tmp"))
+    sketch_stream, item_stream = load_sketch_streams(outs[0])
+    with torch.no_grad():
+        assert sketch_stream(torch.zeros(2, 1, 28, 28)).shape == (2, 64)
+        assert item_stream(torch.zeros(2, 1, 28, 28)).shape == (2, 64)
+    # the saved (half-precision) weights give the reported Recall@1: evaluated as saved
+    from simexplain.datasets import fashion_mnist
+    from simexplain.training import normalize_images, sketch_retrieval, sketch_tensors
+    import numpy as np
+    items, labels = fashion_mnist("test", tiny_data)
+    again = sketch_retrieval(sketch_stream, item_stream,
+                             sketch_tensors(items[:40], np.random.default_rng([0, 1])),
+                             normalize_images(items[:40]), torch.from_numpy(labels[:40]))
+    assert again["recall_at_1"] == a["metrics"]["recall_at_1"]
+
+
+def test_sketch_training_rejects_bad_limits(tiny_data, tmp_path):
+    from simexplain.cli import main
+    assert main(["train", "sketch", "--limit", "1", "--data", str(tiny_data),
+                 "--out", str(tmp_path / "x.pt")]) != 0
+    assert not (tmp_path / "x.pt").exists()

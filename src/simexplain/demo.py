@@ -1,8 +1,9 @@
 """`simexplain demo`: one self-contained HTML report on real models and real images.
 
 Sections: faces (facenet), object photos (efficientnet-lite0), Fashion-MNIST items
-(fmnist-gap). For each pair: the score, both overall maps (signed and the paper's positive
-form) and relative maps, point-specific maps of the default kind for marked points, and the
+(fmnist-gap), cross-view sketch-to-item pairs (fmnist-sketch, two streams). For each pair: the
+score, both overall maps (signed and the paper's positive form) and relative maps,
+point-specific maps of the default kind for marked points, the cross-view patterns, and the
 decomposition and its relative map next to Grad-CAM, Grad-CAM on raw embeddings, RGrad-CAM and
 occlusion.
 """
@@ -99,14 +100,46 @@ def fashion_section(seed: int = 0) -> Section:
     return section
 
 
+def crossview_section(seed: int = 0) -> Section:
+    """Two-stream pairs of the sketch model: a sketch (stream A) against items (stream B)."""
+    from .zoo import sketch
+    images, labels = datasets.fashion_mnist("test")
+    names = datasets.FMNIST_CLASSES
+    sketch_path, item_path = zoo.entry(sketch.NAME).sample_pair()
+    section = Section("cross-view", "Cross-view: sketch to item, two streams (trained here)",
+                      sketch.NAME,
+                      "Image a is an edge sketch of an item, moved by a random rotation, scale "
+                      "and shift; image b is a grey item. Each view has its own network (its own "
+                      "weights). The linked points are cross-view patterns: positions of the "
+                      "sketch and of the item whose point maps pick each other (mutual best "
+                      "matches), strongest first.")
+    item_label = int(labels[0])
+    section.pairs.append(PairSpec(f"sketch of a {names[item_label]} vs the item itself",
+                                  Image.open(sketch_path).convert("RGB"),
+                                  Image.open(item_path).convert("RGB")))
+    rng = np.random.default_rng(seed)
+    bag = int(np.flatnonzero(labels == 8)[1])
+    drawn, _ = sketch.sketches(images[bag:bag + 1], rng)
+    section.pairs.append(PairSpec(f"sketch of a {names[8]} vs the item itself",
+                                  Image.fromarray(drawn[0]).convert("RGB"),
+                                  Image.fromarray(images[bag]).convert("RGB")))
+    other = int(np.flatnonzero(labels == 1)[0])
+    section.pairs.append(PairSpec(f"sketch of a {names[item_label]} vs a {names[1]}",
+                                  Image.open(sketch_path).convert("RGB"),
+                                  Image.fromarray(images[other]).convert("RGB")))
+    return section
+
+
 def render_pair(explainer, spec: PairSpec, folder: Path, stem: str) -> dict:
     """Write the pair's figures; return what the HTML needs."""
     result = explainer.explain(spec.a, spec.b)
     pair_report.overall_figure(result, folder / f"{stem}_overall.png", title=spec.title)
     points = pair_report.default_points(result, count=3)
     pair_report.points_figure(result, points, folder / f"{stem}_points.png")
+    pair_report.patterns_figure(result, folder / f"{stem}_patterns.png")
     methods_figure(explainer, spec, result, folder / f"{stem}_methods.png")
-    files = [f"{stem}_overall.png", f"{stem}_points.png", f"{stem}_methods.png"]
+    files = [f"{stem}_overall.png", f"{stem}_points.png", f"{stem}_patterns.png",
+             f"{stem}_methods.png"]
     if pair_report.crops_figure(result, folder / f"{stem}_crops.png"):
         files.insert(0, f"{stem}_crops.png")
     return {"title": spec.title, "score": result.score, "residual": result.residual,
@@ -128,7 +161,7 @@ def methods_figure(explainer, spec: PairSpec, result, path: Path) -> None:
 def build_report(out: Path, sections: list[Section] | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     sections = sections if sections is not None else [face_section(), object_section(),
-                                                      fashion_section()]
+                                                      fashion_section(), crossview_section()]
     rendered = []
     for section in sections:
         started = time.perf_counter()
@@ -178,6 +211,11 @@ CAPTIONS = {
     "points": "Where does this point match: for each marked point of a, the point-specific map "
               f"on b, kind {DEFAULT_POINT_MAP!r} ({point_map_label(DEFAULT_POINT_MAP)}; ring: "
               "the map's maximum; \"no map\" where the point carries no contribution).",
+    "patterns": "Cross-view patterns: the positions of a and b whose point maps "
+                f"({point_map_label(DEFAULT_POINT_MAP)}) pick each other (mutual best matches), "
+                "linked and numbered by the share of the score they carry together; spread "
+                "out (no two within a cell and a half on either image): "
+                "PairExplanation.patterns(k).",
     "methods": "The decomposition and its relative map next to the baselines: Grad-CAM, "
                "Grad-CAM on raw embeddings, RGrad-CAM and occlusion (positive display form for "
                "all).",

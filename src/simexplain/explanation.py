@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from . import maps, regions
+from . import patterns as patternlib
 from .errors import SimexplainError
 from .regions import DEFAULT_POINT_MAP, POINT_MAP_KINDS, point_map_label  # noqa: F401 (public here)
 from .similarity import Similarity, get as get_similarity
@@ -185,6 +186,41 @@ class PairExplanation:
         here, there = self._sides(side)
         return regions.kind_map(self.similarity, weights, here, there, kind,
                                 here_is_a=side == "a", what=f"{what} of image {side}")
+
+    def point_map_matrix(self, kind: str = DEFAULT_POINT_MAP) -> torch.Tensor:
+        """(P, Q) point maps of every position of a over b's grid (row p: the map of a's cell
+        p; column q: the map of b's cell q over a's grid, for every kind); rows of positions
+        without a map (no contribution) are NaN."""
+        eye = torch.eye(self.a.contributions.shape[0], dtype=torch.float64)
+        return regions.kind_maps(self.similarity, eye, self.a, self.b, kind, here_is_a=True)
+
+    def patterns(self, k: int = patternlib.DEFAULT_PATTERNS, kind: str = DEFAULT_POINT_MAP,
+                 spread: float = patternlib.DEFAULT_SPREAD, coords: maps.Coords = "image"
+                 ) -> list[patternlib.Pattern]:
+        """Cross-view patterns: the k strongest mutual best matches of the point maps of
+        `kind` between a's and b's cells (strength: the share of the score the two cells carry
+        together), spread out (`simexplain.patterns`), strongest first.
+        Points are the cells' centres as pixel (row, col) indices in the photo (coords="image")
+        or the model input (coords="input"): `point_map("a", pattern.point_a)` peaks at
+        pattern.cell_b. Fewer than k where fewer positions match mutually. For a distance
+        (`similarity.lower_is_better`: squared Euclidean) closeness is what counts: strength
+        is -D[p, q] (how much the pair shortens the distance) and a contribution map's best
+        match is its minimum."""
+        if k < 1:
+            raise SimexplainError(f"k must be at least 1, got {k}")
+        matrix = self.point_map_matrix(kind)
+        sign = -1.0 if self.similarity.lower_is_better else 1.0
+        closeness = sign * self.pairwise_flat
+        ranked = sign * matrix if kind == "contribution" else matrix
+        found = patternlib.mutual_matches(ranked, closeness, self.a.grid, self.b.grid, k, spread)
+        centres_a = self.a.frame.cell_centres(self.a.grid, coords) - 0.5  # pixel indices
+        centres_b = self.b.frame.cell_centres(self.b.grid, coords) - 0.5
+        return [patternlib.Pattern(
+            point_a=tuple(float(v) for v in centres_a[p]),
+            point_b=tuple(float(v) for v in centres_b[q]),
+            strength=float(closeness[p, q]), match=float(matrix[p, q]),
+            cell_a=divmod(p, self.a.grid[1]), cell_b=divmod(q, self.b.grid[1]))
+            for p, q in found]
 
     def partial_score(self, side: str, region: maps.Region,
                       coords: maps.Coords = "image") -> float:

@@ -10,6 +10,7 @@ import torch
 from . import visualize
 from .errors import NoPointMap
 from .explanation import DEFAULT_POINT_MAP, PairExplanation, point_map_label
+from .patterns import DEFAULT_PATTERNS, Pattern
 from .files import write_json_atomic
 
 
@@ -75,6 +76,25 @@ def points_figure(result: PairExplanation, points: Sequence[tuple[float, float]]
     return found
 
 
+PATTERN_COLORS = [(255, 64, 64), (64, 220, 64), (64, 128, 255), (255, 200, 0), (255, 64, 255),
+                  (0, 230, 230), (255, 140, 0), (160, 96, 255)]
+
+
+def patterns_figure(result: PairExplanation, path: Path, k: int = DEFAULT_PATTERNS,
+                    kind: str = DEFAULT_POINT_MAP) -> list[Pattern]:
+    """Cross-view patterns (`PairExplanation.patterns`): a and b side by side, each pattern's
+    point in a linked to its point in b by a line of its own colour, numbered by strength.
+    Returns the patterns drawn."""
+    found = result.patterns(k, kind=kind)
+    links = [(visualize.to_display(result.a, p.point_a), visualize.to_display(result.b, p.point_b))
+             for p in found]
+    canvas = visualize.linked_points(visualize.shown(result.a), visualize.shown(result.b),
+                                     links, PATTERN_COLORS)
+    caption = f"{len(found)} cross-view patterns ({kind} point maps), strongest first"
+    visualize.captioned(canvas, caption).save(path)
+    return found
+
+
 def crops_figure(result: PairExplanation, path: Path) -> bool:
     """When the model saw a crop of a photo (a face), each photo with that crop boxed; False
     (nothing written) when both photos were seen whole."""
@@ -89,11 +109,13 @@ def crops_figure(result: PairExplanation, path: Path) -> bool:
 
 
 def write_pair(result: PairExplanation, out: Path, points: Sequence[tuple[float, float]] | None = None,
-               extra: dict | None = None) -> dict:
-    """Write overall_{a,b}.png, relative_{a,b}.png, overall.png, points.png (crops.png when
-    the model saw face crops) and result.json to `out`. `points` are pixels (row, col) of photo
-    a; point maps are of the default kind (DEFAULT_POINT_MAP), labelled as such. result.json
-    gives each photo's size, the crop the model saw and the grid's cells in the photos' pixels."""
+               extra: dict | None = None, patterns: int = DEFAULT_PATTERNS) -> dict:
+    """Write overall_{a,b}.png, relative_{a,b}.png, overall.png, points.png, patterns.png
+    (crops.png when the model saw face crops) and result.json to `out`. `points` are pixels
+    (row, col) of photo a; point maps are of the default kind (DEFAULT_POINT_MAP), labelled as
+    such. `patterns`: how many cross-view patterns to find and draw (0: none). result.json
+    gives each photo's size, the crop the model saw and the grid's cells in the photos' pixels,
+    and the patterns (points in the photos' pixels)."""
     out.mkdir(parents=True, exist_ok=True)
     points = list(points) if points else default_points(result)
     files = {}
@@ -109,12 +131,17 @@ def write_pair(result: PairExplanation, out: Path, points: Sequence[tuple[float,
     files["overall"] = "overall.png"
     found = points_figure(result, points, out / "points.png")
     files["points"] = "points.png"
+    found_patterns = []
+    if patterns > 0:
+        found_patterns = patterns_figure(result, out / "patterns.png", patterns)
+        files["patterns"] = "patterns.png"
     summary = {
         **result.to_dict(),  # score, similarity, residual, grids, inputs, overall and relative
         "points_a": [list(map(float, p)) for p in points],
         "point_map_kind": DEFAULT_POINT_MAP,
         "point_map_label": point_map_label(DEFAULT_POINT_MAP),
-        "points_without_map": [n for n, ok in enumerate(found) if not ok], "files": files,
+        "points_without_map": [n for n, ok in enumerate(found) if not ok],
+        "patterns": [p.to_dict() for p in found_patterns], "files": files,
         **(extra or {}),
     }
     write_json_atomic(out / "result.json", summary)

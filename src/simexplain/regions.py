@@ -48,17 +48,22 @@ def region_vector(weights: torch.Tensor, contributions: torch.Tensor) -> torch.T
 def weighted_map(similarity: Similarity, weights: torch.Tensor, here_contributions,
                  here_embedding, there_contributions, there_embedding, here_is_a: bool = True
                  ) -> torch.Tensor:
-    """(Q,) = sum_p w_p D[p, :] over the other side's positions for weights on this side.
+    """(Q,) = sum_p w_p D[p, :] over the other side's positions for weights on this side;
+    (K, Q) for K weightings (K, P).
 
     `here_is_a` says which side of the pair the weights lie on, so that the pair keeps its
     orientation (a, b) for similarities that are not symmetric."""
-    q = region_vector(weights, here_contributions)[None]
+    q = region_vector(weights, here_contributions)
+    single = q.dim() == 1
+    q = q[None] if single else q
     v = there_contributions.detach().double().to(q.device)
     e_here = here_embedding.detach().double().to(q.device)
     e_there = there_embedding.detach().double().to(q.device)
     if here_is_a:
-        return similarity.pairwise(q, v, e_here, e_there)[0]
-    return similarity.pairwise(v, q, e_there, e_here)[:, 0]
+        maps = similarity.pairwise(q, v, e_here, e_there)
+    else:
+        maps = similarity.pairwise(v, q, e_there, e_here).T
+    return maps[0] if single else maps
 
 
 def side_map(similarity: Similarity, weights: torch.Tensor, here, there,
@@ -74,26 +79,39 @@ def kind_map(similarity: Similarity, weights: torch.Tensor, here, there, kind: s
     """The point or region map of `kind` (POINT_MAP_KINDS) of weights on `here` over `there`'s
     grid, from the two `explanation.Side`s' contributions alone (no P x Q map). Raises
     NoPointMap where the weighted contribution is zero (GMP heads), never a flat map."""
+    row = kind_maps(similarity, weights[None], here, there, kind, here_is_a)[0]
+    if torch.isnan(row).all():
+        raise NoPointMap(
+            f"no map: the {what} carries no contribution (u = 0: with a max-pooling head it "
+            "is no channel's maximum), so nothing of the other image is matched to it; the "
+            "match kinds give a map there")
+    return row.reshape(there.grid)
+
+
+def kind_maps(similarity: Similarity, weights: torch.Tensor, here, there, kind: str,
+              here_is_a: bool = True) -> torch.Tensor:
+    """(K, Q) maps of `kind` of K weightings (K, P) of `here` over `there`'s positions: row k
+    is `kind_map` of weights[k], NaN where that weighting carries nothing to compare. With the
+    identity for weights, the matrix of every position's point map (`patterns`)."""
     check_kind(kind)
     # contribution kind: the contributions u_p; match kinds: what the head makes of each
     # position's whole features where the pooling selects (max pooling, a class token: many
     # u_p are 0 there), else the contributions (average pooling: the same up to 1 / P)
     u = matched_vectors(here, kind)
-    weights = weights.to(u.device)
-    query = weights @ u
-    if float(query.norm()) <= _NO_CONTRIBUTION * float(u.norm(dim=1).max()):
-        raise NoPointMap(
-            f"no map: the {what} carries no contribution (u = 0: with a max-pooling head it "
-            "is no channel's maximum), so nothing of the other image is matched to it; the "
-            "match kinds give a map there")
+    weights = weights.to(u.device, torch.float64)
+    query = weights @ u  # (K, D)
+    missing = query.norm(dim=1) <= _NO_CONTRIBUTION * float(u.norm(dim=1).max())
     if kind == "contribution":
-        return side_map(similarity, weights, here, there, here_is_a)
-    v = matched_vectors(there, kind).to(u.device)
-    if kind == "match-centred":
-        query = query - weights.sum() * u.mean(0)
-        v = v - v.mean(0)
-    cosine = (v @ query) / (v.norm(dim=1) * query.norm()).clamp_min(1e-300)
-    return cosine.reshape(there.grid)
+        maps = weighted_map(similarity, weights, u, here.embedding, there.contributions,
+                            there.embedding, here_is_a)
+    else:
+        v = matched_vectors(there, kind).to(u.device)
+        if kind == "match-centred":
+            query = query - weights.sum(1, keepdim=True) * u.mean(0)
+            v = v - v.mean(0)
+        maps = (query @ v.T) / (query.norm(dim=1, keepdim=True) * v.norm(dim=1)[None]
+                                ).clamp_min(1e-300)
+    return maps.masked_fill(missing[:, None], float("nan"))
 
 
 def matched_vectors(side, kind: str) -> torch.Tensor:

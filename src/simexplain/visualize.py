@@ -110,6 +110,46 @@ def mark_box(image: Image.Image, box: Sequence[float], color=(255, 255, 0)) -> I
     return out
 
 
+def linked_points(left: Image.Image, right: Image.Image,
+                  links: Sequence[tuple[Sequence[float], Sequence[float]]], colors: Sequence,
+                  height: int = 280, gap: int = 24) -> Image.Image:
+    """Two images side by side at one `height` (small ones enlarged), with each link (a point
+    (row, col) of `left`, one of `right`, in those images' pixels) drawn as two numbered,
+    ringed points joined by a line in its colour."""
+    def fit(image: Image.Image) -> tuple[Image.Image, float]:
+        scale = height / image.height
+        size = (max(1, round(image.width * scale)), height)
+        resample = Image.NEAREST if scale >= 4 else Image.BILINEAR  # keep tiny pixels crisp
+        return image.convert("RGB").resize(size, resample), scale
+
+    (a, sa), (b, sb) = fit(left), fit(right)
+    canvas = Image.new("RGB", (a.width + gap + b.width, height), (255, 255, 255))
+    canvas.paste(a, (0, 0))
+    canvas.paste(b, (a.width + gap, 0))
+    draw = ImageDraw.Draw(canvas)
+    r = max(4, height // 40)
+    for n, ((ra, ca), (rb, cb)) in enumerate(links):
+        color = tuple(colors[n % len(colors)])
+        # pixel indices -> the centre of that pixel on the enlarged image
+        pa = ((ca + 0.5) * sa, (ra + 0.5) * sa)
+        pb = (a.width + gap + (cb + 0.5) * sb, (rb + 0.5) * sb)
+        draw.line([pa, pb], fill=(0, 0, 0), width=4)
+        draw.line([pa, pb], fill=color, width=2)
+        for x, y in (pa, pb):
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=color, outline=(0, 0, 0), width=2)
+            draw.text((x + r + 1, y - 2 * r), str(n + 1), fill=color, stroke_width=2,
+                      stroke_fill=(0, 0, 0))
+    return canvas
+
+
+def captioned(image: Image.Image, caption: str, band: int = 22) -> Image.Image:
+    """The image under a white band holding one line of caption."""
+    out = Image.new("RGB", (image.width, image.height + band), (255, 255, 255))
+    out.paste(image.convert("RGB"), (0, band))
+    ImageDraw.Draw(out).text((4, 5), caption, fill=(0, 0, 0))
+    return out
+
+
 def save_figure(panels: list[list[tuple[Image.Image, str]]], path, scale: float = 2.0,
                 title: str | None = None) -> None:
     """Save rows of (image, caption) panels as one PNG figure."""

@@ -115,7 +115,7 @@ def test_points_without_contribution_are_counted_as_no_map_not_wrong():
     a, b = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
     points = co.cell_centres((8, 8), (32, 32))
     methods = ["point-contribution", "point-match", "cosine"]
-    scores = co._Scores(methods)
+    scores = co.Scores(methods)
     co.score_pair(scores, methods, explainer, a, b, points, points, 1, 2)
     u = explainer.explain(a, b).a.contributions
     empty = int((u.norm(dim=1) == 0).sum())

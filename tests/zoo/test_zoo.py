@@ -10,6 +10,7 @@ EXPECTED = {  # name: (embedding size, grid at the default input size)
     "facenet": (512, (3, 3)),
     "fmnist-gap": (64, (7, 7)),
     "fmnist-gmp": (64, (7, 7)),
+    "fmnist-sketch": (64, (7, 7)),  # two streams: sketch (a) and item (b)
 }
 
 
@@ -32,8 +33,7 @@ def test_model_loads_and_decomposes_exactly(name):
     assert result.a.grid == grid
     assert result.residual <= 1e-4 * max(abs(result.score), 1e-3)
     with torch.no_grad():
-        model = zoo.model(name)
-        e_a, e_b = model(a)[0], model(b)[0]
+        e_a, e_b = zoo.model(name)(a)[0], zoo.model(name, "b")(b)[0]
     expected = float(torch.nn.functional.cosine_similarity(e_a, e_b, dim=0))
     assert result.score == pytest.approx(expected, rel=1e-4, abs=1e-6)
 

@@ -9,7 +9,8 @@ def register(commands) -> None:
     from ..training import add_train_arguments
     models = commands.add_parser("models", help="list the model zoo")
     models.set_defaults(run=cmd_models)
-    train = commands.add_parser("train", help="train a zoo model (fmnist-gap, fmnist-gmp)")
+    train = commands.add_parser(
+        "train", help="train a zoo model (fmnist-gap, fmnist-gmp, fmnist-sketch)")
     add_train_arguments(train)
     train.set_defaults(run=cmd_train)
 

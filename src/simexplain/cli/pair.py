@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..errors import SimexplainError
+from ..patterns import DEFAULT_PATTERNS
 from ..zoo.arguments import add_model_arguments, from_args
 
 
@@ -18,6 +20,9 @@ def register(commands) -> None:
     pair.add_argument("--point", type=parse_point, action="append",
                       help="ROW,COL pixel of image a (in the file's pixels) for a point map; "
                            "repeatable (default: the 4 strongest cells)")
+    pair.add_argument("--patterns", type=int, default=DEFAULT_PATTERNS, metavar="K",
+                      help="cross-view patterns to find and draw in patterns.png and "
+                           f"result.json (default {DEFAULT_PATTERNS}; 0: none)")
     pair.add_argument("--json", action="store_true", help="print result.json to stdout")
     pair.set_defaults(run=cmd_pair)
 
@@ -32,10 +37,12 @@ def parse_point(text: str) -> tuple[float, float]:
 
 def cmd_pair(args: argparse.Namespace) -> int:
     from ..pair_report import write_pair
+    if args.patterns < 0:
+        raise SimexplainError(f"--patterns must be 0 or more, got {args.patterns}")
     explainer = from_args(args)
     result = explainer.explain(args.a, args.b)  # face models see face crops (the pipeline)
     out = Path(args.out)
-    summary = write_pair(result, out, args.point, extra={
+    summary = write_pair(result, out, args.point, patterns=args.patterns, extra={
         "model": args.model, "layer": explainer.stream_a.layer_name,
         "image_a": str(args.a), "image_b": str(args.b)})
     if args.json:

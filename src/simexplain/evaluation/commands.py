@@ -29,6 +29,9 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                      "pair-aware deletion, insertion and ROAD curves on image b"),
     "correspondence": ("simexplain.evaluation.correspondence",
                        "PCK of point-specific maps on pairs with known geometry"),
+    "crossview": ("simexplain.evaluation.crossview",
+                  "PCK of point maps across the two streams of the sketch model, and its "
+                  "sketch-to-item Recall@1"),
     "sanity": ("simexplain.evaluation.sanity",
                "cascading parameter randomisation and reference randomisation"),
     "all": ("simexplain.evaluation.suite",
@@ -93,10 +96,11 @@ def configure_benchmark_parser(parser, methods: Sequence[str], default_samples: 
     parser.add_argument("--progress", action="store_true", help="show progress bars")
 
 
-def expand_models(requested: Sequence[str]) -> list[str]:
+def expand_models(requested: Sequence[str], every: Sequence[str] = MODELS) -> list[str]:
+    """The models asked for, 'all' expanded to `every` (a benchmark's own MODELS, or all)."""
     out: list[str] = []
     for name in requested:
-        for n in (MODELS if name == "all" else [name]):
+        for n in (every if name == "all" else [name]):
             if n not in out:
                 out.append(n)
     return out
@@ -113,7 +117,7 @@ def run_benchmark_cli(args, module) -> int:
     if args.samples is not None and args.samples < 1:
         raise SimexplainError("--samples must be at least 1")
     out = Path(args.out)
-    wanted = expand_models(args.model)
+    wanted = expand_models(args.model, getattr(module, "MODELS", MODELS))
     models, skipped = available_models(wanted)
     if "all" not in args.model and skipped:
         name, why = next(iter(skipped.items()))

@@ -61,6 +61,8 @@ SETUPS = {
                                      occlusion_cap=10),
     # 2 x 160 px = 320 px: an 8x8 grid
     "facenet": ModelSetup("facenet", "faces", 160, 160, 320, occlusion_cap=5),
+    # two streams (sketch, item): only the crossview benchmark runs it (not in MODELS)
+    "fmnist-sketch": ModelSetup("fmnist-sketch", "sketch", 28, 28, 28, occlusion_cap=0),
 }
 QUICK_OCCLUSION_CAP = 5
 
@@ -148,6 +150,9 @@ def start_run(model: str, methods, samples: int | None, quick: bool, allowed: Se
     """What every benchmark's run() starts with: the methods asked for (checked against
     `allowed`), the sample count, the loaded model, its settings and its item source."""
     from .composites import item_source
+    if model in SETUPS and model not in MODELS:
+        raise SimexplainError(f"this benchmark runs on {', '.join(MODELS)}, not {model!r} (the "
+                              "two-stream fmnist-sketch has its own: `simexplain eval crossview`)")
     methods = resolve_methods(methods, allowed)
     samples = samples or (quick_samples if quick else default_samples)
     explainer, setup = load_model(model)

@@ -219,7 +219,7 @@ def stereo_points(grid, image_size, disparity) -> tuple[np.ndarray, np.ndarray]:
     return centres[ok], truth[ok]
 
 
-class _Scores:
+class Scores:
     """Per-pair hits, errors and map states of every method."""
 
     def __init__(self, methods):
@@ -230,7 +230,7 @@ class _Scores:
         self.per_point = {m: {a: [] for a in ALPHAS} for m in methods}
 
 
-def score_pair(scores: _Scores, methods, explainer, a, b, points, truth, tie_seed: int,
+def score_pair(scores: Scores, methods, explainer, a, b, points, truth, tie_seed: int,
                random_seed: int) -> None:
     """Predict the point of b for every point of a by every method; add the outcome."""
     (gb, _) = explainer.stream_b.grid(b)
@@ -268,7 +268,7 @@ def score_pair(scores: _Scores, methods, explainer, a, b, points, truth, tie_see
         scores.errors[m].append(float(dist.mean()) if found.any() else np.nan)
 
 
-def summarise(result: dict, scores: _Scores, methods, weights, seed: int) -> None:
+def summarise(result: dict, scores: Scores, methods, weights, seed: int) -> None:
     for m in methods:
         result["methods"][m] = {f"pck@{alpha:g}": bootstrap_ci(scores.hits[m][alpha], weights,
                                                                seed=seed) for alpha in ALPHAS}
@@ -290,7 +290,7 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
                     else f"affine: scale 0.8-1.25, rotation +-{rotation:g} deg, shift 10%, "
                          "mirror p=0.5",
         "domain": setup.domain})
-    scores = _Scores(methods)
+    scores = Scores(methods)
     counts = []
     gb = ()
     with Timer() as timer:
@@ -333,7 +333,7 @@ def run_stereo(explainer, setup, methods, seed: int) -> dict:
         b = to_tensor(explainer, right, "b")
         (ga, _) = explainer.stream_a.grid(a)
         points, truth = stereo_points(ga, tuple(a.shape[2:]), disparity)
-        scores = _Scores(methods)
+        scores = Scores(methods)
         score_pair(scores, methods, explainer, a, b, points, truth, sample_seed(seed, 0, 8),
                    sample_seed(seed, 0, 98))
     out = {"image_size": [int(v) for v in a.shape[2:]], "grid": [int(v) for v in ga],
@@ -361,6 +361,11 @@ def protocol_text(settings: dict) -> str:
 
 
 def results_table(results: list[dict]) -> str:
+    return pck_table(results) + stereo_table(results)
+
+
+def pck_table(results: list[dict]) -> str:
+    """PCK, mean error and map states of every method, model by model."""
     rows = []
     for r in results:
         for m in methods_of(r):
@@ -370,7 +375,7 @@ def results_table(results: list[dict]) -> str:
                          str(f.get("no_map", 0)), f"{r['samples']} / {r['points']}",
                          "x".join(str(v) for v in r.get("grid", []))])
     return markdown_table(["model", "method", "PCK@0.05", "PCK@0.1", "mean error", "flat maps",
-                           "no map", "pairs / points", "grid of b"], rows) + stereo_table(results)
+                           "no map", "pairs / points", "grid of b"], rows)
 
 
 def stereo_table(results: list[dict]) -> str:

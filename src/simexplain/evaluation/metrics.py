@@ -86,6 +86,14 @@ def _similarities(q, g, start, stop, exclude_self):
 def recall_at_k(query_emb, query_labels, gallery_emb, gallery_labels, k: int = 1,
                 exclude_self: bool = False) -> float:
     """Fraction of queries with a same-label item among their `k` most similar gallery items."""
+    return float(hits_at_k(query_emb, query_labels, gallery_emb, gallery_labels, k,
+                           exclude_self).mean())
+
+
+def hits_at_k(query_emb, query_labels, gallery_emb, gallery_labels, k: int = 1,
+              exclude_self: bool = False) -> np.ndarray:
+    """Per query: is a same-label item among its `k` most similar gallery items? (bool (n,):
+    its mean is `recall_at_k`, its bootstrap the CI)."""
     if k < 1:
         raise SimexplainError(f"k must be >= 1, got {k}")
     q, ql, g, gl = _prepare(query_emb, query_labels, gallery_emb, gallery_labels, exclude_self)
@@ -93,12 +101,12 @@ def recall_at_k(query_emb, query_labels, gallery_emb, gallery_labels, k: int = 1
     k = min(k, available)
     if k < 1:
         raise SimexplainError("the gallery has no item to retrieve")
-    hits = 0
+    hits = []
     for start, stop in _chunks(q.shape[0], g.shape[0]):
         sim = _similarities(q, g, start, stop, exclude_self)
         top = sim.topk(k, dim=1).indices
-        hits += int((gl[top] == ql[start:stop, None]).any(dim=1).sum())
-    return hits / q.shape[0]
+        hits.append((gl[top] == ql[start:stop, None]).any(dim=1).cpu().numpy())
+    return np.concatenate(hits)
 
 
 def average_precision_at_r(relevant: torch.Tensor, r: torch.Tensor) -> torch.Tensor:

@@ -304,6 +304,9 @@ DATA_NOTES = [
     "the same person, drawn from 5, and distractors come from 2 other people (repeated as "
     "other crops): the intervals describe these draws, not faces in general. Queries 160 px; "
     "composites 320 px (an 8x8 grid).",
+    "- **fmnist-sketch** (crossview only): two streams trained here; a is an edge sketch of "
+    "a Fashion-MNIST test item under a recorded random affine map, b the item (28 px, 7x7 "
+    "grids).",
     "- Every sample is drawn from a seed derived from the run's seed and the sample's index, "
     "the same for every method, so methods are compared on the same samples.",
     "",
@@ -398,7 +401,8 @@ def write_report(results: dict[str, list[dict]], out: Path, meta: dict, benchmar
         f"({'quick mode' if meta.get('quick') else 'full run'}: {meta['runtime_s'] / 60:.1f} "
         f"minutes on {meta.get('machine', 'this machine')}). The quick check is "
         "`simexplain eval all --quick --out DIR`. Each benchmark also runs alone: "
-        "`simexplain eval pointing|localisation|faithfulness|correspondence|sanity --model NAME "
+        "`simexplain eval pointing|localisation|faithfulness|correspondence|sanity|crossview "
+        "--model NAME "
         "--method M --out DIR [--json]`.",
         "",
         f"- Seed: {meta['seed']} (every draw is derived from it and the sample's index)",

@@ -1,12 +1,14 @@
 """`simexplain eval all`: every benchmark, every available model and method, one report.
 
 Runs pointing, localisation, faithfulness, correspondence and sanity for each benchmark model
-that this installation can load (fmnist-gap, fmnist-gmp, efficientnet-lite0, facenet), then the
+that this installation can load (fmnist-gap, fmnist-gmp, efficientnet-lite0, facenet), the
+cross-view benchmark on the two-stream sketch model (fmnist-sketch), then the
 interactive-retrieval benchmark (``simexplain.evaluation.interactive``), and writes
 ``BENCHMARKS.md``, ``benchmarks.json`` (all figures, per-sample values included) and the plots
 under ``img/benchmarks/`` into the output folder (default ``docs``).
 
-``--quick``: the Fashion-MNIST models only, a handful of samples each (a smoke test, minutes).
+``--quick``: the Fashion-MNIST models only (fmnist-sketch included), a handful of samples each
+(a smoke test, minutes).
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from typing import Callable, Sequence
 import torch
 
 from ..errors import SimexplainError
-from . import correspondence, faithfulness, localisation, pointing, report, sanity
+from . import correspondence, crossview, faithfulness, localisation, pointing, report, sanity
 from .common import BOOTSTRAP, METHODS, MODELS, POINT_METHODS, available_models
 
-BENCHMARKS = (pointing, localisation, faithfulness, correspondence, sanity)
+# a benchmark with its own MODELS (crossview: the two-stream sketch model) runs on those only
+BENCHMARKS = (pointing, localisation, faithfulness, correspondence, sanity, crossview)
 QUICK_MODELS = ("fmnist-gap", "fmnist-gmp")
 
 
@@ -61,9 +64,19 @@ def run_all(out: str | Path = "docs", quick: bool = False, seed: int = 0,
         raise SimexplainError("no benchmark model can be loaded: " + "; ".join(
             f"{k}: {v}" for k, v in skipped.items()))
     results: dict[str, list[dict]] = {}
+    extra: list[str] = []  # models of benchmarks with their own MODELS
     for bench in BENCHMARKS:
+        bench_models = [m for m in loaded if m in MODELS]
+        if hasattr(bench, "MODELS"):
+            bench_models = [m for m in bench.MODELS if m in loaded]
+            if not models:  # by default: this benchmark's models where they load
+                bench_models, own_skipped = available_models(bench.MODELS)
+                skipped.update({f"{m} ({bench.NAME})": why for m, why in own_skipped.items()})
+            if not bench_models:
+                continue  # none of its models asked for: no section
+            extra += [m for m in bench_models if m not in loaded + extra]
         results[bench.NAME] = []
-        for model in loaded:
+        for model in bench_models:
             t = time.perf_counter()
             try:
                 result = bench.run(model, samples=samples, quick=quick, seed=seed,
@@ -89,7 +102,7 @@ def run_all(out: str | Path = "docs", quick: bool = False, seed: int = 0,
             command += "".join(f" --model {m}" for m in models)
     meta = {
         "command": command, "quick": quick, "seed": seed, "bootstrap": BOOTSTRAP,
-        "runtime_s": elapsed, "models": loaded, "methods": list(METHODS) +
+        "runtime_s": elapsed, "models": loaded + extra, "methods": list(METHODS) +
         [f"{m} (pointing, localisation, correspondence)" for m in POINT_METHODS] +
         ["cosine (correspondence)"],
         "skipped": skipped, "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -22,7 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import SimexplainError
-from ..explanation import point_map_label
+from ..explanation import DEFAULT_POINT_MAP, point_map_label
 from ..maps import Frame
 from ..methods import method_class
 from .engine import METHODS, Engine, Explained, GridMap, Prepared, SearchResult
@@ -30,8 +30,9 @@ from .errors import megabytes, status_of
 from .middleware import LOCAL_HOSTS, BodyLimit, HostCheck, ServerTiming
 from .schemas import (ERRORS, ErrorBody, ExplainRequest, ExplainResponse, Health,
                       IdenticalRequest, IdenticalResponse, ImageInfo, ImageList, MapResponse,
-                      ModelsResponse, PointRequest, RegionRequest, RegionResponse,
-                      SearchPointRequest, SearchPointResponse, SearchRequest, SearchResponse)
+                      ModelsResponse, PatternsRequest, PatternsResponse, PointRequest,
+                      RegionRequest, RegionResponse, SearchPointRequest, SearchPointResponse,
+                      SearchRequest, SearchResponse)
 from .store import ImageRecord, clean_name
 
 STATIC = Path(__file__).parent / "static"
@@ -291,6 +292,16 @@ def build_app(engine: Engine, title: str = "simexplain",
     def region(request: RegionRequest):
         result, partial = engine.region(request.explanation_id, request.side, request.box)
         return {**map_json(result, top=True), "partial_score": partial, "seq": request.seq}
+
+    @app.post("/api/patterns", response_model=PatternsResponse, tags=["pairs"],
+              summary="cross-view patterns: the strongest mutual best matches of the pair",
+              responses=ERRORS)
+    def patterns(request: PatternsRequest):
+        """Positions of a and b whose point maps (the default kind) pick each other, ranked
+        by the share of the score they carry, spread out; points in the photos' pixels."""
+        found = engine.patterns(request.explanation_id, request.k)
+        return {"explanation_id": request.explanation_id, "kind": DEFAULT_POINT_MAP,
+                "patterns": [p.to_dict() for p in found]}
 
     # -- gallery -------------------------------------------------------------------------------
     @app.post("/api/search", response_model=SearchResponse, tags=["gallery"],

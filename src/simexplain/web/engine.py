@@ -392,6 +392,11 @@ class Engine:
         return result, record.pair.partial_score(side, _box(box))
 
     # -- gallery search ------------------------------------------------------------------------
+    def patterns(self, explanation_id: str, k: int) -> list:
+        """Cross-view patterns of a cached pair (`PairExplanation.patterns`, default kind),
+        points in the photos' pixels."""
+        return self.record(explanation_id).pair.patterns(k)
+
     def search(self, query: str, box: Sequence[float] | None = None,
                k: int = 12) -> SearchResult:
         if self.index is None:

@@ -254,3 +254,25 @@ class SearchPointResponse(BaseModel):
 ERRORS = {400: {"model": ErrorBody, "description": "bad input"},
           404: {"model": ErrorBody, "description": "unknown id"},
           422: {"model": ErrorBody, "description": "invalid request body"}}
+
+
+# -- cross-view patterns (PairExplanation.patterns) ----------------------------------------------
+class PatternsRequest(BaseModel):
+    explanation_id: Token
+    k: int = Field(default=5, ge=1, le=50, description="how many patterns at most")
+
+
+class PatternItem(BaseModel):
+    point_a: list[float] = Field(description="(row, col) pixel of image a's `image_size`")
+    point_b: list[float] = Field(description="(row, col) pixel of image b's `image_size`")
+    strength: float = Field(description="the share of the score the two positions carry")
+    match: float = Field(description="the value of the default point-map kind")
+    cell_a: list[int]
+    cell_b: list[int]
+
+
+class PatternsResponse(BaseModel):
+    explanation_id: str
+    kind: str = Field(description="the point-map kind whose mutual best matches these are")
+    patterns: list[PatternItem] = Field(description="strongest first; fewer than k where "
+                                                    "fewer positions match mutually")

@@ -2,7 +2,9 @@
 and `zoo.resolve(spec)` turns anything the command line accepts (a zoo name, a model file,
 `module:factory`) into one.
 
-Each entry knows its model, explained layer, similarity and preprocessing; weights come from
+Each entry knows its model, explained layer, similarity and preprocessing (and, for a
+two-stream model such as `fmnist-sketch`, those of its second stream, which sees image b);
+weights come from
 registry packages (FaceNet, EfficientNet-Lite0) or from this package (Fashion-MNIST models we
 trained ourselves). Nothing is downloaded at run time.
 """
@@ -34,6 +36,15 @@ class ZooEntry:
     faces: bool = False  # detect and crop faces before embedding (Explainer(faces=True))
     # two image files that suit the model (the demo's, the web app's and the tests' default)
     sample: Callable[[], tuple[Path, Path]] | None = None
+    # the second stream of a two-stream model (image b): its model, layer and preprocessing
+    build_b: Callable[[], nn.Module] | None = None
+    layer_b: str | None = None
+    preprocess_b: Preprocess | None = None
+
+    @property
+    def two_stream(self) -> bool:
+        """Does image b go through a second stream with its own weights?"""
+        return self.build_b is not None
 
     def sample_pair(self) -> tuple[Path, Path]:
         """Two image paths that suit this model: two faces for a face model, two views of
@@ -65,11 +76,27 @@ def entry(name: str) -> ZooEntry:
     return _REGISTRY[name]
 
 
-def model(name: str) -> nn.Module:
-    """The zoo model itself (built once per process, eval mode)."""
-    if name not in _MODELS:
-        _MODELS[name] = entry(name).build().eval()
-    return _MODELS[name]
+def model(name: str, side: str = "a") -> nn.Module:
+    """The zoo model itself (built once per process, eval mode); side="b" is the second
+    stream of a two-stream model (the same model for the others)."""
+    spec = entry(name)
+    key = f"{name}:b" if side == "b" and spec.two_stream else name
+    if key not in _MODELS:
+        _MODELS[key] = (spec.build_b if key.endswith(":b") else spec.build)().eval()
+    return _MODELS[key]
+
+
+def _explainer(name: str, layer: str | None, similarity: str | None, transform) -> Explainer:
+    """The Explainer of a zoo entry (both streams of a two-stream one); `layer` and
+    `similarity` override the entry's (a layer names the layer of both streams)."""
+    from ..explainer import Explainer
+    spec = entry(name)
+    streams = {}
+    if spec.two_stream:
+        streams = dict(model_b=model(name, "b"), layer_b=layer or spec.layer_b or spec.layer,
+                       transform_b=transform[1])
+    return Explainer(model(name), layer or spec.layer, similarity=similarity or spec.similarity,
+                     transform=transform[0], faces=spec.faces, model_name=name, **streams)
 
 
 def sized(preprocess: Preprocess, size: int | tuple[int, int] | None) -> Preprocess:
@@ -89,10 +116,9 @@ def load(name: str, size: int | tuple[int, int] | None = None) -> Explainer:
     (larger inputs give a finer feature grid at a higher cost): an int is the short side
     (aspect ratio kept) for models that pool over positions, the side of a square for the
     others; (height, width) is an exact size."""
-    from ..explainer import Explainer
     spec = entry(name)
-    return Explainer(model(name), spec.layer, similarity=spec.similarity,
-                     transform=sized(spec.preprocess, size), faces=spec.faces, model_name=name)
+    return _explainer(name, None, None, (sized(spec.preprocess, size),
+                                         sized(spec.preprocess_b or spec.preprocess, size)))
 
 
 def resolve(model_spec: str, layer: str | None = None, similarity: str | None = None,
@@ -105,13 +131,10 @@ def resolve(model_spec: str, layer: str | None = None, similarity: str | None = 
     (height, width))."""
     from ..explainer import Explainer
     if model_spec in list():
-        spec = entry(model_spec)
         explainer = load(model_spec, size=size)
         if layer or similarity:
-            explainer = Explainer(model(model_spec), layer or spec.layer,
-                                  similarity=similarity or spec.similarity,
-                                  transform=explainer.transform_a, faces=spec.faces,
-                                  model_name=model_spec)
+            explainer = _explainer(model_spec, layer, similarity,
+                                   (explainer.transform_a, explainer.transform_b))
         return explainer
     from .user import load_user_model
     if not layer:
@@ -129,7 +152,7 @@ def _register_builtins() -> None:
     if _BUILTINS_DONE:
         return
     _BUILTINS_DONE = True
-    from . import efficientnet, facenet, fmnist, samples
+    from . import efficientnet, facenet, fmnist, samples, sketch
     register(ZooEntry(
         name="efficientnet-lite0", build=efficientnet.build_efficientnet_lite0,
         layer=efficientnet.DEFAULT_LAYER, similarity="cosine",
@@ -152,3 +175,11 @@ def _register_builtins() -> None:
                         f"{head.upper()} head, linear, L2; 7x7 grid at 28 px, 7x14 on a 28x56 "
                         f"composite (aspect ratio kept)",
             sample=samples.fashion_pair))
+    register(ZooEntry(
+        name=sketch.NAME, build=sketch.build_sketch_stream, layer=sketch.LAYER,
+        similarity="cosine", preprocess=sketch.SKETCH_PREPROCESS, embedding_dim=64,
+        build_b=sketch.build_item_stream, layer_b=sketch.LAYER,
+        preprocess_b=sketch.ITEM_PREPROCESS, sample=samples.sketch_pair,
+        description="two streams trained here on Fashion-MNIST (NT-Xent on sketch/item pairs): "
+                    "image a is an edge sketch (stream A), image b the grey item (stream B), "
+                    "own weights each; GAP, linear, L2; 7x7 grids at 28 px"))

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from .. import datasets
+from ..files import atomic_path, write_json_atomic
 
 
 def stereo_pair() -> tuple[Path, Path]:
@@ -38,7 +39,34 @@ def fashion_pair(label: int = 7) -> tuple[Path, Path]:
     images, labels = datasets.fashion_mnist("test")
     folder.mkdir(parents=True, exist_ok=True)
     for path, index in zip(paths, np.flatnonzero(labels == label)[:2]):
-        partial = path.with_name(f".{path.name}.partial")  # never a half-written sample
-        Image.fromarray(images[index]).save(partial, format="PNG")
-        partial.replace(path)
+        _write_png(path, images[index])
     return paths
+
+
+def sketch_pair(index: int = 0) -> tuple[Path, Path]:
+    """An edge sketch of a Fashion-MNIST test item (`zoo.sketch`: its edges under a seeded
+    random affine map) and the item itself, written once as PNG files under the data root,
+    with the sketch's affine map T (item pixels -> sketch pixels) beside them as JSON."""
+    from . import sketch
+    folder = datasets.data_root() / "samples"
+    paths = (folder / f"fmnist_sketch_{index}.png", folder / f"fmnist_item_{index}.png")
+    if all(path.is_file() for path in paths) and sketch_transform_path(index).is_file():
+        return paths
+    images, _ = datasets.fashion_mnist("test")
+    item = images[index:index + 1]
+    drawn, transforms = sketch.sketches(item, np.random.default_rng([index, 15]))
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_png(paths[1], item[0])
+    _write_png(paths[0], drawn[0])
+    write_json_atomic(sketch_transform_path(index), transforms[0].tolist())
+    return paths
+
+
+def sketch_transform_path(index: int = 0) -> Path:
+    """The JSON file of the affine map T of `sketch_pair(index)`'s sketch."""
+    return datasets.data_root() / "samples" / f"fmnist_sketch_{index}.json"
+
+
+def _write_png(path: Path, pixels: np.ndarray) -> None:
+    with atomic_path(path) as tmp:  # never a half-written sample
+        Image.fromarray(pixels).save(tmp, format="PNG")
