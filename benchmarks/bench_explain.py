@@ -436,7 +436,9 @@ def main() -> None:
     if args.write_readme:
         where = (f"on {torch.cuda.get_device_name(DEVICE)}" if DEVICE.type == "cuda" else
                  f"on the CPU with {torch.get_num_threads()} torch thread(s)")
-        header = (f"Measured by `make bench` {where} (torch {torch.__version__.split('+')[0]}), "
+        command = "`make bench`" if DEVICE.type == "cpu" else \
+            f"`python benchmarks/bench_explain.py --device {args.device}`"
+        header = (f"Measured by {command} {where} (torch {torch.__version__.split('+')[0]}), "
                   f"medians of {args.repeats}.")
         # a GPU run has its own block: the CPU table stays
         write_readme(args.write_readme, text, header,
