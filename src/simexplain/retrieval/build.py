@@ -33,9 +33,10 @@ _OWN = re.compile(r"^(simexplain-partial|state\.json|shard-\d{5}-[0-9a-f]{6}\.np
 def build_index(cls, images: str | Path | Iterable[str | Path], explainer,
                 model_name: str | None = None, batch_size: int = 32, progress: bool = True,
                 out: str | Path | None = None, resume: bool = True, kind: str = "flat",
-                checkpoint_every: int = 8):
+                checkpoint_every: int = 8, shards: int = 1):
     """`Index.build` (see there); `cls` is the Index class."""
     check_kind(kind)
+    check_shards(kind, shards)
     if batch_size < 1:
         raise SimexplainError(f"batch_size must be >= 1, got {batch_size}")
     require_faiss()
@@ -79,14 +80,34 @@ def build_index(cls, images: str | Path | Iterable[str | Path], explainer,
         raise SimexplainError(
             f"no readable image among the {len(paths)} files; skipped: "
             + "; ".join(f"{s.path} ({s.reason})" for s in state.skipped[:5]))
-    index = cls(np.concatenate(state.embeddings), [paths[i] for i in state.ok], {**info},
-                kind=kind, hashes=state.hashes, skipped=state.skipped, root=root)
+    index = finish(cls, state.embeddings, [paths[i] for i in state.ok], info, kind, shards,
+                   state.hashes, state.skipped, root)
     index.explainer = explainer
     index.resumed_from = resumed_from
     if out is not None:
         index.save(out)
         remove_checkpoint(checkpoint)
     return index
+
+
+def check_shards(kind: str, shards: int) -> None:
+    """Refuse a shard count the kind cannot take, before any work."""
+    if shards < 1:
+        raise SimexplainError(f"shards must be >= 1, got {shards}")
+    if shards != 1 and kind != "ivfpq":
+        raise SimexplainError(f"an index of kind {kind!r} is one structure; shards need "
+                              "--kind ivfpq")
+
+
+def finish(cls, embeddings: list[np.ndarray], paths: list[str], info: dict, kind: str,
+           shards: int, hashes: list[str], skipped: list[Skipped], root: Path):
+    """The index of a build's embeddings (every build engine ends here)."""
+    from .index import with_defaults
+    array = np.concatenate(embeddings)
+    params = with_defaults(kind, len(array), {"shards": shards} if shards != 1 else None,
+                           info["similarity"], array)
+    return cls(array, paths, {**info}, kind=kind, hashes=hashes, skipped=skipped, root=root,
+               params=params)
 
 
 class _BuildState:
