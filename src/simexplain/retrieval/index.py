@@ -173,7 +173,8 @@ class Index:
     def build(cls, images: str | Path | Iterable[str | Path], explainer,
               model_name: str | None = None, batch_size: int = 32, progress: bool = True,
               out: str | Path | None = None, resume: bool = True, kind: str = "flat",
-              checkpoint_every: int = 8, shards: int = 1) -> "Index":
+              checkpoint_every: int = 8, shards: int = 1, engine: str = "local",
+              ray: dict | None = None) -> "Index":
         """Embed a folder (all files, recursively, sorted) or a list of image files.
 
         Unreadable files are skipped and listed in `.skipped`. With `out`, progress is
@@ -182,10 +183,16 @@ class Index:
         the finished index is saved to `out` (the checkpoint is then removed). `out` must be
         absent, empty, or an index folder simexplain wrote that holds nothing else.
         `shards` splits a kind="ivfpq" index into that many FAISS files searched as one.
+
+        engine="ray" embeds with a Ray Data pipeline of model actors (`ray_engine`; the
+        `scale` extra): `ray` takes workers (default 2), address (a cluster; default
+        RAY_ADDRESS, else a private local instance) and gpus (per worker). `explainer` may
+        then also be a picklable zero-argument factory, so each worker loads its own model.
+        The result, checkpoints and index folder are those of the default engine="local".
         """
         from .build import build_index
         return build_index(cls, images, explainer, model_name, batch_size, progress, out,
-                           resume, kind, checkpoint_every, shards)
+                           resume, kind, checkpoint_every, shards, engine, ray)
 
     def _build_vectors(self):
         faiss = require_faiss()
