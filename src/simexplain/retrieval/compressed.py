@@ -32,13 +32,32 @@ def default_params(count: int, dim: int, shards: int = 1) -> dict:
         raise SimexplainError(f"shards must be between 1 and the number of images ({count}), "
                               f"got {shards}")
     nlist = max(1, min(int(round(math.sqrt(count))), count // 39))
-    # the largest m dividing dim with at least 2 dimensions per sub-quantiser (PQ needs d % m
-    # == 0; e.g. 32 for 128-d, 43 for the 129-d vectors of a 128-d euclidean index)
-    m = max(c for c in range(1, min(MAX_CODE_BYTES, max(1, dim // 2)) + 1) if dim % c == 0)
+    # the largest m dividing the padded dimension with at least 2 dimensions per sub-quantiser
+    # (PQ needs d % m == 0; e.g. 32 for 128-d, 44 for the 129-d vectors of a 128-d euclidean
+    # index, padded to 132)
+    padded = padded_dim(dim)
+    m = max(c for c in range(1, min(MAX_CODE_BYTES, max(1, padded // 2)) + 1)
+            if padded % c == 0)
     # 256 centroids per sub-quantiser need at least 256 training rows: fewer bits below that
     nbits = max(1, min(8, int(math.log2(max(2, min(count, _sample_size(count, nlist)))))))
     return {"nlist": nlist, "nprobe": min(nlist, max(8, int(math.ceil(nlist / 32)))), "m": m,
             "nbits": nbits, "shards": shards, "candidates": 256}
+
+
+def padded_dim(dim: int) -> int:
+    """The dimension the PQ shards store: `dim` rounded up to a multiple of 4 with zeros,
+    which leaves every inner product unchanged and gives PQ a divisor to work with (a prime
+    dimension such as 17 would otherwise allow only one sub-quantiser)."""
+    return dim if dim < 4 else -(-dim // 4) * 4
+
+
+def _pad(rows: np.ndarray, width: int) -> np.ndarray:
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    if rows.shape[1] == width:
+        return rows
+    out = np.zeros((rows.shape[0], width), dtype=np.float32)
+    out[:, :rows.shape[1]] = rows
+    return out
 
 
 def _sample_size(count: int, nlist: int) -> int:
@@ -74,6 +93,7 @@ class ShardedVectors:
     def search(self, query: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
         """The `fetch` best approximate inner products of one (1, d) float32 query over all
         shards, best first: (scores, gallery rows), shape (1, fetch), rows -1 where fewer."""
+        query = _pad(query, self.d)
         scores, rows = [], []
         for shard, offset in zip(self.shards, self.offsets):
             if shard.ntotal == 0:
@@ -99,8 +119,11 @@ def build(rows: Callable[[int, int], np.ndarray], count: int, dim: int, params: 
     converted piecewise). Shard i holds a contiguous block of rows."""
     faiss = require_faiss()
     nlist, m, nbits = int(params["nlist"]), int(params["m"]), int(params["nbits"])
+    dim = padded_dim(dim)
     if dim % m:
         raise SimexplainError(f"m={m} does not divide the index dimension {dim}")
+    source = rows
+    rows = lambda start, stop: _pad(source(start, stop), dim)  # noqa: E731
     rng = np.random.default_rng(0)
     size = _sample_size(count, nlist)
     picked = np.sort(rng.choice(count, size, replace=False)) if size < count else None

@@ -201,6 +201,9 @@ def load_index(cls, path: str | Path, explainer=None, verify: bool = True):
             raise damaged(path / name, f"cannot read the FAISS index ({first})") from None
     similarity = similarities.get(manifest["similarity"])
     expected_d = similarity.index_vectors(np.zeros((1, dim), np.float32)).shape[1]
+    if compressed:
+        from .compressed import padded_dim
+        expected_d = padded_dim(expected_d)
     if any(s.d != expected_d for s in structures) or sum(s.ntotal for s in structures) != count:
         where = path / names[0] if len(names) == 1 else path
         raise damaged(where, f"holds {sum(s.ntotal for s in structures)} vectors of dimension "
