@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -163,13 +164,16 @@ def _connect(ray, address: str | None, workers: int) -> bool:
 
 
 def _simexplain_cause(exc: BaseException) -> SimexplainError | None:
-    """The SimexplainError a Ray task raised (Ray wraps it), so the user sees one line."""
-    seen = exc
+    """The SimexplainError a Ray worker raised, so the user sees its one line: Ray wraps an
+    error of a task (found through `.cause`) and reports one of an actor's start only as
+    text."""
+    seen: BaseException | None = exc
     for _ in range(8):
-        if isinstance(seen, SimexplainError):
-            return seen
-        cause = getattr(seen, "cause", None) or seen.__cause__
-        if cause is None:
-            return None
-        seen = cause
-    return None
+        if seen is None:
+            break
+        inner = getattr(seen, "cause", None)
+        if isinstance(inner, SimexplainError):
+            return SimexplainError(str(inner))
+        seen = inner or seen.__cause__
+    found = re.findall(r"SimexplainError: (.+)", str(exc))
+    return SimexplainError(found[-1].strip()) if found else None
