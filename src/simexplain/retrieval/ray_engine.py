@@ -6,8 +6,9 @@ back in gallery order to the driver, which checkpoints them into the same shards
 the same index as the single-process build: resumable per shard, the same manifest and checks.
 
 On a laptop a private local Ray instance is started (no dashboard, no set-up) and shut down at
-the end; with `address` (or RAY_ADDRESS) the build joins that cluster; inside a running
-`ray.init` it uses that one. Needs the `scale` extra (`pip install simexplain[scale]`).
+the end; with `address` (or RAY_ADDRESS) the build joins that cluster; both ship this
+simexplain package to the workers. Inside a running `ray.init` it uses that one, whose workers
+must then import the same simexplain (installed, or your own `runtime_env`). Needs the `scale` extra (`pip install simexplain[scale]`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+
+import simexplain
 
 from ..errors import SimexplainError
 from .storage import Skipped
@@ -148,12 +151,16 @@ def _connect(ray, address: str | None, workers: int) -> bool:
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # never report usage over the network
+    # the workers run this very simexplain (3 MB, shipped once per session), not whatever
+    # version their Python would import
+    shipped = {"py_modules": [str(Path(simexplain.__file__).parent)]}
     try:
         if address:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
+                     runtime_env=shipped)
         else:
             ray.init(num_cpus=max(workers, 1), include_dashboard=False,
-                     logging_level=logging.WARNING, log_to_driver=False)
+                     logging_level=logging.WARNING, log_to_driver=False, runtime_env=shipped)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise SimexplainError(f"cannot start or join {where}: "
