@@ -96,9 +96,12 @@ class Interrupt(Exception):
     pass
 
 
-def test_local_checkpoint_resumes_on_ray(gallery, tmp_path, monkeypatch):
+def test_cli_on_ray_resumes_a_local_checkpoint(gallery, tmp_path, monkeypatch, capsys):
+    """A single-process build is interrupted; `index build --engine ray` (here also a
+    sharded ivfpq index) continues from its checkpoint and ends with the same index."""
+    from simexplain.zoo import resolve
     out = tmp_path / "index"
-    explainer = toy_explainer()
+    explainer = resolve("simexplain.toy:tiny_cnn", "features", None, 32)
     stream = explainer.stream("b")
     real, calls = stream.embed, []
 
@@ -110,25 +113,21 @@ def test_local_checkpoint_resumes_on_ray(gallery, tmp_path, monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(stream, "embed", embed)
         with pytest.raises(Interrupt):
-            Index.build(gallery, explainer, "toy", batch_size=4, progress=False, out=out)
+            Index.build(gallery, explainer, "simexplain.toy:tiny_cnn", batch_size=4,
+                        progress=False, out=out)
     assert checkpoint_path(out).is_dir()
-    index = Index.build(gallery, toy_explainer(), "toy", batch_size=4, progress=False, out=out,
-                        engine="ray", ray={"workers": 1})
-    assert index.resumed_from == 8 and not checkpoint_path(out).exists()
-    _same_index(index, Index.build(gallery, toy_explainer(), "toy", batch_size=4,
-                                   progress=False))
-
-
-def test_cli_build_on_ray(gallery, tmp_path, capsys):
-    out = tmp_path / "cli"
     assert main(["index", "build", str(gallery), *TOY, "--out", str(out), "--quiet",
-                 "--engine", "ray", "--ray-workers", "1", "--kind", "ivfpq",
-                 "--shards", "2"]) == 0
-    assert f"indexed {N_IMAGES} images" in capsys.readouterr().out
+                 "--batch-size", "4", "--engine", "ray", "--ray-workers", "1",
+                 "--kind", "ivfpq", "--shards", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "resuming from" in captured.err and f"indexed {N_IMAGES} images" in captured.out
+    assert not checkpoint_path(out).exists()
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["kind"] == "ivfpq" and manifest["params"]["shards"] == 2
     assert sorted(p.name for p in out.glob("vectors-*.faiss")) == [
         "vectors-00000.faiss", "vectors-00001.faiss"]
+    _same_index(Index.load(out), Index.build(gallery, explainer, "simexplain.toy:tiny_cnn",
+                                             batch_size=4, progress=False))
 
 
 def test_bad_engine_options_are_refused(gallery, tmp_path):
