@@ -239,7 +239,8 @@ def main(argv=None) -> int:
     build = [] if args.no_build else bench_ray_build(
         args.build_images or (100 if args.quick else 300), 32,
         [int(w) for w in args.workers.split(",")],
-        "fmnist-gap" if args.quick and args.build_model == "efficientnet-lite0" else args.build_model)
+        "fmnist-gap" if args.quick and args.build_model == "efficientnet-lite0"
+        else args.build_model)
     result = {"search": search, "build": build, "k": args.k, "queries": args.queries,
               "faiss": faiss.__version__, "faiss_threads": args.threads,
               "load_average": list(os.getloadavg())}

@@ -8,7 +8,8 @@ the same index as the single-process build: resumable per shard, the same manife
 On a laptop a private local Ray instance is started (no dashboard, no set-up) and shut down at
 the end; with `address` (or RAY_ADDRESS) the build joins that cluster; both ship this
 simexplain package to the workers. Inside a running `ray.init` it uses that one, whose workers
-must then import the same simexplain (installed, or your own `runtime_env`). Needs the `scale` extra (`pip install simexplain[scale]`).
+must then import the same simexplain (installed, or your own `runtime_env`). Needs the `scale`
+extra (`pip install simexplain[scale]`).
 """
 
 from __future__ import annotations
