@@ -126,8 +126,14 @@ def test_cli_on_ray_resumes_a_local_checkpoint(gallery, tmp_path, monkeypatch, c
     assert manifest["kind"] == "ivfpq" and manifest["params"]["shards"] == 2
     assert sorted(p.name for p in out.glob("vectors-*.faiss")) == [
         "vectors-00000.faiss", "vectors-00001.faiss"]
-    _same_index(Index.load(out), Index.build(gallery, explainer, "simexplain.toy:tiny_cnn",
-                                             batch_size=4, progress=False))
+    sharded = Index.load(out, explainer=explainer)
+    flat = Index.build(gallery, explainer, "simexplain.toy:tiny_cnn", batch_size=4,
+                       progress=False)
+    _same_index(sharded, flat)
+    query = gallery / "img_03.png"  # region queries work unchanged on the compressed index
+    for region in (None, (0, 0, 16, 16)):
+        assert ([(h.index, h.score, h.full_score) for h in sharded.search(query, 5, region)]
+                == [(h.index, h.score, h.full_score) for h in flat.search(query, 5, region)])
 
 
 def test_bad_engine_options_are_refused(gallery, tmp_path):
