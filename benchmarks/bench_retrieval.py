@@ -35,9 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from simexplain.retrieval import Index  # noqa: E402
 
 
-def synthetic_gallery(n: int, dim: int, clusters: int, rng: np.random.Generator):
+def synthetic_gallery(n: int, dim: int, clusters: int, rng: np.random.Generator, out=None):
+    """Clustered vectors (centres plus noise), written chunk by chunk into `out` (default: a
+    new float32 array; a float16 np.memmap keeps a large gallery on disk)."""
     centres = rng.standard_normal((clusters, dim), dtype=np.float32)
-    out = np.empty((n, dim), dtype=np.float32)
+    if out is None:
+        out = np.empty((n, dim), dtype=np.float32)
     step = 100_000
     for start in range(0, n, step):
         stop = min(n, start + step)

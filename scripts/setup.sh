@@ -21,4 +21,4 @@ pip_install() {
 [ -x .venv/bin/python ] || python3 -m venv .venv
 # torch first and pinned exactly: an unpinned torch pulls a multi-GB CUDA build.
 pip_install torch==2.13.0
-pip_install "torch==2.13.0" -e ".[zoo,retrieval,web,dev]"
+pip_install "torch==2.13.0" -e ".[zoo,retrieval,scale,web,dev]"

@@ -10,11 +10,14 @@ ranking. Each similarity says which vectors one FAISS inner-product index stores
 kinds of query rank correctly (`Similarity.index_vectors`, `index_query`); the raw float32
 embeddings are kept next to it and the top candidates are re-scored exactly (float64), so
 reported scores are the true s_R. `kind` picks the FAISS structure: "flat" (exact, the
-default), "ivf" (inverted lists) or "hnsw" (graph); the last two are approximate.
+default), "ivf" (inverted lists), "hnsw" (graph) or "ivfpq" (compressed product-quantised codes,
+<= 64 bytes a vector, optionally split into shards searched as one, with the floats memory-
+mapped); all but "flat" are approximate in which candidates they find.
 
 Modules: `index` (Index, Hit, RegionQuery, search), `storage` (the folder on disk: what may be
 replaced, save and verified load), `manifest` (its checksum, schema and gallery paths),
-`build` (resumable builds), `model` (the index's model and its fingerprint), `page`
+`build` (resumable builds), `ray_engine` (builds as a Ray Data pipeline, `engine="ray"`),
+`compressed` (the sharded "ivfpq" kind), `model` (the index's model and its fingerprint), `page`
 (the HTML results page), `commands` (`simexplain index build`, `simexplain search`).
 """
 

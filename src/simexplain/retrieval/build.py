@@ -24,6 +24,7 @@ from .model import MODEL_KEYS, model_info
 from .storage import (FORMAT_NAME, FORMAT_VERSION, Skipped, check_kind, check_replaceable,
                       common_root, file_sha256, require_faiss)
 
+ENGINES = ("local", "ray")  # one process, or a Ray Data pipeline (`ray_engine`)
 PARTIAL_MARKER = "simexplain-partial"
 # what a build writes into its checkpoint folder (atomic_path's temporary files included)
 _OWN = re.compile(r"^(simexplain-partial|state\.json|shard-\d{5}-[0-9a-f]{6}\.npz"
@@ -33,11 +34,16 @@ _OWN = re.compile(r"^(simexplain-partial|state\.json|shard-\d{5}-[0-9a-f]{6}\.np
 def build_index(cls, images: str | Path | Iterable[str | Path], explainer,
                 model_name: str | None = None, batch_size: int = 32, progress: bool = True,
                 out: str | Path | None = None, resume: bool = True, kind: str = "flat",
-                checkpoint_every: int = 8):
+                checkpoint_every: int = 8, shards: int = 1, engine: str = "local",
+                ray: dict | None = None):
     """`Index.build` (see there); `cls` is the Index class."""
     check_kind(kind)
+    check_shards(kind, shards)
     if batch_size < 1:
         raise SimexplainError(f"batch_size must be >= 1, got {batch_size}")
+    if engine not in ENGINES:
+        raise SimexplainError(f"unknown build engine {engine!r}; choose one of "
+                              f"{', '.join(ENGINES)}")
     require_faiss()
     root, paths = gallery_files(images)
     checkpoint = None
@@ -45,7 +51,9 @@ def build_index(cls, images: str | Path | Iterable[str | Path], explainer,
         check_replaceable(out)
         checkpoint = checkpoint_path(out)
         check_checkpoint(checkpoint)
-    info = model_info(explainer, model_name)
+    # a factory (for Ray workers that load their own model) also gives the driver its copy
+    local = explainer if hasattr(explainer, "prepare") else explainer()
+    info = model_info(local, model_name)
     state = _BuildState(paths, info, root)
     if checkpoint is not None:
         if resume:
@@ -53,15 +61,19 @@ def build_index(cls, images: str | Path | Iterable[str | Path], explainer,
         else:
             remove_checkpoint(checkpoint)
     resumed_from = state.done
-    stream = explainer.stream("b")
     bar = tqdm(total=len(paths), initial=state.done, desc="indexing", unit="img",
                disable=not progress)
     batches_since = 0
     try:
-        while state.done < len(paths):
-            chunk = paths[state.done:state.done + batch_size]
-            state.add_batch(chunk, state.done, explainer, stream)
-            bar.update(len(chunk))
+        if engine == "ray":
+            from .ray_engine import embed_with_ray
+            batches = embed_with_ray(paths, state.done, root, explainer, info, batch_size,
+                                     **(ray or {}))
+        else:
+            batches = _embed_locally(paths, state.done, root, local, batch_size)
+        for results, skipped, done in batches:
+            bar.update(done - state.done)
+            state.record(results, skipped, done)
             batches_since += 1
             if checkpoint is not None and batches_since >= checkpoint_every:
                 state.write(checkpoint)
@@ -79,14 +91,43 @@ def build_index(cls, images: str | Path | Iterable[str | Path], explainer,
         raise SimexplainError(
             f"no readable image among the {len(paths)} files; skipped: "
             + "; ".join(f"{s.path} ({s.reason})" for s in state.skipped[:5]))
-    index = cls(np.concatenate(state.embeddings), [paths[i] for i in state.ok], {**info},
-                kind=kind, hashes=state.hashes, skipped=state.skipped, root=root)
-    index.explainer = explainer
+    index = finish(cls, state.embeddings, [paths[i] for i in state.ok], info, kind, shards,
+                   state.hashes, state.skipped, root)
+    index.explainer = local
     index.resumed_from = resumed_from
     if out is not None:
         index.save(out)
         remove_checkpoint(checkpoint)
     return index
+
+
+def _embed_locally(paths: list[str], start: int, root: Path, explainer, batch_size: int):
+    """(results, skipped, files done) of each batch, embedded in this process."""
+    stream = explainer.stream("b")
+    for offset in range(start, len(paths), batch_size):
+        chunk = paths[offset:offset + batch_size]
+        results, skipped = embed_files(chunk, offset, explainer, stream, root)
+        yield results, skipped, offset + len(chunk)
+
+
+def check_shards(kind: str, shards: int) -> None:
+    """Refuse a shard count the kind cannot take, before any work."""
+    if shards < 1:
+        raise SimexplainError(f"shards must be >= 1, got {shards}")
+    if shards != 1 and kind != "ivfpq":
+        raise SimexplainError(f"an index of kind {kind!r} is one structure; shards need "
+                              "--kind ivfpq")
+
+
+def finish(cls, embeddings: list[np.ndarray], paths: list[str], info: dict, kind: str,
+           shards: int, hashes: list[str], skipped: list[Skipped], root: Path):
+    """The index of a build's embeddings (every build engine ends here)."""
+    from .index import with_defaults
+    array = np.concatenate(embeddings)
+    params = with_defaults(kind, len(array), {"shards": shards} if shards != 1 else None,
+                           info["similarity"], array)
+    return cls(array, paths, {**info}, kind=kind, hashes=hashes, skipped=skipped, root=root,
+               params=params)
 
 
 class _BuildState:
@@ -171,34 +212,10 @@ class _BuildState:
         with atomic_path(checkpoint / self.STATE) as tmp:
             tmp.write_text(json.dumps(meta))
 
-    def add_batch(self, chunk: list[str], offset: int, explainer, stream) -> None:
-        """Prepare, hash and embed one batch; unreadable files are recorded as skipped. The
-        state changes only once the whole batch is done (a checkpoint never holds half a
-        batch)."""
-        ready: list[tuple[int, str, torch.Tensor]] = []
-        skipped: list[Skipped] = []
-        real_root = os.path.realpath(self.root)
-        for i, path in enumerate(chunk, offset):
-            if os.path.commonpath([real_root, os.path.realpath(path)]) != real_root:
-                skipped.append(Skipped(path, "a link to a file outside the gallery folder"))
-                continue
-            try:
-                digest = file_sha256(path)
-                tensor = explainer.prepare(path, "b").tensor
-            except (ImageError, OSError) as exc:
-                skipped.append(Skipped(path, str(exc) or type(exc).__name__))
-                continue
-            ready.append((i, digest, tensor))
-        groups: dict[tuple, list] = {}
-        for item in ready:
-            groups.setdefault(tuple(item[2].shape), []).append(item)
-        results: list[tuple[int, str, np.ndarray]] = []
-        for items in groups.values():
-            out = stream.embed(torch.cat([t for _, _, t in items]))
-            vectors = out.detach().float().cpu().numpy()
-            for (i, digest, _), vec in zip(items, vectors):
-                results.append((i, digest, vec))
-        results.sort(key=lambda r: r[0])
+    def record(self, results: list[tuple[int, str, np.ndarray]], skipped: list[Skipped],
+               done: int) -> None:
+        """Take one embedded batch (rows in order, from `embed_files`): files up to `done`
+        are then processed."""
         if results:
             dims = {r[2].shape[0] for r in results}
             if self.embeddings:
@@ -210,7 +227,39 @@ class _BuildState:
             self.ok.extend(r[0] for r in results)
             self.hashes.extend(r[1] for r in results)
         self.skipped.extend(skipped)
-        self.done = offset + len(chunk)
+        self.done = done
+
+
+def embed_files(chunk: list[str], offset: int, explainer, stream, root: Path
+                ) -> tuple[list[tuple[int, str, np.ndarray]], list[Skipped]]:
+    """Prepare, hash and embed gallery files (rows offset, offset + 1, ...): (row, sha256,
+    embedding) of each embedded file in row order, and the files skipped (unreadable, or a
+    link out of the gallery folder). Images of one input size share a forward pass."""
+    ready: list[tuple[int, str, torch.Tensor]] = []
+    skipped: list[Skipped] = []
+    real_root = os.path.realpath(root)
+    for i, path in enumerate(chunk, offset):
+        if os.path.commonpath([real_root, os.path.realpath(path)]) != real_root:
+            skipped.append(Skipped(path, "a link to a file outside the gallery folder"))
+            continue
+        try:
+            digest = file_sha256(path)
+            tensor = explainer.prepare(path, "b").tensor
+        except (ImageError, OSError) as exc:
+            skipped.append(Skipped(path, str(exc) or type(exc).__name__))
+            continue
+        ready.append((i, digest, tensor))
+    groups: dict[tuple, list] = {}
+    for item in ready:
+        groups.setdefault(tuple(item[2].shape), []).append(item)
+    results: list[tuple[int, str, np.ndarray]] = []
+    for items in groups.values():
+        out = stream.embed(torch.cat([t for _, _, t in items]))
+        vectors = out.detach().float().cpu().numpy()
+        for (i, digest, _), vec in zip(items, vectors):
+            results.append((i, digest, vec))
+    results.sort(key=lambda r: r[0])
+    return results, skipped
 
 
 def checkpoint_path(out: str | Path) -> Path:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
 
 from ..errors import SimexplainError
-from .build import check_checkpoint, checkpoint_path
+from .build import ENGINES, check_checkpoint, check_shards, checkpoint_path
 from .index import Index
 from .manifest import KINDS
 from .storage import check_replaceable, read_manifest
@@ -36,7 +37,19 @@ def add_cli(subparsers) -> None:
     build.add_argument("--out", required=True, help="index folder to write")
     build.add_argument("--batch-size", type=int, default=32)
     build.add_argument("--kind", choices=KINDS, default="flat",
-                       help="flat: exact (default); ivf, hnsw: approximate, for large galleries")
+                       help="flat: exact (default); ivf, hnsw: approximate, for large galleries; "
+                            "ivfpq: compressed (<= 64 bytes a vector in memory), can be sharded")
+    build.add_argument("--shards", type=int, default=1,
+                       help="split an --kind ivfpq index into N FAISS files searched as one")
+    build.add_argument("--engine", choices=ENGINES, default="local",
+                       help="local: embed in this process (default); ray: a Ray Data pipeline "
+                            "of model workers (needs the 'scale' extra)")
+    build.add_argument("--ray-workers", type=int, default=2,
+                       help="model workers of --engine ray (default 2)")
+    build.add_argument("--ray-address", default=None,
+                       help="Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
+    build.add_argument("--ray-gpus", type=float, default=0.0,
+                       help="GPUs per Ray worker (default 0: CPU workers)")
     build.add_argument("--restart", action="store_true",
                        help="ignore a checkpoint of an interrupted build and start over")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -60,14 +73,19 @@ def add_cli(subparsers) -> None:
 def cmd_index_build(args: argparse.Namespace) -> int:
     from ..zoo import resolve
     check_replaceable(args.out)  # before loading the model: refuse a bad --out at once
-    explainer = resolve(args.model, args.layer, args.similarity, args.size)
+    check_shards(args.kind, args.shards)
+    load = functools.partial(resolve, args.model, args.layer, args.similarity, args.size)
+    # Ray workers each load the model themselves (a factory travels, not the weights)
+    explainer = load if args.engine == "ray" else load()
     checkpoint = checkpoint_path(args.out)
     check_checkpoint(checkpoint)
     if (checkpoint / "state.json").is_file() and not args.restart:
         print(f"resuming from {checkpoint}", file=sys.stderr)
+    ray = {"workers": args.ray_workers, "address": args.ray_address, "gpus": args.ray_gpus}
     index = Index.build(args.folder, explainer, model_name=args.model,
                         batch_size=args.batch_size, progress=not args.quiet, out=args.out,
-                        resume=not args.restart, kind=args.kind)
+                        resume=not args.restart, kind=args.kind, shards=args.shards,
+                        engine=args.engine, ray=ray if args.engine == "ray" else None)
     print(f"indexed {len(index)} images into {args.out} ({index.similarity}, {index.dim}-d, "
           f"{index.kind}); skipped {len(index.skipped)}")
     for item in index.skipped:

@@ -17,6 +17,7 @@ from .. import similarity as similarities
 from ..errors import ImageError, SimexplainError
 from ..explanation import PairExplanation, Side
 from ..similarity import Similarity
+from . import compressed
 from .model import IndexMismatchError, check_model, model_info
 from .storage import Skipped, check_kind, file_sha256, require_faiss
 
@@ -24,6 +25,7 @@ from .storage import Skipped, check_kind, file_sha256, require_faiss
 FETCH_MARGIN = 16
 HNSW_M = 32
 HNSW_EF_SEARCH = 64
+_STORED = (np.float32, np.float16)
 
 
 @dataclass
@@ -103,7 +105,11 @@ class Index:
                  kind: str = "flat", hashes: Sequence[str] | None = None,
                  skipped: Sequence[Skipped] = (), vectors=None, params: dict | None = None,
                  explainer=None, root: str | Path | None = None):
-        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if not (isinstance(embeddings, np.ndarray) and embeddings.dtype in _STORED
+                and embeddings.flags.c_contiguous):
+            embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        # float32 (float16 accepted, e.g. a memory-mapped benchmark gallery): never copied, so
+        # a memory-mapped gallery stays on disk; re-scoring reads only the candidates' rows
         if embeddings.ndim != 2 or embeddings.shape[0] == 0:
             raise SimexplainError(f"an index needs (N, D) embeddings with N >= 1, got "
                                   f"shape {embeddings.shape}")
@@ -122,7 +128,8 @@ class Index:
         self.info["similarity"] = self.similarity.name
         self.info["dim"] = int(embeddings.shape[1])
         self.kind = kind
-        self.params = dict(params) if params else _default_params(kind, len(self.paths))
+        self.params = dict(params) if params else _default_params(
+            kind, len(self.paths), self.similarity.index_vectors(embeddings[:1]).shape[1])
         self.vectors = vectors if vectors is not None else self._build_vectors()
         self.explainer = None
         self.resumed_from = 0  # images already done in a checkpoint when a build resumed
@@ -149,20 +156,25 @@ class Index:
     @classmethod
     def from_vectors(cls, embeddings, paths: Sequence[str] | None = None,
                      similarity: str = "cosine", kind: str = "flat", model: str = "vectors",
-                     **info) -> "Index":
-        """An index over given (N, D) embeddings (no images: for tests and benchmarks)."""
+                     params: dict | None = None, **info) -> "Index":
+        """An index over given (N, D) embeddings (no images: for tests and benchmarks). A
+        float32 or float16 array (or np.memmap) is used as it is, without a copy. `params`
+        overrides the kind's defaults (e.g. {"shards": 4} for "ivfpq")."""
         if isinstance(embeddings, torch.Tensor):
             embeddings = embeddings.detach().cpu().numpy()
-        array = np.asarray(embeddings, dtype=np.float32)
+        array = embeddings if isinstance(embeddings, np.ndarray) else np.asarray(
+            embeddings, dtype=np.float32)
         if paths is None:
             paths = [f"#{i}" for i in range(len(array))]
-        return cls(array, paths, {"model": model, "similarity": similarity, **info}, kind=kind)
+        return cls(array, paths, {"model": model, "similarity": similarity, **info}, kind=kind,
+                   params=with_defaults(kind, len(array), params, similarity, array))
 
     @classmethod
     def build(cls, images: str | Path | Iterable[str | Path], explainer,
               model_name: str | None = None, batch_size: int = 32, progress: bool = True,
               out: str | Path | None = None, resume: bool = True, kind: str = "flat",
-              checkpoint_every: int = 8) -> "Index":
+              checkpoint_every: int = 8, shards: int = 1, engine: str = "local",
+              ray: dict | None = None) -> "Index":
         """Embed a folder (all files, recursively, sorted) or a list of image files.
 
         Unreadable files are skipped and listed in `.skipped`. With `out`, progress is
@@ -170,13 +182,22 @@ class Index:
         when the build is interrupted); a rerun with `resume=True` continues from there, and
         the finished index is saved to `out` (the checkpoint is then removed). `out` must be
         absent, empty, or an index folder simexplain wrote that holds nothing else.
+        `shards` splits a kind="ivfpq" index into that many FAISS files searched as one.
+
+        engine="ray" embeds with a Ray Data pipeline of model actors (`ray_engine`; the
+        `scale` extra): `ray` takes workers (default 2), address (a cluster; default
+        RAY_ADDRESS, else a private local instance) and gpus (per worker). `explainer` may
+        then also be a picklable zero-argument factory, so each worker loads its own model.
+        The result, checkpoints and index folder are those of the default engine="local".
         """
         from .build import build_index
         return build_index(cls, images, explainer, model_name, batch_size, progress, out,
-                           resume, kind, checkpoint_every)
+                           resume, kind, checkpoint_every, shards, engine, ray)
 
     def _build_vectors(self):
         faiss = require_faiss()
+        if self.kind == "ivfpq":
+            return compressed.build(self._index_rows, len(self), self._index_dim(), self.params)
         data = self.similarity.index_vectors(self.embeddings)
         n, d = data.shape
         if self.kind == "flat":
@@ -195,6 +216,12 @@ class Index:
         for start in range(0, n, 65536):
             structure.add(np.ascontiguousarray(data[start:start + 65536]))
         return structure
+
+    def _index_rows(self, start: int, stop: int) -> np.ndarray:
+        return self.similarity.index_vectors(np.asarray(self.embeddings[start:stop], np.float32))
+
+    def _index_dim(self) -> int:
+        return int(self._index_rows(0, 1).shape[1])
 
     # -- the query model -----------------------------------------------------------------------
     def attach(self, explainer) -> "Index":
@@ -276,6 +303,9 @@ class Index:
                                      dtype=np.float32)
         if self.kind == "ivf":
             self.vectors.nprobe = int(self.params["nprobe"])
+        elif self.kind == "ivfpq":
+            self.vectors.set_nprobe(int(self.params["nprobe"]))
+            fetch = min(len(self), max(fetch, int(self.params["candidates"])))
         elif self.kind == "hnsw":
             self.vectors.hnsw.efSearch = max(int(self.params["ef_search"]), fetch)
         _, rows = self.vectors.search(query, fetch)
@@ -329,7 +359,24 @@ def _vector(value) -> np.ndarray:
     return np.asarray(value, dtype=np.float64).reshape(-1)
 
 
-def _default_params(kind: str, count: int) -> dict:
+def with_defaults(kind: str, count: int, params: dict | None, similarity: str,
+                  embeddings: np.ndarray) -> dict | None:
+    """`params` completed with the kind's defaults (None: all defaults)."""
+    if not params:
+        return None
+    dim = similarities.get(similarity).index_vectors(
+        np.asarray(embeddings[:1], np.float32)).shape[1]
+    defaults = _default_params(kind, count, dim, int(params.get("shards", 1)))
+    unknown = set(params) - set(defaults)
+    if unknown:
+        raise SimexplainError(f"unknown parameters {sorted(unknown)} for index kind {kind!r} "
+                              f"(it takes {sorted(defaults) or 'none'})")
+    return {**defaults, **{key: int(value) for key, value in params.items()}}
+
+
+def _default_params(kind: str, count: int, dim: int = 1, shards: int = 1) -> dict:
+    if kind == "ivfpq":
+        return compressed.default_params(count, dim, shards)
     if kind == "ivf":
         nlist = max(1, min(int(round(math.sqrt(count))), count // 39))
         return {"nlist": nlist, "nprobe": max(1, min(nlist, int(math.ceil(nlist / 16))))}

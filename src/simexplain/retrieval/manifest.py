@@ -24,8 +24,12 @@ FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.npy"
 VECTORS = "vectors.faiss"
-KINDS = ("flat", "ivf", "hnsw")  # FAISS structures: exact, inverted lists, graph
-KIND_PARAMS = {"flat": (), "ivf": ("nlist", "nprobe"), "hnsw": ("M", "ef_search")}
+# FAISS structures: exact, inverted lists, graph, and inverted lists of product-quantised codes
+# (compressed, split into shards, candidates re-scored from the stored float embeddings)
+KINDS = ("flat", "ivf", "hnsw", "ivfpq")
+KIND_PARAMS = {"flat": (), "ivf": ("nlist", "nprobe"), "hnsw": ("M", "ef_search"),
+               "ivfpq": ("nlist", "nprobe", "m", "nbits", "shards", "candidates")}
+MAX_SHARDS = 4096
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 REBUILD = "rebuild it with `simexplain index build GALLERY --model MODEL --out INDEX`"
 
@@ -36,6 +40,12 @@ class IndexFormatError(SimexplainError):
 
 def damaged(where: str | Path, what: str) -> IndexFormatError:
     return IndexFormatError(f"index damaged: {where}: {what}; {REBUILD}")
+
+
+def vector_files(params: dict) -> list[str]:
+    """The FAISS files of an index: vectors.faiss, or one file per shard."""
+    shards = int(params.get("shards", 1))
+    return [VECTORS] if shards == 1 else [f"vectors-{i:05d}.faiss" for i in range(shards)]
 
 
 def checksum(manifest: dict) -> str:
@@ -111,11 +121,16 @@ def validate(m: dict, where: Path) -> None:
     params = m["params"]
     need(isinstance(params, dict) and set(params) == set(KIND_PARAMS[m["kind"]])
          and all(_int(v, 1) for v in params.values()), f"params do not fit kind {m['kind']}")
-    if m["kind"] == "ivf":
+    if m["kind"] in ("ivf", "ivfpq"):
         need(params["nprobe"] <= params["nlist"], "nprobe exceeds nlist")
+    if m["kind"] == "ivfpq":
+        need(params["nbits"] <= 16, "nbits exceeds 16")
     need(_int(m["count"], 1), "count is not a positive integer")
-    if m["kind"] == "ivf":
+    if m["kind"] in ("ivf", "ivfpq"):
         need(params["nlist"] <= m["count"], "nlist exceeds the number of images")
+    if m["kind"] == "ivfpq":
+        need(params["shards"] <= min(m["count"], MAX_SHARDS), "more shards than images or than "
+             f"{MAX_SHARDS}")
     need(_text(m["gallery_root"]) and os.path.isabs(m["gallery_root"])
          and "\x00" not in m["gallery_root"], "gallery_root is not an absolute path")
     need(m["gallery_root_from_index"] is None or _relative(m["gallery_root_from_index"], True),
@@ -133,7 +148,7 @@ def validate(m: dict, where: Path) -> None:
         isinstance(s, dict) and set(s) == {"path", "reason"} and isinstance(s["path"], str)
         and isinstance(s["reason"], str) for s in m["skipped"]), "skipped entries are malformed")
     files = m["files"]
-    need(isinstance(files, dict) and set(files) == {EMBEDDINGS, VECTORS} and all(
+    need(isinstance(files, dict) and set(files) == {EMBEDDINGS, *vector_files(params)} and all(
         isinstance(f, dict) and set(f) == {"bytes", "sha256"} and _int(f["bytes"], 1, 2 ** 53)
         and _hex(f["sha256"]) for f in files.values()), "the stored files' entries are malformed")
 

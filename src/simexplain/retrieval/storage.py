@@ -1,5 +1,6 @@
 """An index on disk: a folder holding exactly the marker file `simexplain-index`,
-manifest.json (see `manifest`), embeddings.npy and vectors.faiss.
+manifest.json (see `manifest`), embeddings.npy and vectors.faiss (or, for an index split into
+shards, vectors-00000.faiss, vectors-00001.faiss, ...).
 
 Saving never deletes what simexplain did not write: the target must be absent, an empty
 folder, or a complete index folder of ours holding nothing else; anything else is refused.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -25,11 +27,16 @@ import numpy as np
 from .. import similarity as similarities
 from ..errors import SimexplainError
 from .manifest import (EMBEDDINGS, FORMAT_NAME, FORMAT_VERSION, KINDS, MANIFEST, VECTORS,
-                       IndexFormatError, damaged, parse, relative_paths, seal)
+                       IndexFormatError, damaged, parse, relative_paths, seal, vector_files)
 
 MARKER = "simexplain-index"  # present in every index folder simexplain writes
 OWN_FILES = (MARKER, MANIFEST, EMBEDDINGS, VECTORS)
+SHARD_FILE = re.compile(r"^vectors-\d{5}\.faiss$")  # one FAISS file per shard
 _LEGACY_FILES = {MANIFEST, EMBEDDINGS, VECTORS}  # format 1 had no marker
+
+
+def _own_file(name: str) -> bool:
+    return name in OWN_FILES or bool(SHARD_FILE.match(name))
 
 
 @dataclass
@@ -88,7 +95,7 @@ def check_replaceable(path: str | Path) -> None:
     if not (ours or legacy):
         raise SimexplainError(f"{path} is not an index folder written by simexplain; refusing "
                               "to replace it (choose another --out, or move it away yourself)")
-    extra = sorted(entries - set(OWN_FILES))
+    extra = sorted(name for name in entries if not _own_file(name))
     if extra:
         raise SimexplainError(f"{path} holds files simexplain did not write "
                               f"({', '.join(extra[:3])}); refusing to replace it")
@@ -108,13 +115,15 @@ def save_index(index, path: str | Path) -> Path:
     manifest = _manifest(index, root, path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.simexplain-tmp-"))
     try:
-        with open(tmp / EMBEDDINGS, "wb") as handle:
-            np.save(handle, index.embeddings, allow_pickle=False)
-            _fsync(handle)
-        faiss.write_index(index.vectors, str(tmp / VECTORS))
+        _save_embeddings(index.embeddings, tmp / EMBEDDINGS)
+        names = vector_files(index.params)
+        structures = index.vectors.shards if len(names) > 1 or index.kind == "ivfpq" else [
+            index.vectors]
+        for name, structure in zip(names, structures, strict=True):
+            faiss.write_index(structure, str(tmp / name))
         manifest["files"] = {name: {"bytes": (tmp / name).stat().st_size,
                                     "sha256": file_sha256(tmp / name)}
-                             for name in (EMBEDDINGS, VECTORS)}
+                             for name in (EMBEDDINGS, *names)}
         _write(tmp / MANIFEST, json.dumps(seal(manifest), indent=1))
         _write(tmp / MARKER, marker_text())
         _replace_dir(tmp, path)
@@ -124,6 +133,18 @@ def save_index(index, path: str | Path) -> Path:
     index.root = root
     index.info["source"] = str(path)
     return path
+
+
+def _save_embeddings(embeddings: np.ndarray, file: Path, chunk: int = 1 << 16) -> None:
+    """Write float32 .npy rows chunk by chunk: a memory-mapped or float16 gallery is never
+    copied into memory whole."""
+    out = np.lib.format.open_memmap(file, mode="w+", dtype=np.float32, shape=embeddings.shape)
+    for start in range(0, embeddings.shape[0], chunk):
+        out[start:start + chunk] = embeddings[start:start + chunk]
+    out.flush()
+    del out
+    with open(file, "rb+") as handle:
+        _fsync(handle)
 
 
 def _manifest(index, root: Path, path: Path) -> dict:
@@ -155,28 +176,46 @@ def load_index(cls, path: str | Path, explainer=None, verify: bool = True):
     faiss = require_faiss()
     path = Path(path)
     manifest = read_manifest(path)
-    for name in (EMBEDDINGS, VECTORS):
+    names = vector_files(manifest["params"])
+    for name in (EMBEDDINGS, *names):
         _verify_file(path / name, manifest["files"][name], verify)
+    compressed = manifest["kind"] == "ivfpq"
     try:
-        embeddings = np.load(path / EMBEDDINGS, allow_pickle=False)
+        # the compressed kind is for galleries larger than memory: its floats stay on disk
+        embeddings = np.load(path / EMBEDDINGS, allow_pickle=False,
+                             mmap_mode="r" if compressed else None)
     except (ValueError, OSError, EOFError) as exc:
         raise damaged(path / EMBEDDINGS, f"cannot read the embeddings ({exc})") from None
     count, dim = manifest["count"], manifest["dim"]
     if embeddings.dtype != np.float32 or embeddings.shape != (count, dim):
         raise damaged(path / EMBEDDINGS, f"expected float32 embeddings of shape ({count}, {dim}),"
                                          f" found {embeddings.dtype} {embeddings.shape}")
-    if not np.isfinite(embeddings).all():
+    if not all(np.isfinite(embeddings[i:i + 65536]).all() for i in range(0, count, 65536)):
         raise damaged(path / EMBEDDINGS, "contains NaN or infinite values")
-    try:
-        vectors = faiss.read_index(str(path / VECTORS))
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
-        raise damaged(path / VECTORS, f"cannot read the FAISS index ({first})") from None
+    structures = []
+    for name in names:
+        try:
+            structures.append(faiss.read_index(str(path / name)))
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+            raise damaged(path / name, f"cannot read the FAISS index ({first})") from None
     similarity = similarities.get(manifest["similarity"])
     expected_d = similarity.index_vectors(np.zeros((1, dim), np.float32)).shape[1]
-    if vectors.ntotal != count or vectors.d != expected_d:
-        raise damaged(path / VECTORS, f"holds {vectors.ntotal} vectors of dimension {vectors.d},"
-                                      f" the manifest says {count} of dimension {expected_d}")
+    if compressed:
+        from .compressed import padded_dim
+        expected_d = padded_dim(expected_d)
+    if any(s.d != expected_d for s in structures) or sum(s.ntotal for s in structures) != count:
+        where = path / names[0] if len(names) == 1 else path
+        raise damaged(where, f"holds {sum(s.ntotal for s in structures)} vectors of dimension "
+                             f"{structures[0].d}, the manifest says {count} of dimension "
+                             f"{expected_d}")
+    if compressed:
+        from .compressed import ShardedVectors
+        if any(not hasattr(s, "nprobe") for s in structures):
+            raise damaged(path, "a shard is not an inverted-list FAISS index")
+        vectors = ShardedVectors(structures)
+    else:
+        vectors = structures[0]
     root = gallery_root(manifest, path)
     info = {key: manifest[key] for key in
             ("model", "layer", "layer_b", "similarity", "input_size", "weights_sha256")}
@@ -258,7 +297,7 @@ def _replace_dir(tmp: Path, path: Path) -> None:
     except BaseException:
         os.rename(old, path)
         raise
-    _remove_own(old, OWN_FILES)
+    _remove_own(old, [name for name in os.listdir(old) if _own_file(name)])
 
 
 def _remove_own(folder: Path, names) -> None:
