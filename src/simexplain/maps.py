@@ -155,8 +155,12 @@ class Frame:
     def peak(self, grid_map: torch.Tensor, coords: Coords = "image") -> tuple[float, float]:
         """Centre of the map's maximal cell (the maximum of its upsampling too)."""
         values = torch.as_tensor(grid_map)
-        index = int(torch.argmax(values.flatten()))
-        row, col = self.cell_centres(tuple(values.shape), coords)[index]
+        rows, cols = values.shape
+        r, c = divmod(int(torch.argmax(values.flatten())), cols)
+        # that one cell's centre, with cell_boxes' arithmetic (a pointer update asks for many)
+        _, (top, left, bottom, right) = self._in(coords)
+        row = (top + r * (bottom - top) / rows + top + (r + 1) * (bottom - top) / rows) / 2
+        col = (left + c * (right - left) / cols + left + (c + 1) * (right - left) / cols) / 2
         return float(row), float(col)
 
     def to_dict(self, grid: tuple[int, int] | None = None) -> dict:

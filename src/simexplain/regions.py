@@ -97,21 +97,40 @@ def kind_maps(similarity: Similarity, weights: torch.Tensor, here, there, kind: 
     # contribution kind: the contributions u_p; match kinds: what the head makes of each
     # position's whole features where the pooling selects (max pooling, a class token: many
     # u_p are 0 there), else the contributions (average pooling: the same up to 1 / P)
-    u = matched_vectors(here, kind)
+    here_stats = _side_stats(here, kind)
+    u = here_stats["vectors"]
     weights = weights.to(u.device, torch.float64)
     query = weights @ u  # (K, D)
-    missing = query.norm(dim=1) <= _NO_CONTRIBUTION * float(u.norm(dim=1).max())
+    missing = query.norm(dim=1) <= _NO_CONTRIBUTION * here_stats["largest"]
     if kind == "contribution":
         maps = weighted_map(similarity, weights, u, here.embedding, there.contributions,
                             there.embedding, here_is_a)
     else:
-        v = matched_vectors(there, kind).to(u.device)
+        there_stats = _side_stats(there, kind)
+        v, v_norms = there_stats["vectors"], there_stats["norms"]
         if kind == "match-centred":
-            query = query - weights.sum(1, keepdim=True) * u.mean(0)
-            v = v - v.mean(0)
-        maps = (query @ v.T) / (query.norm(dim=1, keepdim=True) * v.norm(dim=1)[None]
+            query = query - weights.sum(1, keepdim=True) * here_stats["mean"]
+            v, v_norms = there_stats["centred"], there_stats["centred_norms"]
+        v, v_norms = v.to(u.device), v_norms.to(u.device)
+        maps = (query @ v.T) / (query.norm(dim=1, keepdim=True) * v_norms[None]
                                 ).clamp_min(1e-300)
     return maps.masked_fill(missing[:, None], float("nan"))
+
+
+def _side_stats(side, kind: str) -> dict:
+    """What point maps need of one side, computed once per side and kept on it (a pointer
+    moving over many results reuses them): the compared vectors, their mean, centred copy and
+    norms, and the largest norm."""
+    key = "contribution" if kind == "contribution" else "match"
+    cache = side.__dict__.setdefault("_point_map_stats", {})
+    if key not in cache:
+        vectors = matched_vectors(side, kind)
+        mean = vectors.mean(0)
+        centred = vectors - mean
+        norms = vectors.norm(dim=1)
+        cache[key] = {"vectors": vectors, "mean": mean, "centred": centred, "norms": norms,
+                      "centred_norms": centred.norm(dim=1), "largest": float(norms.max())}
+    return cache[key]
 
 
 def matched_vectors(side, kind: str) -> torch.Tensor:
