@@ -61,20 +61,19 @@ class Explainer:
         self._warned_inexact = False
 
     def resized(self, size: int | tuple[int, int]) -> "Explainer":
-        """This explainer at another input size (as `--size`, see `zoo.sized`): the same
-        model(s), layer(s) and similarity; a larger input gives a finer feature grid."""
+        """This explainer at another input size (as `--size`, see `Preprocess.resized`): the
+        same model(s), layer(s) and similarity; a larger input gives a finer feature grid."""
         import copy
 
         from .errors import SimexplainError
-        from .zoo import sized
         if not (isinstance(self.transform_a, Preprocess) and
                 isinstance(self.transform_b, Preprocess)):
             raise SimexplainError("this model's input transform has no size to change (only "
                                   "a Preprocess transform does)")
         out = copy.copy(self)
-        out.transform_a = sized(self.transform_a, size)
+        out.transform_a = self.transform_a.resized(size)
         out.transform_b = out.transform_a if self.transform_b is self.transform_a else \
-            sized(self.transform_b, size)
+            self.transform_b.resized(size)
         margin = self.inputs_a.face_margin
         out.inputs_a = InputPipeline(out.transform_a, faces=self.faces, face_margin=margin)
         out.inputs_b = out.inputs_a if out.transform_b is out.transform_a else \

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -151,6 +151,17 @@ class Preprocess:
         h = min(max(short, int(round(height * scale))), long_cap)
         w = min(max(short, int(round(width * scale))), long_cap)
         return h, w
+
+    def resized(self, size: int | tuple[int, int] | None) -> "Preprocess":
+        """This preprocessing at another input size (the CLI's `--size`): an int is the side
+        (the short side where the aspect ratio is kept, else both sides); (height, width) is
+        exactly that (squashed); None keeps it."""
+        if size is None:
+            return self
+        if isinstance(size, int):
+            return replace(self, size=(size, size))
+        height, width = (int(v) for v in size)
+        return replace(self, size=(height, width), keep_aspect=False)
 
     def describe(self) -> str:
         """How inputs are sized, in words (for `simexplain models` and errors)."""

@@ -99,26 +99,14 @@ def _explainer(name: str, layer: str | None, similarity: str | None, transform) 
                      transform=transform[0], faces=spec.faces, model_name=name, **streams)
 
 
-def sized(preprocess: Preprocess, size: int | tuple[int, int] | None) -> Preprocess:
-    """`preprocess` at another input size: an int is the side (the short side where the
-    aspect ratio is kept, else both sides); (height, width) is exactly that (squashed)."""
-    from dataclasses import replace
-    if size is None:
-        return preprocess
-    if isinstance(size, int):
-        return replace(preprocess, size=(size, size))
-    height, width = (int(v) for v in size)
-    return replace(preprocess, size=(height, width), keep_aspect=False)
-
-
 def load(name: str, size: int | tuple[int, int] | None = None) -> Explainer:
     """A ready Explainer for a named model. `size` overrides the input size in pixels
     (larger inputs give a finer feature grid at a higher cost): an int is the short side
     (aspect ratio kept) for models that pool over positions, the side of a square for the
     others; (height, width) is an exact size."""
     spec = entry(name)
-    return _explainer(name, None, None, (sized(spec.preprocess, size),
-                                         sized(spec.preprocess_b or spec.preprocess, size)))
+    return _explainer(name, None, None, (spec.preprocess.resized(size),
+                                         (spec.preprocess_b or spec.preprocess).resized(size)))
 
 
 def resolve(model_spec: str, layer: str | None = None, similarity: str | None = None,
@@ -141,7 +129,7 @@ def resolve(model_spec: str, layer: str | None = None, similarity: str | None = 
         raise SimexplainError(
             f"--layer is required for a model that is not in the zoo ({model_spec})")
     return Explainer(load_user_model(model_spec), layer, similarity=similarity or "cosine",
-                     transform=sized(Preprocess(), size), model_name=model_spec)
+                     transform=Preprocess().resized(size), model_name=model_spec)
 
 
 _BUILTINS_DONE = False
