@@ -37,7 +37,6 @@ def fashion_pair(label: int = 7) -> tuple[Path, Path]:
     if all(path.is_file() for path in paths):
         return paths
     images, labels = datasets.fashion_mnist("test")
-    folder.mkdir(parents=True, exist_ok=True)
     for path, index in zip(paths, np.flatnonzero(labels == label)[:2]):
         _write_png(path, images[index])
     return paths
@@ -55,7 +54,6 @@ def sketch_pair(index: int = 0) -> tuple[Path, Path]:
     images, _ = datasets.fashion_mnist("test")
     item = images[index:index + 1]
     drawn, transforms = sketch.sketches(item, np.random.default_rng([index, 15]))
-    folder.mkdir(parents=True, exist_ok=True)
     _write_png(paths[1], item[0])
     _write_png(paths[0], drawn[0])
     write_json_atomic(sketch_transform_path(index), transforms[0].tolist())
