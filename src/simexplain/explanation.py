@@ -31,6 +31,9 @@ class Side:
     # (P, D) the positions' whole features mapped by the head (`head.Contributions.projected`)
     # for max-pooling and class-token heads; None where the contributions serve
     projected: torch.Tensor | None = None
+    # what point maps need of this side, computed on first use (`regions.kind_maps`): a
+    # pointer moving over many results reuses it
+    point_map_stats: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.frame is None:

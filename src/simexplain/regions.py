@@ -118,11 +118,10 @@ def kind_maps(similarity: Similarity, weights: torch.Tensor, here, there, kind: 
 
 
 def _side_stats(side, kind: str) -> dict:
-    """What point maps need of one side, computed once per side and kept on it (a pointer
-    moving over many results reuses them): the compared vectors, their mean, centred copy and
-    norms, and the largest norm."""
+    """What point maps need of one side, computed once and kept in `side.point_map_stats`:
+    the compared vectors, their mean, centred copy and norms, and the largest norm."""
     key = "contribution" if kind == "contribution" else "match"
-    cache = side.__dict__.setdefault("_point_map_stats", {})
+    cache = side.point_map_stats
     if key not in cache:
         vectors = matched_vectors(side, kind)
         mean = vectors.mean(0)
