@@ -28,7 +28,8 @@ from .. import maps, regions
 from ..errors import NoPointMap, SimexplainError
 from ..explanation import DEFAULT_POINT_MAP, PairExplanation, Side
 from ..images import MAX_PIXELS
-from ..methods import Decomposition, explanation_methods, method_class
+from ..methods import (Decomposition, PreparedPair, explanation_methods, get_method,
+                       method_class)
 from ..zoo import resolve
 from .cache import LRU
 from .errors import Busy, ImageFailed, NotFound, WebError
@@ -88,6 +89,8 @@ class ExplanationRecord:
     b: Prepared
     pair: PairExplanation
     method_maps: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    # both images as the other methods' input, prepared once (face crops, gradients shared)
+    inputs: PreparedPair | None = None
 
 
 @dataclass
@@ -346,8 +349,11 @@ class Engine:
         if method not in record.method_maps:
             explainer = self.explainer(record.model, record.size)
             with self._compute:
-                record.method_maps[method] = explainer.saliency(
-                    record.a.side.image, record.b.side.image, method)
+                if record.inputs is None:
+                    record.inputs = PreparedPair.of(explainer, record.a.side.image,
+                                                    record.b.side.image)
+                record.method_maps[method] = get_method(method).attribute(explainer,
+                                                                          record.inputs)
         return record.method_maps[method]
 
     def identical(self, explanation_id: str) -> tuple[dict[str, list[dict]], list[str]]:
