@@ -119,7 +119,11 @@ def _no_structure(monkeypatch):
 
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("strategy", ["auto", "forward", "reverse"])
-def test_fast_paths_equal_the_reference_path(name, strategy):
+# the reverse path's constant term from its own pullbacks, or (large pullbacks) a forward pass
+@pytest.mark.parametrize("largest_pullback", [1 << 22, 0])
+def test_fast_paths_equal_the_reference_path(name, strategy, largest_pullback, monkeypatch):
+    import simexplain.head as head
+    monkeypatch.setattr(head, "PER_ROW_PULLBACK", largest_pullback)
     model, layer = _model(name)
     split = SplitModel(model, layer)
     x = _inputs()
@@ -239,15 +243,24 @@ def test_unknown_strategy_is_a_clear_error():
 
 
 @pytest.mark.parametrize("head", ["gap", "gmp", "flatten"])
-def test_explain_one_pass_for_both_images_equals_one_image_at_a_time(head):
-    """explain() runs a one-stream pair as one batch of two: each side must equal that image
-    decomposed alone, and the pair's score the model's own."""
+@pytest.mark.parametrize("largest", [1 << 20, 0])  # 0: every CPU input counts as large
+def test_explain_one_pass_for_both_images_equals_one_image_at_a_time(head, largest,
+                                                                      monkeypatch):
+    """explain() runs a one-stream pair as one batch of two (large CPU inputs one at a time):
+    each side must equal that image decomposed alone, and the pair's score the model's own."""
     from simexplain import Explainer
+    import simexplain.explainer as explainer_module
+    monkeypatch.setattr(explainer_module, "CPU_PAIR_BATCH_NUMEL", largest)
     torch.manual_seed(1)
     model = HeadModel(head).eval()
     explainer = Explainer(model, "features")
+    batches = []
+    analyse = explainer.contributions
+    monkeypatch.setattr(explainer, "contributions",
+                        lambda x, side="a": batches.append(len(x)) or analyse(x, side))
     a, b = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)
     result = explainer.explain(a, b)
+    assert batches == ([2] if largest else [1, 1])
     for side, x in (("a", a), ("b", b)):
         alone = SplitModel(model, "features").contributions(x)
         torch.testing.assert_close(result._sides(side)[0].contributions, alone.positions[0],

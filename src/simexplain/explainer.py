@@ -20,6 +20,9 @@ from .similarity import Similarity, get as get_similarity
 Transform = Callable[[Image.Image], torch.Tensor]
 # Relative residual above which a head is reported as not exactly decomposable.
 EXACT_TOLERANCE = 1e-4
+# Largest input (values per image) whose pair runs as one batch on the CPU (`explain`): up to
+# 448x448 RGB a batch of two was faster than two passes, at 768x768 slower (bench_explain.py).
+CPU_PAIR_BATCH_NUMEL = 1 << 20
 
 
 class Explainer:
@@ -153,9 +156,8 @@ class Explainer:
     def explain_prepared(self, prepared_a: PreparedImage, prepared_b: PreparedImage
                          ) -> PairExplanation:
         """`explain` for images already prepared (`prepare(image, side)`)."""
-        if self.stream_b is self.stream_a and prepared_a.tensor.shape == prepared_b.tensor.shape:
-            # one stream, one input size: both images share one forward pass and one head
-            # analysis (half the fixed cost of two)
+        if self._pair_in_one_batch(prepared_a.tensor, prepared_b.tensor):
+            # both images share one forward pass and one head analysis (half the fixed cost)
             c = self.contributions(torch.cat([prepared_a.tensor, prepared_b.tensor]), "a")
             side_a, side_b = (_side(prepared, c, row)
                               for row, prepared in enumerate((prepared_a, prepared_b)))
@@ -163,6 +165,13 @@ class Explainer:
             side_a = _side(prepared_a, self.contributions(prepared_a.tensor, "a"), 0)
             side_b = _side(prepared_b, self.contributions(prepared_b.tensor, "b"), 0)
         return PairExplanation.from_sides(side_a, side_b, self.similarity)
+
+    def _pair_in_one_batch(self, x_a: torch.Tensor, x_b: torch.Tensor) -> bool:
+        """One stream and one input size; on the CPU also a small input: there, a batch of
+        two large inputs runs slower than two single passes (bench_explain.py, 48x48 grids:
+        the convolutions' working set outgrows the caches)."""
+        return (self.stream_b is self.stream_a and x_a.shape == x_b.shape and
+                (x_a.device.type != "cpu" or x_a[0].numel() <= CPU_PAIR_BATCH_NUMEL))
 
     def explain_gallery(self, query: ImageInput, gallery: Iterable[ImageInput],
                         batch_size: int = 16, progress: bool = False) -> list[PairExplanation]:

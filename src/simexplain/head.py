@@ -154,6 +154,11 @@ def _assemble(embedding: torch.Tensor, linear: torch.Tensor, constant: torch.Ten
 # -- the head as a tape ---------------------------------------------------------------------------
 
 STRATEGIES = ("auto", "forward", "reverse", "tangents")
+# The reverse path takes the constant term from its own pullbacks (one cotangent per image and
+# dimension, B * D, instead of D for all images) when their Jacobian holds at most this many
+# floats: then no forward-mode pass is needed, whose fixed cost (a few ms: forward-mode
+# arithmetic is slow in torch) dominates small heads; beyond, the extra cotangents cost more.
+PER_ROW_PULLBACK = 1 << 22
 
 
 def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[str, torch.Tensor],
@@ -176,12 +181,15 @@ def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[st
     offsets = {k: v.detach() for k, v in offsets.items()}
     batch, dim = embedding.shape
     pooling = find_pooling(tape, features.dim()) if structured else None
-    with torch.no_grad(), FreezeScales(), sdpa_kernel([SDPBackend.MATH]):
+    # Scales are frozen in the head's replays only: the mode intercepts every torch call, and
+    # the bookkeeping around the replays needs none of it.
+    with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
         if pooling is not None:
             last = pooling.argument if pooling.kind == "linear" else pooling.pool
             start, source = last + 1, pooling.pooled
-            pooled = replay_pooled(tape, pooling, features, offsets)
-            shares, pooled_constant, whole = pooled_shares(tape, pooling, features, offsets)
+            with FreezeScales():
+                pooled = replay_pooled(tape, pooling, features, offsets)
+                shares, pooled_constant, whole = pooled_shares(tape, pooling, features, offsets)
             if whole is not None:  # mapped by J together with the shares, in the same pass
                 shares = torch.cat([shares, whole], dim=1)
             shares = shares.reshape(batch, shares.shape[1], *pooled.shape[1:])
@@ -192,18 +200,26 @@ def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[st
             shares, whole = None, None  # implicit: A masked to one position
 
         def post(r, off):
-            return tape.replay({source: r}, off, start, out_slot)
+            with FreezeScales():
+                return tape.replay({source: r}, off, start, out_slot)
 
         n_pos = to_positions(features).shape[1]
         n_tangents = n_pos if shares is None else shares.shape[1]
-        mode = strategy if strategy != "auto" else "forward" if n_tangents <= dim else "reverse"
+        per_row = batch * dim * max(pooled.numel(), batch * dim) <= PER_ROW_PULLBACK
+        if strategy == "auto":  # the fewer tangents, or a pullback small enough to be cheap
+            mode = "forward" if n_tangents <= dim and not per_row else "reverse"
+        else:
+            mode = strategy
         chunk = max(1, budget // pooled.numel())  # tangents or cotangents at a time
         if mode == "forward":
             primal, linear, constant = _forward(post, pooled, offsets, shares, pooled_constant,
                                                 n_tangents, chunk)
+        elif per_row:
+            primal, linear, constant = _reverse(post, pooled, offsets, shares, pooled_constant,
+                                                dim, chunk)
         else:
             primal, constant = jvp(post, (pooled, offsets), (pooled_constant, offsets))
-            linear = _reverse(post, pooled, offsets, shares, dim, chunk)
+            _, linear, _ = _reverse(post, pooled, offsets, shares, None, dim, chunk)
         scale = float(embedding.abs().max()) + 1e-12
         if not torch.allclose(primal, embedding, rtol=1e-4, atol=1e-5 * scale):
             return None  # the replay is not the model's head
@@ -245,19 +261,53 @@ def _forward(post, pooled, offsets, shares, pooled_constant, n_pos: int, chunk: 
     return primal[0], out[:n_pos].transpose(0, 1), out[n_pos]
 
 
-def _reverse(post, pooled, offsets, shares, dim: int, chunk: int) -> torch.Tensor:
-    """(B, P, D) by a reverse-mode Jacobian of the (post-pooling) head: one cotangent per
-    embedding dimension, contracted with each position's share chunk by chunk."""
-    out, pull = vjp(lambda r: post(r, offsets), pooled)
+def _reverse(post, pooled, offsets, shares, pooled_constant, dim: int, chunk: int):
+    """(embedding, (B, P, D) linear parts, (B, D) constant or None) by a reverse-mode Jacobian
+    of the (post-pooling) head, applied to each position's share chunk by chunk.
+
+    With `pooled_constant` given, the constant term comes from the same pullbacks: one
+    cotangent per (row, embedding dimension), because the offsets are shared by the rows and
+    their gradients would otherwise add up over the batch. Without, one cotangent per
+    embedding dimension serves every row at once (the rows of a head do not mix)."""
+    out, pull = vjp(post, pooled, offsets)
+    batch = len(out)
+    per_row = pooled_constant is not None
     eye = torch.eye(dim, dtype=out.dtype, device=out.device)
-    parts = []
-    for rows in eye.split(chunk):
-        cotangents = rows[:, None, :].expand(len(rows), *out.shape)
-        (jac,) = vmap(pull)(cotangents)  # (d, B, *pooled dims)
-        if shares is not None:
-            parts.append(torch.einsum("dbr,bpr->bpd", jac.flatten(2), shares.flatten(2)))
-        else:  # u_p = J[:, :, p] A[:, p]: sum the channels of J * A at each position
-            weighted = (jac * pooled).flatten(0, 1)  # (d * B, ...)
-            summed = to_positions(weighted).sum(-1)  # (d * B, P)
-            parts.append(summed.view(len(rows), len(pooled), -1).permute(1, 2, 0))
-    return torch.cat(parts, dim=-1)
+    if per_row:  # cotangent b * D + d: e_d in row b only
+        rows = torch.eye(batch, dtype=out.dtype, device=out.device)
+        cotangents = (rows[:, None, :, None] * eye[None, :, None, :]).flatten(0, 1)
+    else:  # cotangent d: e_d in every row
+        cotangents = eye[:, None, :].expand(dim, *out.shape)
+    n_pos = shares.shape[1] if shares is not None else to_positions(pooled).shape[1]
+    linear = out.new_zeros(batch, n_pos, dim)
+    constant = out.new_zeros(batch, dim) if per_row else None
+    for start in range(0, len(cotangents), chunk):
+        stop = min(start + chunk, len(cotangents))
+        jac, jac_offsets = vmap(pull)(cotangents[start:stop])  # (n, B, *pooled dims)
+        for b in range(batch):
+            if per_row:  # the cotangents of this chunk that belong to row b
+                first, last = max(start, b * dim), min(stop, (b + 1) * dim)
+                if first >= last:
+                    continue
+                picked, dims = slice(first - start, last - start), slice(first - b * dim,
+                                                                         last - b * dim)
+            else:
+                picked, dims = slice(None), slice(start, stop)
+            rows_j = jac[picked, b]  # (m, *pooled dims): Jacobian rows of embedding b
+            linear[b, :, dims] = _apply_rows(rows_j, pooled[b] if shares is None else shares[b],
+                                             shares is not None)
+            if per_row:  # the derivative along the offsets, each moved by its own value
+                moved = (rows_j * pooled_constant[b]).flatten(1).sum(1)
+                for name, value in offsets.items():
+                    moved = moved + (jac_offsets[name][picked] * value).flatten(1).sum(1)
+                constant[b, dims] = moved
+    return out, linear, constant
+
+
+def _apply_rows(rows: torch.Tensor, source: torch.Tensor, shares: bool) -> torch.Tensor:
+    """(P, m): m Jacobian rows of one image's embedding (m, *pooled dims) applied to each
+    position's share of the pooled tensor (P, *pooled dims), or to the positions of the layer
+    output itself (*dims): u_p = J[:, p] A_p, the channels of J * A summed at each position."""
+    if shares:
+        return source.flatten(1) @ rows.flatten(1).T
+    return to_positions(rows * source).sum(-1).T

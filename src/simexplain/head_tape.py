@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import jvp
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 # The trunk runs once: during the model's own forward pass every torch call that reads the
 # explained layer's output (or anything computed from it) is recorded, and the recording is
@@ -42,13 +42,22 @@ class _Step:
     outputs: list[int | None]  # slot of each flattened output leaf (None: not a tensor)
     reads: set[int]  # slots read
 
+    def __post_init__(self):
+        # flattened once: a replay substitutes the few slot and offset leaves in place
+        self._leaves, self._spec = tree_flatten((self.args, self.kwargs))
+        self._holes = [(i, leaf) for i, leaf in enumerate(self._leaves)
+                       if isinstance(leaf, (_Slot, _Offset))]
+
     def run(self, env: dict[int, torch.Tensor], offsets: dict[str, torch.Tensor]):
-        def value(leaf):
-            if isinstance(leaf, _Slot):
-                return env[leaf.index]
-            return offsets[leaf.name] if isinstance(leaf, _Offset) else leaf
-        args, kwargs = tree_map(value, (self.args, self.kwargs))
+        leaves = list(self._leaves)
+        for i, leaf in self._holes:
+            leaves[i] = env[leaf.index] if isinstance(leaf, _Slot) else offsets[leaf.name]
+        args, kwargs = tree_unflatten(leaves, self._spec)
         out = self.func(*args, **kwargs)
+        if len(self.outputs) == 1 and isinstance(out, torch.Tensor):
+            if self.outputs[0] is not None:
+                env[self.outputs[0]] = out
+            return
         for slot, leaf in zip(self.outputs, tree_flatten(out)[0]):
             if slot is not None:
                 env[slot] = leaf
