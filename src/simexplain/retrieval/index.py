@@ -345,8 +345,9 @@ class Index:
                     if side is not None:
                         sides[i] = side
             missing = [i for i in range(len(hits)) if i not in sides]
-            computed = explainer.sides([hits[i].path for i in missing], "b", batch_size)
-            sides.update(zip(missing, computed))
+            if missing:
+                computed = explainer.sides([hits[i].path for i in missing], "b", batch_size)
+                sides.update(zip(missing, computed))
         except ImageError as exc:
             raise SimexplainError(f"cannot explain the hits: {exc}") from None
         for hit, side_b in zip(hits, (sides[i] for i in range(len(hits)))):
