@@ -2,8 +2,8 @@
 `explain=True` (`index build --explain`), and `Index.explain_hits` for k hits from the cache
 against recomputing them with the model.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_explain_cache.py --threads 1            # 60 images, efficientnet-lite0
-    OMP_NUM_THREADS=1 python benchmarks/bench_explain_cache.py --threads 1 --model toy --images 40   # seconds
+    OMP_NUM_THREADS=1 python benchmarks/bench_explain_cache.py --threads 1   # efficientnet-lite0
+    OMP_NUM_THREADS=1 python benchmarks/bench_explain_cache.py --threads 1 --model toy   # seconds
 
 The gallery is generated: smooth random colour fields, half square and half 4:3 (a model that
 keeps the aspect ratio, as efficientnet-lite0 does, then sees two input sizes and two grids).

@@ -33,14 +33,17 @@ def toy(head: str = "gap", keep_aspect: bool = False, seed: int = 0) -> Explaine
                      model_name=f"toy-{head}")
 
 
+def save_noise(path: Path, rng: np.random.Generator, width: int = SIDE) -> Path:
+    Image.fromarray(rng.integers(0, 256, (SIDE, width, 3), dtype=np.uint8)).save(path)
+    return path
+
+
 def write_gallery(root: Path, mixed: bool = False) -> Path:
     """N_IMAGES random images (mixed: of four aspect ratios), plus a file that is no image."""
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for i in range(N_IMAGES):
-        height, width = (SIDE, SIDE + 16 * (i % 4)) if mixed else (SIDE, SIDE)
-        array = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-        Image.fromarray(array).save(root / f"img_{i:02d}.png")
+        save_noise(root / f"img_{i:02d}.png", rng, SIDE + 16 * (i % 4) if mixed else SIDE)
     (root / "notes.txt").write_text("not an image")
     return root
 
@@ -52,10 +55,8 @@ def gallery(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def query(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("query") / "query.png"
-    array = np.random.default_rng(1).integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)
-    Image.fromarray(array).save(path)
-    return path
+    return save_noise(tmp_path_factory.mktemp("query") / "query.png",
+                      np.random.default_rng(1))
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +155,15 @@ def test_an_index_without_cache_recomputes(gallery, query, tmp_path):
     assert not (tmp_path / "plain" / CONTRIBUTIONS).exists() and len(index) == N_IMAGES
 
 
+def test_an_explain_index_is_replaced_by_a_plain_build_and_back(gallery, cached, tmp_path):
+    target = _copy(cached[0], tmp_path)
+    explainer = cached[1]
+    Index.build(gallery, explainer, progress=False, out=target)
+    assert not (target / CONTRIBUTIONS).exists() and Index.load(target).explain_cache is None
+    Index.build(gallery, explainer, progress=False, out=target, explain=True)
+    assert len(Index.load(target).explain_cache) == N_IMAGES
+
+
 def test_sharded_ivfpq_with_cache(gallery, query, tmp_path, monkeypatch):
     explainer = toy()
     Index.build(gallery, explainer, progress=False, out=tmp_path / "pq", kind="ivfpq",
@@ -176,8 +186,7 @@ def test_changed_gallery_file_is_recomputed_with_a_warning(gallery, query, tmp_p
     Index.build(copy, explainer, progress=False, out=tmp_path / "index", explain=True)
     index = Index.load(tmp_path / "index", explainer)
     row = 3
-    changed = np.random.default_rng(7).integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)
-    Image.fromarray(changed).save(index.paths[row])
+    save_noise(Path(index.paths[row]), np.random.default_rng(7))
     assert index.cached_side(row) is None  # the cache no longer describes the file
     assert index.cached_side(row + 1) is not None
     with pytest.warns(UserWarning, match="changed since it was indexed"):
@@ -266,7 +275,7 @@ def test_forged_grids_and_values_never_give_maps(cached, query, tmp_path):
     values[:] = np.nan
     np.save(target / CONTRIBUTIONS, values)
     index = Index.load(target, explainer, verify=False)
-    with pytest.raises(IndexFormatError, match="non-finite"):
+    with pytest.raises(IndexFormatError, match="non-finite values"):
         index.search(query, k=2, explain=True)
 
 

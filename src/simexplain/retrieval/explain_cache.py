@@ -110,10 +110,10 @@ class ExplainCache:
         positions = np.array(self.positions[start:stop], dtype=np.float32)
         projected = None if self.projected is None else np.array(self.projected[start:stop],
                                                                  dtype=np.float32)
-        if not np.isfinite(positions).all() or (projected is not None
-                                                and not np.isfinite(projected).all()):
-            raise damaged(Path(self.where or "the index") / CONTRIBUTIONS,
-                          f"non-finite contributions for gallery row {row}")
+        for name, values in ((CONTRIBUTIONS, positions), (PROJECTED, projected)):
+            if values is not None and not np.isfinite(values).all():
+                raise damaged(Path(self.where or "the index") / name,
+                              f"non-finite values for gallery row {row}")
         h, w, gh, gw = (int(v) for v in self.shapes[row])
         return CachedImage(positions, (h, w), (gh, gw), projected)
 

@@ -7,7 +7,8 @@ torch, so it can be tested and timed on its own.
 Speed: an explanation or a search computes the per-position contributions u_p of every image
 involved once and keeps them (bounded LRU caches). A pointer update is then one small
 product: point weights (P,) @ D (P, Q) for a pair, or ((w @ U_a) @ U_b^T) * scale for each
-visible search result.
+visible search result. Gallery images of an index built with `--explain` take their
+contributions from the index's cache instead of the model (`Index.cached_side`).
 """
 
 from __future__ import annotations
