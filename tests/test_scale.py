@@ -92,6 +92,31 @@ def test_ray_build_equals_the_local_build(gallery, tmp_path):
         assert hits[0] == hits[1]
 
 
+def gmp_explainer() -> Explainer:
+    """A max-pooling head (projected features) keeping the aspect ratio (grids differ)."""
+    torch.manual_seed(0)
+    model = HeadModel("gmp", dim=8, channels=8, depth=2).eval()
+    return Explainer(model, "features", transform=Preprocess(size=(SIDE, SIDE),
+                                                             keep_aspect=True),
+                     model_name="toy-gmp")
+
+
+def test_ray_explain_build_equals_the_local_one(gallery, tmp_path):
+    """The workers return each image's contributions: the same explain cache as a local
+    build, projected features and different grids included."""
+    local = Index.build(gallery, gmp_explainer(), batch_size=5, progress=False,
+                        out=tmp_path / "local", explain=True)
+    distributed = Index.build(gallery, gmp_explainer, batch_size=5, progress=False,
+                              out=tmp_path / "ray", engine="ray", ray={"workers": 2},
+                              explain=True)
+    _same_index(local, distributed)
+    ours, theirs = local.explain_cache, Index.load(tmp_path / "ray").explain_cache
+    assert len({tuple(row) for row in theirs.shapes}) > 1 and theirs.projected is not None
+    np.testing.assert_array_equal(ours.shapes, theirs.shapes)
+    np.testing.assert_allclose(ours.positions, theirs.positions, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours.projected, theirs.projected, rtol=1e-5, atol=1e-6)
+
+
 class Interrupt(Exception):
     pass
 

@@ -202,11 +202,20 @@ class Explainer:
         return get_method(method, **options).attribute(self, a, b)
 
 
+def side_from(prepared: PreparedImage, grid: tuple[int, int], contributions: torch.Tensor,
+              embedding: torch.Tensor, projected: torch.Tensor | None = None) -> Side:
+    """The Side of the image `prepared` from its decomposition: contributions (P, D) on the
+    feature grid `grid`, the model's embedding (D,) and projected features (P, D) or None
+    (see `head.Contributions`), computed now or earlier (an index's explain cache)."""
+    return Side(image=prepared.photo, grid=(int(grid[0]), int(grid[1])),
+                contributions=contributions, embedding=embedding, frame=prepared.frame,
+                projected=projected)
+
+
 def _side(prepared: PreparedImage, c: Contributions, row: int) -> Side:
     """Row `row` of a batch's contributions as the Side of the image `prepared`."""
-    return Side(image=prepared.photo, grid=c.grid, contributions=c.positions[row],
-                embedding=c.embedding[row], frame=prepared.frame,
-                projected=None if c.projected is None else c.projected[row])
+    return side_from(prepared, c.grid, c.positions[row], c.embedding[row],
+                     None if c.projected is None else c.projected[row])
 
 
 def _by_shape(tensors: Sequence[torch.Tensor]) -> dict[tuple, list[int]]:

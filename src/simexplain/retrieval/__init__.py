@@ -16,9 +16,11 @@ mapped); all but "flat" are approximate in which candidates they find.
 
 Modules: `index` (Index, Hit, RegionQuery, search), `storage` (the folder on disk: what may be
 replaced, save and verified load), `manifest` (its checksum, schema and gallery paths),
-`build` (resumable builds), `ray_engine` (builds as a Ray Data pipeline, `engine="ray"`),
-`compressed` (the sharded "ivfpq" kind), `model` (the index's model and its fingerprint), `page`
-(the HTML results page), `commands` (`simexplain index build`, `simexplain search`).
+`build` (resumable builds), `explain_cache` (per-position contributions stored at build time,
+`--explain`, so hits are explained without the model), `ray_engine` (builds as a Ray Data
+pipeline, `engine="ray"`), `compressed` (the sharded "ivfpq" kind), `model` (the index's model
+and its fingerprint), `page` (the HTML results page), `commands` (`simexplain index build`,
+`simexplain search`).
 """
 
 from .build import checkpoint_path, gallery_files, remove_checkpoint

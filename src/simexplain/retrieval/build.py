@@ -12,7 +12,7 @@ import re
 import uuid
 import warnings
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ImageError, SimexplainError
 from ..files import atomic_path
+from .explain_cache import CachedImage, ExplainCache
 from .model import MODEL_KEYS, model_info
 from .storage import (FORMAT_NAME, FORMAT_VERSION, Skipped, check_kind, check_replaceable,
                       common_root, file_sha256, require_faiss)
@@ -35,7 +36,7 @@ def build_index(cls, images: str | Path | Iterable[str | Path], explainer,
                 model_name: str | None = None, batch_size: int = 32, progress: bool = True,
                 out: str | Path | None = None, resume: bool = True, kind: str = "flat",
                 checkpoint_every: int = 8, shards: int = 1, engine: str = "local",
-                ray: dict | None = None):
+                ray: dict | None = None, explain: bool = False):
     """`Index.build` (see there); `cls` is the Index class."""
     check_kind(kind)
     check_shards(kind, shards)
@@ -54,10 +55,10 @@ def build_index(cls, images: str | Path | Iterable[str | Path], explainer,
     # a factory (for Ray workers that load their own model) also gives the driver its copy
     local = explainer if hasattr(explainer, "prepare") else explainer()
     info = model_info(local, model_name)
-    state = _BuildState(paths, info, root)
+    state = _BuildState(paths, info, root, explain)
     if checkpoint is not None:
         if resume:
-            state = _BuildState.resume(checkpoint, paths, info, root) or state
+            state = _BuildState.resume(checkpoint, paths, info, root, explain) or state
         else:
             remove_checkpoint(checkpoint)
     resumed_from = state.done
@@ -68,9 +69,9 @@ def build_index(cls, images: str | Path | Iterable[str | Path], explainer,
         if engine == "ray":
             from .ray_engine import embed_with_ray
             batches = embed_with_ray(paths, state.done, root, explainer, info, batch_size,
-                                     **(ray or {}))
+                                     explain=explain, **(ray or {}))
         else:
-            batches = _embed_locally(paths, state.done, root, local, batch_size)
+            batches = _embed_locally(paths, state.done, root, local, batch_size, explain)
         for results, skipped, done in batches:
             bar.update(done - state.done)
             state.record(results, skipped, done)
@@ -92,7 +93,8 @@ def build_index(cls, images: str | Path | Iterable[str | Path], explainer,
             f"no readable image among the {len(paths)} files; skipped: "
             + "; ".join(f"{s.path} ({s.reason})" for s in state.skipped[:5]))
     index = finish(cls, state.embeddings, [paths[i] for i in state.ok], info, kind, shards,
-                   state.hashes, state.skipped, root)
+                   state.hashes, state.skipped, root,
+                   ExplainCache.concat(state.cache) if explain else None)
     index.explainer = local
     index.resumed_from = resumed_from
     if out is not None:
@@ -101,12 +103,13 @@ def build_index(cls, images: str | Path | Iterable[str | Path], explainer,
     return index
 
 
-def _embed_locally(paths: list[str], start: int, root: Path, explainer, batch_size: int):
+def _embed_locally(paths: list[str], start: int, root: Path, explainer, batch_size: int,
+                   explain: bool = False):
     """(results, skipped, files done) of each batch, embedded in this process."""
     stream = explainer.stream("b")
     for offset in range(start, len(paths), batch_size):
         chunk = paths[offset:offset + batch_size]
-        results, skipped = embed_files(chunk, offset, explainer, stream, root)
+        results, skipped = embed_files(chunk, offset, explainer, stream, root, explain)
         yield results, skipped, offset + len(chunk)
 
 
@@ -120,62 +123,76 @@ def check_shards(kind: str, shards: int) -> None:
 
 
 def finish(cls, embeddings: list[np.ndarray], paths: list[str], info: dict, kind: str,
-           shards: int, hashes: list[str], skipped: list[Skipped], root: Path):
+           shards: int, hashes: list[str], skipped: list[Skipped], root: Path,
+           explain_cache: ExplainCache | None = None):
     """The index of a build's embeddings (every build engine ends here)."""
     from .index import with_defaults
     array = np.concatenate(embeddings)
     params = with_defaults(kind, len(array), {"shards": shards} if shards != 1 else None,
                            info["similarity"], array)
     return cls(array, paths, {**info}, kind=kind, hashes=hashes, skipped=skipped, root=root,
-               params=params)
+               params=params, explain_cache=explain_cache)
 
 
 class _BuildState:
     """What a build has done so far, and its checkpoint: a folder `<out>.partial` holding one
     shard per checkpoint (embeddings, gallery rows and sha256 of the images embedded since the
-    previous one) and state.json (replaced atomically) naming the shards that count."""
+    previous one, and with explain=True their explain cache) and state.json (replaced
+    atomically) naming the shards that count."""
 
     STATE = "state.json"
+    _CACHE = ("explain_positions", "explain_shapes", "explain_projected")  # shard arrays
 
-    def __init__(self, paths: list[str], info: dict, root: Path):
+    def __init__(self, paths: list[str], info: dict, root: Path, explain: bool = False):
         self.paths = paths
         self.info = info
         self.root = root
+        self.explain = explain
         self.done = 0  # files processed, in order (embedded or skipped)
         self.embeddings: list[np.ndarray] = []  # one array per batch (or per resumed shard)
+        self.cache: list[ExplainCache] = []  # with explain: one per batch or resumed shard
         self.ok: list[int] = []  # rows of `paths` that were embedded
         self.hashes: list[str] = []
         self.skipped: list[Skipped] = []
         self.shards: list[str] = []
         self._flushed_items = 0  # len(self.ok) already in a shard
+        self._flushed_cache = 0  # len(self.cache) already in a shard
 
     def _key(self) -> dict:
         listing = hashlib.sha256("\n".join(self.paths).encode()).hexdigest()
-        return json.loads(json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION,
-                                      "paths_sha256": listing, "count": len(self.paths),
-                                      **{k: self.info.get(k) for k in MODEL_KEYS}}))
+        key = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "paths_sha256": listing,
+               "count": len(self.paths), **{k: self.info.get(k) for k in MODEL_KEYS}}
+        if self.explain:  # only then: checkpoints of builds without it stay valid
+            key["explain"] = True
+        return json.loads(json.dumps(key))
 
     @classmethod
-    def resume(cls, checkpoint: Path, paths, info, root) -> "_BuildState | None":
+    def resume(cls, checkpoint: Path, paths, info, root,
+               explain: bool = False) -> "_BuildState | None":
         """The state saved in `checkpoint`, or None (with a warning) when it cannot be used."""
         if not (checkpoint / cls.STATE).is_file():
             return None
-        state = cls(paths, info, root)
+        state = cls(paths, info, root, explain)
         try:
             meta = json.loads((checkpoint / cls.STATE).read_text())
             if meta.get("key") != state._key():
                 warnings.warn(f"ignoring build checkpoint {checkpoint}: it belongs to another "
-                              "model or another list of images; starting over", stacklevel=3)
+                              "model, another list of images or a build with(out) --explain; "
+                              "starting over", stacklevel=3)
                 return None
             for name in meta["shards"]:
                 with np.load(checkpoint / name, allow_pickle=False) as shard:
                     embeddings = np.asarray(shard["embeddings"], dtype=np.float32)
                     ok = [int(i) for i in shard["ok"]]
                     hashes = [str(h) for h in shard["hashes"]]
-                if not (len(embeddings) == len(ok) == len(hashes)):
+                    cache = state._shard_cache(shard) if explain and ok else None
+                if not (len(embeddings) == len(ok) == len(hashes)) or (
+                        cache is not None and len(cache) != len(ok)):
                     raise ValueError(f"inconsistent shard {name}")
                 if len(embeddings):
                     state.embeddings.append(embeddings)
+                if cache is not None:
+                    state.cache.append(cache)
                 state.ok += ok
                 state.hashes += hashes
             state.shards = list(meta["shards"])
@@ -190,7 +207,15 @@ class _BuildState:
                           stacklevel=3)
             return None
         state._flushed_items = len(state.ok)
+        state._flushed_cache = len(state.cache)
         return state
+
+    def _shard_cache(self, shard) -> ExplainCache:
+        positions, shapes, projected = self._CACHE
+        return ExplainCache(np.asarray(shard[positions], dtype=np.float32),
+                            np.asarray(shard[shapes], dtype=np.int64),
+                            np.asarray(shard[projected], dtype=np.float32)
+                            if projected in shard.files else None)
 
     def write(self, checkpoint: Path) -> None:
         """Write a shard with what is new since the last checkpoint, then atomically replace
@@ -199,42 +224,63 @@ class _BuildState:
         new = len(self.ok) - self._flushed_items
         if new:
             rows = np.concatenate(self.embeddings)[self._flushed_items:]
+            arrays = {"embeddings": rows,
+                      "ok": np.asarray(self.ok[self._flushed_items:], dtype=np.int64),
+                      "hashes": np.asarray(self.hashes[self._flushed_items:], dtype=str)}
+            if self.explain:  # only the new batches' caches: no copy of the whole gallery's
+                cache = ExplainCache.concat(self.cache[self._flushed_cache:])
+                arrays.update(zip(self._CACHE[:2], (cache.positions, cache.shapes)))
+                if cache.projected is not None:
+                    arrays[self._CACHE[2]] = cache.projected
             name = f"shard-{len(self.shards):05d}-{uuid.uuid4().hex[:6]}.npz"
             with atomic_path(checkpoint / name) as tmp, open(tmp, "wb") as handle:
-                np.savez(handle, embeddings=rows,
-                         ok=np.asarray(self.ok[self._flushed_items:], dtype=np.int64),
-                         hashes=np.asarray(self.hashes[self._flushed_items:], dtype=str))
+                np.savez(handle, **arrays)
             self.shards.append(name)
             self._flushed_items = len(self.ok)
+            self._flushed_cache = len(self.cache)
             self.embeddings = [np.concatenate(self.embeddings)]  # keep the list short
         meta = {"key": self._key(), "done": self.done, "shards": self.shards,
                 "skipped": [s.to_dict() for s in self.skipped]}
         with atomic_path(checkpoint / self.STATE) as tmp:
             tmp.write_text(json.dumps(meta))
 
-    def record(self, results: list[tuple[int, str, np.ndarray]], skipped: list[Skipped],
-               done: int) -> None:
+    def record(self, results: list["Embedded"], skipped: list[Skipped], done: int) -> None:
         """Take one embedded batch (rows in order, from `embed_files`): files up to `done`
         are then processed."""
         if results:
-            dims = {r[2].shape[0] for r in results}
+            dims = {r.embedding.shape[0] for r in results}
             if self.embeddings:
                 dims.add(self.embeddings[0].shape[1])
             if len(dims) != 1:
                 raise SimexplainError(
                     f"the model gives embeddings of different sizes {sorted(dims)}")
-            self.embeddings.append(np.stack([r[2] for r in results]).astype(np.float32))
-            self.ok.extend(r[0] for r in results)
-            self.hashes.extend(r[1] for r in results)
+            if self.explain:
+                if any(r.cached is None for r in results):
+                    raise SimexplainError("an explain build got an image without its "
+                                          "contributions")
+                self.cache.append(ExplainCache.stack([r.cached for r in results]))
+            self.embeddings.append(np.stack([r.embedding for r in results]).astype(np.float32))
+            self.ok.extend(r.row for r in results)
+            self.hashes.extend(r.sha256 for r in results)
         self.skipped.extend(skipped)
         self.done = done
 
 
-def embed_files(chunk: list[str], offset: int, explainer, stream, root: Path
-                ) -> tuple[list[tuple[int, str, np.ndarray]], list[Skipped]]:
-    """Prepare, hash and embed gallery files (rows offset, offset + 1, ...): (row, sha256,
-    embedding) of each embedded file in row order, and the files skipped (unreadable, or a
-    link out of the gallery folder). Images of one input size share a forward pass."""
+class Embedded(NamedTuple):
+    """One embedded gallery file."""
+
+    row: int
+    sha256: str
+    embedding: np.ndarray  # (D,) float32
+    cached: CachedImage | None = None  # its contributions, in an explain build
+
+
+def embed_files(chunk: list[str], offset: int, explainer, stream, root: Path,
+                explain: bool = False) -> tuple[list[Embedded], list[Skipped]]:
+    """Prepare, hash and embed gallery files (rows offset, offset + 1, ...): each embedded
+    file in row order, and the files skipped (unreadable, or a link out of the gallery
+    folder). Images of one input size share a forward pass; with `explain`, that pass also
+    gives their contributions (the model's embedding from it is the one kept)."""
     ready: list[tuple[int, str, torch.Tensor]] = []
     skipped: list[Skipped] = []
     real_root = os.path.realpath(root)
@@ -252,13 +298,19 @@ def embed_files(chunk: list[str], offset: int, explainer, stream, root: Path
     groups: dict[tuple, list] = {}
     for item in ready:
         groups.setdefault(tuple(item[2].shape), []).append(item)
-    results: list[tuple[int, str, np.ndarray]] = []
-    for items in groups.values():
-        out = stream.embed(torch.cat([t for _, _, t in items]))
+    results: list[Embedded] = []
+    for shape, items in groups.items():
+        batch = torch.cat([t for _, _, t in items])
+        if explain:
+            c = explainer.contributions(batch, "b")
+            out = c.embedding
+        else:
+            out = stream.embed(batch)
         vectors = out.detach().float().cpu().numpy()
-        for (i, digest, _), vec in zip(items, vectors):
-            results.append((i, digest, vec))
-    results.sort(key=lambda r: r[0])
+        for row, ((i, digest, _), vec) in enumerate(zip(items, vectors)):
+            cached = CachedImage.of(c, row, shape[2:]) if explain else None
+            results.append(Embedded(i, digest, vec, cached))
+    results.sort(key=lambda r: r.row)
     return results, skipped
 
 

@@ -50,6 +50,11 @@ def add_cli(subparsers) -> None:
                        help="Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
     build.add_argument("--ray-gpus", type=float, default=0.0,
                        help="GPUs per Ray worker (default 0: CPU workers)")
+    build.add_argument("--explain", action="store_true",
+                       help="also store each image's per-position contributions, from the same "
+                            "forward pass as its embedding (build time about unchanged; disk: "
+                            "grid positions x embedding size x 4 bytes an image), so that "
+                            "`search --explain` explains hits without running the model")
     build.add_argument("--restart", action="store_true",
                        help="ignore a checkpoint of an interrupted build and start over")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -64,7 +69,8 @@ def add_cli(subparsers) -> None:
                              "partial similarity of that region")
     search.add_argument("-k", type=int, default=10, help="number of hits (default 10)")
     search.add_argument("--explain", action="store_true",
-                        help="decompose each hit: overall map and (with --region) region map")
+                        help="decompose each hit: overall map and (with --region) region map "
+                             "(from the index's explain cache when built with --explain)")
     search.add_argument("--out", help="write a results page (index.html + PNGs) here")
     search.add_argument("--json", action="store_true", help="print the hits as JSON")
     search.set_defaults(run=cmd_search)
@@ -85,9 +91,11 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     index = Index.build(args.folder, explainer, model_name=args.model,
                         batch_size=args.batch_size, progress=not args.quiet, out=args.out,
                         resume=not args.restart, kind=args.kind, shards=args.shards,
-                        engine=args.engine, ray=ray if args.engine == "ray" else None)
+                        engine=args.engine, ray=ray if args.engine == "ray" else None,
+                        explain=args.explain)
+    cached = ", with explain cache" if index.explain_cache is not None else ""
     print(f"indexed {len(index)} images into {args.out} ({index.similarity}, {index.dim}-d, "
-          f"{index.kind}); skipped {len(index.skipped)}")
+          f"{index.kind}{cached}); skipped {len(index.skipped)}")
     for item in index.skipped:
         print(f"  skipped {item.path}: {item.reason}")
     return 0

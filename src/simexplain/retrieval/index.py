@@ -15,9 +15,12 @@ import torch
 from .. import maps, regions
 from .. import similarity as similarities
 from ..errors import ImageError, SimexplainError
+from ..explainer import side_from
 from ..explanation import PairExplanation, Side
+from ..images import ImageInput
 from ..similarity import Similarity
 from . import compressed
+from .explain_cache import ExplainCache
 from .model import IndexMismatchError, check_model, model_info
 from .storage import Skipped, check_kind, file_sha256, require_faiss
 
@@ -104,7 +107,8 @@ class Index:
     def __init__(self, embeddings: np.ndarray, paths: Sequence[str], info: dict,
                  kind: str = "flat", hashes: Sequence[str] | None = None,
                  skipped: Sequence[Skipped] = (), vectors=None, params: dict | None = None,
-                 explainer=None, root: str | Path | None = None):
+                 explainer=None, root: str | Path | None = None,
+                 explain_cache: ExplainCache | None = None):
         if not (isinstance(embeddings, np.ndarray) and embeddings.dtype in _STORED
                 and embeddings.flags.c_contiguous):
             embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
@@ -131,6 +135,14 @@ class Index:
         self.params = dict(params) if params else _default_params(
             kind, len(self.paths), self.similarity.index_vectors(embeddings[:1]).shape[1])
         self.vectors = vectors if vectors is not None else self._build_vectors()
+        if explain_cache is not None and (len(explain_cache) != len(self.paths)
+                                          or explain_cache.dim != self.dim):
+            raise SimexplainError(f"an explain cache of {len(explain_cache)} images of "
+                                  f"{explain_cache.dim}-d contributions for {len(self.paths)} "
+                                  f"{self.dim}-d embeddings")
+        # each image's contributions from the build's forward pass (`Index.build(explain=
+        # True)`): explaining a hit then runs no model
+        self.explain_cache = explain_cache
         self.explainer = None
         self.resumed_from = 0  # images already done in a checkpoint when a build resumed
         if explainer is not None:
@@ -174,7 +186,7 @@ class Index:
               model_name: str | None = None, batch_size: int = 32, progress: bool = True,
               out: str | Path | None = None, resume: bool = True, kind: str = "flat",
               checkpoint_every: int = 8, shards: int = 1, engine: str = "local",
-              ray: dict | None = None) -> "Index":
+              ray: dict | None = None, explain: bool = False) -> "Index":
         """Embed a folder (all files, recursively, sorted) or a list of image files.
 
         Unreadable files are skipped and listed in `.skipped`. With `out`, progress is
@@ -189,10 +201,15 @@ class Index:
         RAY_ADDRESS, else a private local instance) and gpus (per worker). `explainer` may
         then also be a picklable zero-argument factory, so each worker loads its own model.
         The result, checkpoints and index folder are those of the default engine="local".
+
+        explain=True also keeps each image's per-position contributions, taken from the same
+        forward pass as its embedding (about the cost of embedding alone; P x D x 4 bytes an
+        image on disk and in memory): `explain_hits` (search with explain=True) then explains
+        hits without running the model (`explain_cache`).
         """
         from .build import build_index
         return build_index(cls, images, explainer, model_name, batch_size, progress, out,
-                           resume, kind, checkpoint_every, shards, engine, ray)
+                           resume, kind, checkpoint_every, shards, engine, ray, explain)
 
     def _build_vectors(self):
         faiss = require_faiss()
@@ -316,25 +333,64 @@ class Index:
         return np.unique(rows)  # sorted: exact ties then keep gallery order
 
     def explain_hits(self, prepared: RegionQuery, hits: list[Hit], batch_size: int = 16) -> None:
-        """Attach the pair decomposition (and the region map) to each hit, in place."""
+        """Attach the pair decomposition (and the region map) to each hit, in place. With an
+        explain cache, a hit's side comes from it (no model forward) unless its file changed
+        since indexing or now gives another input size: those are computed again."""
         explainer = self._require_explainer()
-        for hit in hits:
-            self._warn_if_changed(hit)
+        sides: dict[int, Side] = {}
         try:
-            sides = list(explainer.sides([hit.path for hit in hits], "b", batch_size))
+            for i, hit in enumerate(hits):
+                if not self._warn_if_changed(hit) and self.explain_cache is not None:
+                    side = self._side_from_cache(hit.index)
+                    if side is not None:
+                        sides[i] = side
+            missing = [i for i in range(len(hits)) if i not in sides]
+            if missing:
+                computed = explainer.sides([hits[i].path for i in missing], "b", batch_size)
+                sides.update(zip(missing, computed))
         except ImageError as exc:
             raise SimexplainError(f"cannot explain the hits: {exc}") from None
-        for hit, side_b in zip(hits, sides):
+        for hit, side_b in zip(hits, (sides[i] for i in range(len(hits)))):
             hit.explanation = PairExplanation.from_sides(prepared.side, side_b,
                                                          explainer.similarity)
             if prepared.is_region:
                 hit.region_map = prepared.map_on(side_b, explainer.similarity)
 
-    def _warn_if_changed(self, hit: Hit) -> None:
-        expected = self.hashes[hit.index] if hit.index < len(self.hashes) else ""
-        if expected and Path(hit.path).is_file() and file_sha256(hit.path) != expected:
+    def cached_side(self, row: int, image: ImageInput | None = None) -> Side | None:
+        """Gallery row `row` as a decomposed Side (side b) from the explain cache: the file
+        (or `image`, its pixels already loaded) is prepared for the model (no forward pass).
+        None when the index has no cache, the file changed since indexing (sha256) or its
+        model input now has another size: then compute it (`explainer.side(path, "b")`)."""
+        if self.explain_cache is None or self._changed(row):
+            return None
+        return self._side_from_cache(row, image)
+
+    def _side_from_cache(self, row: int, image: ImageInput | None = None) -> Side | None:
+        explainer = self._require_explainer()
+        cached = self.explain_cache.image(row)
+        prepared = explainer.prepare(self.paths[row] if image is None else image, "b")
+        if tuple(prepared.tensor.shape[2:]) != cached.input_size:
+            return None  # another input size is another grid: the cache does not apply
+        device = explainer.stream("b").device
+        projected = None if cached.projected is None else \
+            torch.from_numpy(cached.projected).to(device)
+        return side_from(prepared, cached.grid, torch.from_numpy(cached.positions).to(device),
+                         torch.from_numpy(np.array(self.embeddings[row], np.float32)).to(device),
+                         projected)
+
+    def _changed(self, row: int) -> bool:
+        """The gallery file differs from the one indexed (sha256; a missing file: False, the
+        error comes when it is read)."""
+        expected = self.hashes[row] if row < len(self.hashes) else ""
+        path = self.paths[row]
+        return bool(expected) and Path(path).is_file() and file_sha256(path) != expected
+
+    def _warn_if_changed(self, hit: Hit) -> bool:
+        changed = self._changed(hit.index)
+        if changed:
             warnings.warn(f"{hit.path} changed since it was indexed; its explanation uses the "
                           "current file", stacklevel=3)
+        return changed
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

@@ -24,6 +24,10 @@ FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.npy"
 VECTORS = "vectors.faiss"
+# the explain-ready cache (`explain_cache`), present only in indexes built with --explain
+CONTRIBUTIONS = "explain-contributions.npy"
+SHAPES = "explain-shapes.npy"
+PROJECTED = "explain-projected.npy"
 # FAISS structures: exact, inverted lists, graph, and inverted lists of product-quantised codes
 # (compressed, split into shards, candidates re-scored from the stored float embeddings)
 KINDS = ("flat", "ivf", "hnsw", "ivfpq")
@@ -46,6 +50,19 @@ def vector_files(params: dict) -> list[str]:
     """The FAISS files of an index: vectors.faiss, or one file per shard."""
     shards = int(params.get("shards", 1))
     return [VECTORS] if shards == 1 else [f"vectors-{i:05d}.faiss" for i in range(shards)]
+
+
+def explain_files(entry: dict | None) -> list[str]:
+    """The explain cache's files for the manifest's "explain" field (None: no cache)."""
+    if entry is None:
+        return []
+    return [CONTRIBUTIONS, SHAPES] + ([PROJECTED] if entry.get("projected") else [])
+
+
+def stored_files(manifest: dict) -> list[str]:
+    """Every data file an index folder holds, as its manifest describes it."""
+    return [EMBEDDINGS, *vector_files(manifest["params"]),
+            *explain_files(manifest.get("explain"))]
 
 
 def checksum(manifest: dict) -> str:
@@ -102,8 +119,9 @@ def validate(m: dict, where: Path) -> None:
                 "similarity", "dim", "input_size", "weights_sha256", "kind", "params", "count",
                 "gallery_root", "gallery_root_from_index", "paths", "sha256", "skipped",
                 "files"}
-    need(set(m) == expected, "unexpected or missing fields "
-         + ", ".join(sorted(set(m) ^ expected)))
+    optional = {"explain"}  # absent from indexes without an explain cache
+    need(expected <= set(m) <= expected | optional, "unexpected or missing fields "
+         + ", ".join(sorted((set(m) - optional) ^ expected)))
     need(isinstance(m["created"], str), "created is not a string")
     need(_optional_text(m["model"]), "model is not a name")
     need(_optional_text(m["layer"]), "layer is not a layer name")  # None: vectors only
@@ -147,8 +165,13 @@ def validate(m: dict, where: Path) -> None:
     need(isinstance(m["skipped"], list) and all(
         isinstance(s, dict) and set(s) == {"path", "reason"} and isinstance(s["path"], str)
         and isinstance(s["reason"], str) for s in m["skipped"]), "skipped entries are malformed")
+    if "explain" in m:
+        entry = m["explain"]
+        need(isinstance(entry, dict) and set(entry) == {"positions", "projected"}
+             and _int(entry["positions"], m["count"], 2 ** 53)
+             and isinstance(entry["projected"], bool), "the explain cache entry is malformed")
     files = m["files"]
-    need(isinstance(files, dict) and set(files) == {EMBEDDINGS, *vector_files(params)} and all(
+    need(isinstance(files, dict) and set(files) == set(stored_files(m)) and all(
         isinstance(f, dict) and set(f) == {"bytes", "sha256"} and _int(f["bytes"], 1, 2 ** 53)
         and _hex(f["sha256"]) for f in files.values()), "the stored files' entries are malformed")
 

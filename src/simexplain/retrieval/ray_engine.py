@@ -4,6 +4,7 @@ with `gpus`) each decode, preprocess, hash and embed batches of them with the on
 pipeline (`build.embed_files`, the function the single-process build calls), and the rows come
 back in gallery order to the driver, which checkpoints them into the same shards and writes
 the same index as the single-process build: resumable per shard, the same manifest and checks.
+With `explain`, the workers return each image's contributions too (the explain cache).
 
 On a laptop a private local Ray instance is started (no dashboard, no set-up) and shut down at
 the end; with `address` (or RAY_ADDRESS) the build joins that cluster; both ship this
@@ -25,6 +26,7 @@ import numpy as np
 import simexplain
 
 from ..errors import SimexplainError
+from .explain_cache import CachedImage
 from .storage import Skipped
 
 
@@ -51,7 +53,8 @@ class _Given:
 class _Embedder:
     """One Ray actor: the model, loaded once, embedding batches of gallery rows."""
 
-    def __init__(self, factory: Callable, fingerprint: str | None, root: str, gpus: float):
+    def __init__(self, factory: Callable, fingerprint: str | None, root: str, gpus: float,
+                 explain: bool = False):
         import torch
         self.explainer = factory()
         if gpus > 0:
@@ -68,30 +71,40 @@ class _Embedder:
                                   "everywhere")
         self.root = Path(root)
         self.stream = self.explainer.stream("b")
+        self.explain = explain
 
     def __call__(self, batch: dict) -> dict:
         from .build import embed_files
         rows = [int(r) for r in batch["row"]]
         paths = [str(p) for p in batch["path"]]
-        out = {"row": np.asarray(rows, dtype=np.int64), "sha256": [""] * len(rows),
-               "reason": [""] * len(rows), "embedding": [b""] * len(rows)}
+        columns = ("sha256", "reason", "embedding", "cells", "shape", "projected")
+        out = {name: [""] * len(rows) if name in ("sha256", "reason") else [b""] * len(rows)
+               for name in columns}
         # rows of one batch are consecutive: the dataset keeps the gallery's order
-        results, skipped = embed_files(paths, rows[0], self.explainer, self.stream, self.root)
+        results, skipped = embed_files(paths, rows[0], self.explainer, self.stream, self.root,
+                                       self.explain)
         position = {row: i for i, row in enumerate(rows)}
-        for row, digest, vector in results:
-            out["sha256"][position[row]] = digest
-            out["embedding"][position[row]] = np.asarray(vector, np.float32).tobytes()
+        for item in results:
+            at = position[item.row]
+            out["sha256"][at] = item.sha256
+            out["embedding"][at] = np.asarray(item.embedding, np.float32).tobytes()
+            if item.cached is not None:  # float32 bytes; the shape says how to read them
+                out["cells"][at] = item.cached.positions.tobytes()
+                out["shape"][at] = np.asarray([*item.cached.input_size, *item.cached.grid],
+                                              np.int64).tobytes()
+                if item.cached.projected is not None:
+                    out["projected"][at] = item.cached.projected.tobytes()
         by_path = {path: i for i, path in enumerate(paths)}
         for item in skipped:
             out["reason"][by_path[item.path]] = item.reason
-        return {"row": out["row"], "sha256": np.asarray(out["sha256"], dtype=object),
-                "reason": np.asarray(out["reason"], dtype=object),
-                "embedding": np.asarray(out["embedding"], dtype=object)}
+        return {"row": np.asarray(rows, dtype=np.int64),
+                **{name: np.asarray(out[name], dtype=object) for name in columns}}
 
 
 def embed_with_ray(paths: list[str], start: int, root: Path, explainer, info: dict,
                    batch_size: int, workers: int = 2, address: str | None = None,
-                   gpus: float = 0.0) -> Iterator[tuple[list, list[Skipped], int]]:
+                   gpus: float = 0.0, explain: bool = False
+                   ) -> Iterator[tuple[list, list[Skipped], int]]:
     """(results, skipped, files done) for consecutive batches of gallery rows from `start`
     on, as `build._embed_locally` gives them, computed by `workers` Ray actors.
 
@@ -99,6 +112,7 @@ def embed_with_ray(paths: list[str], start: int, root: Path, explainer, info: di
         one (each actor then builds its own model, e.g. `functools.partial(zoo.resolve, name)`).
     address: a Ray cluster to join (default: RAY_ADDRESS, else a local instance).
     gpus: GPUs per actor (0: CPU actors; 0.5 lets two actors share one GPU).
+    explain: the actors also return each image's contributions (`build.Embedded.cached`).
     """
     if workers < 1:
         raise SimexplainError(f"the number of Ray workers must be >= 1, got {workers}")
@@ -120,7 +134,8 @@ def embed_with_ray(paths: list[str], start: int, root: Path, explainer, info: di
         embedded = dataset.map_batches(
             _Embedder, batch_size=batch_size, batch_format="numpy",
             compute=ActorPoolStrategy(size=workers), num_cpus=1, num_gpus=gpus,
-            fn_constructor_args=(factory, info.get("weights_sha256"), str(root), gpus))
+            fn_constructor_args=(factory, info.get("weights_sha256"), str(root), gpus,
+                                 explain))
         for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
             yield _unpack(batch, paths)
     except Exception as exc:
@@ -134,14 +149,23 @@ def embed_with_ray(paths: list[str], start: int, root: Path, explainer, info: di
 
 
 def _unpack(batch: dict, paths: list[str]) -> tuple[list, list[Skipped], int]:
+    from .build import Embedded
     results, skipped = [], []
-    for row, digest, reason, data in zip(batch["row"], batch["sha256"], batch["reason"],
-                                         batch["embedding"]):
+    for i, row in enumerate(batch["row"]):
         row = int(row)
-        if reason:
-            skipped.append(Skipped(paths[row], str(reason)))
-        else:
-            results.append((row, str(digest), np.frombuffer(data, dtype=np.float32).copy()))
+        if batch["reason"][i]:
+            skipped.append(Skipped(paths[row], str(batch["reason"][i])))
+            continue
+        embedding = np.frombuffer(batch["embedding"][i], dtype=np.float32).copy()
+        cached = None
+        if batch["shape"][i]:
+            h, w, gh, gw = (int(v) for v in np.frombuffer(batch["shape"][i], dtype=np.int64))
+
+            def cells(data):
+                return np.frombuffer(data, dtype=np.float32).reshape(gh * gw, -1).copy()
+            cached = CachedImage(cells(batch["cells"][i]), (h, w), (gh, gw),
+                                 cells(batch["projected"][i]) if batch["projected"][i] else None)
+        results.append(Embedded(row, str(batch["sha256"][i]), embedding, cached))
     return results, skipped, int(batch["row"][-1]) + 1
 
 

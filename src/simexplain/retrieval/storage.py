@@ -1,6 +1,7 @@
 """An index on disk: a folder holding exactly the marker file `simexplain-index`,
 manifest.json (see `manifest`), embeddings.npy and vectors.faiss (or, for an index split into
-shards, vectors-00000.faiss, vectors-00001.faiss, ...).
+shards, vectors-00000.faiss, vectors-00001.faiss, ...), and, for an index built with --explain,
+the files of its explain cache (`explain_cache`).
 
 Saving never deletes what simexplain did not write: the target must be absent, an empty
 folder, or a complete index folder of ours holding nothing else; anything else is refused.
@@ -26,11 +27,12 @@ import numpy as np
 
 from .. import similarity as similarities
 from ..errors import SimexplainError
-from .manifest import (EMBEDDINGS, FORMAT_NAME, FORMAT_VERSION, KINDS, MANIFEST, VECTORS,
-                       IndexFormatError, damaged, parse, relative_paths, seal, vector_files)
+from .manifest import (CONTRIBUTIONS, EMBEDDINGS, FORMAT_NAME, FORMAT_VERSION, KINDS, MANIFEST,
+                       PROJECTED, SHAPES, VECTORS, IndexFormatError, damaged, parse,
+                       relative_paths, seal, stored_files, vector_files)
 
 MARKER = "simexplain-index"  # present in every index folder simexplain writes
-OWN_FILES = (MARKER, MANIFEST, EMBEDDINGS, VECTORS)
+OWN_FILES = (MARKER, MANIFEST, EMBEDDINGS, VECTORS, CONTRIBUTIONS, SHAPES, PROJECTED)
 SHARD_FILE = re.compile(r"^vectors-\d{5}\.faiss$")  # one FAISS file per shard
 _LEGACY_FILES = {MANIFEST, EMBEDDINGS, VECTORS}  # format 1 had no marker
 
@@ -115,15 +117,19 @@ def save_index(index, path: str | Path) -> Path:
     manifest = _manifest(index, root, path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.simexplain-tmp-"))
     try:
-        _save_embeddings(index.embeddings, tmp / EMBEDDINGS)
+        _save_array(index.embeddings, tmp / EMBEDDINGS)
         names = vector_files(index.params)
         structures = index.vectors.shards if len(names) > 1 or index.kind == "ivfpq" else [
             index.vectors]
         for name, structure in zip(names, structures, strict=True):
             faiss.write_index(structure, str(tmp / name))
+        if index.explain_cache is not None:
+            manifest["explain"] = index.explain_cache.manifest_entry()
+            for name, array in index.explain_cache.arrays().items():
+                _save_array(array, tmp / name, array.dtype)
         manifest["files"] = {name: {"bytes": (tmp / name).stat().st_size,
                                     "sha256": file_sha256(tmp / name)}
-                             for name in (EMBEDDINGS, *names)}
+                             for name in stored_files(manifest)}
         _write(tmp / MANIFEST, json.dumps(seal(manifest), indent=1))
         _write(tmp / MARKER, marker_text())
         _replace_dir(tmp, path)
@@ -135,12 +141,12 @@ def save_index(index, path: str | Path) -> Path:
     return path
 
 
-def _save_embeddings(embeddings: np.ndarray, file: Path, chunk: int = 1 << 16) -> None:
-    """Write float32 .npy rows chunk by chunk: a memory-mapped or float16 gallery is never
-    copied into memory whole."""
-    out = np.lib.format.open_memmap(file, mode="w+", dtype=np.float32, shape=embeddings.shape)
-    for start in range(0, embeddings.shape[0], chunk):
-        out[start:start + chunk] = embeddings[start:start + chunk]
+def _save_array(array: np.ndarray, file: Path, dtype=np.float32, chunk: int = 1 << 16) -> None:
+    """Write .npy rows (float32 by default) chunk by chunk: a memory-mapped or float16 gallery
+    is never copied into memory whole."""
+    out = np.lib.format.open_memmap(file, mode="w+", dtype=dtype, shape=array.shape)
+    for start in range(0, array.shape[0], chunk):
+        out[start:start + chunk] = array[start:start + chunk]
     out.flush()
     del out
     with open(file, "rb+") as handle:
@@ -177,7 +183,7 @@ def load_index(cls, path: str | Path, explainer=None, verify: bool = True):
     path = Path(path)
     manifest = read_manifest(path)
     names = vector_files(manifest["params"])
-    for name in (EMBEDDINGS, *names):
+    for name in stored_files(manifest):
         _verify_file(path / name, manifest["files"][name], verify)
     compressed = manifest["kind"] == "ivfpq"
     try:
@@ -220,10 +226,15 @@ def load_index(cls, path: str | Path, explainer=None, verify: bool = True):
     info = {key: manifest[key] for key in
             ("model", "layer", "layer_b", "similarity", "input_size", "weights_sha256")}
     info["source"] = str(path)
+    cache = None
+    if "explain" in manifest:
+        from .explain_cache import ExplainCache
+        cache = ExplainCache.load(path, manifest["explain"], count, dim)
     index = cls(embeddings, [str(root.joinpath(p)) for p in manifest["paths"]], info,
                 kind=manifest["kind"], hashes=manifest["sha256"], vectors=vectors,
                 params=manifest["params"], root=root,
-                skipped=[Skipped(s["path"], s["reason"]) for s in manifest["skipped"]])
+                skipped=[Skipped(s["path"], s["reason"]) for s in manifest["skipped"]],
+                explain_cache=cache)
     if explainer is not None:
         index.attach(explainer)
     return index

@@ -7,7 +7,8 @@ torch, so it can be tested and timed on its own.
 Speed: an explanation or a search computes the per-position contributions u_p of every image
 involved once and keeps them (bounded LRU caches). A pointer update is then one small
 product: point weights (P,) @ D (P, Q) for a pair, or ((w @ U_a) @ U_b^T) * scale for each
-visible search result.
+visible search result. Gallery images of an index built with `--explain` take their
+contributions from the index's cache instead of the model (`Index.cached_side`).
 """
 
 from __future__ import annotations
@@ -288,7 +289,12 @@ class Engine:
             if cached is not None:
                 found[image_id] = cached
                 continue
-            missing.append((image_id, self.images.pixels(image_id)))
+            picture = self.images.pixels(image_id)
+            side = self._cached_side(explainer, model, size, image_id, which, picture)
+            if side is not None:
+                found[image_id] = self._keep(model, size, image_id, which, side)
+            else:
+                missing.append((image_id, picture))
         if missing:
             # the explainer's input pipeline crops faces for face models, as everywhere else
             with self._compute, warnings.catch_warnings():
@@ -296,14 +302,30 @@ class Engine:
                 computed = list(explainer.sides([picture for _, picture in missing], which,
                                                 batch_size=16))
             for (image_id, _), side in zip(missing, computed):
-                # kept in float64 once, so that pointer updates convert nothing
-                side = Side(image=side.image, grid=side.grid,
-                            contributions=_float64(side.contributions),
-                            embedding=_float64(side.embedding), frame=side.frame,
-                            projected=_float64(side.projected))
-                found[image_id] = self.sides.put((model, size, image_id, which),
-                                                 Prepared(image_id, image_id, side))
+                found[image_id] = self._keep(model, size, image_id, which, side)
         return [found[i] for i in image_ids]
+
+    def _keep(self, model: str, size: int | None, image_id: str, which: str,
+              side: Side) -> Prepared:
+        # kept in float64 once, so that pointer updates convert nothing
+        side = Side(image=side.image, grid=side.grid, contributions=_float64(side.contributions),
+                    embedding=_float64(side.embedding), frame=side.frame,
+                    projected=_float64(side.projected))
+        return self.sides.put((model, size, image_id, which), Prepared(image_id, image_id, side))
+
+    def _cached_side(self, explainer, model: str, size: int | None, image_id: str, which: str,
+                     picture: Image.Image) -> Side | None:
+        """A gallery image's side b from the index's explain cache (no model forward): only
+        for the index's own model at its own input size (`Index.cached_side`, which also
+        refuses a file changed since indexing)."""
+        index = self.index
+        if (index is None or getattr(index, "explain_cache", None) is None or which != "b"
+                or size is not None or model != self.index_model
+                or getattr(index, "explainer", None) is not explainer
+                or self.images.record(image_id).source != "gallery"):
+            return None
+        with self._compute:
+            return index.cached_side(int(image_id[1:]), picture)
 
     def _prepare_one(self, model: str, image_id: str, which: str,
                      side_name: str | None = None, size: int | None = None) -> Prepared:
