@@ -155,10 +155,12 @@ def _assemble(embedding: torch.Tensor, linear: torch.Tensor, constant: torch.Ten
 
 STRATEGIES = ("auto", "forward", "reverse", "tangents")
 # The reverse path takes the constant term from its own pullbacks (one cotangent per image and
-# dimension, B * D, instead of D for all images) when their Jacobian holds at most this many
-# floats: then no forward-mode pass is needed, whose fixed cost (a few ms: forward-mode
-# arithmetic is slow in torch) dominates small heads; beyond, the extra cotangents cost more.
-PER_ROW_PULLBACK = 1 << 22
+# dimension, B * D, instead of D for all images) when they are cheap: at most this many
+# multiply-adds, counting each pullback as a linear map of the pooled tensor to D dimensions.
+# Then no forward-mode pass runs, whose fixed cost (about a millisecond per head operation:
+# forward-mode arithmetic is slow in torch) dominates small heads; beyond, the extra
+# cotangents cost more than it (a 512-d head over 1792 channels: 2e9 against 2e7).
+PER_ROW_WORK = 1 << 24
 
 
 def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[str, torch.Tensor],
@@ -205,7 +207,7 @@ def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[st
 
         n_pos = to_positions(features).shape[1]
         n_tangents = n_pos if shares is None else shares.shape[1]
-        per_row = batch * dim * max(pooled.numel(), batch * dim) <= PER_ROW_PULLBACK
+        per_row = batch * dim * max(pooled.numel(), batch * dim) * dim <= PER_ROW_WORK
         if strategy == "auto":  # the fewer tangents, or a pullback small enough to be cheap
             mode = "forward" if n_tangents <= dim and not per_row else "reverse"
         else:
