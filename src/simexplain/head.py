@@ -25,7 +25,9 @@ How it is computed (cost for P positions, C channels, D embedding dimensions):
   is computed directly and only the post-pooling head is differentiated: O(P C D).
 * Any other head is differentiated whole, from the layer output.
 * Either way J is applied by forward tangents (one per position) or by a reverse-mode Jacobian
-  (one cotangent per embedding dimension), whichever is fewer, in chunks under a budget.
+  (one cotangent per embedding dimension), whichever is fewer, in chunks under a budget;
+  small heads take the reverse path with one cotangent per image and dimension, which also
+  gives the constant term, so that no forward-mode pass (slow per operation) runs.
 * `tangent_contributions`, the reference path, pushes one tangent per position through the
   whole model: O(P^2 C). Tests compare every path with it.
 """
@@ -174,7 +176,9 @@ def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[st
     otherwise the whole head is, from the layer output. Either way the linear part
     u_p = J (share of p) comes from forward tangents, one per position ("forward"), or from a
     reverse-mode Jacobian, one cotangent per embedding dimension ("reverse"); "auto" takes
-    the fewer. Both are chunked to hold about `budget` floats at a time.
+    the fewer, or "reverse" whenever its pullbacks are cheap enough to carry the constant
+    term as well (PER_ROW_WORK: then no forward-mode pass runs). Both are chunked to hold
+    about `budget` floats at a time.
     """
     features = tape.features
     out_slot = tape.slot_of(embedding)
