@@ -16,6 +16,8 @@ median of ratios of two timings taken back to back):
 4. saliency: `saliency("decomposition")` against `saliency("gradcam")` (which backpropagates
    through the head only: the two share their forward pass) and against Grad-CAM as hook-based
    libraries such as pytorch-grad-cam run it (backward through the whole model), per image.
+5. galleries: `explain_gallery(query, gallery)` (one query against GALLERY images, batches of
+   16) against one embedding pass over the same images (`Explainer.embed`).
 
 Ratios are what counts: the machine may be shared. `--write-readme` replaces the block between
 the `bench:start` and `bench:end` markers of the given README with the tables.
@@ -341,6 +343,20 @@ def saliency_row(name: str, explainer: Explainer, size: tuple[int, int], repeats
             "gradcam_full_ms": t_dec * ratio_full / 2 * 1e3, "speedup_full": ratio_full}
 
 
+# -- 5. galleries ----------------------------------------------------------------------------------
+GALLERY = 16
+
+
+def gallery_row(name: str, explainer: Explainer, size: tuple[int, int], repeats: int) -> dict:
+    gen = torch.Generator().manual_seed(5)
+    images = torch.randn(GALLERY + 1, 3, *size, generator=gen).to(DEVICE)
+    query, gallery = images[:1], list(images[1:, None])  # (1, 3, H, W) each
+    t_embed, ratio = compare(lambda: explainer.embed(images, batch_size=16),
+                             lambda: explainer.explain_gallery(query, gallery, batch_size=16),
+                             repeats)
+    return {"model": name, "images": GALLERY + 1, "embed_ms": t_embed * 1e3, "gallery": ratio}
+
+
 # -- report ----------------------------------------------------------------------------------------
 def tables(results: dict) -> str:
     lines = ["| grid | two forwards | `explain` | reference head path | head analysis | "
@@ -369,6 +385,11 @@ def tables(results: dict) -> str:
     lines += [f"| {r['model']} | {r['decomposition_ms']:.1f} ms | {r['gradcam_ms']:.1f} ms | "
               f"{r['speedup']:.2f} | {r['gradcam_full_ms']:.1f} ms | {r['speedup_full']:.2f} |"
               for r in results["saliency"]]
+    if results.get("galleries"):
+        lines += ["", "| model | images | one embedding pass | `explain_gallery` (query vs the "
+                  "rest) |", "|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['images']} | 1x ({r['embed_ms']:.0f} ms) | "
+                  f"{r['gallery']:.2f}x |" for r in results["galleries"]]
     return "\n".join(lines)
 
 
@@ -401,7 +422,7 @@ def main() -> None:
     global DEVICE
     DEVICE = torch.device(args.device)
     started = time.perf_counter()
-    results: dict = {"grids": [], "zoo": [], "paper": [], "saliency": []}
+    results: dict = {"grids": [], "zoo": [], "paper": [], "saliency": [], "galleries": []}
     print("1. grids: conv trunk C=256 -> GAP -> Linear(256->128) -> L2")
     for grid in (7, 14) if args.quick else GRIDS:
         results["grids"].append(grid_row(grid, args.repeats))
@@ -428,6 +449,10 @@ def main() -> None:
     for name, explainer, size in cases:
         results["saliency"].append(saliency_row(name, explainer, size, args.repeats))
         print("  ", results["saliency"][-1], flush=True)
+    print("5. galleries: explain_gallery vs one embedding pass")
+    for name, explainer, size in cases:
+        results["galleries"].append(gallery_row(name, explainer, size, args.repeats))
+        print("  ", results["galleries"][-1], flush=True)
     text = tables(results)
     print(text)
     print(f"({time.perf_counter() - started:.0f} s)")

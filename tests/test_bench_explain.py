@@ -42,3 +42,13 @@ def test_report_renders_and_replaces_the_readme_block(bench, tmp_path):
     bench.write_readme(readme, text, "header")
     written = readme.read_text()
     assert "old" not in written and "| 7x7 |" in written and written.endswith("b\n")
+
+
+def test_gallery_row_compares_explain_gallery_with_one_embedding_pass(bench):
+    from simexplain import Explainer
+    explainer = Explainer(bench.grid_model(), "features")
+    row = bench.gallery_row("grid model", explainer, (32, 32), repeats=1)
+    assert row["images"] == bench.GALLERY + 1 and row["gallery"] > 0
+    text = bench.tables({"grids": [], "zoo": [], "paper": [], "saliency": [],
+                         "galleries": [row]})
+    assert "| grid model | 17 | 1x (" in text
