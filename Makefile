@@ -22,7 +22,7 @@ test: data
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) benchmarks/bench_explain.py --threads 1 --repeats 7 --write-readme README.md
+	$(PY) benchmarks/bench_explain.py --threads 1 --repeats 15 --write-readme README.md
 
 clean:
 	rm -rf $(VENV) data/cache
