@@ -279,3 +279,34 @@ def test_pairwise_map_is_computed_on_first_use_and_total_matches_its_sum():
     total = result.total
     assert float(result.pairwise_flat.sum()) == pytest.approx(total, abs=1e-9)
     assert "pairwise_flat" in vars(result)
+
+
+class ModeAroundLayer(torch.nn.Module):
+    """Enters a torch function mode of its own (a device context) around the explained layer
+    and leaves it before the head: the mode's exit takes the tape's recording mode off the
+    stack."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        with torch.device("cpu"):
+            a = self.features(x)
+        return F.normalize(self.fc(a.mean((2, 3))), dim=1)
+
+
+def test_a_recording_cut_short_by_the_models_own_mode_falls_back_to_the_reference_path():
+    from torch.overrides import _get_current_function_mode_stack
+    model = ModeAroundLayer().eval()
+    x = _inputs(n=2)
+    assert _get_current_function_mode_stack() == []
+    c = SplitModel(model, "features").contributions(x)
+    assert _get_current_function_mode_stack() == []  # the stack as it was, nothing left on it
+    assert c.path == "tangents"
+    with torch.no_grad():
+        torch.testing.assert_close(c.positions.sum(1), model(x), rtol=1e-4, atol=1e-5)
+    # a model without such a mode is recorded, and leaves the stack as it was too
+    fast = SplitModel(HeadModel("gap").eval(), "features").contributions(x)
+    assert fast.path.startswith("mean pooling") and _get_current_function_mode_stack() == []

@@ -169,13 +169,11 @@ class SplitModel:
 
     def _tape_contributions(self, x, offsets, grid, prefix, strategy) -> Contributions | None:
         tape = HeadTape(offsets)
-        handle = self.layer.register_forward_hook(tape.hook)
-        try:
-            with torch.no_grad(), tape:
-                embedding = self._run(x)
-        finally:
-            handle.remove()
+        with torch.no_grad(), tape.recording(self.layer):
+            embedding = self._run(x)
         self._check_embedding(embedding)
+        if not tape.complete:
+            return None  # the reference path then
         try:
             return tape_contributions(tape, embedding, offsets, grid, prefix, strategy,
                                       budget=TANGENT_BUDGET)

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import math
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+from torch._C import (_get_function_stack_at, _len_torch_function_stack,
+                      _pop_torch_function_stack)
 from torch.func import jvp
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
@@ -64,9 +68,9 @@ class _Step:
 
 
 class HeadTape(TorchFunctionMode):
-    """Records the head during one forward pass of the whole model (register `hook` on the
-    explained layer). Calls that read no recorded tensor (the trunk, constants) are not
-    recorded; values such as shapes are recorded as they were, which is exact for this input."""
+    """Records the head during one forward pass of the whole model (run the pass inside
+    `recording(layer)`). Calls that read no recorded tensor (constants) are not recorded;
+    values such as shapes are recorded as they were, which is exact for this input."""
 
     def __init__(self, offsets: dict[str, torch.Tensor]):
         super().__init__()
@@ -75,14 +79,37 @@ class HeadTape(TorchFunctionMode):
         self._known: dict[int, tuple[torch.Tensor, int]] = {}  # id -> (tensor kept alive, slot)
         self.steps: list[_Step] = []
         self.features: torch.Tensor | None = None  # the layer output A
+        self.complete = True  # False: the recording was cut short (see `recording`)
         self._next_slot = 1
 
-    def hook(self, _module, _inputs, out):
+    @contextmanager
+    def recording(self, layer: torch.nn.Module) -> Iterator["HeadTape"]:
+        """Within the block, the model's forward pass is recorded from `layer`'s output on.
+        The layer's hook switches the mode on, so the trunk before it runs without the mode's
+        cost on every call (milliseconds on small models); the block's end switches it off.
+        A mode that the model itself enters around the layer and leaves before its forward
+        returns would take this one off the stack: the recording is then cut short
+        (`complete` False) and the stack restored as it was before the block."""
+        depth = _len_torch_function_stack()
+        handle = layer.register_forward_hook(self._hook)
+        try:
+            yield self
+        finally:
+            handle.remove()
+            if self.features is not None:
+                if _len_torch_function_stack() != depth + 1 or \
+                        _get_function_stack_at(depth) is not self:
+                    self.complete = False
+                while _len_torch_function_stack() > depth:
+                    _pop_torch_function_stack()
+
+    def _hook(self, _module, _inputs, out):
         if not isinstance(out, torch.Tensor) or self.features is not None:
             return None
         self.features = out
         fed = out.clone()  # the model goes on with a copy: in-place head ops leave A intact
         self._known[id(fed)] = (fed, 0)
+        self.__enter__()  # recorded from here on (`recording` switches it off)
         return fed
 
     def slot_of(self, leaf) -> int | None:
@@ -93,8 +120,6 @@ class HeadTape(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if not self._known:
-            return out
         leaves, spec = tree_flatten((args, kwargs))
         reads = {s for s in map(self.slot_of, leaves) if s is not None}
         if not reads:
