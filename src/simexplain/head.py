@@ -37,7 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.func import functional_call, jvp, vjp, vmap
+from torch.func import functional_call, jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .frozen import FreezeScales
@@ -275,7 +275,13 @@ def _reverse(post, pooled, offsets, shares, pooled_constant, dim: int, chunk: in
     cotangent per (row, embedding dimension), because the offsets are shared by the rows and
     their gradients would otherwise add up over the batch. Without, one cotangent per
     embedding dimension serves every row at once (the rows of a head do not mix)."""
-    out, pull = vjp(post, pooled, offsets)
+    # plain autograd with batched cotangents: the same pullbacks as functorch's vjp + vmap,
+    # at about half the fixed cost
+    pooled_leaf = pooled.detach().requires_grad_()
+    offset_leaves = {name: value.detach().requires_grad_() for name, value in offsets.items()}
+    with torch.enable_grad():
+        out = post(pooled_leaf, offset_leaves)
+    leaves = (pooled_leaf, *offset_leaves.values())
     batch = len(out)
     per_row = pooled_constant is not None
     eye = torch.eye(dim, dtype=out.dtype, device=out.device)
@@ -289,7 +295,11 @@ def _reverse(post, pooled, offsets, shares, pooled_constant, dim: int, chunk: in
     constant = out.new_zeros(batch, dim) if per_row else None
     for start in range(0, len(cotangents), chunk):
         stop = min(start + chunk, len(cotangents))
-        jac, jac_offsets = vmap(pull)(cotangents[start:stop])  # (n, B, *pooled dims)
+        grads = torch.autograd.grad(out, leaves, cotangents[start:stop], retain_graph=True,
+                                    allow_unused=True, is_grads_batched=True)
+        jac = _or_zeros(grads[0], stop - start, pooled)  # (n, B, *pooled dims)
+        jac_offsets = {name: _or_zeros(g, stop - start, offsets[name])
+                       for name, g in zip(offset_leaves, grads[1:])}
         for b in range(batch):
             if per_row:  # the cotangents of this chunk that belong to row b
                 first, last = max(start, b * dim), min(stop, (b + 1) * dim)
@@ -307,7 +317,12 @@ def _reverse(post, pooled, offsets, shares, pooled_constant, dim: int, chunk: in
                 for name, value in offsets.items():
                     moved = moved + (jac_offsets[name][picked] * value).flatten(1).sum(1)
                 constant[b, dims] = moved
-    return out, linear, constant
+    return out.detach(), linear, constant
+
+
+def _or_zeros(grad: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor:
+    """A batched gradient, or zeros for an input the output does not depend on."""
+    return grad if grad is not None else like.new_zeros((n, *like.shape))
 
 
 def _apply_rows(rows: torch.Tensor, source: torch.Tensor, shares: bool) -> torch.Tensor:
