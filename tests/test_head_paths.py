@@ -310,3 +310,32 @@ def test_a_recording_cut_short_by_the_models_own_mode_falls_back_to_the_referenc
     # a model without such a mode is recorded, and leaves the stack as it was too
     fast = SplitModel(HeadModel("gap").eval(), "features").contributions(x)
     assert fast.path.startswith("mean pooling") and _get_current_function_mode_stack() == []
+
+
+class InplaceHead(torch.nn.Module):
+    """A head that starts with in-place calls on the layer output and on the pooled vector
+    (as DenseNet's does): the reverse path's pullbacks must not refuse them."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        a = F.relu(self.features(x), inplace=True)
+        pooled = a.mean((2, 3))
+        pooled.mul_(2.0)
+        return F.normalize(self.fc(pooled), dim=1)
+
+
+@pytest.mark.parametrize("structured", [True, False])
+@pytest.mark.parametrize("strategy", ["forward", "reverse"])
+def test_in_place_head_calls_keep_the_fast_paths(structured, strategy, monkeypatch):
+    model = InplaceHead().eval()
+    x = _inputs(n=2)
+    reference = SplitModel(model, "features").contributions(x, "tangents")
+    if not structured:
+        _no_structure(monkeypatch)
+    fast = SplitModel(model, "features").contributions(x, strategy)
+    assert fast.path.endswith(strategy)  # not the reference path it falls back to
+    torch.testing.assert_close(fast.positions, reference.positions, rtol=1e-4, atol=1e-6)

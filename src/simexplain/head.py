@@ -279,8 +279,8 @@ def _reverse(post, pooled, offsets, shares, pooled_constant, dim: int, chunk: in
     # at about half the fixed cost
     pooled_leaf = pooled.detach().requires_grad_()
     offset_leaves = {name: value.detach().requires_grad_() for name, value in offsets.items()}
-    with torch.enable_grad():
-        out = post(pooled_leaf, offset_leaves)
+    with torch.enable_grad():  # a copy in: the head may write into its input (relu_)
+        out = post(pooled_leaf.clone(), offset_leaves)
     leaves = (pooled_leaf, *offset_leaves.values())
     batch = len(out)
     per_row = pooled_constant is not None
