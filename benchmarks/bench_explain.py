@@ -2,7 +2,8 @@
 
     python benchmarks/bench_explain.py [--quick] [--repeats 3] [--write-readme README.md]
 
-Sections (medians over `--repeats`, on the same inputs, in one process; each ratio is the
+Sections (medians over `--repeats`, and over at least `--min-seconds` of pairs for cheap
+comparisons, on the same inputs, in one process; each ratio is the
 median of ratios of two timings taken back to back):
 
 1. grids: a conv trunk (C=256) -> GAP -> Linear(256->128) -> L2 at feature grids 7x7 to 64x64:
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -68,11 +70,20 @@ def measure(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+# Each comparison takes at least `repeats` pairs and at least this long (--min-seconds): cheap
+# rows (a 7x7 pair takes 20 ms) would otherwise rest on a fraction of a second of a shared
+# machine's time.
+MIN_SECONDS = 3.0
+
+
 def compare(base, other, repeats: int) -> tuple[float, float]:
     """(median time of `base`, median ratio other / base), the two timed back to back in
     turn, so that a load change on the shared machine hits both sides of each ratio."""
-    base(), other()  # warm-up
+    start = time.perf_counter()
+    base(), other()  # warm-up, which also sizes the run
     sync()
+    pair = time.perf_counter() - start
+    repeats = max(repeats, math.ceil(MIN_SECONDS / max(pair, 1e-6)))
     times, ratios = [], []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -413,14 +424,18 @@ def main() -> None:
                         help="torch threads (default: torch's own choice)")
     parser.add_argument("--device", default="cpu",
                         help="where to run (cpu, cuda); the GPU name goes into the header")
+    parser.add_argument("--min-seconds", type=float, default=3.0,
+                        help="time each comparison takes at least, repeating cheap ones "
+                             "(default 3; --quick: 0)")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
         memory_probe(args.memory_probe)
         return
     torch.set_num_threads(args.threads)
-    global DEVICE
+    global DEVICE, MIN_SECONDS
     DEVICE = torch.device(args.device)
+    MIN_SECONDS = 0.0 if args.quick else args.min_seconds
     started = time.perf_counter()
     results: dict = {"grids": [], "zoo": [], "paper": [], "saliency": [], "galleries": []}
     print("1. grids: conv trunk C=256 -> GAP -> Linear(256->128) -> L2")
@@ -464,7 +479,8 @@ def main() -> None:
         command = "`make bench`" if DEVICE.type == "cpu" else \
             f"`python benchmarks/bench_explain.py --device {args.device}`"
         header = (f"Measured by {command} {where} (torch {torch.__version__.split('+')[0]}), "
-                  f"medians of {args.repeats}.")
+                  f"medians of at least {args.repeats} pairs and of at least "
+                  f"{MIN_SECONDS:g} s of pairs.")
         # a GPU run has its own block: the CPU table stays
         write_readme(args.write_readme, text, header,
                      "bench" if DEVICE.type == "cpu" else f"bench-{DEVICE.type}")

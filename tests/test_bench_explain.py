@@ -15,6 +15,7 @@ def bench():
     spec = importlib.util.spec_from_file_location("bench_explain", BENCH)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    module.MIN_SECONDS = 0.0  # no timing to speak of here: one repeat is enough
     return module
 
 
