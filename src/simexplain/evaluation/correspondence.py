@@ -231,8 +231,9 @@ class Scores:
 
 
 def score_pair(scores: Scores, methods, explainer, a, b, points, truth, tie_seed: int,
-               random_seed: int) -> None:
-    """Predict the point of b for every point of a by every method; add the outcome."""
+               random_seed: int):
+    """Predict the point of b for every point of a by every method; add the outcome. Returns
+    the pair's decomposition when a point-map method needed it (else None)."""
     (gb, _) = explainer.stream_b.grid(b)
     size_a, size_b = tuple(a.shape[2:]), tuple(b.shape[2:])
     explained = explainer.explain(a, b) if any(m in POINT_METHODS for m in methods) else None
@@ -266,6 +267,7 @@ def score_pair(scores: Scores, methods, explainer, a, b, points, truth, tie_seed
             scores.per_point[m][alpha] += hit.astype(float).tolist()
         dist = np.linalg.norm(predicted - truth, axis=1)[found] / max(size_b)
         scores.errors[m].append(float(dist.mean()) if found.any() else np.nan)
+    return explained
 
 
 def summarise(result: dict, scores: Scores, methods, weights, seed: int) -> None:

@@ -104,9 +104,10 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
             points = correspondence.query_points(ga, tuple(a.shape[2:]), back, mask, rng)
             counts.append(len(points))
             truth = correspondence.apply(back, points) if len(points) else np.zeros((0, 2))
-            correspondence.score_pair(scores, methods, explainer, a, b, points, truth,
-                                      sample_seed(seed, i, 7), sample_seed(seed, i, 99))
-            found = explainer.explain(a, b).patterns(PATTERNS, coords="input")
+            explained = correspondence.score_pair(
+                scores, methods, explainer, a, b, points, truth, sample_seed(seed, i, 7),
+                sample_seed(seed, i, 99)) or explainer.explain(a, b)
+            found = explained.patterns(PATTERNS, coords="input")
             pattern_hits.append(pattern_pck(found, back, tuple(b.shape[2:])))
         weights = np.array(counts, dtype=float)
         correspondence.summarise(result, scores, methods, weights, seed)
