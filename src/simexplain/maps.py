@@ -137,12 +137,17 @@ class Frame:
                 f"{[top, left, bottom, right]} of the {size[0]}x{size[1]} image)")
 
     # -- the grid in pixels ----------------------------------------------------------------------
-    def cell_boxes(self, grid: tuple[int, int], coords: Coords = "image") -> np.ndarray:
-        """(H*W, 4) box (top, left, bottom, right) of every grid cell, row-major."""
+    def cell_edges(self, grid: tuple[int, int], coords: Coords = "image"
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """(H+1,) row and (W+1,) column coordinates of the grid's cell edges."""
         _, (top, left, bottom, right) = self._in(coords)
         rows, cols = grid
-        ys = top + np.arange(rows + 1) * (bottom - top) / rows
-        xs = left + np.arange(cols + 1) * (right - left) / cols
+        return (top + np.arange(rows + 1) * (bottom - top) / rows,
+                left + np.arange(cols + 1) * (right - left) / cols)
+
+    def cell_boxes(self, grid: tuple[int, int], coords: Coords = "image") -> np.ndarray:
+        """(H*W, 4) box (top, left, bottom, right) of every grid cell, row-major."""
+        ys, xs = self.cell_edges(grid, coords)
         t, l = np.meshgrid(ys[:-1], xs[:-1], indexing="ij")
         b, r = np.meshgrid(ys[1:], xs[1:], indexing="ij")
         return np.stack([t.ravel(), l.ravel(), b.ravel(), r.ravel()], axis=1)
@@ -155,13 +160,10 @@ class Frame:
     def peak(self, grid_map: torch.Tensor, coords: Coords = "image") -> tuple[float, float]:
         """Centre of the map's maximal cell (the maximum of its upsampling too)."""
         values = torch.as_tensor(grid_map)
-        rows, cols = values.shape
-        r, c = divmod(int(torch.argmax(values.flatten())), cols)
-        # that one cell's centre, with cell_boxes' arithmetic (a pointer update asks for many)
-        _, (top, left, bottom, right) = self._in(coords)
-        row = (top + r * (bottom - top) / rows + top + (r + 1) * (bottom - top) / rows) / 2
-        col = (left + c * (right - left) / cols + left + (c + 1) * (right - left) / cols) / 2
-        return float(row), float(col)
+        r, c = divmod(int(torch.argmax(values.flatten())), values.shape[1])
+        # that one cell's centre (a pointer update asks for many: no box for every cell)
+        ys, xs = self.cell_edges(tuple(values.shape), coords)
+        return float((ys[r] + ys[r + 1]) / 2), float((xs[c] + xs[c + 1]) / 2)
 
     def to_dict(self, grid: tuple[int, int] | None = None) -> dict:
         """JSON-ready: image size, crop box and input size, and the grid's cell boxes, all in
