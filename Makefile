@@ -1,12 +1,13 @@
 # Two commands: `make demo` and `make test`. Each sets everything up first (idempotent, quick
-# when nothing changed), then runs.
+# when nothing changed), then runs. The set-up installs exactly requirements/lock.txt.
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+LOCK   := requirements/lock.txt
 
-.PHONY: setup data demo test bench clean
+.PHONY: setup data demo test bench lock upgrade-check clean
 
-$(STAMP): pyproject.toml scripts/setup.sh
+$(STAMP): pyproject.toml $(LOCK) scripts/setup.sh
 	bash scripts/setup.sh
 	touch $(STAMP)
 
@@ -23,6 +24,16 @@ test: data
 
 bench: setup
 	$(PY) benchmarks/bench_explain.py --threads 1 --repeats 15 --write-readme README.md
+
+# Recompile the lock from pyproject.toml (+ requirements/lock.in); UPGRADE=1 moves every package
+# to the newest version pyproject allows.
+lock:
+	bash scripts/lock.sh
+
+# The test suite in a throwaway venv with the newest versions pyproject allows (not the lock);
+# prints what moved against the lock and what broke. Touches neither .venv nor the lock.
+upgrade-check: data
+	bash scripts/upgrade_check.sh
 
 clean:
 	rm -rf $(VENV) data/cache

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Set-up for `make demo` / `make test`: system packages (Fashion-MNIST data, Chromium for the
-# browser tests), then .venv with the pinned CPU torch and the package with all its extras.
+# browser tests), then .venv with exactly the versions of requirements/lock.txt (hash-checked;
+# torch is the pinned CPU build) and the package itself, editable, with no dependency of its own
+# resolved here. A .venv made from an older lock is synced: packages the lock does not name are
+# removed, the others moved to the locked version.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,12 +16,19 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-pip_install() {
+quiet_pip() {
     # this machine's pip configuration warns about every missing local mirror folder
-    .venv/bin/python -m pip install -q --disable-pip-version-check "$@" 2>&1 \
-        | { grep -v '^WARNING: Location .* is ignored' || true; }
+    "$@" 2>&1 | { grep -v '^WARNING: Location .* is ignored' || true; }
+    return "${PIPESTATUS[0]}"
 }
+LOCK=requirements/lock.txt
 [ -x .venv/bin/python ] || python3 -m venv .venv
-# torch first and pinned exactly: an unpinned torch pulls a multi-GB CUDA build.
-pip_install torch==2.13.0
-pip_install "torch==2.13.0" -e ".[zoo,retrieval,scale,web,dev]"
+if [ ! -x .venv/bin/pip-sync ]; then
+    # a new .venv: everything from the lock (every file's hash checked), pip-tools included
+    quiet_pip .venv/bin/python -m pip install -q --disable-pip-version-check --require-hashes \
+        -r "$LOCK"
+fi
+# exactly the lock: installs what is missing or at another version, removes what it does not name
+quiet_pip .venv/bin/pip-sync -q --pip-args "--disable-pip-version-check" "$LOCK"
+quiet_pip .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
+    --no-build-isolation -e .

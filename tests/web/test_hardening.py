@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from simexplain.web import create_app
-from simexplain.web.app import served_hosts
+from simexplain.web.hosts import served_hosts
 from simexplain.web.errors import Busy
 from simexplain.web.middleware import host_name
 from simexplain.web.store import STORED_SIDE, PixelBudget

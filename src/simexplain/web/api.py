@@ -27,7 +27,8 @@ from ..maps import Frame
 from ..methods import method_class
 from .engine import METHODS, Engine, Explained, GridMap, Prepared, SearchResult
 from .errors import megabytes, status_of
-from .middleware import LOCAL_HOSTS, BodyLimit, HostCheck, ServerTiming
+from .hosts import LOCAL_HOSTS
+from .middleware import BodyLimit, HostCheck, ServerTiming
 from .schemas import (ERRORS, ErrorBody, ExplainRequest, ExplainResponse, Health,
                       IdenticalRequest, IdenticalResponse, ImageInfo, ImageList, MapResponse,
                       ModelsResponse, PatternsRequest, PatternsResponse, PointRequest,

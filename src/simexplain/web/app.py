@@ -11,14 +11,13 @@ when a server is built, so the rest of the command line works without them.
 from __future__ import annotations
 
 import argparse
-import socket
 from pathlib import Path
 from typing import Sequence
 
 from ..errors import SimexplainError
 from ..images import MAX_PIXELS
 from ..similarity import names as similarity_names
-from .middleware import LOCAL_HOSTS
+from .hosts import LOCAL_HOSTS, served_hosts
 from .engine import MAX_INPUT_SIDE
 from .store import MAX_UPLOAD_BYTES
 
@@ -105,20 +104,6 @@ def _sample_paths(items: Sequence[str]) -> list[Path]:
         else:
             raise SimexplainError(f"sample image not found: {path}")
     return paths
-
-
-def served_hosts(bind: str, extra: Sequence[str] = ()) -> list[str]:
-    """The host names a server bound to `bind` answers to: localhost forms, the bound name,
-    and for a wildcard bind (0.0.0.0, ::) this machine's own names and addresses."""
-    names = [*LOCAL_HOSTS, bind, *extra]
-    if bind in ("0.0.0.0", "::", ""):
-        hostname = socket.gethostname()
-        names += [hostname, socket.getfqdn()]
-        try:
-            names += [info[4][0] for info in socket.getaddrinfo(hostname, None)]
-        except OSError:  # a machine without a resolvable name: the others still work
-            pass
-    return [name for name in dict.fromkeys(names) if name]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -81,10 +81,6 @@ class ServerTiming:
         return await self.app(scope, receive, timed)
 
 
-# Names under which a server is always reachable from its own machine.
-LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
-
-
 def host_name(header: str) -> str:
     """The name in a Host header, without port, brackets or trailing dot, in lower case:
     'LocalHost:8000' -> 'localhost', '[::1]:8000' -> '::1'."""

@@ -1,0 +1,218 @@
+"""Model adapters: a user's model split at the explained layer into trunk and head."""
+
+from __future__ import annotations
+
+import difflib
+import math
+from contextlib import contextmanager, nullcontext
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from .errors import LayerError, ModelError, SimexplainError
+from .frozen import RawEmbeddings
+from .head import (STRATEGIES, Contributions, head_offsets, mask_shape, tangent_contributions,
+                   tape_contributions)
+from .head_tape import HeadTape
+
+
+# Floats of tangents (or cotangents) held at once in head analysis (about 1 GB).
+TANGENT_BUDGET = 256 * 1024 * 1024
+
+
+class SplitModel:
+    """An embedding model with one named submodule whose output is the explained feature map.
+
+    The layer's output is (B, C, H, W) for CNNs or (B, N, C) tokens for transformers (a square
+    grid of tokens, optionally after a few prefix tokens such as a class token).
+    """
+
+    def __init__(self, model: nn.Module, layer: str):
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model.eval()
+        self.layer_name = layer
+        self.layer = self._resolve(model, layer)
+        self._probes: dict[tuple[int, ...], tuple[torch.Size, list[str]]] = {}
+
+    @staticmethod
+    def _resolve(model: nn.Module, layer: str) -> nn.Module:
+        modules = dict(model.named_modules())
+        if layer in modules and layer != "":
+            return modules[layer]
+        names = [n for n in modules if n]
+        close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        sample = ", ".join(names[-8:])
+        raise LayerError(
+            f"layer {layer!r} not found in {type(model).__name__}{hint}. "
+            f"Layer names come from model.named_modules(), e.g. {sample}")
+
+    @property
+    def device(self) -> torch.device:
+        for tensor in self.model.parameters():
+            return tensor.device
+        return torch.device("cpu")
+
+    # -- probing ---------------------------------------------------------------------------
+    def _probe(self, x: torch.Tensor) -> tuple[torch.Size, list[str]]:
+        """Layer output shape and head modules (those that run after the layer) for x's size."""
+        key = tuple(x.shape[1:])
+        if key in self._probes:
+            return self._probes[key]
+        order: list[str] = []
+        calls: list[torch.Size] = []
+        layer_done_at: list[int] = []
+        hooks = []
+        for name, module in self.model.named_modules():
+            def pre(_m, _i, name=name):
+                order.append(name)
+            hooks.append(module.register_forward_pre_hook(pre))
+
+        def post(_m, _i, out):
+            if not isinstance(out, torch.Tensor):
+                raise LayerError(
+                    f"layer {self.layer_name!r} returns {type(out).__name__}, not a tensor; "
+                    "choose a layer whose output is a feature map")
+            calls.append(out.shape)
+            layer_done_at.append(len(order))
+        hooks.append(self.layer.register_forward_hook(post))
+        try:
+            with torch.no_grad():
+                out = self._run(x[:1])
+        finally:
+            for h in hooks:
+                h.remove()
+        if not calls:
+            raise LayerError(f"layer {self.layer_name!r} is never called in the model's forward pass")
+        if len(calls) > 1:
+            raise LayerError(
+                f"layer {self.layer_name!r} is called {len(calls)} times in one forward pass; "
+                "choose a layer that runs once")
+        shape = calls[0]
+        if len(shape) not in (3, 4):
+            raise LayerError(
+                f"layer {self.layer_name!r} outputs shape {tuple(shape)}; expected a 4-D "
+                "feature map (B, C, H, W) or 3-D tokens (B, N, C)")
+        self._check_embedding(out)
+        head = order[layer_done_at[0]:]
+        self._probes[key] = (shape, head)
+        return shape, head
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            return self.model(x)
+        except (LayerError, ModelError):
+            raise
+        except RuntimeError as exc:
+            raise ModelError(
+                f"the model failed on an input of shape {tuple(x.shape)}: {exc}".splitlines()[0]
+            ) from None
+
+    def _check_embedding(self, out: torch.Tensor) -> None:
+        if not isinstance(out, torch.Tensor) or out.dim() != 2:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ModelError(f"the model must return embeddings of shape (B, D), got {shape}")
+        if not torch.isfinite(out).all():
+            raise ModelError("the model returned NaN or infinite embeddings")
+
+    def grid(self, x: torch.Tensor) -> tuple[tuple[int, int], int]:
+        """(H, W) of the feature grid for x's size, and the number of prefix tokens."""
+        shape, _ = self._probe(x)
+        if len(shape) == 4:
+            return (shape[2], shape[3]), 0
+        tokens = shape[1]
+        side = math.isqrt(tokens)
+        prefix = tokens - side * side
+        if side == 0 or prefix > 8:
+            raise LayerError(
+                f"layer {self.layer_name!r} outputs {tokens} tokens, which is not a square grid "
+                "(plus at most 8 prefix tokens)")
+        return (side, side), prefix
+
+    # -- computations ----------------------------------------------------------------------
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, D) embeddings, no gradients."""
+        with torch.no_grad():
+            out = self._run(x)
+        self._check_embedding(out)
+        return out
+
+    def contributions(self, x: torch.Tensor, strategy: str = "auto") -> Contributions:
+        """Per-position contributions of the batch x, from one forward pass of the model.
+
+        The head is recorded during that pass (`head_tape.HeadTape`) and analysed on its own, so
+        the trunk runs once; see `head.tape_contributions` for the strategies. "tangents" is
+        the reference path: one tangent per position through the whole model, the trunk rerun
+        for each chunk of TANGENT_BUDGET floats; it is also the fallback for heads the tape
+        cannot record or replay.
+        """
+        if strategy not in STRATEGIES:
+            raise SimexplainError(
+                f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        shape, head = self._probe(x)
+        grid, prefix = self.grid(x)
+        offsets = head_offsets(self.model, head)
+        try:
+            result = None
+            if strategy != "tangents":
+                result = self._tape_contributions(x, offsets, grid, prefix, strategy)
+            if result is None:
+                result = self._tangent_contributions(x, shape, offsets, grid, prefix)
+        except RuntimeError as exc:
+            raise ModelError(
+                f"cannot push contributions through the head after {self.layer_name!r}: {exc}"
+                .splitlines()[0]) from None
+        self._check_embedding(result.embedding)
+        return result
+
+    def _tape_contributions(self, x, offsets, grid, prefix, strategy) -> Contributions | None:
+        tape = HeadTape(offsets)
+        with torch.no_grad(), tape.recording(self.layer):
+            embedding = self._run(x)
+        self._check_embedding(embedding)
+        if not tape.complete:
+            return None  # the reference path then
+        try:
+            return tape_contributions(tape, embedding, offsets, grid, prefix, strategy,
+                                      budget=TANGENT_BUDGET)
+        except RuntimeError:
+            return None  # a recorded call that cannot be replayed under the transforms
+
+    def _tangent_contributions(self, x, shape, offsets, grid, prefix) -> Contributions:
+        per_tangent = len(x) * math.prod(shape[1:])
+        n_tangents = math.prod(mask_shape(shape)) + 1  # positions + the constant term
+        chunk_size = None
+        if n_tangents * per_tangent > TANGENT_BUDGET:
+            chunk_size = max(1, TANGENT_BUDGET // per_tangent)
+        return tangent_contributions(self.model, self.layer, x, shape, offsets, grid, prefix,
+                                     chunk_size)
+
+    @contextmanager
+    def capture(self, requires_grad: bool = True) -> Iterator[list[torch.Tensor]]:
+        """Within the block, each forward pass appends the layer output (a leaf that requires
+        grad) to the yielded list, so gradients with respect to it can be taken."""
+        captured: list[torch.Tensor] = []
+
+        def hook(_m, _i, out):
+            leaf = out.detach().requires_grad_(requires_grad)
+            captured.append(leaf)
+            return leaf
+        handle = self.layer.register_forward_hook(hook)
+        try:
+            yield captured
+        finally:
+            handle.remove()
+
+    def features_and_embedding(self, x: torch.Tensor, raw: bool = False
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer output A (leaf, requires grad) and the embedding computed from it.
+
+        `raw=True` skips the final L2 normalisation (F.normalize) to get raw embeddings.
+        """
+        with self.capture() as captured, torch.enable_grad(), \
+                RawEmbeddings() if raw else nullcontext():
+            out = self._run(x)
+        self._check_embedding(out.detach())
+        return captured[0], out

@@ -1,0 +1,29 @@
+"""Errors raised by simexplain. Every user-facing failure is a `SimexplainError`."""
+
+from __future__ import annotations
+
+
+class SimexplainError(Exception):
+    """Base class: a problem with the user's input, model or files, stated plainly."""
+
+
+class LayerError(SimexplainError):
+    """The explained layer does not exist or its output cannot be explained."""
+
+
+class ImageError(SimexplainError):
+    """An image file or tensor cannot be used."""
+
+
+class ModelError(SimexplainError):
+    """The model failed or produced unusable output (wrong shape, NaN)."""
+
+
+class DatasetMissing(SimexplainError):
+    """A data set is not on disk; the message names the command that fetches it."""
+
+
+class NoPointMap(SimexplainError):
+    """The point or region carries nothing to compare (the contribution kind where u = 0: with
+    a GMP head, a position that is no channel's maximum), so there is no map to show; not the
+    same as a flat map."""

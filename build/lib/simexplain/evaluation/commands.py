@@ -1,0 +1,144 @@
+"""`simexplain eval <benchmark>`: one subcommand per benchmark module.
+
+To add a benchmark, write a module with `configure_parser(parser)` (its options) and
+`run_cli(args) -> int`, or a standard benchmark module (ALLOWED, DEFAULT_SAMPLES,
+QUICK_SAMPLES and `run`, see run_benchmark_cli below), and add a line to BENCHMARKS. Modules
+are imported only when the `eval` command line is built, and a benchmark whose module is
+missing is left out.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Sequence
+
+from ..errors import SimexplainError
+from .common import MODELS
+
+# name -> (module, one-line help)
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "interactive": ("simexplain.evaluation.interactive",
+                    "interactive retrieval on Fashion-MNIST composites: region vs global search"),
+    "retrieval": ("simexplain.evaluation.retrieval_quality",
+                  "Recall@1 and mAP@R of a model on the Fashion-MNIST test split"),
+    "pointing": ("simexplain.evaluation.pointing",
+                 "pointing game: does the map's maximum land on the matching item of a 2x2 grid?"),
+    "localisation": ("simexplain.evaluation.localisation",
+                     "localisation: IoU of the thresholded map's largest component with the box"),
+    "faithfulness": ("simexplain.evaluation.faithfulness",
+                     "pair-aware deletion, insertion and ROAD curves on image b"),
+    "correspondence": ("simexplain.evaluation.correspondence",
+                       "PCK of point-specific maps on pairs with known geometry"),
+    "crossview": ("simexplain.evaluation.crossview",
+                  "PCK of point maps across the two streams of the sketch model, and its "
+                  "sketch-to-item Recall@1"),
+    "sanity": ("simexplain.evaluation.sanity",
+               "cascading parameter randomisation and reference randomisation"),
+    "all": ("simexplain.evaluation.suite",
+            "every benchmark for every available model; writes BENCHMARKS.md and plots"),
+}
+
+
+def add_cli(subparsers) -> None:
+    evaluate = subparsers.add_parser("eval", help="run an evaluation benchmark")
+    benchmarks = evaluate.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    for name, (module_name, text) in BENCHMARKS.items():
+        try:
+            module = import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if module_name.startswith(exc.name or "-"):
+                continue  # benchmark not installed here
+            _add_broken(benchmarks, name, module_name, exc)
+            continue
+        except ImportError as exc:
+            # one broken benchmark must not take the whole command line down with it
+            _add_broken(benchmarks, name, module_name, exc)
+            continue
+        parser = benchmarks.add_parser(name, help=text, description=module.__doc__.split("\n\n")[0]
+                                       if module.__doc__ else text)
+        if hasattr(module, "configure_parser"):
+            module.configure_parser(parser)
+            parser.set_defaults(run=module.run_cli)
+        else:  # a standard benchmark: ALLOWED methods, DEFAULT_SAMPLES, QUICK_SAMPLES, run()
+            configure_benchmark_parser(parser, module.ALLOWED, module.DEFAULT_SAMPLES,
+                                       module.QUICK_SAMPLES)
+            parser.set_defaults(run=lambda args, module=module: run_benchmark_cli(args, module))
+
+
+def _add_broken(benchmarks, name: str, module_name: str, exc: ImportError) -> None:
+    """A subcommand that reports why its module could not be imported."""
+    message = f"benchmark {name!r} is unavailable: importing {module_name} failed ({exc})"
+    # no option prefix: every argument (even "--quick") is taken as given and ignored
+    parser = benchmarks.add_parser(name, help=f"(unavailable: {exc})", add_help=False,
+                                   prefix_chars="\x01")
+    parser.add_argument("rest", nargs="*")
+
+    def run(_args) -> int:
+        raise SimexplainError(message)
+    parser.set_defaults(run=run)
+
+
+# -- command line shared by the benchmark subcommands ----------------------------------------------
+def configure_benchmark_parser(parser, methods: Sequence[str], default_samples: dict,
+                               quick_samples: int) -> None:
+    defaults = ", ".join(f"{k} {v}" for k, v in default_samples.items())
+    parser.add_argument("--model", action="append", metavar="NAME", required=True,
+                        help="benchmark model, repeatable, or 'all' (" + ", ".join(MODELS) +
+                             ")")
+    parser.add_argument("--method", action="append", metavar="M",
+                        help="method, repeatable, or 'all' (default): " + ", ".join(methods))
+    parser.add_argument("--samples", type=int,
+                        help=f"samples per model (default: {defaults}; --quick: {quick_samples})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every draw (default 0)")
+    parser.add_argument("--quick", action="store_true", help="tiny sample counts")
+    parser.add_argument("--out", required=True, help="folder for the JSON, Markdown and plots")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--progress", action="store_true", help="show progress bars")
+
+
+def expand_models(requested: Sequence[str], every: Sequence[str] = MODELS) -> list[str]:
+    """The models asked for, 'all' expanded to `every` (a benchmark's own MODELS, or all)."""
+    out: list[str] = []
+    for name in requested:
+        for n in (every if name == "all" else [name]):
+            if n not in out:
+                out.append(n)
+    return out
+
+
+def run_benchmark_cli(args, module) -> int:
+    """Run one benchmark module for the models asked for; write and print its figures."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from . import report
+    from .common import available_models
+    if args.samples is not None and args.samples < 1:
+        raise SimexplainError("--samples must be at least 1")
+    out = Path(args.out)
+    wanted = expand_models(args.model, getattr(module, "MODELS", MODELS))
+    models, skipped = available_models(wanted)
+    if "all" not in args.model and skipped:
+        name, why = next(iter(skipped.items()))
+        raise SimexplainError(f"model {name}: {why}")
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for model in models:
+        result = module.run(model, methods=args.method, samples=args.samples, seed=args.seed,
+                            quick=args.quick, show_progress=args.progress)
+        results.append(result)
+        report.write_json(out / f"{module.NAME}-{model}.json", result)
+    section = report.benchmark_section(module, results, out / "img", Path("img"))
+    skipped_lines = "".join(f"\n- {k} skipped: {v}" for k, v in skipped.items())
+    (out / f"{module.NAME}.md").write_text(section + skipped_lines + "\n")
+    if args.json:
+        print(json.dumps(report.clean({"benchmark": module.NAME, "results": results,
+                                       "skipped": skipped}), indent=2,
+                         default=report.json_default))
+    else:
+        print(section)
+        for k, v in skipped.items():
+            print(f"skipped {k}: {v}", file=sys.stderr)
+        print(f"wrote {out / (module.NAME + '.md')} and {module.NAME}-<model>.json")
+    return 0

@@ -1,0 +1,255 @@
+"""PairExplanation: the decomposition of one pair's similarity and the maps derived from it."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import maps, regions
+from . import patterns as patternlib
+from .errors import SimexplainError
+from .regions import DEFAULT_POINT_MAP, POINT_MAP_KINDS, point_map_label  # noqa: F401 (public here)
+from .similarity import Similarity, get as get_similarity
+
+@dataclass
+class Side:
+    """One image of the pair: the photo, and what the model made of it.
+
+    Points and regions on it are in the photo's pixels (coords="image", the default) or in
+    the model input's (coords="input"); `frame` maps one onto the other (crop box, sizes).
+    """
+
+    image: Image.Image  # the photo as given (RGB); a gray canvas for tensor inputs
+    grid: tuple[int, int]  # feature grid (H, W)
+    contributions: torch.Tensor  # (P, D), u_p
+    embedding: torch.Tensor  # (D,), the model's own embedding
+    frame: maps.Frame | None = None  # where the model input lies in the photo (None: all of it)
+    # (P, D) the positions' whole features mapped by the head (`head.Contributions.projected`)
+    # for max-pooling and class-token heads; None where the contributions serve
+    projected: torch.Tensor | None = None
+    # what point maps need of this side, computed on first use (`regions.kind_maps`): a
+    # pointer moving over many results reuses it
+    point_map_stats: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.frame is None:
+            self.frame = maps.Frame.whole((self.image.height, self.image.width))
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of the photo: the file's pixels."""
+        return (self.image.height, self.image.width)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) of the model input."""
+        return self.frame.input_size
+
+    def point_weights(self, point, coords: maps.Coords = "image") -> torch.Tensor:
+        """(P,) bilinear weights of a pixel (row, col) on this side's grid."""
+        return self.frame.point_weights(point, self.grid, coords)
+
+    def region_weights(self, region: maps.Region, coords: maps.Coords = "image") -> torch.Tensor:
+        """(P,) covered fraction of each cell for a box (top, left, bottom, right) or a mask."""
+        return self.frame.region_weights(region, self.grid, coords)
+
+    def to_dict(self) -> dict:
+        """Photo size, crop box, input size, grid and the cells' boxes, in the file's pixels."""
+        return self.frame.to_dict(self.grid)
+
+
+@dataclass
+class PairExplanation:
+    """Why the model finds images a and b similar.
+
+    `pairwise[i, j, k, l]` is the share of the score carried by position (i, j) of a's feature
+    grid together with position (k, l) of b's. Maps are signed and on the feature grids;
+    `upsample` brings one to image size, `simexplain.visualize.overlay_map` renders it.
+    """
+
+    score: float  # the model's own similarity from its own forward pass
+    similarity: Similarity  # equals its name ("cosine", ...); to_dict reports the name
+    a: Side
+    b: Side
+    overall_a_flat: torch.Tensor = field(repr=False)  # (P,)
+    overall_b_flat: torch.Tensor = field(repr=False)  # (Q,)
+
+    @classmethod
+    def from_sides(cls, a: Side, b: Side, similarity: str | Similarity) -> "PairExplanation":
+        similarity = get_similarity(similarity)
+        u, v = a.contributions.double(), b.contributions.double()
+        e_a, e_b = a.embedding.double(), b.embedding.double()
+        o_a, o_b = similarity.overall(u, v, e_a, e_b)
+        s = float(similarity.score(a.embedding, b.embedding))
+        return cls(score=s, similarity=similarity, a=a, b=b, overall_a_flat=o_a,
+                   overall_b_flat=o_b)
+
+    # -- the decomposition -----------------------------------------------------------------
+    @functools.cached_property
+    def pairwise_flat(self) -> torch.Tensor:
+        """(P, Q) position-pair contributions D[p, q], float64. Computed on first use: the
+        overall, point and region maps and the total never need it (P x Q grows as the
+        square of the grid)."""
+        u, v = self.a.contributions.double(), self.b.contributions.double()
+        return self.similarity.pairwise(u, v, self.a.embedding.double(),
+                                        self.b.embedding.double().to(u.device))
+
+    @property
+    def pairwise(self) -> torch.Tensor:
+        """(Ha, Wa, Hb, Wb) position-pair contributions."""
+        return self.pairwise_flat.reshape(*self.a.grid, *self.b.grid)
+
+    @property
+    def overall_a(self) -> torch.Tensor:
+        """(Ha, Wa) signed overall map of image a."""
+        return self.overall_a_flat.reshape(self.a.grid)
+
+    @property
+    def overall_b(self) -> torch.Tensor:
+        """(Hb, Wb) signed overall map of image b."""
+        return self.overall_b_flat.reshape(self.b.grid)
+
+    @property
+    def relative_a(self) -> torch.Tensor:
+        """(Ha, Wa) relative map of image a: O_a minus each position's share of the score
+        (METHOD.md, "Relative maps"); sums to 0. Red: carries more of the similarity than of
+        a's own embedding."""
+        return self._relative(self.a, self.overall_a_flat).reshape(self.a.grid)
+
+    @property
+    def relative_b(self) -> torch.Tensor:
+        """(Hb, Wb) relative map of image b (see relative_a)."""
+        return self._relative(self.b, self.overall_b_flat).reshape(self.b.grid)
+
+    def _relative(self, side: Side, overall_flat: torch.Tensor) -> torch.Tensor:
+        u, e = side.contributions.double(), side.embedding.double()
+        return self.similarity.relative(overall_flat, u.to(overall_flat.device),
+                                        e.to(overall_flat.device))
+
+    @property
+    def total(self) -> float:
+        """What the decomposition sums to (the score, for exact heads)."""
+        # sum_pq D[p, q] = pairwise(sum_p u_p, sum_q v_q): D is bilinear in (u, v)
+        u_sum = self.a.contributions.double().sum(0, keepdim=True)
+        v_sum = self.b.contributions.double().sum(0, keepdim=True).to(u_sum.device)
+        summed = self.similarity.pairwise(u_sum, v_sum, self.a.embedding.double(),
+                                          self.b.embedding.double().to(u_sum.device))
+        return float(self.similarity.total(summed, self.overall_a_flat, self.overall_b_flat))
+
+    @property
+    def residual(self) -> float:
+        """|decomposition total - score|: float error for exact heads."""
+        return abs(self.total - self.score)
+
+    # -- point and region maps -------------------------------------------------------------
+    def _sides(self, side: str) -> tuple[Side, Side]:
+        """(the side pointed at, the other side)."""
+        if side == "a":
+            return self.a, self.b
+        if side == "b":
+            return self.b, self.a
+        raise SimexplainError(f"side must be 'a' or 'b', got {side!r}")
+
+    def weighted_map(self, side: str, weights: torch.Tensor) -> torch.Tensor:
+        """sum_p w_p D[p, :] over the other image's grid, for weights (P,) on `side`'s grid."""
+        here, there = self._sides(side)
+        return regions.side_map(self.similarity, weights, here, there, here_is_a=side == "a")
+
+    def point_map(self, side: str, point: tuple[float, float],
+                  kind: str = DEFAULT_POINT_MAP, coords: maps.Coords = "image") -> torch.Tensor:
+        """Map over the other image's grid for pixel (row, col) of `side` (bilinear weights),
+        in the photo's pixels (coords="image") or the model input's (coords="input").
+
+        kind: "contribution" (the exact row of D: the share of the score each position of the
+        other image carries with this point), "match" (cosine between the point's contribution
+        and each of the other image's), "match-centred" (the same after subtracting each image's
+        mean contribution); see POINT_MAP_KINDS and DEFAULT_POINT_MAP. Under max pooling or a
+        class token the match kinds compare the positions' whole features as the head maps them
+        (`Side.projected`), so that every point has one. Raises NoPointMap where the point
+        carries nothing to compare (the contribution kind at a GMP point that is no channel's
+        maximum), instead of returning a flat map.
+        """
+        here, _ = self._sides(side)
+        return self._kind_map(side, here.point_weights(point, coords), kind,
+                              f"point {tuple(point)}")
+
+    def region_map(self, side: str, region: maps.Region, kind: str = DEFAULT_POINT_MAP,
+                   coords: maps.Coords = "image") -> torch.Tensor:
+        """Map over the other image's grid for a box (top, left, bottom, right) or a mask of
+        `side`, in the photo's pixels (or the model input's: coords="input"); the region's
+        contribution is the covered-fraction weighted sum (kinds as for point_map)."""
+        here, _ = self._sides(side)
+        return self._kind_map(side, here.region_weights(region, coords), kind, "region")
+
+    def _kind_map(self, side: str, weights: torch.Tensor, kind: str, what: str) -> torch.Tensor:
+        here, there = self._sides(side)
+        return regions.kind_map(self.similarity, weights, here, there, kind,
+                                here_is_a=side == "a", what=f"{what} of image {side}")
+
+    def point_map_matrix(self, kind: str = DEFAULT_POINT_MAP) -> torch.Tensor:
+        """(P, Q) point maps of every position of a over b's grid (row p: the map of a's cell
+        p; column q: the map of b's cell q over a's grid, for every kind); rows of positions
+        without a map (no contribution) are NaN."""
+        eye = torch.eye(self.a.contributions.shape[0], dtype=torch.float64)
+        return regions.kind_maps(self.similarity, eye, self.a, self.b, kind, here_is_a=True)
+
+    def patterns(self, k: int = patternlib.DEFAULT_PATTERNS, kind: str = DEFAULT_POINT_MAP,
+                 spread: float = patternlib.DEFAULT_SPREAD, coords: maps.Coords = "image"
+                 ) -> list[patternlib.Pattern]:
+        """Cross-view patterns: the k strongest mutual best matches of the point maps of
+        `kind` between a's and b's cells (strength: the share of the score the two cells carry
+        together), spread out (`simexplain.patterns`), strongest first.
+        Points are the cells' centres as pixel (row, col) indices in the photo (coords="image")
+        or the model input (coords="input"): `point_map("a", pattern.point_a)` peaks at
+        pattern.cell_b. Fewer than k where fewer positions match mutually. For a distance
+        (`similarity.lower_is_better`: squared Euclidean) closeness is what counts: strength
+        is -D[p, q] (how much the pair shortens the distance) and a contribution map's best
+        match is its minimum."""
+        if k < 1:
+            raise SimexplainError(f"k must be at least 1, got {k}")
+        matrix = self.point_map_matrix(kind)
+        sign = -1.0 if self.similarity.lower_is_better else 1.0
+        closeness = sign * self.pairwise_flat
+        ranked = sign * matrix if kind == "contribution" else matrix
+        found = patternlib.mutual_matches(ranked, closeness, self.a.grid, self.b.grid, k, spread)
+        centres_a = self.a.frame.cell_centres(self.a.grid, coords) - 0.5  # pixel indices
+        centres_b = self.b.frame.cell_centres(self.b.grid, coords) - 0.5
+        return [patternlib.Pattern(
+            point_a=tuple(float(v) for v in centres_a[p]),
+            point_b=tuple(float(v) for v in centres_b[q]),
+            strength=float(closeness[p, q]), match=float(matrix[p, q]),
+            cell_a=divmod(p, self.a.grid[1]), cell_b=divmod(q, self.b.grid[1]))
+            for p, q in found]
+
+    def partial_score(self, side: str, region: maps.Region,
+                      coords: maps.Coords = "image") -> float:
+        """s_R = sum_p w_p O[p]: the share of the score carried by a region of `side` (a box
+        or a mask in the photo's pixels, or the model input's with coords="input")."""
+        here, _ = self._sides(side)
+        overall = self.overall_a_flat if side == "a" else self.overall_b_flat
+        weights = here.region_weights(region, coords).to(overall.device)
+        return float(weights @ overall)
+
+    # -- display -----------------------------------------------------------------------------
+    def image(self, side: str) -> Image.Image:
+        return self._sides(side)[0].image
+
+    def upsample(self, grid_map: torch.Tensor, side: str) -> np.ndarray:
+        """A map over `side`'s grid, bilinearly upsampled onto that photo: the part the model
+        saw (all of it, or the face crop) is filled, the rest is 0."""
+        return self._sides(side)[0].frame.upsample(grid_map)[0]
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary."""
+        return {
+            "score": self.score, "similarity": self.similarity.name, "residual": self.residual,
+            "grid_a": list(self.a.grid), "grid_b": list(self.b.grid),
+            "image_size_a": list(self.a.image_size), "image_size_b": list(self.b.image_size),
+            "input_a": self.a.to_dict(), "input_b": self.b.to_dict(),
+            "overall_a": self.overall_a.tolist(), "overall_b": self.overall_b.tolist(),
+            "relative_a": self.relative_a.tolist(), "relative_b": self.relative_b.tolist(),
+        }

@@ -1,0 +1,52 @@
+"""Writing files atomically: readers see the old file or the new one, never half of one."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; once the block ends without error it is flushed
+    to disk and renamed onto `path`, otherwise removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from other users
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json_atomic(path: str | Path, data) -> None:
+    """JSON through a temporary file and a rename: never a half-written file. Numpy and torch
+    values and paths are written as plain JSON."""
+    write_text_atomic(path, json.dumps(data, indent=2, default=_json_default))
+
+
+def _json_default(value):
+    import numpy as np
+    import torch
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return np.asarray(value).tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,334 @@
+"""Head analysis: per-position contributions u_p with sum_p u_p = e.
+
+The model is split at the explained layer into a trunk (up to the layer, output A) and a head
+(everything after it). Think of A multiplied by a mask m of ones (one entry per position):
+
+* derivative along m = one-hot at position p   ->  J A_p   (the linear part carried by p)
+* derivative along every additive offset of the head (Linear/Conv biases, BatchNorm shifts and
+  running means, LayerNorm shifts), each moved by its own value  ->  c (the constant term)
+
+so u_p = J A_p + c / P. For heads that are positively homogeneous once per-sample scalars are
+frozen (pooling: average, max, GeM; linear layers; batch norm in eval; ReLU/LeakyReLU gates;
+dropout in eval; flatten), Euler's theorem gives e = J A + c exactly. The per-sample scalars
+(L2 normalisation, the std of LayerNorm, any norm/sqrt/std in the head) are frozen by
+`FreezeScales` (frozen.py): their derivatives are dropped, which is what METHOD.md asks for ("freeze, don't
+differentiate"). For any other head (GELU, softmax, sigmoid) the same computation is a
+first-order linearisation and the residual |sum_p u_p - e| is reported.
+
+How it is computed (cost for P positions, C channels, D embedding dimensions):
+
+* `HeadTape` (head_tape.py) records the head during the model's one forward pass; the head is then analysed
+  alone, from the recorded layer output: the trunk never runs again.
+* Pooling heads (average, max, GeM, token mean, class token; flatten + Linear, which maps each
+  position on its own) are recognised on the tape (`find_pooling`). Each position's share of
+  the pooled vector (a P x C matrix: A_pk / P for the average, A_pk at the argmax for max, ...)
+  is computed directly and only the post-pooling head is differentiated: O(P C D).
+* Any other head is differentiated whole, from the layer output.
+* Either way J is applied by forward tangents (one per position) or by a reverse-mode Jacobian
+  (one cotangent per embedding dimension), whichever is fewer, in chunks under a budget;
+  small heads take the reverse path with one cotangent per image and dimension, which also
+  gives the constant term, so that no forward-mode pass (slow per operation) runs.
+* `tangent_contributions`, the reference path, pushes one tangent per position through the
+  whole model: O(P^2 C). Tests compare every path with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.func import functional_call, jvp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .frozen import FreezeScales
+from .head_tape import HeadTape, find_pooling, pooled_shares, replay_pooled, to_positions
+
+
+@dataclass
+class Contributions:
+    """Per-position contributions of one batch of images to their embeddings."""
+
+    embedding: torch.Tensor  # (B, D), the model's own output
+    positions: torch.Tensor  # (B, P, D), u_p including the constant term c / P
+    grid: tuple[int, int]  # (H, W) of the feature grid, H * W = P
+    constant: torch.Tensor  # (B, D), c
+    # How they were computed, e.g. "mean pooling, reverse" or "whole head, forward"
+    # ("tangents": the reference path).
+    path: str = "tangents"
+    # (B, P, D) each position's whole feature vector mapped by the head's linear part, J A_p,
+    # for heads whose pooling takes a channel from some positions only (max pooling, a class
+    # token), where many u_p are 0; None where u_p already is that map (up to 1 / P and the
+    # constant): average pooling, flatten heads, heads analysed whole. Point maps of the
+    # "match" kinds compare these (METHOD.md, "Point-map kinds").
+    projected: torch.Tensor | None = None
+
+    @property
+    def residual(self) -> torch.Tensor:
+        """(B,) |sum_p u_p - e|, relative to |e|: 0 up to float error for exact heads."""
+        total = self.positions.sum(1)
+        return (total - self.embedding).norm(dim=1) / self.embedding.norm(dim=1).clamp_min(1e-12)
+
+
+def head_offsets(model: torch.nn.Module, head_modules: list[str]) -> dict[str, torch.Tensor]:
+    """The additive offsets (biases, BatchNorm running means) of the head's modules: the
+    module's own tensors, so that the tape recognises them by identity."""
+    offsets: dict[str, torch.Tensor] = {}
+    modules = dict(model.named_modules())
+    for module_name in head_modules:
+        module = modules[module_name]
+        prefix = f"{module_name}." if module_name else ""
+        for name, param in module.named_parameters(recurse=False):
+            if name.endswith("bias") and param is not None:
+                offsets[prefix + name] = param
+        for name, buf in module.named_buffers(recurse=False):
+            if name == "running_mean" and buf is not None:
+                offsets[prefix + name] = buf
+    return offsets
+
+
+def mask_shape(feature_shape: torch.Size) -> tuple[int, ...]:
+    """Shape of the position mask broadcast against the layer output (4-D or token 3-D)."""
+    if len(feature_shape) == 4:  # (B, C, H, W)
+        return (1, 1) + tuple(feature_shape[2:])
+    return (1, feature_shape[1], 1)  # (B, N, C) tokens
+
+
+def tangent_contributions(
+    model: torch.nn.Module,
+    layer: torch.nn.Module,
+    x: torch.Tensor,
+    feature_shape: torch.Size,
+    offsets: dict[str, torch.Tensor],
+    grid: tuple[int, int],
+    prefix_tokens: int = 0,
+    chunk_size: int | None = None,
+) -> Contributions:
+    """The reference path (strategy "tangents"): one forward-mode tangent per position, each
+    the size of the whole layer output, pushed through the whole model: O(P^2 C), and each
+    chunk of `chunk_size` tangents reruns the trunk. Kept for heads the tape cannot replay
+    and as the independent computation the tests compare the fast paths with.
+
+    `feature_shape` is the layer's output shape for this input size (from a probe pass).
+    """
+    offsets = {k: v.detach() for k, v in offsets.items()}
+    shape = mask_shape(feature_shape)
+    n_pos = int(torch.tensor(shape).prod())
+    device, dtype = x.device, x.dtype
+    ones = torch.ones(shape, device=device, dtype=dtype)
+
+    def forward(mask: torch.Tensor, offset_values: dict[str, torch.Tensor]) -> torch.Tensor:
+        handle = layer.register_forward_hook(lambda _m, _i, out: out * mask)
+        try:
+            with FreezeScales():
+                return functional_call(model, offset_values, (x,), strict=False)
+        finally:
+            handle.remove()
+
+    def tangent(mask_t: torch.Tensor, offset_t: dict[str, torch.Tensor]):
+        return jvp(forward, (ones, offsets), (mask_t, offset_t))
+
+    # One tangent per position, plus one for the constant term.
+    eye = torch.eye(n_pos, device=device, dtype=dtype).view((n_pos,) + shape)
+    mask_tangents = torch.cat([eye, torch.zeros((1,) + shape, device=device, dtype=dtype)])
+    offset_tangents = {
+        k: torch.cat([torch.zeros((n_pos,) + v.shape, device=device, dtype=v.dtype), v[None]])
+        for k, v in offsets.items()}
+    # Fused attention kernels have no forward-mode derivative: use the plain one.
+    with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
+        primal, tangents = vmap(tangent, chunk_size=chunk_size)(mask_tangents, offset_tangents)
+    # primal[0]: the primal is the same in every row
+    return _assemble(primal[0], tangents[:n_pos].transpose(0, 1), tangents[n_pos], grid,
+                     prefix_tokens)
+
+
+def _assemble(embedding: torch.Tensor, linear: torch.Tensor, constant: torch.Tensor,
+              grid: tuple[int, int], prefix_tokens: int) -> Contributions:
+    """Contributions from the linear parts (B, N, D) and the constant term (B, D). Prefix
+    tokens of a transformer (class token) carry no place in the image: their contributions
+    join the constant term, which is then spread evenly over the grid."""
+    if prefix_tokens:
+        constant = constant + linear[:, :prefix_tokens].sum(1)
+        linear = linear[:, prefix_tokens:]
+    positions = linear + constant[:, None, :] / linear.shape[1]
+    return Contributions(embedding=embedding, positions=positions, grid=grid, constant=constant)
+
+
+# -- the head as a tape ---------------------------------------------------------------------------
+
+STRATEGIES = ("auto", "forward", "reverse", "tangents")
+# The reverse path takes the constant term from its own pullbacks (one cotangent per image and
+# dimension, B * D, instead of D for all images) when they are cheap: at most this many
+# multiply-adds, counting each pullback as a linear map of the pooled tensor to D dimensions.
+# Then no forward-mode pass runs, whose fixed cost (about a millisecond per head operation:
+# forward-mode arithmetic is slow in torch) dominates small heads; beyond, the extra
+# cotangents cost more than it (a 512-d head over 1792 channels: 2e9 against 2e7).
+PER_ROW_WORK = 1 << 24
+
+
+def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[str, torch.Tensor],
+                       grid: tuple[int, int], prefix_tokens: int = 0, strategy: str = "auto",
+                       budget: int = 1 << 28, structured: bool = True) -> Contributions | None:
+    """Contributions from a recorded head, without running the trunk again; None when the
+    tape does not reproduce the model's embedding (a call the tape cannot see).
+
+    With a pooling head (`find_pooling`), each position's share of the pooled tensor is
+    computed directly (P x C numbers) and only the post-pooling head is differentiated;
+    otherwise the whole head is, from the layer output. Either way the linear part
+    u_p = J (share of p) comes from forward tangents, one per position ("forward"), or from a
+    reverse-mode Jacobian, one cotangent per embedding dimension ("reverse"); "auto" takes
+    the fewer, or "reverse" whenever its pullbacks are cheap enough to carry the constant
+    term as well (PER_ROW_WORK: then no forward-mode pass runs). Both are chunked to hold
+    about `budget` floats at a time.
+    """
+    features = tape.features
+    out_slot = tape.slot_of(embedding)
+    if features is None or out_slot is None:
+        return None
+    offsets = {k: v.detach() for k, v in offsets.items()}
+    batch, dim = embedding.shape
+    pooling = find_pooling(tape, features.dim()) if structured else None
+    # Scales are frozen in the head's replays only: the mode intercepts every torch call, and
+    # the bookkeeping around the replays needs none of it.
+    with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
+        if pooling is not None:
+            last = pooling.argument if pooling.kind == "linear" else pooling.pool
+            start, source = last + 1, pooling.pooled
+            with FreezeScales():
+                pooled = replay_pooled(tape, pooling, features, offsets)
+                shares, pooled_constant, whole = pooled_shares(tape, pooling, features, offsets)
+            if whole is not None:  # mapped by J together with the shares, in the same pass
+                shares = torch.cat([shares, whole], dim=1)
+            shares = shares.reshape(batch, shares.shape[1], *pooled.shape[1:])
+            pooled_constant = pooled_constant.expand_as(pooled)
+        else:
+            start, source, pooled = 0, 0, features
+            pooled_constant = torch.zeros_like(features)
+            shares, whole = None, None  # implicit: A masked to one position
+
+        def post(r, off):
+            with FreezeScales():
+                return tape.replay({source: r}, off, start, out_slot)
+
+        n_pos = to_positions(features).shape[1]
+        n_tangents = n_pos if shares is None else shares.shape[1]
+        per_row = batch * dim * max(pooled.numel(), batch * dim) * dim <= PER_ROW_WORK
+        if strategy == "auto":  # the fewer tangents, or a pullback small enough to be cheap
+            mode = "forward" if n_tangents <= dim and not per_row else "reverse"
+        else:
+            mode = strategy
+        chunk = max(1, budget // pooled.numel())  # tangents or cotangents at a time
+        if mode == "forward":
+            primal, linear, constant = _forward(post, pooled, offsets, shares, pooled_constant,
+                                                n_tangents, chunk)
+        elif per_row:
+            primal, linear, constant = _reverse(post, pooled, offsets, shares, pooled_constant,
+                                                dim, chunk)
+        else:
+            primal, constant = jvp(post, (pooled, offsets), (pooled_constant, offsets))
+            _, linear, _ = _reverse(post, pooled, offsets, shares, None, dim, chunk)
+        scale = float(embedding.abs().max()) + 1e-12
+        if not torch.allclose(primal, embedding, rtol=1e-4, atol=1e-5 * scale):
+            return None  # the replay is not the model's head
+    projected = None
+    if whole is not None:
+        linear, projected = linear[:, :n_pos], linear[:, n_pos:, :][:, prefix_tokens:]
+    result = _assemble(embedding, linear, constant, grid, prefix_tokens)
+    result.path = f"{pooling.kind} pooling, {mode}" if pooling else f"whole head, {mode}"
+    result.projected = projected
+    return result
+
+
+def _one_position(features: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """The layer output with every position but p zeroed (p: a 0-dim index, vmapped)."""
+    n_pos = to_positions(features).shape[1]
+    mask = (torch.arange(n_pos, device=features.device) == p).to(features.dtype)
+    if features.dim() == 4:
+        return features * mask.view(1, 1, *features.shape[2:])
+    return features * mask.view(1, -1, 1)
+
+
+def _forward(post, pooled, offsets, shares, pooled_constant, n_pos: int, chunk: int):
+    """(embedding, (B, P, D) linear parts, (B, D) constant) by forward tangents: one per
+    position, and one more for the constant term (the offsets moved by their own values)."""
+    def push(index, tangent):
+        last = (index == n_pos).to(pooled.dtype)  # the constant term's tangent
+        offset_tangents = {k: v * last for k, v in offsets.items()}
+        if shares is None:
+            tangent = _one_position(pooled, index) + pooled_constant * last
+        return jvp(post, (pooled, offsets), (tangent, offset_tangents))
+    index = torch.arange(n_pos + 1, device=pooled.device)
+    if shares is None:
+        tangents = torch.zeros(n_pos + 1, device=pooled.device)  # unused: built from the index
+        in_dims = (0, 0)
+    else:
+        tangents = torch.cat([shares, pooled_constant[:, None]], dim=1)
+        in_dims = (0, 1)
+    primal, out = vmap(push, in_dims=in_dims, chunk_size=chunk)(index, tangents)  # (P+1, B, D)
+    return primal[0], out[:n_pos].transpose(0, 1), out[n_pos]
+
+
+def _reverse(post, pooled, offsets, shares, pooled_constant, dim: int, chunk: int):
+    """(embedding, (B, P, D) linear parts, (B, D) constant or None) by a reverse-mode Jacobian
+    of the (post-pooling) head, applied to each position's share chunk by chunk.
+
+    With `pooled_constant` given, the constant term comes from the same pullbacks: one
+    cotangent per (row, embedding dimension), because the offsets are shared by the rows and
+    their gradients would otherwise add up over the batch. Without, one cotangent per
+    embedding dimension serves every row at once (the rows of a head do not mix)."""
+    # plain autograd with batched cotangents: the same pullbacks as functorch's vjp + vmap,
+    # at about half the fixed cost
+    pooled_leaf = pooled.detach().requires_grad_()
+    offset_leaves = {name: value.detach().requires_grad_() for name, value in offsets.items()}
+    with torch.enable_grad():  # a copy in: the head may write into its input (relu_)
+        out = post(pooled_leaf.clone(), offset_leaves)
+    leaves = (pooled_leaf, *offset_leaves.values())
+    batch = len(out)
+    per_row = pooled_constant is not None
+    eye = torch.eye(dim, dtype=out.dtype, device=out.device)
+    if per_row:  # cotangent b * D + d: e_d in row b only
+        rows = torch.eye(batch, dtype=out.dtype, device=out.device)
+        cotangents = (rows[:, None, :, None] * eye[None, :, None, :]).flatten(0, 1)
+    else:  # cotangent d: e_d in every row
+        cotangents = eye[:, None, :].expand(dim, *out.shape)
+    n_pos = shares.shape[1] if shares is not None else to_positions(pooled).shape[1]
+    linear = out.new_zeros(batch, n_pos, dim)
+    constant = out.new_zeros(batch, dim) if per_row else None
+    for start in range(0, len(cotangents), chunk):
+        stop = min(start + chunk, len(cotangents))
+        grads = torch.autograd.grad(out, leaves, cotangents[start:stop], retain_graph=True,
+                                    allow_unused=True, is_grads_batched=True)
+        jac = _or_zeros(grads[0], stop - start, pooled)  # (n, B, *pooled dims)
+        jac_offsets = {name: _or_zeros(g, stop - start, offsets[name])
+                       for name, g in zip(offset_leaves, grads[1:])}
+        for b in range(batch):
+            if per_row:  # the cotangents of this chunk that belong to row b
+                first, last = max(start, b * dim), min(stop, (b + 1) * dim)
+                if first >= last:
+                    continue
+                picked, dims = slice(first - start, last - start), slice(first - b * dim,
+                                                                         last - b * dim)
+            else:
+                picked, dims = slice(None), slice(start, stop)
+            rows_j = jac[picked, b]  # (m, *pooled dims): Jacobian rows of embedding b
+            linear[b, :, dims] = _apply_rows(rows_j, pooled[b] if shares is None else shares[b],
+                                             shares is not None)
+            if per_row:  # the derivative along the offsets, each moved by its own value
+                moved = (rows_j * pooled_constant[b]).flatten(1).sum(1)
+                for name, value in offsets.items():
+                    moved = moved + (jac_offsets[name][picked] * value).flatten(1).sum(1)
+                constant[b, dims] = moved
+    return out.detach(), linear, constant
+
+
+def _or_zeros(grad: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor:
+    """A batched gradient, or zeros for an input the output does not depend on."""
+    return grad if grad is not None else like.new_zeros((n, *like.shape))
+
+
+def _apply_rows(rows: torch.Tensor, source: torch.Tensor, shares: bool) -> torch.Tensor:
+    """(P, m): m Jacobian rows of one image's embedding (m, *pooled dims) applied to each
+    position's share of the pooled tensor (P, *pooled dims), or to the positions of the layer
+    output itself (*dims): u_p = J[:, p] A_p, the channels of J * A summed at each position."""
+    if shares:
+        return source.flatten(1) @ rows.flatten(1).T
+    return to_positions(rows * source).sum(-1).T

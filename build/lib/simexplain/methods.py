@@ -1,0 +1,278 @@
+"""Saliency methods with one uniform call: `Method().attribute(explainer, a, b) -> (map_a, map_b)`.
+
+Every method returns maps over both images' feature grids, so they can be compared cell by cell.
+The decomposition needs no backward pass; the Grad-CAM family are the paper's baselines; occlusion
+is a black-box baseline; random is the floor every evaluation compares against.
+
+Each method declares what it is (exact or not, needs gradients, signed, gives point maps, costs a
+forward pass per feature cell, a control rather than an explanation), and the registry `METHODS`
+is the one list of methods: the web page, the demo and the evaluation read it. Methods that
+explain the same pair share one `PreparedPair` (inputs prepared once, embeddings and gradients
+computed once).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import SimexplainError
+from .explanation import PairExplanation
+from .images import ImageInput
+from .inputs import PreparedImage
+from .similarity import Similarity
+
+Maps = tuple[torch.Tensor, torch.Tensor]  # (Ha, Wa), (Hb, Wb)
+
+
+@dataclass
+class PreparedPair:
+    """Both images as model inputs, prepared once and shared by every method run on them."""
+
+    a: PreparedImage  # model input (on the model's device), photo and frame
+    b: PreparedImage
+    cache: dict = field(default_factory=dict, repr=False)  # embeddings, gradients
+
+    @classmethod
+    def of(cls, explainer, a: ImageInput | "PreparedPair", b: ImageInput | None = None
+           ) -> "PreparedPair":
+        """Prepare a and b (a PreparedPair given as `a` is returned as it is)."""
+        if isinstance(a, PreparedPair):
+            return a
+        return cls(explainer.prepare(a, "a"), explainer.prepare(b, "b"))
+
+    @property
+    def x_a(self) -> torch.Tensor:
+        return self.a.tensor
+
+    @property
+    def x_b(self) -> torch.Tensor:
+        return self.b.tensor
+
+    def x(self, side: str) -> torch.Tensor:
+        return self.x_a if side == "a" else self.x_b
+
+    def embeddings(self, explainer) -> tuple[torch.Tensor, torch.Tensor]:
+        """(e_a, e_b), each image embedded once (no gradients)."""
+        if "embeddings" not in self.cache:
+            self.cache["embeddings"] = (explainer.stream_a.embed(self.x_a)[0],
+                                        explainer.stream_b.embed(self.x_b)[0])
+        return self.cache["embeddings"]
+
+
+def closeness(e_a: torch.Tensor, e_b: torch.Tensor, similarity: Similarity) -> torch.Tensor:
+    """The similarity, signed so that larger means closer (minus a distance)."""
+    return similarity.closeness(similarity.score(e_a, e_b))
+
+
+class Method:
+    """Base class: subclasses implement `maps` (one prepared pair -> both maps) and declare
+    their properties."""
+
+    name = ""
+    label = ""  # for display
+    exact = False  # the maps sum to the model's own score (up to the reported residual)
+    needs_gradients = False
+    signed = False  # negative values are meaningful (else the map is >= 0)
+    point_maps = False  # also gives maps for a point or region of one image on the other
+    per_cell_cost = False  # one forward pass per feature cell: slow on large grids
+    control = False  # a floor to compare against, not an explanation (left out of displays)
+    seeded = False  # takes `seed`: its maps depend on the seed only
+
+    def attribute(self, explainer, a: ImageInput | PreparedPair, b: ImageInput | None = None,
+                  sides: str = "ab") -> Maps:
+        """Overall maps of a and b (or of the PreparedPair given as `a`). `sides` may name one
+        side only ("a" or "b"); the other map is then None unless it came for free."""
+        return self.maps(explainer, PreparedPair.of(explainer, a, b), sides)
+
+    def maps(self, explainer, pair: PreparedPair, sides: str = "ab") -> Maps:
+        raise NotImplementedError
+
+
+class Decomposition(Method):
+    """Signed overall maps of the exact decomposition (METHOD.md)."""
+
+    name = "decomposition"
+    label = "decomposition (exact)"
+    exact = True
+    signed = True
+    point_maps = True
+
+    def maps(self, explainer, pair, sides="ab") -> Maps:
+        if "decomposition" not in pair.cache:  # one decomposition for every method of its kind
+            pair.cache["decomposition"] = explainer.explain_prepared(pair.a, pair.b)
+        map_a, map_b = self.pick(pair.cache["decomposition"])
+        return map_a.float(), map_b.float()
+
+    def pick(self, result: PairExplanation) -> Maps:
+        """Which maps of the decomposed pair this method shows."""
+        return result.overall_a, result.overall_b
+
+
+class Relative(Decomposition):
+    """Signed relative maps: each position's contribution minus its share of the score
+    (METHOD.md, "Relative maps"; PairExplanation.relative_a/b). Exact, no backward pass; for
+    the cosine it is Grad-CAM before its ReLU under a GAP head."""
+
+    name = "relative"
+    label = "relative (exact, sums to 0)"
+    exact = False  # computed exactly, but it sums to 0, not to the score
+
+    def pick(self, result: PairExplanation) -> Maps:
+        return result.relative_a, result.relative_b
+
+
+class _GradientMethod(Method):
+    """Shared part: the similarity of both images as a function of both feature maps."""
+
+    needs_gradients = True
+    raw = False  # similarity on raw (pre-normalisation) embeddings
+
+    def gradients(self, explainer, pair: PreparedPair):
+        """((A_a, ds/dA_a), (A_b, ds/dA_b)), computed once per pair for all Grad-CAMs that
+        share `raw`."""
+        key = ("gradients", self.raw)
+        if key not in pair.cache:
+            feats_a, e_a = explainer.stream_a.features_and_embedding(pair.x_a, raw=self.raw)
+            feats_b, e_b = explainer.stream_b.features_and_embedding(pair.x_b, raw=self.raw)
+            similarity = explainer.similarity
+            if self.raw:  # the paper's "without normalisation" variant (cosine -> dot)
+                similarity = similarity.without_normalisation()
+            s = closeness(e_a[0], e_b[0], similarity)
+            grad_a, grad_b = torch.autograd.grad(s, [feats_a, feats_b])
+            pair.cache[key] = ((feats_a.detach(), grad_a), (feats_b.detach(), grad_b))
+        return pair.cache[key]
+
+    def maps(self, explainer, pair, sides="ab") -> Maps:
+        (f_a, g_a), (f_b, g_b) = self.gradients(explainer, pair)
+        return self.combine(f_a, g_a), self.combine(f_b, g_b)
+
+    def combine(self, feats: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        """Feature map and gradient (1, C, H, W) or (1, N, C) -> map (H, W)."""
+        raise NotImplementedError
+
+
+def _channels_last_grid(t: torch.Tensor) -> torch.Tensor:
+    """(1, C, H, W) -> (H, W, C); (1, N, C) tokens -> (side, side, C) dropping prefix tokens."""
+    if t.dim() == 4:
+        return t[0].permute(1, 2, 0)
+    tokens = t.shape[1]
+    side = int(tokens ** 0.5)
+    return t[0, tokens - side * side:].reshape(side, side, -1)
+
+
+class GradCAM(_GradientMethod):
+    """alpha_k = mean_p ds/dA_pk; map = ReLU(sum_k alpha_k A_pk), s on the model's embeddings."""
+
+    name = "gradcam"
+    label = "Grad-CAM"
+
+    def combine(self, feats, grads):
+        f, g = _channels_last_grid(feats), _channels_last_grid(grads)
+        alpha = g.mean(dim=(0, 1))
+        return torch.relu((f * alpha).sum(-1))
+
+
+class GradCAMRaw(GradCAM):
+    """Grad-CAM on raw (pre-L2-normalisation) embeddings, dot product."""
+
+    name = "gradcam-raw"
+    label = "Grad-CAM (raw embeddings)"
+    raw = True
+
+
+class RGradCAM(_GradientMethod):
+    """Rectified Grad-CAM, no averaging: map_p = ReLU(sum_k ds/dA_pk A_pk)."""
+
+    name = "rgradcam"
+    label = "RGrad-CAM"
+
+    def combine(self, feats, grads):
+        f, g = _channels_last_grid(feats), _channels_last_grid(grads)
+        return torch.relu((f * g).sum(-1))
+
+
+class Occlusion(Method):
+    """Black box: map[cell] = s - s(image with that cell's pixels filled), per feature cell.
+
+    `window` is the occluder's side in feature cells (centred on the cell); fill is 0 in the
+    model's input space (the dataset mean for normalised inputs).
+    """
+
+    name = "occlusion"
+    label = "occlusion"
+    signed = True
+    per_cell_cost = True
+
+    def __init__(self, window: int = 1, batch_size: int = 32):
+        self.window = window
+        self.batch_size = batch_size
+
+    def maps(self, explainer, pair, sides="ab") -> Maps:
+        e_a, e_b = pair.embeddings(explainer)
+        base = closeness(e_a, e_b, explainer.similarity)
+        map_a = self._side(explainer, pair, "a", e_b, base) if "a" in sides else None
+        map_b = self._side(explainer, pair, "b", e_a, base) if "b" in sides else None
+        return map_a, map_b
+
+    def _side(self, explainer, pair: PreparedPair, side: str, other: torch.Tensor,
+              base: torch.Tensor) -> torch.Tensor:
+        stream, x = explainer.stream(side), pair.x(side)
+        (rows, cols), _ = stream.grid(x)
+        height, width = x.shape[2:]
+        half = (self.window - 1) / 2
+        masks = []
+        for r in range(rows):
+            for c in range(cols):
+                top = int(round((r - half) * height / rows))
+                bottom = int(round((r + half + 1) * height / rows))
+                left = int(round((c - half) * width / cols))
+                right = int(round((c + half + 1) * width / cols))
+                m = torch.ones(height, width, device=x.device, dtype=x.dtype)
+                m[max(top, 0):bottom, max(left, 0):right] = 0
+                masks.append(m)
+        occluded = x * torch.stack(masks)[:, None]  # (P, C, H, W)
+        scores = torch.cat([closeness(stream.embed(chunk), other, explainer.similarity)
+                            for chunk in occluded.split(self.batch_size)])
+        return (base - scores).reshape(rows, cols)
+
+
+class RandomMap(Method):
+    """Uniform random maps: the floor that evaluations compare against. Seeded."""
+
+    name = "random"
+    label = "random"
+    control = True
+    seeded = True
+
+    def __init__(self, seed: int = 0):
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def maps(self, explainer, pair, sides="ab") -> Maps:
+        grid_a, _ = explainer.stream_a.grid(pair.x_a)
+        grid_b, _ = explainer.stream_b.grid(pair.x_b)
+        return (torch.rand(grid_a, generator=self.generator),
+                torch.rand(grid_b, generator=self.generator))
+
+
+# The registry, in display order: the one list of methods.
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls for cls in (Decomposition, Relative, GradCAM, GradCAMRaw, RGradCAM, Occlusion,
+                              RandomMap)}
+
+
+def explanation_methods() -> list[str]:
+    """The methods shown to people (the registry without controls such as random)."""
+    return [name for name, cls in METHODS.items() if not cls.control]
+
+
+def method_class(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise SimexplainError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def get_method(name: str, **options) -> Method:
+    """A method by name, e.g. get_method("occlusion", window=2)."""
+    return method_class(name)(**options)

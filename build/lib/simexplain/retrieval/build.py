@@ -1,0 +1,389 @@
+"""Resumable index builds: embed a gallery a batch at a time, checkpointing next to the output
+(`.<out>.simexplain-partial`, a name no user picks, created exclusively and marked as ours) so
+that an interrupted build continues where it stopped and ends with the same index. Only the
+files a build wrote are ever removed from it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import uuid
+import warnings
+from pathlib import Path
+from typing import Iterable, NamedTuple
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import ImageError, SimexplainError
+from ..files import atomic_path
+from .explain_cache import CachedImage, ExplainCache
+from .model import MODEL_KEYS, model_info
+from .storage import (FORMAT_NAME, FORMAT_VERSION, Skipped, check_kind, check_replaceable,
+                      common_root, file_sha256, require_faiss)
+
+ENGINES = ("local", "ray")  # one process, or a Ray Data pipeline (`ray_engine`)
+PARTIAL_MARKER = "simexplain-partial"
+# what a build writes into its checkpoint folder (atomic_path's temporary files included)
+_OWN = re.compile(r"^(simexplain-partial|state\.json|shard-\d{5}-[0-9a-f]{6}\.npz"
+                  r"|\.(simexplain-partial|state\.json|shard-\d{5}-[0-9a-f]{6}\.npz)\..+\.tmp)$")
+
+
+def build_index(cls, images: str | Path | Iterable[str | Path], explainer,
+                model_name: str | None = None, batch_size: int = 32, progress: bool = True,
+                out: str | Path | None = None, resume: bool = True, kind: str = "flat",
+                checkpoint_every: int = 8, shards: int = 1, engine: str = "local",
+                ray: dict | None = None, explain: bool = False):
+    """`Index.build` (see there); `cls` is the Index class."""
+    check_kind(kind)
+    check_shards(kind, shards)
+    if batch_size < 1:
+        raise SimexplainError(f"batch_size must be >= 1, got {batch_size}")
+    if engine not in ENGINES:
+        raise SimexplainError(f"unknown build engine {engine!r}; choose one of "
+                              f"{', '.join(ENGINES)}")
+    require_faiss()
+    root, paths = gallery_files(images)
+    checkpoint = None
+    if out is not None:  # refuse a bad --out before any work
+        check_replaceable(out)
+        checkpoint = checkpoint_path(out)
+        check_checkpoint(checkpoint)
+    # a factory (for Ray workers that load their own model) also gives the driver its copy
+    local = explainer if hasattr(explainer, "prepare") else explainer()
+    info = model_info(local, model_name)
+    state = _BuildState(paths, info, root, explain)
+    if checkpoint is not None:
+        if resume:
+            state = _BuildState.resume(checkpoint, paths, info, root, explain) or state
+        else:
+            remove_checkpoint(checkpoint)
+    resumed_from = state.done
+    bar = tqdm(total=len(paths), initial=state.done, desc="indexing", unit="img",
+               disable=not progress)
+    batches_since = 0
+    try:
+        if engine == "ray":
+            from .ray_engine import embed_with_ray
+            batches = embed_with_ray(paths, state.done, root, explainer, info, batch_size,
+                                     explain=explain, **(ray or {}))
+        else:
+            batches = _embed_locally(paths, state.done, root, local, batch_size, explain)
+        for results, skipped, done in batches:
+            bar.update(done - state.done)
+            state.record(results, skipped, done)
+            batches_since += 1
+            if checkpoint is not None and batches_since >= checkpoint_every:
+                state.write(checkpoint)
+                batches_since = 0
+    except BaseException:
+        if checkpoint is not None and state.done > resumed_from:
+            try:
+                state.write(checkpoint)
+            except Exception:  # noqa: BLE001 - keep the original error
+                pass
+        raise
+    finally:
+        bar.close()
+    if not state.embeddings:
+        raise SimexplainError(
+            f"no readable image among the {len(paths)} files; skipped: "
+            + "; ".join(f"{s.path} ({s.reason})" for s in state.skipped[:5]))
+    index = finish(cls, state.embeddings, [paths[i] for i in state.ok], info, kind, shards,
+                   state.hashes, state.skipped, root,
+                   ExplainCache.concat(state.cache) if explain else None)
+    index.explainer = local
+    index.resumed_from = resumed_from
+    if out is not None:
+        index.save(out)
+        remove_checkpoint(checkpoint)
+    return index
+
+
+def _embed_locally(paths: list[str], start: int, root: Path, explainer, batch_size: int,
+                   explain: bool = False):
+    """(results, skipped, files done) of each batch, embedded in this process."""
+    stream = explainer.stream("b")
+    for offset in range(start, len(paths), batch_size):
+        chunk = paths[offset:offset + batch_size]
+        results, skipped = embed_files(chunk, offset, explainer, stream, root, explain)
+        yield results, skipped, offset + len(chunk)
+
+
+def check_shards(kind: str, shards: int) -> None:
+    """Refuse a shard count the kind cannot take, before any work."""
+    if shards < 1:
+        raise SimexplainError(f"shards must be >= 1, got {shards}")
+    if shards != 1 and kind != "ivfpq":
+        raise SimexplainError(f"an index of kind {kind!r} is one structure; shards need "
+                              "--kind ivfpq")
+
+
+def finish(cls, embeddings: list[np.ndarray], paths: list[str], info: dict, kind: str,
+           shards: int, hashes: list[str], skipped: list[Skipped], root: Path,
+           explain_cache: ExplainCache | None = None):
+    """The index of a build's embeddings (every build engine ends here)."""
+    from .index import with_defaults
+    array = np.concatenate(embeddings)
+    params = with_defaults(kind, len(array), {"shards": shards} if shards != 1 else None,
+                           info["similarity"], array)
+    return cls(array, paths, {**info}, kind=kind, hashes=hashes, skipped=skipped, root=root,
+               params=params, explain_cache=explain_cache)
+
+
+class _BuildState:
+    """What a build has done so far, and its checkpoint: a folder `<out>.partial` holding one
+    shard per checkpoint (embeddings, gallery rows and sha256 of the images embedded since the
+    previous one, and with explain=True their explain cache) and state.json (replaced
+    atomically) naming the shards that count."""
+
+    STATE = "state.json"
+    _CACHE = ("explain_positions", "explain_shapes", "explain_projected")  # shard arrays
+
+    def __init__(self, paths: list[str], info: dict, root: Path, explain: bool = False):
+        self.paths = paths
+        self.info = info
+        self.root = root
+        self.explain = explain
+        self.done = 0  # files processed, in order (embedded or skipped)
+        self.embeddings: list[np.ndarray] = []  # one array per batch (or per resumed shard)
+        self.cache: list[ExplainCache] = []  # with explain: one per batch or resumed shard
+        self.ok: list[int] = []  # rows of `paths` that were embedded
+        self.hashes: list[str] = []
+        self.skipped: list[Skipped] = []
+        self.shards: list[str] = []
+        self._flushed_items = 0  # len(self.ok) already in a shard
+        self._flushed_cache = 0  # len(self.cache) already in a shard
+
+    def _key(self) -> dict:
+        listing = hashlib.sha256("\n".join(self.paths).encode()).hexdigest()
+        key = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "paths_sha256": listing,
+               "count": len(self.paths), **{k: self.info.get(k) for k in MODEL_KEYS}}
+        if self.explain:  # only then: checkpoints of builds without it stay valid
+            key["explain"] = True
+        return json.loads(json.dumps(key))
+
+    @classmethod
+    def resume(cls, checkpoint: Path, paths, info, root,
+               explain: bool = False) -> "_BuildState | None":
+        """The state saved in `checkpoint`, or None (with a warning) when it cannot be used."""
+        if not (checkpoint / cls.STATE).is_file():
+            return None
+        state = cls(paths, info, root, explain)
+        try:
+            meta = json.loads((checkpoint / cls.STATE).read_text())
+            if meta.get("key") != state._key():
+                warnings.warn(f"ignoring build checkpoint {checkpoint}: it belongs to another "
+                              "model, another list of images or a build with(out) --explain; "
+                              "starting over", stacklevel=3)
+                return None
+            for name in meta["shards"]:
+                with np.load(checkpoint / name, allow_pickle=False) as shard:
+                    embeddings = np.asarray(shard["embeddings"], dtype=np.float32)
+                    ok = [int(i) for i in shard["ok"]]
+                    hashes = [str(h) for h in shard["hashes"]]
+                    cache = state._shard_cache(shard) if explain and ok else None
+                if not (len(embeddings) == len(ok) == len(hashes)) or (
+                        cache is not None and len(cache) != len(ok)):
+                    raise ValueError(f"inconsistent shard {name}")
+                if len(embeddings):
+                    state.embeddings.append(embeddings)
+                if cache is not None:
+                    state.cache.append(cache)
+                state.ok += ok
+                state.hashes += hashes
+            state.shards = list(meta["shards"])
+            state.done = int(meta["done"])
+            state.skipped = [Skipped(s["path"], s["reason"]) for s in meta["skipped"]]
+        except Exception as exc:  # noqa: BLE001 - any damage means: start again
+            warnings.warn(f"ignoring unreadable build checkpoint {checkpoint} ({exc}); "
+                          "starting over", stacklevel=3)
+            return None
+        if state.ok and (max(state.ok) >= state.done or state.done > len(paths)):
+            warnings.warn(f"ignoring inconsistent build checkpoint {checkpoint}; starting over",
+                          stacklevel=3)
+            return None
+        state._flushed_items = len(state.ok)
+        state._flushed_cache = len(state.cache)
+        return state
+
+    def _shard_cache(self, shard) -> ExplainCache:
+        positions, shapes, projected = self._CACHE
+        return ExplainCache(np.asarray(shard[positions], dtype=np.float32),
+                            np.asarray(shard[shapes], dtype=np.int64),
+                            np.asarray(shard[projected], dtype=np.float32)
+                            if projected in shard.files else None)
+
+    def write(self, checkpoint: Path) -> None:
+        """Write a shard with what is new since the last checkpoint, then atomically replace
+        state.json: a crash at any point leaves the previous checkpoint usable."""
+        _make_own(checkpoint)
+        new = len(self.ok) - self._flushed_items
+        if new:
+            rows = np.concatenate(self.embeddings)[self._flushed_items:]
+            arrays = {"embeddings": rows,
+                      "ok": np.asarray(self.ok[self._flushed_items:], dtype=np.int64),
+                      "hashes": np.asarray(self.hashes[self._flushed_items:], dtype=str)}
+            if self.explain:  # only the new batches' caches: no copy of the whole gallery's
+                cache = ExplainCache.concat(self.cache[self._flushed_cache:])
+                arrays.update(zip(self._CACHE[:2], (cache.positions, cache.shapes)))
+                if cache.projected is not None:
+                    arrays[self._CACHE[2]] = cache.projected
+            name = f"shard-{len(self.shards):05d}-{uuid.uuid4().hex[:6]}.npz"
+            with atomic_path(checkpoint / name) as tmp, open(tmp, "wb") as handle:
+                np.savez(handle, **arrays)
+            self.shards.append(name)
+            self._flushed_items = len(self.ok)
+            self._flushed_cache = len(self.cache)
+            self.embeddings = [np.concatenate(self.embeddings)]  # keep the list short
+        meta = {"key": self._key(), "done": self.done, "shards": self.shards,
+                "skipped": [s.to_dict() for s in self.skipped]}
+        with atomic_path(checkpoint / self.STATE) as tmp:
+            tmp.write_text(json.dumps(meta))
+
+    def record(self, results: list["Embedded"], skipped: list[Skipped], done: int) -> None:
+        """Take one embedded batch (rows in order, from `embed_files`): files up to `done`
+        are then processed."""
+        if results:
+            dims = {r.embedding.shape[0] for r in results}
+            if self.embeddings:
+                dims.add(self.embeddings[0].shape[1])
+            if len(dims) != 1:
+                raise SimexplainError(
+                    f"the model gives embeddings of different sizes {sorted(dims)}")
+            if self.explain:
+                if any(r.cached is None for r in results):
+                    raise SimexplainError("an explain build got an image without its "
+                                          "contributions")
+                self.cache.append(ExplainCache.stack([r.cached for r in results]))
+            self.embeddings.append(np.stack([r.embedding for r in results]).astype(np.float32))
+            self.ok.extend(r.row for r in results)
+            self.hashes.extend(r.sha256 for r in results)
+        self.skipped.extend(skipped)
+        self.done = done
+
+
+class Embedded(NamedTuple):
+    """One embedded gallery file."""
+
+    row: int
+    sha256: str
+    embedding: np.ndarray  # (D,) float32
+    cached: CachedImage | None = None  # its contributions, in an explain build
+
+
+def embed_files(chunk: list[str], offset: int, explainer, stream, root: Path,
+                explain: bool = False) -> tuple[list[Embedded], list[Skipped]]:
+    """Prepare, hash and embed gallery files (rows offset, offset + 1, ...): each embedded
+    file in row order, and the files skipped (unreadable, or a link out of the gallery
+    folder). Images of one input size share a forward pass; with `explain`, that pass also
+    gives their contributions (the model's embedding from it is the one kept)."""
+    ready: list[tuple[int, str, torch.Tensor]] = []
+    skipped: list[Skipped] = []
+    real_root = os.path.realpath(root)
+    for i, path in enumerate(chunk, offset):
+        if os.path.commonpath([real_root, os.path.realpath(path)]) != real_root:
+            skipped.append(Skipped(path, "a link to a file outside the gallery folder"))
+            continue
+        try:
+            digest = file_sha256(path)
+            tensor = explainer.prepare(path, "b").tensor
+        except (ImageError, OSError) as exc:
+            skipped.append(Skipped(path, str(exc) or type(exc).__name__))
+            continue
+        ready.append((i, digest, tensor))
+    groups: dict[tuple, list] = {}
+    for item in ready:
+        groups.setdefault(tuple(item[2].shape), []).append(item)
+    results: list[Embedded] = []
+    for shape, items in groups.items():
+        batch = torch.cat([t for _, _, t in items])
+        if explain:
+            c = explainer.contributions(batch, "b")
+            out = c.embedding
+        else:
+            out = stream.embed(batch)
+        vectors = out.detach().float().cpu().numpy()
+        for row, ((i, digest, _), vec) in enumerate(zip(items, vectors)):
+            cached = CachedImage.of(c, row, shape[2:]) if explain else None
+            results.append(Embedded(i, digest, vec, cached))
+    results.sort(key=lambda r: r.row)
+    return results, skipped
+
+
+def checkpoint_path(out: str | Path) -> Path:
+    """Where a build into `out` keeps its partial progress (a folder)."""
+    out = Path(out)
+    return out.parent / f".{out.name}.simexplain-partial"
+
+
+def _is_own(checkpoint: Path) -> bool:
+    marker = checkpoint / PARTIAL_MARKER
+    try:
+        return (checkpoint.is_dir() and not checkpoint.is_symlink() and marker.is_file()
+                and json.loads(marker.read_text()) == {"format": PARTIAL_MARKER})
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+
+
+def check_checkpoint(checkpoint: Path) -> None:
+    """Refuse a folder at the checkpoint name that simexplain did not make."""
+    if (checkpoint.exists() or checkpoint.is_symlink()) and not _is_own(checkpoint):
+        raise SimexplainError(f"{checkpoint} exists and was not made by simexplain; refusing to "
+                              "use or remove it (move it away, or choose another --out)")
+
+
+def _make_own(checkpoint: Path) -> None:
+    """Create the checkpoint folder exclusively, marked as ours (or check an existing one)."""
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(checkpoint)
+    except FileExistsError:
+        check_checkpoint(checkpoint)
+        return
+    with atomic_path(checkpoint / PARTIAL_MARKER) as tmp:
+        tmp.write_text(json.dumps({"format": PARTIAL_MARKER}))
+
+
+def remove_checkpoint(checkpoint: Path) -> None:
+    """Remove a checkpoint folder of ours: only the files a build writes, then the folder if
+    that left it empty (anything else stays, with a warning)."""
+    if not checkpoint.exists():
+        return
+    check_checkpoint(checkpoint)
+    for entry in os.listdir(checkpoint):
+        if _OWN.match(entry) and entry != PARTIAL_MARKER and (checkpoint / entry).is_file():
+            (checkpoint / entry).unlink()
+    others = [e for e in os.listdir(checkpoint) if e != PARTIAL_MARKER]
+    if others:
+        warnings.warn(f"left {checkpoint} in place: it holds files simexplain did not write "
+                      f"({', '.join(sorted(others)[:3])})", stacklevel=3)
+        return
+    (checkpoint / PARTIAL_MARKER).unlink()
+    checkpoint.rmdir()
+
+
+def gallery_files(images: str | Path | Iterable[str | Path]) -> tuple[Path, list[str]]:
+    """The gallery root (absolute) and its files as absolute paths: all files of a folder
+    (recursively, sorted, hidden ones left out), or the given list (root: their deepest common
+    folder)."""
+    if isinstance(images, (str, Path)):
+        root = Path(os.path.abspath(images))
+        if not root.exists():
+            raise SimexplainError(f"gallery folder not found: {images}")
+        if root.is_file():
+            raise SimexplainError(f"{images} is a file; give a folder of images or a list of "
+                                  "paths")
+        files = sorted(str(p) for p in root.rglob("*")
+                       if p.is_file() and not any(part.startswith(".")
+                                                  for part in p.relative_to(root).parts))
+        if not files:
+            raise SimexplainError(f"gallery folder {images} holds no files")
+        return root, files
+    files = [os.path.abspath(p) for p in images]
+    if not files:
+        raise SimexplainError("the list of gallery images is empty")
+    return common_root(files), files

@@ -1,0 +1,441 @@
+"""The index and its search: gallery embeddings in one FAISS inner-product structure, searched
+with a whole query or a region of it, candidates re-scored exactly."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .. import maps, regions
+from .. import similarity as similarities
+from ..errors import ImageError, SimexplainError
+from ..explainer import side_from
+from ..explanation import PairExplanation, Side
+from ..images import ImageInput
+from ..similarity import Similarity
+from . import compressed
+from .explain_cache import ExplainCache
+from .model import IndexMismatchError, check_model, model_info
+from .storage import Skipped, check_kind, file_sha256, require_faiss
+
+# Extra candidates fetched from FAISS before exact re-scoring (guards near-ties at rank k).
+FETCH_MARGIN = 16
+HNSW_M = 32
+HNSW_EF_SEARCH = 64
+_STORED = (np.float32, np.float16)
+
+
+@dataclass
+class Hit:
+    """One search result. `score` is the ranking score: s_R for a region search, else the
+    model's similarity (for euclidean: a distance, smaller is better). `full_score` is the whole-
+    image similarity of the pair. With `explain=True`, `explanation` decomposes the pair
+    (query = side a, hit = side b), and for a region search `region_map` is the region's map on
+    the hit's feature grid."""
+
+    rank: int
+    index: int
+    path: str
+    score: float
+    full_score: float
+    explanation: PairExplanation | None = field(default=None, repr=False)
+    region_map: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def overall_map(self) -> torch.Tensor | None:
+        """The hit's signed overall map (on its feature grid), when explained."""
+        return None if self.explanation is None else self.explanation.overall_b
+
+    def to_dict(self) -> dict:
+        out = {"rank": self.rank, "index": self.index, "path": self.path, "score": self.score,
+               "full_score": self.full_score}
+        if self.explanation is not None:
+            out["residual"] = self.explanation.residual
+            out["grid"] = list(self.explanation.b.grid)
+            out["input"] = self.explanation.b.to_dict()  # sizes, crop, cells: file pixels
+        return out
+
+
+@dataclass
+class RegionQuery:
+    """A query prepared for searching: `vector` is q_R (or e_a without a region)."""
+
+    vector: torch.Tensor  # (D,) float64
+    embedding: torch.Tensor  # (D,) e_a, the query's own embedding
+    side: Side  # the query as the model saw it (contributions, grid, image)
+    region: Any = None
+    weights: torch.Tensor | None = None  # (P,) cell coverage of the region
+
+    @classmethod
+    def from_side(cls, side: Side, region: maps.Region | None = None,
+                  coords: maps.Coords = "image") -> "RegionQuery":
+        """The search vector of a decomposed query: q_R = sum_p w_p u_p, or e_a. The region
+        is in the query file's pixels (or the model input's, coords="input")."""
+        embedding = side.embedding.detach().double().cpu()
+        if region is None:
+            return cls(vector=embedding, embedding=embedding, side=side)
+        weights = side.region_weights(region, coords)
+        vector = regions.region_vector(weights, side.contributions.detach().cpu())
+        return cls(vector=vector, embedding=embedding, side=side, region=region,
+                   weights=weights)
+
+    @property
+    def is_region(self) -> bool:
+        return self.region is not None
+
+    def map_on(self, other: Side, similarity: Similarity) -> torch.Tensor:
+        """sum_p w_p D[p, :] on another image's grid: the region's map (every position, with
+        weight 1, without a region)."""
+        weights = self.weights if self.is_region else torch.ones(
+            self.side.contributions.shape[0], dtype=torch.float64)
+        return regions.side_map(similarity, weights, self.side, other)
+
+
+class Index:
+    """Gallery embeddings in a FAISS index, searchable by a whole query or a region of it.
+
+    Build with `Index.build(folder_or_paths, explainer, model_name)`, or wrap vectors with
+    `Index.from_vectors`; `save(path)` / `Index.load(path, explainer)`; `search(query, k, region)`.
+    """
+
+    def __init__(self, embeddings: np.ndarray, paths: Sequence[str], info: dict,
+                 kind: str = "flat", hashes: Sequence[str] | None = None,
+                 skipped: Sequence[Skipped] = (), vectors=None, params: dict | None = None,
+                 explainer=None, root: str | Path | None = None,
+                 explain_cache: ExplainCache | None = None):
+        if not (isinstance(embeddings, np.ndarray) and embeddings.dtype in _STORED
+                and embeddings.flags.c_contiguous):
+            embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        # float32 (float16 accepted, e.g. a memory-mapped benchmark gallery): never copied, so
+        # a memory-mapped gallery stays on disk; re-scoring reads only the candidates' rows
+        if embeddings.ndim != 2 or embeddings.shape[0] == 0:
+            raise SimexplainError(f"an index needs (N, D) embeddings with N >= 1, got "
+                                  f"shape {embeddings.shape}")
+        if len(paths) != embeddings.shape[0]:
+            raise SimexplainError(f"{len(paths)} paths for {embeddings.shape[0]} embeddings")
+        check_kind(kind)
+        self.embeddings = embeddings
+        self.paths = [str(p) for p in paths]
+        # the gallery folder the paths lie in (saved paths are relative to it); None: their
+        # deepest common folder, decided when saved
+        self.root = Path(root) if root is not None else None
+        self.hashes = list(hashes) if hashes is not None else [""] * len(self.paths)
+        self.skipped = list(skipped)
+        self.info = dict(info)
+        self.similarity: Similarity = similarities.get(self.info.get("similarity", "cosine"))
+        self.info["similarity"] = self.similarity.name
+        self.info["dim"] = int(embeddings.shape[1])
+        self.kind = kind
+        self.params = dict(params) if params else _default_params(
+            kind, len(self.paths), self.similarity.index_vectors(embeddings[:1]).shape[1])
+        self.vectors = vectors if vectors is not None else self._build_vectors()
+        if explain_cache is not None and (len(explain_cache) != len(self.paths)
+                                          or explain_cache.dim != self.dim):
+            raise SimexplainError(f"an explain cache of {len(explain_cache)} images of "
+                                  f"{explain_cache.dim}-d contributions for {len(self.paths)} "
+                                  f"{self.dim}-d embeddings")
+        # each image's contributions from the build's forward pass (`Index.build(explain=
+        # True)`): explaining a hit then runs no model
+        self.explain_cache = explain_cache
+        self.explainer = None
+        self.resumed_from = 0  # images already done in a checkpoint when a build resumed
+        if explainer is not None:
+            self.attach(explainer)
+
+    # -- properties ----------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return self.info["dim"]
+
+    @property
+    def model_name(self) -> str | None:
+        return self.info.get("model")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __repr__(self) -> str:
+        return (f"Index({len(self)} images, model={self.model_name!r}, "
+                f"similarity={self.similarity}, dim={self.dim}, kind={self.kind})")
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_vectors(cls, embeddings, paths: Sequence[str] | None = None,
+                     similarity: str = "cosine", kind: str = "flat", model: str = "vectors",
+                     params: dict | None = None, **info) -> "Index":
+        """An index over given (N, D) embeddings (no images: for tests and benchmarks). A
+        float32 or float16 array (or np.memmap) is used as it is, without a copy. `params`
+        overrides the kind's defaults (e.g. {"shards": 4} for "ivfpq")."""
+        if isinstance(embeddings, torch.Tensor):
+            embeddings = embeddings.detach().cpu().numpy()
+        array = embeddings if isinstance(embeddings, np.ndarray) else np.asarray(
+            embeddings, dtype=np.float32)
+        if paths is None:
+            paths = [f"#{i}" for i in range(len(array))]
+        return cls(array, paths, {"model": model, "similarity": similarity, **info}, kind=kind,
+                   params=with_defaults(kind, len(array), params, similarity, array))
+
+    @classmethod
+    def build(cls, images: str | Path | Iterable[str | Path], explainer,
+              model_name: str | None = None, batch_size: int = 32, progress: bool = True,
+              out: str | Path | None = None, resume: bool = True, kind: str = "flat",
+              checkpoint_every: int = 8, shards: int = 1, engine: str = "local",
+              ray: dict | None = None, explain: bool = False) -> "Index":
+        """Embed a folder (all files, recursively, sorted) or a list of image files.
+
+        Unreadable files are skipped and listed in `.skipped`. With `out`, progress is
+        checkpointed to the folder `checkpoint_path(out)` every `checkpoint_every` batches (and
+        when the build is interrupted); a rerun with `resume=True` continues from there, and
+        the finished index is saved to `out` (the checkpoint is then removed). `out` must be
+        absent, empty, or an index folder simexplain wrote that holds nothing else.
+        `shards` splits a kind="ivfpq" index into that many FAISS files searched as one.
+
+        engine="ray" embeds with a Ray Data pipeline of model actors (`ray_engine`; the
+        `scale` extra): `ray` takes workers (default 2), address (a cluster; default
+        RAY_ADDRESS, else a private local instance) and gpus (per worker). `explainer` may
+        then also be a picklable zero-argument factory, so each worker loads its own model.
+        The result, checkpoints and index folder are those of the default engine="local".
+
+        explain=True also keeps each image's per-position contributions, taken from the same
+        forward pass as its embedding (about the cost of embedding alone; P x D x 4 bytes an
+        image on disk and in memory): `explain_hits` (search with explain=True) then explains
+        hits without running the model (`explain_cache`).
+        """
+        from .build import build_index
+        return build_index(cls, images, explainer, model_name, batch_size, progress, out,
+                           resume, kind, checkpoint_every, shards, engine, ray, explain)
+
+    def _build_vectors(self):
+        faiss = require_faiss()
+        if self.kind == "ivfpq":
+            return compressed.build(self._index_rows, len(self), self._index_dim(), self.params)
+        data = self.similarity.index_vectors(self.embeddings)
+        n, d = data.shape
+        if self.kind == "flat":
+            structure = faiss.IndexFlatIP(d)
+        elif self.kind == "ivf":
+            nlist = int(self.params["nlist"])
+            quantizer = faiss.IndexFlatIP(d)
+            structure = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            rng = np.random.default_rng(0)
+            sample = data if n <= 64 * nlist else data[rng.choice(n, 64 * nlist, replace=False)]
+            structure.train(np.ascontiguousarray(sample))
+            structure.nprobe = int(self.params["nprobe"])
+        else:
+            structure = faiss.IndexHNSWFlat(d, int(self.params["M"]), faiss.METRIC_INNER_PRODUCT)
+            structure.hnsw.efSearch = int(self.params["ef_search"])
+        for start in range(0, n, 65536):
+            structure.add(np.ascontiguousarray(data[start:start + 65536]))
+        return structure
+
+    def _index_rows(self, start: int, stop: int) -> np.ndarray:
+        return self.similarity.index_vectors(np.asarray(self.embeddings[start:stop], np.float32))
+
+    def _index_dim(self) -> int:
+        return int(self._index_rows(0, 1).shape[1])
+
+    # -- the query model -----------------------------------------------------------------------
+    def attach(self, explainer) -> "Index":
+        """Use `explainer` for queries after checking it is the index's model."""
+        check_model(self.info, model_info(explainer, getattr(explainer, "model_name", None)),
+                    where=self.info.get("source", "the index"))
+        self.explainer = explainer
+        return self
+
+    def _require_explainer(self):
+        if self.explainer is None:
+            raise SimexplainError(
+                "this index has no query model: pass explainer= to Index.load or call "
+                "index.attach(explainer)")
+        return self.explainer
+
+    # -- search --------------------------------------------------------------------------------
+    def region_vector(self, query, region: maps.Region | None = None,
+                      coords: maps.Coords = "image") -> RegionQuery:
+        """The query's search vector: q_R = sum_p w_p u_p for a region, else e_a."""
+        explainer = self._require_explainer()
+        side = explainer.side(query, "a")
+        return RegionQuery.from_side(side, region, coords)
+
+    def search(self, query, k: int = 10, region: maps.Region | None = None,
+               explain: bool = False, batch_size: int = 16,
+               coords: maps.Coords = "image") -> list[Hit]:
+        """Rank the gallery for a query image (path, PIL image or (1, C, H, W) tensor), or for
+        a prepared `RegionQuery` (from `region_vector` or `RegionQuery.from_side`).
+
+        region: a box (top, left, bottom, right) or a mask in the query file's pixels (in the
+        model input's with coords="input"); hits are then ranked by the region's partial
+        similarity s_R. explain: decompose the
+        top k pairs too (`Hit.explanation`, `Hit.overall_map`, `Hit.region_map`).
+        """
+        if isinstance(query, RegionQuery):
+            if region is not None:
+                raise SimexplainError("a prepared RegionQuery already holds its region")
+            prepared = query
+        else:
+            prepared = self.region_vector(query, region, coords)
+        hits = self.search_vector(prepared.vector, k,
+                                  prepared.embedding if prepared.is_region else None)
+        if explain:
+            self.explain_hits(prepared, hits, batch_size=batch_size)
+        return hits
+
+    def search_vector(self, vector, k: int = 10, query_embedding=None) -> list[Hit]:
+        """Search one vector. Alone, `vector` is a whole query's embedding e_a (ordinary
+        similarity search); with `query_embedding` (e_a), it is a region vector q_R and hits
+        are ranked by the partial similarity s_R."""
+        if k < 1:
+            raise SimexplainError(f"k must be >= 1, got {k}")
+        v = _vector(vector)
+        if v.shape[0] != self.dim:
+            raise IndexMismatchError(f"query vector has {v.shape[0]} values, the index holds "
+                                     f"{self.dim}-d embeddings (model {self.model_name!r})")
+        if not np.isfinite(v).all():
+            raise SimexplainError("query vector contains NaN or infinite values")
+        e = None if query_embedding is None else _vector(query_embedding)
+        if e is not None and e.shape != v.shape:
+            raise SimexplainError(f"query_embedding has {e.shape[0]} values, expected {self.dim}")
+        k = min(k, len(self))
+        candidates = self._candidates(v, e is not None, min(len(self), k + FETCH_MARGIN))
+        scores = similarities.scores(v, self.embeddings[candidates], self.similarity, e)
+        order = self.similarity.best_first(scores)[:k]
+        chosen = candidates[order]
+        if e is None:
+            full = scores[order]
+        else:
+            full = similarities.scores(e, self.embeddings[chosen], self.similarity)
+        return [Hit(rank=r + 1, index=int(i), path=self.paths[int(i)], score=float(s),
+                    full_score=float(f))
+                for r, (i, s, f) in enumerate(zip(chosen, scores[order], full))]
+
+    def _candidates(self, v: np.ndarray, is_region: bool, fetch: int) -> np.ndarray:
+        """Gallery rows of the best `fetch` inner products in the FAISS index (sorted by row)."""
+        query = np.ascontiguousarray(self.similarity.index_query(v, is_region)[None, :],
+                                     dtype=np.float32)
+        if self.kind == "ivf":
+            self.vectors.nprobe = int(self.params["nprobe"])
+        elif self.kind == "ivfpq":
+            self.vectors.set_nprobe(int(self.params["nprobe"]))
+            fetch = min(len(self), max(fetch, int(self.params["candidates"])))
+        elif self.kind == "hnsw":
+            self.vectors.hnsw.efSearch = max(int(self.params["ef_search"]), fetch)
+        _, rows = self.vectors.search(query, fetch)
+        rows = rows[0]
+        rows = rows[rows >= 0]
+        if rows.size == 0:
+            raise SimexplainError("the index returned no candidates")
+        return np.unique(rows)  # sorted: exact ties then keep gallery order
+
+    def explain_hits(self, prepared: RegionQuery, hits: list[Hit], batch_size: int = 16) -> None:
+        """Attach the pair decomposition (and the region map) to each hit, in place. With an
+        explain cache, a hit's side comes from it (no model forward) unless its file changed
+        since indexing or now gives another input size: those are computed again."""
+        explainer = self._require_explainer()
+        sides: dict[int, Side] = {}
+        try:
+            for i, hit in enumerate(hits):
+                if not self._warn_if_changed(hit) and self.explain_cache is not None:
+                    side = self._side_from_cache(hit.index)
+                    if side is not None:
+                        sides[i] = side
+            missing = [i for i in range(len(hits)) if i not in sides]
+            if missing:
+                computed = explainer.sides([hits[i].path for i in missing], "b", batch_size)
+                sides.update(zip(missing, computed))
+        except ImageError as exc:
+            raise SimexplainError(f"cannot explain the hits: {exc}") from None
+        for hit, side_b in zip(hits, (sides[i] for i in range(len(hits)))):
+            hit.explanation = PairExplanation.from_sides(prepared.side, side_b,
+                                                         explainer.similarity)
+            if prepared.is_region:
+                hit.region_map = prepared.map_on(side_b, explainer.similarity)
+
+    def cached_side(self, row: int, image: ImageInput | None = None) -> Side | None:
+        """Gallery row `row` as a decomposed Side (side b) from the explain cache: the file
+        (or `image`, its pixels already loaded) is prepared for the model (no forward pass).
+        None when the index has no cache, the file changed since indexing (sha256) or its
+        model input now has another size: then compute it (`explainer.side(path, "b")`)."""
+        if self.explain_cache is None or self._changed(row):
+            return None
+        return self._side_from_cache(row, image)
+
+    def _side_from_cache(self, row: int, image: ImageInput | None = None) -> Side | None:
+        explainer = self._require_explainer()
+        cached = self.explain_cache.image(row)
+        prepared = explainer.prepare(self.paths[row] if image is None else image, "b")
+        if tuple(prepared.tensor.shape[2:]) != cached.input_size:
+            return None  # another input size is another grid: the cache does not apply
+        device = explainer.stream("b").device
+        projected = None if cached.projected is None else \
+            torch.from_numpy(cached.projected).to(device)
+        return side_from(prepared, cached.grid, torch.from_numpy(cached.positions).to(device),
+                         torch.from_numpy(np.array(self.embeddings[row], np.float32)).to(device),
+                         projected)
+
+    def _changed(self, row: int) -> bool:
+        """The gallery file differs from the one indexed (sha256; a missing file: False, the
+        error comes when it is read)."""
+        expected = self.hashes[row] if row < len(self.hashes) else ""
+        path = self.paths[row]
+        return bool(expected) and Path(path).is_file() and file_sha256(path) != expected
+
+    def _warn_if_changed(self, hit: Hit) -> bool:
+        changed = self._changed(hit.index)
+        if changed:
+            warnings.warn(f"{hit.path} changed since it was indexed; its explanation uses the "
+                          "current file", stacklevel=3)
+        return changed
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the index folder atomically: a temporary folder next to `path`, renamed into
+        place. `path` must be absent, empty, or an index folder of ours holding nothing else
+        (else SimexplainError); an existing index is replaced once the new one is complete."""
+        from .storage import save_index
+        return save_index(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path, explainer=None, verify: bool = True) -> "Index":
+        """Open an index folder, verifying its marker, its manifest (checksum and schema) and
+        the size and sha256 of each stored file (IndexFormatError "index damaged: ..."); with
+        `explainer`, also check that it is the index's model."""
+        from .storage import load_index
+        return load_index(cls, path, explainer, verify)
+
+
+def _vector(value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().double().numpy()
+    return np.asarray(value, dtype=np.float64).reshape(-1)
+
+
+def with_defaults(kind: str, count: int, params: dict | None, similarity: str,
+                  embeddings: np.ndarray) -> dict | None:
+    """`params` completed with the kind's defaults (None: all defaults)."""
+    if not params:
+        return None
+    dim = similarities.get(similarity).index_vectors(
+        np.asarray(embeddings[:1], np.float32)).shape[1]
+    defaults = _default_params(kind, count, dim, int(params.get("shards", 1)))
+    unknown = set(params) - set(defaults)
+    if unknown:
+        raise SimexplainError(f"unknown parameters {sorted(unknown)} for index kind {kind!r} "
+                              f"(it takes {sorted(defaults) or 'none'})")
+    return {**defaults, **{key: int(value) for key, value in params.items()}}
+
+
+def _default_params(kind: str, count: int, dim: int = 1, shards: int = 1) -> dict:
+    if kind == "ivfpq":
+        return compressed.default_params(count, dim, shards)
+    if kind == "ivf":
+        nlist = max(1, min(int(round(math.sqrt(count))), count // 39))
+        return {"nlist": nlist, "nprobe": max(1, min(nlist, int(math.ceil(nlist / 16))))}
+    if kind == "hnsw":
+        return {"M": HNSW_M, "ef_search": HNSW_EF_SEARCH}
+    return {}

@@ -1,0 +1,346 @@
+"""An index on disk: a folder holding exactly the marker file `simexplain-index`,
+manifest.json (see `manifest`), embeddings.npy and vectors.faiss (or, for an index split into
+shards, vectors-00000.faiss, vectors-00001.faiss, ...), and, for an index built with --explain,
+the files of its explain cache (`explain_cache`).
+
+Saving never deletes what simexplain did not write: the target must be absent, an empty
+folder, or a complete index folder of ours holding nothing else; anything else is refused.
+The new index is written into a temporary folder (a name no user picks, created exclusively)
+next to the target and renamed into place; a replaced index is moved aside first and its own
+files removed. `load_index` verifies the marker, the manifest (checksum and schema), the size
+and sha256 of each stored file, and refuses any mismatch (IndexFormatError).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import similarity as similarities
+from ..errors import SimexplainError
+from .manifest import (CONTRIBUTIONS, EMBEDDINGS, FORMAT_NAME, FORMAT_VERSION, KINDS, MANIFEST,
+                       PROJECTED, SHAPES, VECTORS, IndexFormatError, damaged, parse,
+                       relative_paths, seal, stored_files, vector_files)
+
+MARKER = "simexplain-index"  # present in every index folder simexplain writes
+OWN_FILES = (MARKER, MANIFEST, EMBEDDINGS, VECTORS, CONTRIBUTIONS, SHAPES, PROJECTED)
+SHARD_FILE = re.compile(r"^vectors-\d{5}\.faiss$")  # one FAISS file per shard
+_LEGACY_FILES = {MANIFEST, EMBEDDINGS, VECTORS}  # format 1 had no marker
+
+
+def _own_file(name: str) -> bool:
+    return name in OWN_FILES or bool(SHARD_FILE.match(name))
+
+
+@dataclass
+class Skipped:
+    """A gallery file that could not be indexed, and why."""
+
+    path: str
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "reason": self.reason}
+
+
+def check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise SimexplainError(f"unknown index kind {kind!r}; choose one of {', '.join(KINDS)}")
+    return kind
+
+
+def require_faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise SimexplainError("retrieval needs FAISS: pip install faiss-cpu "
+                              "(or the 'retrieval' extra of simexplain)") from None
+    return faiss
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def marker_text() -> str:
+    return json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION}) + "\n"
+
+
+def check_replaceable(path: str | Path) -> None:
+    """Refuse (SimexplainError, one line) unless `path` is absent, an empty folder, or a
+    complete index folder of ours that holds nothing else."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_dir():
+        raise SimexplainError(f"{path} exists and is not an index folder; refusing to replace "
+                              "it (choose another --out)")
+    entries = set(os.listdir(path))
+    if not entries:
+        return
+    marker = path / MARKER
+    ours = marker.is_file() and not marker.is_symlink() and _read(marker) == marker_text()
+    legacy = entries == _LEGACY_FILES and _legacy_manifest(path / MANIFEST)
+    if not (ours or legacy):
+        raise SimexplainError(f"{path} is not an index folder written by simexplain; refusing "
+                              "to replace it (choose another --out, or move it away yourself)")
+    extra = sorted(name for name in entries if not _own_file(name))
+    if extra:
+        raise SimexplainError(f"{path} holds files simexplain did not write "
+                              f"({', '.join(extra[:3])}); refusing to replace it")
+    for name in entries:
+        if (path / name).is_symlink() or not (path / name).is_file():
+            raise SimexplainError(f"{path / name} is not a file simexplain wrote; refusing to "
+                                  "replace the folder")
+
+
+def save_index(index, path: str | Path) -> Path:
+    """Write the index folder atomically (see the module's docstring)."""
+    faiss = require_faiss()
+    path = Path(path)
+    check_replaceable(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = Path(index.root) if index.root is not None else common_root(index.paths)
+    manifest = _manifest(index, root, path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.simexplain-tmp-"))
+    try:
+        _save_array(index.embeddings, tmp / EMBEDDINGS)
+        names = vector_files(index.params)
+        structures = index.vectors.shards if len(names) > 1 or index.kind == "ivfpq" else [
+            index.vectors]
+        for name, structure in zip(names, structures, strict=True):
+            faiss.write_index(structure, str(tmp / name))
+        if index.explain_cache is not None:
+            manifest["explain"] = index.explain_cache.manifest_entry()
+            for name, array in index.explain_cache.arrays().items():
+                _save_array(array, tmp / name, array.dtype)
+        manifest["files"] = {name: {"bytes": (tmp / name).stat().st_size,
+                                    "sha256": file_sha256(tmp / name)}
+                             for name in stored_files(manifest)}
+        _write(tmp / MANIFEST, json.dumps(seal(manifest), indent=1))
+        _write(tmp / MARKER, marker_text())
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # made by mkdtemp above: all ours
+        raise
+    index.root = root
+    index.info["source"] = str(path)
+    return path
+
+
+def _save_array(array: np.ndarray, file: Path, dtype=np.float32, chunk: int = 1 << 16) -> None:
+    """Write .npy rows (float32 by default) chunk by chunk: a memory-mapped or float16 gallery
+    is never copied into memory whole."""
+    out = np.lib.format.open_memmap(file, mode="w+", dtype=dtype, shape=array.shape)
+    for start in range(0, array.shape[0], chunk):
+        out[start:start + chunk] = array[start:start + chunk]
+    out.flush()
+    del out
+    with open(file, "rb+") as handle:
+        _fsync(handle)
+
+
+def _manifest(index, root: Path, path: Path) -> dict:
+    from_index = os.path.relpath(root, path.parent.resolve() / path.name)
+    return {
+        "format": FORMAT_NAME, "version": FORMAT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model": index.info.get("model"), "layer": index.info.get("layer"),
+        "layer_b": index.info.get("layer_b"), "similarity": index.similarity.name,
+        "dim": index.dim, "input_size": index.info.get("input_size"),
+        "weights_sha256": index.info.get("weights_sha256"),
+        "kind": index.kind, "params": index.params, "count": len(index),
+        "gallery_root": str(root),
+        "gallery_root_from_index": Path(from_index).as_posix() if from_index != "." else None,
+        "paths": relative_paths(index.paths, root), "sha256": index.hashes,
+        "skipped": [s.to_dict() for s in index.skipped],
+    }
+
+
+def common_root(paths) -> Path:
+    """The deepest folder holding every path (absolute)."""
+    folders = [os.path.dirname(os.path.abspath(p)) for p in paths]
+    return Path(os.path.commonpath(folders))
+
+
+def load_index(cls, path: str | Path, explainer=None, verify: bool = True):
+    """Open an index folder as a `cls` (Index), verifying everything (see the docstring);
+    with `explainer`, also check that it is the index's model."""
+    faiss = require_faiss()
+    path = Path(path)
+    manifest = read_manifest(path)
+    names = vector_files(manifest["params"])
+    for name in stored_files(manifest):
+        _verify_file(path / name, manifest["files"][name], verify)
+    compressed = manifest["kind"] == "ivfpq"
+    try:
+        # the compressed kind is for galleries larger than memory: its floats stay on disk
+        embeddings = np.load(path / EMBEDDINGS, allow_pickle=False,
+                             mmap_mode="r" if compressed else None)
+    except (ValueError, OSError, EOFError) as exc:
+        raise damaged(path / EMBEDDINGS, f"cannot read the embeddings ({exc})") from None
+    count, dim = manifest["count"], manifest["dim"]
+    if embeddings.dtype != np.float32 or embeddings.shape != (count, dim):
+        raise damaged(path / EMBEDDINGS, f"expected float32 embeddings of shape ({count}, {dim}),"
+                                         f" found {embeddings.dtype} {embeddings.shape}")
+    if not all(np.isfinite(embeddings[i:i + 65536]).all() for i in range(0, count, 65536)):
+        raise damaged(path / EMBEDDINGS, "contains NaN or infinite values")
+    structures = []
+    for name in names:
+        try:
+            structures.append(faiss.read_index(str(path / name)))
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+            raise damaged(path / name, f"cannot read the FAISS index ({first})") from None
+    similarity = similarities.get(manifest["similarity"])
+    expected_d = similarity.index_vectors(np.zeros((1, dim), np.float32)).shape[1]
+    if compressed:
+        from .compressed import padded_dim
+        expected_d = padded_dim(expected_d)
+    if any(s.d != expected_d for s in structures) or sum(s.ntotal for s in structures) != count:
+        where = path / names[0] if len(names) == 1 else path
+        raise damaged(where, f"holds {sum(s.ntotal for s in structures)} vectors of dimension "
+                             f"{structures[0].d}, the manifest says {count} of dimension "
+                             f"{expected_d}")
+    if compressed:
+        from .compressed import ShardedVectors
+        if any(not hasattr(s, "nprobe") for s in structures):
+            raise damaged(path, "a shard is not an inverted-list FAISS index")
+        vectors = ShardedVectors(structures)
+    else:
+        vectors = structures[0]
+    root = gallery_root(manifest, path)
+    info = {key: manifest[key] for key in
+            ("model", "layer", "layer_b", "similarity", "input_size", "weights_sha256")}
+    info["source"] = str(path)
+    cache = None
+    if "explain" in manifest:
+        from .explain_cache import ExplainCache
+        cache = ExplainCache.load(path, manifest["explain"], count, dim)
+    index = cls(embeddings, [str(root.joinpath(p)) for p in manifest["paths"]], info,
+                kind=manifest["kind"], hashes=manifest["sha256"], vectors=vectors,
+                params=manifest["params"], root=root,
+                skipped=[Skipped(s["path"], s["reason"]) for s in manifest["skipped"]],
+                explain_cache=cache)
+    if explainer is not None:
+        index.attach(explainer)
+    return index
+
+
+def gallery_root(manifest: dict, path: Path) -> Path:
+    """The recorded absolute gallery root, or, when it is gone and the gallery moved along
+    with the index, the root relative to the index folder."""
+    root = Path(manifest["gallery_root"])
+    if not root.is_dir() and manifest["gallery_root_from_index"] is not None:
+        moved = Path(os.path.normpath(path.resolve() / manifest["gallery_root_from_index"]))
+        if moved.is_dir():
+            return moved
+    return root
+
+
+def read_manifest(path: str | Path) -> dict:
+    """The verified manifest of an index folder (IndexFormatError otherwise)."""
+    path = Path(path)
+    if not path.exists():
+        raise IndexFormatError(f"index not found: {path}")
+    if not path.is_dir():
+        raise IndexFormatError(f"{path} is not an index folder (expected a folder with "
+                               f"{MANIFEST}, {EMBEDDINGS} and {VECTORS})")
+    file = path / MANIFEST
+    if not file.is_file():
+        raise IndexFormatError(f"{file} is missing: {path} is not a complete simexplain index")
+    try:
+        text = file.read_bytes()
+    except OSError as exc:
+        raise IndexFormatError(f"{file}: cannot read it ({exc.strerror})") from None
+    manifest = parse(text, file)  # first: a foreign or older manifest is named as such
+    if not (path / MARKER).is_file():
+        raise damaged(path, f"the marker file {MARKER} is missing")
+    return manifest
+
+
+def _verify_file(file: Path, expected: dict, verify: bool) -> None:
+    if not file.is_file():
+        raise IndexFormatError(f"{file} is missing: the index is incomplete; rebuild it")
+    size = file.stat().st_size
+    if size != expected["bytes"]:
+        raise damaged(file, f"{size} bytes, the manifest says {expected['bytes']} (truncated "
+                            "or replaced)")
+    if verify and file_sha256(file) != expected["sha256"]:
+        raise damaged(file, "corrupted (its sha256 does not match the manifest)")
+
+
+def _legacy_manifest(file: Path) -> bool:
+    """A format-1 manifest (written before index folders carried a marker)."""
+    try:
+        manifest = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return (isinstance(manifest, dict) and manifest.get("format") == FORMAT_NAME
+            and manifest.get("version") == 1)
+
+
+def _replace_dir(tmp: Path, path: Path) -> None:
+    """Move the finished folder `tmp` to `path` (absent, empty, or an index of ours)."""
+    if path.is_dir() and not os.listdir(path):
+        os.rmdir(path)
+    if not path.exists():
+        os.rename(tmp, path)
+        return
+    # rename() onto the empty folder mkdtemp made for us: exclusive, and ours
+    old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.simexplain-old-"))
+    os.rename(path, old)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        os.rename(old, path)
+        raise
+    _remove_own(old, [name for name in os.listdir(old) if _own_file(name)])
+
+
+def _remove_own(folder: Path, names) -> None:
+    """Remove the named files simexplain wrote in `folder`, then the folder if it is empty:
+    never anything else."""
+    for name in names:
+        try:
+            (folder / name).unlink()
+        except FileNotFoundError:
+            pass
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _write(file: Path, text: str) -> None:
+    with open(file, "w") as handle:
+        handle.write(text)
+        _fsync(handle)
+
+
+def _read(file: Path) -> str | None:
+    try:
+        return file.read_text()[:200]
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _fsync(handle) -> None:
+    handle.flush()
+    try:
+        os.fsync(handle.fileno())
+    except OSError:
+        pass

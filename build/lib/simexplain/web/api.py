@@ -1,0 +1,357 @@
+"""The JSON API (FastAPI): routes, error handling, and the engine's results shaped as JSON.
+
+Every error answers `{"error": "..."}` with a fitting status: 400 (bad input: malformed JSON,
+points outside the image, empty boxes, undecodable images), 404 (unknown ids or models),
+413 (upload or image too large), 422 (missing fields, wrong types). Schemas live in
+`simexplain.web.schemas`, middleware in `simexplain.web.middleware`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Literal, Optional, Sequence
+
+import numpy as np
+import torch
+from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import SimexplainError
+from ..explanation import DEFAULT_POINT_MAP, point_map_label
+from ..maps import Frame
+from ..methods import method_class
+from .engine import METHODS, Engine, Explained, GridMap, Prepared, SearchResult
+from .errors import megabytes, status_of
+from .hosts import LOCAL_HOSTS
+from .middleware import BodyLimit, HostCheck, ServerTiming
+from .schemas import (ERRORS, ErrorBody, ExplainRequest, ExplainResponse, Health,
+                      IdenticalRequest, IdenticalResponse, ImageInfo, ImageList, MapResponse,
+                      ModelsResponse, PatternsRequest, PatternsResponse, PointRequest,
+                      RegionRequest, RegionResponse, SearchPointRequest, SearchPointResponse,
+                      SearchRequest, SearchResponse)
+from .store import ImageRecord, clean_name
+
+STATIC = Path(__file__).parent / "static"
+JSON_BODY_LIMIT = 1024 * 1024
+log = logging.getLogger("simexplain.web")
+
+
+# -- results as JSON ---------------------------------------------------------------------------
+def grid_list(values: torch.Tensor) -> list[list[float]]:
+    """A (H, W) map as nested lists of floats, 6 significant digits (small JSON)."""
+    array = np.asarray(values.detach().double().cpu().numpy(), dtype=np.float64)
+    return [[float(f"{v:.6g}") for v in row] for row in array.tolist()]
+
+
+def peak(grid_map: torch.Tensor, frame: Frame) -> dict:
+    """The maximum of a map (also the maximum of its bilinear upsampling, which lies at a cell
+    centre), in pixels of the photo the map is drawn on."""
+    grid_map = grid_map.double()
+    r, c = divmod(int(torch.argmax(grid_map.flatten())), grid_map.shape[1])
+    row, col = frame.peak(grid_map)
+    return {"row": row, "col": col, "cell": [r, c], "value": float(grid_map[r, c])}
+
+
+TOP_MATCHES = 3  # the matches ringed (numbered) on a point or region map
+
+
+def top_cells(grid_map: torch.Tensor, frame: Frame, k: int = TOP_MATCHES) -> list[dict]:
+    """The k largest cells of a map, largest first, at their centres in the photo's pixels."""
+    values = grid_map.double().flatten()
+    centres = frame.cell_centres(tuple(grid_map.shape))
+    order = torch.argsort(values, descending=True)[:k].tolist()
+    cols = grid_map.shape[1]
+    return [{"row": float(centres[i][0]), "col": float(centres[i][1]),
+             "cell": list(divmod(i, cols)), "value": float(values[i])} for i in order]
+
+
+def query_cell(frame: Frame, grid: Sequence[int], point: Sequence[float]) -> list[float]:
+    """[top, left, bottom, right] in pixels of the grid cell under a pointed pixel."""
+    top, left, bottom, right = frame.box
+    rows, cols = int(grid[0]), int(grid[1])
+    r = min(max(int((point[0] - top) * rows / (bottom - top)), 0), rows - 1)
+    c = min(max(int((point[1] - left) * cols / (right - left)), 0), cols - 1)
+    return [float(v) for v in frame.cell_boxes((rows, cols))[r * cols + c]]
+
+
+def map_json(result: GridMap, top: bool = False) -> dict:
+    """A point or region map; with its kind and label, or the explicit "no map" answer; `top`:
+    with its few strongest cells (the pair view rings them; gallery thumbnails ring only the
+    maximum, so a pointer move over many results skips them)."""
+    out = {"side": result.side}
+    if result.kind is not None:
+        out.update(kind=result.kind, label=point_map_label(result.kind),
+                   no_map=result.no_map is not None)
+    if result.no_map is not None:
+        return {**out, "grid": None, "map": None, "argmax": None, "top": None,
+                "message": result.no_map}
+    return {**out, "grid": list(result.values.shape), "map": grid_list(result.values),
+            "argmax": peak(result.values, result.frame),
+            "top": top_cells(result.values, result.frame) if top else None}
+
+
+def image_json(record: ImageRecord) -> dict:
+    width, height = record.size or (None, None)
+    return {"id": record.id, "name": record.name, "source": record.source, "width": width,
+            "height": height, "url": f"/api/images/{record.id}"}
+
+
+def prepared_json(prepared: Prepared) -> dict:
+    return {"id": prepared.image_id, "shown_id": prepared.shown_id,
+            "url": f"/api/images/{prepared.shown_id}", "grid": list(prepared.side.grid),
+            "image_size": list(prepared.side.image_size), **_placement(prepared.side.frame)}
+
+
+def _placement(frame: Frame) -> dict:
+    """Where the model's input lies in the photo: the crop box and the input size."""
+    return {"crop": [int(v) for v in frame.box], "input_size": list(frame.input_size)}
+
+
+def explain_json(result: Explained, input_side: int | None) -> dict:
+    record, pair = result.record, result.record.pair
+    sides = {}
+    for name, prepared, grid_map in (("a", record.a, result.map_a),
+                                     ("b", record.b, result.map_b)):
+        sides[name] = {**prepared_json(prepared), "overall": grid_list(grid_map),
+                       "overall_peak": peak(grid_map, prepared.side.frame)}
+    return {"explanation_id": record.id, "model": record.model, "method": result.method,
+            "size": record.size or input_side, "similarity": pair.similarity.name,
+            "score": pair.score, "residual": pair.residual,
+            "signed": method_class(result.method).signed,
+            "point_maps": method_class(result.method).point_maps, **sides}
+
+
+def search_json(result: SearchResult) -> dict:
+    record = result.record
+    hits = [{"rank": hit.rank, "id": hit.result.image_id, "index": hit.index,
+             "name": hit.name, "score": hit.score, "url": f"/api/images/{hit.result.shown_id}",
+             "grid": list(hit.map.values.shape), "map": grid_list(hit.map.values),
+             "argmax": peak(hit.map.values, hit.map.frame),
+             "image_size": list(hit.result.side.image_size),
+             **_placement(hit.result.side.frame)} for hit in result.hits]
+    return {"search_id": record.id, "model": record.model, "similarity": result.similarity,
+            "query": prepared_json(record.query), "box": record.box, "hits": hits}
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def build_app(engine: Engine, title: str = "simexplain",
+              allowed_hosts: Sequence[str] = LOCAL_HOSTS) -> FastAPI:
+    """The FastAPI application over `engine`, answering only to `allowed_hosts` (Host header
+    names; "*" for any)."""
+    app = FastAPI(
+        title=title, version="0.1", docs_url=None, redoc_url=None,  # /docs: served below
+        description="Explain why a metric-learning model finds two images similar "
+                    "(activation decomposition, Zhu et al. TIP 2021): overall, point-specific "
+                    "and region maps of image pairs, and region search in a gallery. Maps are "
+                    "small float grids over the models' feature grids; the page at / renders "
+                    "them.")
+    app.state.engine = engine
+
+    app.add_middleware(ServerTiming)
+    app.add_middleware(BodyLimit, json_limit=JSON_BODY_LIMIT,
+                       upload_limit=engine.max_upload_bytes)
+    app.add_middleware(HostCheck, allowed=list(allowed_hosts))  # outermost: checked first
+
+    # -- errors --------------------------------------------------------------------------------
+    @app.exception_handler(SimexplainError)
+    async def _simexplain_error(_request: Request, exc: SimexplainError):
+        return JSONResponse({"error": str(exc), **getattr(exc, "fields", {})},
+                            status_code=status_of(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException):
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = "no such endpoint"
+        elif exc.status_code == 400 and message == "There was an error parsing the body":
+            message = "malformed request body: not valid JSON (UTF-8) or form data"
+        return JSONResponse({"error": message}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError):
+        problems = exc.errors()
+        if any(p.get("type") == "json_invalid" for p in problems):
+            detail = next(p for p in problems if p.get("type") == "json_invalid")
+            reason = (detail.get("ctx") or {}).get("error", "invalid JSON")
+            return error(400, f"malformed JSON body: {reason}")
+        parts = []
+        for p in problems[:5]:
+            where = ".".join(str(x) for x in p.get("loc", ()) if x != "body") or "body"
+            parts.append(f"{where}: {p.get('msg', 'invalid')}")
+        return JSONResponse(
+            {"error": "invalid request: " + "; ".join(parts),
+             "detail": [{"loc": [str(x) for x in p.get("loc", ())], "msg": str(p.get("msg")),
+                         "type": str(p.get("type"))} for p in problems[:20]]},
+            status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception):
+        log.exception("unexpected error", exc_info=exc)
+        return error(500, f"internal error ({type(exc).__name__})")
+
+    # -- service -------------------------------------------------------------------------------
+    @app.get("/healthz", response_model=Health, tags=["service"],
+             summary="200 when the model (and the index, if any) are loaded")
+    def healthz():
+        info = engine.index_info()
+        return {"status": "ok", "model": engine.default_model,
+                "index_size": info["size"] if info else None}
+
+    @app.get("/api/models", response_model=ModelsResponse, tags=["service"],
+             summary="models, methods and the index this server offers")
+    def models():
+        return {"default": engine.default_model, "models": engine.model_infos(),
+                "methods": list(METHODS), "index": engine.index_info(),
+                "max_input_side": engine.max_input_side,
+                "upload_limit_bytes": engine.max_upload_bytes, "pixel_limit": engine.max_pixels}
+
+    # -- images --------------------------------------------------------------------------------
+    @app.get("/api/images", response_model=ImageList, tags=["images"],
+             summary="list the gallery images (with an index) or the sample images")
+    def list_images(source: Literal["gallery", "samples"] = "samples",
+                    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+                    limit: Annotated[int, Query(ge=1, le=1000)] = 200):
+        items, total = engine.images.listing(source, offset, limit)
+        return {"images": [image_json(r) for r in items], "total": total, "offset": offset,
+                "limit": limit}
+
+    @app.post("/api/images", response_model=ImageInfo, status_code=201, tags=["images"],
+              summary="upload an image; returns its id",
+              responses={**ERRORS, 413: {"model": ErrorBody, "description": "too large"}})
+    async def upload(file: UploadFile = File(description="the image file (PNG, JPEG, ...); at "
+                                              "most 10 MB and 40 megapixels by default")):
+        name = clean_name(file.filename or "upload")
+        data = await file.read(engine.max_upload_bytes + 1)
+        if len(data) > engine.max_upload_bytes:
+            return JSONResponse({"error": f"{name}: the file is larger than the upload limit "
+                                          f"of {megabytes(engine.max_upload_bytes)}",
+                                 "file": name}, status_code=413)
+        from starlette.concurrency import run_in_threadpool
+        try:
+            record = await run_in_threadpool(engine.images.add_upload, data, name)
+        except SimexplainError as exc:  # errors name the file, for the page to show
+            return JSONResponse({"error": f"{name}: {exc}", "file": name},
+                                status_code=status_of(exc))
+        return image_json(record)
+
+    @app.get("/api/images/{image_id}", tags=["images"],
+             summary="the image with this id (re-encoded as PNG or JPEG)",
+             responses={200: {"content": {"image/jpeg": {}, "image/png": {}}},
+                        404: {"model": ErrorBody}},
+             response_class=Response)
+    def get_image(image_id: str,
+                  max_side: Annotated[Optional[int], Query(ge=16, le=4096)] = None):
+        data, mime = engine.images.encoded(image_id, max_side)
+        return Response(data, media_type=mime, headers={"Cache-Control": "max-age=3600"})
+
+    # -- pairs ---------------------------------------------------------------------------------
+    @app.post("/api/explain", response_model=ExplainResponse, tags=["pairs"],
+              summary="explain the similarity of two images", responses=ERRORS)
+    def explain(request: ExplainRequest):
+        """Computes (or takes from the cache) both images' per-position contributions and
+        returns the score, the residual and both overall maps of `method`. The
+        `explanation_id` keys the cached decomposition for point and region maps."""
+        model = request.model or engine.default_model
+        return explain_json(engine.explain(request.a, request.b, request.method, model,
+                                           request.size), engine.input_side(model))
+
+    @app.post("/api/identical", response_model=IdenticalResponse, tags=["pairs"],
+              summary="which methods give the same maps on this pair (for this model's head)",
+              responses=ERRORS)
+    def identical(request: IdenticalRequest):
+        """Computes every method's maps for the cached pair (occlusion only once computed)
+        and compares them: e.g. Grad-CAM equals RGrad-CAM under a global-average-pooling
+        head, and Grad-CAM is the positive part of the relative map there."""
+        relations, compared = engine.identical(request.explanation_id)
+        return {"explanation_id": request.explanation_id, "compared": compared,
+                "methods": relations}
+
+    @app.post("/api/point", response_model=MapResponse, tags=["pairs"],
+              summary="point-specific map: a pixel of one image -> a map over the other",
+              responses=ERRORS)
+    def point(request: PointRequest):
+        """One small product (bilinear point weights times the cached decomposition)."""
+        result = engine.point(request.explanation_id, request.side, request.row, request.col)
+        pointed = engine.record(request.explanation_id)
+        pointed = pointed.a if request.side == "a" else pointed.b
+        return {**map_json(result, top=True), "seq": request.seq,
+                "query_cell": query_cell(pointed.side.frame, pointed.side.grid,
+                                         (request.row, request.col))}
+
+    @app.post("/api/region", response_model=RegionResponse, tags=["pairs"],
+              summary="region map: a box on one image -> a map over the other",
+              responses=ERRORS)
+    def region(request: RegionRequest):
+        result, partial = engine.region(request.explanation_id, request.side, request.box)
+        return {**map_json(result, top=True), "partial_score": partial, "seq": request.seq}
+
+    @app.post("/api/patterns", response_model=PatternsResponse, tags=["pairs"],
+              summary="cross-view patterns: the strongest mutual best matches of the pair",
+              responses=ERRORS)
+    def patterns(request: PatternsRequest):
+        """Positions of a and b whose point maps (the default kind) pick each other, ranked
+        by the share of the score they carry, spread out; points in the photos' pixels."""
+        found = engine.patterns(request.explanation_id, request.k)
+        return {"explanation_id": request.explanation_id, "kind": DEFAULT_POINT_MAP,
+                "patterns": [p.to_dict() for p in found]}
+
+    # -- gallery -------------------------------------------------------------------------------
+    @app.post("/api/search", response_model=SearchResponse, tags=["gallery"],
+              summary="rank the gallery by similarity to the query (or to a region of it)",
+              responses=ERRORS)
+    def search(request: SearchRequest):
+        """With a box, ranks by the partial similarity s_R of that region (one vector
+        searched against the index). Each hit carries its overall (or region) map."""
+        return search_json(engine.search(request.query, request.box, request.k))
+
+    @app.post("/api/search/point", response_model=SearchPointResponse, tags=["gallery"],
+              summary="point-specific maps of a query pixel on the visible results",
+              responses=ERRORS)
+    def search_point(request: SearchPointRequest):
+        maps = engine.search_point(request.search_id, request.results, request.row,
+                                   request.col)
+        return {"maps": [{**map_json(m), "id": image_id} for image_id, m in maps],
+                "seq": request.seq}
+
+    # -- the page ------------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _add_docs(app)
+    return app
+
+
+def _add_docs(app: FastAPI) -> None:
+    """/docs: Swagger UI from the swagger-ui-bundle-v2 package's files, served by this app
+    (no CDN: the docs work offline); without the package, a page pointing at the JSON."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        swagger_ui_path = None
+    if swagger_ui_path:
+        app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        if not swagger_ui_path:
+            return HTMLResponse(
+                "<!doctype html><title>simexplain API</title><p>The API is described in "
+                "<a href='/openapi.json'>/openapi.json</a>. For the interactive docs here, "
+                "<code>pip install swagger-ui-bundle-v2</code>.</p>")
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url, title=f"{app.title} API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None})  # no calls to an online validator

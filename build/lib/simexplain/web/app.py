@@ -1,0 +1,133 @@
+"""`simexplain serve`: the interactive page and its JSON API.
+
+    simexplain serve [--index INDEX] [--model NAME] [--host 127.0.0.1] [--port 8000]
+                     [--allowed-host NAME ...]
+
+`create_app(...)` builds the FastAPI application (for tests, or to mount elsewhere);
+`add_cli(subparsers)` registers the `serve` subcommand. FastAPI and uvicorn are imported only
+when a server is built, so the rest of the command line works without them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import SimexplainError
+from ..images import MAX_PIXELS
+from ..similarity import names as similarity_names
+from .hosts import LOCAL_HOSTS, served_hosts
+from .engine import MAX_INPUT_SIDE
+from .store import MAX_UPLOAD_BYTES
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+
+
+def create_app(model: str | None = None, index=None, explainer=None,
+               samples: Sequence | None = None, models: Sequence[str] | None = None,
+               max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS,
+               allowed_hosts: Sequence[str] = LOCAL_HOSTS,
+               max_input_side: int = MAX_INPUT_SIDE, **cache_limits):
+    """The web application.
+
+    model: zoo name (or a label for `explainer`); default: the index's model, else
+        efficientnet-lite0.
+    index: a retrieval Index, or the path of one (enables the gallery view).
+    explainer: a ready Explainer (e.g. a toy model in tests); overrides loading `model`.
+    samples: images offered in the pickers (paths, PIL images or (name, image) pairs);
+        default: scikit-image's bundled photos when installed.
+    models: names offered in the model menu (default: the zoo, or only `explainer`).
+    max_upload_bytes, max_pixels: upload limits (413 above them).
+    max_input_side: the largest model input size (short side, pixels) the page may ask for
+        (a finer grid costs compute; 400 above it).
+    allowed_hosts: the host names the server answers to (the Host header; ports ignored):
+        default localhost, 127.0.0.1 and ::1; "*" answers to any (no DNS-rebinding guard).
+    cache_limits: max_explanations, max_searches, max_sides, max_side_memory, max_models,
+        and for uploads upload_side, max_upload_memory, decode_budget (see `web.store`).
+    """
+    try:
+        from .api import build_app
+    except ImportError as exc:
+        raise SimexplainError(
+            f"the web server needs fastapi and uvicorn ({exc}): "
+            "pip install 'simexplain[web]'") from None
+    from .engine import Engine
+    engine = Engine(explainer=explainer, model=model, index=index, samples=samples,
+                    models=models, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
+                    max_input_side=max_input_side, **cache_limits)
+    return build_app(engine, allowed_hosts=allowed_hosts)
+
+
+def add_cli(subparsers) -> None:
+    serve = subparsers.add_parser(
+        "serve", help="interactive page: pair explanations and region search in a browser",
+        description="Serve the interactive page and its JSON API (docs at /docs). Binds to "
+                    "127.0.0.1 unless --host says otherwise.")
+    serve.add_argument("--index", help="an index built by `simexplain index` (gallery view)")
+    serve.add_argument("--model", help="zoo name, model file or module:factory (default: the "
+                                       "index's model, else efficientnet-lite0)")
+    serve.add_argument("--layer", help="explained layer (for models outside the zoo)")
+    serve.add_argument("--similarity", choices=similarity_names())
+    from ..zoo.arguments import parse_size
+    serve.add_argument("--size", type=parse_size,
+                       help="model input size: N (short side, aspect kept where the model "
+                            "allows it) or H,W (default: the model's)")
+    serve.add_argument("--samples", nargs="*", metavar="IMAGE",
+                       help="images or folders offered in the pickers (default: "
+                            "scikit-image's sample photos)")
+    serve.add_argument("--host", default=DEFAULT_HOST,
+                       help=f"interface to bind (default {DEFAULT_HOST}: this machine only)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                       help="also answer to this host name (repeatable; the server answers "
+                            "to the --host it binds and to localhost, 127.0.0.1 and [::1]; "
+                            "other Host headers get 400, which stops DNS rebinding)")
+    serve.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_BYTES / 2**20,
+                       help="largest accepted upload (default 10)")
+    serve.add_argument("--max-size", type=int, default=MAX_INPUT_SIDE, metavar="PIXELS",
+                       help="largest input size the page may pick for a finer grid (short "
+                            f"side; default {MAX_INPUT_SIDE})")
+    serve.set_defaults(run=cmd_serve)
+
+
+def _sample_paths(items: Sequence[str]) -> list[Path]:
+    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+    paths: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            paths += sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes)
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise SimexplainError(f"sample image not found: {path}")
+    return paths
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        raise SimexplainError("the web server needs uvicorn: pip install 'simexplain[web]'") \
+            from None
+    from .. import zoo
+    explainer = None
+    models = None
+    if args.model and (args.model not in zoo.list() or args.layer or args.similarity or
+                       args.size):
+        from ..zoo import resolve
+        explainer = resolve(args.model, args.layer, args.similarity, args.size)
+        models = [args.model] + zoo.list()
+    samples = _sample_paths(args.samples) if args.samples else None
+    app = create_app(model=args.model, index=args.index, explainer=explainer, samples=samples,
+                     models=models, max_upload_bytes=int(args.max_upload_mb * 2**20),
+                     max_input_side=args.max_size,
+                     allowed_hosts=served_hosts(args.host, args.allowed_host))
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"simexplain: warning: serving on {args.host}: anyone who can reach this "
+              "machine can use the server")
+    print(f"simexplain: serving on http://{args.host}:{args.port}/ (API docs at /docs)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

@@ -1,0 +1,331 @@
+"""Images by id for the web API: gallery files, sample photos, uploads and derived crops.
+
+Clients never name a file path: ids are the only handle. Memory stays bounded however many
+large uploads arrive at once:
+
+* decoding: every decode holds its pixel count of one process-wide `PixelBudget` (48
+  megapixels: one upload of the maximum size, 40 megapixels, or several smaller ones, at a
+  time); the others wait (503 after a minute). JPEGs decode at a reduced scale when they are
+  larger than needed.
+* storing: an upload is kept downscaled to at most `STORED_SIDE` (1024) pixels on its longest
+  side, which covers the models' inputs (160-299 pixels) and the page's panels with room for
+  high-DPI screens, as losslessly compressed PNG bytes in an LRU cache capped in bytes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import io
+import re
+import threading
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import SimexplainError
+from ..images import MAX_PIXELS, load_image, to_rgb
+from .cache import LRU
+from .errors import Busy, NotFound, TooLarge, WebError
+
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+STORED_SIDE = 1024
+DECODE_BUDGET_PIXELS = 48_000_000
+DECODE_WAIT_S = 60.0
+UPLOAD_MEMORY = 256 * 2**20  # bytes of stored uploads (PNG) and derived crops
+DEFAULT_SAMPLES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left",
+                   "motorcycle_right", "camera", "coins")
+_ID = re.compile(r"^(g|s)(\d{1,9})$|^u[0-9a-f]{24}$|^f-[A-Za-z0-9_-]{1,40}$")
+# modes that Pillow resizes as they are (others are converted to RGB at full size first)
+_RESIZABLE = ("RGB", "RGBA", "L")
+
+
+class PixelBudget:
+    """A counting semaphore sized in pixels: each decode holds its image's pixel count while
+    it runs, so concurrent decodes never hold more than `pixels` in total. An image larger
+    than the whole budget decodes alone."""
+
+    def __init__(self, pixels: int = DECODE_BUDGET_PIXELS, wait_s: float = DECODE_WAIT_S):
+        if pixels < 1:
+            raise ValueError("a pixel budget needs pixels >= 1")
+        self.pixels = pixels
+        self.wait_s = wait_s
+        self.in_use = 0
+        self.peak = 0  # the most pixels held at once (for tests and the soak)
+        self._free = threading.Condition()
+
+    @contextmanager
+    def hold(self, count: int) -> Iterator[None]:
+        count = max(1, min(int(count), self.pixels))
+        with self._free:
+            if not self._free.wait_for(lambda: self.in_use + count <= self.pixels,
+                                       self.wait_s):
+                raise Busy("the server is busy decoding other large images: try again in a "
+                           "moment")
+            self.in_use += count
+            self.peak = max(self.peak, self.in_use)
+        try:
+            yield
+        finally:
+            with self._free:
+                self.in_use -= count
+                self._free.notify_all()
+            if count >= 4_000_000:
+                release_free_memory()
+
+
+DECODE_BUDGET = PixelBudget()  # process-wide: shared by every store of this process
+
+
+def release_free_memory() -> None:
+    """Hand freed heap memory back to the system (glibc): large decodes free hundreds of MB
+    in blocks that glibc would otherwise keep mapped in each thread's arena."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _libc():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+_LIBC = _libc()
+
+
+@dataclass
+class ImageRecord:
+    id: str
+    name: str
+    source: str  # gallery, sample, upload, derived
+    path: Path | None = None
+    image: Image.Image | None = None  # in memory (samples, derived crops)
+    png: bytes | None = None  # uploads: the stored, downscaled image as PNG
+    size: tuple[int, int] | None = None  # (width, height) when known
+
+    def __post_init__(self):
+        if self.size is None and self.image is not None:
+            self.size = self.image.size
+
+    @property
+    def cost(self) -> int:
+        """Bytes held in memory (Pillow keeps 4 bytes per RGB pixel)."""
+        if self.png is not None:
+            return len(self.png)
+        return self.image.width * self.image.height * 4 if self.image is not None else 0
+
+
+def decode_upload(data: bytes, max_pixels: int = MAX_PIXELS, stored_side: int = STORED_SIDE,
+                  budget: PixelBudget | None = None) -> Image.Image:
+    """Validate uploaded bytes as one image (header, pixel count, verify, full decode within
+    the pixel budget) and return it as RGB, downscaled to at most `stored_side` pixels on
+    its longest side."""
+    if not data:
+        raise WebError("the upload is empty")
+    budget = budget or DECODE_BUDGET
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as probe:
+                width, height = probe.size
+                if width < 1 or height < 1:
+                    raise WebError("the image has no pixels")
+                if width * height > max_pixels:
+                    raise TooLarge(f"the image has {width}x{height} pixels, more than the "
+                                   f"limit of {max_pixels / 1e6:.3g} megapixels")
+                probe.verify()
+            with budget.hold(width * height), Image.open(io.BytesIO(data)) as opened:
+                return _downscaled(opened, stored_side)
+    except WebError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise TooLarge(f"image rejected as a decompression bomb ({exc})") from None
+    except UnidentifiedImageError:
+        raise WebError("the upload is not an image in a format this server reads") from None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad upload
+        raise WebError(f"the image cannot be decoded ({type(exc).__name__}: {exc})") from None
+
+
+def _downscaled(opened: Image.Image, side: int) -> Image.Image:
+    """An opened image as RGB of at most `side` pixels on its longest side, reduced before it
+    is converted where Pillow can (a full-size RGB copy of a large image is what costs)."""
+    if opened.mode in ("P", "PA", "LA"):  # expand, keeping any alpha for to_rgb's white
+        alpha = opened.mode != "P" or "transparency" in opened.info
+        image = opened.convert("RGBA" if alpha else "RGB")
+    else:
+        image = opened if opened.mode in _RESIZABLE else to_rgb(opened)
+    if max(image.size) > side:
+        # in place; JPEGs decode at 1/2, 1/4 or 1/8 scale (draft), then an integer reduce
+        image.thumbnail((side, side), Image.LANCZOS, reducing_gap=3.0)
+    image = to_rgb(image)
+    return image.copy() if image is opened else image
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)  # fast; still 2-4x smaller than RGB
+    return buffer.getvalue()
+
+
+class ImageStore:
+    """Images by id: gallery images (`g<i>`, from the index's paths), samples (`s<i>`),
+    uploads (`u<hash>`, content-addressed) and derived crops (`f-...`). Clients never name a
+    file path: ids are the only handle."""
+
+    def __init__(self, gallery_paths: Sequence[str | Path] = (), samples: Sequence = (),
+                 max_uploads: int = 256, max_upload_memory: int = UPLOAD_MEMORY,
+                 max_pixels: int = MAX_PIXELS, stored_side: int = STORED_SIDE,
+                 budget: PixelBudget | None = None):
+        self.gallery_paths = [Path(p) for p in gallery_paths]
+        self.max_pixels = max_pixels
+        self.stored_side = stored_side
+        self.budget = budget or DECODE_BUDGET
+        self.samples: list[ImageRecord] = []
+        for i, sample in enumerate(samples):
+            name, image = _named_sample(sample, i)
+            self.samples.append(ImageRecord(f"s{i}", name, "sample", image=image))
+        self.uploads: LRU[ImageRecord] = LRU(max_uploads, max_upload_memory,
+                                             cost=lambda r: r.cost)
+        self._pixels: LRU[Image.Image] = LRU(64, 256 * 2**20,
+                                             cost=lambda im: im.width * im.height * 4)
+        self._encoded: LRU[tuple[bytes, str]] = LRU(512, 64 * 2**20, cost=lambda v: len(v[0]))
+
+    # lookups
+    def record(self, image_id: str) -> ImageRecord:
+        match = _ID.match(image_id or "")
+        if not match:
+            raise NotFound(f"unknown image id {image_id!r}")
+        kind, number = match.group(1), match.group(2)
+        if kind == "g":
+            i = int(number)
+            if i >= len(self.gallery_paths):
+                raise NotFound(f"unknown image id {image_id!r}: the gallery has "
+                               f"{len(self.gallery_paths)} images")
+            path = self.gallery_paths[i]
+            return ImageRecord(image_id, path.name, "gallery", path=path)
+        if kind == "s":
+            i = int(number)
+            if i >= len(self.samples):
+                raise NotFound(f"unknown image id {image_id!r}")
+            return self.samples[i]
+        found = self.uploads.get(image_id)
+        if found is None:
+            raise NotFound(f"unknown image id {image_id!r} (uploads are kept for a limited "
+                           "time: upload it again)")
+        return found
+
+    def add_sample_file(self, path: str | Path) -> ImageRecord:
+        """A sample read from its file when first used (a zoo model's sample pair); a sample
+        of the same name (with or without its suffix) is reused rather than added twice."""
+        path = Path(path)
+        for record in self.samples:
+            if record.path == path or record.name in (path.name, path.stem):
+                return record
+        record = ImageRecord(f"s{len(self.samples)}", path.name, "sample", path=path)
+        self.samples.append(record)
+        return record
+
+    def pixels(self, image_id: str) -> Image.Image:
+        """The image as RGB: uploads as stored (downscaled), gallery files as they are."""
+        record = self.record(image_id)
+        if record.image is not None:
+            return record.image
+        if record.png is not None:
+            return self._pixels.get_or_create(image_id, lambda: _decode_png(record.png))
+        return self._pixels.get_or_create(image_id, lambda: self._load_file(record.path))
+
+    def _load_file(self, path: Path) -> Image.Image:
+        """A gallery file, decoded within the pixel budget (its size read from the header)."""
+        try:
+            with Image.open(path) as probe:
+                count = probe.width * probe.height
+        except Exception:  # noqa: BLE001 - load_image says what is wrong with the file
+            count = 1
+        with self.budget.hold(count):
+            return load_image(path)
+
+    def add_upload(self, data: bytes, name: str = "upload") -> ImageRecord:
+        """Decode, downscale and keep an upload; the same bytes give the same id."""
+        image_id = "u" + hashlib.sha256(data).hexdigest()[:24]
+        existing = self.uploads.get(image_id)
+        if existing is not None:
+            return existing
+        image = decode_upload(data, self.max_pixels, self.stored_side, self.budget)
+        record = ImageRecord(image_id, clean_name(name), "upload", png=_png(image),
+                             size=image.size)
+        return self.uploads.put(image_id, record)
+
+    def add_derived(self, source_id: str, tag: str, image: Image.Image) -> ImageRecord:
+        image_id = f"f-{tag}-{source_id}"[:42]
+        record = ImageRecord(image_id, f"{tag} of {self.record(source_id).name}", "derived",
+                             image=image)
+        return self.uploads.put(image_id, record)
+
+    def listing(self, source: str, offset: int, limit: int) -> tuple[list[ImageRecord], int]:
+        """One page of the gallery's or the samples' records, and their total count."""
+        if source == "gallery":
+            total = len(self.gallery_paths)
+            items = [ImageRecord(f"g{i}", self.gallery_paths[i].name, "gallery")
+                     for i in range(offset, min(total, offset + limit))]
+            return items, total
+        return self.samples[offset:offset + limit], len(self.samples)
+
+    def encoded(self, image_id: str, max_side: int | None = None) -> tuple[bytes, str]:
+        """The image re-encoded for a browser (JPEG, or PNG when small), optionally shrunk."""
+        def encode() -> tuple[bytes, str]:
+            image = self.pixels(image_id)
+            if max_side and max(image.size) > max_side:
+                image = image.copy()
+                image.thumbnail((max_side, max_side), Image.LANCZOS)
+            buffer = io.BytesIO()
+            if image.width * image.height <= 256 * 256:
+                image.save(buffer, format="PNG")
+                return buffer.getvalue(), "image/png"
+            image.save(buffer, format="JPEG", quality=90)
+            return buffer.getvalue(), "image/jpeg"
+        return self._encoded.get_or_create((image_id, max_side), encode)
+
+    @property
+    def memory(self) -> int:
+        """Bytes the store accounts for: stored uploads, decoded pixels, encoded images."""
+        return int(self.uploads.total_cost + self._pixels.total_cost + self._encoded.total_cost)
+
+
+def _decode_png(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as opened:
+        opened.load()
+        return opened.convert("RGB")
+
+
+def _named_sample(sample: Any, i: int) -> tuple[str, Image.Image]:
+    if isinstance(sample, tuple):
+        name, image = sample
+    elif isinstance(sample, Image.Image):
+        name, image = f"sample {i + 1}", sample
+    else:
+        name, image = Path(sample).name, sample
+    return str(name), load_image(image)
+
+
+def clean_name(name: str) -> str:
+    """A file name safe to show and store: no folders, odd characters replaced."""
+    name = Path(str(name or "upload")).name
+    return re.sub(r"[^\w.\- ]", "_", name)[:80] or "upload"
+
+
+def default_samples() -> list[tuple[str, Image.Image]]:
+    """scikit-image's bundled photos, when scikit-image is installed (else none)."""
+    try:
+        from ..datasets import skimage_photos
+        photos = skimage_photos()
+    except (ImportError, SimexplainError):
+        return []
+    return [(name, photos[name]) for name in DEFAULT_SAMPLES if name in photos]

@@ -1,0 +1,41 @@
+"""The command-line options that name a model, shared by every command that loads one."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..similarity import names as similarity_names
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True,
+                        model_help: str | None = None) -> None:
+    """--model, --layer, --similarity, --size: what `zoo.resolve` takes (see `from_args`)."""
+    parser.add_argument("--model", required=required,
+                        help=model_help or "zoo name (see `simexplain models`), model file, "
+                                           "or module:factory")
+    parser.add_argument("--layer", help="explained layer (default: the zoo model's)")
+    parser.add_argument("--similarity", choices=similarity_names(),
+                        help="default: the zoo model's, else cosine")
+    parser.add_argument("--size", type=parse_size,
+                        help="model input size: N is the short side with the aspect ratio kept "
+                             "for models that pool over positions (see `simexplain models`), "
+                             "else an NxN square; H,W is exactly that (default: the model's)")
+
+
+def parse_size(text: str) -> int | tuple[int, int]:
+    """`--size N` (the short side where the model keeps the aspect ratio, else a square) or
+    `--size H,W` (exactly that)."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"a size is N (pixels) or H,W (height,width in pixels), got {text!r}")
+    return values[0] if len(values) == 1 else values
+
+
+def from_args(args: argparse.Namespace):
+    """The Explainer the parsed model options name."""
+    from . import resolve
+    return resolve(args.model, args.layer, args.similarity, args.size)
