@@ -101,11 +101,14 @@ EXPECTED_PATH = {
     "gap": "mean pooling", "gmp": "argmax pooling", "gem": "mean pooling",
     "flatten": "linear pooling", "mlp": "mean pooling", "mlp-leaky": "mean pooling",
     "layernorm": "mean pooling", "dropout-bn": "mean pooling", "gelu": "mean pooling",
+    "softplus": "mean pooling",
     "tokens-norm-mean": "whole head", "tokens-mean": "mean pooling", "tokens-cls": "select pooling",
     "ties-adaptive": "argmax pooling", "ties-amax": "amax pooling", "concat": "whole head",
     "conv-head": "whole head", "flatten-bn": "linear pooling", "position-mixer": "whole head",
 }
 MODELS = list(EXPECTED_PATH)
+# whole heads that are affine once their gates and statistics are frozen ("batched" path)
+AFFINE_WHOLE_HEADS = {"tokens-norm-mean", "conv-head", "position-mixer"}
 
 
 def _inputs(n=3, height=32, width=32, seed=1):
@@ -118,7 +121,7 @@ def _no_structure(monkeypatch):
 
 
 @pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("strategy", ["auto", "forward", "reverse"])
+@pytest.mark.parametrize("strategy", ["auto", "batched", "forward", "reverse"])
 # the reverse path's constant term from its own pullbacks, or (large pullbacks) a forward pass
 @pytest.mark.parametrize("largest_pullback", [1 << 24, 0])
 def test_fast_paths_equal_the_reference_path(name, strategy, largest_pullback, monkeypatch):
@@ -131,17 +134,27 @@ def test_fast_paths_equal_the_reference_path(name, strategy, largest_pullback, m
     fast = split.contributions(x, strategy)
     assert reference.path == "tangents"
     assert fast.path.startswith(EXPECTED_PATH[name])
-    if strategy != "auto":
+    if strategy not in ("auto", "batched"):
         assert fast.path.endswith(strategy)
+    elif name in AFFINE_WHOLE_HEADS:  # affine once frozen: no derivatives at all
+        assert fast.path == "whole head, batched"
+    elif EXPECTED_PATH[name] == "whole head":  # max pooling is not affine: another path
+        assert fast.path != "whole head, batched"
     scale = float(reference.positions.abs().max())
+    if reference.tokens is not None:
+        scale = max(scale, float(reference.tokens.abs().max()))
     torch.testing.assert_close(fast.positions, reference.positions, rtol=0, atol=1e-5 * scale)
     torch.testing.assert_close(fast.constant, reference.constant, rtol=0, atol=1e-5 * scale)
+    assert (fast.tokens is None) == (reference.tokens is None) == (not name.startswith("tokens"))
+    if fast.tokens is not None:  # the class token's row, kept apart from the grid
+        torch.testing.assert_close(fast.tokens, reference.tokens, rtol=0, atol=1e-5 * scale)
     torch.testing.assert_close(fast.residual, reference.residual, rtol=1e-2, atol=1e-6)
     with torch.no_grad():
         expected = model(x)
     torch.testing.assert_close(fast.embedding, expected)
-    if name != "gelu":  # exact heads: the contributions sum to the model's own embedding
-        torch.testing.assert_close(fast.positions.sum(1), expected, rtol=1e-4, atol=1e-5)
+    if name != "softplus":  # exact heads: the contributions sum to the model's own embedding
+        total = fast.positions.sum(1) + (0 if fast.tokens is None else fast.tokens.sum(1))
+        torch.testing.assert_close(total, expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["gap", "gmp", "gem", "flatten", "tokens-mean", "ties-amax"])

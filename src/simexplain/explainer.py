@@ -11,6 +11,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .adapters import SplitModel
+from .errors import NoSpatialMap
 from .explanation import PairExplanation, Side
 from .head import Contributions
 from .images import ImageInput, Preprocess
@@ -62,6 +63,7 @@ class Explainer:
         self.inputs_b = self.inputs_a if self.transform_b is self.transform_a else \
             InputPipeline(self.transform_b, faces=faces)
         self._warned_inexact = False
+        self._warned_flat = False
 
     def resized(self, size: int | tuple[int, int]) -> "Explainer":
         """This explainer at another input size (as `--size`, see `Preprocess.resized`): the
@@ -82,6 +84,7 @@ class Explainer:
         out.inputs_b = out.inputs_a if out.transform_b is out.transform_a else \
             InputPipeline(out.transform_b, faces=self.faces, face_margin=margin)
         out._warned_inexact = False
+        out._warned_flat = False
         return out
 
     def weights_sha256(self) -> str:
@@ -143,6 +146,14 @@ class Explainer:
                 f"the head after layer {self.stream(side).layer_name!r} is not exactly "
                 f"decomposable (relative residual {worst:.2e}); maps are a first-order "
                 "linearisation and PairExplanation.residual reports the gap", stacklevel=3)
+        if result.tokens is not None and not bool(result.spatial.all()) \
+                and not self._warned_flat:
+            self._warned_flat = True
+            warnings.warn(
+                f"at layer {self.stream(side).layer_name!r} the head reads only the class (prefix)"
+                " tokens, so no position of the grid carries anything of its own: the maps have "
+                "no spatial content (Side.spatial is False). Explain the output of an earlier "
+                "block, e.g. one block before the end", NoSpatialMap, stacklevel=3)
         return result
 
     def side(self, image: ImageInput, side: str) -> Side:
@@ -203,19 +214,22 @@ class Explainer:
 
 
 def side_from(prepared: PreparedImage, grid: tuple[int, int], contributions: torch.Tensor,
-              embedding: torch.Tensor, projected: torch.Tensor | None = None) -> Side:
+              embedding: torch.Tensor, projected: torch.Tensor | None = None,
+              tokens: torch.Tensor | None = None, spatial: bool = True) -> Side:
     """The Side of the image `prepared` from its decomposition: contributions (P, D) on the
-    feature grid `grid`, the model's embedding (D,) and projected features (P, D) or None
-    (see `head.Contributions`), computed now or earlier (an index's explain cache)."""
+    feature grid `grid`, the model's embedding (D,), projected features (P, D) or None, the
+    prefix tokens' contributions (T, D) or None and whether the grid carries anything of its
+    own (see `head.Contributions`), computed now or earlier (an index's explain cache)."""
     return Side(image=prepared.photo, grid=(int(grid[0]), int(grid[1])),
                 contributions=contributions, embedding=embedding, frame=prepared.frame,
-                projected=projected)
+                projected=projected, tokens=tokens, spatial=spatial)
 
 
 def _side(prepared: PreparedImage, c: Contributions, row: int) -> Side:
     """Row `row` of a batch's contributions as the Side of the image `prepared`."""
     return side_from(prepared, c.grid, c.positions[row], c.embedding[row],
-                     None if c.projected is None else c.projected[row])
+                     None if c.projected is None else c.projected[row],
+                     None if c.tokens is None else c.tokens[row], bool(c.spatial[row]))
 
 
 def _by_shape(tensors: Sequence[torch.Tensor]) -> dict[tuple, list[int]]:

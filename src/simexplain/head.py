@@ -61,12 +61,28 @@ class Contributions:
     # constant): average pooling, flatten heads, heads analysed whole. Point maps of the
     # "match" kinds compare these (METHOD.md, "Point-map kinds").
     projected: torch.Tensor | None = None
+    # (B, T, D) the contributions of a transformer's prefix tokens (class, register,
+    # distillation tokens), which have no place in the image: reported apart from the grid,
+    # never spread over it. None for feature maps and token layers without prefix tokens.
+    tokens: torch.Tensor | None = None
 
     @property
     def residual(self) -> torch.Tensor:
-        """(B,) |sum_p u_p - e|, relative to |e|: 0 up to float error for exact heads."""
+        """(B,) |sum_p u_p + sum_t token_t - e|, relative to |e|: 0 up to float error for
+        exact heads."""
         total = self.positions.sum(1)
+        if self.tokens is not None:
+            total = total + self.tokens.sum(1)
         return (total - self.embedding).norm(dim=1) / self.embedding.norm(dim=1).clamp_min(1e-12)
+
+    @property
+    def spatial(self) -> torch.Tensor:
+        """(B,) bool: does any grid position carry a part of the embedding of its own (beyond
+        the evenly spread constant term)? False where the head reads only prefix tokens, e.g.
+        a class-token model explained at its last layer: its map has nothing spatial in it."""
+        linear = self.positions - self.constant[:, None, :] / self.positions.shape[1]
+        size = self.embedding.norm(dim=1).clamp_min(1e-12)
+        return linear.norm(dim=2).amax(1) > 1e-6 * size
 
 
 def head_offsets(model: torch.nn.Module, head_modules: list[str]) -> dict[str, torch.Tensor]:
@@ -77,12 +93,14 @@ def head_offsets(model: torch.nn.Module, head_modules: list[str]) -> dict[str, t
     for module_name in head_modules:
         module = modules[module_name]
         prefix = f"{module_name}." if module_name else ""
-        for name, param in module.named_parameters(recurse=False):
+        # with their submodules: a module may hand a child's bias to a functional call without
+        # calling the child (nn.MultiheadAttention passes out_proj.bias on)
+        for name, param in module.named_parameters():
             if name.endswith("bias") and param is not None:
-                offsets[prefix + name] = param
-        for name, buf in module.named_buffers(recurse=False):
-            if name == "running_mean" and buf is not None:
-                offsets[prefix + name] = buf
+                offsets.setdefault(prefix + name, param)
+        for name, buf in module.named_buffers():
+            if name.rsplit(".", 1)[-1] == "running_mean" and buf is not None:
+                offsets.setdefault(prefix + name, buf)
     return offsets
 
 
@@ -143,19 +161,21 @@ def tangent_contributions(
 
 def _assemble(embedding: torch.Tensor, linear: torch.Tensor, constant: torch.Tensor,
               grid: tuple[int, int], prefix_tokens: int) -> Contributions:
-    """Contributions from the linear parts (B, N, D) and the constant term (B, D). Prefix
-    tokens of a transformer (class token) carry no place in the image: their contributions
-    join the constant term, which is then spread evenly over the grid."""
+    """Contributions from the linear parts (B, N, D) and the constant term (B, D), which is
+    spread evenly over the grid. Prefix tokens of a transformer (class token, registers) have
+    no place in the image: their contributions are kept apart (`Contributions.tokens`)."""
+    tokens = None
     if prefix_tokens:
-        constant = constant + linear[:, :prefix_tokens].sum(1)
+        tokens = linear[:, :prefix_tokens]
         linear = linear[:, prefix_tokens:]
     positions = linear + constant[:, None, :] / linear.shape[1]
-    return Contributions(embedding=embedding, positions=positions, grid=grid, constant=constant)
+    return Contributions(embedding=embedding, positions=positions, grid=grid, constant=constant,
+                         tokens=tokens)
 
 
 # -- the head as a tape ---------------------------------------------------------------------------
 
-STRATEGIES = ("auto", "forward", "reverse", "tangents")
+STRATEGIES = ("auto", "batched", "forward", "reverse", "tangents")
 # The reverse path takes the constant term from its own pullbacks (one cotangent per image and
 # dimension, B * D, instead of D for all images) when they are cheap: at most this many
 # multiply-adds, counting each pullback as a linear map of the pooled tensor to D dimensions.
@@ -205,19 +225,26 @@ def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[st
             pooled_constant = torch.zeros_like(features)
             shares, whole = None, None  # implicit: A masked to one position
 
-        def post(r, off):
-            with FreezeScales():
+        def post(r, off, frozen=None):
+            with frozen or FreezeScales():
                 return tape.replay({source: r}, off, start, out_slot)
 
         n_pos = to_positions(features).shape[1]
         n_tangents = n_pos if shares is None else shares.shape[1]
         per_row = batch * dim * max(pooled.numel(), batch * dim) * dim <= PER_ROW_WORK
-        if strategy == "auto":  # the fewer tangents, or a pullback small enough to be cheap
+        chunk = max(1, budget // pooled.numel())  # tangents or cotangents at a time
+        batched = None
+        if shares is None and strategy in ("auto", "batched"):
+            batched = _batched(post, pooled, offsets, n_pos, chunk)  # None: not affine
+        if batched is not None:
+            mode = "batched"
+        elif strategy in ("auto", "batched"):  # the fewer tangents, or a cheap pullback
             mode = "forward" if n_tangents <= dim and not per_row else "reverse"
         else:
             mode = strategy
-        chunk = max(1, budget // pooled.numel())  # tangents or cotangents at a time
-        if mode == "forward":
+        if mode == "batched":
+            primal, linear, constant = batched
+        elif mode == "forward":
             primal, linear, constant = _forward(post, pooled, offsets, shares, pooled_constant,
                                                 n_tangents, chunk)
         elif per_row:
@@ -245,6 +272,35 @@ def _one_position(features: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     if features.dim() == 4:
         return features * mask.view(1, 1, *features.shape[2:])
     return features * mask.view(1, -1, 1)
+
+
+def _batched(post, pooled, offsets, n_pos: int, chunk: int):
+    """(embedding, (B, P, D) linear parts, (B, D) constant) without derivatives, or None.
+
+    With its frozen values (attention weights, norm statistics, gates) recorded at the real
+    input, the head is an affine map h; run on the layer output masked to one position at a
+    time with the offsets (biases) zeroed, on zeros with and without them (P + 2 inputs,
+    batched under vmap: plain arithmetic, no forward- or reverse-mode bookkeeping),
+    u_p = h(A_p; 0) - h(0; 0) and c = h(0). Exact where h is affine; where it is not (an
+    operation that is neither linear nor frozen) the parts do not add up to h(A), and None
+    says to take another path."""
+    frozen: list = []
+    primal = post(pooled, offsets, FreezeScales(record=frozen))
+
+    def one(index):  # n_pos: zeros without offsets (constants the offsets do not hold); n_pos + 1: c
+        moved = {k: v * (index == n_pos + 1).to(v.dtype) for k, v in offsets.items()}
+        return post(_one_position(pooled, index), moved, FreezeScales(replay=frozen))
+    index = torch.arange(n_pos + 2, device=pooled.device)
+    try:
+        out = vmap(one, chunk_size=chunk)(index)  # (P + 2, B, D)
+    except RuntimeError:
+        return None  # an operation vmap cannot batch
+    constant = out[n_pos + 1]
+    linear = (out[:n_pos] - out[n_pos]).transpose(0, 1)
+    scale = float(primal.abs().max()) + 1e-12
+    if not torch.allclose(linear.sum(1) + constant, primal, rtol=1e-4, atol=1e-5 * scale):
+        return None
+    return primal, linear, constant
 
 
 def _forward(post, pooled, offsets, shares, pooled_constant, n_pos: int, chunk: int):

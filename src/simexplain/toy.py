@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-HEADS = ("gap", "gmp", "gem", "flatten", "mlp", "mlp-leaky", "layernorm", "dropout-bn", "gelu")
+HEADS = ("gap", "gmp", "gem", "flatten", "mlp", "mlp-leaky", "layernorm", "dropout-bn", "gelu",
+         "softplus")
 
 
 class GeM(nn.Module):
@@ -52,8 +53,10 @@ class HeadModel(nn.Module):
         pool = {"gmp": nn.AdaptiveMaxPool2d(1), "gem": GeM()}.get(head, nn.AdaptiveAvgPool2d(1))
         if head == "flatten":
             body = [nn.Flatten(), nn.Linear(c * grid * grid, dim, bias=bias)]
-        elif head in ("mlp", "mlp-leaky", "gelu"):
-            act = {"mlp": nn.ReLU(), "mlp-leaky": nn.LeakyReLU(0.1), "gelu": nn.GELU()}[head]
+        elif head in ("mlp", "mlp-leaky", "gelu", "softplus"):
+            # gelu: a gate (exact, frozen); softplus: not a gate, linearised to first order
+            act = {"mlp": nn.ReLU(), "mlp-leaky": nn.LeakyReLU(0.1), "gelu": nn.GELU(),
+                   "softplus": nn.Softplus()}[head]
             body = [pool, nn.Flatten(), nn.Linear(c, 2 * dim, bias=bias), act,
                     nn.Linear(2 * dim, dim, bias=bias)]
         elif head == "layernorm":

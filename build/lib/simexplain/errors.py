@@ -27,3 +27,8 @@ class NoPointMap(SimexplainError):
     """The point or region carries nothing to compare (the contribution kind where u = 0: with
     a GMP head, a position that is no channel's maximum), so there is no map to show; not the
     same as a flat map."""
+
+
+class NoSpatialMap(UserWarning):
+    """Warned where the explained layer's head reads only a transformer's prefix tokens (the
+    class token at the last layer): the grid's maps have no spatial content."""

@@ -31,6 +31,12 @@ class Side:
     # (P, D) the positions' whole features mapped by the head (`head.Contributions.projected`)
     # for max-pooling and class-token heads; None where the contributions serve
     projected: torch.Tensor | None = None
+    # (T, D) the prefix tokens' contributions (class token, registers; `head.Contributions.
+    # tokens`): part of the embedding with no place in the image; None without such tokens
+    tokens: torch.Tensor | None = None
+    # False where no grid position carries anything of its own (`head.Contributions.spatial`):
+    # the maps of this side are then an even spread of the constant term, not an explanation
+    spatial: bool = True
     # what point maps need of this side, computed on first use (`regions.kind_maps`): a
     # pointer moving over many results reuses it
     point_map_stats: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -61,6 +67,13 @@ class Side:
         """Photo size, crop box, input size, grid and the cells' boxes, in the file's pixels."""
         return self.frame.to_dict(self.grid)
 
+    @property
+    def rows(self) -> torch.Tensor:
+        """(P + T, D) every contribution: the grid's positions, then the prefix tokens'."""
+        if self.tokens is None:
+            return self.contributions
+        return torch.cat([self.contributions, self.tokens.to(self.contributions)])
+
 
 @dataclass
 class PairExplanation:
@@ -77,16 +90,32 @@ class PairExplanation:
     b: Side
     overall_a_flat: torch.Tensor = field(repr=False)  # (P,)
     overall_b_flat: torch.Tensor = field(repr=False)  # (Q,)
+    # (T,) the prefix tokens' shares of the score (class token first); empty without them.
+    # The grid's overall map and these add up to the score.
+    tokens_a: torch.Tensor = field(repr=False, default_factory=lambda: torch.zeros(0))
+    tokens_b: torch.Tensor = field(repr=False, default_factory=lambda: torch.zeros(0))
 
     @classmethod
     def from_sides(cls, a: Side, b: Side, similarity: str | Similarity) -> "PairExplanation":
         similarity = get_similarity(similarity)
-        u, v = a.contributions.double(), b.contributions.double()
+        u, v = a.rows.double(), b.rows.double()
         e_a, e_b = a.embedding.double(), b.embedding.double()
         o_a, o_b = similarity.overall(u, v, e_a, e_b)
         s = float(similarity.score(a.embedding, b.embedding))
-        return cls(score=s, similarity=similarity, a=a, b=b, overall_a_flat=o_a,
-                   overall_b_flat=o_b)
+        n_a, n_b = len(a.contributions), len(b.contributions)
+        return cls(score=s, similarity=similarity, a=a, b=b, overall_a_flat=o_a[:n_a],
+                   overall_b_flat=o_b[:n_b], tokens_a=o_a[n_a:], tokens_b=o_b[n_b:])
+
+    @property
+    def token_share_a(self) -> float:
+        """The share of the score carried by a's prefix tokens (class token, registers): what
+        the grid's overall map does not hold (0 without such tokens)."""
+        return float(self.tokens_a.sum())
+
+    @property
+    def token_share_b(self) -> float:
+        """The share of the score carried by b's prefix tokens (see token_share_a)."""
+        return float(self.tokens_b.sum())
 
     # -- the decomposition -----------------------------------------------------------------
     @functools.cached_property
@@ -126,19 +155,26 @@ class PairExplanation:
         return self._relative(self.b, self.overall_b_flat).reshape(self.b.grid)
 
     def _relative(self, side: Side, overall_flat: torch.Tensor) -> torch.Tensor:
-        u, e = side.contributions.double(), side.embedding.double()
-        return self.similarity.relative(overall_flat, u.to(overall_flat.device),
-                                        e.to(overall_flat.device))
+        # over every row (prefix tokens too: their shares are part of the whole), then the grid
+        tokens = self.tokens_a if side is self.a else self.tokens_b
+        u, e = side.rows.double(), side.embedding.double()
+        whole = torch.cat([overall_flat, tokens.to(overall_flat)])
+        relative = self.similarity.relative(whole, u.to(overall_flat.device),
+                                            e.to(overall_flat.device))
+        return relative[:len(overall_flat)]
 
     @property
     def total(self) -> float:
         """What the decomposition sums to (the score, for exact heads)."""
-        # sum_pq D[p, q] = pairwise(sum_p u_p, sum_q v_q): D is bilinear in (u, v)
-        u_sum = self.a.contributions.double().sum(0, keepdim=True)
-        v_sum = self.b.contributions.double().sum(0, keepdim=True).to(u_sum.device)
+        # sum_pq D[p, q] = pairwise(sum_p u_p, sum_q v_q): D is bilinear in (u, v); the prefix
+        # tokens' rows count too (their shares complete the grid's to the score)
+        u_sum = self.a.rows.double().sum(0, keepdim=True)
+        v_sum = self.b.rows.double().sum(0, keepdim=True).to(u_sum.device)
         summed = self.similarity.pairwise(u_sum, v_sum, self.a.embedding.double(),
                                           self.b.embedding.double().to(u_sum.device))
-        return float(self.similarity.total(summed, self.overall_a_flat, self.overall_b_flat))
+        overall_a = torch.cat([self.overall_a_flat, self.tokens_a.to(self.overall_a_flat)])
+        overall_b = torch.cat([self.overall_b_flat, self.tokens_b.to(self.overall_b_flat)])
+        return float(self.similarity.total(summed, overall_a, overall_b))
 
     @property
     def residual(self) -> float:
@@ -252,4 +288,6 @@ class PairExplanation:
             "input_a": self.a.to_dict(), "input_b": self.b.to_dict(),
             "overall_a": self.overall_a.tolist(), "overall_b": self.overall_b.tolist(),
             "relative_a": self.relative_a.tolist(), "relative_b": self.relative_b.tolist(),
+            "tokens_a": self.tokens_a.tolist(), "tokens_b": self.tokens_b.tolist(),
+            "spatial_a": self.a.spatial, "spatial_b": self.b.spatial,
         }

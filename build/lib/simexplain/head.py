@@ -61,12 +61,28 @@ class Contributions:
     # constant): average pooling, flatten heads, heads analysed whole. Point maps of the
     # "match" kinds compare these (METHOD.md, "Point-map kinds").
     projected: torch.Tensor | None = None
+    # (B, T, D) the contributions of a transformer's prefix tokens (class, register,
+    # distillation tokens), which have no place in the image: reported apart from the grid,
+    # never spread over it. None for feature maps and token layers without prefix tokens.
+    tokens: torch.Tensor | None = None
 
     @property
     def residual(self) -> torch.Tensor:
-        """(B,) |sum_p u_p - e|, relative to |e|: 0 up to float error for exact heads."""
+        """(B,) |sum_p u_p + sum_t token_t - e|, relative to |e|: 0 up to float error for
+        exact heads."""
         total = self.positions.sum(1)
+        if self.tokens is not None:
+            total = total + self.tokens.sum(1)
         return (total - self.embedding).norm(dim=1) / self.embedding.norm(dim=1).clamp_min(1e-12)
+
+    @property
+    def spatial(self) -> torch.Tensor:
+        """(B,) bool: does any grid position carry a part of the embedding of its own (beyond
+        the evenly spread constant term)? False where the head reads only prefix tokens, e.g.
+        a class-token model explained at its last layer: its map has nothing spatial in it."""
+        linear = self.positions - self.constant[:, None, :] / self.positions.shape[1]
+        size = self.embedding.norm(dim=1).clamp_min(1e-12)
+        return linear.norm(dim=2).amax(1) > 1e-6 * size
 
 
 def head_offsets(model: torch.nn.Module, head_modules: list[str]) -> dict[str, torch.Tensor]:
@@ -77,12 +93,14 @@ def head_offsets(model: torch.nn.Module, head_modules: list[str]) -> dict[str, t
     for module_name in head_modules:
         module = modules[module_name]
         prefix = f"{module_name}." if module_name else ""
-        for name, param in module.named_parameters(recurse=False):
+        # with their submodules: a module may hand a child's bias to a functional call without
+        # calling the child (nn.MultiheadAttention passes out_proj.bias on)
+        for name, param in module.named_parameters():
             if name.endswith("bias") and param is not None:
-                offsets[prefix + name] = param
-        for name, buf in module.named_buffers(recurse=False):
-            if name == "running_mean" and buf is not None:
-                offsets[prefix + name] = buf
+                offsets.setdefault(prefix + name, param)
+        for name, buf in module.named_buffers():
+            if name.rsplit(".", 1)[-1] == "running_mean" and buf is not None:
+                offsets.setdefault(prefix + name, buf)
     return offsets
 
 
@@ -143,14 +161,16 @@ def tangent_contributions(
 
 def _assemble(embedding: torch.Tensor, linear: torch.Tensor, constant: torch.Tensor,
               grid: tuple[int, int], prefix_tokens: int) -> Contributions:
-    """Contributions from the linear parts (B, N, D) and the constant term (B, D). Prefix
-    tokens of a transformer (class token) carry no place in the image: their contributions
-    join the constant term, which is then spread evenly over the grid."""
+    """Contributions from the linear parts (B, N, D) and the constant term (B, D), which is
+    spread evenly over the grid. Prefix tokens of a transformer (class token, registers) have
+    no place in the image: their contributions are kept apart (`Contributions.tokens`)."""
+    tokens = None
     if prefix_tokens:
-        constant = constant + linear[:, :prefix_tokens].sum(1)
+        tokens = linear[:, :prefix_tokens]
         linear = linear[:, prefix_tokens:]
     positions = linear + constant[:, None, :] / linear.shape[1]
-    return Contributions(embedding=embedding, positions=positions, grid=grid, constant=constant)
+    return Contributions(embedding=embedding, positions=positions, grid=grid, constant=constant,
+                         tokens=tokens)
 
 
 # -- the head as a tape ---------------------------------------------------------------------------

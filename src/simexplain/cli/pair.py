@@ -49,6 +49,12 @@ def cmd_pair(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         print(f"score ({result.similarity}) = {result.score:.6f}, residual = {result.residual:.2e}")
+        if result.tokens_a.numel() or result.tokens_b.numel():
+            print(f"class (prefix) tokens carry {result.token_share_a:.6f} (a) and "
+                  f"{result.token_share_b:.6f} (b) of the score; the maps carry the rest")
+        if not (result.a.spatial and result.b.spatial):
+            print("no spatial map at this layer: the head reads only the class token; explain "
+                  "an earlier layer (--layer)")
         for name in summary["files"].values():
             print(f"wrote {out / name}")
         print(f"wrote {out / 'result.json'}")

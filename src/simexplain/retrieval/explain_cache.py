@@ -40,6 +40,13 @@ class CachedImage:
     @classmethod
     def of(cls, c: Contributions, row: int, input_size: Sequence[int]) -> "CachedImage":
         """Row `row` of a batch's contributions."""
+        if c.tokens is not None:
+            # the prefix tokens' rows have no place in the cache's per-grid layout yet
+            raise SimexplainError(
+                "explain caches do not store the class (prefix) tokens of a transformer's "
+                "layer yet: build this index without --explain (hits are then explained from "
+                "the images)")
+
         def rows(t):
             return np.ascontiguousarray(t[row].detach().float().cpu().numpy(), dtype=np.float32)
         return cls(rows(c.positions), (int(input_size[0]), int(input_size[1])),

@@ -118,7 +118,9 @@ def explain_json(result: Explained, input_side: int | None) -> dict:
     for name, prepared, grid_map in (("a", record.a, result.map_a),
                                      ("b", record.b, result.map_b)):
         sides[name] = {**prepared_json(prepared), "overall": grid_list(grid_map),
-                       "overall_peak": peak(grid_map, prepared.side.frame)}
+                       "overall_peak": peak(grid_map, prepared.side.frame),
+                       "token_share": pair.token_share_a if name == "a" else pair.token_share_b,
+                       "spatial": prepared.side.spatial}
     return {"explanation_id": record.id, "model": record.model, "method": result.method,
             "size": record.size or input_side, "similarity": pair.similarity.name,
             "score": pair.score, "residual": pair.residual,

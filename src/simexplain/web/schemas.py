@@ -117,6 +117,13 @@ class ExplainedSide(BaseModel):
     input_size: list[int] = Field(description="[height, width] of the model's input")
     overall: Grid
     overall_peak: Peak
+    token_share: float = Field(default=0.0, description="share of the score carried by the "
+                               "image's class (prefix) tokens, which have no place on the grid "
+                               "(transformers); the decomposition's overall map and it add up "
+                               "to the score")
+    spatial: bool = Field(default=True, description="false where no grid cell carries anything "
+                          "of its own (a class-token model explained at its last layer): the "
+                          "map is then no spatial explanation")
 
 
 class ExplainResponse(BaseModel):

@@ -695,6 +695,10 @@ const TIPS = {
     "similarity shown); the decomposition maps split exactly this number over the images.",
   residual: "|sum of the decomposition - score|: how far the maps are from adding up to the " +
     "score. Float rounding (about 1e-7) for heads the decomposition is exact for.",
+  tokens: "The share of the score carried by each image's class (and register) tokens, " +
+    "which have no place in the image; the overall map and this share add up to the score.",
+  flat: "At this layer the model reads only its class token: no cell of the grid carries " +
+    "anything of its own, so the map explains nothing spatially. Explain an earlier layer.",
   sR: "s_R, the partial similarity: the share of the score carried by the selected region " +
     "(the overall map summed inside the box).",
   value: "Map values are the share of the score each feature cell carries; red raises the " +
@@ -718,6 +722,14 @@ function describePair(extra) {
   const parts = [`${term("score", TIPS.score)} (${e.similarity}) = ${e.score.toFixed(4)}`,
     `${term("residual", TIPS.residual)} ${e.residual.toExponential(1)}`, `model ${e.model}`,
     `maps: ${e.method}`];
+  if (e.a.token_share || e.b.token_share) {
+    parts.push(`${term("class tokens", TIPS.tokens)} a ${e.a.token_share.toFixed(4)}, ` +
+      `b ${e.b.token_share.toFixed(4)}`);
+  }
+  if (!e.a.spatial || !e.b.spatial) {
+    parts.push(`<b class="warning" title="${escapeHtml(TIPS.flat)}">no spatial map at this ` +
+      "layer</b>");
+  }
   if (extra) parts.push(extra);
   $("#pair-info").innerHTML = parts.join(" &middot; ");
 }
