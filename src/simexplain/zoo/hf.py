@@ -416,10 +416,12 @@ def _resample_name(value) -> str:
 def hf_explainer(source: str | Path | nn.Module, layer: str | int | None = None,
                  similarity: str | None = None, size: int | tuple[int, int] | None = None,
                  pooling: str = "auto", normalize: bool = False,
+                 attn_implementation: str | None = None,
                  model_name: str | None = None) -> Explainer:
     """An Explainer of a save_pretrained folder (or of a transformers model object, which
-    then gets the fallback preprocessing): default layer, cosine similarity, the folder's
-    preprocessing at its own size unless `size` (see `Preprocess.resized`)."""
+    then gets the fallback preprocessing): `layer` as `layer_name` (default: `default_layer`),
+    cosine similarity unless `similarity`, the folder's preprocessing at its own size unless
+    `size` (see `Preprocess.resized`); pooling, normalize, attn_implementation: `load_hf`."""
     from ..explainer import Explainer
     if isinstance(source, nn.Module):
         embedder = source if isinstance(source, HFEmbedder) else \
@@ -427,8 +429,10 @@ def hf_explainer(source: str | Path | nn.Module, layer: str | int | None = None,
         folder = None
     else:
         folder = Path(source)
-        embedder = load_hf(folder, pooling=pooling, normalize=normalize)
+        embedder = load_hf(folder, pooling=pooling, normalize=normalize,
+                           attn_implementation=attn_implementation)
     preprocess = hf_preprocess(folder, embedder.model.config).resized(size)
-    name = model_name or (f"{PREFIX}{folder}" if folder is not None else type(embedder.model).__name__)
+    name = model_name or (f"{PREFIX}{folder}" if folder is not None
+                          else type(embedder.model).__name__)
     return Explainer(embedder, layer_name(embedder, layer), similarity=similarity or "cosine",
                      transform=preprocess, model_name=name)
