@@ -184,6 +184,52 @@ def test_other_input_sizes_interpolate_position_embeddings(saved):
     assert explainer.explain(x, x.flip(-1)).a.grid == (6, 6)
 
 
+def test_a_model_without_class_token_pools_over_patches():
+    torch.manual_seed(0)
+    siglip = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**TINY)).eval()
+    embedder = HFEmbedder(siglip)
+    assert embedder.prefix_tokens == 0 and embedder.pooling == "pooler"  # attention pooling
+    assert embedder.default_layer == f"blocks.{DEPTH - 1}"  # every patch reaches the pooler
+    x = torch.randn(1, 3, SIDE, SIDE)
+    with torch.no_grad():
+        assert torch.allclose(embedder(x), siglip(pixel_values=x).pooler_output, atol=1e-6)
+        assert torch.allclose(HFEmbedder(siglip, pooling="mean")(x),
+                              siglip(pixel_values=x).last_hidden_state.mean(1), atol=1e-6)
+    with pytest.raises(ModelError, match="no class token"):
+        HFEmbedder(siglip, pooling="cls")
+
+
+def test_a_dual_encoder_folder_gives_its_vision_tower(tmp_path):
+    torch.manual_seed(0)
+    text = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                intermediate_size=64, vocab_size=64, bos_token_id=0, eos_token_id=1,
+                pad_token_id=1)
+    clip = transformers.CLIPModel(transformers.CLIPConfig(
+        vision_config=TINY, text_config=text, projection_dim=16)).eval()
+    clip.save_pretrained(tmp_path)
+    embedder = load_hf(tmp_path)
+    assert type(embedder.model).__name__ == "CLIPVisionModelWithProjection"
+    assert embedder.pooling == "image_embeds"
+    x = torch.randn(2, 3, SIDE, SIDE)
+    with torch.no_grad():
+        want = clip.get_image_features(pixel_values=x)
+        want = want if isinstance(want, torch.Tensor) else want.pooler_output  # 4.x: a tensor
+        assert torch.allclose(embedder(x), want, atol=1e-6)
+
+
+def test_a_classifier_folder_gives_its_base_model_without_a_random_pooler(tmp_path):
+    torch.manual_seed(0)
+    classifier = transformers.ViTForImageClassification(transformers.ViTConfig(**TINY)).eval()
+    classifier.save_pretrained(tmp_path)
+    embedder = load_hf(tmp_path)
+    assert type(embedder.model).__name__ == "ViTModel"
+    assert embedder.pooling == "cls"  # the pooler's weights are not in the folder
+    x = torch.randn(2, 3, SIDE, SIDE)
+    with torch.no_grad():
+        want = classifier.vit(pixel_values=x).last_hidden_state[:, 0]
+        assert torch.allclose(embedder(x), want, atol=1e-6)
+
+
 class _TupleBlock(nn.Module):
     """A block as transformers 4.x writes them: it returns (hidden_states, attentions)."""
 
@@ -283,6 +329,21 @@ def test_resolve_gives_an_explainer_one_block_before_the_end(saved, pictures, ki
                                               abs=1e-5)
     assert zoo.resolve(f"hf:{folder}", layer="block:-1").stream_a.layer_name == \
         f"blocks.{DEPTH - 1}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_head_path_agrees_with_the_reference_path(saved, kind):
+    """The tape's replays (reverse, forward) see the head behind the tap as the tangents
+    through the whole model do, whatever the engine's exactness."""
+    stream = zoo.resolve(f"hf:{saved[kind][0]}").stream_a
+    x = torch.randn(2, 3, SIDE, SIDE)
+    reference = stream.contributions(x, strategy="tangents")
+    scale = float(reference.positions.abs().max())
+    for strategy in ("reverse", "forward"):
+        got = stream.contributions(x, strategy=strategy)
+        assert got.path != "tangents"  # the tape recorded and replayed the head
+        assert torch.allclose(got.positions, reference.positions, atol=1e-5 * scale, rtol=0)
+        assert torch.allclose(got.embedding, reference.embedding, atol=1e-6)
 
 
 def test_cli_pair_with_a_hf_folder(saved, pictures, tmp_path):

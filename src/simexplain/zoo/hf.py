@@ -347,6 +347,8 @@ def load_hf(folder: str | Path, pooling: str = "auto", normalize: bool = False,
         except (ValueError, KeyError, OSError, RuntimeError) as exc:
             raise ModelError(f"{folder}: cannot load the model ({exc})".splitlines()[0]) \
                 from None
+    # float32 whatever the folder's dtype: the decomposition's sums need its precision
+    model = model.float()
     random_pooler = any(key.split(".")[0] == "pooler" or ".pooler." in f".{key}"
                         for key in info.get("missing_keys", ()))
     return HFEmbedder(model, pooling=pooling, normalize=normalize, random_pooler=random_pooler)
