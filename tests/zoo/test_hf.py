@@ -171,6 +171,14 @@ def test_a_model_object_and_its_layers(saved):
     assert layer_name(embedder, "model.layernorm") == "model.layernorm"
     # the wrapper leaves no hook behind on the user's model
     assert not any(block._forward_hooks for block in model.layers)
+    # its weights are the model's, once each (the index's weights fingerprint hashes them)
+    assert list(embedder.state_dict()) == [f"model.{k}" for k in model.state_dict()]
+
+
+def test_clip_cls_applies_the_final_norm_without_registering_it_again(saved):
+    _, model = saved["clip"]
+    embedder = HFEmbedder(model, pooling="cls")
+    assert list(embedder.state_dict()) == [f"model.{k}" for k in model.state_dict()]
 
 
 def test_other_input_sizes_interpolate_position_embeddings(saved):

@@ -89,7 +89,9 @@ class HFEmbedder(nn.Module):
         self.blocks = nn.ModuleList(_Tap() for _ in self._hf_blocks)
         self._interpolates = "interpolate_pos_encoding" in \
             inspect.signature(model.forward).parameters
-        self._final_norm: nn.Module | None = None  # applied to tokens by us (see _probe)
+        # the final norm when the model applies it to the pooled token only (see _probe),
+        # in a tuple: the model's own module, not registered a second time under this one
+        self._token_norm: tuple[nn.Module, ...] = ()
         fields, self.prefix_tokens = self._probe()
         self.pooling = _choose_pooling(pooling, fields, self.prefix_tokens, random_pooler,
                                        type(model).__name__)
@@ -115,8 +117,8 @@ class HFEmbedder(nn.Module):
             tokens = out.last_hidden_state
             prefix = tokens.shape[1] - self._patches(pixel_values)
             picked = tokens[:, 0] if self.pooling == "cls" else tokens[:, prefix:]
-            if self._final_norm is not None:
-                picked = self._final_norm(picked)
+            for norm in self._token_norm:
+                picked = norm(picked)
             embedding = picked if self.pooling == "cls" else picked.mean(1)
         return F.normalize(embedding, dim=-1) if self.normalize else embedding
 
@@ -172,7 +174,7 @@ class HFEmbedder(nn.Module):
             if handle is not None:
                 handle.remove()
         if norm is not None and seen and seen[0] == 2:
-            self._final_norm = norm
+            self._token_norm = (norm,)
         fields = {k for k in ("image_embeds", "pooler_output", "last_hidden_state")
                   if isinstance(getattr(out, k, None), torch.Tensor)}
         if "last_hidden_state" not in fields or out.last_hidden_state.dim() != 3:
