@@ -67,8 +67,8 @@ class HFEmbedder(nn.Module):
     """A transformers vision model as an embedding model: `forward(pixel_values)` is the
     (B, D) embedding chosen by `pooling` (see the module's docstring), L2-normalised if
     `normalize`. `random_pooler`: the pooler's weights were not in the checkpoint (so "auto"
-    does not pick it). Builds one probe pass at the config's image size to learn what the
-    model outputs."""
+    does not pick it). One probe pass, on a blank image of the config's size, learns what
+    the model outputs."""
 
     def __init__(self, model: nn.Module, pooling: str = "auto", normalize: bool = False,
                  random_pooler: bool = False):
