@@ -21,6 +21,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_PIXELS = 40_000_000
 # With the aspect ratio kept, the long side of a model input is at most this many short sides.
 MAX_ASPECT = 4
+# Resampling filters a Preprocess may resize with, by name.
+RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
+            "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
 
 
 def load_image(source: str | Path | Image.Image) -> Image.Image:
@@ -132,7 +135,8 @@ class Preprocess:
     accept any input shape; the long side is capped at MAX_ASPECT times the short one.
     Without it the image is squashed to exactly `size` (heads that need a fixed size, such as
     flatten + linear). `grayscale=True` produces one channel (for models trained on gray
-    images).
+    images). `resample`: the filter of the resize, a name in RESAMPLE (a model trained on
+    bicubic resizes, as many Hugging Face processors do, sees the same pixels here).
     """
 
     size: tuple[int, int] = (224, 224)
@@ -140,6 +144,12 @@ class Preprocess:
     std: Sequence[float] = IMAGENET_STD
     grayscale: bool = False
     keep_aspect: bool = False
+    resample: str = "bilinear"
+
+    def __post_init__(self):
+        if self.resample not in RESAMPLE:
+            raise ValueError(f"unknown resample filter {self.resample!r}; choose one of "
+                             f"{', '.join(RESAMPLE)}")
 
     def input_size(self, width: int, height: int) -> tuple[int, int]:
         """(height, width) of the model input for an image of width x height pixels."""
@@ -173,7 +183,7 @@ class Preprocess:
         """The image exactly as the model sees it (before normalisation), for display."""
         image = to_rgb(image)
         height, width = self.input_size(image.width, image.height)
-        return image.resize((width, height), Image.BILINEAR)
+        return image.resize((width, height), RESAMPLE[self.resample])
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         shown = self.resize(image)

@@ -1,6 +1,6 @@
 """Named, ready-to-use models: `zoo.list()` names them, `zoo.load(name)` returns an Explainer,
 and `zoo.resolve(spec)` turns anything the command line accepts (a zoo name, a model file,
-`module:factory`) into one.
+`module:factory`, `hf:FOLDER` for a Hugging Face vision model saved there) into one.
 
 Each entry knows its model, explained layer, similarity and preprocessing (and, for a
 two-stream model such as `fmnist-sketch`, those of its second stream, which sees image b);
@@ -111,13 +111,20 @@ def load(name: str, size: int | tuple[int, int] | None = None) -> Explainer:
 
 def resolve(model_spec: str, layer: str | None = None, similarity: str | None = None,
             size: int | tuple[int, int] | None = None) -> Explainer:
-    """An Explainer from a zoo name, a model file or `module:factory`: the one place that
-    turns a model named on the command line (or in an index manifest) into an Explainer.
+    """An Explainer from a zoo name, a model file, `module:factory` or `hf:FOLDER`: the one
+    place that turns a model named on the command line (or in an index manifest) into an
+    Explainer.
 
-    For a zoo name, `layer` and `similarity` override the entry's; a model outside the zoo
-    needs `layer` and defaults to cosine similarity at 224x224 px (`size`: N for NxN, or
-    (height, width))."""
+    For a zoo name, `layer` and `similarity` override the entry's; `hf:FOLDER` (a
+    save_pretrained folder, see `zoo.hf`) has its own default layer and preprocessing; any
+    other model needs `layer` and defaults to cosine similarity at 224x224 px (`size`: N for
+    NxN, or (height, width))."""
     from ..explainer import Explainer
+    from .hf import PREFIX as HF_PREFIX
+    if model_spec.startswith(HF_PREFIX):
+        from .hf import hf_explainer
+        return hf_explainer(model_spec[len(HF_PREFIX):], layer, similarity, size,
+                            model_name=model_spec)
     if model_spec in list():
         explainer = load(model_spec, size=size)
         if layer or similarity:

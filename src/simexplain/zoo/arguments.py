@@ -12,8 +12,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True,
     """--model, --layer, --similarity, --size: what `zoo.resolve` takes (see `from_args`)."""
     parser.add_argument("--model", required=required,
                         help=model_help or "zoo name (see `simexplain models`), model file, "
-                                           "or module:factory")
-    parser.add_argument("--layer", help="explained layer (default: the zoo model's)")
+                                           "module:factory, or hf:FOLDER (a Hugging Face "
+                                           "vision model saved there)")
+    parser.add_argument("--layer", help="explained layer (default: the zoo model's; for "
+                                        "hf:FOLDER one block before the last, or block:K)")
     parser.add_argument("--similarity", choices=similarity_names(),
                         help="default: the zoo model's, else cosine")
     parser.add_argument("--size", type=parse_size,
