@@ -27,3 +27,8 @@ class NoPointMap(SimexplainError):
     """The point or region carries nothing to compare (the contribution kind where u = 0: with
     a GMP head, a position that is no channel's maximum), so there is no map to show; not the
     same as a flat map."""
+
+
+class NotApplicable(SimexplainError):
+    """The method cannot explain this model: an attention method on a model without
+    self-attention (a CNN), or on a transformer without a class token."""
