@@ -249,10 +249,17 @@ class _AttentionMethod(Method):
     def traced(self, explainer, pair: PreparedPair, grad: bool) -> dict[str, Traced]:
         """side -> Traced, computed once per pair (and per grad) for all attention methods."""
         key = ("attention", grad)
+        if "attention-not-applicable" in pair.cache:  # found out once per pair
+            raise pair.cache["attention-not-applicable"]
         if key not in pair.cache:
-            found = {side: self._layout(explainer, side, pair.x(side),
-                                        trace(explainer.stream(side).model, pair.x(side), grad))
-                     for side in "ab"}
+            try:
+                found = {side: self._layout(explainer, side, pair.x(side),
+                                            trace(explainer.stream(side).model, pair.x(side),
+                                                  grad))
+                         for side in "ab"}
+            except NotApplicable as exc:
+                pair.cache["attention-not-applicable"] = exc
+                raise
             if grad:
                 _differentiate(explainer, found)
             pair.cache[key] = found
@@ -261,7 +268,8 @@ class _AttentionMethod(Method):
     def _layout(self, explainer, side: str, x: torch.Tensor, found: Trace) -> Traced:
         """The trace on the explained layer's grid, checked against its attention."""
         stream = explainer.stream(side)
-        what = f"{self.label} explains class-token vision transformers"
+        what = ("the attention methods (attention-rollout, chefer, gradcam-tokens) explain "
+                "class-token vision transformers")
         if not found.attentions:
             raise NotApplicable(
                 f"{what}, but {type(stream.model).__name__} computed no self-attention in its "
