@@ -426,10 +426,11 @@ def transformer_section(results: dict[str, list[dict]], benchmarks) -> list[str]
                 shown += [m for m in methods_of(r) if m in c["means"] and m not in shown]
                 rows.append((module.NAME, c, r["model"]))
     if not rows:
-        return lines + ["No class-token transformer was among the models run: "
-                        "`simexplain eval all --model fmnist-vit --out DIR` runs one "
-                        "(`simexplain eval pointing --model fmnist-vit --method attention-rollout "
-                        "--out DIR` a single benchmark and method).", ""]
+        return lines + ["No class-token transformer was among the models run. `simexplain eval "
+                        "all --out docs` includes fmnist-vit where the zoo has it (`--model "
+                        "fmnist-vit --out DIR`: that model alone; `simexplain eval pointing "
+                        "--model fmnist-vit --method attention-rollout --out DIR`: one benchmark "
+                        "and method).", ""]
     shown = sorted(shown, key=lambda m: ORDER.index(m) if m in ORDER else 99)
     table = [[name, f"{c['label']} ({'higher' if c['higher'] else 'lower'} better)", model] +
              [fmt_plain(c["means"].get(m)) for m in shown] for name, c, model in rows]
