@@ -163,6 +163,58 @@ def test_hugging_face_vit_eager_and_sdpa_capture_the_same_attention():
             torch.testing.assert_close(got.weights, expected, rtol=1e-4, atol=1e-6)
 
 
+def test_transformer_encoder_fast_path_is_turned_off():
+    """nn.TransformerEncoder in eval under no_grad would run its layers through the fused
+    torch._transformer_encoder_layer_fwd (and nested tensors): every layer is still seen."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+    encoder = nn.TransformerEncoder(layer, num_layers=3).eval()
+    x = torch.randn(2, 9, 16)
+    with torch.no_grad():
+        plain = encoder(x)
+    found = trace(encoder, x)
+    assert [a.block for a in found.attentions] == ["layers.0", "layers.1", "layers.2"]
+    assert found.attentions[0].weights.shape == (2, 2, 9, 9)
+    torch.testing.assert_close(found.output, plain, rtol=1e-5, atol=1e-5)
+
+
+class HFEmbedder(nn.Module):
+    """A Hugging Face ViT as an embedding model: the class token, L2-normalised."""
+
+    def __init__(self, vit):
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, x):
+        return F.normalize(self.vit(pixel_values=x).last_hidden_state[:, 0], dim=1)
+
+
+def test_the_methods_agree_on_hugging_face_eager_and_sdpa():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    explained = {}
+    state = None
+    for implementation in ("eager", "sdpa"):
+        config = transformers.ViTConfig(image_size=16, patch_size=4, hidden_size=16,
+                                        num_hidden_layers=2, num_attention_heads=2,
+                                        intermediate_size=32)
+        config._attn_implementation = implementation
+        vit = transformers.ViTModel(config, add_pooling_layer=False).eval()
+        state = state or vit.state_dict()
+        vit.load_state_dict(state)
+        model = HFEmbedder(vit).eval()
+        found = trace(model, images(1))
+        layer = found.attentions[-1].block  # the last block (its output tokens)
+        explained[implementation] = Explainer(model, layer, transform=Preprocess(size=(16, 16)))
+    for method in ATTENTION_METHODS:
+        eager = explained["eager"].saliency(images(1), images(2), method)
+        sdpa = explained["sdpa"].saliency(images(1), images(2), method)
+        assert eager[0].shape == (4, 4)
+        for e, s in zip(eager, sdpa):
+            torch.testing.assert_close(e, s, rtol=1e-3, atol=1e-6)
+        assert float(eager[1].max()) > 0, method
+
+
 # -- the methods ----------------------------------------------------------------------------------
 def test_rollout_of_one_block_is_the_hand_formula():
     """One block: (mean over heads of A + I), rows normalised (they sum to 2): the class
