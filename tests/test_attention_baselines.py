@@ -140,26 +140,39 @@ def test_multihead_attention_callers_get_what_they_asked_for():
     torch.testing.assert_close(per_head, found.attentions[2].weights)
 
 
-def test_hugging_face_vit_eager_and_sdpa_capture_the_same_attention():
+HF_FAMILIES = {  # model class, config class, extra config: ViT, DINOv2 with registers, CLIP
+    "vit": ("ViTModel", "ViTConfig", {}),
+    "dinov2-registers": ("Dinov2WithRegistersModel", "Dinov2WithRegistersConfig",
+                         {"num_register_tokens": 2}),
+    "clip": ("CLIPVisionModel", "CLIPVisionConfig", {}),
+}
+
+
+@pytest.mark.parametrize("family", sorted(HF_FAMILIES))
+def test_hugging_face_eager_and_sdpa_capture_the_same_attention(family):
     transformers = pytest.importorskip("transformers")
+    model_name, config_name, extra = HF_FAMILIES[family]
     torch.manual_seed(0)
     models = {}
     for implementation in ("eager", "sdpa"):
-        config = transformers.ViTConfig(image_size=16, patch_size=4, hidden_size=16,
-                                        num_hidden_layers=2, num_attention_heads=2,
-                                        intermediate_size=32)
+        config = getattr(transformers, config_name)(
+            image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=2,
+            num_attention_heads=2, intermediate_size=32, **extra)
         config._attn_implementation = implementation
-        models[implementation] = transformers.ViTModel(config, add_pooling_layer=False).eval()
+        models[implementation] = getattr(transformers, model_name)(config).eval()
         assert models[implementation].config._attn_implementation == implementation
     models["sdpa"].load_state_dict(models["eager"].state_dict())
     x = images(3)
     with torch.no_grad():
         reference = models["eager"](pixel_values=x, output_attentions=True).attentions
+    tokens = 16 + 1 + extra.get("num_register_tokens", 0)
     for implementation, model in models.items():
         found = trace(model, x)
         assert len(found.attentions) == 2, implementation
         assert re.search(r"layers?\.1$", found.attentions[-1].block), found.attentions[-1].block
+        assert found.last_block("output").shape[1] == tokens
         for got, expected in zip(found.attentions, reference):
+            assert got.weights.shape == (1, 2, tokens, tokens)
             torch.testing.assert_close(got.weights, expected, rtol=1e-4, atol=1e-6)
 
 
