@@ -379,8 +379,9 @@ class GradCAMTokens(_AttentionMethod):
     ReLU(sum_c alpha_c A_pc) over the patch grid. It does not depend on which layer is
     explained (only that layer's grid is used).
 
-    tokens="input" (default): the tokens entering the last block, as pytorch-grad-cam does for
-    ViTs. tokens="output": the tokens it outputs; where the head reads the class token alone,
+    tokens="input" (default): the tokens entering the last block (the usual choice for ViTs:
+    pytorch-grad-cam's example takes them after that block's first LayerNorm). tokens="output":
+    the tokens it outputs; where the head reads the class token alone,
     the patch tokens of the last output do not reach the embedding, ds/dA is 0 there and so is
     every map: that form only means something for heads that also read the patch tokens."""
 
@@ -404,8 +405,8 @@ class GradCAMTokens(_AttentionMethod):
         rows, cols = traced.grid
         if tokens.shape[1] != traced.prefix + rows * cols:
             raise NotApplicable(
-                f"{self.label}: the last block outputs {tokens.shape[1]} tokens, not the "
-                f"{traced.prefix} + {rows}x{cols} of the explained layer")
+                f"{self.label}: the last block's {self.tokens} has {tokens.shape[1]} tokens, "
+                f"not the {traced.prefix} + {rows}x{cols} of the explained layer")
         return grad_cam(tokens, grads)
 
 
