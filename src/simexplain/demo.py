@@ -151,6 +151,8 @@ def methods_figure(explainer, spec: PairSpec, result, path: Path) -> None:
     rows = [[], []]
     pair = PreparedPair.of(explainer, spec.a, spec.b)  # prepared once for every method
     for method in COMPARED_METHODS:
+        if not get_method(method).applies(explainer, pair):
+            continue  # the attention methods on a CNN
         map_a, map_b = get_method(method).attribute(explainer, pair)
         for row, side, grid_map in ((0, "a", map_a), (1, "b", map_b)):
             rows[row].append((visualize.overlay_map(result, grid_map, side),

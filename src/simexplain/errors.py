@@ -29,6 +29,11 @@ class NoPointMap(SimexplainError):
     same as a flat map."""
 
 
+class NotApplicable(SimexplainError):
+    """The method cannot explain this model: an attention method on a model without
+    self-attention (a CNN), or on a transformer without a class token."""
+
+
 class NoSpatialMap(UserWarning):
     """Warned where the explained layer's head reads only a transformer's prefix tokens (the
     class token at the last layer): the grid's maps have no spatial content."""

@@ -2,7 +2,11 @@
 
 Every method returns maps over both images' feature grids, so they can be compared cell by cell.
 The decomposition needs no backward pass; the Grad-CAM family are the paper's baselines; occlusion
-is a black-box baseline; random is the floor every evaluation compares against.
+is a black-box baseline; random is the floor every evaluation compares against. For vision
+transformers with a class token there are the baselines people use on them: attention rollout
+(Abnar & Zuidema 2020), gradient-weighted attention relevance (Chefer, Gur & Wolf 2021) and
+Grad-CAM on the last block's patch tokens; on other models they raise `NotApplicable`
+(`Method.applies` asks first).
 
 Each method declares what it is (exact or not, needs gradients, signed, gives point maps, costs a
 forward pass per feature cell, a control rather than an explanation), and the registry `METHODS`
@@ -17,7 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import SimexplainError
+from .attention import Trace, trace
+from .errors import NotApplicable, SimexplainError
 from .explanation import PairExplanation
 from .images import ImageInput
 from .inputs import PreparedImage
@@ -79,6 +84,7 @@ class Method:
     per_cell_cost = False  # one forward pass per feature cell: slow on large grids
     control = False  # a floor to compare against, not an explanation (left out of displays)
     seeded = False  # takes `seed`: its maps depend on the seed only
+    needs_attention = False  # explains class-token vision transformers only
 
     def attribute(self, explainer, a: ImageInput | PreparedPair, b: ImageInput | None = None,
                   sides: str = "ab") -> Maps:
@@ -88,6 +94,19 @@ class Method:
 
     def maps(self, explainer, pair: PreparedPair, sides: str = "ab") -> Maps:
         raise NotImplementedError
+
+    def check(self, explainer, pair: PreparedPair) -> None:
+        """Raise NotApplicable where this method cannot explain the pair's model (every method
+        can, but those that need attention)."""
+
+    def applies(self, explainer, a: ImageInput | PreparedPair, b: ImageInput | None = None
+                ) -> bool:
+        """Can this method explain the model of `explainer` (on these inputs)?"""
+        try:
+            self.check(explainer, PreparedPair.of(explainer, a, b))
+        except NotApplicable:
+            return False
+        return True
 
 
 class Decomposition(Method):
@@ -162,6 +181,14 @@ def _channels_last_grid(t: torch.Tensor) -> torch.Tensor:
     return t[0, tokens - side * side:].reshape(side, side, -1)
 
 
+def grad_cam(feats: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM of a feature map or tokens and its gradient ((1, C, H, W) or (1, N, C)):
+    alpha_k = mean_p ds/dA_pk over the grid (patch tokens only); map = ReLU(sum_k alpha_k A_pk)."""
+    f, g = _channels_last_grid(feats), _channels_last_grid(grads)
+    alpha = g.mean(dim=(0, 1))
+    return torch.relu((f * alpha).sum(-1))
+
+
 class GradCAM(_GradientMethod):
     """alpha_k = mean_p ds/dA_pk; map = ReLU(sum_k alpha_k A_pk), s on the model's embeddings."""
 
@@ -169,9 +196,7 @@ class GradCAM(_GradientMethod):
     label = "Grad-CAM"
 
     def combine(self, feats, grads):
-        f, g = _channels_last_grid(feats), _channels_last_grid(grads)
-        alpha = g.mean(dim=(0, 1))
-        return torch.relu((f * alpha).sum(-1))
+        return grad_cam(feats, grads)
 
 
 class GradCAMRaw(GradCAM):
@@ -191,6 +216,198 @@ class RGradCAM(_GradientMethod):
     def combine(self, feats, grads):
         f, g = _channels_last_grid(feats), _channels_last_grid(grads)
         return torch.relu((f * g).sum(-1))
+
+
+@dataclass
+class Traced:
+    """One image's traced forward pass (`attention.trace`) laid out on the explained layer's
+    grid, with the gradients of the pair's similarity where they were asked for."""
+
+    trace: Trace
+    prefix: int  # tokens before the patch grid: the class token first, then any registers
+    grid: tuple[int, int]
+    attention_grads: list[torch.Tensor] = field(default_factory=list)  # ds/dA, per attention
+    # "input" / "output" -> the last block's tokens and ds/d(tokens), where they were found
+    last_block: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+
+class _AttentionMethod(Method):
+    """Shared part of the transformer baselines: each image's forward pass traced
+    (`attention.trace`: the self-attention weights of every block and the blocks' outputs),
+    once without gradients and once with the gradients of the pair's similarity, and checked
+    to be a class-token transformer whose tokens the explained layer's grid lays out.
+
+    Maps are over the patch tokens (the prefix tokens: class token first, then any registers,
+    are left out), on the explained layer's grid.
+    """
+
+    needs_attention = True
+
+    def check(self, explainer, pair) -> None:
+        self.traced(explainer, pair, grad=False)
+
+    def traced(self, explainer, pair: PreparedPair, grad: bool) -> dict[str, Traced]:
+        """side -> Traced, computed once per pair (and per grad) for all attention methods."""
+        key = ("attention", grad)
+        if "attention-not-applicable" in pair.cache:  # found out once per pair
+            raise pair.cache["attention-not-applicable"]
+        if key not in pair.cache:
+            try:
+                found = {side: self._layout(explainer, side, pair.x(side),
+                                            trace(explainer.stream(side).model, pair.x(side),
+                                                  grad))
+                         for side in "ab"}
+            except NotApplicable as exc:
+                pair.cache["attention-not-applicable"] = exc
+                raise
+            if grad:
+                _differentiate(explainer, found)
+            pair.cache[key] = found
+        return pair.cache[key]
+
+    def _layout(self, explainer, side: str, x: torch.Tensor, found: Trace) -> Traced:
+        """The trace on the explained layer's grid, checked against its attention."""
+        stream = explainer.stream(side)
+        what = ("the attention methods (attention-rollout, chefer, gradcam-tokens) explain "
+                "class-token vision transformers")
+        if not found.attentions:
+            raise NotApplicable(
+                f"{what}, but {type(stream.model).__name__} computed no self-attention in its "
+                "forward pass (a CNN?): no attention weights to explain it with")
+        tokens = {a.weights.shape[-1] for a in found.attentions}
+        grid, prefix = stream.grid(x)
+        if len(tokens) > 1 or tokens != {prefix + grid[0] * grid[1]}:
+            raise NotApplicable(
+                f"{what}: the self-attention of {type(stream.model).__name__} runs over "
+                f"{sorted(tokens)} tokens, but the explained layer {stream.layer_name!r} lays "
+                f"out {prefix} prefix tokens and a {grid[0]}x{grid[1]} grid; explain a token "
+                "layer of the transformer (a block's output)")
+        if prefix < 1:
+            raise NotApplicable(
+                f"{what}: the tokens of {stream.layer_name!r} are a square grid with no class "
+                "token in front, so there is no class token's row to read")
+        return Traced(found, prefix, (int(grid[0]), int(grid[1])))
+
+    def maps(self, explainer, pair, sides="ab") -> Maps:
+        found = self.traced(explainer, pair, grad=self.needs_gradients)
+        return tuple(self.grid_map(found[side]).detach().float() for side in "ab")
+
+    def grid_map(self, traced: Traced) -> torch.Tensor:
+        """One image's map (H, W) from its trace."""
+        raise NotImplementedError
+
+
+def _differentiate(explainer, found: dict[str, Traced]) -> None:
+    """Gradients of the pair's similarity s (larger = closer) with respect to every attention
+    and the last block's input and output tokens of both images, in one backward pass: with
+    respect to one image's tensors, the other image's embedding is a constant."""
+    s = closeness(found["a"].trace.output[0], found["b"].trace.output[0], explainer.similarity)
+    targets: list[torch.Tensor] = []
+    for side in "ab":
+        t = found[side].trace
+        targets += [a.source for a in t.attentions]
+        targets += [t.last_block(where) for where in ("input", "output")
+                    if t.last_block(where) is not None]
+    grads = iter(torch.autograd.grad(s, targets, allow_unused=True))
+    for side in "ab":
+        traced = found[side]
+        traced.trace = t = traced.trace.detached()  # the pair's cache keeps no graph
+        traced.attention_grads = [a.gradient(next(grads)) for a in t.attentions]
+        for where in ("input", "output"):
+            tokens = t.last_block(where)
+            if tokens is not None:
+                g = next(grads)
+                traced.last_block[where] = (tokens, torch.zeros_like(tokens) if g is None else g)
+
+
+def _identity(weights: torch.Tensor) -> torch.Tensor:
+    """The (N, N) identity for attention weights (B, heads, N, N), in float64 (products of
+    many blocks)."""
+    return torch.eye(weights.shape[-1], dtype=torch.float64, device=weights.device)
+
+
+def _class_row(relevance: torch.Tensor, traced: Traced) -> torch.Tensor:
+    """The class token's row of a token-to-token matrix (N, N), over the patch tokens."""
+    return relevance[0, traced.prefix:].reshape(traced.grid)
+
+
+class AttentionRollout(_AttentionMethod):
+    """Attention rollout (Abnar & Zuidema 2020): per block, the attention averaged over heads
+    plus the identity (the residual connection), rows normalised to sum to 1; the blocks'
+    matrices multiplied from the first to the last (R = A_L ... A_1); the map is the class
+    token's row of R over the patch tokens.
+
+    Input-only: it depends on one image alone, never on the partner or the similarity, so the
+    map of image a is the rollout of a's forward pass whatever b is (and likewise for b)."""
+
+    name = "attention-rollout"
+    label = "attention rollout"
+
+    def grid_map(self, traced):
+        attentions = traced.trace.attentions
+        eye = _identity(attentions[0].weights)
+        rollout = eye
+        for attention in attentions:
+            a = attention.weights[0].detach().double().mean(dim=0) + eye
+            rollout = (a / a.sum(dim=-1, keepdim=True)) @ rollout
+        return _class_row(rollout, traced)
+
+
+class AttentionRelevance(_AttentionMethod):
+    """Gradient-weighted attention relevance (Chefer, Gur & Wolf 2021, the rule for
+    self-attention of "Generic Attention-model Explainability"): R = I; per block, from the
+    first to the last, A_bar = mean over heads of ReLU(ds/dA * A) and R = R + A_bar R; the map
+    is the class token's row of R over the patch tokens. s is the pair's similarity (larger =
+    closer): image a's map follows s's gradient with b's embedding held fixed, and vice versa."""
+
+    name = "chefer"
+    label = "attention relevance (Chefer et al.)"
+    needs_gradients = True
+
+    def grid_map(self, traced):
+        attentions = traced.trace.attentions
+        relevance = _identity(attentions[0].weights)
+        for attention, grad in zip(attentions, traced.attention_grads):
+            a_bar = torch.relu(grad[0].double() * attention.weights[0].detach().double())
+            relevance = relevance + a_bar.mean(dim=0) @ relevance
+        return _class_row(relevance, traced)
+
+
+class GradCAMTokens(_AttentionMethod):
+    """Grad-CAM on the last block's patch tokens A (the last block: the one that computed the
+    model's last self-attention): alpha_c = mean over patch tokens of ds/dA_pc, map =
+    ReLU(sum_c alpha_c A_pc) over the patch grid. It does not depend on which layer is
+    explained (only that layer's grid is used).
+
+    tokens="input" (default): the tokens entering the last block (the usual choice for ViTs:
+    pytorch-grad-cam's example takes them after that block's first LayerNorm). tokens="output":
+    the tokens it outputs; where the head reads the class token alone,
+    the patch tokens of the last output do not reach the embedding, ds/dA is 0 there and so is
+    every map: that form only means something for heads that also read the patch tokens."""
+
+    name = "gradcam-tokens"
+    label = "Grad-CAM (last block's tokens)"
+    needs_gradients = True
+
+    def __init__(self, tokens: str = "input"):
+        if tokens not in ("input", "output"):
+            raise SimexplainError(f"tokens must be 'input' or 'output', got {tokens!r}")
+        self.tokens = tokens
+
+    def grid_map(self, traced):
+        if self.tokens not in traced.last_block:
+            block = traced.trace.attentions[-1].block
+            raise NotApplicable(
+                f"{self.label}: the block that computed the last self-attention "
+                f"({block or 'none found'}) has no (B, N, C) token {self.tokens}; blocks are "
+                "found as the items of an nn.ModuleList or nn.Sequential")
+        tokens, grads = traced.last_block[self.tokens]
+        rows, cols = traced.grid
+        if tokens.shape[1] != traced.prefix + rows * cols:
+            raise NotApplicable(
+                f"{self.label}: the last block's {self.tokens} has {tokens.shape[1]} tokens, "
+                f"not the {traced.prefix} + {rows}x{cols} of the explained layer")
+        return grad_cam(tokens, grads)
 
 
 class Occlusion(Method):
@@ -258,7 +475,8 @@ class RandomMap(Method):
 
 # The registry, in display order: the one list of methods.
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (Decomposition, Relative, GradCAM, GradCAMRaw, RGradCAM, Occlusion,
+    cls.name: cls for cls in (Decomposition, Relative, GradCAM, GradCAMRaw, RGradCAM,
+                              AttentionRollout, AttentionRelevance, GradCAMTokens, Occlusion,
                               RandomMap)}
 
 
@@ -276,3 +494,11 @@ def method_class(name: str) -> type[Method]:
 def get_method(name: str, **options) -> Method:
     """A method by name, e.g. get_method("occlusion", window=2)."""
     return method_class(name)(**options)
+
+
+def applicable_methods(explainer, names, a: ImageInput | PreparedPair,
+                       b: ImageInput | None = None) -> list[str]:
+    """The methods among `names` that can explain the model of `explainer`, decided on one
+    pair of its inputs (the attention methods need a class-token transformer)."""
+    pair = PreparedPair.of(explainer, a, b)
+    return [name for name in names if method_class(name)().applies(explainer, pair)]

@@ -104,6 +104,37 @@ class TokenModel(nn.Module):
         return F.normalize(self.proj(pooled), dim=1)
 
 
+class TinyViT(nn.Module):
+    """A class-token vision transformer: patches -> [class token, registers, patch tokens] +
+    position embedding -> `blocks.0` .. `blocks.{depth-1}` (nn.TransformerEncoderLayer, each
+    output (B, N, C): the explained layers) -> LayerNorm -> class token -> Linear -> L2.
+
+    Any square input whose side is a multiple of `patch` works: the position embedding is a
+    grid resized to the patch grid (so 28 px items and 56 px composites both fit)."""
+
+    def __init__(self, dim: int = 8, width: int = 16, depth: int = 2, heads: int = 2,
+                 patch: int = 4, registers: int = 0, in_channels: int = 3, grid: int = 7):
+        super().__init__()
+        self.patch = nn.Conv2d(in_channels, width, patch, stride=patch)
+        self.cls = nn.Parameter(torch.randn(1, 1, width))
+        self.registers = nn.Parameter(torch.randn(1, registers, width))
+        self.pos = nn.Parameter(0.5 * torch.randn(1, width, grid, grid))
+        self.blocks = nn.Sequential(*(
+            nn.TransformerEncoderLayer(width, heads, 2 * width, dropout=0.0, batch_first=True,
+                                       norm_first=True, activation="gelu")
+            for _ in range(depth)))
+        self.norm = nn.LayerNorm(width)
+        self.proj = nn.Linear(width, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x)
+        t = t + F.interpolate(self.pos, size=t.shape[2:], mode="bilinear", align_corners=False)
+        t = t.flatten(2).transpose(1, 2)  # (B, N, C)
+        prefix = torch.cat([self.cls, self.registers], dim=1).expand(len(t), -1, -1)
+        t = self.blocks(torch.cat([prefix, t], dim=1))
+        return F.normalize(self.proj(self.norm(t)[:, 0]), dim=1)
+
+
 def _randomise_batchnorm(model: nn.Module, seed: int = 0) -> None:
     """Give BatchNorm layers non-trivial statistics so that tests exercise them."""
     gen = torch.Generator().manual_seed(seed)
@@ -120,3 +151,12 @@ def tiny_cnn(head: str = "gap") -> nn.Module:
     """Factory for the CLI: `--model simexplain.toy:tiny_cnn --layer features`."""
     torch.manual_seed(0)
     return HeadModel(head=head, dim=32, channels=16, depth=3, grid=28).eval()
+
+
+def tiny_vit(depth: int = 2, registers: int = 0, in_channels: int = 3) -> nn.Module:
+    """Factory for the CLI: `--model simexplain.toy:tiny_vit --layer blocks.1` (the last
+    block; `--size 28` gives a 7x7 patch grid)."""
+    torch.manual_seed(0)
+    return TinyViT(dim=32, width=32, depth=depth, heads=4, registers=registers,
+                   in_channels=in_channels).eval()
+

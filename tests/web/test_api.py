@@ -72,8 +72,10 @@ def test_health_and_models(client):
     assert models["default"] == "toy"
     assert [m["name"] for m in models["models"]] == ["toy"]
     assert models["models"][0]["loaded"] and models["models"][0]["similarity"] == "cosine"
+    # the attention methods are listed too (on a CNN such as this toy they answer an error)
     assert set(models["methods"]) == {"decomposition", "relative", "gradcam", "gradcam-raw",
-                                      "rgradcam", "occlusion"}
+                                      "rgradcam", "occlusion", "attention-rollout", "chefer",
+                                      "gradcam-tokens"}
     assert models["index"] is None
 
 
@@ -732,6 +734,14 @@ def test_identical_methods_are_computed_not_named():
         assert (named.get("rgradcam") == "identical") == same
         assert (named.get("relative") == "positive part") == same
         assert "occlusion" not in body["compared"]  # a forward pass per cell: not computed
+
+
+def test_attention_methods_on_a_cnn_answer_why_and_are_not_compared(client, pair):
+    response = client.post("/api/explain", json={"a": "s0", "b": "s1", "method": "chefer"})
+    assert_error(response, 400, "no self-attention")
+    body = client.post("/api/identical", json={"explanation_id": pair["explanation_id"]}).json()
+    assert not {"attention-rollout", "chefer", "gradcam-tokens"} & set(body["compared"])
+    assert "gradcam" in body["compared"]
 
 
 def test_identical_needs_a_known_explanation(client):

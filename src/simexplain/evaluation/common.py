@@ -26,8 +26,9 @@ METHODS = tuple(_REGISTRY)
 # Point-specific maps of the decomposition, one benchmark method per kind
 # (PairExplanation.point_map(kind=...)): "point-match-centred" etc.
 POINT_METHODS = {f"point-{kind}": kind for kind in POINT_MAP_KINDS}
-# The models benchmarked, in display order.
-MODELS = ("fmnist-gap", "fmnist-gmp", "efficientnet-lite0", "facenet")
+# The models benchmarked, in display order. fmnist-vit (a class-token ViT) adds the transformer
+# baselines (methods that need attention run only on models that have it: `applicable`).
+MODELS = ("fmnist-gap", "fmnist-gmp", "fmnist-vit", "efficientnet-lite0", "facenet")
 BOOTSTRAP = 2000  # bootstrap resamples for every confidence interval
 
 
@@ -56,6 +57,7 @@ class ModelSetup:
 SETUPS = {
     "fmnist-gap": ModelSetup("fmnist-gap", "fmnist", 28, 28, 56, occlusion_cap=80),
     "fmnist-gmp": ModelSetup("fmnist-gmp", "fmnist", 28, 28, 56, occlusion_cap=80),
+    "fmnist-vit": ModelSetup("fmnist-vit", "fmnist", 28, 28, 56, occlusion_cap=80),
     # 2 x 128 px = 256 px: an 8x8 grid, 4x4 cells per item
     "efficientnet-lite0": ModelSetup("efficientnet-lite0", "photos", 224, 128, 448,
                                      occlusion_cap=10),
@@ -65,6 +67,7 @@ SETUPS = {
     "fmnist-sketch": ModelSetup("fmnist-sketch", "sketch", 28, 28, 28, occlusion_cap=0),
 }
 QUICK_OCCLUSION_CAP = 5
+_PROBE_SALT = 12345  # the probe pair that decides which methods apply (`applicable`)
 
 
 def method_cap(setup: ModelSetup, method: str, quick: bool = False,
@@ -153,10 +156,42 @@ def start_run(model: str, methods, samples: int | None, quick: bool, allowed: Se
     if model in SETUPS and model not in MODELS:
         raise SimexplainError(f"this benchmark runs on {', '.join(MODELS)}, not {model!r} (the "
                               "two-stream fmnist-sketch has its own: `simexplain eval crossview`)")
-    methods = resolve_methods(methods, allowed)
+    requested = resolve_methods(methods, allowed)
     samples = samples or (quick_samples if quick else default_samples)
     explainer, setup = load_model(model)
-    return methods, samples, explainer, setup, item_source(setup.domain)
+    source = item_source(setup.domain)
+    named = [] if not methods or "all" in methods else requested
+    return (applicable(explainer, setup, source, requested, named), samples, explainer, setup,
+            source)
+
+
+def applicable(explainer, setup: ModelSetup, source, methods: Sequence[str],
+               named: Sequence[str] = ()) -> list[str]:
+    """The methods that can explain this model: those that need attention (the transformer
+    baselines) only where the model is a class-token transformer, decided on one probe pair
+    of its items. Left out silently where they came with 'all' (or by default); a method
+    asked for by name that cannot run is an error naming why."""
+    from ..errors import NotApplicable
+    from ..methods import PreparedPair
+    needs = [m for m in methods if m in _REGISTRY and _REGISTRY[m].needs_attention]
+    if not needs:
+        return list(methods)
+    rng = np.random.default_rng(sample_seed(0, 0, _PROBE_SALT))
+    item_a, item_b = source.pair(rng, setup.single)
+    pair = PreparedPair.of(explainer, to_tensor(explainer, item_a.image, "a"),
+                           to_tensor(explainer, item_b.image, "b"))
+    out = []
+    for m in methods:
+        if m in needs:
+            try:
+                _REGISTRY[m]().check(explainer, pair)
+            except NotApplicable as exc:
+                if m in named:
+                    raise SimexplainError(f"method {m!r} cannot run on {setup.name}: {exc}"
+                                          ) from None
+                continue
+        out.append(m)
+    return out
 
 
 def resolve_methods(requested: Sequence[str] | None, allowed: Sequence[str] = METHODS

@@ -56,7 +56,7 @@ ALLOWED = tuple(POINT_METHODS) + ("cosine", "random")
 ALPHAS = (0.05, 0.1)
 MAX_POINTS = 16
 DEFAULT_SAMPLES = {
-    "fmnist-gap": 300, "fmnist-gmp": 300,
+    "fmnist-gap": 300, "fmnist-gmp": 300, "fmnist-vit": 300,
     "efficientnet-lite0": 40, "facenet": 24}
 QUICK_SAMPLES = 10
 _SALT = 4

@@ -42,11 +42,11 @@ ALLOWED = METHODS
 CURVES = ("deletion", "insertion", "road")
 BETTER = {"deletion": "lower", "insertion": "higher", "road": "lower"}
 DEFAULT_SAMPLES = {
-    "fmnist-gap": 200, "fmnist-gmp": 200,
+    "fmnist-gap": 200, "fmnist-gmp": 200, "fmnist-vit": 200,
     "efficientnet-lite0": 12, "facenet": 10}
 QUICK_SAMPLES = 10
 # b is a single item here (7x7 or 3x3 cells at 28 or 160 px): occlusion is cheap enough
-OCCLUSION_CAPS = {"fmnist-gap": None, "fmnist-gmp": None, "facenet": None}
+OCCLUSION_CAPS = {"fmnist-gap": None, "fmnist-gmp": None, "fmnist-vit": None, "facenet": None}
 MAX_STEPS = {"fmnist": 16, "photos": 8, "faces": 9}
 ROAD_NOISE = 0.01
 ROAD_MAX_SIDE = 64

@@ -37,7 +37,7 @@ THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 SCALE = (0.35, 0.6)  # target side as a fraction of the canvas side
 IOU = 0.5
 DEFAULT_SAMPLES = {
-    "fmnist-gap": 300, "fmnist-gmp": 300,
+    "fmnist-gap": 300, "fmnist-gmp": 300, "fmnist-vit": 300,
     "efficientnet-lite0": 40, "facenet": 20}
 QUICK_SAMPLES = 20
 _SALT = 2

@@ -30,7 +30,7 @@ from .report import compare, fmt, markdown_table, methods_of
 NAME = "pointing"
 ALLOWED = METHODS + tuple(POINT_METHODS)
 DEFAULT_SAMPLES = {
-    "fmnist-gap": 300, "fmnist-gmp": 300,
+    "fmnist-gap": 300, "fmnist-gmp": 300, "fmnist-vit": 300,
     "efficientnet-lite0": 40, "facenet": 20}
 QUICK_SAMPLES = 20
 _SALT = 1

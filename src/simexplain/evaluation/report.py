@@ -29,6 +29,8 @@ BASELINES_NOTE = "baseline"
 ORDER = METHODS + tuple(POINT_METHODS) + ("cosine",)
 # the decomposition's own maps: overall, relative and point maps of every kind
 DECOMPOSITION = ("decomposition", "relative") + tuple(POINT_METHODS)
+# the baselines that explain class-token transformers only (attention rollout, ...)
+ATTENTION_METHODS = tuple(m for m, cls in _REGISTRY.items() if cls.needs_attention)
 
 
 # -- files -------------------------------------------------------------------------------------
@@ -260,6 +262,9 @@ STYLES = {
     "gradcam-raw": ("tab:green", (0, (4, 3)), 1.6),
     "rgradcam": ("tab:red", (0, (1, 2)), 1.8),
     "occlusion": ("tab:purple", "-", 1.4),
+    "attention-rollout": ("tab:gray", "-", 1.8),
+    "chefer": ("darkgoldenrod", (0, (5, 2)), 1.8),
+    "gradcam-tokens": ("darkred", "-", 1.6),
     "random": ("tab:brown", (0, (6, 2, 1, 2)), 1.2),
 }
 
@@ -304,6 +309,9 @@ DATA_NOTES = [
     "the same person, drawn from 5, and distractors come from 2 other people (repeated as "
     "other crops): the intervals describe these draws, not faces in general. Queries 160 px; "
     "composites 320 px (an 8x8 grid).",
+    "- **fmnist-vit**: a class-token vision transformer trained here on Fashion-MNIST, fed like "
+    "fmnist-gap (28 px items, 56 px composites); the transformer baselines run on it (see "
+    "Transformers).",
     "- **fmnist-sketch** (crossview only): two streams trained here; a is an edge sketch of "
     "a Fashion-MNIST test item under a recorded random affine map, b the item (28 px, 7x7 "
     "grids).",
@@ -377,6 +385,61 @@ def in_brief(results: dict[str, list[dict]], benchmarks) -> list[str]:
     return lines
 
 
+TRANSFORMER_TEXT = [
+    "On a class-token vision transformer explained at a token layer (a block's output: a class "
+    "token, maybe registers, then a square grid of patch tokens), the benchmarks also run the "
+    "explanation methods people use on transformers, written from their papers "
+    "(`simexplain.methods`; the attention weights are captured by `simexplain.attention`):",
+    "",
+    "- `attention-rollout` (Abnar & Zuidema 2020): per block the attention averaged over "
+    "heads plus the identity, rows normalised, multiplied from the first block to the last; "
+    "the class token's row over the patch tokens. It depends on one image only, never on the "
+    "partner or the similarity.",
+    "- `chefer` (Chefer, Gur & Wolf 2021): R = I; per block R = R + mean over heads of "
+    "ReLU(ds/dA * A) R, with s the pair's similarity (the other image's embedding fixed); the "
+    "class token's row of R over the patch tokens.",
+    "- `gradcam-tokens`: Grad-CAM with the tokens entering the last block as the feature map "
+    "(weights: the mean over patch tokens of ds/dA; map: ReLU of the weighted sum). The "
+    "tokens the last block outputs are no use under a class-token head: only the class token "
+    "reaches the embedding, the gradient at every patch token is 0.",
+    "",
+    "They are compared with the decomposition's overall and relative maps (and the other "
+    "baselines) in pointing, localisation, faithfulness and sanity; correspondence compares "
+    "point maps, which none of these baselines has, so there the decomposition's point maps "
+    "are compared with raw feature cosine as for every model. On models without self-attention "
+    "they do not run.",
+]
+
+
+def transformer_section(results: dict[str, list[dict]], benchmarks) -> list[str]:
+    """The Transformers section: the attention baselines, and the headline figure of every
+    benchmark on the models they ran on, method by method."""
+    lines = ["## Transformers", "", *TRANSFORMER_TEXT, ""]
+    rows, shown = [], []
+    for module in benchmarks:
+        for r in results.get(module.NAME, []):
+            if not any(m in r["methods"] for m in ATTENTION_METHODS):
+                continue
+            for c in module.headline_comparisons(r):
+                if c is None:
+                    continue
+                shown += [m for m in methods_of(r) if m in c["means"] and m not in shown]
+                rows.append((module.NAME, c, r["model"]))
+    if not rows:
+        return lines + ["No class-token transformer was among the models run. `simexplain eval "
+                        "all --out docs` includes fmnist-vit where the zoo has it (`--model "
+                        "fmnist-vit --out DIR`: that model alone; `simexplain eval pointing "
+                        "--model fmnist-vit --method attention-rollout --out DIR`: one benchmark "
+                        "and method).", ""]
+    shown = sorted(shown, key=lambda m: ORDER.index(m) if m in ORDER else 99)
+    table = [[name, f"{c['label']} ({'higher' if c['higher'] else 'lower'} better)", model] +
+             [fmt_plain(c["means"].get(m)) for m in shown] for name, c, model in rows]
+    return lines + ["Mean of each benchmark's headline figure on those models (the sections "
+                    "below give the intervals and the paired comparisons; sanity is in its "
+                    "own section):", "",
+                    markdown_table(["benchmark", "figure", "model", *shown], table), ""]
+
+
 def write_report(results: dict[str, list[dict]], out: Path, meta: dict, benchmarks,
                  interactive: dict | None = None, interactive_table: str | None = None,
                  img_subdir: str = "img/benchmarks") -> Path:
@@ -390,7 +453,9 @@ def write_report(results: dict[str, list[dict]], out: Path, meta: dict, benchmar
         "",
         "How well do the maps explain the models? Seven saliency methods (the exact "
         "decomposition's overall and relative maps, Grad-CAM on normalised and raw embeddings, "
-        "RGrad-CAM, occlusion, random) and the decomposition's point maps of three kinds "
+        "RGrad-CAM, occlusion, random), on class-token vision transformers three more "
+        "(attention rollout, Chefer et al.'s gradient-weighted attention relevance, Grad-CAM on "
+        "the last block's tokens), and the decomposition's point maps of three kinds "
         "(contribution, match, match-centred) against raw feature matching, on the zoo "
         "models, with real items from Fashion-MNIST, scikit-image's photos and the face photos. "
         "Every figure is the mean over samples with a 95% percentile-bootstrap confidence "
@@ -438,6 +503,7 @@ def write_report(results: dict[str, list[dict]], out: Path, meta: dict, benchmar
                   "negative where lower is better (deletion).", "",
                   markdown_table(["benchmark", "model", "comparison", "means", "difference",
                                   "verdict"], checks), ""]
+    lines += transformer_section(results, benchmarks)
     lines += ["## Data", "", *DATA_NOTES, ""]
     for module in benchmarks:
         if module.NAME in results:

@@ -45,12 +45,12 @@ NAME = "sanity"
 ALLOWED = METHODS
 PARTNERS = 3  # partners per image a in the reference check
 DEFAULT_SAMPLES = {
-    "fmnist-gap": 40, "fmnist-gmp": 40,
+    "fmnist-gap": 40, "fmnist-gmp": 40, "fmnist-vit": 40,
     "efficientnet-lite0": 6, "facenet": 4}
 QUICK_SAMPLES = 4
 # occlusion maps are recomputed at every stage and for every partner: fewer samples
-OCCLUSION_CAPS = {"fmnist-gap": None, "fmnist-gmp": None, "efficientnet-lite0": 2,
-                  "facenet": 1}
+OCCLUSION_CAPS = {"fmnist-gap": None, "fmnist-gmp": None, "fmnist-vit": None,
+                  "efficientnet-lite0": 2, "facenet": 1}
 _SALT = 6
 
 

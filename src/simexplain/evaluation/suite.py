@@ -1,7 +1,8 @@
 """`simexplain eval all`: every benchmark, every available model and method, one report.
 
 Runs pointing, localisation, faithfulness, correspondence and sanity for each benchmark model
-that this installation can load (fmnist-gap, fmnist-gmp, efficientnet-lite0, facenet), the
+that this installation can load (fmnist-gap, fmnist-gmp, fmnist-vit, efficientnet-lite0,
+facenet; the transformer baselines run on class-token transformers such as fmnist-vit), the
 cross-view benchmark on the two-stream sketch model (fmnist-sketch), then the
 interactive-retrieval benchmark (``simexplain.evaluation.interactive``), and writes
 ``BENCHMARKS.md``, ``benchmarks.json`` (all figures, per-sample values included) and the plots

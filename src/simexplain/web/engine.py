@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from .. import maps, regions
-from ..errors import NoPointMap, SimexplainError
+from ..errors import NoPointMap, NotApplicable, SimexplainError
 from ..explanation import DEFAULT_POINT_MAP, PairExplanation, Side
 from ..images import MAX_PIXELS
 from ..methods import (Decomposition, PreparedPair, explanation_methods, get_method,
@@ -383,12 +383,18 @@ class Engine:
         method, the others whose maps equal its own ("identical") or whose positive part it
         is ("positive part", a ReLU'd map against a signed one), e.g. Grad-CAM and RGrad-CAM
         under a global-average-pooling head. Methods with a forward pass per feature cell
-        (occlusion) are compared only once computed; returns (relations, methods compared)."""
+        (occlusion) are compared only once computed, methods that cannot explain the model
+        (attention methods on a CNN) not at all; returns (relations, methods compared)."""
         record = self.record(explanation_id)
-        compared = [m for m in METHODS if not method_class(m).per_cell_cost
-                    or m in record.method_maps]
-        found = {m: [torch.as_tensor(v).double() for v in self._method_maps(record, m)]
-                 for m in compared}
+        found = {}
+        for m in METHODS:
+            if method_class(m).per_cell_cost and m not in record.method_maps:
+                continue
+            try:
+                found[m] = [torch.as_tensor(v).double() for v in self._method_maps(record, m)]
+            except NotApplicable:  # e.g. attention rollout on a CNN: not compared
+                continue
+        compared = list(found)
         relations: dict[str, list[dict]] = {m: [] for m in compared}
         for m in compared:
             for other in compared:
