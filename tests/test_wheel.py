@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import venv
@@ -27,9 +28,15 @@ def _run(args, **kwargs) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
+    # built from a copy of the tree: setuptools writes build/ and *.egg-info next to the sources
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(ROOT / name, source / name)
+    shutil.copytree(ROOT / "src", source / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     # the set-up's own setuptools (locked), no download: the same build a user's pip makes
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-          "-w", str(out), str(ROOT)])
+          "-w", str(out), str(source)])
     wheels = list(out.glob("simexplain-*.whl"))
     assert len(wheels) == 1, wheels
     return wheels[0]

@@ -24,7 +24,11 @@ How it is computed (cost for P positions, C channels, D embedding dimensions):
   the pooled vector (a P x C matrix: A_pk / P for the average, A_pk at the argmax for max, ...)
   is computed directly and only the post-pooling head is differentiated: O(P C D).
 * Any other head is differentiated whole, from the layer output.
-* Either way J is applied by forward tangents (one per position) or by a reverse-mode Jacobian
+* A whole head that is affine once its gates, statistics and attention weights are frozen
+  (transformer blocks, conv heads) takes the "batched" path: the head runs as that affine
+  map on the layer output masked to each position in turn, all at once under vmap, with no
+  derivative at all; an additivity check sends any other head on to the next item.
+* Otherwise J is applied by forward tangents (one per position) or by a reverse-mode Jacobian
   (one cotangent per embedding dimension), whichever is fewer, in chunks under a budget;
   small heads take the reverse path with one cotangent per image and dimension, which also
   gives the constant term, so that no forward-mode pass (slow per operation) runs.
@@ -235,7 +239,8 @@ def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[st
         chunk = max(1, budget // pooled.numel())  # tangents or cotangents at a time
         batched = None
         if shares is None and strategy in ("auto", "batched"):
-            batched = _batched(post, pooled, offsets, n_pos, chunk)  # None: not affine
+            # each variant holds the head's intermediate values, not one tangent: fewer at once
+            batched = _batched(post, pooled, offsets, n_pos, max(1, chunk // 8))  # None: not affine
         if batched is not None:
             mode = "batched"
         elif strategy in ("auto", "batched"):  # the fewer tangents, or a cheap pullback
