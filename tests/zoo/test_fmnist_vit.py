@@ -1,0 +1,147 @@
+"""fmnist-vit: the class-token ViT trained here on Fashion-MNIST (weights committed)."""
+
+import tomllib
+from fnmatch import fnmatch
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import simexplain
+from simexplain import zoo
+from simexplain.datasets import DatasetMissing, fashion_mnist
+from simexplain.errors import ModelError
+from simexplain.evaluation.metrics import recall_at_k
+from simexplain.zoo import samples
+from simexplain.zoo.fmnist import FMNIST_PREPROCESS, weights_path
+from simexplain.zoo.vit import (
+    DEPTH, NAME, VIT_PREPROCESS, WEIGHTS, FashionViT, explained_layer, load_fmnist_vit)
+
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_fmnist_vit()
+
+
+@pytest.fixture(scope="module")
+def test_items():
+    try:
+        images, labels = fashion_mnist("test")
+    except DatasetMissing as exc:
+        pytest.skip(str(exc))
+    x = torch.stack([VIT_PREPROCESS(Image.fromarray(image)) for image in images[:500]])
+    return x, torch.as_tensor(labels[:500])
+
+
+def _with_layer(model, x, name):
+    """(embedding, output of the named module)."""
+    captured = {}
+    layer = dict(model.named_modules())[name]
+    handle = layer.register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
+    try:
+        embedding = model(x)
+    finally:
+        handle.remove()
+    return embedding, captured["out"]
+
+
+def test_zoo_entry():
+    assert NAME in zoo.list()
+    spec = zoo.entry(NAME)
+    assert spec.layer == explained_layer() == f"blocks.{DEPTH - 2}"
+    assert spec.similarity == "cosine" and spec.embedding_dim == 64 and not spec.two_stream
+    # fmnist-gap's normalisation, but a fixed 28x28 input (the position embeddings fix 7x7)
+    assert spec.preprocess.size == (28, 28) and spec.preprocess.grayscale
+    assert tuple(spec.preprocess.mean) == tuple(FMNIST_PREPROCESS.mean)
+    assert tuple(spec.preprocess.std) == tuple(FMNIST_PREPROCESS.std)
+    assert not spec.preprocess.keep_aspect
+    assert spec.sample is samples.fashion_pair
+    assert isinstance(zoo.model(NAME), FashionViT) and not zoo.model(NAME).training
+
+
+def test_weights_are_small_half_precision_package_data():
+    assert WEIGHTS == weights_path("vit") and WEIGHTS.is_file()
+    assert WEIGHTS.stat().st_size < 500_000
+    package = Path(simexplain.__file__).parent
+    relative = WEIGHTS.relative_to(package).as_posix()
+    globs = tomllib.loads(PYPROJECT.read_text())["tool"]["setuptools"]["package-data"]
+    assert any(fnmatch(relative, g) for g in globs["simexplain"]), relative
+    checkpoint = torch.load(WEIGHTS, map_location="cpu", weights_only=True)
+    assert checkpoint["head"] == "vit"
+    assert all(v.dtype == torch.float16 for v in checkpoint["state_dict"].values()
+               if v.is_floating_point())
+
+
+def test_named_blocks_are_standard_transformer_layers(model):
+    modules = dict(model.named_modules())
+    for i in range(DEPTH):
+        block = modules[f"blocks.{i}"]
+        assert isinstance(block, torch.nn.TransformerEncoderLayer) and block.norm_first
+        assert isinstance(block.self_attn, torch.nn.MultiheadAttention)
+    assert f"blocks.{DEPTH}" not in modules
+    assert sum(p.numel() for p in model.parameters()) < 250_000
+
+
+@pytest.mark.parametrize("grad", [False, True])  # no_grad may take the fused fast path
+def test_shapes_and_unit_norm(model, grad):
+    x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.set_grad_enabled(grad):
+        embedding, tokens = _with_layer(model, x, explained_layer())
+    assert tokens.shape == (3, 50, 64)  # class token + 7x7 patches, width 64
+    assert embedding.shape == (3, 64)
+    torch.testing.assert_close(embedding.norm(dim=1), torch.ones(3))
+
+
+def test_batched_equals_single(model):
+    x = torch.randn(5, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        batched = model(x)
+        single = torch.cat([model(x[i:i + 1]) for i in range(len(x))])
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-4)
+
+
+def test_the_class_token_is_what_the_embedding_reads(model):
+    """The last block's patch tokens do not reach the embedding; its class token does."""
+    x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        embedding, last = _with_layer(model, x, f"blocks.{DEPTH - 1}")
+        head = lambda t: torch.nn.functional.normalize(  # noqa: E731
+            model.embed(model.norm(t)[:, 0]), dim=1)
+        torch.testing.assert_close(head(last), embedding)
+        changed = last.clone()
+        changed[:, 1:] = 0
+        torch.testing.assert_close(head(changed), embedding)
+
+
+def test_rejects_bad_input(model):
+    with pytest.raises(ModelError, match="28x28"):
+        model(torch.zeros(1, 1, 28, 56))
+    with pytest.raises(ModelError, match=r"\(B, 1, H, W\)"):
+        model(torch.zeros(1, 3, 28, 28))
+    with pytest.raises(ModelError, match="not a ViT"):
+        load_fmnist_vit(weights_path("gap"))
+
+
+def _class_separation(model, x, labels) -> tuple[float, float]:
+    """(mean same-class cosine - mean different-class cosine, Recall@1) over the items."""
+    with torch.no_grad():
+        e = model(x)
+    sim = e @ e.T
+    same = labels[:, None] == labels[None, :]
+    off_diagonal = ~torch.eye(len(labels), dtype=torch.bool)
+    gap = float(sim[same & off_diagonal].mean() - sim[~same].mean())
+    return gap, float(recall_at_k(e, labels, e, labels, k=1, exclude_self=True))
+
+
+def test_trained_model_separates_classes(model, test_items):
+    x, labels = test_items
+    gap, recall = _class_separation(model, x, labels)
+    torch.manual_seed(0)
+    random_gap, random_recall = _class_separation(FashionViT().eval(), x, labels)
+    # Measured on these 500 items: trained THRESHOLDS, random init THRESHOLDS.
+    assert gap > 0.3 and gap > random_gap + 0.2
+    assert recall > 0.7 and recall > random_recall + 0.1
