@@ -169,7 +169,7 @@ def _register_builtins() -> None:
         description="small class-token ViT trained here on Fashion-MNIST (multi-similarity "
                     "loss): 4x4 patches, 4 pre-norm blocks (width 64, 4 heads, GELU MLP 128), "
                     "LayerNorm, class token, linear, L2; explained at blocks.2 (one block "
-                    "before the last), 7x7 patch grid + class token at 28x28 px (squashed)",
+                    "before the last), 7x7 patch grid + class token at 28x28 px",
         sample=samples.fashion_pair))
     register(ZooEntry(
         name=sketch.NAME, build=sketch.build_sketch_stream, layer=sketch.LAYER,
