@@ -111,6 +111,7 @@ def build_fmnist_model(head: str, embedding_dim: int = 64) -> torch.nn.Module:
 
 
 def default_epochs(dataset: str, head: str = "gap") -> int:
+    """Passes over the training split when `--epochs` is not given."""
     if dataset == "sketch":
         return SKETCH_EPOCHS
     return VIT_EPOCHS if head == vit.HEAD else DEFAULT_EPOCHS

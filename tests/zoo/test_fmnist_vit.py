@@ -96,6 +96,16 @@ def test_shapes_and_unit_norm(model, grad):
     torch.testing.assert_close(embedding.norm(dim=1), torch.ones(3))
 
 
+def test_fused_fast_path_matches_the_plain_path(model):
+    """In eval mode under no_grad, nn.TransformerEncoderLayer may run a fused kernel."""
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        fast, fast_tokens = _with_layer(model, x, explained_layer())
+    plain, plain_tokens = _with_layer(model, x, explained_layer())
+    torch.testing.assert_close(fast, plain.detach(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(fast_tokens, plain_tokens.detach(), atol=1e-4, rtol=1e-4)
+
+
 def test_batched_equals_single(model):
     x = torch.randn(5, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

@@ -9,7 +9,7 @@ plus learned position embeddings -> ``blocks.0`` ... ``blocks.{depth-1}`` (stand
 
 The explained layer is the output of the block before the last (``blocks.{depth-2}``, a
 (B, 50, C) token tensor: the class token then the 7x7 patches in row-major order): after the
-last block only the class token is read, so the last block's patch tokens carry nothing.
+last block only the class token is read (its patch tokens never reach the embedding).
 The position embeddings fix the grid, so inputs are squashed to exactly 28x28.
 """
 
