@@ -131,3 +131,28 @@ def test_sketch_training_rejects_bad_limits(tiny_data, tmp_path):
     assert main(["train", "sketch", "--limit", "1", "--data", str(tiny_data),
                  "--out", str(tmp_path / "x.pt")]) != 0
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_vit_training_quick_mode_is_seeded_and_loads(tiny_data, tmp_path, capsys):
+    """`simexplain train fmnist --head vit` on a few images: half-precision weights that load
+    as the zoo's ViT and give the reported metrics (evaluated as saved), seeded."""
+    from simexplain.cli import main
+    from simexplain.training import evaluate, normalize_images
+    from simexplain.zoo.vit import FashionViT, load_fmnist_vit
+    outs = [tmp_path / "a.pt", tmp_path / "b.pt"]
+    for out in outs:  # no --epochs: the ViT's default (one pass)
+        assert main(["train", "fmnist", "--head", "vit", "--batch-size", "32", "--limit", "64",
+                     "--eval-limit", "40", "--data", str(tiny_data), "--out", str(out)]) == 0
+    assert "head=vit epochs=1" in capsys.readouterr().out
+    a, b = (torch.load(out, weights_only=True) for out in outs)
+    assert a["head"] == "vit" and a["train_images"] == 64 and a["metrics"]["test_images"] == 40
+    assert a["depth"] == 4 and a["width"] == 64 and a["heads"] == 4 and a["mlp"] == 128
+    for name, value in a["state_dict"].items():
+        assert value.dtype == torch.float16 or not value.is_floating_point(), name
+        assert torch.equal(value, b["state_dict"][name]), name
+    model = load_fmnist_vit(outs[0])
+    assert isinstance(model, FashionViT) and not model.training
+    from simexplain.datasets import fashion_mnist
+    items, labels = fashion_mnist("test", tiny_data)
+    again = evaluate(model, normalize_images(items[:40]), torch.from_numpy(labels[:40]))
+    assert again["recall_at_1"] == a["metrics"]["recall_at_1"]

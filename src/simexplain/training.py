@@ -1,8 +1,9 @@
 """Training the Fashion-MNIST models (`simexplain train fmnist|sketch ...`).
 
-`train_fmnist` trains a `FashionNet` with pytorch-metric-learning's multi-similarity loss and
-miner on the training split, evaluates Recall@1 and MAP@R on the test split (each test image
-queries the rest of the test set), and writes a checkpoint atomically. `train_sketch` trains the
+`train_fmnist` trains a `FashionNet` (head gap or gmp) or a `FashionViT` (head vit) with
+pytorch-metric-learning's multi-similarity loss and miner on the training split, evaluates
+Recall@1 and MAP@R on the test split (each test image queries the rest of the test set), and
+writes a checkpoint atomically. `train_sketch` trains the
 two-stream sketch-to-item model (`simexplain.zoo.sketch`) on cross-modal pairs and evaluates
 sketch-to-item Recall@1. Runs are fully seeded:
 the same seed, data and machine give the same weights.
@@ -24,9 +25,15 @@ from .datasets import fashion_mnist
 from .errors import SimexplainError
 from .files import atomic_path
 from .evaluation.metrics import hits_at_k, map_at_r, recall_at_k
-from .zoo.fmnist import FMNIST_MEAN, FMNIST_STD, HEADS, FashionNet, weights_path
+from .zoo import vit
+from .zoo.fmnist import (FMNIST_MEAN, FMNIST_STD, HEADS, FashionNet, float_state,
+                         weights_path)
 
 DEFAULT_EPOCHS = 8
+# The ViT trains on the CPU within about 15 minutes (2 threads): one pass over the data.
+VIT_EPOCHS = 1
+# What `simexplain train fmnist --head` builds: a CNN with a pooling head, or the ViT.
+FMNIST_HEADS = HEADS + (vit.HEAD,)
 DEFAULT_SEED = 0
 DEFAULT_BATCH_SIZE = 128
 DEFAULT_LR = 2e-3
@@ -90,6 +97,35 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor)
     }
 
 
+def _check_head(head: str) -> None:
+    if head not in FMNIST_HEADS:
+        raise SimexplainError(f"unknown head {head!r}: use one of {', '.join(FMNIST_HEADS)}")
+
+
+def build_fmnist_model(head: str, embedding_dim: int = 64) -> torch.nn.Module:
+    """A fresh `FashionViT` for head "vit", else a `FashionNet` with that pooling head."""
+    _check_head(head)
+    if head == vit.HEAD:
+        return vit.FashionViT(embedding_dim=embedding_dim)
+    return FashionNet(head=head, embedding_dim=embedding_dim)
+
+
+def default_epochs(dataset: str, head: str = "gap") -> int:
+    """Passes over the training split when `--epochs` is not given."""
+    if dataset == "sketch":
+        return SKETCH_EPOCHS
+    return VIT_EPOCHS if head == vit.HEAD else DEFAULT_EPOCHS
+
+
+def _to_half(model: torch.nn.Module) -> dict:
+    """The model's weights rounded to half precision (a small committed file), also loaded
+    back into the model, so that what is evaluated next is what is saved."""
+    state = {k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu())
+             for k, v in model.state_dict().items()}
+    model.load_state_dict(float_state(state))
+    return state
+
+
 def _save_atomic(obj: dict, out: Path) -> None:
     with atomic_path(out) as tmp:
         torch.save(obj, tmp)
@@ -135,7 +171,9 @@ def train_fmnist(head: str, epochs: int, seed: int, out: Path, data_root=None,
                  embedding_dim: int = 64, augmentation: bool = True,
                  limit: int | None = None, eval_limit: int | None = None,
                  progress: bool = True, device: str = "cpu") -> dict:
-    """Train `FashionNet(head)` on Fashion-MNIST and save a checkpoint to `out`.
+    """Train `FashionNet(head)` (head "gap" or "gmp") or `FashionViT` (head "vit") on
+    Fashion-MNIST and save a checkpoint to `out`; the ViT's weights are stored in half
+    precision (and evaluated as stored).
 
     `limit` / `eval_limit` use only the first images of the train / test split (quick runs,
     tests). `device` may name a GPU ("cuda") for speed; the saved weights are on the CPU.
@@ -143,8 +181,7 @@ def train_fmnist(head: str, epochs: int, seed: int, out: Path, data_root=None,
     """
     from pytorch_metric_learning import losses, miners
 
-    if head not in HEADS:
-        raise SimexplainError(f"unknown head {head!r}: use one of {', '.join(HEADS)}")
+    _check_head(head)  # before reading the data
     if epochs < 1 or batch_size < 2:
         raise SimexplainError("epochs must be >= 1 and batch size >= 2")
     out = Path(out)
@@ -155,7 +192,7 @@ def train_fmnist(head: str, epochs: int, seed: int, out: Path, data_root=None,
     started = time.time()
     with _deterministic():
         seed_everything(seed)
-        model = FashionNet(head=head, embedding_dim=embedding_dim).to(device)
+        model = build_fmnist_model(head, embedding_dim).to(device)
         loss_fn = losses.MultiSimilarityLoss(alpha=2.0, beta=50.0, base=0.5)
         miner = miners.MultiSimilarityMiner(epsilon=0.1)
         generator = torch.Generator().manual_seed(seed)
@@ -172,14 +209,18 @@ def train_fmnist(head: str, epochs: int, seed: int, out: Path, data_root=None,
              f"fmnist-{head}", progress)
 
         model.eval()
+        half = head == vit.HEAD
+        state = _to_half(model) if half else {
+            k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         metrics = evaluate(model, test_images.to(device), test_labels)
     metrics["train_seconds"] = round(time.time() - started, 1)
     metrics["test_images"] = len(test_images)
 
+    shape = model.config if half else {"embedding_dim": embedding_dim,
+                                       "width": model.channels // 4}
     info = {
         "head": head,
-        "embedding_dim": embedding_dim,
-        "width": model.channels // 4,
+        **shape,
         "metrics": metrics,
         "seed": seed,
         "epochs": epochs,
@@ -189,8 +230,8 @@ def train_fmnist(head: str, epochs: int, seed: int, out: Path, data_root=None,
         "train_images": len(train_images),
         "torch": str(torch.__version__),
         "device": str(device),
+        "threads": torch.get_num_threads(),
     }
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     _save_atomic({"state_dict": state, **info}, out)
     return info
 
@@ -269,12 +310,7 @@ def train_sketch(epochs: int, seed: int, out: Path, data_root=None,
         _fit([sketch_model, item_model], loss_of, len(train_items), epochs, batch_size, lr,
              generator, "fmnist-sketch", progress)
 
-        # evaluate the weights as saved (half precision), not the float ones
-        states = [{k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu())
-                   for k, v in m.state_dict().items()} for m in (sketch_model, item_model)]
-        for m, state in zip((sketch_model, item_model), states):
-            m.load_state_dict({k: v.float() if v.is_floating_point() else v
-                               for k, v in state.items()})
+        states = [_to_half(m) for m in (sketch_model, item_model)]
         metrics = sketch_retrieval(sketch_model, item_model, test_sketches.to(device),
                                    test_items.to(device), torch.from_numpy(test_y))
     metrics["train_seconds"] = round(time.time() - started, 1)
@@ -293,18 +329,20 @@ def train_sketch(epochs: int, seed: int, out: Path, data_root=None,
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments of `simexplain train`: dataset, --head, --epochs, --seed, --out, --data, ..."""
     parser.add_argument("dataset", choices=list(TRAINABLE),
-                        help="what to train: fmnist (fmnist-gap/gmp: one stream) or sketch "
-                             "(fmnist-sketch: two streams, sketch to item)")
-    parser.add_argument("--head", choices=list(HEADS), default="gap",
-                        help="global pooling of the head: average (gap) or max (gmp)")
+                        help="what to train: fmnist (fmnist-gap/gmp/vit: one stream) or "
+                             "sketch (fmnist-sketch: two streams, sketch to item)")
+    parser.add_argument("--head", choices=list(FMNIST_HEADS), default="gap",
+                        help="fmnist: the CNN's global pooling, average (gap) or max (gmp), "
+                             "or the class-token ViT (vit)")
     parser.add_argument("--epochs", type=int, default=None,
                         help=f"passes over the training split (default: fmnist "
-                             f"{DEFAULT_EPOCHS}, sketch {SKETCH_EPOCHS})")
+                             f"{DEFAULT_EPOCHS}, fmnist --head vit {VIT_EPOCHS}, sketch "
+                             f"{SKETCH_EPOCHS})")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                         help=f"random seed (default {DEFAULT_SEED})")
     parser.add_argument("--out", type=Path, default=None,
                         help="checkpoint to write (default: the committed weights file "
-                             "src/simexplain/zoo/weights/fmnist-<head>.pt, or "
+                             "src/simexplain/zoo/weights/fmnist-<gap|gmp|vit>.pt, or "
                              "fmnist-sketch.pt)")
     parser.add_argument("--data", type=Path, default=None,
                         help="directory with the Fashion-MNIST IDX files (default: the "
@@ -336,7 +374,7 @@ def cli_train(args: argparse.Namespace) -> int:
     if args.dataset == "sketch":
         from .zoo.sketch import WEIGHTS
         out = args.out if args.out is not None else WEIGHTS
-        info = train_sketch(args.epochs or SKETCH_EPOCHS, args.seed, out, **options)
+        info = train_sketch(args.epochs or default_epochs("sketch"), args.seed, out, **options)
         m = info["metrics"]
         print(f"saved {out}: fmnist-sketch epochs={info['epochs']} seed={info['seed']} "
               f"sketch-to-item Recall@1={m['recall_at_1']:.4f} (own item), "
@@ -344,7 +382,8 @@ def cli_train(args: argparse.Namespace) -> int:
               f"({m['test_images']} test items, {m['train_seconds']}s)")
         return 0
     out = args.out if args.out is not None else weights_path(args.head)
-    info = train_fmnist(args.head, args.epochs or DEFAULT_EPOCHS, args.seed, out, **options)
+    info = train_fmnist(args.head, args.epochs or default_epochs("fmnist", args.head), args.seed,
+                        out, **options)
     m = info["metrics"]
     print(f"saved {out}: head={info['head']} epochs={info['epochs']} seed={info['seed']} "
           f"Recall@1={m['recall_at_1']:.4f} MAP@R={m['map_at_r']:.4f} "

@@ -10,7 +10,7 @@ def register(commands) -> None:
     models = commands.add_parser("models", help="list the model zoo")
     models.set_defaults(run=cmd_models)
     train = commands.add_parser(
-        "train", help="train a zoo model (fmnist-gap, fmnist-gmp, fmnist-sketch)")
+        "train", help="train a zoo model (fmnist-gap, fmnist-gmp, fmnist-vit, fmnist-sketch)")
     add_train_arguments(train)
     train.set_defaults(run=cmd_train)
 

@@ -147,7 +147,7 @@ def _register_builtins() -> None:
     if _BUILTINS_DONE:
         return
     _BUILTINS_DONE = True
-    from . import efficientnet, facenet, fmnist, samples, sketch
+    from . import efficientnet, facenet, fmnist, samples, sketch, vit
     register(ZooEntry(
         name="efficientnet-lite0", build=efficientnet.build_efficientnet_lite0,
         layer=efficientnet.DEFAULT_LAYER, similarity="cosine",
@@ -170,6 +170,14 @@ def _register_builtins() -> None:
                         f"{head.upper()} head, linear, L2; 7x7 grid at 28 px, 7x14 on a 28x56 "
                         f"composite (aspect ratio kept)",
             sample=samples.fashion_pair))
+    register(ZooEntry(
+        name=vit.NAME, build=vit.load_fmnist_vit, layer=vit.explained_layer(),
+        similarity="cosine", preprocess=vit.VIT_PREPROCESS, embedding_dim=64,
+        description="small class-token ViT trained here on Fashion-MNIST (multi-similarity "
+                    "loss): 4x4 patches, 4 pre-norm blocks (width 64, 4 heads, GELU MLP 128), "
+                    "LayerNorm, class token, linear, L2; explained at blocks.2 (one block "
+                    "before the last), 7x7 patch grid + class token at 28x28 px",
+        sample=samples.fashion_pair))
     register(ZooEntry(
         name=sketch.NAME, build=sketch.build_sketch_stream, layer=sketch.LAYER,
         similarity="cosine", preprocess=sketch.SKETCH_PREPROCESS, embedding_dim=64,

@@ -91,7 +91,7 @@ def load_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise ModelError(
             f"Fashion-MNIST weights not found: {path}. Train them with "
-            f"`simexplain train fmnist --head <gap|gmp> --out {path}`.")
+            f"`simexplain train fmnist --head <gap|gmp|vit> --out {path}`.")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
@@ -99,6 +99,12 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ModelError(f"{path}: not a simexplain Fashion-MNIST checkpoint")
     return checkpoint
+
+
+def float_state(state: dict) -> dict:
+    """A state dict with its floating-point tensors in float32 (the ViT and sketch weights
+    are stored in half precision to keep the committed files small)."""
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
 def model_from_checkpoint(checkpoint: dict, source: str | Path = "checkpoint") -> FashionNet:

@@ -20,7 +20,8 @@ from PIL import Image
 
 from ..errors import ModelError
 from ..images import Preprocess
-from .fmnist import EXPLAINED_LAYER, FMNIST_PREPROCESS, WEIGHTS_DIR, FashionNet, load_checkpoint
+from .fmnist import (EXPLAINED_LAYER, FMNIST_PREPROCESS, WEIGHTS_DIR, FashionNet, float_state,
+                     load_checkpoint)
 
 NAME = "fmnist-sketch"
 WEIGHTS = WEIGHTS_DIR / f"{NAME}.pt"
@@ -92,10 +93,8 @@ def load_sketch_streams(path: str | Path | None = None) -> tuple[FashionNet, Fas
     streams = build_streams(int(checkpoint.get("embedding_dim", 64)),
                             int(checkpoint.get("width", DEFAULT_WIDTH)))
     for stream, key in zip(streams, ("state_dict", "state_dict_b")):
-        state = {k: v.float() if v.is_floating_point() else v
-                 for k, v in checkpoint[key].items()}  # stored in half precision (size)
         try:
-            stream.load_state_dict(state)
+            stream.load_state_dict(float_state(checkpoint[key]))  # stored in half precision
         except RuntimeError as exc:
             raise ModelError(f"{path}: weights do not fit the sketch model ({exc})") from None
         stream.eval()
