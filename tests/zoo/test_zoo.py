@@ -13,17 +13,13 @@ EXPECTED = {  # name: (embedding size, grid at the default input size)
     "fmnist-sketch": (64, (7, 7)),  # two streams: sketch (a) and item (b)
     "fmnist-vit": (64, (7, 7)),  # 7x7 patch tokens after a class token
 }
-# The engine linearises transformer blocks (softmax, GELU) for now: exact once it handles them.
-NOT_YET_EXACT = {"fmnist-vit": "a transformer block in the head is linearised (issue 22)"}
 
 
 def test_the_zoo_lists_every_model():
     assert zoo.list() == sorted(EXPECTED)
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(reason=NOT_YET_EXACT[name], strict=False))
-    if name in NOT_YET_EXACT else name for name in sorted(EXPECTED)])
+@pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_model_loads_and_decomposes_exactly(name):
     explainer = zoo.load(name)
     spec = zoo.entry(name)
