@@ -154,8 +154,9 @@ def tiny_cnn(head: str = "gap") -> nn.Module:
 
 
 def tiny_vit(depth: int = 2, registers: int = 0, in_channels: int = 3) -> nn.Module:
-    """Factory for the CLI: `--model simexplain.toy:tiny_vit --layer blocks.1` (the last
-    block; `--size 28` gives a 7x7 patch grid)."""
+    """Factory for the CLI: `--model simexplain.toy:tiny_vit --layer blocks.0` (one block
+    before the end: at the last block only the class token is read; `--size 28` gives a 7x7
+    patch grid)."""
     torch.manual_seed(0)
     return TinyViT(dim=32, width=32, depth=depth, heads=4, registers=registers,
                    in_channels=in_channels).eval()

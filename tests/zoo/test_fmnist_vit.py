@@ -54,7 +54,7 @@ def test_zoo_entry():
     spec = zoo.entry(NAME)
     assert spec.layer == explained_layer() == f"blocks.{DEPTH - 2}"
     assert spec.similarity == "cosine" and spec.embedding_dim == 64 and not spec.two_stream
-    # fmnist-gap's normalisation, but a fixed 28x28 input (the position embeddings fix 7x7)
+    # fmnist-gap's normalisation, but inputs squashed to 28x28 (the grid it was trained on)
     assert spec.preprocess.size == (28, 28) and spec.preprocess.grayscale
     assert tuple(spec.preprocess.mean) == tuple(FMNIST_PREPROCESS.mean)
     assert tuple(spec.preprocess.std) == tuple(FMNIST_PREPROCESS.std)
@@ -127,9 +127,21 @@ def test_the_class_token_is_what_the_embedding_reads(model):
         torch.testing.assert_close(head(changed), embedding)
 
 
+def test_other_sizes_resize_the_position_embeddings(model):
+    """A 56x56 composite gets a 14x14 grid (position embeddings resized); 28x28 is unchanged
+    (the resizing is the identity there)."""
+    with torch.no_grad():
+        tokens = model.tokens(torch.zeros(2, 1, 56, 56))
+        assert tokens.shape == (2, 1 + 14 * 14, model.pos_embed.shape[-1])
+        x = torch.randn(2, 1, 28, 28)
+        patches = model.patch_embed(x).flatten(2).transpose(1, 2)
+        direct = torch.cat([model.cls_token.expand(2, -1, -1), patches], 1) + model.pos_embed
+        torch.testing.assert_close(model.tokens(x), direct)
+
+
 def test_rejects_bad_input(model):
-    with pytest.raises(ModelError, match="28x28"):
-        model(torch.zeros(1, 1, 28, 56))
+    with pytest.raises(ModelError, match="multiples of 4"):
+        model(torch.zeros(1, 1, 28, 30))
     with pytest.raises(ModelError, match=r"\(B, 1, H, W\)"):
         model(torch.zeros(1, 3, 28, 28))
     with pytest.raises(ModelError, match="not a ViT"):

@@ -36,7 +36,8 @@ HEADS = 4
 MLP = 128
 # FashionViT's constructor arguments, as stored in a checkpoint
 CONFIG_KEYS = ("embedding_dim", "width", "depth", "heads", "mlp")
-# The same normalisation as fmnist-gap/gmp, but a fixed size: position embeddings need 7x7.
+# The same normalisation as fmnist-gap/gmp; photos are squashed to the 28x28 (7x7 grid) it was
+# trained on (other square sizes work with resized position embeddings, `FashionViT.tokens`).
 VIT_PREPROCESS = Preprocess(size=(SIZE, SIZE), mean=(FMNIST_MEAN,), std=(FMNIST_STD,),
                             grayscale=True, keep_aspect=False)
 
@@ -83,18 +84,27 @@ class FashionViT(nn.Module):
         return explained_layer(self.depth)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, 28, 28) -> (B, 1 + 49, C): class token, then patches row by row."""
-        patches = self.patch_embed(x).flatten(2).transpose(1, 2)
+        """(B, 1, 28, 28) -> (B, 1 + 49, C): class token, then patches row by row. Other
+        sizes (a 56x56 composite of four items) get the 7x7 position embeddings bilinearly
+        resized to their grid, as ViTs are usually run off their training size."""
+        patches = self.patch_embed(x)  # (B, C, H/4, W/4)
+        grid = tuple(patches.shape[-2:])
+        position = self.pos_embed
+        if grid != (self.grid, self.grid):
+            cls_pos, patch_pos = position[:, :1], position[:, 1:]
+            patch_pos = patch_pos.transpose(1, 2).reshape(1, -1, self.grid, self.grid)
+            patch_pos = F.interpolate(patch_pos, size=grid, mode="bilinear", align_corners=False)
+            position = torch.cat([cls_pos, patch_pos.flatten(2).transpose(1, 2)], dim=1)
         cls = self.cls_token.expand(x.shape[0], -1, -1)
-        return torch.cat([cls, patches], dim=1) + self.pos_embed
+        return torch.cat([cls, patches.flatten(2).transpose(1, 2)], dim=1) + position
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 1:
             raise ModelError(
                 f"FashionViT expects gray images of shape (B, 1, H, W), got {tuple(x.shape)}")
-        if tuple(x.shape[-2:]) != (SIZE, SIZE):
-            raise ModelError(f"FashionViT needs 28x28 images (a fixed 7x7 patch grid), got "
-                             f"{x.shape[-2]}x{x.shape[-1]}")
+        if x.shape[-2] % PATCH or x.shape[-1] % PATCH:
+            raise ModelError(f"FashionViT needs image sides that are multiples of {PATCH} px "
+                             f"(4x4 patches), got {x.shape[-2]}x{x.shape[-1]}")
         h = self.tokens(x)
         for block in self.blocks:
             h = block(h)
