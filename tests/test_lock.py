@@ -7,6 +7,7 @@ import importlib.metadata
 import re
 import subprocess
 import sys
+import sysconfig
 import tomllib
 from pathlib import Path
 
@@ -80,8 +81,11 @@ def _in_project_venv() -> bool:
                     reason="the tests run outside the project's .venv (e.g. make upgrade-check)")
 def test_the_venv_holds_exactly_the_lock():
     locked = _lock()
+    # what pip installed into .venv (not what other packages put on sys.path at run time:
+    # Ray adds its bundled psutil and colorama)
+    site = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     installed = {canonicalize_name(dist.metadata["Name"]): dist.version
-                 for dist in importlib.metadata.distributions()}
+                 for dist in importlib.metadata.distributions(path=sorted(site))}
     wrong = {name: (version, installed.get(name)) for name, (version, _) in locked.items()
              if installed.get(name) != version}
     assert not wrong, f"locked version vs installed (rerun the set-up: make setup): {wrong}"

@@ -181,8 +181,11 @@ def test_class_token_head_gives_every_patch_a_match_map():
     match map (its features as the head maps them)."""
     from simexplain.toy import TokenModel
     torch.manual_seed(0)
+    from simexplain.errors import NoSpatialMap
     explainer = Explainer(TokenModel(pool="cls").eval(), "tokens")
-    result = explainer.explain(torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32))
+    with pytest.warns(NoSpatialMap):  # the overall map has nothing spatial: said, not drawn flat
+        result = explainer.explain(torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32))
+    assert not result.a.spatial
     assert result.a.projected is not None and result.a.projected.shape[0] == 64
     maps = [result.point_map("a", (4 * r + 1.5, 4 * c + 1.5)) for r, c in ((0, 0), (5, 2))]
     assert all(torch.isfinite(m).all() for m in maps)
