@@ -773,3 +773,24 @@ def test_zoo_models_offer_their_sample_pair(monkeypatch, explainer, samples):
     with TestClient(app, base_url="http://localhost") as c:
         assert c.get("/api/models").json()["models"][0]["sample_pair"] is None
         assert c.get("/api/images").json()["total"] == len(samples)
+
+
+def test_a_class_token_model_reports_its_token_share_and_whether_the_map_is_spatial(samples):
+    """A class-token ViT explained one block before the end: the grid's map plus the class
+    token's share make the score; at the last block the answer says the map is not spatial."""
+    import torch
+    from simexplain.explainer import Explainer
+    from simexplain.images import Preprocess
+    from simexplain.toy import tiny_vit
+    for layer, spatial in (("blocks.0", True), ("blocks.1", False)):
+        explainer = Explainer(tiny_vit(), layer, transform=Preprocess(size=(28, 28)),
+                              model_name="toy-vit")
+        app = create_app(explainer=explainer, samples=samples)
+        with TestClient(app, base_url="http://localhost") as c:
+            body = c.post("/api/explain", json={"a": "s0", "b": "s1"}).json()
+        for side in ("a", "b"):
+            assert body[side]["spatial"] is spatial
+            grid_total = float(torch.tensor(body[side]["overall"]).sum())
+            assert grid_total + body[side]["token_share"] == pytest.approx(body["score"],
+                                                                           abs=1e-4)
+            assert body[side]["token_share"] != 0

@@ -13,11 +13,13 @@ contributions from the index's cache instead of the model (`Index.cached_side`).
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import secrets
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -308,9 +310,9 @@ class Engine:
     def _keep(self, model: str, size: int | None, image_id: str, which: str,
               side: Side) -> Prepared:
         # kept in float64 once, so that pointer updates convert nothing
-        side = Side(image=side.image, grid=side.grid, contributions=_float64(side.contributions),
-                    embedding=_float64(side.embedding), frame=side.frame,
-                    projected=_float64(side.projected))
+        side = replace(side, contributions=_float64(side.contributions),
+                       embedding=_float64(side.embedding), projected=_float64(side.projected),
+                       tokens=_float64(side.tokens))
         return self.sides.put((model, size, image_id, which), Prepared(image_id, image_id, side))
 
     def _cached_side(self, explainer, model: str, size: int | None, image_id: str, which: str,
