@@ -117,21 +117,8 @@ class AttentionCapture(TorchFunctionMode):
             return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask,
                                                   dropout_p=dropout_p, is_causal=is_causal,
                                                   scale=scale, enable_gqa=enable_gqa)
-        if enable_gqa and key.shape[-3] != query.shape[-3]:
-            repeat = query.shape[-3] // key.shape[-3]
-            key = key.repeat_interleave(repeat, dim=-3)
-            value = value.repeat_interleave(repeat, dim=-3)
-        scale = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
-        logits = (query @ key.transpose(-2, -1)) * scale
-        if is_causal:
-            n, m = logits.shape[-2:]
-            allowed = torch.ones(n, m, dtype=torch.bool, device=logits.device).tril()
-            logits = logits.masked_fill(~allowed, float("-inf"))
-        if attn_mask is not None:
-            logits = (logits.masked_fill(~attn_mask, float("-inf"))
-                      if attn_mask.dtype == torch.bool else logits + attn_mask)
-        # softmax in float32 as the fused kernels accumulate, then the inputs' dtype
-        weights = logits.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+        key, value = share_key_value_heads(query, key, value, enable_gqa)
+        weights = attention_weights(query, key, attn_mask, is_causal, scale)
         self._record(weights)
         if dropout_p > 0:  # sdpa drops out whenever asked to (callers pass 0 in eval)
             weights = F.dropout(weights, p=dropout_p)
@@ -154,6 +141,36 @@ class AttentionCapture(TorchFunctionMode):
         if not wanted:
             return out, None
         return out, weights.mean(dim=-3) if average else weights
+
+
+def share_key_value_heads(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                          enable_gqa: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grouped-query attention (`enable_gqa`): each key/value head repeated for the query
+    heads that share it, as F.scaled_dot_product_attention does."""
+    if enable_gqa and key.shape[-3] != query.shape[-3]:
+        repeat = query.shape[-3] // key.shape[-3]
+        key = key.repeat_interleave(repeat, dim=-3)
+        value = value.repeat_interleave(repeat, dim=-3)
+    return key, value
+
+
+def attention_weights(query: torch.Tensor, key: torch.Tensor,
+                      attn_mask: torch.Tensor | None = None, is_causal: bool = False,
+                      scale: float | None = None) -> torch.Tensor:
+    """A = softmax(Q K^T * scale + mask) (..., L, S), as F.scaled_dot_product_attention
+    computes it: a boolean mask marks the pairs that may attend, a float mask is added; the
+    softmax in float32 as the fused kernels accumulate, then the inputs' dtype. The one
+    written-out attention of the package (the frozen heads of `simexplain.frozen` use it too)."""
+    scale = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
+    logits = (query @ key.transpose(-2, -1)) * scale
+    if is_causal:
+        n, m = logits.shape[-2:]
+        allowed = torch.ones(n, m, dtype=torch.bool, device=logits.device).tril()
+        logits = logits.masked_fill(~allowed, float("-inf"))
+    if attn_mask is not None:
+        logits = (logits.masked_fill(~attn_mask, float("-inf"))
+                  if attn_mask.dtype == torch.bool else logits + attn_mask)
+    return logits.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
 
 
 def _is_attention(t) -> bool:

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from .attention import attention_weights, share_key_value_heads
+
 # Ops whose outputs act as per-sample scalars in a head: their value is kept, their tangent
 # dropped ("frozen"). They appear as the denominators of normalisations.
 _SCALE_OPS = {
@@ -269,34 +271,24 @@ def _attention_frozen(keep, query, key, value, attn_mask=None, dropout_p=0.0, is
                       scale=None, enable_gqa=False):
     """F.scaled_dot_product_attention written out, with the attention weights frozen; no
     dropout (heads are explained in eval mode)."""
-    if enable_gqa and key.shape[-3] != query.shape[-3]:  # grouped-query: share k/v heads
-        repeat = query.shape[-3] // key.shape[-3]
-        key = key.repeat_interleave(repeat, dim=-3)
-        value = value.repeat_interleave(repeat, dim=-3)
+    key, value = share_key_value_heads(query, key, value, enable_gqa)
     return _frozen_weights(keep, query, key, attn_mask, is_causal, scale) @ value
 
 
-def _frozen_weights(keep, query, key, attn_mask, is_causal, scale, bool_allows=True):
-    """softmax(q k^T * scale + mask), frozen: (..., L, S). A boolean mask marks the allowed
-    pairs (F.scaled_dot_product_attention) or, with bool_allows False, the masked ones
-    (nn.MultiheadAttention)."""
-    def weights():
-        q, k = query.detach(), key.detach()
-        scores = (q @ k.transpose(-2, -1)) * (
-            1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
-        length, source = scores.shape[-2], scores.shape[-1]
-        if is_causal:
-            future = torch.ones(length, source, dtype=torch.bool, device=scores.device).triu(1)
-            scores = scores.masked_fill(future, float("-inf"))
-        for mask in attn_mask if isinstance(attn_mask, tuple) else (attn_mask,):
-            if mask is None:
-                continue
-            if mask.dtype == torch.bool:
-                scores = scores.masked_fill(~mask if bool_allows else mask, float("-inf"))
-            else:
-                scores = scores + mask.detach()
-        return torch.softmax(scores, dim=-1)
-    return keep(weights)
+def _frozen_weights(keep, query, key, attn_mask, is_causal, scale):
+    """softmax(q k^T * scale + mask) (`attention.attention_weights`), frozen: (..., L, S)."""
+    return keep(lambda: attention_weights(query.detach(), key.detach(),
+                                          None if attn_mask is None else attn_mask.detach(),
+                                          is_causal, scale))
+
+
+def _additive(mask: torch.Tensor) -> torch.Tensor:
+    """nn.MultiheadAttention's mask (bool: True = may not attend; or float, added) as the
+    float mask that is added to the logits."""
+    if mask.dtype != torch.bool:
+        return mask
+    return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(
+        mask, float("-inf"))
 
 
 def _multi_head_attention_frozen(keep, query, key, value, embed_dim_to_check, num_heads,
@@ -330,14 +322,15 @@ def _multi_head_attention_frozen(keep, query, key, value, embed_dim_to_check, nu
         return F.linear(x, w, b).reshape(n, batch, num_heads, head_dim).permute(1, 2, 0, 3)
     q, k, v = heads(query, w_q, b_q, length), heads(key, w_k, b_k, source), \
         heads(value, w_v, b_v, source)
-    masks = []
+    mask = None
     if attn_mask is not None:  # (L, S) or (N * heads, L, S); True (bool) = may not attend
-        masks.append(attn_mask.reshape(-1, num_heads, length, source) if attn_mask.dim() == 3
-                     else attn_mask)
+        mask = _additive(attn_mask.reshape(-1, num_heads, length, source)
+                         if attn_mask.dim() == 3 else attn_mask)
     if key_padding_mask is not None:  # (N, S); True (bool) = padding
-        masks.append(key_padding_mask[:, None, None, :])
+        padding = _additive(key_padding_mask[:, None, None, :])
+        mask = padding if mask is None else mask + padding
     causal = is_causal and attn_mask is None
-    weights = _frozen_weights(keep, q, k, tuple(masks), causal, None, bool_allows=False)
+    weights = _frozen_weights(keep, q, k, mask, causal, None)
     out = (weights @ v).permute(2, 0, 1, 3).reshape(length, batch, embed)
     out = F.linear(out, out_proj_weight, out_proj_bias)
     if unbatched:
