@@ -112,6 +112,8 @@ class FreezeScales(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func not in _HANDLED and not (self._gates and func in _GATE_ARITHMETIC):
+            return func(*args, **kwargs)  # most calls: nothing to freeze (kept cheap)
         keep = self._keep
         if func is F.normalize:
             bound = _NORMALIZE_SIG.bind(*args, **kwargs)
@@ -189,6 +191,13 @@ def _layer_norm_frozen(keep, input, normalized_shape, weight, bias, eps):
     if weight is not None:
         out = out * weight
     return out if bias is None else out + bias
+
+
+_GATED = _RELU | {F.leaky_relu, F.gelu, F.silu, F.mish, F.hardswish, F.glu}
+# every call FreezeScales does something with (besides arithmetic on gates)
+_HANDLED = ({F.normalize, F.batch_norm, F.layer_norm, F.rms_norm, F.group_norm,
+             F.scaled_dot_product_attention, F.multi_head_attention_forward}
+            | _SCALE_OPS | _SOFTMAX | _GATED | _GATE_SOURCES | set(_ODD_GATES))
 
 
 def _rms_norm_frozen(keep, input, normalized_shape, weight, eps):
