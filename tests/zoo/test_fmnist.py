@@ -25,17 +25,6 @@ def _normalise(images: np.ndarray) -> torch.Tensor:
     return torch.stack([FMNIST_PREPROCESS(Image.fromarray(image)) for image in images])
 
 
-def _features(model, x):
-    captured = {}
-    layer = dict(model.named_modules())[EXPLAINED_LAYER]
-    handle = layer.register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
-    try:
-        embedding = model(x)
-    finally:
-        handle.remove()
-    return embedding, captured["out"]
-
-
 @pytest.mark.parametrize("head", HEADS)
 def test_committed_weights_load(head):
     assert weights_path(head).is_file()
@@ -49,27 +38,27 @@ def test_committed_weights_load(head):
 
 
 @pytest.mark.parametrize("head", HEADS)
-def test_embedding_and_feature_map_shapes(head):
+def test_embedding_and_feature_map_shapes(head, run_capturing):
     model = load_fmnist(head)
     torch.manual_seed(0)
     with torch.no_grad():
-        single, fmap = _features(model, torch.randn(3, 1, 28, 28))
+        single, fmap = run_capturing(model, torch.randn(3, 1, 28, 28), EXPLAINED_LAYER)
         assert single.shape == (3, 64)
         torch.testing.assert_close(single.norm(dim=1), torch.ones(3))
         assert fmap.shape == (3, model.channels, 7, 7)
-        composite, fmap_wide = _features(model, torch.randn(2, 1, 28, 56))
+        composite, fmap_wide = run_capturing(model, torch.randn(2, 1, 28, 56), EXPLAINED_LAYER)
         assert composite.shape == (2, 64)
         torch.testing.assert_close(composite.norm(dim=1), torch.ones(2))
         assert fmap_wide.shape == (2, model.channels, 7, 14)
 
 
 @pytest.mark.parametrize("head", HEADS)
-def test_head_uses_only_the_feature_map(head):
+def test_head_uses_only_the_feature_map(head, run_capturing):
     """The embedding is a function of the `features` output alone."""
     model = load_fmnist(head)
     x = torch.randn(2, 1, 28, 56, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        embedding, fmap = _features(model, x)
+        embedding, fmap = run_capturing(model, x, EXPLAINED_LAYER)
         torch.testing.assert_close(model.forward_head(fmap), embedding)
         # Changing the feature map changes the embedding (nothing bypasses it).
         assert not torch.allclose(model.forward_head(fmap.flip(-1) * 2 + 1), embedding)

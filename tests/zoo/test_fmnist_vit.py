@@ -37,18 +37,6 @@ def test_items():
     return x, torch.as_tensor(labels[:500])
 
 
-def _with_layer(model, x, name):
-    """(embedding, output of the named module)."""
-    captured = {}
-    layer = dict(model.named_modules())[name]
-    handle = layer.register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
-    try:
-        embedding = model(x)
-    finally:
-        handle.remove()
-    return embedding, captured["out"]
-
-
 def test_zoo_entry():
     assert NAME in zoo.list()
     spec = zoo.entry(NAME)
@@ -87,21 +75,21 @@ def test_named_blocks_are_standard_transformer_layers(model):
 
 
 @pytest.mark.parametrize("grad", [False, True])  # no_grad may take the fused fast path
-def test_shapes_and_unit_norm(model, grad):
+def test_shapes_and_unit_norm(model, grad, run_capturing):
     x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     with torch.set_grad_enabled(grad):
-        embedding, tokens = _with_layer(model, x, explained_layer())
+        embedding, tokens = run_capturing(model, x, explained_layer())
     assert tokens.shape == (3, 50, 64)  # class token + 7x7 patches, width 64
     assert embedding.shape == (3, 64)
     torch.testing.assert_close(embedding.norm(dim=1), torch.ones(3))
 
 
-def test_fused_fast_path_matches_the_plain_path(model):
+def test_fused_fast_path_matches_the_plain_path(model, run_capturing):
     """In eval mode under no_grad, nn.TransformerEncoderLayer may run a fused kernel."""
     x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        fast, fast_tokens = _with_layer(model, x, explained_layer())
-    plain, plain_tokens = _with_layer(model, x, explained_layer())
+        fast, fast_tokens = run_capturing(model, x, explained_layer())
+    plain, plain_tokens = run_capturing(model, x, explained_layer())
     torch.testing.assert_close(fast, plain.detach(), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(fast_tokens, plain_tokens.detach(), atol=1e-4, rtol=1e-4)
 
@@ -114,11 +102,11 @@ def test_batched_equals_single(model):
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-4)
 
 
-def test_the_class_token_is_what_the_embedding_reads(model):
+def test_the_class_token_is_what_the_embedding_reads(model, run_capturing):
     """The last block's patch tokens do not reach the embedding; its class token does."""
     x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        embedding, last = _with_layer(model, x, f"blocks.{DEPTH - 1}")
+        embedding, last = run_capturing(model, x, f"blocks.{DEPTH - 1}")
         head = lambda t: torch.nn.functional.normalize(  # noqa: E731
             model.embed(model.norm(t)[:, 0]), dim=1)
         torch.testing.assert_close(head(last), embedding)
