@@ -239,8 +239,9 @@ def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[st
         chunk = max(1, budget // pooled.numel())  # tangents or cotangents at a time
         batched = None
         if shares is None and strategy in ("auto", "batched"):
-            # each variant holds the head's intermediate values, not one tangent: fewer at once
-            batched = _batched(post, pooled, offsets, n_pos, max(1, chunk // 8))  # None: not affine
+            # each variant holds the head's intermediate values, not one tangent: fewer at once;
+            # None where the head is not affine once frozen
+            batched = _batched(post, pooled, offsets, n_pos, max(1, chunk // 8))
         if batched is not None:
             mode = "batched"
         elif strategy in ("auto", "batched"):  # the fewer tangents, or a cheap pullback
@@ -292,7 +293,9 @@ def _batched(post, pooled, offsets, n_pos: int, chunk: int):
     frozen: list = []
     primal = post(pooled, offsets, FreezeScales(record=frozen))
 
-    def one(index):  # n_pos: zeros without offsets (constants the offsets do not hold); n_pos + 1: c
+    # index < n_pos: one position; n_pos: zeros without the offsets (what constants the offsets
+    # do not hold give); n_pos + 1: zeros with them (c)
+    def one(index):
         moved = {k: v * (index == n_pos + 1).to(v.dtype) for k, v in offsets.items()}
         return post(_one_position(pooled, index), moved, FreezeScales(replay=frozen))
     index = torch.arange(n_pos + 2, device=pooled.device)
