@@ -61,6 +61,11 @@ _RMS_NORM_SIG = inspect.signature(F.rms_norm)
 _SDPA_PARAMS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale",
                 "enable_gqa")
 _MHA_SIG = inspect.signature(F.multi_head_attention_forward)
+_GATED = _RELU | {F.leaky_relu, F.gelu, F.silu, F.mish, F.hardswish, F.glu}
+# every call FreezeScales does something with (besides arithmetic on gates)
+_HANDLED = ({F.normalize, F.batch_norm, F.layer_norm, F.rms_norm, F.group_norm,
+             F.scaled_dot_product_attention, F.multi_head_attention_forward}
+            | _SCALE_OPS | _SOFTMAX | _GATED | _GATE_SOURCES | set(_ODD_GATES))
 
 
 class RawEmbeddings(TorchFunctionMode):
@@ -191,13 +196,6 @@ def _layer_norm_frozen(keep, input, normalized_shape, weight, bias, eps):
     if weight is not None:
         out = out * weight
     return out if bias is None else out + bias
-
-
-_GATED = _RELU | {F.leaky_relu, F.gelu, F.silu, F.mish, F.hardswish, F.glu}
-# every call FreezeScales does something with (besides arithmetic on gates)
-_HANDLED = ({F.normalize, F.batch_norm, F.layer_norm, F.rms_norm, F.group_norm,
-             F.scaled_dot_product_attention, F.multi_head_attention_forward}
-            | _SCALE_OPS | _SOFTMAX | _GATED | _GATE_SOURCES | set(_ODD_GATES))
 
 
 def _rms_norm_frozen(keep, input, normalized_shape, weight, eps):
