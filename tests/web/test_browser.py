@@ -795,3 +795,24 @@ if __name__ == "__main__":
         docs_screenshots()
     else:
         sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_class_token_share_and_a_layer_without_spatial_map(browser, samples):
+    """A class-token ViT: the page shows each image's class-token share of the score, and at
+    the last block says there is no spatial map instead of showing a flat one."""
+    from simexplain.explainer import Explainer
+    from simexplain.images import Preprocess
+    from simexplain.toy import tiny_vit
+    from simexplain.web import create_app
+    for layer, spatial in (("blocks.0", True), ("blocks.1", False)):
+        explainer = Explainer(tiny_vit(), layer, transform=Preprocess(size=(28, 28)),
+                              model_name=f"toy-vit-{layer}")
+        with serve(create_app(explainer=explainer, samples=samples)) as url:
+            page, problems = open_page(browser, url)
+            wait_stat(page, "explains", 1)
+            info = page.inner_text("#pair-info")
+            assert "class tokens a" in info, info
+            assert ("no spatial map at this layer" in info) is not spatial, info
+            page.screenshot(path=str(ARTIFACTS / f"class-token-{layer}.png"))
+            assert not problems, problems
+            page.close()
