@@ -7,7 +7,7 @@ LOCK   := requirements/lock.txt
 
 .PHONY: setup data demo test bench lock upgrade-check clean
 
-$(STAMP): pyproject.toml $(LOCK) scripts/setup.sh
+$(STAMP): pyproject.toml $(LOCK) scripts/setup.sh scripts/quiet_pip.sh
 	bash scripts/setup.sh
 	touch $(STAMP)
 

@@ -17,8 +17,8 @@ if [ ! -x "$tool" ]; then
     "$tmp/venv/bin/python" -m pip install -q --disable-pip-version-check "pip-tools>=7.4"
     tool="$tmp/venv/bin/pip-compile"
 fi
-CUSTOM_COMPILE_COMMAND="make lock" "$tool" --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
-    --no-emit-find-links --extra "$EXTRAS" \
-    "${upgrade[@]}" -o requirements/lock.txt pyproject.toml requirements/lock.in \
-    2>&1 | { grep -v '^WARNING: Location .* is ignored' || true; }
+source scripts/quiet_pip.sh
+CUSTOM_COMPILE_COMMAND="make lock" quiet_pip "$tool" --quiet --generate-hashes --allow-unsafe \
+    --strip-extras --no-emit-index-url --no-emit-find-links --extra "$EXTRAS" \
+    "${upgrade[@]}" -o requirements/lock.txt pyproject.toml requirements/lock.in
 echo "requirements/lock.txt: $(grep -c '^[a-zA-Z0-9]' requirements/lock.txt) packages"

@@ -16,11 +16,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-quiet_pip() {
-    # this machine's pip configuration warns about every missing local mirror folder
-    "$@" 2>&1 | { grep -v '^WARNING: Location .* is ignored' || true; }
-    return "${PIPESTATUS[0]}"
-}
+source scripts/quiet_pip.sh
 LOCK=requirements/lock.txt
 [ -x .venv/bin/python ] || python3 -m venv .venv
 if [ ! -x .venv/bin/pip-sync ]; then

@@ -10,10 +10,7 @@ tmp=$(mktemp -d)
 [ "${KEEP:-0}" = 1 ] || trap 'rm -rf "$tmp"' EXIT
 venv="$tmp/venv"
 log="$tmp/pytest.log"
-quiet_pip() {
-    "$@" 2>&1 | { grep -v '^WARNING: Location .* is ignored' || true; }
-    return "${PIPESTATUS[0]}"
-}
+source scripts/quiet_pip.sh
 echo "upgrade-check: newest allowed versions into $venv"
 python3 -m venv "$venv"
 quiet_pip "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip setuptools
