@@ -211,14 +211,20 @@ MODELS = {
 }
 
 
+def _explained(name: str, blocks_before_end: int) -> tuple[nn.Module, Explainer]:
+    """Model `name` (seeded) and an Explainer of the output of the block that many blocks
+    before the end (0: the last block)."""
+    torch.manual_seed(0)
+    model = MODELS[name]().eval()
+    layer = f"blocks.{len(model.blocks) - 1 - blocks_before_end}"
+    return model, Explainer(model, layer, similarity="cosine")
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 @pytest.mark.parametrize("blocks_before_end", [1, 2])
 @pytest.mark.parametrize("strategy", ["auto", "batched", "forward", "reverse", "tangents"])
 def test_transformer_heads_are_exact(name, blocks_before_end, strategy):
-    torch.manual_seed(0)
-    model = MODELS[name]().eval()
-    layer = f"blocks.{len(model.blocks) - 1 - blocks_before_end}"
-    explainer = Explainer(model, layer, similarity="cosine")
+    model, explainer = _explained(name, blocks_before_end)
     a, b = _pair()
     x = torch.cat([a, b])
     c = explainer.stream_a.contributions(x, strategy)
@@ -233,9 +239,7 @@ def test_transformer_heads_are_exact(name, blocks_before_end, strategy):
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_one_block_deep_the_maps_are_spatial_and_complete(name):
-    torch.manual_seed(0)
-    model = MODELS[name]().eval()
-    explainer = Explainer(model, f"blocks.{len(model.blocks) - 2}", similarity="cosine")
+    model, explainer = _explained(name, 1)
     a, b = _pair(seed=1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # exact, spatial: no warning
@@ -260,9 +264,7 @@ def test_one_block_deep_the_maps_are_spatial_and_complete(name):
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_at_the_last_block_the_result_says_there_is_no_spatial_map(name):
-    torch.manual_seed(0)
-    model = MODELS[name]().eval()
-    explainer = Explainer(model, f"blocks.{len(model.blocks) - 1}", similarity="cosine")
+    _, explainer = _explained(name, 0)
     a, b = _pair(seed=2)
     with pytest.warns(NoSpatialMap, match="one block before the end"):
         result = explainer.explain(a, b)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-_SOFTMAX = (F.softmax, torch.softmax, torch.Tensor.softmax)
+SOFTMAX = frozenset({F.softmax, torch.softmax, torch.Tensor.softmax})  # the softmax calls
 
 
 @dataclass
@@ -104,7 +104,7 @@ class AttentionCapture(TorchFunctionMode):
         if func is F.multi_head_attention_forward:
             return self._multi_head(func, args, kwargs)
         out = func(*args, **kwargs)
-        if func in _SOFTMAX and _is_attention(out):
+        if func in SOFTMAX and _is_attention(out):
             dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
             if dim in (-1, 3):
                 self._record(out)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from .attention import attention_weights, share_key_value_heads
+from .attention import SOFTMAX, attention_weights, share_key_value_heads
 
 # Ops whose outputs act as per-sample scalars in a head: their value is kept, their tangent
 # dropped ("frozen"). They appear as the denominators of normalisations.
@@ -37,7 +37,6 @@ _SCALE_OPS = {
     torch.sqrt, torch.Tensor.sqrt, torch.rsqrt, torch.Tensor.rsqrt,
     torch.std, torch.Tensor.std, torch.var, torch.Tensor.var,
 }
-_SOFTMAX = {F.softmax, torch.softmax, torch.Tensor.softmax}
 # Saturating functions whose output, multiplied with something, is a gate (quick-GELU,
 # hand-written GELU); tanh and erf are zero at zero, so on their own they are rescale gates.
 _GATE_SOURCES = {torch.sigmoid, torch.Tensor.sigmoid, F.sigmoid}
@@ -65,7 +64,7 @@ _GATED = _RELU | {F.leaky_relu, F.gelu, F.silu, F.mish, F.hardswish, F.glu}
 # every call FreezeScales does something with (besides arithmetic on gates)
 _HANDLED = ({F.normalize, F.batch_norm, F.layer_norm, F.rms_norm, F.group_norm,
              F.scaled_dot_product_attention, F.multi_head_attention_forward}
-            | _SCALE_OPS | _SOFTMAX | _GATED | _GATE_SOURCES | set(_ODD_GATES))
+            | _SCALE_OPS | SOFTMAX | _GATED | _GATE_SOURCES | set(_ODD_GATES))
 
 
 class RawEmbeddings(TorchFunctionMode):
@@ -146,7 +145,7 @@ class FreezeScales(TorchFunctionMode):
             bound = _GROUP_NORM_SIG.bind(*args, **kwargs)
             bound.apply_defaults()
             return _group_norm_frozen(keep, **bound.arguments)
-        if func in _SCALE_OPS or func in _SOFTMAX:  # value kept, derivative never computed
+        if func in _SCALE_OPS or func in SOFTMAX:  # value kept, derivative never computed
             def value():
                 detached = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
                 out = func(*detached, **kwargs)
