@@ -5,7 +5,7 @@
 # package to the newest allowed version.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS=zoo,retrieval,scale,web,hf,dev
+EXTRAS=zoo,retrieval,scale,web,hf,notebook,docs,dev
 upgrade=()
 [ "${UPGRADE:-0}" = 1 ] && upgrade=(--upgrade)
 # pip-compile comes from .venv (itself in the lock); without one, from a throwaway venv
