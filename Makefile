@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 LOCK   := requirements/lock.txt
 
-.PHONY: setup data demo test bench lock upgrade-check clean
+.PHONY: setup data demo test docs bench lock upgrade-check clean
 
 $(STAMP): pyproject.toml $(LOCK) scripts/setup.sh scripts/quiet_pip.sh
 	bash scripts/setup.sh
@@ -22,8 +22,14 @@ demo: data
 test: data
 	$(PY) -m pytest -q
 
+# The documentation site, offline, into site/ (the tutorials executed so their outputs show);
+# `make test` builds it too, strictly, without executing them (tests/test_tutorials.py runs them).
+docs: data
+	SIMEXPLAIN_DOCS_EXECUTE=true NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+	@echo "documentation: site/index.html"
+
 bench: setup
-	$(PY) benchmarks/bench_explain.py --threads 1 --repeats 15 --write-readme README.md
+	$(PY) benchmarks/bench_explain.py --threads 1 --repeats 15 --write docs/performance.md
 
 # Recompile the lock from pyproject.toml (+ requirements/lock.in); UPGRADE=1 moves every package
 # to the newest version pyproject allows.
@@ -36,4 +42,4 @@ upgrade-check: data
 	bash scripts/upgrade_check.sh
 
 clean:
-	rm -rf $(VENV) data/cache
+	rm -rf $(VENV) data/cache site .cache

@@ -1,6 +1,6 @@
 """Cost of `Explainer.explain`, measured side by side with what it is compared to.
 
-    python benchmarks/bench_explain.py [--quick] [--repeats 3] [--write-readme README.md]
+    python benchmarks/bench_explain.py [--quick] [--repeats 3] [--write docs/performance.md]
 
 Sections (medians over `--repeats`, and over at least `--min-seconds` of pairs for cheap
 comparisons, on the same inputs, in one process; each ratio is the
@@ -21,7 +21,7 @@ median of ratios of two timings taken back to back):
 5. galleries: `explain_gallery(query, gallery)` (one query against GALLERY images, batches of
    16) against one embedding pass over the same images (`Explainer.embed`).
 
-Ratios are what counts: the machine may be shared. `--write-readme` replaces the block between
+Ratios are what counts: the machine may be shared. `--write` replaces the block between
 the `bench:start` and `bench:end` markers of the given README with the tables.
 """
 
@@ -411,7 +411,7 @@ def tables(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_readme(path: Path, text: str, header: str, block: str = "bench") -> None:
+def write_tables(path: Path, text: str, header: str, block: str = "bench") -> None:
     readme = path.read_text()
     start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"
     if start not in readme or end not in readme:
@@ -425,7 +425,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="small grids, toy shapes only")
-    parser.add_argument("--write-readme", type=Path, help="README whose bench block to replace")
+    parser.add_argument("--write", type=Path, help="page (markdown) whose bench block to replace")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="torch threads (default: torch's own choice)")
@@ -480,7 +480,7 @@ def main() -> None:
     print(f"({time.perf_counter() - started:.0f} s)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
-    if args.write_readme:
+    if args.write:
         where = (f"on {torch.cuda.get_device_name(DEVICE)}" if DEVICE.type == "cuda" else
                  f"on the CPU with {torch.get_num_threads()} torch thread(s)")
         command = "`make bench`" if DEVICE.type == "cpu" else \
@@ -489,7 +489,7 @@ def main() -> None:
                   f"medians of at least {args.repeats} pairs and of at least "
                   f"{MIN_SECONDS:g} s of pairs.")
         # a GPU run has its own block: the CPU table stays
-        write_readme(args.write_readme, text, header,
+        write_tables(args.write, text, header,
                      "bench" if DEVICE.type == "cpu" else f"bench-{DEVICE.type}")
 
 

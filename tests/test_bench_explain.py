@@ -40,7 +40,7 @@ def test_report_renders_and_replaces_the_readme_block(bench, tmp_path):
     assert "| 7x7 | 1x (3 ms) | 1.10x | 2.0x | mean pooling, forward | 1 MB, 2 MB |" in text
     readme = tmp_path / "README.md"
     readme.write_text("a\n<!-- bench:start -->\nold\n<!-- bench:end -->\nb\n")
-    bench.write_readme(readme, text, "header")
+    bench.write_tables(readme, text, "header")
     written = readme.read_text()
     assert "old" not in written and "| 7x7 |" in written and written.endswith("b\n")
 
