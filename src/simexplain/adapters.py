@@ -10,6 +10,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from . import geometry
 from .errors import LayerError, ModelError, SimexplainError
 from .frozen import RawEmbeddings
 from .head import (STRATEGIES, Contributions, head_offsets, mask_shape, tangent_contributions,
@@ -122,13 +123,12 @@ class SplitModel:
         shape, _ = self._probe(x)
         if len(shape) == 4:
             return (shape[2], shape[3]), 0
-        tokens = shape[1]
-        side = math.isqrt(tokens)
-        prefix = tokens - side * side
-        if side == 0 or prefix > 8:
+        layout = geometry.square_grid(shape[1])
+        if layout is None:
             raise LayerError(
-                f"layer {self.layer_name!r} outputs {tokens} tokens, which is not a square grid "
-                "(plus at most 8 prefix tokens)")
+                f"layer {self.layer_name!r} outputs {shape[1]} tokens, which is not a square "
+                f"grid (plus at most {geometry.MAX_PREFIX_TOKENS} prefix tokens)")
+        side, prefix = layout
         return (side, side), prefix
 
     # -- computations ----------------------------------------------------------------------

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import geometry
 from .errors import SimexplainError
 
 Box = Sequence[float]  # (top, left, bottom, right) in image pixels
@@ -140,30 +141,20 @@ class Frame:
     def cell_edges(self, grid: tuple[int, int], coords: Coords = "image"
                    ) -> tuple[np.ndarray, np.ndarray]:
         """(H+1,) row and (W+1,) column coordinates of the grid's cell edges."""
-        _, (top, left, bottom, right) = self._in(coords)
-        rows, cols = grid
-        return (top + np.arange(rows + 1) * (bottom - top) / rows,
-                left + np.arange(cols + 1) * (right - left) / cols)
+        return geometry.cell_edges(self._in(coords)[1], grid)
 
     def cell_boxes(self, grid: tuple[int, int], coords: Coords = "image") -> np.ndarray:
         """(H*W, 4) box (top, left, bottom, right) of every grid cell, row-major."""
-        ys, xs = self.cell_edges(grid, coords)
-        t, l = np.meshgrid(ys[:-1], xs[:-1], indexing="ij")
-        b, r = np.meshgrid(ys[1:], xs[1:], indexing="ij")
-        return np.stack([t.ravel(), l.ravel(), b.ravel(), r.ravel()], axis=1)
+        return geometry.cell_boxes(self._in(coords)[1], grid)
 
     def cell_centres(self, grid: tuple[int, int], coords: Coords = "image") -> np.ndarray:
         """(H*W, 2) continuous (row, col) of every grid cell's centre, row-major."""
-        boxes = self.cell_boxes(grid, coords)
-        return np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], 1)
+        return geometry.cell_centres(self._in(coords)[1], grid)
 
     def peak(self, grid_map: torch.Tensor, coords: Coords = "image") -> tuple[float, float]:
         """Centre of the map's maximal cell (the maximum of its upsampling too)."""
-        values = torch.as_tensor(grid_map)
-        r, c = divmod(int(torch.argmax(values.flatten())), values.shape[1])
-        # that one cell's centre (a pointer update asks for many: no box for every cell)
-        ys, xs = self.cell_edges(tuple(values.shape), coords)
-        return float((ys[r] + ys[r + 1]) / 2), float((xs[c] + xs[c + 1]) / 2)
+        return geometry.cell_centre(self._in(coords)[1], tuple(grid_map.shape),
+                                    geometry.argmax_cell(grid_map))
 
     def to_dict(self, grid: tuple[int, int] | None = None) -> dict:
         """JSON-ready: image size, crop box and input size, and the grid's cell boxes, all in

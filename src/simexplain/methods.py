@@ -24,6 +24,7 @@ import torch
 from .attention import Trace, trace
 from .errors import NotApplicable, SimexplainError
 from .explanation import PairExplanation
+from .geometry import channels_last_grid
 from .images import ImageInput
 from .inputs import PreparedImage
 from .similarity import Similarity
@@ -172,19 +173,10 @@ class _GradientMethod(Method):
         raise NotImplementedError
 
 
-def _channels_last_grid(t: torch.Tensor) -> torch.Tensor:
-    """(1, C, H, W) -> (H, W, C); (1, N, C) tokens -> (side, side, C) dropping prefix tokens."""
-    if t.dim() == 4:
-        return t[0].permute(1, 2, 0)
-    tokens = t.shape[1]
-    side = int(tokens ** 0.5)
-    return t[0, tokens - side * side:].reshape(side, side, -1)
-
-
 def grad_cam(feats: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
     """Grad-CAM of a feature map or tokens and its gradient ((1, C, H, W) or (1, N, C)):
     alpha_k = mean_p ds/dA_pk over the grid (patch tokens only); map = ReLU(sum_k alpha_k A_pk)."""
-    f, g = _channels_last_grid(feats), _channels_last_grid(grads)
+    f, g = channels_last_grid(feats), channels_last_grid(grads)
     alpha = g.mean(dim=(0, 1))
     return torch.relu((f * alpha).sum(-1))
 
@@ -214,7 +206,7 @@ class RGradCAM(_GradientMethod):
     label = "RGrad-CAM"
 
     def combine(self, feats, grads):
-        f, g = _channels_last_grid(feats), _channels_last_grid(grads)
+        f, g = channels_last_grid(feats), channels_last_grid(grads)
         return torch.relu((f * g).sum(-1))
 
 

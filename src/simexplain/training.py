@@ -24,7 +24,7 @@ from tqdm import tqdm
 from .datasets import fashion_mnist
 from .errors import SimexplainError
 from .files import atomic_path
-from .evaluation.metrics import hits_at_k, map_at_r, recall_at_k
+from .metrics import hits_at_k, map_at_r, recall_at_k
 from .zoo import vit
 from .zoo.fmnist import (FMNIST_MEAN, FMNIST_STD, HEADS, FashionNet, float_state,
                          weights_path)

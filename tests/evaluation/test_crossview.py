@@ -6,6 +6,7 @@ import pytest
 from simexplain import datasets
 from simexplain.evaluation import correspondence, crossview, report
 from simexplain.evaluation.composites import FMNIST_FOREGROUND
+from simexplain.geometry import apply_affine
 
 
 def test_true_points_of_the_sketch_lie_on_the_item():
@@ -18,7 +19,7 @@ def test_true_points_of_the_sketch_lie_on_the_item():
         back = np.linalg.inv(t)
         points = correspondence.query_points((7, 7), (28, 28), back, mask, rng)
         assert len(points) > 3
-        truth = correspondence.apply(back, points)
+        truth = apply_affine(back, points)
         # a query point lies on the moved item; its truth on the item itself (within a pixel:
         # the moved item is resampled bilinearly)
         r, c = np.floor(truth).astype(int).T
@@ -26,7 +27,7 @@ def test_true_points_of_the_sketch_lie_on_the_item():
                        for dr in (-1, 0, 1) for dc in (-1, 0, 1)], axis=0)
         on_item += (near > FMNIST_FOREGROUND).tolist()
         # the map and its inverse: the truth maps back onto the query point
-        assert np.allclose(correspondence.apply(t, truth), points)
+        assert np.allclose(apply_affine(t, truth), points)
     assert np.mean(on_item) > 0.97
 
 

@@ -14,7 +14,7 @@ from simexplain.errors import DatasetMissing, SimexplainError
 from simexplain.evaluation import interactive
 from simexplain.evaluation.interactive import (evaluate_model, make_composites, ranking_metrics,
                                                run_interactive)
-from simexplain.evaluation.metrics import map_at_r, recall_at_k
+from simexplain.metrics import map_at_r, recall_at_k
 from simexplain.explainer import Explainer
 from simexplain.images import Preprocess
 from simexplain.toy import HeadModel

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from simexplain.evaluation.common import (argmax_cell, bootstrap_ci, cell_centres,
-                                          paired_difference, resolve_methods, spearman)
+from simexplain.evaluation.common import (bootstrap_ci, paired_difference, resolve_methods,
+                                          spearman)
 from simexplain.errors import SimexplainError
 
 
@@ -52,18 +52,6 @@ def test_spearman():
     assert spearman(x, np.zeros(10)) == 0.0  # a constant map has no ranks
     ties = np.array([0, 0, 1, 1.0])
     assert spearman(ties, ties) == pytest.approx(1.0)
-
-
-def test_cell_centres_and_argmax():
-    centres = cell_centres((2, 4), (20, 40))
-    assert centres[0].tolist() == [5.0, 5.0]
-    assert centres[-1].tolist() == [15.0, 35.0]
-    grid = np.zeros((3, 3))
-    grid[2, 1] = 1
-    assert argmax_cell(grid) == (2, 1)
-    flat = np.ones((3, 3))
-    picks = {argmax_cell(flat, np.random.default_rng(s)) for s in range(30)}
-    assert len(picks) > 3  # ties broken at random
 
 
 def test_resolve_methods():

@@ -5,7 +5,7 @@ from PIL import Image
 
 from simexplain.datasets import DatasetMissing, fashion_mnist
 from simexplain.errors import ModelError, SimexplainError
-from simexplain.evaluation.metrics import map_at_r, recall_at_k
+from simexplain.metrics import map_at_r, recall_at_k
 from simexplain.zoo.fmnist import (
     EXPLAINED_LAYER, FMNIST_PREPROCESS, FashionNet, load_fmnist, weights_path)
 

@@ -13,7 +13,7 @@ import simexplain
 from simexplain import zoo
 from simexplain.datasets import DatasetMissing, fashion_mnist
 from simexplain.errors import ModelError
-from simexplain.evaluation.metrics import recall_at_k
+from simexplain.metrics import recall_at_k
 from simexplain.zoo import samples
 from simexplain.zoo.fmnist import FMNIST_PREPROCESS, weights_path
 from simexplain.zoo.vit import (

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from simexplain import datasets, zoo
-from simexplain.evaluation.correspondence import apply
+from simexplain.geometry import apply_affine
 from simexplain.zoo import samples, sketch
 
 
@@ -101,7 +101,7 @@ def test_recorded_affine_maps_item_edges_onto_sketch_edges():
         # strong edge pixels of the item, by their centres, through T
         rows, cols = np.nonzero(lines > 200)
         centres = np.c_[rows + 0.5, cols + 0.5]
-        mapped = apply(t, centres)
+        mapped = apply_affine(t, centres)
         inside = ((mapped >= 0.5) & (mapped < 27.5)).all(1)
         r, c = np.floor(mapped[inside]).astype(int).T
         # where the item's edge went, the sketch has an edge (a pixel of the 3x3 around it)

@@ -253,26 +253,6 @@ def score(explainer, a: torch.Tensor, b: torch.Tensor, e_a: torch.Tensor | None 
     return explainer.similarity.score(e_a, e_b).detach().float().cpu()
 
 
-def cell_centres(grid: tuple[int, int], image_size: tuple[int, int]) -> np.ndarray:
-    """(H*W, 2) continuous pixel (row, col) of every feature cell's centre (cell-centre
-    alignment; pixel (i, j) covers [i, i+1) x [j, j+1))."""
-    rows, cols = grid
-    height, width = image_size
-    r = (np.arange(rows) + 0.5) * height / rows
-    c = (np.arange(cols) + 0.5) * width / cols
-    rr, cc = np.meshgrid(r, c, indexing="ij")
-    return np.stack([rr.ravel(), cc.ravel()], axis=1)
-
-
-def argmax_cell(grid_map, rng: np.random.Generator | None = None) -> tuple[int, int]:
-    """(row, col) of the map's maximum; ties broken uniformly at random (seeded)."""
-    values = np.asarray(grid_map, dtype=np.float64)
-    flat = values.ravel()
-    best = np.flatnonzero(flat >= flat.max())
-    index = int(best[0]) if rng is None or len(best) == 1 else int(rng.choice(best))
-    return divmod(index, values.shape[1])
-
-
 def is_flat(grid_map) -> bool:
     """Are all values of the map equal (no maximum to point at)?"""
     values = np.asarray(grid_map, dtype=np.float64)

@@ -38,7 +38,6 @@ Methods (the Grad-CAM family has no point maps):
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
@@ -46,10 +45,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .. import maps as maplib
-from .common import (argmax_cell, bootstrap_ci, cell_centres, is_flat, new_result, point_map,
+from ..geometry import apply_affine, argmax_cell, cell_centres, channels_last_grid, random_affine, warp
+from .common import (bootstrap_ci, is_flat, new_result, point_map,
                      POINT_METHODS, progress, sample_seed, start_run, to_tensor, Timer)
 from .composites import FMNIST_FOREGROUND, grid2x2, random_view
-from .report import compare, fmt, markdown_table, methods_of
+from .report import compare, methods_of
+from .tables import fmt, markdown_table
 
 NAME = "correspondence"
 ALLOWED = tuple(POINT_METHODS) + ("cosine", "random")
@@ -60,42 +61,6 @@ DEFAULT_SAMPLES = {
     "efficientnet-lite0": 40, "facenet": 24}
 QUICK_SAMPLES = 10
 _SALT = 4
-
-
-# -- geometry ----------------------------------------------------------------------------------
-def random_affine(rng: np.random.Generator, size: int, max_rotation: float = 15.0,
-                  scale=(0.8, 1.25), shift: float = 0.1, flip: bool = True) -> np.ndarray:
-    """3x3 matrix T mapping continuous (row, col) of a to b (both size x size), about the centre.
-
-    Continuous coordinates: pixel (i, j) covers [i, i+1) x [j, j+1); its centre is (i+.5, j+.5).
-    """
-    s = float(np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1]))))
-    theta = math.radians(rng.uniform(-max_rotation, max_rotation))
-    mirror = -1.0 if flip and rng.random() < 0.5 else 1.0
-    c = size / 2
-    ty, tx = rng.uniform(-shift, shift, size=2) * size
-    cos, sin = math.cos(theta), math.sin(theta)
-    linear = s * np.array([[cos, -sin], [sin, cos]]) @ np.diag([1.0, mirror])
-    t = np.eye(3)
-    t[:2, :2] = linear
-    t[:2, 2] = np.array([c + ty, c + tx]) - linear @ np.array([c, c])
-    return t
-
-
-def warp(image: Image.Image, t: np.ndarray, size: int) -> Image.Image:
-    """b = a warped by T (rows/cols), black outside a. PIL maps output (x, y) -> input."""
-    inv = np.linalg.inv(t)  # b (row, col) -> a (row, col)
-    # PIL works in (x, y) = (col, row): swap the axes of the matrix
-    swap = np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1]])
-    m = swap @ inv @ swap
-    coefficients = (m[0, 0], m[0, 1], m[0, 2], m[1, 0], m[1, 1], m[1, 2])
-    return image.transform((size, size), Image.AFFINE, coefficients, resample=Image.BILINEAR)
-
-
-def apply(t: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Map (N, 2) continuous (row, col) points through the 3x3 matrix T."""
-    pts = np.c_[points, np.ones(len(points))]
-    return (pts @ t.T)[:, :2]
 
 
 def pck(predicted: np.ndarray, truth: np.ndarray, image_size: tuple[int, int],
@@ -109,7 +74,7 @@ def predict(grid_map, image_size: tuple[int, int], rng=None) -> np.ndarray:
     """The centre (continuous row, col) of the map's maximal cell."""
     values = np.asarray(grid_map, dtype=np.float64)
     row, col = argmax_cell(values, rng)
-    return cell_centres(values.shape, image_size)[row * values.shape[1] + col]
+    return cell_centres((0, 0, *image_size), values.shape)[row * values.shape[1] + col]
 
 
 # -- pairs -------------------------------------------------------------------------------------
@@ -145,9 +110,9 @@ def fmnist_pair(source, rng, size: int):
 
 def query_points(grid, size: tuple[int, int], t: np.ndarray, mask, rng) -> np.ndarray:
     """Cell centres of a (inside `mask` if given) whose image lies well inside b."""
-    centres = cell_centres(grid, size)
+    centres = cell_centres((0, 0, *size), grid)
     cell = max(size[0] / grid[0], size[1] / grid[1])
-    mapped = apply(t, centres)
+    mapped = apply_affine(t, centres)
     margin = cell / 2
     ok = ((mapped[:, 0] >= margin) & (mapped[:, 0] <= size[0] - margin) &
           (mapped[:, 1] >= margin) & (mapped[:, 1] <= size[1] - margin))
@@ -165,12 +130,7 @@ def layer_features(stream, x: torch.Tensor) -> torch.Tensor:
     """(H, W, C) output of the explained layer for one image."""
     with stream.capture(requires_grad=False) as captured:
         stream.embed(x)
-    feats = captured[0].detach()
-    if feats.dim() == 4:
-        return feats[0].permute(1, 2, 0)
-    tokens = feats.shape[1]
-    side = math.isqrt(tokens)
-    return feats[0, tokens - side * side:].reshape(side, side, -1)
+    return channels_last_grid(captured[0].detach())
 
 
 def cosine_map(feats_a: torch.Tensor, feats_b: torch.Tensor, point, image_size) -> torch.Tensor:
@@ -211,7 +171,7 @@ def stereo_truth(points: np.ndarray, disparity: np.ndarray, image_size: tuple[in
 def stereo_points(grid, image_size, disparity) -> tuple[np.ndarray, np.ndarray]:
     """(query points, their true points): every cell centre of a with a known disparity whose
     true point lies in b at least half a cell from its border."""
-    centres = cell_centres(grid, image_size)
+    centres = cell_centres((0, 0, *image_size), grid)
     truth = stereo_truth(centres, disparity, image_size)
     margin = max(image_size[0] / grid[0], image_size[1] / grid[1]) / 2
     ok = (np.isfinite(truth).all(1) & (truth[:, 1] >= margin) &
@@ -307,7 +267,7 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
             (ga, _), (gb, _) = explainer.stream_a.grid(a), explainer.stream_b.grid(b)
             points = query_points(ga, tuple(a.shape[2:]), t, mask, rng)
             counts.append(len(points))
-            truth = apply(t, points) if len(points) else np.zeros((0, 2))
+            truth = apply_affine(t, points) if len(points) else np.zeros((0, 2))
             score_pair(scores, methods, explainer, a, b, points, truth,
                        sample_seed(seed, i, 7), sample_seed(seed, i, 99))
     weights = np.array(counts, dtype=float)

@@ -32,10 +32,11 @@ import torch
 from .. import datasets
 from . import correspondence
 from ..errors import SimexplainError
+from ..geometry import apply_affine
 from .common import (POINT_METHODS, bootstrap_ci, load_model, new_result, progress,
                      resolve_methods, sample_seed, to_tensor, Timer)
 from .composites import FMNIST_FOREGROUND
-from .report import fmt, markdown_table
+from .tables import fmt, markdown_table
 
 NAME = "crossview"
 TITLE = "Cross-view correspondence (two-stream sketch-to-item model)"
@@ -103,7 +104,7 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
             back = np.linalg.inv(t)  # sketch pixels -> item pixels: the truth
             points = correspondence.query_points(ga, tuple(a.shape[2:]), back, mask, rng)
             counts.append(len(points))
-            truth = correspondence.apply(back, points) if len(points) else np.zeros((0, 2))
+            truth = apply_affine(back, points) if len(points) else np.zeros((0, 2))
             explained = correspondence.score_pair(
                 scores, methods, explainer, a, b, points, truth, sample_seed(seed, i, 7),
                 sample_seed(seed, i, 99)) or explainer.explain(a, b)
@@ -134,7 +135,7 @@ def pattern_pck(found, back: np.ndarray, size: tuple[int, int]) -> dict:
         return {alpha: [] for alpha in ALPHAS}
     points_a = np.array([p.point_a for p in found]) + 0.5
     points_b = np.array([p.point_b for p in found]) + 0.5
-    truth = correspondence.apply(back, points_a)
+    truth = apply_affine(back, points_a)
     return {alpha: correspondence.pck(points_b, truth, size, alpha).tolist() for alpha in ALPHAS}
 
 

@@ -35,7 +35,8 @@ from scipy.sparse.linalg import splu
 from .common import (bootstrap_ci, cap_notes, method_map, METHODS, new_result, positive_form,
                      progress, runs_on, sample_seed, score, start_run, to_tensor, usable_methods,
                      Timer)
-from .report import compare, finish_plot, fmt, markdown_table, methods_of, pyplot, style
+from .report import compare, finish_plot, methods_of, pyplot, style
+from .tables import fmt, markdown_table
 
 NAME = "faithfulness"
 ALLOWED = METHODS

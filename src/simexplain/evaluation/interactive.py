@@ -39,7 +39,7 @@ from PIL import Image
 from .. import maps, regions
 from .. import similarity as similarities
 from ..errors import SimexplainError
-from .metrics import average_precision_at_r
+from ..metrics import average_precision_at_r
 
 ITEM = 28
 DEFAULT_MODELS = ("fmnist-gap", "fmnist-gmp", "efficientnet-lite0")

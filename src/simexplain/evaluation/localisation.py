@@ -28,8 +28,8 @@ from .common import (bootstrap_ci, cap_notes, METHODS, new_result, POINT_METHODS
                      runs_on, sample_seed, start_run, to_tensor, usable_methods, Timer)
 from .composites import Box, box_iou, random_canvas
 from .pointing import pair_maps
-from .report import (compare, finish_plot, fmt, fmt_plain, markdown_table, methods_of, pyplot,
-                     style)
+from .report import compare, finish_plot, methods_of, pyplot, style
+from .tables import fmt, fmt_plain, markdown_table
 
 NAME = "localisation"
 ALLOWED = METHODS + tuple(POINT_METHODS)

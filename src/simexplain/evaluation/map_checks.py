@@ -7,7 +7,7 @@ import numpy as np
 
 from ..explanation import DEFAULT_POINT_MAP
 from .common import paired_difference
-from .report import fmt, fmt_plain
+from .tables import fmt, fmt_plain
 
 DEFAULT_POINT_METHOD = f"point-{DEFAULT_POINT_MAP}"
 

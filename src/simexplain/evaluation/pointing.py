@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import (argmax_cell, bootstrap_ci, cap_notes, cell_centres, is_flat, method_map,
+from ..geometry import argmax_cell, cell_centres
+from .common import (bootstrap_ci, cap_notes, is_flat, method_map,
                      METHODS, new_result, point_map, POINT_METHODS, progress, runs_on,
                      sample_seed, start_run, to_tensor, usable_methods, Timer)
 from .composites import Box, matching_grid
-from .report import compare, fmt, markdown_table, methods_of
+from .report import compare, methods_of
+from .tables import fmt, markdown_table
 
 NAME = "pointing"
 ALLOWED = METHODS + tuple(POINT_METHODS)
@@ -46,7 +48,7 @@ def pointing_hit(grid_map, image_size: tuple[int, int], box: Box,
     """Does the map's maximal cell (its centre, in pixels) fall inside `box`?"""
     values = np.asarray(grid_map, dtype=np.float64)
     row, col = argmax_cell(values, rng)
-    centre = cell_centres(values.shape, image_size)[row * values.shape[1] + col]
+    centre = cell_centres((0, 0, *image_size), values.shape)[row * values.shape[1] + col]
     return in_box(centre, box)
 
 
@@ -56,7 +58,7 @@ def mass_in_box(grid_map, image_size: tuple[int, int], box: Box) -> float:
     total = values.sum()
     if total <= 0:
         return float("nan")
-    centres = cell_centres(np.asarray(grid_map).shape, image_size)
+    centres = cell_centres((0, 0, *image_size), np.asarray(grid_map).shape)
     inside = np.array([in_box(c, box) for c in centres])
     return float(values[inside].sum() / total)
 

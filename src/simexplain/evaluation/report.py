@@ -24,6 +24,8 @@ import numpy as np
 from ..files import write_text_atomic
 from ..methods import METHODS as _REGISTRY
 from .common import METHODS, paired_difference, POINT_METHODS
+from .map_checks import DEFAULT_POINT_METHOD, map_checks
+from .tables import fmt, fmt_plain, markdown_table
 
 BASELINES_NOTE = "baseline"
 ORDER = METHODS + tuple(POINT_METHODS) + ("cosine",)
@@ -64,28 +66,9 @@ def write_json(path: Path, data) -> None:
 
 
 # -- formatting --------------------------------------------------------------------------------
-def fmt(ci: dict | None, digits: int = 3) -> str:
-    """'mean [lo, hi]' of a bootstrap summary."""
-    if not ci or ci.get("mean") is None or not math.isfinite(ci["mean"]):
-        return "n/a"
-    return f"{ci['mean']:.{digits}f} [{ci['lo']:.{digits}f}, {ci['hi']:.{digits}f}]"
-
-
-def fmt_plain(value, digits: int = 3) -> str:
-    if value is None or not math.isfinite(value):
-        return "n/a"
-    return f"{value:.{digits}f}"
-
-
 def methods_of(result: dict) -> list[str]:
     """The result's methods in display order."""
     return sorted(result["methods"], key=lambda m: ORDER.index(m) if m in ORDER else 99)
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 # -- headline comparisons ----------------------------------------------------------------------
@@ -492,7 +475,6 @@ def write_report(results: dict[str, list[dict]], out: Path, meta: dict, benchmar
               summary_table(results, benchmarks), "",
               "In brief (generated from the table above):", "", *in_brief(results, benchmarks),
               ""]
-    from .map_checks import DEFAULT_POINT_METHOD, map_checks  # it formats with this module
     checks = map_checks(results)
     if checks:
         lines += ["## The three maps against their baselines", "",

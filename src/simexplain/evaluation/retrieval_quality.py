@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from .. import datasets
-from .metrics import map_at_r, recall_at_k
+from ..metrics import map_at_r, recall_at_k
 
 
 def evaluate(model: str, limit: int | None = None, batch_size: int = 256,

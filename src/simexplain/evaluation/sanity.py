@@ -39,7 +39,8 @@ from ..explainer import Explainer
 from .common import (bootstrap_ci, cap_notes, method_map, METHODS, new_result, positive_form,
                      progress, runs_on, sample_seed, spearman, start_run, to_tensor,
                      usable_methods, Timer)
-from .report import finish_plot, fmt, fmt_plain, markdown_table, methods_of, pyplot, style
+from .report import finish_plot, methods_of, pyplot, style
+from .tables import fmt, fmt_plain, markdown_table
 
 NAME = "sanity"
 ALLOWED = METHODS

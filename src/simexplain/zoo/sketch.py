@@ -3,7 +3,7 @@
 Stream A sees an edge sketch of an item: the item's edges (Sobel gradient magnitude, our own
 code), moved by a random affine map T (rotation, scale, shift) whose matrix is recorded, so the
 point of the item under any sketch pixel is known exactly (T maps item pixels to sketch pixels,
-continuous (row, col) coordinates as in `simexplain.evaluation.correspondence`). Stream B sees
+continuous (row, col) coordinates as in `simexplain.geometry`). Stream B sees
 the grey item. The streams are two `FashionNet`s (GAP head, linear, L2) with their own weights;
 both explain the layer ``features`` (a 7x7 grid at 28 px). Trained by
 `simexplain train sketch` (`simexplain.training.train_sketch`).
@@ -55,14 +55,14 @@ def edges(items: np.ndarray) -> np.ndarray:
 def random_transform(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
     """A random 3x3 affine T (item pixels -> sketch pixels): rotation within +-MAX_ROTATION
     degrees, scale in SCALE, shift within SHIFT of the side, no mirroring."""
-    from ..evaluation.correspondence import random_affine
+    from ..geometry import random_affine
     return random_affine(rng, size, max_rotation=MAX_ROTATION, scale=SCALE, shift=SHIFT,
                          flip=False)
 
 
 def draw_sketch(item_edges: np.ndarray, t: np.ndarray) -> np.ndarray:
     """uint8 (H, W) sketch: the item's edges (from `edges`) warped by T (black outside)."""
-    from ..evaluation.correspondence import warp
+    from ..geometry import warp
     size = item_edges.shape[0]
     return np.asarray(warp(Image.fromarray(item_edges), t, size))
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from simexplain.errors import SimexplainError
-from simexplain.evaluation import metrics
-from simexplain.evaluation.metrics import map_at_r, recall_at_k
+from simexplain import metrics
+from simexplain.metrics import map_at_r, recall_at_k
 
 
 def _angles(*degrees):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import SimexplainError
+from .errors import SimexplainError
 
 # Upper bound on the floats in one (chunk x gallery) similarity block (~64 MB in float32).
 _BLOCK_ELEMENTS = 16_000_000
