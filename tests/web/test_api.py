@@ -615,8 +615,7 @@ def test_point_without_contribution_answers_no_map_not_a_flat_map():
 
     from simexplain import Explainer
     from simexplain.toy import HeadModel
-    from simexplain.web.api import map_json
-    from simexplain.web.engine import point_grid_map
+    from simexplain.live_maps import map_json, point_grid_map
     torch.manual_seed(0)
     explainer = Explainer(HeadModel("gmp", bias=False).eval(), "features")
     pair = explainer.explain(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))
