@@ -101,7 +101,7 @@ def test_openapi_documents_every_endpoint(client):
 def test_page_and_static_files(client):
     page = client.get("/")
     assert page.status_code == 200 and "<canvas" in page.text
-    for name in ("app.js", "style.css"):
+    for name in ("app.js", "mapview.js", "style.css"):
         assert client.get(f"/static/{name}").status_code == 200
     assert_error(client.get("/static/nothing.js"), 404)
 
