@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,6 +15,10 @@ from . import patterns as patternlib
 from .errors import SimexplainError
 from .regions import DEFAULT_POINT_MAP, POINT_MAP_KINDS, point_map_label  # noqa: F401 (public here)
 from .similarity import Similarity, get as get_similarity
+
+if TYPE_CHECKING:  # the widget's module imports anywidget: only for the annotation
+    from .notebook.widget import PointMapWidget
+
 
 @dataclass
 class Side:
@@ -271,6 +276,16 @@ class PairExplanation:
         return float(weights @ overall)
 
     # -- display -----------------------------------------------------------------------------
+    def widget(self, kind: str = DEFAULT_POINT_MAP,
+               display_size: int | None = None) -> "PointMapWidget":
+        """A live point-map widget for Jupyter (`simexplain.notebook.PointMapWidget`; needs
+        `pip install 'simexplain[notebook]'`): point at one image, the other shows the point
+        map of `kind`; drag a box for the region map. `display_size`: the images' longest
+        side on screen in pixels (default 384)."""
+        from .notebook import PointMapWidget  # here, not at the top: anywidget is optional
+        options = {} if display_size is None else {"display_size": display_size}
+        return PointMapWidget(self, kind=kind, **options)
+
     def image(self, side: str) -> Image.Image:
         return self._sides(side)[0].image
 

@@ -101,7 +101,7 @@ def test_openapi_documents_every_endpoint(client):
 def test_page_and_static_files(client):
     page = client.get("/")
     assert page.status_code == 200 and "<canvas" in page.text
-    for name in ("app.js", "style.css"):
+    for name in ("app.js", "mapview.js", "style.css"):
         assert client.get(f"/static/{name}").status_code == 200
     assert_error(client.get("/static/nothing.js"), 404)
 
@@ -615,8 +615,7 @@ def test_point_without_contribution_answers_no_map_not_a_flat_map():
 
     from simexplain import Explainer
     from simexplain.toy import HeadModel
-    from simexplain.web.api import map_json
-    from simexplain.web.engine import point_grid_map
+    from simexplain.live_maps import map_json, point_grid_map
     torch.manual_seed(0)
     explainer = Explainer(HeadModel("gmp", bias=False).eval(), "features")
     pair = explainer.explain(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))

@@ -12,8 +12,6 @@ import logging
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Sequence
 
-import numpy as np
-import torch
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -22,10 +20,11 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import SimexplainError
-from ..explanation import DEFAULT_POINT_MAP, point_map_label
+from ..explanation import DEFAULT_POINT_MAP
+from ..live_maps import grid_list, map_json, peak
 from ..maps import Frame
 from ..methods import method_class
-from .engine import METHODS, Engine, Explained, GridMap, Prepared, SearchResult
+from .engine import METHODS, Engine, Explained, Prepared, SearchResult
 from .errors import megabytes, status_of
 from .hosts import LOCAL_HOSTS
 from .middleware import BodyLimit, HostCheck, ServerTiming
@@ -41,60 +40,7 @@ JSON_BODY_LIMIT = 1024 * 1024
 log = logging.getLogger("simexplain.web")
 
 
-# -- results as JSON ---------------------------------------------------------------------------
-def grid_list(values: torch.Tensor) -> list[list[float]]:
-    """A (H, W) map as nested lists of floats, 6 significant digits (small JSON)."""
-    array = np.asarray(values.detach().double().cpu().numpy(), dtype=np.float64)
-    return [[float(f"{v:.6g}") for v in row] for row in array.tolist()]
-
-
-def peak(grid_map: torch.Tensor, frame: Frame) -> dict:
-    """The maximum of a map (also the maximum of its bilinear upsampling, which lies at a cell
-    centre), in pixels of the photo the map is drawn on."""
-    grid_map = grid_map.double()
-    r, c = divmod(int(torch.argmax(grid_map.flatten())), grid_map.shape[1])
-    row, col = frame.peak(grid_map)
-    return {"row": row, "col": col, "cell": [r, c], "value": float(grid_map[r, c])}
-
-
-TOP_MATCHES = 3  # the matches ringed (numbered) on a point or region map
-
-
-def top_cells(grid_map: torch.Tensor, frame: Frame, k: int = TOP_MATCHES) -> list[dict]:
-    """The k largest cells of a map, largest first, at their centres in the photo's pixels."""
-    values = grid_map.double().flatten()
-    centres = frame.cell_centres(tuple(grid_map.shape))
-    order = torch.argsort(values, descending=True)[:k].tolist()
-    cols = grid_map.shape[1]
-    return [{"row": float(centres[i][0]), "col": float(centres[i][1]),
-             "cell": list(divmod(i, cols)), "value": float(values[i])} for i in order]
-
-
-def query_cell(frame: Frame, grid: Sequence[int], point: Sequence[float]) -> list[float]:
-    """[top, left, bottom, right] in pixels of the grid cell under a pointed pixel."""
-    top, left, bottom, right = frame.box
-    rows, cols = int(grid[0]), int(grid[1])
-    r = min(max(int((point[0] - top) * rows / (bottom - top)), 0), rows - 1)
-    c = min(max(int((point[1] - left) * cols / (right - left)), 0), cols - 1)
-    return [float(v) for v in frame.cell_boxes((rows, cols))[r * cols + c]]
-
-
-def map_json(result: GridMap, top: bool = False) -> dict:
-    """A point or region map; with its kind and label, or the explicit "no map" answer; `top`:
-    with its few strongest cells (the pair view rings them; gallery thumbnails ring only the
-    maximum, so a pointer move over many results skips them)."""
-    out = {"side": result.side}
-    if result.kind is not None:
-        out.update(kind=result.kind, label=point_map_label(result.kind),
-                   no_map=result.no_map is not None)
-    if result.no_map is not None:
-        return {**out, "grid": None, "map": None, "argmax": None, "top": None,
-                "message": result.no_map}
-    return {**out, "grid": list(result.values.shape), "map": grid_list(result.values),
-            "argmax": peak(result.values, result.frame),
-            "top": top_cells(result.values, result.frame) if top else None}
-
-
+# -- results as JSON (point and region maps: `simexplain.live_maps`) ------------------------
 def image_json(record: ImageRecord) -> dict:
     width, height = record.size or (None, None)
     return {"id": record.id, "name": record.name, "source": record.source, "width": width,
@@ -282,19 +228,15 @@ def build_app(engine: Engine, title: str = "simexplain",
               responses=ERRORS)
     def point(request: PointRequest):
         """One small product (bilinear point weights times the cached decomposition)."""
-        result = engine.point(request.explanation_id, request.side, request.row, request.col)
-        pointed = engine.record(request.explanation_id)
-        pointed = pointed.a if request.side == "a" else pointed.b
-        return {**map_json(result, top=True), "seq": request.seq,
-                "query_cell": query_cell(pointed.side.frame, pointed.side.grid,
-                                         (request.row, request.col))}
+        answer = engine.point(request.explanation_id, request.side, request.row, request.col)
+        return {**answer, "seq": request.seq}
 
     @app.post("/api/region", response_model=RegionResponse, tags=["pairs"],
               summary="region map: a box on one image -> a map over the other",
               responses=ERRORS)
     def region(request: RegionRequest):
-        result, partial = engine.region(request.explanation_id, request.side, request.box)
-        return {**map_json(result, top=True), "partial_score": partial, "seq": request.seq}
+        answer = engine.region(request.explanation_id, request.side, request.box)
+        return {**answer, "seq": request.seq}
 
     @app.post("/api/patterns", response_model=PatternsResponse, tags=["pairs"],
               summary="cross-view patterns: the strongest mutual best matches of the pair",

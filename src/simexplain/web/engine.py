@@ -23,7 +23,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -31,6 +30,7 @@ from .. import maps, regions
 from ..errors import NoPointMap, NotApplicable, SimexplainError
 from ..explanation import DEFAULT_POINT_MAP, PairExplanation, Side
 from ..images import MAX_PIXELS
+from ..live_maps import GridMap, check_box, point_answer, region_answer
 from ..methods import (Decomposition, PreparedPair, explanation_methods, get_method,
                        method_class)
 from ..zoo import resolve
@@ -47,31 +47,6 @@ MAX_INPUT_SIDE = 640
 MIN_INPUT_SIDE = 16
 # two maps are "identical" when they differ by less than this fraction of their peak
 SAME_MAP_TOLERANCE = 1e-3
-
-
-@dataclass
-class GridMap:
-    """A map over one image's feature grid, and where that grid lies in the image."""
-
-    side: str  # "a" or "b": the image the map is drawn on
-    values: torch.Tensor | None  # (H, W); None for a point map that does not exist
-    frame: maps.Frame  # where the grid lies in that photo (its size, the crop the model saw)
-    kind: str | None = None  # the point-map kind (point and region maps)
-    no_map: str | None = None  # why there is no map (the point carries no contribution)
-
-
-def point_grid_map(pair: PairExplanation, side: str, where, region: bool = False,
-                   kind: str = DEFAULT_POINT_MAP) -> GridMap:
-    """The point (or region) map of `kind` on the other image; where the point carries
-    nothing to compare, a GridMap that says so instead of a flat map."""
-    other = _other(side)
-    frame = _side_of(pair, other).frame
-    try:
-        values = pair.region_map(side, where, kind) if region else \
-            pair.point_map(side, where, kind)
-    except NoPointMap as exc:
-        return GridMap(other, None, frame, kind, no_map=str(exc))
-    return GridMap(other, values, frame, kind)
 
 
 @dataclass
@@ -416,16 +391,15 @@ class Engine:
                            "for a limited time: explain the pair again)")
         return record
 
-    def point(self, explanation_id: str, side: str, row: float, col: float) -> GridMap:
-        """The point-specific map of pixel (row, col) of `side`, on the other image."""
-        return point_grid_map(self.record(explanation_id).pair, side, (row, col))
+    def point(self, explanation_id: str, side: str, row: float, col: float) -> dict:
+        """The point-specific map of pixel (row, col) of `side`, on the other image, as the
+        page draws it (`live_maps.point_answer`)."""
+        return point_answer(self.record(explanation_id).pair, side, (row, col))
 
-    def region(self, explanation_id: str, side: str,
-               box: Sequence[float]) -> tuple[GridMap, float]:
-        """The region map of a box on `side` (on the other image) and its partial score s_R."""
-        record = self.record(explanation_id)
-        result = point_grid_map(record.pair, side, _box(box), region=True)
-        return result, record.pair.partial_score(side, _box(box))
+    def region(self, explanation_id: str, side: str, box: Sequence[float]) -> dict:
+        """The region map of a box on `side` (on the other image) and its partial score s_R
+        (`live_maps.region_answer`)."""
+        return region_answer(self.record(explanation_id).pair, side, box)
 
     # -- gallery search ------------------------------------------------------------------------
     def patterns(self, explanation_id: str, k: int) -> list:
@@ -443,7 +417,7 @@ class Engine:
         explainer = self.explainer(model)
         query_prepared = self._prepare_one(model, query, "a", "query")
         q = query_prepared.side
-        prepared = RegionQuery.from_side(q, _box(box) if box is not None else None)
+        prepared = RegionQuery.from_side(q, check_box(box) if box is not None else None)
         k = max(1, min(int(k), len(self.images.gallery_paths)))
         found = self.index.search(prepared, k)
         hit_ids = [f"g{hit.index}" for hit in found]
@@ -499,27 +473,6 @@ def _same_maps(maps: Sequence[torch.Tensor], others: Sequence[torch.Tensor]) -> 
         if peak == 0 or float((x - y).abs().max()) > SAME_MAP_TOLERANCE * peak:
             return False
     return True
-
-
-def _other(side: str) -> str:
-    if side not in ("a", "b"):
-        raise WebError(f"side must be 'a' or 'b', got {side!r}")
-    return "b" if side == "a" else "a"
-
-
-def _side_of(pair: PairExplanation, side: str) -> Side:
-    return pair.a if side == "a" else pair.b
-
-
-def _box(box: Sequence[float]) -> tuple[float, float, float, float]:
-    values = tuple(float(v) for v in box)
-    if len(values) != 4 or not all(np.isfinite(values)):
-        raise WebError("a box is [top, left, bottom, right] in pixels (4 finite numbers)")
-    top, left, bottom, right = values
-    if bottom <= top or right <= left:
-        raise WebError(f"the box {list(values)} is empty (bottom must exceed top and right "
-                       "exceed left)")
-    return values
 
 
 def _is_zoo(name: str) -> bool:
