@@ -18,7 +18,7 @@ from simexplain.cli import main
 from simexplain.explainer import Explainer
 from simexplain.images import Preprocess
 from simexplain.retrieval import Index, IndexFormatError, checkpoint_path
-from simexplain.retrieval.manifest import CONTRIBUTIONS, MANIFEST, PROJECTED, SHAPES, seal
+from simexplain.retrieval.manifest import CONTRIBUTIONS, MANIFEST, SHAPES, seal
 from simexplain.toy import HeadModel
 
 SIDE = 32

@@ -37,10 +37,12 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 def write_json_atomic(path: str | Path, data) -> None:
     """JSON through a temporary file and a rename: never a half-written file. Numpy and torch
     values and paths are written as plain JSON."""
-    write_text_atomic(path, json.dumps(data, indent=2, default=_json_default))
+    write_text_atomic(path, json.dumps(data, indent=2, default=json_default))
 
 
-def _json_default(value):
+def json_default(value):
+    """`json.dumps(default=...)` for numpy and torch values and paths: what every JSON file of
+    simexplain may hold."""
     import numpy as np
     import torch
     if isinstance(value, (np.floating, np.integer)):

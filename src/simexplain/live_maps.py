@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import maps
+from . import geometry, maps
 from .errors import NoPointMap, SimexplainError
 from .explanation import PairExplanation, Side
 from .regions import DEFAULT_POINT_MAP, point_map_label
@@ -84,7 +84,7 @@ def peak(grid_map: torch.Tensor, frame: maps.Frame) -> dict:
     """The maximum of a map (also the maximum of its bilinear upsampling, which lies at a cell
     centre), in pixels of the photo the map is drawn on."""
     grid_map = grid_map.double()
-    r, c = divmod(int(torch.argmax(grid_map.flatten())), grid_map.shape[1])
+    r, c = geometry.argmax_cell(grid_map)
     row, col = frame.peak(grid_map)
     return {"row": row, "col": col, "cell": [r, c], "value": float(grid_map[r, c])}
 
@@ -101,11 +101,8 @@ def top_cells(grid_map: torch.Tensor, frame: maps.Frame, k: int = TOP_MATCHES) -
 
 def query_cell(frame: maps.Frame, grid: Sequence[int], point: Sequence[float]) -> list[float]:
     """[top, left, bottom, right] in pixels of the grid cell under a pointed pixel."""
-    top, left, bottom, right = frame.box
-    rows, cols = int(grid[0]), int(grid[1])
-    r = min(max(int((point[0] - top) * rows / (bottom - top)), 0), rows - 1)
-    c = min(max(int((point[1] - left) * cols / (right - left)), 0), cols - 1)
-    return [float(v) for v in frame.cell_boxes((rows, cols))[r * cols + c]]
+    r, c = geometry.cell_of_point(frame.box, grid, point)
+    return [float(v) for v in frame.cell_boxes(tuple(grid))[r * int(grid[1]) + c]]
 
 
 def map_json(result: GridMap, top: bool = False) -> dict:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import http.server
-import importlib.util
 import json
 import math
 import threading
@@ -23,12 +22,7 @@ import pytest
 from simexplain.explanation import DEFAULT_POINT_MAP, point_map_label
 from simexplain.notebook import PointMapWidget
 
-# the browser helpers of the web tests (test modules are not importable by name here)
-_spec = importlib.util.spec_from_file_location(
-    "browser_helpers", Path(__file__).resolve().parents[1] / "web" / "test_browser.py")
-_helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_helpers)
-ARTIFACTS, chromium, open_page = _helpers.ARTIFACTS, _helpers.chromium, _helpers.open_page
+from browser_helpers import ARTIFACTS, chromium, open_page
 
 HOST_PAGE = Path(__file__).with_name("fake_host.html")
 ALPHA = 0.6  # the widget's map opacity (point_map.js: display.alpha)

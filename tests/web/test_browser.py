@@ -28,100 +28,13 @@ web-faces.png and web-gallery.png (efficientnet-lite0 on scikit-image's photos; 
 
 from __future__ import annotations
 
-import os
-import socket
 import sys
-import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = Path(os.environ.get("SIMEXPLAIN_SCREENSHOTS") or ROOT / "test-artifacts")
-CHROMIUM = os.environ.get("SIMEXPLAIN_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-VIEWPORT = {"width": 1400, "height": 1000}
-
-# a cheap fingerprint of a canvas's pixels
-CANVAS_HASH = """(canvas) => {
-  const d = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-  let h = 2166136261;
-  for (let i = 0; i < d.length; i += 3) { h ^= d[i]; h = Math.imul(h, 16777619) >>> 0; }
-  return h;
-}"""
-
-
-@contextmanager
-def serve(app):
-    """Run `app` with uvicorn on 127.0.0.1, on a free port, in a background thread."""
-    import uvicorn
-    # proto IPPROTO_TCP: asyncio then sets TCP_NODELAY on accepted connections, as when
-    # uvicorn binds the port itself (else keep-alive responses wait ~40 ms for delayed ACKs)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        if time.time() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-
-
-@contextmanager
-def chromium():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"Chromium is missing at {CHROMIUM}: the browser tests need it. Install it "
-                    "with `sudo apt-get install chromium` (scripts/setup.sh does), or point "
-                    "SIMEXPLAIN_CHROMIUM at a Chromium binary.", pytrace=False)
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-def open_page(browser, url):
-    context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
-    page = context.new_page()
-    problems: list[str] = []
-    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    page.on("console", lambda msg: problems.append(f"console: {msg.text}")
-            if msg.type == "error" else None)
-    page.goto(url)
-    return page, problems
-
-
-def shoot(page, path):
-    """A screenshot of the page down to the end of its content."""
-    bottom = page.evaluate("Math.ceil(document.querySelector('main').getBoundingClientRect()"
-                           ".bottom) + 8")
-    page.screenshot(path=str(path), clip={"x": 0, "y": 0, "width": VIEWPORT["width"],
-                                          "height": min(max(bottom, 200), VIEWPORT["height"])})
-
-
-def stat(page, name):
-    return page.evaluate(f"window.simexplain.stats.{name}")
-
-
-def wait_stat(page, name, at_least, timeout=30_000):
-    page.wait_for_function(f"window.simexplain && window.simexplain.stats.{name} >= {at_least}"
-                           " && window.simexplain.stats.inFlight === 0", timeout=timeout)
+from browser_helpers import (ARTIFACTS, CANVAS_HASH, ROOT, VIEWPORT, chromium, open_page, serve,
+                             shoot, stat, wait_stat)
 
 
 def canvas_hash(page, selector):

@@ -3,20 +3,11 @@ cross-view patterns drawn as linked points, each end on its own image."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
-# the browser helpers of test_browser.py (test modules are not importable by name here)
-_spec = importlib.util.spec_from_file_location("browser_helpers",
-                                               Path(__file__).with_name("test_browser.py"))
-_helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_helpers)
-ARTIFACTS, chromium, open_page, serve, wait_stat = (
-    _helpers.ARTIFACTS, _helpers.chromium, _helpers.open_page, _helpers.serve,
-    _helpers.wait_stat)
+from browser_helpers import ARTIFACTS, chromium, open_page, serve, wait_stat
 
 
 def test_patterns_are_drawn_across_the_two_images():

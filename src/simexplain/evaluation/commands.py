@@ -135,7 +135,7 @@ def run_benchmark_cli(args, module) -> int:
     if args.json:
         print(json.dumps(report.clean({"benchmark": module.NAME, "results": results,
                                        "skipped": skipped}), indent=2,
-                         default=report.json_default))
+                         default=json_default))
     else:
         print(section)
         for k, v in skipped.items():

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import write_text_atomic
+from ..files import json_default, write_text_atomic
 from ..methods import METHODS as _REGISTRY
 from .common import METHODS, paired_difference, POINT_METHODS
 from .map_checks import DEFAULT_POINT_METHOD, map_checks
@@ -36,16 +36,6 @@ ATTENTION_METHODS = tuple(m for m, cls in _REGISTRY.items() if cls.needs_attenti
 
 
 # -- files -------------------------------------------------------------------------------------
-def json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} as JSON")
-
-
 def clean(value):
     """NaN -> None (valid JSON), floats rounded to 6 digits."""
     if isinstance(value, dict):

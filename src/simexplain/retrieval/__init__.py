@@ -29,7 +29,8 @@ from .index import FETCH_MARGIN, Hit, Index, RegionQuery
 from .model import IndexMismatchError, check_model, model_info, weights_fingerprint
 from .manifest import (EMBEDDINGS, FORMAT_NAME, FORMAT_VERSION, KINDS, MANIFEST, VECTORS,
                        IndexFormatError)
-from .storage import MARKER, Skipped, check_replaceable, read_manifest
+from .basics import Skipped
+from .storage import MARKER, check_replaceable, read_manifest
 
 __all__ = ["Index", "Hit", "RegionQuery", "Skipped", "IndexFormatError", "IndexMismatchError",
            "checkpoint_path", "gallery_files", "remove_checkpoint", "check_replaceable", "MARKER",

@@ -11,19 +11,22 @@ import os
 import re
 import uuid
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import Iterable
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from ..errors import ImageError, SimexplainError
+from ..errors import SimexplainError
 from ..files import atomic_path
-from .explain_cache import CachedImage, ExplainCache
+from .basics import Skipped, require_faiss
+from .embedding import Embedded, embed_files
+from .explain_cache import ExplainCache
+from .kinds import check_shards, kind as index_kind
 from .model import MODEL_KEYS, model_info
-from .storage import (FORMAT_NAME, FORMAT_VERSION, Skipped, check_kind, check_replaceable,
-                      common_root, file_sha256, require_faiss)
+from .ray_engine import embed_with_ray
+from .storage import FORMAT_NAME, FORMAT_VERSION, check_replaceable, common_root
 
 ENGINES = ("local", "ray")  # one process, or a Ray Data pipeline (`ray_engine`)
 PARTIAL_MARKER = "simexplain-partial"
@@ -32,13 +35,30 @@ _OWN = re.compile(r"^(simexplain-partial|state\.json|shard-\d{5}-[0-9a-f]{6}\.np
                   r"|\.(simexplain-partial|state\.json|shard-\d{5}-[0-9a-f]{6}\.npz)\..+\.tmp)$")
 
 
-def build_index(cls, images: str | Path | Iterable[str | Path], explainer,
-                model_name: str | None = None, batch_size: int = 32, progress: bool = True,
-                out: str | Path | None = None, resume: bool = True, kind: str = "flat",
-                checkpoint_every: int = 8, shards: int = 1, engine: str = "local",
-                ray: dict | None = None, explain: bool = False):
-    """`Index.build` (see there); `cls` is the Index class."""
-    check_kind(kind)
+@dataclass
+class EmbeddedGallery:
+    """What a build embedded, in gallery order: the index is made of it (`Index.build`)."""
+
+    embeddings: np.ndarray  # (N, D) float32
+    paths: list[str]
+    info: dict  # the model's (model_info)
+    hashes: list[str]
+    skipped: list[Skipped]
+    root: Path
+    explain_cache: ExplainCache | None
+    explainer: object  # the driver's explainer (the factory's product for Ray builds)
+    resumed_from: int  # files already done in a checkpoint when the build resumed
+    checkpoint: Path | None  # to remove once the index is saved
+
+
+def embed_gallery(images: str | Path | Iterable[str | Path], explainer,
+                  model_name: str | None = None, batch_size: int = 32, progress: bool = True,
+                  out: str | Path | None = None, resume: bool = True, kind: str = "flat",
+                  checkpoint_every: int = 8, shards: int = 1, engine: str = "local",
+                  ray: dict | None = None, explain: bool = False) -> EmbeddedGallery:
+    """The embedding part of `Index.build` (see there): every check before any work, then the
+    gallery embedded batch by batch with checkpoints."""
+    index_kind(kind)
     check_shards(kind, shards)
     if batch_size < 1:
         raise SimexplainError(f"batch_size must be >= 1, got {batch_size}")
@@ -67,7 +87,6 @@ def build_index(cls, images: str | Path | Iterable[str | Path], explainer,
     batches_since = 0
     try:
         if engine == "ray":
-            from .ray_engine import embed_with_ray
             batches = embed_with_ray(paths, state.done, root, explainer, info, batch_size,
                                      explain=explain, **(ray or {}))
         else:
@@ -92,15 +111,10 @@ def build_index(cls, images: str | Path | Iterable[str | Path], explainer,
         raise SimexplainError(
             f"no readable image among the {len(paths)} files; skipped: "
             + "; ".join(f"{s.path} ({s.reason})" for s in state.skipped[:5]))
-    index = finish(cls, state.embeddings, [paths[i] for i in state.ok], info, kind, shards,
-                   state.hashes, state.skipped, root,
-                   ExplainCache.concat(state.cache) if explain else None)
-    index.explainer = local
-    index.resumed_from = resumed_from
-    if out is not None:
-        index.save(out)
-        remove_checkpoint(checkpoint)
-    return index
+    return EmbeddedGallery(np.concatenate(state.embeddings), [paths[i] for i in state.ok], info,
+                           state.hashes, state.skipped, root,
+                           ExplainCache.concat(state.cache) if explain else None, local,
+                           resumed_from, checkpoint)
 
 
 def _embed_locally(paths: list[str], start: int, root: Path, explainer, batch_size: int,
@@ -111,27 +125,6 @@ def _embed_locally(paths: list[str], start: int, root: Path, explainer, batch_si
         chunk = paths[offset:offset + batch_size]
         results, skipped = embed_files(chunk, offset, explainer, stream, root, explain)
         yield results, skipped, offset + len(chunk)
-
-
-def check_shards(kind: str, shards: int) -> None:
-    """Refuse a shard count the kind cannot take, before any work."""
-    if shards < 1:
-        raise SimexplainError(f"shards must be >= 1, got {shards}")
-    if shards != 1 and kind != "ivfpq":
-        raise SimexplainError(f"an index of kind {kind!r} is one structure; shards need "
-                              "--kind ivfpq")
-
-
-def finish(cls, embeddings: list[np.ndarray], paths: list[str], info: dict, kind: str,
-           shards: int, hashes: list[str], skipped: list[Skipped], root: Path,
-           explain_cache: ExplainCache | None = None):
-    """The index of a build's embeddings (every build engine ends here)."""
-    from .index import with_defaults
-    array = np.concatenate(embeddings)
-    params = with_defaults(kind, len(array), {"shards": shards} if shards != 1 else None,
-                           info["similarity"], array)
-    return cls(array, paths, {**info}, kind=kind, hashes=hashes, skipped=skipped, root=root,
-               params=params, explain_cache=explain_cache)
 
 
 class _BuildState:
@@ -244,7 +237,7 @@ class _BuildState:
         with atomic_path(checkpoint / self.STATE) as tmp:
             tmp.write_text(json.dumps(meta))
 
-    def record(self, results: list["Embedded"], skipped: list[Skipped], done: int) -> None:
+    def record(self, results: list[Embedded], skipped: list[Skipped], done: int) -> None:
         """Take one embedded batch (rows in order, from `embed_files`): files up to `done`
         are then processed."""
         if results:
@@ -264,54 +257,6 @@ class _BuildState:
             self.hashes.extend(r.sha256 for r in results)
         self.skipped.extend(skipped)
         self.done = done
-
-
-class Embedded(NamedTuple):
-    """One embedded gallery file."""
-
-    row: int
-    sha256: str
-    embedding: np.ndarray  # (D,) float32
-    cached: CachedImage | None = None  # its contributions, in an explain build
-
-
-def embed_files(chunk: list[str], offset: int, explainer, stream, root: Path,
-                explain: bool = False) -> tuple[list[Embedded], list[Skipped]]:
-    """Prepare, hash and embed gallery files (rows offset, offset + 1, ...): each embedded
-    file in row order, and the files skipped (unreadable, or a link out of the gallery
-    folder). Images of one input size share a forward pass; with `explain`, that pass also
-    gives their contributions (the model's embedding from it is the one kept)."""
-    ready: list[tuple[int, str, torch.Tensor]] = []
-    skipped: list[Skipped] = []
-    real_root = os.path.realpath(root)
-    for i, path in enumerate(chunk, offset):
-        if os.path.commonpath([real_root, os.path.realpath(path)]) != real_root:
-            skipped.append(Skipped(path, "a link to a file outside the gallery folder"))
-            continue
-        try:
-            digest = file_sha256(path)
-            tensor = explainer.prepare(path, "b").tensor
-        except (ImageError, OSError) as exc:
-            skipped.append(Skipped(path, str(exc) or type(exc).__name__))
-            continue
-        ready.append((i, digest, tensor))
-    groups: dict[tuple, list] = {}
-    for item in ready:
-        groups.setdefault(tuple(item[2].shape), []).append(item)
-    results: list[Embedded] = []
-    for shape, items in groups.items():
-        batch = torch.cat([t for _, _, t in items])
-        if explain:
-            c = explainer.contributions(batch, "b")
-            out = c.embedding
-        else:
-            out = stream.embed(batch)
-        vectors = out.detach().float().cpu().numpy()
-        for row, ((i, digest, _), vec) in enumerate(zip(items, vectors)):
-            cached = CachedImage.of(c, row, shape[2:]) if explain else None
-            results.append(Embedded(i, digest, vec, cached))
-    results.sort(key=lambda r: r.row)
-    return results, skipped
 
 
 def checkpoint_path(out: str | Path) -> Path:

@@ -19,19 +19,19 @@ from typing import Callable
 import numpy as np
 
 from ..errors import SimexplainError
-from .storage import require_faiss
+from .basics import require_faiss
 
 MAX_CODE_BYTES = 56  # m: with FAISS's 8-byte ids, at most 64 bytes per vector
 TRAIN_PER_LIST = 64  # training sample: this many rows per inverted list (at least 10,000)
 ADD_CHUNK = 65536  # rows converted and added at a time (bounded memory for any gallery)
 
 
-def default_params(count: int, dim: int, shards: int = 1) -> dict:
-    """Parameters of an ivfpq index over `count` vectors of `dim` (FAISS) dimensions."""
+def default_params(count: int, dim: int, shards: int, nlist: int) -> dict:
+    """Parameters of an ivfpq index over `count` vectors of `dim` (FAISS) dimensions in
+    `nlist` inverted lists."""
     if not 1 <= shards <= count:
         raise SimexplainError(f"shards must be between 1 and the number of images ({count}), "
                               f"got {shards}")
-    nlist = max(1, min(int(round(math.sqrt(count))), count // 39))
     # the largest m dividing the padded dimension with at least 2 dimensions per sub-quantiser
     # (PQ needs d % m == 0; e.g. 32 for 128-d, 44 for the 129-d vectors of a 128-d euclidean
     # index, padded to 132)

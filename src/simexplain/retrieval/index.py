@@ -3,7 +3,6 @@ with a whole query or a region of it, candidates re-scored exactly."""
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,15 +18,14 @@ from ..explainer import side_from
 from ..explanation import PairExplanation, Side
 from ..images import ImageInput
 from ..similarity import Similarity
-from . import compressed
+from . import build, storage
+from .basics import Skipped, file_sha256
 from .explain_cache import ExplainCache
+from .kinds import kind as index_kind, with_defaults
 from .model import IndexMismatchError, check_model, model_info
-from .storage import Skipped, check_kind, file_sha256, require_faiss
 
 # Extra candidates fetched from FAISS before exact re-scoring (guards near-ties at rank k).
 FETCH_MARGIN = 16
-HNSW_M = 32
-HNSW_EF_SEARCH = 64
 _STORED = (np.float32, np.float16)
 
 
@@ -119,7 +117,7 @@ class Index:
                                   f"shape {embeddings.shape}")
         if len(paths) != embeddings.shape[0]:
             raise SimexplainError(f"{len(paths)} paths for {embeddings.shape[0]} embeddings")
-        check_kind(kind)
+        index_kind(kind)
         self.embeddings = embeddings
         self.paths = [str(p) for p in paths]
         # the gallery folder the paths lie in (saved paths are relative to it); None: their
@@ -132,8 +130,8 @@ class Index:
         self.info["similarity"] = self.similarity.name
         self.info["dim"] = int(embeddings.shape[1])
         self.kind = kind
-        self.params = dict(params) if params else _default_params(
-            kind, len(self.paths), self.similarity.index_vectors(embeddings[:1]).shape[1])
+        self.params = dict(params) if params else with_defaults(
+            kind, len(self.paths), None, self._index_dim())
         self.vectors = vectors if vectors is not None else self._build_vectors()
         if explain_cache is not None and (len(explain_cache) != len(self.paths)
                                           or explain_cache.dim != self.dim):
@@ -178,8 +176,10 @@ class Index:
             embeddings, dtype=np.float32)
         if paths is None:
             paths = [f"#{i}" for i in range(len(array))]
+        index_dim = similarities.get(similarity).index_vectors(
+            np.asarray(array[:1], np.float32)).shape[1]
         return cls(array, paths, {"model": model, "similarity": similarity, **info}, kind=kind,
-                   params=with_defaults(kind, len(array), params, similarity, array))
+                   params=with_defaults(kind, len(array), params, index_dim))
 
     @classmethod
     def build(cls, images: str | Path | Iterable[str | Path], explainer,
@@ -207,32 +207,27 @@ class Index:
         image on disk and in memory): `explain_hits` (search with explain=True) then explains
         hits without running the model (`explain_cache`).
         """
-        from .build import build_index
-        return build_index(cls, images, explainer, model_name, batch_size, progress, out,
-                           resume, kind, checkpoint_every, shards, engine, ray, explain)
+        gallery = build.embed_gallery(images, explainer, model_name, batch_size, progress, out,
+                                      resume, kind, checkpoint_every, shards, engine, ray,
+                                      explain)
+        array = gallery.embeddings
+        info = gallery.info
+        index_dim = similarities.get(info["similarity"]).index_vectors(array[:1]).shape[1]
+        params = with_defaults(kind, len(array), {"shards": shards} if shards != 1 else None,
+                               index_dim)
+        index = cls(array, gallery.paths, {**info}, kind=kind, hashes=gallery.hashes,
+                    skipped=gallery.skipped, root=gallery.root, params=params,
+                    explain_cache=gallery.explain_cache)
+        index.explainer = gallery.explainer
+        index.resumed_from = gallery.resumed_from
+        if out is not None:
+            index.save(out)
+            build.remove_checkpoint(gallery.checkpoint)
+        return index
 
     def _build_vectors(self):
-        faiss = require_faiss()
-        if self.kind == "ivfpq":
-            return compressed.build(self._index_rows, len(self), self._index_dim(), self.params)
-        data = self.similarity.index_vectors(self.embeddings)
-        n, d = data.shape
-        if self.kind == "flat":
-            structure = faiss.IndexFlatIP(d)
-        elif self.kind == "ivf":
-            nlist = int(self.params["nlist"])
-            quantizer = faiss.IndexFlatIP(d)
-            structure = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-            rng = np.random.default_rng(0)
-            sample = data if n <= 64 * nlist else data[rng.choice(n, 64 * nlist, replace=False)]
-            structure.train(np.ascontiguousarray(sample))
-            structure.nprobe = int(self.params["nprobe"])
-        else:
-            structure = faiss.IndexHNSWFlat(d, int(self.params["M"]), faiss.METRIC_INNER_PRODUCT)
-            structure.hnsw.efSearch = int(self.params["ef_search"])
-        for start in range(0, n, 65536):
-            structure.add(np.ascontiguousarray(data[start:start + 65536]))
-        return structure
+        return index_kind(self.kind).build(self._index_rows, len(self), self._index_dim(),
+                                           self.params)
 
     def _index_rows(self, start: int, stop: int) -> np.ndarray:
         return self.similarity.index_vectors(np.asarray(self.embeddings[start:stop], np.float32))
@@ -318,13 +313,7 @@ class Index:
         """Gallery rows of the best `fetch` inner products in the FAISS index (sorted by row)."""
         query = np.ascontiguousarray(self.similarity.index_query(v, is_region)[None, :],
                                      dtype=np.float32)
-        if self.kind == "ivf":
-            self.vectors.nprobe = int(self.params["nprobe"])
-        elif self.kind == "ivfpq":
-            self.vectors.set_nprobe(int(self.params["nprobe"]))
-            fetch = min(len(self), max(fetch, int(self.params["candidates"])))
-        elif self.kind == "hnsw":
-            self.vectors.hnsw.efSearch = max(int(self.params["ef_search"]), fetch)
+        fetch = index_kind(self.kind).configure(self.vectors, self.params, fetch)
         _, rows = self.vectors.search(query, fetch)
         rows = rows[0]
         rows = rows[rows >= 0]
@@ -397,45 +386,20 @@ class Index:
         """Write the index folder atomically: a temporary folder next to `path`, renamed into
         place. `path` must be absent, empty, or an index folder of ours holding nothing else
         (else SimexplainError); an existing index is replaced once the new one is complete."""
-        from .storage import save_index
-        return save_index(self, path)
+        return storage.save_index(self, path)
 
     @classmethod
     def load(cls, path: str | Path, explainer=None, verify: bool = True) -> "Index":
         """Open an index folder, verifying its marker, its manifest (checksum and schema) and
         the size and sha256 of each stored file (IndexFormatError "index damaged: ..."); with
         `explainer`, also check that it is the index's model."""
-        from .storage import load_index
-        return load_index(cls, path, explainer, verify)
+        index = cls(**storage.read_index(path, verify))
+        if explainer is not None:
+            index.attach(explainer)
+        return index
 
 
 def _vector(value) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().double().numpy()
     return np.asarray(value, dtype=np.float64).reshape(-1)
-
-
-def with_defaults(kind: str, count: int, params: dict | None, similarity: str,
-                  embeddings: np.ndarray) -> dict | None:
-    """`params` completed with the kind's defaults (None: all defaults)."""
-    if not params:
-        return None
-    dim = similarities.get(similarity).index_vectors(
-        np.asarray(embeddings[:1], np.float32)).shape[1]
-    defaults = _default_params(kind, count, dim, int(params.get("shards", 1)))
-    unknown = set(params) - set(defaults)
-    if unknown:
-        raise SimexplainError(f"unknown parameters {sorted(unknown)} for index kind {kind!r} "
-                              f"(it takes {sorted(defaults) or 'none'})")
-    return {**defaults, **{key: int(value) for key, value in params.items()}}
-
-
-def _default_params(kind: str, count: int, dim: int = 1, shards: int = 1) -> dict:
-    if kind == "ivfpq":
-        return compressed.default_params(count, dim, shards)
-    if kind == "ivf":
-        nlist = max(1, min(int(round(math.sqrt(count))), count // 39))
-        return {"nlist": nlist, "nprobe": max(1, min(nlist, int(math.ceil(nlist / 16))))}
-    if kind == "hnsw":
-        return {"M": HNSW_M, "ef_search": HNSW_EF_SEARCH}
-    return {}

@@ -4,7 +4,6 @@ for an image (face models see the detected face crop: `Explainer.prepare`)."""
 
 from __future__ import annotations
 
-import torch
 
 from ..errors import SimexplainError
 

@@ -1,7 +1,7 @@
 """Index builds as a Ray Data pipeline (`Index.build(..., engine="ray")`, `simexplain index
 build --engine ray`): the gallery's paths become a dataset, a pool of model actors (CPU, or GPU
 with `gpus`) each decode, preprocess, hash and embed batches of them with the one input
-pipeline (`build.embed_files`, the function the single-process build calls), and the rows come
+pipeline (`embedding.embed_files`, the function the single-process build calls), and the rows come
 back in gallery order to the driver, which checkpoints them into the same shards and writes
 the same index as the single-process build: resumable per shard, the same manifest and checks.
 With `explain`, the workers return each image's contributions too (the explain cache).
@@ -26,8 +26,9 @@ import numpy as np
 import simexplain
 
 from ..errors import SimexplainError
+from .basics import Skipped
+from .embedding import Embedded, embed_files
 from .explain_cache import CachedImage
-from .storage import Skipped
 
 
 def require_ray():
@@ -74,7 +75,6 @@ class _Embedder:
         self.explain = explain
 
     def __call__(self, batch: dict) -> dict:
-        from .build import embed_files
         rows = [int(r) for r in batch["row"]]
         paths = [str(p) for p in batch["path"]]
         columns = ("sha256", "reason", "embedding", "cells", "shape", "projected")
@@ -149,7 +149,6 @@ def embed_with_ray(paths: list[str], start: int, root: Path, explainer, info: di
 
 
 def _unpack(batch: dict, paths: list[str]) -> tuple[list, list[Skipped], int]:
-    from .build import Embedded
     results, skipped = [], []
     for i, row in enumerate(batch["row"]):
         row = int(row)

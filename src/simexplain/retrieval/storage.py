@@ -13,21 +13,22 @@ and sha256 of each stored file, and refuses any mismatch (IndexFormatError).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .. import similarity as similarities
 from ..errors import SimexplainError
-from .manifest import (CONTRIBUTIONS, EMBEDDINGS, FORMAT_NAME, FORMAT_VERSION, KINDS, MANIFEST,
+from .basics import Skipped, file_sha256, require_faiss
+from .explain_cache import ExplainCache
+from .kinds import kind as index_kind
+from .manifest import (CONTRIBUTIONS, EMBEDDINGS, FORMAT_NAME, FORMAT_VERSION, MANIFEST,
                        PROJECTED, SHAPES, VECTORS, IndexFormatError, damaged, parse,
                        relative_paths, seal, stored_files, vector_files)
 
@@ -39,40 +40,6 @@ _LEGACY_FILES = {MANIFEST, EMBEDDINGS, VECTORS}  # format 1 had no marker
 
 def _own_file(name: str) -> bool:
     return name in OWN_FILES or bool(SHARD_FILE.match(name))
-
-
-@dataclass
-class Skipped:
-    """A gallery file that could not be indexed, and why."""
-
-    path: str
-    reason: str
-
-    def to_dict(self) -> dict:
-        return {"path": self.path, "reason": self.reason}
-
-
-def check_kind(kind: str) -> str:
-    if kind not in KINDS:
-        raise SimexplainError(f"unknown index kind {kind!r}; choose one of {', '.join(KINDS)}")
-    return kind
-
-
-def require_faiss():
-    try:
-        import faiss
-    except ImportError:
-        raise SimexplainError("retrieval needs FAISS: pip install faiss-cpu "
-                              "(or the 'retrieval' extra of simexplain)") from None
-    return faiss
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def marker_text() -> str:
@@ -119,8 +86,7 @@ def save_index(index, path: str | Path) -> Path:
     try:
         _save_array(index.embeddings, tmp / EMBEDDINGS)
         names = vector_files(index.params)
-        structures = index.vectors.shards if len(names) > 1 or index.kind == "ivfpq" else [
-            index.vectors]
+        structures = index_kind(index.kind).structures(index.vectors)
         for name, structure in zip(names, structures, strict=True):
             faiss.write_index(structure, str(tmp / name))
         if index.explain_cache is not None:
@@ -176,20 +142,20 @@ def common_root(paths) -> Path:
     return Path(os.path.commonpath(folders))
 
 
-def load_index(cls, path: str | Path, explainer=None, verify: bool = True):
-    """Open an index folder as a `cls` (Index), verifying everything (see the docstring);
-    with `explainer`, also check that it is the index's model."""
+def read_index(path: str | Path, verify: bool = True) -> dict:
+    """Open an index folder, verifying everything (see the module's docstring): the
+    arguments of the `Index` it holds."""
     faiss = require_faiss()
     path = Path(path)
     manifest = read_manifest(path)
+    kind = index_kind(manifest["kind"])
     names = vector_files(manifest["params"])
     for name in stored_files(manifest):
         _verify_file(path / name, manifest["files"][name], verify)
-    compressed = manifest["kind"] == "ivfpq"
     try:
-        # the compressed kind is for galleries larger than memory: its floats stay on disk
+        # a kind for galleries larger than memory keeps its floats on disk
         embeddings = np.load(path / EMBEDDINGS, allow_pickle=False,
-                             mmap_mode="r" if compressed else None)
+                             mmap_mode="r" if kind.on_disk else None)
     except (ValueError, OSError, EOFError) as exc:
         raise damaged(path / EMBEDDINGS, f"cannot read the embeddings ({exc})") from None
     count, dim = manifest["count"], manifest["dim"]
@@ -206,38 +172,29 @@ def load_index(cls, path: str | Path, explainer=None, verify: bool = True):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
             raise damaged(path / name, f"cannot read the FAISS index ({first})") from None
     similarity = similarities.get(manifest["similarity"])
-    expected_d = similarity.index_vectors(np.zeros((1, dim), np.float32)).shape[1]
-    if compressed:
-        from .compressed import padded_dim
-        expected_d = padded_dim(expected_d)
+    expected_d = kind.stored_dim(
+        similarity.index_vectors(np.zeros((1, dim), np.float32)).shape[1])
     if any(s.d != expected_d for s in structures) or sum(s.ntotal for s in structures) != count:
         where = path / names[0] if len(names) == 1 else path
         raise damaged(where, f"holds {sum(s.ntotal for s in structures)} vectors of dimension "
                              f"{structures[0].d}, the manifest says {count} of dimension "
                              f"{expected_d}")
-    if compressed:
-        from .compressed import ShardedVectors
-        if any(not hasattr(s, "nprobe") for s in structures):
-            raise damaged(path, "a shard is not an inverted-list FAISS index")
-        vectors = ShardedVectors(structures)
-    else:
-        vectors = structures[0]
+    try:
+        vectors = kind.from_structures(structures)
+    except SimexplainError as exc:
+        raise damaged(path, str(exc)) from None
     root = gallery_root(manifest, path)
     info = {key: manifest[key] for key in
             ("model", "layer", "layer_b", "similarity", "input_size", "weights_sha256")}
     info["source"] = str(path)
     cache = None
     if "explain" in manifest:
-        from .explain_cache import ExplainCache
         cache = ExplainCache.load(path, manifest["explain"], count, dim)
-    index = cls(embeddings, [str(root.joinpath(p)) for p in manifest["paths"]], info,
-                kind=manifest["kind"], hashes=manifest["sha256"], vectors=vectors,
+    return dict(embeddings=embeddings, paths=[str(root.joinpath(p)) for p in manifest["paths"]],
+                info=info, kind=manifest["kind"], hashes=manifest["sha256"], vectors=vectors,
                 params=manifest["params"], root=root,
                 skipped=[Skipped(s["path"], s["reason"]) for s in manifest["skipped"]],
                 explain_cache=cache)
-    if explainer is not None:
-        index.attach(explainer)
-    return index
 
 
 def gallery_root(manifest: dict, path: Path) -> Path:

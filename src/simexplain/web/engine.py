@@ -13,7 +13,6 @@ contributions from the index's cache instead of the model (`Index.cached_side`).
 
 from __future__ import annotations
 
-import dataclasses
 
 import hashlib
 import secrets
@@ -26,7 +25,7 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from .. import maps, regions
+from .. import regions
 from ..errors import NoPointMap, NotApplicable, SimexplainError
 from ..explanation import DEFAULT_POINT_MAP, PairExplanation, Side
 from ..images import MAX_PIXELS

@@ -1,0 +1,38 @@
+"""What every part of the retrieval needs and nothing else: FAISS (an optional dependency),
+file hashing and the record of a skipped gallery file. A leaf: it imports no retrieval module."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import SimexplainError
+
+
+def require_faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise SimexplainError("retrieval needs FAISS: pip install faiss-cpu "
+                              "(or the 'retrieval' extra of simexplain)") from None
+    return faiss
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class Skipped:
+    """A gallery file that could not be indexed, and why."""
+
+    path: str
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "reason": self.reason}
