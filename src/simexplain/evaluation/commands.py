@@ -112,6 +112,7 @@ def run_benchmark_cli(args, module) -> int:
     import sys
     from pathlib import Path
 
+    from ..files import json_default
     from . import report
     from .common import available_models
     if args.samples is not None and args.samples < 1:
