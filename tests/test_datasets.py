@@ -235,3 +235,17 @@ def test_module_entry_point_status(tmp_path):
     assert "face photos" in result.stdout
     assert "MISSING" in result.stdout  # the empty data root has no face photos
     assert result.returncode == 1
+
+
+def test_a_16_bit_photo_gives_the_pixels_any_image_load_gives(tmp_path, monkeypatch):
+    from PIL import Image
+    from simexplain.images import load_image
+    values = np.linspace(0, 40000, 32 * 48).reshape(32, 48).astype(np.uint16)  # not full range
+    Image.fromarray(values).save(tmp_path / "wide.png")
+    monkeypatch.setattr(datasets, "_skimage_data_dir", lambda: tmp_path)
+    monkeypatch.setitem(datasets.SKIMAGE_PHOTO_FILES, "wide", "wide.png")
+    photo = datasets.skimage_photos(["wide"])["wide"]
+    loaded = load_image(tmp_path / "wide.png")
+    assert photo.mode == "RGB" and np.array_equal(np.asarray(photo), np.asarray(loaded))
+    # the fixed 16-bit scale (0..65535 -> 0..255), not a stretch of this photo's own range
+    assert np.asarray(photo)[..., 0].max() == round(40000 * 255 / 65535)

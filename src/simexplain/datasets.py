@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import DatasetMissing, SimexplainError
+from .images import to_rgb
 
 FETCH_COMMAND = "python -m simexplain.datasets fetch"
 
@@ -267,21 +268,13 @@ def skimage_photos(names: list[str] | None = None) -> dict[str, Image.Image]:
                 "Reinstall it with `python -m pip install --force-reinstall scikit-image`.")
         with Image.open(path) as opened:
             opened.load()
-            photos[name] = _rgb(opened)
+            # the one conversion every image goes through (16-bit and float images too)
+            photos[name] = to_rgb(opened, str(path)).copy()
     if not photos:
         raise DatasetMissing(
             f"no scikit-image photos found in {directory}. "
             "Reinstall it with `python -m pip install --force-reinstall scikit-image`.")
     return photos
-
-
-def _rgb(image: Image.Image) -> Image.Image:
-    from .images import to_rgb
-    if image.mode in ("I;16", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        span = max(array.max() - array.min(), 1e-12)
-        image = Image.fromarray(((array - array.min()) / span * 255).astype(np.uint8))
-    return to_rgb(image).copy()
 
 
 # ---------------------------------------------------------------------------------------------
