@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from .adapters import SplitModel
 from .errors import NoSpatialMap
+from .sides import pick
 from .explanation import PairExplanation, Side
 from .head import Contributions
 from .images import ImageInput, Preprocess
@@ -105,7 +106,8 @@ class Explainer:
 
     # -- inputs --------------------------------------------------------------------------------
     def stream(self, side: str) -> SplitModel:
-        return self.stream_a if side == "a" else self.stream_b
+        """The model of one side ("a" or "b"; the same model for a one-stream model)."""
+        return pick(side, self.stream_a, self.stream_b)
 
     def prepare(self, image: ImageInput, side: str = "a") -> PreparedImage:
         """The model input of an image (on the model's device), the photo, and where the input
@@ -116,7 +118,7 @@ class Explainer:
 
     def inputs(self, side: str = "a") -> InputPipeline:
         """The input pipeline of one side (loading, face crop, resize, normalisation)."""
-        return self.inputs_a if side == "a" else self.inputs_b
+        return pick(side, self.inputs_a, self.inputs_b)
 
     def embed(self, images: Sequence[ImageInput] | torch.Tensor, side: str = "a",
               batch_size: int = 32, progress: bool = False) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch
 
 from . import geometry, maps
 from .errors import NoPointMap, SimexplainError
+from .sides import other_side, pick
 from .explanation import PairExplanation, Side
 from .regions import DEFAULT_POINT_MAP, point_map_label
 
@@ -33,15 +34,8 @@ class GridMap:
     no_map: str | None = None  # why there is no map (the point carries no contribution)
 
 
-def other_side(side: str) -> str:
-    """"b" for "a" and "a" for "b"; any other name is an error."""
-    if side not in ("a", "b"):
-        raise SimexplainError(f"side must be 'a' or 'b', got {side!r}")
-    return "b" if side == "a" else "a"
-
-
 def side_of(pair: PairExplanation, side: str) -> Side:
-    return pair.a if side == "a" else pair.b
+    return pick(side, pair.a, pair.b)
 
 
 def check_box(box: Sequence[float]) -> tuple[float, float, float, float]:

@@ -23,6 +23,7 @@ import torch
 
 from .attention import Trace, trace
 from .errors import NotApplicable, SimexplainError
+from .sides import pick
 from .explanation import PairExplanation
 from .geometry import channels_last_grid
 from .images import ImageInput
@@ -57,7 +58,7 @@ class PreparedPair:
         return self.b.tensor
 
     def x(self, side: str) -> torch.Tensor:
-        return self.x_a if side == "a" else self.x_b
+        return pick(side, self.x_a, self.x_b)
 
     def embeddings(self, explainer) -> tuple[torch.Tensor, torch.Tensor]:
         """(e_a, e_b), each image embedded once (no gradients)."""

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from ..errors import SimexplainError
+from ..sides import pick
 from ..explanation import POINT_MAP_KINDS
 from ..methods import METHODS as _REGISTRY
 
@@ -223,7 +224,7 @@ def method_map(explainer, method: str, a: torch.Tensor, b: torch.Tensor, side: s
     from ..methods import method_class
     cls = method_class(method)
     maps = (cls(seed=seed) if cls.seeded else cls()).attribute(explainer, a, b, sides=side)
-    return maps[0 if side == "a" else 1].detach().float().cpu()
+    return pick(side, *maps).detach().float().cpu()
 
 
 def positive_form(grid_map) -> torch.Tensor:

@@ -25,6 +25,7 @@ from .. import live_maps
 from ..errors import SimexplainError
 from ..explanation import PairExplanation
 from ..regions import DEFAULT_POINT_MAP, POINT_MAP_KINDS, check_kind
+from ..sides import SIDES, check_side, pick
 
 HERE = Path(__file__).resolve().parent
 SHARED_JS = HERE.parent / "web" / "static" / "mapview.js"
@@ -95,9 +96,9 @@ class PointMapWidget(anywidget.AnyWidget):
             raise SimexplainError(f"display_size must be at least 16 pixels, got {display_size}")
         self.result = result
         sides = {}
-        for name in ("a", "b"):
+        for name in SIDES:
             side = live_maps.side_of(result, name)
-            overall = result.overall_a if name == "a" else result.overall_b
+            overall = pick(name, result.overall_a, result.overall_b)
             sides[name] = {"image_size": list(side.image_size),
                            "crop": [int(v) for v in side.frame.box], "grid": list(side.grid),
                            "overall": live_maps.grid_list(overall), "spatial": side.spatial}
@@ -131,7 +132,7 @@ class PointMapWidget(anywidget.AnyWidget):
             raise SimexplainError(f"unknown request type {what!r}; expected one of "
                                   f"{', '.join(REQUESTS)}")
         side = request.get("side")
-        live_maps.other_side(side)  # a clear error for a bad side, before anything else
+        check_side(side)  # a clear error for a bad side, before anything else
         kind = check_kind(request.get("kind") or self.kind)
         if what == "point":
             point = (_number(request, "row"), _number(request, "col"))

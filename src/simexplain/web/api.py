@@ -24,6 +24,7 @@ from ..explanation import DEFAULT_POINT_MAP
 from ..live_maps import grid_list, map_json, peak
 from ..maps import Frame
 from ..methods import method_class
+from ..sides import pick
 from .engine import METHODS, Engine, Explained, Prepared, SearchResult
 from .errors import megabytes, status_of
 from .hosts import LOCAL_HOSTS
@@ -65,7 +66,7 @@ def explain_json(result: Explained, input_side: int | None) -> dict:
                                      ("b", record.b, result.map_b)):
         sides[name] = {**prepared_json(prepared), "overall": grid_list(grid_map),
                        "overall_peak": peak(grid_map, prepared.side.frame),
-                       "token_share": pair.token_share_a if name == "a" else pair.token_share_b,
+                       "token_share": pick(name, pair.token_share_a, pair.token_share_b),
                        "spatial": prepared.side.spatial}
     return {"explanation_id": record.id, "model": record.model, "method": result.method,
             "size": record.size or input_side, "similarity": pair.similarity.name,

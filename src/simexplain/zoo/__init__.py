@@ -19,6 +19,7 @@ from torch import nn
 
 from ..errors import SimexplainError
 from ..images import Preprocess
+from ..sides import check_side
 
 if TYPE_CHECKING:
     from ..explainer import Explainer
@@ -80,7 +81,7 @@ def model(name: str, side: str = "a") -> nn.Module:
     """The zoo model itself (built once per process, eval mode); side="b" is the second
     stream of a two-stream model (the same model for the others)."""
     spec = entry(name)
-    key = f"{name}:b" if side == "b" and spec.two_stream else name
+    key = f"{name}:b" if check_side(side) == "b" and spec.two_stream else name
     if key not in _MODELS:
         _MODELS[key] = (spec.build_b if key.endswith(":b") else spec.build)().eval()
     return _MODELS[key]
