@@ -23,7 +23,7 @@ from ..explanation import POINT_MAP_KINDS
 from ..methods import METHODS as _REGISTRY
 
 # The saliency methods compared everywhere: the registry's (simexplain.methods), in its order.
-METHODS = tuple(_REGISTRY)
+ALL_METHODS = tuple(_REGISTRY)  # every registered method's name, controls included
 # Point-specific maps of the decomposition, one benchmark method per kind
 # (PairExplanation.point_map(kind=...)): "point-match-centred" etc.
 POINT_METHODS = {f"point-{kind}": kind for kind in POINT_MAP_KINDS}
@@ -195,7 +195,7 @@ def applicable(explainer, setup: ModelSetup, source, methods: Sequence[str],
     return out
 
 
-def resolve_methods(requested: Sequence[str] | None, allowed: Sequence[str] = METHODS
+def resolve_methods(requested: Sequence[str] | None, allowed: Sequence[str] = ALL_METHODS
                     ) -> list[str]:
     """Expand 'all' and check names against the methods a benchmark supports."""
     if not requested:

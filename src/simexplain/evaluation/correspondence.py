@@ -45,7 +45,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .. import maps as maplib
-from ..geometry import apply_affine, argmax_cell, cell_centres, channels_last_grid, random_affine, warp
+from ..geometry import (apply_affine, argmax_cell, cell_centres, channels_last_grid,
+                        random_affine, warp)
 from .common import (bootstrap_ci, is_flat, new_result, point_map,
                      POINT_METHODS, progress, sample_seed, start_run, to_tensor, Timer)
 from .composites import FMNIST_FOREGROUND, grid2x2, random_view

@@ -32,14 +32,14 @@ import torch.nn.functional as F
 from scipy import ndimage, sparse
 from scipy.sparse.linalg import splu
 
-from .common import (bootstrap_ci, cap_notes, method_map, METHODS, new_result, positive_form,
+from .common import (bootstrap_ci, cap_notes, method_map, ALL_METHODS, new_result, positive_form,
                      progress, runs_on, sample_seed, score, start_run, to_tensor, usable_methods,
                      Timer)
 from .report import compare, finish_plot, methods_of, pyplot, style
 from .tables import fmt, markdown_table
 
 NAME = "faithfulness"
-ALLOWED = METHODS
+ALLOWED = ALL_METHODS
 CURVES = ("deletion", "insertion", "road")
 BETTER = {"deletion": "lower", "insertion": "higher", "road": "lower"}
 DEFAULT_SAMPLES = {

@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from .. import maps as maplib
-from .common import (bootstrap_ci, cap_notes, METHODS, new_result, POINT_METHODS, progress,
+from .common import (bootstrap_ci, cap_notes, ALL_METHODS, new_result, POINT_METHODS, progress,
                      runs_on, sample_seed, start_run, to_tensor, usable_methods, Timer)
 from .composites import Box, box_iou, random_canvas
 from .pointing import pair_maps
@@ -32,7 +32,7 @@ from .report import compare, finish_plot, methods_of, pyplot, style
 from .tables import fmt, fmt_plain, markdown_table
 
 NAME = "localisation"
-ALLOWED = METHODS + tuple(POINT_METHODS)
+ALLOWED = ALL_METHODS + tuple(POINT_METHODS)
 THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 SCALE = (0.35, 0.6)  # target side as a fraction of the canvas side
 IOU = 0.5

@@ -23,14 +23,14 @@ import numpy as np
 
 from ..geometry import argmax_cell, cell_centres
 from .common import (bootstrap_ci, cap_notes, is_flat, method_map,
-                     METHODS, new_result, point_map, POINT_METHODS, progress, runs_on,
+                     ALL_METHODS, new_result, point_map, POINT_METHODS, progress, runs_on,
                      sample_seed, start_run, to_tensor, usable_methods, Timer)
 from .composites import Box, matching_grid
 from .report import compare, methods_of
 from .tables import fmt, markdown_table
 
 NAME = "pointing"
-ALLOWED = METHODS + tuple(POINT_METHODS)
+ALLOWED = ALL_METHODS + tuple(POINT_METHODS)
 DEFAULT_SAMPLES = {
     "fmnist-gap": 300, "fmnist-gmp": 300, "fmnist-vit": 300,
     "efficientnet-lite0": 40, "facenet": 20}

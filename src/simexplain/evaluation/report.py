@@ -23,12 +23,12 @@ import numpy as np
 
 from ..files import json_default, write_text_atomic
 from ..methods import METHODS as _REGISTRY
-from .common import METHODS, paired_difference, POINT_METHODS
+from .common import ALL_METHODS, paired_difference, POINT_METHODS
 from .map_checks import DEFAULT_POINT_METHOD, map_checks
 from .tables import fmt, fmt_plain, markdown_table
 
 BASELINES_NOTE = "baseline"
-ORDER = METHODS + tuple(POINT_METHODS) + ("cosine",)
+ORDER = ALL_METHODS + tuple(POINT_METHODS) + ("cosine",)
 # the decomposition's own maps: overall, relative and point maps of every kind
 DECOMPOSITION = ("decomposition", "relative") + tuple(POINT_METHODS)
 # the baselines that explain class-token transformers only (attention rollout, ...)

@@ -36,14 +36,14 @@ import numpy as np
 import torch
 
 from ..explainer import Explainer
-from .common import (bootstrap_ci, cap_notes, method_map, METHODS, new_result, positive_form,
+from .common import (bootstrap_ci, cap_notes, method_map, ALL_METHODS, new_result, positive_form,
                      progress, runs_on, sample_seed, spearman, start_run, to_tensor,
                      usable_methods, Timer)
 from .report import finish_plot, methods_of, pyplot, style
 from .tables import fmt, fmt_plain, markdown_table
 
 NAME = "sanity"
-ALLOWED = METHODS
+ALLOWED = ALL_METHODS
 PARTNERS = 3  # partners per image a in the reference check
 DEFAULT_SAMPLES = {
     "fmnist-gap": 40, "fmnist-gmp": 40, "fmnist-vit": 40,

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import SimexplainError
 from . import correspondence, crossview, faithfulness, localisation, pointing, report, sanity
-from .common import BOOTSTRAP, METHODS, MODELS, POINT_METHODS, available_models
+from .common import BOOTSTRAP, ALL_METHODS, MODELS, POINT_METHODS, available_models
 
 # a benchmark with its own MODELS (crossview: the two-stream sketch model) runs on those only
 BENCHMARKS = (pointing, localisation, faithfulness, correspondence, sanity, crossview)
@@ -103,7 +103,7 @@ def run_all(out: str | Path = "docs", quick: bool = False, seed: int = 0,
             command += "".join(f" --model {m}" for m in models)
     meta = {
         "command": command, "quick": quick, "seed": seed, "bootstrap": BOOTSTRAP,
-        "runtime_s": elapsed, "models": loaded + extra, "methods": list(METHODS) +
+        "runtime_s": elapsed, "models": loaded + extra, "methods": list(ALL_METHODS) +
         [f"{m} (pointing, localisation, correspondence)" for m in POINT_METHODS] +
         ["cosine (correspondence)"],
         "skipped": skipped, "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Sequence
 
-from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -25,7 +25,7 @@ from ..live_maps import grid_list, map_json, peak
 from ..maps import Frame
 from ..methods import method_class
 from ..sides import pick
-from .engine import METHODS, Engine, Explained, Prepared, SearchResult
+from .engine import SHOWN_METHODS, Engine, Explained, Prepared, SearchResult
 from .errors import megabytes, status_of
 from .hosts import LOCAL_HOSTS
 from .middleware import BodyLimit, HostCheck, ServerTiming
@@ -91,6 +91,195 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+def current_engine(request: Request) -> Engine:
+    """The app's engine (a FastAPI dependency of every route)."""
+    return request.app.state.engine
+
+
+# -- errors ------------------------------------------------------------------------------------
+async def _simexplain_error(_request: Request, exc: SimexplainError):
+    return JSONResponse({"error": str(exc), **getattr(exc, "fields", {})},
+                        status_code=status_of(exc))
+
+async def _http_error(_request: Request, exc: StarletteHTTPException):
+    message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 404 and message == "Not Found":
+        message = "no such endpoint"
+    elif exc.status_code == 400 and message == "There was an error parsing the body":
+        message = "malformed request body: not valid JSON (UTF-8) or form data"
+    return JSONResponse({"error": message}, status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
+
+async def _validation_error(_request: Request, exc: RequestValidationError):
+    problems = exc.errors()
+    if any(p.get("type") == "json_invalid" for p in problems):
+        detail = next(p for p in problems if p.get("type") == "json_invalid")
+        reason = (detail.get("ctx") or {}).get("error", "invalid JSON")
+        return error(400, f"malformed JSON body: {reason}")
+    parts = []
+    for p in problems[:5]:
+        where = ".".join(str(x) for x in p.get("loc", ()) if x != "body") or "body"
+        parts.append(f"{where}: {p.get('msg', 'invalid')}")
+    return JSONResponse(
+        {"error": "invalid request: " + "; ".join(parts),
+         "detail": [{"loc": [str(x) for x in p.get("loc", ())], "msg": str(p.get("msg")),
+                     "type": str(p.get("type"))} for p in problems[:20]]},
+        status_code=422)
+
+async def _unexpected(_request: Request, exc: Exception):
+    log.exception("unexpected error", exc_info=exc)
+    return error(500, f"internal error ({type(exc).__name__})")
+
+
+# exception type -> handler, registered on the app by build_app
+ERROR_HANDLERS = {SimexplainError: _simexplain_error, StarletteHTTPException: _http_error,
+                  RequestValidationError: _validation_error, Exception: _unexpected}
+
+
+# -- routes, grouped as the API reference (/docs) shows them -----------------------------------
+service = APIRouter(tags=["service"])
+images = APIRouter(tags=["images"])
+pairs = APIRouter(tags=["pairs"])
+gallery = APIRouter(tags=["gallery"])
+page = APIRouter(include_in_schema=False)
+
+
+@service.get("/healthz", response_model=Health,
+             summary="200 when the model (and the index, if any) are loaded")
+def healthz(engine: Engine = Depends(current_engine)):
+    info = engine.index_info()
+    return {"status": "ok", "model": engine.default_model,
+            "index_size": info["size"] if info else None}
+
+
+@service.get("/api/models", response_model=ModelsResponse,
+             summary="models, methods and the index this server offers")
+def models(engine: Engine = Depends(current_engine)):
+    return {"default": engine.default_model, "models": engine.model_infos(),
+            "methods": list(SHOWN_METHODS), "index": engine.index_info(),
+            "max_input_side": engine.max_input_side,
+            "upload_limit_bytes": engine.max_upload_bytes, "pixel_limit": engine.max_pixels}
+
+
+@images.get("/api/images", response_model=ImageList,
+            summary="list the gallery images (with an index) or the sample images")
+def list_images(source: Literal["gallery", "samples"] = "samples",
+                offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+                limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+                engine: Engine = Depends(current_engine)):
+    items, total = engine.images.listing(source, offset, limit)
+    return {"images": [image_json(r) for r in items], "total": total, "offset": offset,
+            "limit": limit}
+
+
+@images.post("/api/images", response_model=ImageInfo, status_code=201,
+             summary="upload an image; returns its id",
+             responses={**ERRORS, 413: {"model": ErrorBody, "description": "too large"}})
+async def upload(file: UploadFile = File(description="the image file (PNG, JPEG, ...); at "
+                                          "most 10 MB and 40 megapixels by default"),
+                 engine: Engine = Depends(current_engine)):
+    name = clean_name(file.filename or "upload")
+    data = await file.read(engine.max_upload_bytes + 1)
+    if len(data) > engine.max_upload_bytes:
+        return JSONResponse({"error": f"{name}: the file is larger than the upload limit "
+                                      f"of {megabytes(engine.max_upload_bytes)}",
+                             "file": name}, status_code=413)
+    from starlette.concurrency import run_in_threadpool
+    try:
+        record = await run_in_threadpool(engine.images.add_upload, data, name)
+    except SimexplainError as exc:  # errors name the file, for the page to show
+        return JSONResponse({"error": f"{name}: {exc}", "file": name},
+                            status_code=status_of(exc))
+    return image_json(record)
+
+
+@images.get("/api/images/{image_id}",
+            summary="the image with this id (re-encoded as PNG or JPEG)",
+            responses={200: {"content": {"image/jpeg": {}, "image/png": {}}},
+                       404: {"model": ErrorBody}},
+            response_class=Response)
+def get_image(image_id: str,
+              max_side: Annotated[Optional[int], Query(ge=16, le=4096)] = None,
+              engine: Engine = Depends(current_engine)):
+    data, mime = engine.images.encoded(image_id, max_side)
+    return Response(data, media_type=mime, headers={"Cache-Control": "max-age=3600"})
+
+
+@pairs.post("/api/explain", response_model=ExplainResponse,
+            summary="explain the similarity of two images", responses=ERRORS)
+def explain(request: ExplainRequest, engine: Engine = Depends(current_engine)):
+    """Computes (or takes from the cache) both images' per-position contributions and
+    returns the score, the residual and both overall maps of `method`. The
+    `explanation_id` keys the cached decomposition for point and region maps."""
+    model = request.model or engine.default_model
+    return explain_json(engine.explain(request.a, request.b, request.method, model,
+                                       request.size), engine.input_side(model))
+
+
+@pairs.post("/api/identical", response_model=IdenticalResponse,
+            summary="which methods give the same maps on this pair (for this model's head)",
+            responses=ERRORS)
+def identical(request: IdenticalRequest, engine: Engine = Depends(current_engine)):
+    """Computes every method's maps for the cached pair (occlusion only once computed)
+    and compares them: e.g. Grad-CAM equals RGrad-CAM under a global-average-pooling
+    head, and Grad-CAM is the positive part of the relative map there."""
+    relations, compared = engine.identical(request.explanation_id)
+    return {"explanation_id": request.explanation_id, "compared": compared,
+            "methods": relations}
+
+
+@pairs.post("/api/point", response_model=MapResponse,
+            summary="point-specific map: a pixel of one image -> a map over the other",
+            responses=ERRORS)
+def point(request: PointRequest, engine: Engine = Depends(current_engine)):
+    """One small product (bilinear point weights times the cached decomposition)."""
+    answer = engine.point(request.explanation_id, request.side, request.row, request.col)
+    return {**answer, "seq": request.seq}
+
+
+@pairs.post("/api/region", response_model=RegionResponse,
+            summary="region map: a box on one image -> a map over the other",
+            responses=ERRORS)
+def region(request: RegionRequest, engine: Engine = Depends(current_engine)):
+    answer = engine.region(request.explanation_id, request.side, request.box)
+    return {**answer, "seq": request.seq}
+
+
+@pairs.post("/api/patterns", response_model=PatternsResponse,
+            summary="cross-view patterns: the strongest mutual best matches of the pair",
+            responses=ERRORS)
+def patterns(request: PatternsRequest, engine: Engine = Depends(current_engine)):
+    """Positions of a and b whose point maps (the default kind) pick each other, ranked
+    by the share of the score they carry, spread out; points in the photos' pixels."""
+    found = engine.patterns(request.explanation_id, request.k)
+    return {"explanation_id": request.explanation_id, "kind": DEFAULT_POINT_MAP,
+            "patterns": [p.to_dict() for p in found]}
+
+
+@gallery.post("/api/search", response_model=SearchResponse,
+              summary="rank the gallery by similarity to the query (or to a region of it)",
+              responses=ERRORS)
+def search(request: SearchRequest, engine: Engine = Depends(current_engine)):
+    """With a box, ranks by the partial similarity s_R of that region (one vector
+    searched against the index). Each hit carries its overall (or region) map."""
+    return search_json(engine.search(request.query, request.box, request.k))
+
+
+@gallery.post("/api/search/point", response_model=SearchPointResponse,
+              summary="point-specific maps of a query pixel on the visible results",
+              responses=ERRORS)
+def search_point(request: SearchPointRequest, engine: Engine = Depends(current_engine)):
+    maps = engine.search_point(request.search_id, request.results, request.row,
+                               request.col)
+    return {"maps": [{**map_json(m), "id": image_id} for image_id, m in maps],
+            "seq": request.seq}
+
+
+@page.get("/")
+def index_page():
+    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
 def build_app(engine: Engine, title: str = "simexplain",
               allowed_hosts: Sequence[str] = LOCAL_HOSTS) -> FastAPI:
     """The FastAPI application over `engine`, answering only to `allowed_hosts` (Host header
@@ -103,175 +292,14 @@ def build_app(engine: Engine, title: str = "simexplain",
                     "small float grids over the models' feature grids; the page at / renders "
                     "them.")
     app.state.engine = engine
-
     app.add_middleware(ServerTiming)
     app.add_middleware(BodyLimit, json_limit=JSON_BODY_LIMIT,
                        upload_limit=engine.max_upload_bytes)
     app.add_middleware(HostCheck, allowed=list(allowed_hosts))  # outermost: checked first
-
-    # -- errors --------------------------------------------------------------------------------
-    @app.exception_handler(SimexplainError)
-    async def _simexplain_error(_request: Request, exc: SimexplainError):
-        return JSONResponse({"error": str(exc), **getattr(exc, "fields", {})},
-                            status_code=status_of(exc))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException):
-        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        if exc.status_code == 404 and message == "Not Found":
-            message = "no such endpoint"
-        elif exc.status_code == 400 and message == "There was an error parsing the body":
-            message = "malformed request body: not valid JSON (UTF-8) or form data"
-        return JSONResponse({"error": message}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, exc: RequestValidationError):
-        problems = exc.errors()
-        if any(p.get("type") == "json_invalid" for p in problems):
-            detail = next(p for p in problems if p.get("type") == "json_invalid")
-            reason = (detail.get("ctx") or {}).get("error", "invalid JSON")
-            return error(400, f"malformed JSON body: {reason}")
-        parts = []
-        for p in problems[:5]:
-            where = ".".join(str(x) for x in p.get("loc", ()) if x != "body") or "body"
-            parts.append(f"{where}: {p.get('msg', 'invalid')}")
-        return JSONResponse(
-            {"error": "invalid request: " + "; ".join(parts),
-             "detail": [{"loc": [str(x) for x in p.get("loc", ())], "msg": str(p.get("msg")),
-                         "type": str(p.get("type"))} for p in problems[:20]]},
-            status_code=422)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception):
-        log.exception("unexpected error", exc_info=exc)
-        return error(500, f"internal error ({type(exc).__name__})")
-
-    # -- service -------------------------------------------------------------------------------
-    @app.get("/healthz", response_model=Health, tags=["service"],
-             summary="200 when the model (and the index, if any) are loaded")
-    def healthz():
-        info = engine.index_info()
-        return {"status": "ok", "model": engine.default_model,
-                "index_size": info["size"] if info else None}
-
-    @app.get("/api/models", response_model=ModelsResponse, tags=["service"],
-             summary="models, methods and the index this server offers")
-    def models():
-        return {"default": engine.default_model, "models": engine.model_infos(),
-                "methods": list(METHODS), "index": engine.index_info(),
-                "max_input_side": engine.max_input_side,
-                "upload_limit_bytes": engine.max_upload_bytes, "pixel_limit": engine.max_pixels}
-
-    # -- images --------------------------------------------------------------------------------
-    @app.get("/api/images", response_model=ImageList, tags=["images"],
-             summary="list the gallery images (with an index) or the sample images")
-    def list_images(source: Literal["gallery", "samples"] = "samples",
-                    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
-                    limit: Annotated[int, Query(ge=1, le=1000)] = 200):
-        items, total = engine.images.listing(source, offset, limit)
-        return {"images": [image_json(r) for r in items], "total": total, "offset": offset,
-                "limit": limit}
-
-    @app.post("/api/images", response_model=ImageInfo, status_code=201, tags=["images"],
-              summary="upload an image; returns its id",
-              responses={**ERRORS, 413: {"model": ErrorBody, "description": "too large"}})
-    async def upload(file: UploadFile = File(description="the image file (PNG, JPEG, ...); at "
-                                              "most 10 MB and 40 megapixels by default")):
-        name = clean_name(file.filename or "upload")
-        data = await file.read(engine.max_upload_bytes + 1)
-        if len(data) > engine.max_upload_bytes:
-            return JSONResponse({"error": f"{name}: the file is larger than the upload limit "
-                                          f"of {megabytes(engine.max_upload_bytes)}",
-                                 "file": name}, status_code=413)
-        from starlette.concurrency import run_in_threadpool
-        try:
-            record = await run_in_threadpool(engine.images.add_upload, data, name)
-        except SimexplainError as exc:  # errors name the file, for the page to show
-            return JSONResponse({"error": f"{name}: {exc}", "file": name},
-                                status_code=status_of(exc))
-        return image_json(record)
-
-    @app.get("/api/images/{image_id}", tags=["images"],
-             summary="the image with this id (re-encoded as PNG or JPEG)",
-             responses={200: {"content": {"image/jpeg": {}, "image/png": {}}},
-                        404: {"model": ErrorBody}},
-             response_class=Response)
-    def get_image(image_id: str,
-                  max_side: Annotated[Optional[int], Query(ge=16, le=4096)] = None):
-        data, mime = engine.images.encoded(image_id, max_side)
-        return Response(data, media_type=mime, headers={"Cache-Control": "max-age=3600"})
-
-    # -- pairs ---------------------------------------------------------------------------------
-    @app.post("/api/explain", response_model=ExplainResponse, tags=["pairs"],
-              summary="explain the similarity of two images", responses=ERRORS)
-    def explain(request: ExplainRequest):
-        """Computes (or takes from the cache) both images' per-position contributions and
-        returns the score, the residual and both overall maps of `method`. The
-        `explanation_id` keys the cached decomposition for point and region maps."""
-        model = request.model or engine.default_model
-        return explain_json(engine.explain(request.a, request.b, request.method, model,
-                                           request.size), engine.input_side(model))
-
-    @app.post("/api/identical", response_model=IdenticalResponse, tags=["pairs"],
-              summary="which methods give the same maps on this pair (for this model's head)",
-              responses=ERRORS)
-    def identical(request: IdenticalRequest):
-        """Computes every method's maps for the cached pair (occlusion only once computed)
-        and compares them: e.g. Grad-CAM equals RGrad-CAM under a global-average-pooling
-        head, and Grad-CAM is the positive part of the relative map there."""
-        relations, compared = engine.identical(request.explanation_id)
-        return {"explanation_id": request.explanation_id, "compared": compared,
-                "methods": relations}
-
-    @app.post("/api/point", response_model=MapResponse, tags=["pairs"],
-              summary="point-specific map: a pixel of one image -> a map over the other",
-              responses=ERRORS)
-    def point(request: PointRequest):
-        """One small product (bilinear point weights times the cached decomposition)."""
-        answer = engine.point(request.explanation_id, request.side, request.row, request.col)
-        return {**answer, "seq": request.seq}
-
-    @app.post("/api/region", response_model=RegionResponse, tags=["pairs"],
-              summary="region map: a box on one image -> a map over the other",
-              responses=ERRORS)
-    def region(request: RegionRequest):
-        answer = engine.region(request.explanation_id, request.side, request.box)
-        return {**answer, "seq": request.seq}
-
-    @app.post("/api/patterns", response_model=PatternsResponse, tags=["pairs"],
-              summary="cross-view patterns: the strongest mutual best matches of the pair",
-              responses=ERRORS)
-    def patterns(request: PatternsRequest):
-        """Positions of a and b whose point maps (the default kind) pick each other, ranked
-        by the share of the score they carry, spread out; points in the photos' pixels."""
-        found = engine.patterns(request.explanation_id, request.k)
-        return {"explanation_id": request.explanation_id, "kind": DEFAULT_POINT_MAP,
-                "patterns": [p.to_dict() for p in found]}
-
-    # -- gallery -------------------------------------------------------------------------------
-    @app.post("/api/search", response_model=SearchResponse, tags=["gallery"],
-              summary="rank the gallery by similarity to the query (or to a region of it)",
-              responses=ERRORS)
-    def search(request: SearchRequest):
-        """With a box, ranks by the partial similarity s_R of that region (one vector
-        searched against the index). Each hit carries its overall (or region) map."""
-        return search_json(engine.search(request.query, request.box, request.k))
-
-    @app.post("/api/search/point", response_model=SearchPointResponse, tags=["gallery"],
-              summary="point-specific maps of a query pixel on the visible results",
-              responses=ERRORS)
-    def search_point(request: SearchPointRequest):
-        maps = engine.search_point(request.search_id, request.results, request.row,
-                                   request.col)
-        return {"maps": [{**map_json(m), "id": image_id} for image_id, m in maps],
-                "seq": request.seq}
-
-    # -- the page ------------------------------------------------------------------------------
-    @app.get("/", include_in_schema=False)
-    def page():
-        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
-
+    for exception, handler in ERROR_HANDLERS.items():
+        app.add_exception_handler(exception, handler)
+    for router in (service, images, pairs, gallery, page):
+        app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _add_docs(app)
     return app

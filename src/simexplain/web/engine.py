@@ -39,7 +39,7 @@ from .store import (MAX_UPLOAD_BYTES, STORED_SIDE, UPLOAD_MEMORY, ImageStore, Pi
                     default_samples)
 
 # the methods the page offers: every registered one but the random baseline
-METHODS = tuple(explanation_methods())  # the registry's, without controls (random)
+SHOWN_METHODS = tuple(explanation_methods())  # the registry's, without controls (random)
 # the largest model input side the page may ask for (`--size` in the page): compute and the
 # P x Q pair grow with its square
 MAX_INPUT_SIDE = 640
@@ -321,8 +321,8 @@ class Engine:
         """The pair's decomposition (cached) and `method`'s overall maps; `size`: the model's
         input size in pixels (short side; None: the model's own)."""
         model = model or self.default_model
-        if method not in METHODS:
-            raise WebError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        if method not in SHOWN_METHODS:
+            raise WebError(f"unknown method {method!r}; choose one of {', '.join(SHOWN_METHODS)}")
         self.explainer(model)  # 404 for an unknown model before the size is looked at
         if size is not None and size == self.input_side(model):
             size = None  # the model's own size: one cache entry, not two
@@ -363,7 +363,7 @@ class Engine:
         (attention methods on a CNN) not at all; returns (relations, methods compared)."""
         record = self.record(explanation_id)
         found = {}
-        for m in METHODS:
+        for m in SHOWN_METHODS:
             if method_class(m).per_cell_cost and m not in record.method_maps:
                 continue
             try:
@@ -501,7 +501,7 @@ def _load_index(path, explainer, model):
     return Index.load(path, explainer=explainer)
 
 
-__all__ = ["Engine", "GridMap", "Explained", "SearchResult", "SearchHit", "METHODS"]
+__all__ = ["Engine", "GridMap", "Explained", "SearchResult", "SearchHit", "SHOWN_METHODS"]
 
 
 def _float64(tensor: torch.Tensor | None) -> torch.Tensor | None:

@@ -6,14 +6,14 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, Field, FiniteFloat
 
-from .engine import METHODS
+from .engine import SHOWN_METHODS
 
 ImageId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
                                description="an image id from /api/images or an upload",
                                examples=["s0"])]
 Token = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 Side = Literal["a", "b"]
-Method = Literal[METHODS]  # type: ignore[valid-type] - the registry's names
+Method = Literal[SHOWN_METHODS]  # type: ignore[valid-type] - the registry's names
 Box = Annotated[list[FiniteFloat], Field(
     min_length=4, max_length=4,
     description="[top, left, bottom, right] in pixels of the image as the model sees it "
