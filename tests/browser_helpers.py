@@ -97,3 +97,26 @@ def stat(page, name):
 def wait_stat(page, name, at_least, timeout=30_000):
     page.wait_for_function(f"window.simexplain && window.simexplain.stats.{name} >= {at_least}"
                            " && window.simexplain.stats.inFlight === 0", timeout=timeout)
+
+
+def canvas_hash(page, selector):
+    return page.eval_on_selector(selector, CANVAS_HASH)
+
+
+def point_on(page, selector, fy, fx):
+    box = page.locator(selector).bounding_box()
+    return box["x"] + fx * box["width"], box["y"] + fy * box["height"]
+
+
+def hover_and_wait(page, selector, fy, fx, steps=8):
+    before = stat(page, "pointApplied")
+    x, y = point_on(page, selector, fy, fx)
+    page.mouse.move(x, y, steps=steps)
+    wait_stat(page, "pointApplied", before + 1)
+
+
+def drag(page, selector, start, end, steps=10):
+    page.mouse.move(*point_on(page, selector, *start))
+    page.mouse.down()
+    page.mouse.move(*point_on(page, selector, *end), steps=steps)
+    page.mouse.up()

@@ -5,14 +5,14 @@ import pytest
 import torch
 from PIL import Image
 
-from simexplain import Explainer, ImageError, LayerError, ModelError, Preprocess, SimexplainError
+from simexplain import Explainer, ImageError, LayerError, ModelError, SimexplainError
 from simexplain.toy import HeadModel
+from simexplain.toy import toy_explainer
 
 
 @pytest.fixture(scope="module")
 def explainer():
-    torch.manual_seed(0)
-    return Explainer(HeadModel("gap").eval(), "features", transform=Preprocess(size=(32, 32)))
+    return toy_explainer(similarity="cosine", size=32)
 
 
 def photo(mode="RGB", size=(40, 30)):

@@ -9,7 +9,7 @@ from PIL import Image
 
 from simexplain import Explainer, Preprocess, SimexplainError, zoo
 from simexplain.maps import Frame
-from simexplain.toy import HeadModel
+from simexplain import toy as toys
 
 FRAMES = [Frame((960, 1280), (0, 0, 960, 1280), (224, 299)),     # a 4:3 photo, aspect kept
           Frame((960, 1280), (0, 0, 960, 1280), (224, 224)),     # the same photo squashed
@@ -98,9 +98,7 @@ def test_a_28x56_composite_is_seen_as_28x56():
 
 
 def toy_explainer(keep_aspect=True):
-    torch.manual_seed(0)
-    return Explainer(HeadModel("gap").eval(), "features", similarity="cosine",
-                     transform=Preprocess(size=(64, 64), keep_aspect=keep_aspect))
+    return toys.toy_explainer(size=64, keep_aspect=keep_aspect)
 
 
 def test_points_and_regions_in_file_pixels_equal_input_pixels():

@@ -16,11 +16,9 @@ from simexplain import maps
 from simexplain.retrieval import storage
 from simexplain.cli import main
 from simexplain.errors import SimexplainError
-from simexplain.explainer import Explainer
-from simexplain.images import Preprocess
 from simexplain.retrieval import (EMBEDDINGS, MANIFEST, VECTORS, Index, IndexFormatError,
                                   IndexMismatchError, checkpoint_path)
-from simexplain.toy import HeadModel
+from simexplain import toy as toys
 
 SIMILARITIES = ("cosine", "dot", "euclidean")
 N_IMAGES = 14
@@ -29,12 +27,9 @@ REGIONS = [(0, 0, 16, 16), (5, 3, 30, 20)]
 
 
 def toy_explainer(similarity: str = "cosine", seed: int = 0, name: str | None = None):
-    torch.manual_seed(seed)
-    model = HeadModel("gap", dim=8, channels=8, depth=2, normalize=similarity == "cosine").eval()
-    explainer = Explainer(model, "features", similarity=similarity,
-                          transform=Preprocess(size=(SIDE, SIDE)),
-                          model_name=name or f"toy-{similarity}")
-    return explainer
+    return toys.toy_explainer(similarity=similarity, seed=seed, size=SIDE,
+                              model_name=name or f"toy-{similarity}", dim=8, channels=8, depth=2,
+                              normalize=similarity == "cosine")
 
 
 @pytest.fixture(scope="module")

@@ -19,18 +19,15 @@ from simexplain.explainer import Explainer
 from simexplain.images import Preprocess
 from simexplain.retrieval import Index, IndexFormatError, checkpoint_path
 from simexplain.retrieval.manifest import CONTRIBUTIONS, MANIFEST, SHAPES, seal
-from simexplain.toy import HeadModel
+from simexplain.toy import toy_explainer
 
 SIDE = 32
 N_IMAGES = 12
 
 
 def toy(head: str = "gap", keep_aspect: bool = False, seed: int = 0) -> Explainer:
-    torch.manual_seed(seed)
-    model = HeadModel(head, dim=8, channels=8, depth=2).eval()
-    return Explainer(model, "features", transform=Preprocess(size=(SIDE, SIDE),
-                                                             keep_aspect=keep_aspect),
-                     model_name=f"toy-{head}")
+    return toy_explainer(head, size=SIDE, keep_aspect=keep_aspect, seed=seed,
+                         model_name=f"toy-{head}", dim=8, channels=8, depth=2)
 
 
 def save_noise(path: Path, rng: np.random.Generator, width: int = SIDE) -> Path:

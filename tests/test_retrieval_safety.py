@@ -16,12 +16,10 @@ from PIL import Image
 
 from simexplain.cli import main
 from simexplain.errors import SimexplainError
-from simexplain.explainer import Explainer
-from simexplain.images import Preprocess
 from simexplain.retrieval import (MANIFEST, MARKER, Index, IndexFormatError, RegionQuery,
                                   checkpoint_path)
 from simexplain.retrieval.manifest import checksum
-from simexplain.toy import HeadModel
+from simexplain import toy as toys
 
 SIDE = 32
 TOY = ["--model", "simexplain.toy:tiny_cnn", "--layer", "features", "--size", str(SIDE),
@@ -29,12 +27,7 @@ TOY = ["--model", "simexplain.toy:tiny_cnn", "--layer", "features", "--size", st
 
 
 def toy_explainer():
-    torch.manual_seed(0)
-    model = HeadModel("gap", dim=8, channels=8, depth=2, normalize=True).eval()
-    explainer = Explainer(model, "features", similarity="cosine",
-                          transform=Preprocess(size=(SIDE, SIDE)))
-    explainer.model_name = "toy"
-    return explainer
+    return toys.toy_explainer(dim=8, channels=8, depth=2, size=SIDE)
 
 
 def make_gallery(folder: Path, count: int = 6, seed: int = 0) -> Path:

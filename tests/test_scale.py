@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 import pytest
+import ray
 import torch
 from PIL import Image
 
@@ -18,11 +19,16 @@ from simexplain.cli import main
 from simexplain.errors import SimexplainError
 from simexplain.explainer import Explainer
 from simexplain.images import Preprocess
-from simexplain.retrieval import (EMBEDDINGS, MANIFEST, Index, IndexFormatError,
-                                  check_replaceable, checkpoint_path)
+from simexplain.retrieval import (
+    EMBEDDINGS,
+    MANIFEST,
+    Index,
+    IndexFormatError,
+    check_replaceable,
+    checkpoint_path,
+)
 from simexplain.toy import HeadModel
-
-ray = pytest.importorskip("ray", reason="the 'scale' extra (ray[data]) is not installed")
+from simexplain import toy as toys
 
 SIDE = 32
 N_IMAGES = 12
@@ -43,11 +49,8 @@ def local_ray():
 
 
 def toy_explainer(similarity: str = "euclidean") -> Explainer:
-    torch.manual_seed(0)
-    model = HeadModel("gap", dim=8, channels=8, depth=2,
-                      normalize=similarity == "cosine").eval()
-    return Explainer(model, "features", similarity=similarity,
-                     transform=Preprocess(size=(SIDE, SIDE)), model_name="toy")
+    return toys.toy_explainer(similarity=similarity, size=SIDE, dim=8, channels=8, depth=2,
+                              normalize=similarity == "cosine")
 
 
 @pytest.fixture(scope="module")

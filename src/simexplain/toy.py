@@ -161,3 +161,17 @@ def tiny_vit(depth: int = 2, registers: int = 0, in_channels: int = 3) -> nn.Mod
     return TinyViT(dim=32, width=32, depth=depth, heads=4, registers=registers,
                    in_channels=in_channels).eval()
 
+
+
+def toy_explainer(head: str = "gap", similarity: str = "cosine", size: int = 32,
+                  seed: int = 0, keep_aspect: bool = False, model_name: str = "toy",
+                  **model: object):
+    """An `Explainer` over a seeded `HeadModel` explained at `features`, with inputs resized
+    to size x size (or the short side, with `keep_aspect`); `model` goes to HeadModel (dim,
+    channels, depth, normalize, ...). The toy of the tests, benchmarks and examples."""
+    from .explainer import Explainer
+    from .images import Preprocess
+    torch.manual_seed(seed)
+    net = HeadModel(head, **model).eval()  # type: ignore[arg-type]
+    return Explainer(net, "features", similarity=similarity, model_name=model_name,
+                     transform=Preprocess(size=(size, size), keep_aspect=keep_aspect))

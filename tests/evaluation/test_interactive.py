@@ -10,7 +10,7 @@ import torch
 
 from simexplain import zoo
 from simexplain.cli import main
-from simexplain.errors import DatasetMissing, SimexplainError
+from simexplain.errors import SimexplainError
 from simexplain.evaluation import interactive
 from simexplain.evaluation.interactive import (evaluate_model, make_composites, ranking_metrics,
                                                run_interactive)
@@ -34,10 +34,7 @@ def labelled_items(n: int = 120, classes: int = 5):
 
 def fmnist_test_split():
     from simexplain.datasets import fashion_mnist
-    try:
-        return fashion_mnist("test")
-    except DatasetMissing as exc:
-        pytest.skip(f"Fashion-MNIST not installed: {exc}")
+    return fashion_mnist("test")
 
 
 def test_composites_left_is_a_right_is_b_and_gallery_is_disjoint():
@@ -145,8 +142,7 @@ def test_cli_without_any_usable_model_fails(tmp_path, capsys):
 def test_region_search_beats_global_search_for_a_trained_model(name):
     fmnist_test_split()
     results = run_interactive([name], quick=True)
-    if name not in results["models"]:
-        pytest.skip(f"{name} unavailable: {results['skipped'].get(name)}")
+    assert name in results["models"], results["skipped"].get(name)
     figures = results["models"][name]
     assert EXPECTED_KEYS <= set(figures)
     assert figures["region"]["recall@1"] > figures["global"]["recall@1"]

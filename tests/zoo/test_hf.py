@@ -13,16 +13,22 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers
 from PIL import Image
 from torch import nn
 
-transformers = pytest.importorskip("transformers")
-
-from simexplain import zoo  # noqa: E402
-from simexplain.cli import main  # noqa: E402
-from simexplain.errors import LayerError, ModelError, SimexplainError  # noqa: E402
-from simexplain.zoo.hf import (FALLBACK_MEAN, HFEmbedder, hf_explainer, hf_layers,  # noqa: E402
-                               hf_preprocess, layer_name, load_hf)
+from simexplain import zoo
+from simexplain.cli import main
+from simexplain.errors import LayerError, ModelError, SimexplainError
+from simexplain.zoo.hf import (
+    FALLBACK_MEAN,
+    HFEmbedder,
+    hf_explainer,
+    hf_layers,
+    hf_preprocess,
+    layer_name,
+    load_hf,
+)
 
 SIDE, PATCH, DEPTH = 32, 8, 3  # a 4x4 patch grid, three blocks
 TINY = dict(hidden_size=32, num_hidden_layers=DEPTH, num_attention_heads=2,
@@ -393,7 +399,6 @@ def test_cli_index_build_and_search_with_a_hf_folder(saved, pictures, tmp_path, 
 
 
 def test_web_app_serves_a_hf_folder(saved):
-    pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
     from simexplain.web import create_app

@@ -16,10 +16,7 @@ from simexplain.zoo import samples, sketch
 
 @pytest.fixture(scope="module")
 def pair():
-    try:
-        return zoo.entry(sketch.NAME).sample_pair()
-    except datasets.DatasetMissing as exc:
-        pytest.skip(str(exc))
+    return zoo.entry(sketch.NAME).sample_pair()
 
 
 def test_two_streams_have_their_own_weights():
@@ -72,10 +69,7 @@ def test_resolve_with_a_layer_keeps_both_streams(pair):
 
 def test_sample_pair_is_a_sketch_of_its_item_written_once(tmp_path, monkeypatch):
     monkeypatch.setenv("SIMEXPLAIN_DATA", str(tmp_path))
-    try:
-        sketch_path, item_path = zoo.entry(sketch.NAME).sample_pair()
-    except datasets.DatasetMissing as exc:
-        pytest.skip(str(exc))
+    sketch_path, item_path = zoo.entry(sketch.NAME).sample_pair()
     assert sketch_path.parent == item_path.parent == tmp_path / "samples"
     assert not list((tmp_path / "samples").glob(".*"))  # no temporary files left
     items, _ = datasets.fashion_mnist("test")
