@@ -22,7 +22,7 @@ import pytest
 from simexplain.explanation import DEFAULT_POINT_MAP, point_map_label
 from simexplain.notebook import PointMapWidget
 
-from browser_helpers import ARTIFACTS, chromium, open_page
+from browser_helpers import ARTIFACTS, open_page
 
 HOST_PAGE = Path(__file__).with_name("fake_host.html")
 ALPHA = 0.6  # the widget's map opacity (point_map.js: display.alpha)
@@ -155,9 +155,8 @@ def sent_count(page) -> int:
 
 
 @pytest.fixture(scope="module")
-def browser():
-    with chromium() as browser:
-        yield browser
+def browser(headless_chromium):
+    return headless_chromium
 
 
 @contextmanager

@@ -30,15 +30,14 @@ from __future__ import annotations
 
 import pytest
 
-from browser_helpers import (ARTIFACTS, CANVAS_HASH, VIEWPORT, canvas_hash, chromium, drag,
+from browser_helpers import (ARTIFACTS, CANVAS_HASH, VIEWPORT, canvas_hash, drag,
                              hover_and_wait, open_page, point_on, serve, shoot, stat, wait_stat)
 
 
 # -- fixtures ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def browser():
-    with chromium() as b:
-        yield b
+def browser(headless_chromium):
+    return headless_chromium
 
 
 @pytest.fixture(scope="module")

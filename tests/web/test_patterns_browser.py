@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from browser_helpers import ARTIFACTS, chromium, open_page, serve, wait_stat
+from browser_helpers import ARTIFACTS, open_page, serve, wait_stat
 
 
-def test_patterns_are_drawn_across_the_two_images():
+def test_patterns_are_drawn_across_the_two_images(headless_chromium):
     from simexplain import zoo
     from simexplain.web import create_app
     paths = zoo.entry("fmnist-sketch").sample_pair()
@@ -18,8 +18,8 @@ def test_patterns_are_drawn_across_the_two_images():
     expected = zoo.load("fmnist-sketch").explain(*(image for _, image in samples)).patterns(5)
     assert expected
     app = create_app(model="fmnist-sketch", samples=samples, models=["fmnist-sketch"])
-    with serve(app) as url, chromium() as browser:
-        page, problems = open_page(browser, url)
+    with serve(app) as url:
+        page, problems = open_page(headless_chromium, url)
         wait_stat(page, "explains", 1)
         page.check("#patterns")
         page.wait_for_function("document.querySelectorAll('#patterns-layer circle').length >= 2",
