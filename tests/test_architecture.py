@@ -159,3 +159,19 @@ def test_the_core_does_not_import_rendering():
             "simexplain.adapters", "simexplain.maps")
     for name in core:
         assert "simexplain.visualize" not in imports(name, top_level_only=False), name
+
+
+LONGEST_FUNCTION = 80  # lines; a longer one is split into named steps
+
+
+def long_functions(source: str) -> list[tuple[str, int]]:
+    """(name, lines) of every function in a module's source longer than LONGEST_FUNCTION."""
+    return [(node.name, node.end_lineno - node.lineno + 1) for node in ast.walk(ast.parse(source))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > LONGEST_FUNCTION]
+
+
+def test_no_function_is_longer_than_80_lines():
+    assert long_functions("def f():\n" + "    x = 1\n" * LONGEST_FUNCTION) == [("f", 81)]
+    found = {name: long_functions(path.read_text()) for name, path in MODULES.items()}
+    assert not {name: found for name, found in found.items() if found}
