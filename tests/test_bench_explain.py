@@ -58,8 +58,7 @@ def test_gallery_row_compares_explain_gallery_with_one_embedding_pass(bench):
 def test_zoo_row_of_the_vit_names_its_head_depth(bench):
     """The ViT row: fmnist-vit explained one block before its class-token head."""
     row = bench.zoo_row("fmnist-vit", repeats=1)
-    if row is None:  # the Fashion-MNIST test split (its sample pair) is absent
-        pytest.skip("fmnist-vit's sample pair is not available")
+    assert row is not None, "fmnist-vit's sample pair (the Fashion-MNIST test split) is missing"
     assert row["model"] == "fmnist-vit (head: 1 block)" and row["grid"] == "7x7"
     assert row["forwards_ms"] > 0 and row["explain"] > 0
     text = bench.tables({"grids": [], "zoo": [row], "paper": [], "saliency": []})
