@@ -56,7 +56,7 @@ def _imports(text: str) -> list[str]:
             raise SimexplainError(f"cannot bundle a renamed import: {match.group(0).strip()}")
         names.append(match.group(2))
     left = IMPORT.sub("", text)
-    if re.search(r"^\s*import[\s{*(\"']", left, re.M):
+    if re.search(r"^[ \t]*import[\s{*(\"']", left, re.M):
         raise SimexplainError("the widget's modules import only `{ names } from \"./x.js\"`")
     return names
 
@@ -87,7 +87,7 @@ def bundle_order(entry: Path = WIDGET_JS, folder: Path = STATIC) -> list[Path]:
 def inlined(text: str) -> str:
     """A module's text without its imports and with its exports as plain declarations."""
     text = EXPORTED.sub("", IMPORT.sub("", text))
-    if re.search(r"^\s*export\b", text, re.M):
+    if re.search(r"^[ \t]*export\b", text, re.M):
         raise SimexplainError("a shared module exports only declarations (export function, "
                               "class, const or let)")
     return text
