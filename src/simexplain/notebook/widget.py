@@ -102,7 +102,7 @@ def module_text() -> str:
     widget = IMPORT.sub("", WIDGET_JS.read_text(encoding="utf-8"))
     text = "\n".join(parts + [f"// ---- notebook/{WIDGET_JS.name}\n{widget}"])
     # one scope now: a name two modules both declare would stop the module from loading
-    names = re.findall(r"^(?:async\s+)?(?:function\*?|class|const|let)\s+(\w+)", text, re.M)
+    names = re.findall(r"^(?:async\s+)?(?:function\*?|class|const|let)\s+([\w$]+)", text, re.M)
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
         raise SimexplainError(f"the widget's modules declare {', '.join(twice)} more than once")
