@@ -16,7 +16,7 @@ import pytest
 from simexplain import maps
 from simexplain.web.api import STATIC
 
-from browser_helpers import chromium, static_server
+from browser_helpers import static_server
 
 WIDGET_JS = STATIC.parents[1] / "notebook" / "point_map.js"
 IMPORT = re.compile(r'^import\s*\{([^}]*)\}\s*from\s*"([^"]+)"\s*;', re.M)
@@ -82,11 +82,9 @@ def test_the_page_loads_main_as_a_module_and_every_module_states_its_job():
 # -- the pure parts in Chromium ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def page():
-    # a browser of this module's own, closed at its end (as the other browser tests: a
-    # session-wide one would stop the next module's Playwright from starting)
-    with chromium() as browser, static_server(STATIC) as url:
-        page = browser.new_page()
+def page(headless_chromium):
+    with static_server(STATIC) as url:
+        page = headless_chromium.new_page()
         problems: list[str] = []
         page.on("pageerror", lambda exc: problems.append(str(exc)))
         page.goto(f"{url}/")  # the folder's listing: a page of that origin
