@@ -1,14 +1,16 @@
 """Headless Chromium for the tests that drive a real browser (the web app, the notebook
 widget's front end, the documentation site): Debian's Chromium driven by Playwright, and a real
-uvicorn on 127.0.0.1 for an app. Importable from any test (pytest's `pythonpath` has tests/)."""
+uvicorn on 127.0.0.1 for an app, or a plain static file server for a folder. Importable from any test (pytest's `pythonpath` has tests/)."""
 
 from __future__ import annotations
 
+import http.server
 import os
 import socket
 import threading
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -54,6 +56,30 @@ def serve(app):
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+@contextmanager
+def static_server(folder: Path):
+    """Serve the files of `folder` on 127.0.0.1, on a free port, in a background thread
+    (Python's http.server, no app): yields the base URL. `.js` and `.mjs` go out as
+    JavaScript, which module scripts need, whatever the system's MIME table says."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
+                          ".js": "text/javascript", ".mjs": "text/javascript"}
+
+        def log_message(self, *args) -> None:  # no line per request in the test output
+            pass
+
+    handler = partial(Quiet, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @contextmanager

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,8 @@ from PIL import Image
 
 from simexplain.explanation import DEFAULT_POINT_MAP, POINT_MAP_KINDS, point_map_label
 from simexplain.notebook import PointMapWidget
-from simexplain.notebook.widget import SHARED_JS, WIDGET_JS, module_text
+from simexplain.notebook.widget import (SHARED_JS, STATIC, WIDGET_JS, bundle_order, inlined,
+                                        module_text)
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -214,14 +216,35 @@ def test_the_images_are_sent_once_as_png_at_display_size(textured_pair):
 
 def test_the_front_end_module_holds_the_shared_map_code_once():
     text = module_text()
-    shared, own = SHARED_JS.read_text(), WIDGET_JS.read_text()
-    assert text.startswith(shared) and text.endswith(own)
+    own = WIDGET_JS.read_text()
+    order = [path.name for path in bundle_order()]
+    # every static module the widget needs, each after the modules it imports
+    assert order[-1] == SHARED_JS.name and SHARED_JS.parent == STATIC
+    assert {"colours.js", "grid.js", "labels.js", "latest.js"} <= set(order)
+    assert order.index("colours.js") < order.index("mapview.js")
+    for name in order:
+        assert f"// ---- web/static/{name}" in text
+    assert text.index("// ---- web/static/mapview.js") < text.index("// ---- notebook/point_map.js")
     for definition in ["class MapView", "class Latest", "function gestures(", "function rings(",
                        "const DIVERGING"]:
         assert text.count(definition) == 1, definition
         assert definition not in own  # the widget's file uses them, it does not redefine them
-    assert text.count("export default") == 1
+    # one module text: no import left, and no export but the widget's default
+    assert not re.search(r"^[ \t]*import\b", text, re.M)
+    assert re.findall(r"^[ \t]*export\b.*", text, re.M) == ["export default { render };"]
     assert PointMapWidget._esm == text
+
+
+def test_bundling_refuses_cycles_and_other_export_forms(tmp_path):
+    from simexplain.errors import SimexplainError
+    (tmp_path / "one.js").write_text('import { two } from "./two.js";\nexport const one = 1;\n')
+    (tmp_path / "two.js").write_text('import { one } from "./one.js";\nexport const two = 2;\n')
+    entry = tmp_path / "entry.js"
+    entry.write_text('import { one } from "./one.js";\nexport default {};\n')
+    with pytest.raises(SimexplainError, match="import cycle: one.js -> two.js -> one.js"):
+        bundle_order(entry, tmp_path)
+    with pytest.raises(SimexplainError, match="exports only declarations"):
+        inlined("const a = 1;\nexport { a };\n")
 
 
 def test_the_widget_needs_a_pair_explanation():

@@ -8,12 +8,9 @@ the kind is labelled, a dragged box asks for a region map, at most one request i
 from __future__ import annotations
 
 import base64
-import http.server
 import json
 import math
-import threading
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,31 +19,14 @@ import pytest
 from simexplain.explanation import DEFAULT_POINT_MAP, point_map_label
 from simexplain.notebook import PointMapWidget
 
-from browser_helpers import ARTIFACTS, open_page
+from browser_helpers import ARTIFACTS, open_page, static_server
 
 HOST_PAGE = Path(__file__).with_name("fake_host.html")
 ALPHA = 0.6  # the widget's map opacity (point_map.js: display.alpha)
-# the colour maps' strongest ends (mapview.js): RdBu's dark red for signed maps, the
+# the colour maps' strongest ends (web/static/colours.js): RdBu's dark red for signed maps, the
 # positive ramp's (jet) dark red otherwise
 SIGNED_PEAK, POSITIVE_PEAK = (103, 0, 31), (128, 0, 0)
 GREY = 128  # image b is plain grey: what is drawn over it is the map alone
-
-
-@contextmanager
-def static_server(folder: Path):
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args) -> None:  # no line per request in the test output
-            pass
-
-    handler = partial(Quiet, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def host_files(widget: PointMapWidget, folder: Path) -> None:
@@ -125,7 +105,7 @@ def ring_pixels(page, widget, side: str, cell) -> np.ndarray:
     sy, sx = canvas_scale(page, widget, side)
     cx, cy = (cell[1] + 0.5) * width / cols * sx, (cell[0] + 0.5) * height / rows * sy
     canvas_w, canvas_h = width * sx, height * sy
-    radius = max(5, min(canvas_w, canvas_h) / 28)  # mapview.js: MapView.render
+    radius = max(5, min(canvas_w, canvas_h) / 28)  # web/static/mapview.js: MapView.render
     angles = np.linspace(0, 2 * math.pi, 12, endpoint=False)
     return read_pixels(page, side, [(cx + radius * math.cos(t), cy + radius * math.sin(t))
                                     for t in angles])
@@ -136,7 +116,7 @@ def white(pixels: np.ndarray) -> int:
 
 
 def fmt(x: float) -> str:
-    """mapview.js's fmt for values between 1e-3 and 1e4: three significant digits."""
+    """web/static/labels.js's fmt for values between 1e-3 and 1e4: three significant digits."""
     return f"{float(f'{x:.3g}'):g}"
 
 

@@ -15,6 +15,7 @@ from PIL import Image
 
 from simexplain.explanation import DEFAULT_POINT_MAP, point_map_label
 from simexplain.web import create_app
+from simexplain.web.api import STATIC
 from simexplain.web.cache import LRU
 
 SIZE = 64  # the toy model's input side in conftest.py (an 8x8 feature grid)
@@ -101,8 +102,13 @@ def test_openapi_documents_every_endpoint(client):
 def test_page_and_static_files(client):
     page = client.get("/")
     assert page.status_code == 200 and "<canvas" in page.text
-    for name in ("app.js", "mapview.js", "style.css"):
+    assert '<script type="module" src="/static/main.js">' in page.text
+    for name in ("main.js", "mapview.js", "style.css"):
         assert client.get(f"/static/{name}").status_code == 200
+    # module scripts load only with a JavaScript MIME type
+    for script in sorted(STATIC.glob("*.js")):
+        response = client.get(f"/static/{script.name}")
+        assert response.headers["content-type"].startswith("text/javascript"), script.name
     assert_error(client.get("/static/nothing.js"), 404)
 
 

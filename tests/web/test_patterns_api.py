@@ -37,7 +37,8 @@ def test_patterns_of_a_one_stream_pair(explainer, samples):
         assert client.post("/api/patterns", json={"explanation_id": pair["explanation_id"],
                                                   "k": 0}).status_code == 422
         page = client.get("/").text
-        assert 'id="patterns"' in page and "/static/patterns.js" in page
+        assert 'id="patterns"' in page and "/static/main.js" in page
+        assert "./patterns.js" in client.get("/static/main.js").text
         script = client.get("/static/patterns.js")
         assert script.status_code == 200 and "/api/patterns" in script.text
 

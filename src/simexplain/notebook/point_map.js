@@ -1,13 +1,18 @@
-// simexplain's live point-map widget (anywidget front end). Not a module on its own: the
-// kernel side (simexplain.notebook.widget.module_text) appends it to web/static/mapview.js,
-// whose MapView, gestures, Latest, rings, mapUnit and fmt it uses, so that the notebook and
-// the web page draw maps with one copy of that code.
+// simexplain's live point-map widget (anywidget front end). Its imports name modules of the
+// web page's static folder (web/static/): the kernel side
+// (simexplain.notebook.widget.module_text) inlines them before this file, in dependency order,
+// so that the widget's one ES module text needs no server, and the notebook and the web page
+// draw maps with one copy of that code.
 //
 // The kernel holds the pair's cached decomposition. A pointer move sends
 // {type: "point", side, row, col, kind, id} (a drag: {type: "region", side, box, kind, id})
 // as a custom message; the kernel answers {type: "answer" | "error", id, ...} with the map on
 // the other image's feature grid, its strongest cells and the pointed cell. At most one
 // request is in flight (`Latest`); the canvas upsamples and colours the grid.
+
+import { fmt, mapUnit, rings, SCORE_UNIT } from "./labels.js";
+import { Latest } from "./latest.js";
+import { gestures, MapView } from "./mapview.js";
 
 const REQUEST_TIMEOUT_MS = 15000; // a kernel that never answers must not stall the pointer
 const SIDES = ["a", "b"];

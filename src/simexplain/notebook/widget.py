@@ -5,15 +5,18 @@ Everything is computed in the kernel from the pair's cached decomposition (no mo
 pointer move): the front end sends the pointer's position in the photo's pixels as a custom
 message, `PointMapWidget.answer` computes the map on the other image's feature grid
 (`simexplain.live_maps`, the web API's answers), and the front end colours and upsamples the
-grid on a canvas. The front end is one ES module built here from the web page's
-`web/static/mapview.js` (map drawing, gestures, the single-flight queue) and
-`notebook/point_map.js` (the widget), so the two share one copy of the drawing code.
+grid on a canvas. The front end is one ES module built here from `notebook/point_map.js`
+(the widget) and the web page's static modules it imports (`web/static/mapview.js`: map
+drawing and gestures, `latest.js`: the single-flight queue, and theirs), inlined in dependency
+order without their import and export lines, so the two share one copy of the drawing code
+and the widget needs no server for its modules.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -28,7 +31,8 @@ from ..regions import DEFAULT_POINT_MAP, POINT_MAP_KINDS, check_kind
 from ..sides import SIDES, check_side, pick
 
 HERE = Path(__file__).resolve().parent
-SHARED_JS = HERE.parent / "web" / "static" / "mapview.js"
+STATIC = HERE.parent / "web" / "static"  # the web page's ES modules
+SHARED_JS = STATIC / "mapview.js"
 WIDGET_JS = HERE / "point_map.js"
 WIDGET_CSS = HERE / "point_map.css"
 DISPLAY_SIZE = 384  # the images' longest side on screen, in pixels (smaller photos: their own)
@@ -37,10 +41,72 @@ REQUESTS = ("point", "region")
 log = logging.getLogger(__name__)
 
 
+# `import { a, b } from "./name.js";` (the only import form the shared modules use), and the
+# `export` in front of a declaration
+IMPORT = re.compile(r'^import\s*\{([^}]*)\}\s*from\s*"\./([\w.-]+\.js)"\s*;?[ \t]*$\n?', re.M)
+EXPORTED = re.compile(r"^export\s+(?=(?:async\s+)?function\b|class\b|const\b|let\b)", re.M)
+
+
+def _imports(text: str) -> list[str]:
+    """The static modules that a module's text imports, in order; any import or export form
+    the bundling below cannot inline raises."""
+    names = []
+    for match in IMPORT.finditer(text):
+        if " as " in match.group(1):
+            raise SimexplainError(f"cannot bundle a renamed import: {match.group(0).strip()}")
+        names.append(match.group(2))
+    left = IMPORT.sub("", text)
+    if re.search(r"^[ \t]*import[\s{*(\"']", left, re.M):
+        raise SimexplainError("the widget's modules import only `{ names } from \"./x.js\"`")
+    return names
+
+
+def bundle_order(entry: Path = WIDGET_JS, folder: Path = STATIC) -> list[Path]:
+    """The static modules that `entry` imports, directly or not, each after those it
+    imports (their files in `folder`); raises on an import cycle."""
+    order: list[Path] = []
+    visiting: list[str] = []
+
+    def visit(name: str) -> None:
+        path = folder / name
+        if path in order:
+            return
+        if name in visiting:
+            raise SimexplainError(f"import cycle: {' -> '.join(visiting + [name])}")
+        visiting.append(name)
+        for imported in _imports(path.read_text(encoding="utf-8")):
+            visit(imported)
+        visiting.pop()
+        order.append(path)
+
+    for name in _imports(entry.read_text(encoding="utf-8")):
+        visit(name)
+    return order
+
+
+def inlined(text: str) -> str:
+    """A module's text without its imports and with its exports as plain declarations."""
+    text = EXPORTED.sub("", IMPORT.sub("", text))
+    if re.search(r"^[ \t]*export\b", text, re.M):
+        raise SimexplainError("a shared module exports only declarations (export function, "
+                              "class, const or let)")
+    return text
+
+
 def module_text() -> str:
-    """The widget's ES module: the map views shared with the web page, then the widget's
-    `render` (which uses them) and its default export."""
-    return SHARED_JS.read_text(encoding="utf-8") + "\n" + WIDGET_JS.read_text(encoding="utf-8")
+    """The widget's ES module: the web page's modules that point_map.js imports (map views,
+    colour maps, the single-flight queue), inlined in dependency order as plain declarations
+    of one module, then the widget's `render` (which uses them) and its default export."""
+    parts = [f"// ---- web/static/{path.name}\n{inlined(path.read_text(encoding='utf-8'))}"
+             for path in bundle_order()]
+    widget = IMPORT.sub("", WIDGET_JS.read_text(encoding="utf-8"))
+    text = "\n".join(parts + [f"// ---- notebook/{WIDGET_JS.name}\n{widget}"])
+    # one scope now: a name two modules both declare would stop the module from loading
+    names = re.findall(r"^(?:async\s+)?(?:function\*?|class|const|let)\s+([\w$]+)", text, re.M)
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise SimexplainError(f"the widget's modules declare {', '.join(twice)} more than once")
+    return text
 
 
 def png_bytes(image: Image.Image, max_side: int) -> bytes:

@@ -280,6 +280,18 @@ def index_page():
     return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
+class ScriptFiles(StaticFiles):
+    """The static files, with `.js` always served as JavaScript: browsers refuse a module
+    script of any other type, and the type `mimetypes` guesses depends on the system (Windows'
+    registry can say text/plain)."""
+
+    def file_response(self, full_path, stat_result, scope, status_code: int = 200) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        if isinstance(response, FileResponse) and str(full_path).endswith((".js", ".mjs")):
+            response.headers["content-type"] = "text/javascript; charset=utf-8"
+        return response
+
+
 def build_app(engine: Engine, title: str = "simexplain",
               allowed_hosts: Sequence[str] = LOCAL_HOSTS) -> FastAPI:
     """The FastAPI application over `engine`, answering only to `allowed_hosts` (Host header
@@ -300,7 +312,7 @@ def build_app(engine: Engine, title: str = "simexplain",
         app.add_exception_handler(exception, handler)
     for router in (service, images, pairs, gallery, page):
         app.include_router(router)
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/static", ScriptFiles(directory=STATIC), name="static")
     _add_docs(app)
     return app
 

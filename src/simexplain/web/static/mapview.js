@@ -1,125 +1,15 @@
-// Map views shared by the web page (app.js) and the notebook widget (simexplain.notebook):
-// colour maps, a canvas that draws a feature-grid map over an image (bilinear upsampling,
-// cell-centre aligned, as the server's `maps.upsample`) with rings on the top matches and a
-// colour bar, the pointer gestures (hover, drag a box, click, leave, arrow keys), and `Latest`,
-// the single-flight queue for pointer updates: at most one request in flight, a newer
-// position replaces a pending one, and answers that arrive after the pointer left are dropped.
-//
-// Plain declarations with no imports or exports: the page loads this file as a classic script
-// before app.js; the widget's ES module is this text followed by notebook/point_map.js
-// (`simexplain.notebook.widget.module_text`).
-"use strict";
+// Map views on canvases (DOM), shared by the web page and the notebook widget
+// (simexplain.notebook bundles this file and its imports): `MapView`, a canvas that draws a
+// feature-grid map over an image (bilinear upsampling, cell-centre aligned, as the server's
+// `maps.upsample`) with rings on the top matches, the pointed cell, a box and a colour bar;
+// and `gestures`, the pointer and keyboard gestures on a view (hover, drag a box, click,
+// leave, arrow keys). The pure parts live in colours.js, grid.js, labels.js and latest.js.
 
-// ---------------------------------------------------------------------------------------------
-// single-flight queue for pointer updates: `send(job)` returns a promise of the answer,
-// `apply(answer, job)` shows it; `onError(error)` hears failures; `stats` counts requests (the
-// browser tests read the counters)
-function queueStats() {
-  return { pointRequests: 0, pointApplied: 0, inFlight: 0, maxInFlight: 0, superseded: 0,
-    stale: 0 };
-}
+import { clamp01, tableFor } from "./colours.js";
+import { axis, boxOf, mapRange, valueAt } from "./grid.js";
+import { fmt } from "./labels.js";
 
-class Latest {
-  constructor(send, apply, { onError, stats = queueStats() } = {}) {
-    this.send = send;
-    this.apply = apply;
-    this.onError = onError || ((error) => console.error(error));
-    this.stats = stats;
-    this.busy = false;
-    this.pending = null;
-    this.generation = 0;
-  }
-  push(job) {
-    if (this.pending) this.stats.superseded += 1;
-    this.pending = job;
-    if (!this.busy) this.next();
-  }
-  cancel() {
-    // drop what is queued and ignore what is in flight
-    this.pending = null;
-    this.generation += 1;
-  }
-  async next() {
-    const job = this.pending;
-    this.pending = null;
-    if (!job) return;
-    this.busy = true;
-    const generation = this.generation;
-    const stats = this.stats;
-    stats.inFlight += 1;
-    stats.maxInFlight = Math.max(stats.maxInFlight, stats.inFlight);
-    stats.pointRequests += 1;
-    try {
-      const result = await this.send(job);
-      if (generation === this.generation) {
-        this.apply(result, job);
-        stats.pointApplied += 1;
-      } else {
-        stats.stale += 1;
-      }
-    } catch (error) {
-      if (generation === this.generation) this.onError(error);
-    } finally {
-      stats.inFlight -= 1;
-      this.busy = false;
-      if (this.pending) this.next();
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// colour maps: 256-entry RGB tables
-function clamp01(x) { return Math.max(0, Math.min(1, x)); }
-
-// numbers for people: 3 significant digits, exponent only when needed
-function fmt(x) {
-  if (x === 0) return "0";
-  const a = Math.abs(x);
-  return a >= 1e-3 && a < 1e4 ? String(Number(x.toPrecision(3))) : x.toExponential(2);
-}
-
-function buildTable(fn) {
-  const table = new Uint8ClampedArray(256 * 3);
-  for (let i = 0; i < 256; i++) {
-    const [r, g, b] = fn(i / 255);
-    table[3 * i] = Math.round(r * 255);
-    table[3 * i + 1] = Math.round(g * 255);
-    table[3 * i + 2] = Math.round(b * 255);
-  }
-  return table;
-}
-
-// positive maps: the classic blue-cyan-yellow-red ramp
-const JET = buildTable((t) => [
-  clamp01(1.5 - Math.abs(4 * t - 3)), clamp01(1.5 - Math.abs(4 * t - 2)),
-  clamp01(1.5 - Math.abs(4 * t - 1))]);
-
-// signed maps: blue (negative) - white (0) - red (positive), the ColorBrewer RdBu ramp
-const RDBU = [[5, 48, 97], [33, 102, 172], [67, 147, 195], [146, 197, 222], [209, 229, 240],
-  [247, 247, 247], [253, 219, 199], [244, 165, 130], [214, 96, 77], [178, 24, 43],
-  [103, 0, 31]];
-const DIVERGING = buildTable((t) => {
-  const x = t * (RDBU.length - 1);
-  const i = Math.min(Math.floor(x), RDBU.length - 2);
-  const f = x - i;
-  return [0, 1, 2].map((c) => (RDBU[i][c] * (1 - f) + RDBU[i + 1][c] * f) / 255);
-});
-
-// ---------------------------------------------------------------------------------------------
-// a canvas showing an image, optionally a map over it, a box and markers
-function axis(n, cells) {
-  // bilinear, cell-centre aligned: display pixel i -> feature coordinate
-  const i0 = new Int32Array(n); const i1 = new Int32Array(n); const w = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    let f = (i + 0.5) * cells / n - 0.5;
-    f = Math.min(Math.max(f, 0), cells - 1);
-    const a = Math.floor(f);
-    i0[i] = a; i1[i] = Math.min(a + 1, cells - 1); w[i] = f - a;
-  }
-  return { i0, i1, w };
-}
-
-class MapView {
+export class MapView {
   // bounds: [maxWidth, maxHeight] of the canvas, or a function giving them (panels that
   // follow the window's width); display: { alpha, signed }, read at each draw (the page's
   // controls change them)
@@ -202,21 +92,12 @@ class MapView {
     const out = new ImageData(new Uint8ClampedArray(this.base.data), width, height);
     if (!this.map) return out;
     const rows = this.map.length; const cols = this.map[0].length;
-    const flat = new Float64Array(rows * cols);
-    let low = 0;
-    for (let r = 0; r < rows; r++) {
-      for (let c = 0; c < cols; c++) {
-        flat[r * cols + c] = this.map[r][c];
-        low = Math.min(low, this.map[r][c]);
-      }
-    }
+    const flat = Float64Array.from(this.map.flat());
     // the signed view only for maps with negative values: an all-positive map (Grad-CAM, a
-    // match map with nothing against) reads better on the positive ramp than as a pale red
-    const signed = this.display.signed && low < 0;
-    let peak = 0;
-    for (const v of flat) peak = Math.max(peak, signed ? Math.abs(v) : v);
-    // the colour scale in the map's own values (signed: -peak..peak; else 0..peak)
-    this.range = { lo: signed ? -peak : 0, hi: peak, signed };
+    // match map with nothing against) reads better on the positive ramp than as a pale red;
+    // the colour scale is in the map's own values (signed: -peak..peak; else 0..peak)
+    const { lo, hi, signed, peak } = mapRange(this.map, this.display.signed);
+    this.range = { lo, hi, signed };
     // the map covers the part of the photo the model saw (all of it, or the face crop)
     const top = Math.round(this.crop[0] * this.scale(0));
     const left = Math.round(this.crop[1] * this.scale(1));
@@ -225,7 +106,7 @@ class MapView {
     const ys = axis(bottom - top, rows); const xs = axis(right - left, cols);
     const data = out.data;
     const alpha = this.display.alpha;
-    const table = signed ? DIVERGING : JET;
+    const table = tableFor(signed);
     for (let y = top; y < bottom; y++) {
       const r0 = ys.i0[y - top] * cols; const r1 = ys.i1[y - top] * cols;
       const wy = ys.w[y - top];
@@ -259,16 +140,7 @@ class MapView {
   // the map's value at a model pixel (bilinear, cell-centre aligned, as drawn)
   valueAt(point) {
     if (!this.map || !this.imageSize) return null;
-    const rows = this.map.length; const cols = this.map[0].length;
-    const coord = (x, cells, size) => Math.min(Math.max((x + 0.5) * cells / size - 0.5, 0),
-      cells - 1);
-    const fy = coord(point[0], rows, this.imageSize[0]);
-    const fx = coord(point[1], cols, this.imageSize[1]);
-    const y0 = Math.floor(fy); const x0 = Math.floor(fx);
-    const y1 = Math.min(y0 + 1, rows - 1); const x1 = Math.min(x0 + 1, cols - 1);
-    const dy = fy - y0; const dx = fx - x0;
-    return (this.map[y0][x0] * (1 - dx) + this.map[y0][x1] * dx) * (1 - dy) +
-      (this.map[y1][x0] * (1 - dx) + this.map[y1][x1] * dx) * dy;
+    return valueAt(this.map, this.imageSize, point);
   }
 
   // the value under the pointer, in the panel's readout line
@@ -285,7 +157,7 @@ class MapView {
     el.hidden = !this.map || !this.range;
     if (el.hidden) return;
     const { lo, hi, signed } = this.range;
-    const table = signed ? DIVERGING : JET;
+    const table = tableFor(signed);
     const stops = [];
     for (let i = 0; i <= 10; i++) {
       const k = 3 * Math.round(i * 25.5);
@@ -362,11 +234,9 @@ class MapView {
 }
 
 // pointer gestures on a view: hover, drag a box, click, leave
-function gestures(view, on) {
+export function gestures(view, on) {
   const canvas = view.canvas;
   let drag = null;
-  const boxOf = (p, q) => [Math.min(p[0], q[0]), Math.min(p[1], q[1]),
-    Math.max(p[0], q[0]), Math.max(p[1], q[1])];
   canvas.addEventListener("pointerdown", (event) => {
     if (!view.imageSize || event.button !== 0) return;
     drag = { start: view.toModel(event), x: event.clientX, y: event.clientY, moved: false };
@@ -414,18 +284,3 @@ function gestures(view, on) {
   });
   canvas.addEventListener("blur", () => { if (keyPoint) { keyPoint = null; on.leave(); } });
 }
-
-// rings on a map's strongest cells, numbered by rank
-function rings(result) {
-  if (result.no_map) return [];
-  const top = result.top || [result.argmax];
-  return top.map((cell, i) => ({ ...cell, kind: "ring", label: String(i + 1) }));
-}
-
-
-const SCORE_UNIT = "share of the score per cell";
-// point and region maps: the contribution kind is in score units, the match kinds are cosines
-function mapUnit(result) {
-  return result.kind === "contribution" ? SCORE_UNIT : `${result.label} (-1 to 1)`;
-}
-
