@@ -243,9 +243,14 @@ TITLE_SIZE = 8  # points
 
 
 def panel_width(figure: "Figure", axes) -> float:
-    """Width in pixels of the grid slot an axes stands in (its image is centred in it): the
-    room its title has before it runs into a neighbour's."""
-    return axes.get_subplotspec().get_position(figure).width * figure.bbox.width
+    """Width in pixels a title centred over `axes` may take: its grid slot, or, where the
+    layout lets slots overlap (small images need less than a slot), the pitch between
+    neighbouring slots; either way neighbours' titles never meet."""
+    _, _, lefts, rights = axes.get_subplotspec().get_gridspec().get_grid_positions(figure)
+    room = rights[0] - lefts[0]
+    if len(lefts) > 1:
+        room = min(room, lefts[1] - lefts[0])
+    return room * figure.bbox.width
 
 
 def grid_figure(panels: list[list[tuple[Image.Image, str]]], scale: float = 2.0,
@@ -278,13 +283,18 @@ def grid_figure(panels: list[list[tuple[Image.Image, str]]], scale: float = 2.0,
         properties = text_artist.get_fontproperties()
         return lambda text: renderer.get_text_width_height_descent(text, properties, False)[0]
 
-    # the layout depends on the titles' heights and the slots on the layout: settle in turns
-    for _ in range(3):
+    # the layout depends on the titles' heights and the slots on the layout: lay out and
+    # wrap in turns until the wrapped titles are those the layout was made for
+    texts = [text for text in (*(ax.title for ax, _ in captions), suptitle) if text is not None]
+    for _ in range(5):
+        before = [text.get_text() for text in texts]
         figure.tight_layout()
         for ax, caption in captions:
             ax.title.set_text(wrap_words(caption, panel_width(figure, ax), width_of(ax.title)))
         if suptitle is not None:
             suptitle.set_text(wrap_words(title, figure.bbox.width, width_of(suptitle)))
+        if [text.get_text() for text in texts] == before:
+            break
     return figure
 
 
