@@ -240,17 +240,18 @@ def captioned(image: Image.Image, caption: str, line_height: int = 14) -> Image.
 # Figures are rendered at this resolution; a figure `scale` unit is this many pixels.
 FIGURE_DPI = 100
 TITLE_SIZE = 8  # points
+TITLE_GAP = 12  # pixels kept free between neighbouring titles
 
 
 def panel_width(figure: "Figure", axes) -> float:
     """Width in pixels a title centred over `axes` may take: its grid slot, or, where the
     layout lets slots overlap (small images need less than a slot), the pitch between
-    neighbouring slots; either way neighbours' titles never meet."""
+    neighbouring slots, less a gap; either way neighbours' titles never meet."""
     _, _, lefts, rights = axes.get_subplotspec().get_gridspec().get_grid_positions(figure)
     room = rights[0] - lefts[0]
     if len(lefts) > 1:
         room = min(room, lefts[1] - lefts[0])
-    return room * figure.bbox.width
+    return room * figure.bbox.width - TITLE_GAP
 
 
 def grid_figure(panels: list[list[tuple[Image.Image, str]]], scale: float = 2.0,
