@@ -102,6 +102,13 @@ def test_show_draws_a_figure_of_each_kind(result, kind, options, columns):
     assert np.asarray(figure).std() > 10  # something drawn, not a blank canvas
 
 
+def test_show_points_takes_the_point_map_kind_as_an_option(result):
+    # `kind=` is the point-map kind, not the figure's: the two maps differ
+    contribution = np.asarray(result.show("points", points=[(8, 6)], kind="contribution"))
+    match = np.asarray(result.show("points", points=[(8, 6)], kind="match"))
+    assert contribution.shape == match.shape and not np.array_equal(contribution, match)
+
+
 def test_show_points_marks_the_points_it_is_given(result):
     one = np.asarray(result.show("points", points=[(8, 6)]), dtype=np.int16)
     other = np.asarray(result.show("points", points=[(100, 80)]), dtype=np.int16)

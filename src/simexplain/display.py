@@ -99,7 +99,7 @@ SHOW_KINDS: dict[str, Callable[..., Image.Image]] = {
 }
 
 
-def show(result: PairExplanation, kind: str, **options) -> Image.Image:
+def show(result: PairExplanation, kind: str, /, **options) -> Image.Image:
     """The figure `kind` of a pair as an image (see `PairExplanation.show`)."""
     if kind not in SHOW_KINDS:
         raise SimexplainError(f"unknown figure kind {kind!r}; kinds: "

@@ -283,7 +283,7 @@ class PairExplanation:
         options = {} if display_size is None else {"display_size": display_size}
         return PointMapWidget(self, kind=kind, **options)
 
-    def show(self, kind: str = "overall", **options) -> Image.Image:
+    def show(self, kind: str = "overall", /, **options) -> Image.Image:
         """One figure of the pair as an image (a PIL image: Jupyter displays it; `.save(path)`
         writes it). Kinds and their options:
 
@@ -298,7 +298,8 @@ class PairExplanation:
           across the two images; `kind` of point map.
 
         Where the model saw a crop of a photo (a face), maps are drawn on the crop enlarged.
-        An unknown kind or option raises SimexplainError naming the valid ones."""
+        An unknown kind or option raises SimexplainError naming the valid ones. (The figure's
+        kind is positional, so that `kind=` is the point-map option.)"""
         from .display import show  # here, not at the top: rendering sits above the engine
         return show(self, kind, **options)
 

@@ -59,13 +59,18 @@ def display_size(image_size: Sequence[int], max_side: int = DISPLAY_SIDE) -> tup
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+# Images smaller than this (a 28-pixel item) are enlarged with crisp square pixels; larger
+# ones (photos, face crops) smoothly
+CRISP_BELOW = 64
+
+
 def resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """`image` at (width, height) `size`: enlarged 4x or more, pixels stay crisp squares (a
-    28-pixel item); otherwise smoothly resampled."""
+    """`image` at (width, height) `size`: a small image enlarged keeps crisp pixels (see
+    CRISP_BELOW); anything else is smoothly resampled."""
     if size == image.size:
         return image
-    enlarging = size[0] >= 4 * image.width
-    return image.resize(size, Image.NEAREST if enlarging else Image.LANCZOS)
+    crisp = size[0] > image.width and max(image.size) < CRISP_BELOW
+    return image.resize(size, Image.NEAREST if crisp else Image.LANCZOS)
 
 
 @dataclass(frozen=True)
