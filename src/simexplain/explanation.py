@@ -14,6 +14,7 @@ from . import maps, regions
 from . import patterns as patternlib
 from .errors import SimexplainError
 from .regions import DEFAULT_POINT_MAP, POINT_MAP_KINDS, point_map_label  # noqa: F401 (public here)
+from .sides import pick
 from .similarity import Similarity, get as get_similarity
 
 if TYPE_CHECKING:  # the widget's module imports anywidget: only for the annotation
@@ -189,11 +190,7 @@ class PairExplanation:
     # -- point and region maps -------------------------------------------------------------
     def _sides(self, side: str) -> tuple[Side, Side]:
         """(the side pointed at, the other side)."""
-        if side == "a":
-            return self.a, self.b
-        if side == "b":
-            return self.b, self.a
-        raise SimexplainError(f"side must be 'a' or 'b', got {side!r}")
+        return pick(side, (self.a, self.b), (self.b, self.a))
 
     def weighted_map(self, side: str, weights: torch.Tensor) -> torch.Tensor:
         """sum_p w_p D[p, :] over the other image's grid, for weights (P,) on `side`'s grid."""
@@ -285,6 +282,32 @@ class PairExplanation:
         from .notebook import PointMapWidget  # here, not at the top: anywidget is optional
         options = {} if display_size is None else {"display_size": display_size}
         return PointMapWidget(self, kind=kind, **options)
+
+    def show(self, kind: str = "overall", /, **options) -> Image.Image:
+        """One figure of the pair as an image (a PIL image: Jupyter displays it; `.save(path)`
+        writes it). Kinds and their options:
+
+        - "overall": per image, the photo, the overall map (signed and the paper's positive
+          form) and the relative map; `title`.
+        - "relative": the relative maps alone; `title`.
+        - "points": point maps: `points` [(row, col), ...] in the photo's pixels of `side`
+          ("a" by default; default points: the strongest cells), each marked there, its map of
+          `kind` (default DEFAULT_POINT_MAP) drawn on the other image, the map's maximum
+          ringed in the point's colour.
+        - "patterns": the `k` (default 5) strongest cross-view patterns (`patterns`), linked
+          across the two images; `kind` of point map.
+
+        Where the model saw a crop of a photo (a face), maps are drawn on the crop enlarged.
+        An unknown kind or option raises SimexplainError naming the valid ones. (The figure's
+        kind is positional, so that `kind=` is the point-map option.)"""
+        from .display import show  # here, not at the top: rendering sits above the engine
+        return show(self, kind, **options)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's inline display: score, residual, both photos with their overall and
+        relative maps (the crop the model saw beside each photo, for faces)."""
+        from .display import pair_html
+        return pair_html(self)
 
     def image(self, side: str) -> Image.Image:
         return self._sides(side)[0].image

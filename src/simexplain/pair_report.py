@@ -6,22 +6,27 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from PIL import Image
 
 from . import visualize
-from .errors import NoPointMap
+from .errors import NoPointMap, SimexplainError
 from .explanation import DEFAULT_POINT_MAP, PairExplanation, point_map_label
 from .patterns import DEFAULT_PATTERNS, Pattern
 from .files import write_json_atomic
+from .sides import SIDES, other_side, pick
 
 
-def default_points(result: PairExplanation, count: int = 4) -> list[tuple[float, float]]:
-    """Pixels of photo a at the centres of its strongest positive cells, spread out: each
-    chosen cell is at least a third of the grid away from the others (where possible)."""
-    rows, cols = result.a.grid
-    centres = result.a.frame.cell_centres(result.a.grid)
+def default_points(result: PairExplanation, count: int = 4,
+                   side: str = "a") -> list[tuple[float, float]]:
+    """Pixels of `side`'s photo at the centres of its strongest positive cells, spread out:
+    each chosen cell is at least a third of the grid away from the others (where possible)."""
+    here = pick(side, result.a, result.b)
+    overall = pick(side, result.overall_a_flat, result.overall_b_flat)
+    rows, cols = here.grid
+    centres = here.frame.cell_centres(here.grid)
     spacing = max(1, min(rows, cols) // 3)
     chosen: list[tuple[int, int]] = []
-    for index in torch.argsort(result.overall_a_flat, descending=True).tolist():
+    for index in torch.argsort(overall, descending=True).tolist():
         cell = (index // cols, index % cols)
         if all(max(abs(cell[0] - r), abs(cell[1] - c)) >= spacing for r, c in chosen):
             chosen.append(cell)
@@ -30,82 +35,116 @@ def default_points(result: PairExplanation, count: int = 4) -> list[tuple[float,
     return [tuple(float(v) for v in centres[r * cols + c]) for r, c in chosen]
 
 
-def overall_figure(result: PairExplanation, path: Path, title: str = "") -> None:
-    """Per side: the image, the overall map (signed and the paper's positive form) and the
-    relative map (signed)."""
-    panels = []
-    for side, overall, relative in (("a", result.overall_a, result.relative_a),
-                                    ("b", result.overall_b, result.relative_b)):
-        here = result.a if side == "a" else result.b
-        panels.append([
-            (visualize.shown(here), f"image {side}"),
-            (visualize.overlay_map(result, overall, side, signed=True), "overall (signed)"),
-            (visualize.overlay_map(result, overall, side), "overall (positive, paper)"),
-            (visualize.overlay_map(result, relative, side, signed=True), "relative (signed)"),
-        ])
-    visualize.save_figure(panels, path, title=title or f"{result.similarity} = {result.score:.4f}")
+Panel = tuple[Image.Image, str]  # an image and its caption
+CROP_BOX_COLOR = (0, 255, 255)
+# The maps `overall_panels` can draw: name -> (caption, signed); "positive" is the overall map
+# in the paper's display form
+MAP_PANELS = {"overall": ("overall (signed)", True),
+              "positive": ("overall (positive, paper)", False),
+              "relative": ("relative (signed)", True)}
+
+
+def photo_panels(result: PairExplanation, side: str,
+                 max_side: int = visualize.DISPLAY_SIDE) -> list[Panel]:
+    """The photo of `side`; where the model saw a crop of it (a face), the photo with the crop
+    boxed and, beside it, the crop enlarged: what the maps are drawn on."""
+    here = pick(side, result.a, result.b)
+    whole = visualize.View.whole(here, max_side)
+    if not here.frame.cropped:
+        return [(whole.photo(), f"image {side}")]
+    boxed = visualize.mark_box(whole.photo(), whole.point(here.frame.box), CROP_BOX_COLOR)
+    return [(boxed, f"photo {side}, face crop boxed"),
+            (visualize.View.seen(here, max_side).photo(), f"face crop {side}, enlarged")]
+
+
+def overall_panels(result: PairExplanation, maps: Sequence[str] = tuple(MAP_PANELS),
+                   max_side: int = visualize.DISPLAY_SIDE) -> list[list[Panel]]:
+    """One row per side: its photo (`photo_panels`), then each of `maps` (names of
+    MAP_PANELS) drawn where the model saw it (the whole photo, or the crop enlarged)."""
+    unknown = [name for name in maps if name not in MAP_PANELS]
+    if unknown:
+        raise SimexplainError(f"unknown map {unknown[0]!r}; maps: {', '.join(MAP_PANELS)}")
+    rows = []
+    for side in SIDES:
+        view = visualize.View.seen(pick(side, result.a, result.b), max_side)
+        grid_maps = {"overall": pick(side, result.overall_a, result.overall_b),
+                     "relative": pick(side, result.relative_a, result.relative_b)}
+        grid_maps["positive"] = grid_maps["overall"]
+        row = photo_panels(result, side, max_side)
+        for name in maps:
+            caption, signed = MAP_PANELS[name]
+            row.append((view.overlay(grid_maps[name], signed=signed), caption))
+        rows.append(row)
+    return rows
+
+
+def overall_figure(result: PairExplanation, title: str = "",
+                   maps: Sequence[str] = tuple(MAP_PANELS)) -> Image.Image:
+    """Per side: the image (and the crop the model saw), the overall map (signed and the
+    paper's positive form) and the relative map (signed); `maps` picks among them."""
+    return visualize.figure_image(overall_panels(result, maps),
+                                  title=title or f"{result.similarity} = {result.score:.4f}")
 
 
 POINT_COLORS = [(255, 255, 255), (0, 255, 0), (255, 0, 255), (0, 255, 255), (255, 255, 0)]
 
 
-def points_figure(result: PairExplanation, points: Sequence[tuple[float, float]], path: Path,
-                  kind: str = DEFAULT_POINT_MAP) -> list[bool]:
-    """One column per point of a (in photo a's pixels): a with the point (top), its map of
-    `kind` on b with the map's maximum marked in the same colour (bottom; "no map" where the
-    point carries no contribution). Returns, per point, whether it has a map."""
+def points_figure(result: PairExplanation, points: Sequence[tuple[float, float]],
+                  kind: str = DEFAULT_POINT_MAP, side: str = "a"
+                  ) -> tuple[Image.Image, list[bool]]:
+    """One column per point of `side` (in its photo's pixels): that image with the point
+    (top), the point's map of `kind` on the other image with the map's maximum marked in the
+    same colour (bottom; "no map" where the point carries no contribution). Both are drawn
+    where the model saw them (a face crop enlarged). Returns the figure and, per point,
+    whether it has a map."""
+    there_name = other_side(side)
+    here_view = visualize.View.seen(pick(side, result.a, result.b))
+    there = pick(there_name, result.a, result.b)
+    there_view = visualize.View.seen(there)
     top, bottom, found = [], [], []
     label = point_map_label(kind)
-    photo_a = visualize.shown(result.a)
     for n, point in enumerate(points):
         color = POINT_COLORS[n % len(POINT_COLORS)]
-        top.append((visualize.mark_point(photo_a, visualize.to_display(result.a, point), color),
-                    f"point {n + 1} on a"))
+        top.append((visualize.mark_point(here_view.photo(), here_view.point(point), color),
+                    f"point {n + 1} on {side}"))
         try:
-            point_map = result.point_map("a", point, kind=kind)
+            point_map = result.point_map(side, point, kind=kind)
         except NoPointMap:
-            bottom.append((visualize.shown(result.b), f"point {n + 1}: no map (no contribution)"))
+            bottom.append((there_view.photo(), f"point {n + 1}: no map (no contribution)"))
             found.append(False)
             continue
-        peak = result.b.frame.peak(point_map)
-        bottom.append((visualize.mark_point(visualize.overlay_map(result, point_map, "b"),
-                                            visualize.to_display(result.b, peak), color),
-                       f"point {n + 1}: {label}"))
+        peak = there.frame.peak(point_map)
+        bottom.append((visualize.mark_point(there_view.overlay(point_map),
+                                            there_view.point(peak), color),
+                       f"point {n + 1} on {there_name}: {label}"))
         found.append(True)
-    visualize.save_figure([top, bottom], path)
-    return found
+    return visualize.figure_image([top, bottom]), found
 
 
 PATTERN_COLORS = [(255, 64, 64), (64, 220, 64), (64, 128, 255), (255, 200, 0), (255, 64, 255),
                   (0, 230, 230), (255, 140, 0), (160, 96, 255)]
 
 
-def patterns_figure(result: PairExplanation, path: Path, k: int = DEFAULT_PATTERNS,
-                    kind: str = DEFAULT_POINT_MAP) -> list[Pattern]:
-    """Cross-view patterns (`PairExplanation.patterns`): a and b side by side, each pattern's
-    point in a linked to its point in b by a line of its own colour, numbered by strength.
-    Returns the patterns drawn."""
+def patterns_figure(result: PairExplanation, k: int = DEFAULT_PATTERNS,
+                    kind: str = DEFAULT_POINT_MAP) -> tuple[Image.Image, list[Pattern]]:
+    """Cross-view patterns (`PairExplanation.patterns`): a and b side by side (where the model
+    saw them: a face crop enlarged), each pattern's point in a linked to its point in b by a
+    line of its own colour, numbered by strength. Returns the figure and the patterns."""
     found = result.patterns(k, kind=kind)
-    links = [(visualize.to_display(result.a, p.point_a), visualize.to_display(result.b, p.point_b))
-             for p in found]
-    canvas = visualize.linked_points(visualize.shown(result.a), visualize.shown(result.b),
-                                     links, PATTERN_COLORS)
+    view_a, view_b = visualize.View.seen(result.a), visualize.View.seen(result.b)
+    links = [(view_a.point(p.point_a), view_b.point(p.point_b)) for p in found]
+    canvas = visualize.linked_points(view_a.photo(), view_b.photo(), links, PATTERN_COLORS)
     caption = f"{len(found)} cross-view patterns ({kind} point maps), strongest first"
-    visualize.captioned(canvas, caption).save(path)
-    return found
+    return visualize.captioned(canvas, caption), found
 
 
-def crops_figure(result: PairExplanation, path: Path) -> bool:
-    """When the model saw a crop of a photo (a face), each photo with that crop boxed; False
-    (nothing written) when both photos were seen whole."""
+def crops_figure(result: PairExplanation) -> Image.Image | None:
+    """When the model saw a crop of a photo (a face), each photo with that crop boxed and the
+    crop enlarged beside it; None when both photos were seen whole."""
     if not (result.a.frame.cropped or result.b.frame.cropped):
-        return False
-    panels = [(visualize.mark_box(visualize.shown(here),
-                                  visualize.to_display(here, here.frame.box)),
-               f"photo {name}, {'face crop' if here.frame.cropped else 'whole'}")
-              for name, here in (("a", result.a), ("b", result.b))]
-    visualize.save_figure([panels], path, scale=2.5)
-    return True
+        return None
+    panels = [panel for side in SIDES for panel in photo_panels(result, side)]
+    return visualize.figure_image([panels], scale=2.5)
 
 
 def write_pair(result: PairExplanation, out: Path, points: Sequence[tuple[float, float]] | None = None,
@@ -119,7 +158,9 @@ def write_pair(result: PairExplanation, out: Path, points: Sequence[tuple[float,
     out.mkdir(parents=True, exist_ok=True)
     points = list(points) if points else default_points(result)
     files = {}
-    if crops_figure(result, out / "crops.png"):
+    crops = crops_figure(result)
+    if crops is not None:
+        crops.save(out / "crops.png")
         files["crops"] = "crops.png"
     for name, side, grid_map in (("overall_a", "a", result.overall_a),
                                  ("overall_b", "b", result.overall_b),
@@ -127,13 +168,15 @@ def write_pair(result: PairExplanation, out: Path, points: Sequence[tuple[float,
                                  ("relative_b", "b", result.relative_b)):
         visualize.overlay_map(result, grid_map, side, signed=True).save(out / f"{name}.png")
         files[name] = f"{name}.png"
-    overall_figure(result, out / "overall.png")
+    overall_figure(result).save(out / "overall.png")
     files["overall"] = "overall.png"
-    found = points_figure(result, points, out / "points.png")
+    points_image, found = points_figure(result, points)
+    points_image.save(out / "points.png")
     files["points"] = "points.png"
     found_patterns = []
     if patterns > 0:
-        found_patterns = patterns_figure(result, out / "patterns.png", patterns)
+        patterns_image, found_patterns = patterns_figure(result, patterns)
+        patterns_image.save(out / "patterns.png")
         files["patterns"] = "patterns.png"
     summary = {
         **result.to_dict(),  # score, similarity, residual, grids, inputs, overall and relative

@@ -1,13 +1,22 @@
-"""Rendering maps: heat-map overlays, marked points and boxes, figure grids."""
+"""Rendering maps: heat-map overlays, views of a photo (whole, or the crop the model saw),
+marked points and boxes, figure grids with titles that fit their panels."""
 
 from __future__ import annotations
 
-from typing import Sequence
+import io
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .maps import display_form
+from .maps import display_form, upsample
+from .sides import pick
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from .explanation import Side
 
 
 def colorize(values: np.ndarray, signed: bool) -> np.ndarray:
@@ -50,41 +59,103 @@ def display_size(image_size: Sequence[int], max_side: int = DISPLAY_SIDE) -> tup
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+# Images smaller than this (a 28-pixel item) are enlarged with crisp square pixels; larger
+# ones (photos, face crops) smoothly
+CRISP_BELOW = 64
+
+
+def resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """`image` at (width, height) `size`: a small image enlarged keeps crisp pixels (see
+    CRISP_BELOW); anything else is smoothly resampled."""
+    if size == image.size:
+        return image
+    crisp = size[0] > image.width and max(image.size) < CRISP_BELOW
+    return image.resize(size, Image.NEAREST if crisp else Image.LANCZOS)
+
+
+@dataclass(frozen=True)
+class View:
+    """A part of a Side's photo as a figure draws it: the whole photo (shrunk to `max_side`),
+    or the crop the model saw scaled to `max_side` (a face a few pixels wide is enlarged).
+    Build with `View.whole` or `View.seen`; points and maps go through it."""
+
+    side: "Side"
+    box: tuple[int, int, int, int]  # the part drawn, (top, left, bottom, right) photo pixels
+    size: tuple[int, int]  # (height, width) as drawn
+
+    @classmethod
+    def whole(cls, side: "Side", max_side: int = DISPLAY_SIDE) -> "View":
+        """The whole photo, shrunk when larger than `max_side` (aspect ratio kept)."""
+        return cls(side, (0, 0, *side.image_size), display_size(side.image_size, max_side))
+
+    @classmethod
+    def seen(cls, side: "Side", max_side: int = DISPLAY_SIDE) -> "View":
+        """What the model saw: the crop scaled so its longest side is `max_side` (enlarged or
+        shrunk); the whole photo (`View.whole`) when the model saw all of it."""
+        if not side.frame.cropped:
+            return cls.whole(side, max_side)
+        top, left, bottom, right = (int(v) for v in side.frame.box)
+        scale = max_side / max(bottom - top, right - left)
+        size = (max(1, round((bottom - top) * scale)), max(1, round((right - left) * scale)))
+        return cls(side, (top, left, bottom, right), size)
+
+    @property
+    def cropped(self) -> bool:
+        """Whether this view is a crop of the photo."""
+        return self.box != (0, 0, *self.side.image_size)
+
+    def photo(self) -> Image.Image:
+        """The part of the photo, at the drawn size."""
+        top, left, bottom, right = self.box
+        part = self.side.image.crop((left, top, right, bottom)) if self.cropped else \
+            self.side.image
+        return resized(part, (self.size[1], self.size[0]))
+
+    def overlay(self, grid_map, signed: bool = False, alpha: float = 0.5) -> Image.Image:
+        """A map over the side's feature grid drawn on this view where the model saw it."""
+        if self.box == tuple(int(v) for v in self.side.frame.box):
+            # the view is exactly what the model saw: the grid covers all of it
+            return overlay(self.photo(), upsample(grid_map, self.size), signed, alpha)
+        heat, inside = self.side.frame.upsample(grid_map, self.size)  # the whole photo
+        return overlay(self.photo(), heat, signed, alpha, inside)
+
+    def point(self, point: Sequence[float]) -> tuple[float, ...]:
+        """A point (row, col) or box (top, left, bottom, right) in the photo's pixels, in this
+        view's drawn pixels."""
+        top, left, bottom, right = self.box
+        scales = (self.size[0] / (bottom - top), self.size[1] / (right - left))
+        offsets = (top, left)
+        return tuple((float(v) - offsets[i % 2]) * scales[i % 2] for i, v in enumerate(point))
+
+
 def shown(side, max_side: int = DISPLAY_SIDE) -> Image.Image:
     """The photo of an `explanation.Side` (or a photo) as displayed (downscaled, aspect ratio
     kept)."""
-    photo = side if isinstance(side, Image.Image) else side.image
-    height, width = display_size((photo.height, photo.width), max_side)
-    if (height, width) == (photo.height, photo.width):
-        return photo
-    return photo.resize((width, height), Image.LANCZOS)
+    if not isinstance(side, Image.Image):
+        return View.whole(side, max_side).photo()
+    height, width = display_size((side.height, side.width), max_side)
+    return resized(side, (width, height))
 
 
 def overlay_side(side, grid_map, signed: bool = False, alpha: float = 0.5,
                  max_side: int = DISPLAY_SIDE) -> Image.Image:
     """A map over a Side's feature grid drawn on its photo (downscaled for display, aspect
     ratio kept) where the model saw it: the whole photo, or the face crop."""
-    base = shown(side, max_side)
-    heat, inside = side.frame.upsample(grid_map, (base.height, base.width))
-    return overlay(base, heat, signed, alpha, inside)
+    return View.whole(side, max_side).overlay(grid_map, signed, alpha)
 
 
 def overlay_map(result, grid_map, side: str, signed: bool = False, alpha: float = 0.5,
                 max_side: int = DISPLAY_SIDE) -> Image.Image:
     """`overlay_side` for side "a" or "b" of a PairExplanation. Mark points given in the
     photo's pixels with `mark_point(image, to_display(result.a, point))`."""
-    return overlay_side(result.a if side == "a" else result.b, grid_map, signed, alpha,
-                        max_side)
+    return overlay_side(pick(side, result.a, result.b), grid_map, signed, alpha, max_side)
 
 
 def to_display(side, point: Sequence[float], max_side: int = DISPLAY_SIDE
                ) -> tuple[float, ...]:
     """A point (row, col) or box (top, left, bottom, right) in a Side's photo pixels, in the
     pixels of that photo as displayed (`shown`, `overlay_side`)."""
-    height, width = side.image_size
-    shown_height, shown_width = display_size((height, width), max_side)
-    scales = (shown_height / height, shown_width / width)
-    return tuple(float(v) * scales[i % 2] for i, v in enumerate(point))
+    return View.whole(side, max_side).point(point)
 
 
 def mark_point(image: Image.Image, point: Sequence[float], color=(255, 255, 255),
@@ -118,9 +189,7 @@ def linked_points(left: Image.Image, right: Image.Image,
     ringed points joined by a line in its colour."""
     def fit(image: Image.Image) -> tuple[Image.Image, float]:
         scale = height / image.height
-        size = (max(1, round(image.width * scale)), height)
-        resample = Image.NEAREST if scale >= 4 else Image.BILINEAR  # keep tiny pixels crisp
-        return image.convert("RGB").resize(size, resample), scale
+        return resized(image.convert("RGB"), (max(1, round(image.width * scale)), height)), scale
 
     (a, sa), (b, sb) = fit(left), fit(right)
     canvas = Image.new("RGB", (a.width + gap + b.width, height), (255, 255, 255))
@@ -142,24 +211,68 @@ def linked_points(left: Image.Image, right: Image.Image,
     return canvas
 
 
-def captioned(image: Image.Image, caption: str, band: int = 22) -> Image.Image:
-    """The image under a white band holding one line of caption."""
+def wrap_words(text: str, max_width: float, width_of: Callable[[str], float]) -> str:
+    """`text` broken into lines (at spaces, or inside a word too long for a line) whose width,
+    as `width_of` measures it with the font they are drawn in, is at most `max_width`."""
+    lines: list[str] = []
+    for word in text.split():
+        candidate = f"{lines[-1]} {word}" if lines else word
+        if lines and width_of(candidate) <= max_width:
+            lines[-1] = candidate
+            continue
+        while len(word) > 1 and width_of(word) > max_width:  # cut an over-long word
+            cut = 1
+            while cut < len(word) - 1 and width_of(word[:cut + 1]) <= max_width:
+                cut += 1
+            lines.append(word[:cut])
+            word = word[cut:]
+        lines.append(word)
+    return "\n".join(lines)
+
+
+def captioned(image: Image.Image, caption: str, line_height: int = 14) -> Image.Image:
+    """The image under a white band holding the caption, wrapped to the image's width."""
+    draw = ImageDraw.Draw(image)  # measures with the font `text` draws with (the default)
+    margin = 4
+    text = wrap_words(caption, image.width - 2 * margin, draw.textlength)
+    band = line_height * (text.count("\n") + 1) + 2 * margin
     out = Image.new("RGB", (image.width, image.height + band), (255, 255, 255))
     out.paste(image.convert("RGB"), (0, band))
-    ImageDraw.Draw(out).text((4, 5), caption, fill=(0, 0, 0))
+    ImageDraw.Draw(out).multiline_text((margin, margin), text, fill=(0, 0, 0), spacing=2)
     return out
 
 
-def save_figure(panels: list[list[tuple[Image.Image, str]]], path, scale: float = 2.0,
-                title: str | None = None) -> None:
-    """Save rows of (image, caption) panels as one PNG figure."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+# Figures are rendered at this resolution; a figure `scale` unit is this many pixels.
+FIGURE_DPI = 100
+TITLE_SIZE = 8  # points
+TITLE_GAP = 12  # pixels kept free between neighbouring titles
+
+
+def panel_width(figure: "Figure", axes) -> float:
+    """Width in pixels a title centred over `axes` may take: its grid slot, or, where the
+    layout lets slots overlap (small images need less than a slot), the pitch between
+    neighbouring slots, less a gap; either way neighbours' titles never meet."""
+    _, _, lefts, rights = axes.get_subplotspec().get_gridspec().get_grid_positions(figure)
+    room = rights[0] - lefts[0]
+    if len(lefts) > 1:
+        room = min(room, lefts[1] - lefts[0])
+    return room * figure.bbox.width - TITLE_GAP
+
+
+def grid_figure(panels: list[list[tuple[Image.Image, str]]], scale: float = 2.0,
+                title: str | None = None) -> "Figure":
+    """Rows of (image, caption) panels as a matplotlib Figure, each caption wrapped to its
+    panel's width (measured with the title font) so that neighbours never overlap."""
+    # a bare Figure with its own Agg canvas: drawing never touches pyplot's global backend
+    # (a notebook's inline plots stay as they were)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     n_rows = len(panels)
     n_cols = max(len(row) for row in panels)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(scale * n_cols, scale * n_rows + 0.3),
-                             squeeze=False)
+    figure = Figure(figsize=(scale * n_cols, scale * n_rows + 0.3), dpi=FIGURE_DPI)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(n_rows, n_cols, squeeze=False)
+    captions = []
     for r, row in enumerate(panels):
         for c in range(n_cols):
             ax = axes[r][c]
@@ -167,9 +280,35 @@ def save_figure(panels: list[list[tuple[Image.Image, str]]], path, scale: float 
             if c < len(row):
                 image, caption = row[c]
                 ax.imshow(image)
-                ax.set_title(caption, fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+                ax.set_title(caption, fontsize=TITLE_SIZE)
+                captions.append((ax, caption))
+    suptitle = figure.suptitle(title, fontsize=10) if title else None
+    renderer = figure.canvas.get_renderer()
+
+    def width_of(text_artist) -> Callable[[str], float]:
+        properties = text_artist.get_fontproperties()
+        return lambda text: renderer.get_text_width_height_descent(text, properties, False)[0]
+
+    # the layout depends on the titles' heights and the slots on the layout: lay out and
+    # wrap in turns until the wrapped titles are those the layout was made for
+    texts = [text for text in (*(ax.title for ax, _ in captions), suptitle) if text is not None]
+    for _ in range(5):
+        before = [text.get_text() for text in texts]
+        figure.tight_layout()
+        for ax, caption in captions:
+            ax.title.set_text(wrap_words(caption, panel_width(figure, ax), width_of(ax.title)))
+        if suptitle is not None:
+            suptitle.set_text(wrap_words(title, figure.bbox.width, width_of(suptitle)))
+        if [text.get_text() for text in texts] == before:
+            break
+    return figure
+
+
+def figure_image(panels: list[list[tuple[Image.Image, str]]], scale: float = 2.0,
+                 title: str | None = None) -> Image.Image:
+    """Rows of (image, caption) panels as one figure (`grid_figure`), rendered to an image."""
+    buffer = io.BytesIO()
+    grid_figure(panels, scale, title).savefig(buffer, format="png", dpi=FIGURE_DPI)
+    buffer.seek(0)
+    with Image.open(buffer) as rendered:
+        return rendered.convert("RGB")

@@ -14,7 +14,7 @@ default), "ivf" (inverted lists), "hnsw" (graph) or "ivfpq" (compressed product-
 <= 64 bytes a vector, optionally split into shards searched as one, with the floats memory-
 mapped); all but "flat" are approximate in which candidates they find.
 
-Modules: `index` (Index, Hit, RegionQuery, search), `storage` (the folder on disk: what may be
+Modules: `index` (Index, Hit, Hits, RegionQuery, search), `storage` (the folder on disk: what may be
 replaced, save and verified load), `manifest` (its checksum, schema and gallery paths),
 `build` (resumable builds), `explain_cache` (per-position contributions stored at build time,
 `--explain`, so hits are explained without the model), `ray_engine` (builds as a Ray Data
@@ -25,14 +25,14 @@ and its fingerprint), `page` (the HTML results page), `commands` (`simexplain in
 
 from .build import checkpoint_path, gallery_files, remove_checkpoint
 from .commands import add_cli, explainer_for_index
-from .index import FETCH_MARGIN, Hit, Index, RegionQuery
+from .index import FETCH_MARGIN, Hit, Hits, Index, RegionQuery
 from .model import IndexMismatchError, check_model, model_info, weights_fingerprint
 from .manifest import (EMBEDDINGS, FORMAT_NAME, FORMAT_VERSION, KINDS, MANIFEST, VECTORS,
                        IndexFormatError)
 from .basics import Skipped
 from .storage import MARKER, check_replaceable, read_manifest
 
-__all__ = ["Index", "Hit", "RegionQuery", "Skipped", "IndexFormatError", "IndexMismatchError",
+__all__ = ["Index", "Hit", "Hits", "RegionQuery", "Skipped", "IndexFormatError", "IndexMismatchError",
            "checkpoint_path", "gallery_files", "remove_checkpoint", "check_replaceable", "MARKER",
            "add_cli", "explainer_for_index", "check_model",
            "model_info", "weights_fingerprint", "read_manifest", "KINDS", "MANIFEST",

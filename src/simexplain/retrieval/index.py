@@ -60,6 +60,15 @@ class Hit:
         return out
 
 
+class Hits(list):
+    """The hits of one search, best first: a list of `Hit` that Jupyter displays as a row of
+    thumbnails with rank, file name and score (the region map on each, once explained)."""
+
+    def _repr_html_(self) -> str:
+        from ..display import hits_html  # here, not at the top: rendering sits above retrieval
+        return hits_html(self)
+
+
 @dataclass
 class RegionQuery:
     """A query prepared for searching: `vector` is q_R (or e_a without a region)."""
@@ -260,7 +269,7 @@ class Index:
 
     def search(self, query, k: int = 10, region: maps.Region | None = None,
                explain: bool = False, batch_size: int = 16,
-               coords: maps.Coords = "image") -> list[Hit]:
+               coords: maps.Coords = "image") -> Hits:
         """Rank the gallery for a query image (path, PIL image or (1, C, H, W) tensor), or for
         a prepared `RegionQuery` (from `region_vector` or `RegionQuery.from_side`).
 
@@ -281,7 +290,7 @@ class Index:
             self.explain_hits(prepared, hits, batch_size=batch_size)
         return hits
 
-    def search_vector(self, vector, k: int = 10, query_embedding=None) -> list[Hit]:
+    def search_vector(self, vector, k: int = 10, query_embedding=None) -> Hits:
         """Search one vector. Alone, `vector` is a whole query's embedding e_a (ordinary
         similarity search); with `query_embedding` (e_a), it is a region vector q_R and hits
         are ranked by the partial similarity s_R."""
@@ -305,9 +314,9 @@ class Index:
             full = scores[order]
         else:
             full = similarities.scores(e, self.embeddings[chosen], self.similarity)
-        return [Hit(rank=r + 1, index=int(i), path=self.paths[int(i)], score=float(s),
-                    full_score=float(f))
-                for r, (i, s, f) in enumerate(zip(chosen, scores[order], full))]
+        return Hits(Hit(rank=r + 1, index=int(i), path=self.paths[int(i)], score=float(s),
+                        full_score=float(f))
+                    for r, (i, s, f) in enumerate(zip(chosen, scores[order], full)))
 
     def _candidates(self, v: np.ndarray, is_region: bool, fetch: int) -> np.ndarray:
         """Gallery rows of the best `fetch` inner products in the FAISS index (sorted by row)."""
