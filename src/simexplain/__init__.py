@@ -7,13 +7,27 @@
 """
 
 from .errors import DatasetMissing, ImageError, LayerError, ModelError, SimexplainError
-from .explainer import Explainer
-from .explanation import PairExplanation
-from .images import Preprocess
-from .methods import METHODS, get_method
+
+# The rest loads torch: imported on first use (PEP 562), so that the command line and any
+# `import simexplain.<light module>` start without it.
+_LAZY = {"Explainer": "explainer", "PairExplanation": "explanation", "Preprocess": "images",
+         "METHODS": "methods", "get_method": "methods"}
 
 __version__ = "0.1.0"
 __all__ = [
     "Explainer", "PairExplanation", "Preprocess", "METHODS", "get_method",
     "SimexplainError", "LayerError", "ImageError", "ModelError", "DatasetMissing",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from importlib import import_module
+        value = getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value  # once: later lookups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -3,7 +3,7 @@
 To add a benchmark, write a module with `configure_parser(parser)` (its options) and
 `run_cli(args) -> int`, or a standard benchmark module (ALLOWED, DEFAULT_SAMPLES,
 QUICK_SAMPLES and `run`, see run_benchmark_cli below), and add a line to BENCHMARKS. Modules
-are imported only when the `eval` command line is built, and a benchmark whose module is
+are imported only when the `eval` command's options are (`simexplain eval ...`), and a benchmark whose module is
 missing is left out.
 """
 
@@ -39,8 +39,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 }
 
 
-def add_cli(subparsers) -> None:
-    evaluate = subparsers.add_parser("eval", help="run an evaluation benchmark")
+def add_benchmarks(evaluate) -> None:
+    """One subcommand of `simexplain eval` (the parser `evaluate`) per benchmark."""
     benchmarks = evaluate.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     for name, (module_name, text) in BENCHMARKS.items():
         try:
