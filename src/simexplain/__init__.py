@@ -6,7 +6,15 @@
     >>> result.score, result.overall_a, result.point_map("a", (112, 112))
 """
 
+from typing import TYPE_CHECKING
+
 from .errors import DatasetMissing, ImageError, LayerError, ModelError, SimexplainError
+
+if TYPE_CHECKING:  # what type checkers and the API reference see; at run time: __getattr__
+    from .explainer import Explainer
+    from .explanation import PairExplanation
+    from .images import Preprocess
+    from .methods import METHODS, get_method
 
 # The rest loads torch: imported on first use (PEP 562), so that the command line and any
 # `import simexplain.<light module>` start without it.

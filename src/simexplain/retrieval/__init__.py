@@ -23,6 +23,11 @@ and its fingerprint), `page` (the HTML results page), `commands` (`simexplain in
 `simexplain search`: their options and what they run).
 """
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what type checkers and the API reference see; at run time: __getattr__
+    from .index import FETCH_MARGIN, Hit, Index, RegionQuery
+
 # Names are imported from their modules on first use (PEP 562): `simexplain search --help`
 # imports `commands` alone, without torch or FAISS.
 _LAZY = {
