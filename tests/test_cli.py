@@ -163,9 +163,11 @@ def test_pair_with_the_two_stream_sketch_model_draws_patterns(tmp_path, capsys):
 HEAVY_MODULES = ("torch", "faiss", "matplotlib", "fastapi", "ray", "numpy")
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["search", "--help"], ["index", "build", "--help"],
-                                  ["no-such-command"], ["search"], ["search", "INDEX", "-k", "x"],
-                                  ["models", "--bogus"]])
+@pytest.mark.parametrize("argv", [
+    ["--help"], ["search", "--help"], ["index", "build", "--help"], ["pair", "--help"],
+    ["serve", "--help"], ["eval", "--help"], ["demo", "--help"], ["models", "--help"],
+    ["no-such-command"], ["search"], ["search", "INDEX", "-k", "x"], ["models", "--bogus"],
+    ["pair", "a.png"], ["serve", "--port", "x"], ["eval", "no-such-benchmark"]])
 def test_help_and_argument_errors_import_no_heavy_module(argv):
     """Parsing in a fresh interpreter: what it imported is read from sys.modules afterwards."""
     import subprocess
@@ -189,12 +191,12 @@ def test_help_and_argument_errors_import_no_heavy_module(argv):
 
 
 def test_the_heavy_modules_are_seen_when_a_command_loads_them():
-    """The check above can fail: building `pair`'s options does import torch."""
+    """The check above can fail: building `train`'s options imports the training (torch)."""
     import subprocess
     import sys
     from pathlib import Path
     script = ("import sys\nfrom simexplain.cli import build_parser\n"
-              "build_parser().parse_args(['pair', 'a.png', 'b.png', '--model', 'm'])\n"
+              "build_parser().parse_args(['train', 'fmnist'])\n"
               "print('torch' in sys.modules)")
     src = str(Path(__file__).resolve().parents[1] / "src")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .similarity_names import BUILTIN_SIMILARITIES
+from .defaults import BUILTIN_SIMILARITIES
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True,

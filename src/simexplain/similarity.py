@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .errors import SimexplainError
-from .similarity_names import BUILTIN_SIMILARITIES
+from .defaults import BUILTIN_SIMILARITIES
 
 _EPS = 1e-12
 

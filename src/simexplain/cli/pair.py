@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..defaults import DEFAULT_PATTERNS
 from ..errors import SimexplainError
 from ..model_options import add_model_arguments, from_args
 
@@ -16,7 +17,6 @@ def register(commands) -> None:
 
 
 def add_pair_arguments(pair: argparse.ArgumentParser) -> None:
-    from ..patterns import DEFAULT_PATTERNS  # loads torch: only once `pair` is asked for
     pair.add_argument("a", help="image a")
     pair.add_argument("b", help="image b")
     add_model_arguments(pair)

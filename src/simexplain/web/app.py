@@ -15,11 +15,9 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import SimexplainError
-from ..images import MAX_PIXELS
-from ..similarity_names import BUILTIN_SIMILARITIES
+from ..defaults import BUILTIN_SIMILARITIES, MAX_PIXELS
 from .hosts import LOCAL_HOSTS, served_hosts
-from .engine import MAX_INPUT_SIDE
-from .store import MAX_UPLOAD_BYTES
+from .limits import MAX_INPUT_SIDE, MAX_UPLOAD_BYTES
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
