@@ -36,10 +36,11 @@ GALLERY = 600
 MODEL = "fmnist-gap"
 # What building the parser imported before each command's options were deferred: the package
 # (Explainer: torch), the retrieval (index, build: numpy, FAISS), training, the pair patterns,
-# the web app's options and every evaluation benchmark.
+# the web app with its engine and image store, and every evaluation benchmark.
 EAGER = ("simexplain", "simexplain.explainer", "simexplain.retrieval.index",
          "simexplain.retrieval.build", "simexplain.retrieval.storage", "simexplain.training",
-         "simexplain.patterns", "simexplain.web.app", "simexplain.evaluation.interactive",
+         "simexplain.patterns", "simexplain.web.app", "simexplain.web.engine",
+         "simexplain.web.store", "simexplain.evaluation.interactive",
          "simexplain.evaluation.retrieval_quality", "simexplain.evaluation.pointing",
          "simexplain.evaluation.localisation", "simexplain.evaluation.faithfulness",
          "simexplain.evaluation.correspondence", "simexplain.evaluation.crossview",
