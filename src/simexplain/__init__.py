@@ -9,6 +9,7 @@
 from typing import TYPE_CHECKING
 
 from .errors import DatasetMissing, ImageError, LayerError, ModelError, SimexplainError
+from .lazy_names import lazy_names
 
 if TYPE_CHECKING:  # what type checkers and the API reference see; at run time: __getattr__
     from .explainer import Explainer
@@ -16,7 +17,7 @@ if TYPE_CHECKING:  # what type checkers and the API reference see; at run time: 
     from .images import Preprocess
     from .methods import METHODS, get_method
 
-# The rest loads torch: imported on first use (PEP 562), so that the command line and any
+# The rest loads torch: imported on first use, so that the command line and any
 # `import simexplain.<light module>` start without it.
 _LAZY = {"Explainer": "explainer", "PairExplanation": "explanation", "Preprocess": "images",
          "METHODS": "methods", "get_method": "methods"}
@@ -28,14 +29,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        from importlib import import_module
-        value = getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value  # once: later lookups skip this function
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)

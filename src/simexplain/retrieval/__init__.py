@@ -25,10 +25,12 @@ and its fingerprint), `page` (the HTML results page), `commands` (`simexplain in
 
 from typing import TYPE_CHECKING
 
+from ..lazy_names import lazy_names
+
 if TYPE_CHECKING:  # what type checkers and the API reference see; at run time: __getattr__
     from .index import FETCH_MARGIN, Hit, Index, RegionQuery
 
-# Names are imported from their modules on first use (PEP 562): `simexplain search --help`
+# Names are imported from their modules on first use: `simexplain search --help`
 # imports `commands` alone, without torch or FAISS.
 _LAZY = {
     "checkpoint_path": "build", "gallery_files": "build", "remove_checkpoint": "build",
@@ -50,14 +52,4 @@ __all__ = ["Index", "Hit", "RegionQuery", "Skipped", "IndexFormatError", "IndexM
            "EMBEDDINGS", "VECTORS", "FORMAT_NAME", "FORMAT_VERSION", "FETCH_MARGIN"]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        from importlib import import_module
-        value = getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value  # once: later lookups skip this function
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)
