@@ -181,7 +181,8 @@ def test_help_and_argument_errors_import_no_heavy_module(argv):
               "    code = exc.code\n"
               "else:\n"
               "    code = 'parsed'\n"
-              f"print(json.dumps([code, sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)]))")
+              f"heavy = sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)\n"
+              "print(json.dumps([code, heavy]))")
     src = str(Path(__file__).resolve().parents[1] / "src")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": src}, timeout=120)

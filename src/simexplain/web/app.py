@@ -4,8 +4,8 @@
                      [--allowed-host NAME ...]
 
 `create_app(...)` builds the FastAPI application (for tests, or to mount elsewhere);
-`add_serve_arguments(parser)` adds the options of the `serve` subcommand. FastAPI and uvicorn are imported only
-when a server is built, so the rest of the command line works without them.
+`add_serve_arguments(parser)` adds the options of the `serve` subcommand. FastAPI and uvicorn
+are imported only when a server is built, so the rest of the command line works without them.
 """
 
 from __future__ import annotations
