@@ -32,6 +32,7 @@ MERMAID_LOADER = re.compile(
 
 def _commands(parser: argparse.ArgumentParser, prefix: str):
     """(command line, parser) for the parser and every subcommand below it, depth first."""
+    parser.complete()  # a LazyParser adds a command's options (and subcommands) on first use
     yield prefix, parser
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):

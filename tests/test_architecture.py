@@ -4,10 +4,11 @@ cycle, directly or through others.
 
 Layers, bottom to top (README "Layout" and docs/development.md):
   core: the engine, its maps, geometry, metrics, similarities, input pipeline and face cropping
-  models: the zoo, training, rendering (visualize), data sets, toy models
+  models: the zoo and its command-line options, training, rendering (visualize), data sets, toy
+    models
   applications: retrieval, evaluation, the demo, pair reports, notebook display and widget
   web: the web app
-  cli: the command line
+  cli: the command line (and `python -m simexplain`)
 """
 
 import ast
@@ -19,10 +20,10 @@ ROOT = Path(simexplain.__file__).parent
 
 LAYERS = {
     "core": (),  # every module not named below
-    "models": ("zoo", "training", "visualize", "datasets", "toy"),
+    "models": ("zoo", "model_options", "training", "visualize", "datasets", "toy"),
     "applications": ("retrieval", "evaluation", "demo", "pair_report", "display", "notebook"),
     "web": ("web",),
-    "cli": ("cli",),
+    "cli": ("cli", "__main__"),
 }
 ORDER = list(LAYERS)
 

@@ -1,6 +1,7 @@
 """The `simexplain pair` and `simexplain models` commands, and loading user models."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -157,3 +158,48 @@ def test_pair_with_the_two_stream_sketch_model_draws_patterns(tmp_path, capsys):
     assert main(["pair", str(sketch_path), str(item_path), "--model", "fmnist-sketch",
                  "--out", str(tmp_path / "bad"), "--patterns", "-1"]) != 0
     assert "--patterns" in capsys.readouterr().err
+
+
+HEAVY_MODULES = ("torch", "faiss", "matplotlib", "fastapi", "ray", "numpy")
+
+
+@pytest.mark.parametrize("argv", [
+    ["--help"], ["search", "--help"], ["index", "build", "--help"], ["pair", "--help"],
+    ["serve", "--help"], ["eval", "--help"], ["demo", "--help"], ["models", "--help"],
+    ["no-such-command"], ["search"], ["search", "INDEX", "-k", "x"], ["models", "--bogus"],
+    ["pair", "a.png"], ["serve", "--port", "x"], ["eval", "no-such-benchmark"]])
+def test_help_and_argument_errors_import_no_heavy_module(argv):
+    """Parsing in a fresh interpreter: what it imported is read from sys.modules afterwards."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = ("import json, sys\n"
+              "from simexplain.cli import build_parser\n"
+              "try:\n"
+              f"    build_parser().parse_args({argv!r})\n"
+              "except SystemExit as exc:\n"
+              "    code = exc.code\n"
+              "else:\n"
+              "    code = 'parsed'\n"
+              f"heavy = sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)\n"
+              "print(json.dumps([code, heavy]))")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": src}, timeout=120)
+    code, imported = json.loads(done.stdout.splitlines()[-1])
+    assert code == (0 if "--help" in argv else 2), done.stderr
+    assert imported == [], f"{argv}: imported {imported}"
+
+
+def test_the_heavy_modules_are_seen_when_a_command_loads_them():
+    """The check above can fail: building `train`'s options imports the training (torch)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = ("import sys\nfrom simexplain.cli import build_parser\n"
+              "build_parser().parse_args(['train', 'fmnist'])\n"
+              "print('torch' in sys.modules)")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": src}, timeout=120)
+    assert done.stdout.strip() == "True", done.stderr

@@ -6,14 +6,27 @@
     >>> result.score, result.overall_a, result.point_map("a", (112, 112))
 """
 
+from typing import TYPE_CHECKING
+
 from .errors import DatasetMissing, ImageError, LayerError, ModelError, SimexplainError
-from .explainer import Explainer
-from .explanation import PairExplanation
-from .images import Preprocess
-from .methods import METHODS, get_method
+from .lazy_names import lazy_names
+
+if TYPE_CHECKING:  # what type checkers and the API reference see; at run time: __getattr__
+    from .explainer import Explainer
+    from .explanation import PairExplanation
+    from .images import Preprocess
+    from .methods import METHODS, get_method
+
+# The rest loads torch: imported on first use, so that the command line and any
+# `import simexplain.<light module>` start without it.
+_LAZY = {"Explainer": "explainer", "PairExplanation": "explanation", "Preprocess": "images",
+         "METHODS": "methods", "get_method": "methods"}
 
 __version__ = "0.1.0"
 __all__ = [
     "Explainer", "PairExplanation", "Preprocess", "METHODS", "get_method",
     "SimexplainError", "LayerError", "ImageError", "ModelError", "DatasetMissing",
 ]
+
+
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)

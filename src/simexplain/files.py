@@ -1,4 +1,5 @@
-"""Writing files atomically: readers see the old file or the new one, never half of one."""
+"""Writing files atomically: readers see the old file or the new one, never half of one; and
+the image files of a folder."""
 
 from __future__ import annotations
 
@@ -52,3 +53,14 @@ def json_default(value):
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# What a folder of images offers: files with these suffixes (any case), hidden ones left out.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """The image files directly in `folder` (not its subfolders), sorted by name."""
+    return sorted(p for p in Path(folder).iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not p.name.startswith("."))

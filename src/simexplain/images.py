@@ -11,14 +11,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .defaults import MAX_PIXELS
 from .errors import ImageError
 
 ImageInput = Union[str, Path, Image.Image, torch.Tensor]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Refuse decompression bombs before decoding them.
-MAX_PIXELS = 40_000_000
 # With the aspect ratio kept, the long side of a model input is at most this many short sides.
 MAX_ASPECT = 4
 # Resampling filters a Preprocess may resize with, by name.

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-DEFAULT_PATTERNS = 5
+from .defaults import DEFAULT_PATTERNS
+
 DEFAULT_SPREAD = 1.5  # grid cells: neighbours (diagonal ones too) of a chosen point are dropped
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .errors import SimexplainError
+from .defaults import BUILTIN_SIMILARITIES
 
 _EPS = 1e-12
 
@@ -240,6 +241,8 @@ def register(similarity: Similarity) -> Similarity:
 
 for _builtin in (Cosine(), Dot(), SquaredEuclidean()):
     register(_builtin)
+# the command line names them without importing this module: the same ones
+assert tuple(_REGISTRY) == BUILTIN_SIMILARITIES, (tuple(_REGISTRY), BUILTIN_SIMILARITIES)
 
 
 def names() -> tuple[str, ...]:

@@ -478,3 +478,99 @@ def test_cli_search_missing_index(tmp_path, query, capsys):
 def test_cli_search_bad_region_argument(cli_index, query):
     with pytest.raises(SystemExit):
         main(["search", str(cli_index), str(query), "--region", "1,2,3"])
+
+
+# -- many queries in one `simexplain search` ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def query_folder(tmp_path_factory) -> Path:
+    """Three query images (named out of order), a text file and a subfolder that are no queries."""
+    folder = tmp_path_factory.mktemp("queries")
+    rng = np.random.default_rng(7)
+    for name in ("c.png", "a.png", "b.jpg"):
+        array = rng.integers(0, 256, (SIDE, SIDE + 6, 3), dtype=np.uint8)
+        Image.fromarray(array).save(folder / name)
+    (folder / "readme.txt").write_text("not a query")
+    (folder / "nested").mkdir()
+    Image.fromarray(np.zeros((SIDE, SIDE, 3), np.uint8)).save(folder / "nested" / "skip.png")
+    return folder
+
+
+def direct_hits(index_path: Path, query: Path, k: int, region=None) -> list[dict]:
+    """The hits of `Index.search` called in Python with the CLI index's model (TOY)."""
+    from simexplain.zoo import resolve
+    index = Index.load(index_path, explainer=resolve("simexplain.toy:tiny_cnn", "features",
+                                                     None, 32))
+    return [hit.to_dict() for hit in index.search(str(query), k, region=region)]
+
+
+def test_cli_search_many_queries_equal_single_searches(cli_index, query, query_folder, tmp_path,
+                                                       capsys):
+    listing = tmp_path / "queries.txt"
+    listing.write_text(f"# two queries\n{query}\n\n{query_folder / 'b.jpg'}\n")
+    assert main(["search", str(cli_index), str(query), str(query_folder), "--queries-from",
+                 str(listing), "--region", "2,3,20,25", "-k", "4", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    # files, then the folder's images sorted by name (no text file, no subfolder), then the list
+    expected = [query, *(query_folder / n for n in ("a.png", "b.jpg", "c.png")), query,
+                query_folder / "b.jpg"]
+    assert [Path(r["query"]) for r in results] == expected
+    for result, path in zip(results, expected):
+        assert result["region"] == [2, 3, 20, 25]
+        assert result["hits"] == direct_hits(cli_index, path, 4, (2, 3, 20, 25))
+    assert results[0]["hits"] != results[1]["hits"]  # the queries differ: a real comparison
+
+
+def test_cli_search_many_queries_text_is_grouped_and_one_query_unchanged(cli_index, query,
+                                                                         query_folder, capsys):
+    assert main(["search", str(cli_index), str(query), "-k", "2"]) == 0
+    single = capsys.readouterr().out
+    hits = direct_hits(cli_index, query, 2)
+    assert single.splitlines() == [
+        "2 hits for the query image (cosine of the whole images, descending):",
+        *(f"{h['rank']:4d}  {h['score']: .6f}  {h['path']}" for h in hits)]
+    assert main(["search", str(cli_index), str(query), str(query_folder / "a.png"),
+                 "-k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:4] == [f"query 1/2: {query}", *single.splitlines()]
+    assert lines[4:6] == ["", f"query 2/2: {query_folder / 'a.png'}"]
+    assert len(lines) == 9
+
+
+def test_cli_search_many_queries_write_one_page_each(cli_index, query, query_folder, tmp_path,
+                                                     capsys):
+    out = tmp_path / "pages"
+    assert main(["search", str(cli_index), str(query), str(query_folder / "c.png"), "-k", "2",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for folder in ("001-query", "002-c"):
+        assert (out / folder / "index.html").is_file()
+        assert f"wrote {out / folder / 'index.html'}" in printed
+    assert json.loads((out / "002-c" / "results.json").read_text())["query"] == \
+        str(query_folder / "c.png")
+
+
+@pytest.mark.parametrize("case", ["missing", "empty folder", "unreadable", "list names missing",
+                                  "missing list", "no query"])
+def test_cli_search_bad_queries_fail_before_any_work(case, cli_index, query, tmp_path, capsys):
+    missing = tmp_path / "nowhere.png"
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    (tmp_path / "empty").mkdir()
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{query}\nnowhere.png\n")  # relative: next to the list
+    arguments, named = {
+        "missing": ([str(query), str(missing)], str(missing)),
+        "empty folder": ([str(tmp_path / "empty")], f"{tmp_path / 'empty'} holds no images"),
+        "unreadable": ([str(query), str(broken)], f"{broken}: not a readable image"),
+        "list names missing": (["--queries-from", str(listing)], str(missing)),
+        "missing list": (["--queries-from", str(tmp_path / "none.txt")],
+                         f"cannot read the query list {tmp_path / 'none.txt'}"),
+        "no query": ([], "give a query image"),
+    }[case]
+    out = tmp_path / "out"
+    # a model that does not match the index: the query check must come first to be seen
+    assert main(["search", str(cli_index), *arguments, "--out", str(out), "--model",
+                 "no-such-model"]) == 2
+    assert named in capsys.readouterr().err
+    assert not out.exists()

@@ -1,7 +1,9 @@
 """Command line: `simexplain pair|models|train|demo|index|search|eval|serve ...`.
 
-One module per command group registers its subcommands; the code a command drives lives below
-the CLI (zoo, retrieval, evaluation, web) and never imports it.
+One module per command group registers its subcommands, each with a `configure` function that
+adds its options on first use (`simexplain.lazy_parser`); the code a command drives lives below
+the CLI (zoo, retrieval, evaluation, web), never imports it, and is imported when the command
+runs.
 """
 
 from __future__ import annotations
@@ -12,11 +14,15 @@ import traceback
 from typing import Sequence
 
 from ..errors import SimexplainError
+from ..lazy_parser import LazyParser
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line. Each command's options are added when that command is used
+    (`LazyParser`), so building it imports no command's code (no torch): `simexplain --help`
+    is quick."""
     from importlib import import_module
-    parser = argparse.ArgumentParser(
+    parser = LazyParser(
         prog="simexplain", description="Visual explanations for deep metric learning models.")
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error (anywhere on the line)")

@@ -4,5 +4,9 @@ from __future__ import annotations
 
 
 def register(commands) -> None:
-    from ..evaluation.commands import add_cli
-    add_cli(commands)
+    commands.add_parser("eval", help="run an evaluation benchmark", configure=add_eval_arguments)
+
+
+def add_eval_arguments(parser) -> None:
+    from ..evaluation.commands import add_benchmarks
+    add_benchmarks(parser)

@@ -6,11 +6,15 @@ import argparse
 
 
 def register(commands) -> None:
-    from ..training import add_train_arguments
     models = commands.add_parser("models", help="list the model zoo")
     models.set_defaults(run=cmd_models)
-    train = commands.add_parser(
-        "train", help="train a zoo model (fmnist-gap, fmnist-gmp, fmnist-vit, fmnist-sketch)")
+    commands.add_parser(
+        "train", help="train a zoo model (fmnist-gap, fmnist-gmp, fmnist-vit, fmnist-sketch)",
+        configure=add_train_options)
+
+
+def add_train_options(train: argparse.ArgumentParser) -> None:
+    from ..training import add_train_arguments  # loads torch: only once `train` is asked for
     add_train_arguments(train)
     train.set_defaults(run=cmd_train)
 

@@ -6,13 +6,17 @@ import argparse
 import json
 from pathlib import Path
 
+from ..defaults import DEFAULT_PATTERNS
 from ..errors import SimexplainError
-from ..patterns import DEFAULT_PATTERNS
-from ..zoo.arguments import add_model_arguments, from_args
+from ..model_options import add_model_arguments, from_args
 
 
 def register(commands) -> None:
-    pair = commands.add_parser("pair", help="explain the similarity of two images")
+    commands.add_parser("pair", help="explain the similarity of two images",
+                        configure=add_pair_arguments)
+
+
+def add_pair_arguments(pair: argparse.ArgumentParser) -> None:
     pair.add_argument("a", help="image a")
     pair.add_argument("b", help="image b")
     add_model_arguments(pair)

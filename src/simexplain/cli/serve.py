@@ -4,5 +4,11 @@ from __future__ import annotations
 
 
 def register(commands) -> None:
-    from ..web.app import add_cli
-    add_cli(commands)
+    commands.add_parser(
+        "serve", help="interactive page: pair explanations and region search in a browser",
+        configure=add_serve_arguments)
+
+
+def add_serve_arguments(parser) -> None:
+    from ..web.app import add_serve_arguments as add
+    add(parser)

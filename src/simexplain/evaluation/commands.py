@@ -2,18 +2,18 @@
 
 To add a benchmark, write a module with `configure_parser(parser)` (its options) and
 `run_cli(args) -> int`, or a standard benchmark module (ALLOWED, DEFAULT_SAMPLES,
-QUICK_SAMPLES and `run`, see run_benchmark_cli below), and add a line to BENCHMARKS. Modules
-are imported only when the `eval` command line is built, and a benchmark whose module is
-missing is left out.
+QUICK_SAMPLES and `run`, see run_benchmark_cli below), and add a line to BENCHMARKS. A
+benchmark's module is imported only when its subcommand is used (`simexplain eval NAME ...`);
+one whose module is missing is left out.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
+from importlib.util import find_spec
 from typing import Sequence
 
 from ..errors import SimexplainError
-from .common import MODELS
 
 # name -> (module, one-line help)
 BENCHMARKS: dict[str, tuple[str, str]] = {
@@ -39,38 +39,50 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 }
 
 
-def add_cli(subparsers) -> None:
-    evaluate = subparsers.add_parser("eval", help="run an evaluation benchmark")
+def add_benchmarks(evaluate) -> None:
+    """One subcommand of `simexplain eval` (the parser `evaluate`) per benchmark whose module
+    is installed. A benchmark's module is imported, and its options added, only when that
+    subcommand is used (the parsers are `LazyParser`s), so `simexplain eval --help` is quick."""
     benchmarks = evaluate.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     for name, (module_name, text) in BENCHMARKS.items():
-        try:
-            module = import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if module_name.startswith(exc.name or "-"):
-                continue  # benchmark not installed here
-            _add_broken(benchmarks, name, module_name, exc)
-            continue
-        except ImportError as exc:
-            # one broken benchmark must not take the whole command line down with it
-            _add_broken(benchmarks, name, module_name, exc)
-            continue
-        parser = benchmarks.add_parser(name, help=text, description=module.__doc__.split("\n\n")[0]
-                                       if module.__doc__ else text)
-        if hasattr(module, "configure_parser"):
-            module.configure_parser(parser)
-            parser.set_defaults(run=module.run_cli)
-        else:  # a standard benchmark: ALLOWED methods, DEFAULT_SAMPLES, QUICK_SAMPLES, run()
-            configure_benchmark_parser(parser, module.ALLOWED, module.DEFAULT_SAMPLES,
-                                       module.QUICK_SAMPLES)
-            parser.set_defaults(run=lambda args, module=module: run_benchmark_cli(args, module))
+        if not _installed(module_name):
+            continue  # benchmark not installed here
+        benchmarks.add_parser(name, help=text, configure=lambda parser, name=name,
+                              module_name=module_name: _configure(parser, name, module_name))
 
 
-def _add_broken(benchmarks, name: str, module_name: str, exc: ImportError) -> None:
-    """A subcommand that reports why its module could not be imported."""
+def _installed(module_name: str) -> bool:
+    try:
+        return find_spec(module_name) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+def _configure(parser, name: str, module_name: str) -> None:
+    """Add the options of benchmark `name` from its module; a module that fails to import
+    makes a subcommand that reports why, so one broken benchmark does not take the whole
+    command line down with it."""
+    try:
+        module = import_module(module_name)
+    except ImportError as exc:
+        _make_broken(parser, name, module_name, exc)
+        return
+    parser.description = module.__doc__.split("\n\n")[0] if module.__doc__ else None
+    if hasattr(module, "configure_parser"):
+        module.configure_parser(parser)
+        parser.set_defaults(run=module.run_cli)
+    else:  # a standard benchmark: ALLOWED methods, DEFAULT_SAMPLES, QUICK_SAMPLES, run()
+        configure_benchmark_parser(parser, module.ALLOWED, module.DEFAULT_SAMPLES,
+                                   module.QUICK_SAMPLES)
+        parser.set_defaults(run=lambda args, module=module: run_benchmark_cli(args, module))
+
+
+def _make_broken(parser, name: str, module_name: str, exc: ImportError) -> None:
+    """Turn `parser` into a subcommand that reports why its module could not be imported."""
     message = f"benchmark {name!r} is unavailable: importing {module_name} failed ({exc})"
-    # no option prefix: every argument (even "--quick") is taken as given and ignored
-    parser = benchmarks.add_parser(name, help=f"(unavailable: {exc})", add_help=False,
-                                   prefix_chars="\x01")
+    # no option prefix: every argument (even "--quick" or "--help") is taken as given, ignored
+    parser.prefix_chars = "\x01"
+    parser.description = f"(unavailable: {exc})"
     parser.add_argument("rest", nargs="*")
 
     def run(_args) -> int:
@@ -81,6 +93,7 @@ def _add_broken(benchmarks, name: str, module_name: str, exc: ImportError) -> No
 # -- command line shared by the benchmark subcommands ----------------------------------------------
 def configure_benchmark_parser(parser, methods: Sequence[str], default_samples: dict,
                                quick_samples: int) -> None:
+    from .common import MODELS
     defaults = ", ".join(f"{k} {v}" for k, v in default_samples.items())
     parser.add_argument("--model", action="append", metavar="NAME", required=True,
                         help="benchmark model, repeatable, or 'all' (" + ", ".join(MODELS) +
@@ -96,8 +109,10 @@ def configure_benchmark_parser(parser, methods: Sequence[str], default_samples: 
     parser.add_argument("--progress", action="store_true", help="show progress bars")
 
 
-def expand_models(requested: Sequence[str], every: Sequence[str] = MODELS) -> list[str]:
+def expand_models(requested: Sequence[str], every: Sequence[str] | None = None) -> list[str]:
     """The models asked for, 'all' expanded to `every` (a benchmark's own MODELS, or all)."""
+    from .common import MODELS
+    every = MODELS if every is None else every
     out: list[str] = []
     for name in requested:
         for n in (every if name == "all" else [name]):
@@ -118,7 +133,7 @@ def run_benchmark_cli(args, module) -> int:
     if args.samples is not None and args.samples < 1:
         raise SimexplainError("--samples must be at least 1")
     out = Path(args.out)
-    wanted = expand_models(args.model, getattr(module, "MODELS", MODELS))
+    wanted = expand_models(args.model, getattr(module, "MODELS", None))
     models, skipped = available_models(wanted)
     if "all" not in args.model and skipped:
         name, why = next(iter(skipped.items()))

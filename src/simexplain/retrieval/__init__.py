@@ -20,20 +20,38 @@ replaced, save and verified load), `manifest` (its checksum, schema and gallery 
 `--explain`, so hits are explained without the model), `ray_engine` (builds as a Ray Data
 pipeline, `engine="ray"`), `compressed` (the sharded "ivfpq" kind), `model` (the index's model
 and its fingerprint), `page` (the HTML results page), `commands` (`simexplain index build`,
-`simexplain search`).
+`simexplain search`: their options and what they run).
 """
 
-from .build import checkpoint_path, gallery_files, remove_checkpoint
-from .commands import add_cli, explainer_for_index
-from .index import FETCH_MARGIN, Hit, Hits, Index, RegionQuery
-from .model import IndexMismatchError, check_model, model_info, weights_fingerprint
-from .manifest import (EMBEDDINGS, FORMAT_NAME, FORMAT_VERSION, KINDS, MANIFEST, VECTORS,
-                       IndexFormatError)
-from .basics import Skipped
-from .storage import MARKER, check_replaceable, read_manifest
+from typing import TYPE_CHECKING
 
-__all__ = ["Index", "Hit", "Hits", "RegionQuery", "Skipped", "IndexFormatError", "IndexMismatchError",
+from ..lazy_names import lazy_names
+
+if TYPE_CHECKING:  # what type checkers and the API reference see; at run time: __getattr__
+    from .index import FETCH_MARGIN, Hit, Hits, Index, RegionQuery
+
+# Names are imported from their modules on first use: `simexplain search --help`
+# imports `commands` alone, without torch or FAISS.
+_LAZY = {
+    "checkpoint_path": "build", "gallery_files": "build", "remove_checkpoint": "build",
+    "explainer_for_index": "commands",
+    "FETCH_MARGIN": "index", "Hit": "index", "Hits": "index", "Index": "index",
+    "RegionQuery": "index",
+    "IndexMismatchError": "model", "check_model": "model", "model_info": "model",
+    "weights_fingerprint": "model",
+    "EMBEDDINGS": "manifest", "FORMAT_NAME": "manifest", "FORMAT_VERSION": "manifest",
+    "KINDS": "manifest", "MANIFEST": "manifest", "VECTORS": "manifest",
+    "IndexFormatError": "manifest",
+    "Skipped": "basics",
+    "MARKER": "storage", "check_replaceable": "storage", "read_manifest": "storage",
+}
+
+__all__ = ["Index", "Hit", "Hits", "RegionQuery", "Skipped", "IndexFormatError",
+           "IndexMismatchError",
            "checkpoint_path", "gallery_files", "remove_checkpoint", "check_replaceable", "MARKER",
-           "add_cli", "explainer_for_index", "check_model",
+           "explainer_for_index", "check_model",
            "model_info", "weights_fingerprint", "read_manifest", "KINDS", "MANIFEST",
            "EMBEDDINGS", "VECTORS", "FORMAT_NAME", "FORMAT_VERSION", "FETCH_MARGIN"]
+
+
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)

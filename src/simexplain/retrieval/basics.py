@@ -9,6 +9,8 @@ from pathlib import Path
 
 from ..errors import SimexplainError
 
+ENGINES = ("local", "ray")  # one process, or a Ray Data pipeline (`ray_engine`)
+
 
 def require_faiss():
     try:

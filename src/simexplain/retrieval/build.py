@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..errors import SimexplainError
 from ..files import atomic_path
-from .basics import Skipped, require_faiss
+from .basics import ENGINES, Skipped, require_faiss
 from .embedding import Embedded, embed_files
 from .explain_cache import ExplainCache
 from .kinds import check_shards, kind as index_kind
@@ -28,7 +28,6 @@ from .model import MODEL_KEYS, model_info
 from .ray_engine import embed_with_ray
 from .storage import FORMAT_NAME, FORMAT_VERSION, check_replaceable, common_root
 
-ENGINES = ("local", "ray")  # one process, or a Ray Data pipeline (`ray_engine`)
 PARTIAL_MARKER = "simexplain-partial"
 # what a build writes into its checkpoint folder (atomic_path's temporary files included)
 _OWN = re.compile(r"^(simexplain-partial|state\.json|shard-\d{5}-[0-9a-f]{6}\.npz"

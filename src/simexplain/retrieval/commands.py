@@ -1,18 +1,21 @@
-"""The command line of retrieval: `simexplain index build` and `simexplain search`."""
+"""The command line of retrieval: `simexplain index build` and `simexplain search`, their
+options (`add_index_arguments`, `add_search_arguments`) and what they run.
+
+Importing this module is light (no torch, numpy or FAISS): the command line builds its parser
+from it, and `cmd_*` import the retrieval when a command runs.
+"""
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 from pathlib import Path
 
 from ..errors import SimexplainError
-from .build import ENGINES, check_checkpoint, check_shards, checkpoint_path
-from .index import Index
+from ..model_options import add_model_arguments
+from .basics import ENGINES
 from .manifest import KINDS
-from .storage import check_replaceable, read_manifest
 
 
 def parse_region(text: str) -> tuple[float, float, float, float]:
@@ -26,10 +29,8 @@ def parse_region(text: str) -> tuple[float, float, float, float]:
     return values  # type: ignore[return-value]
 
 
-def add_cli(subparsers) -> None:
-    from ..zoo.arguments import add_model_arguments
-
-    index = subparsers.add_parser("index", help="build a searchable gallery index")
+def add_index_arguments(index: argparse.ArgumentParser) -> None:
+    """`simexplain index build ...`."""
     index_commands = index.add_subparsers(dest="index_command", required=True)
     build = index_commands.add_parser("build", help="embed a folder of images into an index")
     build.add_argument("folder", help="folder of gallery images (searched recursively)")
@@ -60,24 +61,47 @@ def add_cli(subparsers) -> None:
     build.add_argument("--quiet", action="store_true", help="no progress bar")
     build.set_defaults(run=cmd_index_build)
 
-    search = subparsers.add_parser("search", help="search an index with an image or a region")
+
+def add_search_arguments(search: argparse.ArgumentParser) -> None:
+    """`simexplain search INDEX QUERY... [--queries-from FILE]`."""
+    search.description = (
+        "Search an index with query images (or a region of each). Give one or many: image "
+        "files, folders (their images, sorted by name) and --queries-from lists, in that order; "
+        "the model and the index are loaded once. Every option applies to every query.")
     search.add_argument("index", help="index folder (from `simexplain index build`)")
-    search.add_argument("query", help="query image")
+    search.add_argument("query", nargs="*",
+                        help="query image, or a folder: its images (not its subfolders), "
+                             "sorted by name")
+    search.add_argument("--queries-from", action="append", default=[], metavar="FILE",
+                        help="a text file naming one query image a line (blank lines and "
+                             "lines starting with # are ignored; relative paths are relative "
+                             "to the file's folder); repeatable")
     add_model_arguments(search, required=False)
     search.add_argument("--region", type=parse_region,
                         help="TOP,LEFT,BOTTOM,RIGHT box in the query file's pixels: rank by the "
-                             "partial similarity of that region")
-    search.add_argument("-k", type=int, default=10, help="number of hits (default 10)")
+                             "partial similarity of that region (the same box for every query)")
+    search.add_argument("-k", type=int, default=10,
+                        help="number of hits for each query (default 10)")
     search.add_argument("--explain", action="store_true",
                         help="decompose each hit: overall map and (with --region) region map "
                              "(from the index's explain cache when built with --explain)")
-    search.add_argument("--out", help="write a results page (index.html + PNGs) here")
-    search.add_argument("--json", action="store_true", help="print the hits as JSON")
+    search.add_argument("--out",
+                        help="write a results page (index.html + PNGs) here; for several "
+                             "queries one page a query, in subfolders named NNN-STEM (the "
+                             "query's position and file name)")
+    search.add_argument("--json", action="store_true",
+                        help="print the hits as JSON (for several queries: a list, one object "
+                             "a query)")
     search.set_defaults(run=cmd_search)
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:
+    import functools
+
     from ..zoo import resolve
+    from .build import check_checkpoint, check_shards, checkpoint_path
+    from .index import Index
+    from .storage import check_replaceable
     check_replaceable(args.out)  # before loading the model: refuse a bad --out at once
     check_shards(args.kind, args.shards)
     load = functools.partial(resolve, args.model, args.layer, args.similarity, args.size)
@@ -105,6 +129,7 @@ def explainer_for_index(index_path: str | Path, args: argparse.Namespace | None 
     """The query model of an index: the one its manifest names, unless overridden (then it
     must match)."""
     from ..zoo import resolve
+    from .storage import read_manifest
     manifest = read_manifest(Path(index_path))
     model = getattr(args, "model", None) or manifest.get("model")
     if not model:
@@ -119,15 +144,81 @@ def explainer_for_index(index_path: str | Path, args: argparse.Namespace | None 
     return resolve(model, layer, similarity, size)
 
 
+def query_files(args: argparse.Namespace) -> list[str]:
+    """Every query image the arguments name, in order: files, folders' images (sorted), then
+    the lines of each --queries-from list. Each one is checked to be a readable image here,
+    before the model loads, so that a bad one stops the command before any work (an error
+    naming the file)."""
+    from ..files import image_files
+    queries: list[str] = []  # as given: a single query is reported exactly as it was named
+    for item in args.query:
+        if Path(item).is_dir():
+            found = image_files(item)
+            if not found:
+                raise SimexplainError(f"query folder {item} holds no images")
+            queries += map(str, found)
+        else:
+            queries.append(item)
+    for listing in map(Path, args.queries_from):
+        try:
+            lines = listing.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SimexplainError(f"cannot read the query list {listing}: "
+                                  f"{getattr(exc, 'strerror', None) or exc}") from None
+        named = [line.strip() for line in lines]
+        found = [str(listing.parent / line) for line in named
+                 if line and not line.startswith("#")]
+        if not found:
+            raise SimexplainError(f"the query list {listing} names no images")
+        queries += found
+    if not queries:
+        raise SimexplainError("give a query image, a folder of them or --queries-from FILE")
+    from ..images import load_image  # loads torch: after the quick checks
+    for query in queries:
+        if Path(query).is_dir():
+            raise SimexplainError(f"query {query} is a folder; a list names image files")
+        load_image(query)  # ImageError naming the file: missing, unreadable, too large
+    return queries
+
+
 def cmd_search(args: argparse.Namespace) -> int:
+    from .index import Index
     if args.k < 1:
         raise SimexplainError(f"-k must be >= 1, got {args.k}")
+    queries = query_files(args)
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise SimexplainError(f"--out {out} exists and is not a folder")
     explainer = explainer_for_index(args.index, args)
     index = Index.load(args.index, explainer=explainer)
-    prepared = index.region_vector(args.query, args.region)
-    hits = index.search(prepared, args.k, explain=args.explain)
-    summary = {
-        "index": str(args.index), "query": str(args.query), "model": index.model_name,
+    # search every query before writing anything: a failure leaves no partial pages behind
+    results = []
+    for query in queries:
+        prepared = index.region_vector(query, args.region)
+        results.append((query, prepared, index.search(prepared, args.k, explain=args.explain)))
+    summaries = []
+    for number, (query, prepared, hits) in enumerate(results, start=1):
+        summary = search_summary(args, index, query, prepared, hits)
+        if out is not None:
+            from .page import write_results_page
+            folder = out if len(results) == 1 else out / f"{number:03d}-{Path(query).stem}"
+            summary["page"] = str(write_results_page(folder, prepared, hits, index, summary))
+        summaries.append(summary)
+    if args.json:
+        print(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
+        return 0
+    for number, (summary, (_, _, hits)) in enumerate(zip(summaries, results), start=1):
+        if len(summaries) > 1:  # one block a query, a blank line between blocks
+            print(("\n" if number > 1 else "") + f"query {number}/{len(summaries)}: "
+                  f"{summary['query']}")
+        print_hits(summary, hits, region=args.region is not None)
+    return 0
+
+
+def search_summary(args: argparse.Namespace, index, query: str, prepared, hits) -> dict:
+    """What `search --json` prints and results.json holds for one query."""
+    return {
+        "index": str(args.index), "query": str(query), "model": index.model_name,
         "similarity": index.similarity.name,
         "region": list(args.region) if args.region else None,
         "query_input": prepared.side.to_dict(),  # sizes, crop, cells: the file's pixels
@@ -136,19 +227,12 @@ def cmd_search(args: argparse.Namespace) -> int:
                   f"{index.similarity} of the whole images"),
         "hits": [hit.to_dict() for hit in hits],
     }
-    if args.out:
-        from .page import write_results_page
-        summary["page"] = str(write_results_page(Path(args.out), prepared, hits, index, summary))
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        what = "region" if args.region else "image"
-        print(f"{len(hits)} hits for the query {what} ({summary['score']}, "
-              f"{summary['ranking']}):")
-        for hit in hits:
-            print(f"{hit.rank:4d}  {hit.score: .6f}  {hit.path}")
-        if args.out:
-            print(f"wrote {summary['page']}")
-    return 0
 
 
+def print_hits(summary: dict, hits, region: bool) -> None:
+    what = "region" if region else "image"
+    print(f"{len(hits)} hits for the query {what} ({summary['score']}, {summary['ranking']}):")
+    for hit in hits:
+        print(f"{hit.rank:4d}  {hit.score: .6f}  {hit.path}")
+    if "page" in summary:
+        print(f"wrote {summary['page']}")

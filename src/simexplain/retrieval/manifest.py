@@ -16,7 +16,6 @@ import os
 import re
 from pathlib import Path, PurePosixPath
 
-from .. import similarity as similarities
 from ..errors import SimexplainError
 
 FORMAT_NAME = "simexplain-index"
@@ -126,6 +125,7 @@ def validate(m: dict, where: Path) -> None:
     need(_optional_text(m["model"]), "model is not a name")
     need(_optional_text(m["layer"]), "layer is not a layer name")  # None: vectors only
     need(_optional_text(m["layer_b"]), "layer_b is not a layer name")
+    from .. import similarity as similarities  # here: the command line imports KINDS alone
     need(m["similarity"] in similarities.names(),
          f"unknown similarity {str(m['similarity'])[:40]!r}")
     need(_int(m["dim"], 1), "dim is not a positive integer")

@@ -1,5 +1,5 @@
 """The interactive page and JSON API (`simexplain serve`); see `simexplain.web.app`."""
 
-from .app import add_cli, create_app
+from .app import add_serve_arguments, create_app
 
-__all__ = ["create_app", "add_cli"]
+__all__ = ["create_app", "add_serve_arguments"]

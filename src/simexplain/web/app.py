@@ -4,8 +4,8 @@
                      [--allowed-host NAME ...]
 
 `create_app(...)` builds the FastAPI application (for tests, or to mount elsewhere);
-`add_cli(subparsers)` registers the `serve` subcommand. FastAPI and uvicorn are imported only
-when a server is built, so the rest of the command line works without them.
+`add_serve_arguments(parser)` adds the options of the `serve` subcommand. FastAPI and uvicorn
+are imported only when a server is built, so the rest of the command line works without them.
 """
 
 from __future__ import annotations
@@ -15,11 +15,9 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import SimexplainError
-from ..images import MAX_PIXELS
-from ..similarity import names as similarity_names
+from ..defaults import BUILTIN_SIMILARITIES, MAX_PIXELS
 from .hosts import LOCAL_HOSTS, served_hosts
-from .engine import MAX_INPUT_SIDE
-from .store import MAX_UPLOAD_BYTES
+from .limits import MAX_INPUT_SIDE, MAX_UPLOAD_BYTES
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -60,17 +58,16 @@ def create_app(model: str | None = None, index=None, explainer=None,
     return build_app(engine, allowed_hosts=allowed_hosts)
 
 
-def add_cli(subparsers) -> None:
-    serve = subparsers.add_parser(
-        "serve", help="interactive page: pair explanations and region search in a browser",
-        description="Serve the interactive page and its JSON API (docs at /docs). Binds to "
-                    "127.0.0.1 unless --host says otherwise.")
+def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
+    """The options of `simexplain serve` (the parser `serve`)."""
+    serve.description = ("Serve the interactive page and its JSON API (docs at /docs). Binds "
+                         "to 127.0.0.1 unless --host says otherwise.")
     serve.add_argument("--index", help="an index built by `simexplain index` (gallery view)")
     serve.add_argument("--model", help="zoo name, model file or module:factory (default: the "
                                        "index's model, else efficientnet-lite0)")
     serve.add_argument("--layer", help="explained layer (for models outside the zoo)")
-    serve.add_argument("--similarity", choices=similarity_names())
-    from ..zoo.arguments import parse_size
+    serve.add_argument("--similarity", choices=BUILTIN_SIMILARITIES)
+    from ..model_options import parse_size
     serve.add_argument("--size", type=parse_size,
                        help="model input size: N (short side, aspect kept where the model "
                             "allows it) or H,W (default: the model's)")
@@ -93,12 +90,12 @@ def add_cli(subparsers) -> None:
 
 
 def _sample_paths(items: Sequence[str]) -> list[Path]:
-    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+    from ..files import image_files
     paths: list[Path] = []
     for item in items:
         path = Path(item)
         if path.is_dir():
-            paths += sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes)
+            paths += image_files(path)
         elif path.is_file():
             paths.append(path)
         else:

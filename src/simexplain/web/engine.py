@@ -35,14 +35,12 @@ from ..methods import (Decomposition, PreparedPair, explanation_methods, get_met
 from ..zoo import resolve
 from .cache import LRU
 from .errors import Busy, ImageFailed, NotFound, WebError
+from .limits import MAX_INPUT_SIDE
 from .store import (MAX_UPLOAD_BYTES, STORED_SIDE, UPLOAD_MEMORY, ImageStore, PixelBudget,
                     default_samples)
 
 # the methods the page offers: every registered one but the random baseline
 SHOWN_METHODS = tuple(explanation_methods())  # the registry's, without controls (random)
-# the largest model input side the page may ask for (`--size` in the page): compute and the
-# P x Q pair grow with its square
-MAX_INPUT_SIDE = 640
 MIN_INPUT_SIDE = 16
 # two maps are "identical" when they differ by less than this fraction of their peak
 SAME_MAP_TOLERANCE = 1e-3

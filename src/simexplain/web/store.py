@@ -32,8 +32,8 @@ from ..errors import SimexplainError
 from ..images import MAX_PIXELS, load_image, to_rgb
 from .cache import LRU
 from .errors import Busy, NotFound, TooLarge, WebError
+from .limits import MAX_UPLOAD_BYTES
 
-MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 STORED_SIDE = 1024
 DECODE_BUDGET_PIXELS = 48_000_000
 DECODE_WAIT_S = 60.0

@@ -1,10 +1,11 @@
-"""The command-line options that name a model, shared by every command that loads one."""
+"""The command-line options that name a model, shared by every command that loads one (light:
+the command line builds its parser from them without importing torch)."""
 
 from __future__ import annotations
 
 import argparse
 
-from ..similarity import names as similarity_names
+from .defaults import BUILTIN_SIMILARITIES
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True,
@@ -16,7 +17,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True,
                                            "vision model saved there)")
     parser.add_argument("--layer", help="explained layer (default: the zoo model's; for "
                                         "hf:FOLDER one block before the last, or block:K)")
-    parser.add_argument("--similarity", choices=similarity_names(),
+    parser.add_argument("--similarity", choices=BUILTIN_SIMILARITIES,
                         help="default: the zoo model's, else cosine")
     parser.add_argument("--size", type=parse_size,
                         help="model input size: N is the short side with the aspect ratio kept "
@@ -39,5 +40,5 @@ def parse_size(text: str) -> int | tuple[int, int]:
 
 def from_args(args: argparse.Namespace):
     """The Explainer the parsed model options name."""
-    from . import resolve
+    from .zoo import resolve
     return resolve(args.model, args.layer, args.similarity, args.size)

@@ -1,0 +1,12 @@
+"""Names, defaults and limits that the command line shows while it builds its parser, defined
+here without importing torch and imported from here by the modules that use them (each keeps
+its own name for them: `similarity.names()`, `images.MAX_PIXELS`, `patterns.DEFAULT_PATTERNS`)."""
+
+from __future__ import annotations
+
+# The built-in similarities, in registration order (`simexplain.similarity` checks it).
+BUILTIN_SIMILARITIES = ("cosine", "dot", "euclidean")
+# Refuse decompression bombs before decoding them (`images.load_image`).
+MAX_PIXELS = 40_000_000
+# Cross-view patterns `PairExplanation.patterns` finds and `simexplain pair` draws.
+DEFAULT_PATTERNS = 5

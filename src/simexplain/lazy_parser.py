@@ -1,0 +1,40 @@
+"""An argument parser whose options are added on first use, so that building the whole command
+line imports no command's code: `simexplain --help` lists the commands without loading torch.
+
+    commands = parser.add_subparsers()          # of a LazyParser: every subparser is one too
+    commands.add_parser("search", help="...", configure=add_search_arguments)
+
+`configure(parser)` runs once, when that parser parses, prints its help or usage, or when
+`complete()` is called (e.g. by a tool that walks every command's options).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+
+class LazyParser(argparse.ArgumentParser):
+    def __init__(self, *args,
+                 configure: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._configure = configure
+
+    def complete(self) -> "LazyParser":
+        """Add the deferred options now (once)."""
+        configure, self._configure = self._configure, None
+        if configure is not None:
+            configure(self)
+        return self
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.complete()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self.complete()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self.complete()
+        return super().format_usage()
