@@ -82,7 +82,8 @@ def read_idx(path: str | Path) -> np.ndarray:
         else:
             data = path.read_bytes()
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise IdxError(f"{path}: cannot read IDX file ({exc}); delete it and fetch it again") from None
+        raise IdxError(
+            f"{path}: cannot read IDX file ({exc}); delete it and fetch it again") from None
     if len(data) < 4:
         raise IdxError(f"{path}: corrupt IDX file (only {len(data)} bytes, no header)")
     if data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:

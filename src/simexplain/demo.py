@@ -196,7 +196,8 @@ def render_html(rendered, folder: Path) -> str:
                 f'{pair["grid"][0]}x{pair["grid"][1]}</p>')
             for name in pair["files"]:
                 kind = name.rsplit("_", 1)[1].removesuffix(".png")
-                body.append(f'<figure class="{kind}"><img alt="{kind}" src="{_embedded(folder / name)}">'
+                body.append(f'<figure class="{kind}">'
+                            f'<img alt="{kind}" src="{_embedded(folder / name)}">'
                             f'<figcaption>{CAPTIONS[kind]}</figcaption></figure>')
             body.append("</article>")
         body.append("</section>")

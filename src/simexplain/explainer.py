@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from typing import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -66,7 +66,7 @@ class Explainer:
         self._warned_inexact = False
         self._warned_flat = False
 
-    def resized(self, size: int | tuple[int, int]) -> "Explainer":
+    def resized(self, size: int | tuple[int, int]) -> Explainer:
         """This explainer at another input size (as `--size`, see `Preprocess.resized`): the
         same model(s), layer(s) and similarity; a larger input gives a finer feature grid."""
         import copy

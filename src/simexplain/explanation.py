@@ -101,7 +101,7 @@ class PairExplanation:
     tokens_b: torch.Tensor = field(repr=False, default_factory=lambda: torch.zeros(0))
 
     @classmethod
-    def from_sides(cls, a: Side, b: Side, similarity: str | Similarity) -> "PairExplanation":
+    def from_sides(cls, a: Side, b: Side, similarity: str | Similarity) -> PairExplanation:
         similarity = get_similarity(similarity)
         u, v = a.rows.double(), b.rows.double()
         e_a, e_b = a.embedding.double(), b.embedding.double()
@@ -277,7 +277,7 @@ class PairExplanation:
 
     # -- display -----------------------------------------------------------------------------
     def widget(self, kind: str = DEFAULT_POINT_MAP,
-               display_size: int | None = None) -> "PointMapWidget":
+               display_size: int | None = None) -> PointMapWidget:
         """A live point-map widget for Jupyter (`simexplain.notebook.PointMapWidget`; needs
         `pip install 'simexplain[notebook]'`): point at one image, the other shows the point
         map of `kind`; drag a box for the region map. `display_size`: the images' longest

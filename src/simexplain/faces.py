@@ -173,8 +173,8 @@ def crop_face(image: Image.Image | str | Path, margin: float = 0.2, size: int | 
     faces = detect_faces(rgb)
     if not faces:
         raise ImageError(
-            f"{name or _source_name(image)}: no face found ({rgb.width}x{rgb.height} pixels); use a "
-            "photo with a clearly visible, roughly frontal face of at least 20 pixels")
+            f"{name or _source_name(image)}: no face found ({rgb.width}x{rgb.height} pixels); "
+            "use a photo with a clearly visible, roughly frontal face of at least 20 pixels")
     face = faces[0]
     pad_y = face.height * margin / 2.0
     pad_x = face.width * margin / 2.0

@@ -9,7 +9,7 @@ cells are numbered row-major.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

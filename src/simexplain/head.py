@@ -11,14 +11,14 @@ so u_p = J A_p + c / P. For heads that are positively homogeneous once per-sampl
 frozen (pooling: average, max, GeM; linear layers; batch norm in eval; ReLU/LeakyReLU gates;
 dropout in eval; flatten), Euler's theorem gives e = J A + c exactly. The per-sample scalars
 (L2 normalisation, the std of LayerNorm, any norm/sqrt/std in the head) are frozen by
-`FreezeScales` (frozen.py): their derivatives are dropped, which is what METHOD.md asks for ("freeze, don't
-differentiate"). For any other head (GELU, softmax, sigmoid) the same computation is a
-first-order linearisation and the residual |sum_p u_p - e| is reported.
+`FreezeScales` (frozen.py): their derivatives are dropped, which is what METHOD.md asks for
+("freeze, don't differentiate"). For any other head (GELU, softmax, sigmoid) the same
+computation is a first-order linearisation and the residual |sum_p u_p - e| is reported.
 
 How it is computed (cost for P positions, C channels, D embedding dimensions):
 
-* `HeadTape` (head_tape.py) records the head during the model's one forward pass; the head is then analysed
-  alone, from the recorded layer output: the trunk never runs again.
+* `HeadTape` (head_tape.py) records the head during the model's one forward pass; the head is
+  then analysed alone, from the recorded layer output: the trunk never runs again.
 * Pooling heads (average, max, GeM, token mean, class token; flatten + Linear, which maps each
   position on its own) are recognised on the tape (`find_pooling`). Each position's share of
   the pooled vector (a P x C matrix: A_pk / P for the average, A_pk at the argmax for max, ...)

@@ -9,7 +9,7 @@ import math
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +83,7 @@ class HeadTape(TorchFunctionMode):
         self._next_slot = 1
 
     @contextmanager
-    def recording(self, layer: torch.nn.Module) -> Iterator["HeadTape"]:
+    def recording(self, layer: torch.nn.Module) -> Iterator[HeadTape]:
         """Within the block, the model's forward pass is recorded from `layer`'s output on.
         The layer's hook switches the mode on, so the trunk before it runs without the mode's
         cost on every call (milliseconds on small models); the block's end switches it off.

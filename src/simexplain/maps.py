@@ -4,7 +4,7 @@ from (`Frame`: the file's pixels vs the model input's), upsampling, the paper's 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from . import geometry
 from .errors import SimexplainError
 
 Box = Sequence[float]  # (top, left, bottom, right) in image pixels
-Region = Union[Box, np.ndarray, torch.Tensor]  # a box, or a mask of the image's size
+Region = Box | np.ndarray | torch.Tensor  # a box, or a mask of the image's size
 
 
 Coords = str  # "image": the file's pixels (default); "input": the model input's pixels
@@ -37,7 +37,7 @@ class Frame:
     input_size: tuple[int, int]
 
     @classmethod
-    def whole(cls, size: tuple[int, int]) -> "Frame":
+    def whole(cls, size: tuple[int, int]) -> Frame:
         """The frame of an input that is its own image (a tensor, or an unresized picture)."""
         height, width = (int(v) for v in size)
         return cls((height, width), (0, 0, height, width), (height, width))
@@ -103,7 +103,7 @@ class Frame:
                 f"(the crop {[top, left, bottom, right]} of the {size[0]}x{size[1]} image)")
         return point_weights((row - top, col - left), grid, (bottom - top, right - left))
 
-    def region_weights(self, region: "Region", grid: tuple[int, int],
+    def region_weights(self, region: Region, grid: tuple[int, int],
                        coords: Coords = "image") -> torch.Tensor:
         """(H*W,) covered fraction of each cell for a box or a mask (see `region_weights`)."""
         size, (top, left, bottom, right) = self._in(coords)

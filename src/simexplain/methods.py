@@ -42,8 +42,8 @@ class PreparedPair:
     cache: dict = field(default_factory=dict, repr=False)  # embeddings, gradients
 
     @classmethod
-    def of(cls, explainer, a: ImageInput | "PreparedPair", b: ImageInput | None = None
-           ) -> "PreparedPair":
+    def of(cls, explainer, a: ImageInput | PreparedPair, b: ImageInput | None = None
+           ) -> PreparedPair:
         """Prepare a and b (a PreparedPair given as `a` is returned as it is)."""
         if isinstance(a, PreparedPair):
             return a

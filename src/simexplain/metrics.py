@@ -32,7 +32,8 @@ def _embeddings(array, name: str) -> torch.Tensor:
     tensor = array.detach().cpu() if torch.is_tensor(array) else torch.as_tensor(
         np.asarray(array, dtype=np.float32))
     if tensor.dim() != 2:
-        raise SimexplainError(f"{name}: expected (N, D) embeddings, got shape {tuple(tensor.shape)}")
+        raise SimexplainError(
+            f"{name}: expected (N, D) embeddings, got shape {tuple(tensor.shape)}")
     return tensor.float()
 
 

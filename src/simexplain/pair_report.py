@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -108,7 +108,8 @@ def crops_figure(result: PairExplanation, path: Path) -> bool:
     return True
 
 
-def write_pair(result: PairExplanation, out: Path, points: Sequence[tuple[float, float]] | None = None,
+def write_pair(result: PairExplanation, out: Path,
+               points: Sequence[tuple[float, float]] | None = None,
                extra: dict | None = None, patterns: int = DEFAULT_PATTERNS) -> dict:
     """Write overall_{a,b}.png, relative_{a,b}.png, overall.png, points.png, patterns.png
     (crops.png when the model saw face crops) and result.json to `out`. `points` are pixels

@@ -75,7 +75,7 @@ class Similarity:
         """The score oriented so that larger means closer (what saliency methods explain)."""
         return -score if self.lower_is_better else score
 
-    def without_normalisation(self) -> "Similarity":
+    def without_normalisation(self) -> Similarity:
         """The similarity on raw (pre-normalisation) embeddings: Grad-CAM's "raw" variant."""
         return self
 
@@ -247,7 +247,7 @@ def names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def get(similarity: "str | Similarity") -> Similarity:
+def get(similarity: str | Similarity) -> Similarity:
     """A Similarity from its name, or the instance itself."""
     if isinstance(similarity, Similarity):
         return similarity
@@ -259,7 +259,7 @@ def get(similarity: "str | Similarity") -> Similarity:
     return found
 
 
-def scores(vectors, gallery, similarity: "str | Similarity",
+def scores(vectors, gallery, similarity: str | Similarity,
            query_embeddings=None) -> np.ndarray:
     """Exact (float64) scores of query vectors (D,) or (Q, D) against gallery embeddings
     (G, D), as numpy: the model's similarity of whole queries, or with `query_embeddings` (e_a)

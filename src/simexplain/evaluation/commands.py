@@ -10,7 +10,7 @@ missing is left out.
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..errors import SimexplainError
 from .common import MODELS

@@ -11,7 +11,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch

@@ -173,7 +173,7 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
         clone = copy.deepcopy(net)
         broken = _with_model(explainer, clone)
         pristine = {k: v.clone() for k, v in net.state_dict().items()}
-        for s, (label, names) in enumerate(progress(stages, len(stages), f"sanity {model}",
+        for s, (_label, names) in enumerate(progress(stages, len(stages), f"sanity {model}",
                                                     show_progress)):
             clone.load_state_dict(pristine)
             randomise_(clone, names, seed + s)

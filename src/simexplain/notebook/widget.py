@@ -15,7 +15,8 @@ from __future__ import annotations
 import io
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import anywidget
 import traitlets

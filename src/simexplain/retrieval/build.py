@@ -13,7 +13,7 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -161,7 +161,7 @@ class _BuildState:
 
     @classmethod
     def resume(cls, checkpoint: Path, paths, info, root,
-               explain: bool = False) -> "_BuildState | None":
+               explain: bool = False) -> _BuildState | None:
         """The state saved in `checkpoint`, or None (with a warning) when it cannot be used."""
         if not (checkpoint / cls.STATE).is_file():
             return None

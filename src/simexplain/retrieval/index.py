@@ -6,7 +6,8 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -72,7 +73,7 @@ class RegionQuery:
 
     @classmethod
     def from_side(cls, side: Side, region: maps.Region | None = None,
-                  coords: maps.Coords = "image") -> "RegionQuery":
+                  coords: maps.Coords = "image") -> RegionQuery:
         """The search vector of a decomposed query: q_R = sum_p w_p u_p, or e_a. The region
         is in the query file's pixels (or the model input's, coords="input")."""
         embedding = side.embedding.detach().double().cpu()
@@ -166,7 +167,7 @@ class Index:
     @classmethod
     def from_vectors(cls, embeddings, paths: Sequence[str] | None = None,
                      similarity: str = "cosine", kind: str = "flat", model: str = "vectors",
-                     params: dict | None = None, **info) -> "Index":
+                     params: dict | None = None, **info) -> Index:
         """An index over given (N, D) embeddings (no images: for tests and benchmarks). A
         float32 or float16 array (or np.memmap) is used as it is, without a copy. `params`
         overrides the kind's defaults (e.g. {"shards": 4} for "ivfpq")."""
@@ -186,7 +187,7 @@ class Index:
               model_name: str | None = None, batch_size: int = 32, progress: bool = True,
               out: str | Path | None = None, resume: bool = True, kind: str = "flat",
               checkpoint_every: int = 8, shards: int = 1, engine: str = "local",
-              ray: dict | None = None, explain: bool = False) -> "Index":
+              ray: dict | None = None, explain: bool = False) -> Index:
         """Embed a folder (all files, recursively, sorted) or a list of image files.
 
         Unreadable files are skipped and listed in `.skipped`. With `out`, progress is
@@ -236,7 +237,7 @@ class Index:
         return int(self._index_rows(0, 1).shape[1])
 
     # -- the query model -----------------------------------------------------------------------
-    def attach(self, explainer) -> "Index":
+    def attach(self, explainer) -> Index:
         """Use `explainer` for queries after checking it is the index's model."""
         check_model(self.info, model_info(explainer, getattr(explainer, "model_name", None)),
                     where=self.info.get("source", "the index"))
@@ -389,7 +390,7 @@ class Index:
         return storage.save_index(self, path)
 
     @classmethod
-    def load(cls, path: str | Path, explainer=None, verify: bool = True) -> "Index":
+    def load(cls, path: str | Path, explainer=None, verify: bool = True) -> Index:
         """Open an index folder, verifying its marker, its manifest (checksum and schema) and
         the size and sha256 of each stored file (IndexFormatError "index damaged: ..."); with
         `explainer`, also check that it is the index's model."""

@@ -15,7 +15,7 @@ embeddings, so the reported scores and their order are exact for every kind.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

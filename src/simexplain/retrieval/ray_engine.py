@@ -19,7 +19,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -160,8 +160,9 @@ def _unpack(batch: dict, paths: list[str]) -> tuple[list, list[Skipped], int]:
         if batch["shape"][i]:
             h, w, gh, gw = (int(v) for v in np.frombuffer(batch["shape"][i], dtype=np.int64))
 
-            def cells(data):
-                return np.frombuffer(data, dtype=np.float32).reshape(gh * gw, -1).copy()
+            def cells(data: bytes) -> np.ndarray:
+                # called right here, inside the iteration that set gh and gw
+                return np.frombuffer(data, dtype=np.float32).reshape(gh * gw, -1).copy()  # noqa: B023
             cached = CachedImage(cells(batch["cells"][i]), (h, w), (gh, gw),
                                  cells(batch["projected"][i]) if batch["projected"][i] else None)
         results.append(Embedded(row, str(batch["sha256"][i]), embedding, cached))

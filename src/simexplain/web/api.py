@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Sequence
+from typing import Annotated, Literal
+from collections.abc import Sequence
 
 from fastapi import APIRouter, Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -199,7 +200,7 @@ async def upload(file: UploadFile = File(description="the image file (PNG, JPEG,
                        404: {"model": ErrorBody}},
             response_class=Response)
 def get_image(image_id: str,
-              max_side: Annotated[Optional[int], Query(ge=16, le=4096)] = None,
+              max_side: Annotated[int | None, Query(ge=16, le=4096)] = None,
               engine: Engine = Depends(current_engine)):
     data, mime = engine.images.encoded(image_id, max_side)
     return Response(data, media_type=mime, headers={"Cache-Control": "max-age=3600"})

@@ -4,7 +4,7 @@ to declare `serve` without FastAPI installed)."""
 from __future__ import annotations
 
 import socket
-from typing import Sequence
+from collections.abc import Sequence
 
 # Names under which a server is always reachable from its own machine.
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")

@@ -74,8 +74,8 @@ class ServerTiming:
         async def timed(message):
             if message["type"] == "http.response.start":
                 took = (time.perf_counter() - start) * 1000
-                message = {**message, "headers": [*message.get("headers", []),
-                                                  (b"server-timing", f"app;dur={took:.2f}".encode())]}
+                timing = (b"server-timing", f"app;dur={took:.2f}".encode())
+                message = {**message, "headers": [*message.get("headers", []), timing]}
             await send(message)
 
         return await self.app(scope, receive, timed)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from torch import nn
 
@@ -73,7 +74,8 @@ def list() -> list[str]:  # noqa: A001 - the documented name
 def entry(name: str) -> ZooEntry:
     _register_builtins()
     if name not in _REGISTRY:
-        raise SimexplainError(f"unknown model {name!r}; the zoo has: {', '.join(sorted(_REGISTRY))}")
+        raise SimexplainError(
+            f"unknown model {name!r}; the zoo has: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
 

@@ -115,7 +115,7 @@ class Tensor:
         if self._content is not None:
             start, stop = self._content
             nbytes = stop - start
-            if dtype == object or nbytes != count * dtype.itemsize:
+            if dtype.kind == "O" or nbytes != count * dtype.itemsize:
                 raise ValueError(
                     f"tensor_content holds {nbytes} bytes, but shape {shape} of {self.dtype.name}"
                     f" needs {count * dtype.itemsize}")

@@ -33,7 +33,8 @@ import inspect
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F

@@ -29,7 +29,8 @@ def load_user_model(spec: str) -> nn.Module:
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:  # noqa: BLE001 - any unpickling failure is the same user error
-            raise ModelError(f"{path}: neither TorchScript nor a saved torch module ({exc})") from None
+            raise ModelError(
+                f"{path}: neither TorchScript nor a saved torch module ({exc})") from None
         if not isinstance(loaded, nn.Module):
             raise ModelError(
                 f"{path} holds a {type(loaded).__name__}, not a model; save the module itself "
