@@ -10,6 +10,7 @@ occlusion.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 import base64
 import html
 import time
@@ -23,6 +24,10 @@ from . import datasets, pair_report, visualize, zoo
 from .explanation import DEFAULT_POINT_MAP, point_map_label
 from .files import write_text_atomic
 from .methods import PreparedPair, explanation_methods, get_method
+
+if TYPE_CHECKING:
+    from .explainer import Explainer
+    from .explanation import PairExplanation
 
 COMPARED_METHODS = explanation_methods()
 FACE_INPUT_SIZE = 224  # 5x5 grid instead of 3x3 at FaceNet's native 160 px
@@ -130,7 +135,7 @@ def crossview_section(seed: int = 0) -> Section:
     return section
 
 
-def render_pair(explainer, spec: PairSpec, folder: Path, stem: str) -> dict:
+def render_pair(explainer: Explainer, spec: PairSpec, folder: Path, stem: str) -> dict:
     """Write the pair's figures; return what the HTML needs."""
     result = explainer.explain(spec.a, spec.b)
     pair_report.overall_figure(result, folder / f"{stem}_overall.png", title=spec.title)
@@ -146,7 +151,8 @@ def render_pair(explainer, spec: PairSpec, folder: Path, stem: str) -> dict:
             "similarity": result.similarity.name, "grid": result.a.grid, "files": files}
 
 
-def methods_figure(explainer, spec: PairSpec, result, path: Path) -> None:
+def methods_figure(explainer: Explainer, spec: PairSpec, result: PairExplanation, path: Path
+                   ) -> None:
     """Rows: image a, image b; columns: each method in its positive display form."""
     rows = [[], []]
     pair = PreparedPair.of(explainer, spec.a, spec.b)  # prepared once for every method
@@ -182,7 +188,7 @@ def _embedded(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def render_html(rendered, folder: Path) -> str:
+def render_html(rendered: list[tuple[Section, list[dict]]], folder: Path) -> str:
     toc = "".join(f'<li><a href="#{s.anchor}">{html.escape(s.title)}</a></li>' for s, _ in rendered)
     body = []
     for section, pairs in rendered:

@@ -208,7 +208,7 @@ class Explainer:
 
     # -- saliency by any method ------------------------------------------------------------------
     def saliency(self, a: ImageInput, b: ImageInput, method: str = "decomposition",
-                 **options) -> tuple[torch.Tensor, torch.Tensor]:
+                 **options: object) -> tuple[torch.Tensor, torch.Tensor]:
         """Overall maps (on the feature grids) of both images by `method`: any name in
         simexplain.METHODS (see simexplain.methods)."""
         from .methods import get_method

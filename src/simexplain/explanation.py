@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -60,7 +61,7 @@ class Side:
         """(height, width) of the model input."""
         return self.frame.input_size
 
-    def point_weights(self, point, coords: maps.Coords = "image") -> torch.Tensor:
+    def point_weights(self, point: Sequence[float], coords: maps.Coords = "image") -> torch.Tensor:
         """(P,) bilinear weights of a pixel (row, col) on this side's grid."""
         return self.frame.point_weights(point, self.grid, coords)
 

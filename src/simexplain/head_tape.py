@@ -112,7 +112,7 @@ class HeadTape(TorchFunctionMode):
         self.__enter__()  # recorded from here on (`recording` switches it off)
         return fed
 
-    def slot_of(self, leaf) -> int | None:
+    def slot_of(self, leaf: object) -> int | None:
         """The slot of a recorded tensor (None for anything else)."""
         entry = self._known.get(id(leaf))
         return entry[1] if entry is not None and entry[0] is leaf else None

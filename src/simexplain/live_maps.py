@@ -53,7 +53,8 @@ def check_box(box: Sequence[float]) -> tuple[float, float, float, float]:
     return values
 
 
-def point_grid_map(pair: PairExplanation, side: str, where, region: bool = False,
+def point_grid_map(pair: PairExplanation, side: str, where: Sequence[float] | maps.Region,
+                   region: bool = False,
                    kind: str = DEFAULT_POINT_MAP) -> GridMap:
     """The point (or region) map of `kind` on the other image; where the point carries
     nothing to compare, a GridMap that says so instead of a flat map."""

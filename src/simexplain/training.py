@@ -166,7 +166,7 @@ def _fit(models: list[torch.nn.Module], loss_of, n_items: int, epochs: int, batc
         bar.close()
 
 
-def train_fmnist(head: str, epochs: int, seed: int, out: Path, data_root=None,
+def train_fmnist(head: str, epochs: int, seed: int, out: Path, data_root: str | Path | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR,
                  embedding_dim: int = 64, augmentation: bool = True,
                  limit: int | None = None, eval_limit: int | None = None,
@@ -259,7 +259,7 @@ def sketch_tensors(items: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
     return normalize_images(drawn, SKETCH_MEAN, SKETCH_STD)
 
 
-def train_sketch(epochs: int, seed: int, out: Path, data_root=None,
+def train_sketch(epochs: int, seed: int, out: Path, data_root: str | Path | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR,
                  embedding_dim: int = 64, width: int | None = None,
                  limit: int | None = None, eval_limit: int | None = None,

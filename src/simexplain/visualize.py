@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from .maps import display_form
+
+if TYPE_CHECKING:
+    import torch
+
+    from .explanation import PairExplanation, Side
 
 
 def colorize(values: np.ndarray, signed: bool) -> np.ndarray:
@@ -50,7 +57,7 @@ def display_size(image_size: Sequence[int], max_side: int = DISPLAY_SIDE) -> tup
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def shown(side, max_side: int = DISPLAY_SIDE) -> Image.Image:
+def shown(side: Side | Image.Image, max_side: int = DISPLAY_SIDE) -> Image.Image:
     """The photo of an `explanation.Side` (or a photo) as displayed (downscaled, aspect ratio
     kept)."""
     photo = side if isinstance(side, Image.Image) else side.image
@@ -60,7 +67,7 @@ def shown(side, max_side: int = DISPLAY_SIDE) -> Image.Image:
     return photo.resize((width, height), Image.LANCZOS)
 
 
-def overlay_side(side, grid_map, signed: bool = False, alpha: float = 0.5,
+def overlay_side(side: Side, grid_map: torch.Tensor, signed: bool = False, alpha: float = 0.5,
                  max_side: int = DISPLAY_SIDE) -> Image.Image:
     """A map over a Side's feature grid drawn on its photo (downscaled for display, aspect
     ratio kept) where the model saw it: the whole photo, or the face crop."""
@@ -69,7 +76,8 @@ def overlay_side(side, grid_map, signed: bool = False, alpha: float = 0.5,
     return overlay(base, heat, signed, alpha, inside)
 
 
-def overlay_map(result, grid_map, side: str, signed: bool = False, alpha: float = 0.5,
+def overlay_map(result: PairExplanation, grid_map: torch.Tensor, side: str, signed: bool = False,
+                alpha: float = 0.5,
                 max_side: int = DISPLAY_SIDE) -> Image.Image:
     """`overlay_side` for side "a" or "b" of a PairExplanation. Mark points given in the
     photo's pixels with `mark_point(image, to_display(result.a, point))`."""
@@ -77,7 +85,7 @@ def overlay_map(result, grid_map, side: str, signed: bool = False, alpha: float 
                         max_side)
 
 
-def to_display(side, point: Sequence[float], max_side: int = DISPLAY_SIDE
+def to_display(side: Side, point: Sequence[float], max_side: int = DISPLAY_SIDE
                ) -> tuple[float, ...]:
     """A point (row, col) or box (top, left, bottom, right) in a Side's photo pixels, in the
     pixels of that photo as displayed (`shown`, `overlay_side`)."""
@@ -87,7 +95,8 @@ def to_display(side, point: Sequence[float], max_side: int = DISPLAY_SIDE
     return tuple(float(v) * scales[i % 2] for i, v in enumerate(point))
 
 
-def mark_point(image: Image.Image, point: Sequence[float], color=(255, 255, 255),
+def mark_point(image: Image.Image, point: Sequence[float],
+               color: tuple[int, int, int] = (255, 255, 255),
                radius: int | None = None) -> Image.Image:
     """Draw a ringed cross at (row, col)."""
     out = image.copy()
@@ -99,7 +108,8 @@ def mark_point(image: Image.Image, point: Sequence[float], color=(255, 255, 255)
     return out
 
 
-def mark_box(image: Image.Image, box: Sequence[float], color=(255, 255, 0)) -> Image.Image:
+def mark_box(image: Image.Image, box: Sequence[float],
+             color: tuple[int, int, int] = (255, 255, 0)) -> Image.Image:
     """Draw a (top, left, bottom, right) box."""
     out = image.copy()
     top, left, bottom, right = box
@@ -150,7 +160,7 @@ def captioned(image: Image.Image, caption: str, band: int = 22) -> Image.Image:
     return out
 
 
-def save_figure(panels: list[list[tuple[Image.Image, str]]], path, scale: float = 2.0,
+def save_figure(panels: list[list[tuple[Image.Image, str]]], path: str | Path, scale: float = 2.0,
                 title: str | None = None) -> None:
     """Save rows of (image, caption) panels as one PNG figure."""
     import matplotlib

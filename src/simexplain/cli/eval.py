@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 
-def register(commands) -> None:
+
+def register(commands: argparse._SubParsersAction) -> None:
     from ..evaluation.commands import add_cli
     add_cli(commands)

@@ -11,7 +11,7 @@ from ..patterns import DEFAULT_PATTERNS
 from ..zoo.arguments import add_model_arguments, from_args
 
 
-def register(commands) -> None:
+def register(commands: argparse._SubParsersAction) -> None:
     pair = commands.add_parser("pair", help="explain the similarity of two images")
     pair.add_argument("a", help="image a")
     pair.add_argument("b", help="image b")

@@ -9,7 +9,9 @@ missing is left out.
 
 from __future__ import annotations
 
+import argparse
 from importlib import import_module
+from types import ModuleType
 from collections.abc import Sequence
 
 from ..errors import SimexplainError
@@ -39,7 +41,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 }
 
 
-def add_cli(subparsers) -> None:
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
     evaluate = subparsers.add_parser("eval", help="run an evaluation benchmark")
     benchmarks = evaluate.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     for name, (module_name, text) in BENCHMARKS.items():
@@ -79,7 +81,8 @@ def _add_broken(benchmarks, name: str, module_name: str, exc: ImportError) -> No
 
 
 # -- command line shared by the benchmark subcommands ----------------------------------------------
-def configure_benchmark_parser(parser, methods: Sequence[str], default_samples: dict,
+def configure_benchmark_parser(parser: argparse.ArgumentParser, methods: Sequence[str],
+                               default_samples: dict,
                                quick_samples: int) -> None:
     defaults = ", ".join(f"{k} {v}" for k, v in default_samples.items())
     parser.add_argument("--model", action="append", metavar="NAME", required=True,
@@ -106,7 +109,7 @@ def expand_models(requested: Sequence[str], every: Sequence[str] = MODELS) -> li
     return out
 
 
-def run_benchmark_cli(args, module) -> int:
+def run_benchmark_cli(args: argparse.Namespace, module: ModuleType) -> int:
     """Run one benchmark module for the models asked for; write and print its figures."""
     import json
     import sys

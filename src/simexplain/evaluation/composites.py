@@ -24,6 +24,7 @@ Boxes are ``(top, left, bottom, right)`` in pixels, bottom/right exclusive.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -105,7 +106,7 @@ def canvas_with_target(target: Item, distractors: list[Item], position: tuple[in
 
 
 def random_canvas(target_source: Item, distractors: list[Item], rng: np.random.Generator,
-                  scale: tuple[float, float], resize) -> Composite:
+                  scale: tuple[float, float], resize: Callable[[Item, int], Item]) -> Composite:
     """`canvas_with_target` with the target at a random size (fraction `scale` of the canvas
     side) and position; `resize(item, side)` rescales an item."""
     side = 2 * distractors[0].image.width
@@ -200,12 +201,14 @@ class FmnistSource(ItemSource):
         box = foreground_box(np.asarray(image.convert("L")))
         return Item(image, item.label, item.name, box)
 
-    def pair(self, rng, size, match_size=None):
+    def pair(self, rng: np.random.Generator, size: int, match_size: int | None = None
+             ) -> tuple[Item, Item]:
         label = int(rng.integers(len(self.class_names)))
         i, j = rng.choice(self.by_class[label], size=2, replace=False)
         return self.item(int(i), size), self.item(int(j), match_size or size)
 
-    def distractors(self, rng, exclude, count, size):
+    def distractors(self, rng: np.random.Generator, exclude: str, count: int, size: int
+                    ) -> list[Item]:
         return [self.item(int(rng.choice(self.by_class[int(lab)])), size)
                 for lab in self._other_labels(rng, exclude, count)]
 
@@ -246,15 +249,17 @@ class PhotoSource(ItemSource):
     def labels(self) -> list[str]:
         return sorted(self.by_label)
 
-    def view(self, label: str, rng, size: int) -> Item:
+    def view(self, label: str, rng: np.random.Generator, size: int) -> Item:
         name = str(rng.choice(self.by_label[label]))
         return Item(random_view(self.photos[name], rng, size), label, name)
 
-    def pair(self, rng, size, match_size=None):
+    def pair(self, rng: np.random.Generator, size: int, match_size: int | None = None
+             ) -> tuple[Item, Item]:
         label = str(rng.choice(self.labels()))
         return self.view(label, rng, size), self.view(label, rng, match_size or size)
 
-    def distractors(self, rng, exclude, count, size):
+    def distractors(self, rng: np.random.Generator, exclude: str, count: int, size: int
+                    ) -> list[Item]:
         return [self.view(lab, rng, size) for lab in self._other_labels(rng, exclude, count)]
 
 
@@ -301,7 +306,7 @@ class FaceSource(ItemSource):
     def labels(self) -> list[str]:
         return sorted(self.by_label)
 
-    def view(self, index: int, rng, size: int) -> Item:
+    def view(self, index: int, rng: np.random.Generator, size: int) -> Item:
         name, person, photo, (top, left, bottom, right) = self.faces[index]
         h, w = bottom - top, right - left
         grow = rng.uniform(1.0, 1.15)
@@ -314,13 +319,15 @@ class FaceSource(ItemSource):
             image = ImageOps.mirror(image)
         return Item(image, person, name)
 
-    def pair(self, rng, size, match_size=None):
+    def pair(self, rng: np.random.Generator, size: int, match_size: int | None = None
+             ) -> tuple[Item, Item]:
         people = [p for p, v in self.by_label.items() if len(v) >= 2]
         person = str(rng.choice(sorted(people)))
         i, j = rng.choice(self.by_label[person], size=2, replace=False)
         return self.view(int(i), rng, size), self.view(int(j), rng, match_size or size)
 
-    def distractors(self, rng, exclude, count, size):
+    def distractors(self, rng: np.random.Generator, exclude: str, count: int, size: int
+                    ) -> list[Item]:
         return [self.view(int(rng.choice(self.by_label[lab])), rng, size)
                 for lab in self._other_labels(rng, exclude, count)]
 

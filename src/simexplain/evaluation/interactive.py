@@ -24,6 +24,7 @@ columns; 224 (the ImageNet size) is ~3x slower on CPU for similar figures.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 import argparse
 import json
 import math
@@ -40,6 +41,9 @@ from .. import maps, regions
 from .. import similarity as similarities
 from ..errors import SimexplainError
 from ..metrics import average_precision_at_r
+
+if TYPE_CHECKING:
+    from ..explainer import Explainer
 
 ITEM = 28
 DEFAULT_MODELS = ("fmnist-gap", "fmnist-gmp", "efficientnet-lite0")
@@ -138,7 +142,7 @@ def _to_tensor(items: np.ndarray, transform) -> torch.Tensor:
     return torch.stack([transform(Image.fromarray(item)) for item in items])
 
 
-def evaluate_model(explainer, data: Composites, item_size: int | None = None,
+def evaluate_model(explainer: Explainer, data: Composites, item_size: int | None = None,
                    batch_size: int = 64) -> dict:
     """Global vs region search figures of one model (an Explainer whose transform is a
     `Preprocess`) on prepared composites."""

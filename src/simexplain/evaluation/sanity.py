@@ -30,6 +30,8 @@ the notes say so.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
+from pathlib import Path
 from itertools import combinations
 
 import numpy as np
@@ -130,7 +132,7 @@ def _with_model(explainer: Explainer, model: torch.nn.Module) -> Explainer:
     return clone
 
 
-def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
+def run(model: str, methods: Sequence[str] | None = None, samples: int | None = None, seed: int = 0,
         quick: bool = False, show_progress: bool = False) -> dict:
     methods, samples, explainer, setup, source = start_run(
         model, methods, samples, quick, ALLOWED, DEFAULT_SAMPLES.get(model, 5), QUICK_SAMPLES)
@@ -265,7 +267,7 @@ def brief_lines(results: list[dict]) -> list[str]:
     return lines
 
 
-def plot_results(results: list[dict], img_dir):
+def plot_results(results: list[dict], img_dir: Path) -> Path:
     """Spearman correlation with the original map along the cascade, one panel per model."""
     n = len(results)
     fig, axes = pyplot().subplots(1, n, figsize=(4.6 * n, 3.6), squeeze=False)

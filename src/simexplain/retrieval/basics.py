@@ -6,11 +6,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import SimexplainError
 
 
-def require_faiss():
+def require_faiss() -> Any:  # the faiss module (it has no type stubs)
     try:
         import faiss
     except ImportError:

@@ -5,6 +5,7 @@ files a build wrote are ever removed from it."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 import hashlib
 import json
 import os
@@ -27,6 +28,9 @@ from .kinds import check_shards, kind as index_kind
 from .model import MODEL_KEYS, model_info
 from .ray_engine import embed_with_ray
 from .storage import FORMAT_NAME, FORMAT_VERSION, check_replaceable, common_root
+
+if TYPE_CHECKING:
+    from ..explainer import Explainer
 
 ENGINES = ("local", "ray")  # one process, or a Ray Data pipeline (`ray_engine`)
 PARTIAL_MARKER = "simexplain-partial"
@@ -51,7 +55,7 @@ class EmbeddedGallery:
     checkpoint: Path | None  # to remove once the index is saved
 
 
-def embed_gallery(images: str | Path | Iterable[str | Path], explainer,
+def embed_gallery(images: str | Path | Iterable[str | Path], explainer: Explainer,
                   model_name: str | None = None, batch_size: int = 32, progress: bool = True,
                   out: str | Path | None = None, resume: bool = True, kind: str = "flat",
                   checkpoint_every: int = 8, shards: int = 1, engine: str = "local",
@@ -117,7 +121,7 @@ def embed_gallery(images: str | Path | Iterable[str | Path], explainer,
                            resumed_from, checkpoint)
 
 
-def _embed_locally(paths: list[str], start: int, root: Path, explainer, batch_size: int,
+def _embed_locally(paths: list[str], start: int, root: Path, explainer: Explainer, batch_size: int,
                    explain: bool = False):
     """(results, skipped, files done) of each batch, embedded in this process."""
     stream = explainer.stream("b")

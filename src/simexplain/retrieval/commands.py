@@ -7,12 +7,16 @@ import functools
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import SimexplainError
 from .build import ENGINES, check_checkpoint, check_shards, checkpoint_path
 from .index import Index
 from .manifest import KINDS
 from .storage import check_replaceable, read_manifest
+
+if TYPE_CHECKING:
+    from ..explainer import Explainer
 
 
 def parse_region(text: str) -> tuple[float, float, float, float]:
@@ -26,7 +30,7 @@ def parse_region(text: str) -> tuple[float, float, float, float]:
     return values  # type: ignore[return-value]
 
 
-def add_cli(subparsers) -> None:
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
     from ..zoo.arguments import add_model_arguments
 
     index = subparsers.add_parser("index", help="build a searchable gallery index")
@@ -101,7 +105,8 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def explainer_for_index(index_path: str | Path, args: argparse.Namespace | None = None):
+def explainer_for_index(index_path: str | Path, args: argparse.Namespace | None = None
+                        ) -> Explainer:
     """The query model of an index: the one its manifest names, unless overridden (then it
     must match)."""
     from ..zoo import resolve

@@ -15,6 +15,7 @@ extra (`pip install simexplain[scale]`).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
 import logging
 import os
 import re
@@ -30,8 +31,11 @@ from .basics import Skipped
 from .embedding import Embedded, embed_files
 from .explain_cache import CachedImage
 
+if TYPE_CHECKING:
+    from ..explainer import Explainer
 
-def require_ray():
+
+def require_ray() -> Any:  # the ray module
     try:
         import ray
         import ray.data  # noqa: F401 - the pipeline needs Ray Data, not only Ray core
@@ -44,7 +48,7 @@ def require_ray():
 class _Given:
     """A picklable factory returning a ready explainer (shipped to each actor once)."""
 
-    def __init__(self, explainer):
+    def __init__(self, explainer: Explainer):
         self.explainer = explainer
 
     def __call__(self):
@@ -101,7 +105,7 @@ class _Embedder:
                 **{name: np.asarray(out[name], dtype=object) for name in columns}}
 
 
-def embed_with_ray(paths: list[str], start: int, root: Path, explainer, info: dict,
+def embed_with_ray(paths: list[str], start: int, root: Path, explainer: Explainer, info: dict,
                    batch_size: int, workers: int = 2, address: str | None = None,
                    gpus: float = 0.0, explain: bool = False
                    ) -> Iterator[tuple[list, list[Skipped], int]]:

@@ -10,6 +10,7 @@ when a server is built, so the rest of the command line works without them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
 import argparse
 from pathlib import Path
 from collections.abc import Sequence
@@ -21,15 +22,22 @@ from .hosts import LOCAL_HOSTS, served_hosts
 from .engine import MAX_INPUT_SIDE
 from .store import MAX_UPLOAD_BYTES
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from ..explainer import Explainer
+    from ..retrieval.index import Index
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 
 
-def create_app(model: str | None = None, index=None, explainer=None,
+def create_app(model: str | None = None, index: Index | str | Path | None = None,
+               explainer: Explainer | None = None,
                samples: Sequence | None = None, models: Sequence[str] | None = None,
                max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS,
                allowed_hosts: Sequence[str] = LOCAL_HOSTS,
-               max_input_side: int = MAX_INPUT_SIDE, **cache_limits):
+               max_input_side: int = MAX_INPUT_SIDE, **cache_limits: Any) -> FastAPI:
     """The web application.
 
     model: zoo name (or a label for `explainer`); default: the index's model, else
@@ -60,7 +68,7 @@ def create_app(model: str | None = None, index=None, explainer=None,
     return build_app(engine, allowed_hosts=allowed_hosts)
 
 
-def add_cli(subparsers) -> None:
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
     serve = subparsers.add_parser(
         "serve", help="interactive page: pair explanations and region search in a browser",
         description="Serve the interactive page and its JSON API (docs at /docs). Binds to "

@@ -20,7 +20,7 @@ import threading
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from collections.abc import Sequence
 
 import torch
@@ -38,6 +38,10 @@ from .cache import LRU
 from .errors import Busy, ImageFailed, NotFound, WebError
 from .store import (MAX_UPLOAD_BYTES, STORED_SIDE, UPLOAD_MEMORY, ImageStore, PixelBudget,
                     default_samples)
+
+if TYPE_CHECKING:
+    from ..explainer import Explainer
+    from ..retrieval.index import Index
 
 # the methods the page offers: every registered one but the random baseline
 SHOWN_METHODS = tuple(explanation_methods())  # the registry's, without controls (random)
@@ -110,7 +114,8 @@ class SearchResult:
 class Engine:
     """Models, images and caches behind the web API."""
 
-    def __init__(self, explainer=None, model: str | None = None, index=None,
+    def __init__(self, explainer: Explainer | None = None, model: str | None = None,
+                 index: Index | str | Path | None = None,
                  samples: Sequence | None = None, models: Sequence[str] | None = None,
                  max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS,
                  max_explanations: int = 64, max_searches: int = 32, max_sides: int = 256,
@@ -178,7 +183,7 @@ class Engine:
         return pairs
 
     # -- models --------------------------------------------------------------------------------
-    def explainer(self, name: str | None = None, size: int | None = None):
+    def explainer(self, name: str | None = None, size: int | None = None) -> Explainer:
         """The model `name` (default: the server's), at input size `size` (the short side in
         pixels, as `--size`; None: the model's own)."""
         name = name or self.default_model
@@ -290,7 +295,8 @@ class Engine:
                        tokens=_float64(side.tokens))
         return self.sides.put((model, size, image_id, which), Prepared(image_id, image_id, side))
 
-    def _cached_side(self, explainer, model: str, size: int | None, image_id: str, which: str,
+    def _cached_side(self, explainer: Explainer, model: str, size: int | None, image_id: str,
+                     which: str,
                      picture: Image.Image) -> Side | None:
         """A gallery image's side b from the index's explain cache (no model forward): only
         for the index's own model at its own input size (`Index.cached_side`, which also
@@ -490,7 +496,7 @@ def _index_model(index) -> str | None:
     return name
 
 
-def _load_index(path, explainer, model):
+def _load_index(path, explainer: Explainer | None, model):
     """Open an index folder with its query model: the explainer given, else `model`, else the
     model its manifest names (checked against the index either way)."""
     try:

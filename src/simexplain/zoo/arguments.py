@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from ..similarity import names as similarity_names
+
+if TYPE_CHECKING:
+    from ..explainer import Explainer
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True,
@@ -37,7 +41,7 @@ def parse_size(text: str) -> int | tuple[int, int]:
     return values[0] if len(values) == 1 else values
 
 
-def from_args(args: argparse.Namespace):
+def from_args(args: argparse.Namespace) -> Explainer:
     """The Explainer the parsed model options name."""
     from . import resolve
     return resolve(args.model, args.layer, args.similarity, args.size)

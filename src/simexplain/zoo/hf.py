@@ -33,7 +33,7 @@ import inspect
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from collections.abc import Iterator
 
 import torch
@@ -357,7 +357,7 @@ def load_hf(folder: str | Path, pooling: str = "auto", normalize: bool = False,
     return HFEmbedder(model, pooling=pooling, normalize=normalize, random_pooler=random_pooler)
 
 
-def hf_preprocess(folder: str | Path | None, config=None) -> Preprocess:
+def hf_preprocess(folder: str | Path | None, config: Any = None) -> Preprocess:
     """The input preprocessing of a model: from the folder's preprocessor_config.json when
     there is one, else the config's image_size with mean and std 0.5 (see the module)."""
     vision = _vision_config(config) if config is not None else None
