@@ -50,7 +50,7 @@ def data_root() -> Path:
 # IDX files (the MNIST file format)
 
 # IDX type codes -> numpy big-endian dtype.
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),

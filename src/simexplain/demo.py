@@ -59,8 +59,8 @@ def face_section() -> Section:
                                   ("different people", "obama", "biden")):
         # whole photos: the model's input pipeline detects and crops the faces
         section.pairs.append(PairSpec(f"{title}: {name_a} vs {name_b}",
-                                      *(Image.open(photos[n]).convert("RGB")
-                                        for n in (name_a, name_b))))
+                                      Image.open(photos[name_a]).convert("RGB"),
+                                      Image.open(photos[name_b]).convert("RGB")))
     return section
 
 
@@ -154,7 +154,7 @@ def render_pair(explainer: Explainer, spec: PairSpec, folder: Path, stem: str) -
 def methods_figure(explainer: Explainer, spec: PairSpec, result: PairExplanation, path: Path
                    ) -> None:
     """Rows: image a, image b; columns: each method in its positive display form."""
-    rows = [[], []]
+    rows: list[list[tuple[Image.Image, str]]] = [[], []]
     pair = PreparedPair.of(explainer, spec.a, spec.b)  # prepared once for every method
     for method in COMPARED_METHODS:
         if not get_method(method).applies(explainer, pair):

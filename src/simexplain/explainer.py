@@ -134,7 +134,7 @@ class Explainer:
                 embedded = stream.embed(torch.cat([tensors[i] for i in members]))
                 for row, i in enumerate(members):
                     rows[i] = embedded[row]
-            out.append(torch.stack(rows))
+            out.append(torch.stack([row for row in rows if row is not None]))  # all filled
         return torch.cat(out)
 
     # -- decomposition ---------------------------------------------------------------------------

@@ -33,7 +33,9 @@ class Side:
     grid: tuple[int, int]  # feature grid (H, W)
     contributions: torch.Tensor  # (P, D), u_p
     embedding: torch.Tensor  # (D,), the model's own embedding
-    frame: maps.Frame | None = None  # where the model input lies in the photo (None: all of it)
+    # where the model input lies in the photo; None given: all of it (__post_init__ sets it,
+    # so a Side's frame is never None)
+    frame: maps.Frame = None  # type: ignore[assignment]
     # (P, D) the positions' whole features mapped by the head (`head.Contributions.projected`)
     # for max-pooling and class-token heads; None where the contributions serve
     projected: torch.Tensor | None = None
@@ -201,7 +203,7 @@ class PairExplanation:
         here, there = self._sides(side)
         return regions.side_map(self.similarity, weights, here, there, here_is_a=side == "a")
 
-    def point_map(self, side: str, point: tuple[float, float],
+    def point_map(self, side: str, point: Sequence[float],
                   kind: str = DEFAULT_POINT_MAP, coords: maps.Coords = "image") -> torch.Tensor:
         """Map over the other image's grid for pixel (row, col) of `side` (bilinear weights),
         in the photo's pixels (coords="image") or the model input's (coords="input").
@@ -261,8 +263,8 @@ class PairExplanation:
         centres_a = self.a.frame.cell_centres(self.a.grid, coords) - 0.5  # pixel indices
         centres_b = self.b.frame.cell_centres(self.b.grid, coords) - 0.5
         return [patternlib.Pattern(
-            point_a=tuple(float(v) for v in centres_a[p]),
-            point_b=tuple(float(v) for v in centres_b[q]),
+            point_a=(float(centres_a[p][0]), float(centres_a[p][1])),
+            point_b=(float(centres_b[q][0]), float(centres_b[q][1])),
             strength=float(closeness[p, q]), match=float(matrix[p, q]),
             cell_a=divmod(p, self.a.grid[1]), cell_b=divmod(q, self.b.grid[1]))
             for p, q in found]

@@ -121,7 +121,8 @@ def warp(image: Image.Image, t: np.ndarray, size: int) -> Image.Image:
     swap = np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1]])
     m = swap @ inv @ swap
     coefficients = (m[0, 0], m[0, 1], m[0, 2], m[1, 0], m[1, 1], m[1, 2])
-    return image.transform((size, size), Image.AFFINE, coefficients, resample=Image.BILINEAR)
+    return image.transform((size, size), Image.Transform.AFFINE, coefficients,
+                           resample=Image.Resampling.BILINEAR)
 
 
 def apply_affine(t: np.ndarray, points: np.ndarray) -> np.ndarray:

@@ -249,6 +249,7 @@ def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[st
         else:
             mode = strategy
         if mode == "batched":
+            assert batched is not None  # the mode is batched only when _batched succeeded
             primal, linear, constant = batched
         elif mode == "forward":
             primal, linear, constant = _forward(post, pooled, offsets, shares, pooled_constant,
@@ -257,7 +258,8 @@ def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[st
             primal, linear, constant = _reverse(post, pooled, offsets, shares, pooled_constant,
                                                 dim, chunk)
         else:
-            primal, constant = jvp(post, (pooled, offsets), (pooled_constant, offsets))
+            # torch.func.jvp's stub types its result as a 3-tuple (has_aux); without aux it is 2
+            primal, constant = jvp(post, (pooled, offsets), (pooled_constant, offsets))  # type: ignore[misc]
             _, linear, _ = _reverse(post, pooled, offsets, shares, None, dim, chunk)
         scale = float(embedding.abs().max()) + 1e-12
         if not torch.allclose(primal, embedding, rtol=1e-4, atol=1e-5 * scale):
@@ -380,6 +382,7 @@ def _reverse(post, pooled, offsets, shares, pooled_constant, dim: int, chunk: in
                 moved = (rows_j * pooled_constant[b]).flatten(1).sum(1)
                 for name, value in offsets.items():
                     moved = moved + (jac_offsets[name][picked] * value).flatten(1).sum(1)
+                assert constant is not None  # per_row: the constant is computed
                 constant[b, dims] = moved
     return out.detach(), linear, constant
 

@@ -9,7 +9,8 @@ import math
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,7 @@ class _Offset:
 
 @dataclass
 class _Step:
-    func: object
+    func: Callable[..., Any]
     args: tuple
     kwargs: dict
     outputs: list[int | None]  # slot of each flattened output leaf (None: not a tensor)
@@ -185,7 +186,7 @@ class _Pooling:
     pool: int  # index of the pooling step
     kind: str  # mean, sum, amax, argmax, select, linear
     pooled: int  # slot of the pooled tensor
-    argument: object = None  # select: the token index; linear: the Linear's step
+    argument: Any = None  # select: the token index (int); linear: the Linear's step (int)
 
 
 def _reduced_dims(step: _Step) -> set[int] | None:
@@ -210,6 +211,7 @@ def _positional(step: _Step, source: int) -> bool:
 def find_pooling(tape: HeadTape, ndim: int) -> _Pooling | None:
     """Recognise a pooling head on the tape, or None (the head is then analysed whole)."""
     steps = tape.steps
+    assert tape.features is not None  # a tape is analysed once it has recorded the layer
     readers: dict[int, list[int]] = {}
     for i, step in enumerate(steps):
         for slot in step.reads:
@@ -245,8 +247,9 @@ def find_pooling(tape: HeadTape, ndim: int) -> _Pooling | None:
                 kind, argument = "select", index[1]
         elif func in _FLATTEN:
             linear = _flatten_then_linear(steps, readers, i, math.prod(tape.features.shape[1:]))
-            if linear is not None:
-                return _Pooling(chain, i, "linear", steps[linear].outputs[0], linear)
+            pooled = steps[linear].outputs[0] if linear is not None else None
+            if linear is not None and pooled is not None:
+                return _Pooling(chain, i, "linear", pooled, linear)
         elif func in _ELEMENTWISE and len(step.outputs) == 1:
             chain.append(i)
             current = step.outputs[0]
@@ -267,7 +270,7 @@ def _flatten_then_linear(steps: list[_Step], readers: dict[int, list[int]], i: i
     `numel` values of an image (a Linear over C * P, not e.g. over positions alone)."""
     flat = steps[i]
     out = flat.outputs[0]
-    users = readers.get(out, [])
+    users = readers.get(out, []) if out is not None else []
     if len(users) != 1:
         return None
     step = steps[users[0]]
@@ -305,7 +308,8 @@ def pooled_shares(tape: HeadTape, pooling: _Pooling, features: torch.Tensor,
             tape.steps[i].run(env, offsets)
         return env[chain_out]
     # Elementwise steps: one tangent (the whole layer output) carries every position at once.
-    y, t = jvp(chain, (features,), (features,)) if pooling.chain else (features, features)
+    # torch.func.jvp's stub types its result as a 3-tuple (has_aux); without aux it is 2
+    y, t = jvp(chain, (features,), (features,)) if pooling.chain else (features, features)  # type: ignore[misc]
     y_pos, t_pos = to_positions(y), to_positions(t)  # (B, P, C)
     n_pos = y_pos.shape[1]
     if pooling.kind == "mean":

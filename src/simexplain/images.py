@@ -22,8 +22,9 @@ MAX_PIXELS = 40_000_000
 # With the aspect ratio kept, the long side of a model input is at most this many short sides.
 MAX_ASPECT = 4
 # Resampling filters a Preprocess may resize with, by name.
-RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
-            "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
+RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+            "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
+            "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
 
 
 def load_image(source: str | Path | Image.Image) -> Image.Image:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 
@@ -52,6 +53,8 @@ class PreparedPair:
         """Prepare a and b (a PreparedPair given as `a` is returned as it is)."""
         if isinstance(a, PreparedPair):
             return a
+        if b is None:
+            raise SimexplainError("b: an image is needed (only a PreparedPair comes alone)")
         return cls(explainer.prepare(a, "a"), explainer.prepare(b, "b"))
 
     @property
@@ -290,7 +293,8 @@ class _AttentionMethod(Method):
 
     def maps(self, explainer: Explainer, pair: PreparedPair, sides: str = "ab") -> Maps:
         found = self.traced(explainer, pair, grad=self.needs_gradients)
-        return tuple(self.grid_map(found[side]).detach().float() for side in "ab")
+        return (self.grid_map(found["a"]).detach().float(),
+                self.grid_map(found["b"]).detach().float())
 
     def grid_map(self, traced: Traced) -> torch.Tensor:
         """One image's map (H, W) from its trace."""
@@ -306,8 +310,8 @@ def _differentiate(explainer: Explainer, found: dict[str, Traced]) -> None:
     for side in "ab":
         t = found[side].trace
         targets += [a.source for a in t.attentions]
-        targets += [t.last_block(where) for where in ("input", "output")
-                    if t.last_block(where) is not None]
+        targets += [block for block in (t.last_block("input"), t.last_block("output"))
+                    if block is not None]
     grads = iter(torch.autograd.grad(s, targets, allow_unused=True))
     for side in "ab":
         traced = found[side]
@@ -431,7 +435,8 @@ class Occlusion(Method):
         base = closeness(e_a, e_b, explainer.similarity)
         map_a = self._side(explainer, pair, "a", e_b, base) if "a" in sides else None
         map_b = self._side(explainer, pair, "b", e_a, base) if "b" in sides else None
-        return map_a, map_b
+        # a side not in `sides` is None: callers read only the sides they asked for
+        return cast(Maps, (map_a, map_b))
 
     def _side(self, explainer: Explainer, pair: PreparedPair, side: str, other: torch.Tensor,
               base: torch.Tensor) -> torch.Tensor:

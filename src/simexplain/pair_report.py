@@ -27,7 +27,8 @@ def default_points(result: PairExplanation, count: int = 4) -> list[tuple[float,
             chosen.append(cell)
         if len(chosen) == count:
             break
-    return [tuple(float(v) for v in centres[r * cols + c]) for r, c in chosen]
+    return [(float(centres[r * cols + c][0]), float(centres[r * cols + c][1]))
+            for r, c in chosen]
 
 
 def overall_figure(result: PairExplanation, path: Path, title: str = "") -> None:

@@ -288,8 +288,8 @@ def scores(vectors: np.ndarray | torch.Tensor, gallery: np.ndarray | torch.Tenso
             raise SimexplainError(f"query_embeddings has shape {tuple(e.shape)}, expected one "
                                   f"per vector {tuple(v.shape)}")
         out = sim.partial_scores(v, e, g)
-    out = out.numpy()
-    return out[0] if single else out
+    result = out.numpy()
+    return result[0] if single else result
 
 
 def _float64(value) -> torch.Tensor:

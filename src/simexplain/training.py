@@ -12,6 +12,7 @@ the same seed, data and machine give the same weights.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 import random
 import time
 from contextlib import contextmanager
@@ -192,7 +193,8 @@ def train_fmnist(head: str, epochs: int, seed: int, out: Path, data_root: str | 
     started = time.time()
     with _deterministic():
         seed_everything(seed)
-        model = build_fmnist_model(head, embedding_dim).to(device)
+        # FashionViT or the CNN, by head: their own attributes (config, channels) are read below
+        model: Any = build_fmnist_model(head, embedding_dim).to(device)
         loss_fn = losses.MultiSimilarityLoss(alpha=2.0, beta=50.0, base=0.5)
         miner = miners.MultiSimilarityMiner(epsilon=0.1)
         generator = torch.Generator().manual_seed(seed)
@@ -246,7 +248,8 @@ def sketch_retrieval(sketch_model: torch.nn.Module, item_model: torch.nn.Module,
     identity = torch.arange(len(items))
     hits = hits_at_k(queries, identity, gallery, identity, k=1)
     class_hits = hits_at_k(queries, labels, gallery, labels, k=1)
-    out = {"recall_at_1": float(hits.mean()), "class_recall_at_1": float(class_hits.mean())}
+    out: dict[str, Any] = {"recall_at_1": float(hits.mean()),
+                           "class_recall_at_1": float(class_hits.mean())}
     if per_query:
         out.update(hits=hits, class_hits=class_hits)
     return out

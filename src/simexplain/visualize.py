@@ -64,7 +64,7 @@ def shown(side: Side | Image.Image, max_side: int = DISPLAY_SIDE) -> Image.Image
     height, width = display_size((photo.height, photo.width), max_side)
     if (height, width) == (photo.height, photo.width):
         return photo
-    return photo.resize((width, height), Image.LANCZOS)
+    return photo.resize((width, height), Image.Resampling.LANCZOS)
 
 
 def overlay_side(side: Side, grid_map: torch.Tensor, signed: bool = False, alpha: float = 0.5,
@@ -129,7 +129,8 @@ def linked_points(left: Image.Image, right: Image.Image,
     def fit(image: Image.Image) -> tuple[Image.Image, float]:
         scale = height / image.height
         size = (max(1, round(image.width * scale)), height)
-        resample = Image.NEAREST if scale >= 4 else Image.BILINEAR  # keep tiny pixels crisp
+        # keep tiny pixels crisp
+        resample = Image.Resampling.NEAREST if scale >= 4 else Image.Resampling.BILINEAR
         return image.convert("RGB").resize(size, resample), scale
 
     (a, sa), (b, sb) = fit(left), fit(right)

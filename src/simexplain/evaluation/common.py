@@ -231,9 +231,10 @@ def method_map(explainer: Explainer, method: str, a: torch.Tensor, b: torch.Tens
     Only the side asked for is computed where that saves work (occlusion); seeded methods
     (random) are seeded per call, so a sample's map depends on the seed only, never on the model.
     """
-    from ..methods import method_class
+    from ..methods import get_method, method_class
     cls = method_class(method)
-    maps = (cls(seed=seed) if cls.seeded else cls()).attribute(explainer, a, b, sides=side)
+    maps = (get_method(method, seed=seed) if cls.seeded else cls()).attribute(explainer, a, b,
+                                                                             sides=side)
     return pick(side, *maps).detach().float().cpu()
 
 

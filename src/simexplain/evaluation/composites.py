@@ -163,7 +163,8 @@ class ItemSource:
             t, l, b, r = item.box
             box = (int(np.floor(t * scale)), int(np.floor(l * scale)),
                    int(np.ceil(b * scale)), int(np.ceil(r * scale)))
-        return Item(item.image.resize((size, size), Image.BILINEAR), item.label, item.name, box)
+        return Item(item.image.resize((size, size), Image.Resampling.BILINEAR), item.label,
+                    item.name, box)
 
     def _other_labels(self, rng, exclude: str, count: int) -> list[str]:
         others = [lab for lab in self.labels() if lab != exclude]
@@ -197,7 +198,7 @@ class FmnistSource(ItemSource):
         return it if size == 28 else self.resize(it, size)
 
     def resize(self, item: Item, size: int) -> Item:
-        image = item.image.resize((size, size), Image.BILINEAR)
+        image = item.image.resize((size, size), Image.Resampling.BILINEAR)
         box = foreground_box(np.asarray(image.convert("L")))
         return Item(image, item.label, item.name, box)
 
@@ -224,7 +225,8 @@ def random_view(image: Image.Image, rng: np.random.Generator, size: int,
     w, h = max(8, min(w, width)), max(8, min(h, height))
     left = int(rng.integers(0, width - w + 1))
     top = int(rng.integers(0, height - h + 1))
-    view = image.crop((left, top, left + w, top + h)).resize((size, size), Image.BILINEAR)
+    view = image.crop((left, top, left + w, top + h)).resize((size, size),
+                                                             Image.Resampling.BILINEAR)
     if flip and rng.random() < 0.5:
         view = ImageOps.mirror(view)
     return view
@@ -239,7 +241,7 @@ class PhotoSource(ItemSource):
 
     domain = "photos"
 
-    def __init__(self):
+    def __init__(self) -> None:
         from ..datasets import skimage_photos
         self.photos = skimage_photos()
         self.by_label: dict[str, list[str]] = {}
@@ -293,7 +295,7 @@ class FaceSource(ItemSource):
 
     domain = "faces"
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.faces = _face_boxes()
         self.by_label: dict[str, list[int]] = {}
         for i, (_, person, _, _) in enumerate(self.faces):
@@ -314,7 +316,7 @@ class FaceSource(ItemSource):
         cx = (left + right) / 2 + rng.uniform(-0.04, 0.04) * w
         half = max(h, w) * grow / 2
         crop = photo.crop((int(cx - half), int(cy - half), int(cx + half), int(cy + half)))
-        image = crop.resize((size, size), Image.BILINEAR)
+        image = crop.resize((size, size), Image.Resampling.BILINEAR)
         if rng.random() < 0.5:
             image = ImageOps.mirror(image)
         return Item(image, person, name)

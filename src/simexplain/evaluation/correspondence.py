@@ -73,14 +73,14 @@ QUICK_SAMPLES = 10
 _SALT = 4
 
 
-def pck(predicted: np.ndarray, truth: np.ndarray, image_size: tuple[int, int],
+def pck(predicted: np.ndarray, truth: np.ndarray, image_size: tuple[int, ...],
         alpha: float) -> np.ndarray:
     """Per point: is the prediction within alpha * max(image side) of the truth?"""
     distance = np.linalg.norm(np.asarray(predicted, float) - np.asarray(truth, float), axis=1)
     return distance <= alpha * max(image_size)
 
 
-def predict(grid_map: torch.Tensor | np.ndarray, image_size: tuple[int, int],
+def predict(grid_map: torch.Tensor | np.ndarray, image_size: tuple[int, ...],
             rng: np.random.Generator | None = None) -> np.ndarray:
     """The centre (continuous row, col) of the map's maximal cell."""
     values = np.asarray(grid_map, dtype=np.float64)
@@ -121,7 +121,7 @@ def fmnist_pair(source: Any, rng: np.random.Generator, size: int
     return grids[0].image, grids[1].image, t, mask
 
 
-def query_points(grid: tuple[int, int], size: tuple[int, int], t: np.ndarray,
+def query_points(grid: tuple[int, int], size: tuple[int, ...], t: np.ndarray,
                  mask: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
     """Cell centres of a (inside `mask` if given) whose image lies well inside b."""
     centres = cell_centres((0, 0, *size), grid)
@@ -148,7 +148,7 @@ def layer_features(stream: SplitModel, x: torch.Tensor) -> torch.Tensor:
 
 
 def cosine_map(feats_a: torch.Tensor, feats_b: torch.Tensor, point: Sequence[float],
-               image_size: tuple[int, int]) -> torch.Tensor:
+               image_size: tuple[int, ...]) -> torch.Tensor:
     """Cosine between a's interpolated feature at a pixel and every feature vector of b."""
     grid_a = tuple(feats_a.shape[:2])
     weights = maplib.point_weights(point, grid_a, image_size).to(feats_a.dtype)
@@ -165,11 +165,11 @@ def stereo_pair(side: int) -> tuple[Image.Image, Image.Image, np.ndarray]:
     height, width = disparity.shape
     scale = side / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))  # PIL: (w, h)
-    return (Image.fromarray(left).resize(size, Image.BILINEAR),
-            Image.fromarray(right).resize(size, Image.BILINEAR), disparity)
+    return (Image.fromarray(left).resize(size, Image.Resampling.BILINEAR),
+            Image.fromarray(right).resize(size, Image.Resampling.BILINEAR), disparity)
 
 
-def stereo_truth(points: np.ndarray, disparity: np.ndarray, image_size: tuple[int, int]
+def stereo_truth(points: np.ndarray, disparity: np.ndarray, image_size: tuple[int, ...]
                  ) -> np.ndarray:
     """True (row, col) in the right view of continuous (row, col) points of the left view
     (both at `image_size`): same row, col minus the disparity at the nearest original pixel;
@@ -183,7 +183,7 @@ def stereo_truth(points: np.ndarray, disparity: np.ndarray, image_size: tuple[in
     return np.stack([points[:, 0], points[:, 1] - d * sx], axis=1)
 
 
-def stereo_points(grid: tuple[int, int], image_size: tuple[int, int], disparity: np.ndarray
+def stereo_points(grid: tuple[int, int], image_size: tuple[int, ...], disparity: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray]:
     """(query points, their true points): every cell centre of a with a known disparity whose
     true point lies in b at least half a cell from its border."""
@@ -199,11 +199,13 @@ class Scores:
     """Per-pair hits, errors and map states of every method."""
 
     def __init__(self, methods: Sequence[str]):
-        self.hits = {m: {a: [] for a in ALPHAS} for m in methods}
-        self.errors = {m: [] for m in methods}
+        self.hits: dict[str, dict[float, list[float]]] = {m: {a: [] for a in ALPHAS}
+                                                          for m in methods}
+        self.errors: dict[str, list[float]] = {m: [] for m in methods}
         self.flat = {m: 0 for m in methods}
         self.no_map = {m: 0 for m in methods}
-        self.per_point = {m: {a: [] for a in ALPHAS} for m in methods}
+        self.per_point: dict[str, dict[float, list[float]]] = {m: {a: [] for a in ALPHAS}
+                                                               for m in methods}
 
 
 def score_pair(scores: Scores, methods: Sequence[str], explainer: Explainer, a: torch.Tensor,
@@ -219,12 +221,15 @@ def score_pair(scores: Scores, methods: Sequence[str], explainer: Explainer, a: 
     random_rng = torch.Generator().manual_seed(random_seed % 2 ** 63)
     for m in methods:
         tie_rng = np.random.default_rng(tie_seed)  # one stream per pair: a new draw per point
-        predicted, found = [], []
+        predicted: list[Any] = []
+        found: list[bool] = []
         for p in points:
             pixel = (p[0] - 0.5, p[1] - 0.5)  # point_map's pixel-index convention
             if m in POINT_METHODS:
+                assert explained is not None  # computed when a point method is asked for
                 grid_map = point_map(explained, "a", pixel, m)
             elif m == "cosine":
+                assert feats is not None  # computed when cosine is asked for
                 grid_map = cosine_map(feats[0], feats[1], pixel, size_a)
             else:
                 grid_map = torch.rand(gb, generator=random_rng)
@@ -236,14 +241,14 @@ def score_pair(scores: Scores, methods: Sequence[str], explainer: Explainer, a: 
             scores.flat[m] += int(is_flat(grid_map))
             predicted.append(predict(grid_map, size_b, tie_rng))
             found.append(True)
-        predicted = np.array(predicted, dtype=np.float64).reshape(-1, 2)
-        found = np.array(found, dtype=bool)
+        predicted_at = np.array(predicted, dtype=np.float64).reshape(-1, 2)
+        found_at = np.array(found, dtype=bool)
         for alpha in ALPHAS:
-            hit = pck(predicted, truth, size_b, alpha) & found if len(points) else np.zeros(0)
+            hit = pck(predicted_at, truth, size_b, alpha) & found_at if len(points) else np.zeros(0)
             scores.hits[m][alpha].append(float(hit.mean()) if len(points) else np.nan)
             scores.per_point[m][alpha] += hit.astype(float).tolist()
-        dist = np.linalg.norm(predicted - truth, axis=1)[found] / max(size_b)
-        scores.errors[m].append(float(dist.mean()) if found.any() else np.nan)
+        dist = np.linalg.norm(predicted_at - truth, axis=1)[found_at] / max(size_b)
+        scores.errors[m].append(float(dist.mean()) if found_at.any() else np.nan)
     return explained
 
 
@@ -272,7 +277,7 @@ def run(model: str, methods: Sequence[str] | None = None, samples: int | None = 
         "domain": setup.domain})
     scores = Scores(methods)
     counts = []
-    gb = ()
+    gb: tuple[int, ...] = ()
     with Timer() as timer:
         for i in progress(range(samples), samples, f"correspondence {model}", show_progress):
             rng = np.random.default_rng(sample_seed(seed, i, _SALT))

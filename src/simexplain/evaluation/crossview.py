@@ -100,7 +100,7 @@ def run(model: str, methods: Sequence[str] | None = None, samples: int | None = 
                     f"{sketch.SHIFT:.0%}", "domain": setup.domain})
     scores = correspondence.Scores(methods)
     counts, pattern_hits = [], []
-    gb = ()
+    gb: tuple[int, ...] = ()
     with Timer() as timer:
         for i in progress(range(samples), samples, f"crossview {model}", show_progress):
             rng = np.random.default_rng(sample_seed(seed, i, _SALT))
@@ -134,7 +134,7 @@ def run(model: str, methods: Sequence[str] | None = None, samples: int | None = 
     return result
 
 
-def pattern_pck(found: Sequence[Pattern], back: np.ndarray, size: tuple[int, int]) -> dict:
+def pattern_pck(found: Sequence[Pattern], back: np.ndarray, size: tuple[int, ...]) -> dict:
     """Per alpha, for each cross-view pattern: does its point in b lie within alpha x b's side
     of the true point of its point in a? (Pattern points are pixel indices: +0.5 gives the
     continuous coordinates of the geometry.)"""

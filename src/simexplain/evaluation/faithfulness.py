@@ -62,7 +62,7 @@ _SALT = 3
 
 
 # -- cells and orders --------------------------------------------------------------------------
-def cell_masks(grid: tuple[int, int], image_size: tuple[int, int]) -> np.ndarray:
+def cell_masks(grid: tuple[int, int], image_size: tuple[int, ...]) -> np.ndarray:
     """(P, H, W) bool: the pixels of each feature cell (equal cells, rounded edges)."""
     rows, cols = grid
     height, width = image_size
@@ -193,7 +193,7 @@ def edited_batches(x: torch.Tensor, order: np.ndarray, masks: np.ndarray, counts
 
 def curves_for_map(explainer: Explainer, a: torch.Tensor, b: torch.Tensor,
                    grid_map: torch.Tensor | np.ndarray,
-                   counts: Sequence[int], masks: np.ndarray, rng: np.random.Generator,
+                   counts: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
                    base: float, cache: dict) -> dict:
     """{kind: normalised scores at each count} for one map; identical edits are cached."""
     order = order_cells(grid_map, rng)
@@ -234,8 +234,9 @@ def run(model: str, methods: Sequence[str] | None = None, samples: int | None = 
     caps = OCCLUSION_CAPS
     result["notes"] += cap_notes(setup, methods, samples, quick, caps)
     methods = usable_methods(setup, methods, quick, caps)
-    aucs = {m: {k: [] for k in CURVES} for m in methods}
-    curves = {m: {k: [] for k in CURVES} for m in methods}
+    aucs: dict[str, dict[str, list[float]]] = {m: {k: [] for k in CURVES} for m in methods}
+    curves: dict[str, dict[str, list[list[float]]]] = {m: {k: [] for k in CURVES}
+                                                        for m in methods}
     fractions = None
     skipped = 0
     with Timer() as timer:

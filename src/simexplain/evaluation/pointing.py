@@ -74,7 +74,7 @@ def pair_maps(explainer: Explainer, methods: Sequence[str], a: torch.Tensor, b: 
               query_point: Sequence[float], seed: int) -> dict:
     """Side-b maps of every method for one pair (one decomposition serves all its forms); a
     point map that does not exist (NoPointMap) is None."""
-    out = {}
+    out: dict[str, torch.Tensor | None] = {}
     if any(m in methods for m in ("decomposition", "relative", *POINT_METHODS)):
         result = explainer.explain(a, b)
         out["decomposition"] = result.overall_b.float()
@@ -97,8 +97,8 @@ def run(model: str, methods: Sequence[str] | None = None, samples: int | None = 
         "domain": setup.domain})
     result["notes"] += cap_notes(setup, methods, samples, quick)
     methods = usable_methods(setup, methods, quick)
-    hits = {m: [] for m in methods}
-    mass = {m: [] for m in methods}
+    hits: dict[str, list[float]] = {m: [] for m in methods}
+    mass: dict[str, list[float]] = {m: [] for m in methods}
     flat = {m: 0 for m in methods}
     no_map = {m: 0 for m in methods}
     with Timer() as timer:

@@ -66,7 +66,7 @@ def methods_of(result: dict) -> list[str]:
 
 
 # -- headline comparisons ----------------------------------------------------------------------
-def compare(result: dict, values_of: Callable[[str], Any], higher: bool, label: str,
+def compare(result: dict, values_of: Callable[..., Any], higher: bool, label: str,
             weights: ArrayLike | None = None,
             methods: list[str] | None = None) -> dict | None:
     """Best method by mean of per-sample values; paired margin to the runner-up (the best

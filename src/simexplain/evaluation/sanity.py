@@ -184,7 +184,7 @@ def run(model: str, methods: Sequence[str] | None = None, samples: int | None = 
                     a, b = pairs[i]
                     new = compared(broken, m, a, b, "b", seed=sample_seed(seed, i, 99))
                     cascade[m][i, s] = spearman(original[m][i], new)
-        reference = {m: [] for m in methods}
+        reference: dict[str, list[float]] = {m: [] for m in methods}
         for i, bs in enumerate(partners):
             a = pairs[i][0]
             for m in methods:

@@ -5,7 +5,7 @@ files a build wrote are ever removed from it."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 import hashlib
 import json
 import os
@@ -14,7 +14,7 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -50,12 +50,13 @@ class EmbeddedGallery:
     skipped: list[Skipped]
     root: Path
     explain_cache: ExplainCache | None
-    explainer: object  # the driver's explainer (the factory's product for Ray builds)
+    explainer: Explainer  # the driver's explainer (the factory's product for Ray builds)
     resumed_from: int  # files already done in a checkpoint when the build resumed
     checkpoint: Path | None  # to remove once the index is saved
 
 
-def embed_gallery(images: str | Path | Iterable[str | Path], explainer: Explainer,
+def embed_gallery(images: str | Path | Iterable[str | Path],
+                  explainer: Explainer | Callable[[], Explainer],
                   model_name: str | None = None, batch_size: int = 32, progress: bool = True,
                   out: str | Path | None = None, resume: bool = True, kind: str = "flat",
                   checkpoint_every: int = 8, shards: int = 1, engine: str = "local",
@@ -77,7 +78,8 @@ def embed_gallery(images: str | Path | Iterable[str | Path], explainer: Explaine
         checkpoint = checkpoint_path(out)
         check_checkpoint(checkpoint)
     # a factory (for Ray workers that load their own model) also gives the driver its copy
-    local = explainer if hasattr(explainer, "prepare") else explainer()
+    local = (cast("Explainer", explainer) if hasattr(explainer, "prepare")
+             else cast("Callable[[], Explainer]", explainer)())
     info = model_info(local, model_name)
     state = _BuildState(paths, info, root, explain)
     if checkpoint is not None:
@@ -221,7 +223,7 @@ class _BuildState:
         new = len(self.ok) - self._flushed_items
         if new:
             rows = np.concatenate(self.embeddings)[self._flushed_items:]
-            arrays = {"embeddings": rows,
+            arrays: dict[str, np.ndarray] = {"embeddings": rows,
                       "ok": np.asarray(self.ok[self._flushed_items:], dtype=np.int64),
                       "hashes": np.asarray(self.hashes[self._flushed_items:], dtype=str)}
             if self.explain:  # only the new batches' caches: no copy of the whole gallery's
@@ -231,7 +233,8 @@ class _BuildState:
                     arrays[self._CACHE[2]] = cache.projected
             name = f"shard-{len(self.shards):05d}-{uuid.uuid4().hex[:6]}.npz"
             with atomic_path(checkpoint / name) as tmp, open(tmp, "wb") as handle:
-                np.savez(handle, **arrays)
+                # numpy's stub reads **kwds as possibly its allow_pickle flag
+                np.savez(handle, **arrays)  # type: ignore[arg-type]
             self.shards.append(name)
             self._flushed_items = len(self.ok)
             self._flushed_cache = len(self.cache)
@@ -255,7 +258,8 @@ class _BuildState:
                 if any(r.cached is None for r in results):
                     raise SimexplainError("an explain build got an image without its "
                                           "contributions")
-                self.cache.append(ExplainCache.stack([r.cached for r in results]))
+                self.cache.append(ExplainCache.stack([r.cached for r in results
+                                                      if r.cached is not None]))
             self.embeddings.append(np.stack([r.embedding for r in results]).astype(np.float32))
             self.ok.extend(r.row for r in results)
             self.hashes.extend(r.sha256 for r in results)

@@ -27,7 +27,7 @@ def parse_region(text: str) -> tuple[float, float, float, float]:
     if len(values) != 4:
         raise argparse.ArgumentTypeError(
             f"a region is TOP,LEFT,BOTTOM,RIGHT in the query file's pixels, got {text!r}")
-    return values  # type: ignore[return-value]
+    return values
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:

@@ -7,7 +7,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -94,7 +94,7 @@ class RegionQuery:
     def map_on(self, other: Side, similarity: Similarity) -> torch.Tensor:
         """sum_p w_p D[p, :] on another image's grid: the region's map (every position, with
         weight 1, without a region)."""
-        weights = self.weights if self.is_region else torch.ones(
+        weights = self.weights if self.weights is not None else torch.ones(
             self.side.contributions.shape[0], dtype=torch.float64)
         return regions.side_map(similarity, weights, self.side, other)
 
@@ -145,7 +145,7 @@ class Index:
         # each image's contributions from the build's forward pass (`Index.build(explain=
         # True)`): explaining a hit then runs no model
         self.explain_cache = explain_cache
-        self.explainer = None
+        self.explainer: Explainer | None = None
         self.resumed_from = 0  # images already done in a checkpoint when a build resumed
         if explainer is not None:
             self.attach(explainer)
@@ -186,7 +186,8 @@ class Index:
                    params=with_defaults(kind, len(array), params, index_dim))
 
     @classmethod
-    def build(cls, images: str | Path | Iterable[str | Path], explainer: Explainer,
+    def build(cls, images: str | Path | Iterable[str | Path],
+              explainer: Explainer | Callable[[], Explainer],
               model_name: str | None = None, batch_size: int = 32, progress: bool = True,
               out: str | Path | None = None, resume: bool = True, kind: str = "flat",
               checkpoint_every: int = 8, shards: int = 1, engine: str = "local",
@@ -226,7 +227,8 @@ class Index:
         index.resumed_from = gallery.resumed_from
         if out is not None:
             index.save(out)
-            build.remove_checkpoint(gallery.checkpoint)
+            if gallery.checkpoint is not None:
+                build.remove_checkpoint(gallery.checkpoint)
         return index
 
     def _build_vectors(self):
@@ -362,6 +364,7 @@ class Index:
 
     def _side_from_cache(self, row: int, image: ImageInput | None = None) -> Side | None:
         explainer = self._require_explainer()
+        assert self.explain_cache is not None  # the callers check there is one
         cached = self.explain_cache.image(row)
         prepared = explainer.prepare(self.paths[row] if image is None else image, "b")
         if tuple(prepared.tensor.shape[2:]) != cached.input_size:

@@ -15,7 +15,7 @@ extra (`pip install simexplain[scale]`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 import logging
 import os
 import re
@@ -82,8 +82,9 @@ class _Embedder:
         rows = [int(r) for r in batch["row"]]
         paths = [str(p) for p in batch["path"]]
         columns = ("sha256", "reason", "embedding", "cells", "shape", "projected")
-        out = {name: [""] * len(rows) if name in ("sha256", "reason") else [b""] * len(rows)
-               for name in columns}
+        out: dict[str, list[Any]] = {
+            name: [""] * len(rows) if name in ("sha256", "reason") else [b""] * len(rows)
+            for name in columns}
         # rows of one batch are consecutive: the dataset keeps the gallery's order
         results, skipped = embed_files(paths, rows[0], self.explainer, self.stream, self.root,
                                        self.explain)
@@ -99,13 +100,14 @@ class _Embedder:
                 if item.cached.projected is not None:
                     out["projected"][at] = item.cached.projected.tobytes()
         by_path = {path: i for i, path in enumerate(paths)}
-        for item in skipped:
-            out["reason"][by_path[item.path]] = item.reason
+        for skip in skipped:
+            out["reason"][by_path[skip.path]] = skip.reason
         return {"row": np.asarray(rows, dtype=np.int64),
                 **{name: np.asarray(out[name], dtype=object) for name in columns}}
 
 
-def embed_with_ray(paths: list[str], start: int, root: Path, explainer: Explainer, info: dict,
+def embed_with_ray(paths: list[str], start: int, root: Path,
+                   explainer: Explainer | Callable[[], Explainer], info: dict,
                    batch_size: int, workers: int = 2, address: str | None = None,
                    gpus: float = 0.0, explain: bool = False
                    ) -> Iterator[tuple[list, list[Skipped], int]]:
@@ -131,7 +133,8 @@ def embed_with_ray(paths: list[str], start: int, root: Path, explainer: Explaine
         context = DataContext.get_current()
         context.execution_options.preserve_order = True  # rows come back in gallery order
         context.enable_progress_bars = False  # the build shows its own bar
-        factory = explainer if not hasattr(explainer, "prepare") else _Given(explainer)
+        factory = (explainer if not hasattr(explainer, "prepare")
+                   else _Given(cast("Explainer", explainer)))
         rows = range(start, len(paths))
         dataset = ray.data.from_items([{"row": i, "path": paths[i]} for i in rows],
                                       override_num_blocks=max(1, -(-len(rows) // batch_size)))

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Literal
-from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+from collections.abc import Callable, Sequence
 
 from fastapi import APIRouter, Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -80,8 +80,9 @@ def search_json(result: SearchResult) -> dict:
     record = result.record
     hits = [{"rank": hit.rank, "id": hit.result.image_id, "index": hit.index,
              "name": hit.name, "score": hit.score, "url": f"/api/images/{hit.result.shown_id}",
-             "grid": list(hit.map.values.shape), "map": grid_list(hit.map.values),
-             "argmax": peak(hit.map.values, hit.map.frame),
+             "grid": list(hit.map.require_values().shape),
+             "map": grid_list(hit.map.require_values()),
+             "argmax": peak(hit.map.require_values(), hit.map.frame),
              "image_size": list(hit.result.side.image_size),
              **_placement(hit.result.side.frame)} for hit in result.hits]
     return {"search_id": record.id, "model": record.model, "similarity": result.similarity,
@@ -133,7 +134,8 @@ async def _unexpected(_request: Request, exc: Exception):
 
 
 # exception type -> handler, registered on the app by build_app
-ERROR_HANDLERS = {SimexplainError: _simexplain_error, StarletteHTTPException: _http_error,
+ERROR_HANDLERS: dict[type[Exception], Callable[..., Any]] = {
+                  SimexplainError: _simexplain_error, StarletteHTTPException: _http_error,
                   RequestValidationError: _validation_error, Exception: _unexpected}
 
 

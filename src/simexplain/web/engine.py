@@ -20,7 +20,7 @@ import threading
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 from collections.abc import Sequence
 
 import torch
@@ -179,7 +179,8 @@ class Engine:
                 paths = zoo.entry(name).sample_pair()
             except (SimexplainError, OSError):  # data not fetched (or not writable) here:
                 continue  # the page opens that model on the current pair
-            pairs[name] = tuple(self.images.add_sample_file(p).id for p in paths)
+            first, second = (self.images.add_sample_file(p).id for p in paths)
+            pairs[name] = (first, second)
         return pairs
 
     # -- models --------------------------------------------------------------------------------
@@ -254,6 +255,7 @@ class Engine:
         """model, size, similarity and layer of the gallery index (None without one)."""
         if self.index is None:
             return None
+        assert self.index_model is not None  # set with the index
         explainer = self.pinned[self.index_model]
         return {"model": self.index_model, "size": len(self.images.gallery_paths),
                 "similarity": explainer.similarity.name,
@@ -420,6 +422,7 @@ class Engine:
                            "--index INDEX` for the gallery search")
         from ..retrieval.index import RegionQuery
         model = self.index_model
+        assert model is not None  # set with the index
         explainer = self.explainer(model)
         query_prepared = self._prepare_one(model, query, "a", "query")
         q = query_prepared.side
@@ -511,5 +514,9 @@ def _load_index(path, explainer: Explainer | None, model):
 __all__ = ["Engine", "GridMap", "Explained", "SearchResult", "SearchHit", "SHOWN_METHODS"]
 
 
+@overload
+def _float64(tensor: torch.Tensor) -> torch.Tensor: ...
+@overload
+def _float64(tensor: None) -> None: ...
 def _float64(tensor: torch.Tensor | None) -> torch.Tensor | None:
     return None if tensor is None else tensor.detach().double().cpu().clone()

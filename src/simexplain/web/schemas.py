@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, FiniteFloat
 
@@ -13,7 +13,7 @@ ImageId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-
                                examples=["s0"])]
 Token = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 Side = Literal["a", "b"]
-Method = Literal[SHOWN_METHODS]  # type: ignore[valid-type] - the registry's names
+Method = Literal[SHOWN_METHODS]  # type: ignore[valid-type]  # the registry's names
 Box = Annotated[list[FiniteFloat], Field(
     min_length=4, max_length=4,
     description="[top, left, bottom, right] in pixels of the image as the model sees it "
@@ -258,7 +258,7 @@ class SearchPointResponse(BaseModel):
     seq: int | None = None
 
 
-ERRORS = {400: {"model": ErrorBody, "description": "bad input"},
+ERRORS: dict[int | str, dict[str, Any]] = {400: {"model": ErrorBody, "description": "bad input"},
           404: {"model": ErrorBody, "description": "unknown id"},
           422: {"model": ErrorBody, "description": "invalid request body"}}
 

@@ -165,7 +165,7 @@ def _downscaled(opened: Image.Image, side: int) -> Image.Image:
         image = opened if opened.mode in _RESIZABLE else to_rgb(opened)
     if max(image.size) > side:
         # in place; JPEGs decode at 1/2, 1/4 or 1/8 scale (draft), then an integer reduce
-        image.thumbnail((side, side), Image.LANCZOS, reducing_gap=3.0)
+        image.thumbnail((side, side), Image.Resampling.LANCZOS, reducing_gap=3.0)
     image = to_rgb(image)
     return image.copy() if image is opened else image
 
@@ -239,9 +239,11 @@ class ImageStore:
         record = self.record(image_id)
         if record.image is not None:
             return record.image
-        if record.png is not None:
-            return self._pixels.get_or_create(image_id, lambda: _decode_png(record.png))
-        return self._pixels.get_or_create(image_id, lambda: self._load_file(record.path))
+        png, path = record.png, record.path
+        if png is not None:
+            return self._pixels.get_or_create(image_id, lambda: _decode_png(png))
+        assert path is not None  # neither pixels nor a PNG: a gallery file
+        return self._pixels.get_or_create(image_id, lambda: self._load_file(path))
 
     def _load_file(self, path: Path) -> Image.Image:
         """A gallery file, decoded within the pixel budget (its size read from the header)."""
@@ -285,7 +287,7 @@ class ImageStore:
             image = self.pixels(image_id)
             if max_side and max(image.size) > max_side:
                 image = image.copy()
-                image.thumbnail((max_side, max_side), Image.LANCZOS)
+                image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
             buffer = io.BytesIO()
             if image.width * image.height <= 256 * 256:
                 image.save(buffer, format="PNG")

@@ -38,7 +38,7 @@ def parse_size(text: str) -> int | tuple[int, int]:
     if len(values) not in (1, 2) or min(values) < 1:
         raise argparse.ArgumentTypeError(
             f"a size is N (pixels) or H,W (height,width in pixels), got {text!r}")
-    return values[0] if len(values) == 1 else values
+    return values[0] if len(values) == 1 else (values[0], values[1])
 
 
 def from_args(args: argparse.Namespace) -> Explainer:

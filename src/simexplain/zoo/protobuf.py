@@ -8,6 +8,7 @@ bytes, 2 length-prefixed bytes, 5 fixed 4 bytes).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 
 class WireError(Exception):
@@ -52,7 +53,7 @@ def signed64(value: int) -> int:
 
 
 def fields(data: bytes, pos: int, end: int
-           ) -> Iterator[tuple[int, int, int | tuple[int, int]]]:
+           ) -> Iterator[tuple[int, int, Any]]:  # the value's type follows the wire type
     """Yield ``(field_number, wire_type, value)`` for the message in ``data[pos:end]``.
 
     ``value`` is an int for varint/fixed records and a ``(start, stop)`` pair for
