@@ -148,19 +148,6 @@ def test_the_checks_find_what_they_look_for():
         "simexplain.zoo") > layer("simexplain.head")
 
 
-def test_presentation_hooks_are_imported_only_when_called():
-    for name, target in PRESENTATION_HOOKS:
-        if name in MODULES and target in MODULES:
-            assert target not in imports(name, top_level_only=True), (name, target)
-
-
-def test_the_core_does_not_import_rendering():
-    core = ("simexplain.explainer", "simexplain.explanation", "simexplain.head",
-            "simexplain.adapters", "simexplain.maps")
-    for name in core:
-        assert "simexplain.visualize" not in imports(name, top_level_only=False), name
-
-
 def test_type_checking_imports_are_not_import_edges(tmp_path, monkeypatch):
     # annotations only (`if TYPE_CHECKING:`, e.g. the Explainer type of a parameter): never
     # imported at run time, so neither an upward import nor part of a cycle
@@ -180,3 +167,16 @@ def test_type_checking_imports_are_not_import_edges(tmp_path, monkeypatch):
     assert imports("simexplain.fake", top_level_only=False) == {"simexplain.maps",
                                                                 "simexplain.zoo"}
     assert imports("simexplain.fake", top_level_only=True) == {"simexplain.maps"}
+
+
+def test_presentation_hooks_are_imported_only_when_called():
+    for name, target in PRESENTATION_HOOKS:
+        if name in MODULES and target in MODULES:
+            assert target not in imports(name, top_level_only=True), (name, target)
+
+
+def test_the_core_does_not_import_rendering():
+    core = ("simexplain.explainer", "simexplain.explanation", "simexplain.head",
+            "simexplain.adapters", "simexplain.maps")
+    for name in core:
+        assert "simexplain.visualize" not in imports(name, top_level_only=False), name
