@@ -248,8 +248,7 @@ def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[st
             mode = "forward" if n_tangents <= dim and not per_row else "reverse"
         else:
             mode = strategy
-        if mode == "batched":
-            assert batched is not None  # the mode is batched only when _batched succeeded
+        if batched is not None:  # mode == "batched"
             primal, linear, constant = batched
         elif mode == "forward":
             primal, linear, constant = _forward(post, pooled, offsets, shares, pooled_constant,
@@ -258,8 +257,7 @@ def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[st
             primal, linear, constant = _reverse(post, pooled, offsets, shares, pooled_constant,
                                                 dim, chunk)
         else:
-            # torch.func.jvp's stub types its result as a 3-tuple (has_aux); without aux it is 2
-            primal, constant = jvp(post, (pooled, offsets), (pooled_constant, offsets))  # type: ignore[misc]
+            primal, constant = jvp(post, (pooled, offsets), (pooled_constant, offsets))  # type: ignore[misc]  # torch's stub: a 3-tuple (has_aux)
             _, linear, _ = _reverse(post, pooled, offsets, shares, None, dim, chunk)
         scale = float(embedding.abs().max()) + 1e-12
         if not torch.allclose(primal, embedding, rtol=1e-4, atol=1e-5 * scale):

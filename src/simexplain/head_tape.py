@@ -308,8 +308,7 @@ def pooled_shares(tape: HeadTape, pooling: _Pooling, features: torch.Tensor,
             tape.steps[i].run(env, offsets)
         return env[chain_out]
     # Elementwise steps: one tangent (the whole layer output) carries every position at once.
-    # torch.func.jvp's stub types its result as a 3-tuple (has_aux); without aux it is 2
-    y, t = jvp(chain, (features,), (features,)) if pooling.chain else (features, features)  # type: ignore[misc]
+    y, t = jvp(chain, (features,), (features,)) if pooling.chain else (features, features)  # type: ignore[misc]  # torch's stub: a 3-tuple (has_aux)
     y_pos, t_pos = to_positions(y), to_positions(t)  # (B, P, C)
     n_pos = y_pos.shape[1]
     if pooling.kind == "mean":

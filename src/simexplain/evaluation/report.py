@@ -33,6 +33,7 @@ from .tables import fmt, fmt_plain, markdown_table
 
 BASELINES_NOTE = "baseline"
 ORDER = ALL_METHODS + tuple(POINT_METHODS) + ("cosine",)
+Benchmarks = Sequence[ModuleType]  # the benchmark modules a report covers, in order
 # the decomposition's own maps: overall, relative and point maps of every kind
 DECOMPOSITION = ("decomposition", "relative") + tuple(POINT_METHODS)
 # the baselines that explain class-token transformers only (attention rollout, ...)
@@ -419,8 +420,7 @@ def transformer_section(results: dict[str, list[dict]], benchmarks: Sequence[Mod
                     markdown_table(["benchmark", "figure", "model", *shown], table), ""]
 
 
-def write_report(results: dict[str, list[dict]], out: Path, meta: dict,
-                 benchmarks: Sequence[ModuleType],
+def write_report(results: dict[str, list[dict]], out: Path, meta: dict, benchmarks: Benchmarks,
                  interactive: dict | None = None, interactive_table: str | None = None,
                  img_subdir: str = "img/benchmarks") -> Path:
     """Write BENCHMARKS.md (and the plots under `img_subdir`) into `out`: one section per
