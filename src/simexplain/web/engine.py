@@ -298,8 +298,7 @@ class Engine:
         return self.sides.put((model, size, image_id, which), Prepared(image_id, image_id, side))
 
     def _cached_side(self, explainer: Explainer, model: str, size: int | None, image_id: str,
-                     which: str,
-                     picture: Image.Image) -> Side | None:
+                     which: str, picture: Image.Image) -> Side | None:
         """A gallery image's side b from the index's explain cache (no model forward): only
         for the index's own model at its own input size (`Index.cached_side`, which also
         refuses a file changed since indexing)."""
