@@ -19,7 +19,10 @@ data: setup
 demo: data
 	$(VENV)/bin/simexplain demo
 
+# lint (ruff) and type check (mypy, configured in pyproject.toml) first: either failing fails
 test: data
+	$(VENV)/bin/ruff check src
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 # The documentation site, offline, into site/ (the tutorials executed so their outputs show);

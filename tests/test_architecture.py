@@ -149,6 +149,27 @@ def test_the_checks_find_what_they_look_for():
         "simexplain.zoo") > layer("simexplain.head")
 
 
+def test_type_checking_imports_are_not_import_edges(tmp_path, monkeypatch):
+    # annotations only (`if TYPE_CHECKING:`, e.g. the Explainer type of a parameter): never
+    # imported at run time, so neither an upward import nor part of a cycle
+    fake = tmp_path / "fake.py"
+    fake.write_text("from typing import TYPE_CHECKING\n"
+                    "import typing\n"
+                    "from .maps import Frame\n"
+                    "if TYPE_CHECKING:\n"
+                    "    from .explainer import Explainer\n"
+                    "if typing.TYPE_CHECKING:\n"
+                    "    from .cli import main\n"
+                    "def f():\n"
+                    "    if TYPE_CHECKING:\n"
+                    "        from .web import app\n"
+                    "    from .zoo import resolve\n")
+    monkeypatch.setitem(MODULES, "simexplain.fake", fake)
+    assert imports("simexplain.fake", top_level_only=False) == {"simexplain.maps",
+                                                                "simexplain.zoo"}
+    assert imports("simexplain.fake", top_level_only=True) == {"simexplain.maps"}
+
+
 def test_presentation_hooks_are_imported_only_when_called():
     for name, target in PRESENTATION_HOOKS:
         if name in MODULES and target in MODULES:

@@ -119,3 +119,15 @@ def test_methods_share_one_prepared_pair_and_occlusion_embeds_each_image_once(mo
     cached = dict(pair.cache)
     get_method("rgradcam").attribute(explainer, pair)
     assert pair.cache.keys() == cached.keys()
+
+
+def test_a_missing_b_is_a_clear_error():
+    # b may be left out only when a is a PreparedPair (it was a TypeError from deep inside)
+    from simexplain.methods import PreparedPair, get_method
+    explainer = explainer_for("gap", normalize=True)
+    with pytest.raises(SimexplainError, match="b: an image is needed"):
+        PreparedPair.of(explainer, images(1))
+    with pytest.raises(SimexplainError, match="b: an image is needed"):
+        get_method("decomposition").attribute(explainer, images(1))
+    pair = PreparedPair.of(explainer, images(1), images(2))
+    assert PreparedPair.of(explainer, pair) is pair

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import math
 from contextlib import contextmanager, nullcontext
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -86,7 +86,8 @@ class SplitModel:
             for h in hooks:
                 h.remove()
         if not calls:
-            raise LayerError(f"layer {self.layer_name!r} is never called in the model's forward pass")
+            raise LayerError(
+                f"layer {self.layer_name!r} is never called in the model's forward pass")
         if len(calls) > 1:
             raise LayerError(
                 f"layer {self.layer_name!r} is called {len(calls)} times in one forward pass; "

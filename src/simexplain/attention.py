@@ -29,7 +29,7 @@ import inspect
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +75,7 @@ class Trace:
         found = self.block_inputs if where == "input" else self.block_outputs
         return found.get(self.attentions[-1].block)
 
-    def detached(self) -> "Trace":
+    def detached(self) -> Trace:
         """The same values out of the autograd graph (so that keeping them keeps no graph)."""
         return Trace(self.output.detach(),
                      [Attention(a.weights.detach(), a.block, a.source.detach())

@@ -50,7 +50,7 @@ def data_root() -> Path:
 # IDX files (the MNIST file format)
 
 # IDX type codes -> numpy big-endian dtype.
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),
@@ -82,7 +82,8 @@ def read_idx(path: str | Path) -> np.ndarray:
         else:
             data = path.read_bytes()
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise IdxError(f"{path}: cannot read IDX file ({exc}); delete it and fetch it again") from None
+        raise IdxError(
+            f"{path}: cannot read IDX file ({exc}); delete it and fetch it again") from None
     if len(data) < 4:
         raise IdxError(f"{path}: corrupt IDX file (only {len(data)} bytes, no header)")
     if data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:

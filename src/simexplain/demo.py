@@ -14,6 +14,7 @@ import html
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -23,6 +24,10 @@ from .display import png_data_uri
 from .explanation import DEFAULT_POINT_MAP, point_map_label
 from .files import write_text_atomic
 from .methods import PreparedPair, explanation_methods, get_method
+
+if TYPE_CHECKING:
+    from .explainer import Explainer
+    from .explanation import PairExplanation
 
 COMPARED_METHODS = explanation_methods()
 FACE_INPUT_SIZE = 224  # 5x5 grid instead of 3x3 at FaceNet's native 160 px
@@ -55,8 +60,8 @@ def face_section() -> Section:
                                   ("different people", "obama", "biden")):
         # whole photos: the model's input pipeline detects and crops the faces
         section.pairs.append(PairSpec(f"{title}: {name_a} vs {name_b}",
-                                      *(Image.open(photos[n]).convert("RGB")
-                                        for n in (name_a, name_b))))
+                                      Image.open(photos[name_a]).convert("RGB"),
+                                      Image.open(photos[name_b]).convert("RGB")))
     return section
 
 
@@ -131,7 +136,7 @@ def crossview_section(seed: int = 0) -> Section:
     return section
 
 
-def render_pair(explainer, spec: PairSpec, folder: Path, stem: str) -> dict:
+def render_pair(explainer: Explainer, spec: PairSpec, folder: Path, stem: str) -> dict:
     """Write the pair's figures; return what the HTML needs."""
     result = explainer.explain(spec.a, spec.b)
     figures = {"crops": pair_report.crops_figure(result),
@@ -149,10 +154,11 @@ def render_pair(explainer, spec: PairSpec, folder: Path, stem: str) -> dict:
             "similarity": result.similarity.name, "grid": result.a.grid, "files": files}
 
 
-def methods_figure(explainer, spec: PairSpec, result) -> Image.Image:
+def methods_figure(explainer: Explainer, spec: PairSpec, result: PairExplanation
+                   ) -> Image.Image:
     """Rows: image a, image b; columns: each method in its positive display form, drawn where
     the model saw the image (a face crop enlarged)."""
-    rows = [[], []]
+    rows: list[list[tuple[Image.Image, str]]] = [[], []]
     views = [visualize.View.seen(result.a), visualize.View.seen(result.b)]
     pair = PreparedPair.of(explainer, spec.a, spec.b)  # prepared once for every method
     for method in COMPARED_METHODS:
@@ -182,7 +188,7 @@ def build_report(out: Path, sections: list[Section] | None = None) -> Path:
     return page
 
 
-def render_html(rendered, folder: Path) -> str:
+def render_html(rendered: list[tuple[Section, list[dict]]], folder: Path) -> str:
     toc = "".join(f'<li><a href="#{s.anchor}">{html.escape(s.title)}</a></li>' for s, _ in rendered)
     body = []
     for section, pairs in rendered:
@@ -196,7 +202,8 @@ def render_html(rendered, folder: Path) -> str:
                 f'{pair["grid"][0]}x{pair["grid"][1]}</p>')
             for name in pair["files"]:
                 kind = name.rsplit("_", 1)[1].removesuffix(".png")
-                body.append(f'<figure class="{kind}"><img alt="{kind}" src="{png_data_uri((folder / name).read_bytes())}">'
+                source = png_data_uri((folder / name).read_bytes())
+                body.append(f'<figure class="{kind}"><img alt="{kind}" src="{source}">'
                             f'<figcaption>{CAPTIONS[kind]}</figcaption></figure>')
             body.append("</article>")
         body.append("</section>")

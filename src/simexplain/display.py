@@ -10,7 +10,8 @@ import html
 import inspect
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Any, TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
 from PIL import Image
 
@@ -99,7 +100,7 @@ SHOW_KINDS: dict[str, Callable[..., Image.Image]] = {
 }
 
 
-def show(result: PairExplanation, kind: str, /, **options) -> Image.Image:
+def show(result: PairExplanation, kind: str, /, **options: Any) -> Image.Image:
     """The figure `kind` of a pair as an image (see `PairExplanation.show`)."""
     if kind not in SHOW_KINDS:
         raise SimexplainError(f"unknown figure kind {kind!r}; kinds: "
@@ -113,7 +114,7 @@ def show(result: PairExplanation, kind: str, /, **options) -> Image.Image:
     return draw(result, **options)
 
 
-def _thumbnail(hit: "Hit") -> Image.Image:
+def _thumbnail(hit: Hit) -> Image.Image:
     """The hit's photo shrunk to a thumbnail, its region map overlaid when it carries one."""
     if hit.explanation is not None:
         view = visualize.View.whole(hit.explanation.b, THUMBNAIL_SIDE)
@@ -123,7 +124,7 @@ def _thumbnail(hit: "Hit") -> Image.Image:
     return visualize.shown(load_image(hit.path), THUMBNAIL_SIDE)
 
 
-def hits_html(hits: Sequence["Hit"]) -> str:
+def hits_html(hits: Sequence[Hit]) -> str:
     """Search hits as a row of thumbnails with rank, file name and score (the region map
     overlaid where the hits were explained for a region). A file that cannot be read shows a
     placeholder naming it."""

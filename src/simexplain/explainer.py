@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from typing import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -66,7 +66,7 @@ class Explainer:
         self._warned_inexact = False
         self._warned_flat = False
 
-    def resized(self, size: int | tuple[int, int]) -> "Explainer":
+    def resized(self, size: int | tuple[int, int]) -> Explainer:
         """This explainer at another input size (as `--size`, see `Preprocess.resized`): the
         same model(s), layer(s) and similarity; a larger input gives a finer feature grid."""
         import copy
@@ -134,7 +134,7 @@ class Explainer:
                 embedded = stream.embed(torch.cat([tensors[i] for i in members]))
                 for row, i in enumerate(members):
                     rows[i] = embedded[row]
-            out.append(torch.stack(rows))
+            out.append(torch.stack([row for row in rows if row is not None]))  # all filled
         return torch.cat(out)
 
     # -- decomposition ---------------------------------------------------------------------------
@@ -208,7 +208,7 @@ class Explainer:
 
     # -- saliency by any method ------------------------------------------------------------------
     def saliency(self, a: ImageInput, b: ImageInput, method: str = "decomposition",
-                 **options) -> tuple[torch.Tensor, torch.Tensor]:
+                 **options: object) -> tuple[torch.Tensor, torch.Tensor]:
         """Overall maps (on the feature grids) of both images by `method`: any name in
         simexplain.METHODS (see simexplain.methods)."""
         from .methods import get_method

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,7 +34,9 @@ class Side:
     grid: tuple[int, int]  # feature grid (H, W)
     contributions: torch.Tensor  # (P, D), u_p
     embedding: torch.Tensor  # (D,), the model's own embedding
-    frame: maps.Frame | None = None  # where the model input lies in the photo (None: all of it)
+    # where the model input lies in the photo; None given: all of it (__post_init__ sets it,
+    # so a Side's frame is never None)
+    frame: maps.Frame = None  # type: ignore[assignment]
     # (P, D) the positions' whole features mapped by the head (`head.Contributions.projected`)
     # for max-pooling and class-token heads; None where the contributions serve
     projected: torch.Tensor | None = None
@@ -61,7 +64,7 @@ class Side:
         """(height, width) of the model input."""
         return self.frame.input_size
 
-    def point_weights(self, point, coords: maps.Coords = "image") -> torch.Tensor:
+    def point_weights(self, point: Sequence[float], coords: maps.Coords = "image") -> torch.Tensor:
         """(P,) bilinear weights of a pixel (row, col) on this side's grid."""
         return self.frame.point_weights(point, self.grid, coords)
 
@@ -102,7 +105,7 @@ class PairExplanation:
     tokens_b: torch.Tensor = field(repr=False, default_factory=lambda: torch.zeros(0))
 
     @classmethod
-    def from_sides(cls, a: Side, b: Side, similarity: str | Similarity) -> "PairExplanation":
+    def from_sides(cls, a: Side, b: Side, similarity: str | Similarity) -> PairExplanation:
         similarity = get_similarity(similarity)
         u, v = a.rows.double(), b.rows.double()
         e_a, e_b = a.embedding.double(), b.embedding.double()
@@ -197,7 +200,7 @@ class PairExplanation:
         here, there = self._sides(side)
         return regions.side_map(self.similarity, weights, here, there, here_is_a=side == "a")
 
-    def point_map(self, side: str, point: tuple[float, float],
+    def point_map(self, side: str, point: Sequence[float],
                   kind: str = DEFAULT_POINT_MAP, coords: maps.Coords = "image") -> torch.Tensor:
         """Map over the other image's grid for pixel (row, col) of `side` (bilinear weights),
         in the photo's pixels (coords="image") or the model input's (coords="input").
@@ -257,8 +260,8 @@ class PairExplanation:
         centres_a = self.a.frame.cell_centres(self.a.grid, coords) - 0.5  # pixel indices
         centres_b = self.b.frame.cell_centres(self.b.grid, coords) - 0.5
         return [patternlib.Pattern(
-            point_a=tuple(float(v) for v in centres_a[p]),
-            point_b=tuple(float(v) for v in centres_b[q]),
+            point_a=(float(centres_a[p][0]), float(centres_a[p][1])),
+            point_b=(float(centres_b[q][0]), float(centres_b[q][1])),
             strength=float(closeness[p, q]), match=float(matrix[p, q]),
             cell_a=divmod(p, self.a.grid[1]), cell_b=divmod(q, self.b.grid[1]))
             for p, q in found]
@@ -274,7 +277,7 @@ class PairExplanation:
 
     # -- display -----------------------------------------------------------------------------
     def widget(self, kind: str = DEFAULT_POINT_MAP,
-               display_size: int | None = None) -> "PointMapWidget":
+               display_size: int | None = None) -> PointMapWidget:
         """A live point-map widget for Jupyter (`simexplain.notebook.PointMapWidget`; needs
         `pip install 'simexplain[notebook]'`): point at one image, the other shows the point
         map of `kind`; drag a box for the region map. `display_size`: the images' longest
@@ -283,7 +286,7 @@ class PairExplanation:
         options = {} if display_size is None else {"display_size": display_size}
         return PointMapWidget(self, kind=kind, **options)
 
-    def show(self, kind: str = "overall", /, **options) -> Image.Image:
+    def show(self, kind: str = "overall", /, **options: Any) -> Image.Image:
         """One figure of the pair as an image (a PIL image: Jupyter displays it; `.save(path)`
         writes it). Kinds and their options:
 

@@ -146,7 +146,8 @@ def detect_faces(image: Image.Image | str | Path, min_face_size: int = 20) -> li
     return faces
 
 
-def _clip(top, left, bottom, right, height, width):
+def _clip(top: float, left: float, bottom: float, right: float, height: int, width: int
+          ) -> tuple[int, int, int, int] | None:
     top, left = max(int(top), 0), max(int(left), 0)
     bottom, right = min(int(bottom), height), min(int(right), width)
     if bottom - top < 2 or right - left < 2:
@@ -173,8 +174,8 @@ def crop_face(image: Image.Image | str | Path, margin: float = 0.2, size: int | 
     faces = detect_faces(rgb)
     if not faces:
         raise ImageError(
-            f"{name or _source_name(image)}: no face found ({rgb.width}x{rgb.height} pixels); use a "
-            "photo with a clearly visible, roughly frontal face of at least 20 pixels")
+            f"{name or _source_name(image)}: no face found ({rgb.width}x{rgb.height} pixels); "
+            "use a photo with a clearly visible, roughly frontal face of at least 20 pixels")
     face = faces[0]
     pad_y = face.height * margin / 2.0
     pad_x = face.width * margin / 2.0
@@ -184,5 +185,5 @@ def crop_face(image: Image.Image | str | Path, margin: float = 0.2, size: int | 
     right = min(int(round(face.right + pad_x)), rgb.width)
     crop = rgb.crop((left, top, right, bottom))
     if size is not None:
-        crop = crop.resize((int(size), int(size)), Image.BILINEAR)
+        crop = crop.resize((int(size), int(size)), Image.Resampling.BILINEAR)
     return crop, (top, left, bottom, right)

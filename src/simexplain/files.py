@@ -8,7 +8,8 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
+from typing import Any
 
 
 @contextmanager
@@ -35,13 +36,13 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def write_json_atomic(path: str | Path, data) -> None:
+def write_json_atomic(path: str | Path, data: Any) -> None:
     """JSON through a temporary file and a rename: never a half-written file. Numpy and torch
     values and paths are written as plain JSON."""
     write_text_atomic(path, json.dumps(data, indent=2, default=json_default))
 
 
-def json_default(value):
+def json_default(value: object) -> Any:
     """`json.dumps(default=...)` for numpy and torch values and paths: what every JSON file of
     simexplain may hold."""
     import numpy as np

@@ -9,7 +9,7 @@ cells are numbered row-major.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -83,7 +83,8 @@ def cell_of_point(box: Sequence[float], grid: Sequence[int], point: Sequence[flo
     return r, c
 
 
-def argmax_cell(grid_map, rng: np.random.Generator | None = None) -> tuple[int, int]:
+def argmax_cell(grid_map: torch.Tensor | np.ndarray, rng: np.random.Generator | None = None
+                ) -> tuple[int, int]:
     """(row, col) of a map's maximum; the first in row-major order, or, given `rng`, one of
     the tied maxima uniformly at random."""
     values = np.asarray(torch.as_tensor(grid_map, dtype=torch.float64))
@@ -95,7 +96,8 @@ def argmax_cell(grid_map, rng: np.random.Generator | None = None) -> tuple[int, 
 
 # -- affine maps between images ----------------------------------------------------------------
 def random_affine(rng: np.random.Generator, size: int, max_rotation: float = 15.0,
-                  scale=(0.8, 1.25), shift: float = 0.1, flip: bool = True) -> np.ndarray:
+                  scale: tuple[float, float] = (0.8, 1.25), shift: float = 0.1,
+                  flip: bool = True) -> np.ndarray:
     """3x3 matrix T mapping continuous (row, col) of a to b (both size x size), about the
     centre: a rotation within +-max_rotation degrees, a scale, a shift (fraction of the side)
     and, with `flip`, a mirror with probability 1/2."""
@@ -119,7 +121,8 @@ def warp(image: Image.Image, t: np.ndarray, size: int) -> Image.Image:
     swap = np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1]])
     m = swap @ inv @ swap
     coefficients = (m[0, 0], m[0, 1], m[0, 2], m[1, 0], m[1, 1], m[1, 2])
-    return image.transform((size, size), Image.AFFINE, coefficients, resample=Image.BILINEAR)
+    return image.transform((size, size), Image.Transform.AFFINE, coefficients,
+                           resample=Image.Resampling.BILINEAR)
 
 
 def apply_affine(t: np.ndarray, points: np.ndarray) -> np.ndarray:

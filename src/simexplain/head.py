@@ -11,14 +11,14 @@ so u_p = J A_p + c / P. For heads that are positively homogeneous once per-sampl
 frozen (pooling: average, max, GeM; linear layers; batch norm in eval; ReLU/LeakyReLU gates;
 dropout in eval; flatten), Euler's theorem gives e = J A + c exactly. The per-sample scalars
 (L2 normalisation, the std of LayerNorm, any norm/sqrt/std in the head) are frozen by
-`FreezeScales` (frozen.py): their derivatives are dropped, which is what METHOD.md asks for ("freeze, don't
-differentiate"). For any other head (GELU, softmax, sigmoid) the same computation is a
-first-order linearisation and the residual |sum_p u_p - e| is reported.
+`FreezeScales` (frozen.py): their derivatives are dropped, which is what METHOD.md asks for
+("freeze, don't differentiate"). For any other head (GELU, softmax, sigmoid) the same
+computation is a first-order linearisation and the residual |sum_p u_p - e| is reported.
 
 How it is computed (cost for P positions, C channels, D embedding dimensions):
 
-* `HeadTape` (head_tape.py) records the head during the model's one forward pass; the head is then analysed
-  alone, from the recorded layer output: the trunk never runs again.
+* `HeadTape` (head_tape.py) records the head during the model's one forward pass; the head is
+  then analysed alone, from the recorded layer output: the trunk never runs again.
 * Pooling heads (average, max, GeM, token mean, class token; flatten + Linear, which maps each
   position on its own) are recognised on the tape (`find_pooling`). Each position's share of
   the pooled vector (a P x C matrix: A_pk / P for the average, A_pk at the argmax for max, ...)
@@ -248,7 +248,7 @@ def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[st
             mode = "forward" if n_tangents <= dim and not per_row else "reverse"
         else:
             mode = strategy
-        if mode == "batched":
+        if batched is not None:  # mode == "batched"
             primal, linear, constant = batched
         elif mode == "forward":
             primal, linear, constant = _forward(post, pooled, offsets, shares, pooled_constant,
@@ -257,7 +257,7 @@ def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[st
             primal, linear, constant = _reverse(post, pooled, offsets, shares, pooled_constant,
                                                 dim, chunk)
         else:
-            primal, constant = jvp(post, (pooled, offsets), (pooled_constant, offsets))
+            primal, constant = jvp(post, (pooled, offsets), (pooled_constant, offsets))  # type: ignore[misc]  # torch's stub: a 3-tuple (has_aux)
             _, linear, _ = _reverse(post, pooled, offsets, shares, None, dim, chunk)
         scale = float(embedding.abs().max()) + 1e-12
         if not torch.allclose(primal, embedding, rtol=1e-4, atol=1e-5 * scale):
@@ -380,6 +380,7 @@ def _reverse(post, pooled, offsets, shares, pooled_constant, dim: int, chunk: in
                 moved = (rows_j * pooled_constant[b]).flatten(1).sum(1)
                 for name, value in offsets.items():
                     moved = moved + (jac_offsets[name][picked] * value).flatten(1).sum(1)
+                assert constant is not None  # per_row: the constant is computed
                 constant[b, dims] = moved
     return out.detach(), linear, constant
 

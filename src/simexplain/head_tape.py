@@ -9,7 +9,8 @@ import math
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,7 @@ class _Offset:
 
 @dataclass
 class _Step:
-    func: object
+    func: Callable[..., Any]
     args: tuple
     kwargs: dict
     outputs: list[int | None]  # slot of each flattened output leaf (None: not a tensor)
@@ -83,7 +84,7 @@ class HeadTape(TorchFunctionMode):
         self._next_slot = 1
 
     @contextmanager
-    def recording(self, layer: torch.nn.Module) -> Iterator["HeadTape"]:
+    def recording(self, layer: torch.nn.Module) -> Iterator[HeadTape]:
         """Within the block, the model's forward pass is recorded from `layer`'s output on.
         The layer's hook switches the mode on, so the trunk before it runs without the mode's
         cost on every call (milliseconds on small models); the block's end switches it off.
@@ -112,7 +113,7 @@ class HeadTape(TorchFunctionMode):
         self.__enter__()  # recorded from here on (`recording` switches it off)
         return fed
 
-    def slot_of(self, leaf) -> int | None:
+    def slot_of(self, leaf: object) -> int | None:
         """The slot of a recorded tensor (None for anything else)."""
         entry = self._known.get(id(leaf))
         return entry[1] if entry is not None and entry[0] is leaf else None
@@ -185,7 +186,7 @@ class _Pooling:
     pool: int  # index of the pooling step
     kind: str  # mean, sum, amax, argmax, select, linear
     pooled: int  # slot of the pooled tensor
-    argument: object = None  # select: the token index; linear: the Linear's step
+    argument: Any = None  # select: the token index (int); linear: the Linear's step (int)
 
 
 def _reduced_dims(step: _Step) -> set[int] | None:
@@ -210,6 +211,7 @@ def _positional(step: _Step, source: int) -> bool:
 def find_pooling(tape: HeadTape, ndim: int) -> _Pooling | None:
     """Recognise a pooling head on the tape, or None (the head is then analysed whole)."""
     steps = tape.steps
+    assert tape.features is not None  # a tape is analysed once it has recorded the layer
     readers: dict[int, list[int]] = {}
     for i, step in enumerate(steps):
         for slot in step.reads:
@@ -245,8 +247,9 @@ def find_pooling(tape: HeadTape, ndim: int) -> _Pooling | None:
                 kind, argument = "select", index[1]
         elif func in _FLATTEN:
             linear = _flatten_then_linear(steps, readers, i, math.prod(tape.features.shape[1:]))
-            if linear is not None:
-                return _Pooling(chain, i, "linear", steps[linear].outputs[0], linear)
+            pooled = steps[linear].outputs[0] if linear is not None else None
+            if linear is not None and pooled is not None:
+                return _Pooling(chain, i, "linear", pooled, linear)
         elif func in _ELEMENTWISE and len(step.outputs) == 1:
             chain.append(i)
             current = step.outputs[0]
@@ -267,7 +270,7 @@ def _flatten_then_linear(steps: list[_Step], readers: dict[int, list[int]], i: i
     `numel` values of an image (a Linear over C * P, not e.g. over positions alone)."""
     flat = steps[i]
     out = flat.outputs[0]
-    users = readers.get(out, [])
+    users = readers.get(out, []) if out is not None else []
     if len(users) != 1:
         return None
     step = steps[users[0]]
@@ -305,7 +308,7 @@ def pooled_shares(tape: HeadTape, pooling: _Pooling, features: torch.Tensor,
             tape.steps[i].run(env, offsets)
         return env[chain_out]
     # Elementwise steps: one tangent (the whole layer output) carries every position at once.
-    y, t = jvp(chain, (features,), (features,)) if pooling.chain else (features, features)
+    y, t = jvp(chain, (features,), (features,)) if pooling.chain else (features, features)  # type: ignore[misc]  # torch's stub: a 3-tuple (has_aux)
     y_pos, t_pos = to_positions(y), to_positions(t)  # (B, P, C)
     n_pos = y_pos.shape[1]
     if pooling.kind == "mean":

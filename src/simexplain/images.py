@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -14,15 +14,16 @@ from PIL import Image, UnidentifiedImageError
 from .defaults import MAX_PIXELS
 from .errors import ImageError
 
-ImageInput = Union[str, Path, Image.Image, torch.Tensor]
+ImageInput = str | Path | Image.Image | torch.Tensor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # With the aspect ratio kept, the long side of a model input is at most this many short sides.
 MAX_ASPECT = 4
 # Resampling filters a Preprocess may resize with, by name.
-RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
-            "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
+RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+            "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
+            "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
 
 
 def load_image(source: str | Path | Image.Image) -> Image.Image:
@@ -161,7 +162,7 @@ class Preprocess:
         w = min(max(short, int(round(width * scale))), long_cap)
         return h, w
 
-    def resized(self, size: int | tuple[int, int] | None) -> "Preprocess":
+    def resized(self, size: int | tuple[int, int] | None) -> Preprocess:
         """This preprocessing at another input size (the CLI's `--size`): an int is the side
         (the short side where the aspect ratio is kept, else both sides); (height, width) is
         exactly that (squashed); None keeps it."""
@@ -202,7 +203,8 @@ def check_tensor(tensor: torch.Tensor, name: str = "input") -> torch.Tensor:
         tensor = tensor.unsqueeze(0)
     if tensor.dim() != 4:
         raise ImageError(
-            f"{name}: expected a preprocessed tensor of shape (1, C, H, W), got {tuple(tensor.shape)}")
+            f"{name}: expected a preprocessed tensor of shape (1, C, H, W), "
+            f"got {tuple(tensor.shape)}")
     if not torch.is_floating_point(tensor):
         raise ImageError(f"{name}: expected a float tensor, got {tensor.dtype}")
     # the sum is finite for every finite input of sane magnitude: one cheap pass, and the

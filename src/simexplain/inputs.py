@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from PIL import Image
@@ -63,7 +63,7 @@ class InputPipeline:
             if tensor.shape[0] != 1:
                 raise ImageError(f"{name}: expected one image (1, C, H, W), got "
                                  f"{tuple(tensor.shape)}")
-            size = tuple(tensor.shape[2:])
+            size = (int(tensor.shape[2]), int(tensor.shape[3]))
             return PreparedImage(tensor, blank_image(size), Frame.whole(size))
         photo = load_image(image)
         box = (0, 0, photo.height, photo.width)
@@ -73,5 +73,6 @@ class InputPipeline:
             source = str(image) if isinstance(image, (str, Path)) else name
             seen, box = crop_face(photo, margin=self.face_margin, size=None, name=source)
         tensor = check_tensor(self.transform(seen), name=name)
-        frame = Frame((photo.height, photo.width), tuple(box), tuple(tensor.shape[2:]))
+        frame = Frame((photo.height, photo.width), box,
+                      (int(tensor.shape[2]), int(tensor.shape[3])))
         return PreparedImage(tensor, photo, frame)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from importlib import import_module
-from typing import Callable
+from collections.abc import Callable
 
 
 def lazy_names(package: str, names: dict[str, str]

@@ -11,23 +11,27 @@ line imports no command's code: `simexplain --help` lists the commands without l
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
 class LazyParser(argparse.ArgumentParser):
-    def __init__(self, *args,
-                 configure: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs):
+    def __init__(self, *args: Any,
+                 configure: Callable[[argparse.ArgumentParser], None] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._configure = configure
 
-    def complete(self) -> "LazyParser":
+    def complete(self) -> LazyParser:
         """Add the deferred options now (once)."""
         configure, self._configure = self._configure, None
         if configure is not None:
             configure(self)
         return self
 
-    def parse_known_args(self, args=None, namespace=None):
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None
+                         ) -> tuple[argparse.Namespace, list[str]]:
         self.complete()
         return super().parse_known_args(args, namespace)
 

@@ -9,7 +9,8 @@ web or notebook framework.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -33,6 +34,12 @@ class GridMap:
     kind: str | None = None  # the point-map kind (point and region maps)
     no_map: str | None = None  # why there is no map (the point carries no contribution)
 
+    def require_values(self) -> torch.Tensor:
+        """The values of a map that exists (NoPointMap, with its reason, for one that does not)."""
+        if self.values is None:
+            raise NoPointMap(self.no_map or "no map")
+        return self.values
+
 
 def side_of(pair: PairExplanation, side: str) -> Side:
     return pick(side, pair.a, pair.b)
@@ -53,10 +60,12 @@ def check_box(box: Sequence[float]) -> tuple[float, float, float, float]:
     return values
 
 
-def point_grid_map(pair: PairExplanation, side: str, where, region: bool = False,
+def point_grid_map(pair: PairExplanation, side: str, where: Any,
+                   region: bool = False,
                    kind: str = DEFAULT_POINT_MAP) -> GridMap:
     """The point (or region) map of `kind` on the other image; where the point carries
-    nothing to compare, a GridMap that says so instead of a flat map."""
+    nothing to compare, a GridMap that says so instead of a flat map. `where`: a point
+    (row, col), or with `region` a box or a mask."""
     other = other_side(side)
     frame = side_of(pair, other).frame
     try:
@@ -103,16 +112,17 @@ def map_json(result: GridMap, top: bool = False) -> dict:
     """A point or region map; with its kind and label, or the explicit "no map" answer; `top`:
     with its few strongest cells (the pair view rings them; gallery thumbnails ring only the
     maximum, so a pointer move over many results skips them)."""
-    out = {"side": result.side}
+    out: dict[str, Any] = {"side": result.side}
     if result.kind is not None:
         out.update(kind=result.kind, label=point_map_label(result.kind),
                    no_map=result.no_map is not None)
     if result.no_map is not None:
         return {**out, "grid": None, "map": None, "argmax": None, "top": None,
                 "message": result.no_map}
-    return {**out, "grid": list(result.values.shape), "map": grid_list(result.values),
-            "argmax": peak(result.values, result.frame),
-            "top": top_cells(result.values, result.frame) if top else None}
+    values = result.require_values()
+    return {**out, "grid": list(values.shape), "map": grid_list(values),
+            "argmax": peak(values, result.frame),
+            "top": top_cells(values, result.frame) if top else None}
 
 
 def point_answer(pair: PairExplanation, side: str, point: Sequence[float],

@@ -4,7 +4,7 @@ from (`Frame`: the file's pixels vs the model input's), upsampling, the paper's 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from . import geometry
 from .errors import SimexplainError
 
 Box = Sequence[float]  # (top, left, bottom, right) in image pixels
-Region = Union[Box, np.ndarray, torch.Tensor]  # a box, or a mask of the image's size
+Region = Box | np.ndarray | torch.Tensor  # a box, or a mask of the image's size
 
 
 Coords = str  # "image": the file's pixels (default); "input": the model input's pixels
@@ -37,7 +37,7 @@ class Frame:
     input_size: tuple[int, int]
 
     @classmethod
-    def whole(cls, size: tuple[int, int]) -> "Frame":
+    def whole(cls, size: tuple[int, int]) -> Frame:
         """The frame of an input that is its own image (a tensor, or an unresized picture)."""
         height, width = (int(v) for v in size)
         return cls((height, width), (0, 0, height, width), (height, width))
@@ -82,7 +82,8 @@ class Frame:
     def _in(self, coords: Coords) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
         """(size of the picture, the grid's box in it) in the given coordinates."""
         if coords == "image":
-            return self.image_size, tuple(int(v) for v in self.box)
+            top, left, bottom, right = (int(v) for v in self.box)
+            return self.image_size, (top, left, bottom, right)
         if coords == "input":
             return self.input_size, (0, 0, *self.input_size)
         raise SimexplainError(f"coords must be one of {', '.join(COORDS)}, got {coords!r}")
@@ -103,7 +104,7 @@ class Frame:
                 f"(the crop {[top, left, bottom, right]} of the {size[0]}x{size[1]} image)")
         return point_weights((row - top, col - left), grid, (bottom - top, right - left))
 
-    def region_weights(self, region: "Region", grid: tuple[int, int],
+    def region_weights(self, region: Region, grid: tuple[int, int],
                        coords: Coords = "image") -> torch.Tensor:
         """(H*W,) covered fraction of each cell for a box or a mask (see `region_weights`)."""
         size, (top, left, bottom, right) = self._in(coords)
@@ -143,11 +144,11 @@ class Frame:
         """(H+1,) row and (W+1,) column coordinates of the grid's cell edges."""
         return geometry.cell_edges(self._in(coords)[1], grid)
 
-    def cell_boxes(self, grid: tuple[int, int], coords: Coords = "image") -> np.ndarray:
+    def cell_boxes(self, grid: Sequence[int], coords: Coords = "image") -> np.ndarray:
         """(H*W, 4) box (top, left, bottom, right) of every grid cell, row-major."""
         return geometry.cell_boxes(self._in(coords)[1], grid)
 
-    def cell_centres(self, grid: tuple[int, int], coords: Coords = "image") -> np.ndarray:
+    def cell_centres(self, grid: Sequence[int], coords: Coords = "image") -> np.ndarray:
         """(H*W, 2) continuous (row, col) of every grid cell's centre, row-major."""
         return geometry.cell_centres(self._in(coords)[1], grid)
 
@@ -159,8 +160,9 @@ class Frame:
     def to_dict(self, grid: tuple[int, int] | None = None) -> dict:
         """JSON-ready: image size, crop box and input size, and the grid's cell boxes, all in
         the image's pixels."""
-        out = {"image_size": list(self.image_size), "crop": [int(v) for v in self.box],
-               "input_size": list(self.input_size)}
+        out: dict[str, list] = {"image_size": list(self.image_size),
+                                "crop": [int(v) for v in self.box],
+                                "input_size": list(self.input_size)}
         if grid is not None:
             out["grid"] = list(grid)
             out["cells"] = [[round(float(v), 3) for v in cell]
@@ -185,8 +187,8 @@ class Frame:
         return heat, inside
 
 
-def point_weights(point: Sequence[float], grid: tuple[int, int],
-                  image_size: tuple[int, int]) -> torch.Tensor:
+def point_weights(point: Sequence[float], grid: Sequence[int],
+                  image_size: Sequence[int]) -> torch.Tensor:
     """(H*W,) bilinear weights of an image pixel (row, col) on the feature grid.
 
     Feature coordinates are cell-centre aligned, ((row + 0.5) * H / H_img - 0.5, ...),

@@ -17,7 +17,10 @@ computed once).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 
@@ -29,6 +32,9 @@ from .geometry import channels_last_grid
 from .images import ImageInput
 from .inputs import PreparedImage
 from .similarity import Similarity
+
+if TYPE_CHECKING:
+    from .explainer import Explainer
 
 Maps = tuple[torch.Tensor, torch.Tensor]  # (Ha, Wa), (Hb, Wb)
 
@@ -42,11 +48,13 @@ class PreparedPair:
     cache: dict = field(default_factory=dict, repr=False)  # embeddings, gradients
 
     @classmethod
-    def of(cls, explainer, a: ImageInput | "PreparedPair", b: ImageInput | None = None
-           ) -> "PreparedPair":
+    def of(cls, explainer: Explainer, a: ImageInput | PreparedPair, b: ImageInput | None = None
+           ) -> PreparedPair:
         """Prepare a and b (a PreparedPair given as `a` is returned as it is)."""
         if isinstance(a, PreparedPair):
             return a
+        if b is None:
+            raise SimexplainError("b: an image is needed (only a PreparedPair comes alone)")
         return cls(explainer.prepare(a, "a"), explainer.prepare(b, "b"))
 
     @property
@@ -60,7 +68,7 @@ class PreparedPair:
     def x(self, side: str) -> torch.Tensor:
         return pick(side, self.x_a, self.x_b)
 
-    def embeddings(self, explainer) -> tuple[torch.Tensor, torch.Tensor]:
+    def embeddings(self, explainer: Explainer) -> tuple[torch.Tensor, torch.Tensor]:
         """(e_a, e_b), each image embedded once (no gradients)."""
         if "embeddings" not in self.cache:
             self.cache["embeddings"] = (explainer.stream_a.embed(self.x_a)[0],
@@ -88,20 +96,22 @@ class Method:
     seeded = False  # takes `seed`: its maps depend on the seed only
     needs_attention = False  # explains class-token vision transformers only
 
-    def attribute(self, explainer, a: ImageInput | PreparedPair, b: ImageInput | None = None,
+    def attribute(self, explainer: Explainer, a: ImageInput | PreparedPair,
+                  b: ImageInput | None = None,
                   sides: str = "ab") -> Maps:
         """Overall maps of a and b (or of the PreparedPair given as `a`). `sides` may name one
         side only ("a" or "b"); the other map is then None unless it came for free."""
         return self.maps(explainer, PreparedPair.of(explainer, a, b), sides)
 
-    def maps(self, explainer, pair: PreparedPair, sides: str = "ab") -> Maps:
+    def maps(self, explainer: Explainer, pair: PreparedPair, sides: str = "ab") -> Maps:
         raise NotImplementedError
 
-    def check(self, explainer, pair: PreparedPair) -> None:
+    def check(self, explainer: Explainer, pair: PreparedPair) -> None:
         """Raise NotApplicable where this method cannot explain the pair's model (every method
         can, but those that need attention)."""
 
-    def applies(self, explainer, a: ImageInput | PreparedPair, b: ImageInput | None = None
+    def applies(self, explainer: Explainer, a: ImageInput | PreparedPair,
+                b: ImageInput | None = None
                 ) -> bool:
         """Can this method explain the model of `explainer` (on these inputs)?"""
         try:
@@ -120,7 +130,7 @@ class Decomposition(Method):
     signed = True
     point_maps = True
 
-    def maps(self, explainer, pair, sides="ab") -> Maps:
+    def maps(self, explainer: Explainer, pair: PreparedPair, sides: str = "ab") -> Maps:
         if "decomposition" not in pair.cache:  # one decomposition for every method of its kind
             pair.cache["decomposition"] = explainer.explain_prepared(pair.a, pair.b)
         map_a, map_b = self.pick(pair.cache["decomposition"])
@@ -150,7 +160,7 @@ class _GradientMethod(Method):
     needs_gradients = True
     raw = False  # similarity on raw (pre-normalisation) embeddings
 
-    def gradients(self, explainer, pair: PreparedPair):
+    def gradients(self, explainer: Explainer, pair: PreparedPair):
         """((A_a, ds/dA_a), (A_b, ds/dA_b)), computed once per pair for all Grad-CAMs that
         share `raw`."""
         key = ("gradients", self.raw)
@@ -165,7 +175,7 @@ class _GradientMethod(Method):
             pair.cache[key] = ((feats_a.detach(), grad_a), (feats_b.detach(), grad_b))
         return pair.cache[key]
 
-    def maps(self, explainer, pair, sides="ab") -> Maps:
+    def maps(self, explainer: Explainer, pair: PreparedPair, sides: str = "ab") -> Maps:
         (f_a, g_a), (f_b, g_b) = self.gradients(explainer, pair)
         return self.combine(f_a, g_a), self.combine(f_b, g_b)
 
@@ -188,7 +198,7 @@ class GradCAM(_GradientMethod):
     name = "gradcam"
     label = "Grad-CAM"
 
-    def combine(self, feats, grads):
+    def combine(self, feats: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
         return grad_cam(feats, grads)
 
 
@@ -206,7 +216,7 @@ class RGradCAM(_GradientMethod):
     name = "rgradcam"
     label = "RGrad-CAM"
 
-    def combine(self, feats, grads):
+    def combine(self, feats: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
         f, g = channels_last_grid(feats), channels_last_grid(grads)
         return torch.relu((f * g).sum(-1))
 
@@ -236,10 +246,10 @@ class _AttentionMethod(Method):
 
     needs_attention = True
 
-    def check(self, explainer, pair) -> None:
+    def check(self, explainer: Explainer, pair: PreparedPair) -> None:
         self.traced(explainer, pair, grad=False)
 
-    def traced(self, explainer, pair: PreparedPair, grad: bool) -> dict[str, Traced]:
+    def traced(self, explainer: Explainer, pair: PreparedPair, grad: bool) -> dict[str, Traced]:
         """side -> Traced, computed once per pair (and per grad) for all attention methods."""
         key = ("attention", grad)
         if "attention-not-applicable" in pair.cache:  # found out once per pair
@@ -258,7 +268,7 @@ class _AttentionMethod(Method):
             pair.cache[key] = found
         return pair.cache[key]
 
-    def _layout(self, explainer, side: str, x: torch.Tensor, found: Trace) -> Traced:
+    def _layout(self, explainer: Explainer, side: str, x: torch.Tensor, found: Trace) -> Traced:
         """The trace on the explained layer's grid, checked against its attention."""
         stream = explainer.stream(side)
         what = ("the attention methods (attention-rollout, chefer, gradcam-tokens) explain "
@@ -281,16 +291,17 @@ class _AttentionMethod(Method):
                 "token in front, so there is no class token's row to read")
         return Traced(found, prefix, (int(grid[0]), int(grid[1])))
 
-    def maps(self, explainer, pair, sides="ab") -> Maps:
+    def maps(self, explainer: Explainer, pair: PreparedPair, sides: str = "ab") -> Maps:
         found = self.traced(explainer, pair, grad=self.needs_gradients)
-        return tuple(self.grid_map(found[side]).detach().float() for side in "ab")
+        return (self.grid_map(found["a"]).detach().float(),
+                self.grid_map(found["b"]).detach().float())
 
     def grid_map(self, traced: Traced) -> torch.Tensor:
         """One image's map (H, W) from its trace."""
         raise NotImplementedError
 
 
-def _differentiate(explainer, found: dict[str, Traced]) -> None:
+def _differentiate(explainer: Explainer, found: dict[str, Traced]) -> None:
     """Gradients of the pair's similarity s (larger = closer) with respect to every attention
     and the last block's input and output tokens of both images, in one backward pass: with
     respect to one image's tensors, the other image's embedding is a constant."""
@@ -299,8 +310,8 @@ def _differentiate(explainer, found: dict[str, Traced]) -> None:
     for side in "ab":
         t = found[side].trace
         targets += [a.source for a in t.attentions]
-        targets += [t.last_block(where) for where in ("input", "output")
-                    if t.last_block(where) is not None]
+        targets += [block for block in (t.last_block("input"), t.last_block("output"))
+                    if block is not None]
     grads = iter(torch.autograd.grad(s, targets, allow_unused=True))
     for side in "ab":
         traced = found[side]
@@ -336,7 +347,7 @@ class AttentionRollout(_AttentionMethod):
     name = "attention-rollout"
     label = "attention rollout"
 
-    def grid_map(self, traced):
+    def grid_map(self, traced: Traced) -> torch.Tensor:
         attentions = traced.trace.attentions
         eye = _identity(attentions[0].weights)
         rollout = eye
@@ -357,7 +368,7 @@ class AttentionRelevance(_AttentionMethod):
     label = "attention relevance (Chefer et al.)"
     needs_gradients = True
 
-    def grid_map(self, traced):
+    def grid_map(self, traced: Traced) -> torch.Tensor:
         attentions = traced.trace.attentions
         relevance = _identity(attentions[0].weights)
         for attention, grad in zip(attentions, traced.attention_grads):
@@ -387,7 +398,7 @@ class GradCAMTokens(_AttentionMethod):
             raise SimexplainError(f"tokens must be 'input' or 'output', got {tokens!r}")
         self.tokens = tokens
 
-    def grid_map(self, traced):
+    def grid_map(self, traced: Traced) -> torch.Tensor:
         if self.tokens not in traced.last_block:
             block = traced.trace.attentions[-1].block
             raise NotApplicable(
@@ -419,14 +430,15 @@ class Occlusion(Method):
         self.window = window
         self.batch_size = batch_size
 
-    def maps(self, explainer, pair, sides="ab") -> Maps:
+    def maps(self, explainer: Explainer, pair: PreparedPair, sides: str = "ab") -> Maps:
         e_a, e_b = pair.embeddings(explainer)
         base = closeness(e_a, e_b, explainer.similarity)
         map_a = self._side(explainer, pair, "a", e_b, base) if "a" in sides else None
         map_b = self._side(explainer, pair, "b", e_a, base) if "b" in sides else None
-        return map_a, map_b
+        # a side not in `sides` is None: callers read only the sides they asked for
+        return cast(Maps, (map_a, map_b))
 
-    def _side(self, explainer, pair: PreparedPair, side: str, other: torch.Tensor,
+    def _side(self, explainer: Explainer, pair: PreparedPair, side: str, other: torch.Tensor,
               base: torch.Tensor) -> torch.Tensor:
         stream, x = explainer.stream(side), pair.x(side)
         (rows, cols), _ = stream.grid(x)
@@ -459,7 +471,7 @@ class RandomMap(Method):
     def __init__(self, seed: int = 0):
         self.generator = torch.Generator().manual_seed(seed)
 
-    def maps(self, explainer, pair, sides="ab") -> Maps:
+    def maps(self, explainer: Explainer, pair: PreparedPair, sides: str = "ab") -> Maps:
         grid_a, _ = explainer.stream_a.grid(pair.x_a)
         grid_b, _ = explainer.stream_b.grid(pair.x_b)
         return (torch.rand(grid_a, generator=self.generator),
@@ -484,12 +496,12 @@ def method_class(name: str) -> type[Method]:
     return METHODS[name]
 
 
-def get_method(name: str, **options) -> Method:
+def get_method(name: str, **options: object) -> Method:
     """A method by name, e.g. get_method("occlusion", window=2)."""
     return method_class(name)(**options)
 
 
-def applicable_methods(explainer, names, a: ImageInput | PreparedPair,
+def applicable_methods(explainer: Explainer, names: Iterable[str], a: ImageInput | PreparedPair,
                        b: ImageInput | None = None) -> list[str]:
     """The methods among `names` that can explain the model of `explainer`, decided on one
     pair of its inputs (the attention methods need a class-token transformer)."""

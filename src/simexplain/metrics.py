@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .errors import SimexplainError
 
+Array = torch.Tensor | np.ndarray  # embeddings (N, D) or labels (N,)
 # Upper bound on the floats in one (chunk x gallery) similarity block (~64 MB in float32).
 _BLOCK_ELEMENTS = 16_000_000
 
@@ -32,7 +33,8 @@ def _embeddings(array, name: str) -> torch.Tensor:
     tensor = array.detach().cpu() if torch.is_tensor(array) else torch.as_tensor(
         np.asarray(array, dtype=np.float32))
     if tensor.dim() != 2:
-        raise SimexplainError(f"{name}: expected (N, D) embeddings, got shape {tuple(tensor.shape)}")
+        raise SimexplainError(
+            f"{name}: expected (N, D) embeddings, got shape {tuple(tensor.shape)}")
     return tensor.float()
 
 
@@ -83,14 +85,16 @@ def _similarities(q, g, start, stop, exclude_self):
     return sim
 
 
-def recall_at_k(query_emb, query_labels, gallery_emb, gallery_labels, k: int = 1,
+def recall_at_k(query_emb: Array, query_labels: Array, gallery_emb: Array,
+                gallery_labels: Array, k: int = 1,
                 exclude_self: bool = False) -> float:
     """Fraction of queries with a same-label item among their `k` most similar gallery items."""
     return float(hits_at_k(query_emb, query_labels, gallery_emb, gallery_labels, k,
                            exclude_self).mean())
 
 
-def hits_at_k(query_emb, query_labels, gallery_emb, gallery_labels, k: int = 1,
+def hits_at_k(query_emb: Array, query_labels: Array, gallery_emb: Array,
+              gallery_labels: Array, k: int = 1,
               exclude_self: bool = False) -> np.ndarray:
     """Per query: is a same-label item among its `k` most similar gallery items? (bool (n,):
     its mean is `recall_at_k`, its bootstrap the CI)."""
@@ -117,7 +121,7 @@ def average_precision_at_r(relevant: torch.Tensor, r: torch.Tensor) -> torch.Ten
     return (precision * hits).sum(dim=1) / r.double()
 
 
-def map_at_r(query_emb, query_labels, gallery_emb, gallery_labels,
+def map_at_r(query_emb: Array, query_labels: Array, gallery_emb: Array, gallery_labels: Array,
              exclude_self: bool = False) -> float:
     """Mean average precision at R (Musgrave et al. 2020); NaN when no query has a match."""
     q, ql, g, gl = _prepare(query_emb, query_labels, gallery_emb, gallery_labels, exclude_self)

@@ -4,8 +4,12 @@ the command line builds its parser from them without importing torch)."""
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from .defaults import BUILTIN_SIMILARITIES
+
+if TYPE_CHECKING:
+    from .explainer import Explainer
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True,
@@ -35,10 +39,10 @@ def parse_size(text: str) -> int | tuple[int, int]:
     if len(values) not in (1, 2) or min(values) < 1:
         raise argparse.ArgumentTypeError(
             f"a size is N (pixels) or H,W (height,width in pixels), got {text!r}")
-    return values[0] if len(values) == 1 else values
+    return values[0] if len(values) == 1 else (values[0], values[1])
 
 
-def from_args(args: argparse.Namespace):
+def from_args(args: argparse.Namespace) -> Explainer:
     """The Explainer the parsed model options name."""
     from .zoo import resolve
     return resolve(args.model, args.layer, args.similarity, args.size)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from PIL import Image
@@ -32,7 +32,8 @@ def default_points(result: PairExplanation, count: int = 4,
             chosen.append(cell)
         if len(chosen) == count:
             break
-    return [tuple(float(v) for v in centres[r * cols + c]) for r, c in chosen]
+    return [(float(centres[r * cols + c][0]), float(centres[r * cols + c][1]))
+            for r, c in chosen]
 
 
 Panel = tuple[Image.Image, str]  # an image and its caption
@@ -147,7 +148,8 @@ def crops_figure(result: PairExplanation) -> Image.Image | None:
     return visualize.figure_image([panels], scale=2.5)
 
 
-def write_pair(result: PairExplanation, out: Path, points: Sequence[tuple[float, float]] | None = None,
+def write_pair(result: PairExplanation, out: Path,
+               points: Sequence[tuple[float, float]] | None = None,
                extra: dict | None = None, patterns: int = DEFAULT_PATTERNS) -> dict:
     """Write overall_{a,b}.png, relative_{a,b}.png, overall.png, points.png, patterns.png
     (crops.png when the model saw face crops) and result.json to `out`. `points` are pixels
@@ -173,7 +175,7 @@ def write_pair(result: PairExplanation, out: Path, points: Sequence[tuple[float,
     points_image, found = points_figure(result, points)
     points_image.save(out / "points.png")
     files["points"] = "points.png"
-    found_patterns = []
+    found_patterns: list = []
     if patterns > 0:
         patterns_image, found_patterns = patterns_figure(result, patterns)
         patterns_image.save(out / "patterns.png")

@@ -9,10 +9,15 @@ or a whole query needs neither the P x Q map nor per-position features of the ot
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from .errors import NoPointMap, SimexplainError
 from .similarity import Similarity
+
+if TYPE_CHECKING:
+    from .explanation import Side
 
 # Point-map kinds (METHOD.md, "Point-map kinds") and the label shown with each.
 POINT_MAP_KINDS: dict[str, str] = {
@@ -45,9 +50,10 @@ def region_vector(weights: torch.Tensor, contributions: torch.Tensor) -> torch.T
     return weights.to(device=u.device, dtype=u.dtype) @ u
 
 
-def weighted_map(similarity: Similarity, weights: torch.Tensor, here_contributions,
-                 here_embedding, there_contributions, there_embedding, here_is_a: bool = True
-                 ) -> torch.Tensor:
+def weighted_map(similarity: Similarity, weights: torch.Tensor, here_contributions: torch.Tensor,
+                 here_embedding: torch.Tensor, there_contributions: torch.Tensor,
+                 there_embedding: torch.Tensor,
+                 here_is_a: bool = True) -> torch.Tensor:
     """(Q,) = sum_p w_p D[p, :] over the other side's positions for weights on this side;
     (K, Q) for K weightings (K, P).
 
@@ -66,7 +72,7 @@ def weighted_map(similarity: Similarity, weights: torch.Tensor, here_contributio
     return maps[0] if single else maps
 
 
-def side_map(similarity: Similarity, weights: torch.Tensor, here, there,
+def side_map(similarity: Similarity, weights: torch.Tensor, here: Side, there: Side,
              here_is_a: bool = True) -> torch.Tensor:
     """`weighted_map` between two `explanation.Side`s, shaped as the other side's grid."""
     row = weighted_map(similarity, weights, here.contributions, here.embedding,
@@ -74,7 +80,7 @@ def side_map(similarity: Similarity, weights: torch.Tensor, here, there,
     return row.reshape(there.grid)
 
 
-def kind_map(similarity: Similarity, weights: torch.Tensor, here, there, kind: str,
+def kind_map(similarity: Similarity, weights: torch.Tensor, here: Side, there: Side, kind: str,
              here_is_a: bool = True, what: str = "point") -> torch.Tensor:
     """The point or region map of `kind` (POINT_MAP_KINDS) of weights on `here` over `there`'s
     grid, from the two `explanation.Side`s' contributions alone (no P x Q map). Raises
@@ -88,7 +94,7 @@ def kind_map(similarity: Similarity, weights: torch.Tensor, here, there, kind: s
     return row.reshape(there.grid)
 
 
-def kind_maps(similarity: Similarity, weights: torch.Tensor, here, there, kind: str,
+def kind_maps(similarity: Similarity, weights: torch.Tensor, here: Side, there: Side, kind: str,
               here_is_a: bool = True) -> torch.Tensor:
     """(K, Q) maps of `kind` of K weightings (K, P) of `here` over `there`'s positions: row k
     is `kind_map` of weights[k], NaN where that weighting carries nothing to compare. With the
@@ -132,7 +138,7 @@ def _side_stats(side, kind: str) -> dict:
     return cache[key]
 
 
-def matched_vectors(side, kind: str) -> torch.Tensor:
+def matched_vectors(side: Side, kind: str) -> torch.Tensor:
     """(P, D) float64: the vectors a point map of `kind` compares on one side."""
     vectors = side.contributions if kind == "contribution" or side.projected is None \
         else side.projected

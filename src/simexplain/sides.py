@@ -17,7 +17,7 @@ def check_side(side: object) -> SideName:
     """`side` itself when it is "a" or "b" (SimexplainError naming it otherwise)."""
     if side not in SIDES:
         raise SimexplainError(f"side must be 'a' or 'b', got {side!r}")
-    return side  # type: ignore[return-value]
+    return side
 
 
 def other_side(side: object) -> SideName:

@@ -76,7 +76,7 @@ class Similarity:
         """The score oriented so that larger means closer (what saliency methods explain)."""
         return -score if self.lower_is_better else score
 
-    def without_normalisation(self) -> "Similarity":
+    def without_normalisation(self) -> Similarity:
         """The similarity on raw (pre-normalisation) embeddings: Grad-CAM's "raw" variant."""
         return self
 
@@ -129,25 +129,28 @@ class Dot(Similarity):
 
     name = "dot"
 
-    def score(self, e_a, e_b):
+    def score(self, e_a: torch.Tensor, e_b: torch.Tensor) -> torch.Tensor:
         return (e_a * e_b).sum(-1)
 
-    def pairwise(self, u, v, e_a, e_b):
+    def pairwise(self, u: torch.Tensor, v: torch.Tensor, e_a: torch.Tensor, e_b: torch.Tensor
+                 ) -> torch.Tensor:
         return u @ v.transpose(-1, -2)
 
-    def overall(self, u, v, e_a, e_b):
+    def overall(self, u: torch.Tensor, v: torch.Tensor, e_a: torch.Tensor, e_b: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         return (u * e_b[..., None, :]).sum(-1), (v * e_a[..., None, :]).sum(-1)
 
-    def scores(self, queries, gallery):
+    def scores(self, queries: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
         return queries @ gallery.T
 
-    def partial_scores(self, vectors, query_embeddings, gallery):
+    def partial_scores(self, vectors: torch.Tensor, query_embeddings: torch.Tensor,
+                       gallery: torch.Tensor) -> torch.Tensor:
         return vectors @ gallery.T
 
-    def index_vectors(self, embeddings):
+    def index_vectors(self, embeddings: np.ndarray) -> np.ndarray:
         return np.asarray(embeddings, dtype=np.float32)
 
-    def index_query(self, vector, region):
+    def index_query(self, vector: np.ndarray, region: bool) -> np.ndarray:
         return np.asarray(vector, dtype=np.float64)
 
 
@@ -161,29 +164,32 @@ class Cosine(Dot):
     def _scale(e_a: torch.Tensor, e_b: torch.Tensor) -> torch.Tensor:
         return 1.0 / (e_a.norm(dim=-1) * e_b.norm(dim=-1)).clamp_min(_EPS)
 
-    def score(self, e_a, e_b):
+    def score(self, e_a: torch.Tensor, e_b: torch.Tensor) -> torch.Tensor:
         return (e_a * e_b).sum(-1) / (e_a.norm(dim=-1) * e_b.norm(dim=-1)).clamp_min(_EPS)
 
-    def pairwise(self, u, v, e_a, e_b):
+    def pairwise(self, u: torch.Tensor, v: torch.Tensor, e_a: torch.Tensor, e_b: torch.Tensor
+                 ) -> torch.Tensor:
         return super().pairwise(u, v, e_a, e_b) * self._scale(e_a, e_b)[..., None, None]
 
-    def overall(self, u, v, e_a, e_b):
+    def overall(self, u: torch.Tensor, v: torch.Tensor, e_a: torch.Tensor, e_b: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         o_a, o_b = super().overall(u, v, e_a, e_b)
         scale = self._scale(e_a, e_b)[..., None]
         return o_a * scale, o_b * scale
 
-    def scores(self, queries, gallery):
+    def scores(self, queries: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
         norms = queries.norm(dim=1)[:, None] * gallery.norm(dim=1)[None, :]
         return (queries @ gallery.T) / norms.clamp_min(_EPS)
 
-    def partial_scores(self, vectors, query_embeddings, gallery):
+    def partial_scores(self, vectors: torch.Tensor, query_embeddings: torch.Tensor,
+                       gallery: torch.Tensor) -> torch.Tensor:
         norms = query_embeddings.norm(dim=1)[:, None] * gallery.norm(dim=1)[None, :]
         return (vectors @ gallery.T) / norms.clamp_min(_EPS)
 
-    def without_normalisation(self):
+    def without_normalisation(self) -> Similarity:
         return Dot()  # the paper's "without normalisation" variant
 
-    def index_vectors(self, embeddings):
+    def index_vectors(self, embeddings: np.ndarray) -> np.ndarray:
         e = np.asarray(embeddings, dtype=np.float32)
         return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), _EPS)
 
@@ -197,34 +203,38 @@ class SquaredEuclidean(Similarity):
     name = "euclidean"
     lower_is_better = True
 
-    def score(self, e_a, e_b):
+    def score(self, e_a: torch.Tensor, e_b: torch.Tensor) -> torch.Tensor:
         return (e_a - e_b).pow(2).sum(-1)
 
-    def pairwise(self, u, v, e_a, e_b):
+    def pairwise(self, u: torch.Tensor, v: torch.Tensor, e_a: torch.Tensor, e_b: torch.Tensor
+                 ) -> torch.Tensor:
         return -2.0 * (u @ v.transpose(-1, -2))
 
-    def overall(self, u, v, e_a, e_b):
+    def overall(self, u: torch.Tensor, v: torch.Tensor, e_a: torch.Tensor, e_b: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         diff = (e_a - e_b)[..., None, :]
         return (u * diff).sum(-1), -(v * diff).sum(-1)
 
-    def total(self, pairwise, overall_a, overall_b):
+    def total(self, pairwise: torch.Tensor, overall_a: torch.Tensor,
+              overall_b: torch.Tensor) -> torch.Tensor:
         return overall_a.sum() + overall_b.sum()
 
-    def scores(self, queries, gallery):
+    def scores(self, queries: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
         out = ((queries ** 2).sum(1)[:, None] - 2 * (queries @ gallery.T)
                + (gallery ** 2).sum(1)[None, :])
         return out.clamp_min(0.0)
 
-    def partial_scores(self, vectors, query_embeddings, gallery):
+    def partial_scores(self, vectors: torch.Tensor, query_embeddings: torch.Tensor,
+                       gallery: torch.Tensor) -> torch.Tensor:
         # s_R = q_R . (e_a - e_b)
         return (vectors * query_embeddings).sum(1)[:, None] - vectors @ gallery.T
 
-    def index_vectors(self, embeddings):
+    def index_vectors(self, embeddings: np.ndarray) -> np.ndarray:
         e = np.asarray(embeddings, dtype=np.float32)
         extra = -0.5 * (e.astype(np.float64) ** 2).sum(1, keepdims=True)
         return np.hstack([e, extra.astype(np.float32)])
 
-    def index_query(self, vector, region):
+    def index_query(self, vector: np.ndarray, region: bool) -> np.ndarray:
         return np.append(np.asarray(vector, dtype=np.float64), 0.0 if region else 1.0)
 
 
@@ -250,7 +260,7 @@ def names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def get(similarity: "str | Similarity") -> Similarity:
+def get(similarity: str | Similarity) -> Similarity:
     """A Similarity from its name, or the instance itself."""
     if isinstance(similarity, Similarity):
         return similarity
@@ -262,8 +272,9 @@ def get(similarity: "str | Similarity") -> Similarity:
     return found
 
 
-def scores(vectors, gallery, similarity: "str | Similarity",
-           query_embeddings=None) -> np.ndarray:
+def scores(vectors: np.ndarray | torch.Tensor, gallery: np.ndarray | torch.Tensor,
+           similarity: str | Similarity,
+           query_embeddings: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
     """Exact (float64) scores of query vectors (D,) or (Q, D) against gallery embeddings
     (G, D), as numpy: the model's similarity of whole queries, or with `query_embeddings` (e_a)
     the partial similarities s_R of region vectors q_R. Shape (G,) or (Q, G)."""
@@ -280,8 +291,8 @@ def scores(vectors, gallery, similarity: "str | Similarity",
             raise SimexplainError(f"query_embeddings has shape {tuple(e.shape)}, expected one "
                                   f"per vector {tuple(v.shape)}")
         out = sim.partial_scores(v, e, g)
-    out = out.numpy()
-    return out[0] if single else out
+    result = out.numpy()
+    return result[0] if single else result
 
 
 def _float64(value) -> torch.Tensor:

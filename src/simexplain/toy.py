@@ -3,9 +3,14 @@ and trying the CLI without weights (`--model simexplain.toy:tiny_cnn --layer fea
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from .explainer import Explainer
 
 HEADS = ("gap", "gmp", "gem", "flatten", "mlp", "mlp-leaky", "layernorm", "dropout-bn", "gelu",
          "softplus")
@@ -140,6 +145,7 @@ def _randomise_batchnorm(model: nn.Module, seed: int = 0) -> None:
     gen = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            assert m.running_mean is not None and m.running_var is not None  # tracked
             with torch.no_grad():
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
@@ -165,7 +171,7 @@ def tiny_vit(depth: int = 2, registers: int = 0, in_channels: int = 3) -> nn.Mod
 
 def toy_explainer(head: str = "gap", similarity: str = "cosine", size: int = 32,
                   seed: int = 0, keep_aspect: bool = False, model_name: str = "toy",
-                  **model: object):
+                  **model: object) -> Explainer:
     """An `Explainer` over a seeded `HeadModel` explained at `features`, with inputs resized
     to size x size (or the short side, with `keep_aspect`); `model` goes to HeadModel (dim,
     channels, depth, normalize, ...). The toy of the tests, benchmarks and examples."""

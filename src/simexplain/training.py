@@ -12,6 +12,7 @@ the same seed, data and machine give the same weights.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 import random
 import time
 from contextlib import contextmanager
@@ -166,7 +167,7 @@ def _fit(models: list[torch.nn.Module], loss_of, n_items: int, epochs: int, batc
         bar.close()
 
 
-def train_fmnist(head: str, epochs: int, seed: int, out: Path, data_root=None,
+def train_fmnist(head: str, epochs: int, seed: int, out: Path, data_root: str | Path | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR,
                  embedding_dim: int = 64, augmentation: bool = True,
                  limit: int | None = None, eval_limit: int | None = None,
@@ -192,7 +193,8 @@ def train_fmnist(head: str, epochs: int, seed: int, out: Path, data_root=None,
     started = time.time()
     with _deterministic():
         seed_everything(seed)
-        model = build_fmnist_model(head, embedding_dim).to(device)
+        # FashionViT or the CNN, by head: their own attributes (config, channels) are read below
+        model: Any = build_fmnist_model(head, embedding_dim).to(device)
         loss_fn = losses.MultiSimilarityLoss(alpha=2.0, beta=50.0, base=0.5)
         miner = miners.MultiSimilarityMiner(epsilon=0.1)
         generator = torch.Generator().manual_seed(seed)
@@ -246,7 +248,8 @@ def sketch_retrieval(sketch_model: torch.nn.Module, item_model: torch.nn.Module,
     identity = torch.arange(len(items))
     hits = hits_at_k(queries, identity, gallery, identity, k=1)
     class_hits = hits_at_k(queries, labels, gallery, labels, k=1)
-    out = {"recall_at_1": float(hits.mean()), "class_recall_at_1": float(class_hits.mean())}
+    out: dict[str, Any] = {"recall_at_1": float(hits.mean()),
+                           "class_recall_at_1": float(class_hits.mean())}
     if per_query:
         out.update(hits=hits, class_hits=class_hits)
     return out
@@ -259,7 +262,7 @@ def sketch_tensors(items: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
     return normalize_images(drawn, SKETCH_MEAN, SKETCH_STD)
 
 
-def train_sketch(epochs: int, seed: int, out: Path, data_root=None,
+def train_sketch(epochs: int, seed: int, out: Path, data_root: str | Path | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR,
                  embedding_dim: int = 64, width: int | None = None,
                  limit: int | None = None, eval_limit: int | None = None,

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -14,9 +15,11 @@ from .maps import display_form, upsample
 from .sides import pick
 
 if TYPE_CHECKING:
+    import torch
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from .explanation import Side
+    from .explanation import PairExplanation, Side
 
 
 def colorize(values: np.ndarray, signed: bool) -> np.ndarray:
@@ -70,7 +73,7 @@ def resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     if size == image.size:
         return image
     crisp = size[0] > image.width and max(image.size) < CRISP_BELOW
-    return image.resize(size, Image.NEAREST if crisp else Image.LANCZOS)
+    return image.resize(size, Image.Resampling.NEAREST if crisp else Image.Resampling.LANCZOS)
 
 
 @dataclass(frozen=True)
@@ -79,17 +82,17 @@ class View:
     or the crop the model saw scaled to `max_side` (a face a few pixels wide is enlarged).
     Build with `View.whole` or `View.seen`; points and maps go through it."""
 
-    side: "Side"
+    side: Side
     box: tuple[int, int, int, int]  # the part drawn, (top, left, bottom, right) photo pixels
     size: tuple[int, int]  # (height, width) as drawn
 
     @classmethod
-    def whole(cls, side: "Side", max_side: int = DISPLAY_SIDE) -> "View":
+    def whole(cls, side: Side, max_side: int = DISPLAY_SIDE) -> View:
         """The whole photo, shrunk when larger than `max_side` (aspect ratio kept)."""
         return cls(side, (0, 0, *side.image_size), display_size(side.image_size, max_side))
 
     @classmethod
-    def seen(cls, side: "Side", max_side: int = DISPLAY_SIDE) -> "View":
+    def seen(cls, side: Side, max_side: int = DISPLAY_SIDE) -> View:
         """What the model saw: the crop scaled so its longest side is `max_side` (enlarged or
         shrunk); the whole photo (`View.whole`) when the model saw all of it."""
         if not side.frame.cropped:
@@ -111,7 +114,8 @@ class View:
             self.side.image
         return resized(part, (self.size[1], self.size[0]))
 
-    def overlay(self, grid_map, signed: bool = False, alpha: float = 0.5) -> Image.Image:
+    def overlay(self, grid_map: torch.Tensor, signed: bool = False, alpha: float = 0.5
+                ) -> Image.Image:
         """A map over the side's feature grid drawn on this view where the model saw it."""
         if self.box == tuple(int(v) for v in self.side.frame.box):
             # the view is exactly what the model saw: the grid covers all of it
@@ -128,7 +132,7 @@ class View:
         return tuple((float(v) - offsets[i % 2]) * scales[i % 2] for i, v in enumerate(point))
 
 
-def shown(side, max_side: int = DISPLAY_SIDE) -> Image.Image:
+def shown(side: Side | Image.Image, max_side: int = DISPLAY_SIDE) -> Image.Image:
     """The photo of an `explanation.Side` (or a photo) as displayed (downscaled, aspect ratio
     kept)."""
     if not isinstance(side, Image.Image):
@@ -137,28 +141,31 @@ def shown(side, max_side: int = DISPLAY_SIDE) -> Image.Image:
     return resized(side, (width, height))
 
 
-def overlay_side(side, grid_map, signed: bool = False, alpha: float = 0.5,
+def overlay_side(side: Side, grid_map: torch.Tensor, signed: bool = False,
+                 alpha: float = 0.5,
                  max_side: int = DISPLAY_SIDE) -> Image.Image:
     """A map over a Side's feature grid drawn on its photo (downscaled for display, aspect
     ratio kept) where the model saw it: the whole photo, or the face crop."""
     return View.whole(side, max_side).overlay(grid_map, signed, alpha)
 
 
-def overlay_map(result, grid_map, side: str, signed: bool = False, alpha: float = 0.5,
-                max_side: int = DISPLAY_SIDE) -> Image.Image:
+def overlay_map(result: PairExplanation, grid_map: torch.Tensor, side: str,
+                signed: bool = False, alpha: float = 0.5, max_side: int = DISPLAY_SIDE
+                ) -> Image.Image:
     """`overlay_side` for side "a" or "b" of a PairExplanation. Mark points given in the
     photo's pixels with `mark_point(image, to_display(result.a, point))`."""
     return overlay_side(pick(side, result.a, result.b), grid_map, signed, alpha, max_side)
 
 
-def to_display(side, point: Sequence[float], max_side: int = DISPLAY_SIDE
+def to_display(side: Side, point: Sequence[float], max_side: int = DISPLAY_SIDE
                ) -> tuple[float, ...]:
     """A point (row, col) or box (top, left, bottom, right) in a Side's photo pixels, in the
     pixels of that photo as displayed (`shown`, `overlay_side`)."""
     return View.whole(side, max_side).point(point)
 
 
-def mark_point(image: Image.Image, point: Sequence[float], color=(255, 255, 255),
+def mark_point(image: Image.Image, point: Sequence[float],
+               color: tuple[int, int, int] = (255, 255, 255),
                radius: int | None = None) -> Image.Image:
     """Draw a ringed cross at (row, col)."""
     out = image.copy()
@@ -170,7 +177,8 @@ def mark_point(image: Image.Image, point: Sequence[float], color=(255, 255, 255)
     return out
 
 
-def mark_box(image: Image.Image, box: Sequence[float], color=(255, 255, 0)) -> Image.Image:
+def mark_box(image: Image.Image, box: Sequence[float],
+             color: tuple[int, int, int] = (255, 255, 0)) -> Image.Image:
     """Draw a (top, left, bottom, right) box."""
     out = image.copy()
     top, left, bottom, right = box
@@ -248,11 +256,13 @@ TITLE_SIZE = 8  # points
 TITLE_GAP = 12  # pixels kept free between neighbouring titles
 
 
-def panel_width(figure: "Figure", axes) -> float:
+def panel_width(figure: Figure, axes: Axes) -> float:
     """Width in pixels a title centred over `axes` may take: its grid slot, or, where the
     layout lets slots overlap (small images need less than a slot), the pitch between
     neighbouring slots, less a gap; either way neighbours' titles never meet."""
-    _, _, lefts, rights = axes.get_subplotspec().get_gridspec().get_grid_positions(figure)
+    spec = axes.get_subplotspec()
+    assert spec is not None  # every panel is placed on the figure's grid
+    _, _, lefts, rights = spec.get_gridspec().get_grid_positions(figure)
     room = rights[0] - lefts[0]
     if len(lefts) > 1:
         room = min(room, lefts[1] - lefts[0])
@@ -260,7 +270,7 @@ def panel_width(figure: "Figure", axes) -> float:
 
 
 def grid_figure(panels: list[list[tuple[Image.Image, str]]], scale: float = 2.0,
-                title: str | None = None) -> "Figure":
+                title: str | None = None) -> Figure:
     """Rows of (image, caption) panels as a matplotlib Figure, each caption wrapped to its
     panel's width (measured with the title font) so that neighbours never overlap."""
     # a bare Figure with its own Agg canvas: drawing never touches pyplot's global backend
@@ -283,7 +293,7 @@ def grid_figure(panels: list[list[tuple[Image.Image, str]]], scale: float = 2.0,
                 ax.set_title(caption, fontsize=TITLE_SIZE)
                 captions.append((ax, caption))
     suptitle = figure.suptitle(title, fontsize=10) if title else None
-    renderer = figure.canvas.get_renderer()
+    renderer = figure.canvas.get_renderer()  # type: ignore[attr-defined]  # Agg canvas
 
     def width_of(text_artist) -> Callable[[str], float]:
         properties = text_artist.get_fontproperties()
@@ -297,7 +307,7 @@ def grid_figure(panels: list[list[tuple[Image.Image, str]]], scale: float = 2.0,
         figure.tight_layout()
         for ax, caption in captions:
             ax.title.set_text(wrap_words(caption, panel_width(figure, ax), width_of(ax.title)))
-        if suptitle is not None:
+        if suptitle is not None and title:
             suptitle.set_text(wrap_words(title, figure.bbox.width, width_of(suptitle)))
         if [text.get_text() for text in texts] == before:
             break

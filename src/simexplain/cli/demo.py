@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 
-def register(commands) -> None:
+def register(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser("demo", help="write the demo report on real models and images")
     demo.add_argument("--out", default="simexplain-report", help="output folder")
     demo.set_defaults(run=cmd_demo)

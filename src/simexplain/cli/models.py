@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def register(commands) -> None:
+def register(commands: argparse._SubParsersAction) -> None:
     models = commands.add_parser("models", help="list the model zoo")
     models.set_defaults(run=cmd_models)
     commands.add_parser(

@@ -11,7 +11,7 @@ from ..errors import SimexplainError
 from ..model_options import add_model_arguments, from_args
 
 
-def register(commands) -> None:
+def register(commands: argparse._SubParsersAction) -> None:
     commands.add_parser("pair", help="explain the similarity of two images",
                         configure=add_pair_arguments)
 

@@ -9,9 +9,11 @@ one whose module is missing is left out.
 
 from __future__ import annotations
 
+import argparse
+from types import ModuleType
 from importlib import import_module
 from importlib.util import find_spec
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..errors import SimexplainError
 
@@ -39,7 +41,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 }
 
 
-def add_benchmarks(evaluate) -> None:
+def add_benchmarks(evaluate: argparse.ArgumentParser) -> None:
     """One subcommand of `simexplain eval` (the parser `evaluate`) per benchmark whose module
     is installed. A benchmark's module is imported, and its options added, only when that
     subcommand is used (the parsers are `LazyParser`s), so `simexplain eval --help` is quick."""
@@ -91,7 +93,8 @@ def _make_broken(parser, name: str, module_name: str, exc: ImportError) -> None:
 
 
 # -- command line shared by the benchmark subcommands ----------------------------------------------
-def configure_benchmark_parser(parser, methods: Sequence[str], default_samples: dict,
+def configure_benchmark_parser(parser: argparse.ArgumentParser, methods: Sequence[str],
+                               default_samples: dict,
                                quick_samples: int) -> None:
     from .common import MODELS
     defaults = ", ".join(f"{k} {v}" for k, v in default_samples.items())
@@ -121,7 +124,7 @@ def expand_models(requested: Sequence[str], every: Sequence[str] | None = None) 
     return out
 
 
-def run_benchmark_cli(args, module) -> int:
+def run_benchmark_cli(args: argparse.Namespace, module: ModuleType) -> int:
     """Run one benchmark module for the models asked for; write and print its figures."""
     import json
     import sys

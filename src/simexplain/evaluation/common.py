@@ -7,13 +7,15 @@ the known boxes stay valid in the model's own pixel frame.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypeVar
 import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 import torch
 from PIL import Image
 
@@ -21,6 +23,13 @@ from ..errors import SimexplainError
 from ..sides import pick
 from ..explanation import POINT_MAP_KINDS
 from ..methods import METHODS as _REGISTRY
+
+if TYPE_CHECKING:
+    from ..explainer import Explainer
+    from ..explanation import PairExplanation
+    from .composites import ItemSource
+
+T = TypeVar("T")
 
 # The saliency methods compared everywhere: the registry's (simexplain.methods), in its order.
 ALL_METHODS = tuple(_REGISTRY)  # every registered method's name, controls included
@@ -91,7 +100,7 @@ def runs_on(setup: ModelSetup, method: str, index: int, quick: bool = False,
     return cap is None or index < cap
 
 
-def cap_notes(setup: ModelSetup, methods, samples: int, quick: bool = False,
+def cap_notes(setup: ModelSetup, methods: Iterable[str], samples: int, quick: bool = False,
               caps: dict | None = None) -> list[str]:
     notes = []
     for m in methods:
@@ -102,7 +111,7 @@ def cap_notes(setup: ModelSetup, methods, samples: int, quick: bool = False,
     return notes
 
 
-def usable_methods(setup: ModelSetup, methods, quick: bool = False,
+def usable_methods(setup: ModelSetup, methods: Iterable[str], quick: bool = False,
                    caps: dict | None = None) -> list[str]:
     """The methods minus those this model leaves out altogether (cap 0)."""
     return [m for m in methods if method_cap(setup, m, quick, caps) != 0]
@@ -128,7 +137,7 @@ def available_models(wanted: Iterable[str] | None = None) -> tuple[list[str], di
     return ok, skipped
 
 
-def load_model(name: str):
+def load_model(name: str) -> tuple[Explainer, ModelSetup]:
     """(Explainer, ModelSetup) for a benchmark model."""
     from .. import zoo
     if name not in SETUPS:
@@ -139,7 +148,7 @@ def load_model(name: str):
     return zoo.load(name), SETUPS[name]
 
 
-def to_tensor(explainer, image: Image.Image, side: str = "a") -> torch.Tensor:
+def to_tensor(explainer: Explainer, image: Image.Image, side: str = "a") -> torch.Tensor:
     """(1, C, H, W) model input of a PIL image at its own size (no resizing), through the
     model's input pipeline (items are already the crops the model should see)."""
     from ..inputs import InputPipeline
@@ -149,8 +158,9 @@ def to_tensor(explainer, image: Image.Image, side: str = "a") -> torch.Tensor:
     return InputPipeline(transform).prepare(image).tensor.to(explainer.stream(side).device)
 
 
-def start_run(model: str, methods, samples: int | None, quick: bool, allowed: Sequence[str],
-              default_samples: int, quick_samples: int):
+def start_run(model: str, methods: Sequence[str] | None, samples: int | None, quick: bool,
+              allowed: Sequence[str], default_samples: int, quick_samples: int
+              ) -> tuple[list[str], int, Explainer, ModelSetup, ItemSource]:
     """What every benchmark's run() starts with: the methods asked for (checked against
     `allowed`), the sample count, the loaded model, its settings and its item source."""
     from .composites import item_source
@@ -166,7 +176,7 @@ def start_run(model: str, methods, samples: int | None, quick: bool, allowed: Se
             source)
 
 
-def applicable(explainer, setup: ModelSetup, source, methods: Sequence[str],
+def applicable(explainer: Explainer, setup: ModelSetup, source: ItemSource, methods: Sequence[str],
                named: Sequence[str] = ()) -> list[str]:
     """The methods that can explain this model: those that need attention (the transformer
     baselines) only where the model is a class-token transformer, decided on one probe pair
@@ -214,20 +224,21 @@ def resolve_methods(requested: Sequence[str] | None, allowed: Sequence[str] = AL
 
 
 # -- maps -------------------------------------------------------------------------------------
-def method_map(explainer, method: str, a: torch.Tensor, b: torch.Tensor, side: str = "b",
+def method_map(explainer: Explainer, method: str, a: torch.Tensor, b: torch.Tensor, side: str = "b",
                seed: int = 0) -> torch.Tensor:
     """One image's overall map (on its feature grid) for the pair (a, b), by `method`.
 
     Only the side asked for is computed where that saves work (occlusion); seeded methods
     (random) are seeded per call, so a sample's map depends on the seed only, never on the model.
     """
-    from ..methods import method_class
+    from ..methods import get_method, method_class
     cls = method_class(method)
-    maps = (cls(seed=seed) if cls.seeded else cls()).attribute(explainer, a, b, sides=side)
+    maps = (get_method(method, seed=seed) if cls.seeded else cls()).attribute(explainer, a, b,
+                                                                             sides=side)
     return pick(side, *maps).detach().float().cpu()
 
 
-def positive_form(grid_map) -> torch.Tensor:
+def positive_form(grid_map: torch.Tensor | np.ndarray) -> torch.Tensor:
     """The form every method is compared in where a benchmark ranks cells (sanity,
     faithfulness): the positive part, as displayed (Grad-CAM's maps are ReLU'd by definition;
     signed maps are ReLU'd too, so no method's negative cells carry an order the others lack).
@@ -235,7 +246,8 @@ def positive_form(grid_map) -> torch.Tensor:
     return torch.relu(torch.as_tensor(grid_map, dtype=torch.float32))
 
 
-def point_map(result, side: str, point, method: str) -> torch.Tensor | None:
+def point_map(result: PairExplanation, side: str, point: Sequence[float], method: str
+              ) -> torch.Tensor | None:
     """The point map of a POINT_METHODS method, or None where the point has no map (no
     contribution: NoPointMap), which benchmarks count apart from wrong answers."""
     from ..errors import NoPointMap
@@ -245,7 +257,7 @@ def point_map(result, side: str, point, method: str) -> torch.Tensor | None:
         return None
 
 
-def score(explainer, a: torch.Tensor, b: torch.Tensor, e_a: torch.Tensor | None = None
+def score(explainer: Explainer, a: torch.Tensor, b: torch.Tensor, e_a: torch.Tensor | None = None
           ) -> torch.Tensor:
     """Similarity of a (1 image; or its embedding e_a) with every image of the batch b."""
     if e_a is None:
@@ -254,14 +266,15 @@ def score(explainer, a: torch.Tensor, b: torch.Tensor, e_a: torch.Tensor | None 
     return explainer.similarity.score(e_a, e_b).detach().float().cpu()
 
 
-def is_flat(grid_map) -> bool:
+def is_flat(grid_map: torch.Tensor | np.ndarray) -> bool:
     """Are all values of the map equal (no maximum to point at)?"""
     values = np.asarray(grid_map, dtype=np.float64)
     return bool(values.max() - values.min() <= 1e-12 * max(1.0, abs(values.max())))
 
 
 # -- statistics --------------------------------------------------------------------------------
-def bootstrap_ci(values, weights=None, seed: int = 0, n_boot: int = BOOTSTRAP,
+def bootstrap_ci(values: ArrayLike, weights: ArrayLike | None = None, seed: int = 0,
+                 n_boot: int = BOOTSTRAP,
                  level: float = 0.95) -> dict:
     """Mean and percentile bootstrap CI of (weighted) per-sample values.
 
@@ -286,7 +299,8 @@ def bootstrap_ci(values, weights=None, seed: int = 0, n_boot: int = BOOTSTRAP,
     return {"mean": mean, "lo": float(min(lo, mean)), "hi": float(max(hi, mean)), "n": n}
 
 
-def paired_difference(x, y, weights=None, seed: int = 0, n_boot: int = BOOTSTRAP) -> dict:
+def paired_difference(x: ArrayLike, y: ArrayLike, weights: ArrayLike | None = None, seed: int = 0,
+                      n_boot: int = BOOTSTRAP) -> dict:
     """Bootstrap CI of mean(x) - mean(y) over the same samples (pairs resampled together)."""
     x = np.asarray(x, dtype=np.float64).ravel()
     y = np.asarray(y, dtype=np.float64).ravel()
@@ -295,7 +309,7 @@ def paired_difference(x, y, weights=None, seed: int = 0, n_boot: int = BOOTSTRAP
     return bootstrap_ci(x - y, weights=weights, seed=seed, n_boot=n_boot)
 
 
-def spearman(x, y) -> float:
+def spearman(x: ArrayLike, y: ArrayLike) -> float:
     """Spearman rank correlation (average ranks for ties); 0 when either input is constant."""
     from scipy.stats import rankdata
     a = np.asarray(x, dtype=np.float64).ravel()
@@ -329,7 +343,7 @@ def sample_seed(seed: int, index: int, salt: int = 0) -> int:
     return int(np.random.SeedSequence([seed, index, salt]).generate_state(1)[0])
 
 
-def progress(iterable, total: int, label: str, enabled: bool):
+def progress(iterable: Iterable[T], total: int, label: str, enabled: bool) -> Iterable[T]:
     from tqdm.auto import tqdm
     return tqdm(iterable, total=total, desc=label, unit="sample", disable=not enabled,
                 leave=False)

@@ -24,6 +24,7 @@ Boxes are ``(top, left, bottom, right)`` in pixels, bottom/right exclusive.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -105,7 +106,7 @@ def canvas_with_target(target: Item, distractors: list[Item], position: tuple[in
 
 
 def random_canvas(target_source: Item, distractors: list[Item], rng: np.random.Generator,
-                  scale: tuple[float, float], resize) -> Composite:
+                  scale: tuple[float, float], resize: Callable[[Item, int], Item]) -> Composite:
     """`canvas_with_target` with the target at a random size (fraction `scale` of the canvas
     side) and position; `resize(item, side)` rescales an item."""
     side = 2 * distractors[0].image.width
@@ -162,7 +163,8 @@ class ItemSource:
             t, l, b, r = item.box
             box = (int(np.floor(t * scale)), int(np.floor(l * scale)),
                    int(np.ceil(b * scale)), int(np.ceil(r * scale)))
-        return Item(item.image.resize((size, size), Image.BILINEAR), item.label, item.name, box)
+        return Item(item.image.resize((size, size), Image.Resampling.BILINEAR), item.label,
+                    item.name, box)
 
     def _other_labels(self, rng, exclude: str, count: int) -> list[str]:
         others = [lab for lab in self.labels() if lab != exclude]
@@ -196,16 +198,18 @@ class FmnistSource(ItemSource):
         return it if size == 28 else self.resize(it, size)
 
     def resize(self, item: Item, size: int) -> Item:
-        image = item.image.resize((size, size), Image.BILINEAR)
+        image = item.image.resize((size, size), Image.Resampling.BILINEAR)
         box = foreground_box(np.asarray(image.convert("L")))
         return Item(image, item.label, item.name, box)
 
-    def pair(self, rng, size, match_size=None):
+    def pair(self, rng: np.random.Generator, size: int, match_size: int | None = None
+             ) -> tuple[Item, Item]:
         label = int(rng.integers(len(self.class_names)))
         i, j = rng.choice(self.by_class[label], size=2, replace=False)
         return self.item(int(i), size), self.item(int(j), match_size or size)
 
-    def distractors(self, rng, exclude, count, size):
+    def distractors(self, rng: np.random.Generator, exclude: str, count: int, size: int
+                    ) -> list[Item]:
         return [self.item(int(rng.choice(self.by_class[int(lab)])), size)
                 for lab in self._other_labels(rng, exclude, count)]
 
@@ -221,7 +225,8 @@ def random_view(image: Image.Image, rng: np.random.Generator, size: int,
     w, h = max(8, min(w, width)), max(8, min(h, height))
     left = int(rng.integers(0, width - w + 1))
     top = int(rng.integers(0, height - h + 1))
-    view = image.crop((left, top, left + w, top + h)).resize((size, size), Image.BILINEAR)
+    view = image.crop((left, top, left + w, top + h)).resize((size, size),
+                                                             Image.Resampling.BILINEAR)
     if flip and rng.random() < 0.5:
         view = ImageOps.mirror(view)
     return view
@@ -236,7 +241,7 @@ class PhotoSource(ItemSource):
 
     domain = "photos"
 
-    def __init__(self):
+    def __init__(self) -> None:
         from ..datasets import skimage_photos
         self.photos = skimage_photos()
         self.by_label: dict[str, list[str]] = {}
@@ -246,15 +251,17 @@ class PhotoSource(ItemSource):
     def labels(self) -> list[str]:
         return sorted(self.by_label)
 
-    def view(self, label: str, rng, size: int) -> Item:
+    def view(self, label: str, rng: np.random.Generator, size: int) -> Item:
         name = str(rng.choice(self.by_label[label]))
         return Item(random_view(self.photos[name], rng, size), label, name)
 
-    def pair(self, rng, size, match_size=None):
+    def pair(self, rng: np.random.Generator, size: int, match_size: int | None = None
+             ) -> tuple[Item, Item]:
         label = str(rng.choice(self.labels()))
         return self.view(label, rng, size), self.view(label, rng, match_size or size)
 
-    def distractors(self, rng, exclude, count, size):
+    def distractors(self, rng: np.random.Generator, exclude: str, count: int, size: int
+                    ) -> list[Item]:
         return [self.view(lab, rng, size) for lab in self._other_labels(rng, exclude, count)]
 
 
@@ -288,7 +295,7 @@ class FaceSource(ItemSource):
 
     domain = "faces"
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.faces = _face_boxes()
         self.by_label: dict[str, list[int]] = {}
         for i, (_, person, _, _) in enumerate(self.faces):
@@ -301,7 +308,7 @@ class FaceSource(ItemSource):
     def labels(self) -> list[str]:
         return sorted(self.by_label)
 
-    def view(self, index: int, rng, size: int) -> Item:
+    def view(self, index: int, rng: np.random.Generator, size: int) -> Item:
         name, person, photo, (top, left, bottom, right) = self.faces[index]
         h, w = bottom - top, right - left
         grow = rng.uniform(1.0, 1.15)
@@ -309,18 +316,20 @@ class FaceSource(ItemSource):
         cx = (left + right) / 2 + rng.uniform(-0.04, 0.04) * w
         half = max(h, w) * grow / 2
         crop = photo.crop((int(cx - half), int(cy - half), int(cx + half), int(cy + half)))
-        image = crop.resize((size, size), Image.BILINEAR)
+        image = crop.resize((size, size), Image.Resampling.BILINEAR)
         if rng.random() < 0.5:
             image = ImageOps.mirror(image)
         return Item(image, person, name)
 
-    def pair(self, rng, size, match_size=None):
+    def pair(self, rng: np.random.Generator, size: int, match_size: int | None = None
+             ) -> tuple[Item, Item]:
         people = [p for p, v in self.by_label.items() if len(v) >= 2]
         person = str(rng.choice(sorted(people)))
         i, j = rng.choice(self.by_label[person], size=2, replace=False)
         return self.view(int(i), rng, size), self.view(int(j), rng, match_size or size)
 
-    def distractors(self, rng, exclude, count, size):
+    def distractors(self, rng: np.random.Generator, exclude: str, count: int, size: int
+                    ) -> list[Item]:
         return [self.view(int(rng.choice(self.by_label[lab])), rng, size)
                 for lab in self._other_labels(rng, exclude, count)]
 

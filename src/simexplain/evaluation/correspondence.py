@@ -39,7 +39,10 @@ Methods (the Grad-CAM family has no point maps):
 from __future__ import annotations
 
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 import numpy as np
+from numpy.typing import ArrayLike
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -53,6 +56,12 @@ from .composites import FMNIST_FOREGROUND, grid2x2, random_view
 from .report import compare, methods_of
 from .tables import fmt, markdown_table
 
+if TYPE_CHECKING:
+    from ..explainer import Explainer
+    from ..explanation import PairExplanation
+    from ..adapters import SplitModel
+    from .common import ModelSetup
+
 NAME = "correspondence"
 ALLOWED = tuple(POINT_METHODS) + ("cosine", "random")
 ALPHAS = (0.05, 0.1)
@@ -64,14 +73,15 @@ QUICK_SAMPLES = 10
 _SALT = 4
 
 
-def pck(predicted: np.ndarray, truth: np.ndarray, image_size: tuple[int, int],
+def pck(predicted: np.ndarray, truth: np.ndarray, image_size: tuple[int, ...],
         alpha: float) -> np.ndarray:
     """Per point: is the prediction within alpha * max(image side) of the truth?"""
     distance = np.linalg.norm(np.asarray(predicted, float) - np.asarray(truth, float), axis=1)
     return distance <= alpha * max(image_size)
 
 
-def predict(grid_map, image_size: tuple[int, int], rng=None) -> np.ndarray:
+def predict(grid_map: torch.Tensor | np.ndarray, image_size: tuple[int, ...],
+            rng: np.random.Generator | None = None) -> np.ndarray:
     """The centre (continuous row, col) of the map's maximal cell."""
     values = np.asarray(grid_map, dtype=np.float64)
     row, col = argmax_cell(values, rng)
@@ -79,7 +89,8 @@ def predict(grid_map, image_size: tuple[int, int], rng=None) -> np.ndarray:
 
 
 # -- pairs -------------------------------------------------------------------------------------
-def affine_pair(source, rng, size: int, max_rotation: float):
+def affine_pair(source: Any, rng: np.random.Generator, size: int, max_rotation: float
+                ) -> tuple[Image.Image, Image.Image, np.ndarray, np.ndarray | None]:
     """(a image, b image, T, item mask over a or None)."""
     if source.domain == "photos":
         label = str(rng.choice(source.labels()))
@@ -92,7 +103,8 @@ def affine_pair(source, rng, size: int, max_rotation: float):
     return image, warp(image, t, size), t, None
 
 
-def fmnist_pair(source, rng, size: int):
+def fmnist_pair(source: Any, rng: np.random.Generator, size: int
+                ) -> tuple[Image.Image, Image.Image, np.ndarray, np.ndarray | None]:
     """The same item in two 2x2 composites at different cells: (a, b, T, item mask over a)."""
     cell = size // 2
     item = source.item(int(rng.integers(len(source.targets))), cell)
@@ -109,7 +121,8 @@ def fmnist_pair(source, rng, size: int):
     return grids[0].image, grids[1].image, t, mask
 
 
-def query_points(grid, size: tuple[int, int], t: np.ndarray, mask, rng) -> np.ndarray:
+def query_points(grid: tuple[int, int], size: tuple[int, ...], t: np.ndarray,
+                 mask: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
     """Cell centres of a (inside `mask` if given) whose image lies well inside b."""
     centres = cell_centres((0, 0, *size), grid)
     cell = max(size[0] / grid[0], size[1] / grid[1])
@@ -127,14 +140,15 @@ def query_points(grid, size: tuple[int, int], t: np.ndarray, mask, rng) -> np.nd
     return centres[chosen]
 
 
-def layer_features(stream, x: torch.Tensor) -> torch.Tensor:
+def layer_features(stream: SplitModel, x: torch.Tensor) -> torch.Tensor:
     """(H, W, C) output of the explained layer for one image."""
     with stream.capture(requires_grad=False) as captured:
         stream.embed(x)
     return channels_last_grid(captured[0].detach())
 
 
-def cosine_map(feats_a: torch.Tensor, feats_b: torch.Tensor, point, image_size) -> torch.Tensor:
+def cosine_map(feats_a: torch.Tensor, feats_b: torch.Tensor, point: Sequence[float],
+               image_size: tuple[int, ...]) -> torch.Tensor:
     """Cosine between a's interpolated feature at a pixel and every feature vector of b."""
     grid_a = tuple(feats_a.shape[:2])
     weights = maplib.point_weights(point, grid_a, image_size).to(feats_a.dtype)
@@ -143,7 +157,7 @@ def cosine_map(feats_a: torch.Tensor, feats_b: torch.Tensor, point, image_size) 
     return sims.reshape(feats_b.shape[:2])
 
 
-def stereo_pair(side: int):
+def stereo_pair(side: int) -> tuple[Image.Image, Image.Image, np.ndarray]:
     """(left, right, disparity map) of scikit-image's motorcycle, resized to `side` pixels on
     the longer side; the disparity stays in original pixels (see stereo_truth)."""
     import skimage.data
@@ -151,11 +165,11 @@ def stereo_pair(side: int):
     height, width = disparity.shape
     scale = side / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))  # PIL: (w, h)
-    return (Image.fromarray(left).resize(size, Image.BILINEAR),
-            Image.fromarray(right).resize(size, Image.BILINEAR), disparity)
+    return (Image.fromarray(left).resize(size, Image.Resampling.BILINEAR),
+            Image.fromarray(right).resize(size, Image.Resampling.BILINEAR), disparity)
 
 
-def stereo_truth(points: np.ndarray, disparity: np.ndarray, image_size: tuple[int, int]
+def stereo_truth(points: np.ndarray, disparity: np.ndarray, image_size: tuple[int, ...]
                  ) -> np.ndarray:
     """True (row, col) in the right view of continuous (row, col) points of the left view
     (both at `image_size`): same row, col minus the disparity at the nearest original pixel;
@@ -169,7 +183,8 @@ def stereo_truth(points: np.ndarray, disparity: np.ndarray, image_size: tuple[in
     return np.stack([points[:, 0], points[:, 1] - d * sx], axis=1)
 
 
-def stereo_points(grid, image_size, disparity) -> tuple[np.ndarray, np.ndarray]:
+def stereo_points(grid: tuple[int, int], image_size: tuple[int, ...], disparity: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """(query points, their true points): every cell centre of a with a known disparity whose
     true point lies in b at least half a cell from its border."""
     centres = cell_centres((0, 0, *image_size), grid)
@@ -183,16 +198,19 @@ def stereo_points(grid, image_size, disparity) -> tuple[np.ndarray, np.ndarray]:
 class Scores:
     """Per-pair hits, errors and map states of every method."""
 
-    def __init__(self, methods):
-        self.hits = {m: {a: [] for a in ALPHAS} for m in methods}
-        self.errors = {m: [] for m in methods}
+    def __init__(self, methods: Sequence[str]):
+        self.hits: dict[str, dict[float, list[float]]] = {m: {a: [] for a in ALPHAS}
+                                                          for m in methods}
+        self.errors: dict[str, list[float]] = {m: [] for m in methods}
         self.flat = {m: 0 for m in methods}
         self.no_map = {m: 0 for m in methods}
-        self.per_point = {m: {a: [] for a in ALPHAS} for m in methods}
+        self.per_point: dict[str, dict[float, list[float]]] = {m: {a: [] for a in ALPHAS}
+                                                               for m in methods}
 
 
-def score_pair(scores: Scores, methods, explainer, a, b, points, truth, tie_seed: int,
-               random_seed: int):
+def score_pair(scores: Scores, methods: Sequence[str], explainer: Explainer, a: torch.Tensor,
+               b: torch.Tensor, points: np.ndarray, truth: np.ndarray, tie_seed: int,
+               random_seed: int) -> PairExplanation | None:
     """Predict the point of b for every point of a by every method; add the outcome. Returns
     the pair's decomposition when a point-map method needed it (else None)."""
     (gb, _) = explainer.stream_b.grid(b)
@@ -203,12 +221,15 @@ def score_pair(scores: Scores, methods, explainer, a, b, points, truth, tie_seed
     random_rng = torch.Generator().manual_seed(random_seed % 2 ** 63)
     for m in methods:
         tie_rng = np.random.default_rng(tie_seed)  # one stream per pair: a new draw per point
-        predicted, found = [], []
+        predicted: list[Any] = []
+        found: list[bool] = []
         for p in points:
             pixel = (p[0] - 0.5, p[1] - 0.5)  # point_map's pixel-index convention
             if m in POINT_METHODS:
+                assert explained is not None  # computed when a point method is asked for
                 grid_map = point_map(explained, "a", pixel, m)
             elif m == "cosine":
+                assert feats is not None  # computed when cosine is asked for
                 grid_map = cosine_map(feats[0], feats[1], pixel, size_a)
             else:
                 grid_map = torch.rand(gb, generator=random_rng)
@@ -220,18 +241,19 @@ def score_pair(scores: Scores, methods, explainer, a, b, points, truth, tie_seed
             scores.flat[m] += int(is_flat(grid_map))
             predicted.append(predict(grid_map, size_b, tie_rng))
             found.append(True)
-        predicted = np.array(predicted, dtype=np.float64).reshape(-1, 2)
-        found = np.array(found, dtype=bool)
+        predicted_at = np.array(predicted, dtype=np.float64).reshape(-1, 2)
+        found_at = np.array(found, dtype=bool)
         for alpha in ALPHAS:
-            hit = pck(predicted, truth, size_b, alpha) & found if len(points) else np.zeros(0)
+            hit = pck(predicted_at, truth, size_b, alpha) & found_at if len(points) else np.zeros(0)
             scores.hits[m][alpha].append(float(hit.mean()) if len(points) else np.nan)
             scores.per_point[m][alpha] += hit.astype(float).tolist()
-        dist = np.linalg.norm(predicted - truth, axis=1)[found] / max(size_b)
-        scores.errors[m].append(float(dist.mean()) if found.any() else np.nan)
+        dist = np.linalg.norm(predicted_at - truth, axis=1)[found_at] / max(size_b)
+        scores.errors[m].append(float(dist.mean()) if found_at.any() else np.nan)
     return explained
 
 
-def summarise(result: dict, scores: Scores, methods, weights, seed: int) -> None:
+def summarise(result: dict, scores: Scores, methods: Sequence[str], weights: ArrayLike | None,
+              seed: int) -> None:
     for m in methods:
         result["methods"][m] = {f"pck@{alpha:g}": bootstrap_ci(scores.hits[m][alpha], weights,
                                                                seed=seed) for alpha in ALPHAS}
@@ -241,7 +263,7 @@ def summarise(result: dict, scores: Scores, methods, weights, seed: int) -> None
         result["per_sample"][m] = {f"pck@{alpha:g}": scores.hits[m][alpha] for alpha in ALPHAS}
 
 
-def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
+def run(model: str, methods: Sequence[str] | None = None, samples: int | None = None, seed: int = 0,
         quick: bool = False, show_progress: bool = False) -> dict:
     methods, samples, explainer, setup, source = start_run(
         model, methods, samples, quick, ALLOWED, DEFAULT_SAMPLES.get(model, 10), QUICK_SAMPLES)
@@ -255,7 +277,7 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
         "domain": setup.domain})
     scores = Scores(methods)
     counts = []
-    gb = ()
+    gb: tuple[int, ...] = ()
     with Timer() as timer:
         for i in progress(range(samples), samples, f"correspondence {model}", show_progress):
             rng = np.random.default_rng(sample_seed(seed, i, _SALT))
@@ -288,7 +310,8 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
     return result
 
 
-def run_stereo(explainer, setup, methods, seed: int) -> dict:
+def run_stereo(explainer: Explainer, setup: ModelSetup, methods: Sequence[str], seed: int
+               ) -> dict:
     """Correspondence on the motorcycle stereo pair with its true disparity."""
     with Timer() as timer:
         left, right, disparity = stereo_pair(setup.corr)

@@ -26,6 +26,8 @@ its class, with bootstrap CIs over queries.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
@@ -37,6 +39,10 @@ from .common import (POINT_METHODS, bootstrap_ci, load_model, new_result, progre
                      resolve_methods, sample_seed, to_tensor, Timer)
 from .composites import FMNIST_FOREGROUND
 from .tables import fmt, markdown_table
+
+if TYPE_CHECKING:
+    from ..explainer import Explainer
+    from ..patterns import Pattern
 
 NAME = "crossview"
 TITLE = "Cross-view correspondence (two-stream sketch-to-item model)"
@@ -51,7 +57,8 @@ QUICK_RETRIEVAL_ITEMS = 1000
 _SALT = 15
 
 
-def sketch_pair(items: np.ndarray, index: int, rng: np.random.Generator):
+def sketch_pair(items: np.ndarray, index: int, rng: np.random.Generator
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(sketch, item, T, item mask over the sketch) of test item `index`: uint8 arrays."""
     from ..zoo import sketch
     item = items[index]
@@ -62,7 +69,7 @@ def sketch_pair(items: np.ndarray, index: int, rng: np.random.Generator):
     return drawn, item, t, moved > FMNIST_FOREGROUND
 
 
-def retrieval(explainer, items: np.ndarray, labels: np.ndarray, seed: int) -> dict:
+def retrieval(explainer: Explainer, items: np.ndarray, labels: np.ndarray, seed: int) -> dict:
     """Sketch-to-item Recall@1 (own item, its class) with bootstrap CIs over queries."""
     from ..training import normalize_images, sketch_retrieval, sketch_tensors
     sketches = sketch_tensors(items, np.random.default_rng([seed, _SALT]))
@@ -75,7 +82,7 @@ def retrieval(explainer, items: np.ndarray, labels: np.ndarray, seed: int) -> di
             "class_recall_at_1": bootstrap_ci(found["class_hits"].astype(float), seed=seed)}
 
 
-def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
+def run(model: str, methods: Sequence[str] | None = None, samples: int | None = None, seed: int = 0,
         quick: bool = False, show_progress: bool = False) -> dict:
     from ..zoo import sketch
     if model not in MODELS:
@@ -93,7 +100,7 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
                     f"{sketch.SHIFT:.0%}", "domain": setup.domain})
     scores = correspondence.Scores(methods)
     counts, pattern_hits = [], []
-    gb = ()
+    gb: tuple[int, ...] = ()
     with Timer() as timer:
         for i in progress(range(samples), samples, f"crossview {model}", show_progress):
             rng = np.random.default_rng(sample_seed(seed, i, _SALT))
@@ -127,7 +134,7 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
     return result
 
 
-def pattern_pck(found, back: np.ndarray, size: tuple[int, int]) -> dict:
+def pattern_pck(found: Sequence[Pattern], back: np.ndarray, size: tuple[int, ...]) -> dict:
     """Per alpha, for each cross-view pattern: does its point in b lie within alpha x b's side
     of the true point of its point in a? (Pattern points are pixel indices: +0.5 gives the
     continuous coordinates of the geometry.)"""

@@ -26,7 +26,11 @@ Pairs whose original score is not positive are left out (counted in the notes).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 import numpy as np
+from numpy.typing import ArrayLike
 import torch
 import torch.nn.functional as F
 from scipy import ndimage, sparse
@@ -37,6 +41,9 @@ from .common import (bootstrap_ci, cap_notes, method_map, ALL_METHODS, new_resul
                      Timer)
 from .report import compare, finish_plot, methods_of, pyplot, style
 from .tables import fmt, markdown_table
+
+if TYPE_CHECKING:
+    from ..explainer import Explainer
 
 NAME = "faithfulness"
 ALLOWED = ALL_METHODS
@@ -55,7 +62,7 @@ _SALT = 3
 
 
 # -- cells and orders --------------------------------------------------------------------------
-def cell_masks(grid: tuple[int, int], image_size: tuple[int, int]) -> np.ndarray:
+def cell_masks(grid: tuple[int, int], image_size: tuple[int, ...]) -> np.ndarray:
     """(P, H, W) bool: the pixels of each feature cell (equal cells, rounded edges)."""
     rows, cols = grid
     height, width = image_size
@@ -68,7 +75,8 @@ def cell_masks(grid: tuple[int, int], image_size: tuple[int, int]) -> np.ndarray
     return masks
 
 
-def order_cells(grid_map, rng: np.random.Generator | None = None) -> np.ndarray:
+def order_cells(grid_map: torch.Tensor | np.ndarray,
+                rng: np.random.Generator | None = None) -> np.ndarray:
     """Cell indices by decreasing map value; ties in a random (seeded) order."""
     values = np.asarray(grid_map, dtype=np.float64).ravel()
     jitter = (rng.permutation(len(values)) if rng is not None else np.arange(len(values)))
@@ -82,7 +90,7 @@ def step_counts(cells: int, max_steps: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, cells, steps + 1)).astype(int))
 
 
-def auc(fractions, values) -> float:
+def auc(fractions: ArrayLike, values: ArrayLike) -> float:
     """Area under a curve by the trapezoid rule."""
     x = np.asarray(fractions, dtype=np.float64)
     y = np.asarray(values, dtype=np.float64)
@@ -183,8 +191,10 @@ def edited_batches(x: torch.Tensor, order: np.ndarray, masks: np.ndarray, counts
     return torch.stack(out)
 
 
-def curves_for_map(explainer, a, b, grid_map, counts, masks, rng, base: float,
-                   cache: dict) -> dict:
+def curves_for_map(explainer: Explainer, a: torch.Tensor, b: torch.Tensor,
+                   grid_map: torch.Tensor | np.ndarray,
+                   counts: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
+                   base: float, cache: dict) -> dict:
     """{kind: normalised scores at each count} for one map; identical edits are cached."""
     order = order_cells(grid_map, rng)
     out = {}
@@ -212,7 +222,7 @@ def curves_for_map(explainer, a, b, grid_map, counts, masks, rng, base: float,
     return out
 
 
-def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
+def run(model: str, methods: Sequence[str] | None = None, samples: int | None = None, seed: int = 0,
         quick: bool = False, show_progress: bool = False) -> dict:
     methods, samples, explainer, setup, source = start_run(
         model, methods, samples, quick, ALLOWED, DEFAULT_SAMPLES.get(model, 10), QUICK_SAMPLES)
@@ -224,8 +234,9 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
     caps = OCCLUSION_CAPS
     result["notes"] += cap_notes(setup, methods, samples, quick, caps)
     methods = usable_methods(setup, methods, quick, caps)
-    aucs = {m: {k: [] for k in CURVES} for m in methods}
-    curves = {m: {k: [] for k in CURVES} for m in methods}
+    aucs: dict[str, dict[str, list[float]]] = {m: {k: [] for k in CURVES} for m in methods}
+    curves: dict[str, dict[str, list[list[float]]]] = {m: {k: [] for k in CURVES}
+                                                        for m in methods}
     fractions = None
     skipped = 0
     with Timer() as timer:
@@ -302,7 +313,7 @@ def headline_comparisons(result: dict) -> list:
                     f"{kind} AUC") for kind in CURVES]
 
 
-def plot_results(results: list[dict], img_dir):
+def plot_results(results: list[dict], img_dir: Path) -> Path:
     """The three curves of every method, one row of panels per model."""
     n = len(results)
     fig, axes = pyplot().subplots(n, 3, figsize=(12, 3.2 * n), squeeze=False)

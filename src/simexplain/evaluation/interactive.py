@@ -24,13 +24,14 @@ columns; 224 (the ImageNet size) is ~3x slower on CPU for similar figures.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
 import argparse
 import json
 import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -40,6 +41,9 @@ from .. import maps, regions
 from .. import similarity as similarities
 from ..errors import SimexplainError
 from ..metrics import average_precision_at_r
+
+if TYPE_CHECKING:
+    from ..explainer import Explainer
 
 ITEM = 28
 DEFAULT_MODELS = ("fmnist-gap", "fmnist-gmp", "efficientnet-lite0")
@@ -106,14 +110,15 @@ def make_composites(images: np.ndarray, labels: np.ndarray, n_queries: int, n_ga
             raise SimexplainError("not enough images of other classes to pair every query")
         rights.append(choice)
         used[choice] = True
-    rights = np.asarray(rights, dtype=np.int64)
+    right_index = np.asarray(rights, dtype=np.int64)
     free = np.asarray([i for i in order if not used[i]], dtype=np.int64)
     if len(free) < n_gallery:
         raise SimexplainError(f"only {len(free)} images are left for a gallery of {n_gallery}")
     gallery = free[:n_gallery]
-    queries = np.concatenate([images[lefts], images[rights]], axis=2)
-    return Composites(queries=queries, left_labels=labels[lefts], right_labels=labels[rights],
-                      left_index=lefts, right_index=rights, gallery=images[gallery],
+    queries = np.concatenate([images[lefts], images[right_index]], axis=2)
+    return Composites(queries=queries, left_labels=labels[lefts],
+                      right_labels=labels[right_index], left_index=lefts,
+                      right_index=right_index, gallery=images[gallery],
                       gallery_labels=labels[gallery], gallery_index=gallery)
 
 
@@ -138,12 +143,12 @@ def _to_tensor(items: np.ndarray, transform) -> torch.Tensor:
     return torch.stack([transform(Image.fromarray(item)) for item in items])
 
 
-def evaluate_model(explainer, data: Composites, item_size: int | None = None,
+def evaluate_model(explainer: Explainer, data: Composites, item_size: int | None = None,
                    batch_size: int = 64) -> dict:
     """Global vs region search figures of one model (an Explainer whose transform is a
     `Preprocess`) on prepared composites."""
     from ..explainer import Explainer
-    base = explainer.transform_b
+    base: Any = explainer.transform_b  # a Preprocess, checked below by what it has
     if not hasattr(base, "size") or not hasattr(base, "resize"):
         raise SimexplainError("the interactive benchmark needs a model with a Preprocess "
                               "transform (it sets the input size of items and composites)")
@@ -180,6 +185,7 @@ def evaluate_model(explainer, data: Composites, item_size: int | None = None,
     global_scores = similarities.scores(e_a, gallery, similarity)
     left_scores = similarities.scores(q_left, gallery, similarity, e_a)
     right_scores = similarities.scores(q_right, gallery, similarity, e_a)
+    assert grid is not None  # there is at least one batch of queries
     return {
         "similarity": similarity.name,
         "layer": stream.layer_name,

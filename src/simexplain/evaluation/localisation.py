@@ -20,6 +20,9 @@ counted as *no map*.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import numpy as np
 from scipy import ndimage
 
@@ -68,7 +71,7 @@ def correct(heat: np.ndarray, threshold: float, box: Box, iou: float = IOU) -> b
     return found is not None and box_iou(found, box) > iou
 
 
-def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
+def run(model: str, methods: Sequence[str] | None = None, samples: int | None = None, seed: int = 0,
         quick: bool = False, show_progress: bool = False) -> dict:
     methods, samples, explainer, setup, source = start_run(
         model, methods, samples, quick, ALLOWED, DEFAULT_SAMPLES.get(model, 20), QUICK_SAMPLES)
@@ -150,7 +153,7 @@ def headline_comparisons(result: dict) -> list:
     return [compare(result, best_col, True, "accuracy at each method's best threshold")]
 
 
-def plot_results(results: list[dict], img_dir):
+def plot_results(results: list[dict], img_dir: Path) -> Path:
     """Accuracy against the threshold, one panel per model."""
     n = len(results)
     fig, axes = pyplot().subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False)

@@ -19,7 +19,10 @@ contribution map: counted as a miss and reported as *no map* (the match kinds ha
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 import numpy as np
+import torch
 
 from ..geometry import argmax_cell, cell_centres
 from .common import (bootstrap_ci, cap_notes, is_flat, method_map,
@@ -28,6 +31,9 @@ from .common import (bootstrap_ci, cap_notes, is_flat, method_map,
 from .composites import Box, matching_grid
 from .report import compare, methods_of
 from .tables import fmt, markdown_table
+
+if TYPE_CHECKING:
+    from ..explainer import Explainer
 
 NAME = "pointing"
 ALLOWED = ALL_METHODS + tuple(POINT_METHODS)
@@ -38,12 +44,12 @@ QUICK_SAMPLES = 20
 _SALT = 1
 
 
-def in_box(point, box: Box) -> bool:
+def in_box(point: Sequence[float], box: Box) -> bool:
     """Is a continuous pixel position (row, col) inside the box [top, bottom) x [left, right)?"""
     return box[0] <= point[0] < box[2] and box[1] <= point[1] < box[3]
 
 
-def pointing_hit(grid_map, image_size: tuple[int, int], box: Box,
+def pointing_hit(grid_map: torch.Tensor | np.ndarray, image_size: tuple[int, int], box: Box,
                  rng: np.random.Generator | None = None) -> bool:
     """Does the map's maximal cell (its centre, in pixels) fall inside `box`?"""
     values = np.asarray(grid_map, dtype=np.float64)
@@ -52,7 +58,8 @@ def pointing_hit(grid_map, image_size: tuple[int, int], box: Box,
     return in_box(centre, box)
 
 
-def mass_in_box(grid_map, image_size: tuple[int, int], box: Box) -> float:
+def mass_in_box(grid_map: torch.Tensor | np.ndarray, image_size: tuple[int, int],
+                box: Box) -> float:
     """Share of the map's positive mass in cells whose centre lies in `box` (nan if none)."""
     values = np.maximum(np.asarray(grid_map, dtype=np.float64), 0).ravel()
     total = values.sum()
@@ -63,10 +70,11 @@ def mass_in_box(grid_map, image_size: tuple[int, int], box: Box) -> float:
     return float(values[inside].sum() / total)
 
 
-def pair_maps(explainer, methods, a, b, query_point, seed: int) -> dict:
+def pair_maps(explainer: Explainer, methods: Sequence[str], a: torch.Tensor, b: torch.Tensor,
+              query_point: Sequence[float], seed: int) -> dict:
     """Side-b maps of every method for one pair (one decomposition serves all its forms); a
     point map that does not exist (NoPointMap) is None."""
-    out = {}
+    out: dict[str, torch.Tensor | None] = {}
     if any(m in methods for m in ("decomposition", "relative", *POINT_METHODS)):
         result = explainer.explain(a, b)
         out["decomposition"] = result.overall_b.float()
@@ -80,7 +88,7 @@ def pair_maps(explainer, methods, a, b, query_point, seed: int) -> dict:
     return {m: out[m] for m in methods}
 
 
-def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
+def run(model: str, methods: Sequence[str] | None = None, samples: int | None = None, seed: int = 0,
         quick: bool = False, show_progress: bool = False) -> dict:
     methods, samples, explainer, setup, source = start_run(
         model, methods, samples, quick, ALLOWED, DEFAULT_SAMPLES.get(model, 20), QUICK_SAMPLES)
@@ -89,8 +97,8 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
         "domain": setup.domain})
     result["notes"] += cap_notes(setup, methods, samples, quick)
     methods = usable_methods(setup, methods, quick)
-    hits = {m: [] for m in methods}
-    mass = {m: [] for m in methods}
+    hits: dict[str, list[float]] = {m: [] for m in methods}
+    mass: dict[str, list[float]] = {m: [] for m in methods}
     flat = {m: 0 for m in methods}
     no_map = {m: 0 for m in methods}
     with Timer() as timer:

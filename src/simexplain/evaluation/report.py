@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..files import json_default, write_text_atomic
 from ..methods import METHODS as _REGISTRY
@@ -29,6 +33,7 @@ from .tables import fmt, fmt_plain, markdown_table
 
 BASELINES_NOTE = "baseline"
 ORDER = ALL_METHODS + tuple(POINT_METHODS) + ("cosine",)
+Benchmarks = Sequence[ModuleType]  # the benchmark modules a report covers, in order
 # the decomposition's own maps: overall, relative and point maps of every kind
 DECOMPOSITION = ("decomposition", "relative") + tuple(POINT_METHODS)
 # the baselines that explain class-token transformers only (attention rollout, ...)
@@ -36,7 +41,7 @@ ATTENTION_METHODS = tuple(m for m, cls in _REGISTRY.items() if cls.needs_attenti
 
 
 # -- files -------------------------------------------------------------------------------------
-def clean(value):
+def clean(value: Any) -> Any:
     """NaN -> None (valid JSON), floats rounded to 6 digits."""
     if isinstance(value, dict):
         return {k: clean(v) for k, v in value.items()}
@@ -50,7 +55,7 @@ def clean(value):
     return value
 
 
-def write_json(path: Path, data) -> None:
+def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (a temporary file renamed into place)."""
     write_text_atomic(path, json.dumps(clean(data), separators=(",", ":"), default=json_default))
 
@@ -62,7 +67,8 @@ def methods_of(result: dict) -> list[str]:
 
 
 # -- headline comparisons ----------------------------------------------------------------------
-def compare(result: dict, values_of, higher: bool, label: str, weights=None,
+def compare(result: dict, values_of: Callable[..., Any], higher: bool, label: str,
+            weights: ArrayLike | None = None,
             methods: list[str] | None = None) -> dict | None:
     """Best method by mean of per-sample values; paired margin to the runner-up (the best
     method whose values differ: methods with identical values are reported as tied) and the
@@ -171,13 +177,13 @@ def headline_text(model: str, c: dict | None) -> str:
     return text
 
 
-def headlines(module, results: list[dict]) -> list[tuple[str, dict | None]]:
+def headlines(module: ModuleType, results: list[dict]) -> list[tuple[str, dict | None]]:
     """(model, comparison) for the benchmark's primary figure(s), model by model."""
     return [(r["model"], c) for r in results for c in module.headline_comparisons(r)]
 
 
 # -- sections ----------------------------------------------------------------------------------
-def benchmark_section(module, results: list[dict], img_dir: Path | None = None,
+def benchmark_section(module: ModuleType, results: list[dict], img_dir: Path | None = None,
                       img_rel: Path | None = None, level: int = 2) -> str:
     """Markdown for one benchmark module over all its models (and its plot, if img_dir is
     given)."""
@@ -216,7 +222,7 @@ def _samples_line(results: list[dict]) -> str:
 
 
 # -- plots -------------------------------------------------------------------------------------
-def pyplot():
+def pyplot() -> Any:  # matplotlib.pyplot, imported on first use
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -257,7 +263,7 @@ def _legend(fig, axes) -> None:
                ncol=min(len(ordered), 7), fontsize=8, frameon=False)
 
 
-def finish_plot(fig, axes, path: Path) -> Path:
+def finish_plot(fig: Any, axes: Any, path: Path) -> Path:
     """Add the shared method legend below the panels, save the figure to `path`, close it."""
     _legend(fig, axes)
     fig.tight_layout(rect=(0, 0.4 / fig.get_size_inches()[1], 1, 1))
@@ -305,7 +311,7 @@ DATA_NOTES = [
 ]
 
 
-def summary_table(results: dict[str, list[dict]], benchmarks) -> str:
+def summary_table(results: dict[str, list[dict]], benchmarks: Sequence[ModuleType]) -> str:
     rows = []
     for module in benchmarks:
         name = module.NAME
@@ -328,7 +334,7 @@ def summary_table(results: dict[str, list[dict]], benchmarks) -> str:
                            "baseline wins"], rows)
 
 
-def in_brief(results: dict[str, list[dict]], benchmarks) -> list[str]:
+def in_brief(results: dict[str, list[dict]], benchmarks: Sequence[ModuleType]) -> list[str]:
     """One line per benchmark figure: where the decomposition is best, tied, or beaten."""
     lines = []
     for module in benchmarks:
@@ -384,7 +390,8 @@ TRANSFORMER_TEXT = [
 ]
 
 
-def transformer_section(results: dict[str, list[dict]], benchmarks) -> list[str]:
+def transformer_section(results: dict[str, list[dict]], benchmarks: Sequence[ModuleType]
+                        ) -> list[str]:
     """The Transformers section: the attention baselines, and the headline figure of every
     benchmark on the models they ran on, method by method."""
     lines = ["## Transformers", "", *TRANSFORMER_TEXT, ""]
@@ -413,7 +420,7 @@ def transformer_section(results: dict[str, list[dict]], benchmarks) -> list[str]
                     markdown_table(["benchmark", "figure", "model", *shown], table), ""]
 
 
-def write_report(results: dict[str, list[dict]], out: Path, meta: dict, benchmarks,
+def write_report(results: dict[str, list[dict]], out: Path, meta: dict, benchmarks: Benchmarks,
                  interactive: dict | None = None, interactive_table: str | None = None,
                  img_subdir: str = "img/benchmarks") -> Path:
     """Write BENCHMARKS.md (and the plots under `img_subdir`) into `out`: one section per

@@ -30,6 +30,8 @@ the notes say so.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
+from pathlib import Path
 from itertools import combinations
 
 import numpy as np
@@ -130,7 +132,7 @@ def _with_model(explainer: Explainer, model: torch.nn.Module) -> Explainer:
     return clone
 
 
-def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
+def run(model: str, methods: Sequence[str] | None = None, samples: int | None = None, seed: int = 0,
         quick: bool = False, show_progress: bool = False) -> dict:
     methods, samples, explainer, setup, source = start_run(
         model, methods, samples, quick, ALLOWED, DEFAULT_SAMPLES.get(model, 5), QUICK_SAMPLES)
@@ -173,7 +175,7 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
         clone = copy.deepcopy(net)
         broken = _with_model(explainer, clone)
         pristine = {k: v.clone() for k, v in net.state_dict().items()}
-        for s, (label, names) in enumerate(progress(stages, len(stages), f"sanity {model}",
+        for s, (_label, names) in enumerate(progress(stages, len(stages), f"sanity {model}",
                                                     show_progress)):
             clone.load_state_dict(pristine)
             randomise_(clone, names, seed + s)
@@ -182,7 +184,7 @@ def run(model: str, methods=None, samples: int | None = None, seed: int = 0,
                     a, b = pairs[i]
                     new = compared(broken, m, a, b, "b", seed=sample_seed(seed, i, 99))
                     cascade[m][i, s] = spearman(original[m][i], new)
-        reference = {m: [] for m in methods}
+        reference: dict[str, list[float]] = {m: [] for m in methods}
         for i, bs in enumerate(partners):
             a = pairs[i][0]
             for m in methods:
@@ -265,7 +267,7 @@ def brief_lines(results: list[dict]) -> list[str]:
     return lines
 
 
-def plot_results(results: list[dict], img_dir):
+def plot_results(results: list[dict], img_dir: Path) -> Path:
     """Spearman correlation with the original map along the cascade, one panel per model."""
     n = len(results)
     fig, axes = pyplot().subplots(1, n, figsize=(4.6 * n, 3.6), squeeze=False)

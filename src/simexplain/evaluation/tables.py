@@ -13,7 +13,7 @@ def fmt(ci: dict | None, digits: int = 3) -> str:
     return f"{ci['mean']:.{digits}f} [{ci['lo']:.{digits}f}, {ci['hi']:.{digits}f}]"
 
 
-def fmt_plain(value, digits: int = 3) -> str:
+def fmt_plain(value: float | None, digits: int = 3) -> str:
     if value is None or not math.isfinite(value):
         return "n/a"
     return f"{value:.{digits}f}"

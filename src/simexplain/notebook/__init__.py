@@ -7,7 +7,10 @@ use, so importing this package (or simexplain) never imports anywidget.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers see; at run time: __getattr__
+    from .widget import PointMapWidget
 
 __all__ = ["PointMapWidget"]
 

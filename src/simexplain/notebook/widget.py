@@ -18,7 +18,8 @@ import io
 import logging
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import anywidget
 import traitlets
@@ -113,7 +114,7 @@ def png_bytes(image: Image.Image, max_side: int) -> bytes:
     """The image as PNG, shrunk so that its longest side is at most `max_side` pixels."""
     shown = image.convert("RGB")
     if max(shown.size) > max_side:
-        shown.thumbnail((max_side, max_side), Image.LANCZOS)
+        shown.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     out = io.BytesIO()
     shown.save(out, format="PNG")
     return out.getvalue()
@@ -147,7 +148,8 @@ class PointMapWidget(anywidget.AnyWidget):
     sides = traitlets.Dict(help="per side: image_size (the photo's pixels, which points "
                            "and boxes use), crop, grid and the signed overall map").tag(sync=True)
     info = traitlets.Dict(help="score, similarity, residual").tag(sync=True)
-    kinds = traitlets.List(help="[kind, label] of every point-map kind").tag(sync=True)
+    kinds: traitlets.List[list[str]] = traitlets.List(
+        help="[kind, label] of every point-map kind").tag(sync=True)
     kind = traitlets.Unicode(DEFAULT_POINT_MAP, help="the point-map kind shown").tag(sync=True)
     display_size = traitlets.Int(DISPLAY_SIZE).tag(sync=True)
     error = traitlets.Unicode("", help="why the last request failed; '' if it did not"
@@ -197,8 +199,7 @@ class PointMapWidget(anywidget.AnyWidget):
         if what not in REQUESTS:
             raise SimexplainError(f"unknown request type {what!r}; expected one of "
                                   f"{', '.join(REQUESTS)}")
-        side = request.get("side")
-        check_side(side)  # a clear error for a bad side, before anything else
+        side = check_side(request.get("side"))  # a clear error for a bad side, first
         kind = check_kind(request.get("kind") or self.kind)
         if what == "point":
             point = (_number(request, "row"), _number(request, "col"))

@@ -6,13 +6,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import SimexplainError
 
 ENGINES = ("local", "ray")  # one process, or a Ray Data pipeline (`ray_engine`)
 
 
-def require_faiss():
+def require_faiss() -> Any:  # the faiss module (it has no type stubs)
     try:
         import faiss
     except ImportError:

@@ -13,7 +13,8 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -27,6 +28,9 @@ from .kinds import check_shards, kind as index_kind
 from .model import MODEL_KEYS, model_info
 from .ray_engine import embed_with_ray
 from .storage import FORMAT_NAME, FORMAT_VERSION, check_replaceable, common_root
+
+if TYPE_CHECKING:
+    from ..explainer import Explainer
 
 PARTIAL_MARKER = "simexplain-partial"
 # what a build writes into its checkpoint folder (atomic_path's temporary files included)
@@ -45,12 +49,13 @@ class EmbeddedGallery:
     skipped: list[Skipped]
     root: Path
     explain_cache: ExplainCache | None
-    explainer: object  # the driver's explainer (the factory's product for Ray builds)
+    explainer: Explainer  # the driver's explainer (the factory's product for Ray builds)
     resumed_from: int  # files already done in a checkpoint when the build resumed
     checkpoint: Path | None  # to remove once the index is saved
 
 
-def embed_gallery(images: str | Path | Iterable[str | Path], explainer,
+def embed_gallery(images: str | Path | Iterable[str | Path],
+                  explainer: Explainer | Callable[[], Explainer],
                   model_name: str | None = None, batch_size: int = 32, progress: bool = True,
                   out: str | Path | None = None, resume: bool = True, kind: str = "flat",
                   checkpoint_every: int = 8, shards: int = 1, engine: str = "local",
@@ -72,7 +77,8 @@ def embed_gallery(images: str | Path | Iterable[str | Path], explainer,
         checkpoint = checkpoint_path(out)
         check_checkpoint(checkpoint)
     # a factory (for Ray workers that load their own model) also gives the driver its copy
-    local = explainer if hasattr(explainer, "prepare") else explainer()
+    local = (cast("Explainer", explainer) if hasattr(explainer, "prepare")
+             else cast("Callable[[], Explainer]", explainer)())
     info = model_info(local, model_name)
     state = _BuildState(paths, info, root, explain)
     if checkpoint is not None:
@@ -160,7 +166,7 @@ class _BuildState:
 
     @classmethod
     def resume(cls, checkpoint: Path, paths, info, root,
-               explain: bool = False) -> "_BuildState | None":
+               explain: bool = False) -> _BuildState | None:
         """The state saved in `checkpoint`, or None (with a warning) when it cannot be used."""
         if not (checkpoint / cls.STATE).is_file():
             return None
@@ -226,7 +232,7 @@ class _BuildState:
                     arrays[self._CACHE[2]] = cache.projected
             name = f"shard-{len(self.shards):05d}-{uuid.uuid4().hex[:6]}.npz"
             with atomic_path(checkpoint / name) as tmp, open(tmp, "wb") as handle:
-                np.savez(handle, **arrays)
+                np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub: allow_pickle
             self.shards.append(name)
             self._flushed_items = len(self.ok)
             self._flushed_cache = len(self.cache)
@@ -250,7 +256,8 @@ class _BuildState:
                 if any(r.cached is None for r in results):
                     raise SimexplainError("an explain build got an image without its "
                                           "contributions")
-                self.cache.append(ExplainCache.stack([r.cached for r in results]))
+                self.cache.append(ExplainCache.stack([r.cached for r in results
+                                                      if r.cached is not None]))
             self.embeddings.append(np.stack([r.embedding for r in results]).astype(np.float32))
             self.ok.extend(r.row for r in results)
             self.hashes.extend(r.sha256 for r in results)

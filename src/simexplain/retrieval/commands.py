@@ -11,11 +11,17 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..errors import SimexplainError
 from ..model_options import add_model_arguments
 from .basics import ENGINES
 from .manifest import KINDS
+
+if TYPE_CHECKING:
+    from ..explainer import Explainer
+    from .index import Hit, Index, RegionQuery
 
 
 def parse_region(text: str) -> tuple[float, float, float, float]:
@@ -26,7 +32,7 @@ def parse_region(text: str) -> tuple[float, float, float, float]:
     if len(values) != 4:
         raise argparse.ArgumentTypeError(
             f"a region is TOP,LEFT,BOTTOM,RIGHT in the query file's pixels, got {text!r}")
-    return values  # type: ignore[return-value]
+    return values
 
 
 def add_index_arguments(index: argparse.ArgumentParser) -> None:
@@ -125,7 +131,8 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def explainer_for_index(index_path: str | Path, args: argparse.Namespace | None = None):
+def explainer_for_index(index_path: str | Path, args: argparse.Namespace | None = None
+                        ) -> Explainer:
     """The query model of an index: the one its manifest names, unless overridden (then it
     must match)."""
     from ..zoo import resolve
@@ -166,11 +173,11 @@ def query_files(args: argparse.Namespace) -> list[str]:
             raise SimexplainError(f"cannot read the query list {listing}: "
                                   f"{getattr(exc, 'strerror', None) or exc}") from None
         named = [line.strip() for line in lines]
-        found = [str(listing.parent / line) for line in named
-                 if line and not line.startswith("#")]
-        if not found:
+        listed = [str(listing.parent / line) for line in named
+                  if line and not line.startswith("#")]
+        if not listed:
             raise SimexplainError(f"the query list {listing} names no images")
-        queries += found
+        queries += listed
     if not queries:
         raise SimexplainError("give a query image, a folder of them or --queries-from FILE")
     from ..images import load_image  # loads torch: after the quick checks
@@ -215,7 +222,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def search_summary(args: argparse.Namespace, index, query: str, prepared, hits) -> dict:
+def search_summary(args: argparse.Namespace, index: Index, query: str, prepared: RegionQuery,
+                   hits: Sequence[Hit]) -> dict:
     """What `search --json` prints and results.json holds for one query."""
     return {
         "index": str(args.index), "query": str(query), "model": index.model_name,
@@ -229,7 +237,7 @@ def search_summary(args: argparse.Namespace, index, query: str, prepared, hits) 
     }
 
 
-def print_hits(summary: dict, hits, region: bool) -> None:
+def print_hits(summary: dict, hits: Sequence[Hit], region: bool) -> None:
     what = "region" if region else "image"
     print(f"{len(hits)} hits for the query {what} ({summary['score']}, {summary['ranking']}):")
     for hit in hits:

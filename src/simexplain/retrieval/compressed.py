@@ -14,7 +14,7 @@ each) that another process or machine can load and search on its own.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

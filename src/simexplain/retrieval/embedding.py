@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -13,6 +13,10 @@ import torch
 from ..errors import ImageError
 from .basics import Skipped, file_sha256
 from .explain_cache import CachedImage
+
+if TYPE_CHECKING:
+    from ..adapters import SplitModel
+    from ..explainer import Explainer
 
 
 class Embedded(NamedTuple):
@@ -24,7 +28,8 @@ class Embedded(NamedTuple):
     cached: CachedImage | None = None  # its contributions, in an explain build
 
 
-def embed_files(chunk: list[str], offset: int, explainer, stream, root: Path,
+def embed_files(chunk: list[str], offset: int, explainer: Explainer, stream: SplitModel,
+                root: Path,
                 explain: bool = False) -> tuple[list[Embedded], list[Skipped]]:
     """Prepare, hash and embed gallery files (rows offset, offset + 1, ...): each embedded
     file in row order, and the files skipped (unreadable, or a link out of the gallery

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -38,7 +38,7 @@ class CachedImage:
     projected: np.ndarray | None = None  # (P, D), see `head.Contributions.projected`
 
     @classmethod
-    def of(cls, c: Contributions, row: int, input_size: Sequence[int]) -> "CachedImage":
+    def of(cls, c: Contributions, row: int, input_size: Sequence[int]) -> CachedImage:
         """Row `row` of a batch's contributions."""
         if c.tokens is not None:
             # the prefix tokens' rows have no place in the cache's per-grid layout yet
@@ -78,7 +78,7 @@ class ExplainCache:
         self.where = where  # the folder it was loaded from, named in errors
 
     @classmethod
-    def stack(cls, images: Sequence[CachedImage]) -> "ExplainCache":
+    def stack(cls, images: Sequence[CachedImage]) -> ExplainCache:
         """The cache of these images, in order (at least one)."""
         if len({im.projected is None for im in images}) > 1:
             raise SimexplainError("explain cache: some images have projected features, others "
@@ -93,7 +93,7 @@ class ExplainCache:
         return cls(np.concatenate([im.positions for im in images]), shapes, projected)
 
     @classmethod
-    def concat(cls, parts: Sequence["ExplainCache"]) -> "ExplainCache":
+    def concat(cls, parts: Sequence[ExplainCache]) -> ExplainCache:
         """One cache of consecutive parts (at least one)."""
         if len(parts) == 1:
             return parts[0]
@@ -136,7 +136,7 @@ class ExplainCache:
         return out
 
     @classmethod
-    def load(cls, folder: Path, entry: dict, count: int, dim: int) -> "ExplainCache":
+    def load(cls, folder: Path, entry: dict, count: int, dim: int) -> ExplainCache:
         """The cache of an index folder whose files were verified against the manifest
         (`entry`: its "explain" field); anything that does not fit is IndexFormatError."""
         arrays = {}

@@ -6,7 +6,8 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, TYPE_CHECKING
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +24,9 @@ from .basics import Skipped, file_sha256
 from .explain_cache import ExplainCache
 from .kinds import kind as index_kind, with_defaults
 from .model import IndexMismatchError, check_model, model_info
+
+if TYPE_CHECKING:
+    from ..explainer import Explainer
 
 # Extra candidates fetched from FAISS before exact re-scoring (guards near-ties at rank k).
 FETCH_MARGIN = 16
@@ -81,7 +85,7 @@ class RegionQuery:
 
     @classmethod
     def from_side(cls, side: Side, region: maps.Region | None = None,
-                  coords: maps.Coords = "image") -> "RegionQuery":
+                  coords: maps.Coords = "image") -> RegionQuery:
         """The search vector of a decomposed query: q_R = sum_p w_p u_p, or e_a. The region
         is in the query file's pixels (or the model input's, coords="input")."""
         embedding = side.embedding.detach().double().cpu()
@@ -99,7 +103,7 @@ class RegionQuery:
     def map_on(self, other: Side, similarity: Similarity) -> torch.Tensor:
         """sum_p w_p D[p, :] on another image's grid: the region's map (every position, with
         weight 1, without a region)."""
-        weights = self.weights if self.is_region else torch.ones(
+        weights = self.weights if self.weights is not None else torch.ones(
             self.side.contributions.shape[0], dtype=torch.float64)
         return regions.side_map(similarity, weights, self.side, other)
 
@@ -113,8 +117,8 @@ class Index:
 
     def __init__(self, embeddings: np.ndarray, paths: Sequence[str], info: dict,
                  kind: str = "flat", hashes: Sequence[str] | None = None,
-                 skipped: Sequence[Skipped] = (), vectors=None, params: dict | None = None,
-                 explainer=None, root: str | Path | None = None,
+                 skipped: Sequence[Skipped] = (), vectors: Any = None, params: dict | None = None,
+                 explainer: Explainer | None = None, root: str | Path | None = None,
                  explain_cache: ExplainCache | None = None):
         if not (isinstance(embeddings, np.ndarray) and embeddings.dtype in _STORED
                 and embeddings.flags.c_contiguous):
@@ -150,7 +154,7 @@ class Index:
         # each image's contributions from the build's forward pass (`Index.build(explain=
         # True)`): explaining a hit then runs no model
         self.explain_cache = explain_cache
-        self.explainer = None
+        self.explainer: Explainer | None = None
         self.resumed_from = 0  # images already done in a checkpoint when a build resumed
         if explainer is not None:
             self.attach(explainer)
@@ -173,9 +177,9 @@ class Index:
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
-    def from_vectors(cls, embeddings, paths: Sequence[str] | None = None,
+    def from_vectors(cls, embeddings: np.ndarray | torch.Tensor, paths: Sequence[str] | None = None,
                      similarity: str = "cosine", kind: str = "flat", model: str = "vectors",
-                     params: dict | None = None, **info) -> "Index":
+                     params: dict | None = None, **info: Any) -> Index:
         """An index over given (N, D) embeddings (no images: for tests and benchmarks). A
         float32 or float16 array (or np.memmap) is used as it is, without a copy. `params`
         overrides the kind's defaults (e.g. {"shards": 4} for "ivfpq")."""
@@ -191,11 +195,12 @@ class Index:
                    params=with_defaults(kind, len(array), params, index_dim))
 
     @classmethod
-    def build(cls, images: str | Path | Iterable[str | Path], explainer,
+    def build(cls, images: str | Path | Iterable[str | Path],
+              explainer: Explainer | Callable[[], Explainer],
               model_name: str | None = None, batch_size: int = 32, progress: bool = True,
               out: str | Path | None = None, resume: bool = True, kind: str = "flat",
               checkpoint_every: int = 8, shards: int = 1, engine: str = "local",
-              ray: dict | None = None, explain: bool = False) -> "Index":
+              ray: dict | None = None, explain: bool = False) -> Index:
         """Embed a folder (all files, recursively, sorted) or a list of image files.
 
         Unreadable files are skipped and listed in `.skipped`. With `out`, progress is
@@ -231,7 +236,8 @@ class Index:
         index.resumed_from = gallery.resumed_from
         if out is not None:
             index.save(out)
-            build.remove_checkpoint(gallery.checkpoint)
+            if gallery.checkpoint is not None:
+                build.remove_checkpoint(gallery.checkpoint)
         return index
 
     def _build_vectors(self):
@@ -245,7 +251,7 @@ class Index:
         return int(self._index_rows(0, 1).shape[1])
 
     # -- the query model -----------------------------------------------------------------------
-    def attach(self, explainer) -> "Index":
+    def attach(self, explainer: Explainer) -> Index:
         """Use `explainer` for queries after checking it is the index's model."""
         check_model(self.info, model_info(explainer, getattr(explainer, "model_name", None)),
                     where=self.info.get("source", "the index"))
@@ -260,14 +266,15 @@ class Index:
         return self.explainer
 
     # -- search --------------------------------------------------------------------------------
-    def region_vector(self, query, region: maps.Region | None = None,
+    def region_vector(self, query: ImageInput, region: maps.Region | None = None,
                       coords: maps.Coords = "image") -> RegionQuery:
         """The query's search vector: q_R = sum_p w_p u_p for a region, else e_a."""
         explainer = self._require_explainer()
         side = explainer.side(query, "a")
         return RegionQuery.from_side(side, region, coords)
 
-    def search(self, query, k: int = 10, region: maps.Region | None = None,
+    def search(self, query: ImageInput | RegionQuery, k: int = 10,
+               region: maps.Region | None = None,
                explain: bool = False, batch_size: int = 16,
                coords: maps.Coords = "image") -> Hits:
         """Rank the gallery for a query image (path, PIL image or (1, C, H, W) tensor), or for
@@ -290,7 +297,8 @@ class Index:
             self.explain_hits(prepared, hits, batch_size=batch_size)
         return hits
 
-    def search_vector(self, vector, k: int = 10, query_embedding=None) -> Hits:
+    def search_vector(self, vector: np.ndarray | torch.Tensor, k: int = 10,
+                      query_embedding: np.ndarray | torch.Tensor | None = None) -> Hits:
         """Search one vector. Alone, `vector` is a whole query's embedding e_a (ordinary
         similarity search); with `query_embedding` (e_a), it is a region vector q_R and hits
         are ranked by the partial similarity s_R."""
@@ -365,6 +373,7 @@ class Index:
 
     def _side_from_cache(self, row: int, image: ImageInput | None = None) -> Side | None:
         explainer = self._require_explainer()
+        assert self.explain_cache is not None  # the callers check there is one
         cached = self.explain_cache.image(row)
         prepared = explainer.prepare(self.paths[row] if image is None else image, "b")
         if tuple(prepared.tensor.shape[2:]) != cached.input_size:
@@ -398,7 +407,8 @@ class Index:
         return storage.save_index(self, path)
 
     @classmethod
-    def load(cls, path: str | Path, explainer=None, verify: bool = True) -> "Index":
+    def load(cls, path: str | Path, explainer: Explainer | None = None, verify: bool = True
+             ) -> Index:
         """Open an index folder, verifying its marker, its manifest (checksum and schema) and
         the size and sha256 of each stored file (IndexFormatError "index damaged: ..."); with
         `explainer`, also check that it is the index's model."""

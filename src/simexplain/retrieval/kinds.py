@@ -15,7 +15,8 @@ embeddings, so the reported scores and their order are exact for every kind.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +25,8 @@ from . import compressed, manifest
 from .basics import require_faiss
 
 Rows = Callable[[int, int], np.ndarray]  # rows(start, stop): float32 FAISS vectors of a block
+# a FAISS structure (faiss has no type stubs), or compressed.ShardedVectors
+Structure = Any
 ADD_CHUNK = compressed.ADD_CHUNK
 
 
@@ -42,7 +45,7 @@ class IndexKind:
     def default_params(self, count: int, dim: int, shards: int = 1) -> dict:
         return {}
 
-    def build(self, rows: Rows, count: int, dim: int, params: dict):
+    def build(self, rows: Rows, count: int, dim: int, params: dict) -> Structure:
         """The searchable structure over gallery rows [0, count) (read into memory: the
         kinds that are not `on_disk` hold their vectors in memory anyway)."""
         data = np.ascontiguousarray(rows(0, count), dtype=np.float32)
@@ -53,22 +56,22 @@ class IndexKind:
         self.configure(structure, params, 0)
         return structure
 
-    def train(self, structure, data: np.ndarray, params: dict) -> None:
+    def train(self, structure: Structure, data: np.ndarray, params: dict) -> None:
         pass
 
-    def empty(self, faiss, dim: int, params: dict):
+    def empty(self, faiss: Any, dim: int, params: dict) -> Structure:
         raise NotImplementedError
 
-    def configure(self, structure, params: dict, fetch: int) -> int:
+    def configure(self, structure: Structure, params: dict, fetch: int) -> int:
         """Set the structure's search parameters for a query that wants `fetch` candidates;
         returns how many to fetch."""
         return fetch
 
-    def structures(self, vectors) -> list:
+    def structures(self, vectors: Structure) -> list:
         """The FAISS structures to write, one a file."""
         return [vectors]
 
-    def from_structures(self, structures: list):
+    def from_structures(self, structures: list) -> Structure:
         """The searchable structure of structures read back from the files."""
         return structures[0]
 
@@ -80,22 +83,22 @@ class IndexKind:
 class Flat(IndexKind):
     name = "flat"
 
-    def empty(self, faiss, dim, params):
+    def empty(self, faiss: Any, dim: int, params: dict) -> Structure:
         return faiss.IndexFlatIP(dim)
 
 
 class IVF(IndexKind):
     name = "ivf"
 
-    def default_params(self, count, dim, shards=1):
+    def default_params(self, count: int, dim: int, shards: int = 1) -> dict:
         nlist = list_count(count)
         return {"nlist": nlist, "nprobe": max(1, min(nlist, int(math.ceil(nlist / 16))))}
 
-    def empty(self, faiss, dim, params):
+    def empty(self, faiss: Any, dim: int, params: dict) -> Structure:
         return faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, int(params["nlist"]),
                                   faiss.METRIC_INNER_PRODUCT)
 
-    def train(self, structure, data, params):
+    def train(self, structure: Structure, data: np.ndarray, params: dict) -> None:
         # 64 vectors a list train the coarse quantiser as well as all of them
         rng = np.random.default_rng(0)
         nlist = int(params["nlist"])
@@ -103,7 +106,7 @@ class IVF(IndexKind):
         sample = data if n <= 64 * nlist else data[rng.choice(n, 64 * nlist, replace=False)]
         structure.train(np.ascontiguousarray(sample))
 
-    def configure(self, structure, params, fetch):
+    def configure(self, structure: Structure, params: dict, fetch: int) -> int:
         structure.nprobe = int(params["nprobe"])
         return fetch
 
@@ -115,13 +118,13 @@ HNSW_EF_SEARCH = 64
 class HNSW(IndexKind):
     name = "hnsw"
 
-    def default_params(self, count, dim, shards=1):
+    def default_params(self, count: int, dim: int, shards: int = 1) -> dict:
         return {"M": HNSW_M, "ef_search": HNSW_EF_SEARCH}
 
-    def empty(self, faiss, dim, params):
+    def empty(self, faiss: Any, dim: int, params: dict) -> Structure:
         return faiss.IndexHNSWFlat(dim, int(params["M"]), faiss.METRIC_INNER_PRODUCT)
 
-    def configure(self, structure, params, fetch):
+    def configure(self, structure: Structure, params: dict, fetch: int) -> int:
         # the graph search keeps ef candidates: at least as many as asked for
         structure.hnsw.efSearch = max(int(params["ef_search"]), fetch)
         return fetch
@@ -132,25 +135,25 @@ class IVFPQ(IndexKind):
     shardable = True
     on_disk = True
 
-    def default_params(self, count, dim, shards=1):
+    def default_params(self, count: int, dim: int, shards: int = 1) -> dict:
         return compressed.default_params(count, dim, shards, list_count(count))
 
-    def build(self, rows, count, dim, params):
+    def build(self, rows: Rows, count: int, dim: int, params: dict) -> Structure:
         return compressed.build(rows, count, dim, params)
 
-    def configure(self, structure, params, fetch):
+    def configure(self, structure: Structure, params: dict, fetch: int) -> int:
         structure.set_nprobe(int(params["nprobe"]))
         return min(structure.ntotal, max(fetch, int(params["candidates"])))
 
-    def structures(self, vectors):
+    def structures(self, vectors: Structure) -> list:
         return vectors.shards
 
-    def from_structures(self, structures):
+    def from_structures(self, structures: list) -> Structure:
         if any(not hasattr(s, "nprobe") for s in structures):
             raise SimexplainError("a shard is not an inverted-list FAISS index")
         return compressed.ShardedVectors(structures)
 
-    def stored_dim(self, dim):
+    def stored_dim(self, dim: int) -> int:
         return compressed.padded_dim(dim)
 
 

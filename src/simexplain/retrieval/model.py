@@ -5,7 +5,11 @@ for an image (face models see the detected face crop: `Explainer.prepare`)."""
 from __future__ import annotations
 
 
+from typing import TYPE_CHECKING
 from ..errors import SimexplainError
+
+if TYPE_CHECKING:
+    from ..explainer import Explainer
 
 MODEL_KEYS = ("model", "layer", "layer_b", "similarity", "input_size", "keep_aspect",
               "weights_sha256")
@@ -15,7 +19,7 @@ class IndexMismatchError(SimexplainError):
     """The model used for a query is not the model the index was built with."""
 
 
-def model_info(explainer, model_name: str | None = None) -> dict:
+def model_info(explainer: Explainer, model_name: str | None = None) -> dict:
     """What identifies the gallery model of an explainer: name, layers, similarity, input
     size (of side b) and whether inputs keep their aspect ratio, and a sha256 of its
     weights."""
@@ -32,7 +36,7 @@ def model_info(explainer, model_name: str | None = None) -> dict:
     }
 
 
-def weights_fingerprint(explainer) -> str:
+def weights_fingerprint(explainer: Explainer) -> str:
     """sha256 over the parameters and buffers of the explainer's model(s)."""
     return explainer.weights_sha256()
 

@@ -15,11 +15,12 @@ extra (`pip install simexplain[scale]`).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, cast
 import logging
 import os
 import re
 from pathlib import Path
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -30,8 +31,11 @@ from .basics import Skipped
 from .embedding import Embedded, embed_files
 from .explain_cache import CachedImage
 
+if TYPE_CHECKING:
+    from ..explainer import Explainer
 
-def require_ray():
+
+def require_ray() -> Any:  # the ray module
     try:
         import ray
         import ray.data  # noqa: F401 - the pipeline needs Ray Data, not only Ray core
@@ -44,7 +48,7 @@ def require_ray():
 class _Given:
     """A picklable factory returning a ready explainer (shipped to each actor once)."""
 
-    def __init__(self, explainer):
+    def __init__(self, explainer: Explainer):
         self.explainer = explainer
 
     def __call__(self):
@@ -78,8 +82,9 @@ class _Embedder:
         rows = [int(r) for r in batch["row"]]
         paths = [str(p) for p in batch["path"]]
         columns = ("sha256", "reason", "embedding", "cells", "shape", "projected")
-        out = {name: [""] * len(rows) if name in ("sha256", "reason") else [b""] * len(rows)
-               for name in columns}
+        out: dict[str, list[Any]] = {
+            name: [""] * len(rows) if name in ("sha256", "reason") else [b""] * len(rows)
+            for name in columns}
         # rows of one batch are consecutive: the dataset keeps the gallery's order
         results, skipped = embed_files(paths, rows[0], self.explainer, self.stream, self.root,
                                        self.explain)
@@ -95,13 +100,14 @@ class _Embedder:
                 if item.cached.projected is not None:
                     out["projected"][at] = item.cached.projected.tobytes()
         by_path = {path: i for i, path in enumerate(paths)}
-        for item in skipped:
-            out["reason"][by_path[item.path]] = item.reason
+        for skip in skipped:
+            out["reason"][by_path[skip.path]] = skip.reason
         return {"row": np.asarray(rows, dtype=np.int64),
                 **{name: np.asarray(out[name], dtype=object) for name in columns}}
 
 
-def embed_with_ray(paths: list[str], start: int, root: Path, explainer, info: dict,
+def embed_with_ray(paths: list[str], start: int, root: Path,
+                   explainer: Explainer | Callable[[], Explainer], info: dict,
                    batch_size: int, workers: int = 2, address: str | None = None,
                    gpus: float = 0.0, explain: bool = False
                    ) -> Iterator[tuple[list, list[Skipped], int]]:
@@ -127,7 +133,8 @@ def embed_with_ray(paths: list[str], start: int, root: Path, explainer, info: di
         context = DataContext.get_current()
         context.execution_options.preserve_order = True  # rows come back in gallery order
         context.enable_progress_bars = False  # the build shows its own bar
-        factory = explainer if not hasattr(explainer, "prepare") else _Given(explainer)
+        factory = (explainer if not hasattr(explainer, "prepare")
+                   else _Given(cast("Explainer", explainer)))
         rows = range(start, len(paths))
         dataset = ray.data.from_items([{"row": i, "path": paths[i]} for i in rows],
                                       override_num_blocks=max(1, -(-len(rows) // batch_size)))
@@ -160,8 +167,9 @@ def _unpack(batch: dict, paths: list[str]) -> tuple[list, list[Skipped], int]:
         if batch["shape"][i]:
             h, w, gh, gw = (int(v) for v in np.frombuffer(batch["shape"][i], dtype=np.int64))
 
-            def cells(data):
-                return np.frombuffer(data, dtype=np.float32).reshape(gh * gw, -1).copy()
+            def cells(data: bytes) -> np.ndarray:
+                # called right here, inside the iteration that set gh and gw
+                return np.frombuffer(data, dtype=np.float32).reshape(gh * gw, -1).copy()  # noqa: B023
             cached = CachedImage(cells(batch["cells"][i]), (h, w), (gh, gw),
                                  cells(batch["projected"][i]) if batch["projected"][i] else None)
         results.append(Embedded(row, str(batch["sha256"][i]), embedding, cached))

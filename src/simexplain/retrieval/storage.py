@@ -19,7 +19,9 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +30,9 @@ from ..errors import SimexplainError
 from .basics import Skipped, file_sha256, require_faiss
 from .explain_cache import ExplainCache
 from .kinds import kind as index_kind
+
+if TYPE_CHECKING:
+    from .index import Index
 from .manifest import (CONTRIBUTIONS, EMBEDDINGS, FORMAT_NAME, FORMAT_VERSION, MANIFEST,
                        PROJECTED, SHAPES, VECTORS, IndexFormatError, damaged, parse,
                        relative_paths, seal, stored_files, vector_files)
@@ -74,7 +79,7 @@ def check_replaceable(path: str | Path) -> None:
                                   "replace the folder")
 
 
-def save_index(index, path: str | Path) -> Path:
+def save_index(index: Index, path: str | Path) -> Path:
     """Write the index folder atomically (see the module's docstring)."""
     faiss = require_faiss()
     path = Path(path)
@@ -136,7 +141,7 @@ def _manifest(index, root: Path, path: Path) -> dict:
     }
 
 
-def common_root(paths) -> Path:
+def common_root(paths: Iterable[str | Path]) -> Path:
     """The deepest folder holding every path (absolute)."""
     folders = [os.path.dirname(os.path.abspath(p)) for p in paths]
     return Path(os.path.commonpath(folders))

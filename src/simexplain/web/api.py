@@ -9,8 +9,10 @@ points outside the image, empty boxes, undecodable images), 404 (unknown ids or 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Sequence
+from typing import Annotated, Any, Literal
+from collections.abc import Callable, Sequence
 
 from fastapi import APIRouter, Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -18,6 +20,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from ..errors import SimexplainError
 from ..explanation import DEFAULT_POINT_MAP
@@ -79,8 +82,9 @@ def search_json(result: SearchResult) -> dict:
     record = result.record
     hits = [{"rank": hit.rank, "id": hit.result.image_id, "index": hit.index,
              "name": hit.name, "score": hit.score, "url": f"/api/images/{hit.result.shown_id}",
-             "grid": list(hit.map.values.shape), "map": grid_list(hit.map.values),
-             "argmax": peak(hit.map.values, hit.map.frame),
+             "grid": list(hit.map.require_values().shape),
+             "map": grid_list(hit.map.require_values()),
+             "argmax": peak(hit.map.require_values(), hit.map.frame),
              "image_size": list(hit.result.side.image_size),
              **_placement(hit.result.side.frame)} for hit in result.hits]
     return {"search_id": record.id, "model": record.model, "similarity": result.similarity,
@@ -132,7 +136,8 @@ async def _unexpected(_request: Request, exc: Exception):
 
 
 # exception type -> handler, registered on the app by build_app
-ERROR_HANDLERS = {SimexplainError: _simexplain_error, StarletteHTTPException: _http_error,
+ERROR_HANDLERS: dict[type[Exception], Callable[..., Any]] = {
+                  SimexplainError: _simexplain_error, StarletteHTTPException: _http_error,
                   RequestValidationError: _validation_error, Exception: _unexpected}
 
 
@@ -146,7 +151,7 @@ page = APIRouter(include_in_schema=False)
 
 @service.get("/healthz", response_model=Health,
              summary="200 when the model (and the index, if any) are loaded")
-def healthz(engine: Engine = Depends(current_engine)):
+def healthz(engine: Engine = Depends(current_engine)) -> dict:
     info = engine.index_info()
     return {"status": "ok", "model": engine.default_model,
             "index_size": info["size"] if info else None}
@@ -154,7 +159,7 @@ def healthz(engine: Engine = Depends(current_engine)):
 
 @service.get("/api/models", response_model=ModelsResponse,
              summary="models, methods and the index this server offers")
-def models(engine: Engine = Depends(current_engine)):
+def models(engine: Engine = Depends(current_engine)) -> dict:
     return {"default": engine.default_model, "models": engine.model_infos(),
             "methods": list(SHOWN_METHODS), "index": engine.index_info(),
             "max_input_side": engine.max_input_side,
@@ -166,7 +171,7 @@ def models(engine: Engine = Depends(current_engine)):
 def list_images(source: Literal["gallery", "samples"] = "samples",
                 offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
                 limit: Annotated[int, Query(ge=1, le=1000)] = 200,
-                engine: Engine = Depends(current_engine)):
+                engine: Engine = Depends(current_engine)) -> dict:
     items, total = engine.images.listing(source, offset, limit)
     return {"images": [image_json(r) for r in items], "total": total, "offset": offset,
             "limit": limit}
@@ -177,7 +182,7 @@ def list_images(source: Literal["gallery", "samples"] = "samples",
              responses={**ERRORS, 413: {"model": ErrorBody, "description": "too large"}})
 async def upload(file: UploadFile = File(description="the image file (PNG, JPEG, ...); at "
                                           "most 10 MB and 40 megapixels by default"),
-                 engine: Engine = Depends(current_engine)):
+                 engine: Engine = Depends(current_engine)) -> dict | JSONResponse:
     name = clean_name(file.filename or "upload")
     data = await file.read(engine.max_upload_bytes + 1)
     if len(data) > engine.max_upload_bytes:
@@ -199,15 +204,15 @@ async def upload(file: UploadFile = File(description="the image file (PNG, JPEG,
                        404: {"model": ErrorBody}},
             response_class=Response)
 def get_image(image_id: str,
-              max_side: Annotated[Optional[int], Query(ge=16, le=4096)] = None,
-              engine: Engine = Depends(current_engine)):
+              max_side: Annotated[int | None, Query(ge=16, le=4096)] = None,
+              engine: Engine = Depends(current_engine)) -> Response:
     data, mime = engine.images.encoded(image_id, max_side)
     return Response(data, media_type=mime, headers={"Cache-Control": "max-age=3600"})
 
 
 @pairs.post("/api/explain", response_model=ExplainResponse,
             summary="explain the similarity of two images", responses=ERRORS)
-def explain(request: ExplainRequest, engine: Engine = Depends(current_engine)):
+def explain(request: ExplainRequest, engine: Engine = Depends(current_engine)) -> dict:
     """Computes (or takes from the cache) both images' per-position contributions and
     returns the score, the residual and both overall maps of `method`. The
     `explanation_id` keys the cached decomposition for point and region maps."""
@@ -219,7 +224,7 @@ def explain(request: ExplainRequest, engine: Engine = Depends(current_engine)):
 @pairs.post("/api/identical", response_model=IdenticalResponse,
             summary="which methods give the same maps on this pair (for this model's head)",
             responses=ERRORS)
-def identical(request: IdenticalRequest, engine: Engine = Depends(current_engine)):
+def identical(request: IdenticalRequest, engine: Engine = Depends(current_engine)) -> dict:
     """Computes every method's maps for the cached pair (occlusion only once computed)
     and compares them: e.g. Grad-CAM equals RGrad-CAM under a global-average-pooling
     head, and Grad-CAM is the positive part of the relative map there."""
@@ -231,7 +236,7 @@ def identical(request: IdenticalRequest, engine: Engine = Depends(current_engine
 @pairs.post("/api/point", response_model=MapResponse,
             summary="point-specific map: a pixel of one image -> a map over the other",
             responses=ERRORS)
-def point(request: PointRequest, engine: Engine = Depends(current_engine)):
+def point(request: PointRequest, engine: Engine = Depends(current_engine)) -> dict:
     """One small product (bilinear point weights times the cached decomposition)."""
     answer = engine.point(request.explanation_id, request.side, request.row, request.col)
     return {**answer, "seq": request.seq}
@@ -240,7 +245,7 @@ def point(request: PointRequest, engine: Engine = Depends(current_engine)):
 @pairs.post("/api/region", response_model=RegionResponse,
             summary="region map: a box on one image -> a map over the other",
             responses=ERRORS)
-def region(request: RegionRequest, engine: Engine = Depends(current_engine)):
+def region(request: RegionRequest, engine: Engine = Depends(current_engine)) -> dict:
     answer = engine.region(request.explanation_id, request.side, request.box)
     return {**answer, "seq": request.seq}
 
@@ -248,7 +253,7 @@ def region(request: RegionRequest, engine: Engine = Depends(current_engine)):
 @pairs.post("/api/patterns", response_model=PatternsResponse,
             summary="cross-view patterns: the strongest mutual best matches of the pair",
             responses=ERRORS)
-def patterns(request: PatternsRequest, engine: Engine = Depends(current_engine)):
+def patterns(request: PatternsRequest, engine: Engine = Depends(current_engine)) -> dict:
     """Positions of a and b whose point maps (the default kind) pick each other, ranked
     by the share of the score they carry, spread out; points in the photos' pixels."""
     found = engine.patterns(request.explanation_id, request.k)
@@ -259,7 +264,7 @@ def patterns(request: PatternsRequest, engine: Engine = Depends(current_engine))
 @gallery.post("/api/search", response_model=SearchResponse,
               summary="rank the gallery by similarity to the query (or to a region of it)",
               responses=ERRORS)
-def search(request: SearchRequest, engine: Engine = Depends(current_engine)):
+def search(request: SearchRequest, engine: Engine = Depends(current_engine)) -> dict:
     """With a box, ranks by the partial similarity s_R of that region (one vector
     searched against the index). Each hit carries its overall (or region) map."""
     return search_json(engine.search(request.query, request.box, request.k))
@@ -268,7 +273,7 @@ def search(request: SearchRequest, engine: Engine = Depends(current_engine)):
 @gallery.post("/api/search/point", response_model=SearchPointResponse,
               summary="point-specific maps of a query pixel on the visible results",
               responses=ERRORS)
-def search_point(request: SearchPointRequest, engine: Engine = Depends(current_engine)):
+def search_point(request: SearchPointRequest, engine: Engine = Depends(current_engine)) -> dict:
     maps = engine.search_point(request.search_id, request.results, request.row,
                                request.col)
     return {"maps": [{**map_json(m), "id": image_id} for image_id, m in maps],
@@ -276,7 +281,7 @@ def search_point(request: SearchPointRequest, engine: Engine = Depends(current_e
 
 
 @page.get("/")
-def index_page():
+def index_page() -> FileResponse:
     return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
@@ -285,7 +290,8 @@ class ScriptFiles(StaticFiles):
     script of any other type, and the type `mimetypes` guesses depends on the system (Windows'
     registry can say text/plain)."""
 
-    def file_response(self, full_path, stat_result, scope, status_code: int = 200) -> Response:
+    def file_response(self, full_path: str | os.PathLike[str], stat_result: os.stat_result,
+                      scope: Scope, status_code: int = 200) -> Response:
         response = super().file_response(full_path, stat_result, scope, status_code)
         if isinstance(response, FileResponse) and str(full_path).endswith((".js", ".mjs")):
             response.headers["content-type"] = "text/javascript; charset=utf-8"

@@ -12,22 +12,30 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SimexplainError
 from ..defaults import BUILTIN_SIMILARITIES, MAX_PIXELS
 from .hosts import LOCAL_HOSTS, served_hosts
 from .limits import MAX_INPUT_SIDE, MAX_UPLOAD_BYTES
 
+if TYPE_CHECKING:  # FastAPI and torch are imported only when a server is built
+    from fastapi import FastAPI
+
+    from ..explainer import Explainer
+    from ..retrieval.index import Index
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 
 
-def create_app(model: str | None = None, index=None, explainer=None,
+def create_app(model: str | None = None, index: Index | str | Path | None = None,
+               explainer: Explainer | None = None,
                samples: Sequence | None = None, models: Sequence[str] | None = None,
                max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS,
                allowed_hosts: Sequence[str] = LOCAL_HOSTS,
-               max_input_side: int = MAX_INPUT_SIDE, **cache_limits):
+               max_input_side: int = MAX_INPUT_SIDE, **cache_limits: Any) -> FastAPI:
     """The web application.
 
     model: zoo name (or a label for `explainer`); default: the index's model, else

@@ -20,7 +20,8 @@ import threading
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, overload
+from collections.abc import Sequence
 
 import torch
 from PIL import Image
@@ -36,8 +37,13 @@ from ..zoo import resolve
 from .cache import LRU
 from .errors import Busy, ImageFailed, NotFound, WebError
 from .limits import MAX_INPUT_SIDE
-from .store import (MAX_UPLOAD_BYTES, STORED_SIDE, UPLOAD_MEMORY, ImageStore, PixelBudget,
+from .limits import MAX_UPLOAD_BYTES
+from .store import (STORED_SIDE, UPLOAD_MEMORY, ImageStore, PixelBudget,
                     default_samples)
+
+if TYPE_CHECKING:
+    from ..explainer import Explainer
+    from ..retrieval.index import Index
 
 # the methods the page offers: every registered one but the random baseline
 SHOWN_METHODS = tuple(explanation_methods())  # the registry's, without controls (random)
@@ -107,7 +113,8 @@ class SearchResult:
 class Engine:
     """Models, images and caches behind the web API."""
 
-    def __init__(self, explainer=None, model: str | None = None, index=None,
+    def __init__(self, explainer: Explainer | None = None, model: str | None = None,
+                 index: Index | str | Path | None = None,
                  samples: Sequence | None = None, models: Sequence[str] | None = None,
                  max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS,
                  max_explanations: int = 64, max_searches: int = 32, max_sides: int = 256,
@@ -171,11 +178,12 @@ class Engine:
                 paths = zoo.entry(name).sample_pair()
             except (SimexplainError, OSError):  # data not fetched (or not writable) here:
                 continue  # the page opens that model on the current pair
-            pairs[name] = tuple(self.images.add_sample_file(p).id for p in paths)
+            first, second = (self.images.add_sample_file(p).id for p in paths)
+            pairs[name] = (first, second)
         return pairs
 
     # -- models --------------------------------------------------------------------------------
-    def explainer(self, name: str | None = None, size: int | None = None):
+    def explainer(self, name: str | None = None, size: int | None = None) -> Explainer:
         """The model `name` (default: the server's), at input size `size` (the short side in
         pixels, as `--size`; None: the model's own)."""
         name = name or self.default_model
@@ -246,6 +254,7 @@ class Engine:
         """model, size, similarity and layer of the gallery index (None without one)."""
         if self.index is None:
             return None
+        assert self.index_model is not None  # set with the index
         explainer = self.pinned[self.index_model]
         return {"model": self.index_model, "size": len(self.images.gallery_paths),
                 "similarity": explainer.similarity.name,
@@ -287,8 +296,8 @@ class Engine:
                        tokens=_float64(side.tokens))
         return self.sides.put((model, size, image_id, which), Prepared(image_id, image_id, side))
 
-    def _cached_side(self, explainer, model: str, size: int | None, image_id: str, which: str,
-                     picture: Image.Image) -> Side | None:
+    def _cached_side(self, explainer: Explainer, model: str, size: int | None, image_id: str,
+                     which: str, picture: Image.Image) -> Side | None:
         """A gallery image's side b from the index's explain cache (no model forward): only
         for the index's own model at its own input size (`Index.cached_side`, which also
         refuses a file changed since indexing)."""
@@ -411,6 +420,7 @@ class Engine:
                            "--index INDEX` for the gallery search")
         from ..retrieval.index import RegionQuery
         model = self.index_model
+        assert model is not None  # set with the index
         explainer = self.explainer(model)
         query_prepared = self._prepare_one(model, query, "a", "query")
         q = query_prepared.side
@@ -487,11 +497,12 @@ def _index_model(index) -> str | None:
     return name
 
 
-def _load_index(path, explainer, model):
+def _load_index(path, explainer: Explainer | None, model):
     """Open an index folder with its query model: the explainer given, else `model`, else the
     model its manifest names (checked against the index either way)."""
     try:
-        from ..retrieval import Index, explainer_for_index
+        from ..retrieval.commands import explainer_for_index
+        from ..retrieval.index import Index
     except ImportError as exc:
         raise SimexplainError(f"the gallery search needs simexplain.retrieval ({exc})") from None
     if explainer is None:
@@ -502,5 +513,9 @@ def _load_index(path, explainer, model):
 __all__ = ["Engine", "GridMap", "Explained", "SearchResult", "SearchHit", "SHOWN_METHODS"]
 
 
+@overload
+def _float64(tensor: torch.Tensor) -> torch.Tensor: ...
+@overload
+def _float64(tensor: None) -> None: ...
 def _float64(tensor: torch.Tensor | None) -> torch.Tensor | None:
     return None if tensor is None else tensor.detach().double().cpu().clone()

@@ -4,7 +4,7 @@ to declare `serve` without FastAPI installed)."""
 from __future__ import annotations
 
 import socket
-from typing import Sequence
+from collections.abc import Sequence
 
 # Names under which a server is always reachable from its own machine.
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -18,7 +18,7 @@ def served_hosts(bind: str, extra: Sequence[str] = ()) -> list[str]:
         hostname = socket.gethostname()
         names += [hostname, socket.getfqdn()]
         try:
-            names += [info[4][0] for info in socket.getaddrinfo(hostname, None)]
+            names += [str(info[4][0]) for info in socket.getaddrinfo(hostname, None)]
         except OSError:  # a machine without a resolvable name: the others still work
             pass
     return [name for name in dict.fromkeys(names) if name]

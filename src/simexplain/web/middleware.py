@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp
 
 from .errors import megabytes
 
@@ -20,7 +22,8 @@ class BodyLimit:
     declared Content-Length at once, else while the body streams in. An upload's form
     wrapping gets `upload_margin` bytes beyond the file's own limit."""
 
-    def __init__(self, app, json_limit: int, upload_limit: int, upload_margin: int = 64 * 1024):
+    def __init__(self, app: ASGIApp, json_limit: int, upload_limit: int,
+                 upload_margin: int = 64 * 1024):
         self.app = app
         self.json_limit = json_limit
         self.upload_limit = upload_limit
@@ -63,7 +66,7 @@ class ServerTiming:
     """ASGI middleware: a `Server-Timing: app;dur=<ms>` header on every response (the time
     from the request's arrival to the response's first byte, serialisation included)."""
 
-    def __init__(self, app):
+    def __init__(self, app: ASGIApp):
         self.app = app
 
     async def __call__(self, scope, receive, send):
@@ -74,8 +77,8 @@ class ServerTiming:
         async def timed(message):
             if message["type"] == "http.response.start":
                 took = (time.perf_counter() - start) * 1000
-                message = {**message, "headers": [*message.get("headers", []),
-                                                  (b"server-timing", f"app;dur={took:.2f}".encode())]}
+                timing = (b"server-timing", f"app;dur={took:.2f}".encode())
+                message = {**message, "headers": [*message.get("headers", []), timing]}
             await send(message)
 
         return await self.app(scope, receive, timed)
@@ -98,7 +101,7 @@ class HostCheck:
     at 127.0.0.1 (DNS rebinding) and so reach a local server, but its requests still carry
     that domain as Host; and no answer builds a URL from a Host it did not accept."""
 
-    def __init__(self, app, allowed):
+    def __init__(self, app: ASGIApp, allowed: Sequence[str]):
         self.app = app
         self.any = "*" in allowed
         self.allowed = {host_name(h) for h in allowed if h != "*"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, FiniteFloat
 
@@ -13,31 +13,31 @@ ImageId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-
                                examples=["s0"])]
 Token = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 Side = Literal["a", "b"]
-Method = Literal[SHOWN_METHODS]  # type: ignore[valid-type] - the registry's names
+Method = Literal[SHOWN_METHODS]  # type: ignore[valid-type]  # the registry's names
 Box = Annotated[list[FiniteFloat], Field(
     min_length=4, max_length=4,
     description="[top, left, bottom, right] in pixels of the image as the model sees it "
                 "(`image_size`)", examples=[[40, 60, 120, 160]])]
 Grid = Annotated[list[list[float]], Field(description="a map over the feature grid, rows of "
                                           "floats (H x W)")]
-Seq = Annotated[Optional[int], Field(default=None, ge=0, le=2**53,
+Seq = Annotated[int | None, Field(default=None, ge=0, le=2**53,
                                      description="echoed back, to match answers to requests")]
 
 
 class ErrorBody(BaseModel):
     error: str = Field(description="what went wrong, in words")
-    side: Optional[str] = Field(default=None, description="the side of the image that failed "
+    side: str | None = Field(default=None, description="the side of the image that failed "
                                 "('a', 'b' or 'query'), when one did")
-    image: Optional[str] = Field(default=None, description="the id of the image that failed")
-    file: Optional[str] = Field(default=None, description="the uploaded file that failed")
+    image: str | None = Field(default=None, description="the id of the image that failed")
+    file: str | None = Field(default=None, description="the uploaded file that failed")
 
 
 class ImageInfo(BaseModel):
     id: str = Field(description="use this id in other requests")
     name: str
     source: Literal["gallery", "sample", "upload", "derived"]
-    width: Optional[int] = Field(default=None, description="pixels (null if not loaded yet)")
-    height: Optional[int] = None
+    width: int | None = Field(default=None, description="pixels (null if not loaded yet)")
+    height: int | None = None
     url: str = Field(description="where GET returns the image")
 
 
@@ -51,11 +51,11 @@ class ImageList(BaseModel):
 class ModelInfo(BaseModel):
     name: str
     loaded: bool
-    similarity: Optional[str] = None
-    description: Optional[str] = None
-    input_size: Optional[int] = Field(default=None, description="the model's own input size "
+    similarity: str | None = None
+    description: str | None = None
+    input_size: int | None = Field(default=None, description="the model's own input size "
                                       "(short side, pixels); null when it cannot change")
-    sample_pair: Optional[list[str]] = Field(default=None, description="ids of two sample "
+    sample_pair: list[str] | None = Field(default=None, description="ids of two sample "
                                              "images that suit the model (the page opens "
                                              "on them)")
 
@@ -71,7 +71,7 @@ class ModelsResponse(BaseModel):
     default: str
     models: list[ModelInfo]
     methods: list[str]
-    index: Optional[IndexInfo] = None
+    index: IndexInfo | None = None
     upload_limit_bytes: int = Field(description="largest accepted upload file")
     pixel_limit: int = Field(description="largest accepted image, in pixels")
     max_input_side: int = Field(description="largest input size `size` may ask for")
@@ -80,7 +80,7 @@ class ModelsResponse(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"]
     model: str
-    index_size: Optional[int] = None
+    index_size: int | None = None
 
 
 class Peak(BaseModel):
@@ -97,9 +97,9 @@ class ExplainRequest(BaseModel):
                            description="which overall maps to return; point and region maps "
                                        "always come from the decomposition (`point_maps` says "
                                        "whether the method has its own)")
-    model: Optional[str] = Field(default=None, max_length=200,
+    model: str | None = Field(default=None, max_length=200,
                                  description="a name from /api/models (default: the server's)")
-    size: Optional[int] = Field(default=None, description="the model's input size in pixels "
+    size: int | None = Field(default=None, description="the model's input size in pixels "
                                 "(short side, as `--size`; a larger input gives a finer grid), "
                                 "at most /api/models' max_input_side; null: the model's own")
 
@@ -138,7 +138,7 @@ class ExplainResponse(BaseModel):
     signed: bool = Field(description="true when the maps are signed (decomposition, relative)")
     point_maps: bool = Field(description="false when the method has no point maps of its own "
                              "(point and region maps then come from the decomposition)")
-    size: Optional[int] = Field(default=None, description="the input size used (short side, "
+    size: int | None = Field(default=None, description="the input size used (short side, "
                                 "pixels)")
     a: ExplainedSide
     b: ExplainedSide
@@ -171,21 +171,21 @@ class PointRequest(BaseModel):
 
 class MapResponse(BaseModel):
     side: Side = Field(description="the image the map is drawn on")
-    grid: Optional[list[int]] = Field(description="null when no_map")
-    map: Optional[Grid] = Field(description="null when no_map")
-    argmax: Optional[Peak] = Field(description="null when no_map")
-    top: Optional[list[Peak]] = Field(default=None, description="point and region maps of a "
+    grid: list[int] | None = Field(description="null when no_map")
+    map: Grid | None = Field(description="null when no_map")
+    argmax: Peak | None = Field(description="null when no_map")
+    top: list[Peak] | None = Field(default=None, description="point and region maps of a "
                                       "pair: the few largest cells, largest first (ringed 1, "
                                       "2, 3 in the page); null in search results")
-    query_cell: Optional[list[float]] = Field(default=None, description="point maps: [top, "
+    query_cell: list[float] | None = Field(default=None, description="point maps: [top, "
                                               "left, bottom, right] in pixels of the pointed "
                                               "cell")
     kind: str = Field(description="the point-map kind shown (the default, see README)")
     label: str = Field(description="what the map shows, for display")
     no_map: bool = Field(default=False, description="true where the point or region carries "
                          "no contribution (max-pooling heads): there is no map, not a flat one")
-    message: Optional[str] = Field(default=None, description="why there is no map")
-    seq: Optional[int] = None
+    message: str | None = Field(default=None, description="why there is no map")
+    seq: int | None = None
 
 
 class RegionRequest(BaseModel):
@@ -201,7 +201,7 @@ class RegionResponse(MapResponse):
 
 class SearchRequest(BaseModel):
     query: ImageId
-    box: Optional[Box] = Field(default=None, description="rank by the partial similarity of "
+    box: Box | None = Field(default=None, description="rank by the partial similarity of "
                                "this region of the query (null: the whole image)")
     k: int = Field(default=12, ge=1, le=100, description="number of results")
 
@@ -236,7 +236,7 @@ class SearchResponse(BaseModel):
     model: str
     similarity: str
     query: QueryInfo
-    box: Optional[list[float]] = None
+    box: list[float] | None = None
     hits: list[SearchHit]
 
 
@@ -255,10 +255,10 @@ class ResultMap(MapResponse):
 
 class SearchPointResponse(BaseModel):
     maps: list[ResultMap]
-    seq: Optional[int] = None
+    seq: int | None = None
 
 
-ERRORS = {400: {"model": ErrorBody, "description": "bad input"},
+ERRORS: dict[int | str, dict[str, Any]] = {400: {"model": ErrorBody, "description": "bad input"},
           404: {"model": ErrorBody, "description": "unknown id"},
           422: {"model": ErrorBody, "description": "invalid request body"}}
 

@@ -24,7 +24,8 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
+from collections.abc import Iterator, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
@@ -32,7 +33,6 @@ from ..errors import SimexplainError
 from ..images import MAX_PIXELS, load_image, to_rgb
 from .cache import LRU
 from .errors import Busy, NotFound, TooLarge, WebError
-from .limits import MAX_UPLOAD_BYTES
 
 STORED_SIDE = 1024
 DECODE_BUDGET_PIXELS = 48_000_000
@@ -164,7 +164,7 @@ def _downscaled(opened: Image.Image, side: int) -> Image.Image:
         image = opened if opened.mode in _RESIZABLE else to_rgb(opened)
     if max(image.size) > side:
         # in place; JPEGs decode at 1/2, 1/4 or 1/8 scale (draft), then an integer reduce
-        image.thumbnail((side, side), Image.LANCZOS, reducing_gap=3.0)
+        image.thumbnail((side, side), Image.Resampling.LANCZOS, reducing_gap=3.0)
     image = to_rgb(image)
     return image.copy() if image is opened else image
 
@@ -238,9 +238,11 @@ class ImageStore:
         record = self.record(image_id)
         if record.image is not None:
             return record.image
-        if record.png is not None:
-            return self._pixels.get_or_create(image_id, lambda: _decode_png(record.png))
-        return self._pixels.get_or_create(image_id, lambda: self._load_file(record.path))
+        png, path = record.png, record.path
+        if png is not None:
+            return self._pixels.get_or_create(image_id, lambda: _decode_png(png))
+        assert path is not None  # neither pixels nor a PNG: a gallery file
+        return self._pixels.get_or_create(image_id, lambda: self._load_file(path))
 
     def _load_file(self, path: Path) -> Image.Image:
         """A gallery file, decoded within the pixel budget (its size read from the header)."""
@@ -284,7 +286,7 @@ class ImageStore:
             image = self.pixels(image_id)
             if max_side and max(image.size) > max_side:
                 image = image.copy()
-                image.thumbnail((max_side, max_side), Image.LANCZOS)
+                image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
             buffer = io.BytesIO()
             if image.width * image.height <= 256 * 256:
                 image.save(buffer, format="PNG")

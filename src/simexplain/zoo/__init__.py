@@ -11,9 +11,12 @@ trained ourselves). Nothing is downloaded at run time.
 
 from __future__ import annotations
 
+import builtins
+import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from torch import nn
 
@@ -64,7 +67,7 @@ def register(entry: ZooEntry) -> None:
     _REGISTRY[entry.name] = entry
 
 
-def list() -> list[str]:  # noqa: A001 - the documented name
+def list() -> builtins.list[str]:  # noqa: A001 - the documented name
     """Names of the available models."""
     _register_builtins()
     return sorted(_REGISTRY)
@@ -73,7 +76,8 @@ def list() -> list[str]:  # noqa: A001 - the documented name
 def entry(name: str) -> ZooEntry:
     _register_builtins()
     if name not in _REGISTRY:
-        raise SimexplainError(f"unknown model {name!r}; the zoo has: {', '.join(sorted(_REGISTRY))}")
+        raise SimexplainError(
+            f"unknown model {name!r}; the zoo has: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
 
@@ -83,7 +87,9 @@ def model(name: str, side: str = "a") -> nn.Module:
     spec = entry(name)
     key = f"{name}:b" if check_side(side) == "b" and spec.two_stream else name
     if key not in _MODELS:
-        _MODELS[key] = (spec.build_b if key.endswith(":b") else spec.build)().eval()
+        build = spec.build_b if key.endswith(":b") else spec.build
+        assert build is not None  # ":b" keys are those of two-stream entries, which have build_b
+        _MODELS[key] = build().eval()
     return _MODELS[key]
 
 
@@ -164,7 +170,7 @@ def _register_builtins() -> None:
                     "512-d, avgpool-linear-BN-L2 head; 3x3 grid at 160 px, 5x5 at 224, 8x8 at 320"))
     for head in fmnist.HEADS:
         register(ZooEntry(
-            name=f"fmnist-{head}", build=lambda head=head: fmnist.load_fmnist(head),
+            name=f"fmnist-{head}", build=functools.partial(fmnist.load_fmnist, head),
             layer=fmnist.EXPLAINED_LAYER, similarity="cosine",
             preprocess=fmnist.FMNIST_PREPROCESS, embedding_dim=64,
             description=f"small CNN trained here on Fashion-MNIST (multi-similarity loss), "

@@ -3,6 +3,8 @@ as an off-the-shelf retrieval embedding: global-average-pooled last features, co
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -22,7 +24,7 @@ class EfficientNetLiteEmbedder(nn.Module):
 
     def __init__(self, net: nn.Module):
         super().__init__()
-        self.net = net
+        self.net: Any = net  # an efficientnet_lite_pytorch model (untyped)
         self.features = nn.ReLU6()
         self.pool = nn.AdaptiveAvgPool2d(1)
 

@@ -104,8 +104,8 @@ class Prewhiten(nn.Module):
 class BasicConv2d(nn.Module):
     """Convolution with its batch norm folded in (weight + bias), then ReLU."""
 
-    def __init__(self, tf_scope: str, cin: int, cout: int, kernel, stride: int = 1,
-                 padding=0):
+    def __init__(self, tf_scope: str, cin: int, cout: int, kernel: int | tuple[int, int],
+                 stride: int = 1, padding: int | tuple[int, int] = 0):
         super().__init__()
         self.tf_scope = tf_scope
         self.conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, bias=True)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from ..errors import ModelError
 from .protobuf import (FIXED32 as _FIXED32, FIXED64 as _FIXED64, LEN as _LEN, VARINT as _VARINT,
@@ -61,7 +62,7 @@ class DType(int):
         18: "complex128", 19: "float16", 20: "resource", 21: "variant", 22: "uint32",
         23: "uint64",
     }
-    _NUMPY = {
+    _NUMPY: dict[int, DTypeLike] = {
         1: "<f4", 2: "<f8", 3: "<i4", 4: "u1", 5: "<i2", 6: "i1", 7: object, 8: "<c8",
         9: "<i8", 10: "?", 11: "i1", 12: "u1", 13: "<i4", 15: "<i2", 16: "<u2", 17: "<u2",
         18: "<c16", 19: "<f2", 22: "<u4", 23: "<u8",
@@ -115,7 +116,7 @@ class Tensor:
         if self._content is not None:
             start, stop = self._content
             nbytes = stop - start
-            if dtype == object or nbytes != count * dtype.itemsize:
+            if dtype.kind == "O" or nbytes != count * dtype.itemsize:
                 raise ValueError(
                     f"tensor_content holds {nbytes} bytes, but shape {shape} of {self.dtype.name}"
                     f" needs {count * dtype.itemsize}")

@@ -33,7 +33,8 @@ import inspect
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -254,7 +255,11 @@ def layer_name(embedder: HFEmbedder, layer: str | int | None = None) -> str:
     valid = embedder.layers
     match = _BLOCK_SPEC.match(layer.strip()) if isinstance(layer, str) else None
     if isinstance(layer, int) or match:
-        index = layer if isinstance(layer, int) else int(match.group(1))
+        if isinstance(layer, int):
+            index = layer
+        else:
+            assert match is not None
+            index = int(match.group(1))
         if not -len(valid) <= index < len(valid):
             raise LayerError(f"block {index} does not exist: the model has {len(valid)} "
                              f"blocks ({valid[0]} ... {valid[-1]}, or block:0 ... block:-1)")
@@ -332,7 +337,7 @@ def load_hf(folder: str | Path, pooling: str = "auto", normalize: bool = False,
         what = "folder not found" if not folder.exists() else "no config.json"
         raise ModelError(f"{folder}: not a saved Hugging Face model ({what}); give the folder "
                          "written by save_pretrained")
-    options = {"local_files_only": True}
+    options: dict[str, Any] = {"local_files_only": True}
     if attn_implementation is not None:
         options["attn_implementation"] = attn_implementation
     with _quiet(transformers):
@@ -356,7 +361,7 @@ def load_hf(folder: str | Path, pooling: str = "auto", normalize: bool = False,
     return HFEmbedder(model, pooling=pooling, normalize=normalize, random_pooler=random_pooler)
 
 
-def hf_preprocess(folder: str | Path | None, config=None) -> Preprocess:
+def hf_preprocess(folder: str | Path | None, config: Any = None) -> Preprocess:
     """The input preprocessing of a model: from the folder's preprocessor_config.json when
     there is one, else the config's image_size with mean and std 0.5 (see the module)."""
     vision = _vision_config(config) if config is not None else None

@@ -7,6 +7,9 @@ bytes, 2 length-prefixed bytes, 5 fixed 4 bytes).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 
 class WireError(Exception):
     """Internal: malformed protobuf data at a byte offset."""
@@ -49,7 +52,8 @@ def signed64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def fields(data: bytes, pos: int, end: int):
+def fields(data: bytes, pos: int, end: int
+           ) -> Iterator[tuple[int, int, Any]]:  # the value's type follows the wire type
     """Yield ``(field_number, wire_type, value)`` for the message in ``data[pos:end]``.
 
     ``value`` is an int for varint/fixed records and a ``(start, stop)`` pair for

@@ -29,7 +29,8 @@ def load_user_model(spec: str) -> nn.Module:
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:  # noqa: BLE001 - any unpickling failure is the same user error
-            raise ModelError(f"{path}: neither TorchScript nor a saved torch module ({exc})") from None
+            raise ModelError(
+                f"{path}: neither TorchScript nor a saved torch module ({exc})") from None
         if not isinstance(loaded, nn.Module):
             raise ModelError(
                 f"{path} holds a {type(loaded).__name__}, not a model; save the module itself "
@@ -54,6 +55,7 @@ def _eager_twin(script: torch.jit.ScriptModule) -> nn.Module | None:
     """An eager copy of a scripted standard layer, so that hooks and tangents reach it."""
     kind = script.original_name
     state = script.state_dict()
+    layer: nn.Module
     if kind == "Linear":
         layer = nn.Linear(script.in_features, script.out_features, bias="bias" in state)
     elif kind in ("Conv2d", "Conv1d"):
@@ -61,8 +63,8 @@ def _eager_twin(script: torch.jit.ScriptModule) -> nn.Module | None:
         layer = cls(script.in_channels, script.out_channels, script.kernel_size, script.stride,
                     script.padding, script.dilation, script.groups, bias="bias" in state)
     elif kind in ("BatchNorm1d", "BatchNorm2d"):
-        cls = nn.BatchNorm1d if kind == "BatchNorm1d" else nn.BatchNorm2d
-        layer = cls(script.num_features, eps=script.eps)
+        norm = nn.BatchNorm1d if kind == "BatchNorm1d" else nn.BatchNorm2d
+        layer = norm(script.num_features, eps=script.eps)
     elif kind == "LayerNorm":
         layer = nn.LayerNorm(script.normalized_shape, eps=script.eps)
     elif kind in ("AdaptiveAvgPool2d", "AdaptiveMaxPool2d"):
@@ -100,7 +102,9 @@ def unscript(script: torch.jit.ScriptModule, top: bool = True) -> nn.Module:
     if script.original_name == "Sequential":
         from collections import OrderedDict
         return nn.Sequential(OrderedDict(
-            (name, unscript(child, top=False)) for name, child in script.named_children())).eval()
+            # a script module's children are script modules (torch types them as Module)
+            (name, unscript(child, top=False))  # type: ignore[arg-type]
+            for name, child in script.named_children())).eval()
     if not top:
         return _Scripted(script)
     raise ModelError(

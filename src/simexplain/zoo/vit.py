@@ -75,6 +75,7 @@ class FashionViT(nn.Module):
     def config(self) -> dict[str, int]:
         """The constructor's arguments (stored in checkpoints; `load_fmnist_vit` reads them)."""
         block = self.blocks[0]
+        assert isinstance(block, nn.TransformerEncoderLayer)
         return {"embedding_dim": self.embedding_dim, "width": self.embed.in_features,
                 "depth": self.depth, "heads": block.self_attn.num_heads,
                 "mlp": block.linear1.out_features}
@@ -89,7 +90,7 @@ class FashionViT(nn.Module):
         resized to their grid, as ViTs are usually run off their training size."""
         patches = self.patch_embed(x)  # (B, C, H/4, W/4)
         grid = tuple(patches.shape[-2:])
-        position = self.pos_embed
+        position: torch.Tensor = self.pos_embed
         if grid != (self.grid, self.grid):
             cls_pos, patch_pos = position[:, :1], position[:, 1:]
             patch_pos = patch_pos.transpose(1, 2).reshape(1, -1, self.grid, self.grid)
