@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -149,16 +151,40 @@ def test_region_search_beats_global_search_for_a_trained_model(name):
     assert figures["region"]["map@r"] > figures["global"]["map@r"]
 
 
-def test_a_broken_benchmark_module_does_not_break_the_command_line(tmp_path, monkeypatch, capsys):
-    from simexplain.evaluation import commands as eval_cli
+def test_a_broken_benchmark_module_fails_loudly_without_breaking_the_command_line(
+        tmp_path, monkeypatch, capsys):
+    from simexplain.evaluation import registry
     (tmp_path / "broken_bench_for_test.py").write_text("from math import no_such_name\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setitem(eval_cli.BENCHMARKS, "broken",
-                        ("broken_bench_for_test", "a benchmark that fails to import"))
-    monkeypatch.setitem(eval_cli.BENCHMARKS, "absent",
-                        ("simexplain.evaluation.no_such_module", "not installed"))
-    assert main(["eval", "broken", "--quick"]) == 2
-    assert "unavailable" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["eval", "absent"])  # a missing module is simply not offered
+    monkeypatch.setitem(registry.BENCHMARKS, "broken",
+                        registry.Benchmark("broken_bench_for_test", "fails to import"))
+    monkeypatch.setitem(registry.BENCHMARKS, "absent",
+                        registry.Benchmark("simexplain.evaluation.no_such_module", "missing"))
+    for name, module in (("broken", "broken_bench_for_test"),
+                         ("absent", "simexplain.evaluation.no_such_module")):
+        assert main(["eval", name, "--quick"]) == 2  # offered, and fails naming the module
+        err = capsys.readouterr().err
+        assert "unavailable" in err and module in err
     assert main(["models"]) == 0
+
+
+def test_eval_all_fails_before_any_work_when_a_suite_benchmark_is_broken(monkeypatch):
+    from simexplain.evaluation import registry, suite
+    monkeypatch.setitem(registry.BENCHMARKS, "sanity",
+                        registry.Benchmark("simexplain.evaluation.no_such_module", "missing"))
+    monkeypatch.setattr(suite, "available_models",
+                        lambda wanted: pytest.fail("models were loaded before the check"))
+    with pytest.raises(registry.BenchmarkUnavailable, match="'sanity'.*no_such_module"):
+        suite.run_all(out=Path("unused"), quick=True)
+
+
+def test_the_command_line_offers_every_registered_benchmark():
+    import argparse
+    from simexplain.evaluation import registry
+    from simexplain.evaluation.commands import add_benchmarks
+    from simexplain.lazy_parser import LazyParser
+    evaluate = LazyParser(prog="eval")
+    add_benchmarks(evaluate)
+    offered = next(action.choices for action in evaluate._actions
+                   if isinstance(action, argparse._SubParsersAction))
+    assert list(offered) == list(registry.BENCHMARKS)

@@ -1,73 +1,37 @@
 """`simexplain eval <benchmark>`: one subcommand per benchmark module.
 
-To add a benchmark, write a module with `configure_parser(parser)` (its options) and
-`run_cli(args) -> int`, or a standard benchmark module (ALLOWED, DEFAULT_SAMPLES,
-QUICK_SAMPLES and `run`, see run_benchmark_cli below), and add a line to BENCHMARKS. A
-benchmark's module is imported only when its subcommand is used (`simexplain eval NAME ...`);
-one whose module is missing is left out.
+The benchmarks are listed in `registry.BENCHMARKS`. A benchmark's module is imported only
+when its subcommand is used (`simexplain eval NAME ...`); one that fails to import gives a
+subcommand that says why and exits with an error.
 """
 
 from __future__ import annotations
 
 import argparse
 from types import ModuleType
-from importlib import import_module
-from importlib.util import find_spec
 from collections.abc import Sequence
 
 from ..errors import SimexplainError
-
-# name -> (module, one-line help)
-BENCHMARKS: dict[str, tuple[str, str]] = {
-    "interactive": ("simexplain.evaluation.interactive",
-                    "interactive retrieval on Fashion-MNIST composites: region vs global search"),
-    "retrieval": ("simexplain.evaluation.retrieval_quality",
-                  "Recall@1 and mAP@R of a model on the Fashion-MNIST test split"),
-    "pointing": ("simexplain.evaluation.pointing",
-                 "pointing game: does the map's maximum land on the matching item of a 2x2 grid?"),
-    "localisation": ("simexplain.evaluation.localisation",
-                     "localisation: IoU of the thresholded map's largest component with the box"),
-    "faithfulness": ("simexplain.evaluation.faithfulness",
-                     "pair-aware deletion, insertion and ROAD curves on image b"),
-    "correspondence": ("simexplain.evaluation.correspondence",
-                       "PCK of point-specific maps on pairs with known geometry"),
-    "crossview": ("simexplain.evaluation.crossview",
-                  "PCK of point maps across the two streams of the sketch model, and its "
-                  "sketch-to-item Recall@1"),
-    "sanity": ("simexplain.evaluation.sanity",
-               "cascading parameter randomisation and reference randomisation"),
-    "all": ("simexplain.evaluation.suite",
-            "every benchmark for every available model; writes BENCHMARKS.md and plots"),
-}
-
+from . import registry
 
 def add_benchmarks(evaluate: argparse.ArgumentParser) -> None:
     """One subcommand of `simexplain eval` (the parser `evaluate`) per benchmark whose module
     is installed. A benchmark's module is imported, and its options added, only when that
     subcommand is used (the parsers are `LazyParser`s), so `simexplain eval --help` is quick."""
     benchmarks = evaluate.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
-    for name, (module_name, text) in BENCHMARKS.items():
-        if not _installed(module_name):
-            continue  # benchmark not installed here
-        benchmarks.add_parser(name, help=text, configure=lambda parser, name=name,
-                              module_name=module_name: _configure(parser, name, module_name))
+    for name, benchmark in registry.BENCHMARKS.items():
+        benchmarks.add_parser(name, help=benchmark.help,
+                              configure=lambda parser, name=name: _configure(parser, name))
 
 
-def _installed(module_name: str) -> bool:
-    try:
-        return find_spec(module_name) is not None
-    except ModuleNotFoundError:  # a parent package is missing
-        return False
-
-
-def _configure(parser, name: str, module_name: str) -> None:
+def _configure(parser: argparse.ArgumentParser, name: str) -> None:
     """Add the options of benchmark `name` from its module; a module that fails to import
     makes a subcommand that reports why, so one broken benchmark does not take the whole
     command line down with it."""
     try:
-        module = import_module(module_name)
-    except ImportError as exc:
-        _make_broken(parser, name, module_name, exc)
+        module = registry.load(name)
+    except registry.BenchmarkUnavailable as exc:
+        _make_broken(parser, exc)
         return
     parser.description = module.__doc__.split("\n\n")[0] if module.__doc__ else None
     if hasattr(module, "configure_parser"):
@@ -79,16 +43,15 @@ def _configure(parser, name: str, module_name: str) -> None:
         parser.set_defaults(run=lambda args, module=module: run_benchmark_cli(args, module))
 
 
-def _make_broken(parser, name: str, module_name: str, exc: ImportError) -> None:
+def _make_broken(parser: argparse.ArgumentParser, exc: registry.BenchmarkUnavailable) -> None:
     """Turn `parser` into a subcommand that reports why its module could not be imported."""
-    message = f"benchmark {name!r} is unavailable: importing {module_name} failed ({exc})"
     # no option prefix: every argument (even "--quick" or "--help") is taken as given, ignored
     parser.prefix_chars = "\x01"
-    parser.description = f"(unavailable: {exc})"
+    parser.description = f"(unavailable: {exc.__cause__})"
     parser.add_argument("rest", nargs="*")
 
-    def run(_args) -> int:
-        raise SimexplainError(message)
+    def run(_args: argparse.Namespace) -> int:
+        raise exc
     parser.set_defaults(run=run)
 
 

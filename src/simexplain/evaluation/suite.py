@@ -25,19 +25,14 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..errors import SimexplainError
-from . import correspondence, crossview, faithfulness, localisation, pointing, report, sanity
+from . import registry, report
 from .common import BOOTSTRAP, ALL_METHODS, MODELS, POINT_METHODS, available_models
 
-# a benchmark with its own MODELS (crossview: the two-stream sketch model) runs on those only
-BENCHMARKS = (pointing, localisation, faithfulness, correspondence, sanity, crossview)
 QUICK_MODELS = ("fmnist-gap", "fmnist-gmp")
 
 
 def _interactive(models: list[str], quick: bool, seed: int, log) -> tuple[dict | None, str | None]:
-    try:
-        from . import interactive
-    except ImportError as exc:
-        return {"error": f"Not run: simexplain.evaluation.interactive is missing ({exc})."}, None
+    interactive = registry.load("interactive")  # a broken module fails the run, loudly
     wanted = [m for m in models if m in getattr(interactive, "DEFAULT_MODELS", models)]
     if not wanted:
         return {"error": "Not run: none of the benchmarked models is supported by it."}, None
@@ -59,6 +54,8 @@ def run_all(out: str | Path = "docs", quick: bool = False, seed: int = 0,
     model; smaller with `quick`)."""
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
     started = time.perf_counter()
+    benchmarks = registry.suite_modules()  # imported before any work: a broken one fails now
+    registry.load("interactive")
     wanted = list(models) if models else list(QUICK_MODELS if quick else MODELS)
     loaded, skipped = available_models(wanted)
     if not loaded:
@@ -66,7 +63,8 @@ def run_all(out: str | Path = "docs", quick: bool = False, seed: int = 0,
             f"{k}: {v}" for k, v in skipped.items()))
     results: dict[str, list[dict]] = {}
     extra: list[str] = []  # models of benchmarks with their own MODELS
-    for bench in BENCHMARKS:
+    for bench in benchmarks:
+        # a benchmark with its own MODELS (crossview: the two-stream sketch model) runs on those
         bench_models = [m for m in loaded if m in MODELS]
         if hasattr(bench, "MODELS"):
             bench_models = [m for m in bench.MODELS if m in loaded]
@@ -109,7 +107,7 @@ def run_all(out: str | Path = "docs", quick: bool = False, seed: int = 0,
         "skipped": skipped, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "machine": f"{os.cpu_count()} CPU cores", "date": datetime.date.today().isoformat(),
     }
-    path = report.write_report(results, out, meta, BENCHMARKS, inter, inter_table)
+    path = report.write_report(results, out, meta, benchmarks, inter, inter_table)
     report.write_json(out / "benchmarks.json", {"meta": meta, "results": results,
                                                 "interactive": inter})
     log(f"wrote {path} in {elapsed / 60:.1f} minutes")
@@ -124,9 +122,9 @@ def render(out: str | Path = "docs") -> Path:
     inter = data.get("interactive")
     table = None
     if inter and "models" in inter:
-        from . import interactive
-        table = interactive.markdown_table(inter)
-    return report.write_report(data["results"], out, data["meta"], BENCHMARKS, inter, table)
+        table = registry.load("interactive").markdown_table(inter)
+    return report.write_report(data["results"], out, data["meta"], registry.suite_modules(),
+                               inter, table)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
