@@ -12,6 +12,7 @@ from PIL import Image
 import simexplain.explainer as explainer_module
 from simexplain import Explainer
 from simexplain.images import Preprocess
+from simexplain.sides import pick
 from simexplain.toy import HeadModel, toy_explainer
 
 
@@ -23,7 +24,7 @@ def photo(seed: int, size=(40, 52)) -> Image.Image:
 def forward(explainer: Explainer, image: Image.Image, side: str = "a") -> torch.Tensor:
     """(D,) the model's own output for an image, preprocessed by that side's transform."""
     stream = explainer.stream(side)
-    transform = explainer.transform_a if side == "a" else explainer.transform_b
+    transform = pick(side, explainer.transform_a, explainer.transform_b)
     with torch.no_grad():
         return stream.model(transform(image).unsqueeze(0))[0]
 

@@ -20,6 +20,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from collections.abc import Callable, Sequence
 
 import torch
@@ -31,8 +32,8 @@ from .common import BOOTSTRAP, ALL_METHODS, MODELS, POINT_METHODS, available_mod
 QUICK_MODELS = ("fmnist-gap", "fmnist-gmp")
 
 
-def _interactive(models: list[str], quick: bool, seed: int, log) -> tuple[dict | None, str | None]:
-    interactive = registry.load("interactive")  # a broken module fails the run, loudly
+def _interactive(interactive: ModuleType, models: list[str], quick: bool, seed: int,
+                 log: Callable[[str], None]) -> tuple[dict | None, str | None]:
     wanted = [m for m in models if m in getattr(interactive, "DEFAULT_MODELS", models)]
     if not wanted:
         return {"error": "Not run: none of the benchmarked models is supported by it."}, None
@@ -55,7 +56,7 @@ def run_all(out: str | Path = "docs", quick: bool = False, seed: int = 0,
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
     started = time.perf_counter()
     benchmarks = registry.suite_modules()  # imported before any work: a broken one fails now
-    registry.load("interactive")
+    interactive = registry.load("interactive")
     wanted = list(models) if models else list(QUICK_MODELS if quick else MODELS)
     loaded, skipped = available_models(wanted)
     if not loaded:
@@ -87,7 +88,7 @@ def run_all(out: str | Path = "docs", quick: bool = False, seed: int = 0,
             results[bench.NAME].append(result)
             log(f"{bench.NAME} {model}: {result['samples']} samples, "
                 f"{time.perf_counter() - t:.0f} s")
-    inter, inter_table = _interactive(loaded, quick, seed, log)
+    inter, inter_table = _interactive(interactive, loaded, quick, seed, log)
     elapsed = time.perf_counter() - started
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from ..live_maps import grid_list, map_json, peak
 from ..maps import Frame
 from ..methods import method_class
 from ..sides import pick
-from .engine import SHOWN_METHODS, Engine, Explained, Prepared, SearchResult
+from .engine import SHOWN_METHODS, Engine, Explained, Prepared, SearchHit, SearchResult
 from .errors import megabytes, status_of
 from .hosts import LOCAL_HOSTS
 from .middleware import BodyLimit, HostCheck, ServerTiming
@@ -80,15 +80,19 @@ def explain_json(result: Explained, input_side: int | None) -> dict:
 
 def search_json(result: SearchResult) -> dict:
     record = result.record
-    hits = [{"rank": hit.rank, "id": hit.result.image_id, "index": hit.index,
-             "name": hit.name, "score": hit.score, "url": f"/api/images/{hit.result.shown_id}",
-             "grid": list(hit.map.require_values().shape),
-             "map": grid_list(hit.map.require_values()),
-             "argmax": peak(hit.map.require_values(), hit.map.frame),
-             "image_size": list(hit.result.side.image_size),
-             **_placement(hit.result.side.frame)} for hit in result.hits]
     return {"search_id": record.id, "model": record.model, "similarity": result.similarity,
-            "query": prepared_json(record.query), "box": record.box, "hits": hits}
+            "query": prepared_json(record.query), "box": record.box,
+            "hits": [_hit_json(hit) for hit in result.hits]}
+
+
+def _hit_json(hit: SearchHit) -> dict:
+    values = hit.map.require_values()  # (H, W) the hit's overall or region map
+    return {"rank": hit.rank, "id": hit.result.image_id, "index": hit.index,
+            "name": hit.name, "score": hit.score, "url": f"/api/images/{hit.result.shown_id}",
+            "grid": list(values.shape), "map": grid_list(values),
+            "argmax": peak(values, hit.map.frame),
+            "image_size": list(hit.result.side.image_size),
+            **_placement(hit.result.side.frame)}
 
 
 def error(status: int, message: str) -> JSONResponse:

@@ -36,8 +36,7 @@ from ..methods import (Decomposition, PreparedPair, explanation_methods, get_met
 from ..zoo import resolve
 from .cache import LRU
 from .errors import Busy, ImageFailed, NotFound, WebError
-from .limits import MAX_INPUT_SIDE
-from .limits import MAX_UPLOAD_BYTES
+from .limits import MAX_INPUT_SIDE, MAX_UPLOAD_BYTES
 from .store import (STORED_SIDE, UPLOAD_MEMORY, ImageStore, PixelBudget,
                     default_samples)
 
