@@ -8,12 +8,14 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pyarrow.ipc
 import pytest
 import torch
 from PIL import Image
 
 from simexplain import maps
 from simexplain.retrieval import storage
+from simexplain.retrieval.manifest import GALLERY
 from simexplain.cli import main
 from simexplain.errors import SimexplainError
 from simexplain.retrieval import (EMBEDDINGS, MANIFEST, VECTORS, Index, IndexFormatError,
@@ -148,15 +150,22 @@ def test_build_save_load_roundtrip(built, gallery, query):
     assert len(index) == N_IMAGES
     assert not checkpoint_path(path).exists()
     manifest = json.loads((path / MANIFEST).read_text())
-    for key in ("version", "model", "layer", "similarity", "dim", "input_size", "paths",
-                "sha256", "count", "kind", "files", "skipped", "weights_sha256"):
+    for key in ("version", "model", "layer", "similarity", "dim", "input_size", "count",
+                "kind", "files", "skipped", "weights_sha256"):
         assert key in manifest
+    assert "paths" not in manifest and "sha256" not in manifest  # per-image: gallery.arrow
     assert manifest["count"] == N_IMAGES and manifest["input_size"] == [SIDE, SIDE]
     assert manifest["model"] == "toy-cosine" and manifest["layer"] == "features"
-    assert set(manifest["files"]) == {EMBEDDINGS, VECTORS}
+    assert set(manifest["files"]) == {EMBEDDINGS, GALLERY, VECTORS}
     loaded = Index.load(path, explainer=explainer)
     np.testing.assert_array_equal(loaded.embeddings, index.embeddings)
-    assert loaded.paths == index.paths and loaded.hashes == index.hashes
+    assert list(loaded.paths) == index.paths and list(loaded.hashes) == index.hashes
+    # the records are read from the Arrow file independently of simexplain
+    table = pyarrow.ipc.open_file(str(path / GALLERY)).read_all()
+    root = Path(manifest["gallery_root"])
+    assert [str(root / p) for p in table.column("path").to_pylist()[:N_IMAGES]] == index.paths
+    assert [h.hex() for h in table.column("sha256").to_pylist()[:N_IMAGES]] == index.hashes
+    assert table.column("skipped").to_pylist()[N_IMAGES:] == [s.reason for s in index.skipped]
     assert [s.path for s in loaded.skipped] == [s.path for s in index.skipped]
     assert ([h.index for h in loaded.search(query, k=5, region=REGIONS[0])]
             == [h.index for h in index.search(query, k=5, region=REGIONS[0])])

@@ -3,6 +3,7 @@ paths resolve the same from any working directory (issue 12, items 1-3)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -10,6 +11,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow
+import pyarrow.ipc
 import pytest
 import torch
 from PIL import Image
@@ -18,7 +21,7 @@ from simexplain.cli import main
 from simexplain.errors import SimexplainError
 from simexplain.retrieval import (MANIFEST, MARKER, Index, IndexFormatError, RegionQuery,
                                   checkpoint_path)
-from simexplain.retrieval.manifest import checksum
+from simexplain.retrieval.manifest import GALLERY, checksum
 from simexplain import toy as toys
 
 SIDE = 32
@@ -94,7 +97,8 @@ def test_out_replaces_its_own_index_and_fills_an_empty_folder(gallery, tmp_path)
     first = (out / MANIFEST).read_text()
     assert main(["index", "build", str(gallery), *TOY, "--out", str(out)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]  # no leftovers
-    assert json.loads((out / MANIFEST).read_text())["paths"] == json.loads(first)["paths"]
+    assert (json.loads((out / MANIFEST).read_text())["files"][GALLERY]
+            == json.loads(first)["files"][GALLERY])
 
 
 def test_out_refuses_a_file(gallery, tmp_path, capsys):
@@ -216,21 +220,18 @@ EDITS = {  # targeted edits, each a wrong manifest
     "input_size 0,0": lambda m: _edit(m, "input_size", [0, 0]),
     "input_size 64,64": lambda m: _edit(m, "input_size", [64, 64]),
     "layer 5": lambda m: _edit(m, "layer", 5),
-    "swapped paths": lambda m: _edit(m, "paths", [m["paths"][1], m["paths"][0], *m["paths"][2:]]),
     "count": lambda m: _edit(m, "count", m["count"] - 1),
     "dim": lambda m: _edit(m, "dim", 0),
     "similarity": lambda m: _edit(m, "similarity", "cos"),
-    "parent path": lambda m: _edit(m, "paths", ["../secret.png", *m["paths"][1:]]),
-    "absolute path": lambda m: _edit(m, "paths", ["/etc/passwd", *m["paths"][1:]]),
-    "empty path": lambda m: _edit(m, "paths", ["", *m["paths"][1:]]),
+    "paths listed": lambda m: _edit(m, "paths", ["a.png"] * m["count"]),
     "root relative": lambda m: _edit(m, "gallery_root", "gallery"),
     "params": lambda m: _edit(m, "params", {"nlist": 2}),
     "files": lambda m: _edit(m, "files", {}),
     "extra field": lambda m: _edit(m, "note", "x"),
     "weights": lambda m: _edit(m, "weights_sha256", "abc"),
-    "hash list": lambda m: _edit(m, "sha256", m["sha256"][:-1]),
+    "skipped count": lambda m: _edit(m, "skipped", m["skipped"] + 1),
 }
-SCHEMA_ALLOWS = {"swapped paths", "input_size 64,64"}  # valid manifests (see below)
+SCHEMA_ALLOWS = {"input_size 64,64"}  # valid manifests (see below)
 
 
 @pytest.mark.parametrize("name", sorted(EDITS))
@@ -254,6 +255,135 @@ def test_targeted_edits_are_refused(intact, tmp_path, name, reseal):
         Index.load(copy, explainer=explainer)
     assert "\n" not in str(caught.value)
     assert ("checksum" in str(caught.value)) == (not reseal)
+
+
+# -- the per-image records: gallery.arrow ------------------------------------------------------
+
+def _records(folder: Path) -> tuple[list, list, list]:
+    """path, sha256 and skipped columns of gallery.arrow as lists (read with pyarrow alone)."""
+    table = pyarrow.ipc.open_file(str(folder / GALLERY)).read_all()
+    return (table.column("path").to_pylist(), table.column("sha256").to_pylist(),
+            table.column("skipped").to_pylist())
+
+
+def _write_records(folder: Path, paths, hashes, reasons, reseal: bool,
+                   table: pyarrow.Table | None = None) -> None:
+    """Rewrite gallery.arrow; with `reseal`, also its size and sha256 in a resealed manifest
+    (a deliberate forgery that only the checks of the records can catch)."""
+    if table is None:
+        table = pyarrow.table({"path": pyarrow.array(paths, pyarrow.large_string()),
+                               "sha256": pyarrow.array(hashes, pyarrow.binary(32)),
+                               "skipped": pyarrow.array(reasons, pyarrow.string())})
+    with pyarrow.OSFile(str(folder / GALLERY), "wb") as sink, \
+            pyarrow.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    if reseal:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        data = (folder / GALLERY).read_bytes()
+        manifest["files"][GALLERY] = {"bytes": len(data),
+                                      "sha256": hashlib.sha256(data).hexdigest()}
+        manifest["checksum"] = checksum(manifest)
+        (folder / MANIFEST).write_text(json.dumps(manifest))
+
+
+RECORD_EDITS = {  # (paths, hashes, reasons) -> the edited columns, or a whole table
+    "swapped paths": lambda p, h, r: ([p[1], p[0], *p[2:]], h, r),
+    "parent path": lambda p, h, r: (["../secret.png", *p[1:]], h, r),
+    "absolute path": lambda p, h, r: (["/etc/passwd", *p[1:]], h, r),
+    "dot part": lambda p, h, r: (["./" + p[0], *p[1:]], h, r),
+    "empty path": lambda p, h, r: (["", *p[1:]], h, r),
+    "missing path": lambda p, h, r: ([None, *p[1:]], h, r),
+    "backslash": lambda p, h, r: (["..\\x.png", *p[1:]], h, r),
+    "path twice": lambda p, h, r: ([p[0], p[0], *p[2:]], h, r),
+    "row dropped": lambda p, h, r: (p[1:], h[1:], r[1:]),
+    "indexed row skipped": lambda p, h, r: (p, h, ["why", *r[1:]]),
+    "extra row": lambda p, h, r: ([*p, "x.png"], [*h, None], [*r, "unreadable"]),
+    "hash as text": lambda p, h, r: pyarrow.table({
+        "path": pyarrow.array(p, pyarrow.large_string()),
+        "sha256": pyarrow.array([x.hex() if x else None for x in h]),
+        "skipped": pyarrow.array(r, pyarrow.string())}),
+    "extra column": lambda p, h, r: pyarrow.table({
+        "path": pyarrow.array(p, pyarrow.large_string()),
+        "sha256": pyarrow.array(h, pyarrow.binary(32)),
+        "skipped": pyarrow.array(r, pyarrow.string()), "x": pyarrow.array([1] * len(p))}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECORD_EDITS))
+@pytest.mark.parametrize("reseal", [False, True])
+def test_edited_records_are_refused(intact, tmp_path, name, reseal):
+    """gallery.arrow edited: refused by its size or sha256 in the manifest, and, when the
+    manifest is resealed to match (a forgery), by the checks of the records themselves."""
+    explainer, path, _, queries, expected = intact
+    copy = tmp_path / "copy"
+    shutil.copytree(path, copy)
+    edited = RECORD_EDITS[name](*_records(copy))
+    if isinstance(edited, pyarrow.Table):
+        _write_records(copy, None, None, None, reseal, table=edited)
+    else:
+        _write_records(copy, *edited, reseal=reseal)
+    if reseal and name == "swapped paths":  # valid records of a different index
+        assert [Path(p).name for p in Index.load(copy).paths][:2] == [
+            Path(p).name for p in Index.load(path).paths][1::-1]
+        return
+    with pytest.raises(IndexFormatError, match="index damaged") as caught:
+        Index.load(copy, explainer=explainer)
+    assert "\n" not in str(caught.value) and GALLERY in str(caught.value)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_a_damaged_arrow_file_is_refused_in_one_line(intact, tmp_path, verify):
+    """Truncated, overwritten or byte-flipped: refused, also without the sha256 check
+    (verify=False), never a crash or a traceback."""
+    explainer, path, _, queries, expected = intact
+    copy = tmp_path / "copy"
+    shutil.copytree(path, copy)
+    original = (path / GALLERY).read_bytes()
+    (copy / GALLERY).write_bytes(original[:len(original) // 2])
+    with pytest.raises(IndexFormatError, match="index damaged.*truncated"):
+        Index.load(copy, verify=verify)
+    (copy / GALLERY).write_bytes(b"\0" * len(original))
+    with pytest.raises(IndexFormatError, match="index damaged"):
+        Index.load(copy, verify=verify)
+    rng = random.Random(1)
+    counts = {"refused": 0, "harmless": 0}
+    for _ in range(100):
+        data = bytearray(original)
+        data[rng.randrange(len(data))] ^= rng.randrange(1, 256)
+        (copy / GALLERY).write_bytes(bytes(data))
+        try:
+            index = Index.load(copy, explainer=explainer, verify=verify)
+        except SimexplainError as exc:
+            assert "\n" not in str(exc)
+            counts["refused"] += 1
+            continue
+        counts["harmless"] += 1
+        index_paths = list(index.paths)  # every row must still read
+        assert len(index_paths) == len(index)
+    assert counts["refused"] == (100 if verify else counts["refused"])
+
+
+def test_a_format_2_index_is_read(intact, tmp_path):
+    """An index of format 2 (records in the JSON manifest) loads with the same records and
+    hits."""
+    explainer, path, original, queries, expected = intact
+    copy = tmp_path / "v2"
+    shutil.copytree(path, copy)
+    paths, hashes, reasons = _records(copy)
+    manifest = json.loads(original)
+    count = manifest["count"]
+    files = {k: v for k, v in manifest["files"].items() if k != GALLERY}
+    manifest.update(version=2, paths=paths[:count], files=files,
+                    sha256=[h.hex() if h else "" for h in hashes[:count]],
+                    skipped=[{"path": p, "reason": r} for p, r in zip(paths[count:],
+                                                                      reasons[count:])])
+    manifest["checksum"] = checksum(manifest)
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    (copy / GALLERY).unlink()
+    old = Index.load(copy, explainer=explainer)
+    new = Index.load(path, explainer=explainer)
+    assert list(old.paths) == list(new.paths) and list(old.hashes) == list(new.hashes)
+    assert hits_of(old, queries) == expected
 
 
 class _nothing:
@@ -341,8 +471,8 @@ def test_a_manifest_path_outside_the_gallery_is_refused(intact, tmp_path):
     manifest = json.loads(original)
     root = Path(manifest["gallery_root"])
     outside = os.path.relpath(secret, root)
-    manifest["paths"][1] = outside
-    manifest["checksum"] = checksum(manifest)
-    (copy / MANIFEST).write_text(json.dumps(manifest))
+    paths, hashes, reasons = _records(copy)
+    paths[1] = outside
+    _write_records(copy, paths, hashes, reasons, reseal=True)
     with pytest.raises(IndexFormatError, match="index damaged.*not inside the gallery root"):
         Index.load(copy)

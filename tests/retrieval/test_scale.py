@@ -224,7 +224,7 @@ def test_ivfpq_save_load_and_damage(tmp_path):
     index = Index.from_vectors(gallery, similarity="cosine", kind="ivfpq", params={"shards": 4})
     index.save(tmp_path / "idx")
     names = sorted(os.listdir(tmp_path / "idx"))
-    assert names == sorted(["simexplain-index", MANIFEST, EMBEDDINGS]
+    assert names == sorted(["simexplain-index", MANIFEST, EMBEDDINGS, "gallery.arrow"]
                            + [f"vectors-{i:05d}.faiss" for i in range(4)])
     check_replaceable(tmp_path / "idx")  # shard files are ours: the folder may be replaced
     loaded = Index.load(tmp_path / "idx")

@@ -141,8 +141,8 @@ def build(rows: Callable[[int, int], np.ndarray], count: int, dim: int, params: 
     template.pq.cp.max_points_per_centroid = 64
     template.train(sample)
     del sample
-    shards = int(params["shards"])
-    bounds = np.linspace(0, count, shards + 1).round().astype(np.int64)
+    bounds = shard_bounds(count, int(params["shards"]))
+    shards = len(bounds) - 1
     structures = []
     from tqdm.auto import tqdm
     bar = tqdm(total=count, desc="adding", unit="vec", disable=not progress)
@@ -157,6 +157,12 @@ def build(rows: Callable[[int, int], np.ndarray], count: int, dim: int, params: 
     out = ShardedVectors(structures)
     out.set_nprobe(int(params["nprobe"]))
     return out
+
+
+def shard_bounds(count: int, shards: int) -> np.ndarray:
+    """The first gallery row of each shard, and `count`: shard i holds rows
+    [bounds[i], bounds[i + 1])."""
+    return np.linspace(0, count, shards + 1).round().astype(np.int64)
 
 
 def _gather(rows: Callable[[int, int], np.ndarray], count: int,

@@ -20,7 +20,8 @@ from ..explanation import PairExplanation, Side
 from ..images import ImageInput
 from ..similarity import Similarity
 from . import build, storage
-from .basics import Skipped, file_sha256
+from .basics import ENGINES, Skipped, file_sha256
+from .columns import HashColumn, PathColumn
 from .explain_cache import ExplainCache
 from .kinds import kind as index_kind, with_defaults
 from .model import IndexMismatchError, check_model, model_info
@@ -132,11 +133,16 @@ class Index:
             raise SimexplainError(f"{len(paths)} paths for {embeddings.shape[0]} embeddings")
         index_kind(kind)
         self.embeddings = embeddings
-        self.paths = [str(p) for p in paths]
+        # gallery paths and sha256 by row: lists, or the columns of an index read from disk
+        # (`columns`: memory-mapped, no Python string per image)
+        self.paths: Sequence[str] = paths if isinstance(paths, PathColumn) else [
+            str(p) for p in paths]
         # the gallery folder the paths lie in (saved paths are relative to it); None: their
         # deepest common folder, decided when saved
         self.root = Path(root) if root is not None else None
-        self.hashes = list(hashes) if hashes is not None else [""] * len(self.paths)
+        self.hashes: Sequence[str] = (hashes if isinstance(hashes, HashColumn)
+                                      else list(hashes) if hashes is not None
+                                      else [""] * len(self.paths))
         self.skipped = list(skipped)
         self.info = dict(info)
         self.similarity: Similarity = similarities.get(self.info.get("similarity", "cosine"))
@@ -315,11 +321,17 @@ class Index:
             raise SimexplainError(f"query_embedding has {e.shape[0]} values, expected {self.dim}")
         k = min(k, len(self))
         candidates = self._candidates(v, e is not None, min(len(self), k + FETCH_MARGIN))
-        scores = similarities.scores(v, self.embeddings[candidates], self.similarity, e)
+        # an index served by Ray re-scores on the actors holding the rows (`ray_search`)
+        served = getattr(self.vectors, "exact_scores", None)
+        scores, all_full = (served(v, candidates, e) if served is not None else
+                            (similarities.scores(v, self.embeddings[candidates],
+                                                 self.similarity, e), None))
         order = self.similarity.best_first(scores)[:k]
         chosen = candidates[order]
         if e is None:
             full = scores[order]
+        elif all_full is not None:
+            full = all_full[order]
         else:
             full = similarities.scores(e, self.embeddings[chosen], self.similarity)
         return Hits(Hit(rank=r + 1, index=int(i), path=self.paths[int(i)], score=float(s),
@@ -399,6 +411,12 @@ class Index:
                           "current file", stacklevel=3)
         return changed
 
+    def close(self) -> None:
+        """Release what serves the index: the Ray actors of engine="ray" (nothing otherwise)."""
+        close = getattr(self.vectors, "close", None)
+        if close is not None:
+            close()
+
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write the index folder atomically: a temporary folder next to `path`, renamed into
@@ -407,12 +425,22 @@ class Index:
         return storage.save_index(self, path)
 
     @classmethod
-    def load(cls, path: str | Path, explainer: Explainer | None = None, verify: bool = True
-             ) -> Index:
+    def load(cls, path: str | Path, explainer: Explainer | None = None, verify: bool = True,
+             engine: str = "local", ray: dict | None = None) -> Index:
         """Open an index folder, verifying its marker, its manifest (checksum and schema) and
         the size and sha256 of each stored file (IndexFormatError "index damaged: ..."); with
-        `explainer`, also check that it is the index's model."""
-        index = cls(**storage.read_index(path, verify))
+        `explainer`, also check that it is the index's model.
+
+        engine="ray" (a sharded "ivfpq" index; the `scale` extra): the shards are served by
+        Ray actors (`ray_search`), each holding a group of shards, and a search fans out to
+        them; the hits equal those of engine="local". `ray` takes actors (shard groups,
+        default 2), address (a cluster; default RAY_ADDRESS, else a private local instance),
+        cpus (per actor, default 1) and threads (FAISS threads per actor, default 1).
+        `close()` stops the actors."""
+        if engine not in ENGINES:
+            raise SimexplainError(f"unknown engine {engine!r}; choose one of "
+                                  f"{', '.join(ENGINES)}")
+        index = cls(**storage.read_index(path, verify, engine, ray))
         if explainer is not None:
             index.attach(explainer)
         return index

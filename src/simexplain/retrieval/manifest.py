@@ -2,6 +2,11 @@
 checked against on load. Anything that does not hold is refused as "index damaged: <what>"
 (IndexFormatError), so a damaged or edited manifest never yields a traceback or wrong hits.
 
+Format 3 keeps the per-image records (gallery paths, sha256, skipped files) out of the JSON,
+in the columnar file gallery.arrow (`columns`), which the manifest checksums like every other
+file; the JSON holds only the index's own fields. Format 2 (every path and hash in the JSON)
+is still read.
+
 Gallery paths are stored relative to the gallery root, which is recorded as an absolute path
 and, as a fallback when the gallery and the index moved together, relative to the index
 folder: they resolve the same from any working directory, and a path that would leave the
@@ -14,13 +19,16 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from ..errors import SimexplainError
 
 FORMAT_NAME = "simexplain-index"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+READ_VERSIONS = (2, 3)  # format 2: per-image records in the JSON manifest itself
 MANIFEST = "manifest.json"
+GALLERY = "gallery.arrow"  # format 3: per-image paths, sha256 and skip records (`columns`)
 EMBEDDINGS = "embeddings.npy"
 VECTORS = "vectors.faiss"
 # the explain-ready cache (`explain_cache`), present only in indexes built with --explain
@@ -60,7 +68,8 @@ def explain_files(entry: dict | None) -> list[str]:
 
 def stored_files(manifest: dict) -> list[str]:
     """Every data file an index folder holds, as its manifest describes it."""
-    return [EMBEDDINGS, *vector_files(manifest["params"]),
+    gallery = [GALLERY] if manifest.get("version", FORMAT_VERSION) >= 3 else []
+    return [EMBEDDINGS, *gallery, *vector_files(manifest["params"]),
             *explain_files(manifest.get("explain"))]
 
 
@@ -99,9 +108,9 @@ def parse(text: str | bytes, where: Path) -> dict:
     if version == 1:
         raise IndexFormatError(f"{where}: this index was written by an older simexplain (format "
                                f"1, gallery paths relative to the working directory): {REBUILD}")
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise IndexFormatError(f"{where}: index format version {version!r} is not supported "
-                               f"(this simexplain reads version {FORMAT_VERSION}): {REBUILD}")
+                               f"(this simexplain reads versions 2 and 3): {REBUILD}")
     if manifest.get("checksum") != checksum(manifest):
         raise damaged(where, "the manifest's checksum does not match its content")
     validate(manifest, where)
@@ -116,8 +125,9 @@ def validate(m: dict, where: Path) -> None:
 
     expected = {"format", "version", "checksum", "created", "model", "layer", "layer_b",
                 "similarity", "dim", "input_size", "weights_sha256", "kind", "params", "count",
-                "gallery_root", "gallery_root_from_index", "paths", "sha256", "skipped",
-                "files"}
+                "gallery_root", "gallery_root_from_index", "skipped", "files"}
+    if m["version"] == 2:
+        expected |= {"paths", "sha256"}
     optional = {"explain"}  # absent from indexes without an explain cache
     need(expected <= set(m) <= expected | optional, "unexpected or missing fields "
          + ", ".join(sorted((set(m) - optional) ^ expected)))
@@ -153,6 +163,23 @@ def validate(m: dict, where: Path) -> None:
          and "\x00" not in m["gallery_root"], "gallery_root is not an absolute path")
     need(m["gallery_root_from_index"] is None or _relative(m["gallery_root_from_index"], True),
          "gallery_root_from_index is not a relative path")
+    if m["version"] == 2:
+        _validate_records(m, need)
+    else:  # the records themselves are checked when gallery.arrow is opened (`columns`)
+        need(_int(m["skipped"], 0, 2 ** 53), "skipped is not a count")
+    if "explain" in m:
+        entry = m["explain"]
+        need(isinstance(entry, dict) and set(entry) == {"positions", "projected"}
+             and _int(entry["positions"], m["count"], 2 ** 53)
+             and isinstance(entry["projected"], bool), "the explain cache entry is malformed")
+    files = m["files"]
+    need(isinstance(files, dict) and set(files) == set(stored_files(m)) and all(
+        isinstance(f, dict) and set(f) == {"bytes", "sha256"} and _int(f["bytes"], 1, 2 ** 53)
+        and _hex(f["sha256"]) for f in files.values()), "the stored files' entries are malformed")
+
+
+def _validate_records(m: dict, need: Callable[[bool, str], None]) -> None:
+    """Format 2's per-image records, listed in the manifest itself."""
     paths, hashes = m["paths"], m["sha256"]
     need(isinstance(paths, list) and len(paths) == m["count"],
          "paths do not list count entries")
@@ -165,15 +192,6 @@ def validate(m: dict, where: Path) -> None:
     need(isinstance(m["skipped"], list) and all(
         isinstance(s, dict) and set(s) == {"path", "reason"} and isinstance(s["path"], str)
         and isinstance(s["reason"], str) for s in m["skipped"]), "skipped entries are malformed")
-    if "explain" in m:
-        entry = m["explain"]
-        need(isinstance(entry, dict) and set(entry) == {"positions", "projected"}
-             and _int(entry["positions"], m["count"], 2 ** 53)
-             and isinstance(entry["projected"], bool), "the explain cache entry is malformed")
-    files = m["files"]
-    need(isinstance(files, dict) and set(files) == set(stored_files(m)) and all(
-        isinstance(f, dict) and set(f) == {"bytes", "sha256"} and _int(f["bytes"], 1, 2 ** 53)
-        and _hex(f["sha256"]) for f in files.values()), "the stored files' entries are malformed")
 
 
 def _int(value, low: int, high: int = 2 ** 31 - 1) -> bool:

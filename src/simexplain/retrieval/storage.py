@@ -27,18 +27,19 @@ import numpy as np
 
 from .. import similarity as similarities
 from ..errors import SimexplainError
-from .basics import Skipped, file_sha256, require_faiss
+from .basics import file_sha256, require_faiss
 from .explain_cache import ExplainCache
 from .kinds import kind as index_kind
 
 if TYPE_CHECKING:
     from .index import Index
-from .manifest import (CONTRIBUTIONS, EMBEDDINGS, FORMAT_NAME, FORMAT_VERSION, MANIFEST,
+from . import columns
+from .manifest import (CONTRIBUTIONS, EMBEDDINGS, FORMAT_NAME, FORMAT_VERSION, GALLERY, MANIFEST,
                        PROJECTED, SHAPES, VECTORS, IndexFormatError, damaged, parse,
-                       relative_paths, seal, stored_files, vector_files)
+                       seal, stored_files, vector_files)
 
 MARKER = "simexplain-index"  # present in every index folder simexplain writes
-OWN_FILES = (MARKER, MANIFEST, EMBEDDINGS, VECTORS, CONTRIBUTIONS, SHAPES, PROJECTED)
+OWN_FILES = (MARKER, MANIFEST, EMBEDDINGS, GALLERY, VECTORS, CONTRIBUTIONS, SHAPES, PROJECTED)
 SHARD_FILE = re.compile(r"^vectors-\d{5}\.faiss$")  # one FAISS file per shard
 _LEGACY_FILES = {MANIFEST, EMBEDDINGS, VECTORS}  # format 1 had no marker
 
@@ -90,6 +91,7 @@ def save_index(index: Index, path: str | Path) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.simexplain-tmp-"))
     try:
         _save_array(index.embeddings, tmp / EMBEDDINGS)
+        columns.write(tmp / GALLERY, index.paths, index.hashes, index.skipped, root)
         names = vector_files(index.params)
         structures = index_kind(index.kind).structures(index.vectors)
         for name, structure in zip(names, structures, strict=True):
@@ -136,8 +138,7 @@ def _manifest(index, root: Path, path: Path) -> dict:
         "kind": index.kind, "params": index.params, "count": len(index),
         "gallery_root": str(root),
         "gallery_root_from_index": Path(from_index).as_posix() if from_index != "." else None,
-        "paths": relative_paths(index.paths, root), "sha256": index.hashes,
-        "skipped": [s.to_dict() for s in index.skipped],
+        "skipped": len(index.skipped),  # the records themselves: gallery.arrow
     }
 
 
@@ -147,10 +148,12 @@ def common_root(paths: Iterable[str | Path]) -> Path:
     return Path(os.path.commonpath(folders))
 
 
-def read_index(path: str | Path, verify: bool = True) -> dict:
+def read_index(path: str | Path, verify: bool = True, engine: str = "local",
+               ray: dict | None = None) -> dict:
     """Open an index folder, verifying everything (see the module's docstring): the
-    arguments of the `Index` it holds."""
-    faiss = require_faiss()
+    arguments of the `Index` it holds. engine="ray": its shards are served by Ray actors
+    (`ray_search.serve`, which takes the `ray` options)."""
+    require_faiss()
     path = Path(path)
     manifest = read_manifest(path)
     kind = index_kind(manifest["kind"])
@@ -169,25 +172,17 @@ def read_index(path: str | Path, verify: bool = True) -> dict:
                                          f" found {embeddings.dtype} {embeddings.shape}")
     if not all(np.isfinite(embeddings[i:i + 65536]).all() for i in range(0, count, 65536)):
         raise damaged(path / EMBEDDINGS, "contains NaN or infinite values")
-    structures = []
-    for name in names:
-        try:
-            structures.append(faiss.read_index(str(path / name)))
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
-            raise damaged(path / name, f"cannot read the FAISS index ({first})") from None
     similarity = similarities.get(manifest["similarity"])
     expected_d = kind.stored_dim(
         similarity.index_vectors(np.zeros((1, dim), np.float32)).shape[1])
-    if any(s.d != expected_d for s in structures) or sum(s.ntotal for s in structures) != count:
-        where = path / names[0] if len(names) == 1 else path
-        raise damaged(where, f"holds {sum(s.ntotal for s in structures)} vectors of dimension "
-                             f"{structures[0].d}, the manifest says {count} of dimension "
-                             f"{expected_d}")
-    try:
-        vectors = kind.from_structures(structures)
-    except SimexplainError as exc:
-        raise damaged(path, str(exc)) from None
+    if engine == "ray":  # the shards go to Ray actors, not into this process (`ray_search`)
+        if not kind.shardable:
+            raise SimexplainError(f"an index of kind {kind.name!r} is one structure in one "
+                                  "process; engine='ray' serves sharded --kind ivfpq indexes")
+        from .ray_search import serve
+        vectors = serve(path, names, (count, expected_d), similarity.name, ray)
+    else:
+        vectors = _read_vectors(path, names, kind, count, expected_d)
     root = gallery_root(manifest, path)
     info = {key: manifest[key] for key in
             ("model", "layer", "layer_b", "similarity", "input_size", "weights_sha256")}
@@ -195,11 +190,40 @@ def read_index(path: str | Path, verify: bool = True) -> dict:
     cache = None
     if "explain" in manifest:
         cache = ExplainCache.load(path, manifest["explain"], count, dim)
-    return dict(embeddings=embeddings, paths=[str(root.joinpath(p)) for p in manifest["paths"]],
-                info=info, kind=manifest["kind"], hashes=manifest["sha256"], vectors=vectors,
-                params=manifest["params"], root=root,
-                skipped=[Skipped(s["path"], s["reason"]) for s in manifest["skipped"]],
-                explain_cache=cache)
+    records = _records(manifest, path, root)
+    return dict(embeddings=embeddings, paths=records.paths, info=info, kind=manifest["kind"],
+                hashes=records.hashes, vectors=vectors, params=manifest["params"], root=root,
+                skipped=records.skipped, explain_cache=cache)
+
+
+def _records(manifest: dict, path: Path, root: Path) -> columns.Records:
+    """Per-image paths, hashes and skipped files: gallery.arrow, or a format-2 manifest's
+    lists."""
+    if manifest["version"] == 2:
+        return columns.from_lists(manifest["paths"], manifest["sha256"], manifest["skipped"],
+                                  root)
+    return columns.open_file(path / GALLERY, manifest["count"], manifest["skipped"], root)
+
+
+def _read_vectors(path: Path, names: list[str], kind, count: int, expected_d: int):
+    """The FAISS files of an index folder as its kind's searchable structure, checked."""
+    faiss = require_faiss()
+    structures = []
+    for name in names:
+        try:
+            structures.append(faiss.read_index(str(path / name)))
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+            raise damaged(path / name, f"cannot read the FAISS index ({first})") from None
+    if any(s.d != expected_d for s in structures) or sum(s.ntotal for s in structures) != count:
+        where = path / names[0] if len(names) == 1 else path
+        raise damaged(where, f"holds {sum(s.ntotal for s in structures)} vectors of dimension "
+                             f"{structures[0].d}, the manifest says {count} of dimension "
+                             f"{expected_d}")
+    try:
+        return kind.from_structures(structures)
+    except SimexplainError as exc:
+        raise damaged(path, str(exc)) from None
 
 
 def gallery_root(manifest: dict, path: Path) -> Path:

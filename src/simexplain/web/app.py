@@ -82,6 +82,15 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--samples", nargs="*", metavar="IMAGE",
                        help="images or folders offered in the pickers (default: "
                             "scikit-image's sample photos)")
+    serve.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local: search the index in this process (default); ray: its "
+                            "shards served by Ray actors (a sharded --kind ivfpq index; the "
+                            "scale extra)")
+    serve.add_argument("--ray-address", default=None,
+                       help="Ray cluster of --engine ray (default: RAY_ADDRESS, else a local "
+                            "instance); every node must see the index folder at its path")
+    serve.add_argument("--ray-actors", type=int, default=None,
+                       help="shard actors of --engine ray (groups of shards; default 2)")
     serve.add_argument("--host", default=DEFAULT_HOST,
                        help=f"interface to bind (default {DEFAULT_HOST}: this machine only)")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
@@ -126,7 +135,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         explainer = resolve(args.model, args.layer, args.similarity, args.size)
         models = [args.model] + zoo.list()
     samples = _sample_paths(args.samples) if args.samples else None
-    app = create_app(model=args.model, index=args.index, explainer=explainer, samples=samples,
+    index = args.index
+    if args.engine == "ray":
+        if not args.index:
+            raise SimexplainError("--engine ray serves an index: give --index")
+        from .engine import _load_index
+        index = _load_index(args.index, explainer, args.model, engine="ray",
+                            ray={"address": args.ray_address, "actors": args.ray_actors})
+        print(f"simexplain: {len(index):,} images in {len(index.vectors.actors)} Ray shard "
+              "actors")
+    app = create_app(model=args.model, index=index, explainer=explainer, samples=samples,
                      models=models, max_upload_bytes=int(args.max_upload_mb * 2**20),
                      max_input_side=args.max_size,
                      allowed_hosts=served_hosts(args.host, args.allowed_host))
@@ -134,5 +152,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"simexplain: warning: serving on {args.host}: anyone who can reach this "
               "machine can use the server")
     print(f"simexplain: serving on http://{args.host}:{args.port}/ (API docs at /docs)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        if hasattr(index, "close"):
+            index.close()  # the Ray actors of --engine ray
     return 0

@@ -496,9 +496,10 @@ def _index_model(index) -> str | None:
     return name
 
 
-def _load_index(path, explainer: Explainer | None, model):
+def _load_index(path, explainer: Explainer | None, model, **load: Any):
     """Open an index folder with its query model: the explainer given, else `model`, else the
-    model its manifest names (checked against the index either way)."""
+    model its manifest names (checked against the index either way). `load`: the other
+    arguments of `Index.load` (engine, ray)."""
     try:
         from ..retrieval.commands import explainer_for_index
         from ..retrieval.index import Index
@@ -506,7 +507,7 @@ def _load_index(path, explainer: Explainer | None, model):
         raise SimexplainError(f"the gallery search needs simexplain.retrieval ({exc})") from None
     if explainer is None:
         explainer = resolve(model) if model is not None else explainer_for_index(path)
-    return Index.load(path, explainer=explainer)
+    return Index.load(path, explainer=explainer, **load)
 
 
 __all__ = ["Engine", "GridMap", "Explained", "SearchResult", "SearchHit", "SHOWN_METHODS"]
