@@ -15,7 +15,7 @@ targeted edits. Each damaged index must be refused with a SimexplainError ("refu
 exactly the intact index's hits ("harmless"); a different ranking ("wrong") or any other
 exception ("crashed") is a failure. The same edits with a recomputed checksum (deliberate
 forgeries, counted apart) must never crash; invalid values are refused by the schema, while a
-well-formed forgery (two paths swapped) is simply another index.
+well-formed forgery is simply another index (or refused by the model check).
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def soak_kills(work: Path, kills: int, images: int, seed: int) -> dict:
             done_kills += 0 if finished else 1
             resumed += resumed_now
         got = Index.load(out)
-        if got.paths != expected.paths:
+        if list(got.paths) != list(expected.paths):
             mismatches.append(f"round {rounds}: paths differ")
         elif not np.allclose(got.embeddings, expected.embeddings, rtol=1e-5, atol=1e-6):
             mismatches.append(f"round {rounds}: embeddings differ")
@@ -170,15 +170,14 @@ def soak_manifest(work: Path, flips: int, seed: int) -> dict:
         "kind hnsw": ("kind", "hnsw"), "skipped [1]": ("skipped", [1]),
         "input_size x": ("input_size", "x"), "input_size 0,0": ("input_size", [0, 0]),
         "layer 5": ("layer", 5), "count": ("count", manifest["count"] + 1),
-        "swapped paths": ("paths", [manifest["paths"][1], manifest["paths"][0],
-                                    *manifest["paths"][2:]]),
+        # (the per-image paths live in gallery.arrow since format 3: its edits are in
+        # tests/retrieval/test_safety.py)
+        "skipped count": ("skipped", manifest["skipped"] + 1),
         "input_size 64,64": ("input_size", [64, 64]),
-        "outside path": ("paths", ["../secret.png", *manifest["paths"][1:]]),
-        "absolute path": ("paths", ["/etc/passwd", *manifest["paths"][1:]]),
         "similarity": ("similarity", "dot"), "dim": ("dim", manifest["dim"] + 1),
     }
     # edits with a recomputed checksum are deliberate forgeries, counted apart: the schema
-    # refuses invalid values; a valid forged manifest (swapped paths) is another index
+    # refuses invalid values; a valid forged manifest is another index
     forged = {"refused": 0, "harmless": 0, "wrong": 0, "crashed": 0}
     edit_counts = {}
     for name, (key, value) in edits.items():
