@@ -380,10 +380,14 @@ def test_a_format_2_index_is_read(intact, tmp_path):
     manifest["checksum"] = checksum(manifest)
     (copy / MANIFEST).write_text(json.dumps(manifest))
     (copy / GALLERY).unlink()
+    (copy / MARKER).write_text(json.dumps({"format": "simexplain-index", "version": 2}) + "\n")
     old = Index.load(copy, explainer=explainer)
     new = Index.load(path, explainer=explainer)
     assert list(old.paths) == list(new.paths) and list(old.hashes) == list(new.hashes)
     assert hits_of(old, queries) == expected
+    old.save(copy)  # a format-2 folder is ours to replace: it becomes format 3
+    assert json.loads((copy / MANIFEST).read_text())["version"] == 3
+    assert list(Index.load(copy).paths) == list(new.paths)
 
 
 class _nothing:

@@ -35,8 +35,8 @@ if TYPE_CHECKING:
     from .index import Index
 from . import columns
 from .manifest import (CONTRIBUTIONS, EMBEDDINGS, FORMAT_NAME, FORMAT_VERSION, GALLERY, MANIFEST,
-                       PROJECTED, SHAPES, VECTORS, IndexFormatError, damaged, parse,
-                       seal, stored_files, vector_files)
+                       PROJECTED, READ_VERSIONS, SHAPES, VECTORS, IndexFormatError, damaged,
+                       parse, seal, stored_files, vector_files)
 
 MARKER = "simexplain-index"  # present in every index folder simexplain writes
 OWN_FILES = (MARKER, MANIFEST, EMBEDDINGS, GALLERY, VECTORS, CONTRIBUTIONS, SHAPES, PROJECTED)
@@ -48,8 +48,8 @@ def _own_file(name: str) -> bool:
     return name in OWN_FILES or bool(SHARD_FILE.match(name))
 
 
-def marker_text() -> str:
-    return json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION}) + "\n"
+def marker_text(version: int = FORMAT_VERSION) -> str:
+    return json.dumps({"format": FORMAT_NAME, "version": version}) + "\n"
 
 
 def check_replaceable(path: str | Path) -> None:
@@ -65,7 +65,8 @@ def check_replaceable(path: str | Path) -> None:
     if not entries:
         return
     marker = path / MARKER
-    ours = marker.is_file() and not marker.is_symlink() and _read(marker) == marker_text()
+    ours = marker.is_file() and not marker.is_symlink() and _read(marker) in {
+        marker_text(version) for version in READ_VERSIONS}  # format 2 folders too
     legacy = entries == _LEGACY_FILES and _legacy_manifest(path / MANIFEST)
     if not (ours or legacy):
         raise SimexplainError(f"{path} is not an index folder written by simexplain; refusing "
