@@ -32,10 +32,12 @@ sys.path.insert(0, str(HERE.parent / "src"))
 ROOT = Path("/gallery")
 
 
-def rss_bytes() -> int:
+def rss_bytes(key: str = "VmRSS") -> int:
+    """Resident memory (VmRSS), or its private part (RssAnon: the rest are mapped file
+    pages, shared with the page cache and dropped under memory pressure)."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     return 0
 
@@ -50,8 +52,8 @@ def synthetic(count: int) -> tuple[list[str], list[str]]:
     return paths, hashes
 
 
-def write_all(folder: Path, count: int) -> dict:
-    """The three files of the same records; returns their sizes."""
+def write_all(folder: Path, count: int, formats: list[str]) -> dict:
+    """The files of the same records (JSON manifest, Arrow, Parquet); returns their sizes."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from simexplain.retrieval import columns, manifest
@@ -63,12 +65,16 @@ def write_all(folder: Path, count: int) -> dict:
          "paths": paths, "sha256": hashes, "skipped": [],
          "files": {manifest.EMBEDDINGS: {"bytes": 1, "sha256": "0" * 64},
                    manifest.VECTORS: {"bytes": 1, "sha256": "0" * 64}}}
-    (folder / "manifest-v2.json").write_text(json.dumps(manifest.seal(m), indent=1))
+    if "json" in formats:
+        (folder / "manifest-v2.json").write_text(json.dumps(manifest.seal(m), indent=1))
+    del m
     columns.write(folder / "gallery.arrow", [str(ROOT / p) for p in paths], hashes, [], ROOT)
-    table = pa.ipc.open_file(str(folder / "gallery.arrow")).read_all()
-    pq.write_table(table, folder / "gallery.parquet", compression="none")
+    if "parquet" in formats:
+        table = pa.ipc.open_file(str(folder / "gallery.arrow")).read_all()
+        pq.write_table(table, folder / "gallery.parquet", compression="none")
     return {name: (folder / name).stat().st_size
-            for name in ("manifest-v2.json", "gallery.arrow", "gallery.parquet")}
+            for name in ("manifest-v2.json", "gallery.arrow", "gallery.parquet")
+            if (folder / name).exists()}
 
 
 def load_one(fmt: str, folder: Path, count: int) -> dict:
@@ -78,7 +84,8 @@ def load_one(fmt: str, folder: Path, count: int) -> dict:
     import pyarrow.parquet as pq
     from simexplain.retrieval import columns, manifest
     from simexplain.retrieval.basics import file_sha256
-    before = rss_bytes()
+    import simexplain.similarity  # noqa: F401 - the manifest's check imports it (and torch)
+    before, before_anon = rss_bytes(), rss_bytes("RssAnon")
     start = time.perf_counter()
     if fmt == "json":
         where = folder / "manifest-v2.json"
@@ -94,7 +101,7 @@ def load_one(fmt: str, folder: Path, count: int) -> dict:
         paths = columns.PathColumn(table.column("path"), ROOT)
         hashes = columns.HashColumn(table.column("sha256"))
     load_s = time.perf_counter() - start
-    after = rss_bytes()
+    after, after_anon = rss_bytes(), rss_bytes("RssAnon")
     rows = random.Random(0).sample(range(count), 1000)
     start = time.perf_counter()
     looked = [(paths[r], hashes[r]) for r in rows]
@@ -102,6 +109,7 @@ def load_one(fmt: str, folder: Path, count: int) -> dict:
     assert looked[0][0].endswith(f"/img_{rows[0]:08d}.png")
     out = {"format": fmt, "load_s": round(load_s, 3),
            "rss_growth_bytes_per_image": round((after - before) / count, 1),
+           "anon_growth_bytes_per_image": round((after_anon - before_anon) / count, 1),
            "rss_after_lookups_bytes_per_image": round((rss_bytes() - before) / count, 1),
            "lookup_us": round(lookup_us, 2)}
     if fmt == "arrow":
@@ -125,7 +133,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         folder = Path(tmp)
         start = time.perf_counter()
-        sizes = write_all(folder, args.count)
+        sizes = write_all(folder, args.count, args.formats.split(","))
         print(f"{args.count:,} images: files written in {time.perf_counter() - start:.1f} s: "
               + ", ".join(f"{k} {v / args.count:.1f} B/image" for k, v in sizes.items()),
               flush=True)
@@ -137,7 +145,8 @@ def main(argv=None) -> int:
             row = json.loads(child.stdout.strip().splitlines()[-1])
             rows.append(row)
             print(f"  {fmt:8s} load {row['load_s']:7.3f} s  RSS +"
-                  f"{row['rss_growth_bytes_per_image']:6.1f} B/image (after 1000 lookups +"
+                  f"{row['rss_growth_bytes_per_image']:6.1f} B/image, private +"
+                  f"{row['anon_growth_bytes_per_image']:6.1f} (after 1000 lookups +"
                   f"{row['rss_after_lookups_bytes_per_image']:6.1f})  lookup "
                   f"{row['lookup_us']:.1f} us"
                   + (f"  sha256 of the file {row['sha256_of_file_s']:.2f} s"

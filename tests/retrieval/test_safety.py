@@ -358,8 +358,10 @@ def test_a_damaged_arrow_file_is_refused_in_one_line(intact, tmp_path, verify):
             counts["refused"] += 1
             continue
         counts["harmless"] += 1
-        index_paths = list(index.paths)  # every row must still read
-        assert len(index_paths) == len(index)
+        try:  # every row reads, or says in one line that it cannot (text that is not UTF-8)
+            assert len(list(index.paths)) == len(index)
+        except SimexplainError as exc:
+            assert "\n" not in str(exc) and "index damaged" in str(exc)
     assert counts["refused"] == (100 if verify else counts["refused"])
 
 
