@@ -31,7 +31,15 @@ from simexplain.retrieval.ray_engine import _connect
 RAY = Path(sys.executable).with_name("ray")
 SIDE = 32
 START_TIMEOUT = 60
-ENVIRONMENT = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "", "RAY_USAGE_STATS_ENABLED": "0"}
+# Ray reads its authentication settings when it is imported: the test cluster and this
+# driver use token authentication with a token of their own, set here, before the tests
+# (collected after this file) import Ray, and kept for the session (local Ray instances of
+# later tests then use it too). Where Ray was imported before, this driver runs without
+# authentication and so does the test cluster.
+RAY_IMPORTED_BEFORE = "ray" in sys.modules
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+if not RAY_IMPORTED_BEFORE and "RAY_AUTH_MODE" not in os.environ:
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
 
 
 def free_ports(count: int) -> list[int]:
@@ -49,7 +57,8 @@ def start_node(temp: Path, log: Path, ports: list[int], head: bool) -> subproces
     `ports`: the head's port, then 7 free ports of this node's own."""
     head_port = ports[0]
     node_manager, object_manager, agent, agent_grpc, metrics, runtime_env, dashboard = ports[1:8]
-    first_worker = 20000 + (os.getpid() * 97 + (0 if head else 50)) % 40000  # 40 a node
+    # 40 worker ports a node, below the ephemeral range the other ports come from
+    first_worker = 10000 + (os.getpid() * 97) % 20000 + (0 if head else 50)
     args = [str(RAY), "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=1",
             f"--node-manager-port={node_manager}", f"--object-manager-port={object_manager}",
             f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
@@ -62,8 +71,11 @@ def start_node(temp: Path, log: Path, ports: list[int], head: bool) -> subproces
                  f"--temp-dir={temp}"]
     else:
         args += [f"--address=127.0.0.1:{head_port}"]
+    environment = dict(os.environ)
+    if "RAY_AUTH_MODE" not in environment:  # see RAY_IMPORTED_BEFORE
+        environment["RAY_AUTH_MODE"] = "disabled"
     with open(log, "ab") as out:
-        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=environment,
                                 start_new_session=True)
 
 
@@ -81,11 +93,7 @@ def stop_node(process: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def cluster():
-    """The address of a two-node Ray cluster on 127.0.0.1 (shut down even on failure), with
-    token authentication by a token of its own (the nodes and this driver get it; set before
-    Ray is imported, which reads it then)."""
-    saved = {key: os.environ.get(key) for key in ENVIRONMENT}
-    os.environ.update({**ENVIRONMENT, "RAY_AUTH_TOKEN": secrets.token_hex(32)})
+    """The address of a two-node Ray cluster on 127.0.0.1 (shut down even on failure)."""
     import ray
     if ray.is_initialized():
         ray.shutdown()
@@ -101,7 +109,7 @@ def cluster():
         address = f"127.0.0.1:{head_port}"
         # this driver joins once, as `Index.load(engine="ray", ray={"address": ...})` does
         # (simexplain shipped to the workers); the indexes below then use that connection
-        _connect(ray, address, 1)
+        _wait(lambda: _joined(ray, address), "a driver connection to the test cluster", log)
         _wait(lambda: sum(n["Alive"] for n in ray.nodes()) == 2,
               "the second node of the test cluster", log)
         yield address
@@ -111,11 +119,15 @@ def cluster():
         for node in reversed(nodes):
             stop_node(node)
         shutil.rmtree(temp, ignore_errors=True)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+
+
+def _joined(ray, address: str) -> bool:
+    """Join the cluster (False while its head still comes up)."""
+    try:
+        _connect(ray, address, 1)
+    except SimexplainError:
+        return False
+    return True
 
 
 def _port_open(port: int) -> bool:
@@ -262,6 +274,21 @@ def test_region_queries_of_a_model_index_on_the_cluster(cluster, tmp_path):
         assert answers[0] == answers[1] and len(answers[0]) == 6
     finally:
         served.close()
+
+
+def test_damage_found_by_a_shard_actor_is_one_line(cluster, vectors_index, tmp_path):
+    """The NaN check of the rows is the actors' (the driver does not read every float): a
+    NaN in the second group's rows is refused in one line naming the file."""
+    path, _ = vectors_index
+    copy = tmp_path / "index"
+    shutil.copytree(path, copy)
+    floats = np.load(copy / "embeddings.npy", mmap_mode="r+")
+    floats[4500, 3] = np.nan
+    floats.flush()
+    del floats
+    with pytest.raises(SimexplainError, match="index damaged.*embeddings.npy.*NaN") as caught:
+        Index.load(copy, verify=False, engine="ray", ray={"address": cluster})
+    assert "\n" not in str(caught.value)
 
 
 def test_ray_engine_refusals(tmp_path, capsys):

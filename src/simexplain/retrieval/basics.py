@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import SimexplainError
 
 ENGINES = ("local", "ray")  # one process, or a Ray Data pipeline (`ray_engine`)
@@ -28,6 +30,12 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def finite_rows(embeddings: np.ndarray, start: int, stop: int) -> bool:
+    """No NaN or infinity in rows [start, stop), read a block at a time."""
+    return all(np.isfinite(embeddings[i:min(stop, i + 65536)]).all()
+               for i in range(start, stop, 65536))
 
 
 @dataclass

@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import similarity as similarities
 from ..errors import SimexplainError
-from .basics import require_faiss
+from .basics import finite_rows, require_faiss
 from .compressed import ShardedVectors, shard_bounds
 from .manifest import EMBEDDINGS, damaged
 
@@ -39,25 +39,40 @@ class ShardGroup:
 
     def __init__(self, folder: str, names: Sequence[str], first: int, similarity: str,
                  threads: int = 1):
+        # a damaged file is reported by `describe` as a task error (Ray passes that on to the
+        # driver, while an error in an actor's constructor reaches it only as text)
+        self.problem: SimexplainError | None = None
+        try:
+            self._open(Path(folder), names, int(first), similarity, threads)
+        except SimexplainError as exc:
+            self.problem = exc
+
+    def _open(self, folder: Path, names: Sequence[str], first: int, similarity: str,
+              threads: int) -> None:
         faiss = require_faiss()
         faiss.omp_set_num_threads(threads)
         structures = []
         for name in names:
             try:
-                structures.append(faiss.read_index(str(Path(folder) / name)))
+                structures.append(faiss.read_index(str(folder / name)))
             except RuntimeError as exc:
                 first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                raise damaged(Path(folder) / name, "cannot read the FAISS index "
-                                                   f"({first_line or 'unreadable'})") from None
+                raise damaged(folder / name, "cannot read the FAISS index "
+                                             f"({first_line or 'unreadable'})") from None
         self.vectors = ShardedVectors(structures)
-        self.first = int(first)
+        self.first = first
         self.stop = self.first + self.vectors.ntotal
-        self.embeddings = np.load(Path(folder) / EMBEDDINGS, mmap_mode="r")
+        self.embeddings = np.load(folder / EMBEDDINGS, mmap_mode="r")
         self.similarity = similarities.get(similarity)
+        # the driver leaves this check of the rows to their actor
+        if not finite_rows(self.embeddings, self.first, self.stop):
+            raise damaged(folder / EMBEDDINGS, "contains NaN or infinite values")
 
     def describe(self) -> dict:
         """Rows, FAISS dimension, process, node and resident memory of this actor."""
         import ray
+        if self.problem is not None:
+            raise self.problem
         status = _memory()
         return {"first": self.first, "rows": self.stop - self.first, "d": self.vectors.d,
                 "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
@@ -198,7 +213,11 @@ def _start(ray: Any, folder: Path, names: list[str], count: int, counts_dim: tup
                                     int(options.get("threads", 1))))
         groups.append((first, stop))
     shards = RayShards(ray, actors, groups, 0, started)
-    described = shards.describe()
+    try:
+        described = shards.describe()
+    except BaseException:
+        shards.close()  # a damaged shard: no actor outlives the refusal
+        raise
     if ([d["rows"] for d in described] != [stop - first for first, stop in groups]
             or any(d["d"] != dim for d in described)):
         shards.close()
