@@ -133,14 +133,24 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 
 def explainer_for_index(index_path: str | Path, args: argparse.Namespace | None = None
                         ) -> Explainer:
-    """The query model of an index: the one its manifest names, unless overridden (then it
-    must match)."""
-    from ..zoo import resolve
+    """The query model of an index: `args.model` when given (the command line's choice; the
+    index checks its fingerprint), else the zoo model the manifest names. An index folder is
+    data: a model file, `module:factory` or `hf:FOLDER` in its manifest is never loaded from
+    there (it could run code), the caller must name it with --model."""
+    from .. import zoo
     from .storage import read_manifest
     manifest = read_manifest(Path(index_path))
-    model = getattr(args, "model", None) or manifest.get("model")
+    model = getattr(args, "model", None)
+    named = manifest.get("model")
     if not model:
-        raise SimexplainError(f"{index_path}: the manifest names no model; pass --model")
+        if not named:
+            raise SimexplainError(f"{index_path}: the manifest names no model; pass --model")
+        if named not in zoo.list():
+            raise SimexplainError(
+                f"{index_path} was built with {named!r}, which is not a zoo model; simexplain "
+                "never loads a model that an index folder names (it could run code): pass "
+                f"--model {named} --layer {manifest.get('layer')} yourself if you trust it")
+        model = named
     layer = getattr(args, "layer", None) or manifest.get("layer")
     similarity = getattr(args, "similarity", None) or manifest.get("similarity")
     size = getattr(args, "size", None)
@@ -148,7 +158,7 @@ def explainer_for_index(index_path: str | Path, args: argparse.Namespace | None 
     if size is None and input_size:
         size = (int(input_size[0]) if input_size[0] == input_size[1]
                 else (int(input_size[0]), int(input_size[1])))
-    return resolve(model, layer, similarity, size)
+    return zoo.resolve(model, layer, similarity, size)
 
 
 def query_files(args: argparse.Namespace) -> list[str]:
