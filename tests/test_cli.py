@@ -203,3 +203,25 @@ def test_the_heavy_modules_are_seen_when_a_command_loads_them():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": src}, timeout=120)
     assert done.stdout.strip() == "True", done.stderr
+
+
+# -- issue 26: pair --out never overwrites the user's files -----------------------------------
+
+def test_pair_out_refuses_a_folder_of_the_users_files(pictures, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name in ("result.json", "overall.png"):
+        (out / name).write_text(f"my {name}")
+    argv = ["pair", *pictures, "--model", "simexplain.toy:tiny_cnn", "--layer", "features",
+            "--size", "64", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "not written by simexplain" in err
+    assert {p.name: p.read_text() for p in out.iterdir()} == {
+        "result.json": "my result.json", "overall.png": "my overall.png"}
+    # its own output it replaces, run after run
+    ours = tmp_path / "ours"
+    for _ in range(2):
+        assert main(argv[:-1] + [str(ours)]) == 0
+    assert json.loads((ours / "result.json").read_text())["similarity"] == "cosine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "ours"]

@@ -579,3 +579,21 @@ def test_ivfpq_on_a_one_image_gallery_says_how_many_it_needs(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one"]
     with pytest.raises(SimexplainError, match="needs at least 2 images"):
         Index.from_vectors(np.ones((1, 4)), kind="ivfpq")
+
+
+def test_search_out_never_overwrites_the_users_files(gallery, tmp_path, capsys):
+    index = tmp_path / "index"
+    assert main(["index", "build", str(gallery), *TOY, "--out", str(index)]) == 0
+    query = tmp_path / "q.png"
+    Image.fromarray(np.zeros((SIDE, SIDE, 3), np.uint8)).save(query)
+    page = tmp_path / "page"
+    page.mkdir()
+    for name in ("index.html", "query.png", "results.json"):
+        (page / name).write_text(f"my {name}")
+    before = snapshot(page)
+    search = ["search", *TOY[:-1], str(index), str(query), "-k", "2", "--out"]
+    err = refused(search + [str(page)], capsys)
+    assert "not written by simexplain" in err and snapshot(page) == before
+    ours = tmp_path / "ours"
+    assert main(search + [str(ours)]) == 0 and main(search + [str(ours)]) == 0
+    assert (ours / "index.html").is_file() and leftover_names(tmp_path) == []

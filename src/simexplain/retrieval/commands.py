@@ -94,7 +94,8 @@ def add_search_arguments(search: argparse.ArgumentParser) -> None:
     search.add_argument("--out",
                         help="write a results page (index.html + PNGs) here; for several "
                              "queries one page a query, in subfolders named NNN-STEM (the "
-                             "query's position and file name)")
+                             "query's position and file name); the folder must be absent, "
+                             "empty, or one simexplain wrote (replaced)")
     search.add_argument("--json", action="store_true",
                         help="print the hits as JSON (for several queries: a list, one object "
                              "a query)")
@@ -204,8 +205,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise SimexplainError(f"-k must be >= 1, got {args.k}")
     queries = query_files(args)
     out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and not out.is_dir():
-        raise SimexplainError(f"--out {out} exists and is not a folder")
+    if out is not None:
+        from ..files import check_output
+        check_output(out)  # before any work: absent, empty or an output of ours
     explainer = explainer_for_index(args.index, args)
     index = Index.load(args.index, explainer=explainer)
     # search every query before writing anything: a failure leaves no partial pages behind
@@ -213,14 +215,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     for query in queries:
         prepared = index.region_vector(query, args.region)
         results.append((query, prepared, index.search(prepared, args.k, explain=args.explain)))
-    summaries = []
-    for number, (query, prepared, hits) in enumerate(results, start=1):
-        summary = search_summary(args, index, query, prepared, hits)
-        if out is not None:
-            from .page import write_results_page
-            folder = out if len(results) == 1 else out / f"{number:03d}-{Path(query).stem}"
-            summary["page"] = str(write_results_page(folder, prepared, hits, index, summary))
-        summaries.append(summary)
+    summaries = [search_summary(args, index, query, prepared, hits)
+                 for query, prepared, hits in results]
+    if out is not None:
+        write_pages(out, results, summaries, index)
     if args.json:
         print(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
         return 0
@@ -230,6 +228,19 @@ def cmd_search(args: argparse.Namespace) -> int:
                   f"{summary['query']}")
         print_hits(summary, hits, region=args.region is not None)
     return 0
+
+
+def write_pages(out: Path, results: list, summaries: list[dict], index: Index) -> None:
+    """The results pages, written whole into `out` (`files.output_folder`): one page, or one
+    a query in subfolders NNN-STEM; each summary gets its page's path."""
+    from ..files import output_folder
+    from .page import write_results_page
+    with output_folder(out) as staged:
+        for number, ((query, prepared, hits), summary) in enumerate(zip(results, summaries),
+                                                                     start=1):
+            folder = staged if len(results) == 1 else staged / f"{number:03d}-{Path(query).stem}"
+            page = write_results_page(folder, prepared, hits, index, summary)
+            summary["page"] = str(out / page.relative_to(staged))
 
 
 def search_summary(args: argparse.Namespace, index: Index, query: str, prepared: RegionQuery,
