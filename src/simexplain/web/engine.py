@@ -498,7 +498,8 @@ def _index_model(index) -> str | None:
 
 def _load_index(path, explainer: Explainer | None, model):
     """Open an index folder with its query model: the explainer given, else `model`, else the
-    model its manifest names (checked against the index either way)."""
+    zoo model its manifest names (checked against the index either way; a model file or
+    factory the manifest names is never loaded: `explainer_for_index`)."""
     try:
         from ..retrieval.commands import explainer_for_index
         from ..retrieval.index import Index
