@@ -175,6 +175,7 @@ def replace_folder(staged: Path, target: Path, own: Sequence[str]) -> None:
     """Move the finished folder `staged` to `target` (absent, empty, or a folder of ours whose
     own files, relative paths, are `own`); the replaced folder is moved aside and only its
     `own` files are removed."""
+    os.chmod(staged, 0o755)  # mkdtemp's 0700 would hide the folder from other users
     if target.is_dir() and not target.is_symlink() and not os.listdir(target):
         os.rmdir(target)
     if not target.exists():

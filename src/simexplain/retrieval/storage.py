@@ -168,13 +168,15 @@ def _write_faiss(faiss, structure, file: Path, given) -> None:
 
 def _save_array(array: np.ndarray, file: Path, dtype=np.float32, chunk: int = 1 << 16) -> None:
     """Write .npy rows (float32 by default) chunk by chunk: a memory-mapped or float16 gallery
-    is never copied into memory whole."""
-    out = np.lib.format.open_memmap(file, mode="w+", dtype=dtype, shape=array.shape)
-    for start in range(0, array.shape[0], chunk):
-        out[start:start + chunk] = array[start:start + chunk]
-    out.flush()
-    del out
-    with open(file, "rb+") as handle:
+    is never copied into memory whole. Plain writes, not a memory map: a full disk is then an
+    OSError (ENOSPC), where writing through a map would kill the process (SIGBUS)."""
+    dtype = np.dtype(dtype)
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+              "shape": tuple(array.shape)}
+    with open(file, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, header)
+        for start in range(0, array.shape[0], chunk):
+            handle.write(np.ascontiguousarray(array[start:start + chunk], dtype=dtype).data)
         _fsync(handle)
 
 
