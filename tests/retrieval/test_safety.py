@@ -400,9 +400,12 @@ def test_a_crafted_index_runs_no_code(intact, tmp_path, monkeypatch, capsys, cas
     err = refused(["search", str(copy), str(query)], capsys)
     assert ("does not list (payload.pt)" in err if extra
             else f"pass --model {model}" in err and "not a zoo model" in err), err
+    import uvicorn
     from simexplain.web import create_app
     with pytest.raises(SimexplainError):  # serve --index: the app is never created
         create_app(index=copy, samples=[])
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the server started"))
+    refused(["serve", "--index", str(copy)], capsys)
     if extra:
         with pytest.raises(IndexFormatError, match="payload.pt"):
             Index.load(copy)
