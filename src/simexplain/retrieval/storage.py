@@ -111,7 +111,8 @@ def _own_listing(path: Path) -> list[str] | None:
     if not isinstance(marker, dict):
         return None
     owner = marker.get("owner")
-    if owner is None and _read(path / MARKER) != marker_text() or owner != manifest.get("owner"):
+    if (owner is None and _read(path / MARKER) != marker_text()) or \
+            owner != manifest.get("owner"):
         return None
     return [MARKER, MANIFEST, *stored_files(manifest)]
 
