@@ -16,14 +16,21 @@ from __future__ import annotations
 
 import sys
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .findings import Finding
-from .regions import parse_region_spec
-from .result import Audit, PairRecord
-from .run import audit
+from ..lazy_names import lazy_names
 
+if TYPE_CHECKING:  # what type checkers see; at run time: __getattr__ (light for the CLI)
+    from .findings import Finding
+    from .regions import parse_region_spec
+    from .result import Audit, PairRecord
+    from .run import audit
+
+# imported on first use: the command line reads its options from `commands` without torch
+_LAZY = {"audit": "run", "Audit": "result", "PairRecord": "result", "Finding": "findings",
+         "parse_region_spec": "regions"}
 __all__ = ["audit", "Audit", "Finding", "PairRecord", "parse_region_spec"]
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)
 
 
 class _CallableModule(types.ModuleType):
@@ -31,6 +38,7 @@ class _CallableModule(types.ModuleType):
     `simexplain.audit` holds (the function, or this package once it is imported)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Audit:
+        from .run import audit
         return audit(*args, **kwargs)
 
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import SimexplainError
-from ..maps import region_weights
+
+if TYPE_CHECKING:
+    import torch
 
 RelativeBox = tuple[float, float, float, float]  # (top, left, bottom, right) in [0, 1]
 
@@ -61,6 +62,7 @@ def area(box: RelativeBox) -> float:
 
 def grid_weights(box: RelativeBox, grid: tuple[int, int]) -> torch.Tensor:
     """(H*W,) covered fraction of each cell of a feature grid over the whole model input."""
+    from ..maps import region_weights  # here: the command line parses regions without torch
     rows, cols = grid
     top, left, bottom, right = box
     return region_weights((top * rows, left * cols, bottom * rows, right * cols), grid,
