@@ -48,13 +48,15 @@ class Finding:
     area: float
     sentence: str
     hot_pairs: tuple[int, ...] = ()  # the hot pairs, largest share first (at most 8)
+    hot_shares: tuple[float, ...] = ()  # the box's share of their scores (sides averaged)
 
     def to_dict(self) -> dict:
         return {"box": [round(v, 6) for v in self.box], "side": self.side,
                 "pairs": self.pairs, "share": self.share,
                 "aggregate_share": self.aggregate_share if np.isfinite(self.aggregate_share)
                 else None, "area": self.area,
-                "sentence": self.sentence, "hot_pairs": list(self.hot_pairs)}
+                "sentence": self.sentence, "hot_pairs": list(self.hot_pairs),
+                "hot_shares": list(self.hot_shares)}
 
 
 def candidate_boxes(grid: tuple[int, int], max_area: float = MAX_AREA) -> np.ndarray:
@@ -147,22 +149,24 @@ def _merge(result: Audit, per_side: dict, threshold_of: tuple[float, float]) -> 
         pairs, share, aggregate, area = (float(np.mean([it[j] for it in items]))
                                          for j in range(1, 5))
         relative = (box[0] / rows, box[1] / cols, box[2] / rows, box[3] / cols)
-        hot = _hot_pairs(result, box, [it[0] for it in items], threshold_of, area)
+        hot, hot_shares = _hot_pairs(result, box, [it[0] for it in items], threshold_of, area)
         out.append(Finding(relative, side, pairs, share, aggregate, area,
-                           _sentence(result, relative, side, pairs, share, area), hot))
+                           _sentence(result, relative, side, pairs, share, area), hot,
+                           hot_shares))
     return sorted(out, key=lambda f: -(f.share - f.area) * f.pairs)
 
 
 def _hot_pairs(result: Audit, box: tuple, sides: list[str], threshold_of: tuple[float, float],
-               area: float, count: int = 8) -> tuple[int, ...]:
-    """The pairs where the box carries the largest share (sides averaged), hot ones only."""
+               area: float, count: int = 8) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """The pairs where the box carries the largest share (sides averaged), hot ones only, and
+    those shares."""
     boxes = np.asarray([box])
     shares = np.mean([box_sums(result.overall_stack(side), boxes)[:, 0] for side in sides], 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         shares = np.where(np.abs(result.scores) > 1e-9, shares / result.scores, -np.inf)
     threshold = max(threshold_of[0], threshold_of[1] * area)
     order = [int(i) for i in np.argsort(-shares, kind="stable") if shares[i] >= threshold]
-    return tuple(order[:count])
+    return tuple(order[:count]), tuple(float(shares[i]) for i in order[:count])
 
 
 def _sentence(result: Audit, box: tuple[float, float, float, float], side: str, pairs: float,

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 KIND = "simexplain audit"
 MAP_SIDE = 192  # pixels of a mean-map figure
+FIGURE_SIDE = 160  # pair figures smaller than this are enlarged
 OWN_SUFFIXES = {".png", ".html", ".json"}
 
 
@@ -80,7 +81,7 @@ def _sections(result: Audit, summary: dict, work: Path, figures: int, progress: 
               ) -> list[str]:
     esc = html.escape
     out = [f"<p>Model <code>{esc(str(result.model))}</code>, index "
-           f"<code>{esc(str(result.index))}</code>, {esc(result.similarity)}; "
+           f"<code>{esc(result.index or 'in memory')}</code>, {esc(result.similarity)}; "
            f"{result.queries} queries x top-{result.k} hits = {len(result.pairs)} pairs; "
            f"audit grid {result.grid[0]}x{result.grid[1]}; {result.seconds:.1f} s.</p>",
            "<h2>Findings</h2>"]
@@ -101,8 +102,9 @@ def _sections(result: Audit, summary: dict, work: Path, figures: int, progress: 
 def _maps_section(result: Audit, work: Path) -> list[str]:
     maps = result.mean_maps
     area = 1.0 / (result.grid[0] * result.grid[1])
-    panels = []
+    rows = []
     for side in ("query", "hit"):
+        panels = []
         for name, caption, signed in (
                 (f"overall_{side}", f"mean overall map, {side}", True),
                 (f"relative_{side}", f"mean relative map, {side}", True),
@@ -113,12 +115,12 @@ def _maps_section(result: Audit, work: Path) -> list[str]:
             peak = float(np.abs(values).max())
             panels.append(f"<figure><img src='{file}' alt='{caption}'><figcaption>"
                           f"{html.escape(caption)} (max |value| {peak:.3g})</figcaption></figure>")
+        rows.append("<div class='row'>" + "".join(panels) + "</div>")
     return ["<h2>Where similarity comes from, on average</h2>",
             "<p>Maps in normalised image coordinates (the model input), on the audit grid. "
             "Signed maps: red raises the score, blue lowers it. The share map divides each "
             "cell's share of all the audited similarity by its area share: 1 everywhere if "
-            "similarity were spread by area.</p>", "<div class='row'>" + "".join(panels)
-            + "</div>"]
+            "similarity were spread by area (colour: 0 to the maximum given).</p>", *rows]
 
 
 def _regions_section(result: Audit, summary: dict, work: Path) -> list[str]:
@@ -165,30 +167,30 @@ def _patterns_section(result: Audit) -> list[str]:
 
 def _pairs_section(result: Audit, work: Path, figures: int, progress: bool) -> list[str]:
     """Ranked pairs with figures: per named region by its share, per finding its hot pairs."""
-    groups: list[tuple[str, regionlib.RelativeBox, list[int], np.ndarray | None]] = []
+    groups: list[tuple[str, regionlib.RelativeBox, list[tuple[int, float]]]] = []
     for name, shares in result.region_shares.items():
         groups.append((f"region {name}", result.regions[name],
-                       result.top_pairs(shares, figures), shares))
+                       [(i, float(shares[i])) for i in result.top_pairs(shares, figures)]))
     for number, finding in enumerate(result.findings, start=1):
         groups.append((f"finding {number}: {finding.sentence}", finding.box,
-                       list(finding.hot_pairs[:figures]), None))
+                       list(zip(finding.hot_pairs, finding.hot_shares))[:figures]))
     out = ["<h2>Ranked pairs</h2>"]
     if not groups or result.explain_pair is None:
         return out + ["<p>No named region or finding to rank pairs by.</p>"]
     todo = sum(len(g[2]) for g in groups)
     bar = tqdm(total=todo, desc="report figures", unit="pair", disable=not progress)
-    for number, (title, box, chosen, group_shares) in enumerate(groups):
+    for number, (title, box, chosen) in enumerate(groups):
         out.append(f"<h3>{html.escape(title)}</h3><table><tr><th>#</th><th>query</th>"
-                   "<th>hit</th><th>share</th><th>score</th></tr>")
-        for place, i in enumerate(chosen, start=1):
+                   "<th>hit</th><th>share (both sides)</th><th>score</th></tr>")
+        for place, (i, share) in enumerate(chosen, start=1):
             record = result.pairs[i]
             files = _pair_figures(result.explain_pair(record), box, work, f"pair_{number}_{place}")
-            share = "" if group_shares is None else _pct(float(group_shares[i]))
             out.append(f"<tr><td>{place}</td>"
                        + "".join(f"<td><img src='{f}' alt='overall map'><br><span class='path'>"
                                  f"{html.escape(p)}</span></td>"
                                  for f, p in zip(files, (record.query, record.hit)))
-                       + f"<td>{share}</td><td>{record.score:.4f} (rank {record.rank})</td></tr>")
+                       + f"<td>{_pct(share)}</td><td>{record.score:.4f} (rank {record.rank})"
+                       "</td></tr>")
             bar.update(1)
         out.append("</table>")
     bar.close()
@@ -205,7 +207,13 @@ def _pair_figures(pair: PairExplanation, box: regionlib.RelativeBox, work: Path,
         in_image = side.frame.box_to_image((box[0] * height, box[1] * width,
                                             box[2] * height, box[3] * width))
         image = visualize.overlay_side(side, grid_map, signed=True)
-        image = visualize.mark_box(image, visualize.to_display(side, in_image))
+        scale = 1
+        if max(image.size) < FIGURE_SIDE:  # small inputs (28 px items): enlarged, cells sharp
+            scale = FIGURE_SIDE // max(image.size) + 1
+            image = image.resize((image.width * scale, image.height * scale),
+                                 Image.Resampling.NEAREST)
+        shown = [v * scale for v in visualize.to_display(side, in_image)]
+        image = visualize.mark_box(image, shown)
         name = f"{stem}_{letter}.png"
         image.save(work / name)
         names.append(name)
