@@ -46,6 +46,7 @@ def test_audit_writes_its_report_and_json(fmnist_index, tmp_path, capsys):
     assert abs(corner["aggregate_share"]) < 0.05
     centre = written["regions"]["centre"]
     assert centre["aggregate_share"] > centre["area_share"] == pytest.approx(0.25)
+    assert written["findings"] == []  # an ordinary trained model: no hot spot to report
     page = (out / "index.html").read_text()
     for png in out.glob("*.png"):
         assert f"src='{png.name}'" in page
