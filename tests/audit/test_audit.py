@@ -176,13 +176,22 @@ def test_the_query_itself_is_not_its_own_hit(indexes):
     assert all(p.query != p.hit for p in result.pairs)
     assert len(result.pairs) == 20 and result.queries == 5
     assert [p.rank for p in result.pairs[:4]] == [1, 2, 3, 4]
+    # gallery files given as queries (paths, no rows): their own file is left out too
+    files = result.pairs[0].query, result.pairs[5].query
+    given = audit(indexes[1.0], queries=list(files), k=4, progress=False)
+    assert len(given.pairs) == 8 and all(p.query != p.hit for p in given.pairs)
+    assert [p.hit for p in given.pairs] == [p.hit for p in result.pairs[:4]] + \
+        [p.hit for p in result.pairs[4:8]]
 
 
-@pytest.mark.parametrize("kind,explain", [("ivfpq", False), ("flat", True)])
-def test_compressed_and_explain_ready_indexes(gallery, tmp_path, kind, explain, monkeypatch):
+@pytest.mark.parametrize("kind,explain,shards", [
+    ("ivfpq", False, 2), ("hnsw", False, 1), ("ivf", False, 1), ("flat", True, 1)])
+def test_every_index_kind_and_explain_ready_indexes(gallery, tmp_path, kind, explain, shards,
+                                                   monkeypatch):
+    """Compressed and sharded (ivfpq, 2 shards), approximate (hnsw, ivf), explain-ready."""
     explainer = planted(30.0)
     Index.build(gallery, explainer, progress=False, kind=kind, explain=explain,
-                out=tmp_path / "index")
+                out=tmp_path / "index", shards=shards)
     if explain:  # hits (and gallery queries) come from the cache: the model must not run
         def refuse(*args, **kwargs):
             raise AssertionError("the model ran on a gallery image")

@@ -9,10 +9,11 @@ the pair's score (a box of 2% of the image carrying 30%: fifteen times its area 
 a finding when it is hot in at least `min_pairs` of the pairs (a fraction; a shortcut tied to one
 class of ten shows in about a tenth of them) and at least MIN_HOT of them. (On the trained
 Fashion-MNIST model fmnist-gap, 300 test items, 60 queries x 5 hits, no box was hot in any pair:
-the largest share of one cell of its 7x7 grid was 13% at the 99th percentile of the pairs.) Candidates are ranked by
-their mean excess over the pairs, sum over hot pairs of (share - area) / n_pairs, so the box
-that matches a hot spot best outranks boxes around it; then chosen greedily, each new one not
-overlapping those already chosen on its side. A box found on both sides is one finding ("both").
+the largest share of one cell of its 7x7 grid was 13% at the 99th percentile of the pairs.)
+Candidates are ranked by their mean excess over the pairs, sum over hot pairs of
+(share - area) / n_pairs, so the box that matches a hot spot best outranks boxes around it;
+then chosen greedily, each new one not overlapping those already chosen on its side. A box
+found on both sides is one finding ("both").
 """
 
 from __future__ import annotations
