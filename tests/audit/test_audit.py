@@ -288,3 +288,32 @@ def test_resample_keeps_what_every_box_of_the_new_grid_holds(grid):
         box = (top / grid[0], left / grid[1], bottom / grid[0], right / grid[1])
         expected = brute_weights(box, fine=840) @ old.ravel()
         assert new[top:bottom, left:right].sum() == pytest.approx(expected, abs=1e-9)
+
+
+def test_a_ray_built_explain_ready_index_audits_like_a_local_one(gallery, tmp_path):
+    """Built on Ray Data (one model worker), loaded from its folder: the same pairs and scores
+    as the same gallery indexed in this process."""
+    import functools
+    import os
+
+    import ray
+
+    from simexplain.zoo import resolve
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    load = functools.partial(resolve, "simexplain.toy:tiny_cnn", "features", "cosine", SIDE)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 logging_level="WARNING")
+    try:
+        Index.build(gallery, load, model_name="simexplain.toy:tiny_cnn", progress=False,
+                    out=tmp_path / "ray", engine="ray", ray={"workers": 1}, explain=True)
+    finally:
+        if started:
+            ray.shutdown()
+    from_ray = audit(tmp_path / "ray", k=3, sample=5, regions={"c": CORNER}, progress=False)
+    local = Index.build(gallery, load(), model_name="simexplain.toy:tiny_cnn", progress=False)
+    here = audit(local, k=3, sample=5, regions={"c": CORNER}, progress=False)
+    assert [p.hit for p in from_ray.pairs] == [p.hit for p in here.pairs]
+    np.testing.assert_allclose(from_ray.scores, here.scores, rtol=1e-5)
+    np.testing.assert_allclose(from_ray.region_shares["c"], here.region_shares["c"], rtol=1e-4)
