@@ -175,8 +175,11 @@ def _pairs_section(result: Audit, work: Path, figures: int, progress: bool) -> l
         groups.append((f"finding {number}: {finding.sentence}", finding.box,
                        list(zip(finding.hot_pairs, finding.hot_shares))[:figures]))
     out = ["<h2>Ranked pairs</h2>"]
-    if not groups or result.explain_pair is None:
+    if not groups:
         return out + ["<p>No named region or finding to rank pairs by.</p>"]
+    if result.explain_pair is None:
+        return out + ["<p>Not drawn: this audit has no index to explain its pairs again (the "
+                      "pairs are in result.json).</p>"]
     todo = sum(len(g[2]) for g in groups)
     bar = tqdm(total=todo, desc="report figures", unit="pair", disable=not progress)
     for number, (title, box, chosen) in enumerate(groups):

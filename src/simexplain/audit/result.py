@@ -101,6 +101,9 @@ class Audit:
     pattern_strengths: dict[tuple, float] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     seconds: float = 0.0
+    # PairRecord -> its PairExplanation again, for the report's figures: set by `audit` (it
+    # holds the index and its model); None: the report has no pair figures
+    explain_pair: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         self.regions = regionlib.check_regions(self.regions)
@@ -315,9 +318,6 @@ class Audit:
         audit's report."""
         from .report import write_report
         return write_report(self, Path(folder), figures=figures, progress=progress)
-
-    # the pairs' explanations for figures: set by `audit` (the index and its model)
-    explain_pair: Any = field(default=None, repr=False, compare=False)
 
 
 def _stat(function, values: np.ndarray) -> float | None:
