@@ -86,9 +86,9 @@ def _sections(result: Audit, summary: dict, work: Path, figures: int, progress: 
            f"audit grid {result.grid[0]}x{result.grid[1]}; {result.seconds:.1f} s.</p>",
            "<h2>Findings</h2>"]
     if result.findings:
-        out.append("<ul>" + "".join(f"<li><b>{esc(f.sentence)}</b> (box {_box(f.box)}; "
+        out.append("<ol>" + "".join(f"<li><b>{esc(f.sentence)}</b> (box {_box(f.box)}; "
                                     f"{f.aggregate_share:.0%} of all the audited similarity)"
-                                    "</li>" for f in result.findings) + "</ul>")
+                                    "</li>" for f in result.findings) + "</ol>")
     else:
         out.append("<p>No region carries similarity far above its area share (see "
                    "<code>simexplain.audit.findings</code> for the thresholds).</p>")
@@ -111,7 +111,10 @@ def _maps_section(result: Audit, work: Path) -> list[str]:
                 (f"share_{side}", f"share of similarity / area share, {side}", False)):
             values = maps[name] / area if name.startswith("share") else maps[name]
             file = f"map_{name}.png"
-            _heat_image(values, signed).save(work / file)
+            image = _heat_image(values, signed)
+            if name.startswith("share"):  # the findings of this side, numbered as listed
+                image = _mark_findings(image, result, side)
+            image.save(work / file)
             peak = float(np.abs(values).max())
             panels.append(f"<figure><img src='{file}' alt='{caption}'><figcaption>"
                           f"{html.escape(caption)} (max |value| {peak:.3g})</figcaption></figure>")
@@ -120,7 +123,8 @@ def _maps_section(result: Audit, work: Path) -> list[str]:
             "<p>Maps in normalised image coordinates (the model input), on the audit grid. "
             "Signed maps: red raises the score, blue lowers it. The share map divides each "
             "cell's share of all the audited similarity by its area share: 1 everywhere if "
-            "similarity were spread by area (colour: 0 to the maximum given).</p>", *rows]
+            "similarity were spread by area (colour: 0 to the maximum given); the findings' boxes "
+            "are drawn on it, numbered as listed above.</p>", *rows]
 
 
 def _regions_section(result: Audit, summary: dict, work: Path) -> list[str]:
@@ -221,6 +225,20 @@ def _pair_figures(pair: PairExplanation, box: regionlib.RelativeBox, work: Path,
         image.save(work / name)
         names.append(name)
     return names
+
+
+def _mark_findings(image: Image.Image, result: Audit, side: str) -> Image.Image:
+    from PIL import ImageDraw
+    draw = ImageDraw.Draw(image)
+    for number, finding in enumerate(result.findings, start=1):
+        if finding.side not in (side, "both"):
+            continue
+        top, left, bottom, right = finding.box
+        box = [left * image.width, top * image.height, right * image.width - 1,
+               bottom * image.height - 1]
+        draw.rectangle(box, outline=(255, 255, 255), width=3)
+        draw.text((box[0] + 4, box[1] + 2), str(number), fill=(255, 255, 255))
+    return image
 
 
 def _heat_image(values: np.ndarray, signed: bool) -> Image.Image:
