@@ -256,8 +256,11 @@ def test_report_folder(indexes, tmp_path):
     assert result.findings[0].sentence in text and "right half" in text
     summary = json.loads((folder / "result.json").read_text())
     assert summary["kind"] == "simexplain audit" and summary["pairs"] == 12
-    assert summary["regions"]["corner"]["shares"] == pytest.approx(
-        list(result.region_shares["corner"]))
+    corner = summary["regions"]["corner"]
+    assert corner["shares"] == pytest.approx(list(result.region_shares["corner"]))
+    assert corner["shares_query"] == pytest.approx(list(result.region_shares_query["corner"]))
+    assert corner["positive_shares"] == pytest.approx(
+        list(result.region_positive_shares["corner"]))
     assert summary["findings"][0]["sentence"] == result.findings[0].sentence
     pngs = sorted(p.name for p in folder.glob("*.png"))
     assert "map_share_query.png" in pngs and any(p.startswith("hist_") for p in pngs)

@@ -294,7 +294,11 @@ class Audit:
                 "histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
                 "top_pairs": [{"pair": i, "share": float(values[i]), **self.pairs[i].to_dict()}
                               for i in self.top_pairs(values)],
-                "shares": [None if not np.isfinite(v) else float(v) for v in values],
+                "shares": _floats(values),
+                "shares_query": _floats(self.region_shares_query[name]),
+                "shares_hit": _floats(self.region_shares_hit[name]),
+                "joint_shares": _floats(self.region_joint_shares[name]),
+                "positive_shares": _floats(self.region_positive_shares[name]),
             }
         return {
             "kind": "simexplain audit", "model": self.model, "index": self.index,
@@ -318,6 +322,11 @@ class Audit:
         audit's report."""
         from .report import write_report
         return write_report(self, Path(folder), figures=figures, progress=progress)
+
+
+def _floats(values: np.ndarray) -> list[float | None]:
+    """JSON-ready: NaN (an undefined share) as null."""
+    return [float(v) if np.isfinite(v) else None for v in values]
 
 
 def _stat(function, values: np.ndarray) -> float | None:
