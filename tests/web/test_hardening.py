@@ -53,7 +53,11 @@ def test_local_host_names_are_served(app, host):
 
 
 @pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "localhost.evil.example",
-                                  "127.0.0.1.nip.io", "testserver", "[::2]:80", ""])
+                                  "127.0.0.1.nip.io", "testserver", "[::2]:80", "",
+                                  # not one host and a port: a real parser refuses them all
+                                  "[::1]evil.com", "[::1].evil.com", "[::1]:80@evil.com",
+                                  "localhost@evil.com", "localhost:80:80", "::1",
+                                  "localhost:99999", "[::1", "local host", "[evil]"])
 def test_other_host_names_get_400(app, host):
     with TestClient(app, base_url="http://localhost") as client:
         response = client.get("/healthz", headers={"host": host})
@@ -87,6 +91,10 @@ def test_host_name_parsing():
     assert host_name("[::1]:8000") == "::1" and host_name("[::1]") == "::1"
     assert host_name("example.org.") == "example.org"
     assert host_name("") == ""
+    assert host_name("[0:0::1]:80") == "::1"  # IPv6 compared in canonical form
+    for crafted in ("[::1]evil.com", "[::1].evil.com", "[::1]:80@evil.com", "[::1]:80/x",
+                    "localhost:", "localhost:http", "::1"):
+        assert host_name(crafted) == "", crafted
 
 
 def test_served_hosts():
