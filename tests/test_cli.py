@@ -203,3 +203,24 @@ def test_the_heavy_modules_are_seen_when_a_command_loads_them():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": src}, timeout=120)
     assert done.stdout.strip() == "True", done.stderr
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["pair", "a.png", "b.png", "--model", "m", "--size", "100000"], "exceeds the limit of 1024"),
+    (["pair", "a.png"], "the following arguments are required"),
+    (["no-such-command"], "invalid choice"),
+    (["search", "INDEX", "-k", "x"], "invalid int value")])
+def test_argument_errors_are_one_line_without_the_usage_block(argv, named, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "usage:" not in err, err
+    assert named in err and "error:" in err and "--help`" in err
+
+
+def test_size_limit_is_shown_in_help(capsys):
+    from simexplain.defaults import MAX_SIZE
+    with pytest.raises(SystemExit):
+        main(["pair", "--help"])
+    assert f"at most {MAX_SIZE} a side" in " ".join(capsys.readouterr().out.split())
