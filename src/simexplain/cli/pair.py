@@ -27,7 +27,9 @@ def add_pair_arguments(pair: argparse.ArgumentParser) -> None:
     pair.add_argument("--patterns", type=int, default=DEFAULT_PATTERNS, metavar="K",
                       help="cross-view patterns to find and draw in patterns.png and "
                            f"result.json (default {DEFAULT_PATTERNS}; 0: none)")
-    pair.add_argument("--json", action="store_true", help="print result.json to stdout")
+    pair.add_argument("--json", action="store_true",
+                      help="print result.json to stdout (and write only result.json: no "
+                           "figure is computed)")
     pair.set_defaults(run=cmd_pair)
 
 
@@ -48,7 +50,7 @@ def cmd_pair(args: argparse.Namespace) -> int:
     out = Path(args.out)
     summary = write_pair(result, out, args.point, patterns=args.patterns, extra={
         "model": args.model, "layer": explainer.stream_a.layer_name,
-        "image_a": str(args.a), "image_b": str(args.b)})
+        "image_a": str(args.a), "image_b": str(args.b)}, figures=not args.json)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
