@@ -263,8 +263,10 @@ def test_figures_of_a_long_thin_photo_are_drawn_from_a_reduced_copy(pictures, tm
     from simexplain import pair_report
     width = 2_000_000
     row = zlib.compress(b"\x00" + bytes(range(256)) * (width // 256) + b"\x00" * (width % 256))
-    chunk = (lambda kind, data: struct.pack(">I", len(data)) + kind + data
-             + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
     thin = tmp_path / "thin.png"
     thin.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, 1, 8,
                                                                       0, 0, 0, 0))

@@ -26,8 +26,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True,
     parser.add_argument("--size", type=parse_size,
                         help="model input size: N is the short side with the aspect ratio kept "
                              "for models that pool over positions (see `simexplain models`), "
-                             "else an NxN square; H,W is exactly that (default: the model's; at most "
-                             f"{MAX_SIZE} a side)")
+                             "else an NxN square; H,W is exactly that (default: the model's; "
+                             f"at most {MAX_SIZE} a side)")
 
 
 def parse_size(text: str) -> int | tuple[int, int]:

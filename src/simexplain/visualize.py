@@ -88,8 +88,8 @@ def resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 def reduced_for(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     """`image` reduced by whole factors (box averages) to at most REDUCE_ABOVE times the
     (width, height) `size` in each direction; the image itself where it is no larger."""
-    factors = tuple(max(1, have // (REDUCE_ABOVE * max(1, want)))
-                    for have, want in zip(image.size, size))
+    factors = (max(1, image.width // (REDUCE_ABOVE * max(1, size[0]))),
+               max(1, image.height // (REDUCE_ABOVE * max(1, size[1]))))
     if factors == (1, 1):
         return image
     if image.mode not in ("RGB", "RGBA", "L", "LA", "I", "F"):  # reduce works on these
