@@ -135,7 +135,7 @@ def test_a_16bit_image_is_scaled_in_bounded_memory(tmp_path):
         assert opened.mode.startswith("I;16")
         tracemalloc.start()
         try:
-            gray = images._to_8bit(opened, "wide16.png")
+            gray = images.to_gray8(opened, "wide16.png")
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()

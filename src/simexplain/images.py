@@ -125,15 +125,17 @@ def check_pixels(width: int, height: int, name: str = "image",
         raise ImageTooLarge(f"{name}: {width}x{height} pixels exceeds the limit of {max_pixels}")
 
 
-def check_icon(handle: BinaryIO, name: str, max_pixels: int) -> None:
+def check_icon(handle: BinaryIO, name: str, max_pixels: int) -> int:
     """For an ICO file, the real size of each entry's image (the PNG's IHDR, the bitmap's
-    header), whatever the directory says, against `max_pixels`; nothing for other files.
-    Leaves `handle` where it was."""
+    header), whatever the directory says, against `max_pixels`; returns the largest entry's
+    pixel count (what opening the icon decodes), 0 for a file that is no icon. Leaves `handle`
+    where it was."""
     start = handle.tell()
+    largest = 0
     try:
         head = handle.read(6)
         if len(head) < 6 or head[:4] != _ICO_MAGIC:
-            return
+            return 0
         count = int.from_bytes(head[4:6], "little")
         directory = handle.read(16 * count)
         for entry in (directory[i:i + 16] for i in range(0, len(directory) - 15, 16)):
@@ -144,8 +146,10 @@ def check_icon(handle: BinaryIO, name: str, max_pixels: int) -> None:
                 raise ImageTooLarge(
                     f"{name}: an icon entry listed as {said[0]}x{said[1]} holds a "
                     f"{width}x{height} image, more than the limit of {max_pixels} pixels")
+            largest = max(largest, width * height)
     finally:
         handle.seek(start)
+    return largest
 
 
 def _embedded_size(head: bytes) -> tuple[int, int]:
@@ -247,7 +251,7 @@ def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
         return image
     try:
         if image.mode in _WIDE_INT or image.mode == "F":
-            image = _to_8bit(image, name)
+            image = to_gray8(image, name)
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and
                                                   "transparency" in image.info):
             rgba = image.convert("RGBA")
@@ -266,7 +270,7 @@ def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
 _BLOCK_VALUES = 1 << 20
 
 
-def _to_8bit(image: Image.Image, name: str) -> Image.Image:
+def to_gray8(image: Image.Image, name: str) -> Image.Image:
     """A 16-bit or 32-bit integer image (0..65535) or a float image (0..1) as 8-bit 'L', in
     bounded memory: the decoded values as they are (2 or 4 bytes a pixel), the 8-bit result,
     and a block of rows at a time in between."""

@@ -209,3 +209,73 @@ def test_large_uploads_keep_memory_bounded(app):
     # (three at once, as before, would be 600 MB and more)
     assert peak[0] - base < 400, f"RSS grew by {peak[0] - base:.0f} MB during the uploads"
     assert after - base < 100, f"RSS stayed {after - base:.0f} MB above the baseline"
+
+
+def _fuzz_images():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[2] / "scripts" / "fuzz_images.py"
+    spec = importlib.util.spec_from_file_location("fuzz_images", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+FUZZ = _fuzz_images()
+
+
+@pytest.mark.parametrize("kind", sorted(FUZZ.DISGUISED))
+def test_disguised_bombs_are_refused_before_decoding(app, kind, monkeypatch):
+    """413 naming the real size (8900x8900), and no pixel decoded: the icon, the TIFF's second
+    page and the GIF's far frame never reach a decoder (the budget is never even held)."""
+    from PIL import ImageFile
+    from simexplain.web import store
+    decoded, held = [], []
+    original = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load",
+                        lambda image: decoded.append(image.size) or original(image))
+    monkeypatch.setattr(store.DECODE_BUDGET, "hold", lambda count: held.append(count))
+    with TestClient(app, base_url="http://localhost") as client:
+        response = client.post("/api/images",
+                               files={"file": (f"{kind}.img", FUZZ.DISGUISED[kind]())})
+    assert response.status_code == 413, response.text
+    assert "8900x8900" in response.json()["error"]
+    assert decoded == [] and held == []
+
+
+def test_a_16bit_upload_holds_its_real_bytes_and_decodes_in_bounded_memory(app):
+    """Two concurrent 39.7 Mpx 16-bit grey PNGs (80 MB each decoded): stored, one decode at a
+    time, scaled to 8 bits a block at a time (the float64 copies took +1 GB an upload)."""
+    side = 6300
+    base_file = FUZZ.flat_png(side, side, depth=16, color=0)
+    files = [base_file[:-12] + FUZZ._png_chunk(b"tEXt", b"n\x00%d" % i) + base_file[-12:]
+             for i in range(2)]
+    with TestClient(app, base_url="http://localhost") as client:
+        client.post("/api/images", files={"file": ("warm.png", palette_png(64, 64, (1, 1, 1)))})
+        base = rss_mb()
+        peak, done = [base], threading.Event()
+
+        def sample():
+            while not done.is_set():
+                peak[0] = max(peak[0], rss_mb())
+                time.sleep(0.005)
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            with ThreadPoolExecutor(2) as pool:
+                responses = list(pool.map(
+                    lambda data: client.post("/api/images", files={"file": ("g16.png", data)}),
+                    files))
+        finally:
+            done.set()
+            sampler.join()
+    assert [r.status_code for r in responses] == [201] * 2, [r.text for r in responses]
+    assert all(r.json()["width"] == STORED_SIDE for r in responses)
+    assert peak[0] - base < 350, f"RSS grew by {peak[0] - base:.0f} MB during the uploads"
+
+
+def test_decode_cost_counts_real_bytes():
+    from simexplain.web.store import decode_cost
+    assert decode_cost("RGB", 1000) == 1000  # 4 bytes a pixel: the unit
+    assert decode_cost("I;16", 1000) == 750  # 2 decoded + 1 scaled to 8 bits
+    assert decode_cost("P", 1000) == 1250 and decode_cost("CMYK", 1000) == 2000

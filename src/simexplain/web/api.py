@@ -82,7 +82,7 @@ def search_json(result: SearchResult) -> dict:
     record = result.record
     return {"search_id": record.id, "model": record.model, "similarity": result.similarity,
             "query": prepared_json(record.query), "box": record.box,
-            "hits": [_hit_json(hit) for hit in result.hits]}
+            "hits": [_hit_json(hit) for hit in result.hits], "unavailable": result.unavailable}
 
 
 def _hit_json(hit: SearchHit) -> dict:
@@ -91,7 +91,7 @@ def _hit_json(hit: SearchHit) -> dict:
             "name": hit.name, "score": hit.score, "url": f"/api/images/{hit.result.shown_id}",
             "grid": list(values.shape), "map": grid_list(values),
             "argmax": peak(values, hit.map.frame),
-            "image_size": list(hit.result.side.image_size),
+            "image_size": list(hit.result.side.image_size), "stale": hit.stale,
             **_placement(hit.result.side.frame)}
 
 
