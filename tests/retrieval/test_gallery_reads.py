@@ -145,6 +145,11 @@ def test_web_app_refuses_a_link_swapped_in(setting):
         Image.fromarray(picture(50)).save(gallery / "img_1.png")
         response = client.get(f"/api/images/g{row['img_0.png']}")
         assert response.status_code == 404 and "refused" in response.json()["error"]
+        changed = client.get(f"/api/images/g{row['img_1.png']}")
+        assert changed.status_code == 200
+        assert changed.headers["x-simexplain-stale"] == "changed since it was indexed"
+        assert changed.headers["cache-control"] == "no-cache"
+        assert "x-simexplain-stale" not in client.get(f"/api/images/g{row['img_3.png']}").headers
         upload = client.post("/api/images", files={"file": (
             "q.png", setting["query"].read_bytes())})
         found = client.post("/api/search", json={"query": upload.json()["id"], "k": 4})
