@@ -92,6 +92,12 @@ def test_python_api_refuses_a_link_swapped_in_and_marks_stale_hits(setting):
     assert by_name["img_2.png"].stale.startswith("missing")
     assert by_name["img_3.png"].stale is None and by_name["img_3.png"].to_dict()["stale"] is None
     assert len(warned) == 3 and all("img_3" not in str(w.message) for w in warned)
+    page = hits._repr_html_()  # Jupyter's thumbnails read through the index too
+    assert page.count("unavailable: ") == 2 and "stale: refused" in page
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StaleHit)
+        plain = index.search(setting["query"], k=4)  # not explained: each thumbnail a read
+        assert plain._repr_html_().count("unavailable: ") == 2
     with pytest.raises(SimexplainError, match="img_0.png: refused"):
         index.gallery_image(row["img_0.png"])
     with pytest.warns(StaleHit, match="changed since it was indexed"):

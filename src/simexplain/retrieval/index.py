@@ -78,6 +78,18 @@ class Hits(list):
     """The hits of one search, best first: a list of `Hit` that Jupyter displays as a row of
     thumbnails with rank, file name and score (the region map on each, once explained)."""
 
+    # the index searched: its hits' images are read through it (`Index.gallery_image`)
+    source: Index | None = None
+
+    def image(self, hit: Hit) -> Image.Image:
+        """A hit's photo, read now through the index searched (never a link out of its
+        gallery: SimexplainError; a changed file with a StaleHit warning), or from its path
+        for hits made by hand."""
+        if self.source is not None and hit.index < len(self.source):
+            return self.source.gallery_image(hit.index)
+        from ..images import load_image
+        return load_image(hit.path)
+
     def _repr_html_(self) -> str:
         from ..display import hits_html  # here, not at the top: rendering sits above retrieval
         return hits_html(self)
@@ -337,9 +349,11 @@ class Index:
             full = scores[order]
         else:
             full = similarities.scores(e, self.embeddings[chosen], self.similarity)
-        return Hits(Hit(rank=r + 1, index=int(i), path=self.paths[int(i)], score=float(s),
+        hits = Hits(Hit(rank=r + 1, index=int(i), path=self.paths[int(i)], score=float(s),
                         full_score=float(f))
                     for r, (i, s, f) in enumerate(zip(chosen, scores[order], full)))
+        hits.source = self
+        return hits
 
     def _candidates(self, v: np.ndarray, is_region: bool, fetch: int) -> np.ndarray:
         """Gallery rows of the best `fetch` inner products in the FAISS index (sorted by row)."""
