@@ -135,11 +135,12 @@ def decode_upload(data: bytes, max_pixels: int = MAX_PIXELS, stored_side: int = 
         raise WebError("the upload is empty")
     budget = budget or DECODE_BUDGET
     try:
-        with quiet_decoders(is_tiff(io.BytesIO(data))):
+        with quiet_decoders():  # headers only: read by Pillow's Python code
             cost = _checked_cost(data, max_pixels)
-            with budget.hold(cost), open_checked(io.BytesIO(data), "the upload",
-                                                 max_pixels) as opened:
-                return _downscaled(opened, stored_side)
+        # libtiff's stderr is held only while it decodes, not while waiting for the budget
+        with budget.hold(cost), quiet_decoders(is_tiff(io.BytesIO(data))), \
+                open_checked(io.BytesIO(data), "the upload", max_pixels) as opened:
+            return _downscaled(opened, stored_side)
     except WebError:
         raise
     except ImageTooLarge as exc:
