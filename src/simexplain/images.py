@@ -175,6 +175,8 @@ def check_pages(opened: Image.Image, name: str, max_pixels: int) -> None:
             opened.seek(page)
         except EOFError:
             break
+        except Exception:  # noqa: BLE001 - a damaged later page is never decoded: the first,
+            break  # read again below, is what counts
         width, height = opened.size
         if width * height > max_pixels:
             raise ImageTooLarge(f"{name}: page {page + 1} is {width}x{height} pixels, more "
