@@ -279,3 +279,19 @@ def test_decode_cost_counts_real_bytes():
     assert decode_cost("RGB", 1000) == 1000  # 4 bytes a pixel: the unit
     assert decode_cost("I;16", 1000) == 750  # 2 decoded + 1 scaled to 8 bits
     assert decode_cost("P", 1000) == 1250 and decode_cost("CMYK", 1000) == 2000
+
+
+def test_an_icon_within_the_limit_holds_its_real_size_of_the_budget():
+    """An icon's directory says 256x256; it holds 300x300: the budget is held for 300x300
+    (what opening the icon decodes), and the upload is the real image."""
+    from simexplain.web.store import _checked_cost, decode_upload
+    icon = FUZZ.icon_bomb(300)  # a 300x300 PNG under a 256x256 entry
+    assert _checked_cost(icon, 40_000_000) == 300 * 300
+    held = []
+
+    class Recording(PixelBudget):
+        def hold(self, count):
+            held.append(count)
+            return super().hold(count)
+    image = decode_upload(icon, budget=Recording(10**6))
+    assert image.size == (300, 300) and held == [300 * 300]
