@@ -108,10 +108,13 @@ def open_checked(handle: BinaryIO, name: str = "image",
     max_pixels = MAX_PIXELS if max_pixels is None else max_pixels  # read now: tests lower it
     check_icon(handle, name, max_pixels)
     with Image.open(handle, formats=FORMATS) as opened:
-        check_pixels(opened.width, opened.height, name, max_pixels)
-        if opened.format == "TIFF":
-            check_pages(opened, name, max_pixels)
-        yield opened
+        try:
+            check_pixels(opened.width, opened.height, name, max_pixels)
+            if opened.format == "TIFF":
+                check_pages(opened, name, max_pixels)
+            yield opened
+        finally:  # free the decoded pixels now (leaving `with` closes only the file), so that
+            opened.close()  # a caller's decode budget is released with the memory it counted
 
 
 def check_pixels(width: int, height: int, name: str = "image",
