@@ -28,7 +28,9 @@ def add_pair_arguments(pair: argparse.ArgumentParser) -> None:
     pair.add_argument("--patterns", type=int, default=DEFAULT_PATTERNS, metavar="K",
                       help="cross-view patterns to find and draw in patterns.png and "
                            f"result.json (default {DEFAULT_PATTERNS}; 0: none)")
-    pair.add_argument("--json", action="store_true", help="print result.json to stdout")
+    pair.add_argument("--json", action="store_true",
+                      help="print result.json to stdout (and write only result.json: no "
+                           "figure is computed)")
     pair.set_defaults(run=cmd_pair)
 
 
@@ -52,7 +54,7 @@ def cmd_pair(args: argparse.Namespace) -> int:
     with output_folder(out) as staged:
         summary = write_pair(result, staged, args.point, patterns=args.patterns, extra={
             "model": args.model, "layer": explainer.stream_a.layer_name,
-            "image_a": str(args.a), "image_b": str(args.b)})
+            "image_a": str(args.a), "image_b": str(args.b)}, figures=not args.json)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

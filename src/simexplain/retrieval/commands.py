@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import SimexplainError
@@ -200,7 +200,9 @@ def query_files(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .index import Index
+    import warnings
+
+    from .index import Index, StaleHit
     if args.k < 1:
         raise SimexplainError(f"-k must be >= 1, got {args.k}")
     queries = query_files(args)
@@ -212,13 +214,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     index = Index.load(args.index, explainer=explainer)
     # search every query before writing anything: a failure leaves no partial pages behind
     results = []
-    for query in queries:
-        prepared = index.region_vector(query, args.region)
-        results.append((query, prepared, index.search(prepared, args.k, explain=args.explain)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StaleHit)  # said once a hit, below
+        for query in queries:
+            prepared = index.region_vector(query, args.region)
+            results.append((query, prepared, index.search(prepared, args.k,
+                                                          explain=args.explain)))
     summaries = [search_summary(args, index, query, prepared, hits)
                  for query, prepared, hits in results]
     if out is not None:
         write_pages(out, results, summaries, index)
+    warn_stale(hits for _, _, hits in results)
     if args.json:
         print(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
         return 0
@@ -241,6 +247,7 @@ def write_pages(out: Path, results: list, summaries: list[dict], index: Index) -
             folder = staged if len(results) == 1 else staged / f"{number:03d}-{Path(query).stem}"
             page = write_results_page(folder, prepared, hits, index, summary)
             summary["page"] = str(out / page.relative_to(staged))
+            summary["hits"] = [hit.to_dict() for hit in hits]  # as the page found the files
 
 
 def search_summary(args: argparse.Namespace, index: Index, query: str, prepared: RegionQuery,
@@ -258,10 +265,23 @@ def search_summary(args: argparse.Namespace, index: Index, query: str, prepared:
     }
 
 
+def warn_stale(hit_lists: Iterable[Sequence[Hit]]) -> None:
+    """One warning line on stderr for each hit whose file is not the one indexed (changed,
+    missing, or refused: no longer a regular file inside the gallery); the exit status stays
+    0 and the hits are marked ("stale" in --json and results.json, on the page)."""
+    seen = set()
+    for hits in hit_lists:
+        for hit in hits:
+            if hit.stale and hit.index not in seen:
+                seen.add(hit.index)
+                print(f"simexplain: warning: {hit.path}: {hit.stale}", file=sys.stderr)
+
+
 def print_hits(summary: dict, hits: Sequence[Hit], region: bool) -> None:
     what = "region" if region else "image"
     print(f"{len(hits)} hits for the query {what} ({summary['score']}, {summary['ranking']}):")
     for hit in hits:
-        print(f"{hit.rank:4d}  {hit.score: .6f}  {hit.path}")
+        stale = f"  (stale: {hit.stale})" if hit.stale else ""
+        print(f"{hit.rank:4d}  {hit.score: .6f}  {hit.path}{stale}")
     if "page" in summary:
         print(f"wrote {summary['page']}")
