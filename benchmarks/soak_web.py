@@ -7,6 +7,10 @@ concurrent uploads, an API fuzz, and a load test of the pair view's pointer upda
 1. memory: `--uploads` (12) concurrent uploads of 38 KB PNGs that each decode to 39.7
    megapixels (just under the 40 Mpx limit), twice; the server's RSS is sampled every 5 ms.
    Targets (issue 12): growth < 500 MB during the uploads, < 100 MB above the baseline after.
+   Then `--disguised` (24) concurrent uploads of bombs in disguise, twice (issue 26: an icon
+   whose directory says 256x256 over an 8900x8900 PNG or bitmap, a TIFF whose second page is
+   8900x8900, a GIF whose first frame sits at (8899, 8899), and 16-bit grey PNGs of 39.7 Mpx);
+   the same targets, the disguised ones refused (413) before decoding, the 16-bit ones stored.
 2. fuzz: `--fuzz` (2,000) requests with random fields and values (schema-driven: right and
    wrong types, unknown ids, bad boxes, NaN, malformed JSON, random bytes as uploads, foreign
    Host headers). Target: no 5xx answer, every error a JSON body, redirects only to this server.
@@ -90,11 +94,42 @@ def start_server(args, samples: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit("the server did not come up in 300 s")
 
 
-def memory_soak(url: str, pid: int, uploads: int, rounds: int = 2) -> dict:
+def _fuzz_module():
+    """scripts/fuzz_images.py, whose crafted bombs this soak uploads."""
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / "scripts" / "fuzz_images.py"
+    spec = importlib.util.spec_from_file_location("fuzz_images", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def disguised_files(count: int) -> tuple[list[bytes], list[int]]:
+    """`count` uploads cycling through the disguised bombs and a 39.7 Mpx 16-bit grey PNG
+    (each 16-bit file its own grey level, so none is answered from the upload cache), with
+    the status each must get: 413 for a bomb, 201 for the 16-bit PNG."""
+    fuzz_images = _fuzz_module()
+    makers = sorted(fuzz_images.DISGUISED.items())
+    files, expected = [], []
+    for i in range(count):
+        if i % (len(makers) + 1) == len(makers):
+            data = fuzz_images.flat_png(6300, 6300, depth=16, color=0)
+            note = fuzz_images._png_chunk(b"tEXt", b"n\x00%d" % i)  # before IEND
+            files.append(data[:-12] + note + data[-12:])
+            expected.append(201)
+        else:
+            files.append(makers[i % (len(makers) + 1)][1]())
+            expected.append(413)
+    return files, expected
+
+
+def memory_soak(url: str, pid: int, uploads: int, rounds: int = 2,
+                files: list[bytes] | None = None) -> dict:
     import httpx
     side = 6300  # 39.69 Mpx
-    files = [palette_png(side, side, (r * 16 + i, 40, 200 - i)) for r in range(rounds)
-             for i in range(uploads)]
+    files = files or [palette_png(side, side, (r * 16 + i, 40, 200 - i)) for r in range(rounds)
+                      for i in range(uploads)]
     with httpx.Client(base_url=url, timeout=600) as client:  # warm: one small upload
         client.post("/api/images", files={"file": ("w.png", palette_png(64, 64, (1, 2, 3)))})
     time.sleep(1)
@@ -234,6 +269,10 @@ def main(argv=None) -> int:
     parser.add_argument("--layer", help="explained layer (models outside the zoo)")
     parser.add_argument("--size", type=int, help="input side (models outside the zoo)")
     parser.add_argument("--uploads", type=int, default=12, help="concurrent large uploads")
+    parser.add_argument("--disguised", type=int, default=24,
+                        help="concurrent uploads of disguised bombs and 16-bit PNGs (0: none)")
+    parser.add_argument("--only-memory", action="store_true",
+                        help="run the two memory soaks only (no fuzz, no load test)")
     parser.add_argument("--fuzz", type=int, default=2000, help="fuzzed requests")
     parser.add_argument("--clients", type=int, default=4, help="concurrent load clients")
     parser.add_argument("--seconds", type=float, default=10.0, help="load test time limit")
@@ -242,6 +281,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     args.uploads = max(1, min(args.uploads, 32))
+    args.disguised = max(0, min(args.disguised, 48))
     args.fuzz = max(0, min(args.fuzz, 20000))
     args.clients = max(1, min(args.clients, 16))
     args.seconds = max(1.0, min(args.seconds, 120.0))
@@ -264,9 +304,16 @@ def main(argv=None) -> int:
                 pair.raise_for_status()
                 pair = pair.json()
             results["memory"] = memory_soak(url, server.pid, args.uploads)
-            results["fuzz"] = fuzz(url, args.fuzz, args.seed, pair["explanation_id"])
-            results["load"] = load(url, pair["explanation_id"], pair["a"]["image_size"],
-                                   args.clients, args.seconds, args.requests, args.seed)
+            if args.disguised:
+                files, expected = disguised_files(2 * args.disguised)
+                results["disguised"] = memory_soak(url, server.pid, args.disguised,
+                                                   files=files)
+                results["disguised"]["expected"] = {
+                    str(s): expected.count(s) for s in sorted(set(expected))}
+            if not args.only_memory:
+                results["fuzz"] = fuzz(url, args.fuzz, args.seed, pair["explanation_id"])
+                results["load"] = load(url, pair["explanation_id"], pair["a"]["image_size"],
+                                       args.clients, args.seconds, args.requests, args.seed)
             results["server_alive"] = server.poll() is None
         finally:
             server.terminate()
@@ -275,15 +322,24 @@ def main(argv=None) -> int:
             except subprocess.TimeoutExpired:
                 server.kill()
 
-    memory, fuzzed, loaded = results["memory"], results["fuzz"], results["load"]
+    memory, disguised = results["memory"], results.get("disguised")
+    fuzzed, loaded = results.get("fuzz"), results.get("load")
     checks = {
         "RSS growth during the uploads": memory["peak_growth_mb"] < MAX_GROWTH_MB,
         "RSS above the baseline after": memory["after_growth_mb"] < MAX_AFTER_MB,
         "all uploads accepted": memory["statuses"] == {"201": memory["uploads"]},
-        "fuzz: no 5xx, JSON errors, no foreign redirects": fuzzed["failure_count"] == 0,
-        "no errors under load": loaded["errors"] == 0,
         "server still up": results["server_alive"],
     }
+    if disguised is not None:
+        checks.update({
+            "disguised: RSS growth during the uploads":
+                disguised["peak_growth_mb"] < MAX_GROWTH_MB,
+            "disguised: RSS above the baseline after": disguised["after_growth_mb"] < MAX_AFTER_MB,
+            "disguised: bombs 413, 16-bit PNGs 201": disguised["statuses"] == disguised["expected"],
+        })
+    if fuzzed is not None and loaded is not None:
+        checks["fuzz: no 5xx, JSON errors, no foreign redirects"] = fuzzed["failure_count"] == 0
+        checks["no errors under load"] = loaded["errors"] == 0
     results["checks"] = checks
     if args.json:
         print(json.dumps(results, indent=2))
@@ -295,14 +351,22 @@ def main(argv=None) -> int:
               f"{memory['peak_growth_mb']:.0f} MB at peak (target < {MAX_GROWTH_MB:.0f}), "
               f"{memory['after_growth_mb']:.0f} MB after (target < {MAX_AFTER_MB:.0f}); "
               f"statuses {memory['statuses']}")
-        print(f"fuzz: {fuzzed['requests']} requests, statuses {fuzzed['statuses']}, "
-              f"{fuzzed['failure_count']} failures (5xx, non-JSON errors, foreign redirects)")
-        for failure in fuzzed["failures"]:
-            print(f"  {failure}")
-        print(f"load: POST /api/point, {loaded['clients']} clients, {loaded['requests']} "
-              f"requests in {loaded['seconds']:.1f} s = {loaded['per_second']:.0f} req/s, "
-              f"p50 {loaded['p50_ms']:.1f} ms, p95 {loaded['p95_ms']:.1f} ms, max "
-              f"{loaded['max_ms']:.1f} ms, {loaded['errors']} errors")
+        if disguised is not None:
+            print(f"disguised: {disguised['uploads']} uploads (bombs in disguise, 16-bit 39.7 "
+                  f"Mpx PNGs), {args.disguised} at a time, in {disguised['seconds']:.1f} s: "
+                  f"baseline {disguised['baseline_mb']:.0f} MB, growth "
+                  f"{disguised['peak_growth_mb']:.0f} MB at peak (target < "
+                  f"{MAX_GROWTH_MB:.0f}), {disguised['after_growth_mb']:.0f} MB after; statuses "
+                  f"{disguised['statuses']} (expected {disguised['expected']})")
+        if fuzzed is not None and loaded is not None:
+            print(f"fuzz: {fuzzed['requests']} requests, statuses {fuzzed['statuses']}, "
+                  f"{fuzzed['failure_count']} failures (5xx, non-JSON errors, foreign redirects)")
+            for failure in fuzzed["failures"]:
+                print(f"  {failure}")
+            print(f"load: POST /api/point, {loaded['clients']} clients, {loaded['requests']} "
+                  f"requests in {loaded['seconds']:.1f} s = {loaded['per_second']:.0f} req/s, "
+                  f"p50 {loaded['p50_ms']:.1f} ms, p95 {loaded['p95_ms']:.1f} ms, max "
+                  f"{loaded['max_ms']:.1f} ms, {loaded['errors']} errors")
         for name, ok in checks.items():
             print(f"{'ok  ' if ok else 'MISS'} {name}")
     return 0 if all(checks.values()) else 1

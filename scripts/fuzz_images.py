@@ -2,8 +2,10 @@
 
 Cases: valid PNG/JPEG/GIF/TIFF/WebP/BMP/PPM (and AVIF where Pillow has it), truncated copies,
 byte flips, random bytes behind real magic numbers, headers declaring huge sizes (decompression
-bombs such as `P6 99999999 99999999`, a PNG of 40000000x1 16-bit RGBA), very long file names,
-and 16-bit and float images in and out of range.
+bombs such as `P6 99999999 99999999`, a PNG of 40000000x1 16-bit RGBA), bombs in disguise
+(an icon whose directory says 256x256 over an 8900x8900 PNG or bitmap, a TIFF whose second page
+is huge, a GIF whose first frame sits far outside its small screen), very long file names, and
+16-bit and float images in and out of range.
 
     python scripts/fuzz_images.py --count 2500 --seed 0     # the soak (README: Reliability)
 
@@ -28,7 +30,7 @@ from PIL import Image, features
 
 FORMATS = ["PNG", "JPEG", "GIF", "TIFF", "WEBP", "BMP", "PPM"] + \
     (["AVIF"] if features.check("avif") else [])
-KINDS = ("valid", "truncated", "flipped", "random", "bomb", "long-name", "wide")
+KINDS = ("valid", "truncated", "flipped", "random", "bomb", "long-name", "wide", "disguised")
 
 
 def _encode(image: Image.Image, fmt: str) -> bytes:
@@ -86,6 +88,56 @@ def _bomb(rng: np.random.Generator) -> bytes:
     return header + struct.pack("<IiiHHIIiiII", 40, big, big, 1, 24, 0, 0, 0, 0, 0, 0)
 
 
+def flat_png(width: int, height: int, depth: int = 8, color: int = 3) -> bytes:
+    """A PNG of one colour (palette, or grey with color=0) of any size, compressed row by row
+    without allocating its pixels: 8900x8900 is about 80 KB, 40 Mpx 16-bit grey about 160 KB."""
+    packer = zlib.compressobj(9)
+    row = b"\x00" * (width * max(1, depth // 8) + 1)  # filter byte 0, then zero samples
+    body = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    palette = _png_chunk(b"PLTE", b"\x40\x80\xc0") if color == 3 else b""
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, color, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + palette
+            + _png_chunk(b"IDAT", body) + _png_chunk(b"IEND", b""))
+
+
+def icon_bomb(side: int = 8900, bitmap: bool = False) -> bytes:
+    """An ICO whose directory lists one 256x256 entry that holds a side x side PNG (the issue's
+    231 KB file) or, with `bitmap`, a bitmap header declaring side x side."""
+    if bitmap:  # BITMAPINFOHEADER: width, height of colour and mask rows, 1 plane, 1 bit
+        inner = struct.pack("<IiiHHIIiiII", 40, side, 2 * side, 1, 1, 0, 0, 0, 0, 0, 0)
+    else:
+        inner = flat_png(side, side)
+    return (struct.pack("<HHH", 0, 1, 1)
+            + struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(inner), 22) + inner)
+
+
+def tiff_pages(side: int = 8900) -> bytes:
+    """A two-page grey TIFF: an 8x8 first page, then a page declaring side x side (its one
+    strip a few bytes: the header is what counts)."""
+    def page(width: int, height: int, data_at: int, data: int, next_at: int) -> bytes:
+        tags = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1),
+                (273, 4, data_at), (277, 3, 1), (278, 4, height), (279, 4, data)]
+        return (struct.pack("<H", len(tags))
+                + b"".join(struct.pack("<HHII", tag, kind, 1, value)
+                           for tag, kind, value in tags) + struct.pack("<I", next_at))
+    ifd = 2 + 9 * 12 + 4
+    first, second, pixels = 8, 8 + ifd, 8 + 2 * ifd
+    return (b"II*\x00" + struct.pack("<I", first) + page(8, 8, pixels, 64, second)
+            + page(side, side, pixels, 64, 0) + b"\x80" * 64)
+
+
+def gif_frame_bomb(side: int = 8900) -> bytes:
+    """A GIF whose logical screen is 16x16 and whose first frame, 1x1, sits at (side - 1,
+    side - 1): decoding it means a side x side canvas."""
+    return (b"GIF89a" + struct.pack("<HHBBB", 16, 16, 0, 0, 0) + b","
+            + struct.pack("<HHHHB", side - 1, side - 1, 1, 1, 0) + b"\x08\x02\x4c\x01\x00;")
+
+
+# The disguised bombs: each must be refused naming the real size of what it would decode
+DISGUISED = {"icon-png": lambda: icon_bomb(), "icon-bitmap": lambda: icon_bomb(bitmap=True),
+             "tiff-pages": lambda: tiff_pages(), "gif-frame": lambda: gif_frame_bomb()}
+
+
 def _wide(rng: np.random.Generator) -> tuple[bytes, str]:
     """16-bit and float images: in range (must load) or out of range / NaN (must be refused)."""
     height, width = (int(v) for v in rng.integers(1, 32, 2))
@@ -131,9 +183,11 @@ def case(seed: int, index: int, folder: Path) -> tuple[str, Path]:
     elif kind == "long-name":
         data = _valid(rng)
         name = "x" * int(rng.integers(200, 400)) + f"{index}.png"
-    else:
+    elif kind == "wide":
         data, suffix = _wide(rng)
         name = f"case{index}.{suffix}"
+    else:
+        data = DISGUISED[sorted(DISGUISED)[int(rng.integers(0, len(DISGUISED)))]]()
     path = folder / name
     try:
         path.write_bytes(data)

@@ -140,8 +140,8 @@ def test_pair_with_the_two_stream_sketch_model_draws_patterns(tmp_path, capsys):
     sketch_path, item_path = zoo.entry("fmnist-sketch").sample_pair()
     out = tmp_path / "out"
     assert main(["pair", str(sketch_path), str(item_path), "--model", "fmnist-sketch",
-                 "--out", str(out), "--patterns", "4", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+                 "--out", str(out), "--patterns", "4"]) == 0
+    result = json.loads((out / "result.json").read_text())  # (--json draws no figure)
     assert result["residual"] < 1e-5 and result["model"] == "fmnist-sketch"
     expected = zoo.load("fmnist-sketch").explain(sketch_path, item_path).patterns(4)
     assert 1 <= len(result["patterns"]) <= 4
@@ -167,7 +167,9 @@ HEAVY_MODULES = ("torch", "faiss", "matplotlib", "fastapi", "ray", "numpy")
     ["--help"], ["search", "--help"], ["index", "build", "--help"], ["pair", "--help"],
     ["serve", "--help"], ["eval", "--help"], ["demo", "--help"], ["models", "--help"],
     ["no-such-command"], ["search"], ["search", "INDEX", "-k", "x"], ["models", "--bogus"],
-    ["pair", "a.png"], ["serve", "--port", "x"], ["eval", "no-such-benchmark"]])
+    ["pair", "a.png"], ["serve", "--port", "x"], ["eval", "no-such-benchmark"],
+    ["audit", "--help"], ["audit", "--index", "INDEX", "--region", "corner=0,0,2,1"],
+    ["audit", "--queries", "q.png"]])
 def test_help_and_argument_errors_import_no_heavy_module(argv):
     """Parsing in a fresh interpreter: what it imported is read from sys.modules afterwards."""
     import subprocess
@@ -203,3 +205,109 @@ def test_the_heavy_modules_are_seen_when_a_command_loads_them():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": src}, timeout=120)
     assert done.stdout.strip() == "True", done.stderr
+
+
+# -- issue 26: pair --out never overwrites the user's files -----------------------------------
+
+def test_pair_out_refuses_a_folder_of_the_users_files(pictures, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name in ("result.json", "overall.png"):
+        (out / name).write_text(f"my {name}")
+    argv = ["pair", *pictures, "--model", "simexplain.toy:tiny_cnn", "--layer", "features",
+            "--size", "64", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "not written by simexplain" in err
+    assert {p.name: p.read_text() for p in out.iterdir()} == {
+        "result.json": "my result.json", "overall.png": "my overall.png"}
+    # its own output it replaces, run after run
+    ours = tmp_path / "ours"
+    for _ in range(2):
+        assert main(argv[:-1] + [str(ours)]) == 0
+    assert json.loads((ours / "result.json").read_text())["similarity"] == "cosine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "ours"]
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["pair", "a.png", "b.png", "--model", "m", "--size", "100000"], "exceeds the limit of 1024"),
+    (["pair", "a.png"], "the following arguments are required"),
+    (["no-such-command"], "invalid choice"),
+    (["search", "INDEX", "-k", "x"], "invalid int value")])
+def test_argument_errors_are_one_line_without_the_usage_block(argv, named, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "usage:" not in err, err
+    assert named in err and "error:" in err and "--help`" in err
+
+
+def test_size_limit_is_shown_in_help(capsys):
+    from simexplain.defaults import MAX_SIZE
+    with pytest.raises(SystemExit):
+        main(["pair", "--help"])
+    assert f"at most {MAX_SIZE} a side" in " ".join(capsys.readouterr().out.split())
+
+
+def test_pair_json_computes_no_figure(pictures, tmp_path, capsys, monkeypatch):
+    from simexplain import pair_report, visualize
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a figure was computed for --json")
+    for name in ("figure_image", "overlay", "linked_points", "resized"):
+        monkeypatch.setattr(visualize, name, refuse)
+    out = tmp_path / "out"
+    assert main(["pair", *pictures, "--model", "simexplain.toy:tiny_cnn", "--layer", "features",
+                 "--size", "64", "--out", str(out), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["files"] == {} and len(printed["points_a"]) == 4
+    assert printed == json.loads((out / "result.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == ["result.json", "simexplain-output.json"]
+    # the same summary as the figures' path gives (bar the file names)
+    monkeypatch.undo()
+    with_figures = pair_report.write_pair(_toy_pair(pictures), tmp_path / "figs",
+                                          [tuple(p) for p in printed["points_a"]])
+    assert with_figures["points_without_map"] == printed["points_without_map"]
+    assert with_figures["patterns"] == printed["patterns"]
+
+
+def _toy_pair(pictures):
+    from simexplain.zoo import resolve
+    return resolve("simexplain.toy:tiny_cnn", "features", None, 64).explain(*pictures)
+
+
+def test_figures_of_a_long_thin_photo_are_drawn_from_a_reduced_copy(pictures, tmp_path,
+                                                                     monkeypatch):
+    """A 1 x 2,000,000 px photo (the issue's was 1 x 39,999,999: 58 s of resizing): every
+    smooth resize of the figures starts from a copy reduced to a few times its target size,
+    and the figures stay small."""
+    import struct
+    import zlib
+    from simexplain import pair_report
+    width = 2_000_000
+    row = zlib.compress(b"\x00" + bytes(range(256)) * (width // 256) + b"\x00" * (width % 256))
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    thin = tmp_path / "thin.png"
+    thin.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, 1, 8,
+                                                                      0, 0, 0, 0))
+                     + chunk(b"IDAT", row) + chunk(b"IEND", b""))
+    result = _toy_pair([str(thin), pictures[1]])
+    smooth = []
+    original = Image.Image.resize
+
+    def spy(image, size, resample=None, *args, **kwargs):
+        if resample == Image.Resampling.LANCZOS:
+            smooth.append((image.size, tuple(size)))
+        return original(image, size, resample, *args, **kwargs)
+    monkeypatch.setattr(Image.Image, "resize", spy)
+    summary = pair_report.write_pair(result, tmp_path / "out")
+    assert smooth
+    for source, target in smooth:
+        assert all(have <= 4 * max(1, want) + 4 for have, want in zip(source, target)), \
+            (source, target)
+    for name in summary["files"].values():
+        assert max(Image.open(tmp_path / "out" / name).size) <= 4000, name

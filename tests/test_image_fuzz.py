@@ -22,12 +22,13 @@ _spec.loader.exec_module(fuzz)
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow's notes on the corrupt files
 def test_seeded_fuzz_has_no_unhandled_exceptions():
-    result = fuzz.run(350, seed=1)
+    result = fuzz.run(400, seed=1)  # 50 of each kind
     assert result["unhandled"] == []
     by_kind = result["by_kind"]
     assert by_kind["valid"] == {"loaded": 50}  # the unmodified files all load
     assert by_kind["bomb"] == {"ImageError": 50}  # and no bomb does
     assert by_kind["random"].get("loaded", 0) == 0
+    assert by_kind["disguised"] == {"ImageError": 50}  # nor any bomb in disguise
 
 
 LIMIT = rf"bomb.img: .*limit of {MAX_PIXELS}"
@@ -101,3 +102,73 @@ def test_cli_prints_one_line_and_exits_2_debug_shows_the_traceback(tmp_path, cap
     assert main(argv + ["--debug"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" in err and err.rstrip().splitlines()[-1].startswith("simexplain: error:")
+
+
+@pytest.mark.parametrize("kind", sorted(fuzz.DISGUISED))
+def test_disguised_bombs_are_refused_before_decoding(tmp_path, kind, monkeypatch):
+    """The refusal names the real size of what would be decoded (not the 256x256 an icon's
+    directory says, not the first page's 8x8) and comes before any pixel is decoded."""
+    from PIL import ImageFile
+    from simexplain.errors import ImageTooLarge
+    decoded = []
+    original = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load",
+                        lambda image: decoded.append(image.size) or original(image))
+    path = tmp_path / f"{kind}.img"
+    path.write_bytes(fuzz.DISGUISED[kind]())
+    with pytest.raises(ImageTooLarge, match=f"{kind}.img: .*8900x8900"):
+        load_image(path)
+    assert decoded == []
+
+
+def test_a_16bit_image_is_scaled_in_bounded_memory(tmp_path):
+    """A 10 Mpx 16-bit grey PNG (20 MB decoded): the 8-bit scaling holds the decoded values,
+    the 8-bit result and one block of rows, not float64 copies of the whole image (which took
+    a 40 Mpx upload to +1 GB)."""
+    import tracemalloc
+    from simexplain import images
+    width, height = 4000, 2500
+    path = tmp_path / "wide16.png"
+    path.write_bytes(fuzz.flat_png(width, height, depth=16, color=0))
+    with Image.open(path) as opened:
+        opened.load()
+        assert opened.mode.startswith("I;16")
+        tracemalloc.start()
+        try:
+            gray = images.to_gray8(opened, "wide16.png")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert gray.mode == "L" and gray.size == (width, height)
+    assert peak < 6 * width * height, f"{peak / 1e6:.0f} MB"  # float64 copies: 24 bytes a px
+
+
+@pytest.mark.parametrize("damage", ["libtiff", "exif"])
+def test_decoder_warnings_are_not_printed_before_the_error(tmp_path, damage):
+    """libtiff writes to the process's stderr (a damaged deflate strip) and Pillow warns (a
+    truncated file's EXIF): the command still prints one line, in a real process (file
+    descriptor 2, warnings as a user sees them)."""
+    import io
+    import os
+    import subprocess
+    import sys
+    buffer = io.BytesIO()
+    Image.fromarray(gray8(size=(64, 64))).save(buffer, "TIFF", compression="tiff_deflate")
+    data = bytearray(buffer.getvalue())
+    if damage == "libtiff":
+        data[28:58] = bytes(b ^ 0x5A for b in data[28:58])
+    else:
+        data = data[:len(data) // 2]
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(bytes(data))
+    good = tmp_path / "good.png"
+    Image.fromarray(gray8()).save(good)
+    done = subprocess.run(
+        [sys.executable, "-m", "simexplain", "pair", str(broken), str(good), "--model",
+         "simexplain.toy:tiny_cnn", "--layer", "features", "--size", "32", "--out",
+         str(tmp_path / "out")], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONWARNINGS": "default"})
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("simexplain: error: "), \
+        done.stderr
+    assert "broken.tif" in done.stderr

@@ -10,3 +10,6 @@ BUILTIN_SIMILARITIES = ("cosine", "dot", "euclidean")
 MAX_PIXELS = 40_000_000
 # Cross-view patterns `PairExplanation.patterns` finds and `simexplain pair` draws.
 DEFAULT_PATTERNS = 5
+# The largest model input side `--size` accepts (the command line's help shows it): the
+# activations and the P x Q pair matrix grow with its square and fourth power
+MAX_SIZE = 1024

@@ -9,6 +9,7 @@ import base64
 import html
 import inspect
 import io
+import warnings
 from pathlib import Path
 from typing import Any, TYPE_CHECKING
 from collections.abc import Callable, Sequence
@@ -16,7 +17,7 @@ from collections.abc import Callable, Sequence
 from PIL import Image
 
 from . import pair_report, visualize
-from .errors import ImageError, SimexplainError
+from .errors import SimexplainError
 from .explanation import DEFAULT_POINT_MAP, PairExplanation
 from .images import load_image
 from .patterns import DEFAULT_PATTERNS
@@ -114,14 +115,19 @@ def show(result: PairExplanation, kind: str, /, **options: Any) -> Image.Image:
     return draw(result, **options)
 
 
-def _thumbnail(hit: Hit) -> Image.Image:
-    """The hit's photo shrunk to a thumbnail, its region map overlaid when it carries one."""
+def _thumbnail(hit: Hit, hits: Sequence[Hit]) -> Image.Image:
+    """The hit's photo shrunk to a thumbnail, its region map overlaid when it carries one; read
+    through the index searched (`Hits.image`: never a link out of the gallery)."""
     if hit.explanation is not None:
         view = visualize.View.whole(hit.explanation.b, THUMBNAIL_SIDE)
         if hit.region_map is not None:
             return view.overlay(hit.region_map, signed=True)
         return view.photo()
-    return visualize.shown(load_image(hit.path), THUMBNAIL_SIDE)
+    read = getattr(hits, "image", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a stale file: the caption says so
+        photo = read(hit) if read is not None else load_image(hit.path)
+    return visualize.shown(photo, THUMBNAIL_SIDE)
 
 
 def hits_html(hits: Sequence[Hit]) -> str:
@@ -132,16 +138,18 @@ def hits_html(hits: Sequence[Hit]) -> str:
     for hit in hits:
         name = html.escape(Path(hit.path).name)
         try:
-            picture = _img(_thumbnail(hit), f"hit {hit.rank}")
-        except ImageError as exc:
+            picture = _img(_thumbnail(hit, hits), f"hit {hit.rank}")
+        except SimexplainError as exc:
             picture = (f'<div class="missing" style="width:{THUMBNAIL_SIDE}px;height:'
                        f'{THUMBNAIL_SIDE}px;border:1px dashed #999;font-size:80%;'
                        f'overflow-wrap:anywhere">unavailable: {html.escape(str(exc))}</div>')
         whole = "" if hit.full_score == hit.score else f" (whole {hit.full_score:.4f})"
+        stale = (f'<br><span style="color:#b00">stale: {html.escape(hit.stale)}</span>'
+                 if hit.stale else "")
         cells.append(f'<figure class="hit" style="margin:0 8px 8px 0;display:inline-block;'
                      f'vertical-align:top" title="{html.escape(hit.path)}">{picture}'
                      f'<figcaption style="font-size:85%">#{hit.rank} {name}<br>score '
-                     f'{hit.score:.4f}{whole}</figcaption></figure>')
+                     f'{hit.score:.4f}{whole}{stale}</figcaption></figure>')
     if not cells:
         return "<p>no hits</p>"
     return '<div class="simexplain-hits">' + "".join(cells) + "</div>"

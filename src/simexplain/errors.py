@@ -15,6 +15,11 @@ class ImageError(SimexplainError):
     """An image file or tensor cannot be used."""
 
 
+class ImageTooLarge(ImageError):
+    """An image (or a frame, page or icon entry it holds) has more pixels than the limit: refused
+    before it is decoded."""
+
+
 class ModelError(SimexplainError):
     """The model failed or produced unusable output (wrong shape, NaN)."""
 

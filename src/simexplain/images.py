@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import io
+import os
+import struct
+import sys
+import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from .defaults import MAX_PIXELS
-from .errors import ImageError
+from .errors import ImageError, ImageTooLarge
 
 ImageInput = str | Path | Image.Image | torch.Tensor
 
@@ -26,13 +33,25 @@ RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BI
             "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
 
 
+# The formats an image file may be in: photos (JPEG includes MPO), and icons (whose entries are
+# checked, see `open_checked`). Others (EPS runs Ghostscript, ICNS, PSD ...) are refused unread.
+FORMATS = ("PNG", "JPEG", "GIF", "TIFF", "WEBP", "BMP", "DIB", "PPM", "AVIF", "ICO",
+           "CUR", "TGA", "QOI", "PCX", "SGI")
+# Pages of a TIFF file checked before decoding (its first page is the one decoded); a file with
+# more is refused
+MAX_PAGES = 256
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_ICO_MAGIC = b"\x00\x00\x01\x00"
+
+
 def load_image(source: str | Path | Image.Image) -> Image.Image:
     """Open a path (or take a PIL image) and return it as RGB.
 
     Grayscale and palette images are expanded to RGB; transparent images are composited on
     white, so that what the model sees matches what a viewer sees; 16-bit and float images are
     scaled to 8 bits (see `to_rgb`). Every unusable file is an ImageError naming it: the pixel
-    limit (MAX_PIXELS) is checked from the header, before anything is decoded.
+    limit (MAX_PIXELS) is checked against what decoding would produce before anything is
+    decoded (`open_checked`).
     """
     if isinstance(source, Image.Image):
         return to_rgb(source)
@@ -45,20 +64,30 @@ def load_image(source: str | Path | Image.Image) -> Image.Image:
     if not found:
         raise ImageError(f"image file not found: {name}")
     try:
-        with warnings.catch_warnings():
-            # Pillow's own bomb check only warns below twice its limit: make it an error
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
-                check_pixels(opened.width, opened.height, name)
-                opened.load()
-                image = opened.copy()
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise ImageError(f"{name}: cannot open ({_reason(exc)})") from None
+    with handle:
+        return decode_image(handle, name)
+
+
+def decode_image(source: bytes | BinaryIO, name: str = "image") -> Image.Image:
+    """An image file's bytes (or an open binary file) decoded to RGB as `load_image` does:
+    checked first (`open_checked`), every failure an ImageError naming `name`, the decoders'
+    own warnings kept off the terminal (`quiet_decoders`)."""
+    handle = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with quiet_decoders(is_tiff(handle)), open_checked(handle, name) as opened:
+            opened.load()
+            image = opened.copy()
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(f"{name}: not a readable image file") from None
+        raise ImageError(f"{name}: not a readable image file (formats read: "
+                         f"{', '.join(FORMATS)})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"{name}: the image declares more pixels than the limit of "
-                         f"{MAX_PIXELS}") from None
+        raise ImageTooLarge(f"{name}: the image declares more pixels than the limit of "
+                            f"{MAX_PIXELS}") from None
     except MemoryError:
         raise ImageError(f"{name}: not enough memory to decode the image") from None
     except Exception as exc:  # noqa: BLE001 - any decoder failure (OSError, SyntaxError,
@@ -67,12 +96,143 @@ def load_image(source: str | Path | Image.Image) -> Image.Image:
     return to_rgb(image, name)
 
 
-def check_pixels(width: int, height: int, name: str = "image") -> None:
-    """Refuse a declared size over MAX_PIXELS (or empty) before it is decoded."""
+@contextmanager
+def open_checked(handle: BinaryIO, name: str = "image",
+                 max_pixels: int | None = None) -> Iterator[Image.Image]:
+    """`Image.open` of a file in one of FORMATS, once what decoding it produces is known to
+    hold at most `max_pixels` (else ImageTooLarge naming the real size): the image's declared
+    size, the real size of every icon entry (an ICO directory may say 256x256 over an
+    8900x8900 PNG, and Pillow decodes an icon as it opens it) and of every TIFF page. Frames of
+    animations (GIF, APNG, WebP) and MPO are not decoded: only the first, of the declared size.
+    """
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels  # read now: tests lower it
+    check_icon(handle, name, max_pixels)
+    with Image.open(handle, formats=FORMATS) as opened:
+        try:
+            check_pixels(opened.width, opened.height, name, max_pixels)
+            if opened.format == "TIFF":
+                check_pages(opened, name, max_pixels)
+            yield opened
+        finally:  # free the decoded pixels now (leaving `with` closes only the file), so that
+            opened.close()  # a caller's decode budget is released with the memory it counted
+
+
+def check_pixels(width: int, height: int, name: str = "image",
+                 max_pixels: int | None = None) -> None:
+    """Refuse a declared size over `max_pixels` (default MAX_PIXELS) or an empty one before it
+    is decoded."""
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     if width <= 0 or height <= 0:
         raise ImageError(f"{name}: the image is empty ({width}x{height} pixels)")
-    if width * height > MAX_PIXELS:
-        raise ImageError(f"{name}: {width}x{height} pixels exceeds the limit of {MAX_PIXELS}")
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"{name}: {width}x{height} pixels exceeds the limit of {max_pixels}")
+
+
+def check_icon(handle: BinaryIO, name: str, max_pixels: int) -> int:
+    """For an ICO file, the real size of each entry's image (the PNG's IHDR, the bitmap's
+    header), whatever the directory says, against `max_pixels`; returns the largest entry's
+    pixel count (what opening the icon decodes), 0 for a file that is no icon. Leaves `handle`
+    where it was."""
+    start = handle.tell()
+    largest = 0
+    try:
+        head = handle.read(6)
+        if len(head) < 6 or head[:4] != _ICO_MAGIC:
+            return 0
+        count = int.from_bytes(head[4:6], "little")
+        directory = handle.read(16 * count)
+        for entry in (directory[i:i + 16] for i in range(0, len(directory) - 15, 16)):
+            said = (entry[0] or 256, entry[1] or 256)
+            handle.seek(start + int.from_bytes(entry[12:16], "little"))
+            width, height = _embedded_size(handle.read(24))
+            if width * height > max_pixels:
+                raise ImageTooLarge(
+                    f"{name}: an icon entry listed as {said[0]}x{said[1]} holds a "
+                    f"{width}x{height} image, more than the limit of {max_pixels} pixels")
+            largest = max(largest, width * height)
+    finally:
+        handle.seek(start)
+    return largest
+
+
+def _embedded_size(head: bytes) -> tuple[int, int]:
+    """(width, height) of the PNG or the bitmap (colour and mask rows: twice the height) that
+    an icon entry holds; (0, 0) where the bytes say neither (Pillow then refuses the file)."""
+    if head[:8] == _PNG_MAGIC and len(head) >= 24:
+        width, height = struct.unpack(">II", head[16:24])
+        return width, height
+    if len(head) >= 12 and int.from_bytes(head[:4], "little") == 12:  # OS/2 bitmap header
+        width, height = struct.unpack("<HH", head[4:8])
+        return width, height // 2
+    if len(head) >= 12:
+        width, height = struct.unpack("<ii", head[4:12])
+        return abs(width), abs(height) // 2
+    return 0, 0
+
+
+def check_pages(opened: Image.Image, name: str, max_pixels: int) -> None:
+    """Every page of a multi-page TIFF within `max_pixels` (read from the page headers, none
+    decoded), at most MAX_PAGES of them; `opened` is left on its first page."""
+    for page in range(1, MAX_PAGES + 1):
+        try:
+            opened.seek(page)
+        except EOFError:
+            break
+        except Exception:  # noqa: BLE001 - a damaged later page is never decoded: the first,
+            break  # read again below, is what counts
+        width, height = opened.size
+        if width * height > max_pixels:
+            raise ImageTooLarge(f"{name}: page {page + 1} is {width}x{height} pixels, more "
+                                f"than the limit of {max_pixels}")
+    else:
+        raise ImageError(f"{name}: more than {MAX_PAGES} pages")
+    opened.seek(0)
+
+
+def is_tiff(handle: BinaryIO) -> bool:
+    """Whether the file starts like a TIFF (classic or BigTIFF, either byte order); leaves
+    `handle` where it was."""
+    start = handle.tell()
+    head = handle.read(4)
+    handle.seek(start)
+    return head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+_QUIET = threading.Lock()
+
+
+@contextmanager
+def quiet_decoders(tiff: bool = False) -> Iterator[None]:
+    """Decode without the decoders' notes on the terminal: Pillow's warnings (a corrupt EXIF
+    block, an icon of an unexpected size) are dropped and Pillow's bomb warning becomes an
+    error; for a TIFF (`tiff`), what libtiff writes to the process's stderr (file descriptor
+    2) while it decodes is discarded too (one TIFF decode at a time holds the descriptor)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # Pillow's own bomb check only warns below twice its limit: make it an error
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        if not tiff:
+            yield
+            return
+        with _QUIET, _stderr_discarded():
+            yield
+
+
+@contextmanager
+def _stderr_discarded() -> Iterator[None]:
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no descriptor 2 (an embedded interpreter): nothing to hide
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _short(path: Path, limit: int = 120) -> str:
@@ -96,7 +256,7 @@ def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
         return image
     try:
         if image.mode in _WIDE_INT or image.mode == "F":
-            image = _to_8bit(image, name)
+            image = to_gray8(image, name)
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and
                                                   "transparency" in image.info):
             rgba = image.convert("RGBA")
@@ -110,10 +270,17 @@ def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
                          f"({_reason(exc)})") from None
 
 
-def _to_8bit(image: Image.Image, name: str) -> Image.Image:
-    """A 16-bit or 32-bit integer image (0..65535) or a float image (0..1) as 8-bit 'L'."""
-    values = np.asarray(image, dtype=np.float64)
-    if not np.isfinite(values).all():
+# Rows of a wide image scaled to 8 bits at a time: the float64 copy of one block of about a
+# million values, not of the whole image (a 40 Mpx 16-bit image: 80 MB in, 40 MB out)
+_BLOCK_VALUES = 1 << 20
+
+
+def to_gray8(image: Image.Image, name: str) -> Image.Image:
+    """A 16-bit or 32-bit integer image (0..65535) or a float image (0..1) as 8-bit 'L', in
+    bounded memory: the decoded values as they are (2 or 4 bytes a pixel), the 8-bit result,
+    and a block of rows at a time in between."""
+    values = np.asarray(image)
+    if image.mode == "F" and not all(np.isfinite(block).all() for block in _blocks(values)):
         raise ImageError(f"{name}: the image has NaN or infinite pixel values")
     low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
     full = 1.0 if image.mode == "F" else 65535.0
@@ -122,7 +289,16 @@ def _to_8bit(image: Image.Image, name: str) -> Image.Image:
             f"{name}: {image.mode} pixel values span {low:g}..{high:g}; expected 0..{full:g} "
             f"({'float images in 0..1' if image.mode == 'F' else '16-bit images'}); "
             "convert the image to 8 bits first")
-    return Image.fromarray(np.rint(values * (255.0 / full)).astype(np.uint8), "L")
+    out = np.empty(values.shape, np.uint8)
+    for block, target in zip(_blocks(values), _blocks(out)):
+        target[...] = np.rint(block.astype(np.float64) * (255.0 / full))
+    return Image.fromarray(out, "L")
+
+
+def _blocks(values: np.ndarray) -> Iterator[np.ndarray]:
+    rows = max(1, _BLOCK_VALUES // max(1, values.shape[1] if values.ndim > 1 else 1))
+    for start in range(0, values.shape[0], rows):
+        yield values[start:start + rows]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 
 class LazyParser(argparse.ArgumentParser):
@@ -42,3 +42,9 @@ class LazyParser(argparse.ArgumentParser):
     def format_usage(self) -> str:
         self.complete()
         return super().format_usage()
+
+    def error(self, message: str) -> NoReturn:
+        """A wrong command line is one line on stderr, exit status 2: the problem and where the
+        usage is (the usage block itself only with --help)."""
+        text = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {text}; see `{self.prog} --help`\n")

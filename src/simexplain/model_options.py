@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from .defaults import BUILTIN_SIMILARITIES
+from .defaults import BUILTIN_SIMILARITIES, MAX_SIZE
 
 if TYPE_CHECKING:
     from .explainer import Explainer
@@ -26,7 +26,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True,
     parser.add_argument("--size", type=parse_size,
                         help="model input size: N is the short side with the aspect ratio kept "
                              "for models that pool over positions (see `simexplain models`), "
-                             "else an NxN square; H,W is exactly that (default: the model's)")
+                             "else an NxN square; H,W is exactly that (default: the model's; "
+                             f"at most {MAX_SIZE} a side)")
 
 
 def parse_size(text: str) -> int | tuple[int, int]:
@@ -39,6 +40,9 @@ def parse_size(text: str) -> int | tuple[int, int]:
     if len(values) not in (1, 2) or min(values) < 1:
         raise argparse.ArgumentTypeError(
             f"a size is N (pixels) or H,W (height,width in pixels), got {text!r}")
+    if max(values) > MAX_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} exceeds the limit of {MAX_SIZE} pixels a side")
     return values[0] if len(values) == 1 else (values[0], values[1])
 
 

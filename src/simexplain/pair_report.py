@@ -150,15 +150,47 @@ def crops_figure(result: PairExplanation) -> Image.Image | None:
 
 def write_pair(result: PairExplanation, out: Path,
                points: Sequence[tuple[float, float]] | None = None,
-               extra: dict | None = None, patterns: int = DEFAULT_PATTERNS) -> dict:
+               extra: dict | None = None, patterns: int = DEFAULT_PATTERNS,
+               figures: bool = True) -> dict:
     """Write overall_{a,b}.png, relative_{a,b}.png, overall.png, points.png, patterns.png
-    (crops.png when the model saw face crops) and result.json to `out`. `points` are pixels
-    (row, col) of photo a; point maps are of the default kind (DEFAULT_POINT_MAP), labelled as
-    such. `patterns`: how many cross-view patterns to find and draw (0: none). result.json
-    gives each photo's size, the crop the model saw and the grid's cells in the photos' pixels,
-    and the patterns (points in the photos' pixels)."""
+    (crops.png when the model saw face crops) and result.json to `out`; with figures=False,
+    result.json alone (no figure is computed). `points` are pixels (row, col) of photo a;
+    point maps are of the default kind (DEFAULT_POINT_MAP), labelled as such. `patterns`: how
+    many cross-view patterns to find and draw (0: none). result.json gives each photo's size,
+    the crop the model saw and the grid's cells in the photos' pixels, and the patterns
+    (points in the photos' pixels)."""
     out.mkdir(parents=True, exist_ok=True)
     points = list(points) if points else default_points(result)
+    if figures:
+        files, found, found_patterns = _write_figures(result, out, points, patterns)
+    else:
+        files, found = {}, [_has_point_map(result, point) for point in points]
+        found_patterns = result.patterns(patterns) if patterns > 0 else []
+    summary = {
+        **result.to_dict(),  # score, similarity, residual, grids, inputs, overall and relative
+        "points_a": [list(map(float, p)) for p in points],
+        "point_map_kind": DEFAULT_POINT_MAP,
+        "point_map_label": point_map_label(DEFAULT_POINT_MAP),
+        "points_without_map": [n for n, ok in enumerate(found) if not ok],
+        "patterns": [p.to_dict() for p in found_patterns], "files": files,
+        **(extra or {}),
+    }
+    write_json_atomic(out / "result.json", summary)
+    return summary
+
+
+def _has_point_map(result: PairExplanation, point: tuple[float, float]) -> bool:
+    try:
+        result.point_map("a", point, kind=DEFAULT_POINT_MAP)
+    except NoPointMap:
+        return False
+    return True
+
+
+def _write_figures(result: PairExplanation, out: Path, points: list[tuple[float, float]],
+                   patterns: int) -> tuple[dict, list[bool], list[Pattern]]:
+    """The figures of `write_pair`: their file names by kind, which points have a map, and
+    the cross-view patterns drawn."""
     files = {}
     crops = crops_figure(result)
     if crops is not None:
@@ -175,19 +207,9 @@ def write_pair(result: PairExplanation, out: Path,
     points_image, found = points_figure(result, points)
     points_image.save(out / "points.png")
     files["points"] = "points.png"
-    found_patterns: list = []
+    found_patterns: list[Pattern] = []
     if patterns > 0:
         patterns_image, found_patterns = patterns_figure(result, patterns)
         patterns_image.save(out / "patterns.png")
         files["patterns"] = "patterns.png"
-    summary = {
-        **result.to_dict(),  # score, similarity, residual, grids, inputs, overall and relative
-        "points_a": [list(map(float, p)) for p in points],
-        "point_map_kind": DEFAULT_POINT_MAP,
-        "point_map_label": point_map_label(DEFAULT_POINT_MAP),
-        "points_without_map": [n for n, ok in enumerate(found) if not ok],
-        "patterns": [p.to_dict() for p in found_patterns], "files": files,
-        **(extra or {}),
-    }
-    write_json_atomic(out / "result.json", summary)
-    return summary
+    return files, found, found_patterns

@@ -67,13 +67,34 @@ def display_size(image_size: Sequence[int], max_side: int = DISPLAY_SIDE) -> tup
 CRISP_BELOW = 64
 
 
+# A smooth downscale filters from at most this many times the target size: larger images are
+# first reduced by whole factors (box averages), so that a photo 40 million pixels long costs
+# one pass over it, not a filter window of tens of thousands of pixels for every output pixel
+REDUCE_ABOVE = 2
+
+
 def resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     """`image` at (width, height) `size`: a small image enlarged keeps crisp pixels (see
-    CRISP_BELOW); anything else is smoothly resampled."""
+    CRISP_BELOW); anything else is smoothly resampled (from a copy first reduced by whole
+    factors where it is more than REDUCE_ABOVE times larger, see `reduced_for`)."""
     if size == image.size:
         return image
     crisp = size[0] > image.width and max(image.size) < CRISP_BELOW
-    return image.resize(size, Image.Resampling.NEAREST if crisp else Image.Resampling.LANCZOS)
+    if crisp:
+        return image.resize(size, Image.Resampling.NEAREST)
+    return reduced_for(image, size).resize(size, Image.Resampling.LANCZOS)
+
+
+def reduced_for(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """`image` reduced by whole factors (box averages) to at most REDUCE_ABOVE times the
+    (width, height) `size` in each direction; the image itself where it is no larger."""
+    factors = (max(1, image.width // (REDUCE_ABOVE * max(1, size[0]))),
+               max(1, image.height // (REDUCE_ABOVE * max(1, size[1]))))
+    if factors == (1, 1):
+        return image
+    if image.mode not in ("RGB", "RGBA", "L", "LA", "I", "F"):  # reduce works on these
+        image = image.convert("RGB")
+    return image.reduce(factors)
 
 
 @dataclass(frozen=True)
@@ -189,15 +210,21 @@ def mark_box(image: Image.Image, box: Sequence[float],
     return out
 
 
+# The widest image `linked_points` draws, in multiples of its height
+MAX_WIDTH_RATIO = 6
+
+
 def linked_points(left: Image.Image, right: Image.Image,
                   links: Sequence[tuple[Sequence[float], Sequence[float]]], colors: Sequence,
                   height: int = 280, gap: int = 24) -> Image.Image:
-    """Two images side by side at one `height` (small ones enlarged), with each link (a point
-    (row, col) of `left`, one of `right`, in those images' pixels) drawn as two numbered,
-    ringed points joined by a line in its colour."""
+    """Two images side by side at one `height` (small ones enlarged; one too wide for that
+    height is fitted to `MAX_WIDTH_RATIO` heights wide instead, so a long thin photo gives a
+    bounded figure), with each link (a point (row, col) of `left`, one of `right`, in those
+    images' pixels) drawn as two numbered, ringed points joined by a line in its colour."""
     def fit(image: Image.Image) -> tuple[Image.Image, float]:
-        scale = height / image.height
-        return resized(image.convert("RGB"), (max(1, round(image.width * scale)), height)), scale
+        scale = min(height / image.height, MAX_WIDTH_RATIO * height / image.width)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        return resized(image.convert("RGB"), size), scale
 
     (a, sa), (b, sb) = fit(left), fit(right)
     canvas = Image.new("RGB", (a.width + gap + b.width, height), (255, 255, 255))

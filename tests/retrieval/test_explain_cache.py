@@ -5,6 +5,7 @@ input sizes, max-pooling heads (projected features), sharded ivfpq indexes and t
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -353,7 +354,7 @@ def test_cli_build_explain_then_search_explain(gallery, query, tmp_path, capsys,
             if name == "cached":  # the hits come from the cache: the model never sees them
                 patch.setattr(Explainer, "sides", lambda *a, **k: (_ for _ in ()).throw(
                     Forbidden("the model ran on a hit")))
-            assert main(["search", str(out), str(query), "--region", "0,0,16,16", "-k", "3",
+            assert main(["search", *TOY, str(out), str(query), "--region", "0,0,16,16", "-k", "3",
                          "--explain", "--out", str(tmp_path / f"page-{name}")]) == 0
         pages[name] = json.loads((tmp_path / f"page-{name}" / "results.json").read_text())
     for a, b in zip(pages["cached"]["hits"], pages["plain"]["hits"]):
@@ -361,7 +362,8 @@ def test_cli_build_explain_then_search_explain(gallery, query, tmp_path, capsys,
         assert a["residual"] == pytest.approx(b["residual"], abs=1e-6)
     # the maps themselves: the CLI-built cached index against the plain one, via the API
     from simexplain.retrieval import explainer_for_index
-    explainer = explainer_for_index(cached_out)
+    explainer = explainer_for_index(cached_out, argparse.Namespace(
+        model="simexplain.toy:tiny_cnn", layer="features", similarity=None, size=32))
     hits = Index.load(cached_out, explainer).search(query, k=3, region=(0, 0, 16, 16),
                                                     explain=True)
     again = Index.load(plain_out, explainer).search(query, k=3, region=(0, 0, 16, 16),

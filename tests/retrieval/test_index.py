@@ -395,7 +395,7 @@ def test_failed_save_leaves_the_old_index_intact(built, tmp_path, monkeypatch):
         raise OSError("disk full")
     with monkeypatch.context() as patch:
         patch.setattr(faiss, "write_index", broken_write)
-        with pytest.raises(OSError, match="disk full"):
+        with pytest.raises(SimexplainError, match="cannot write the index .*disk full"):
             other.save(target)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
     assert _leftovers(tmp_path) == []
@@ -410,7 +410,7 @@ def test_failed_save_leaves_the_old_index_intact(built, tmp_path, monkeypatch):
         return real_rename(src, dst)
     with monkeypatch.context() as patch:
         patch.setattr(storage.os, "rename", rename)
-        with pytest.raises(OSError, match="rename failed"):
+        with pytest.raises(SimexplainError, match="rename failed"):
             other.save(target)
     assert len(Index.load(target)) == N_IMAGES
     assert _leftovers(tmp_path) == []
@@ -450,7 +450,7 @@ def test_cli_index_build_reports_counts(cli_index, capsys, gallery, tmp_path):
 
 
 def test_cli_search_json(cli_index, query, capsys):
-    assert main(["search", str(cli_index), str(query), "--region", "0,0,16,16", "-k", "3",
+    assert main(["search", *TOY, str(cli_index), str(query), "--region", "0,0,16,16", "-k", "3",
                  "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert [hit["rank"] for hit in result["hits"]] == [1, 2, 3]
@@ -462,7 +462,7 @@ def test_cli_search_json(cli_index, query, capsys):
 
 def test_cli_search_page_with_explanations(cli_index, query, tmp_path, capsys):
     out = tmp_path / "page"
-    assert main(["search", str(cli_index), str(query), "--region", "2,2,20,30", "-k", "2",
+    assert main(["search", *TOY, str(cli_index), str(query), "--region", "2,2,20,30", "-k", "2",
                  "--explain", "--out", str(out)]) == 0
     assert "wrote" in capsys.readouterr().out
     page = (out / "index.html").read_text()
@@ -517,7 +517,7 @@ def test_cli_search_many_queries_equal_single_searches(cli_index, query, query_f
                                                        capsys):
     listing = tmp_path / "queries.txt"
     listing.write_text(f"# two queries\n{query}\n\n{query_folder / 'b.jpg'}\n")
-    assert main(["search", str(cli_index), str(query), str(query_folder), "--queries-from",
+    assert main(["search", *TOY, str(cli_index), str(query), str(query_folder), "--queries-from",
                  str(listing), "--region", "2,3,20,25", "-k", "4", "--json"]) == 0
     results = json.loads(capsys.readouterr().out)
     # files, then the folder's images sorted by name (no text file, no subfolder), then the list
@@ -532,13 +532,13 @@ def test_cli_search_many_queries_equal_single_searches(cli_index, query, query_f
 
 def test_cli_search_many_queries_text_is_grouped_and_one_query_unchanged(cli_index, query,
                                                                          query_folder, capsys):
-    assert main(["search", str(cli_index), str(query), "-k", "2"]) == 0
+    assert main(["search", *TOY, str(cli_index), str(query), "-k", "2"]) == 0
     single = capsys.readouterr().out
     hits = direct_hits(cli_index, query, 2)
     assert single.splitlines() == [
         "2 hits for the query image (cosine of the whole images, descending):",
         *(f"{h['rank']:4d}  {h['score']: .6f}  {h['path']}" for h in hits)]
-    assert main(["search", str(cli_index), str(query), str(query_folder / "a.png"),
+    assert main(["search", *TOY, str(cli_index), str(query), str(query_folder / "a.png"),
                  "-k", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[:4] == [f"query 1/2: {query}", *single.splitlines()]
@@ -549,7 +549,7 @@ def test_cli_search_many_queries_text_is_grouped_and_one_query_unchanged(cli_ind
 def test_cli_search_many_queries_write_one_page_each(cli_index, query, query_folder, tmp_path,
                                                      capsys):
     out = tmp_path / "pages"
-    assert main(["search", str(cli_index), str(query), str(query_folder / "c.png"), "-k", "2",
+    assert main(["search", *TOY, str(cli_index), str(query), str(query_folder / "c.png"), "-k", "2",
                  "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     for folder in ("001-query", "002-c"):

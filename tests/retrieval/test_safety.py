@@ -382,7 +382,8 @@ def test_a_format_2_index_is_read(intact, tmp_path):
     manifest["checksum"] = checksum(manifest)
     (copy / MANIFEST).write_text(json.dumps(manifest))
     (copy / GALLERY).unlink()
-    (copy / MARKER).write_text(json.dumps({"format": "simexplain-index", "version": 2}) + "\n")
+    (copy / MARKER).write_text(json.dumps({"format": "simexplain-index", "version": 2,
+                                           "owner": manifest["owner"]}) + "\n")
     old = Index.load(copy, explainer=explainer)
     new = Index.load(path, explainer=explainer)
     assert list(old.paths) == list(new.paths) and list(old.hashes) == list(new.hashes)
@@ -482,3 +483,257 @@ def test_a_manifest_path_outside_the_gallery_is_refused(intact, tmp_path):
     _write_records(copy, paths, hashes, reasons, reseal=True)
     with pytest.raises(IndexFormatError, match="index damaged.*not inside the gallery root"):
         Index.load(copy)
+
+
+# -- issue 26: an index folder from elsewhere is data, never code -----------------------------
+
+class Payload:
+    """Pickled into a model file: unpickling it creates the file `flag` (code that ran)."""
+
+    def __init__(self, flag: str):
+        self.flag = flag
+
+    def __reduce__(self):
+        return open, (self.flag, "w")
+
+
+def crafted(intact, tmp_path: Path, model: str, extra: bool) -> Path:
+    """A copy of a good index whose manifest (checksum recomputed, as anyone can) names
+    `model`; with `extra`, the pickled payload lies in the index folder itself."""
+    _, path, original, _, _ = intact
+    copy = tmp_path / "crafted"
+    shutil.copytree(path, copy)
+    if extra:
+        torch.save(Payload(str(tmp_path / "ran")), copy / "payload.pt")
+    manifest = json.loads(original)
+    manifest["model"] = model
+    manifest["checksum"] = checksum(manifest)
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    return copy
+
+
+def payloads(tmp_path: Path) -> dict[str, tuple[str, bool]]:
+    """The crafted models: a pickle in the folder, one outside it, a module:factory whose
+    import runs code."""
+    flag = tmp_path / "ran"
+    outside = tmp_path / "elsewhere.pt"
+    torch.save(Payload(str(flag)), outside)
+    (tmp_path / "evil_factory.py").write_text(
+        f"open({str(flag)!r}, 'w').close()\ndef build():\n    raise SystemExit\n")
+    return {"inside": (str(tmp_path / "crafted" / "payload.pt"), True),
+            "outside": (str(outside), False), "factory": ("evil_factory:build", False)}
+
+
+@pytest.mark.parametrize("case", ["inside", "outside", "factory"])
+def test_a_crafted_index_runs_no_code(intact, tmp_path, monkeypatch, capsys, case):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    model, extra = payloads(tmp_path)[case]
+    copy = crafted(intact, tmp_path, model, extra)
+    torch.load(tmp_path / "elsewhere.pt", weights_only=False)  # the payload works: it ran
+    (tmp_path / "ran").unlink()
+    query = tmp_path / "q.png"
+    Image.fromarray(np.zeros((SIDE, SIDE, 3), np.uint8)).save(query)
+    err = refused(["search", str(copy), str(query)], capsys)
+    assert ("does not list (payload.pt)" in err if extra
+            else f"pass --model {model}" in err and "not a zoo model" in err), err
+    import uvicorn
+    from simexplain.web import create_app
+    with pytest.raises(SimexplainError):  # serve --index: the app is never created
+        create_app(index=copy, samples=[])
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the server started"))
+    refused(["serve", "--index", str(copy)], capsys)
+    if extra:
+        with pytest.raises(IndexFormatError, match="payload.pt"):
+            Index.load(copy)
+    else:
+        assert Index.load(copy).model_name == model  # data only: nothing named is loaded
+    assert not (tmp_path / "ran").exists(), "the crafted index ran code"
+
+
+def test_a_model_named_on_the_command_line_is_checked_against_the_index(intact, tmp_path,
+                                                                         capsys):
+    copy = crafted(intact, tmp_path, "/nowhere/model.pt", False)
+    query = tmp_path / "q.png"
+    Image.fromarray(np.zeros((SIDE, SIDE, 3), np.uint8)).save(query)
+    # the index was built with toy_explainer's weights: a toy model with other weights
+    # (another seed of the factory) is refused by the fingerprint, in one line
+    err = refused(["search", str(copy), str(query), "--model", "simexplain.toy:tiny_cnn",
+                   "--layer", "features", "--size", str(SIDE)], capsys)
+    assert "does not match" in err
+
+
+# -- issue 26: ownership needs more than the marker's text ------------------------------------
+
+def test_a_folder_with_only_the_markers_text_is_not_ours(intact, gallery, tmp_path, capsys):
+    _, path, _, _, _ = intact
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / MARKER).write_text((path / MARKER).read_text())  # the exact text, owner and all
+    (fake / MANIFEST).write_text('{"my": "settings"}')
+    (fake / "embeddings.npy").write_bytes(b"my own numbers")
+    (fake / "vectors.faiss").write_bytes(b"mine too")
+    before = snapshot(fake)
+    err = refused(["index", "build", str(gallery), *TOY, "--out", str(fake)], capsys)
+    assert "cannot tell its own files" in err
+    assert snapshot(fake) == before
+
+
+def test_only_files_its_manifest_lists_are_removed(gallery, tmp_path, capsys):
+    out = tmp_path / "index"
+    assert main(["index", "build", str(gallery), *TOY, "--out", str(out)]) == 0
+    (out / "vectors-00003.faiss").write_bytes(b"a user's file, named like a shard")
+    before = snapshot(out)
+    err = refused(["index", "build", str(gallery), *TOY, "--out", str(out)], capsys)
+    assert "vectors-00003.faiss" in err and snapshot(out) == before
+    owner = json.loads((out / MANIFEST).read_text())["owner"]
+    assert json.loads((out / MARKER).read_text())["owner"] == owner
+
+
+def test_an_index_of_ours_is_replaced_with_a_new_owner(gallery, tmp_path):
+    out = tmp_path / "index"
+    assert main(["index", "build", str(gallery), *TOY, "--out", str(out)]) == 0
+    first = json.loads((out / MANIFEST).read_text())["owner"]
+    assert main(["index", "build", str(gallery), *TOY, "--out", str(out)]) == 0
+    second = json.loads((out / MANIFEST).read_text())["owner"]
+    assert first != second and json.loads((out / MARKER).read_text())["owner"] == second
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
+
+
+# -- issue 26: leftovers of a killed save are ours, and the next save removes them ------------
+
+def leftover_names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".simexplain-" in p.name)
+
+
+def test_leftovers_of_a_killed_save_are_removed_by_the_next(tmp_path):
+    index = Index.from_vectors(np.random.default_rng(0).standard_normal((20, 4)))
+    target = tmp_path / "index"
+    index.save(target)
+    # what a save killed mid-way leaves: a half-written staging folder, and the previous
+    # index moved aside; a user's file in one of them stays (with a warning)
+    tmp = tmp_path / ".index.simexplain-tmp-abcd1234"
+    tmp.mkdir()
+    (tmp / "embeddings.npy").write_bytes(b"half")
+    old = tmp_path / ".index.simexplain-old-efgh5678"
+    shutil.copytree(target, old)
+    kept = tmp_path / ".index.simexplain-old-ijkl9012"
+    kept.mkdir()
+    (kept / "vectors.faiss").write_bytes(b"x")
+    (kept / "diary.txt").write_text("mine")
+    other = tmp_path / ".other.simexplain-tmp-abcd1234"  # another target's: not this save's
+    other.mkdir()
+    with pytest.warns(UserWarning, match="diary.txt"):
+        index.save(target)
+    assert leftover_names(tmp_path) == [kept.name, other.name]
+    assert snapshot(kept) == {"diary.txt": b"mine"}
+    assert len(Index.load(target)) == 20
+
+
+KILLED_SAVE = """
+import os, signal, sys
+import numpy as np
+from simexplain import files
+from simexplain.retrieval import Index, storage
+index = Index.from_vectors(np.random.default_rng(1).standard_normal((30, 4)))
+where = sys.argv[2]
+def kill(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+if where == "writing":  # the staging folder half written
+    storage._write = kill
+else:  # the old index moved aside, the new one in place, the old one not yet removed
+    files._remove_files = kill
+index.save(sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("where", ["writing", "swapping"])
+def test_a_real_sigkill_mid_save_leaves_nothing_the_next_save_keeps(tmp_path, where):
+    import signal
+    import subprocess
+    import sys
+    target = tmp_path / "index"
+    Index.from_vectors(np.random.default_rng(0).standard_normal((20, 4))).save(target)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(target), where], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    kind = "tmp" if where == "writing" else "old"
+    assert [n.split("-")[-2] for n in leftover_names(tmp_path)] == [kind]
+    assert len(Index.load(target)) == (20 if where == "writing" else 30)
+    Index.from_vectors(np.random.default_rng(2).standard_normal((10, 4))).save(target)
+    assert leftover_names(tmp_path) == [] and len(Index.load(target)) == 10
+
+
+# -- issue 26: failures while writing an index are one line, exit 2, nothing left behind ------
+
+def test_disk_full_during_an_explain_build(gallery, tmp_path, monkeypatch, capsys):
+    import errno
+    from simexplain.retrieval import storage
+    out = tmp_path / "index"
+    real = storage._save_array
+
+    def full(array, file, *args, **kwargs):
+        if "explain" in file.name:  # the embeddings went in, the explain cache does not fit
+            file.write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(array, file, *args, **kwargs)
+    with monkeypatch.context() as patch:
+        patch.setattr(storage, "_save_array", full)
+        err = refused(["index", "build", str(gallery), *TOY, "--out", str(out), "--explain"],
+                      capsys)
+    assert "No space left on device" in err and str(out) in err
+    assert not out.exists() and leftover_names(tmp_path) == []
+    assert main(["index", "build", str(gallery), *TOY, "--out", str(out), "--explain"]) == 0
+    assert leftover_names(tmp_path) == [] and Index.load(out).explain_cache is not None
+
+
+@pytest.mark.parametrize("target", [".", "afile/idx", "afile", "readonly/idx"])
+def test_unwritable_out_targets_are_refused_before_any_work(gallery, tmp_path, monkeypatch,
+                                                            capsys, target):
+    import errno
+    import tempfile
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("mine")
+    (tmp_path / "readonly").mkdir()
+    real = tempfile.mkdtemp
+
+    def read_only(*args, dir=None, **kwargs):  # noqa: A002 - mkdtemp's own name
+        if dir is not None and Path(dir).name == "readonly":
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return real(*args, dir=dir, **kwargs)
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    monkeypatch.setattr(Index, "build", lambda *a, **k: pytest.fail("work started"))
+    before = snapshot(tmp_path)
+    err = refused(["index", "build", str(gallery), *TOY, "--out", target], capsys)
+    assert {".": "working folder", "afile/idx": "is a file", "afile": "not an index folder",
+            "readonly/idx": "Read-only file system"}[target] in err
+    assert snapshot(tmp_path) == before and leftover_names(tmp_path) == []
+
+
+def test_ivfpq_on_a_one_image_gallery_says_how_many_it_needs(tmp_path, capsys):
+    make_gallery(tmp_path / "one", count=1)
+    err = refused(["index", "build", str(tmp_path / "one"), *TOY, "--out",
+                   str(tmp_path / "index"), "--kind", "ivfpq"], capsys)
+    assert "needs at least 2 images" in err and "has 1" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one"]
+    with pytest.raises(SimexplainError, match="needs at least 2 images"):
+        Index.from_vectors(np.ones((1, 4)), kind="ivfpq")
+
+
+def test_search_out_never_overwrites_the_users_files(gallery, tmp_path, capsys):
+    index = tmp_path / "index"
+    assert main(["index", "build", str(gallery), *TOY, "--out", str(index)]) == 0
+    query = tmp_path / "q.png"
+    Image.fromarray(np.zeros((SIDE, SIDE, 3), np.uint8)).save(query)
+    page = tmp_path / "page"
+    page.mkdir()
+    for name in ("index.html", "query.png", "results.json"):
+        (page / name).write_text(f"my {name}")
+    before = snapshot(page)
+    search = ["search", *TOY[:-1], str(index), str(query), "-k", "2", "--out"]
+    err = refused(search + [str(page)], capsys)
+    assert "not written by simexplain" in err and snapshot(page) == before
+    ours = tmp_path / "ours"
+    assert main(search + [str(ours)]) == 0 and main(search + [str(ours)]) == 0
+    assert (ours / "index.html").is_file() and leftover_names(tmp_path) == []

@@ -82,10 +82,10 @@ def test_ray_build_equals_the_local_build(gallery, tmp_path):
                               out=tmp_path / "ray", engine="ray", ray={"workers": 2})
     _same_index(local, distributed)
     assert len(distributed) == N_IMAGES and "broken.png" in distributed.skipped[0].path
-    # the same manifest (all but the time of creation, and so the checksum)
+    # the same manifest (all but the time of creation, the owner id, and so the checksum)
     manifests = [json.loads((tmp_path / name / MANIFEST).read_text()) for name in ("local", "ray")]
     for m in manifests:
-        del m["created"], m["checksum"], m["gallery_root_from_index"]
+        del m["created"], m["checksum"], m["gallery_root_from_index"], m["owner"]
     assert manifests[0] == manifests[1]
     loaded = Index.load(tmp_path / "ray", explainer=explainer)
     query = np.asarray(local.embeddings[3], np.float64)

@@ -53,7 +53,11 @@ def test_local_host_names_are_served(app, host):
 
 
 @pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "localhost.evil.example",
-                                  "127.0.0.1.nip.io", "testserver", "[::2]:80", ""])
+                                  "127.0.0.1.nip.io", "testserver", "[::2]:80", "",
+                                  # not one host and a port: a real parser refuses them all
+                                  "[::1]evil.com", "[::1].evil.com", "[::1]:80@evil.com",
+                                  "localhost@evil.com", "localhost:80:80", "::1",
+                                  "localhost:99999", "[::1", "local host", "[evil]"])
 def test_other_host_names_get_400(app, host):
     with TestClient(app, base_url="http://localhost") as client:
         response = client.get("/healthz", headers={"host": host})
@@ -87,6 +91,10 @@ def test_host_name_parsing():
     assert host_name("[::1]:8000") == "::1" and host_name("[::1]") == "::1"
     assert host_name("example.org.") == "example.org"
     assert host_name("") == ""
+    assert host_name("[0:0::1]:80") == "::1"  # IPv6 compared in canonical form
+    for crafted in ("[::1]evil.com", "[::1].evil.com", "[::1]:80@evil.com", "[::1]:80/x",
+                    "localhost:", "localhost:http", "::1"):
+        assert host_name(crafted) == "", crafted
 
 
 def test_served_hosts():
@@ -201,3 +209,89 @@ def test_large_uploads_keep_memory_bounded(app):
     # (three at once, as before, would be 600 MB and more)
     assert peak[0] - base < 400, f"RSS grew by {peak[0] - base:.0f} MB during the uploads"
     assert after - base < 100, f"RSS stayed {after - base:.0f} MB above the baseline"
+
+
+def _fuzz_images():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[2] / "scripts" / "fuzz_images.py"
+    spec = importlib.util.spec_from_file_location("fuzz_images", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+FUZZ = _fuzz_images()
+
+
+@pytest.mark.parametrize("kind", sorted(FUZZ.DISGUISED))
+def test_disguised_bombs_are_refused_before_decoding(app, kind, monkeypatch):
+    """413 naming the real size (8900x8900), and no pixel decoded: the icon, the TIFF's second
+    page and the GIF's far frame never reach a decoder (the budget is never even held)."""
+    from PIL import ImageFile
+    from simexplain.web import store
+    decoded, held = [], []
+    original = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load",
+                        lambda image: decoded.append(image.size) or original(image))
+    monkeypatch.setattr(store.DECODE_BUDGET, "hold", lambda count: held.append(count))
+    with TestClient(app, base_url="http://localhost") as client:
+        response = client.post("/api/images",
+                               files={"file": (f"{kind}.img", FUZZ.DISGUISED[kind]())})
+    assert response.status_code == 413, response.text
+    assert "8900x8900" in response.json()["error"]
+    assert decoded == [] and held == []
+
+
+def test_a_16bit_upload_holds_its_real_bytes_and_decodes_in_bounded_memory(app):
+    """Two concurrent 39.7 Mpx 16-bit grey PNGs (80 MB each decoded): stored, one decode at a
+    time, scaled to 8 bits a block at a time (the float64 copies took +1 GB an upload)."""
+    side = 6300
+    base_file = FUZZ.flat_png(side, side, depth=16, color=0)
+    files = [base_file[:-12] + FUZZ._png_chunk(b"tEXt", b"n\x00%d" % i) + base_file[-12:]
+             for i in range(2)]
+    with TestClient(app, base_url="http://localhost") as client:
+        client.post("/api/images", files={"file": ("warm.png", palette_png(64, 64, (1, 1, 1)))})
+        base = rss_mb()
+        peak, done = [base], threading.Event()
+
+        def sample():
+            while not done.is_set():
+                peak[0] = max(peak[0], rss_mb())
+                time.sleep(0.005)
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            with ThreadPoolExecutor(2) as pool:
+                responses = list(pool.map(
+                    lambda data: client.post("/api/images", files={"file": ("g16.png", data)}),
+                    files))
+        finally:
+            done.set()
+            sampler.join()
+    assert [r.status_code for r in responses] == [201] * 2, [r.text for r in responses]
+    assert all(r.json()["width"] == STORED_SIDE for r in responses)
+    assert peak[0] - base < 350, f"RSS grew by {peak[0] - base:.0f} MB during the uploads"
+
+
+def test_decode_cost_counts_real_bytes():
+    from simexplain.web.store import decode_cost
+    assert decode_cost("RGB", 1000) == 1000  # 4 bytes a pixel: the unit
+    assert decode_cost("I;16", 1000) == 750  # 2 decoded + 1 scaled to 8 bits
+    assert decode_cost("P", 1000) == 1250 and decode_cost("CMYK", 1000) == 2000
+
+
+def test_an_icon_within_the_limit_holds_its_real_size_of_the_budget():
+    """An icon's directory says 256x256; it holds 300x300: the budget is held for 300x300
+    (what opening the icon decodes), and the upload is the real image."""
+    from simexplain.web.store import _checked_cost, decode_upload
+    icon = FUZZ.icon_bomb(300)  # a 300x300 PNG under a 256x256 entry
+    assert _checked_cost(icon, 40_000_000) == 300 * 300
+    held = []
+
+    class Recording(PixelBudget):
+        def hold(self, count):
+            held.append(count)
+            return super().hold(count)
+    image = decode_upload(icon, budget=Recording(10**6))
+    assert image.size == (300, 300) and held == [300 * 300]

@@ -393,8 +393,12 @@ def test_cli_index_build_and_search_with_a_hf_folder(saved, pictures, tmp_path, 
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["model"] == f"hf:{folder}" and manifest["layer"] == f"blocks.{DEPTH - 2}"
     capsys.readouterr()
-    # the manifest's model spec loads the same model again for a query
-    assert main(["search", str(out), pictures[0], "-k", "2", "--json"]) == 0
+    # an index folder is data: the hf: folder its manifest names is not loaded from there
+    assert main(["search", str(out), pictures[0], "-k", "2", "--json"]) == 2
+    assert f"pass --model hf:{folder}" in capsys.readouterr().err
+    # named on the command line, the same model answers the query (fingerprint checked)
+    assert main(["search", "--model", f"hf:{folder}", str(out), pictures[0], "-k", "2",
+                 "--json"]) == 0
     assert "g" in capsys.readouterr().out
 
 

@@ -20,14 +20,17 @@ def add_pair_arguments(pair: argparse.ArgumentParser) -> None:
     pair.add_argument("a", help="image a")
     pair.add_argument("b", help="image b")
     add_model_arguments(pair)
-    pair.add_argument("--out", default="simexplain-pair", help="output folder")
+    pair.add_argument("--out", default="simexplain-pair",
+                      help="output folder: absent, empty, or one simexplain wrote (replaced)")
     pair.add_argument("--point", type=parse_point, action="append",
                       help="ROW,COL pixel of image a (in the file's pixels) for a point map; "
                            "repeatable (default: the 4 strongest cells)")
     pair.add_argument("--patterns", type=int, default=DEFAULT_PATTERNS, metavar="K",
                       help="cross-view patterns to find and draw in patterns.png and "
                            f"result.json (default {DEFAULT_PATTERNS}; 0: none)")
-    pair.add_argument("--json", action="store_true", help="print result.json to stdout")
+    pair.add_argument("--json", action="store_true",
+                      help="print result.json to stdout (and write only result.json: no "
+                           "figure is computed)")
     pair.set_defaults(run=cmd_pair)
 
 
@@ -40,15 +43,18 @@ def parse_point(text: str) -> tuple[float, float]:
 
 
 def cmd_pair(args: argparse.Namespace) -> int:
+    from ..files import check_output, output_folder
     from ..pair_report import write_pair
     if args.patterns < 0:
         raise SimexplainError(f"--patterns must be 0 or more, got {args.patterns}")
+    out = Path(args.out)
+    check_output(out)  # before any work: absent, empty or an output of ours
     explainer = from_args(args)
     result = explainer.explain(args.a, args.b)  # face models see face crops (the pipeline)
-    out = Path(args.out)
-    summary = write_pair(result, out, args.point, patterns=args.patterns, extra={
-        "model": args.model, "layer": explainer.stream_a.layer_name,
-        "image_a": str(args.a), "image_b": str(args.b)})
+    with output_folder(out) as staged:
+        summary = write_pair(result, staged, args.point, patterns=args.patterns, extra={
+            "model": args.model, "layer": explainer.stream_a.layer_name,
+            "image_a": str(args.a), "image_b": str(args.b)}, figures=not args.json)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

@@ -3,14 +3,13 @@ file hashing and the record of a skipped gallery file. A leaf: it imports no ret
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import SimexplainError
+from ..files import file_sha256  # noqa: F401 - re-exported: the retrieval's file hashing
 
 ENGINES = ("local", "ray")  # one process, or a Ray Data pipeline (`ray_engine`)
 
@@ -22,14 +21,6 @@ def require_faiss() -> Any:  # the faiss module (it has no type stubs)
         raise SimexplainError("retrieval needs FAISS: pip install faiss-cpu "
                               "(or the 'retrieval' extra of simexplain)") from None
     return faiss
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def finite_rows(embeddings: np.ndarray, start: int, stop: int) -> bool:

@@ -20,11 +20,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import SimexplainError
-from ..files import atomic_path
+from ..files import atomic_path, writing
 from .basics import ENGINES, Skipped, require_faiss
 from .embedding import Embedded, embed_files
 from .explain_cache import ExplainCache
-from .kinds import check_shards, kind as index_kind
+from .kinds import check_count, check_shards, kind as index_kind
 from .model import MODEL_KEYS, model_info
 from .ray_engine import embed_with_ray
 from .storage import FORMAT_NAME, FORMAT_VERSION, check_replaceable, common_root
@@ -71,6 +71,7 @@ def embed_gallery(images: str | Path | Iterable[str | Path],
                               f"{', '.join(ENGINES)}")
     require_faiss()
     root, paths = gallery_files(images)
+    check_count(kind, len(paths))  # before any work: too few files can only give too few images
     checkpoint = None
     if out is not None:  # refuse a bad --out before any work
         check_replaceable(out)
@@ -101,7 +102,8 @@ def embed_gallery(images: str | Path | Iterable[str | Path],
             state.record(results, skipped, done)
             batches_since += 1
             if checkpoint is not None and batches_since >= checkpoint_every:
-                state.write(checkpoint)
+                with writing(f"the build checkpoint {checkpoint}"):  # disk full: one line
+                    state.write(checkpoint)
                 batches_since = 0
     except BaseException:
         if checkpoint is not None and state.done > resumed_from:

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import SimexplainError
@@ -94,7 +94,8 @@ def add_search_arguments(search: argparse.ArgumentParser) -> None:
     search.add_argument("--out",
                         help="write a results page (index.html + PNGs) here; for several "
                              "queries one page a query, in subfolders named NNN-STEM (the "
-                             "query's position and file name)")
+                             "query's position and file name); the folder must be absent, "
+                             "empty, or one simexplain wrote (replaced)")
     search.add_argument("--json", action="store_true",
                         help="print the hits as JSON (for several queries: a list, one object "
                              "a query)")
@@ -133,14 +134,24 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 
 def explainer_for_index(index_path: str | Path, args: argparse.Namespace | None = None
                         ) -> Explainer:
-    """The query model of an index: the one its manifest names, unless overridden (then it
-    must match)."""
-    from ..zoo import resolve
+    """The query model of an index: `args.model` when given (the command line's choice; the
+    index checks its fingerprint), else the zoo model the manifest names. An index folder is
+    data: a model file, `module:factory` or `hf:FOLDER` in its manifest is never loaded from
+    there (it could run code), the caller must name it with --model."""
+    from .. import zoo
     from .storage import read_manifest
     manifest = read_manifest(Path(index_path))
-    model = getattr(args, "model", None) or manifest.get("model")
+    model = getattr(args, "model", None)
+    named = manifest.get("model")
     if not model:
-        raise SimexplainError(f"{index_path}: the manifest names no model; pass --model")
+        if not named:
+            raise SimexplainError(f"{index_path}: the manifest names no model; pass --model")
+        if named not in zoo.list():
+            raise SimexplainError(
+                f"{index_path} was built with {named!r}, which is not a zoo model; simexplain "
+                "never loads a model that an index folder names (it could run code): pass "
+                f"--model {named} --layer {manifest.get('layer')} yourself if you trust it")
+        model = named
     layer = getattr(args, "layer", None) or manifest.get("layer")
     similarity = getattr(args, "similarity", None) or manifest.get("similarity")
     size = getattr(args, "size", None)
@@ -148,7 +159,7 @@ def explainer_for_index(index_path: str | Path, args: argparse.Namespace | None 
     if size is None and input_size:
         size = (int(input_size[0]) if input_size[0] == input_size[1]
                 else (int(input_size[0]), int(input_size[1])))
-    return resolve(model, layer, similarity, size)
+    return zoo.resolve(model, layer, similarity, size)
 
 
 def query_files(args: argparse.Namespace) -> list[str]:
@@ -189,28 +200,31 @@ def query_files(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .index import Index
+    import warnings
+
+    from .index import Index, StaleHit
     if args.k < 1:
         raise SimexplainError(f"-k must be >= 1, got {args.k}")
     queries = query_files(args)
     out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and not out.is_dir():
-        raise SimexplainError(f"--out {out} exists and is not a folder")
+    if out is not None:
+        from ..files import check_output
+        check_output(out)  # before any work: absent, empty or an output of ours
     explainer = explainer_for_index(args.index, args)
     index = Index.load(args.index, explainer=explainer)
     # search every query before writing anything: a failure leaves no partial pages behind
     results = []
-    for query in queries:
-        prepared = index.region_vector(query, args.region)
-        results.append((query, prepared, index.search(prepared, args.k, explain=args.explain)))
-    summaries = []
-    for number, (query, prepared, hits) in enumerate(results, start=1):
-        summary = search_summary(args, index, query, prepared, hits)
-        if out is not None:
-            from .page import write_results_page
-            folder = out if len(results) == 1 else out / f"{number:03d}-{Path(query).stem}"
-            summary["page"] = str(write_results_page(folder, prepared, hits, index, summary))
-        summaries.append(summary)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StaleHit)  # said once a hit, below
+        for query in queries:
+            prepared = index.region_vector(query, args.region)
+            results.append((query, prepared, index.search(prepared, args.k,
+                                                          explain=args.explain)))
+    summaries = [search_summary(args, index, query, prepared, hits)
+                 for query, prepared, hits in results]
+    if out is not None:
+        write_pages(out, results, summaries, index)
+    warn_stale(hits for _, _, hits in results)
     if args.json:
         print(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
         return 0
@@ -220,6 +234,20 @@ def cmd_search(args: argparse.Namespace) -> int:
                   f"{summary['query']}")
         print_hits(summary, hits, region=args.region is not None)
     return 0
+
+
+def write_pages(out: Path, results: list, summaries: list[dict], index: Index) -> None:
+    """The results pages, written whole into `out` (`files.output_folder`): one page, or one
+    a query in subfolders NNN-STEM; each summary gets its page's path."""
+    from ..files import output_folder
+    from .page import write_results_page
+    with output_folder(out) as staged:
+        for number, ((query, prepared, hits), summary) in enumerate(zip(results, summaries),
+                                                                     start=1):
+            folder = staged if len(results) == 1 else staged / f"{number:03d}-{Path(query).stem}"
+            page = write_results_page(folder, prepared, hits, index, summary)
+            summary["page"] = str(out / page.relative_to(staged))
+            summary["hits"] = [hit.to_dict() for hit in hits]  # as the page found the files
 
 
 def search_summary(args: argparse.Namespace, index: Index, query: str, prepared: RegionQuery,
@@ -237,10 +265,23 @@ def search_summary(args: argparse.Namespace, index: Index, query: str, prepared:
     }
 
 
+def warn_stale(hit_lists: Iterable[Sequence[Hit]]) -> None:
+    """One warning line on stderr for each hit whose file is not the one indexed (changed,
+    missing, or refused: no longer a regular file inside the gallery); the exit status stays
+    0 and the hits are marked ("stale" in --json and results.json, on the page)."""
+    seen = set()
+    for hits in hit_lists:
+        for hit in hits:
+            if hit.stale and hit.index not in seen:
+                seen.add(hit.index)
+                print(f"simexplain: warning: {hit.path}: {hit.stale}", file=sys.stderr)
+
+
 def print_hits(summary: dict, hits: Sequence[Hit], region: bool) -> None:
     what = "region" if region else "image"
     print(f"{len(hits)} hits for the query {what} ({summary['score']}, {summary['ranking']}):")
     for hit in hits:
-        print(f"{hit.rank:4d}  {hit.score: .6f}  {hit.path}")
+        stale = f"  (stale: {hit.stale})" if hit.stale else ""
+        print(f"{hit.rank:4d}  {hit.score: .6f}  {hit.path}{stale}")
     if "page" in summary:
         print(f"wrote {summary['page']}")

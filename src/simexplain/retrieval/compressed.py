@@ -23,6 +23,8 @@ from .basics import require_faiss
 
 MAX_CODE_BYTES = 56  # m: with FAISS's 8-byte ids, at most 64 bytes per vector
 TRAIN_PER_LIST = 64  # training sample: this many rows per inverted list (at least 10,000)
+# the smallest gallery it trains on: two rows for the two centroids of 1-bit codes
+MIN_COUNT = 2
 ADD_CHUNK = 65536  # rows converted and added at a time (bounded memory for any gallery)
 
 
@@ -130,6 +132,10 @@ def build(rows: Callable[[int, int], np.ndarray], count: int, dim: int, params: 
     size = _sample_size(count, nlist)
     picked = np.sort(rng.choice(count, size, replace=False)) if size < count else None
     sample = _gather(rows, count, picked)
+    needed = max(nlist, 2 ** nbits)
+    if len(sample) < needed:  # FAISS would fail deep in its k-means
+        raise SimexplainError(f"nlist={nlist} and nbits={nbits} need at least {needed} images "
+                              f"to train on, the gallery has {count}")
     quantizer = faiss.IndexFlatIP(dim)
     template = faiss.IndexIVFPQ(quantizer, dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
     template.cp.min_points_per_centroid = 1  # small galleries: no warning spam, same result

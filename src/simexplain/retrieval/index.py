@@ -11,16 +11,18 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .. import maps, regions
 from .. import similarity as similarities
 from ..errors import ImageError, SimexplainError
 from ..explainer import side_from
 from ..explanation import PairExplanation, Side
-from ..images import ImageInput
+from ..gallery_files import CHANGED, OK, GalleryFile, read_gallery_file
+from ..images import ImageInput, decode_image
 from ..similarity import Similarity
 from . import build, storage
-from .basics import ENGINES, Skipped, file_sha256
+from .basics import ENGINES, Skipped
 from .columns import HashColumn, PathColumn
 from .explain_cache import ExplainCache
 from .kinds import kind as index_kind, with_defaults
@@ -28,6 +30,11 @@ from .model import IndexMismatchError, check_model, model_info
 
 if TYPE_CHECKING:
     from ..explainer import Explainer
+
+class StaleHit(UserWarning):
+    """Warned for a gallery file that is not what was indexed: changed, missing, or refused
+    (no longer a regular file inside the gallery)."""
+
 
 # Extra candidates fetched from FAISS before exact re-scoring (guards near-ties at rank k).
 FETCH_MARGIN = 16
@@ -49,6 +56,9 @@ class Hit:
     full_score: float
     explanation: PairExplanation | None = field(default=None, repr=False)
     region_map: torch.Tensor | None = field(default=None, repr=False)
+    # what became of the hit's file since it was indexed, in words ("changed since it was
+    # indexed", "missing ...", "refused: ..."): None while it is the file that was indexed
+    stale: str | None = None
 
     @property
     def overall_map(self) -> torch.Tensor | None:
@@ -57,7 +67,7 @@ class Hit:
 
     def to_dict(self) -> dict:
         out = {"rank": self.rank, "index": self.index, "path": self.path, "score": self.score,
-               "full_score": self.full_score}
+               "full_score": self.full_score, "stale": self.stale}
         if self.explanation is not None:
             out["residual"] = self.explanation.residual
             out["grid"] = list(self.explanation.b.grid)
@@ -68,6 +78,18 @@ class Hit:
 class Hits(list):
     """The hits of one search, best first: a list of `Hit` that Jupyter displays as a row of
     thumbnails with rank, file name and score (the region map on each, once explained)."""
+
+    # the index searched: its hits' images are read through it (`Index.gallery_image`)
+    source: Index | None = None
+
+    def image(self, hit: Hit) -> Image.Image:
+        """A hit's photo, read now through the index searched (never a link out of its
+        gallery: SimexplainError; a changed file with a StaleHit warning), or from its path
+        for hits made by hand."""
+        if self.source is not None and hit.index < len(self.source):
+            return self.source.gallery_image(hit.index)
+        from ..images import load_image
+        return load_image(hit.path)
 
     def _repr_html_(self) -> str:
         from ..display import hits_html  # here, not at the top: rendering sits above retrieval
@@ -282,7 +304,7 @@ class Index:
     def search(self, query: ImageInput | RegionQuery, k: int = 10,
                region: maps.Region | None = None,
                explain: bool = False, batch_size: int = 16,
-               coords: maps.Coords = "image") -> Hits:
+               coords: maps.Coords = "image", check_files: bool = True) -> Hits:
         """Rank the gallery for a query image (path, PIL image or (1, C, H, W) tensor), or for
         a prepared `RegionQuery` (from `region_vector` or `RegionQuery.from_side`).
 
@@ -290,6 +312,9 @@ class Index:
         model input's with coords="input"); hits are then ranked by the region's partial
         similarity s_R. explain: decompose the
         top k pairs too (`Hit.explanation`, `Hit.overall_map`, `Hit.region_map`).
+        check_files: read each hit's file now (`gallery_file`) and mark the hits whose file
+        changed, went missing or no longer is a regular file inside the gallery
+        (`Hit.stale`, with a warning); the ranking itself comes from the index alone.
         """
         if isinstance(query, RegionQuery):
             if region is not None:
@@ -299,6 +324,8 @@ class Index:
             prepared = self.region_vector(query, region, coords)
         hits = self.search_vector(prepared.vector, k,
                                   prepared.embedding if prepared.is_region else None)
+        if check_files:
+            self.mark_stale(hits)
         if explain:
             self.explain_hits(prepared, hits, batch_size=batch_size)
         return hits
@@ -334,9 +361,11 @@ class Index:
             full = all_full[order]
         else:
             full = similarities.scores(e, self.embeddings[chosen], self.similarity)
-        return Hits(Hit(rank=r + 1, index=int(i), path=self.paths[int(i)], score=float(s),
+        hits = Hits(Hit(rank=r + 1, index=int(i), path=self.paths[int(i)], score=float(s),
                         full_score=float(f))
                     for r, (i, s, f) in enumerate(zip(chosen, scores[order], full)))
+        hits.source = self
+        return hits
 
     def _candidates(self, v: np.ndarray, is_region: bool, fetch: int) -> np.ndarray:
         """Gallery rows of the best `fetch` inner products in the FAISS index (sorted by row)."""
@@ -351,28 +380,81 @@ class Index:
         return np.unique(rows)  # sorted: exact ties then keep gallery order
 
     def explain_hits(self, prepared: RegionQuery, hits: list[Hit], batch_size: int = 16) -> None:
-        """Attach the pair decomposition (and the region map) to each hit, in place. With an
-        explain cache, a hit's side comes from it (no model forward) unless its file changed
-        since indexing or now gives another input size: those are computed again."""
+        """Attach the pair decomposition (and the region map) to each hit, in place, from its
+        file as read now (`gallery_file`). With an explain cache, a hit's side comes from it
+        (no model forward) unless its file changed since indexing or now gives another input
+        size: those are computed again. A hit whose file is missing or refused is marked
+        stale and left unexplained."""
         explainer = self._require_explainer()
         sides: dict[int, Side] = {}
+        images: dict[int, Image.Image] = {}
         try:
             for i, hit in enumerate(hits):
-                if not self._warn_if_changed(hit) and self.explain_cache is not None:
-                    side = self._side_from_cache(hit.index)
+                image, changed = self._hit_image(hit)
+                if image is None:
+                    continue
+                images[i] = image
+                if not changed and self.explain_cache is not None:
+                    side = self._side_from_cache(hit.index, image)
                     if side is not None:
                         sides[i] = side
-            missing = [i for i in range(len(hits)) if i not in sides]
+            missing = [i for i in images if i not in sides]
             if missing:
-                computed = explainer.sides([hits[i].path for i in missing], "b", batch_size)
+                computed = explainer.sides([images[i] for i in missing], "b", batch_size)
                 sides.update(zip(missing, computed))
         except ImageError as exc:
             raise SimexplainError(f"cannot explain the hits: {exc}") from None
-        for hit, side_b in zip(hits, (sides[i] for i in range(len(hits)))):
+        for i, side_b in sides.items():
+            hit = hits[i]
             hit.explanation = PairExplanation.from_sides(prepared.side, side_b,
                                                          explainer.similarity)
             if prepared.is_region:
                 hit.region_map = prepared.map_on(side_b, explainer.similarity)
+
+    def _hit_image(self, hit: Hit) -> tuple[Image.Image | None, bool]:
+        """A hit's image decoded from its file as read now, and whether that file changed
+        since indexing; (None, ...) for a missing or refused file (the hit is marked stale,
+        with a warning)."""
+        read = self.gallery_file(hit.index)
+        if read.stale is not None and hit.stale is None:
+            hit.stale = read.stale
+            warnings.warn(f"{hit.path}: {read.stale}", StaleHit, stacklevel=4)
+        if read.data is None:
+            return None, False
+        return decode_image(read.data, hit.path), read.status == CHANGED
+
+    # -- the gallery's files, read now ------------------------------------------------------------
+    def gallery_file(self, row: int) -> GalleryFile:
+        """Gallery row `row`'s file read now, with its status (`gallery_files`): refused
+        unless a regular file inside the gallery folder; "changed" when its sha256 differs
+        from the one recorded at indexing."""
+        expected = self.hashes[row] if row < len(self.hashes) else ""
+        return read_gallery_file(self.paths[row], self.root, expected)
+
+    def gallery_image(self, row: int) -> Image.Image:
+        """Gallery row `row`'s image (RGB) from its file as read now: SimexplainError when the
+        file is missing or not a regular file inside the gallery (a symbolic link swapped in
+        after indexing); a warning (StaleHit) when its content changed since indexing."""
+        read = self.gallery_file(row)
+        if read.data is None:
+            raise SimexplainError(f"{self.paths[row]}: {read.stale}")
+        if read.status == CHANGED:
+            warnings.warn(f"{self.paths[row]}: {read.stale}", StaleHit, stacklevel=2)
+        return decode_image(read.data, self.paths[row])
+
+    def mark_stale(self, hits: Sequence[Hit]) -> list[Hit]:
+        """Read each hit's file now and set `Hit.stale` where it changed, went missing or is
+        refused (a warning each); returns the stale hits. Rows without a recorded sha256
+        (`from_vectors`) have no file to check."""
+        stale = []
+        for hit in hits:
+            if not (hit.index < len(self.hashes) and self.hashes[hit.index]):
+                continue
+            hit.stale = self.gallery_file(hit.index).stale
+            if hit.stale is not None:
+                warnings.warn(f"{hit.path}: {hit.stale}", StaleHit, stacklevel=3)
+                stale.append(hit)
+        return stale
 
     def cached_side(self, row: int, image: ImageInput | None = None) -> Side | None:
         """Gallery row `row` as a decomposed Side (side b) from the explain cache: the file
@@ -387,7 +469,7 @@ class Index:
         explainer = self._require_explainer()
         assert self.explain_cache is not None  # the callers check there is one
         cached = self.explain_cache.image(row)
-        prepared = explainer.prepare(self.paths[row] if image is None else image, "b")
+        prepared = explainer.prepare(self.gallery_image(row) if image is None else image, "b")
         if tuple(prepared.tensor.shape[2:]) != cached.input_size:
             return None  # another input size is another grid: the cache does not apply
         device = explainer.stream("b").device
@@ -398,18 +480,10 @@ class Index:
                          projected)
 
     def _changed(self, row: int) -> bool:
-        """The gallery file differs from the one indexed (sha256; a missing file: False, the
-        error comes when it is read)."""
+        """The gallery file is not the one indexed: its content changed, or it is missing or
+        refused (`gallery_file`)."""
         expected = self.hashes[row] if row < len(self.hashes) else ""
-        path = self.paths[row]
-        return bool(expected) and Path(path).is_file() and file_sha256(path) != expected
-
-    def _warn_if_changed(self, hit: Hit) -> bool:
-        changed = self._changed(hit.index)
-        if changed:
-            warnings.warn(f"{hit.path} changed since it was indexed; its explanation uses the "
-                          "current file", stacklevel=3)
-        return changed
+        return bool(expected) and self.gallery_file(row).status != OK
 
     def close(self) -> None:
         """Release what serves the index: the Ray actors of engine="ray" (nothing otherwise)."""

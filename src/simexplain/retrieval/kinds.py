@@ -41,6 +41,7 @@ class IndexKind:
     name = ""
     shardable = False   # may be split into several FAISS files
     on_disk = False     # its float embeddings stay memory-mapped when loaded
+    min_count = 1       # images it needs (its quantisers are trained on the gallery)
 
     def default_params(self, count: int, dim: int, shards: int = 1) -> dict:
         return {}
@@ -134,6 +135,7 @@ class IVFPQ(IndexKind):
     name = "ivfpq"
     shardable = True
     on_disk = True
+    min_count = compressed.MIN_COUNT
 
     def default_params(self, count: int, dim: int, shards: int = 1) -> dict:
         return compressed.default_params(count, dim, shards, list_count(count))
@@ -169,6 +171,14 @@ def kind(name: str) -> IndexKind:
     return KINDS[name]
 
 
+def check_count(name: str, count: int) -> None:
+    """Refuse a gallery too small for the kind (SimexplainError saying how many it needs)."""
+    needed = kind(name).min_count
+    if count < needed:
+        raise SimexplainError(f"an index of kind {name!r} needs at least {needed} images to "
+                              f"train its quantisers, this gallery has {count}; use --kind flat")
+
+
 def check_shards(name: str, shards: int) -> None:
     """Refuse a shard count the kind cannot take, before any work."""
     if shards < 1:
@@ -183,6 +193,7 @@ def with_defaults(name: str, count: int, params: dict | None, dim: int) -> dict:
     """`params` (may be None) completed with the kind's defaults for `count` vectors of `dim`
     (FAISS) dimensions; unknown parameters are refused."""
     params = params or {}
+    check_count(name, count)
     defaults = kind(name).default_params(count, dim, int(params.get("shards", 1)))
     unknown = set(params) - set(defaults)
     if unknown:

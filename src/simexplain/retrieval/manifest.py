@@ -42,6 +42,7 @@ KIND_PARAMS = {"flat": (), "ivf": ("nlist", "nprobe"), "hnsw": ("M", "ef_search"
                "ivfpq": ("nlist", "nprobe", "m", "nbits", "shards", "candidates")}
 MAX_SHARDS = 4096
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_OWNER = re.compile(r"^[0-9a-f]{32}$")  # a uuid4's hex: the marker and the manifest hold it
 REBUILD = "rebuild it with `simexplain index build GALLERY --model MODEL --out INDEX`"
 
 
@@ -128,7 +129,9 @@ def validate(m: dict, where: Path) -> None:
                 "gallery_root", "gallery_root_from_index", "skipped", "files"}
     if m["version"] == 2:
         expected |= {"paths", "sha256"}
-    optional = {"explain"}  # absent from indexes without an explain cache
+    # explain: absent from indexes without an explain cache; owner: the identifier its marker
+    # also holds (absent from indexes written before it was recorded)
+    optional = {"explain", "owner"}
     need(expected <= set(m) <= expected | optional, "unexpected or missing fields "
          + ", ".join(sorted((set(m) - optional) ^ expected)))
     need(isinstance(m["created"], str), "created is not a string")
@@ -172,6 +175,8 @@ def validate(m: dict, where: Path) -> None:
         need(isinstance(entry, dict) and set(entry) == {"positions", "projected"}
              and _int(entry["positions"], m["count"], 2 ** 53)
              and isinstance(entry["projected"], bool), "the explain cache entry is malformed")
+    need("owner" not in m or (isinstance(m["owner"], str) and bool(_OWNER.match(m["owner"]))),
+         "owner is not an identifier")
     files = m["files"]
     need(isinstance(files, dict) and set(files) == set(stored_files(m)) and all(
         isinstance(f, dict) and set(f) == {"bytes", "sha256"} and _int(f["bytes"], 1, 2 ** 53)

@@ -4,15 +4,15 @@ their scores and maps, as index.html with PNGs and results.json."""
 from __future__ import annotations
 
 import html
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import ImageError
-from ..images import load_image
+from ..errors import SimexplainError
 from ..files import write_text_atomic
-from .index import Hit, Index, RegionQuery
+from .index import Hit, Index, RegionQuery, StaleHit
 
 
 def write_results_page(out: Path, prepared: RegionQuery, hits: list[Hit], index: Index,
@@ -29,33 +29,9 @@ def write_results_page(out: Path, prepared: RegionQuery, hits: list[Hit], index:
         query_image = visualize.mark_box(query_image,
                                          visualize.to_display(prepared.side, prepared.region))
     query_image.save(out / "query.png")
-    rows = []
-    for hit in hits:
-        cells = {}
-        image = None
-        if hit.explanation is not None:
-            image = visualize.shown(hit.explanation.b)
-        else:
-            try:
-                image = visualize.shown(load_image(hit.path))
-            except ImageError:
-                image = None
-        if image is not None:
-            name = f"hit_{hit.rank:03d}.png"
-            image.save(out / name)
-            cells["image"] = name
-        if hit.explanation is not None:
-            name = f"hit_{hit.rank:03d}_overall.png"
-            visualize.overlay_map(hit.explanation, hit.explanation.overall_b, "b",
-                                  signed=True).save(out / name)
-            cells["overall"] = name
-            if hit.region_map is not None:
-                name = f"hit_{hit.rank:03d}_region.png"
-                visualize.overlay_map(hit.explanation, hit.region_map, "b",
-                                      signed=True).save(out / name)
-                cells["region"] = name
-        rows.append((hit, cells))
-    summary = {**summary, "files": {f"hit_{h.rank}": c for h, c in rows}}
+    rows = [(hit, _hit_files(out, hit, index)) for hit in hits]
+    summary = {**summary, "files": {f"hit_{h.rank}": c for h, c in rows},
+               "hits": [hit.to_dict() for hit in hits]}  # with what reading them now found
     write_json_atomic(out / "results.json", summary)
     esc = html.escape
     score_label = "s_R (region)" if prepared.is_region else index.similarity.name
@@ -63,7 +39,8 @@ def write_results_page(out: Path, prepared: RegionQuery, hits: list[Hit], index:
         "<!doctype html><html><head><meta charset='utf-8'><title>simexplain search</title>",
         "<style>body{font-family:sans-serif;margin:1em}td,th{padding:4px 8px;"
         "vertical-align:top;text-align:left}img{max-height:200px;max-width:320px;image-rendering:pixelated}"
-        ".path{font-size:80%;color:#555;word-break:break-all}</style></head><body>",
+        ".path{font-size:80%;color:#555;word-break:break-all}.stale{color:#b00;font-size:80%}"
+        "</style></head><body>",
         "<h1>Search results</h1>",
         f"<p>Index <code>{esc(str(summary['index']))}</code>, model "
         f"<code>{esc(str(index.model_name))}</code>, {esc(index.similarity.name)}. Ranking "
@@ -79,9 +56,12 @@ def write_results_page(out: Path, prepared: RegionQuery, hits: list[Hit], index:
     ]
     for hit, cells in rows:
         parts = [f"<td>{hit.rank}</td>"]
+        stale = (f"<br><span class='stale'>stale: {esc(hit.stale)}</span>" if hit.stale
+                 else "")
         parts.append(f"<td><img src='{cells['image']}' alt='hit {hit.rank}'><br>"
-                     f"<span class='path'>{esc(hit.path)}</span></td>" if "image" in cells else
-                     f"<td><span class='path'>{esc(hit.path)} (image unavailable)</span></td>")
+                     f"<span class='path'>{esc(hit.path)}</span>{stale}</td>" if "image" in cells
+                     else f"<td><span class='path'>{esc(hit.path)} (image unavailable)</span>"
+                          f"{stale}</td>")
         if any("overall" in c for _, c in rows):
             parts.append(f"<td><img src='{cells['overall']}' alt='overall'></td>"
                          if "overall" in cells else "<td></td>")
@@ -95,3 +75,36 @@ def write_results_page(out: Path, prepared: RegionQuery, hits: list[Hit], index:
     page = out / "index.html"
     write_text_atomic(page, "\n".join(lines))
     return page
+
+
+def _hit_files(out: Path, hit: Hit, index: Index) -> dict:
+    """Write a hit's image (its file as read now, or as explained) and maps; their names by
+    kind. A hit whose file cannot be read now (missing, or a link out of the gallery) gets
+    no image, and is marked stale."""
+    from .. import visualize
+    cells = {}
+    image = None
+    if hit.explanation is not None:
+        image = visualize.shown(hit.explanation.b)
+    else:  # the file as read now: never a link out of the gallery (`Index.gallery_image`)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", StaleHit)  # hit.stale says it on the page
+                image = visualize.shown(index.gallery_image(hit.index))
+        except SimexplainError as exc:
+            hit.stale = hit.stale or str(exc)
+    if image is not None:
+        name = f"hit_{hit.rank:03d}.png"
+        image.save(out / name)
+        cells["image"] = name
+    if hit.explanation is not None:
+        name = f"hit_{hit.rank:03d}_overall.png"
+        visualize.overlay_map(hit.explanation, hit.explanation.overall_b, "b",
+                              signed=True).save(out / name)
+        cells["overall"] = name
+        if hit.region_map is not None:
+            name = f"hit_{hit.rank:03d}_region.png"
+            visualize.overlay_map(hit.explanation, hit.region_map, "b",
+                                  signed=True).save(out / name)
+            cells["region"] = name
+    return cells

@@ -4,11 +4,15 @@ shards, vectors-00000.faiss, vectors-00001.faiss, ...), and, for an index built 
 the files of its explain cache (`explain_cache`).
 
 Saving never deletes what simexplain did not write: the target must be absent, an empty
-folder, or a complete index folder of ours holding nothing else; anything else is refused.
-The new index is written into a temporary folder (a name no user picks, created exclusively)
-next to the target and renamed into place; a replaced index is moved aside first and its own
-files removed. `load_index` verifies the marker, the manifest (checksum and schema), the size
-and sha256 of each stored file, and refuses any mismatch (IndexFormatError).
+folder, or a complete index folder of ours holding nothing else (its marker holds an
+identifier, the owner, that its intact manifest records too; only the files that manifest
+lists are ever removed); anything else is refused. The new index is written into a staging
+folder next to the target and renamed into place (`files.replace_folder`); leftovers of a
+killed save are removed by the next one. `read_index` verifies the marker, the manifest
+(checksum and schema), the size and sha256 of each stored file, refuses any file the
+manifest does not list, and refuses any mismatch (IndexFormatError). An index folder is data:
+loading one runs no code (the query model comes from the caller, see
+`commands.explainer_for_index`).
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +31,7 @@ import numpy as np
 
 from .. import similarity as similarities
 from ..errors import SimexplainError
+from ..files import check_target, remove_leftovers, replace_folder, staging_folder, writing
 from .basics import file_sha256, finite_rows, require_faiss
 from .explain_cache import ExplainCache
 from .kinds import kind as index_kind
@@ -36,7 +41,7 @@ if TYPE_CHECKING:
 from . import columns
 from .manifest import (CONTRIBUTIONS, EMBEDDINGS, FORMAT_NAME, FORMAT_VERSION, GALLERY, MANIFEST,
                        PROJECTED, READ_VERSIONS, SHAPES, VECTORS, IndexFormatError, damaged,
-                       parse, seal, stored_files, vector_files)
+                       parse, REBUILD, seal, stored_files, vector_files)
 
 MARKER = "simexplain-index"  # present in every index folder simexplain writes
 OWN_FILES = (MARKER, MANIFEST, EMBEDDINGS, GALLERY, VECTORS, CONTRIBUTIONS, SHAPES, PROJECTED)
@@ -48,82 +53,133 @@ def _own_file(name: str) -> bool:
     return name in OWN_FILES or bool(SHARD_FILE.match(name))
 
 
-def marker_text(version: int = FORMAT_VERSION) -> str:
-    return json.dumps({"format": FORMAT_NAME, "version": version}) + "\n"
+def marker_text(owner: str | None = None, version: int = FORMAT_VERSION) -> str:
+    """The marker file's text: the format, and the identifier the manifest also records (None:
+    the marker of indexes written before owners were recorded)."""
+    body: dict = {"format": FORMAT_NAME, "version": version}
+    if owner is not None:
+        body["owner"] = owner
+    return json.dumps(body) + "\n"
 
 
-def check_replaceable(path: str | Path) -> None:
-    """Refuse (SimexplainError, one line) unless `path` is absent, an empty folder, or a
-    complete index folder of ours that holds nothing else."""
-    path = Path(path)
+def check_replaceable(path: str | Path) -> list[str]:
+    """Refuse (SimexplainError, one line) unless `path` is absent, an empty folder, or an
+    index folder of ours holding nothing else: its marker holds the identifier that its intact
+    manifest records, and it holds exactly the files that manifest lists. Also refused: the
+    working folder, a path under a file, a folder that cannot be written (`files.check_target`).
+    Returns the files that replacing it removes: only those its own manifest lists."""
+    given = path
+    path = check_target(path)
     if not path.exists() and not path.is_symlink():
-        return
+        return []
     if path.is_symlink() or not path.is_dir():
-        raise SimexplainError(f"{path} exists and is not an index folder; refusing to replace "
+        raise SimexplainError(f"{given} exists and is not an index folder; refusing to replace "
                               "it (choose another --out)")
     entries = set(os.listdir(path))
     if not entries:
-        return
-    marker = path / MARKER
-    ours = marker.is_file() and not marker.is_symlink() and _read(marker) in {
-        marker_text(version) for version in READ_VERSIONS}  # format 2 folders too
-    legacy = entries == _LEGACY_FILES and _legacy_manifest(path / MANIFEST)
-    if not (ours or legacy):
-        raise SimexplainError(f"{path} is not an index folder written by simexplain; refusing "
+        return []
+    if entries == _LEGACY_FILES and _legacy_manifest(path / MANIFEST):
+        return sorted(entries)
+    if _read(path / MARKER) is None or (path / MARKER).is_symlink():
+        raise SimexplainError(f"{given} is not an index folder written by simexplain; refusing "
                               "to replace it (choose another --out, or move it away yourself)")
-    extra = sorted(name for name in entries if not _own_file(name))
+    own = _own_listing(path)
+    if own is None:
+        raise SimexplainError(f"{given} holds a marker but no intact manifest recording the "
+                              "same owner, so simexplain cannot tell its own files there; "
+                              "refusing to replace it (move it away yourself)")
+    extra = sorted(entries - set(own))
     if extra:
-        raise SimexplainError(f"{path} holds files simexplain did not write "
+        raise SimexplainError(f"{given} holds files simexplain did not write "
                               f"({', '.join(extra[:3])}); refusing to replace it")
     for name in entries:
         if (path / name).is_symlink() or not (path / name).is_file():
             raise SimexplainError(f"{path / name} is not a file simexplain wrote; refusing to "
                                   "replace the folder")
+    return own
+
+
+def _own_listing(path: Path) -> list[str] | None:
+    """The files of an index folder of ours (marker, manifest and what the manifest lists), or
+    None: the marker and the manifest must hold the same owner (an index written before owners
+    were recorded: the marker's old text and an intact manifest without one)."""
+    try:
+        marker = json.loads(_read(path / MARKER) or "")
+        manifest = parse((path / MANIFEST).read_bytes(), path / MANIFEST)
+    except (OSError, ValueError, RecursionError, SimexplainError):
+        return None
+    if not isinstance(marker, dict):
+        return None
+    owner = marker.get("owner")
+    if (owner is None and _read(path / MARKER) not in {
+            marker_text(None, version) for version in READ_VERSIONS}) or \
+            owner != manifest.get("owner"):
+        return None
+    return [MARKER, MANIFEST, *stored_files(manifest)]
 
 
 def save_index(index: Index, path: str | Path) -> Path:
-    """Write the index folder atomically (see the module's docstring)."""
+    """Write the index folder atomically (see the module's docstring); leftovers of an earlier
+    save that was killed are removed first. A write that fails (disk full, read-only) is one
+    line (SimexplainError) and leaves nothing behind."""
     faiss = require_faiss()
-    path = Path(path)
-    check_replaceable(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    given = path
+    own = check_replaceable(path)
+    path = Path(os.path.abspath(path))
+    remove_leftovers(path, _own_file)
     root = Path(index.root) if index.root is not None else common_root(index.paths)
     manifest = _manifest(index, root, path)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.simexplain-tmp-"))
+    owner = uuid.uuid4().hex
+    manifest["owner"] = owner
+    with writing(f"the index {given}"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = staging_folder(path, "tmp")
     try:
-        _save_array(index.embeddings, tmp / EMBEDDINGS)
-        columns.write(tmp / GALLERY, index.paths, index.hashes, index.skipped, root)
-        names = vector_files(index.params)
-        structures = index_kind(index.kind).structures(index.vectors)
-        for name, structure in zip(names, structures, strict=True):
-            faiss.write_index(structure, str(tmp / name))
-        if index.explain_cache is not None:
-            manifest["explain"] = index.explain_cache.manifest_entry()
-            for name, array in index.explain_cache.arrays().items():
-                _save_array(array, tmp / name, array.dtype)
-        manifest["files"] = {name: {"bytes": (tmp / name).stat().st_size,
-                                    "sha256": file_sha256(tmp / name)}
-                             for name in stored_files(manifest)}
-        _write(tmp / MANIFEST, json.dumps(seal(manifest), indent=1))
-        _write(tmp / MARKER, marker_text())
-        _replace_dir(tmp, path)
+        with writing(f"the index {given}"):
+            _save_array(index.embeddings, tmp / EMBEDDINGS)
+            columns.write(tmp / GALLERY, index.paths, index.hashes, index.skipped, root)
+            names = vector_files(index.params)
+            structures = index_kind(index.kind).structures(index.vectors)
+            for name, structure in zip(names, structures, strict=True):
+                _write_faiss(faiss, structure, tmp / name, given)
+            if index.explain_cache is not None:
+                manifest["explain"] = index.explain_cache.manifest_entry()
+                for name, array in index.explain_cache.arrays().items():
+                    _save_array(array, tmp / name, array.dtype)
+            manifest["files"] = {name: {"bytes": (tmp / name).stat().st_size,
+                                        "sha256": file_sha256(tmp / name)}
+                                 for name in stored_files(manifest)}
+            _write(tmp / MANIFEST, json.dumps(seal(manifest), indent=1))
+            _write(tmp / MARKER, marker_text(owner))
+            replace_folder(tmp, path, own)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # made by mkdtemp above: all ours
         raise
     index.root = root
-    index.info["source"] = str(path)
-    return path
+    index.info["source"] = str(given)
+    return Path(given)
+
+
+def _write_faiss(faiss, structure, file: Path, given) -> None:
+    """faiss.write_index, whose I/O errors (disk full) are RuntimeErrors: one line."""
+    try:
+        faiss.write_index(structure, str(file))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "write failed"
+        raise SimexplainError(f"cannot write the index {given}: {first[:200]}") from None
 
 
 def _save_array(array: np.ndarray, file: Path, dtype=np.float32, chunk: int = 1 << 16) -> None:
     """Write .npy rows (float32 by default) chunk by chunk: a memory-mapped or float16 gallery
-    is never copied into memory whole."""
-    out = np.lib.format.open_memmap(file, mode="w+", dtype=dtype, shape=array.shape)
-    for start in range(0, array.shape[0], chunk):
-        out[start:start + chunk] = array[start:start + chunk]
-    out.flush()
-    del out
-    with open(file, "rb+") as handle:
+    is never copied into memory whole. Plain writes, not a memory map: a full disk is then an
+    OSError (ENOSPC), where writing through a map would kill the process (SIGBUS)."""
+    dtype = np.dtype(dtype)
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+              "shape": tuple(array.shape)}
+    with open(file, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, header)
+        for start in range(0, array.shape[0], chunk):
+            handle.write(np.ascontiguousarray(array[start:start + chunk], dtype=dtype).data)
         _fsync(handle)
 
 
@@ -257,6 +313,11 @@ def read_manifest(path: str | Path) -> dict:
     manifest = parse(text, file)  # first: a foreign or older manifest is named as such
     if not (path / MARKER).is_file():
         raise damaged(path, f"the marker file {MARKER} is missing")
+    extra = sorted(set(os.listdir(path)) - {MARKER, MANIFEST, *stored_files(manifest)})
+    if extra:  # an index folder is data: nothing in it is opened but what the manifest lists
+        raise IndexFormatError(f"{path} holds files its manifest does not list "
+                               f"({', '.join(extra[:3])}); refusing to open it (remove them, "
+                               f"or {REBUILD})")
     return manifest
 
 
@@ -279,38 +340,6 @@ def _legacy_manifest(file: Path) -> bool:
         return False
     return (isinstance(manifest, dict) and manifest.get("format") == FORMAT_NAME
             and manifest.get("version") == 1)
-
-
-def _replace_dir(tmp: Path, path: Path) -> None:
-    """Move the finished folder `tmp` to `path` (absent, empty, or an index of ours)."""
-    if path.is_dir() and not os.listdir(path):
-        os.rmdir(path)
-    if not path.exists():
-        os.rename(tmp, path)
-        return
-    # rename() onto the empty folder mkdtemp made for us: exclusive, and ours
-    old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.simexplain-old-"))
-    os.rename(path, old)
-    try:
-        os.rename(tmp, path)
-    except BaseException:
-        os.rename(old, path)
-        raise
-    _remove_own(old, [name for name in os.listdir(old) if _own_file(name)])
-
-
-def _remove_own(folder: Path, names) -> None:
-    """Remove the named files simexplain wrote in `folder`, then the folder if it is empty:
-    never anything else."""
-    for name in names:
-        try:
-            (folder / name).unlink()
-        except FileNotFoundError:
-            pass
-    try:
-        folder.rmdir()
-    except OSError:
-        pass
 
 
 def _write(file: Path, text: str) -> None:

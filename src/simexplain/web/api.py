@@ -82,7 +82,7 @@ def search_json(result: SearchResult) -> dict:
     record = result.record
     return {"search_id": record.id, "model": record.model, "similarity": result.similarity,
             "query": prepared_json(record.query), "box": record.box,
-            "hits": [_hit_json(hit) for hit in result.hits]}
+            "hits": [_hit_json(hit) for hit in result.hits], "unavailable": result.unavailable}
 
 
 def _hit_json(hit: SearchHit) -> dict:
@@ -91,7 +91,7 @@ def _hit_json(hit: SearchHit) -> dict:
             "name": hit.name, "score": hit.score, "url": f"/api/images/{hit.result.shown_id}",
             "grid": list(values.shape), "map": grid_list(values),
             "argmax": peak(values, hit.map.frame),
-            "image_size": list(hit.result.side.image_size),
+            "image_size": list(hit.result.side.image_size), "stale": hit.stale,
             **_placement(hit.result.side.frame)}
 
 
@@ -211,7 +211,12 @@ def get_image(image_id: str,
               max_side: Annotated[int | None, Query(ge=16, le=4096)] = None,
               engine: Engine = Depends(current_engine)) -> Response:
     data, mime = engine.images.encoded(image_id, max_side)
-    return Response(data, media_type=mime, headers={"Cache-Control": "max-age=3600"})
+    # a gallery file is checked again at every request (it may change on disk): no caching
+    headers = {"Cache-Control": "no-cache" if image_id.startswith("g") else "max-age=3600"}
+    stale = engine.images.stale(image_id)
+    if stale is not None:  # served as the file is now, and said so
+        headers["X-Simexplain-Stale"] = stale
+    return Response(data, media_type=mime, headers=headers)
 
 
 @pairs.post("/api/explain", response_model=ExplainResponse,

@@ -100,6 +100,7 @@ class SearchHit:
     score: float  # similarity, or the partial similarity s_R with a box
     result: Prepared
     map: GridMap  # overall map (region map with a box) on this result
+    stale: str | None = None  # the file changed since indexing (it is shown as it is now)
 
 
 @dataclass
@@ -107,6 +108,9 @@ class SearchResult:
     record: SearchRecord
     similarity: str
     hits: list[SearchHit]
+    # hits whose file is missing or refused (not a regular file inside the gallery): ranked
+    # by the index, but not shown
+    unavailable: list[dict] = field(default_factory=list)
 
 
 class Engine:
@@ -157,7 +161,9 @@ class Engine:
         gallery = list(getattr(self.index, "paths", [])) if self.index is not None else []
         self.images = ImageStore(gallery, default_samples() if samples is None else samples,
                                  max_upload_memory=max_upload_memory, max_pixels=max_pixels,
-                                 stored_side=upload_side, budget=decode_budget)
+                                 stored_side=upload_side, budget=decode_budget,
+                                 gallery_root=getattr(self.index, "root", None),
+                                 gallery_hashes=getattr(self.index, "hashes", ()))
         self.sides: LRU[Prepared] = LRU(
             max_sides, max_side_memory,
             cost=lambda p: p.side.contributions.numel() * p.side.contributions.element_size())
@@ -417,7 +423,7 @@ class Engine:
         if self.index is None:
             raise WebError("this server has no index: start it with `simexplain serve "
                            "--index INDEX` for the gallery search")
-        from ..retrieval.index import RegionQuery
+        from ..retrieval.index import RegionQuery, StaleHit
         model = self.index_model
         assert model is not None  # set with the index
         explainer = self.explainer(model)
@@ -425,19 +431,26 @@ class Engine:
         q = query_prepared.side
         prepared = RegionQuery.from_side(q, check_box(box) if box is not None else None)
         k = max(1, min(int(k), len(self.images.gallery_paths)))
-        found = self.index.search(prepared, k)
-        hit_ids = [f"g{hit.index}" for hit in found]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", StaleHit)  # in the answer instead
+            found = self.index.search(prepared, k)  # reads each hit's file now (stale)
+        shown = [hit for hit in found if hit.stale is None or hit.stale.startswith("changed")]
+        unavailable = [{"rank": hit.rank, "index": hit.index, "stale": hit.stale,
+                        "name": self.images.gallery_paths[hit.index].name}
+                       for hit in found if hit not in shown]
+        hit_ids = [f"g{hit.index}" for hit in shown]
         results = self.prepared(model, hit_ids, "b") if hit_ids else []
         hits = []
-        for hit, result in zip(found, results):
+        for hit, result in zip(shown, results):
             grid_map = prepared.map_on(result.side, explainer.similarity)
             hits.append(SearchHit(hit.rank, hit.index, self.images.gallery_paths[hit.index].name,
                                   hit.score, result,
-                                  GridMap("b", grid_map, result.side.frame)))
+                                  GridMap("b", grid_map, result.side.frame),
+                                  hit.stale or self.images.stale(f"g{hit.index}")))
         search_id = secrets.token_hex(8)
         record = self.searches.put(search_id, SearchRecord(
             search_id, model, query_prepared, list(box) if box is not None else None, hit_ids))
-        return SearchResult(record, explainer.similarity.name, hits)
+        return SearchResult(record, explainer.similarity.name, hits, unavailable)
 
     def search_record(self, search_id: str) -> SearchRecord:
         record = self.searches.get(search_id)
@@ -498,7 +511,8 @@ def _index_model(index) -> str | None:
 
 def _load_index(path, explainer: Explainer | None, model, **load: Any):
     """Open an index folder with its query model: the explainer given, else `model`, else the
-    model its manifest names (checked against the index either way). `load`: the other
+    zoo model its manifest names (checked against the index either way; a model file or
+    factory the manifest names is never loaded: `explainer_for_index`). `load`: the other
     arguments of `Index.load` (engine, ray)."""
     try:
         from ..retrieval.commands import explainer_for_index

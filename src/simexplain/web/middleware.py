@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import time
 from collections.abc import Sequence
 
@@ -84,15 +86,37 @@ class ServerTiming:
         return await self.app(scope, receive, timed)
 
 
+# A Host header (RFC 9110 uri-host [":" port]): a registered name or IPv4 address, or an IPv6
+# address in brackets; nothing else (no user info, path, second bracket or stray characters)
+_HOST_HEADER = re.compile(r"^(?:\[(?P<ipv6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9_.-]+))"
+                          r"(?::(?P<port>[0-9]{1,5}))?$")
+
+
 def host_name(header: str) -> str:
-    """The name in a Host header, without port, brackets or trailing dot, in lower case:
-    'LocalHost:8000' -> 'localhost', '[::1]:8000' -> '::1'."""
-    value = header.strip().lower()
-    if value.startswith("["):  # an IPv6 literal, with or without a port
-        return value[1:value.index("]")] if "]" in value else value
-    if value.count(":") == 1:
-        value = value.split(":")[0]
-    return value.rstrip(".")
+    """The host in a Host header, parsed whole, without port, brackets or trailing dot, in
+    lower case: 'LocalHost:8000' -> 'localhost', '[::1]:8000' -> '::1'. Anything that is not
+    exactly a host and an optional port ('[::1]evil.com', '[::1]:80@evil.com', a bare IPv6
+    address, a port over 65535) gives '', which no server answers to."""
+    match = _HOST_HEADER.match(header.strip().lower())
+    if match is None or int(match.group("port") or 0) > 65535:
+        return ""
+    if match.group("ipv6") is not None:
+        try:
+            return ipaddress.IPv6Address(match.group("ipv6")).compressed
+        except ValueError:
+            return ""
+    return allowed_name(match.group("name"))
+
+
+def allowed_name(name: str) -> str:
+    """An allowed host name as `host_name` gives it: lower case, no trailing dot, an IP address
+    in its canonical form ('::1', '127.0.0.1'); brackets around an IPv6 address are optional."""
+    value = name.strip().lower()
+    value = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    try:
+        return ipaddress.ip_address(value).compressed
+    except ValueError:
+        return value.rstrip(".")
 
 
 class HostCheck:
@@ -104,14 +128,14 @@ class HostCheck:
     def __init__(self, app: ASGIApp, allowed: Sequence[str]):
         self.app = app
         self.any = "*" in allowed
-        self.allowed = {host_name(h) for h in allowed if h != "*"}
+        self.allowed = {allowed_name(h) for h in allowed if h != "*"} - {""}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket") or self.any:
             return await self.app(scope, receive, send)
         header = next((v.decode("latin-1") for k, v in scope.get("headers", [])
                        if k == b"host"), "")
-        if host_name(header) in self.allowed:
+        if host_name(header) in self.allowed:  # '' (not a host) never is
             return await self.app(scope, receive, send)
         if scope["type"] == "websocket":
             return await send({"type": "websocket.close", "code": 1008})

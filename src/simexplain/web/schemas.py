@@ -229,6 +229,16 @@ class SearchHit(BaseModel):
     input_size: list[int]
     map: Grid = Field(description="overall map (or region map, with a box) on this result")
     argmax: Peak
+    stale: str | None = Field(None, description="set when the file changed since it was "
+                                                "indexed (shown as it is now)")
+
+
+class UnavailableHit(BaseModel):
+    rank: int
+    index: int = Field(description="position in the index")
+    name: str
+    stale: str = Field(description="why it is not shown: missing, or refused (not a regular "
+                                   "file inside the gallery, e.g. a link swapped in)")
 
 
 class SearchResponse(BaseModel):
@@ -238,6 +248,7 @@ class SearchResponse(BaseModel):
     query: QueryInfo
     box: list[float] | None = None
     hits: list[SearchHit]
+    unavailable: list[UnavailableHit] = Field(default_factory=list)
 
 
 class SearchPointRequest(BaseModel):

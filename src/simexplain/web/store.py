@@ -18,9 +18,9 @@ import ctypes
 import ctypes.util
 import hashlib
 import io
+import os
 import re
 import threading
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +29,10 @@ from collections.abc import Iterator, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import SimexplainError
-from ..images import MAX_PIXELS, load_image, to_rgb
+from ..errors import ImageError, ImageTooLarge, SimexplainError
+from ..gallery_files import read_gallery_file
+from ..images import (MAX_PIXELS, check_icon, decode_image, is_tiff, load_image,
+                      open_checked, quiet_decoders, to_gray8, to_rgb)
 from .cache import LRU
 from .errors import Busy, NotFound, TooLarge, WebError
 
@@ -125,27 +127,26 @@ class ImageRecord:
 
 def decode_upload(data: bytes, max_pixels: int = MAX_PIXELS, stored_side: int = STORED_SIDE,
                   budget: PixelBudget | None = None) -> Image.Image:
-    """Validate uploaded bytes as one image (header, pixel count, verify, full decode within
-    the pixel budget) and return it as RGB, downscaled to at most `stored_side` pixels on
-    its longest side."""
+    """Validate uploaded bytes as one image (what decoding produces, checked before anything
+    is decoded: `images.open_checked`; verify; the decode within the pixel budget, holding
+    what it costs: `decode_cost`) and return it as RGB, downscaled to at most `stored_side`
+    pixels on its longest side."""
     if not data:
         raise WebError("the upload is empty")
     budget = budget or DECODE_BUDGET
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as probe:
-                width, height = probe.size
-                if width < 1 or height < 1:
-                    raise WebError("the image has no pixels")
-                if width * height > max_pixels:
-                    raise TooLarge(f"the image has {width}x{height} pixels, more than the "
-                                   f"limit of {max_pixels / 1e6:.3g} megapixels")
-                probe.verify()
-            with budget.hold(width * height), Image.open(io.BytesIO(data)) as opened:
-                return _downscaled(opened, stored_side)
+        with quiet_decoders():  # headers only: read by Pillow's Python code
+            cost = _checked_cost(data, max_pixels)
+        # libtiff's stderr is held only while it decodes, not while waiting for the budget
+        with budget.hold(cost), quiet_decoders(is_tiff(io.BytesIO(data))), \
+                open_checked(io.BytesIO(data), "the upload", max_pixels) as opened:
+            return _downscaled(opened, stored_side)
     except WebError:
         raise
+    except ImageTooLarge as exc:
+        raise TooLarge(f"{exc} (the real size of what it would decode)") from None
+    except ImageError as exc:
+        raise WebError(str(exc)) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise TooLarge(f"image rejected as a decompression bomb ({exc})") from None
     except UnidentifiedImageError:
@@ -154,12 +155,42 @@ def decode_upload(data: bytes, max_pixels: int = MAX_PIXELS, stored_side: int = 
         raise WebError(f"the image cannot be decoded ({type(exc).__name__}: {exc})") from None
 
 
+def _checked_cost(data: bytes, max_pixels: int, name: str = "the upload") -> int:
+    """What decoding the upload will hold of the pixel budget, from its headers: an icon's
+    largest real entry (opening an icon decodes it, so it is not opened here), else the
+    image's size and mode (`decode_cost`), after Pillow's verify of the file's structure."""
+    icon = check_icon(io.BytesIO(data), name, max_pixels)
+    if icon:
+        return icon
+    with open_checked(io.BytesIO(data), name, max_pixels) as probe:
+        cost = decode_cost(probe.mode, probe.width * probe.height)
+        probe.verify()
+    return cost
+
+
+# Bytes a pixel takes at the peak of `_downscaled`, by the decoded mode: 8-bit grey and RGB(A)
+# are reduced in place; palette and grey+alpha images are expanded to RGB(A) first (1 + 4);
+# 16-bit (2), 32-bit and float (4) images are scaled to 8-bit grey a block at a time (+ 1);
+# anything else (CMYK, YCbCr ...) is converted to RGB at full size (4 + 4)
+_PEAK_BYTES = {"1": 1, "L": 1, "RGB": 4, "RGBA": 4, "P": 5, "PA": 8, "LA": 8,
+               "I;16": 3, "I;16B": 3, "I;16L": 3, "I;16N": 3, "I": 5, "F": 5}
+
+
+def decode_cost(mode: str, pixels: int) -> int:
+    """What decoding an image of `pixels` pixels in `mode` holds of a PixelBudget, counted in
+    pixels of 4 bytes (an RGB pixel as Pillow stores it): its real bytes at the decode's peak,
+    so that a 16-bit or palette image counts what it really takes."""
+    return -(-pixels * _PEAK_BYTES.get(mode, 8) // 4)
+
+
 def _downscaled(opened: Image.Image, side: int) -> Image.Image:
     """An opened image as RGB of at most `side` pixels on its longest side, reduced before it
     is converted where Pillow can (a full-size RGB copy of a large image is what costs)."""
     if opened.mode in ("P", "PA", "LA"):  # expand, keeping any alpha for to_rgb's white
         alpha = opened.mode != "P" or "transparency" in opened.info
         image = opened.convert("RGBA" if alpha else "RGB")
+    elif opened.mode.startswith("I") or opened.mode == "F":  # 8-bit grey first, in blocks
+        image = to_gray8(opened, "the upload")
     else:
         image = opened if opened.mode in _RESIZABLE else to_rgb(opened)
     if max(image.size) > side:
@@ -183,8 +214,13 @@ class ImageStore:
     def __init__(self, gallery_paths: Sequence[str | Path] = (), samples: Sequence = (),
                  max_uploads: int = 256, max_upload_memory: int = UPLOAD_MEMORY,
                  max_pixels: int = MAX_PIXELS, stored_side: int = STORED_SIDE,
-                 budget: PixelBudget | None = None):
+                 budget: PixelBudget | None = None, gallery_root: str | Path | None = None,
+                 gallery_hashes: Sequence[str] = ()):
         self.gallery_paths = [Path(p) for p in gallery_paths]
+        # gallery files are read through `read_gallery_file`: inside this folder, regular
+        # files, checked against these sha256 (a changed one is served, and marked stale)
+        self.gallery_root = gallery_root
+        self.gallery_hashes = list(gallery_hashes)
         self.max_pixels = max_pixels
         self.stored_side = stored_side
         self.budget = budget or DECODE_BUDGET
@@ -197,6 +233,7 @@ class ImageStore:
         self._pixels: LRU[Image.Image] = LRU(64, 256 * 2**20,
                                              cost=lambda im: im.width * im.height * 4)
         self._encoded: LRU[tuple[bytes, str]] = LRU(512, 64 * 2**20, cost=lambda v: len(v[0]))
+        self._stale: dict[str, str] = {}
 
     # lookups
     def record(self, image_id: str) -> ImageRecord:
@@ -241,18 +278,55 @@ class ImageStore:
         png, path = record.png, record.path
         if png is not None:
             return self._pixels.get_or_create(image_id, lambda: _decode_png(png))
-        assert path is not None  # neither pixels nor a PNG: a gallery file
-        return self._pixels.get_or_create(image_id, lambda: self._load_file(path))
+        assert path is not None  # neither pixels nor a PNG: a gallery file or a sample's
+        if record.source != "gallery":
+            return self._pixels.get_or_create(image_id, lambda: self._load_file(path))
+        # a gallery file is checked again whenever it is no longer what was decoded (its
+        # lstat changed: replaced, edited, swapped for a link), never served from memory
+        key = (image_id, _signature(path))
+        return self._pixels.get_or_create(key, lambda: self._load_gallery(int(image_id[1:])))
+
+    def stale(self, image_id: str) -> str | None:
+        """What became of a gallery image's file since indexing, as its last read found
+        (None: as indexed, or not a gallery image)."""
+        return self._stale.get(image_id)
+
+    def _load_gallery(self, row: int) -> Image.Image:
+        """A gallery file as read now (`read_gallery_file`), decoded within the pixel budget:
+        NotFound when it is missing or refused (a link out of the gallery, not a regular
+        file); a changed one is decoded and remembered as stale."""
+        path = self.gallery_paths[row]
+        expected = self.gallery_hashes[row] if row < len(self.gallery_hashes) else ""
+        read = read_gallery_file(path, self.gallery_root, expected)
+        if read.data is None:
+            self._stale[f"g{row}"] = str(read.stale)
+            raise NotFound(f"gallery image g{row} ({path.name}) is unavailable: {read.stale}")
+        if read.stale is not None:
+            self._stale[f"g{row}"] = read.stale
+        else:
+            self._stale.pop(f"g{row}", None)
+        return self._decode_within_budget(read.data, path.name)
 
     def _load_file(self, path: Path) -> Image.Image:
-        """A gallery file, decoded within the pixel budget (its size read from the header)."""
+        """A sample's file, decoded within the pixel budget."""
         try:
-            with Image.open(path) as probe:
-                count = probe.width * probe.height
-        except Exception:  # noqa: BLE001 - load_image says what is wrong with the file
-            count = 1
-        with self.budget.hold(count):
-            return load_image(path)
+            data = path.read_bytes()
+        except OSError as exc:
+            raise NotFound(f"{path.name}: cannot read the file ({exc.strerror or exc})") from None
+        return self._decode_within_budget(data, path.name)
+
+    def _decode_within_budget(self, data: bytes, name: str) -> Image.Image:
+        """A file's bytes decoded (`images.decode_image`) holding what it costs of the budget:
+        the real size checked first (icon entries, TIFF pages), then its mode's bytes."""
+        try:
+            with quiet_decoders():
+                cost = _checked_cost(data, self.max_pixels, name)
+        except ImageError:
+            cost = 1  # decode_image says what is wrong with the file
+        except Exception:  # noqa: BLE001 - the same: decode_image names the problem
+            cost = 1
+        with self.budget.hold(cost):
+            return decode_image(data, name)
 
     def add_upload(self, data: bytes, name: str = "upload") -> ImageRecord:
         """Decode, downscale and keep an upload; the same bytes give the same id."""
@@ -293,12 +367,24 @@ class ImageStore:
                 return buffer.getvalue(), "image/png"
             image.save(buffer, format="JPEG", quality=90)
             return buffer.getvalue(), "image/jpeg"
-        return self._encoded.get_or_create((image_id, max_side), encode)
+        path = self.record(image_id).path if image_id.startswith("g") else None
+        key = (image_id, max_side, _signature(path) if path is not None else None)
+        return self._encoded.get_or_create(key, encode)
 
     @property
     def memory(self) -> int:
         """Bytes the store accounts for: stored uploads, decoded pixels, encoded images."""
         return int(self.uploads.total_cost + self._pixels.total_cost + self._encoded.total_cost)
+
+
+def _signature(path: Path) -> tuple[int, ...] | None:
+    """What a file is now, cheaply (`lstat`: a link swapped in, a rewrite or an edit change
+    it); None when it is gone."""
+    try:
+        found = os.lstat(path)
+    except (OSError, ValueError):
+        return None
+    return (found.st_dev, found.st_ino, found.st_mode, found.st_size, found.st_mtime_ns)
 
 
 def _decode_png(data: bytes) -> Image.Image:

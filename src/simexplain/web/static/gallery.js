@@ -82,7 +82,9 @@ export function createGallery({ state, stats, feedback }, pickers, openPair) {
       const meta = document.createElement("figcaption");
       meta.className = "meta";
       meta.innerHTML = `<span>#${hit.rank} <b>${hit.score.toFixed(4)}</b></span>` +
-        `<span class="name" title="${escapeHtml(hit.name)}">${escapeHtml(hit.name)}</span>`;
+        `<span class="name" title="${escapeHtml(hit.name)}">${escapeHtml(hit.name)}</span>` +
+        (hit.stale ? `<span class="stale" title="${escapeHtml(hit.stale)}">stale: ` +
+                     `${escapeHtml(hit.stale)}</span>` : "");
       card.append(canvas, meta);
       container.appendChild(card);
       const view = new MapView(canvas, [180, 180], state);
@@ -90,6 +92,12 @@ export function createGallery({ state, stats, feedback }, pickers, openPair) {
       resultViews.push({ id: hit.id, view, hit, card });
       card.addEventListener("click", () => openPair(result.query.id, hit.id));
       loads.push(view.setImage(`${hit.url}?max_side=256`, hit.image_size, hit.crop));
+    }
+    for (const gone of result.unavailable || []) {  // ranked, but the file is not served
+      const note = document.createElement("p");
+      note.className = "stale";
+      note.textContent = `#${gone.rank} ${gone.name}: ${gone.stale}`;
+      container.appendChild(note);
     }
     await Promise.all(loads);
   }
