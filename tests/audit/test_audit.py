@@ -211,16 +211,22 @@ def test_every_index_kind_and_explain_ready_indexes(gallery, tmp_path, kind, exp
 
 
 def test_an_index_folder_loads_its_model(gallery, tmp_path):
-    from simexplain.zoo import resolve
-    explainer = resolve("simexplain.toy:tiny_cnn", "features", "cosine", SIDE)
-    built = Index.build(gallery, explainer, model_name="simexplain.toy:tiny_cnn",
+    """A zoo model named by the manifest is loaded; any other model never is (an index folder
+    is data): the caller passes the Index with its model."""
+    from simexplain import zoo
+    built = Index.build(gallery, zoo.load("fmnist-gap"), model_name="fmnist-gap",
                         progress=False, out=tmp_path / "index")
     from_folder = audit(tmp_path / "index", k=2, sample=4, progress=False)
     from_object = audit(built, k=2, sample=4, progress=False)
-    assert from_folder.model == "simexplain.toy:tiny_cnn"
+    assert from_folder.model == "fmnist-gap"
     np.testing.assert_allclose(from_folder.scores, from_object.scores, rtol=1e-5)
     with pytest.raises(SimexplainError, match="does not exist"):
         audit(tmp_path / "nowhere", progress=False)
+    from simexplain.zoo import resolve
+    Index.build(gallery, resolve("simexplain.toy:tiny_cnn", "features", "cosine", SIDE),
+                model_name="simexplain.toy:tiny_cnn", progress=False, out=tmp_path / "toy")
+    with pytest.raises(SimexplainError, match="not a zoo model"):
+        audit(tmp_path / "toy", progress=False)
 
 
 def test_the_package_is_callable_and_exported(indexes):
@@ -314,7 +320,8 @@ def test_a_ray_built_explain_ready_index_audits_like_a_local_one(gallery, tmp_pa
     finally:
         if started:
             ray.shutdown()
-    from_ray = audit(tmp_path / "ray", k=3, sample=5, regions={"c": CORNER}, progress=False)
+    from_ray = audit(Index.load(tmp_path / "ray", load()), k=3, sample=5, regions={"c": CORNER},
+                     progress=False)
     local = Index.build(gallery, load(), model_name="simexplain.toy:tiny_cnn", progress=False)
     here = audit(local, k=3, sample=5, regions={"c": CORNER}, progress=False)
     assert [p.hit for p in from_ray.pairs] == [p.hit for p in here.pairs]
