@@ -29,8 +29,7 @@ def check_pairs(pairs: Sequence[tuple[str | Path, str | Path]]) -> list[tuple[st
                                   f"{pair!r}")
         query, hit = (str(p) for p in pair)
         for path in (query, hit):
-            if not Path(path).is_file():
-                raise SimexplainError(f"pair {number}: {path} does not exist")
+            _check_file(path, f"pair {number}")
         checked.append((query, hit))
     if not checked:
         raise SimexplainError("no pairs given")
@@ -42,7 +41,7 @@ def read_pairs_file(file: str | Path) -> list[tuple[str, str]]:
     in one line naming the file and the line number."""
     file = Path(file)
     try:
-        lines = file.read_text().splitlines()
+        lines = file.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not text"
         raise SimexplainError(f"cannot read the pairs file {file}: {reason}") from None
@@ -59,12 +58,17 @@ def read_pairs_file(file: str | Path) -> list[tuple[str, str]]:
                                   f"separated by a comma, tab or spaces, got {text!r}")
         paths = tuple(str(file.parent / f) for f in fields)
         for path in paths:
-            if not Path(path).is_file():
-                raise SimexplainError(f"{file} line {number}: {path} does not exist")
+            _check_file(path, f"{file} line {number}")
         pairs.append((paths[0], paths[1]))
     if not pairs:
         raise SimexplainError(f"the pairs file {file} holds no pairs")
     return pairs
+
+
+def _check_file(path: str, where: str) -> None:
+    if not Path(path).is_file():
+        problem = "is a folder, not an image file" if Path(path).is_dir() else "does not exist"
+        raise SimexplainError(f"{where}: {path} {problem}")
 
 
 def _fields(text: str) -> list[str]:
