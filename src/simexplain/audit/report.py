@@ -196,8 +196,9 @@ def _pairs_section(result: Audit, work: Path, figures: int, progress: bool) -> l
                        + "".join(f"<td><img src='{f}' alt='overall map'><br><span class='path'>"
                                  f"{html.escape(p)}</span></td>"
                                  for f, p in zip(files, (record.query, record.hit)))
-                       + f"<td>{_pct(share)}</td><td>{record.score:.4f} (rank {record.rank})"
-                       "</td></tr>")
+                       + f"<td>{_pct(share)}</td><td>{record.score:.4f}"
+                       + ("" if record.rank == 0 else f" (rank {record.rank})")  # 0: given
+                       + "</td></tr>")
             bar.update(1)
         out.append("</table>")
     bar.close()
