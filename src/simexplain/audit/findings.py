@@ -43,7 +43,7 @@ MIN_HOT = 3  # a finding: hot in at least this many pairs ...
 MIN_PAIRS = 0.05  # ... and at least this fraction of the pairs
 MAX_FINDINGS = 5  # per side
 TOP_HOT = 8  # hot pairs kept per box (the ranked list and figures of a finding)
-SCORE_FLOOR = 1e-9  # |s| below this: no share (as in `result`)
+SCORE_FLOOR = 1e-9  # |s| below this: a pair has no share (NaN in `result`)
 
 
 @dataclass(frozen=True)
@@ -176,14 +176,6 @@ class BoxTally:
         variant = sides[0] if len(sides) == 1 else "both"
         kept = sorted(self.heaps[variant].get(box, []), reverse=True)
         return tuple(-pair for _, pair in kept), tuple(share for share, _ in kept)
-
-    def retained(self) -> list[np.ndarray]:
-        """Every array the tally holds (for measuring its size)."""
-        held = [self.boxes, self.areas, self.threshold]
-        for table in (self.hot_count, self.excess, self.hot_share, self.carried):
-            held += list(table.values())
-        held += [np.asarray(heap) for heaps in self.heaps.values() for heap in heaps.values()]
-        return held
 
 
 def find(result: Audit, tally: BoxTally, min_pairs: float = MIN_PAIRS,
