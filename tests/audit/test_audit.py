@@ -476,3 +476,30 @@ def test_bad_given_pairs_are_refused(indexes, tmp_path):
         audit(indexes[1.0], pairs=[(files[0],)], progress=False)
     with pytest.raises(SimexplainError, match="not both"):
         audit(indexes[1.0], pairs=[(files[0], files[1])], queries=[files[2]], progress=False)
+
+
+def test_gallery_files_that_went_missing_or_out_of_the_gallery_are_left_out(tmp_path):
+    """Issue 26 for audits: every gallery read is checked as it is opened. A hit whose file
+    was deleted, or replaced by a symbolic link to a photo outside the gallery, after the build
+    is left out and named in `stale`; the outside photo is never read."""
+    root = tmp_path / "gallery"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)).save(
+            root / f"img_{i}.png")
+    index = Index.build(root, planted(1.0), progress=False)
+    before = audit(index, k=7, sample=8, progress=False)
+    assert before.stale == {} and len(before.pairs) == 8 * 7
+    outside = tmp_path / "outside.png"
+    Image.fromarray(np.full((SIDE, SIDE, 3), 200, np.uint8)).save(outside)
+    (root / "img_3.png").unlink()
+    (root / "img_5.png").unlink()
+    (root / "img_5.png").symlink_to(outside)
+    after = audit(index, k=7, sample=8, progress=False)
+    assert sorted(Path(p).name for p in after.stale) == ["img_3.png", "img_5.png"]
+    assert "refused" in next(why for p, why in after.stale.items() if p.endswith("img_5.png"))
+    used = {Path(p).name for pair in after.pairs for p in (pair.query, pair.hit)}
+    assert not used & {"img_3.png", "img_5.png"}
+    assert len(after.pairs) == 6 * 5  # six readable queries, each with its five readable hits
+    assert json.loads(after.to_json())["stale"].keys() == after.stale.keys()

@@ -84,6 +84,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
                    seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
                    pairs=pairs)
     page = result.write_report(out, progress=not args.quiet) if out is not None else None
+    for path, why in result.stale.items():
+        print(f"simexplain: warning: {path}: {why} (left out)", file=sys.stderr)
     if args.json:
         print(result.to_json())
         return 0

@@ -85,6 +85,11 @@ def _sections(result: Audit, summary: dict, work: Path, figures: int, progress: 
            f"{_pairs_line(result)}; "
            f"audit grid {result.grid[0]}x{result.grid[1]}; {result.seconds:.1f} s.</p>",
            "<h2>Findings</h2>"]
+    if result.stale:
+        out.insert(1, f"<p class='stale'>{len(result.stale)} gallery file(s) left out, missing "
+                      "or refused now (changed since the index was built?): "
+                      + "; ".join(f"{esc(p)}: {esc(why)}" for p, why in
+                                  list(result.stale.items())[:10]) + "</p>")
     if result.findings:
         out.append("<ol>" + "".join(f"<li><b>{esc(f.sentence)}</b> (box {_box(f.box)}; "
                                     f"{f.aggregate_share:.0%} of all the audited similarity)"

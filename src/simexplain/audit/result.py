@@ -108,6 +108,8 @@ class Audit:
     findings: list[Finding] = field(default_factory=list)
     seconds: float = 0.0
     given: bool = False
+    # gallery files left out because they are missing or refused now (path -> why)
+    stale: dict[str, str] = field(default_factory=dict)
     # `max_area`, `min_share`, `min_ratio`, `min_pairs`, `max_findings` of `findings.find`
     finding_options: dict[str, float] = field(default_factory=dict)
     tally: BoxTally = field(init=False, repr=False, compare=False)
@@ -319,6 +321,7 @@ class Audit:
             "kind": "simexplain audit", "model": self.model, "index": self.index,
             "similarity": self.similarity, "k": self.k,
             "given_pairs": self.given, "queries": self.queries,
+            "stale": self.stale,
             "pairs": len(self.pairs), "grid": list(self.grid), "seconds": self.seconds,
             "input_size": None if self.common_input_size is None else
             list(self.common_input_size),

@@ -3,8 +3,9 @@ where the similarity comes from (`Audit`), a batch of queries at a time."""
 
 from __future__ import annotations
 
-import time
 import os
+import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -70,13 +71,16 @@ def audit(index: Index | str | Path, queries: Sequence[str | Path] | str | Path 
                      index=_where(index), given=pairs is not None,
                      finding_options=dict(finding_options))
 
+    stale: dict[str, str] = {}  # gallery file -> why it was left out (changed files are used)
     if pairs is not None:
         if queries is not None:
             raise SimexplainError("give queries or pairs, not both")
-        result = _audit_pairs(index, check_pairs(pairs), start, batch_size, patterns, progress)
+        result = _audit_pairs(index, check_pairs(pairs), start, batch_size, patterns, progress,
+                              stale)
     else:
         result = _audit_queries(index, _queries(index, queries, sample, seed), start, k,
-                                batch_size, patterns, progress)
+                                batch_size, patterns, progress, stale)
+    result.stale = stale
     result.seconds = time.perf_counter() - started
     result.explain_pair = lambda record: _explain(index, record)
     return result.finish()
@@ -84,21 +88,26 @@ def audit(index: Index | str | Path, queries: Sequence[str | Path] | str | Path 
 
 def _audit_queries(index: Index, chosen: list[tuple[str, int | None]],
                    start: Callable[[Side], Audit], k: int, batch_size: int, patterns: int,
-                   progress: bool) -> Audit:
+                   progress: bool, stale: dict[str, str]) -> Audit:
     result: Audit | None = None
     bar = tqdm(total=len(chosen), desc="auditing", unit="query", disable=not progress)
-    for name, row, side in _query_sides(index, chosen, batch_size):
-        if result is None:
-            result = start(side)
-        _audit_query(index, result, name, row, side, k, batch_size, patterns)
+    for name, row, side in _query_sides(index, chosen, batch_size, stale):
+        if side is not None:
+            if result is None:
+                result = start(side)
+            _audit_query(index, result, name, row, side, k, batch_size, patterns, stale)
         bar.update(1)
     bar.close()
-    assert result is not None  # _queries returns at least one
+    if result is None:
+        raise SimexplainError("no query could be read: every query's gallery file is missing "
+                              "or refused (" + "; ".join(f"{p}: {why}" for p, why in
+                                                         list(stale.items())[:3]) + ")")
     return result
 
 
 def _audit_pairs(index: Index, pairs: list[tuple[str, str]], start: Callable[[Side], Audit],
-                 batch_size: int, patterns: int, progress: bool) -> Audit:
+                 batch_size: int, patterns: int, progress: bool, stale: dict[str, str]
+                 ) -> Audit:
     """Exactly the given pairs, a batch at a time: no search, rank 0."""
     from ..explanation import PairExplanation
     similarity = index._require_explainer().similarity
@@ -107,18 +116,24 @@ def _audit_pairs(index: Index, pairs: list[tuple[str, str]], start: Callable[[Si
     bar = tqdm(total=len(pairs), desc="auditing", unit="pair", disable=not progress)
     for first in range(0, len(pairs), batch_size):
         batch = pairs[first:first + batch_size]
-        queries = _sides(index, [(a, rows.get(a)) for a, _ in batch], "a", batch_size, "pairs")
-        hits = _sides(index, [(b, rows.get(b)) for _, b in batch], "b", batch_size, "pairs")
+        queries = _sides(index, [(a, rows.get(a)) for a, _ in batch], "a", batch_size, "pairs",
+                         stale)
+        hits = _sides(index, [(b, rows.get(b)) for _, b in batch], "b", batch_size, "pairs",
+                      stale)
         for (a, b), side_a, side_b in zip(batch, queries, hits):
+            bar.update(1)
+            if side_a is None or side_b is None:
+                continue  # a gallery file missing or refused now: in `stale`
             if result is None:
                 result = start(side_a)
             pair = PairExplanation.from_sides(side_a, side_b, similarity)
             row = rows.get(b)
             result.add(pair, PairRecord(query=a, hit=b, hit_row=-1 if row is None else row,
                                         rank=0, score=pair.score), patterns=patterns)
-            bar.update(1)
     bar.close()
-    assert result is not None  # check_pairs refuses an empty list
+    if result is None:
+        raise SimexplainError("no pair could be read: a gallery file of every pair is missing "
+                              "or refused")
     result.queries = len({a for a, _ in pairs})
     return result
 
@@ -177,39 +192,55 @@ def _queries(index: Index, queries: Sequence[str | Path] | str | Path | None, sa
     return [(q, None) for q in listed]
 
 
-def _query_sides(index: Index, chosen: list[tuple[str, int | None]], batch_size: int
-                 ) -> Iterator[tuple[str, int | None, Side]]:
-    """Each query's decomposed side (a), a batch at a time."""
+def _query_sides(index: Index, chosen: list[tuple[str, int | None]], batch_size: int,
+                 stale: dict[str, str]) -> Iterator[tuple[str, int | None, Side | None]]:
+    """Each query's decomposed side (a), a batch at a time (None: its file is in `stale`)."""
     for start in range(0, len(chosen), batch_size):
         batch = chosen[start:start + batch_size]
-        for (name, row), side in zip(batch, _sides(index, batch, "a", batch_size, "queries")):
+        for (name, row), side in zip(batch, _sides(index, batch, "a", batch_size, "queries",
+                                                   stale)):
             yield name, row, side
 
 
 def _sides(index: Index, items: list[tuple[str, int | None]], letter: str, batch_size: int,
-           what: str) -> list[Side]:
+           what: str, stale: dict[str, str]) -> list[Side | None]:
     """The decomposed side `letter` of each (path, gallery row or None): from the explain cache
-    for gallery rows (side a: of a one-stream model only), else computed."""
+    for gallery rows (side a: of a one-stream model only), else computed. A gallery file is
+    read through the index (checked as it is opened: inside the gallery, a regular file);
+    one missing or refused now gives None and is recorded in `stale`."""
+    from ..retrieval.index import StaleHit
     explainer = index._require_explainer()
     cache_applies = letter == "b" or explainer.stream_a is explainer.stream_b
-    sides: dict[int, Side] = {}
-    if cache_applies:
-        for i, (_, row) in enumerate(items):
-            cached = None if row is None else index.cached_side(row)
+    sides: dict[int, Side | None] = {}
+    inputs: dict[int, object] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StaleHit)  # a changed file is used as it is now
+        for i, (path, row) in enumerate(items):
+            if row is None:
+                inputs[i] = path
+                continue
+            try:
+                image = index.gallery_image(row)
+            except SimexplainError as exc:
+                stale[path] = str(exc)
+                sides[i] = None
+                continue
+            cached = index.cached_side(row, image) if cache_applies else None
             if cached is not None:
                 sides[i] = cached
-    missing = [i for i in range(len(items)) if i not in sides]
+            else:
+                inputs[i] = image
     try:
-        if missing:
-            computed = explainer.sides([items[i][0] for i in missing], letter, batch_size)
-            sides.update(zip(missing, computed))
+        if inputs:
+            computed = explainer.sides(list(inputs.values()), letter, batch_size)
+            sides.update(zip(inputs, computed))
     except ImageError as exc:
         raise SimexplainError(f"cannot explain the {what}: {exc}") from None
     return [sides[i] for i in range(len(items))]
 
 
 def _audit_query(index: Index, result: Audit, name: str, row: int | None, side: Side,
-                 k: int, batch_size: int, patterns: int) -> None:
+                 k: int, batch_size: int, patterns: int, stale: dict[str, str]) -> None:
     """Search the query, drop its own file from the hits, explain the rest, add each pair."""
     from ..retrieval.index import RegionQuery
     prepared = RegionQuery.from_side(side)
@@ -218,10 +249,15 @@ def _audit_query(index: Index, result: Audit, name: str, row: int | None, side: 
     hits[:] = [h for h in hits if h.index != row and not own(h.path)][:k]
     if not hits:
         return
-    index.explain_hits(prepared, hits, batch_size=batch_size)
+    from ..retrieval.index import StaleHit
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StaleHit)  # gathered in `stale`, said once at the end
+        index.explain_hits(prepared, hits, batch_size=batch_size)
     result.queries += 1
     for rank, hit in enumerate(hits, start=1):
-        assert hit.explanation is not None  # explain_hits set it
+        if hit.explanation is None:  # missing or refused now (explain_hits marked it)
+            stale[hit.path] = hit.stale or "not readable"
+            continue
         record = PairRecord(query=name, hit=hit.path, hit_row=hit.index, rank=rank,
                             score=hit.explanation.score)
         result.add(hit.explanation, record, patterns=patterns)
