@@ -211,16 +211,22 @@ def test_every_index_kind_and_explain_ready_indexes(gallery, tmp_path, kind, exp
 
 
 def test_an_index_folder_loads_its_model(gallery, tmp_path):
-    from simexplain.zoo import resolve
-    explainer = resolve("simexplain.toy:tiny_cnn", "features", "cosine", SIDE)
-    built = Index.build(gallery, explainer, model_name="simexplain.toy:tiny_cnn",
+    """A zoo model named by the manifest is loaded; any other model never is (an index folder
+    is data): the caller passes the Index with its model."""
+    from simexplain import zoo
+    built = Index.build(gallery, zoo.load("fmnist-gap"), model_name="fmnist-gap",
                         progress=False, out=tmp_path / "index")
     from_folder = audit(tmp_path / "index", k=2, sample=4, progress=False)
     from_object = audit(built, k=2, sample=4, progress=False)
-    assert from_folder.model == "simexplain.toy:tiny_cnn"
+    assert from_folder.model == "fmnist-gap"
     np.testing.assert_allclose(from_folder.scores, from_object.scores, rtol=1e-5)
     with pytest.raises(SimexplainError, match="does not exist"):
         audit(tmp_path / "nowhere", progress=False)
+    from simexplain.zoo import resolve
+    Index.build(gallery, resolve("simexplain.toy:tiny_cnn", "features", "cosine", SIDE),
+                model_name="simexplain.toy:tiny_cnn", progress=False, out=tmp_path / "toy")
+    with pytest.raises(SimexplainError, match="not a zoo model"):
+        audit(tmp_path / "toy", progress=False)
 
 
 def test_the_package_is_callable_and_exported(indexes):
@@ -314,9 +320,186 @@ def test_a_ray_built_explain_ready_index_audits_like_a_local_one(gallery, tmp_pa
     finally:
         if started:
             ray.shutdown()
-    from_ray = audit(tmp_path / "ray", k=3, sample=5, regions={"c": CORNER}, progress=False)
+    from_ray = audit(Index.load(tmp_path / "ray", load()), k=3, sample=5, regions={"c": CORNER},
+                     progress=False)
     local = Index.build(gallery, load(), model_name="simexplain.toy:tiny_cnn", progress=False)
     here = audit(local, k=3, sample=5, regions={"c": CORNER}, progress=False)
     assert [p.hit for p in from_ray.pairs] == [p.hit for p in here.pairs]
     np.testing.assert_allclose(from_ray.scores, here.scores, rtol=1e-5)
     np.testing.assert_allclose(from_ray.region_shares["c"], here.region_shares["c"], rtol=1e-4)
+
+
+# -- streaming ------------------------------------------------------------------------------------
+PER_PAIR = {"pairs", "sums", "positive_totals"}  # the per-pair scalars (docs/audit.md, Memory)
+
+
+def held(value, skip: frozenset = frozenset()) -> tuple[int, int]:
+    """(numbers held in arrays and maps, entries of the tally's heaps) inside `value`, walked
+    through dataclasses, objects, dicts, lists and tuples; attributes named in `skip` left
+    out."""
+    from array import array
+    from dataclasses import fields, is_dataclass
+    if isinstance(value, np.ndarray):
+        return value.size, 0
+    if isinstance(value, array):
+        return len(value), 0
+    if isinstance(value, (int, float, str, bool, type(None))) or callable(value):
+        return 0, 0
+    if isinstance(value, dict):
+        parts = [held(v) for v in value.values()] + [(len(value), 0)]
+    elif isinstance(value, (list, tuple, set)):
+        if value and all(isinstance(v, tuple) and len(v) == 2 and isinstance(v[1], int)
+                         for v in value):  # a heap of (share, -pair)
+            return 0, len(value)
+        parts = [held(v) for v in value]
+    else:
+        names = [f.name for f in fields(value)] if is_dataclass(value) else list(vars(value))
+        parts = [held(getattr(value, n)) for n in names if n not in skip]
+    return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+
+def test_retained_state_does_not_grow_with_the_pairs(indexes):
+    """Past the per-pair scalars, the arrays and maps an audit holds are the same after 10, 200
+    and 400 pairs; the heaps of hot pairs fill up to 8 per box and side, then stop growing; the
+    scalars grow by 8 bytes x (2 + 5 x regions) per pair."""
+    from simexplain.audit import Audit, PairRecord
+    explainer = indexes[30.0].explainer
+    paths = indexes[30.0].paths
+    explained = [explainer.explain(paths[i], paths[i + 1]) for i in range(4)]
+    result = Audit(k=1, regions={"c": CORNER, "odd": ODD}, grid=(GRID, GRID))
+    sizes, scalars = {}, {}
+    for n in range(1, 401):
+        pair = explained[n % 4]
+        result.add(pair, PairRecord("q", "h", 0, 1, pair.score), patterns=0)
+        if n in (10, 200, 400):
+            sizes[n] = held(result, frozenset(PER_PAIR))
+            scalars[n] = sum(a.itemsize * len(a) for a in [*result.positive_totals.values(), *(
+                getattr(r, f) for r in result.sums.values() for f in vars(r))])
+    assert sizes[10][0] == sizes[200][0] == sizes[400][0]
+    assert sizes[10][1] < sizes[200][1] == sizes[400][1]  # filled, then full
+    arrays, heap_entries = sizes[400]
+    boxes = len(result.tally.boxes)
+    assert 0 < heap_entries <= 3 * boxes * 8  # bounded heaps, and they are in use
+    assert arrays < 20 * boxes + 10 * GRID * GRID  # sums per box and side, maps
+    assert scalars[400] - scalars[200] == 200 * 8 * (2 + 5 * 2)
+    assert len(result.pairs) == 400 and result.finish().findings
+
+
+def test_findings_equal_a_computation_over_every_pairs_map(indexes):
+    """The streamed tally against every pair's overall maps recomputed by the explainer alone,
+    resampled, summed over each finding's box by slicing: the fraction of hot pairs, their
+    mean share, the hot pairs ranked (the tally keeps the top 8 of each box)."""
+    from simexplain.maps import resample
+    index = indexes[1.0]  # low thresholds: several findings on the control
+    options = {"min_share": 0.05, "min_ratio": 1.5, "min_pairs": 0.01, "max_findings": 10}
+    result = audit(index, k=3, sample=12, progress=False, **options)
+    assert len(result.findings) >= 2  # more than the one best box
+    on_grid = []
+    for pair in result.pairs:
+        direct = index.explainer.explain(pair.query, pair.hit)
+        on_grid.append({"query": resample(direct.overall_a, (GRID, GRID)),
+                        "hit": resample(direct.overall_b, (GRID, GRID)), "s": direct.score})
+    for finding in result.findings:
+        t, l, b, r = (round(v * GRID) for v in finding.box)
+        threshold = max(options["min_share"], options["min_ratio"] * finding.area)
+        sides = ["query", "hit"] if finding.side == "both" else [finding.side]
+        fractions, means = [], []
+        for side in sides:
+            shares = np.array([m[side][t:b, l:r].sum() / m["s"] for m in on_grid])
+            fractions.append(np.mean(shares >= threshold))
+            means.append(shares[shares >= threshold].mean())
+        assert finding.pairs == pytest.approx(np.mean(fractions), rel=1e-9)
+        assert finding.share == pytest.approx(np.mean(means), rel=1e-6)
+        both = np.array([np.mean([m[s][t:b, l:r].sum() for s in sides]) / m["s"]
+                         for m in on_grid])
+        ranked = [i for i in np.argsort(-both, kind="stable") if both[i] >= threshold][:8]
+        assert list(finding.hot_pairs) == ranked
+        np.testing.assert_allclose(finding.hot_shares, both[ranked], rtol=1e-6)
+
+
+def test_finding_options_are_checked_before_any_work(indexes):
+    with pytest.raises(SimexplainError, match="unknown finding option"):
+        audit(indexes[1.0], sample=2, progress=False, max_aera=0.1)
+    result = audit(indexes[30.0], k=2, sample=6, progress=False)
+    assert len(result.finish(max_findings=1).findings) == 1  # chosen again at the end: fine
+    with pytest.raises(SimexplainError, match="max_area must be given when the audit starts"):
+        result.finish(max_area=0.5)
+
+
+# -- given pairs ----------------------------------------------------------------------------------
+def test_given_pairs_are_audited_exactly_without_search(gallery, tmp_path, monkeypatch):
+    """Exactly the pairs given, in order, rank 0; gallery images come from the explain cache
+    (the model runs only on the image outside the gallery); shares as the model's own layers
+    give them."""
+    explainer = planted(30.0)
+    index = Index.build(gallery, explainer, progress=False, explain=True)
+    outside = tmp_path / "outside.png"
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (SIDE, SIDE, 3), np.uint8)).save(
+        outside)
+    files = sorted(gallery.iterdir())
+    given = [(files[3], files[7]), (str(files[7]), str(files[3])), (outside, files[0]),
+             (files[0], outside)]
+    computed = []
+    original = explainer.sides
+
+    def sides_outside_only(paths, *args, **kwargs):
+        computed.extend(paths)
+        return original(paths, *args, **kwargs)
+    monkeypatch.setattr(explainer, "sides", sides_outside_only)
+    result = audit(index, pairs=given, regions={"c": CORNER}, progress=False, batch_size=3)
+    monkeypatch.undo()
+    assert computed == [str(outside), str(outside)]  # query of pair 3, hit of pair 4
+    assert [(p.query, p.hit) for p in result.pairs] == [(str(a), str(b)) for a, b in given]
+    assert [p.rank for p in result.pairs] == [0] * 4 and result.given and result.queries == 4
+    assert [p.hit_row for p in result.pairs] == [7, 3, 0, -1]
+    model = explainer.stream_a.model
+    for i, pair in enumerate(result.pairs):
+        s, query_side, hit_side, _ = independent_partials(model, explainer, pair.query, pair.hit,
+                                                          CORNER)
+        assert pair.score == pytest.approx(s, abs=1e-5)
+        assert result.region_shares["c"][i] == pytest.approx((query_side + hit_side) / (2 * s),
+                                                             rel=1e-4)
+    assert json.loads(result.to_json())["given_pairs"] is True
+    assert all("the given pairs' similarity" in f.sentence for f in result.findings)
+    page = result.write_report(tmp_path / "report").read_text()  # re-explains pair 4 too
+    assert "4 given pairs" in page and "pair_0_4_b.png" in page
+
+
+def test_bad_given_pairs_are_refused(indexes, tmp_path):
+    files = indexes[1.0].paths
+    with pytest.raises(SimexplainError, match="no pairs given"):
+        audit(indexes[1.0], pairs=[], progress=False)
+    with pytest.raises(SimexplainError, match="pair 2: .*nowhere.png does not exist"):
+        audit(indexes[1.0], pairs=[(files[0], files[1]), (files[0], tmp_path / "nowhere.png")],
+              progress=False)
+    with pytest.raises(SimexplainError, match="pair 1 must be two image paths"):
+        audit(indexes[1.0], pairs=[(files[0],)], progress=False)
+    with pytest.raises(SimexplainError, match="not both"):
+        audit(indexes[1.0], pairs=[(files[0], files[1])], queries=[files[2]], progress=False)
+
+
+def test_gallery_files_that_went_missing_or_out_of_the_gallery_are_left_out(tmp_path):
+    """Issue 26 for audits: every gallery read is checked as it is opened. A hit whose file
+    was deleted, or replaced by a symbolic link to a photo outside the gallery, after the build
+    is left out and named in `stale`; the outside photo is never read."""
+    root = tmp_path / "gallery"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)).save(
+            root / f"img_{i}.png")
+    index = Index.build(root, planted(1.0), progress=False)
+    before = audit(index, k=7, sample=8, progress=False)
+    assert before.stale == {} and len(before.pairs) == 8 * 7
+    outside = tmp_path / "outside.png"
+    Image.fromarray(np.full((SIDE, SIDE, 3), 200, np.uint8)).save(outside)
+    (root / "img_3.png").unlink()
+    (root / "img_5.png").unlink()
+    (root / "img_5.png").symlink_to(outside)
+    after = audit(index, k=7, sample=8, progress=False)
+    assert sorted(Path(p).name for p in after.stale) == ["img_3.png", "img_5.png"]
+    assert "refused" in next(why for p, why in after.stale.items() if p.endswith("img_5.png"))
+    used = {Path(p).name for pair in after.pairs for p in (pair.query, pair.hit)}
+    assert not used & {"img_3.png", "img_5.png"}
+    assert len(after.pairs) == 6 * 5  # six readable queries, each with its five readable hits
+    assert json.loads(after.to_json())["stale"].keys() == after.stale.keys()

@@ -102,3 +102,56 @@ def test_missing_index_and_bad_region_exit_2(tmp_path, capsys):
             main(["audit", "--index", str(tmp_path), "--region", region])
         assert exc.value.code == 2
         assert "--region" in capsys.readouterr().err
+
+
+def test_audit_of_a_pairs_file(fmnist_index, tmp_path, capsys):
+    """--pairs: exactly the listed pairs, paths relative to the file's folder (CSV with quotes,
+    tabs or spaces, a header, comments, blank lines), in order."""
+    gallery = sorted((fmnist_index / "gallery").iterdir())
+    (tmp_path / "mine").mkdir()
+    own = tmp_path / "mine" / "item one.png"  # outside the gallery, a space in its name
+    own.write_bytes(gallery[5].read_bytes())
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(f"query,hit\n# two gallery items\n{gallery[0]},{gallery[1]}\n\n"
+                     f"\"mine/item one.png\",{gallery[2]}\n{gallery[3]}\t{gallery[0]}\n"
+                     f"{gallery[1]}   {gallery[4]}\n")
+    capsys.readouterr()
+    assert main(["audit", "--index", str(fmnist_index / "index"), "--pairs", str(pairs),
+                 "--region", "centre=0.25,0.25,0.75,0.75", "--json", "--quiet"]) == 0
+    written = json.loads(capsys.readouterr().out)
+    assert written["given_pairs"] is True and written["pairs"] == 4
+    assert [(p["query"], p["hit"], p["rank"]) for p in written["pair_list"]] == [
+        (str(gallery[0]), str(gallery[1]), 0), (str(own), str(gallery[2]), 0),
+        (str(gallery[3]), str(gallery[0]), 0), (str(gallery[1]), str(gallery[4]), 0)]
+    assert [p["hit_row"] for p in written["pair_list"]] == [1, 2, 0, 4]
+    assert main(["audit", "--index", str(fmnist_index / "index"), "--pairs", str(pairs),
+                 "--quiet"]) == 0
+    assert "audited 4 pairs (given, 4 distinct queries)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text,message", [
+    ("GOOD\nonly-one.png\n", "pairs.txt line 2: expected two image paths"),
+    ("GOOD\nGOOD\nGALLERY,missing.png\n", "pairs.txt line 3: .*missing.png does not exist"),
+    ("a,b,c\n", "line 1: expected two image paths"),
+    ("# nothing\n\n", "holds no pairs"),
+])
+def test_bad_pairs_files_are_one_line_errors(fmnist_index, tmp_path, capsys, text, message):
+    import re
+    image = sorted((fmnist_index / "gallery").iterdir())[0]
+    text = text.replace("GOOD", f"{image},{image}").replace("GALLERY", str(image))
+    (tmp_path / "pairs.txt").write_text(text)
+    capsys.readouterr()
+    assert main(["audit", "--index", str(fmnist_index / "index"), "--pairs",
+                 str(tmp_path / "pairs.txt"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.search(message, err) and len(err.splitlines()) == 1
+
+
+def test_pairs_file_missing_or_with_queries_exits_2(fmnist_index, tmp_path, capsys):
+    assert main(["audit", "--index", str(fmnist_index / "index"), "--pairs",
+                 str(tmp_path / "nowhere.txt")]) == 2
+    assert "cannot read the pairs file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["audit", "--index", str(fmnist_index / "index"), "--pairs", "p.txt",
+              "--queries", "q.png"])
+    assert exc.value.code == 2 and "not allowed with" in capsys.readouterr().err

@@ -5,11 +5,12 @@
     >>> result.region_shares["corner"].mean(), [f.sentence for f in result.findings]
     >>> result.write_report("audit-report")
 
-`run.audit` explains each query against its top-k hits (from the index's explain cache when it
-has one) and gathers an `result.Audit`: shares of the score per named region and pair, mean
-maps, recurring cross-view patterns, ranked pairs and `findings` (regions where similarity
-concentrates far above their area, found without being named); `report` writes the HTML
-report. The module itself is callable too: `simexplain.audit(index, ...)`.
+`run.audit` explains each query against its top-k hits, or given pairs (`pairs=`), from the
+index's explain cache when it has one, and streams them into an `result.Audit`: shares of the
+score per named region and pair, mean maps, recurring cross-view patterns, ranked pairs and
+`findings` (regions where similarity concentrates far above their area, found without being
+named); `report` writes the HTML report. The module itself is callable too:
+`simexplain.audit(index, ...)`.
 """
 
 from __future__ import annotations

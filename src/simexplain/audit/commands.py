@@ -41,9 +41,13 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, required=False,
                         model_help="the model (with --gallery; with --index: default the "
                                    "index's, else it must match)")
-    parser.add_argument("--queries", nargs="+", metavar="IMAGE_OR_FOLDER",
-                        help="query images or folders of them (default: --sample gallery "
-                             "images, each left out of its own hits)")
+    asked = parser.add_mutually_exclusive_group()
+    asked.add_argument("--queries", nargs="+", metavar="IMAGE_OR_FOLDER",
+                       help="query images or folders of them (default: --sample gallery "
+                            "images, each left out of its own hits)")
+    asked.add_argument("--pairs", metavar="FILE",
+                       help="audit exactly these pairs, no search: a text or CSV file of two "
+                            "image paths per line (query, hit; relative to the file's folder)")
     parser.add_argument("--sample", type=int, default=DEFAULT_SAMPLE,
                         help=f"gallery images drawn as queries without --queries (default "
                              f"{DEFAULT_SAMPLE})")
@@ -72,11 +76,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if len(regions) != len(args.region):
         raise SimexplainError("two --region options have the same name")
     queries = _query_files(args.queries) if args.queries else None
+    from .given import read_pairs_file
+    pairs = read_pairs_file(args.pairs) if args.pairs else None
     index = _index(args)
     from .run import audit
     result = audit(index, queries=queries, k=args.k, regions=regions, sample=args.sample,
-                   seed=args.seed, batch_size=args.batch_size, progress=not args.quiet)
+                   seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
+                   pairs=pairs)
     page = result.write_report(out, progress=not args.quiet) if out is not None else None
+    for path, why in result.stale.items():
+        print(f"simexplain: warning: {path}: {why} (left out)", file=sys.stderr)
     if args.json:
         print(result.to_json())
         return 0
@@ -135,8 +144,9 @@ def _index(args: argparse.Namespace):
 
 
 def _print_summary(result) -> None:
-    print(f"audited {len(result.pairs)} pairs ({result.queries} queries x top-{result.k}) "
-          f"in {result.seconds:.1f} s")
+    how = (f"given, {result.queries} distinct queries" if result.given
+           else f"{result.queries} queries x top-{result.k}")
+    print(f"audited {len(result.pairs)} pairs ({how}) in {result.seconds:.1f} s")
     if result.findings:
         print("findings:")
         for finding in result.findings:

@@ -14,15 +14,23 @@ Candidates are ranked by their mean excess over the pairs, sum over hot pairs of
 (share - area) / n_pairs, so the box that matches a hot spot best outranks boxes around it;
 then chosen greedily, each new one not overlapping those already chosen on its side. A box
 found on both sides is one finding ("both").
+
+The tally streams (`BoxTally`): each pair is scored against every candidate when it is added
+and only running sums per box and the top `TOP_HOT` hot pairs per box are kept, so its memory
+depends on the grid and `max_area`, not on the number of pairs. Hence `max_area`, `min_share`
+and `min_ratio` are fixed before the first pair; `min_pairs` and `max_findings` apply at the end.
 """
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import SimexplainError
 from . import regions as regionlib
 
 if TYPE_CHECKING:
@@ -34,7 +42,8 @@ MIN_RATIO = 6.0  # ... and at least this many times its area share
 MIN_HOT = 3  # a finding: hot in at least this many pairs ...
 MIN_PAIRS = 0.05  # ... and at least this fraction of the pairs
 MAX_FINDINGS = 5  # per side
-CHUNK = 256  # pairs scored against every candidate at once (memory: CHUNK x candidates)
+TOP_HOT = 8  # hot pairs kept per box (the ranked list and figures of a finding)
+SCORE_FLOOR = 1e-9  # |s| below this: a pair has no share (NaN in `result`)
 
 
 @dataclass(frozen=True)
@@ -82,42 +91,109 @@ def box_sums(maps_: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return integral[:, b, r] - integral[:, t, r] - integral[:, b, l] + integral[:, t, l]
 
 
-def find(result: Audit, max_area: float = MAX_AREA, min_share: float = MIN_SHARE,
-         min_ratio: float = MIN_RATIO, min_pairs: float = MIN_PAIRS,
+TALLY_OPTIONS = ("max_area", "min_share", "min_ratio")  # fixed while pairs are added
+CHOICE_OPTIONS = ("min_pairs", "max_findings")  # used once, at the end
+
+
+def check_options(options: Mapping[str, float], fixed: Mapping[str, float] | None = None
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The finding options split into those of the tally and those of the final choice;
+    an unknown name, or a tally option other than the `fixed` one (the tally already ran with
+    it), is refused in one line."""
+    unknown = sorted(set(options) - set(TALLY_OPTIONS) - set(CHOICE_OPTIONS))
+    if unknown:
+        raise SimexplainError(f"unknown finding option(s) {', '.join(unknown)}; known: "
+                              f"{', '.join(TALLY_OPTIONS + CHOICE_OPTIONS)}")
+    if fixed is not None:
+        changed = [name for name in TALLY_OPTIONS
+                   if name in options and (name not in fixed or options[name] != fixed[name])]
+        if changed:
+            raise SimexplainError(f"{', '.join(changed)} must be given when the audit starts "
+                                  "(its candidate boxes are tallied pair by pair)")
+    return ({k: v for k, v in options.items() if k in TALLY_OPTIONS},
+            {k: v for k, v in options.items() if k in CHOICE_OPTIONS})
+
+
+class BoxTally:
+    """What the findings need, gathered one pair at a time: per candidate box and side, the
+    number of hot pairs, the sums of their shares and excesses, the amount carried over all
+    pairs, and the `top` hot pairs with the largest shares (per side, and sides averaged) in
+    bounded heaps. Its size depends on the grid, `max_area` and `top`, never on the number of
+    pairs."""
+
+    VARIANTS = ("query", "hit", "both")
+
+    def __init__(self, grid: tuple[int, int], max_area: float = MAX_AREA,
+                 min_share: float = MIN_SHARE, min_ratio: float = MIN_RATIO, top: int = TOP_HOT):
+        self.boxes = candidate_boxes(grid, max_area)
+        rows, cols = grid
+        self.areas = ((self.boxes[:, 2] - self.boxes[:, 0])
+                      * (self.boxes[:, 3] - self.boxes[:, 1]) / (rows * cols))
+        self.threshold = np.maximum(min_share, min_ratio * self.areas)
+        self.top = top
+        zeros = {side: np.zeros(len(self.boxes)) for side in ("query", "hit")}
+        self.hot_count = {side: z.copy() for side, z in zeros.items()}
+        self.excess = {side: z.copy() for side, z in zeros.items()}  # sum of (share - area)
+        self.hot_share = {side: z.copy() for side, z in zeros.items()}  # sum of hot shares
+        self.carried = {side: z.copy() for side, z in zeros.items()}  # sum of the box's s_R
+        # variant -> box -> min-heap of (share, -pair): the `top` largest shares, earlier
+        # pairs first among equal shares
+        self.heaps: dict[str, dict[int, list[tuple[float, int]]]] = {
+            variant: {} for variant in self.VARIANTS}
+
+    def add(self, overall: dict[str, np.ndarray], score: float, pair: int) -> None:
+        """One pair: its overall maps on the audit grid ("query", "hit"), score and number."""
+        sums = {side: box_sums(overall[side][None], self.boxes)[0] for side in overall}
+        usable = abs(score) > SCORE_FLOOR
+        for side, amounts in sums.items():
+            self.carried[side] += amounts
+            if not usable:  # share 0: hot only for a threshold of 0
+                shares = np.zeros(len(self.boxes))
+            else:
+                shares = amounts / score
+            hot = shares >= self.threshold
+            self.hot_count[side] += hot
+            self.excess[side] += np.where(hot, shares - self.areas, 0.0)
+            self.hot_share[side] += np.where(hot, shares, 0.0)
+        if usable:
+            both = np.mean([sums["query"], sums["hit"]], 0) / score
+            for variant, shares in (("query", sums["query"] / score),
+                                    ("hit", sums["hit"] / score), ("both", both)):
+                self._keep(self.heaps[variant], shares, pair)
+
+    def _keep(self, heaps: dict[int, list[tuple[float, int]]], shares: np.ndarray,
+              pair: int) -> None:
+        for box in np.flatnonzero(shares >= self.threshold):
+            heap = heaps.setdefault(int(box), [])
+            entry = (float(shares[box]), -pair)
+            if len(heap) < self.top:
+                heapq.heappush(heap, entry)
+            elif entry > heap[0]:
+                heapq.heapreplace(heap, entry)
+
+    def hot_pairs(self, box: int, sides: list[str]) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        """The box's hot pairs, largest share first (sides averaged when both), and shares."""
+        variant = sides[0] if len(sides) == 1 else "both"
+        kept = sorted(self.heaps[variant].get(box, []), reverse=True)
+        return tuple(-pair for _, pair in kept), tuple(share for share, _ in kept)
+
+
+def find(result: Audit, tally: BoxTally, min_pairs: float = MIN_PAIRS,
          max_findings: int = MAX_FINDINGS) -> list[Finding]:
     """The findings of an audit (see the module docstring), strongest first."""
     n = len(result.pairs)
     if n == 0:
         return []
-    boxes = candidate_boxes(result.grid, max_area)
-    rows, cols = result.grid
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / (rows * cols)
-    threshold = np.maximum(min_share, min_ratio * areas)
-    scores = result.scores
-    usable = np.abs(scores) > 1e-9
+    total = float(result.scores.sum())
     per_side = {}
     for side in ("query", "hit"):
-        stack = result.overall_stack(side)
-        hot_count = np.zeros(len(boxes))
-        excess = np.zeros(len(boxes))
-        hot_share = np.zeros(len(boxes))
-        carried = np.zeros(len(boxes))
-        for start in range(0, n, CHUNK):
-            sums = box_sums(stack[start:start + CHUNK], boxes)
-            carried += sums.sum(0)
-            s = scores[start:start + CHUNK, None]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                shares = np.where(usable[start:start + CHUNK, None], sums / s, 0.0)
-            hot = shares >= threshold
-            hot_count += hot.sum(0)
-            excess += np.where(hot, shares - areas, 0.0).sum(0)
-            hot_share += np.where(hot, shares, 0.0).sum(0)
-        total = float(scores.sum())
-        chosen = _choose(boxes, hot_count, excess, n, min_pairs, max_findings)
-        per_side[side] = [(boxes[i], hot_count[i] / n, hot_share[i] / hot_count[i],
-                           carried[i] / total if abs(total) > 1e-9 else float("nan"), areas[i])
+        hot_count = tally.hot_count[side]
+        chosen = _choose(tally.boxes, hot_count, tally.excess[side], n, min_pairs, max_findings)
+        per_side[side] = [(i, hot_count[i] / n, tally.hot_share[side][i] / hot_count[i],
+                           tally.carried[side][i] / total if abs(total) > SCORE_FLOOR
+                           else float("nan"), tally.areas[i])
                           for i in chosen]
-    return _merge(result, per_side, threshold_of=(min_share, min_ratio))
+    return _merge(result, tally, per_side)
 
 
 def _choose(boxes: np.ndarray, hot_count: np.ndarray, excess: np.ndarray, n: int,
@@ -138,39 +214,26 @@ def _overlap(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3])
 
 
-def _merge(result: Audit, per_side: dict, threshold_of: tuple[float, float]) -> list[Finding]:
+def _merge(result: Audit, tally: BoxTally, per_side: dict) -> list[Finding]:
     """One Finding per box and side; a box found on both sides becomes one "both" finding
     (the numbers: the two sides' means)."""
     rows, cols = result.grid
-    found: dict[tuple, list] = {}
+    found: dict[int, list] = {}
     for side, items in per_side.items():
         for box, pairs, share, aggregate, area in items:
-            found.setdefault(tuple(int(v) for v in box), []).append(
-                (side, pairs, share, aggregate, area))
+            found.setdefault(int(box), []).append((side, pairs, share, aggregate, area))
     out = []
     for box, items in found.items():
         side = items[0][0] if len(items) == 1 else "both"
         pairs, share, aggregate, area = (float(np.mean([it[j] for it in items]))
                                          for j in range(1, 5))
-        relative = (box[0] / rows, box[1] / cols, box[2] / rows, box[3] / cols)
-        hot, hot_shares = _hot_pairs(result, box, [it[0] for it in items], threshold_of, area)
+        t, l, b, r = (int(v) for v in tally.boxes[box])
+        relative = (t / rows, l / cols, b / rows, r / cols)
+        hot, hot_shares = tally.hot_pairs(box, [it[0] for it in items])
         out.append(Finding(relative, side, pairs, share, aggregate, area,
                            _sentence(result, relative, side, pairs, share, area), hot,
                            hot_shares))
     return sorted(out, key=lambda f: -(f.share - f.area) * f.pairs)
-
-
-def _hot_pairs(result: Audit, box: tuple, sides: list[str], threshold_of: tuple[float, float],
-               area: float, count: int = 8) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    """The pairs where the box carries the largest share (sides averaged), hot ones only, and
-    those shares."""
-    boxes = np.asarray([box])
-    shares = np.mean([box_sums(result.overall_stack(side), boxes)[:, 0] for side in sides], 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        shares = np.where(np.abs(result.scores) > 1e-9, shares / result.scores, -np.inf)
-    threshold = max(threshold_of[0], threshold_of[1] * area)
-    order = [int(i) for i in np.argsort(-shares, kind="stable") if shares[i] >= threshold]
-    return tuple(order[:count]), tuple(float(shares[i]) for i in order[:count])
 
 
 def _sentence(result: Audit, box: tuple[float, float, float, float], side: str, pairs: float,
@@ -178,7 +241,8 @@ def _sentence(result: Audit, box: tuple[float, float, float, float], side: str, 
     where = regionlib.describe(box, result.common_input_size)
     of = {"query": "the query", "hit": "the hit", "both": "the query and the hit"}[side]
     what = "distance" if result.lower_is_better else "similarity"
-    text = (f"{share:.0%} of top-{result.k} {what} comes from the {where} of {of} "
+    pairs_of = "the given pairs'" if result.given else f"top-{result.k}"
+    text = (f"{share:.0%} of {pairs_of} {what} comes from the {where} of {of} "
             f"({area:.0%} of the image)")
     if pairs < 0.995:
         text += f", in {pairs:.0%} of the pairs"

@@ -82,9 +82,14 @@ def _sections(result: Audit, summary: dict, work: Path, figures: int, progress: 
     esc = html.escape
     out = [f"<p>Model <code>{esc(str(result.model))}</code>, index "
            f"<code>{esc(result.index or 'in memory')}</code>, {esc(result.similarity)}; "
-           f"{result.queries} queries x top-{result.k} hits = {len(result.pairs)} pairs; "
+           f"{_pairs_line(result)}; "
            f"audit grid {result.grid[0]}x{result.grid[1]}; {result.seconds:.1f} s.</p>",
            "<h2>Findings</h2>"]
+    if result.stale:
+        out.insert(1, f"<p class='stale'>{len(result.stale)} gallery file(s) left out, missing "
+                      "or refused now (changed since the index was built?): "
+                      + "; ".join(f"{esc(p)}: {esc(why)}" for p, why in
+                                  list(result.stale.items())[:10]) + "</p>")
     if result.findings:
         out.append("<ol>" + "".join(f"<li><b>{esc(f.sentence)}</b> (box {_box(f.box)}; "
                                     f"{f.aggregate_share:.0%} of all the audited similarity)"
@@ -196,8 +201,9 @@ def _pairs_section(result: Audit, work: Path, figures: int, progress: bool) -> l
                        + "".join(f"<td><img src='{f}' alt='overall map'><br><span class='path'>"
                                  f"{html.escape(p)}</span></td>"
                                  for f, p in zip(files, (record.query, record.hit)))
-                       + f"<td>{_pct(share)}</td><td>{record.score:.4f} (rank {record.rank})"
-                       "</td></tr>")
+                       + f"<td>{_pct(share)}</td><td>{record.score:.4f}"
+                       + ("" if record.rank == 0 else f" (rank {record.rank})")  # 0: given
+                       + "</td></tr>")
             bar.update(1)
         out.append("</table>")
     bar.close()
@@ -281,6 +287,12 @@ def _page(result: Audit, body: list[str]) -> str:
         ".row{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0}figcaption{font-size:80%}"
         ".path{font-size:80%;color:#555;word-break:break-all}</style></head><body>",
         "<h1>Audit: where similarity comes from</h1>", *body, "</body></html>"])
+
+
+def _pairs_line(result: Audit) -> str:
+    if result.given:
+        return f"{len(result.pairs)} given pairs ({result.queries} distinct queries)"
+    return f"{result.queries} queries x top-{result.k} hits = {len(result.pairs)} pairs"
 
 
 def _box(box) -> str:

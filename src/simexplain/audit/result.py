@@ -12,16 +12,22 @@ is what R carries on one side. An audit reports per pair and region:
   the two sides' positive masses pooled), defined whatever the sign or size of s;
 * the joint share w_a^T D w_b / s: what R of the query carries together with R of the hit.
 
-Only these per-pair numbers and each pair's overall maps resampled onto one fixed grid (G x G
-floats a side, `maps.resample`: exact for boxes of that grid) are kept, never the gallery's
-features, so memory grows with the number of pairs audited, not with the gallery.
+The audit streams: each pair's overall maps are resampled onto one fixed grid (G x G,
+`maps.resample`: exact for boxes of that grid), added to running sums (the mean maps) and scored
+against the findings' candidate boxes (`findings.BoxTally`), then dropped. What stays per pair is
+scalars only: its `PairRecord` and 8 bytes per amount (`array("d")`): two positive totals and
+five amounts per named region, the distribution over pairs that the shares report. Everything
+else has a size set by the grid, the regions and `max_area`, never by the number of pairs or the
+gallery (docs/audit.md, "Memory").
 For a distance (squared Euclidean) the shares are shares of the distance d^2.
 """
 
 from __future__ import annotations
 
 import json
+from array import array
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,22 +36,22 @@ import numpy as np
 from .. import maps
 from ..files import json_default
 from . import regions as regionlib
-from .findings import Finding, find
+from .findings import SCORE_FLOOR, BoxTally, Finding, check_options, find
 
 if TYPE_CHECKING:
     from ..explanation import PairExplanation
 
 SIDES = ("query", "hit")
-SCORE_FLOOR = 1e-9  # |s| below this: a share s_R / s is undefined (NaN)
 HISTOGRAM_BINS = np.linspace(-0.5, 1.5, 21)  # region shares' distribution over pairs
 RECURRING = 10  # recurring patterns reported
 TOP_PAIRS = 8  # ranked pairs reported per region
 
 
-@dataclass
+@dataclass(slots=True)
 class PairRecord:
     """One audited pair: the query (a path, or a gallery row's path), the hit's gallery row and
-    path, its rank among the query's hits and the pair's score."""
+    path (-1: a given hit outside the gallery), its rank among the query's hits (0: a given
+    pair, no search) and the pair's score."""
 
     query: str
     hit: str
@@ -60,13 +66,13 @@ class PairRecord:
 
 @dataclass
 class RegionSums:
-    """Per-pair amounts of one region (lists while auditing, arrays once finished)."""
+    """Per-pair amounts of one region, 8 bytes each (`array("d")`)."""
 
-    partial_query: list[float] = field(default_factory=list)  # s_R on the query side
-    partial_hit: list[float] = field(default_factory=list)
-    positive_query: list[float] = field(default_factory=list)  # sum w_p max(O_p, 0)
-    positive_hit: list[float] = field(default_factory=list)
-    joint: list[float] = field(default_factory=list)  # w_a^T D w_b
+    partial_query: array = field(default_factory=lambda: array("d"))  # s_R on the query side
+    partial_hit: array = field(default_factory=lambda: array("d"))
+    positive_query: array = field(default_factory=lambda: array("d"))  # sum w_p max(O_p, 0)
+    positive_hit: array = field(default_factory=lambda: array("d"))
+    joint: array = field(default_factory=lambda: array("d"))  # w_a^T D w_b
 
 
 @dataclass
@@ -78,7 +84,8 @@ class Audit:
     `region_positive_shares` for the others); `findings`: regions where similarity
     concentrates far above their area, found without being named; `mean_maps`: mean overall
     and relative maps per side on the audit's grid; `recurring`: cross-view patterns found at
-    the same place in many pairs; `to_json()`, `write_report(folder)`.
+    the same place in many pairs; `to_json()`, `write_report(folder)`. `given`: the pairs
+    were given (`audit(pairs=...)`), not searched.
     """
 
     k: int
@@ -92,15 +99,20 @@ class Audit:
     queries: int = 0
     input_sizes: set[tuple[int, int]] = field(default_factory=set)
     sums: dict[str, RegionSums] = field(default_factory=dict)
-    positive_totals: dict[str, list[float]] = field(
-        default_factory=lambda: {side: [] for side in SIDES})
-    overall_maps: dict[str, list[np.ndarray]] = field(
-        default_factory=lambda: {side: [] for side in SIDES})
+    positive_totals: dict[str, array] = field(
+        default_factory=lambda: {side: array("d") for side in SIDES})
+    overall_sums: dict[str, np.ndarray] = field(default_factory=dict)
     relative_sums: dict[str, np.ndarray] = field(default_factory=dict)
     pattern_counts: Counter = field(default_factory=Counter)
     pattern_strengths: dict[tuple, float] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     seconds: float = 0.0
+    given: bool = False
+    # gallery files left out because they are missing or refused now (path -> why)
+    stale: dict[str, str] = field(default_factory=dict)
+    # `max_area`, `min_share`, `min_ratio`, `min_pairs`, `max_findings` of `findings.find`
+    finding_options: dict[str, float] = field(default_factory=dict)
+    tally: BoxTally = field(init=False, repr=False, compare=False)
     # PairRecord -> its PairExplanation again, for the report's figures: set by `audit` (it
     # holds the index and its model); None: the report has no pair figures
     explain_pair: Any = field(default=None, repr=False, compare=False)
@@ -112,18 +124,24 @@ class Audit:
             self.sums.setdefault(name, RegionSums())
         for side in SIDES:
             self.relative_sums.setdefault(side, np.zeros(self.grid))
+            self.overall_sums.setdefault(side, np.zeros(self.grid))
+        tally_options, _ = check_options(self.finding_options)
+        self.tally = BoxTally(self.grid, **tally_options)
 
     # -- gathering -------------------------------------------------------------------------------
     def add(self, pair: PairExplanation, record: PairRecord, patterns: int = 3) -> None:
         """Add one explained pair (query = side a, hit = side b)."""
         self.pairs.append(record)
         self.input_sizes.update({pair.a.input_size, pair.b.input_size})
+        on_grid = {}
         for side, o_map, r_map in (("query", pair.overall_a, pair.relative_a),
                                    ("hit", pair.overall_b, pair.relative_b)):
             overall = o_map.detach().double().cpu()
-            self.overall_maps[side].append(maps.resample(overall, self.grid))
+            on_grid[side] = maps.resample(overall, self.grid)
+            self.overall_sums[side] += on_grid[side]
             self.relative_sums[side] += maps.resample(r_map, self.grid)
             self.positive_totals[side].append(float(overall.clamp_min(0).sum()))
+        self.tally.add(on_grid, record.score, len(self.pairs) - 1)
         for name, box in self.regions.items():
             self._add_region(pair, self.sums[name], box)
         if patterns:
@@ -162,9 +180,12 @@ class Audit:
         return (min(int((point[0] + 0.5) / size[0] * rows), rows - 1),
                 min(int((point[1] + 0.5) / size[1] * cols), cols - 1))
 
-    def finish(self, **options: Any) -> Audit:
-        """Find the regions where similarity concentrates (`findings.find`; options go there)."""
-        self.findings = find(self, **options)
+    def finish(self, **options: float) -> Audit:
+        """Find the regions where similarity concentrates (`findings.find`). `min_pairs` and
+        `max_findings` may be given here; the others were fixed when the Audit was made."""
+        _, choice = check_options({**self.finding_options, **options},
+                                  fixed=self.finding_options)
+        self.findings = find(self, self.tally, **choice)
         return self
 
     # -- per-pair numbers --------------------------------------------------------------------------
@@ -173,7 +194,7 @@ class Audit:
         """(n_pairs,) each pair's score s (the model's own)."""
         return np.array([p.score for p in self.pairs], dtype=np.float64)
 
-    def _share(self, amounts: list[float], scale: float = 1.0) -> np.ndarray:
+    def _share(self, amounts: Sequence[float] | np.ndarray, scale: float = 1.0) -> np.ndarray:
         s = self.scores
         with np.errstate(divide="ignore", invalid="ignore"):
             out = np.asarray(amounts, dtype=np.float64) / (scale * s)
@@ -214,8 +235,9 @@ class Audit:
     def region_partial_scores(self, name: str) -> dict[str, np.ndarray]:
         """The region's raw amounts per pair: s_R on each side ("query", "hit") and "joint"."""
         r = self.sums[name]
-        return {"query": np.asarray(r.partial_query), "hit": np.asarray(r.partial_hit),
-                "joint": np.asarray(r.joint)}
+        return {"query": np.array(r.partial_query, dtype=np.float64),  # copies: the arrays
+                "hit": np.array(r.partial_hit, dtype=np.float64),  # behind may still grow
+                "joint": np.array(r.joint, dtype=np.float64)}
 
     def aggregate_share(self, name: str) -> float:
         """sum over pairs of s_R (both sides, halved) / sum of s: the share of all the audited
@@ -230,11 +252,6 @@ class Audit:
         return regionlib.area(self.regions[name])
 
     # -- maps -------------------------------------------------------------------------------------
-    def overall_stack(self, side: str) -> np.ndarray:
-        """(n_pairs, G, G) each pair's overall map of one side on the audit grid."""
-        stacked = self.overall_maps[side]
-        return np.stack(stacked) if stacked else np.zeros((0, *self.grid))
-
     @property
     def mean_maps(self) -> dict[str, np.ndarray]:
         """"overall_query", "overall_hit", "relative_query", "relative_hit": mean maps on the
@@ -245,7 +262,7 @@ class Audit:
         total = float(self.scores.sum()) or 1.0
         out = {}
         for side in SIDES:
-            summed = self.overall_stack(side).sum(0) if self.pairs else np.zeros(self.grid)
+            summed = self.overall_sums[side]
             out[f"overall_{side}"] = summed / n
             out[f"relative_{side}"] = self.relative_sums[side] / n
             out[f"share_{side}"] = summed / total
@@ -302,7 +319,9 @@ class Audit:
             }
         return {
             "kind": "simexplain audit", "model": self.model, "index": self.index,
-            "similarity": self.similarity, "k": self.k, "queries": self.queries,
+            "similarity": self.similarity, "k": self.k,
+            "given_pairs": self.given, "queries": self.queries,
+            "stale": self.stale,
             "pairs": len(self.pairs), "grid": list(self.grid), "seconds": self.seconds,
             "input_size": None if self.common_input_size is None else
             list(self.common_input_size),

@@ -1,10 +1,12 @@
-"""`audit`: explain queries against their top-k hits in an index and gather where the similarity
-comes from (`Audit`), a batch of queries at a time."""
+"""`audit`: explain queries against their top-k hits in an index (or given pairs) and gather
+where the similarity comes from (`Audit`), a batch of queries at a time."""
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +16,8 @@ from tqdm.auto import tqdm
 from ..errors import ImageError, SimexplainError
 from ..files import image_files
 from . import regions as regionlib
+from .findings import check_options
+from .given import check_pairs
 from .result import Audit, PairRecord
 
 if TYPE_CHECKING:
@@ -27,6 +31,7 @@ def audit(index: Index | str | Path, queries: Sequence[str | Path] | str | Path 
           k: int = 5, regions: Mapping[str, Sequence[float]] | None = None,
           sample: int = DEFAULT_SAMPLE, seed: int = 0, batch_size: int = 32,
           progress: bool = True, grid: tuple[int, int] | None = None, patterns: int = 3,
+          pairs: Sequence[tuple[str | Path, str | Path]] | None = None,
           **finding_options: float) -> Audit:
     """Audit where similarity comes from over an index's searches.
 
@@ -39,11 +44,15 @@ def audit(index: Index | str | Path, queries: Sequence[str | Path] | str | Path 
     grid: the audit's common grid (default: the first query's feature grid); maps of other grids
         are resampled onto it exactly (`maps.resample`).
     patterns: cross-view patterns counted per pair (0: none).
+    pairs: (query image, hit image) pairs to audit instead of searching (no `queries`; `k`
+        and `sample` unused): exactly these pairs, query = side a. Images of the gallery (the
+        same absolute path) are explained from the explain cache when the index has one.
     finding_options: `max_area`, `min_share`, `min_ratio`, `min_pairs`, `max_findings` of
         `simexplain.audit.findings.find`.
 
     Hits are explained from the index's explain cache when it has one (no model forward for
-    them), else a batch at a time; memory grows with the pairs audited, not the gallery.
+    them), else a batch at a time. The audit streams: memory is bounded by the batch, plus a
+    few scalars per pair (docs/audit.md, "Memory"), never by the gallery.
     """
     started = time.perf_counter()
     index = _open(index)
@@ -52,23 +61,94 @@ def audit(index: Index | str | Path, queries: Sequence[str | Path] | str | Path 
         raise SimexplainError(f"k must be >= 1, got {k}")
     if batch_size < 1:
         raise SimexplainError(f"batch_size must be >= 1, got {batch_size}")
+    check_options(finding_options)
     checked = regionlib.check_regions(regions)
-    chosen = _queries(index, queries, sample, seed)
-    result: Audit | None = None
-    bar = tqdm(total=len(chosen), desc="auditing", unit="query", disable=not progress)
-    for name, row, side in _query_sides(index, chosen, batch_size):
-        if result is None:
-            result = Audit(k=k, regions=checked, grid=grid or side.grid,
-                           similarity=index.similarity.name,
-                           lower_is_better=index.similarity.lower_is_better,
-                           model=index.model_name, index=_where(index))
-        _audit_query(index, result, name, row, side, k, batch_size, patterns)
-        bar.update(1)
-    bar.close()
-    assert result is not None  # _queries returns at least one
+
+    def start(side: Side) -> Audit:  # the first side gives the grid
+        return Audit(k=0 if pairs is not None else k, regions=checked, grid=grid or side.grid,
+                     similarity=index.similarity.name,
+                     lower_is_better=index.similarity.lower_is_better, model=index.model_name,
+                     index=_where(index), given=pairs is not None,
+                     finding_options=dict(finding_options))
+
+    stale: dict[str, str] = {}  # gallery file -> why it was left out (changed files are used)
+    if pairs is not None:
+        if queries is not None:
+            raise SimexplainError("give queries or pairs, not both")
+        result = _audit_pairs(index, check_pairs(pairs), start, batch_size, patterns, progress,
+                              stale)
+    else:
+        result = _audit_queries(index, _queries(index, queries, sample, seed), start, k,
+                                batch_size, patterns, progress, stale)
+    result.stale = stale
     result.seconds = time.perf_counter() - started
     result.explain_pair = lambda record: _explain(index, record)
-    return result.finish(**finding_options)
+    return result.finish()
+
+
+def _audit_queries(index: Index, chosen: list[tuple[str, int | None]],
+                   start: Callable[[Side], Audit], k: int, batch_size: int, patterns: int,
+                   progress: bool, stale: dict[str, str]) -> Audit:
+    result: Audit | None = None
+    bar = tqdm(total=len(chosen), desc="auditing", unit="query", disable=not progress)
+    for name, row, side in _query_sides(index, chosen, batch_size, stale):
+        if side is not None:
+            if result is None:
+                result = start(side)
+            _audit_query(index, result, name, row, side, k, batch_size, patterns, stale)
+        bar.update(1)
+    bar.close()
+    if result is None:
+        raise SimexplainError("no query could be read: every query's gallery file is missing "
+                              "or refused (" + "; ".join(f"{p}: {why}" for p, why in
+                                                         list(stale.items())[:3]) + ")")
+    return result
+
+
+def _audit_pairs(index: Index, pairs: list[tuple[str, str]], start: Callable[[Side], Audit],
+                 batch_size: int, patterns: int, progress: bool, stale: dict[str, str]
+                 ) -> Audit:
+    """Exactly the given pairs, a batch at a time: no search, rank 0."""
+    from ..explanation import PairExplanation
+    similarity = index._require_explainer().similarity
+    rows = _gallery_rows(index, {path for pair in pairs for path in pair})
+    result: Audit | None = None
+    bar = tqdm(total=len(pairs), desc="auditing", unit="pair", disable=not progress)
+    for first in range(0, len(pairs), batch_size):
+        batch = pairs[first:first + batch_size]
+        queries = _sides(index, [(a, rows.get(a)) for a, _ in batch], "a", batch_size, "pairs",
+                         stale)
+        hits = _sides(index, [(b, rows.get(b)) for _, b in batch], "b", batch_size, "pairs",
+                      stale)
+        for (a, b), side_a, side_b in zip(batch, queries, hits):
+            bar.update(1)
+            if side_a is None or side_b is None:
+                continue  # a gallery file missing or refused now: in `stale`
+            if result is None:
+                result = start(side_a)
+            pair = PairExplanation.from_sides(side_a, side_b, similarity)
+            row = rows.get(b)
+            result.add(pair, PairRecord(query=a, hit=b, hit_row=-1 if row is None else row,
+                                        rank=0, score=pair.score), patterns=patterns)
+    bar.close()
+    if result is None:
+        raise SimexplainError("no pair could be read: a gallery file of every pair is missing "
+                              "or refused")
+    result.queries = len({a for a, _ in pairs})
+    return result
+
+
+def _gallery_rows(index: Index, paths: set[str]) -> dict[str, int]:
+    """Given path -> its gallery row, for those of the gallery (the same absolute path, compared
+    without touching the disk)."""
+    wanted: dict[str, list[str]] = {}
+    for path in paths:
+        wanted.setdefault(os.path.abspath(path), []).append(path)
+    found: dict[str, int] = {}
+    for row, stored in enumerate(index.paths):
+        for path in wanted.get(os.path.abspath(stored), ()):
+            found.setdefault(path, row)
+    return found
 
 
 def _open(index: Index | str | Path) -> Index:
@@ -112,33 +192,55 @@ def _queries(index: Index, queries: Sequence[str | Path] | str | Path | None, sa
     return [(q, None) for q in listed]
 
 
-def _query_sides(index: Index, chosen: list[tuple[str, int | None]], batch_size: int
-                 ) -> Iterator[tuple[str, int | None, Side]]:
-    """Each query's decomposed side (a), a batch at a time: from the explain cache for
-    gallery rows of a one-stream model, else computed."""
-    explainer = index._require_explainer()
-    one_stream = explainer.stream_a is explainer.stream_b
+def _query_sides(index: Index, chosen: list[tuple[str, int | None]], batch_size: int,
+                 stale: dict[str, str]) -> Iterator[tuple[str, int | None, Side | None]]:
+    """Each query's decomposed side (a), a batch at a time (None: its file is in `stale`)."""
     for start in range(0, len(chosen), batch_size):
         batch = chosen[start:start + batch_size]
-        sides: dict[int, Side] = {}
-        if one_stream:
-            for i, (_, row) in enumerate(batch):
-                cached = None if row is None else index.cached_side(row)
-                if cached is not None:
-                    sides[i] = cached
-        missing = [i for i in range(len(batch)) if i not in sides]
-        try:
-            if missing:
-                computed = explainer.sides([batch[i][0] for i in missing], "a", batch_size)
-                sides.update(zip(missing, computed))
-        except ImageError as exc:
-            raise SimexplainError(f"cannot explain the queries: {exc}") from None
-        for i, (name, row) in enumerate(batch):
-            yield name, row, sides[i]
+        for (name, row), side in zip(batch, _sides(index, batch, "a", batch_size, "queries",
+                                                   stale)):
+            yield name, row, side
+
+
+def _sides(index: Index, items: list[tuple[str, int | None]], letter: str, batch_size: int,
+           what: str, stale: dict[str, str]) -> list[Side | None]:
+    """The decomposed side `letter` of each (path, gallery row or None): from the explain cache
+    for gallery rows (side a: of a one-stream model only), else computed. A gallery file is
+    read through the index (checked as it is opened: inside the gallery, a regular file);
+    one missing or refused now gives None and is recorded in `stale`."""
+    from ..retrieval.index import StaleHit
+    explainer = index._require_explainer()
+    cache_applies = letter == "b" or explainer.stream_a is explainer.stream_b
+    sides: dict[int, Side | None] = {}
+    inputs: dict[int, object] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StaleHit)  # a changed file is used as it is now
+        for i, (path, row) in enumerate(items):
+            if row is None:
+                inputs[i] = path
+                continue
+            try:
+                image = index.gallery_image(row)
+            except SimexplainError as exc:
+                stale[path] = str(exc)
+                sides[i] = None
+                continue
+            cached = index.cached_side(row, image) if cache_applies else None
+            if cached is not None:
+                sides[i] = cached
+            else:
+                inputs[i] = image
+    try:
+        if inputs:
+            computed = explainer.sides(list(inputs.values()), letter, batch_size)
+            sides.update(zip(inputs, computed))
+    except ImageError as exc:
+        raise SimexplainError(f"cannot explain the {what}: {exc}") from None
+    return [sides[i] for i in range(len(items))]
 
 
 def _audit_query(index: Index, result: Audit, name: str, row: int | None, side: Side,
-                 k: int, batch_size: int, patterns: int) -> None:
+                 k: int, batch_size: int, patterns: int, stale: dict[str, str]) -> None:
     """Search the query, drop its own file from the hits, explain the rest, add each pair."""
     from ..retrieval.index import RegionQuery
     prepared = RegionQuery.from_side(side)
@@ -147,10 +249,15 @@ def _audit_query(index: Index, result: Audit, name: str, row: int | None, side: 
     hits[:] = [h for h in hits if h.index != row and not own(h.path)][:k]
     if not hits:
         return
-    index.explain_hits(prepared, hits, batch_size=batch_size)
+    from ..retrieval.index import StaleHit
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StaleHit)  # gathered in `stale`, said once at the end
+        index.explain_hits(prepared, hits, batch_size=batch_size)
     result.queries += 1
     for rank, hit in enumerate(hits, start=1):
-        assert hit.explanation is not None  # explain_hits set it
+        if hit.explanation is None:  # missing or refused now (explain_hits marked it)
+            stale[hit.path] = hit.stale or "not readable"
+            continue
         record = PairRecord(query=name, hit=hit.path, hit_row=hit.index, rank=rank,
                             score=hit.explanation.score)
         result.add(hit.explanation, record, patterns=patterns)
@@ -168,6 +275,8 @@ def _explain(index: Index, record: PairRecord):
     """The PairExplanation of an audited pair again (for the report's figures)."""
     from ..retrieval.index import Hit, RegionQuery
     explainer = index._require_explainer()
+    if record.hit_row < 0:  # a given hit outside the gallery
+        return explainer.explain(record.query, record.hit)
     prepared = RegionQuery.from_side(explainer.side(record.query, "a"))
     hit = Hit(rank=record.rank, index=record.hit_row, path=record.hit, score=record.score,
               full_score=record.score)
