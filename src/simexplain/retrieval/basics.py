@@ -4,12 +4,13 @@ file hashing and the record of a skipped gallery file. A leaf: it imports no ret
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SimexplainError
 from ..files import file_sha256  # noqa: F401 - re-exported: the retrieval's file hashing
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ENGINES = ("local", "ray")  # one process, or a Ray Data pipeline (`ray_engine`)
 
@@ -25,6 +26,7 @@ def require_faiss() -> Any:  # the faiss module (it has no type stubs)
 
 def finite_rows(embeddings: np.ndarray, start: int, stop: int) -> bool:
     """No NaN or infinity in rows [start, stop), read a block at a time."""
+    import numpy as np  # here: the command line imports this module for its help alone
     return all(np.isfinite(embeddings[i:min(stop, i + 65536)]).all()
                for i in range(start, stop, 65536))
 
