@@ -158,7 +158,7 @@ class Engine:
             models = [name] if given else zoo.list()
         self.models = list(dict.fromkeys([name, *models]))
 
-        gallery = list(getattr(self.index, "paths", [])) if self.index is not None else []
+        gallery = getattr(self.index, "paths", []) if self.index is not None else []
         self.images = ImageStore(gallery, default_samples() if samples is None else samples,
                                  max_upload_memory=max_upload_memory, max_pixels=max_pixels,
                                  stored_side=upload_side, budget=decode_budget,

@@ -206,6 +206,19 @@ def _png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+class _PathView(Sequence[Path]):
+    """The gallery's paths as Path objects, made when asked for."""
+
+    def __init__(self, paths: Sequence[str | Path]):
+        self._paths = paths
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __getitem__(self, row):  # ints only: rows of the gallery
+        return Path(self._paths[row])
+
+
 class ImageStore:
     """Images by id: gallery images (`g<i>`, from the index's paths), samples (`s<i>`),
     uploads (`u<hash>`, content-addressed) and derived crops (`f-...`). Clients never name a
@@ -216,11 +229,13 @@ class ImageStore:
                  max_pixels: int = MAX_PIXELS, stored_side: int = STORED_SIDE,
                  budget: PixelBudget | None = None, gallery_root: str | Path | None = None,
                  gallery_hashes: Sequence[str] = ()):
-        self.gallery_paths = [Path(p) for p in gallery_paths]
+        # a view, not a list: an index's paths are read by row (`retrieval.columns`), so a
+        # gallery of 10^7 images costs no Path object per image
+        self.gallery_paths: Sequence[Path] = _PathView(gallery_paths)
         # gallery files are read through `read_gallery_file`: inside this folder, regular
         # files, checked against these sha256 (a changed one is served, and marked stale)
         self.gallery_root = gallery_root
-        self.gallery_hashes = list(gallery_hashes)
+        self.gallery_hashes = gallery_hashes  # by row, like the paths (no copy)
         self.max_pixels = max_pixels
         self.stored_side = stored_side
         self.budget = budget or DECODE_BUDGET
