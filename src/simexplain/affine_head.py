@@ -12,11 +12,11 @@ replay of the head under a transform.
 
 What is cached: the chain's stages (each Linear / BatchNorm / number folded into a matrix or a
 diagonal and a bias, consecutive ones composed in float64) and M, per model (`SplitModel`),
-keyed by the chain's structure and the identity and `_version` counter of every tensor it reads
-(weights, biases, running statistics) and by the pooled tensor's size, device and dtype. An
+keyed by the chain's structure and the identity, `_version` counter and storage address of
+every tensor it reads (weights, biases, running statistics) and by the pooled tensor's size, device and dtype. An
 in-place update of a parameter (an optimiser step, `load_state_dict`, `copy_`) bumps its
-version and a replaced parameter has another identity, so the next call builds the matrix
-anew. A new entry is checked once against the autograd path (`head._linear_parts`); an entry
+version, a replaced parameter has another identity and new `.data` another address, so the
+next call builds the matrix anew. A new entry is checked once against the autograd path (`head._linear_parts`); an entry
 that disagrees is refused and that head keeps the autograd path.
 
 Switches (environment variables, read at each call): SIMEXPLAIN_AFFINE_HEAD=0 turns the cache
@@ -342,7 +342,7 @@ class AffineHeads:
             return None
         structure, tensors, specs = chain
         try:  # inference tensors have no version counter: not cached
-            versions = tuple((id(t), t._version) for t in tensors)
+            versions = tuple((id(t), t._version, t.data_ptr()) for t in tensors)
         except RuntimeError:
             return None
         key = (structure, versions, tuple(pooled.shape[1:]), pooled.device, pooled.dtype)

@@ -352,12 +352,15 @@ def pooled_shares(tape: HeadTape, pooling: _Pooling, features: torch.Tensor,
 
 
 # Weights of flatten + Linear heads rearranged as (P, C, D), kept while the weight lives and is
-# unchanged: the rearrangement is a strided copy that costs more than the product itself.
+# unchanged (version, storage, dtype): the rearrangement is a strided copy that costs more than
+# the product itself.
 _PER_POSITION: dict[int, tuple] = {}  # id(weight) -> (weakref, key, (P, C, D) tensor)
 
 
 def _per_position_weight(weight: torch.Tensor, feature_shape: torch.Size) -> torch.Tensor:
-    key = (weight._version, tuple(feature_shape))
+    # new `.data` (Module.to, a dtype or device change) keeps the tensor and its version: the
+    # storage's address and dtype tell
+    key = (weight._version, weight.data_ptr(), weight.dtype, tuple(feature_shape))
     cached = _PER_POSITION.get(id(weight))
     if cached is not None and cached[0]() is weight and cached[1] == key:
         return cached[2]
