@@ -12,12 +12,13 @@ replay of the head under a transform.
 
 What is cached: the chain's stages (each Linear / BatchNorm / number folded into a matrix or a
 diagonal and a bias, consecutive ones composed in float64) and M, per model (`SplitModel`),
-keyed by the chain's structure and the identity, `_version` counter and storage address of
-every tensor it reads (weights, biases, running statistics) and by the pooled tensor's size, device and dtype. An
-in-place update of a parameter (an optimiser step, `load_state_dict`, `copy_`) bumps its
-version, a replaced parameter has another identity and new `.data` another address, so the
-next call builds the matrix anew. A new entry is checked once against the autograd path (`head._linear_parts`); an entry
-that disagrees is refused and that head keeps the autograd path.
+keyed by the chain's structure, by the identity, `_version` counter and storage address of
+every tensor it reads (weights, biases, running statistics) and by the pooled tensor's size,
+device and dtype. An in-place update of a parameter (an optimiser step, `load_state_dict`,
+`copy_`) bumps its version, a replaced parameter has another identity and new `.data` (e.g.
+`Module.to`) another address, so the next call builds the matrix anew. A new entry is checked
+once against the autograd path (`head._linear_parts`); an entry that disagrees is refused and
+that head keeps the autograd path.
 
 Switches (environment variables, read at each call): SIMEXPLAIN_AFFINE_HEAD=0 turns the cache
 off (every head takes the autograd path); SIMEXPLAIN_CUDA_GRAPHS=0 turns off the CUDA graphs
@@ -180,12 +181,13 @@ def _stage(func, args: tuple, kwargs: dict, x: torch.Tensor, out: torch.Tensor
 
 
 def _batch_norm(running_mean, running_var, weight, bias, eps, **_) -> _Affine:
-    scale = (_f64(running_var) + eps).rsqrt()
+    """BatchNorm in eval mode as a diagonal and a bias (as frozen.py's `_batch_norm_eval`)."""
+    scale = (running_var.detach().double() + eps).rsqrt()
     if weight is not None:
-        scale = scale * _f64(weight)
-    shift = -_f64(running_mean) * scale
+        scale = scale * weight.detach().double()
+    shift = -running_mean.detach().double() * scale
     if bias is not None:
-        shift = shift + _f64(bias)
+        shift = shift + bias.detach().double()
     return _Affine(scale, shift)
 
 
