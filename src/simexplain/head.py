@@ -221,18 +221,20 @@ def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[st
     # Scales are frozen in the head's replays only: the mode intercepts every torch call, and
     # the bookkeeping around the replays needs none of it.
     with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
+        head = None
         if pooling is not None:
             last = pooling.argument if pooling.kind == "linear" else pooling.pool
             start, source = last + 1, pooling.pooled
-            pooled, shares, pooled_constant, whole = _pooled_inputs(tape, pooling, features,
-                                                                    offsets, len(embedding))
+            recorded = tape.recorded()[source]  # left intact by an affine chain (no in-place)
+            if affine is not None and strategy == "auto":
+                head = affine.lookup(tape, start, source, out_slot, module_offsets, recorded)
+            pooled, shares, pooled_constant, whole = _pooled_inputs(
+                tape, pooling, features, offsets, len(embedding),
+                recorded if head is not None and head.checked else None)
         else:
             start, source, pooled = 0, 0, features
             pooled_constant = torch.zeros_like(features)
             shares, whole = None, None  # implicit: A masked to one position
-        head = None
-        if affine is not None and shares is not None and strategy == "auto":
-            head = affine.lookup(tape, start, source, out_slot, module_offsets, pooled)
         if head is not None and head.checked:
             primal, linear, constant = head.apply(pooled, shares, pooled_constant)
             mode = "affine, cached"
@@ -256,12 +258,15 @@ def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[st
 
 
 def _pooled_inputs(tape: HeadTape, pooling, features: torch.Tensor,
-                   offsets: dict[str, torch.Tensor], batch: int):
+                   offsets: dict[str, torch.Tensor], batch: int,
+                   pooled: torch.Tensor | None = None):
     """(pooled tensor, each position's share of it (B, N, *pooled dims; N = P, or 2P with
     the whole feature vectors of a selective pooling after them), the offsets' share, the
-    whole feature vectors or None)."""
+    whole feature vectors or None). The pooled tensor is replayed unless given (the one the
+    forward pass recorded, where nothing wrote into it since)."""
     with FreezeScales():
-        pooled = replay_pooled(tape, pooling, features, offsets)
+        if pooled is None:
+            pooled = replay_pooled(tape, pooling, features, offsets)
         shares, pooled_constant, whole = pooled_shares(tape, pooling, features, offsets)
     if whole is not None:  # mapped by J together with the shares, in the same pass
         shares = torch.cat([shares, whole], dim=1)
