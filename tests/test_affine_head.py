@@ -188,3 +188,37 @@ def test_cuda_graphs_are_never_used_on_the_cpu(monkeypatch):
     for _ in range(4):  # the same shape again and again
         result = explainer.stream_a.contributions(x)
     assert result.path.endswith(CACHED)
+
+
+def test_graph_bookkeeping_captures_a_repeated_shape_once_and_falls_back_on_failure(monkeypatch):
+    """The CUDA-graph logic with the capture stood in for (no GPU here): a shape is captured on
+    its second call and replayed after; a failed capture leaves the head eager for good."""
+    captured = []
+
+    class Recorded:  # replays by calling the function: what a graph replay computes
+        def __init__(self, fn, inputs):
+            captured.append(tuple(t.shape for t in inputs))
+            self.fn = fn
+
+        def __call__(self, *inputs):
+            return self.fn(*inputs)
+    monkeypatch.setattr(affine_head, "graphs_enabled", lambda device: True)
+    monkeypatch.setattr(affine_head, "_CapturedCall", Recorded)
+    explainer = Explainer(make("gap"), "features")
+    x = images()
+    eager = explainer.stream_a.contributions(x, "reverse")
+    for _ in range(5):
+        result = explainer.stream_a.contributions(x)
+        assert torch.allclose(result.positions, eager.positions, atol=1e-6)
+    assert len(captured) == 1  # one shape, captured once
+    explainer.stream_a.contributions(images(3))  # another batch size: a shape of its own
+    explainer.stream_a.contributions(images(3))
+    assert len(captured) == 2
+
+    def broken(fn, inputs):
+        raise RuntimeError("capture failed")
+    monkeypatch.setattr(affine_head, "_CapturedCall", broken)
+    for n in (4, 4, 4, 5, 5):
+        result = explainer.stream_a.contributions(images(n))
+        assert result.path.endswith(CACHED)
+        assert_matches_reference(explainer, images(n), result)

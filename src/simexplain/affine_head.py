@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -228,7 +229,9 @@ class AffineHead:
     matrix: Linear
     tensors: list[torch.Tensor]  # kept: their identities are part of the key
     checked: bool | None = None
-    _graphs: OrderedDict = field(default_factory=OrderedDict)
+    _graphs: OrderedDict = field(default_factory=OrderedDict)  # shapes -> calls or a graph
+    _graphs_failed: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def build(cls, specs: list[_Spec], tensors: list[torch.Tensor], like: torch.Tensor
@@ -279,24 +282,26 @@ class AffineHead:
 
     def _graph(self, pooled, shares, pooled_constant):
         """The product replayed from a CUDA graph once its shapes repeat; None (run eagerly)
-        until then, or when capturing fails (then never again for this head)."""
+        until then, or when capturing failed (then never again for this head)."""
         key = (pooled.shape, shares.shape)
-        entry = self._graphs.get(key)
-        if entry is None or isinstance(entry, int):
-            calls = (entry or 0) + 1
-            if calls < GRAPH_AFTER_CALLS:
-                self._graphs[key] = calls
+        with self._lock:  # one caller at a time: a graph's buffers are shared
+            if self._graphs_failed:
                 return None
-            try:
-                entry = _CapturedCall(self._run, (pooled, shares, pooled_constant))
-            except RuntimeError:
-                self._graphs.clear()
-                self._graphs[key] = -(1 << 30)  # never reaches GRAPH_AFTER_CALLS again
-                return None
-            self._graphs[key] = entry
-            while len(self._graphs) > MAX_GRAPHS:
-                self._graphs.popitem(last=False)
-        return entry(pooled, shares, pooled_constant)
+            entry = self._graphs.get(key, 0)
+            if isinstance(entry, int):
+                if entry + 1 < GRAPH_AFTER_CALLS:
+                    self._graphs[key] = entry + 1
+                    return None
+                try:
+                    entry = _CapturedCall(self._run, (pooled, shares, pooled_constant))
+                except RuntimeError:
+                    self._graphs_failed = True
+                    self._graphs.clear()
+                    return None
+                self._graphs[key] = entry
+                while len(self._graphs) > MAX_GRAPHS:
+                    self._graphs.popitem(last=False)
+            return entry(pooled, shares, pooled_constant)
 
 
 class _CapturedCall:
@@ -326,6 +331,7 @@ class AffineHeads:
 
     def __init__(self) -> None:
         self._entries: OrderedDict[tuple, AffineHead] = OrderedDict()
+        self._lock = threading.Lock()  # the web app explains from several threads
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -348,11 +354,12 @@ class AffineHeads:
         except RuntimeError:
             return None
         key = (structure, versions, tuple(pooled.shape[1:]), pooled.device, pooled.dtype)
-        head = self._entries.get(key)
-        if head is None:
-            head = AffineHead.build(specs, tensors, pooled)
-            self._entries[key] = head
-            while len(self._entries) > MAX_ENTRIES:
-                self._entries.popitem(last=False)
-        self._entries.move_to_end(key)
+        with self._lock:
+            head = self._entries.get(key)
+            if head is None:
+                head = AffineHead.build(specs, tensors, pooled)
+                self._entries[key] = head
+                while len(self._entries) > MAX_ENTRIES:
+                    self._entries.popitem(last=False)
+            self._entries.move_to_end(key)
         return None if head.checked is False else head
