@@ -38,6 +38,7 @@ How it is computed (cost for P positions, C channels, D embedding dimensions):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -80,11 +81,12 @@ class Contributions:
             total = total + self.tokens.sum(1)
         return (total - self.embedding).norm(dim=1) / self.embedding.norm(dim=1).clamp_min(1e-12)
 
-    @property
+    @functools.cached_property
     def spatial(self) -> torch.Tensor:
         """(B,) bool: does any grid position carry a part of the embedding of its own (beyond
         the evenly spread constant term)? False where the head reads only prefix tokens, e.g.
-        a class-token model explained at its last layer: its map has nothing spatial in it."""
+        a class-token model explained at its last layer: its map has nothing spatial in it.
+        Computed once (each row's Side reads it; a pass over all B x P x D values)."""
         linear = self.positions - self.constant[:, None, :] / self.positions.shape[1]
         size = self.embedding.norm(dim=1).clamp_min(1e-12)
         return linear.norm(dim=2).amax(1) > 1e-6 * size
