@@ -35,7 +35,7 @@ import bench_explain as bench  # noqa: E402
 from bench_explain_cache import make_gallery  # noqa: E402
 
 from simexplain import Explainer, Preprocess, affine_head, zoo  # noqa: E402
-from simexplain.toy import HEADS, HeadModel, TokenModel  # noqa: E402
+from simexplain.toy import HEADS, HeadModel, L2Norm, TokenModel, trunk  # noqa: E402
 
 EXACT = 1e-4  # relative: maps on two devices, completeness
 CACHED = 1e-5  # relative to the embedding: cached head against autograd
@@ -98,6 +98,8 @@ def agreement(quick: bool) -> list[dict]:
                                   x_a, x_b))
     torch.manual_seed(0)
     rows.append(agreement_row("toy tokens", Explainer(TokenModel().eval(), "tokens"), x_a, x_b))
+    rows.append(agreement_row("toy pool-BN2d-flatten-linear-L2 x 3",
+                              Explainer(scaled_head_model(), "0.0"), x_a, x_b))
     for name in () if quick else ZOO:
         try:
             explainer = zoo.load(name)
@@ -110,6 +112,23 @@ def agreement(quick: bool) -> list[dict]:
     for row in rows:
         print("  ", row, flush=True)
     return rows
+
+
+class _Times(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 3.0
+
+
+def scaled_head_model() -> torch.nn.Module:
+    """A pooled head with a BatchNorm2d before the flatten and a number after the L2: every
+    kind of stage the cached affine head folds (tests/test_affine_head.py has the same)."""
+    torch.manual_seed(0)
+    head = torch.nn.Sequential(trunk(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.BatchNorm2d(32),
+                               torch.nn.Flatten(), torch.nn.Linear(32, 16), L2Norm())
+    with torch.no_grad():
+        head[2].running_mean.normal_()
+        head[2].running_var.uniform_(0.5, 2)
+    return torch.nn.Sequential(head, _Times()).eval()
 
 
 # -- 2. backbones ----------------------------------------------------------------------------------

@@ -150,9 +150,9 @@ def _stage(func, args: tuple, kwargs: dict, x: torch.Tensor, out: torch.Tensor
                 func in _DIVIDED and (args[0] is not x or number == 0)):
             return None
         factor = 1.0 / number if func in _DIVIDED else float(number)
-        size = x[0].numel()
-        return ("times", factor), [], lambda: _Affine(torch.full((size,), factor,
-                                                                 dtype=torch.float64))
+        size, device = x[0].numel(), x.device  # composed with the weights on their device
+        return ("times", factor), [], lambda: _Affine(torch.full(
+            (size,), factor, dtype=torch.float64, device=device))
     if x.dim() < 2 or x[0].numel() != x.shape[1]:  # the rest act on (B, C) (or (B, C, 1, 1))
         return None
     if func is F.linear:
