@@ -32,7 +32,7 @@ docs: data
 	@echo "documentation: site/index.html"
 
 bench: setup
-	$(PY) benchmarks/bench_explain.py --threads 1 --repeats 15 --write docs/performance.md
+	$(PY) benchmarks/bench_explain.py --threads 1 --repeats 15 --clock cpu --write docs/performance.md
 	$(PY) benchmarks/bench_cli.py --write docs/performance.md
 
 # Recompile the lock from pyproject.toml (+ requirements/lock.in); UPGRADE=1 moves every package

@@ -12,6 +12,7 @@ from torch import nn
 
 from . import geometry
 from .errors import LayerError, ModelError, SimexplainError
+from .affine_head import AffineHeads
 from .frozen import RawEmbeddings
 from .head import (STRATEGIES, Contributions, head_offsets, mask_shape, tangent_contributions,
                    tape_contributions)
@@ -36,6 +37,8 @@ class SplitModel:
         self.layer_name = layer
         self.layer = self._resolve(model, layer)
         self._probes: dict[tuple[int, ...], tuple[torch.Size, list[str]]] = {}
+        # post-pooling heads that are affine, as cached matrices (affine_head.py)
+        self.affine_heads = AffineHeads()
 
     @staticmethod
     def _resolve(model: nn.Module, layer: str) -> nn.Module:
@@ -177,7 +180,7 @@ class SplitModel:
             return None  # the reference path then
         try:
             return tape_contributions(tape, embedding, offsets, grid, prefix, strategy,
-                                      budget=TANGENT_BUDGET)
+                                      budget=TANGENT_BUDGET, affine=self.affine_heads)
         except RuntimeError:
             return None  # a recorded call that cannot be replayed under the transforms
 

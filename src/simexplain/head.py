@@ -38,12 +38,14 @@ How it is computed (cost for P positions, C channels, D embedding dimensions):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 from torch.func import functional_call, jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .affine_head import AffineHeads
 from .frozen import FreezeScales
 from .head_tape import HeadTape, find_pooling, pooled_shares, replay_pooled, to_positions
 
@@ -79,11 +81,12 @@ class Contributions:
             total = total + self.tokens.sum(1)
         return (total - self.embedding).norm(dim=1) / self.embedding.norm(dim=1).clamp_min(1e-12)
 
-    @property
+    @functools.cached_property
     def spatial(self) -> torch.Tensor:
         """(B,) bool: does any grid position carry a part of the embedding of its own (beyond
         the evenly spread constant term)? False where the head reads only prefix tokens, e.g.
-        a class-token model explained at its last layer: its map has nothing spatial in it."""
+        a class-token model explained at its last layer: its map has nothing spatial in it.
+        Computed once (each row's Side reads it; a pass over all B x P x D values)."""
         linear = self.positions - self.constant[:, None, :] / self.positions.shape[1]
         size = self.embedding.norm(dim=1).clamp_min(1e-12)
         return linear.norm(dim=2).amax(1) > 1e-6 * size
@@ -191,7 +194,8 @@ PER_ROW_WORK = 1 << 24
 
 def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[str, torch.Tensor],
                        grid: tuple[int, int], prefix_tokens: int = 0, strategy: str = "auto",
-                       budget: int = 1 << 28, structured: bool = True) -> Contributions | None:
+                       budget: int = 1 << 28, structured: bool = True,
+                       affine: AffineHeads | None = None) -> Contributions | None:
     """Contributions from a recorded head, without running the trunk again; None when the
     tape does not reproduce the model's embedding (a call the tape cannot see).
 
@@ -203,62 +207,46 @@ def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[st
     the fewer, or "reverse" whenever its pullbacks are cheap enough to carry the constant
     term as well (PER_ROW_WORK: then no forward-mode pass runs). Both are chunked to hold
     about `budget` floats at a time.
+
+    With `affine` (the model's cache, affine_head.py) and strategy "auto", a post-pooling head
+    that is affine once its scales are frozen is one cached matrix product of the shares
+    ("affine, cached"), checked against the path above when first built.
     """
     features = tape.features
     out_slot = tape.slot_of(embedding)
     if features is None or out_slot is None:
         return None
+    module_offsets = offsets  # the module's own tensors: the cache keys on their identity
     offsets = {k: v.detach() for k, v in offsets.items()}
-    batch, dim = embedding.shape
     pooling = find_pooling(tape, features.dim()) if structured else None
+    n_pos = to_positions(features).shape[1]
     # Scales are frozen in the head's replays only: the mode intercepts every torch call, and
     # the bookkeeping around the replays needs none of it.
     with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
+        head = None
         if pooling is not None:
             last = pooling.argument if pooling.kind == "linear" else pooling.pool
             start, source = last + 1, pooling.pooled
-            with FreezeScales():
-                pooled = replay_pooled(tape, pooling, features, offsets)
-                shares, pooled_constant, whole = pooled_shares(tape, pooling, features, offsets)
-            if whole is not None:  # mapped by J together with the shares, in the same pass
-                shares = torch.cat([shares, whole], dim=1)
-            shares = shares.reshape(batch, shares.shape[1], *pooled.shape[1:])
-            pooled_constant = pooled_constant.expand_as(pooled)
+            recorded = tape.recorded()[source]  # left intact by an affine chain (no in-place)
+            if affine is not None and strategy == "auto":
+                head = affine.lookup(tape, start, source, out_slot, module_offsets, recorded)
+            pooled, shares, pooled_constant, whole = _pooled_inputs(
+                tape, pooling, features, offsets, len(embedding),
+                recorded if head is not None and head.checked else None)
         else:
             start, source, pooled = 0, 0, features
             pooled_constant = torch.zeros_like(features)
             shares, whole = None, None  # implicit: A masked to one position
-
-        def post(r, off, frozen=None):
-            with frozen or FreezeScales():
-                return tape.replay({source: r}, off, start, out_slot)
-
-        n_pos = to_positions(features).shape[1]
-        n_tangents = n_pos if shares is None else shares.shape[1]
-        per_row = batch * dim * max(pooled.numel(), batch * dim) * dim <= PER_ROW_WORK
-        chunk = max(1, budget // pooled.numel())  # tangents or cotangents at a time
-        batched = None
-        if shares is None and strategy in ("auto", "batched"):
-            # each variant holds the head's intermediate values, not one tangent: fewer at once;
-            # None where the head is not affine once frozen
-            batched = _batched(post, pooled, offsets, n_pos, max(1, chunk // 8))
-        if batched is not None:
-            mode = "batched"
-        elif strategy in ("auto", "batched"):  # the fewer tangents, or a cheap pullback
-            mode = "forward" if n_tangents <= dim and not per_row else "reverse"
+        if head is not None and head.checked:
+            primal, linear, constant = head.apply(pooled, shares, pooled_constant)
+            mode = "affine, cached"
         else:
-            mode = strategy
-        if batched is not None:  # mode == "batched"
-            primal, linear, constant = batched
-        elif mode == "forward":
-            primal, linear, constant = _forward(post, pooled, offsets, shares, pooled_constant,
-                                                n_tangents, chunk)
-        elif per_row:
-            primal, linear, constant = _reverse(post, pooled, offsets, shares, pooled_constant,
-                                                dim, chunk)
-        else:
-            primal, constant = jvp(post, (pooled, offsets), (pooled_constant, offsets))  # type: ignore[misc]  # torch's stub: a 3-tuple (has_aux)
-            _, linear, _ = _reverse(post, pooled, offsets, shares, None, dim, chunk)
+            primal, linear, constant, mode = _linear_parts(
+                tape, (source, start, out_slot), pooled, offsets, shares, pooled_constant,
+                n_pos, embedding.shape[1], strategy, budget)
+            if head is not None:  # a new cache entry: used once it agrees with this path
+                head.checked = _agree((primal, linear, constant),
+                                      head.apply(pooled, shares, pooled_constant))
         scale = float(embedding.abs().max()) + 1e-12
         if not torch.allclose(primal, embedding, rtol=1e-4, atol=1e-5 * scale):
             return None  # the replay is not the model's head
@@ -269,6 +257,68 @@ def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[st
     result.path = f"{pooling.kind} pooling, {mode}" if pooling else f"whole head, {mode}"
     result.projected = projected
     return result
+
+
+def _pooled_inputs(tape: HeadTape, pooling, features: torch.Tensor,
+                   offsets: dict[str, torch.Tensor], batch: int,
+                   pooled: torch.Tensor | None = None):
+    """(pooled tensor, each position's share of it (B, N, *pooled dims; N = P, or 2P with
+    the whole feature vectors of a selective pooling after them), the offsets' share, the
+    whole feature vectors or None). The pooled tensor is replayed unless given (the one the
+    forward pass recorded, where nothing wrote into it since)."""
+    with FreezeScales():
+        if pooled is None:
+            pooled = replay_pooled(tape, pooling, features, offsets)
+        shares, pooled_constant, whole = pooled_shares(tape, pooling, features, offsets)
+    if whole is not None:  # mapped by J together with the shares, in the same pass
+        shares = torch.cat([shares, whole], dim=1)
+    shares = shares.reshape(batch, shares.shape[1], *pooled.shape[1:])
+    return pooled, shares, pooled_constant.expand_as(pooled), whole
+
+
+def _agree(reference: tuple, cached: tuple) -> bool:
+    """Do the cached head's (embedding, linear parts, constant) match the autograd path's, to
+    float error relative to the embedding's size?"""
+    scale = float(reference[0].abs().max()) + 1e-12
+    return all(torch.allclose(r, c, rtol=1e-4, atol=1e-5 * scale)
+               for r, c in zip(reference, cached))
+
+
+def _linear_parts(tape: HeadTape, slots: tuple[int, int, int], pooled: torch.Tensor,
+                  offsets: dict[str, torch.Tensor], shares: torch.Tensor | None,
+                  pooled_constant: torch.Tensor, n_pos: int, dim: int, strategy: str,
+                  budget: int):
+    """(embedding, linear parts, constant, mode) of the head replayed from slot `source` on
+    (steps[start:], up to slot `out_slot`), by the strategy's transform (see
+    `tape_contributions`)."""
+    source, start, out_slot = slots
+
+    def post(r, off, frozen=None):
+        with frozen or FreezeScales():
+            return tape.replay({source: r}, off, start, out_slot)
+
+    batch = len(pooled)
+    n_tangents = n_pos if shares is None else shares.shape[1]
+    per_row = batch * dim * max(pooled.numel(), batch * dim) * dim <= PER_ROW_WORK
+    chunk = max(1, budget // pooled.numel())  # tangents or cotangents at a time
+    if shares is None and strategy in ("auto", "batched"):
+        # each variant holds the head's intermediate values, not one tangent: fewer at once;
+        # None where the head is not affine once frozen
+        batched = _batched(post, pooled, offsets, n_pos, max(1, chunk // 8))
+        if batched is not None:
+            return (*batched, "batched")
+    if strategy in ("auto", "batched"):  # the fewer tangents, or a cheap pullback
+        mode = "forward" if n_tangents <= dim and not per_row else "reverse"
+    else:
+        mode = strategy
+    if mode == "forward":
+        return (*_forward(post, pooled, offsets, shares, pooled_constant, n_tangents, chunk),
+                mode)
+    if per_row:
+        return (*_reverse(post, pooled, offsets, shares, pooled_constant, dim, chunk), mode)
+    primal, constant = jvp(post, (pooled, offsets), (pooled_constant, offsets))  # type: ignore[misc]  # torch's stub: a 3-tuple (has_aux)
+    _, linear, _ = _reverse(post, pooled, offsets, shares, None, dim, chunk)
+    return primal, linear, constant, mode
 
 
 def _one_position(features: torch.Tensor, p: torch.Tensor) -> torch.Tensor:

@@ -53,11 +53,17 @@ class _Step:
         self._holes = [(i, leaf) for i, leaf in enumerate(self._leaves)
                        if isinstance(leaf, (_Slot, _Offset))]
 
-    def run(self, env: dict[int, torch.Tensor], offsets: dict[str, torch.Tensor]):
+    def arguments(self, env: dict[int, torch.Tensor], offsets: dict[str, torch.Tensor]
+                  ) -> tuple[tuple, dict]:
+        """The call's (args, kwargs) with the slots taken from `env` and the offsets from
+        `offsets`."""
         leaves = list(self._leaves)
         for i, leaf in self._holes:
             leaves[i] = env[leaf.index] if isinstance(leaf, _Slot) else offsets[leaf.name]
-        args, kwargs = tree_unflatten(leaves, self._spec)
+        return tree_unflatten(leaves, self._spec)
+
+    def run(self, env: dict[int, torch.Tensor], offsets: dict[str, torch.Tensor]):
+        args, kwargs = self.arguments(env, offsets)
         out = self.func(*args, **kwargs)
         if len(self.outputs) == 1 and isinstance(out, torch.Tensor):
             if self.outputs[0] is not None:
@@ -78,6 +84,7 @@ class HeadTape(TorchFunctionMode):
         self._offset_names = {id(t): name for name, t in offsets.items()}
         self._offset_objects = offsets
         self._known: dict[int, tuple[torch.Tensor, int]] = {}  # id -> (tensor kept alive, slot)
+        self._values: dict[int, torch.Tensor] = {}  # slot -> tensor (one tensor may fill two)
         self.steps: list[_Step] = []
         self.features: torch.Tensor | None = None  # the layer output A
         self.complete = True  # False: the recording was cut short (see `recording`)
@@ -110,8 +117,14 @@ class HeadTape(TorchFunctionMode):
         self.features = out
         fed = out.clone()  # the model goes on with a copy: in-place head ops leave A intact
         self._known[id(fed)] = (fed, 0)
+        self._values[0] = fed
         self.__enter__()  # recorded from here on (`recording` switches it off)
         return fed
+
+    def recorded(self) -> dict[int, torch.Tensor]:
+        """slot -> the tensor recorded there during the forward pass (the layer output's copy
+        in slot 0)."""
+        return self._values
 
     def slot_of(self, leaf: object) -> int | None:
         """The slot of a recorded tensor (None for anything else)."""
@@ -144,6 +157,7 @@ class HeadTape(TorchFunctionMode):
         for leaf in out_leaves:
             if isinstance(leaf, torch.Tensor):
                 self._known[id(leaf)] = (leaf, self._next_slot)
+                self._values[self._next_slot] = leaf
                 outputs.append(self._next_slot)
                 self._next_slot += 1
             else:
@@ -338,12 +352,15 @@ def pooled_shares(tape: HeadTape, pooling: _Pooling, features: torch.Tensor,
 
 
 # Weights of flatten + Linear heads rearranged as (P, C, D), kept while the weight lives and is
-# unchanged: the rearrangement is a strided copy that costs more than the product itself.
+# unchanged (version, storage, dtype): the rearrangement is a strided copy that costs more than
+# the product itself.
 _PER_POSITION: dict[int, tuple] = {}  # id(weight) -> (weakref, key, (P, C, D) tensor)
 
 
 def _per_position_weight(weight: torch.Tensor, feature_shape: torch.Size) -> torch.Tensor:
-    key = (weight._version, tuple(feature_shape))
+    # new `.data` (Module.to, a dtype or device change) keeps the tensor and its version: the
+    # storage's address and dtype tell
+    key = (weight._version, weight.data_ptr(), weight.dtype, tuple(feature_shape))
     cached = _PER_POSITION.get(id(weight))
     if cached is not None and cached[0]() is weight and cached[1] == key:
         return cached[2]

@@ -169,7 +169,8 @@ class Cosine(Dot):
 
     def pairwise(self, u: torch.Tensor, v: torch.Tensor, e_a: torch.Tensor, e_b: torch.Tensor
                  ) -> torch.Tensor:
-        return super().pairwise(u, v, e_a, e_b) * self._scale(e_a, e_b)[..., None, None]
+        # the scale on u (P x D values), not on the P x Q result
+        return super().pairwise(u * self._scale(e_a, e_b)[..., None, None], v, e_a, e_b)
 
     def overall(self, u: torch.Tensor, v: torch.Tensor, e_a: torch.Tensor, e_b: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,224 @@
+"""The cached matrix of affine post-pooling heads (affine_head.py): the same contributions as
+the reference path (one tangent per position through the whole model), summing to the
+model's own forward embedding, on every head of the toy zoo and the zoo's affine heads; built
+anew when the weights change; refused when it disagrees with the autograd path; off on
+request."""
+
+import pytest
+import torch
+from torch import nn
+
+from simexplain import Explainer, affine_head, zoo
+from simexplain.toy import HEADS, HeadModel, L2Norm, trunk
+
+# Heads whose post-pooling part is Linear / BatchNorm / Dropout / Flatten / L2 only.
+AFFINE_HEADS = ("gap", "gmp", "flatten", "dropout-bn")
+CACHED = "affine, cached"
+
+
+def make(head, normalize=True, seed=0):
+    torch.manual_seed(seed)
+    return HeadModel(head=head, normalize=normalize).eval()
+
+
+def images(n=2, seed=1, size=32):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def assert_matches_reference(explainer, x, result):
+    """Contributions equal the reference path's to ~1e-5 of the embedding's size, and they
+    sum to the embedding of the model's own forward pass."""
+    stream = explainer.stream_a
+    reference = stream.contributions(x, "tangents")
+    with torch.no_grad():
+        forward = stream.model(x)
+    size = float(forward.abs().max())
+    assert torch.allclose(result.embedding, forward, atol=1e-6 * size, rtol=0)
+    assert (result.positions - reference.positions).abs().max() <= 1e-5 * size
+    assert (result.constant - reference.constant).abs().max() <= 1e-5 * size
+    assert (result.positions.sum(1) - forward).abs().max() <= 1e-5 * size
+
+
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_every_toy_head_matches_the_reference_path(head, normalize):
+    explainer = Explainer(make(head, normalize), "features")
+    x = images()
+    first = explainer.stream_a.contributions(x)  # builds and checks the entry
+    cached = explainer.stream_a.contributions(x)
+    assert (cached.path.endswith(CACHED)) == (head in AFFINE_HEADS), cached.path
+    assert not first.path.endswith(CACHED)  # the first call is the autograd path's
+    if head != "softplus":  # softplus is no gate: first order, and tested so in test_head
+        assert_matches_reference(explainer, x, cached)
+    if cached.projected is not None:  # max pooling: the whole feature vectors mapped too
+        uncached = explainer.stream_a.contributions(x, "reverse")
+        assert torch.allclose(cached.projected, uncached.projected, atol=1e-6)
+
+
+def test_a_scalar_multiple_and_a_batch_norm_before_the_flatten_are_folded_in():
+    torch.manual_seed(0)
+    model = nn.Sequential(trunk(), nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(32), nn.Flatten(),
+                          nn.Linear(32, 16), L2Norm()).eval()
+    with torch.no_grad():
+        model[2].running_mean.normal_()
+        model[2].running_var.uniform_(0.5, 2)
+    scaled = nn.Sequential(model, _Times(3.0)).eval()
+    explainer = Explainer(scaled, "0.0")
+    x = images()
+    explainer.stream_a.contributions(x)
+    cached = explainer.stream_a.contributions(x)
+    assert cached.path.endswith(CACHED)
+    assert_matches_reference(explainer, x, cached)
+
+
+class _Times(nn.Module):
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
+
+
+ZOO_AFFINE = ("fmnist-gap", "fmnist-gmp", "efficientnet-lite0", "facenet")
+
+
+@pytest.mark.parametrize("name", ZOO_AFFINE)
+def test_zoo_models_with_affine_heads(name):
+    explainer = zoo.load(name)
+    x = torch.cat([explainer.prepare(image).tensor for image in zoo.entry(name).sample_pair()])
+    explainer.stream_a.contributions(x)
+    cached = explainer.stream_a.contributions(x)
+    assert cached.path.endswith(CACHED), cached.path
+    uncached = explainer.stream_a.contributions(x, "reverse")  # autograd, no cache
+    with torch.no_grad():
+        forward = explainer.stream_a.model(x)
+    size = float(forward.abs().max())
+    assert (cached.positions - uncached.positions).abs().max() <= 1e-5 * size
+    assert (cached.positions.sum(1) - forward).abs().max() <= 1e-5 * size
+
+
+def _linear(model):
+    return next(m for m in model.head if isinstance(m, nn.Linear))
+
+
+def test_an_in_place_parameter_update_gives_the_new_maps():
+    model = make("dropout-bn")
+    explainer = Explainer(model, "features")
+    x = images()
+    explainer.stream_a.contributions(x)
+    before = explainer.stream_a.contributions(x)
+    with torch.no_grad():  # an optimiser step's way: in place, the version counter moves
+        _linear(model).weight.mul_(-2.0).add_(0.1)
+        model.head[-2].running_mean.add_(0.5)
+    after = explainer.stream_a.contributions(x)
+    assert not torch.allclose(after.positions, before.positions)
+    assert_matches_reference(explainer, x, after)
+    assert explainer.stream_a.contributions(x).path.endswith(CACHED)
+
+
+def test_load_state_dict_and_replaced_parameters_give_the_new_maps():
+    model, other = make("gap", seed=0), make("gap", seed=7)
+    explainer = Explainer(model, "features")
+    x = images()
+    explainer.stream_a.contributions(x)
+    explainer.stream_a.contributions(x)
+    model.load_state_dict(other.state_dict())
+    assert_matches_reference(explainer, x, explainer.stream_a.contributions(x))
+    linear = _linear(model)
+    linear.weight = nn.Parameter(torch.randn_like(linear.weight))  # a new tensor
+    assert_matches_reference(explainer, x, explainer.stream_a.contributions(x))
+    linear.weight.data = torch.randn_like(linear.weight)  # new storage, same Parameter
+    result = explainer.stream_a.contributions(x)
+    assert_matches_reference(explainer, x, result)
+    assert explainer.stream_a.contributions(x).path.endswith(CACHED)
+
+
+def test_other_dtypes_and_batch_sizes_are_entries_of_their_own():
+    model = make("flatten")
+    explainer = Explainer(model, "features")
+    for x in (images(1), images(3), images(2).double()):  # Module.to: new .data, same tensors
+        explainer.stream_a.model.to(x.dtype)
+        explainer.stream_a.contributions(x)
+        result = explainer.stream_a.contributions(x)
+        assert result.path == f"linear pooling, {CACHED}"
+        assert_matches_reference(explainer, x, result)
+    # the cache keys on the pooled size, not the batch: float32 and float64 entries only
+    assert len(explainer.stream_a.affine_heads) == 2
+
+
+def test_an_entry_that_disagrees_with_autograd_is_refused(monkeypatch):
+    wrong = affine_head._batch_norm
+
+    def shifted(**arguments):  # a mistake in the folding: the check must catch it
+        folded = wrong(**arguments)
+        folded.bias = folded.bias + 1.0
+        return folded
+    monkeypatch.setattr(affine_head, "_batch_norm", shifted)
+    explainer = Explainer(make("dropout-bn"), "features")
+    x = images()
+    for _ in range(3):
+        result = explainer.stream_a.contributions(x)
+        assert not result.path.endswith(CACHED)
+        assert_matches_reference(explainer, x, result)
+
+
+def test_the_switch_turns_the_cache_off(monkeypatch):
+    explainer = Explainer(make("gap"), "features")
+    x = images()
+    monkeypatch.setenv(affine_head.AFFINE_SWITCH, "0")
+    for _ in range(2):
+        result = explainer.stream_a.contributions(x)
+        assert result.path == "mean pooling, reverse"
+    assert len(explainer.stream_a.affine_heads) == 0
+    monkeypatch.setenv(affine_head.AFFINE_SWITCH, "1")
+    explainer.stream_a.contributions(x)
+    assert explainer.stream_a.contributions(x).path == f"mean pooling, {CACHED}"
+
+
+def test_cuda_graphs_are_never_used_on_the_cpu(monkeypatch):
+    monkeypatch.setenv(affine_head.GRAPH_SWITCH, "1")
+    assert not affine_head.graphs_enabled(torch.device("cpu"))
+
+    def no_capture(*_args, **_kwargs):
+        raise AssertionError("a CUDA graph was captured on the CPU")
+    monkeypatch.setattr(affine_head, "_CapturedCall", no_capture)
+    explainer = Explainer(make("gap"), "features")
+    x = images()
+    for _ in range(4):  # the same shape again and again
+        result = explainer.stream_a.contributions(x)
+    assert result.path.endswith(CACHED)
+
+
+def test_graph_bookkeeping_captures_a_repeated_shape_once_and_falls_back_on_failure(monkeypatch):
+    """The CUDA-graph logic with the capture stood in for (no GPU here): a shape is captured on
+    its second call and replayed after; a failed capture leaves the head eager for good."""
+    captured = []
+
+    class Recorded:  # replays by calling the function: what a graph replay computes
+        def __init__(self, fn, inputs):
+            captured.append(tuple(t.shape for t in inputs))
+            self.fn = fn
+
+        def __call__(self, *inputs):
+            return self.fn(*inputs)
+    monkeypatch.setattr(affine_head, "graphs_enabled", lambda device: True)
+    monkeypatch.setattr(affine_head, "_CapturedCall", Recorded)
+    explainer = Explainer(make("gap"), "features")
+    x = images()
+    eager = explainer.stream_a.contributions(x, "reverse")
+    for _ in range(5):
+        result = explainer.stream_a.contributions(x)
+        assert torch.allclose(result.positions, eager.positions, atol=1e-6)
+    assert len(captured) == 1  # one shape, captured once
+    explainer.stream_a.contributions(images(3))  # another batch size: a shape of its own
+    explainer.stream_a.contributions(images(3))
+    assert len(captured) == 2
+
+    def broken(fn, inputs):
+        raise RuntimeError("capture failed")
+    monkeypatch.setattr(affine_head, "_CapturedCall", broken)
+    for n in (4, 4, 4, 5, 5):
+        result = explainer.stream_a.contributions(images(n))
+        assert result.path.endswith(CACHED)
+        assert_matches_reference(explainer, images(n), result)
