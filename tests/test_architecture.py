@@ -21,7 +21,8 @@ ROOT = Path(simexplain.__file__).parent
 LAYERS = {
     "core": (),  # every module not named below
     "models": ("zoo", "model_options", "training", "visualize", "datasets", "toy"),
-    "applications": ("retrieval", "evaluation", "demo", "pair_report", "display", "notebook"),
+    "applications": ("retrieval", "evaluation", "demo", "pair_report", "display", "notebook",
+                     "audit"),
     "web": ("web",),
     "cli": ("cli", "__main__"),
 }

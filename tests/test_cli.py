@@ -167,7 +167,9 @@ HEAVY_MODULES = ("torch", "faiss", "matplotlib", "fastapi", "ray", "numpy")
     ["--help"], ["search", "--help"], ["index", "build", "--help"], ["pair", "--help"],
     ["serve", "--help"], ["eval", "--help"], ["demo", "--help"], ["models", "--help"],
     ["no-such-command"], ["search"], ["search", "INDEX", "-k", "x"], ["models", "--bogus"],
-    ["pair", "a.png"], ["serve", "--port", "x"], ["eval", "no-such-benchmark"]])
+    ["pair", "a.png"], ["serve", "--port", "x"], ["eval", "no-such-benchmark"],
+    ["audit", "--help"], ["audit", "--index", "INDEX", "--region", "corner=0,0,2,1"],
+    ["audit", "--queries", "q.png"]])
 def test_help_and_argument_errors_import_no_heavy_module(argv):
     """Parsing in a fresh interpreter: what it imported is read from sys.modules afterwards."""
     import subprocess

@@ -16,15 +16,16 @@ if TYPE_CHECKING:  # what type checkers and the API reference see; at run time: 
     from .explanation import PairExplanation
     from .images import Preprocess
     from .methods import METHODS, get_method
+    from .audit import Audit, audit
 
 # The rest loads torch: imported on first use, so that the command line and any
 # `import simexplain.<light module>` start without it.
 _LAZY = {"Explainer": "explainer", "PairExplanation": "explanation", "Preprocess": "images",
-         "METHODS": "methods", "get_method": "methods"}
+         "METHODS": "methods", "get_method": "methods", "audit": "audit", "Audit": "audit"}
 
 __version__ = "0.1.0"
 __all__ = [
-    "Explainer", "PairExplanation", "Preprocess", "METHODS", "get_method",
+    "Explainer", "PairExplanation", "Preprocess", "METHODS", "get_method", "audit", "Audit",
     "SimexplainError", "LayerError", "ImageError", "ModelError", "DatasetMissing",
 ]
 

@@ -266,6 +266,20 @@ def _cell_average(mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return row_share.T @ mask @ col_share  # (rows, cols)
 
 
+def resample(grid_map: torch.Tensor | np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """An (H, W) map of per-cell amounts (a share of a score) on another grid over the same
+    image, float64, its total kept: each cell's amount is spread evenly over the cell's area,
+    so a box of the new grid holds exactly what `region_weights` gives that box on the old
+    one (sum_p w_p m_p). Maps of different grids then add up cell by cell."""
+    values = np.asarray(torch.as_tensor(grid_map, dtype=torch.float64).cpu())
+    (rows, cols), (new_rows, new_cols) = values.shape, grid
+
+    def spread(old: int, new: int) -> np.ndarray:  # (new, old): old cell's part in each new one
+        return np.stack([np.asarray(_interval_cover(r * old / new, (r + 1) * old / new, old, old))
+                         for r in range(new)])
+    return spread(rows, new_rows) @ values @ spread(cols, new_cols).T
+
+
 def upsample(grid_map: torch.Tensor, image_size: tuple[int, int]) -> np.ndarray:
     """Bilinear, cell-centre aligned upsampling of an (H, W) map to the image size."""
     tensor = torch.as_tensor(grid_map, dtype=torch.float32)[None, None]

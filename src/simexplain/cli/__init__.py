@@ -1,4 +1,4 @@
-"""Command line: `simexplain pair|models|train|demo|index|search|eval|serve ...`.
+"""Command line: `simexplain pair|models|train|demo|index|search|audit|eval|serve ...`.
 
 One module per command group registers its subcommands, each with a `configure` function that
 adds its options on first use (`simexplain.lazy_parser`); the code a command drives lives below
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Command groups, in the order `simexplain --help` lists them.
-GROUPS = ("pair", "models", "demo", "search", "eval", "serve")
+GROUPS = ("pair", "models", "demo", "search", "audit", "eval", "serve")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,281 @@
+"""`simexplain.audit`: region shares equal an independent computation from the model's own
+layers, the audit streams (batch size 1 = many), works on flat, compressed and explain-ready
+indexes, names a planted hot region (and nothing on a control), and refuses bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+import simexplain
+from simexplain.audit import audit
+from simexplain.errors import SimexplainError
+from simexplain.explainer import Explainer
+from simexplain.images import Preprocess
+from simexplain.retrieval import Index
+from simexplain.toy import HeadModel
+
+SIDE = 32
+GRID = 8  # the toy trunk (depth 2) halves the input twice
+CORNER = (0.0, 0.0, 0.25, 0.25)  # 2 x 2 cells of the 8 x 8 grid
+ODD = (0.1, 0.3, 0.55, 0.8)  # a box that cuts cells
+
+
+class Planted(nn.Module):
+    """A GAP + linear head (no bias) + L2 model whose feature map is multiplied by `gain` on the
+    top-left 2 x 2 cells before pooling: with a large gain the corner carries most of every
+    similarity, with gain 1 it is an ordinary model (the control)."""
+
+    def __init__(self, gain: float, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        base = HeadModel("gap", dim=16, channels=8, depth=2, bias=False)
+        self.features = base.features
+        mask = torch.ones(1, 1, GRID, GRID)
+        mask[..., :2, :2] = gain
+        self.register_buffer("mask", mask)
+        self.linear = base.head[2]  # pool, flatten, linear, L2: the linear layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = (self.features(x) * self.mask).mean((2, 3))
+        return F.normalize(self.linear(pooled), dim=1)
+
+
+def planted(gain: float) -> Explainer:
+    return Explainer(Planted(gain).eval(), "features", transform=Preprocess(size=(SIDE, SIDE)),
+                     model_name=f"planted-{gain:g}")
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("gallery")
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        Image.fromarray(rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)).save(
+            root / f"img_{i:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def indexes(gallery, tmp_path_factory) -> dict:
+    """The same gallery under the control and the planted model (flat indexes)."""
+    return {gain: Index.build(gallery, planted(gain), progress=False) for gain in (1.0, 30.0)}
+
+
+def brute_weights(box, grid=(GRID, GRID), fine: int = 400) -> np.ndarray:
+    """Covered fraction of each cell by counting the points of a fine lattice in the box."""
+    centres = (np.arange(fine) + 0.5) / fine
+    inside_rows = (centres >= box[0]) & (centres < box[2])
+    inside_cols = (centres >= box[1]) & (centres < box[3])
+    covered = inside_rows[:, None] & inside_cols[None, :]
+    per = fine // grid[0]
+    return covered.reshape(grid[0], per, grid[1], per).mean((1, 3)).ravel()
+
+
+def independent_partials(model: Planted, explainer: Explainer, query: str, hit: str,
+                         box) -> tuple[float, float, float, float]:
+    """(s, s_R query side, s_R hit side, joint) from the model's own layers: the masked feature
+    map A, the linear layer W: e = W mean_p A_p, u_p = W A_p / P, cosine."""
+    w = torch.as_tensor(brute_weights(box), dtype=torch.float64)
+    out = []
+    for path in (query, hit):
+        x = explainer.prepare(path, "a").tensor
+        with torch.no_grad():
+            a = (model.features(x) * model.mask)[0].double()  # (C, H, W)
+        u = a.flatten(1).T @ model.linear.weight.detach().double().T / a[0].numel()  # (P, D)
+        out.append(u)
+    u, v = out
+    e_a, e_b = u.sum(0), v.sum(0)
+    scale = e_a.norm() * e_b.norm()
+    with torch.no_grad():
+        embedded = model(torch.cat([explainer.prepare(p, "a").tensor for p in (query, hit)]))
+    s = float(embedded[0].double() @ embedded[1].double())  # the model's own forward pass
+    return (s, float(w @ (u @ e_b) / scale), float(w @ (v @ e_a) / scale),
+            float((w @ u) @ (w @ v) / scale))
+
+
+@pytest.mark.parametrize("box", [CORNER, ODD])
+def test_region_shares_equal_an_independent_computation(indexes, box):
+    index = indexes[30.0]
+    result = audit(index, k=3, regions={"r": box}, sample=6, progress=False)
+    model = index.explainer.stream_a.model
+    assert len(result.pairs) == 18
+    for i, pair in enumerate(result.pairs):
+        s, query_side, hit_side, joint = independent_partials(model, index.explainer,
+                                                              pair.query, pair.hit, box)
+        assert pair.score == pytest.approx(s, abs=1e-5)
+        assert result.region_shares_query["r"][i] == pytest.approx(query_side / s, rel=1e-4)
+        assert result.region_shares_hit["r"][i] == pytest.approx(hit_side / s, rel=1e-4)
+        assert result.region_shares["r"][i] == pytest.approx((query_side + hit_side) / (2 * s),
+                                                             rel=1e-4)
+        assert result.region_joint_shares["r"][i] == pytest.approx(joint / s, rel=1e-4)
+
+
+def test_shares_of_a_partition_add_up_to_the_score(indexes):
+    quadrants = {f"q{i}": (r, c, r + 0.5, c + 0.5)
+                 for i, (r, c) in enumerate([(0, 0), (0, .5), (.5, 0), (.5, .5)])}
+    result = audit(indexes[1.0], k=2, regions=quadrants, sample=5, progress=False)
+    for shares in (result.region_shares, result.region_shares_query, result.region_shares_hit,
+                   result.region_positive_shares):
+        np.testing.assert_allclose(sum(shares.values()), 1.0, atol=1e-6)
+    # the mean share maps hold the same: every cell's share of all the audited similarity
+    maps = result.mean_maps
+    assert maps["share_query"].sum() == pytest.approx(1.0, abs=1e-6)
+    assert maps["relative_hit"].sum() == pytest.approx(0.0, abs=1e-6)
+    top_left = maps["share_query"][:GRID // 2, :GRID // 2].sum()
+    assert top_left == pytest.approx(result.region_partial_scores("q0")["query"].sum()
+                                     / result.scores.sum(), rel=1e-6)
+
+
+def test_positive_share_is_the_regions_part_of_the_positive_mass(indexes):
+    index = indexes[1.0]
+    result = audit(index, k=2, regions={"c": CORNER}, sample=3, progress=False)
+    pair = result.pairs[0]
+    direct = index.explainer.explain(pair.query, pair.hit)  # recomputed, no cache, no index
+    w = torch.as_tensor(brute_weights(CORNER), dtype=torch.float64)
+    pos_a, pos_b = direct.overall_a_flat.clamp_min(0), direct.overall_b_flat.clamp_min(0)
+    expected = float((w @ pos_a + w @ pos_b) / (pos_a.sum() + pos_b.sum()))
+    assert result.region_positive_shares["c"][0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_batch_size_does_not_change_the_audit(indexes):
+    index = indexes[30.0]
+    one, many = (audit(index, k=3, regions={"c": CORNER}, sample=7, batch_size=b,
+                       progress=False) for b in (1, 16))
+    assert [p.to_dict()["hit"] for p in one.pairs] == [p.to_dict()["hit"] for p in many.pairs]
+    np.testing.assert_allclose(one.region_shares["c"], many.region_shares["c"], rtol=1e-5)
+    for name, value in one.mean_maps.items():
+        np.testing.assert_allclose(value, many.mean_maps[name], rtol=1e-5, atol=1e-8)
+    assert [f.box for f in one.findings] == [f.box for f in many.findings]
+    assert [(r["cell_query"], r["cell_hit"], r["pairs"]) for r in one.recurring] == \
+        [(r["cell_query"], r["cell_hit"], r["pairs"]) for r in many.recurring]
+    np.testing.assert_allclose([r["mean_strength_share"] for r in one.recurring],
+                               [r["mean_strength_share"] for r in many.recurring], rtol=1e-5)
+
+
+def test_findings_name_the_planted_corner_and_nothing_on_the_control(indexes):
+    hot = audit(indexes[30.0], k=3, sample=20, progress=False)
+    assert hot.findings, "the planted corner was not found"
+    best = hot.findings[0]
+    top, left, bottom, right = best.box
+    assert bottom <= 0.25 + 1e-9 and right <= 0.25 + 1e-9  # inside the planted 2 x 2 cells
+    assert best.side == "both" and best.share > 0.4
+    assert "top-left" in best.sentence and "corner" in best.sentence
+    assert audit(indexes[1.0], k=3, sample=20, progress=False).findings == []
+
+
+def test_the_query_itself_is_not_its_own_hit(indexes):
+    result = audit(indexes[1.0], k=4, sample=5, progress=False)
+    assert all(p.query != p.hit for p in result.pairs)
+    assert len(result.pairs) == 20 and result.queries == 5
+    assert [p.rank for p in result.pairs[:4]] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("kind,explain", [("ivfpq", False), ("flat", True)])
+def test_compressed_and_explain_ready_indexes(gallery, tmp_path, kind, explain, monkeypatch):
+    explainer = planted(30.0)
+    Index.build(gallery, explainer, progress=False, kind=kind, explain=explain,
+                out=tmp_path / "index")
+    if explain:  # hits (and gallery queries) come from the cache: the model must not run
+        def refuse(*args, **kwargs):
+            raise AssertionError("the model ran on a gallery image")
+        monkeypatch.setattr(explainer, "sides", refuse)
+    index = Index.load(tmp_path / "index", explainer)
+    result = audit(index, k=3, regions={"c": CORNER}, sample=6, progress=False)
+    assert len(result.pairs) == 18
+    monkeypatch.undo()
+    for i in (0, 7, 17):  # every pair as the explainer alone decomposes it
+        pair = result.pairs[i]
+        direct = explainer.explain(pair.query, pair.hit)
+        w = torch.as_tensor(brute_weights(CORNER), dtype=torch.float64)
+        expected = float(w @ direct.overall_a_flat + w @ direct.overall_b_flat) / (
+            2 * direct.score)
+        assert result.region_shares["c"][i] == pytest.approx(expected, rel=1e-4)
+    assert result.findings and result.findings[0].box[2] <= 0.25 + 1e-9
+
+
+def test_an_index_folder_loads_its_model(gallery, tmp_path):
+    from simexplain.zoo import resolve
+    explainer = resolve("simexplain.toy:tiny_cnn", "features", "cosine", SIDE)
+    built = Index.build(gallery, explainer, model_name="simexplain.toy:tiny_cnn",
+                        progress=False, out=tmp_path / "index")
+    from_folder = audit(tmp_path / "index", k=2, sample=4, progress=False)
+    from_object = audit(built, k=2, sample=4, progress=False)
+    assert from_folder.model == "simexplain.toy:tiny_cnn"
+    np.testing.assert_allclose(from_folder.scores, from_object.scores, rtol=1e-5)
+    with pytest.raises(SimexplainError, match="does not exist"):
+        audit(tmp_path / "nowhere", progress=False)
+
+
+def test_the_package_is_callable_and_exported(indexes):
+    result = simexplain.audit(indexes[1.0], k=1, sample=2, progress=False)
+    assert isinstance(result, simexplain.Audit) and len(result.pairs) == 2
+    json.loads(result.to_json())
+
+
+@pytest.mark.parametrize("regions,message", [
+    ({"c": (0, 0, 1.5, 0.5)}, "outside"), ({"c": (0.5, 0, 0.2, 0.5)}, "empty"),
+    ({"c": (0, 0, 1)}, "four numbers"), ({"": (0, 0, 1, 1)}, "name")])
+def test_bad_regions_are_refused(indexes, regions, message):
+    with pytest.raises(SimexplainError, match=message):
+        audit(indexes[1.0], regions=regions, progress=False)
+
+
+def test_bad_queries_are_refused(indexes, tmp_path):
+    with pytest.raises(SimexplainError, match="no queries"):
+        audit(indexes[1.0], queries=[], progress=False)
+    with pytest.raises(SimexplainError, match="holds no images"):
+        audit(indexes[1.0], queries=tmp_path, progress=False)
+    with pytest.raises(SimexplainError, match="k must be"):
+        audit(indexes[1.0], k=0, progress=False)
+
+
+def test_report_folder(indexes, tmp_path):
+    result = audit(indexes[30.0], k=2, regions={"corner": CORNER, "right half": (0, .5, 1, 1)},
+                   sample=6, progress=False)
+    page = result.write_report(tmp_path / "report")
+    folder = page.parent
+    assert page.name == "index.html"
+    text = page.read_text()
+    assert result.findings[0].sentence in text and "right half" in text
+    summary = json.loads((folder / "result.json").read_text())
+    assert summary["kind"] == "simexplain audit" and summary["pairs"] == 12
+    assert summary["regions"]["corner"]["shares"] == pytest.approx(
+        list(result.region_shares["corner"]))
+    assert summary["findings"][0]["sentence"] == result.findings[0].sentence
+    pngs = sorted(p.name for p in folder.glob("*.png"))
+    assert "map_share_query.png" in pngs and any(p.startswith("hist_") for p in pngs)
+    assert sum(p.startswith("pair_") for p in pngs) >= 2 * 2  # ranked pairs, both images
+    for name in pngs:  # every figure the page shows exists, and every file is shown
+        assert f"src='{name}'" in text
+        with Image.open(folder / name) as image:
+            image.verify()
+    # an earlier report is replaced; a folder of other files is refused
+    result.write_report(folder)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(SimexplainError, match="not empty"):
+        result.write_report(tmp_path / "other")
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("grid", [(28, 28), (5, 3), (8, 8)])
+def test_resample_keeps_what_every_box_of_the_new_grid_holds(grid):
+    """maps.resample: a box of whole new cells holds what the covered-fraction weights of that
+    box give on the old grid (counted here on a fine lattice, not with region_weights)."""
+    from simexplain.maps import resample
+    rng = np.random.default_rng(0)
+    old = rng.normal(size=(GRID, GRID))
+    new = resample(old, grid)
+    assert new.sum() == pytest.approx(old.sum())
+    for top, left, bottom, right in [(0, 0, 1, 1), (1, 0, grid[0], 2), (2, 1, 3, grid[1])]:
+        box = (top / grid[0], left / grid[1], bottom / grid[0], right / grid[1])
+        expected = brute_weights(box, fine=840) @ old.ravel()
+        assert new[top:bottom, left:right].sum() == pytest.approx(expected, abs=1e-9)

@@ -1,0 +1,99 @@
+"""`simexplain audit` end to end on a small Fashion-MNIST index (the trained fmnist-gap model,
+explain-ready), and its one-line errors (exit 2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from simexplain.cli import main
+from simexplain.datasets import fashion_mnist
+
+N_IMAGES = 40
+
+
+@pytest.fixture(scope="module")
+def fmnist_index(tmp_path_factory) -> Path:
+    images, labels = fashion_mnist("test")
+    root = tmp_path_factory.mktemp("fmnist")
+    gallery = root / "gallery"
+    gallery.mkdir()
+    for i in range(N_IMAGES):
+        Image.fromarray(images[i]).save(gallery / f"{i:03d}_class{labels[i]}.png")
+    assert main(["index", "build", str(gallery), "--model", "fmnist-gap", "--out",
+                 str(root / "index"), "--explain", "--quiet"]) == 0
+    return root
+
+
+def test_audit_writes_its_report_and_json(fmnist_index, tmp_path, capsys):
+    capsys.readouterr()
+    out = tmp_path / "report"
+    assert main(["audit", "--index", str(fmnist_index / "index"), "--sample", "8", "-k", "3",
+                 "--region", "corner=0,0,0.15,0.15", "--region", "centre=0.25,0.25,0.75,0.75",
+                 "--out", str(out), "--json", "--quiet"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    written = json.loads((out / "result.json").read_text())
+    assert printed["pairs"] == written["pairs"] == 24 and written["queries"] == 8
+    assert written["model"] == "fmnist-gap" and written["grid"] == [7, 7]
+    corner = written["regions"]["corner"]
+    assert corner["box"] == [0, 0, 0.15, 0.15] and corner["area_share"] == pytest.approx(0.0225)
+    assert len(corner["shares"]) == 24 and len(corner["top_pairs"]) == 8
+    # a black border carries next to nothing of a trained Fashion-MNIST model's similarity;
+    # the item in the centre carries more than its area share
+    assert abs(corner["aggregate_share"]) < 0.05
+    centre = written["regions"]["centre"]
+    assert centre["aggregate_share"] > centre["area_share"] == pytest.approx(0.25)
+    page = (out / "index.html").read_text()
+    for png in out.glob("*.png"):
+        assert f"src='{png.name}'" in page
+    assert (out / "map_overall_query.png").is_file()
+
+
+def test_audit_of_query_files_prints_a_summary(fmnist_index, tmp_path, capsys):
+    gallery = fmnist_index / "gallery"
+    queries = sorted(gallery.iterdir())[:2]
+    capsys.readouterr()
+    assert main(["audit", "--index", str(fmnist_index / "index"), "--queries",
+                 *map(str, queries), "-k", "2", "--region", "top=0,0,0.2,1", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "audited 4 pairs (2 queries x top-2)" in text and "region top:" in text
+
+
+def test_audit_of_a_gallery_folder_without_an_index(fmnist_index, capsys):
+    capsys.readouterr()
+    assert main(["audit", "--gallery", str(fmnist_index / "gallery"), "--model", "fmnist-gap",
+                 "--sample", "3", "-k", "2", "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["pairs"] == 6
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--queries", "EMPTY"], "holds no images"),
+    (["--queries", "NOWHERE/q.png"], "does not exist"),
+    (["--out", "FOREIGN"], "not empty and not an audit report"),
+    (["-k", "0"], "-k must be >= 1"),
+    (["--region", "a=0,0,1,1", "--region", "a=0,0,0.5,0.5"], "same name"),
+])
+def test_audit_errors_are_one_line(fmnist_index, tmp_path, capsys, extra, message):
+    (tmp_path / "EMPTY").mkdir()
+    (tmp_path / "FOREIGN").mkdir()
+    (tmp_path / "FOREIGN" / "mine.txt").write_text("keep")
+    extra = [str(tmp_path / e) if e in ("EMPTY", "FOREIGN", "NOWHERE/q.png") else e
+             for e in extra]
+    capsys.readouterr()
+    assert main(["audit", "--index", str(fmnist_index / "index"), "--quiet", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert (tmp_path / "FOREIGN" / "mine.txt").read_text() == "keep"
+
+
+def test_missing_index_and_bad_region_exit_2(tmp_path, capsys):
+    assert main(["audit", "--index", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    for region in ("corner=0,0,1.2,0.5", "corner", "corner=0,0,x,1", "c=0.5,0,0.5,1"):
+        with pytest.raises(SystemExit) as exc:
+            main(["audit", "--index", str(tmp_path), "--region", region])
+        assert exc.value.code == 2
+        assert "--region" in capsys.readouterr().err
