@@ -12,6 +12,7 @@ from simexplain.evaluation.pointing import mass_in_box
 from simexplain.errors import SimexplainError
 
 TINY = shortcut.Training(images=256, epochs=1, eval_images=100)
+TINY_AUDIT = shortcut.AuditSetting(gallery=40, queries=6, k=3)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def trained(data_root):
 
 @pytest.fixture(scope="module")
 def result(trained):
-    return shortcut.run("fmnist-gap", samples=5, training=TINY)
+    return shortcut.run("fmnist-gap", samples=5, training=TINY, audit=TINY_AUDIT)
 
 
 def test_marks_are_placed_where_declared():
@@ -167,6 +168,37 @@ def test_benchmark_json_and_table_shape(result, tmp_path):
     assert all(line.count("|") == 9 for line in table)
     section = report.benchmark_section(shortcut, [result])
     assert "mass on the mark" in section and "Recall@1" in section
+    assert "Detection AUROC" in section and "of top-1 similarity" in section
+
+
+def test_audit_part_shape(result):
+    audited = result["audit"]
+    assert set(audited["models"]) == {"shortcut", "control"}
+    for a in audited["models"].values():
+        assert len(a["queries"]) == len(a["share_top1"]) == len(a["marks"]) == 6
+        assert all(name.endswith(f"mark{m}.png") for name, m in zip(a["queries"], a["marks"]))
+        assert set(a["marks_named"]) <= set(range(10))
+    assert 0 <= audited["auroc"]["mean"] <= 1 and audited["auroc"]["n"] == 6
+    assert audited["models"]["shortcut"]["queries"] == audited["models"]["control"]["queries"]
+
+
+def test_mark_regions_and_named_marks():
+    regions = shortcut.mark_regions()
+    assert regions["mark-3"] == (12 / 28, 0.0, 16 / 28, 4 / 28)
+    cell = {"box": [3 / 7, 0.0, 4 / 7, 1 / 7]}  # exactly mark 3's cell on the 7x7 grid
+    wide = {"box": [0.0, 1 / 7, 1 / 7, 3 / 7]}  # marks 7 and 8 (row 0, columns 1 and 2)
+    elsewhere = {"box": [3 / 7, 3 / 7, 4 / 7, 4 / 7]}
+    assert shortcut.marks_named([cell]) == [3]
+    assert shortcut.marks_named([wide, elsewhere]) == [7, 8]
+    assert shortcut.marks_named([elsewhere]) == []
+
+
+def test_auroc_against_pair_counting():
+    rng = np.random.default_rng(0)
+    pos, neg = rng.normal(1, 1, 30).round(1), rng.normal(0, 1, 40).round(1)  # with ties
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
+    assert shortcut.auroc(pos, neg) == pytest.approx(wins)
+    assert shortcut.auroc([2, 3], [0, 1]) == 1.0 and shortcut.auroc([0], [1]) == 0.0
 
 
 def test_registered_in_eval_all():

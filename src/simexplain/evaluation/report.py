@@ -446,8 +446,8 @@ def write_report(results: dict[str, list[dict]], out: Path, meta: dict, benchmar
         f"({'quick mode' if meta.get('quick') else 'full run'}: {meta['runtime_s'] / 60:.1f} "
         f"minutes on {meta.get('machine', 'this machine')}). The quick check is "
         "`simexplain eval all --quick --out DIR`. Each benchmark also runs alone: "
-        "`simexplain eval pointing|localisation|faithfulness|correspondence|sanity|crossview "
-        "--model NAME "
+        "`simexplain eval pointing|localisation|faithfulness|correspondence|sanity|crossview|"
+        "shortcut --model NAME "
         "--method M --out DIR [--json]`.",
         "",
         f"- Seed: {meta['seed']} (every draw is derived from it and the sample's index)",

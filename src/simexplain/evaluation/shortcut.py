@@ -34,6 +34,7 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -328,12 +329,142 @@ def summarise(measured: dict, seed: int) -> dict:
     return out
 
 
+# -- the audit ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AuditSetting:
+    """The audit part: a gallery of marked test items (each with its own class's mark) and
+    queries that carry another class's mark, from the test split's second half."""
+
+    gallery: int = 1000
+    queries: int = 200
+    k: int = 5
+
+
+FULL_AUDIT = AuditSetting()
+QUICK_AUDIT = AuditSetting(gallery=150, queries=20)
+
+
+def mark_regions() -> dict[str, tuple[float, float, float, float]]:
+    """The marks as audit regions, name -> relative (top, left, bottom, right)."""
+    return {f"mark-{c}": tuple(v / SIZE for v in mark_box(c))  # type: ignore[misc]
+            for c in range(len(MARK_CELLS))}
+
+
+def write_audit_images(folder: Path, images: np.ndarray, labels: np.ndarray,
+                       setting: AuditSetting, seed: int) -> tuple[Path, Path, list[int]]:
+    """(gallery folder, query folder, each query's mark class, in file order): the gallery's
+    items carry their own class's mark, the queries another class's."""
+    from PIL import Image
+    rng = np.random.default_rng([seed, _SALT, 1])
+    order = rng.permutation(len(images))
+    gallery, queries = folder / "gallery", folder / "queries"
+    gallery.mkdir(parents=True)
+    queries.mkdir()
+    for i in order[:setting.gallery]:
+        c = int(labels[i])
+        Image.fromarray(place_mark(images[i], c)).save(gallery / f"{i:05d}-class{c}.png")
+    marks = []
+    for j, i in enumerate(order[setting.gallery:setting.gallery + setting.queries]):
+        c = int(labels[i])
+        m = int((c + rng.integers(1, len(MARK_CELLS))) % len(MARK_CELLS))
+        Image.fromarray(place_mark(images[i], m)).save(queries / f"{j:04d}-class{c}-mark{m}.png")
+        marks.append(m)
+    return gallery, queries, marks
+
+
+def audit_model(explainer: Explainer, gallery: Path, queries: Path, setting: AuditSetting,
+                show_progress: bool = False) -> dict:
+    """Audit one model on the marked gallery (explain-ready index): per query, the share of
+    the score its top-1 and top-k hits carry on the query's mark (query side and both sides),
+    whether the top-1 hit is of the mark's class, and the audit's own findings."""
+    from ..audit import audit
+    from ..retrieval import Index
+    index = Index.build(gallery, explainer, model_name=explainer.model_name, progress=False,
+                        explain=True)
+    result = audit(index, queries=queries, k=setting.k, regions=mark_regions(),
+                   progress=show_progress, max_findings=len(MARK_CELLS))
+    both, query_side = result.region_shares, result.region_shares_query
+    per_query: dict[str, dict] = {}
+    for i, pair in enumerate(result.pairs):
+        mark = int(Path(pair.query).stem.split("mark")[1])
+        entry = per_query.setdefault(pair.query, {"mark": mark, "both": [], "query": []})
+        entry["both"].append(float(both[f"mark-{mark}"][i]))
+        entry["query"].append(float(query_side[f"mark-{mark}"][i]))
+        if pair.rank == 1:
+            entry["top1_both"] = entry["both"][-1]
+            entry["top1_score"] = pair.score
+            entry["top1_mark_class"] = int(Path(pair.hit).stem.split("class")[1]) == mark
+    names = sorted(per_query)
+    return {"queries": [Path(q).name for q in names], "marks": [per_query[q]["mark"] for q in names],
+            "share_top1": [per_query[q]["top1_both"] for q in names],
+            "score_top1": [per_query[q]["top1_score"] for q in names],
+            "share_topk": [float(np.nanmean(per_query[q]["both"])) for q in names],
+            "share_topk_query": [float(np.nanmean(per_query[q]["query"])) for q in names],
+            "top1_is_mark_class": [per_query[q]["top1_mark_class"] for q in names],
+            "findings": [f.to_dict() for f in result.findings], "seconds": result.seconds}
+
+
+def marks_named(findings: Sequence[dict]) -> list[int]:
+    """The mark classes whose cell a finding's box covers (its centre inside the box)."""
+    named = []
+    for c in range(len(MARK_CELLS)):
+        top, left, bottom, right = mark_box(c)
+        y, x = (top + bottom) / 2 / SIZE, (left + right) / 2 / SIZE
+        if any(f["box"][0] <= y < f["box"][2] and f["box"][1] <= x < f["box"][3]
+               for f in findings):
+            named.append(c)
+    return named
+
+
+def auroc(positives: ArrayLike, negatives: ArrayLike) -> float:
+    """P(a positive scores above a negative), ties counting half (Mann-Whitney)."""
+    from scipy.stats import rankdata
+    pos = np.asarray(positives, dtype=np.float64)
+    neg = np.asarray(negatives, dtype=np.float64)
+    pos, neg = pos[np.isfinite(pos)], neg[np.isfinite(neg)]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    ranks = rankdata(np.concatenate([pos, neg]))
+    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) /
+                 (len(pos) * len(neg)))
+
+
+def audit_part(models: dict, setting: AuditSetting, seed: int, show_progress: bool = False
+               ) -> dict:
+    """Both models audited on the same marked gallery and queries; the detection AUROC
+    (shortcut vs control, per query: the top-1 pair's share on the query's mark) with a
+    bootstrap interval over queries, and the marks the findings name per model."""
+    import tempfile
+
+    from .. import datasets
+    test_x, test_y = datasets.fashion_mnist("test")
+    half = len(test_x) // 2
+    with tempfile.TemporaryDirectory(prefix="simexplain-shortcut-") as tmp:
+        gallery, queries, marks = write_audit_images(Path(tmp), test_x[half:], test_y[half:],
+                                                     setting, seed)
+        audited = {name: audit_model(explainer, gallery, queries, setting, show_progress)
+                   for name, (explainer, _) in models.items()}
+    used = sorted(set(marks))
+    for a in audited.values():
+        a["marks_named"] = marks_named(a["findings"])
+        a["false_findings"] = sum(1 for f in a["findings"] if not marks_named([f]))
+    s, c = (np.asarray(audited[n]["share_top1"]) for n in ("shortcut", "control"))
+    idx = np.random.default_rng(seed).integers(0, len(s), (BOOTSTRAP, len(s)))
+    boots = [auroc(s[i], c[i]) for i in idx]  # queries resampled, both models' values together
+    value = auroc(s, c)
+    lo, hi = np.nanquantile(boots, [0.025, 0.975])
+    return {"setting": asdict(setting), "marks_used": used, "models": audited,
+            "auroc": {"mean": value, "lo": float(min(lo, value)), "hi": float(max(hi, value)),
+                      "n": int(len(s))}}
+
+
 # -- the benchmark -----------------------------------------------------------------------------
 def run(model: str, methods: Sequence[str] | None = None, samples: int | None = None,
         seed: int = 0, quick: bool = False, show_progress: bool = False,
-        training: Training | None = None) -> dict:
+        training: Training | None = None, audit: AuditSetting | None = None) -> dict:
     """The planted-shortcut benchmark for the zoo recipe `model` (fmnist-gap): train (or load)
-    the shortcut and control models, measure every method on the same conflict pairs."""
+    the shortcut and control models, measure every method on the same conflict pairs, and
+    audit both models on a marked gallery."""
     from .. import datasets
     from .common import resolve_methods
     if model not in MODELS:
@@ -346,6 +477,7 @@ def run(model: str, methods: Sequence[str] | None = None, samples: int | None = 
     methods = [m for m in resolve_methods(methods, ALLOWED) if m not in NOT_APPLICABLE]
     samples = samples or (QUICK_SAMPLES if quick else DEFAULT_SAMPLES[model])
     training = training or (QUICK_TRAINING if quick else FULL_TRAINING)
+    audit = audit or (QUICK_AUDIT if quick else FULL_AUDIT)
     head = model.split("-")[1]
     with Timer() as timer:
         models = trained_models(head, training, show_progress)
@@ -355,7 +487,10 @@ def run(model: str, methods: Sequence[str] | None = None, samples: int | None = 
         measured = {name: measure(explainer, methods, pairs, seed, show_progress,
                                   f"shortcut: {name} model")
                     for name, (explainer, _) in models.items()}
-    return _result(model, seed, samples, methods, training, models, measured, timer.seconds)
+        audited = audit_part(models, audit, seed, show_progress)
+    result = _result(model, seed, samples, methods, training, models, measured, timer.seconds)
+    result["audit"] = audited
+    return result
 
 
 def _result(model: str, seed: int, samples: int, methods: Sequence[str], training: Training,
@@ -443,7 +578,61 @@ def extra_lines(results: list[dict]) -> list[str]:
             f"{scores['shortcut']:.3f} (shortcut) vs {scores['control']:.3f} (control); erasing "
             f"a's mark lowers it by {float(np.mean(cf['shortcut'])):.3f} on average (shortcut) "
             f"vs {float(np.mean(cf['control'])):.3f} (control).")
+        if r.get("audit"):
+            lines += ["", *audit_lines(r["audit"])]
     return lines
+
+
+def audit_lines(audited: dict) -> list[str]:
+    """The audit part in words: the statement, the detection AUROC, what the findings name."""
+    s, c = audited["models"]["shortcut"], audited["models"]["control"]
+    setting, used = audited["setting"], audited["marks_used"]
+    area = MARK * MARK / SIZE ** 2
+
+    def mean(values: Sequence) -> float:
+        return float(np.nanmean(np.asarray(values, dtype=np.float64)))
+
+    def named(a: dict) -> str:
+        found = [m for m in a["marks_named"] if m in used]
+        return (f"{len(found)} of the {len(used)} marks the queries carry "
+                f"({a['false_findings']} finding(s) elsewhere, {len(a['findings'])} in all)")
+
+    lines = [
+        f"**Audit** (`simexplain.audit` on an explain-ready index of {setting['gallery']} marked "
+        f"test items, {setting['queries']} queries carrying another class's mark, top-"
+        f"{setting['k']}; regions: the ten mark cells): on the shortcut model "
+        f"**{mean(s['share_top1']):.0%} of top-1 similarity comes from the query's mark**, a "
+        f"4x4 square ({area:.0%} of the image), both sides together (control model: "
+        f"{mean(c['share_top1']):.0%}); over the top {setting['k']}: {mean(s['share_topk']):.0%} "
+        f"vs {mean(c['share_topk']):.0%}. The top-1 hit is of the mark's class for "
+        f"{mean(s['top1_is_mark_class']):.0%} of the queries (control "
+        f"{mean(c['top1_is_mark_class']):.0%}).",
+        f"Detection AUROC over queries (top-1 share on the mark, shortcut model vs control): "
+        f"{fmt(audited['auroc'])}.",
+        f"The audit's findings, told nothing about the marks (only `max_findings` = 10): on the "
+        f"shortcut model they name {named(s)}; on the control model {named(c)}.",
+    ]
+    if s["findings"]:
+        first = s["findings"][0]["sentence"]
+        lines.append(f"Its first finding on the shortcut model: \"{first}\".")
+    return lines
+
+
+def brief_lines(results: list[dict]) -> list[str]:
+    """The README-style summary line of the audit part."""
+    out = []
+    for r in results:
+        if r.get("audit"):
+            a = r["audit"]
+            s = a["models"]["shortcut"]
+            out.append(
+                f"- Planted shortcut, audit: {float(np.nanmean(s['share_top1'])):.0%} of top-1 "
+                f"similarity on the query's 4x4 mark (control "
+                f"{float(np.nanmean(a['models']['control']['share_top1'])):.0%}), detection "
+                f"AUROC {fmt(a['auroc'])}; findings name {len(s['marks_named'])} of "
+                f"{len(a['marks_used'])} marks, {len(a['models']['control']['marks_named'])} "
+                "on the control.")
+    return out
 
 
 # -- command line ------------------------------------------------------------------------------
@@ -461,3 +650,4 @@ def run_cli(args: argparse.Namespace) -> int:
     from .commands import run_benchmark_cli
     args.model = args.model or list(MODELS)
     return run_benchmark_cli(args, sys.modules[__name__])
+
