@@ -210,3 +210,10 @@ def test_bad_requests_name_the_problem():
         shortcut.run("fmnist-vit", samples=1, training=TINY)
     with pytest.raises(SimexplainError, match="class-token transformer"):
         shortcut.run("fmnist-gap", methods=["chefer"], samples=1, training=TINY)
+
+
+def test_cli_refuses_another_model_in_one_line(tmp_path, capsys):
+    from simexplain.cli import main
+    assert main(["eval", "shortcut", "--model", "fmnist-gmp", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "retrains fmnist-gap, not 'fmnist-gmp'" in err[0]

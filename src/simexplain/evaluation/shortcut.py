@@ -395,7 +395,8 @@ def audit_model(explainer: Explainer, gallery: Path, queries: Path, setting: Aud
             entry["top1_score"] = pair.score
             entry["top1_mark_class"] = int(Path(pair.hit).stem.split("class")[1]) == mark
     names = sorted(per_query)
-    return {"queries": [Path(q).name for q in names], "marks": [per_query[q]["mark"] for q in names],
+    return {"queries": [Path(q).name for q in names],
+            "marks": [per_query[q]["mark"] for q in names],
             "share_top1": [per_query[q]["top1_both"] for q in names],
             "score_top1": [per_query[q]["top1_score"] for q in names],
             "share_topk": [float(np.nanmean(per_query[q]["both"])) for q in names],
@@ -581,6 +582,39 @@ def extra_lines(results: list[dict]) -> list[str]:
         if r.get("audit"):
             lines += ["", *audit_lines(r["audit"])]
     return lines
+
+
+def plot_results(results: list[dict], img_dir: Path) -> Path:
+    """Mass on the mark per method (shortcut model, control model), and the counterfactual:
+    predicted against actual drops for the methods in score units."""
+    from .report import finish_plot, pyplot, style
+    r = results[0]
+    methods = methods_of(r)
+    fig, axes = pyplot().subplots(1, 2, figsize=(10, 3.8), squeeze=False)
+    ax = axes[0, 0]
+    for i, m in enumerate(methods):
+        for j, (part, hatch) in enumerate((("methods", None), ("control", "//"))):
+            ci = r[part][m]["mass"]
+            if ci["mean"] is None or not np.isfinite(ci["mean"]):
+                continue
+            ax.bar(i + 0.4 * j - 0.2, ci["mean"], 0.38, hatch=hatch, alpha=0.5 + 0.5 * (j == 0),
+                   yerr=[[ci["mean"] - ci["lo"]], [ci["hi"] - ci["mean"]]],
+                   color=style(m)["color"], label=m if j == 0 else None)
+    ax.axhline(r["settings"]["chance_mass"], color="gray", lw=1, ls=":")
+    ax.set_xticks(range(len(methods)), methods, rotation=60, fontsize=7, ha="right")
+    ax.set_ylabel("mass on the mark (solid: shortcut, hatched: control)")
+    cf = r["counterfactual"]["shortcut"]
+    actual = np.asarray(cf["score"], dtype=np.float64) - np.asarray(cf["erased_score"])
+    ax = axes[0, 1]
+    for m in ("decomposition", "relative", "occlusion"):
+        if m in r["per_sample"]:
+            ax.scatter(actual, r["per_sample"][m]["predicted"], s=6, alpha=0.6,
+                       color=style(m)["color"], label=m)
+    ax.axline((0, 0), slope=1, color="gray", lw=1, ls=":")
+    ax.set_xlabel("actual drop of the cosine (mark erased)")
+    ax.set_ylabel("predicted drop")
+    fig.suptitle(f"{TITLE}: {r['model']} (n={r['samples']})", fontsize=9)
+    return finish_plot(fig, axes, img_dir / f"{NAME}.png")
 
 
 def audit_lines(audited: dict) -> list[str]:
