@@ -165,7 +165,7 @@ def test_benchmark_json_and_table_shape(result, tmp_path):
     assert loaded["benchmark"] == "shortcut" and set(loaded["control"]) == set(methods)
     table = shortcut.results_table([result]).splitlines()
     assert len(table) == 2 + len(methods)
-    assert all(line.count("|") == 9 for line in table)
+    assert all(line.count("|") == 10 for line in table)
     section = report.benchmark_section(shortcut, [result])
     assert "mass on the mark" in section and "Recall@1" in section
     assert "Detection AUROC" in section and "of top-1 similarity" in section

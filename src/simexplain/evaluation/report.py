@@ -457,6 +457,9 @@ def write_report(results: dict[str, list[dict]], out: Path, meta: dict, benchmar
     ]
     for model, why in meta.get("skipped", {}).items():
         lines.append(f"- Skipped model {model}: {why}")
+    # sections run apart and added to an earlier run's benchmarks.json (then `render`)
+    for note in meta.get("notes", []):
+        lines.append(f"- {note}")
     lines += ["", "## Summary", "",
               "Primary figure of each benchmark: the best method (methods with identical "
               "per-sample values are tied, e.g. Grad-CAM and RGrad-CAM under a GAP head), the "

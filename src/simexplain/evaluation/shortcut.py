@@ -96,7 +96,7 @@ class Training:
         return f"{'shortcut' if marked else 'control'}-{head}-{digest[:12]}.pt"
 
 
-FULL_TRAINING = Training(images=60000, epochs=2)
+FULL_TRAINING = Training(images=30000, epochs=1)
 QUICK_TRAINING = Training(images=3000, epochs=1, eval_images=500)
 
 
@@ -541,10 +541,10 @@ def results_table(results: list[dict]) -> str:
     for r in results:
         for m in methods_of(r):
             f, c = r["methods"][m], r["control"][m]
-            rows.append([m, fmt(f["mass"]), fmt(f["hit_rate"]), fmt(c["mass"]),
+            rows.append([r["model"], m, fmt(f["mass"]), fmt(f["hit_rate"]), fmt(c["mass"]),
                          fmt(c["hit_rate"]), fmt(f["drop_correlation"]),
                          fmt(f["drop_abs_error"], 4), str(f["hit_rate"]["n"])])
-    return markdown_table(["method", "mass on mark", "hit rate", "control: mass",
+    return markdown_table(["model", "method", "mass on mark", "hit rate", "control: mass",
                            "control: hit rate", "drop: r", "drop: mean abs error", "n"], rows)
 
 
