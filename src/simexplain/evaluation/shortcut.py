@@ -56,7 +56,7 @@ NAME = "shortcut"
 TITLE = "Planted shortcut"
 ALLOWED = ALL_METHODS + tuple(POINT_METHODS)
 MODELS = ("fmnist-gap",)  # the zoo recipe retrained with and without marks
-DEFAULT_SAMPLES = {"fmnist-gap": 300}
+DEFAULT_SAMPLES = {"fmnist-gap": 200}
 QUICK_SAMPLES = 20
 SIZE = 28  # Fashion-MNIST items, a 7x7 feature grid: one cell is 4x4 pixels
 MARK = 4  # side of the mark in pixels: exactly one feature cell
@@ -335,8 +335,8 @@ class AuditSetting:
     """The audit part: a gallery of marked test items (each with its own class's mark) and
     queries that carry another class's mark, from the test split's second half."""
 
-    gallery: int = 1000
-    queries: int = 200
+    gallery: int = 500
+    queries: int = 100
     k: int = 5
 
 
