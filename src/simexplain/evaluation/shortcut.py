@@ -602,7 +602,8 @@ def plot_results(results: list[dict], img_dir: Path) -> Path:
                    color=style(m)["color"], label=m if j == 0 else None)
     ax.axhline(r["settings"]["chance_mass"], color="gray", lw=1, ls=":")
     ax.set_xticks(range(len(methods)), methods, rotation=60, fontsize=7, ha="right")
-    ax.set_ylabel("mass on the mark (solid: shortcut, hatched: control)")
+    ax.set_ylabel("mass on the mark")
+    ax.set_title("solid: shortcut model, hatched: control; dotted: chance", fontsize=8)
     cf = r["counterfactual"]["shortcut"]
     actual = np.asarray(cf["score"], dtype=np.float64) - np.asarray(cf["erased_score"])
     ax = axes[0, 1]
