@@ -58,7 +58,7 @@ def test_cli_reference_has_every_command_as_its_own_help_prints_it(site):
     import html
     text = html.unescape(re.sub(r"<[^>]+>", "", page))
     for command in (["--help"], ["pair", "--help"], ["index", "build", "--help"],
-                    ["search", "--help"], ["eval", "pointing", "--help"]):
+                    ["search", "--help"], ["eval", "pointing", "--help"], ["audit", "--help"]):
         printed = subprocess.run([sys.executable, "-m", "simexplain.cli", *command],
                                  capture_output=True, text=True, env={**_env(), "COLUMNS": "100"})
         assert printed.returncode == 0, printed.stderr

@@ -176,13 +176,22 @@ def test_the_query_itself_is_not_its_own_hit(indexes):
     assert all(p.query != p.hit for p in result.pairs)
     assert len(result.pairs) == 20 and result.queries == 5
     assert [p.rank for p in result.pairs[:4]] == [1, 2, 3, 4]
+    # gallery files given as queries (paths, no rows): their own file is left out too
+    files = result.pairs[0].query, result.pairs[5].query
+    given = audit(indexes[1.0], queries=list(files), k=4, progress=False)
+    assert len(given.pairs) == 8 and all(p.query != p.hit for p in given.pairs)
+    assert [p.hit for p in given.pairs] == [p.hit for p in result.pairs[:4]] + \
+        [p.hit for p in result.pairs[4:8]]
 
 
-@pytest.mark.parametrize("kind,explain", [("ivfpq", False), ("flat", True)])
-def test_compressed_and_explain_ready_indexes(gallery, tmp_path, kind, explain, monkeypatch):
+@pytest.mark.parametrize("kind,explain,shards", [
+    ("ivfpq", False, 2), ("hnsw", False, 1), ("ivf", False, 1), ("flat", True, 1)])
+def test_every_index_kind_and_explain_ready_indexes(gallery, tmp_path, kind, explain, shards,
+                                                   monkeypatch):
+    """Compressed and sharded (ivfpq, 2 shards), approximate (hnsw, ivf), explain-ready."""
     explainer = planted(30.0)
     Index.build(gallery, explainer, progress=False, kind=kind, explain=explain,
-                out=tmp_path / "index")
+                out=tmp_path / "index", shards=shards)
     if explain:  # hits (and gallery queries) come from the cache: the model must not run
         def refuse(*args, **kwargs):
             raise AssertionError("the model ran on a gallery image")
@@ -247,8 +256,11 @@ def test_report_folder(indexes, tmp_path):
     assert result.findings[0].sentence in text and "right half" in text
     summary = json.loads((folder / "result.json").read_text())
     assert summary["kind"] == "simexplain audit" and summary["pairs"] == 12
-    assert summary["regions"]["corner"]["shares"] == pytest.approx(
-        list(result.region_shares["corner"]))
+    corner = summary["regions"]["corner"]
+    assert corner["shares"] == pytest.approx(list(result.region_shares["corner"]))
+    assert corner["shares_query"] == pytest.approx(list(result.region_shares_query["corner"]))
+    assert corner["positive_shares"] == pytest.approx(
+        list(result.region_positive_shares["corner"]))
     assert summary["findings"][0]["sentence"] == result.findings[0].sentence
     pngs = sorted(p.name for p in folder.glob("*.png"))
     assert "map_share_query.png" in pngs and any(p.startswith("hist_") for p in pngs)
@@ -279,3 +291,32 @@ def test_resample_keeps_what_every_box_of_the_new_grid_holds(grid):
         box = (top / grid[0], left / grid[1], bottom / grid[0], right / grid[1])
         expected = brute_weights(box, fine=840) @ old.ravel()
         assert new[top:bottom, left:right].sum() == pytest.approx(expected, abs=1e-9)
+
+
+def test_a_ray_built_explain_ready_index_audits_like_a_local_one(gallery, tmp_path):
+    """Built on Ray Data (one model worker), loaded from its folder: the same pairs and scores
+    as the same gallery indexed in this process."""
+    import functools
+    import os
+
+    import ray
+
+    from simexplain.zoo import resolve
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    load = functools.partial(resolve, "simexplain.toy:tiny_cnn", "features", "cosine", SIDE)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 logging_level="WARNING")
+    try:
+        Index.build(gallery, load, model_name="simexplain.toy:tiny_cnn", progress=False,
+                    out=tmp_path / "ray", engine="ray", ray={"workers": 1}, explain=True)
+    finally:
+        if started:
+            ray.shutdown()
+    from_ray = audit(tmp_path / "ray", k=3, sample=5, regions={"c": CORNER}, progress=False)
+    local = Index.build(gallery, load(), model_name="simexplain.toy:tiny_cnn", progress=False)
+    here = audit(local, k=3, sample=5, regions={"c": CORNER}, progress=False)
+    assert [p.hit for p in from_ray.pairs] == [p.hit for p in here.pairs]
+    np.testing.assert_allclose(from_ray.scores, here.scores, rtol=1e-5)
+    np.testing.assert_allclose(from_ray.region_shares["c"], here.region_shares["c"], rtol=1e-4)

@@ -46,6 +46,7 @@ def test_audit_writes_its_report_and_json(fmnist_index, tmp_path, capsys):
     assert abs(corner["aggregate_share"]) < 0.05
     centre = written["regions"]["centre"]
     assert centre["aggregate_share"] > centre["area_share"] == pytest.approx(0.25)
+    assert written["findings"] == []  # an ordinary trained model: no hot spot to report
     page = (out / "index.html").read_text()
     for png in out.glob("*.png"):
         assert f"src='{png.name}'" in page
@@ -92,6 +93,10 @@ def test_audit_errors_are_one_line(fmnist_index, tmp_path, capsys, extra, messag
 def test_missing_index_and_bad_region_exit_2(tmp_path, capsys):
     assert main(["audit", "--index", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["audit", "--gallery", str(tmp_path)]) == 2
+    assert "--gallery needs --model" in capsys.readouterr().err
+    assert main(["audit", "--gallery", str(tmp_path / "nowhere"), "--model", "fmnist-gap"]) == 2
+    assert "gallery folder" in capsys.readouterr().err
     for region in ("corner=0,0,1.2,0.5", "corner", "corner=0,0,x,1", "c=0.5,0,0.5,1"):
         with pytest.raises(SystemExit) as exc:
             main(["audit", "--index", str(tmp_path), "--region", region])

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 KIND = "simexplain audit"
 MAP_SIDE = 192  # pixels of a mean-map figure
+FIGURE_SIDE = 160  # pair figures smaller than this are enlarged
 OWN_SUFFIXES = {".png", ".html", ".json"}
 
 
@@ -80,14 +81,14 @@ def _sections(result: Audit, summary: dict, work: Path, figures: int, progress: 
               ) -> list[str]:
     esc = html.escape
     out = [f"<p>Model <code>{esc(str(result.model))}</code>, index "
-           f"<code>{esc(str(result.index))}</code>, {esc(result.similarity)}; "
+           f"<code>{esc(result.index or 'in memory')}</code>, {esc(result.similarity)}; "
            f"{result.queries} queries x top-{result.k} hits = {len(result.pairs)} pairs; "
            f"audit grid {result.grid[0]}x{result.grid[1]}; {result.seconds:.1f} s.</p>",
            "<h2>Findings</h2>"]
     if result.findings:
-        out.append("<ul>" + "".join(f"<li><b>{esc(f.sentence)}</b> (box {_box(f.box)}; "
+        out.append("<ol>" + "".join(f"<li><b>{esc(f.sentence)}</b> (box {_box(f.box)}; "
                                     f"{f.aggregate_share:.0%} of all the audited similarity)"
-                                    "</li>" for f in result.findings) + "</ul>")
+                                    "</li>" for f in result.findings) + "</ol>")
     else:
         out.append("<p>No region carries similarity far above its area share (see "
                    "<code>simexplain.audit.findings</code> for the thresholds).</p>")
@@ -101,24 +102,29 @@ def _sections(result: Audit, summary: dict, work: Path, figures: int, progress: 
 def _maps_section(result: Audit, work: Path) -> list[str]:
     maps = result.mean_maps
     area = 1.0 / (result.grid[0] * result.grid[1])
-    panels = []
+    rows = []
     for side in ("query", "hit"):
+        panels = []
         for name, caption, signed in (
                 (f"overall_{side}", f"mean overall map, {side}", True),
                 (f"relative_{side}", f"mean relative map, {side}", True),
                 (f"share_{side}", f"share of similarity / area share, {side}", False)):
             values = maps[name] / area if name.startswith("share") else maps[name]
             file = f"map_{name}.png"
-            _heat_image(values, signed).save(work / file)
+            image = _heat_image(values, signed)
+            if name.startswith("share"):  # the findings of this side, numbered as listed
+                image = _mark_findings(image, result, side)
+            image.save(work / file)
             peak = float(np.abs(values).max())
             panels.append(f"<figure><img src='{file}' alt='{caption}'><figcaption>"
                           f"{html.escape(caption)} (max |value| {peak:.3g})</figcaption></figure>")
+        rows.append("<div class='row'>" + "".join(panels) + "</div>")
     return ["<h2>Where similarity comes from, on average</h2>",
             "<p>Maps in normalised image coordinates (the model input), on the audit grid. "
             "Signed maps: red raises the score, blue lowers it. The share map divides each "
             "cell's share of all the audited similarity by its area share: 1 everywhere if "
-            "similarity were spread by area.</p>", "<div class='row'>" + "".join(panels)
-            + "</div>"]
+            "similarity were spread by area (colour: 0 to the maximum given); the findings' boxes "
+            "are drawn on it, numbered as listed above.</p>", *rows]
 
 
 def _regions_section(result: Audit, summary: dict, work: Path) -> list[str]:
@@ -165,30 +171,33 @@ def _patterns_section(result: Audit) -> list[str]:
 
 def _pairs_section(result: Audit, work: Path, figures: int, progress: bool) -> list[str]:
     """Ranked pairs with figures: per named region by its share, per finding its hot pairs."""
-    groups: list[tuple[str, regionlib.RelativeBox, list[int], np.ndarray | None]] = []
+    groups: list[tuple[str, regionlib.RelativeBox, list[tuple[int, float]]]] = []
     for name, shares in result.region_shares.items():
         groups.append((f"region {name}", result.regions[name],
-                       result.top_pairs(shares, figures), shares))
+                       [(i, float(shares[i])) for i in result.top_pairs(shares, figures)]))
     for number, finding in enumerate(result.findings, start=1):
         groups.append((f"finding {number}: {finding.sentence}", finding.box,
-                       list(finding.hot_pairs[:figures]), None))
+                       list(zip(finding.hot_pairs, finding.hot_shares))[:figures]))
     out = ["<h2>Ranked pairs</h2>"]
-    if not groups or result.explain_pair is None:
+    if not groups:
         return out + ["<p>No named region or finding to rank pairs by.</p>"]
+    if result.explain_pair is None:
+        return out + ["<p>Not drawn: this audit has no index to explain its pairs again (the "
+                      "pairs are in result.json).</p>"]
     todo = sum(len(g[2]) for g in groups)
     bar = tqdm(total=todo, desc="report figures", unit="pair", disable=not progress)
-    for number, (title, box, chosen, group_shares) in enumerate(groups):
+    for number, (title, box, chosen) in enumerate(groups):
         out.append(f"<h3>{html.escape(title)}</h3><table><tr><th>#</th><th>query</th>"
-                   "<th>hit</th><th>share</th><th>score</th></tr>")
-        for place, i in enumerate(chosen, start=1):
+                   "<th>hit</th><th>share (both sides)</th><th>score</th></tr>")
+        for place, (i, share) in enumerate(chosen, start=1):
             record = result.pairs[i]
             files = _pair_figures(result.explain_pair(record), box, work, f"pair_{number}_{place}")
-            share = "" if group_shares is None else _pct(float(group_shares[i]))
             out.append(f"<tr><td>{place}</td>"
                        + "".join(f"<td><img src='{f}' alt='overall map'><br><span class='path'>"
                                  f"{html.escape(p)}</span></td>"
                                  for f, p in zip(files, (record.query, record.hit)))
-                       + f"<td>{share}</td><td>{record.score:.4f} (rank {record.rank})</td></tr>")
+                       + f"<td>{_pct(share)}</td><td>{record.score:.4f} (rank {record.rank})"
+                       "</td></tr>")
             bar.update(1)
         out.append("</table>")
     bar.close()
@@ -205,11 +214,31 @@ def _pair_figures(pair: PairExplanation, box: regionlib.RelativeBox, work: Path,
         in_image = side.frame.box_to_image((box[0] * height, box[1] * width,
                                             box[2] * height, box[3] * width))
         image = visualize.overlay_side(side, grid_map, signed=True)
-        image = visualize.mark_box(image, visualize.to_display(side, in_image))
+        scale = 1
+        if max(image.size) < FIGURE_SIDE:  # small inputs (28 px items): enlarged, cells sharp
+            scale = FIGURE_SIDE // max(image.size) + 1
+            image = image.resize((image.width * scale, image.height * scale),
+                                 Image.Resampling.NEAREST)
+        shown = [v * scale for v in visualize.to_display(side, in_image)]
+        image = visualize.mark_box(image, shown)
         name = f"{stem}_{letter}.png"
         image.save(work / name)
         names.append(name)
     return names
+
+
+def _mark_findings(image: Image.Image, result: Audit, side: str) -> Image.Image:
+    from PIL import ImageDraw
+    draw = ImageDraw.Draw(image)
+    for number, finding in enumerate(result.findings, start=1):
+        if finding.side not in (side, "both"):
+            continue
+        top, left, bottom, right = finding.box
+        box = [left * image.width, top * image.height, right * image.width - 1,
+               bottom * image.height - 1]
+        draw.rectangle(box, outline=(255, 255, 255), width=3)
+        draw.text((box[0] + 4, box[1] + 2), str(number), fill=(255, 255, 255))
+    return image
 
 
 def _heat_image(values: np.ndarray, signed: bool) -> Image.Image:

@@ -101,6 +101,9 @@ class Audit:
     pattern_strengths: dict[tuple, float] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     seconds: float = 0.0
+    # PairRecord -> its PairExplanation again, for the report's figures: set by `audit` (it
+    # holds the index and its model); None: the report has no pair figures
+    explain_pair: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         self.regions = regionlib.check_regions(self.regions)
@@ -291,7 +294,11 @@ class Audit:
                 "histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
                 "top_pairs": [{"pair": i, "share": float(values[i]), **self.pairs[i].to_dict()}
                               for i in self.top_pairs(values)],
-                "shares": [None if not np.isfinite(v) else float(v) for v in values],
+                "shares": _floats(values),
+                "shares_query": _floats(self.region_shares_query[name]),
+                "shares_hit": _floats(self.region_shares_hit[name]),
+                "joint_shares": _floats(self.region_joint_shares[name]),
+                "positive_shares": _floats(self.region_positive_shares[name]),
             }
         return {
             "kind": "simexplain audit", "model": self.model, "index": self.index,
@@ -316,8 +323,10 @@ class Audit:
         from .report import write_report
         return write_report(self, Path(folder), figures=figures, progress=progress)
 
-    # the pairs' explanations for figures: set by `audit` (the index and its model)
-    explain_pair: Any = field(default=None, repr=False, compare=False)
+
+def _floats(values: np.ndarray) -> list[float | None]:
+    """JSON-ready: NaN (an undefined share) as null."""
+    return [float(v) if np.isfinite(v) else None for v in values]
 
 
 def _stat(function, values: np.ndarray) -> float | None:
