@@ -40,6 +40,8 @@ DEFAULT_BATCH_SIZE = 128
 DEFAULT_LR = 2e-3
 SKETCH_EPOCHS = 2
 TRAINABLE = ("fmnist", "sketch")
+# ((train images, labels), (test images, labels)): uint8 (N, H, W) and integer (N,) arrays
+Splits = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def seed_everything(seed: int) -> None:
@@ -132,10 +134,13 @@ def _save_atomic(obj: dict, out: Path) -> None:
         torch.save(obj, tmp)
 
 
-def _splits(data_root, limit: int | None, eval_limit: int | None):
-    """((train images, labels), (test images, labels)), the first `limit` / `eval_limit`."""
-    train_x, train_y = fashion_mnist("train", data_root)
-    test_x, test_y = fashion_mnist("test", data_root)
+def _splits(data_root, limit: int | None, eval_limit: int | None, given: Splits | None = None
+            ) -> Splits:
+    """((train images, labels), (test images, labels)), the first `limit` / `eval_limit`, of
+    Fashion-MNIST or of the `given` splits."""
+    if given is None:
+        given = (fashion_mnist("train", data_root), fashion_mnist("test", data_root))
+    (train_x, train_y), (test_x, test_y) = given
     return (train_x[:limit], train_y[:limit]), (test_x[:eval_limit], test_y[:eval_limit])
 
 
@@ -171,13 +176,17 @@ def train_fmnist(head: str, epochs: int, seed: int, out: Path, data_root: str | 
                  batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR,
                  embedding_dim: int = 64, augmentation: bool = True,
                  limit: int | None = None, eval_limit: int | None = None,
-                 progress: bool = True, device: str = "cpu") -> dict:
+                 progress: bool = True, device: str = "cpu",
+                 splits: Splits | None = None) -> dict:
     """Train `FashionNet(head)` (head "gap" or "gmp") or `FashionViT` (head "vit") on
     Fashion-MNIST and save a checkpoint to `out`; the ViT's weights are stored in half
     precision (and evaluated as stored).
 
     `limit` / `eval_limit` use only the first images of the train / test split (quick runs,
     tests). `device` may name a GPU ("cuda") for speed; the saved weights are on the CPU.
+    `splits` ((train images, labels), (test images, labels), uint8 and int arrays) replaces
+    the Fashion-MNIST files, e.g. images altered on purpose (`evaluation.shortcut` plants
+    marks in them); `limit` / `eval_limit` then apply to those.
     Returns the saved checkpoint's contents except the weights (head, metrics, ...).
     """
     from pytorch_metric_learning import losses, miners
@@ -186,7 +195,7 @@ def train_fmnist(head: str, epochs: int, seed: int, out: Path, data_root: str | 
     if epochs < 1 or batch_size < 2:
         raise SimexplainError("epochs must be >= 1 and batch size >= 2")
     out = Path(out)
-    (train_x, train_y), (test_x, test_y) = _splits(data_root, limit, eval_limit)
+    (train_x, train_y), (test_x, test_y) = _splits(data_root, limit, eval_limit, splits)
     train_images, train_labels = normalize_images(train_x), torch.from_numpy(train_y)
     test_images, test_labels = normalize_images(test_x), torch.from_numpy(test_y)
 

@@ -10,7 +10,8 @@ from simexplain.cli import main
 NUMBER_CI = re.compile(r"(-?\d+\.\d+) \[(-?\d+\.\d+), (-?\d+\.\d+)\]")
 SECTIONS = ["# Benchmarks", "## Summary", "## Pointing game", "## Weakly supervised localisation",
             "## Faithfulness: deletion, insertion, ROAD", "## Correspondence (point-specific maps)",
-            "## Sanity checks: parameter and reference randomisation", "## Interactive retrieval"]
+            "## Sanity checks: parameter and reference randomisation", "## Planted shortcut",
+            "## Interactive retrieval"]
 
 
 def _tables(text):
@@ -56,7 +57,7 @@ def test_eval_all_quick_writes_a_complete_report(tmp_path, capsys):
         assert f"img/benchmarks/{plot}" in text
     data = json.loads((out / "benchmarks.json").read_text())
     assert set(data["results"]) == {"pointing", "localisation", "faithfulness",
-                                    "correspondence", "sanity"}
+                                    "correspondence", "sanity", "shortcut"}
     assert data["meta"]["seed"] == 0 and data["meta"]["quick"] is True
     # the report can be rebuilt from the saved figures alone
     from simexplain.evaluation.suite import render

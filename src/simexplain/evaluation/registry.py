@@ -47,12 +47,16 @@ BENCHMARKS: dict[str, Benchmark] = {
                            "its sketch-to-item Recall@1"),
     "sanity": Benchmark("simexplain.evaluation.sanity",
                         "cascading parameter randomisation and reference randomisation"),
+    "shortcut": Benchmark("simexplain.evaluation.shortcut",
+                          "planted shortcut: do the maps find a class mark a retrained "
+                          "Fashion-MNIST model matches on?"),
     "all": Benchmark("simexplain.evaluation.suite",
                      "every benchmark for every available model; writes BENCHMARKS.md and plots"),
 }
 
 # what `eval all` runs per model, in the report's order (then `interactive`, once)
-SUITE = ("pointing", "localisation", "faithfulness", "correspondence", "sanity", "crossview")
+SUITE = ("pointing", "localisation", "faithfulness", "correspondence", "sanity", "crossview",
+         "shortcut")
 assert set(SUITE) <= set(BENCHMARKS), "every suite benchmark is registered"
 
 

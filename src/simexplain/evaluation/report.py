@@ -420,6 +420,13 @@ def transformer_section(results: dict[str, list[dict]], benchmarks: Sequence[Mod
                     markdown_table(["benchmark", "figure", "model", *shown], table), ""]
 
 
+def _meta_notes(meta: dict) -> list[str]:
+    """The header's lines on skipped models and on sections run apart (added to an earlier
+    run's benchmarks.json, then `render`)."""
+    lines = [f"- Skipped model {model}: {why}" for model, why in meta.get("skipped", {}).items()]
+    return lines + [f"- {note}" for note in meta.get("notes", [])]
+
+
 def write_report(results: dict[str, list[dict]], out: Path, meta: dict, benchmarks: Benchmarks,
                  interactive: dict | None = None, interactive_table: str | None = None,
                  img_subdir: str = "img/benchmarks") -> Path:
@@ -446,8 +453,8 @@ def write_report(results: dict[str, list[dict]], out: Path, meta: dict, benchmar
         f"({'quick mode' if meta.get('quick') else 'full run'}: {meta['runtime_s'] / 60:.1f} "
         f"minutes on {meta.get('machine', 'this machine')}). The quick check is "
         "`simexplain eval all --quick --out DIR`. Each benchmark also runs alone: "
-        "`simexplain eval pointing|localisation|faithfulness|correspondence|sanity|crossview "
-        "--model NAME "
+        "`simexplain eval pointing|localisation|faithfulness|correspondence|sanity|crossview|"
+        "shortcut --model NAME "
         "--method M --out DIR [--json]`.",
         "",
         f"- Seed: {meta['seed']} (every draw is derived from it and the sample's index)",
@@ -455,8 +462,7 @@ def write_report(results: dict[str, list[dict]], out: Path, meta: dict, benchmar
         f"- Methods: {', '.join(meta['methods'])}",
         f"- torch {meta.get('torch')}, {meta.get('threads')} CPU threads, {meta.get('date')}",
     ]
-    for model, why in meta.get("skipped", {}).items():
-        lines.append(f"- Skipped model {model}: {why}")
+    lines += _meta_notes(meta)
     lines += ["", "## Summary", "",
               "Primary figure of each benchmark: the best method (methods with identical "
               "per-sample values are tied, e.g. Grad-CAM and RGrad-CAM under a GAP head), the "

@@ -3,7 +3,8 @@
 Runs pointing, localisation, faithfulness, correspondence and sanity for each benchmark model
 that this installation can load (fmnist-gap, fmnist-gmp, fmnist-vit, efficientnet-lite0,
 facenet; the transformer baselines run on class-token transformers such as fmnist-vit), the
-cross-view benchmark on the two-stream sketch model (fmnist-sketch), then the
+cross-view benchmark on the two-stream sketch model (fmnist-sketch), the planted-shortcut
+benchmark on fmnist-gap's recipe retrained with and without marks (`shortcut`), then the
 interactive-retrieval benchmark (``simexplain.evaluation.interactive``), and writes
 ``BENCHMARKS.md``, ``benchmarks.json`` (all figures, per-sample values included) and the plots
 under ``img/benchmarks/`` into the output folder (default ``docs``).
