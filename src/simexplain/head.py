@@ -245,8 +245,10 @@ def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[st
                 tape, (source, start, out_slot), pooled, offsets, shares, pooled_constant,
                 n_pos, embedding.shape[1], strategy, budget)
             if head is not None:  # a new cache entry: used once it agrees with this path
-                head.checked = _agree((primal, linear, constant),
-                                      head.apply(pooled, shares, pooled_constant))
+                cached = head.apply(pooled, shares, pooled_constant)
+                head.checked = _agree((primal, linear, constant), cached)
+                if head.checked:  # from the first call on: the same bits whatever came before
+                    (primal, linear, constant), mode = cached, "affine, cached"
         scale = float(embedding.abs().max()) + 1e-12
         if not torch.allclose(primal, embedding, rtol=1e-4, atol=1e-5 * scale):
             return None  # the replay is not the model's head
