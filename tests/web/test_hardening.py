@@ -39,6 +39,29 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * 4096 / 2**20
 
 
+def concurrent_uploads(client, files: list[bytes], name: str) -> tuple[list, float, float]:
+    """Upload `files` at once (one thread each) after a small warm-up upload: (responses,
+    the RSS in MB before, its peak during the uploads, sampled every 5 ms)."""
+    client.post("/api/images", files={"file": ("warm.png", palette_png(64, 64, (1, 1, 1)))})
+    base = rss_mb()
+    peak, done = [base], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_mb())
+            time.sleep(0.005)
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        with ThreadPoolExecutor(len(files)) as pool:
+            responses = list(pool.map(
+                lambda data: client.post("/api/images", files={"file": (name, data)}), files))
+    finally:
+        done.set()
+        sampler.join()
+    return responses, base, peak[0]
+
+
 @pytest.fixture(scope="module")
 def app(explainer, samples):
     return create_app(explainer=explainer, samples=samples)
@@ -184,30 +207,13 @@ def test_large_uploads_keep_memory_bounded(app):
     files = [palette_png(side, side, (10 * i, 20, 30)) for i in range(3)]
     assert all(len(f) < 60_000 for f in files)
     with TestClient(app, base_url="http://localhost") as client:
-        client.post("/api/images", files={"file": ("warm.png", palette_png(64, 64, (1, 1, 1)))})
-        base = rss_mb()
-        peak, done = [base], threading.Event()
-
-        def sample():
-            while not done.is_set():
-                peak[0] = max(peak[0], rss_mb())
-                time.sleep(0.005)
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        try:
-            with ThreadPoolExecutor(3) as pool:
-                responses = list(pool.map(
-                    lambda data: client.post("/api/images", files={"file": ("big.png", data)}),
-                    files))
-        finally:
-            done.set()
-            sampler.join()
+        responses, base, peak = concurrent_uploads(client, files, "big.png")
         after = rss_mb()
     assert [r.status_code for r in responses] == [201] * 3
     assert all(r.json()["width"] == STORED_SIDE for r in responses)
     # one decode at a time: a 39.7 Mpx palette image and its RGB expansion, about 200 MB
     # (three at once, as before, would be 600 MB and more)
-    assert peak[0] - base < 400, f"RSS grew by {peak[0] - base:.0f} MB during the uploads"
+    assert peak - base < 400, f"RSS grew by {peak - base:.0f} MB during the uploads"
     assert after - base < 100, f"RSS stayed {after - base:.0f} MB above the baseline"
 
 
@@ -251,27 +257,10 @@ def test_a_16bit_upload_holds_its_real_bytes_and_decodes_in_bounded_memory(app):
     files = [base_file[:-12] + FUZZ._png_chunk(b"tEXt", b"n\x00%d" % i) + base_file[-12:]
              for i in range(2)]
     with TestClient(app, base_url="http://localhost") as client:
-        client.post("/api/images", files={"file": ("warm.png", palette_png(64, 64, (1, 1, 1)))})
-        base = rss_mb()
-        peak, done = [base], threading.Event()
-
-        def sample():
-            while not done.is_set():
-                peak[0] = max(peak[0], rss_mb())
-                time.sleep(0.005)
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        try:
-            with ThreadPoolExecutor(2) as pool:
-                responses = list(pool.map(
-                    lambda data: client.post("/api/images", files={"file": ("g16.png", data)}),
-                    files))
-        finally:
-            done.set()
-            sampler.join()
+        responses, base, peak = concurrent_uploads(client, files, "g16.png")
     assert [r.status_code for r in responses] == [201] * 2, [r.text for r in responses]
     assert all(r.json()["width"] == STORED_SIDE for r in responses)
-    assert peak[0] - base < 350, f"RSS grew by {peak[0] - base:.0f} MB during the uploads"
+    assert peak - base < 350, f"RSS grew by {peak - base:.0f} MB during the uploads"
 
 
 def test_decode_cost_counts_real_bytes():

@@ -49,16 +49,14 @@ def schema() -> Any:
                       ("skipped", pa.string())])
 
 
-class PathColumn(Sequence[str]):
-    """Absolute gallery paths by row, read from a column of paths relative to `root`."""
+class _Column(Sequence[str]):
+    """A read-only column of strings by row (len, int and slice indexing, equality with any
+    sequence): what `PathColumn` and `HashColumn` share. Subclasses give `_row`."""
 
-    def __init__(self, relative: Any, root: str | Path):
-        self.relative = relative  # a pyarrow (chunked) large_string array
-        self.root = Path(root)
-        self._prefix = os.path.join(str(self.root), "")
+    values: Any  # the pyarrow array the rows come from
 
     def __len__(self) -> int:
-        return len(self.relative)
+        return len(self.values)
 
     @overload
     def __getitem__(self, row: int) -> str: ...
@@ -72,6 +70,28 @@ class PathColumn(Sequence[str]):
             return [self[i] for i in range(start, stop, step)]
         if not -len(self) <= row < len(self):
             raise IndexError(f"row {row} of {len(self)}")
+        return self._row(row)
+
+    def _row(self, row: int) -> str:
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+    __hash__ = None  # type: ignore[assignment]  # a mutable-looking sequence, like a list
+
+
+class PathColumn(_Column):
+    """Absolute gallery paths by row, read from a column of paths relative to `root`."""
+
+    def __init__(self, relative: Any, root: str | Path):
+        self.relative = self.values = relative  # a pyarrow (chunked) large_string array
+        self.root = Path(root)
+        self._prefix = os.path.join(str(self.root), "")
+
+    def _row(self, row: int) -> str:
         try:
             return self._prefix + self.relative[row].as_py()
         except UnicodeDecodeError:
@@ -92,13 +112,6 @@ class PathColumn(Sequence[str]):
             for rel in block:
                 yield self._prefix + rel
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Sequence) or isinstance(other, str):
-            return NotImplemented
-        return len(self) == len(other) and all(a == b for a, b in zip(self, other))
-
-    __hash__ = None  # type: ignore[assignment]  # a mutable-looking sequence, like a list
-
 
 def _not_text(rows: str) -> SimexplainError:
     # the one property of every path the load leaves to the read (the sha256 check of
@@ -107,36 +120,15 @@ def _not_text(rows: str) -> SimexplainError:
                            "text; rebuild the index")
 
 
-class HashColumn(Sequence[str]):
+class HashColumn(_Column):
     """Each image's sha256 as hex by row ("" where unknown), from a fixed_size_binary column."""
 
     def __init__(self, digests: Any):
-        self.digests = digests
+        self.digests = self.values = digests
 
-    def __len__(self) -> int:
-        return len(self.digests)
-
-    @overload
-    def __getitem__(self, row: int) -> str: ...
-
-    @overload
-    def __getitem__(self, row: slice) -> list[str]: ...
-
-    def __getitem__(self, row: int | slice) -> str | list[str]:
-        if isinstance(row, slice):
-            start, stop, step = row.indices(len(self))
-            return [self[i] for i in range(start, stop, step)]
-        if not -len(self) <= row < len(self):
-            raise IndexError(f"row {row} of {len(self)}")
+    def _row(self, row: int) -> str:
         value = self.digests[row].as_py()
         return "" if value is None else value.hex()
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Sequence) or isinstance(other, str):
-            return NotImplemented
-        return len(self) == len(other) and all(a == b for a, b in zip(self, other))
-
-    __hash__ = None  # type: ignore[assignment]
 
 
 def relative_column(paths: Sequence[str], root: Path) -> Any:

@@ -106,14 +106,22 @@ class ShardedVectors:
             keep = r[0] >= 0
             scores.append(s[0][keep])
             rows.append(r[0][keep] + offset)
-        all_scores = np.concatenate(scores)
-        all_rows = np.concatenate(rows)
-        best = np.argsort(-all_scores, kind="stable")[:fetch]
-        out_s = np.full((1, fetch), -np.inf, dtype=np.float32)
-        out_r = np.full((1, fetch), -1, dtype=np.int64)
-        out_s[0, :best.size] = all_scores[best]
-        out_r[0, :best.size] = all_rows[best]
-        return out_s, out_r
+        return merge_candidates(scores, rows, fetch)
+
+
+def merge_candidates(scores: list[np.ndarray], rows: list[np.ndarray], fetch: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The `fetch` best of several lists of (score, gallery row) candidates, best first (a
+    stable sort: ties keep the lists' order): (scores, rows), shape (1, fetch), rows -1 where
+    fewer. One merge for the shards of one process and the shard actors of Ray."""
+    all_scores = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+    all_rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    best = np.argsort(-all_scores, kind="stable")[:fetch]
+    out_s = np.full((1, fetch), -np.inf, dtype=np.float32)
+    out_r = np.full((1, fetch), -1, dtype=np.int64)
+    out_s[0, :best.size] = all_scores[best]
+    out_r[0, :best.size] = all_rows[best]
+    return out_s, out_r
 
 
 def build(rows: Callable[[int, int], np.ndarray], count: int, dim: int, params: dict,

@@ -26,7 +26,7 @@ import numpy as np
 from .. import similarity as similarities
 from ..errors import SimexplainError
 from .basics import finite_rows, require_faiss
-from .compressed import ShardedVectors, shard_bounds
+from .compressed import ShardedVectors, merge_candidates, shard_bounds
 from .manifest import EMBEDDINGS, damaged
 
 MAX_RESTARTS = 4  # restarts of one shard actor before its queries fail
@@ -125,14 +125,7 @@ class RayShards:
         """Fan out, then merge as `ShardedVectors.search` does (groups in shard order)."""
         replies = self._get([a.candidates.remote(query, fetch, self.nprobe)
                              for a in self.actors])
-        all_scores = np.concatenate([s for s, _ in replies])
-        all_rows = np.concatenate([r for _, r in replies])
-        best = np.argsort(-all_scores, kind="stable")[:fetch]
-        out_s = np.full((1, fetch), -np.inf, dtype=np.float32)
-        out_r = np.full((1, fetch), -1, dtype=np.int64)
-        out_s[0, :best.size] = all_scores[best]
-        out_r[0, :best.size] = all_rows[best]
-        return out_s, out_r
+        return merge_candidates([s for s, _ in replies], [r for _, r in replies], fetch)
 
     def exact_scores(self, vector: np.ndarray, rows: np.ndarray, embedding: np.ndarray | None
                      ) -> tuple[np.ndarray, np.ndarray | None]:
