@@ -1,6 +1,8 @@
 """The planted-shortcut benchmark on a tiny setting: marks, the control, the measurements."""
 
 import json
+from collections import Counter
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -169,6 +171,7 @@ def test_benchmark_json_and_table_shape(result, tmp_path):
     section = report.benchmark_section(shortcut, [result])
     assert "mass on the mark" in section and "Recall@1" in section
     assert "Detection AUROC" in section and "of top-1 similarity" in section
+    assert "Recurring cross-view patterns" in section and "pattern strength" in section
 
 
 def test_audit_part_shape(result):
@@ -179,7 +182,58 @@ def test_audit_part_shape(result):
         assert all(name.endswith(f"mark{m}.png") for name, m in zip(a["queries"], a["marks"]))
         assert set(a["marks_named"]) <= set(range(10))
     assert 0 <= audited["auroc"]["mean"] <= 1 and audited["auroc"]["n"] == 6
+    assert 0 <= audited["pattern_auroc"]["mean"] <= 1 and audited["pattern_auroc"]["n"] == 6
     assert audited["models"]["shortcut"]["queries"] == audited["models"]["control"]["queries"]
+    for a in audited["models"].values():
+        assert len(a["pattern_pairs_at_marks"]) == 10 and len(a["pattern_share_top1"]) == 6
+        assert all(0 <= v <= 1 for v in a["pattern_pairs_at_marks"] + a["pattern_share_top1"])
+        for place in a["recurring"]:
+            on_a_mark = place["cell_query"] == place["cell_hit"] and \
+                tuple(place["cell_query"]) in shortcut.MARK_CELLS
+            assert (place["mark"] is not None) == on_a_mark
+            if on_a_mark:
+                assert shortcut.MARK_CELLS[place["mark"]] == tuple(place["cell_query"])
+
+
+def _pattern(cell_a, cell_b, strength):
+    return SimpleNamespace(cell_a=cell_a, cell_b=cell_b, strength=strength)
+
+
+def test_mark_cell_is_the_mark_on_any_grid():
+    assert [shortcut.mark_cell(c, (7, 7)) for c in range(10)] == list(shortcut.MARK_CELLS)
+    assert shortcut.mark_cell(9, (14, 14)) == (13, 3)  # pixels 24..28 x 4..8, centre (26, 6)
+
+
+def test_pattern_share_in_cell_by_hand():
+    patterns = [_pattern((0, 0), (0, 0), 0.3), _pattern((2, 1), (0, 0), 0.1),
+                _pattern((0, 0), (5, 5), 0.1)]
+    assert shortcut.pattern_share_in_cell(patterns, (0, 0)) == pytest.approx(0.4 / 0.5)
+    assert shortcut.pattern_share_in_cell(patterns, (2, 1)) == pytest.approx(0.2)
+    assert shortcut.pattern_share_in_cell(patterns, (6, 6)) == 0.0
+    assert shortcut.pattern_share_in_cell([], (0, 0)) == 0.0
+
+
+def test_pattern_measures_count_places_and_top1_pairs():
+    """A stand-in audit: 4 pairs; patterns on mark 2's cell (2, 0) in 3, on mark 0's (0, 0) in
+    1, one place that is a mark cell on one side only, and the top-1 pairs' own patterns."""
+    records = [SimpleNamespace(query="q0-mark2", rank=1), SimpleNamespace(query="q0-mark2", rank=2),
+               SimpleNamespace(query="q1-mark0", rank=1), SimpleNamespace(query="q1-mark0", rank=2)]
+    counts = Counter({((2, 0), (2, 0)): 3, ((0, 0), (0, 0)): 1, ((1, 0), (2, 0)): 2,
+                      ((3, 3), (3, 3)): 4})
+    recurring = [{"cell_query": list(a), "cell_hit": list(b), "pairs": v, "fraction": v / 4}
+                 for (a, b), v in counts.most_common()]
+    own = {"q0-mark2": [_pattern((2, 0), (2, 0), 0.2), _pattern((3, 3), (3, 3), 0.6)],
+           "q1-mark0": [_pattern((3, 3), (3, 3), 0.5)]}
+    grid_side = SimpleNamespace(grid=(7, 7))
+    fake = SimpleNamespace(
+        pairs=records, grid=(7, 7), pattern_counts=counts, recurring=recurring,
+        explain_pair=lambda r: SimpleNamespace(a=grid_side,
+                                               patterns=lambda k: own[r.query][:k]))
+    out = shortcut.pattern_measures(fake, {"q0-mark2": 2, "q1-mark0": 0},
+                                    ["q1-mark0", "q0-mark2"])
+    assert out["pattern_pairs_at_marks"] == [0.25, 0, 0.75, 0, 0, 0, 0, 0, 0, 0]
+    assert [r["mark"] for r in out["recurring"]] == [None, 2, None, 0]
+    assert out["pattern_share_top1"] == [0.0, pytest.approx(0.25)]
 
 
 def test_mark_regions_and_named_marks():

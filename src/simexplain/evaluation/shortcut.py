@@ -49,6 +49,7 @@ from .report import compare, methods_of
 from .tables import fmt, fmt_plain, markdown_table
 
 if TYPE_CHECKING:
+    from ..audit.result import Audit
     from ..explainer import Explainer
     from .composites import Box
 
@@ -60,6 +61,7 @@ DEFAULT_SAMPLES = {"fmnist-gap": 200}
 QUICK_SAMPLES = 20
 SIZE = 28  # Fashion-MNIST items, a 7x7 feature grid: one cell is 4x4 pixels
 MARK = 4  # side of the mark in pixels: exactly one feature cell
+CELLS = SIZE // MARK  # the feature grid's side
 MARK_VALUE = 255
 BACKGROUND = 0  # Fashion-MNIST's background
 MARKED_SHARE = 0.9
@@ -342,6 +344,7 @@ class AuditSetting:
 
 FULL_AUDIT = AuditSetting()
 QUICK_AUDIT = AuditSetting(gallery=150, queries=20)
+PATTERNS = 3  # cross-view patterns per pair, counted by the audit (its default)
 
 
 def mark_regions() -> dict[str, tuple[float, float, float, float]]:
@@ -382,7 +385,7 @@ def audit_model(explainer: Explainer, gallery: Path, queries: Path, setting: Aud
     index = Index.build(gallery, explainer, model_name=explainer.model_name, progress=False,
                         explain=True)
     result = audit(index, queries=queries, k=setting.k, regions=mark_regions(),
-                   progress=show_progress, max_findings=len(MARK_CELLS))
+                   progress=show_progress, max_findings=len(MARK_CELLS), patterns=PATTERNS)
     both, query_side = result.region_shares, result.region_shares_query
     per_query: dict[str, dict] = {}
     for i, pair in enumerate(result.pairs):
@@ -402,7 +405,44 @@ def audit_model(explainer: Explainer, gallery: Path, queries: Path, setting: Aud
             "share_topk": [float(np.nanmean(per_query[q]["both"])) for q in names],
             "share_topk_query": [float(np.nanmean(per_query[q]["query"])) for q in names],
             "top1_is_mark_class": [per_query[q]["top1_mark_class"] for q in names],
-            "findings": [f.to_dict() for f in result.findings], "seconds": result.seconds}
+            "findings": [f.to_dict() for f in result.findings], "seconds": result.seconds,
+            **pattern_measures(result, {q: per_query[q]["mark"] for q in names}, names)}
+
+
+def mark_cell(mark_class: int, grid: tuple[int, int]) -> tuple[int, int]:
+    """The cell of a (rows, cols) grid over the image that holds the centre of a class's mark."""
+    top, left, bottom, right = mark_box(mark_class)
+    return (int((top + bottom) / 2 / SIZE * grid[0]), int((left + right) / 2 / SIZE * grid[1]))
+
+
+def pattern_share_in_cell(patterns: Sequence, cell: tuple[int, int]) -> float:
+    """The share of the patterns' total strength carried by those whose query point (side a)
+    lies in `cell` of a's feature grid; 0 for a pair without patterns."""
+    total = sum(p.strength for p in patterns)
+    on = sum(p.strength for p in patterns if tuple(p.cell_a) == tuple(cell))
+    return on / total if total > 0 else 0.0
+
+
+def pattern_measures(result: Audit, marks: dict[str, int], queries: Sequence[str]) -> dict:
+    """What the audit's recurring cross-view patterns say about the marks: per mark class,
+    the fraction of pairs with a pattern joining the mark's cell of the query to the same cell
+    of the hit (`Audit.pattern_counts` holds at most one pattern per pair and place: the
+    patterns' spread keeps two of one pair at least a cell apart); the top recurring places,
+    each with the mark whose cell it is on both sides (None: no mark's); and per query, the
+    share of its top-1 pair's pattern strength whose query point is on the query's mark."""
+    n = max(len(result.pairs), 1)
+    cells = {mark_cell(c, result.grid): c for c in range(len(MARK_CELLS))}
+    at_marks = [result.pattern_counts.get((cell, cell), 0) / n for cell in cells]
+    recurring = [{**r, "mark": cells.get(tuple(r["cell_query"]))
+                  if r["cell_query"] == r["cell_hit"] else None} for r in result.recurring]
+    share = {}
+    for record in result.pairs:
+        if record.rank == 1:
+            pair = result.explain_pair(record)
+            share[record.query] = pattern_share_in_cell(
+                pair.patterns(k=PATTERNS), mark_cell(marks[record.query], pair.a.grid))
+    return {"pattern_pairs_at_marks": at_marks, "recurring": recurring,
+            "pattern_share_top1": [share[q] for q in queries]}
 
 
 def marks_named(findings: Sequence[dict]) -> list[int]:
@@ -449,14 +489,21 @@ def audit_part(models: dict, setting: AuditSetting, seed: int, show_progress: bo
     for a in audited.values():
         a["marks_named"] = marks_named(a["findings"])
         a["false_findings"] = sum(1 for f in a["findings"] if not marks_named([f]))
-    s, c = (np.asarray(audited[n]["share_top1"]) for n in ("shortcut", "control"))
+    return {"setting": asdict(setting), "marks_used": used, "models": audited,
+            "auroc": auroc_ci(audited, "share_top1", seed),
+            "pattern_auroc": auroc_ci(audited, "pattern_share_top1", seed)}
+
+
+def auroc_ci(audited: dict, measure: str, seed: int) -> dict:
+    """The detection AUROC of a per-query measure, shortcut model against control, with a
+    bootstrap interval over queries (both models' values resampled together)."""
+    s, c = (np.asarray(audited[n][measure], dtype=np.float64) for n in ("shortcut", "control"))
     idx = np.random.default_rng(seed).integers(0, len(s), (BOOTSTRAP, len(s)))
-    boots = [auroc(s[i], c[i]) for i in idx]  # queries resampled, both models' values together
+    boots = [auroc(s[i], c[i]) for i in idx]
     value = auroc(s, c)
     lo, hi = np.nanquantile(boots, [0.025, 0.975])
-    return {"setting": asdict(setting), "marks_used": used, "models": audited,
-            "auroc": {"mean": value, "lo": float(min(lo, value)), "hi": float(max(hi, value)),
-                      "n": int(len(s))}}
+    return {"mean": value, "lo": float(min(lo, value)), "hi": float(max(hi, value)),
+            "n": int(len(s))}
 
 
 # -- the benchmark -----------------------------------------------------------------------------
@@ -650,7 +697,46 @@ def audit_lines(audited: dict) -> list[str]:
     if s["findings"]:
         first = s["findings"][0]["sentence"]
         lines.append(f"Its first finding on the shortcut model: \"{first}\".")
+    if "pattern_auroc" in audited:
+        lines += ["", *pattern_lines(audited)]
     return lines
+
+
+def pattern_lines(audited: dict) -> list[str]:
+    """The audit's recurring cross-view patterns against the marks, in words."""
+    models = audited["models"]
+
+    def places(a: dict) -> str:
+        if not a["recurring"]:
+            return "no place recurs"
+        at = [r for r in a["recurring"] if r["mark"] is not None]
+        where = "".join(f", mark {r['mark']} ({r['fraction']:.0%} of the pairs)" for r in at)
+        first = a["recurring"][0]
+        return (f"{len(at)} of its top {len(a['recurring'])} places are a mark's cell on both "
+                f"sides{where}; the most frequent, {_cells(first)}, in "
+                f"{first['fraction']:.0%} of the pairs")
+
+    def at_marks(a: dict) -> str:
+        return ", ".join(f"{v:.0%}" for v in a["pattern_pairs_at_marks"])
+
+    return [
+        f"Recurring cross-view patterns ({PATTERNS} mutual best matches of the point maps per "
+        f"pair, counted by their (query cell, hit cell) on the {CELLS}x{CELLS} grid): on the "
+        f"shortcut model "
+        f"{places(models['shortcut'])}; on the control model {places(models['control'])}.",
+        f"Pairs with a pattern joining a mark's cell of the query to the same cell of the hit, "
+        f"marks 0-9: shortcut {at_marks(models['shortcut'])}; control "
+        f"{at_marks(models['control'])} (were the {PATTERNS} patterns of a pair spread by area, "
+        f"a given cell would hold one in {PATTERNS / CELLS ** 2:.0%} of the pairs).",
+        f"Per query, the share of the top-1 pair's pattern strength on the query's own mark: "
+        f"shortcut {float(np.mean(models['shortcut']['pattern_share_top1'])):.1%}, control "
+        f"{float(np.mean(models['control']['pattern_share_top1'])):.1%}; detection AUROC "
+        f"{fmt(audited['pattern_auroc'])}.",
+    ]
+
+
+def _cells(place: dict) -> str:
+    return f"query cell {tuple(place['cell_query'])}, hit cell {tuple(place['cell_hit'])}"
 
 
 def brief_lines(results: list[dict]) -> list[str]:
