@@ -503,3 +503,54 @@ def test_gallery_files_that_went_missing_or_out_of_the_gallery_are_left_out(tmp_
     assert not used & {"img_3.png", "img_5.png"}
     assert len(after.pairs) == 6 * 5  # six readable queries, each with its five readable hits
     assert json.loads(after.to_json())["stale"].keys() == after.stale.keys()
+
+
+# -- method="occlusion": each cell's erase drop in place of the decomposition's overall maps -----
+def erase_drops(model: Planted, explainer: Explainer, query: str, hit: str) -> np.ndarray:
+    """(2, GRID, GRID) by hand: for each side and cell, the cosine of the pair minus the cosine
+    once that cell's 4 x 4 pixels are set to 0 in the model's input (the occlusion's fill)."""
+    x = [explainer.prepare(path, "a").tensor for path in (query, hit)]
+    step = SIDE // GRID
+    with torch.no_grad():
+        e = [model(t)[0].double() for t in x]
+        s = float(e[0] @ e[1])
+        drops = np.zeros((2, GRID, GRID))
+        for side in (0, 1):
+            for r in range(GRID):
+                for c in range(GRID):
+                    erased = x[side].clone()
+                    erased[..., r * step:(r + 1) * step, c * step:(c + 1) * step] = 0
+                    drops[side, r, c] = s - float(model(erased)[0].double() @ e[1 - side])
+    return drops
+
+
+def test_occlusion_maps_equal_erasing_each_cell_by_hand(indexes, gallery):
+    index = indexes[30.0]
+    query, hit = str(gallery / "img_03.png"), str(gallery / "img_11.png")
+    result = audit(index, pairs=[(query, hit)], regions={"c": CORNER}, method="occlusion",
+                   batch_size=5, progress=False)
+    drops = erase_drops(index.explainer.stream_a.model, index.explainer, query, hit)
+    maps = result.mean_maps  # one pair: its own maps (grid 8 x 8 = the feature grid)
+    np.testing.assert_allclose(maps["overall_query"], drops[0], atol=1e-5)
+    np.testing.assert_allclose(maps["overall_hit"], drops[1], atol=1e-5)
+    corner = drops[:, :2, :2].sum()
+    total = np.clip(drops, 0, None).sum()  # D: the summed positive drops (both sides)
+    assert result.region_shares["c"][0] == pytest.approx(corner / total, rel=1e-4)
+    assert result.to_dict()["method"] == "occlusion"
+    # the decomposition's own numbers stay: the score, and the joint share is of it
+    assert result.pairs[0].score == pytest.approx(
+        audit(index, pairs=[(query, hit)], progress=False).pairs[0].score)
+
+
+def test_occlusion_findings_name_the_planted_corner_and_nothing_on_the_control(indexes):
+    hot = audit(indexes[30.0], k=3, sample=20, method="occlusion", progress=False)
+    assert hot.findings, "occlusion did not find the planted corner"
+    top, left, bottom, right = hot.findings[0].box
+    assert bottom <= 0.25 + 1e-9 and right <= 0.25 + 1e-9
+    assert audit(indexes[1.0], k=3, sample=20, method="occlusion", progress=False
+                 ).findings == []
+
+
+def test_an_unknown_audit_method_is_refused(indexes):
+    with pytest.raises(SimexplainError, match="unknown audit method 'gradcam'.*occlusion"):
+        audit(indexes[1.0], k=1, sample=1, method="gradcam", progress=False)

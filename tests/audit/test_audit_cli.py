@@ -155,3 +155,27 @@ def test_pairs_file_missing_or_with_queries_exits_2(fmnist_index, tmp_path, caps
         main(["audit", "--index", str(fmnist_index / "index"), "--pairs", "p.txt",
               "--queries", "q.png"])
     assert exc.value.code == 2 and "not allowed with" in capsys.readouterr().err
+
+
+def test_audit_by_occlusion_end_to_end(fmnist_index, tmp_path, capsys):
+    capsys.readouterr()
+    out = tmp_path / "report"
+    assert main(["audit", "--index", str(fmnist_index / "index"), "--sample", "4", "-k", "2",
+                 "--region", "centre=0.25,0.25,0.75,0.75", "--method", "occlusion",
+                 "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "audited 8 pairs (4 queries x top-2) by occlusion" in printed
+    written = json.loads((out / "result.json").read_text())
+    assert written["method"] == "occlusion" and written["pairs"] == 8
+    assert len(written["mean_maps"]["overall_query"]) == 7  # the feature grid, 7 x 7
+    centre = written["regions"]["centre"]
+    assert len(centre["shares"]) == 8 and 0 < centre["aggregate_share"] < 1
+    assert (out / "index.html").is_file()
+
+
+def test_an_unknown_method_is_a_one_line_error(fmnist_index, capsys):
+    capsys.readouterr()
+    assert main(["audit", "--index", str(fmnist_index / "index"), "--method", "erase",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown audit method 'erase'" in err and len(err.splitlines()) == 1

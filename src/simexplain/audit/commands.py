@@ -58,6 +58,10 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="NAME=TOP,LEFT,BOTTOM,RIGHT",
                         help="a named box in relative coordinates of the image (0..1), e.g. "
                              "corner=0,0,0.15,0.15; repeatable")
+    parser.add_argument("--method", default="decomposition",
+                        help="each pair's per-side maps: decomposition (exact overall maps, "
+                             "default) or occlusion (the drop of the pair's score when each "
+                             "feature cell is erased: one forward per cell and side)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", help="write the report here (index.html, PNGs, result.json); "
                                       "an existing folder must be empty or an earlier report")
@@ -68,7 +72,9 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from .report import check_out
+    from .result import check_method
     _check_numbers(args)
+    check_method(args.method)
     out = Path(args.out) if args.out else None
     if out is not None:
         check_out(out)  # before any work: a bad --out is refused at once
@@ -82,7 +88,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from .run import audit
     result = audit(index, queries=queries, k=args.k, regions=regions, sample=args.sample,
                    seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
-                   pairs=pairs)
+                   pairs=pairs, method=args.method)
     page = result.write_report(out, progress=not args.quiet) if out is not None else None
     for path, why in result.stale.items():
         print(f"simexplain: warning: {path}: {why} (left out)", file=sys.stderr)
@@ -146,7 +152,8 @@ def _index(args: argparse.Namespace):
 def _print_summary(result) -> None:
     how = (f"given, {result.queries} distinct queries" if result.given
            else f"{result.queries} queries x top-{result.k}")
-    print(f"audited {len(result.pairs)} pairs ({how}) in {result.seconds:.1f} s")
+    print(f"audited {len(result.pairs)} pairs ({how}) by {result.method} in "
+          f"{result.seconds:.1f} s")
     if result.findings:
         print("findings:")
         for finding in result.findings:

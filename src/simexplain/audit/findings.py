@@ -184,7 +184,7 @@ def find(result: Audit, tally: BoxTally, min_pairs: float = MIN_PAIRS,
     n = len(result.pairs)
     if n == 0:
         return []
-    total = float(result.scores.sum())
+    total = float(result.totals.sum())
     per_side = {}
     for side in ("query", "hit"):
         hot_count = tally.hot_count[side]

@@ -20,6 +20,17 @@ five amounts per named region, the distribution over pairs that the shares repor
 else has a size set by the grid, the regions and `max_area`, never by the number of pairs or the
 gallery (docs/audit.md, "Memory").
 For a distance (squared Euclidean) the shares are shares of the distance d^2.
+
+With `method="occlusion"` (an input-level counterfactual) each side's map is instead the occlusion
+method's (`methods.Occlusion`): the drop of the pair's closeness when that cell's pixels are
+erased. Those maps feed the same sums, shares and findings, with the pair's total drop
+D = (D_query + D_hit) / 2 in the place of s, D_side = sum_p max(drop_p, 0) the side's summed
+positive drops: occlusion shares are shares of the summed drops, not exact partial scores (the
+drops of single cells need not add up to the score, and erasing a cell can raise the score: the
+signed sum can be near zero, which would make shares meaningless). Relative maps, joint shares
+and cross-view patterns stay the decomposition's, as in the default mode. Cost: one forward per
+feature cell and side plus two (docs/audit.md), batched; memory per pair is the
+batch of erased inputs, still bounded by the grid, not the gallery.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from .. import maps
+from ..errors import SimexplainError
 from ..files import json_default
 from . import regions as regionlib
 from .findings import SCORE_FLOOR, BoxTally, Finding, check_options, find
@@ -75,6 +87,9 @@ class RegionSums:
     joint: array = field(default_factory=lambda: array("d"))  # w_a^T D w_b
 
 
+METHODS = ("decomposition", "occlusion")  # where an audit's per-side maps come from
+
+
 @dataclass
 class Audit:
     """Where similarity comes from over many (query, hit) pairs (see the module docstring).
@@ -112,6 +127,11 @@ class Audit:
     stale: dict[str, str] = field(default_factory=dict)
     # `max_area`, `min_share`, `min_ratio`, `min_pairs`, `max_findings` of `findings.find`
     finding_options: dict[str, float] = field(default_factory=dict)
+    # "decomposition": the exact overall maps; "occlusion": each cell's erase drop (`add`'s
+    # `side_maps`)
+    method: str = "decomposition"
+    # occlusion: each pair's total drop D (the mean of its two sides' summed positive drops)
+    drop_totals: array = field(default_factory=lambda: array("d"))
     tally: BoxTally = field(init=False, repr=False, compare=False)
     # PairRecord -> its PairExplanation again, for the report's figures: set by `audit` (it
     # holds the index and its model); None: the report has no pair figures
@@ -119,6 +139,7 @@ class Audit:
 
     def __post_init__(self):
         self.regions = regionlib.check_regions(self.regions)
+        check_method(self.method)
         self.grid = (int(self.grid[0]), int(self.grid[1]))
         for name in self.regions:
             self.sums.setdefault(name, RegionSums())
@@ -129,34 +150,47 @@ class Audit:
         self.tally = BoxTally(self.grid, **tally_options)
 
     # -- gathering -------------------------------------------------------------------------------
-    def add(self, pair: PairExplanation, record: PairRecord, patterns: int = 3) -> None:
-        """Add one explained pair (query = side a, hit = side b)."""
+    def add(self, pair: PairExplanation, record: PairRecord, patterns: int = 3,
+            side_maps: tuple[Any, Any] | None = None) -> None:
+        """Add one explained pair (query = side a, hit = side b). `side_maps`: the (query, hit)
+        maps on the pair's feature grids that replace its overall maps (method "occlusion":
+        required; "decomposition": not given)."""
+        if (side_maps is None) != (self.method == "decomposition"):
+            need = "needs" if side_maps is None else "takes no"
+            raise SimexplainError(f"an audit by {self.method} {need} side_maps with each pair")
+        if side_maps is None:
+            side_maps = (pair.overall_a, pair.overall_b)
+        flat = [m.detach().double().cpu().reshape(-1) for m in side_maps]
         self.pairs.append(record)
         self.input_sizes.update({pair.a.input_size, pair.b.input_size})
+        if self.method != "decomposition":
+            self.drop_totals.append(float(flat[0].clamp_min(0).sum()
+                                          + flat[1].clamp_min(0).sum()) / 2)
         on_grid = {}
-        for side, o_map, r_map in (("query", pair.overall_a, pair.relative_a),
-                                   ("hit", pair.overall_b, pair.relative_b)):
-            overall = o_map.detach().double().cpu()
+        for side, here, o_map, r_map in (("query", pair.a, side_maps[0], pair.relative_a),
+                                         ("hit", pair.b, side_maps[1], pair.relative_b)):
+            overall = o_map.detach().double().cpu().reshape(here.grid)
             on_grid[side] = maps.resample(overall, self.grid)
             self.overall_sums[side] += on_grid[side]
             self.relative_sums[side] += maps.resample(r_map, self.grid)
             self.positive_totals[side].append(float(overall.clamp_min(0).sum()))
-        self.tally.add(on_grid, record.score, len(self.pairs) - 1)
+        self.tally.add(on_grid, float(self.totals[-1]), len(self.pairs) - 1)
         for name, box in self.regions.items():
-            self._add_region(pair, self.sums[name], box)
+            self._add_region(pair, flat, self.sums[name], box)
         if patterns:
             self._add_patterns(pair, patterns)
 
-    def _add_region(self, pair: PairExplanation, sums: RegionSums,
+    def _add_region(self, pair: PairExplanation, flat: list, sums: RegionSums,
                     box: regionlib.RelativeBox) -> None:
+        """`flat`: the pair's (query, hit) maps, flattened, float64 on the CPU."""
         weights = {}
         for side, here, overall, partial, positive in (
-                ("a", pair.a, pair.overall_a_flat, sums.partial_query, sums.positive_query),
-                ("b", pair.b, pair.overall_b_flat, sums.partial_hit, sums.positive_hit)):
-            w = regionlib.grid_weights(box, here.grid).to(overall.device)
+                ("a", pair.a, flat[0], sums.partial_query, sums.positive_query),
+                ("b", pair.b, flat[1], sums.partial_hit, sums.positive_hit)):
+            w = regionlib.grid_weights(box, here.grid).double()
             weights[side] = w
-            partial.append(float(w @ overall.double()))
-            positive.append(float(w @ overall.double().clamp_min(0)))
+            partial.append(float(w @ overall))
+            positive.append(float(w @ overall.clamp_min(0)))
         # w_a^T D w_b = D(sum_p w_p u_p, sum_q w_q v_q): D is bilinear in (u, v)
         u = (weights["a"].to(pair.a.contributions.device) @ pair.a.contributions.double())
         v = (weights["b"].to(pair.b.contributions.device) @ pair.b.contributions.double())
@@ -194,8 +228,17 @@ class Audit:
         """(n_pairs,) each pair's score s (the model's own)."""
         return np.array([p.score for p in self.pairs], dtype=np.float64)
 
-    def _share(self, amounts: Sequence[float] | np.ndarray, scale: float = 1.0) -> np.ndarray:
-        s = self.scores
+    @property
+    def totals(self) -> np.ndarray:
+        """(n_pairs,) what shares are shares of: the score s (decomposition), or the pair's
+        total drop D, the mean of its two sides' summed positive drops (occlusion)."""
+        if self.method == "decomposition":
+            return self.scores
+        return np.array(self.drop_totals, dtype=np.float64)
+
+    def _share(self, amounts: Sequence[float] | np.ndarray, scale: float = 1.0,
+               of_score: bool = False) -> np.ndarray:
+        s = self.scores if of_score else self.totals
         with np.errstate(divide="ignore", invalid="ignore"):
             out = np.asarray(amounts, dtype=np.float64) / (scale * s)
         out[np.abs(s) < SCORE_FLOOR] = np.nan
@@ -222,7 +265,7 @@ class Audit:
     def region_joint_shares(self) -> dict[str, np.ndarray]:
         """name -> (n_pairs,) w_a^T D w_b / s: the region of the query with the region of the
         hit."""
-        return {name: self._share(r.joint) for name, r in self.sums.items()}
+        return {name: self._share(r.joint, of_score=True) for name, r in self.sums.items()}
 
     @property
     def region_positive_shares(self) -> dict[str, np.ndarray]:
@@ -243,7 +286,7 @@ class Audit:
         """sum over pairs of s_R (both sides, halved) / sum of s: the share of all the audited
         similarity the region carries (robust to single pairs of small score)."""
         r = self.sums[name]
-        total = float(self.scores.sum())
+        total = float(self.totals.sum())
         carried = float(np.sum(r.partial_query) + np.sum(r.partial_hit)) / 2
         return carried / total if abs(total) > SCORE_FLOOR else float("nan")
 
@@ -259,7 +302,7 @@ class Audit:
         of all the audited similarity each cell carries (sum of O / sum of s), to compare with
         the area share 1 / (G x G) of a cell."""
         n = max(len(self.pairs), 1)
-        total = float(self.scores.sum()) or 1.0
+        total = float(self.totals.sum()) or 1.0
         out = {}
         for side in SIDES:
             summed = self.overall_sums[side]
@@ -318,7 +361,8 @@ class Audit:
                 "positive_shares": _floats(self.region_positive_shares[name]),
             }
         return {
-            "kind": "simexplain audit", "model": self.model, "index": self.index,
+            "kind": "simexplain audit", "method": self.method, "model": self.model,
+            "index": self.index,
             "similarity": self.similarity, "k": self.k,
             "given_pairs": self.given, "queries": self.queries,
             "stale": self.stale,
@@ -341,6 +385,14 @@ class Audit:
         audit's report."""
         from .report import write_report
         return write_report(self, Path(folder), figures=figures, progress=progress)
+
+
+def check_method(method: str) -> str:
+    """`method` if it is one of METHODS, else a one-line SimexplainError."""
+    if method not in METHODS:
+        raise SimexplainError(f"unknown audit method {method!r}; choose one of "
+                              f"{', '.join(METHODS)}")
+    return method
 
 
 def _floats(values: np.ndarray) -> list[float | None]:

@@ -18,10 +18,11 @@ from ..files import image_files
 from . import regions as regionlib
 from .findings import check_options
 from .given import check_pairs
-from .result import Audit, PairRecord
+from .result import Audit, PairRecord, check_method
 
 if TYPE_CHECKING:
     from ..explanation import Side
+    from ..methods import Method
     from ..retrieval.index import Index
 
 DEFAULT_SAMPLE = 100
@@ -32,7 +33,7 @@ def audit(index: Index | str | Path, queries: Sequence[str | Path] | str | Path 
           sample: int = DEFAULT_SAMPLE, seed: int = 0, batch_size: int = 32,
           progress: bool = True, grid: tuple[int, int] | None = None, patterns: int = 3,
           pairs: Sequence[tuple[str | Path, str | Path]] | None = None,
-          **finding_options: float) -> Audit:
+          method: str = "decomposition", **finding_options: float) -> Audit:
     """Audit where similarity comes from over an index's searches.
 
     index: an `Index` with its query model attached (any kind, sharded, Ray-built or
@@ -47,6 +48,10 @@ def audit(index: Index | str | Path, queries: Sequence[str | Path] | str | Path 
     pairs: (query image, hit image) pairs to audit instead of searching (no `queries`; `k`
         and `sample` unused): exactly these pairs, query = side a. Images of the gallery (the
         same absolute path) are explained from the explain cache when the index has one.
+    method: where each pair's per-side maps come from: "decomposition" (the exact overall
+        maps) or "occlusion" (`methods.Occlusion`: the drop of the pair's closeness when each
+        feature cell's pixels are erased; one forward per cell and side, batched by
+        `batch_size`; shares are then shares of the summed drops, see `result`).
     finding_options: `max_area`, `min_share`, `min_ratio`, `min_pairs`, `max_findings` of
         `simexplain.audit.findings.find`.
 
@@ -62,6 +67,7 @@ def audit(index: Index | str | Path, queries: Sequence[str | Path] | str | Path 
     if batch_size < 1:
         raise SimexplainError(f"batch_size must be >= 1, got {batch_size}")
     check_options(finding_options)
+    occlusion = _occlusion(check_method(method), batch_size)
     checked = regionlib.check_regions(regions)
 
     def start(side: Side) -> Audit:  # the first side gives the grid
@@ -69,17 +75,17 @@ def audit(index: Index | str | Path, queries: Sequence[str | Path] | str | Path 
                      similarity=index.similarity.name,
                      lower_is_better=index.similarity.lower_is_better, model=index.model_name,
                      index=_where(index), given=pairs is not None,
-                     finding_options=dict(finding_options))
+                     finding_options=dict(finding_options), method=method)
 
     stale: dict[str, str] = {}  # gallery file -> why it was left out (changed files are used)
     if pairs is not None:
         if queries is not None:
             raise SimexplainError("give queries or pairs, not both")
         result = _audit_pairs(index, check_pairs(pairs), start, batch_size, patterns, progress,
-                              stale)
+                              stale, occlusion)
     else:
         result = _audit_queries(index, _queries(index, queries, sample, seed), start, k,
-                                batch_size, patterns, progress, stale)
+                                batch_size, patterns, progress, stale, occlusion)
     result.stale = stale
     result.seconds = time.perf_counter() - started
     result.explain_pair = lambda record: _explain(index, record)
@@ -88,14 +94,15 @@ def audit(index: Index | str | Path, queries: Sequence[str | Path] | str | Path 
 
 def _audit_queries(index: Index, chosen: list[tuple[str, int | None]],
                    start: Callable[[Side], Audit], k: int, batch_size: int, patterns: int,
-                   progress: bool, stale: dict[str, str]) -> Audit:
+                   progress: bool, stale: dict[str, str], occlusion: Method | None) -> Audit:
     result: Audit | None = None
     bar = tqdm(total=len(chosen), desc="auditing", unit="query", disable=not progress)
     for name, row, side in _query_sides(index, chosen, batch_size, stale):
         if side is not None:
             if result is None:
                 result = start(side)
-            _audit_query(index, result, name, row, side, k, batch_size, patterns, stale)
+            _audit_query(index, result, name, row, side, k, batch_size, patterns, stale,
+                         occlusion)
         bar.update(1)
     bar.close()
     if result is None:
@@ -106,8 +113,8 @@ def _audit_queries(index: Index, chosen: list[tuple[str, int | None]],
 
 
 def _audit_pairs(index: Index, pairs: list[tuple[str, str]], start: Callable[[Side], Audit],
-                 batch_size: int, patterns: int, progress: bool, stale: dict[str, str]
-                 ) -> Audit:
+                 batch_size: int, patterns: int, progress: bool, stale: dict[str, str],
+                 occlusion: Method | None) -> Audit:
     """Exactly the given pairs, a batch at a time: no search, rank 0."""
     from ..explanation import PairExplanation
     similarity = index._require_explainer().similarity
@@ -128,8 +135,11 @@ def _audit_pairs(index: Index, pairs: list[tuple[str, str]], start: Callable[[Si
                 result = start(side_a)
             pair = PairExplanation.from_sides(side_a, side_b, similarity)
             row = rows.get(b)
+            side_maps = None if occlusion is None else _occlusion_maps(
+                index, occlusion, _input(index, a, rows.get(a)), _input(index, b, row))
             result.add(pair, PairRecord(query=a, hit=b, hit_row=-1 if row is None else row,
-                                        rank=0, score=pair.score), patterns=patterns)
+                                        rank=0, score=pair.score), patterns=patterns,
+                       side_maps=side_maps)
     bar.close()
     if result is None:
         raise SimexplainError("no pair could be read: a gallery file of every pair is missing "
@@ -240,7 +250,8 @@ def _sides(index: Index, items: list[tuple[str, int | None]], letter: str, batch
 
 
 def _audit_query(index: Index, result: Audit, name: str, row: int | None, side: Side,
-                 k: int, batch_size: int, patterns: int, stale: dict[str, str]) -> None:
+                 k: int, batch_size: int, patterns: int, stale: dict[str, str],
+                 occlusion: Method | None) -> None:
     """Search the query, drop its own file from the hits, explain the rest, add each pair."""
     from ..retrieval.index import RegionQuery
     prepared = RegionQuery.from_side(side)
@@ -254,13 +265,42 @@ def _audit_query(index: Index, result: Audit, name: str, row: int | None, side: 
         warnings.simplefilter("ignore", StaleHit)  # gathered in `stale`, said once at the end
         index.explain_hits(prepared, hits, batch_size=batch_size)
     result.queries += 1
+    query = None if occlusion is None else _input(index, name, row)
     for rank, hit in enumerate(hits, start=1):
         if hit.explanation is None:  # missing or refused now (explain_hits marked it)
             stale[hit.path] = hit.stale or "not readable"
             continue
         record = PairRecord(query=name, hit=hit.path, hit_row=hit.index, rank=rank,
                             score=hit.explanation.score)
-        result.add(hit.explanation, record, patterns=patterns)
+        side_maps = None if occlusion is None else _occlusion_maps(
+            index, occlusion, query, _input(index, hit.path, hit.index))
+        result.add(hit.explanation, record, patterns=patterns, side_maps=side_maps)
+
+
+def _occlusion(method: str, batch_size: int) -> Method | None:
+    """The registry's occlusion method for method "occlusion" (None: the decomposition)."""
+    from ..methods import get_method
+    return get_method("occlusion", batch_size=batch_size) if method == "occlusion" else None
+
+
+def _input(index: Index, path: str, row: int | None):
+    """An image to prepare: a gallery row read through the index (checked), else the path."""
+    if row is None or row < 0:
+        return path
+    from ..retrieval.index import StaleHit
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StaleHit)  # a changed file is used as it is now
+        return index.gallery_image(row)
+
+
+def _occlusion_maps(index: Index, occlusion: Method, a, b) -> tuple:
+    """The occlusion maps (query, hit) of one pair, on each side's feature grid."""
+    from ..methods import PreparedPair
+    explainer = index._require_explainer()
+    try:
+        return occlusion.attribute(explainer, PreparedPair.of(explainer, a, b))
+    except ImageError as exc:
+        raise SimexplainError(f"cannot occlude the pair: {exc}") from None
 
 
 def _same_file(query: str):
