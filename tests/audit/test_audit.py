@@ -547,6 +547,8 @@ def test_occlusion_findings_name_the_planted_corner_and_nothing_on_the_control(i
     assert hot.findings, "occlusion did not find the planted corner"
     top, left, bottom, right = hot.findings[0].box
     assert bottom <= 0.25 + 1e-9 and right <= 0.25 + 1e-9
+    assert hot.findings[0].sentence.startswith("erasing the top-left")
+    assert "of the summed drops of top-3 similarity" in hot.findings[0].sentence
     assert audit(indexes[1.0], k=3, sample=20, method="occlusion", progress=False
                  ).findings == []
 

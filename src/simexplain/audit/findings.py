@@ -242,8 +242,12 @@ def _sentence(result: Audit, box: tuple[float, float, float, float], side: str, 
     of = {"query": "the query", "hit": "the hit", "both": "the query and the hit"}[side]
     what = "distance" if result.lower_is_better else "similarity"
     pairs_of = "the given pairs'" if result.given else f"top-{result.k}"
-    text = (f"{share:.0%} of {pairs_of} {what} comes from the {where} of {of} "
-            f"({area:.0%} of the image)")
+    if result.method == "occlusion":  # shares of the summed erase drops, not of the score
+        text = (f"erasing the {where} of {of} ({area:.0%} of the image) accounts for "
+                f"{share:.0%} of the summed drops of {pairs_of} {what}")
+    else:
+        text = (f"{share:.0%} of {pairs_of} {what} comes from the {where} of {of} "
+                f"({area:.0%} of the image)")
     if pairs < 0.995:
         text += f", in {pairs:.0%} of the pairs"
     return text

@@ -376,16 +376,19 @@ def write_audit_images(folder: Path, images: np.ndarray, labels: np.ndarray,
 
 
 def audit_model(explainer: Explainer, gallery: Path, queries: Path, setting: AuditSetting,
-                show_progress: bool = False) -> dict:
+                show_progress: bool = False, method: str = "decomposition") -> dict:
     """Audit one model on the marked gallery (explain-ready index): per query, the share of
     the score its top-1 and top-k hits carry on the query's mark (query side and both sides),
-    whether the top-1 hit is of the mark's class, and the audit's own findings."""
+    whether the top-1 hit is of the mark's class, and the audit's own findings. `method`: the
+    audit's maps ("occlusion": shares of the summed erase drops; no pattern measures, they
+    are the decomposition's)."""
     from ..audit import audit
     from ..retrieval import Index
     index = Index.build(gallery, explainer, model_name=explainer.model_name, progress=False,
                         explain=True)
     result = audit(index, queries=queries, k=setting.k, regions=mark_regions(),
-                   progress=show_progress, max_findings=len(MARK_CELLS), patterns=PATTERNS)
+                   progress=show_progress, max_findings=len(MARK_CELLS),
+                   patterns=PATTERNS if method == "decomposition" else 0, method=method)
     both, query_side = result.region_shares, result.region_shares_query
     per_query: dict[str, dict] = {}
     for i, pair in enumerate(result.pairs):
@@ -406,7 +409,8 @@ def audit_model(explainer: Explainer, gallery: Path, queries: Path, setting: Aud
             "share_topk_query": [float(np.nanmean(per_query[q]["query"])) for q in names],
             "top1_is_mark_class": [per_query[q]["top1_mark_class"] for q in names],
             "findings": [f.to_dict() for f in result.findings], "seconds": result.seconds,
-            **pattern_measures(result, {q: per_query[q]["mark"] for q in names}, names)}
+            **(pattern_measures(result, {q: per_query[q]["mark"] for q in names}, names)
+               if method == "decomposition" else {})}
 
 
 def mark_cell(mark_class: int, grid: tuple[int, int]) -> tuple[int, int]:
@@ -474,7 +478,8 @@ def audit_part(models: dict, setting: AuditSetting, seed: int, show_progress: bo
                ) -> dict:
     """Both models audited on the same marked gallery and queries; the detection AUROC
     (shortcut vs control, per query: the top-1 pair's share on the query's mark) with a
-    bootstrap interval over queries, and the marks the findings name per model."""
+    bootstrap interval over queries, and the marks the findings name per model; then the same
+    by occlusion (`audit(method="occlusion")`, under "occlusion")."""
     import tempfile
 
     from .. import datasets
@@ -483,15 +488,17 @@ def audit_part(models: dict, setting: AuditSetting, seed: int, show_progress: bo
     with tempfile.TemporaryDirectory(prefix="simexplain-shortcut-") as tmp:
         gallery, queries, marks = write_audit_images(Path(tmp), test_x[half:], test_y[half:],
                                                      setting, seed)
-        audited = {name: audit_model(explainer, gallery, queries, setting, show_progress)
-                   for name, (explainer, _) in models.items()}
-    used = sorted(set(marks))
-    for a in audited.values():
+        audited, occluded = ({name: audit_model(explainer, gallery, queries, setting,
+                                                show_progress, method)
+                              for name, (explainer, _) in models.items()}
+                             for method in ("decomposition", "occlusion"))
+    for a in (*audited.values(), *occluded.values()):
         a["marks_named"] = marks_named(a["findings"])
         a["false_findings"] = sum(1 for f in a["findings"] if not marks_named([f]))
-    return {"setting": asdict(setting), "marks_used": used, "models": audited,
+    return {"setting": asdict(setting), "marks_used": sorted(set(marks)), "models": audited,
             "auroc": auroc_ci(audited, "share_top1", seed),
-            "pattern_auroc": auroc_ci(audited, "pattern_share_top1", seed)}
+            "pattern_auroc": auroc_ci(audited, "pattern_share_top1", seed),
+            "occlusion": {"models": occluded, "auroc": auroc_ci(occluded, "share_top1", seed)}}
 
 
 def auroc_ci(audited: dict, measure: str, seed: int) -> dict:
@@ -699,6 +706,40 @@ def audit_lines(audited: dict) -> list[str]:
         lines.append(f"Its first finding on the shortcut model: \"{first}\".")
     if "pattern_auroc" in audited:
         lines += ["", *pattern_lines(audited)]
+    if "occlusion" in audited:
+        lines += ["", *occlusion_lines(audited)]
+    return lines
+
+
+def occlusion_lines(audited: dict) -> list[str]:
+    """The same audit by occlusion (`audit(method="occlusion")`) in words."""
+    occluded, used = audited["occlusion"], audited["marks_used"]
+    s, c = occluded["models"]["shortcut"], occluded["models"]["control"]
+
+    def named(a: dict) -> str:
+        found = [m for m in a["marks_named"] if m in used]
+        return (f"{len(found)} of the {len(used)} marks the queries carry "
+                f"({', '.join(map(str, found)) or 'none'}; {a['false_findings']} finding(s) "
+                f"elsewhere, {len(a['findings'])} in all)")
+
+    def mean(values: Sequence) -> float:
+        return float(np.nanmean(np.asarray(values, dtype=np.float64)))
+
+    lines = [
+        f"**Audit by occlusion** (the same gallery and queries, `audit(method=\"occlusion\")`: "
+        f"each pair's per-side maps are the drops of the cosine when each feature cell is "
+        f"erased, shares of the summed positive drops): on the shortcut model "
+        f"{mean(s['share_top1']):.0%} of the top-1 pair's summed drop is on the query's mark, "
+        f"both sides together (control {mean(c['share_top1']):.0%}); over the top "
+        f"{audited['setting']['k']}: {mean(s['share_topk']):.0%} vs {mean(c['share_topk']):.0%}. "
+        f"Detection AUROC over queries: {fmt(occluded['auroc'])}.",
+        f"Its findings (the same options) name on the shortcut model {named(s)}; on the "
+        f"control model {named(c)}. Cost: {s['seconds']:.0f} s for the shortcut model's audit "
+        f"by occlusion.",
+    ]
+    if s["findings"]:
+        lines.append(f"Its first finding on the shortcut model: "
+                     f"\"{s['findings'][0]['sentence']}\".")
     return lines
 
 
@@ -753,6 +794,16 @@ def brief_lines(results: list[dict]) -> list[str]:
                 f"AUROC {fmt(a['auroc'])}; findings name {len(s['marks_named'])} of "
                 f"{len(a['marks_used'])} marks, {len(a['models']['control']['marks_named'])} "
                 "on the control.")
+            if "occlusion" in a:
+                o = a["occlusion"]["models"]
+                out.append(
+                    f"- Planted shortcut, audit by occlusion: "
+                    f"{float(np.nanmean(o['shortcut']['share_top1'])):.0%} of the top-1 "
+                    f"summed erase drop on the query's mark (control "
+                    f"{float(np.nanmean(o['control']['share_top1'])):.0%}), detection AUROC "
+                    f"{fmt(a['occlusion']['auroc'])}; findings name "
+                    f"{len(o['shortcut']['marks_named'])} of {len(a['marks_used'])} marks, "
+                    f"{len(o['control']['marks_named'])} on the control.")
     return out
 
 
