@@ -193,6 +193,14 @@ def test_audit_part_shape(result):
             assert (place["mark"] is not None) == on_a_mark
             if on_a_mark:
                 assert shortcut.MARK_CELLS[place["mark"]] == tuple(place["cell_query"])
+    # the same audit by occlusion: the same queries, shares of the erase drops, no patterns
+    occluded = audited["occlusion"]
+    assert 0 <= occluded["auroc"]["mean"] <= 1 and occluded["auroc"]["n"] == 6
+    for name, a in occluded["models"].items():
+        assert a["queries"] == audited["models"][name]["queries"] and len(a["share_top1"]) == 6
+        assert "pattern_share_top1" not in a and set(a["marks_named"]) <= set(range(10))
+        assert all(f["sentence"].startswith("erasing the") for f in a["findings"])
+    assert any("Audit by occlusion" in line for line in shortcut.audit_lines(audited))
 
 
 def _pattern(cell_a, cell_b, strength):
