@@ -170,7 +170,7 @@ def test_audit_by_occlusion_end_to_end(fmnist_index, tmp_path, capsys):
     assert len(written["mean_maps"]["overall_query"]) == 7  # the feature grid, 7 x 7
     centre = written["regions"]["centre"]
     assert len(centre["shares"]) == 8 and 0 < centre["aggregate_share"] < 1
-    assert (out / "index.html").is_file()
+    assert "Audited by occlusion" in (out / "index.html").read_text()
 
 
 def test_an_unknown_method_is_a_one_line_error(fmnist_index, capsys):

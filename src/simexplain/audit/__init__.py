@@ -9,7 +9,9 @@
 index's explain cache when it has one, and streams them into an `result.Audit`: shares of the
 score per named region and pair, mean maps, recurring cross-view patterns, ranked pairs and
 `findings` (regions where similarity concentrates far above their area, found without being
-named); `report` writes the HTML report. The module itself is callable too:
+named); `report` writes the HTML report. `method="occlusion"` audits each cell's erase drop
+instead of the decomposition's maps (docs/audit.md, "By occlusion"). The module itself is
+callable too:
 `simexplain.audit(index, ...)`.
 """
 

@@ -85,6 +85,11 @@ def _sections(result: Audit, summary: dict, work: Path, figures: int, progress: 
            f"{_pairs_line(result)}; "
            f"audit grid {result.grid[0]}x{result.grid[1]}; {result.seconds:.1f} s.</p>",
            "<h2>Findings</h2>"]
+    if result.method == "occlusion":
+        out.insert(1, "<p class='method'>Audited by occlusion: each map is the drop of the "
+                      "pair's score when a feature cell is erased; shares are shares of the "
+                      "pair's summed positive drops D, not of s (joint shares, relative maps "
+                      "and patterns are the decomposition's).</p>")
     if result.stale:
         out.insert(1, f"<p class='stale'>{len(result.stale)} gallery file(s) left out, missing "
                       "or refused now (changed since the index was built?): "
