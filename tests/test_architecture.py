@@ -20,7 +20,7 @@ ROOT = Path(simexplain.__file__).parent
 
 LAYERS = {
     "core": (),  # every module not named below
-    "models": ("zoo", "model_options", "training", "visualize", "datasets", "toy"),
+    "models": ("zoo", "model_options", "train_options", "training", "visualize", "datasets", "toy"),
     "applications": ("retrieval", "evaluation", "demo", "pair_report", "display", "notebook",
                      "audit"),
     "web": ("web",),

@@ -6,7 +6,8 @@ import torch
 
 from simexplain.datasets import write_idx
 from simexplain.errors import SimexplainError
-from simexplain.training import add_train_arguments, augment, cli_train, train_fmnist
+from simexplain.train_options import add_train_arguments
+from simexplain.training import augment, cli_train, train_fmnist
 from simexplain.zoo.fmnist import load_fmnist
 
 
@@ -156,3 +157,12 @@ def test_vit_training_quick_mode_is_seeded_and_loads(tiny_data, tmp_path, capsys
     items, labels = fashion_mnist("test", tiny_data)
     again = evaluate(model, normalize_images(items[:40]), torch.from_numpy(labels[:40]))
     assert again["recall_at_1"] == a["metrics"]["recall_at_1"]
+
+
+def test_the_trainable_heads_named_in_the_help_are_the_zoos():
+    """`defaults.FMNIST_HEADS` (what `train --head` offers, without importing torch) is what
+    the zoo builds: the CNN's pooling heads and the ViT."""
+    from simexplain.defaults import FMNIST_HEADS
+    from simexplain.zoo import vit
+    from simexplain.zoo.fmnist import HEADS
+    assert FMNIST_HEADS == HEADS + (vit.HEAD,)

@@ -13,3 +13,16 @@ DEFAULT_PATTERNS = 5
 # The largest model input side `--size` accepts (the command line's help shows it): the
 # activations and the P x Q pair matrix grow with its square and fourth power
 MAX_SIZE = 1024
+
+# `simexplain train`: what it trains and its defaults (`training` uses them; tests/test_training.py
+# checks FMNIST_HEADS against the zoo's heads)
+TRAINABLE = ("fmnist", "sketch")
+# a CNN with a pooling head (gap, gmp) or the class-token ViT
+FMNIST_HEADS = ("gap", "gmp", "vit")
+DEFAULT_EPOCHS = 8
+# The ViT trains on the CPU within about 15 minutes (2 threads): one pass over the data.
+VIT_EPOCHS = 1
+SKETCH_EPOCHS = 2
+DEFAULT_SEED = 0
+DEFAULT_BATCH_SIZE = 128
+DEFAULT_LR = 2e-3

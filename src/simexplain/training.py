@@ -23,23 +23,14 @@ import torch
 from tqdm import tqdm
 
 from .datasets import fashion_mnist
+from .defaults import (DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR,
+                       FMNIST_HEADS, SKETCH_EPOCHS, TRAINABLE, VIT_EPOCHS)
 from .errors import SimexplainError
 from .files import atomic_path
 from .metrics import hits_at_k, map_at_r, recall_at_k
 from .zoo import vit
-from .zoo.fmnist import (FMNIST_MEAN, FMNIST_STD, HEADS, FashionNet, float_state,
-                         weights_path)
+from .zoo.fmnist import FMNIST_MEAN, FMNIST_STD, FashionNet, float_state, weights_path
 
-DEFAULT_EPOCHS = 8
-# The ViT trains on the CPU within about 15 minutes (2 threads): one pass over the data.
-VIT_EPOCHS = 1
-# What `simexplain train fmnist --head` builds: a CNN with a pooling head, or the ViT.
-FMNIST_HEADS = HEADS + (vit.HEAD,)
-DEFAULT_SEED = 0
-DEFAULT_BATCH_SIZE = 128
-DEFAULT_LR = 2e-3
-SKETCH_EPOCHS = 2
-TRAINABLE = ("fmnist", "sketch")
 # ((train images, labels), (test images, labels)): uint8 (N, H, W) and integer (N,) arrays
 Splits = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -338,39 +329,6 @@ def train_sketch(epochs: int, seed: int, out: Path, data_root: str | Path | None
     return info
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of `simexplain train`: dataset, --head, --epochs, --seed, --out, --data, ..."""
-    parser.add_argument("dataset", choices=list(TRAINABLE),
-                        help="what to train: fmnist (fmnist-gap/gmp/vit: one stream) or "
-                             "sketch (fmnist-sketch: two streams, sketch to item)")
-    parser.add_argument("--head", choices=list(FMNIST_HEADS), default="gap",
-                        help="fmnist: the CNN's global pooling, average (gap) or max (gmp), "
-                             "or the class-token ViT (vit)")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help=f"passes over the training split (default: fmnist "
-                             f"{DEFAULT_EPOCHS}, fmnist --head vit {VIT_EPOCHS}, sketch "
-                             f"{SKETCH_EPOCHS})")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
-                        help=f"random seed (default {DEFAULT_SEED})")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="checkpoint to write (default: the committed weights file "
-                             "src/simexplain/zoo/weights/fmnist-<gap|gmp|vit>.pt, or "
-                             "fmnist-sketch.pt)")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="directory with the Fashion-MNIST IDX files (default: the "
-                             "data root, then /usr/share/datasets/fashion-mnist)")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                        help=f"default {DEFAULT_BATCH_SIZE}")
-    parser.add_argument("--lr", type=float, default=DEFAULT_LR,
-                        help=f"peak learning rate (default {DEFAULT_LR})")
-    parser.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
-    parser.add_argument("--limit", type=int, default=None,
-                        help="train on the first N training images only (quick runs)")
-    parser.add_argument("--eval-limit", type=int, default=None,
-                        help="evaluate on the first N test images only (quick runs)")
-    return parser
-
-
 def cli_train(args: argparse.Namespace) -> int:
     """Run `simexplain train fmnist|sketch ...` from parsed arguments; prints the test metrics."""
     if args.dataset not in TRAINABLE:
@@ -406,4 +364,5 @@ def cli_train(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     import sys
 
+    from .train_options import add_train_arguments
     sys.exit(cli_train(add_train_arguments(argparse.ArgumentParser()).parse_args()))

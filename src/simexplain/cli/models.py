@@ -14,7 +14,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def add_train_options(train: argparse.ArgumentParser) -> None:
-    from ..training import add_train_arguments  # loads torch: only once `train` is asked for
+    from ..train_options import add_train_arguments  # no torch: `train --help` answers at once
     add_train_arguments(train)
     train.set_defaults(run=cmd_train)
 
