@@ -9,20 +9,12 @@ import torch
 from torch import nn
 
 from simexplain import Explainer, affine_head, zoo
-from simexplain.toy import HEADS, HeadModel, L2Norm, trunk
+from simexplain.toy import HEADS, L2Norm, trunk
+from test_head import images, make  # the toy heads and inputs of the head analysis's tests
 
 # Heads whose post-pooling part is Linear / BatchNorm / Dropout / Flatten / L2 only.
 AFFINE_HEADS = ("gap", "gmp", "flatten", "dropout-bn")
 CACHED = "affine, cached"
-
-
-def make(head, normalize=True, seed=0):
-    torch.manual_seed(seed)
-    return HeadModel(head=head, normalize=normalize).eval()
-
-
-def images(n=2, seed=1, size=32):
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 def assert_matches_reference(explainer, x, result):
@@ -43,7 +35,7 @@ def assert_matches_reference(explainer, x, result):
 @pytest.mark.parametrize("normalize", [True, False])
 def test_every_toy_head_matches_the_reference_path(head, normalize):
     explainer = Explainer(make(head, normalize), "features")
-    x = images()
+    x = images(2)
     first = explainer.stream_a.contributions(x)  # builds the entry, checks it, answers by it
     cached = explainer.stream_a.contributions(x)
     assert (cached.path.endswith(CACHED)) == (head in AFFINE_HEADS), cached.path
@@ -68,7 +60,7 @@ def test_a_scalar_multiple_and_a_batch_norm_before_the_flatten_are_folded_in():
         model[2].running_var.uniform_(0.5, 2)
     scaled = nn.Sequential(model, _Times(3.0)).eval()
     explainer = Explainer(scaled, "0.0")
-    x = images()
+    x = images(2)
     explainer.stream_a.contributions(x)
     cached = explainer.stream_a.contributions(x)
     assert cached.path.endswith(CACHED)
@@ -109,7 +101,7 @@ def _linear(model):
 def test_an_in_place_parameter_update_gives_the_new_maps():
     model = make("dropout-bn")
     explainer = Explainer(model, "features")
-    x = images()
+    x = images(2)
     explainer.stream_a.contributions(x)
     before = explainer.stream_a.contributions(x)
     with torch.no_grad():  # an optimiser step's way: in place, the version counter moves
@@ -124,7 +116,7 @@ def test_an_in_place_parameter_update_gives_the_new_maps():
 def test_load_state_dict_and_replaced_parameters_give_the_new_maps():
     model, other = make("gap", seed=0), make("gap", seed=7)
     explainer = Explainer(model, "features")
-    x = images()
+    x = images(2)
     explainer.stream_a.contributions(x)
     explainer.stream_a.contributions(x)
     model.load_state_dict(other.state_dict())
@@ -160,7 +152,7 @@ def test_an_entry_that_disagrees_with_autograd_is_refused(monkeypatch):
         return folded
     monkeypatch.setattr(affine_head, "_batch_norm", shifted)
     explainer = Explainer(make("dropout-bn"), "features")
-    x = images()
+    x = images(2)
     for _ in range(3):
         result = explainer.stream_a.contributions(x)
         assert not result.path.endswith(CACHED)
@@ -169,7 +161,7 @@ def test_an_entry_that_disagrees_with_autograd_is_refused(monkeypatch):
 
 def test_the_switch_turns_the_cache_off(monkeypatch):
     explainer = Explainer(make("gap"), "features")
-    x = images()
+    x = images(2)
     monkeypatch.setenv(affine_head.AFFINE_SWITCH, "0")
     for _ in range(2):
         result = explainer.stream_a.contributions(x)
@@ -188,7 +180,7 @@ def test_cuda_graphs_are_never_used_on_the_cpu(monkeypatch):
         raise AssertionError("a CUDA graph was captured on the CPU")
     monkeypatch.setattr(affine_head, "_CapturedCall", no_capture)
     explainer = Explainer(make("gap"), "features")
-    x = images()
+    x = images(2)
     for _ in range(4):  # the same shape again and again
         result = explainer.stream_a.contributions(x)
     assert result.path.endswith(CACHED)
@@ -209,7 +201,7 @@ def test_graph_bookkeeping_captures_a_repeated_shape_once_and_falls_back_on_fail
     monkeypatch.setattr(affine_head, "graphs_enabled", lambda device: True)
     monkeypatch.setattr(affine_head, "_CapturedCall", Recorded)
     explainer = Explainer(make("gap"), "features")
-    x = images()
+    x = images(2)
     eager = explainer.stream_a.contributions(x, "reverse")
     for _ in range(5):
         result = explainer.stream_a.contributions(x)

@@ -308,15 +308,23 @@ def _count_embeds(monkeypatch, explainer, fail_after: int | None = None) -> list
     return calls
 
 
+def _crash_build(monkeypatch, gallery, explainer, name: str, out, fail_after: int,
+                 **options) -> None:
+    """A build into `out` that dies (Interrupt) after `fail_after` batches of 4, leaving its
+    checkpoint behind; the embedding is patched only for this build."""
+    with monkeypatch.context() as patch:
+        _count_embeds(patch, explainer, fail_after=fail_after)
+        with pytest.raises(Interrupt):
+            Index.build(gallery, explainer, name, batch_size=4, progress=False, out=out,
+                        **options)
+
+
 @pytest.mark.parametrize("fail_after", [2, 3])  # the 4th batch holds an unreadable file
 def test_interrupted_build_resumes(gallery, built, tmp_path, monkeypatch, fail_after):
     out = tmp_path / "index"
     explainer = toy_explainer("cosine")
-    with monkeypatch.context() as patch:
-        _count_embeds(patch, explainer, fail_after=fail_after)
-        with pytest.raises(Interrupt):
-            Index.build(gallery, explainer, "toy-cosine", batch_size=4, progress=False,
-                        out=out, checkpoint_every=100)
+    _crash_build(monkeypatch, gallery, explainer, "toy-cosine", out, fail_after,
+                 checkpoint_every=100)
     assert checkpoint_path(out).is_dir() and not out.exists()
     calls = _count_embeds(monkeypatch, explainer)
     index = Index.build(gallery, explainer, "toy-cosine", batch_size=4, progress=False, out=out)
@@ -335,10 +343,7 @@ def test_interrupted_build_resumes(gallery, built, tmp_path, monkeypatch, fail_a
 def test_checkpoint_of_another_model_is_ignored(gallery, tmp_path, monkeypatch):
     out = tmp_path / "index"
     first = toy_explainer("cosine")
-    with monkeypatch.context() as patch:
-        _count_embeds(patch, first, fail_after=1)
-        with pytest.raises(Interrupt):
-            Index.build(gallery, first, "toy-cosine", batch_size=4, progress=False, out=out)
+    _crash_build(monkeypatch, gallery, first, "toy-cosine", out, 1)
     assert checkpoint_path(out).is_dir()
     other = toy_explainer("dot")
     with pytest.warns(UserWarning, match="another model"):
@@ -349,11 +354,7 @@ def test_checkpoint_of_another_model_is_ignored(gallery, tmp_path, monkeypatch):
 def test_damaged_checkpoint_is_ignored(gallery, tmp_path, monkeypatch):
     out = tmp_path / "index"
     explainer = toy_explainer("cosine")
-    with monkeypatch.context() as patch:
-        _count_embeds(patch, explainer, fail_after=2)
-        with pytest.raises(Interrupt):
-            Index.build(gallery, explainer, "toy-cosine", batch_size=4, progress=False, out=out,
-                        checkpoint_every=1)
+    _crash_build(monkeypatch, gallery, explainer, "toy-cosine", out, 2, checkpoint_every=1)
     shards = sorted(checkpoint_path(out).glob("shard-*.npz"))
     assert len(shards) == 2  # one per finished batch
     shards[0].write_bytes(b"garbage")
@@ -367,10 +368,7 @@ def test_damaged_checkpoint_is_ignored(gallery, tmp_path, monkeypatch):
 def test_resume_false_starts_over(gallery, tmp_path, monkeypatch):
     out = tmp_path / "index"
     explainer = toy_explainer("cosine")
-    with monkeypatch.context() as patch:
-        _count_embeds(patch, explainer, fail_after=1)
-        with pytest.raises(Interrupt):
-            Index.build(gallery, explainer, "toy-cosine", batch_size=4, progress=False, out=out)
+    _crash_build(monkeypatch, gallery, explainer, "toy-cosine", out, 1)
     index = Index.build(gallery, explainer, "toy-cosine", batch_size=4, progress=False, out=out,
                         resume=False)
     assert index.resumed_from == 0
