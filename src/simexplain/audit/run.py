@@ -229,17 +229,16 @@ def _sides(index: Index, items: list[tuple[str, int | None]], letter: str, batch
             if row is None:
                 inputs[i] = path
                 continue
+            # from the cache: the file read once, checked as indexed (the usual case)
+            cached = index.cached_side(row) if cache_applies else None
+            if cached is not None:
+                sides[i] = cached
+                continue
             try:
-                image = index.gallery_image(row)
+                inputs[i] = index.gallery_image(row)  # changed files are used as they are now
             except SimexplainError as exc:
                 stale[path] = str(exc)
                 sides[i] = None
-                continue
-            cached = index.cached_side(row, image) if cache_applies else None
-            if cached is not None:
-                sides[i] = cached
-            else:
-                inputs[i] = image
     try:
         if inputs:
             computed = explainer.sides(list(inputs.values()), letter, batch_size)

@@ -461,9 +461,14 @@ class Index:
         (or `image`, its pixels already loaded) is prepared for the model (no forward pass).
         None when the index has no cache, the file changed since indexing (sha256) or its
         model input now has another size: then compute it (`explainer.side(path, "b")`)."""
-        if self.explain_cache is None or self._changed(row):
+        if self.explain_cache is None:
             return None
-        return self._side_from_cache(row, image)
+        if image is not None:
+            return None if self._changed(row) else self._side_from_cache(row, image)
+        read = self.gallery_file(row)  # read and checked once, then decoded from these bytes
+        if read.status != OK or read.data is None:
+            return None
+        return self._side_from_cache(row, decode_image(read.data, self.paths[row]))
 
     def _side_from_cache(self, row: int, image: ImageInput | None = None) -> Side | None:
         explainer = self._require_explainer()
