@@ -7,7 +7,8 @@ explained, served by the web app), never trusting what was true when the index w
   checked to be a regular file on the open descriptor (not a FIFO or a device);
 * its bytes are read once from that descriptor and compared with the sha256 the index recorded:
   a file whose content changed is still usable but reported as stale; a missing one is stale
-  and unusable. Callers decode the bytes read here, so what is checked is what is used.
+  and unusable; one larger than any image the decoders accept is refused without being read.
+  Callers decode the bytes read here, so what is checked is what is used.
 
 One function, `read_gallery_file`, used by every gallery read (retrieval and the web app).
 """
@@ -19,6 +20,12 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+
+from .defaults import MAX_PIXELS
+
+# A file larger than any image the decoders accept (MAX_PIXELS pixels of 4 float64 samples, plus
+# room for metadata) is refused unread: a huge file swapped into the gallery is never read whole.
+MAX_GALLERY_FILE_BYTES = MAX_PIXELS * 4 * 8 + (64 << 20)
 
 # What became of a gallery file since it was indexed (GalleryFile.status)
 OK, CHANGED, MISSING, REFUSED = "ok", "changed", "missing", "refused"
@@ -45,11 +52,11 @@ class GalleryFile:
         return None if self.status == OK else self.reason
 
 
-def read_gallery_file(path: str | Path, root: str | Path | None,
-                      sha256: str = "") -> GalleryFile:
+def read_gallery_file(path: str | Path, root: str | Path | None, sha256: str = "",
+                      max_bytes: int = MAX_GALLERY_FILE_BYTES) -> GalleryFile:
     """Read a gallery file now: refused unless it is a regular file whose resolved path lies
-    inside `root`'s resolved path (None: no folder to stay in, only the other checks);
-    "changed" when `sha256` is given and differs from the bytes read."""
+    inside `root`'s resolved path (None: no folder to stay in, only the other checks) and of
+    at most `max_bytes`; "changed" when `sha256` is given and differs from the bytes read."""
     name = str(path)
     try:
         real = os.path.realpath(name)
@@ -68,13 +75,19 @@ def read_gallery_file(path: str | Path, root: str | Path | None,
     except ValueError as exc:  # a NUL byte in the name
         return GalleryFile(name, None, REFUSED, f"refused: {exc}")
     with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
             return GalleryFile(name, None, REFUSED, "refused: not a regular file")
         try:
-            data = handle.read()
+            # at most one byte more than allowed: a file that grows after fstat is caught too
+            data = handle.read(max_bytes + 1) if info.st_size <= max_bytes else b""
         except OSError as exc:
             return GalleryFile(name, None, REFUSED, f"refused: cannot read it "
                                                     f"({exc.strerror or exc})")
+    if info.st_size > max_bytes or len(data) > max_bytes:
+        return GalleryFile(name, None, REFUSED,
+                           f"refused: {max(info.st_size, len(data)):,} bytes, more than any "
+                           f"image it could hold ({max_bytes:,})")
     if sha256 and hashlib.sha256(data).hexdigest() != sha256:
         return GalleryFile(name, data, CHANGED, "changed since it was indexed")
     return GalleryFile(name, data, OK)

@@ -206,16 +206,49 @@ def quiet_decoders(tiff: bool = False) -> Iterator[None]:
     """Decode without the decoders' notes on the terminal: Pillow's warnings (a corrupt EXIF
     block, an icon of an unexpected size) are dropped and Pillow's bomb warning becomes an
     error; for a TIFF (`tiff`), what libtiff writes to the process's stderr (file descriptor
-    2) while it decodes is discarded too (one TIFF decode at a time holds the descriptor)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # Pillow's own bomb check only warns below twice its limit: make it an error
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+    2) while it decodes is discarded too (one TIFF decode at a time holds the descriptor).
+
+    Safe in threads (the web app decodes uploads concurrently): the warning filters are
+    process-wide, so they are set when the first decode starts and restored when the last one
+    ends, not saved and restored per call as `warnings.catch_warnings` does (two overlapping
+    calls would then restore each other's state: the bomb warning no longer an error during
+    the second decode, every warning silenced after both). While any decode runs, warnings of
+    other threads are silenced as well."""
+    with _warnings_quieted():
         if not tiff:
             yield
             return
         with _QUIET, _stderr_discarded():
             yield
+
+
+class _QuietWarnings:
+    """The process-wide warning filters of `quiet_decoders`, counted across threads."""
+
+    lock = threading.Lock()
+    users = 0
+    saved: Sequence = ()
+
+
+@contextmanager
+def _warnings_quieted() -> Iterator[None]:
+    state = _QuietWarnings
+    with state.lock:
+        if state.users == 0:
+            state.saved = warnings.filters
+            warnings.filters = list(state.saved)  # as catch_warnings: a copy to change
+            warnings.simplefilter("ignore")
+            # Pillow's own bomb check only warns below twice its limit: make it an error
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        state.users += 1
+    try:
+        yield
+    finally:
+        with state.lock:
+            state.users -= 1
+            if state.users == 0:
+                warnings.filters = state.saved
+                warnings._filters_mutated()  # type: ignore[attr-defined]  # as catch_warnings
 
 
 @contextmanager

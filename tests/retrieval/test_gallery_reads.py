@@ -17,7 +17,7 @@ from PIL import Image
 from simexplain import toy as toys
 from simexplain.cli import main
 from simexplain.errors import SimexplainError
-from simexplain.gallery_files import read_gallery_file
+from simexplain.gallery_files import MAX_GALLERY_FILE_BYTES, read_gallery_file
 from simexplain.retrieval import Index
 from simexplain.retrieval.index import StaleHit
 
@@ -73,6 +73,22 @@ def test_read_gallery_file_statuses(setting):
     # a link that stays inside the gallery is what the build accepts too
     (gallery / "inside.png").symlink_to(gallery / "img_3.png")
     assert read_gallery_file(gallery / "inside.png", gallery).status == "ok"
+
+
+def test_a_huge_file_swapped_in_is_refused_unread(setting):
+    gallery = setting["gallery"]
+    index = Index.load(setting["index"])
+    row = {Path(p).name: i for i, p in enumerate(index.paths)}
+    with open(gallery / "img_0.png", "r+b") as handle:  # sparse: no disk, no time to write
+        handle.truncate(MAX_GALLERY_FILE_BYTES + 1)
+    refused = index.gallery_file(row["img_0.png"])
+    assert refused.status == "refused" and refused.data is None
+    assert f"{MAX_GALLERY_FILE_BYTES + 1:,} bytes" in refused.stale
+    # the bound is inclusive: a file of exactly max_bytes is read
+    size = (gallery / "img_1.png").stat().st_size
+    assert read_gallery_file(gallery / "img_1.png", gallery, max_bytes=size).status == "ok"
+    assert read_gallery_file(gallery / "img_1.png", gallery,
+                             max_bytes=size - 1).status == "refused"
 
 
 def test_python_api_refuses_a_link_swapped_in_and_marks_stale_hits(setting):
