@@ -505,6 +505,36 @@ def test_gallery_files_that_went_missing_or_out_of_the_gallery_are_left_out(tmp_
     assert json.loads(after.to_json())["stale"].keys() == after.stale.keys()
 
 
+def test_report_figures_read_the_gallery_files_through_the_index_again(tmp_path):
+    """The report explains its ranked pairs again after the audit: their gallery files are read
+    through the index's checked read then too. Files replaced by links out of the gallery since
+    the audit are not drawn (a note in their cell), and their outside photo is never used."""
+    root = tmp_path / "gallery"
+    root.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)).save(
+            root / f"img_{i}.png")
+    index = Index.build(root, planted(1.0), progress=False)
+    result = audit(index, k=2, sample=6, regions={"corner": CORNER}, progress=False)
+    rows = {Path(p).name: row for row, p in enumerate(index.paths)}
+    assert {pair.query_row for pair in result.pairs} == set(rows.values())
+    assert all(pair.query_row == rows[Path(pair.query).name] for pair in result.pairs)
+    drawn = result.write_report(tmp_path / "before").read_text()
+    assert "not drawn" not in drawn and drawn.count("alt='overall map'") >= 2
+    outside = tmp_path / "outside.png"
+    Image.fromarray(np.full((SIDE, SIDE, 3), 200, np.uint8)).save(outside)
+    for i in range(6):
+        (root / f"img_{i}.png").unlink()
+        (root / f"img_{i}.png").symlink_to(outside)
+    page = result.write_report(tmp_path / "after")
+    text = page.read_text()
+    assert "alt='overall map'" not in text and "not drawn: missing or refused now" in text
+    assert not list(page.parent.glob("pair_*.png"))
+    summary = json.loads((page.parent / "result.json").read_text())
+    assert summary["pairs"] == len(result.pairs)
+
+
 # -- method="occlusion": each cell's erase drop in place of the decomposition's overall maps -----
 def erase_drops(model: Planted, explainer: Explainer, query: str, hit: str) -> np.ndarray:
     """(2, GRID, GRID) by hand: for each side and cell, the cosine of the pair minus the cosine

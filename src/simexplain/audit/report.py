@@ -201,10 +201,13 @@ def _pairs_section(result: Audit, work: Path, figures: int, progress: bool) -> l
                    "<th>hit</th><th>share (both sides)</th><th>score</th></tr>")
         for place, (i, share) in enumerate(chosen, start=1):
             record = result.pairs[i]
-            files = _pair_figures(result.explain_pair(record), box, work, f"pair_{number}_{place}")
+            pair = result.explain_pair(record)  # None: a file missing or refused now
+            files = (_pair_figures(pair, box, work, f"pair_{number}_{place}") if pair is not None
+                     else [None, None])
             out.append(f"<tr><td>{place}</td>"
-                       + "".join(f"<td><img src='{f}' alt='overall map'><br><span class='path'>"
-                                 f"{html.escape(p)}</span></td>"
+                       + "".join((f"<td><img src='{f}' alt='overall map'>" if f else
+                                  "<td><em>not drawn: missing or refused now</em>")
+                                 + f"<br><span class='path'>{html.escape(p)}</span></td>"
                                  for f, p in zip(files, (record.query, record.hit)))
                        + f"<td>{_pct(share)}</td><td>{record.score:.4f}"
                        + ("" if record.rank == 0 else f" (rank {record.rank})")  # 0: given

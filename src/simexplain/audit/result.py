@@ -61,19 +61,20 @@ TOP_PAIRS = 8  # ranked pairs reported per region
 
 @dataclass(slots=True)
 class PairRecord:
-    """One audited pair: the query (a path, or a gallery row's path), the hit's gallery row and
-    path (-1: a given hit outside the gallery), its rank among the query's hits (0: a given
-    pair, no search) and the pair's score."""
+    """One audited pair: the query (a path, or a gallery row's path) and its gallery row (-1:
+    not of the gallery), the hit's path and gallery row (-1: a given hit outside the gallery),
+    its rank among the query's hits (0: a given pair, no search) and the pair's score."""
 
     query: str
     hit: str
     hit_row: int
     rank: int
     score: float
+    query_row: int = -1
 
     def to_dict(self) -> dict:
-        return {"query": self.query, "hit": self.hit, "hit_row": self.hit_row,
-                "rank": self.rank, "score": self.score}
+        return {"query": self.query, "query_row": self.query_row, "hit": self.hit,
+                "hit_row": self.hit_row, "rank": self.rank, "score": self.score}
 
 
 @dataclass

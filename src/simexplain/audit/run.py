@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,7 @@ from .given import check_pairs
 from .result import Audit, PairRecord, check_method
 
 if TYPE_CHECKING:
-    from ..explanation import Side
+    from ..explanation import PairExplanation, Side
     from ..methods import Method
     from ..retrieval.index import Index
 
@@ -77,75 +78,180 @@ def audit(index: Index | str | Path, queries: Sequence[str | Path] | str | Path 
                      index=_where(index), given=pairs is not None,
                      finding_options=dict(finding_options), method=method)
 
-    stale: dict[str, str] = {}  # gallery file -> why it was left out (changed files are used)
+    run = _Run(index, start, batch_size, patterns, progress, occlusion)
     if pairs is not None:
         if queries is not None:
             raise SimexplainError("give queries or pairs, not both")
-        result = _audit_pairs(index, check_pairs(pairs), start, batch_size, patterns, progress,
-                              stale, occlusion)
+        result = run.pairs(check_pairs(pairs))
     else:
-        result = _audit_queries(index, _queries(index, queries, sample, seed), start, k,
-                                batch_size, patterns, progress, stale, occlusion)
-    result.stale = stale
+        result = run.queries(_queries(index, queries, sample, seed), k)
+    result.stale = run.stale
     result.seconds = time.perf_counter() - started
-    result.explain_pair = lambda record: _explain(index, record)
+    result.explain_pair = run.explain_again
     return result.finish()
 
 
-def _audit_queries(index: Index, chosen: list[tuple[str, int | None]],
-                   start: Callable[[Side], Audit], k: int, batch_size: int, patterns: int,
-                   progress: bool, stale: dict[str, str], occlusion: Method | None) -> Audit:
+@dataclass
+class _Run:
+    """One audit run: the index, how each pair is taken (batch size, patterns, the occlusion
+    method or None for the decomposition), and what it gathers: the result, started by
+    `start` on the first side read (it gives the grid), and the gallery files left out
+    (`stale`: path -> why; changed files are used as they are now)."""
+
+    index: Index
+    start: Callable[[Side], Audit]
+    batch_size: int
+    patterns: int
+    progress: bool
+    occlusion: Method | None
+    stale: dict[str, str] = field(default_factory=dict)
     result: Audit | None = None
-    bar = tqdm(total=len(chosen), desc="auditing", unit="query", disable=not progress)
-    for name, row, side in _query_sides(index, chosen, batch_size, stale):
-        if side is not None:
-            if result is None:
-                result = start(side)
-            _audit_query(index, result, name, row, side, k, batch_size, patterns, stale,
-                         occlusion)
-        bar.update(1)
-    bar.close()
-    if result is None:
-        raise SimexplainError("no query could be read: every query's gallery file is missing "
-                              "or refused (" + "; ".join(f"{p}: {why}" for p, why in
-                                                         list(stale.items())[:3]) + ")")
-    return result
+
+    def queries(self, chosen: list[tuple[str, int | None]], k: int) -> Audit:
+        """Each query searched, its top k hits explained and added."""
+        bar = tqdm(total=len(chosen), desc="auditing", unit="query", disable=not self.progress)
+        for begin in range(0, len(chosen), self.batch_size):
+            batch = chosen[begin:begin + self.batch_size]
+            for (name, row), side in zip(batch, self.sides(batch, "a", "queries")):
+                if side is not None:
+                    if self.result is None:
+                        self.result = self.start(side)
+                    self._query(self.result, name, row, side, k)
+                bar.update(1)
+        bar.close()
+        if self.result is None:
+            raise SimexplainError(
+                "no query could be read: every query's gallery file is missing or refused ("
+                + "; ".join(f"{p}: {why}" for p, why in list(self.stale.items())[:3]) + ")")
+        return self.result
+
+    def pairs(self, pairs: list[tuple[str, str]]) -> Audit:
+        """Exactly the given pairs, a batch at a time: no search, rank 0."""
+        from ..explanation import PairExplanation
+        similarity = self.index._require_explainer().similarity
+        rows = _gallery_rows(self.index, {path for pair in pairs for path in pair})
+        bar = tqdm(total=len(pairs), desc="auditing", unit="pair", disable=not self.progress)
+        for begin in range(0, len(pairs), self.batch_size):
+            batch = pairs[begin:begin + self.batch_size]
+            queries = self.sides([(a, rows.get(a)) for a, _ in batch], "a", "pairs")
+            hits = self.sides([(b, rows.get(b)) for _, b in batch], "b", "pairs")
+            for (a, b), side_a, side_b in zip(batch, queries, hits):
+                bar.update(1)
+                if side_a is None or side_b is None:
+                    continue  # a gallery file missing or refused now: in `stale`
+                pair = PairExplanation.from_sides(side_a, side_b, similarity)
+                if self.result is None:
+                    self.result = self.start(side_a)
+                self._add(self.result, pair, PairRecord(
+                    query=a, hit=b, hit_row=rows.get(b, -1), rank=0, score=pair.score,
+                    query_row=rows.get(a, -1)))
+        bar.close()
+        if self.result is None:
+            raise SimexplainError("no pair could be read: a gallery file of every pair is "
+                                  "missing or refused")
+        self.result.queries = len({a for a, _ in pairs})
+        return self.result
+
+    def sides(self, items: list[tuple[str, int | None]], letter: str, what: str
+              ) -> list[Side | None]:
+        """The decomposed side `letter` of each (path, gallery row or None): from the explain
+        cache for gallery rows (side a: of a one-stream model only), else computed. A gallery
+        file is read through the index (checked as it is opened: inside the gallery, a regular
+        file); one missing or refused now gives None and is recorded in `stale`."""
+        from ..retrieval.index import StaleHit
+        explainer = self.index._require_explainer()
+        cache_applies = letter == "b" or explainer.stream_a is explainer.stream_b
+        sides: dict[int, Side | None] = {}
+        inputs: dict[int, object] = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", StaleHit)  # a changed file is used as it is now
+            for i, (path, row) in enumerate(items):
+                if row is None:
+                    inputs[i] = path
+                    continue
+                # from the cache: the file read once, checked as indexed (the usual case)
+                cached = self.index.cached_side(row) if cache_applies else None
+                if cached is not None:
+                    sides[i] = cached
+                    continue
+                try:
+                    inputs[i] = self.index.gallery_image(row)
+                except SimexplainError as exc:
+                    self.stale[path] = str(exc)
+                    sides[i] = None
+        try:
+            if inputs:
+                computed = explainer.sides(list(inputs.values()), letter, self.batch_size)
+                sides.update(zip(inputs, computed))
+        except ImageError as exc:
+            raise SimexplainError(f"cannot explain the {what}: {exc}") from None
+        return [sides[i] for i in range(len(items))]
+
+    def _query(self, result: Audit, name: str, row: int | None, side: Side, k: int) -> None:
+        """Search the query, drop its own file from the hits, explain the rest, add each
+        pair."""
+        from ..retrieval.index import RegionQuery, StaleHit
+        index = self.index
+        prepared = RegionQuery.from_side(side)
+        hits = index.search_vector(prepared.vector, min(k + 1, len(index)))
+        own = _same_file(name)
+        hits[:] = [h for h in hits if h.index != row and not own(h.path)][:k]
+        if not hits:
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", StaleHit)  # gathered in `stale`, said at the end
+            index.explain_hits(prepared, hits, batch_size=self.batch_size)
+        result.queries += 1
+        for rank, hit in enumerate(hits, start=1):
+            if hit.explanation is None:  # missing or refused now (explain_hits marked it)
+                self.stale[hit.path] = hit.stale or "not readable"
+                continue
+            self._add(result, hit.explanation, PairRecord(
+                query=name, hit=hit.path, hit_row=hit.index, rank=rank,
+                score=hit.explanation.score, query_row=-1 if row is None else row))
+
+    def _add(self, result: Audit, pair: PairExplanation, record: PairRecord) -> None:
+        """One pair into the result, with its occlusion maps when the audit takes them."""
+        side_maps = None
+        if self.occlusion is not None:
+            from ..methods import PreparedPair
+            explainer = self.index._require_explainer()
+            try:
+                side_maps = self.occlusion.attribute(explainer, PreparedPair.of(
+                    explainer, self._input(record.query, record.query_row),
+                    self._input(record.hit, record.hit_row)))
+            except ImageError as exc:
+                raise SimexplainError(f"cannot occlude the pair: {exc}") from None
+        result.add(pair, record, patterns=self.patterns, side_maps=side_maps)
+
+    def _input(self, path: str, row: int):
+        """An image to prepare: a gallery row read through the index (checked; a changed file
+        is used as it is now, a missing or refused one raises), else the path."""
+        if row < 0:
+            return path
+        from ..retrieval.index import StaleHit
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", StaleHit)
+            return self.index.gallery_image(row)
+
+    def explain_again(self, record: PairRecord) -> PairExplanation | None:
+        """The PairExplanation of an audited pair again (for the report's figures), its gallery
+        files read through the index again; None when one is missing or refused now."""
+        from ..retrieval.index import Hit, RegionQuery
+        explainer = self.index._require_explainer()
+        try:
+            query = self._input(record.query, record.query_row)
+            if record.hit_row < 0:  # a given hit outside the gallery
+                return explainer.explain(query, record.hit)
+        except SimexplainError:
+            return None
+        prepared = RegionQuery.from_side(explainer.side(query, "a"))
+        hit = Hit(rank=record.rank, index=record.hit_row, path=record.hit,
+                  score=record.score, full_score=record.score)
+        self.index.explain_hits(prepared, [hit])
+        return hit.explanation
 
 
-def _audit_pairs(index: Index, pairs: list[tuple[str, str]], start: Callable[[Side], Audit],
-                 batch_size: int, patterns: int, progress: bool, stale: dict[str, str],
-                 occlusion: Method | None) -> Audit:
-    """Exactly the given pairs, a batch at a time: no search, rank 0."""
-    from ..explanation import PairExplanation
-    similarity = index._require_explainer().similarity
-    rows = _gallery_rows(index, {path for pair in pairs for path in pair})
-    result: Audit | None = None
-    bar = tqdm(total=len(pairs), desc="auditing", unit="pair", disable=not progress)
-    for first in range(0, len(pairs), batch_size):
-        batch = pairs[first:first + batch_size]
-        queries = _sides(index, [(a, rows.get(a)) for a, _ in batch], "a", batch_size, "pairs",
-                         stale)
-        hits = _sides(index, [(b, rows.get(b)) for _, b in batch], "b", batch_size, "pairs",
-                      stale)
-        for (a, b), side_a, side_b in zip(batch, queries, hits):
-            bar.update(1)
-            if side_a is None or side_b is None:
-                continue  # a gallery file missing or refused now: in `stale`
-            if result is None:
-                result = start(side_a)
-            pair = PairExplanation.from_sides(side_a, side_b, similarity)
-            row = rows.get(b)
-            side_maps = None if occlusion is None else _occlusion_maps(
-                index, occlusion, _input(index, a, rows.get(a)), _input(index, b, row))
-            result.add(pair, PairRecord(query=a, hit=b, hit_row=-1 if row is None else row,
-                                        rank=0, score=pair.score), patterns=patterns,
-                       side_maps=side_maps)
-    bar.close()
-    if result is None:
-        raise SimexplainError("no pair could be read: a gallery file of every pair is missing "
-                              "or refused")
-    result.queries = len({a for a, _ in pairs})
-    return result
 
 
 def _gallery_rows(index: Index, paths: set[str]) -> dict[str, int]:
@@ -202,104 +308,10 @@ def _queries(index: Index, queries: Sequence[str | Path] | str | Path | None, sa
     return [(q, None) for q in listed]
 
 
-def _query_sides(index: Index, chosen: list[tuple[str, int | None]], batch_size: int,
-                 stale: dict[str, str]) -> Iterator[tuple[str, int | None, Side | None]]:
-    """Each query's decomposed side (a), a batch at a time (None: its file is in `stale`)."""
-    for start in range(0, len(chosen), batch_size):
-        batch = chosen[start:start + batch_size]
-        for (name, row), side in zip(batch, _sides(index, batch, "a", batch_size, "queries",
-                                                   stale)):
-            yield name, row, side
-
-
-def _sides(index: Index, items: list[tuple[str, int | None]], letter: str, batch_size: int,
-           what: str, stale: dict[str, str]) -> list[Side | None]:
-    """The decomposed side `letter` of each (path, gallery row or None): from the explain cache
-    for gallery rows (side a: of a one-stream model only), else computed. A gallery file is
-    read through the index (checked as it is opened: inside the gallery, a regular file);
-    one missing or refused now gives None and is recorded in `stale`."""
-    from ..retrieval.index import StaleHit
-    explainer = index._require_explainer()
-    cache_applies = letter == "b" or explainer.stream_a is explainer.stream_b
-    sides: dict[int, Side | None] = {}
-    inputs: dict[int, object] = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", StaleHit)  # a changed file is used as it is now
-        for i, (path, row) in enumerate(items):
-            if row is None:
-                inputs[i] = path
-                continue
-            # from the cache: the file read once, checked as indexed (the usual case)
-            cached = index.cached_side(row) if cache_applies else None
-            if cached is not None:
-                sides[i] = cached
-                continue
-            try:
-                inputs[i] = index.gallery_image(row)  # changed files are used as they are now
-            except SimexplainError as exc:
-                stale[path] = str(exc)
-                sides[i] = None
-    try:
-        if inputs:
-            computed = explainer.sides(list(inputs.values()), letter, batch_size)
-            sides.update(zip(inputs, computed))
-    except ImageError as exc:
-        raise SimexplainError(f"cannot explain the {what}: {exc}") from None
-    return [sides[i] for i in range(len(items))]
-
-
-def _audit_query(index: Index, result: Audit, name: str, row: int | None, side: Side,
-                 k: int, batch_size: int, patterns: int, stale: dict[str, str],
-                 occlusion: Method | None) -> None:
-    """Search the query, drop its own file from the hits, explain the rest, add each pair."""
-    from ..retrieval.index import RegionQuery
-    prepared = RegionQuery.from_side(side)
-    hits = index.search_vector(prepared.vector, min(k + 1, len(index)))
-    own = _same_file(name)
-    hits[:] = [h for h in hits if h.index != row and not own(h.path)][:k]
-    if not hits:
-        return
-    from ..retrieval.index import StaleHit
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", StaleHit)  # gathered in `stale`, said once at the end
-        index.explain_hits(prepared, hits, batch_size=batch_size)
-    result.queries += 1
-    query = None if occlusion is None else _input(index, name, row)
-    for rank, hit in enumerate(hits, start=1):
-        if hit.explanation is None:  # missing or refused now (explain_hits marked it)
-            stale[hit.path] = hit.stale or "not readable"
-            continue
-        record = PairRecord(query=name, hit=hit.path, hit_row=hit.index, rank=rank,
-                            score=hit.explanation.score)
-        side_maps = None if occlusion is None else _occlusion_maps(
-            index, occlusion, query, _input(index, hit.path, hit.index))
-        result.add(hit.explanation, record, patterns=patterns, side_maps=side_maps)
-
-
 def _occlusion(method: str, batch_size: int) -> Method | None:
     """The registry's occlusion method for method "occlusion" (None: the decomposition)."""
     from ..methods import get_method
     return get_method("occlusion", batch_size=batch_size) if method == "occlusion" else None
-
-
-def _input(index: Index, path: str, row: int | None):
-    """An image to prepare: a gallery row read through the index (checked), else the path."""
-    if row is None or row < 0:
-        return path
-    from ..retrieval.index import StaleHit
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", StaleHit)  # a changed file is used as it is now
-        return index.gallery_image(row)
-
-
-def _occlusion_maps(index: Index, occlusion: Method, a, b) -> tuple:
-    """The occlusion maps (query, hit) of one pair, on each side's feature grid."""
-    from ..methods import PreparedPair
-    explainer = index._require_explainer()
-    try:
-        return occlusion.attribute(explainer, PreparedPair.of(explainer, a, b))
-    except ImageError as exc:
-        raise SimexplainError(f"cannot occlude the pair: {exc}") from None
 
 
 def _same_file(query: str):
@@ -308,16 +320,3 @@ def _same_file(query: str):
     except OSError:
         return lambda path: False
     return lambda path: Path(path).resolve() == resolved
-
-
-def _explain(index: Index, record: PairRecord):
-    """The PairExplanation of an audited pair again (for the report's figures)."""
-    from ..retrieval.index import Hit, RegionQuery
-    explainer = index._require_explainer()
-    if record.hit_row < 0:  # a given hit outside the gallery
-        return explainer.explain(record.query, record.hit)
-    prepared = RegionQuery.from_side(explainer.side(record.query, "a"))
-    hit = Hit(rank=record.rank, index=record.hit_row, path=record.hit, score=record.score,
-              full_score=record.score)
-    index.explain_hits(prepared, [hit])
-    return hit.explanation
