@@ -478,16 +478,21 @@ def test_bad_given_pairs_are_refused(indexes, tmp_path):
         audit(indexes[1.0], pairs=[(files[0], files[1])], queries=[files[2]], progress=False)
 
 
+def noise_gallery(root: Path, count: int, seed: int) -> Path:
+    """`count` random-noise images img_0.png ... in a new folder `root`."""
+    root.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)).save(
+            root / f"img_{i}.png")
+    return root
+
+
 def test_gallery_files_that_went_missing_or_out_of_the_gallery_are_left_out(tmp_path):
     """Issue 26 for audits: every gallery read is checked as it is opened. A hit whose file
     was deleted, or replaced by a symbolic link to a photo outside the gallery, after the build
     is left out and named in `stale`; the outside photo is never read."""
-    root = tmp_path / "gallery"
-    root.mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(8):
-        Image.fromarray(rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)).save(
-            root / f"img_{i}.png")
+    root = noise_gallery(tmp_path / "gallery", 8, seed=1)
     index = Index.build(root, planted(1.0), progress=False)
     before = audit(index, k=7, sample=8, progress=False)
     assert before.stale == {} and len(before.pairs) == 8 * 7
@@ -509,12 +514,7 @@ def test_report_figures_read_the_gallery_files_through_the_index_again(tmp_path)
     """The report explains its ranked pairs again after the audit: their gallery files are read
     through the index's checked read then too. Files replaced by links out of the gallery since
     the audit are not drawn (a note in their cell), and their outside photo is never used."""
-    root = tmp_path / "gallery"
-    root.mkdir()
-    rng = np.random.default_rng(2)
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)).save(
-            root / f"img_{i}.png")
+    root = noise_gallery(tmp_path / "gallery", 6, seed=2)
     index = Index.build(root, planted(1.0), progress=False)
     result = audit(index, k=2, sample=6, regions={"corner": CORNER}, progress=False)
     rows = {Path(p).name: row for row, p in enumerate(index.paths)}
