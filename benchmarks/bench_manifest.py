@@ -130,6 +130,8 @@ def main(argv=None) -> int:
     if args.load:
         print(json.dumps(load_one(args.load, Path(args.workdir), args.count)))
         return 0
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         folder = Path(tmp)
         start = time.perf_counter()

@@ -17,7 +17,8 @@ peak RSS.
 
 search: the manifest's per-image records loaded alone (`columns.open_file`: time, resident
 memory), then the index loaded single-process and searched (p50/p95 of one region query at a
-time, recall@k against the exact top k, resident memory per vector of the driver), then
+time, recall@k against the exact top k, resident memory per vector of the driver; with
+--more-candidates also at other numbers of re-scored candidates), then
 loaded on Ray (a local instance with one CPU per actor, or --ray-address) and searched the
 same way (driver and per-actor resident memory per vector), and the first queries' hits
 compared between the two (same rows, scores within 1e-6). Resident memory is VmRSS; RssAnon
@@ -172,6 +173,12 @@ def search(args) -> dict:
                "driver_anon_bytes_per_vector":
                    round((loaded["RssAnon"] - before["RssAnon"]) / n, 1),
                **_search_row(index, queries, truth, args.k)}
+        row["params"] = dict(index.params)
+        default_candidates = index.params["candidates"]
+        for candidates in args.more_candidates:  # recall against latency, same load
+            index.params.update(candidates=candidates)
+            row[f"candidates_{candidates}"] = _search_row(index, queries, truth, args.k)
+        index.params.update(candidates=default_candidates)  # the hits compared below
         if engine == "ray":
             row["actors"] = index.vectors.describe()
             row["actor_rss_bytes_per_vector"] = [round(a["rss"] / a["rows"], 1)
@@ -184,6 +191,10 @@ def search(args) -> dict:
         else:
             local_hits += [index.search_vector(q, args.k, e) for q, e in queries[:args.compare]]
         rows[engine] = row
+        for candidates in args.more_candidates:
+            more = row[f"candidates_{candidates}"]
+            print(f"{engine} with {candidates} candidates: p50 {more['p50_ms']} ms, p95 "
+                  f"{more['p95_ms']} ms, recall@{args.k} {more['recall_at_k']}", flush=True)
         print(f"{engine}: loaded in {row['load_s']} s, driver +"
               f"{row['driver_rss_bytes_per_vector']} B/vector resident (anon "
               f"{row['driver_anon_bytes_per_vector']}), p50 {row['p50_ms']} ms, p95 "
@@ -222,6 +233,9 @@ def main(argv=None) -> int:
     parser.add_argument("--keep-gallery", action="store_true")
     parser.add_argument("--actors", type=int, default=2, help="Ray actors (shard groups)")
     parser.add_argument("--ray-address", default=None)
+    parser.add_argument("--more-candidates", type=int, nargs="*", default=[],
+                        metavar="N", help="search: also measure with N re-scored candidates "
+                                          "(the index's default is measured first)")
     parser.add_argument("--compare", type=int, default=50,
                         help="queries whose hits are compared between the engines")
     parser.add_argument("--seed", type=int, default=0)

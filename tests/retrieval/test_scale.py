@@ -247,3 +247,13 @@ def test_ivfpq_bad_parameters_are_refused():
         Index.from_vectors(gallery, kind="ivfpq", params={"shards": 101})
     with pytest.raises(SimexplainError, match="unknown parameters"):
         Index.from_vectors(gallery, kind="flat", params={"shards": 2})
+
+
+@pytest.mark.parametrize("count, candidates", [(1000, 256), (10_000_000, 256),
+                                               (10_000_001, 512), (30_000_000, 512),
+                                               (100_000_000, 1024), (10 ** 9, 2560)])
+def test_rescored_candidates_grow_as_the_square_root_past_10m(count, candidates):
+    """256 up to 10M vectors, then 256 x ceil(sqrt(N / 10M)) (recall@10 at a fixed 256 fell
+    from 0.965 at 10M to 0.94 at 30M in benchmarks/bench_serve.py; 512 gave 0.98 there)."""
+    from simexplain.retrieval.compressed import default_params
+    assert default_params(count, 128, 1, 4096)["candidates"] == candidates
