@@ -33,6 +33,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -326,18 +327,121 @@ class _CapturedCall:
         return tuple(t.clone() for t in self.outputs)
 
 
+# -- heads known by input size ---------------------------------------------------------------
+@dataclass
+class _Bound:
+    """A tensor the known head reads, where the model keeps it (a module's parameter or buffer
+    dict) and what it was: the model must still hold this very tensor, unchanged."""
+
+    store: dict
+    name: str
+    tensor: torch.Tensor
+    version: int
+    address: int
+
+    def holds(self) -> bool:
+        t = self.tensor
+        return (self.store.get(self.name) is t and t._version == self.version
+                and t.data_ptr() == self.address)
+
+
+@dataclass
+class KnownHead:
+    """What a call with a checked cached head learned from its recording: the pooling (its
+    steps kept, `program`), the cached head after it, the offsets it reads and the layer
+    output's size, dtype and device. Later calls with inputs of the same size run the model
+    with a plain hook on the layer and compute the contributions from these alone, without
+    recording the head again (`head.known_contributions`); every tensor read is checked to be
+    still the model's own and unchanged first, and the result against the model's own
+    embedding after."""
+
+    program: HeadTape  # the recorded steps only (no recorded values)
+    pooling: Any  # head_tape._Pooling
+    head: AffineHead
+    offsets: dict[str, torch.Tensor]  # the module's own tensors, read by the pooling (a bias)
+    features: tuple  # (shape[1:], dtype, device) of the layer output
+    bound: list[_Bound]
+
+    def current(self) -> bool:
+        """Does the model still hold every tensor read, unchanged?"""
+        return all(b.holds() for b in self.bound)
+
+
+def bind(modules: list[torch.nn.Module], tensors: list[torch.Tensor]) -> list[_Bound] | None:
+    """Where each tensor lives among the modules' own parameters and buffers, or None when one
+    lives elsewhere (a tensor made in the forward pass, an attribute): such a head is not
+    known by size (its tensors' identity could not be checked)."""
+    homes: dict[int, tuple[dict, str]] = {}
+    for module in modules:
+        for store in (module._parameters, module._buffers):
+            for name, t in store.items():
+                if t is not None:
+                    homes.setdefault(id(t), (store, name))
+    bound = []
+    for t in tensors:
+        home = homes.get(id(t))
+        if home is None or home[0].get(home[1]) is not t:
+            return None
+        try:  # inference tensors have no version counter
+            bound.append(_Bound(home[0], home[1], t, t._version, t.data_ptr()))
+        except RuntimeError:
+            return None
+    return bound
+
+
 class AffineHeads:
-    """The cached affine heads of one model (see the module's docstring)."""
+    """The cached affine heads of one model (see the module's docstring), and the heads known
+    by input size (`KnownHead`)."""
 
     def __init__(self) -> None:
         self._entries: OrderedDict[tuple, AffineHead] = OrderedDict()
+        # input key -> the known head, or None once a call disagreed (recorded from then on)
+        self._known: OrderedDict[tuple, KnownHead | None] = OrderedDict()
         self._lock = threading.Lock()  # the web app explains from several threads
+        self.known_calls = 0  # calls answered by a known head (tests read it)
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def clear(self) -> None:
-        self._entries.clear()
+        with self._lock:
+            self._entries.clear()
+            self._known.clear()
+
+    def known(self, key: tuple) -> KnownHead | None:
+        """The known head for inputs of this key, if it is still the model's (an entry whose
+        tensors were replaced or changed is dropped); None when the cache is off."""
+        if not enabled():
+            return None
+        with self._lock:
+            known = self._known.get(key)
+            if known is not None and not known.current():
+                del self._known[key]  # the next recording learns it anew
+                return None
+            return known
+
+    def remember(self, key: tuple, known: KnownHead) -> None:
+        """Known from now on, unless a call with this key has disagreed before."""
+        with self._lock:
+            if key in self._known and self._known[key] is None:
+                return
+            self._known[key] = known
+            self._known.move_to_end(key)
+            while len(self._known) > MAX_ENTRIES:
+                self._known.popitem(last=False)
+
+    def refuse(self, key: tuple) -> None:
+        """A call by the known head disagreed with the model (its head branches on the data,
+        was changed, or its layer ran twice): inputs of this key are recorded from now on."""
+        with self._lock:
+            self._known[key] = None
+            self._known.move_to_end(key)
+            while len(self._known) > MAX_ENTRIES:
+                self._known.popitem(last=False)
+
+    def answered(self) -> None:
+        with self._lock:
+            self.known_calls += 1
 
     def lookup(self, tape: HeadTape, start: int, source: int, output: int,
                offsets: dict[str, torch.Tensor], pooled: torch.Tensor) -> AffineHead | None:

@@ -39,13 +39,15 @@ How it is computed (cost for P positions, C channels, D embedding dimensions):
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.func import functional_call, jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .affine_head import AffineHeads
+from .affine_head import AffineHead, AffineHeads, KnownHead
 from .frozen import FreezeScales
 from .head_tape import HeadTape, find_pooling, pooled_shares, replay_pooled, to_positions
 
@@ -192,10 +194,16 @@ STRATEGIES = ("auto", "batched", "forward", "reverse", "tangents")
 PER_ROW_WORK = 1 << 24
 
 
+# Called with (the tape, its pooling, the checked cached head) when a call was answered by the
+# cached head: what a known head (affine_head.KnownHead) is made of.
+Remember = Callable[[HeadTape, Any, AffineHead], None]
+
+
 def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[str, torch.Tensor],
                        grid: tuple[int, int], prefix_tokens: int = 0, strategy: str = "auto",
                        budget: int = 1 << 28, structured: bool = True,
-                       affine: AffineHeads | None = None) -> Contributions | None:
+                       affine: AffineHeads | None = None,
+                       remember: Remember | None = None) -> Contributions | None:
     """Contributions from a recorded head, without running the trunk again; None when the
     tape does not reproduce the model's embedding (a call the tape cannot see).
 
@@ -210,7 +218,8 @@ def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[st
 
     With `affine` (the model's cache, affine_head.py) and strategy "auto", a post-pooling head
     that is affine once its scales are frozen is one cached matrix product of the shares
-    ("affine, cached"), checked against the path above when first built.
+    ("affine, cached"), checked against the path above when first built; `remember` is then
+    told what answered.
     """
     features = tape.features
     out_slot = tape.slot_of(embedding)
@@ -249,14 +258,47 @@ def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[st
                 head.checked = _agree((primal, linear, constant), cached)
                 if head.checked:  # from the first call on: the same bits whatever came before
                     (primal, linear, constant), mode = cached, "affine, cached"
-        scale = float(embedding.abs().max()) + 1e-12
-        if not torch.allclose(primal, embedding, rtol=1e-4, atol=1e-5 * scale):
-            return None  # the replay is not the model's head
+    path = f"{pooling.kind} pooling, {mode}" if pooling else f"whole head, {mode}"
+    result = _checked(primal, linear, constant, embedding, n_pos, whole, grid, prefix_tokens,
+                      path)
+    if result is not None and remember is not None and mode == "affine, cached":
+        remember(tape, pooling, head)
+    return result
+
+
+def known_contributions(known: KnownHead, features: torch.Tensor, embedding: torch.Tensor,
+                        grid: tuple[int, int], prefix_tokens: int = 0) -> Contributions | None:
+    """The contributions by a known head (affine_head.KnownHead) from the layer output and the
+    model's embedding of a plain forward pass: the pooling's shares and the cached matrix, as
+    `tape_contributions` computes them once the head is cached (the same bits), without the
+    recording. None when the head does not reproduce the model's embedding (a head that
+    branches on its input or was changed), or the layer output is not what it was."""
+    if (tuple(features.shape[1:]), features.dtype, features.device) != known.features:
+        return None
+    offsets = {k: v.detach() for k, v in known.offsets.items()}
+    with torch.no_grad():
+        pooled, shares, pooled_constant, whole = _pooled_inputs(
+            known.program, known.pooling, features, offsets, len(embedding))
+        primal, linear, constant = known.head.apply(pooled, shares, pooled_constant)
+    return _checked(primal, linear, constant, embedding, to_positions(features).shape[1],
+                    whole, grid, prefix_tokens, f"{known.pooling.kind} pooling, affine, cached")
+
+
+def _checked(primal: torch.Tensor, linear: torch.Tensor, constant: torch.Tensor,
+             embedding: torch.Tensor, n_pos: int, whole: torch.Tensor | None,
+             grid: tuple[int, int], prefix_tokens: int, path: str) -> Contributions | None:
+    """The Contributions of the head's (embedding, linear parts, constant), or None when its
+    embedding is not the model's own (to 1e-5 of the embedding's size): the analysed head is
+    not the one the model ran. The linear parts' rows after the first `n_pos` are the whole
+    feature vectors of a selective pooling (`whole` given)."""
+    scale = float(embedding.abs().max()) + 1e-12
+    if not torch.allclose(primal, embedding, rtol=1e-4, atol=1e-5 * scale):
+        return None
     projected = None
     if whole is not None:
         linear, projected = linear[:, :n_pos], linear[:, n_pos:, :][:, prefix_tokens:]
     result = _assemble(embedding, linear, constant, grid, prefix_tokens)
-    result.path = f"{pooling.kind} pooling, {mode}" if pooling else f"whole head, {mode}"
+    result.path = path
     result.projected = projected
     return result
 

@@ -121,6 +121,13 @@ class HeadTape(TorchFunctionMode):
         self.__enter__()  # recorded from here on (`recording` switches it off)
         return fed
 
+    def program(self) -> HeadTape:
+        """The recorded steps alone (what replays need), without the tensors recorded during
+        the pass: kept by a known head (affine_head.KnownHead) while the recording goes."""
+        copy = HeadTape({})
+        copy.steps = self.steps
+        return copy
+
     def recorded(self) -> dict[int, torch.Tensor]:
         """slot -> the tensor recorded there during the forward pass (the layer output's copy
         in slot 0)."""
@@ -201,6 +208,24 @@ class _Pooling:
     kind: str  # mean, sum, amax, argmax, select, linear
     pooled: int  # slot of the pooled tensor
     argument: Any = None  # select: the token index (int); linear: the Linear's step (int)
+
+    def steps(self) -> list[int]:
+        """Indices of the steps from the layer output to the pooled tensor."""
+        return self.chain + [self.pool] + ([self.argument] if self.kind == "linear" else [])
+
+
+def pooling_reads(tape: HeadTape, pooling: _Pooling) -> tuple[list[torch.Tensor], list[str]]:
+    """The tensors the pooling's steps read besides the layer output (a Linear's weight, a
+    learnt scalar) and the names of the offsets they read (a Linear's bias)."""
+    tensors: list[torch.Tensor] = []
+    names: list[str] = []
+    for i in pooling.steps():
+        for leaf in tape.steps[i]._leaves:
+            if isinstance(leaf, torch.Tensor):
+                tensors.append(leaf)
+            elif isinstance(leaf, _Offset):
+                names.append(leaf.name)
+    return tensors, names
 
 
 def _reduced_dims(step: _Step) -> set[int] | None:
@@ -376,7 +401,6 @@ def replay_pooled(tape: HeadTape, pooling: _Pooling, features: torch.Tensor,
             offsets: dict[str, torch.Tensor]) -> torch.Tensor:
     """The pooled tensor, recomputed (a later in-place call may have changed the recorded one)."""
     env = {0: features}
-    for i in pooling.chain + [pooling.pool] + (
-            [pooling.argument] if pooling.kind == "linear" else []):
+    for i in pooling.steps():
         tape.steps[i].run(env, offsets)
     return env[pooling.pooled]
