@@ -374,9 +374,9 @@ def bind(modules: list[torch.nn.Module], tensors: list[torch.Tensor]) -> list[_B
     homes: dict[int, tuple[dict, str]] = {}
     for module in modules:
         for store in (module._parameters, module._buffers):
-            for name, t in store.items():
-                if t is not None:
-                    homes.setdefault(id(t), (store, name))
+            for name, held in store.items():
+                if held is not None:
+                    homes.setdefault(id(held), (store, name))
     bound = []
     for t in tensors:
         home = homes.get(id(t))

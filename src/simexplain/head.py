@@ -261,7 +261,7 @@ def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[st
     path = f"{pooling.kind} pooling, {mode}" if pooling else f"whole head, {mode}"
     result = _checked(primal, linear, constant, embedding, n_pos, whole, grid, prefix_tokens,
                       path)
-    if result is not None and remember is not None and mode == "affine, cached":
+    if result is not None and remember is not None and head is not None and head.checked:
         remember(tape, pooling, head)
     return result
 
