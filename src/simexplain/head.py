@@ -88,10 +88,16 @@ class Contributions:
         """(B,) bool: does any grid position carry a part of the embedding of its own (beyond
         the evenly spread constant term)? False where the head reads only prefix tokens, e.g.
         a class-token model explained at its last layer: its map has nothing spatial in it.
-        Computed once (each row's Side reads it; a pass over all B x P x D values)."""
-        linear = self.positions - self.constant[:, None, :] / self.positions.shape[1]
-        size = self.embedding.norm(dim=1).clamp_min(1e-12)
-        return linear.norm(dim=2).amax(1) > 1e-6 * size
+        Computed once (each row's Side reads it; a pass over all B x P x D values); set by
+        `_assemble` from the linear parts it has at hand."""
+        return _spatial(self.positions - self.constant[:, None, :] / self.positions.shape[1],
+                        self.embedding)
+
+
+def _spatial(linear: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+    """`Contributions.spatial` from the grid's linear parts (B, P, D)."""
+    size = embedding.norm(dim=1).clamp_min(1e-12)
+    return linear.norm(dim=2).amax(1) > 1e-6 * size
 
 
 def head_offsets(model: torch.nn.Module, head_modules: list[str]) -> dict[str, torch.Tensor]:
@@ -178,8 +184,10 @@ def _assemble(embedding: torch.Tensor, linear: torch.Tensor, constant: torch.Ten
         tokens = linear[:, :prefix_tokens]
         linear = linear[:, prefix_tokens:]
     positions = linear + constant[:, None, :] / linear.shape[1]
-    return Contributions(embedding=embedding, positions=positions, grid=grid, constant=constant,
-                         tokens=tokens)
+    result = Contributions(embedding=embedding, positions=positions, grid=grid,
+                           constant=constant, tokens=tokens)
+    result.spatial = _spatial(linear, embedding)  # no pass to take the constant off again
+    return result
 
 
 # -- the head as a tape ---------------------------------------------------------------------------
@@ -309,11 +317,14 @@ def _pooled_inputs(tape: HeadTape, pooling, features: torch.Tensor,
     """(pooled tensor, each position's share of it (B, N, *pooled dims; N = P, or 2P with
     the whole feature vectors of a selective pooling after them), the offsets' share, the
     whole feature vectors or None). The pooled tensor is replayed unless given (the one the
-    forward pass recorded, where nothing wrote into it since)."""
+    forward pass recorded, where nothing wrote into it since); a flatten head's is the sum
+    of its shares and the bias (the Linear's large weight read once, for the shares)."""
     with FreezeScales():
-        if pooled is None:
-            pooled = replay_pooled(tape, pooling, features, offsets)
         shares, pooled_constant, whole = pooled_shares(tape, pooling, features, offsets)
+        if pooling.kind == "linear":
+            pooled = shares.sum(1) + pooled_constant
+        elif pooled is None:
+            pooled = replay_pooled(tape, pooling, features, offsets)
     if whole is not None:  # mapped by J together with the shares, in the same pass
         shares = torch.cat([shares, whole], dim=1)
     shares = shares.reshape(batch, shares.shape[1], *pooled.shape[1:])

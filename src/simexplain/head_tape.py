@@ -367,8 +367,9 @@ def pooled_shares(tape: HeadTape, pooling: _Pooling, features: torch.Tensor,
     else:  # flatten + Linear: W reshaped to (D, P, C) maps each position on its own
         linear = tape.steps[pooling.argument]
         weight = linear.args[1] if len(linear.args) > 1 else linear.kwargs["weight"]
-        per_position = _per_position_weight(weight, y.shape[1:])  # (P, C, D)
-        shares = torch.bmm(t_pos.transpose(0, 1).contiguous(), per_position).transpose(0, 1)
+        per_position = _per_position_weight(weight, y.shape[1:])  # (P, D, C)
+        shares = torch.bmm(t_pos.transpose(0, 1).contiguous(),
+                           per_position.transpose(1, 2)).transpose(0, 1)
         bias = linear.args[2] if len(linear.args) > 2 else linear.kwargs.get("bias")
         bias = offsets[bias.name] if isinstance(bias, _Offset) else shares.new_zeros(())
         return shares, bias.expand(len(y), shares.shape[-1]), None
@@ -376,10 +377,10 @@ def pooled_shares(tape: HeadTape, pooling: _Pooling, features: torch.Tensor,
     return shares, shares.new_zeros(()), whole  # pooling has no offsets
 
 
-# Weights of flatten + Linear heads rearranged as (P, C, D), kept while the weight lives and is
+# Weights of flatten + Linear heads rearranged as (P, D, C), kept while the weight lives and is
 # unchanged (version, storage, dtype): the rearrangement is a strided copy that costs more than
 # the product itself.
-_PER_POSITION: dict[int, tuple] = {}  # id(weight) -> (weakref, key, (P, C, D) tensor)
+_PER_POSITION: dict[int, tuple] = {}  # id(weight) -> (weakref, key, (P, D, C) tensor)
 
 
 def _per_position_weight(weight: torch.Tensor, feature_shape: torch.Size) -> torch.Tensor:
@@ -390,7 +391,9 @@ def _per_position_weight(weight: torch.Tensor, feature_shape: torch.Size) -> tor
     if cached is not None and cached[0]() is weight and cached[1] == key:
         return cached[2]
     per_position = to_positions(weight.detach().reshape(weight.shape[0], *feature_shape))
-    per_position = per_position.permute(1, 2, 0).contiguous()  # (D, P, C) -> (P, C, D)
+    # (D, P, C) -> (P, D, C): each position's block of W as rows, read transposed by the
+    # product (measured faster than a (P, C, D) copy: fewer cache misses on the weight)
+    per_position = per_position.transpose(0, 1).contiguous()
     ident = id(weight)
     ref = weakref.ref(weight, lambda _: _PER_POSITION.pop(ident, None))
     _PER_POSITION[ident] = (ref, key, per_position)
