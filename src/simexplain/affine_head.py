@@ -277,8 +277,10 @@ class AffineHead:
             else:
                 x, constant = stage.run(x), stage.run(constant)
         linear = _apply(self.matrix, shares)
+        if linear is shares and norms:
+            linear = linear.clone()  # no linear part at all: the shares are not ours to divide
         for norm in norms:
-            linear = linear / norm[:, None]
+            linear.div_(norm[:, None])  # in place: a fresh product
         return x, linear, constant
 
     def _graph(self, pooled, shares, pooled_constant):

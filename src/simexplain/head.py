@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -318,8 +319,10 @@ def _pooled_inputs(tape: HeadTape, pooling, features: torch.Tensor,
     the whole feature vectors of a selective pooling after them), the offsets' share, the
     whole feature vectors or None). The pooled tensor is replayed unless given (the one the
     forward pass recorded, where nothing wrote into it since); a flatten head's is the sum
-    of its shares and the bias (the Linear's large weight read once, for the shares)."""
-    with FreezeScales():
+    of its shares and the bias (the Linear's large weight read once, for the shares). Scales
+    are frozen for the elementwise steps' derivative; without any, values alone are computed
+    (the mode's cost on every call spared)."""
+    with FreezeScales() if pooling.chain else nullcontext():
         shares, pooled_constant, whole = pooled_shares(tape, pooling, features, offsets)
         if pooling.kind == "linear":
             pooled = shares.sum(1) + pooled_constant
