@@ -179,15 +179,21 @@ def _assemble(embedding: torch.Tensor, linear: torch.Tensor, constant: torch.Ten
               grid: tuple[int, int], prefix_tokens: int) -> Contributions:
     """Contributions from the linear parts (B, N, D) and the constant term (B, D), which is
     spread evenly over the grid. Prefix tokens of a transformer (class token, registers) have
-    no place in the image: their contributions are kept apart (`Contributions.tokens`)."""
+    no place in the image: their contributions are kept apart (`Contributions.tokens`).
+    A `linear` that is no view of another tensor is the caller's fresh result, which this
+    takes over: its grid rows become the positions in place (no second P x D tensor); a view
+    (of the layer output, of a transform's output that may be expanded) is left as it is."""
+    fresh = linear._base is None
     tokens = None
     if prefix_tokens:
         tokens = linear[:, :prefix_tokens]
         linear = linear[:, prefix_tokens:]
-    positions = linear + constant[:, None, :] / linear.shape[1]
+    spatial = _spatial(linear, embedding)  # before the constant: no pass to take it off again
+    spread = constant[:, None, :] / linear.shape[1]
+    positions = linear.add_(spread) if fresh else linear + spread
     result = Contributions(embedding=embedding, positions=positions, grid=grid,
                            constant=constant, tokens=tokens)
-    result.spatial = _spatial(linear, embedding)  # no pass to take the constant off again
+    result.spatial = spatial
     return result
 
 
