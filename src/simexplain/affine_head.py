@@ -20,9 +20,22 @@ device and dtype. An in-place update of a parameter (an optimiser step, `load_st
 once against the autograd path (`head._linear_parts`); an entry that disagrees is refused and
 that head keeps the autograd path.
 
+Known heads (`KnownHead`, per input size, dtype and device): once a call was answered by a
+checked entry, later calls with inputs of that size run the model with a plain forward hook
+on the layer, no recording of the head: the pooling's recorded steps and the cached matrix
+give the contributions from the layer output (the same bits as the recorded path). Before
+the pass, every tensor they read (the chain's and the pooling's: weights, biases, running
+statistics) must still be the model's own parameter or buffer (identity), at the same
+`_version` and storage address, else the entry is dropped and the call recorded; after it,
+the layer must have run once with nothing written into its output, and the head's embedding
+must be the model's own (as on the recorded path). A call that fails those after-checks is
+recorded instead, and so is every later input of that size (a head that branches on its
+input or changes between calls would otherwise pay two passes each time).
+
 Switches (environment variables, read at each call): SIMEXPLAIN_AFFINE_HEAD=0 turns the cache
-off (every head takes the autograd path); SIMEXPLAIN_CUDA_GRAPHS=0 turns off the CUDA graphs
-that replay the cached product on a GPU once a shape repeats (never used on the CPU).
+and the known heads off (every head is recorded and takes the autograd path);
+SIMEXPLAIN_CUDA_GRAPHS=0 turns off the CUDA graphs that replay the cached product on a GPU
+once a shape repeats (never used on the CPU).
 """
 
 from __future__ import annotations

@@ -18,7 +18,9 @@ computation is a first-order linearisation and the residual |sum_p u_p - e| is r
 How it is computed (cost for P positions, C channels, D embedding dimensions):
 
 * `HeadTape` (head_tape.py) records the head during the model's one forward pass; the head is
-  then analysed alone, from the recorded layer output: the trunk never runs again.
+  then analysed alone, from the recorded layer output: the trunk never runs again. A head
+  already analysed as a cached affine matrix for this input size is not recorded again
+  (`known_contributions`, affine_head.KnownHead).
 * Pooling heads (average, max, GeM, token mean, class token; flatten + Linear, which maps each
   position on its own) are recognised on the tape (`find_pooling`). Each position's share of
   the pooled vector (a P x C matrix: A_pk / P for the average, A_pk at the argmax for max, ...)
