@@ -304,7 +304,7 @@ def test_a_head_that_changes_falls_back_to_the_recording_for_good(monkeypatch):
     assert result.path == f"mean pooling, {CACHED}"
 
 
-@pytest.mark.parametrize("change", ["in place", "replaced", "new data", "buffer"])
+@pytest.mark.parametrize("change", ["in place", "replaced", "new data", "buffer", "module"])
 def test_a_changed_parameter_is_seen_before_the_known_head_runs(change, monkeypatch):
     model = make("dropout-bn")
     explainer = Explainer(model, "features")
@@ -321,6 +321,9 @@ def test_a_changed_parameter_is_seen_before_the_known_head_runs(change, monkeypa
             linear.weight = nn.Parameter(torch.randn_like(linear.weight))
         elif change == "new data":
             linear.weight.data = torch.randn_like(linear.weight)
+        elif change == "module":  # a new Linear in the old one's place
+            index = list(model.head).index(linear)
+            model.head[index] = nn.Linear(linear.in_features, linear.out_features)
         else:
             model.head[-2].running_var = model.head[-2].running_var * 4
     counted.reset()

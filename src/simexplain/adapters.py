@@ -188,8 +188,7 @@ class SplitModel:
 
         def remember(tape, pooling, cached):  # later calls of this size: `_known_contributions`
             tensors, names = pooling_reads(tape, pooling)
-            modules = dict(self.model.named_modules())
-            bound = bind([modules[name] for name in head],
+            bound = bind(self.model, head,
                          cached.tensors + tensors + [offsets[name] for name in names])
             if bound is not None:
                 self.affine_heads.remember(_input_key(x), KnownHead(

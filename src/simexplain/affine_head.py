@@ -345,19 +345,28 @@ class _CapturedCall:
 # -- heads known by input size ---------------------------------------------------------------
 @dataclass
 class _Bound:
-    """A tensor the known head reads, where the model keeps it (a module's parameter or buffer
-    dict) and what it was: the model must still hold this very tensor, unchanged."""
+    """A tensor the known head reads, where the model keeps it (the parameter or buffer `name`
+    of the submodule at `path` below the model) and what it was: the model must still hold
+    this very tensor there, unchanged."""
 
-    store: dict
+    model: torch.nn.Module
+    path: tuple[str, ...]
     name: str
     tensor: torch.Tensor
     version: int
     address: int
 
     def holds(self) -> bool:
+        module: torch.nn.Module | None = self.model
+        for child in self.path:  # walked each time: a replaced submodule is seen too
+            module = module._modules.get(child) if module is not None else None
+        if module is None:
+            return False
         t = self.tensor
-        return (self.store.get(self.name) is t and t._version == self.version
-                and t.data_ptr() == self.address)
+        held: torch.Tensor | None = module._parameters.get(self.name)
+        if held is None:
+            held = module._buffers.get(self.name)
+        return held is t and t._version == self.version and t.data_ptr() == self.address
 
 
 @dataclass
@@ -382,25 +391,33 @@ class KnownHead:
         return all(b.holds() for b in self.bound)
 
 
-def bind(modules: list[torch.nn.Module], tensors: list[torch.Tensor]) -> list[_Bound] | None:
-    """Where each tensor lives among the modules' own parameters and buffers, or None when one
-    lives elsewhere (a tensor made in the forward pass, an attribute): such a head is not
-    known by size (its tensors' identity could not be checked)."""
-    homes: dict[int, tuple[dict, str]] = {}
-    for module in modules:
+def bind(model: torch.nn.Module, modules: list[str], tensors: list[torch.Tensor]
+         ) -> list[_Bound] | None:
+    """Where each tensor lives among the own parameters and buffers of the named submodules of
+    the model, or None when one lives elsewhere (a tensor made in the forward pass, a plain
+    attribute): such a head is not known by size (its tensors' identity could not be
+    checked)."""
+    found = dict(model.named_modules())
+    homes: dict[int, tuple[str, str]] = {}
+    for module_name in modules:
+        module = found[module_name]
         for store in (module._parameters, module._buffers):
             for name, held in store.items():
                 if held is not None:
-                    homes.setdefault(id(held), (store, name))
+                    homes.setdefault(id(held), (module_name, name))
     bound = []
     for t in tensors:
         home = homes.get(id(t))
-        if home is None or home[0].get(home[1]) is not t:
+        if home is None:
             return None
+        path = tuple(home[0].split(".")) if home[0] else ()
         try:  # inference tensors have no version counter
-            bound.append(_Bound(home[0], home[1], t, t._version, t.data_ptr()))
+            entry = _Bound(model, path, home[1], t, t._version, t.data_ptr())
         except RuntimeError:
             return None
+        if not entry.holds():
+            return None
+        bound.append(entry)
     return bound
 
 
