@@ -25,12 +25,13 @@ checked entry, later calls with inputs of that size run the model with a plain f
 on the layer, no recording of the head: the pooling's recorded steps and the cached matrix
 give the contributions from the layer output (the same bits as the recorded path). Before
 the pass, every tensor they read (the chain's and the pooling's: weights, biases, running
-statistics) must still be the model's own parameter or buffer (identity), at the same
-`_version` and storage address, else the entry is dropped and the call recorded; after it,
-the layer must have run once with nothing written into its output, and the head's embedding
-must be the model's own (as on the recorded path). A call that fails those after-checks is
-recorded instead, and so is every later input of that size (a head that branches on its
-input or changes between calls would otherwise pay two passes each time).
+statistics) must still be the model's own parameter or buffer at the same place (submodule
+path and name; identity), at the same `_version` and storage address, else the entry is
+dropped and the call recorded; after it, the layer must have run once with nothing written
+into its output, and the head's embedding must be the model's own (as on the recorded
+path). A call that fails those after-checks is recorded instead, and so is every later input
+of that size (a head that branches on its input or changes between calls would otherwise pay
+two passes each time).
 
 Switches (environment variables, read at each call): SIMEXPLAIN_AFFINE_HEAD=0 turns the cache
 and the known heads off (every head is recorded and takes the autograd path);
