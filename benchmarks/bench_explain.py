@@ -1,7 +1,7 @@
 """Cost of `Explainer.explain`, measured side by side with what it is compared to.
 
     python benchmarks/bench_explain.py [--quick] [--repeats 3] [--clock cpu]
-        [--write docs/performance.md]
+        [--sections grids,paper] [--grids 7,14] [--write docs/performance.md]
 
 Sections (medians over `--repeats`, and over at least `--min-seconds` of pairs for cheap
 comparisons, on the same inputs, in one process; each ratio is the
@@ -50,6 +50,7 @@ from simexplain.toy import L2Norm
 from simexplain.images import blank_image
 
 GRIDS = (7, 14, 28, 32, 48, 64)
+SECTIONS = ("grids", "zoo", "paper", "saliency", "galleries")
 REFERENCE_PATH_MAX_GRID = 14  # the previous engine is O(P^2 C): minutes beyond this
 DEVICE = torch.device("cpu")  # --device: where models and inputs live (the code is agnostic)
 # --clock cpu: the process's CPU time instead of wall time. On a shared, oversubscribed CPU the
@@ -441,8 +442,19 @@ def main() -> None:
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="what the timings count: wall time, or the process's CPU time "
                              "(CPU runs on a shared machine; not for --device cuda)")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"which sections to run, comma-separated (default: all of "
+                             f"{','.join(SECTIONS)}); --write needs them all")
+    parser.add_argument("--grids", help="grid sizes of section 1, comma-separated (e.g. 7,14)")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    sections = set(args.sections.split(","))
+    if not sections <= set(SECTIONS):
+        parser.error(f"--sections: choose among {','.join(SECTIONS)}")
+    if args.write and sections != set(SECTIONS):
+        parser.error("--write replaces every table: run all sections")
+    grids = tuple(int(g) for g in args.grids.split(",")) if args.grids else (
+        (7, 14) if args.quick else GRIDS)
     if args.memory_probe:
         memory_probe(args.memory_probe)
         return
@@ -457,33 +469,35 @@ def main() -> None:
     started = time.perf_counter()
     results: dict = {"grids": [], "zoo": [], "paper": [], "saliency": [], "galleries": []}
     print("1. grids: conv trunk C=256 -> GAP -> Linear(256->128) -> L2")
-    for grid in (7, 14) if args.quick else GRIDS:
+    for grid in grids if "grids" in sections else ():
         results["grids"].append(grid_row(grid, args.repeats))
         print("  ", results["grids"][-1], flush=True)
     print("2. zoo models")
-    for name in () if args.quick else ZOO_ROWS:
+    for name in () if args.quick or "zoo" not in sections else ZOO_ROWS:
         row = zoo_row(name, args.repeats)
         if row:
             results["zoo"].append(row)
             print("  ", row, flush=True)
     print("3. paper shapes: reference loops vs explain")
-    for shape in PAPER_SHAPES:
+    for shape in PAPER_SHAPES if "paper" in sections else ():
         results["paper"].append(paper_row(*shape, args.repeats, args.quick))
         print("  ", results["paper"][-1], flush=True)
     print("4. saliency per image")
     cases = [("grid model 28x28 (448 px)", Explainer(grid_model(), "features"), (448, 448))]
-    if not args.quick:
+    if not sections & {"saliency", "galleries"}:
+        cases = []
+    elif not args.quick:
         try:
             explainer = zoo.load("efficientnet-lite0")
             explainer.stream_a.model.to(DEVICE)
             cases.append(("efficientnet-lite0", explainer, (224, 224)))
         except Exception:  # noqa: BLE001 - weights absent
             pass
-    for name, explainer, size in cases:
+    for name, explainer, size in cases if "saliency" in sections else ():
         results["saliency"].append(saliency_row(name, explainer, size, args.repeats))
         print("  ", results["saliency"][-1], flush=True)
     print("5. galleries: explain_gallery vs one embedding pass")
-    for name, explainer, size in cases:
+    for name, explainer, size in cases if "galleries" in sections else ():
         results["galleries"].append(gallery_row(name, explainer, size, args.repeats))
         print("  ", results["galleries"][-1], flush=True)
     text = tables(results)

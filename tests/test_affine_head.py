@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from simexplain import Explainer, affine_head, zoo
+from simexplain import Explainer, adapters, affine_head, zoo
 from simexplain.toy import HEADS, L2Norm, trunk
 from test_head import images, make  # the toy heads and inputs of the head analysis's tests
 
@@ -44,6 +44,8 @@ def test_every_toy_head_matches_the_reference_path(head, normalize):
     assert first.path == cached.path
     assert torch.equal(first.positions, cached.positions)
     assert torch.equal(first.constant, cached.constant)
+    # the second call was answered by the known head (no recording) exactly for these heads
+    assert explainer.stream_a.affine_heads.known_calls == (head in AFFINE_HEADS)
     if head != "softplus":  # softplus is no gate: first order, and tested so in test_head
         assert_matches_reference(explainer, x, cached)
     if cached.projected is not None:  # max pooling: the whole feature vectors mapped too
@@ -218,3 +220,201 @@ def test_graph_bookkeeping_captures_a_repeated_shape_once_and_falls_back_on_fail
         result = explainer.stream_a.contributions(images(n))
         assert result.path.endswith(CACHED)
         assert_matches_reference(explainer, images(n), result)
+
+
+# -- heads known by input size: later calls without recording the head ----------------------------
+class _Counted:
+    """Counts the model's forward passes (a forward pre-hook) and the HeadTapes made."""
+
+    def __init__(self, model, monkeypatch):
+        self.forwards = self.tapes = 0
+        model.register_forward_pre_hook(lambda *_: self._forward())
+        made = adapters.HeadTape
+
+        def tape(*args, **kwargs):
+            self.tapes += 1
+            return made(*args, **kwargs)
+        monkeypatch.setattr(adapters, "HeadTape", tape)
+
+    def _forward(self):
+        self.forwards += 1
+
+    def reset(self):
+        self.forwards = self.tapes = 0
+
+
+def _known_calls(explainer):
+    return explainer.stream_a.affine_heads.known_calls
+
+
+@pytest.mark.parametrize("head", AFFINE_HEADS)
+def test_a_known_head_answers_later_calls_without_recording(head, monkeypatch):
+    model = make(head)
+    explainer = Explainer(model, "features")
+    counted = _Counted(model, monkeypatch)
+    x = images(2)
+    first = explainer.stream_a.contributions(x)
+    assert counted.tapes == 1 and _known_calls(explainer) == 0
+    counted.reset()
+    for other in (x, images(2, seed=5), images(1, seed=6)):  # any batch of this input size
+        result = explainer.stream_a.contributions(other)
+        assert result.path == first.path
+        assert_matches_reference(explainer, other, result)
+    counted.reset()
+    explainer.stream_a.contributions(x)
+    assert counted.tapes == 0 and counted.forwards == 1  # one plain forward pass, no tape
+    assert _known_calls(explainer) == 4
+    assert torch.equal(explainer.stream_a.contributions(x).positions, first.positions)
+
+
+class _Switching(nn.Module):
+    """A head that changes between calls (a plain attribute, `factor`, no tensor of the
+    model): the known head no longer is the model's."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = trunk()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(32, 8)
+        self.factor = 1.0
+
+    def forward(self, x):
+        return self.fc(self.pool(self.features(x)).flatten(1)) * self.factor
+
+
+def test_a_head_that_changes_falls_back_to_the_recording_for_good(monkeypatch):
+    model = _Switching().eval()
+    explainer = Explainer(model, "features")
+    counted = _Counted(model, monkeypatch)
+    x = images(2)
+    explainer.stream_a.contributions(x)
+    explainer.stream_a.contributions(x)
+    assert _known_calls(explainer) == 1
+    model.factor = -2.0
+    counted.reset()
+    result = explainer.stream_a.contributions(x)
+    assert counted.forwards == 2 and counted.tapes == 1  # tried, disagreed, recorded
+    assert_matches_reference(explainer, x, result)
+    counted.reset()
+    for _ in range(2):  # inputs of this size are recorded from now on: no second forward
+        result = explainer.stream_a.contributions(x)
+        assert_matches_reference(explainer, x, result)
+    assert _known_calls(explainer) == 1
+    assert result.path == f"mean pooling, {CACHED}"
+
+
+@pytest.mark.parametrize("change", ["in place", "replaced", "new data", "buffer", "module"])
+def test_a_changed_parameter_is_seen_before_the_known_head_runs(change, monkeypatch):
+    model = make("dropout-bn")
+    explainer = Explainer(model, "features")
+    counted = _Counted(model, monkeypatch)
+    x = images(2)
+    explainer.stream_a.contributions(x)
+    before = explainer.stream_a.contributions(x)
+    assert _known_calls(explainer) == 1
+    linear = _linear(model)
+    with torch.no_grad():
+        if change == "in place":
+            linear.weight.mul_(-2.0)
+        elif change == "replaced":
+            linear.weight = nn.Parameter(torch.randn_like(linear.weight))
+        elif change == "new data":
+            linear.weight.data = torch.randn_like(linear.weight)
+        elif change == "module":  # a new Linear in the old one's place
+            index = list(model.head).index(linear)
+            model.head[index] = nn.Linear(linear.in_features, linear.out_features)
+        else:
+            model.head[-2].running_var = model.head[-2].running_var * 4
+    counted.reset()
+    after = explainer.stream_a.contributions(x)
+    assert counted.forwards == 1 and counted.tapes == 1  # not tried: recorded at once
+    assert not torch.allclose(after.positions, before.positions)
+    assert_matches_reference(explainer, x, after)
+    counted.reset()
+    explainer.stream_a.contributions(x)  # known again, with the new weights
+    assert counted.tapes == 0 and _known_calls(explainer) == 2
+
+
+def test_each_input_size_is_known_on_its_own(monkeypatch):
+    model = make("gap")
+    explainer = Explainer(model, "features")
+    counted = _Counted(model, monkeypatch)
+    small, large = images(2, size=32), images(2, size=48)
+    explainer.stream_a.contributions(small)
+    explainer.stream_a.contributions(small)
+    counted.reset()
+    result = explainer.stream_a.contributions(large)  # another size: recorded first
+    assert counted.tapes == 1 and _known_calls(explainer) == 1
+    assert result.grid == (12, 12)
+    assert_matches_reference(explainer, large, result)
+    for x in (large, small, large.double()):
+        explainer.stream_a.model.to(x.dtype)
+        explainer.stream_a.contributions(x)
+        assert_matches_reference(explainer, x, explainer.stream_a.contributions(x))
+    # known: small once before, then large and small twice each, large in float64 once (its
+    # first call in float64 recorded: another key)
+    assert _known_calls(explainer) == 6
+
+
+class _WritesIntoItsInput(nn.Module):
+    """Once `write` is set, the head doubles the layer output in place before pooling."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = trunk()
+        self.fc = nn.Linear(32, 8)
+        self.write = False
+
+    def forward(self, x):
+        a = self.features(x)
+        if self.write:
+            a.mul_(2.0)
+        return self.fc(a.mean((2, 3)))
+
+
+def test_a_head_that_writes_into_the_layer_output_is_recorded(monkeypatch):
+    model = _WritesIntoItsInput().eval()
+    explainer = Explainer(model, "features")
+    counted = _Counted(model, monkeypatch)
+    x = images(2)
+    explainer.stream_a.contributions(x)
+    explainer.stream_a.contributions(x)
+    assert _known_calls(explainer) == 1
+    model.write = True
+    counted.reset()
+    result = explainer.stream_a.contributions(x)
+    # seen written, then recorded (and, the in-place call being no pooling the tape can
+    # replay, answered by the reference path: a third forward pass)
+    assert counted.forwards >= 2 and counted.tapes == 1
+    assert _known_calls(explainer) == 1
+    assert_matches_reference(explainer, x, result)
+
+
+def test_the_switch_turns_known_heads_off_too(monkeypatch):
+    model = make("gap")
+    explainer = Explainer(model, "features")
+    counted = _Counted(model, monkeypatch)
+    x = images(2)
+    explainer.stream_a.contributions(x)
+    explainer.stream_a.contributions(x)
+    monkeypatch.setenv(affine_head.AFFINE_SWITCH, "0")
+    counted.reset()
+    assert explainer.stream_a.contributions(x).path == "mean pooling, reverse"
+    assert counted.tapes == 1 and _known_calls(explainer) == 1
+
+
+def test_two_stream_models_know_each_stream_on_its_own():
+    torch.manual_seed(0)
+    street, aerial = make("gap", seed=1), make("dropout-bn", seed=2)
+    explainer = Explainer(street, "features", model_b=aerial, layer_b="features")
+    a, b = images(1, seed=5, size=32), images(1, seed=6, size=48)
+    for _ in range(2):
+        result = explainer.explain(a, b)
+    assert explainer.stream_a.affine_heads.known_calls == 1
+    assert explainer.stream_b.affine_heads.known_calls == 1
+    with torch.no_grad():
+        expected = torch.nn.functional.cosine_similarity(street(a), aerial(b)).item()
+    assert result.score == pytest.approx(expected, abs=1e-6)
+    assert float(result.pairwise_flat.sum()) == pytest.approx(expected, abs=1e-5)

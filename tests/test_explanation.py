@@ -98,3 +98,34 @@ def test_gallery_of_mixed_sizes_keeps_the_order(explainer):
     assert [r.b.grid for r in batched] == [(8, 8), (12, 12), (8, 8)]
     for item, single in zip(gallery, batched):
         assert single.score == pytest.approx(explainer.explain(query, item).score, rel=1e-5)
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "dot", "euclidean"])
+@pytest.mark.parametrize("grid", [(8, 8), (48, 48)])
+def test_pairwise_map_against_a_float64_product(similarity, grid):
+    """Small maps are float64 products; large ones (over FLOAT32_PAIRWISE multiply-adds, here
+    2304 x 2304 x 64) are formed in float32: float64 all the same, within about 1e-7 of each
+    entry's size, and their sum the score to float32 precision."""
+    from simexplain import explanation
+    from simexplain.images import blank_image
+    gen = torch.Generator().manual_seed(4)
+    n, dim = grid[0] * grid[1], 64
+    sides = []
+    for _ in range(2):
+        u = torch.randn(n, dim, generator=gen) / n + torch.randn(dim, generator=gen) / n
+        sides.append(explanation.Side(image=blank_image((32, 32)), grid=grid, contributions=u,
+                                      embedding=u.sum(0)))
+    pair = explanation.PairExplanation.from_sides(*sides, similarity)
+    u, v = (side.contributions.double() for side in sides)
+    e_a, e_b = (side.embedding.double() for side in sides)
+    expected = {"cosine": u @ v.T / (e_a.norm() * e_b.norm()), "dot": u @ v.T,
+                "euclidean": -2 * u @ v.T}[similarity]
+    large = n * n * dim > explanation.FLOAT32_PAIRWISE
+    assert large == (grid == (48, 48))
+    assert pair.pairwise_flat.dtype == torch.float64
+    size = float(expected.abs().max())
+    gap = float((pair.pairwise_flat - expected).abs().max()) / size
+    assert gap < (1e-6 if large else 1e-12), gap
+    if similarity != "euclidean":  # its total is the overall maps' (the map is a cross term)
+        total = float(pair.pairwise_flat.sum())
+        assert total == pytest.approx(pair.total, abs=1e-9 if not large else 1e-6 * abs(pair.total))

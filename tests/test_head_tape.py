@@ -256,7 +256,7 @@ def test_unknown_strategy_is_a_clear_error():
 
 
 @pytest.mark.parametrize("head", ["gap", "gmp", "flatten"])
-@pytest.mark.parametrize("largest", [1 << 20, 0])  # 0: every CPU input counts as large
+@pytest.mark.parametrize("largest", [1 << 17, 0])  # 0: every CPU input counts as large
 def test_explain_one_pass_for_both_images_equals_one_image_at_a_time(head, largest,
                                                                       monkeypatch):
     """explain() runs a one-stream pair as one batch of two (large CPU inputs one at a time):

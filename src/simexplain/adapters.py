@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import threading
 from contextlib import contextmanager, nullcontext
 from collections.abc import Iterator
 
@@ -12,11 +13,11 @@ from torch import nn
 
 from . import geometry
 from .errors import LayerError, ModelError, SimexplainError
-from .affine_head import AffineHeads
+from .affine_head import AffineHeads, KnownHead, bind
 from .frozen import RawEmbeddings
-from .head import (STRATEGIES, Contributions, head_offsets, mask_shape, tangent_contributions,
-                   tape_contributions)
-from .head_tape import HeadTape
+from .head import (STRATEGIES, Contributions, head_offsets, known_contributions, mask_shape,
+                   tangent_contributions, tape_contributions)
+from .head_tape import HeadTape, pooling_reads
 
 
 # Floats of tangents (or cotangents) held at once in head analysis (about 1 GB).
@@ -157,11 +158,14 @@ class SplitModel:
                 f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
         shape, head = self._probe(x)
         grid, prefix = self.grid(x)
-        offsets = head_offsets(self.model, head)
         try:
             result = None
-            if strategy != "tangents":
-                result = self._tape_contributions(x, offsets, grid, prefix, strategy)
+            if strategy == "auto":
+                result = self._known_contributions(x, grid, prefix)
+            if result is None:
+                offsets = head_offsets(self.model, head)
+            if result is None and strategy != "tangents":
+                result = self._tape_contributions(x, offsets, grid, prefix, strategy, head)
             if result is None:
                 result = self._tangent_contributions(x, shape, offsets, grid, prefix)
         except RuntimeError as exc:
@@ -171,18 +175,73 @@ class SplitModel:
         self._check_embedding(result.embedding)
         return result
 
-    def _tape_contributions(self, x, offsets, grid, prefix, strategy) -> Contributions | None:
+    def _tape_contributions(self, x, offsets, grid, prefix, strategy, head
+                            ) -> Contributions | None:
         tape = HeadTape(offsets)
         with torch.no_grad(), tape.recording(self.layer):
             embedding = self._run(x)
         self._check_embedding(embedding)
         if not tape.complete:
             return None  # the reference path then
+        features = tape.features
+        assert features is not None  # a complete tape has recorded the layer
+
+        def remember(tape, pooling, cached):  # later calls of this size: `_known_contributions`
+            tensors, names = pooling_reads(tape, pooling)
+            bound = bind(self.model, head,
+                         cached.tensors + tensors + [offsets[name] for name in names])
+            if bound is not None:
+                self.affine_heads.remember(_input_key(x), KnownHead(
+                    tape.program(), pooling, cached, {name: offsets[name] for name in names},
+                    (tuple(features.shape[1:]), features.dtype, features.device), bound))
         try:
             return tape_contributions(tape, embedding, offsets, grid, prefix, strategy,
-                                      budget=TANGENT_BUDGET, affine=self.affine_heads)
+                                      budget=TANGENT_BUDGET, affine=self.affine_heads,
+                                      remember=remember)
         except RuntimeError:
             return None  # a recorded call that cannot be replayed under the transforms
+
+    def _known_contributions(self, x, grid, prefix) -> Contributions | None:
+        """The contributions by the head known for inputs of x's size (affine_head.KnownHead):
+        one forward pass with a plain hook on the layer, no recording. None when no head is
+        known, or when this call disagreed with it (inputs of this size are then recorded)."""
+        key = _input_key(x)
+        known = self.affine_heads.known(key)
+        if known is None:
+            return None
+        features, embedding = self._forward_seeing_layer(x)
+        self._check_embedding(embedding)
+        try:
+            result = None if features is None else known_contributions(
+                known, features, embedding, grid, prefix)
+        except RuntimeError:
+            result = None
+        if result is None:
+            self.affine_heads.refuse(key)
+        else:
+            self.affine_heads.answered()
+        return result
+
+    def _forward_seeing_layer(self, x: torch.Tensor
+                              ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(layer output, embedding) of one forward pass without gradients; the layer output
+        is None unless the layer ran once in this thread and nothing wrote into its output
+        afterwards (an in-place call of the head: the shares would be of other values)."""
+        seen: list[tuple[torch.Tensor, int]] = []
+        thread = threading.get_ident()
+
+        def hook(_module, _inputs, out):
+            if threading.get_ident() == thread and isinstance(out, torch.Tensor):
+                seen.append((out, out._version))
+        handle = self.layer.register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                embedding = self._run(x)
+        finally:
+            handle.remove()
+        if len(seen) != 1 or seen[0][0]._version != seen[0][1]:
+            return None, embedding
+        return seen[0][0], embedding
 
     def _tangent_contributions(self, x, shape, offsets, grid, prefix) -> Contributions:
         per_tangent = len(x) * math.prod(shape[1:])
@@ -220,3 +279,8 @@ class SplitModel:
             out = self._run(x)
         self._check_embedding(out.detach())
         return captured[0], out
+
+
+def _input_key(x: torch.Tensor) -> tuple:
+    """What a known head is known for: the input's size (not the batch), dtype and device."""
+    return (tuple(x.shape[1:]), x.dtype, x.device)

@@ -20,9 +20,23 @@ device and dtype. An in-place update of a parameter (an optimiser step, `load_st
 once against the autograd path (`head._linear_parts`); an entry that disagrees is refused and
 that head keeps the autograd path.
 
+Known heads (`KnownHead`, per input size, dtype and device): once a call was answered by a
+checked entry, later calls with inputs of that size run the model with a plain forward hook
+on the layer, no recording of the head: the pooling's recorded steps and the cached matrix
+give the contributions from the layer output (the same bits as the recorded path). Before
+the pass, every tensor they read (the chain's and the pooling's: weights, biases, running
+statistics) must still be the model's own parameter or buffer at the same place (submodule
+path and name; identity), at the same `_version` and storage address, else the entry is
+dropped and the call recorded; after it, the layer must have run once with nothing written
+into its output, and the head's embedding must be the model's own (as on the recorded
+path). A call that fails those after-checks is recorded instead, and so is every later input
+of that size (a head that branches on its input or changes between calls would otherwise pay
+two passes each time).
+
 Switches (environment variables, read at each call): SIMEXPLAIN_AFFINE_HEAD=0 turns the cache
-off (every head takes the autograd path); SIMEXPLAIN_CUDA_GRAPHS=0 turns off the CUDA graphs
-that replay the cached product on a GPU once a shape repeats (never used on the CPU).
+and the known heads off (every head is recorded and takes the autograd path);
+SIMEXPLAIN_CUDA_GRAPHS=0 turns off the CUDA graphs that replay the cached product on a GPU
+once a shape repeats (never used on the CPU).
 """
 
 from __future__ import annotations
@@ -33,6 +47,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -276,8 +291,10 @@ class AffineHead:
             else:
                 x, constant = stage.run(x), stage.run(constant)
         linear = _apply(self.matrix, shares)
+        if linear is shares and norms:
+            linear = linear.clone()  # no linear part at all: the shares are not ours to divide
         for norm in norms:
-            linear = linear / norm[:, None]
+            linear.div_(norm[:, None])  # in place: a fresh product
         return x, linear, constant
 
     def _graph(self, pooled, shares, pooled_constant):
@@ -326,18 +343,138 @@ class _CapturedCall:
         return tuple(t.clone() for t in self.outputs)
 
 
+# -- heads known by input size ---------------------------------------------------------------
+@dataclass
+class _Bound:
+    """A tensor the known head reads, where the model keeps it (the parameter or buffer `name`
+    of the submodule at `path` below the model) and what it was: the model must still hold
+    this very tensor there, unchanged."""
+
+    model: torch.nn.Module
+    path: tuple[str, ...]
+    name: str
+    tensor: torch.Tensor
+    version: int
+    address: int
+
+    def holds(self) -> bool:
+        module: torch.nn.Module | None = self.model
+        for child in self.path:  # walked each time: a replaced submodule is seen too
+            module = module._modules.get(child) if module is not None else None
+        if module is None:
+            return False
+        t = self.tensor
+        held: torch.Tensor | None = module._parameters.get(self.name)
+        if held is None:
+            held = module._buffers.get(self.name)
+        return held is t and t._version == self.version and t.data_ptr() == self.address
+
+
+@dataclass
+class KnownHead:
+    """What a call with a checked cached head learned from its recording: the pooling (its
+    steps kept, `program`), the cached head after it, the offsets it reads and the layer
+    output's size, dtype and device. Later calls with inputs of the same size run the model
+    with a plain hook on the layer and compute the contributions from these alone, without
+    recording the head again (`head.known_contributions`); every tensor read is checked to be
+    still the model's own and unchanged first, and the result against the model's own
+    embedding after."""
+
+    program: HeadTape  # the recorded steps only (no recorded values)
+    pooling: Any  # head_tape._Pooling
+    head: AffineHead
+    offsets: dict[str, torch.Tensor]  # the module's own tensors, read by the pooling (a bias)
+    features: tuple  # (shape[1:], dtype, device) of the layer output
+    bound: list[_Bound]
+
+    def current(self) -> bool:
+        """Does the model still hold every tensor read, unchanged?"""
+        return all(b.holds() for b in self.bound)
+
+
+def bind(model: torch.nn.Module, modules: list[str], tensors: list[torch.Tensor]
+         ) -> list[_Bound] | None:
+    """Where each tensor lives among the own parameters and buffers of the named submodules of
+    the model, or None when one lives elsewhere (a tensor made in the forward pass, a plain
+    attribute): such a head is not known by size (its tensors' identity could not be
+    checked)."""
+    found = dict(model.named_modules())
+    homes: dict[int, tuple[str, str]] = {}
+    for module_name in modules:
+        module = found[module_name]
+        for store in (module._parameters, module._buffers):
+            for name, held in store.items():
+                if held is not None:
+                    homes.setdefault(id(held), (module_name, name))
+    bound = []
+    for t in tensors:
+        home = homes.get(id(t))
+        if home is None:
+            return None
+        path = tuple(home[0].split(".")) if home[0] else ()
+        try:  # inference tensors have no version counter
+            entry = _Bound(model, path, home[1], t, t._version, t.data_ptr())
+        except RuntimeError:
+            return None
+        if not entry.holds():
+            return None
+        bound.append(entry)
+    return bound
+
+
 class AffineHeads:
-    """The cached affine heads of one model (see the module's docstring)."""
+    """The cached affine heads of one model (see the module's docstring), and the heads known
+    by input size (`KnownHead`)."""
 
     def __init__(self) -> None:
         self._entries: OrderedDict[tuple, AffineHead] = OrderedDict()
+        # input key -> the known head, or None once a call disagreed (recorded from then on)
+        self._known: OrderedDict[tuple, KnownHead | None] = OrderedDict()
         self._lock = threading.Lock()  # the web app explains from several threads
+        self.known_calls = 0  # calls answered by a known head (tests read it)
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def clear(self) -> None:
-        self._entries.clear()
+        with self._lock:
+            self._entries.clear()
+            self._known.clear()
+
+    def known(self, key: tuple) -> KnownHead | None:
+        """The known head for inputs of this key, if it is still the model's (an entry whose
+        tensors were replaced or changed is dropped); None when the cache is off."""
+        if not enabled():
+            return None
+        with self._lock:
+            known = self._known.get(key)
+            if known is not None and not known.current():
+                del self._known[key]  # the next recording learns it anew
+                return None
+            return known
+
+    def remember(self, key: tuple, known: KnownHead) -> None:
+        """Known from now on, unless a call with this key has disagreed before."""
+        with self._lock:
+            if key in self._known and self._known[key] is None:
+                return
+            self._known[key] = known
+            self._known.move_to_end(key)
+            while len(self._known) > MAX_ENTRIES:
+                self._known.popitem(last=False)
+
+    def refuse(self, key: tuple) -> None:
+        """A call by the known head disagreed with the model (its head branches on the data,
+        was changed, or its layer ran twice): inputs of this key are recorded from now on."""
+        with self._lock:
+            self._known[key] = None
+            self._known.move_to_end(key)
+            while len(self._known) > MAX_ENTRIES:
+                self._known.popitem(last=False)
+
+    def answered(self) -> None:
+        with self._lock:
+            self.known_calls += 1
 
     def lookup(self, tape: HeadTape, start: int, source: int, output: int,
                offsets: dict[str, torch.Tensor], pooled: torch.Tensor) -> AffineHead | None:

@@ -22,9 +22,13 @@ from .similarity import Similarity, get as get_similarity
 Transform = Callable[[Image.Image], torch.Tensor]
 # Relative residual above which a head is reported as not exactly decomposable.
 EXACT_TOLERANCE = 1e-4
-# Largest input (values per image) whose pair runs as one batch on the CPU (`explain`): up to
-# 448x448 RGB a batch of two was faster than two passes, at 768x768 slower (bench_explain.py).
-CPU_PAIR_BATCH_NUMEL = 1 << 20
+# Largest input (values per image) whose pair runs as one batch on the CPU (`explain`), about
+# 209x209 RGB. With the head known (no recording, affine_head.KnownHead) a second pass costs
+# little besides the trunk, and a batch of two runs the trunk slower once its activations
+# outgrow the caches: two passes took 0.94x the batch's time on the benchmark's grid model at
+# 224x224 (0.85x at 448x448), 0.82x on efficientnet-lite0 (224x332); the batch stayed faster on
+# facenet (160x160: two passes 1.17x), fmnist-gap and the grid model at 112x112 (1.41x).
+CPU_PAIR_BATCH_NUMEL = 1 << 17
 
 
 class Explainer:

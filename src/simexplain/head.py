@@ -18,7 +18,9 @@ computation is a first-order linearisation and the residual |sum_p u_p - e| is r
 How it is computed (cost for P positions, C channels, D embedding dimensions):
 
 * `HeadTape` (head_tape.py) records the head during the model's one forward pass; the head is
-  then analysed alone, from the recorded layer output: the trunk never runs again.
+  then analysed alone, from the recorded layer output: the trunk never runs again. A head
+  already analysed as a cached affine matrix for this input size is not recorded again
+  (`known_contributions`, affine_head.KnownHead).
 * Pooling heads (average, max, GeM, token mean, class token; flatten + Linear, which maps each
   position on its own) are recognised on the tape (`find_pooling`). Each position's share of
   the pooled vector (a P x C matrix: A_pk / P for the average, A_pk at the argmax for max, ...)
@@ -39,13 +41,16 @@ How it is computed (cost for P positions, C channels, D embedding dimensions):
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.func import functional_call, jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .affine_head import AffineHeads
+from .affine_head import AffineHead, AffineHeads, KnownHead
 from .frozen import FreezeScales
 from .head_tape import HeadTape, find_pooling, pooled_shares, replay_pooled, to_positions
 
@@ -86,10 +91,16 @@ class Contributions:
         """(B,) bool: does any grid position carry a part of the embedding of its own (beyond
         the evenly spread constant term)? False where the head reads only prefix tokens, e.g.
         a class-token model explained at its last layer: its map has nothing spatial in it.
-        Computed once (each row's Side reads it; a pass over all B x P x D values)."""
-        linear = self.positions - self.constant[:, None, :] / self.positions.shape[1]
-        size = self.embedding.norm(dim=1).clamp_min(1e-12)
-        return linear.norm(dim=2).amax(1) > 1e-6 * size
+        Computed once (each row's Side reads it; a pass over all B x P x D values); set by
+        `_assemble` from the linear parts it has at hand."""
+        return _spatial(self.positions - self.constant[:, None, :] / self.positions.shape[1],
+                        self.embedding)
+
+
+def _spatial(linear: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+    """`Contributions.spatial` from the grid's linear parts (B, P, D)."""
+    size = embedding.norm(dim=1).clamp_min(1e-12)
+    return linear.norm(dim=2).amax(1) > 1e-6 * size
 
 
 def head_offsets(model: torch.nn.Module, head_modules: list[str]) -> dict[str, torch.Tensor]:
@@ -170,14 +181,22 @@ def _assemble(embedding: torch.Tensor, linear: torch.Tensor, constant: torch.Ten
               grid: tuple[int, int], prefix_tokens: int) -> Contributions:
     """Contributions from the linear parts (B, N, D) and the constant term (B, D), which is
     spread evenly over the grid. Prefix tokens of a transformer (class token, registers) have
-    no place in the image: their contributions are kept apart (`Contributions.tokens`)."""
+    no place in the image: their contributions are kept apart (`Contributions.tokens`).
+    A `linear` that is no view of another tensor is the caller's fresh result, which this
+    takes over: its grid rows become the positions in place (no second P x D tensor); a view
+    (of the layer output, of a transform's output that may be expanded) is left as it is."""
+    fresh = linear._base is None
     tokens = None
     if prefix_tokens:
         tokens = linear[:, :prefix_tokens]
         linear = linear[:, prefix_tokens:]
-    positions = linear + constant[:, None, :] / linear.shape[1]
-    return Contributions(embedding=embedding, positions=positions, grid=grid, constant=constant,
-                         tokens=tokens)
+    spatial = _spatial(linear, embedding)  # before the constant: no pass to take it off again
+    spread = constant[:, None, :] / linear.shape[1]
+    positions = linear.add_(spread) if fresh else linear + spread
+    result = Contributions(embedding=embedding, positions=positions, grid=grid,
+                           constant=constant, tokens=tokens)
+    result.spatial = spatial
+    return result
 
 
 # -- the head as a tape ---------------------------------------------------------------------------
@@ -192,10 +211,16 @@ STRATEGIES = ("auto", "batched", "forward", "reverse", "tangents")
 PER_ROW_WORK = 1 << 24
 
 
+# Called with (the tape, its pooling, the checked cached head) when a call was answered by the
+# cached head: what a known head (affine_head.KnownHead) is made of.
+Remember = Callable[[HeadTape, Any, AffineHead], None]
+
+
 def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[str, torch.Tensor],
                        grid: tuple[int, int], prefix_tokens: int = 0, strategy: str = "auto",
                        budget: int = 1 << 28, structured: bool = True,
-                       affine: AffineHeads | None = None) -> Contributions | None:
+                       affine: AffineHeads | None = None,
+                       remember: Remember | None = None) -> Contributions | None:
     """Contributions from a recorded head, without running the trunk again; None when the
     tape does not reproduce the model's embedding (a call the tape cannot see).
 
@@ -210,7 +235,8 @@ def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[st
 
     With `affine` (the model's cache, affine_head.py) and strategy "auto", a post-pooling head
     that is affine once its scales are frozen is one cached matrix product of the shares
-    ("affine, cached"), checked against the path above when first built.
+    ("affine, cached"), checked against the path above when first built; `remember` is then
+    told what answered.
     """
     features = tape.features
     out_slot = tape.slot_of(embedding)
@@ -249,14 +275,47 @@ def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[st
                 head.checked = _agree((primal, linear, constant), cached)
                 if head.checked:  # from the first call on: the same bits whatever came before
                     (primal, linear, constant), mode = cached, "affine, cached"
-        scale = float(embedding.abs().max()) + 1e-12
-        if not torch.allclose(primal, embedding, rtol=1e-4, atol=1e-5 * scale):
-            return None  # the replay is not the model's head
+    path = f"{pooling.kind} pooling, {mode}" if pooling else f"whole head, {mode}"
+    result = _checked(primal, linear, constant, embedding, n_pos, whole, grid, prefix_tokens,
+                      path)
+    if result is not None and remember is not None and head is not None and head.checked:
+        remember(tape, pooling, head)
+    return result
+
+
+def known_contributions(known: KnownHead, features: torch.Tensor, embedding: torch.Tensor,
+                        grid: tuple[int, int], prefix_tokens: int = 0) -> Contributions | None:
+    """The contributions by a known head (affine_head.KnownHead) from the layer output and the
+    model's embedding of a plain forward pass: the pooling's shares and the cached matrix, as
+    `tape_contributions` computes them once the head is cached (the same bits), without the
+    recording. None when the head does not reproduce the model's embedding (a head that
+    branches on its input or was changed), or the layer output is not what it was."""
+    if (tuple(features.shape[1:]), features.dtype, features.device) != known.features:
+        return None
+    offsets = {k: v.detach() for k, v in known.offsets.items()}
+    with torch.no_grad():
+        pooled, shares, pooled_constant, whole = _pooled_inputs(
+            known.program, known.pooling, features, offsets, len(embedding))
+        primal, linear, constant = known.head.apply(pooled, shares, pooled_constant)
+    return _checked(primal, linear, constant, embedding, to_positions(features).shape[1],
+                    whole, grid, prefix_tokens, f"{known.pooling.kind} pooling, affine, cached")
+
+
+def _checked(primal: torch.Tensor, linear: torch.Tensor, constant: torch.Tensor,
+             embedding: torch.Tensor, n_pos: int, whole: torch.Tensor | None,
+             grid: tuple[int, int], prefix_tokens: int, path: str) -> Contributions | None:
+    """The Contributions of the head's (embedding, linear parts, constant), or None when its
+    embedding is not the model's own (to 1e-5 of the embedding's size): the analysed head is
+    not the one the model ran. The linear parts' rows after the first `n_pos` are the whole
+    feature vectors of a selective pooling (`whole` given)."""
+    scale = float(embedding.abs().max()) + 1e-12
+    if not torch.allclose(primal, embedding, rtol=1e-4, atol=1e-5 * scale):
+        return None
     projected = None
     if whole is not None:
         linear, projected = linear[:, :n_pos], linear[:, n_pos:, :][:, prefix_tokens:]
     result = _assemble(embedding, linear, constant, grid, prefix_tokens)
-    result.path = f"{pooling.kind} pooling, {mode}" if pooling else f"whole head, {mode}"
+    result.path = path
     result.projected = projected
     return result
 
@@ -267,11 +326,16 @@ def _pooled_inputs(tape: HeadTape, pooling, features: torch.Tensor,
     """(pooled tensor, each position's share of it (B, N, *pooled dims; N = P, or 2P with
     the whole feature vectors of a selective pooling after them), the offsets' share, the
     whole feature vectors or None). The pooled tensor is replayed unless given (the one the
-    forward pass recorded, where nothing wrote into it since)."""
-    with FreezeScales():
-        if pooled is None:
-            pooled = replay_pooled(tape, pooling, features, offsets)
+    forward pass recorded, where nothing wrote into it since); a flatten head's is the sum
+    of its shares and the bias (the Linear's large weight read once, for the shares). Scales
+    are frozen for the elementwise steps' derivative; without any, values alone are computed
+    (the mode's cost on every call spared)."""
+    with FreezeScales() if pooling.chain else nullcontext():
         shares, pooled_constant, whole = pooled_shares(tape, pooling, features, offsets)
+        if pooling.kind == "linear":
+            pooled = shares.sum(1) + pooled_constant
+        elif pooled is None:
+            pooled = replay_pooled(tape, pooling, features, offsets)
     if whole is not None:  # mapped by J together with the shares, in the same pass
         shares = torch.cat([shares, whole], dim=1)
     shares = shares.reshape(batch, shares.shape[1], *pooled.shape[1:])

@@ -121,6 +121,13 @@ class HeadTape(TorchFunctionMode):
         self.__enter__()  # recorded from here on (`recording` switches it off)
         return fed
 
+    def program(self) -> HeadTape:
+        """The recorded steps alone (what replays need), without the tensors recorded during
+        the pass: kept by a known head (affine_head.KnownHead) while the recording goes."""
+        copy = HeadTape({})
+        copy.steps = self.steps
+        return copy
+
     def recorded(self) -> dict[int, torch.Tensor]:
         """slot -> the tensor recorded there during the forward pass (the layer output's copy
         in slot 0)."""
@@ -201,6 +208,24 @@ class _Pooling:
     kind: str  # mean, sum, amax, argmax, select, linear
     pooled: int  # slot of the pooled tensor
     argument: Any = None  # select: the token index (int); linear: the Linear's step (int)
+
+    def steps(self) -> list[int]:
+        """Indices of the steps from the layer output to the pooled tensor."""
+        return self.chain + [self.pool] + ([self.argument] if self.kind == "linear" else [])
+
+
+def pooling_reads(tape: HeadTape, pooling: _Pooling) -> tuple[list[torch.Tensor], list[str]]:
+    """The tensors the pooling's steps read besides the layer output (a Linear's weight, a
+    learnt scalar) and the names of the offsets they read (a Linear's bias)."""
+    tensors: list[torch.Tensor] = []
+    names: list[str] = []
+    for i in pooling.steps():
+        for leaf in tape.steps[i]._leaves:
+            if isinstance(leaf, torch.Tensor):
+                tensors.append(leaf)
+            elif isinstance(leaf, _Offset):
+                names.append(leaf.name)
+    return tensors, names
 
 
 def _reduced_dims(step: _Step) -> set[int] | None:
@@ -342,8 +367,9 @@ def pooled_shares(tape: HeadTape, pooling: _Pooling, features: torch.Tensor,
     else:  # flatten + Linear: W reshaped to (D, P, C) maps each position on its own
         linear = tape.steps[pooling.argument]
         weight = linear.args[1] if len(linear.args) > 1 else linear.kwargs["weight"]
-        per_position = _per_position_weight(weight, y.shape[1:])  # (P, C, D)
-        shares = torch.bmm(t_pos.transpose(0, 1).contiguous(), per_position).transpose(0, 1)
+        per_position = _per_position_weight(weight, y.shape[1:])  # (P, D, C)
+        shares = torch.bmm(t_pos.transpose(0, 1).contiguous(),
+                           per_position.transpose(1, 2)).transpose(0, 1)
         bias = linear.args[2] if len(linear.args) > 2 else linear.kwargs.get("bias")
         bias = offsets[bias.name] if isinstance(bias, _Offset) else shares.new_zeros(())
         return shares, bias.expand(len(y), shares.shape[-1]), None
@@ -351,10 +377,10 @@ def pooled_shares(tape: HeadTape, pooling: _Pooling, features: torch.Tensor,
     return shares, shares.new_zeros(()), whole  # pooling has no offsets
 
 
-# Weights of flatten + Linear heads rearranged as (P, C, D), kept while the weight lives and is
+# Weights of flatten + Linear heads rearranged as (P, D, C), kept while the weight lives and is
 # unchanged (version, storage, dtype): the rearrangement is a strided copy that costs more than
 # the product itself.
-_PER_POSITION: dict[int, tuple] = {}  # id(weight) -> (weakref, key, (P, C, D) tensor)
+_PER_POSITION: dict[int, tuple] = {}  # id(weight) -> (weakref, key, (P, D, C) tensor)
 
 
 def _per_position_weight(weight: torch.Tensor, feature_shape: torch.Size) -> torch.Tensor:
@@ -365,7 +391,9 @@ def _per_position_weight(weight: torch.Tensor, feature_shape: torch.Size) -> tor
     if cached is not None and cached[0]() is weight and cached[1] == key:
         return cached[2]
     per_position = to_positions(weight.detach().reshape(weight.shape[0], *feature_shape))
-    per_position = per_position.permute(1, 2, 0).contiguous()  # (D, P, C) -> (P, C, D)
+    # (D, P, C) -> (P, D, C): each position's block of W as rows, read transposed by the
+    # product (measured faster than a (P, C, D) copy: fewer cache misses on the weight)
+    per_position = per_position.transpose(0, 1).contiguous()
     ident = id(weight)
     ref = weakref.ref(weight, lambda _: _PER_POSITION.pop(ident, None))
     _PER_POSITION[ident] = (ref, key, per_position)
@@ -376,7 +404,6 @@ def replay_pooled(tape: HeadTape, pooling: _Pooling, features: torch.Tensor,
             offsets: dict[str, torch.Tensor]) -> torch.Tensor:
     """The pooled tensor, recomputed (a later in-place call may have changed the recorded one)."""
     env = {0: features}
-    for i in pooling.chain + [pooling.pool] + (
-            [pooling.argument] if pooling.kind == "linear" else []):
+    for i in pooling.steps():
         tape.steps[i].run(env, offsets)
     return env[pooling.pooled]

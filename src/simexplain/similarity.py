@@ -29,6 +29,13 @@ from .defaults import BUILTIN_SIMILARITIES
 _EPS = 1e-12
 
 
+def dots_with(u: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """u_p . e for rows u (..., P, D) and a vector e (..., D): (..., P), as a matrix-vector
+    product (no P x D temporary), in the wider of the two dtypes."""
+    dtype = torch.promote_types(u.dtype, e.dtype)
+    return (u.to(dtype) @ e.to(dtype)[..., :, None])[..., 0]
+
+
 class Similarity:
     """Base class. Subclasses implement the methods that raise NotImplementedError."""
 
@@ -92,7 +99,7 @@ class Similarity:
         decomposition is complete), so R sums to 0 to float64 precision even where sum_p u_p
         differs from e by the forward pass's float32 error or a linearised head's residual.
         """
-        dots = (u * e[..., None, :]).sum(-1)
+        dots = dots_with(u, e)
         total = dots.sum(-1, keepdim=True)
         share = dots / torch.where(total.abs() > 1e-300, total, torch.ones_like(total))
         return overall - overall.sum(-1, keepdim=True) * share
@@ -138,7 +145,7 @@ class Dot(Similarity):
 
     def overall(self, u: torch.Tensor, v: torch.Tensor, e_a: torch.Tensor, e_b: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        return (u * e_b[..., None, :]).sum(-1), (v * e_a[..., None, :]).sum(-1)
+        return dots_with(u, e_b), dots_with(v, e_a)
 
     def scores(self, queries: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
         return queries @ gallery.T
@@ -213,8 +220,8 @@ class SquaredEuclidean(Similarity):
 
     def overall(self, u: torch.Tensor, v: torch.Tensor, e_a: torch.Tensor, e_b: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        diff = (e_a - e_b)[..., None, :]
-        return (u * diff).sum(-1), -(v * diff).sum(-1)
+        diff = e_a - e_b
+        return dots_with(u, diff), -dots_with(v, diff)
 
     def total(self, pairwise: torch.Tensor, overall_a: torch.Tensor,
               overall_b: torch.Tensor) -> torch.Tensor:
