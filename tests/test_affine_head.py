@@ -247,6 +247,18 @@ def _known_calls(explainer):
     return explainer.stream_a.affine_heads.known_calls
 
 
+def _known_after_two_calls(model, monkeypatch):
+    """An explainer of `model` whose head is known after two calls on a batch x (the second
+    answered without recording), its counter, and x."""
+    explainer = Explainer(model, "features")
+    counted = _Counted(model, monkeypatch)
+    x = images(2)
+    explainer.stream_a.contributions(x)
+    explainer.stream_a.contributions(x)
+    assert _known_calls(explainer) == 1
+    return explainer, counted, x
+
+
 @pytest.mark.parametrize("head", AFFINE_HEADS)
 def test_a_known_head_answers_later_calls_without_recording(head, monkeypatch):
     model = make(head)
@@ -285,12 +297,7 @@ class _Switching(nn.Module):
 
 def test_a_head_that_changes_falls_back_to_the_recording_for_good(monkeypatch):
     model = _Switching().eval()
-    explainer = Explainer(model, "features")
-    counted = _Counted(model, monkeypatch)
-    x = images(2)
-    explainer.stream_a.contributions(x)
-    explainer.stream_a.contributions(x)
-    assert _known_calls(explainer) == 1
+    explainer, counted, x = _known_after_two_calls(model, monkeypatch)
     model.factor = -2.0
     counted.reset()
     result = explainer.stream_a.contributions(x)
@@ -376,12 +383,7 @@ class _WritesIntoItsInput(nn.Module):
 
 def test_a_head_that_writes_into_the_layer_output_is_recorded(monkeypatch):
     model = _WritesIntoItsInput().eval()
-    explainer = Explainer(model, "features")
-    counted = _Counted(model, monkeypatch)
-    x = images(2)
-    explainer.stream_a.contributions(x)
-    explainer.stream_a.contributions(x)
-    assert _known_calls(explainer) == 1
+    explainer, counted, x = _known_after_two_calls(model, monkeypatch)
     model.write = True
     counted.reset()
     result = explainer.stream_a.contributions(x)
