@@ -102,3 +102,38 @@ def test_gallery_sides_keep_the_order_of_mixed_sizes():
     for image, result in zip(gallery, results):
         expected = F.cosine_similarity(e_q, forward(explainer, image, "b"), dim=0)
         assert result.score == pytest.approx(float(expected), abs=1e-5)
+
+
+class _PicksItsLinear(torch.nn.Module):
+    """A head that picks one of two Linear layers by a flag: the first calls never run the
+    second, whose bias the later calls add."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1),
+                                            torch.nn.ReLU())
+        self.first, self.second = torch.nn.Linear(16, 8), torch.nn.Linear(16, 8)
+        with torch.no_grad():
+            self.second.bias.fill_(0.5)
+        self.use_second = False
+
+    def forward(self, x):
+        pooled = self.features(x).mean((2, 3))
+        return F.normalize((self.second if self.use_second else self.first)(pooled), dim=1)
+
+
+def test_a_head_that_picks_its_modules_later_stays_exact():
+    """The head's additive offsets come from every module but the trunk's, including those the
+    first call never ran: the bias of a Linear the head only picks later is spread as a
+    constant, not lost (the maps then summed to another score, a residual of 1)."""
+    model = _PicksItsLinear().eval()
+    explainer = Explainer(model, "features", similarity="cosine")
+    a, b = torch.randn(1, 3, 24, 24), torch.randn(1, 3, 24, 24)
+    for use_second in (False, False, True, True):  # recorded, known, changed, known again
+        model.use_second = use_second
+        pair = explainer.explain(a, b)
+        with torch.no_grad():
+            score = float(model(a)[0] @ model(b)[0])
+        assert pair.score == pytest.approx(score, abs=1e-6)
+        assert float(pair.pairwise_flat.sum()) == pytest.approx(score, abs=1e-6)

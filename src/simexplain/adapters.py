@@ -162,12 +162,11 @@ class SplitModel:
             result = None
             if strategy == "auto":
                 result = self._known_contributions(x, grid, prefix)
-            if result is None:
-                offsets = head_offsets(self.model, head)
             if result is None and strategy != "tangents":
-                result = self._tape_contributions(x, offsets, grid, prefix, strategy, head)
-            if result is None:
-                result = self._tangent_contributions(x, shape, offsets, grid, prefix)
+                result = self._tape_contributions(x, grid, prefix, strategy)
+            if result is None:  # the offsets of the modules that ran after the layer
+                result = self._tangent_contributions(x, shape, head_offsets(self.model, head),
+                                                     grid, prefix)
         except RuntimeError as exc:
             raise ModelError(
                 f"cannot push contributions through the head after {self.layer_name!r}: {exc}"
@@ -175,20 +174,24 @@ class SplitModel:
         self._check_embedding(result.embedding)
         return result
 
-    def _tape_contributions(self, x, offsets, grid, prefix, strategy, head
-                            ) -> Contributions | None:
-        tape = HeadTape(offsets)
+    def _tape_contributions(self, x, grid, prefix, strategy) -> Contributions | None:
+        # Every bias and running mean of the model may be an offset: the tape takes as the
+        # head's those its recorded calls read, so a head that picks its modules by the data
+        # (one Linear of two) has the bias of the one it ran, and the trunk's are never read
+        # by a recorded call.
+        tape = HeadTape(head_offsets(self.model, [""]))
         with torch.no_grad(), tape.recording(self.layer):
             embedding = self._run(x)
         self._check_embedding(embedding)
         if not tape.complete:
             return None  # the reference path then
+        offsets = tape.offsets_read()
         features = tape.features
         assert features is not None  # a complete tape has recorded the layer
 
         def remember(tape, pooling, cached):  # later calls of this size: `_known_contributions`
             tensors, names = pooling_reads(tape, pooling)
-            bound = bind(self.model, head,
+            bound = bind(self.model, [name for name, _ in self.model.named_modules()],
                          cached.tensors + tensors + [offsets[name] for name in names])
             if bound is not None:
                 self.affine_heads.remember(_input_key(x), KnownHead(

@@ -89,6 +89,7 @@ class HeadTape(TorchFunctionMode):
         self.features: torch.Tensor | None = None  # the layer output A
         self.complete = True  # False: the recording was cut short (see `recording`)
         self._next_slot = 1
+        self._offsets_read: set[str] = set()
 
     @contextmanager
     def recording(self, layer: torch.nn.Module) -> Iterator[HeadTape]:
@@ -120,6 +121,11 @@ class HeadTape(TorchFunctionMode):
         self._values[0] = fed
         self.__enter__()  # recorded from here on (`recording` switches it off)
         return fed
+
+    def offsets_read(self) -> dict[str, torch.Tensor]:
+        """The offsets that recorded calls read (name -> the model's tensor): the head's, of
+        whichever modules it ran this time."""
+        return {name: self._offset_objects[name] for name in sorted(self._offsets_read)}
 
     def program(self) -> HeadTape:
         """The recorded steps alone (what replays need), without the tensors recorded during
@@ -157,6 +163,7 @@ class HeadTape(TorchFunctionMode):
                 return _Slot(slot)
             offset = self._offset_names.get(id(leaf))
             if offset is not None and self._offset_objects[offset] is leaf:
+                self._offsets_read.add(offset)
                 return _Offset(offset)
             return leaf
         rec_args, rec_kwargs = tree_unflatten([record(v) for v in leaves], spec)
