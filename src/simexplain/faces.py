@@ -81,7 +81,7 @@ def _mtcnn():
 def _haar():
     try:
         import cv2
-        path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
+        path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"  # type: ignore[attr-defined]  # cv2's stub lacks `data`
     except Exception:
         return None
     if not path.is_file():

@@ -347,6 +347,7 @@ def pooled_shares(tape: HeadTape, pooling: _Pooling, features: torch.Tensor,
     F[b, p] (same shape as S) is position p's whole feature vector in the pooled tensor's
     place, for SELECTIVE_POOLING (max pooling, a class token), else None (S is F / P or F)."""
     chain_out = tape.steps[pooling.chain[-1]].outputs[0] if pooling.chain else 0
+    assert chain_out is not None  # a chain step's first output is a recorded tensor
 
     def chain(a):
         env = {0: a}

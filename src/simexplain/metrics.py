@@ -67,8 +67,9 @@ def _prepare(query_emb, query_labels, gallery_emb, gallery_labels, exclude_self)
         _, ids = np.unique(np.concatenate([ql, gl]), return_inverse=True)
     except TypeError:
         raise SimexplainError("query and gallery labels cannot be compared") from None
-    ids = torch.from_numpy(ids.reshape(-1).astype(np.int64))
-    return F.normalize(q, dim=1), ids[: len(ql)], F.normalize(g, dim=1), ids[len(ql):]
+    label_ids = torch.from_numpy(ids.reshape(-1).astype(np.int64))
+    return (F.normalize(q, dim=1), label_ids[: len(ql)], F.normalize(g, dim=1),
+            label_ids[len(ql):])
 
 
 def _chunks(n_queries: int, n_gallery: int, extra_columns: int = 0):

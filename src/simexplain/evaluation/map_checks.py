@@ -27,7 +27,8 @@ def map_checks(results: dict[str, list[dict]]) -> list[list[str]]:
             return
         w = None if weights is None else np.asarray(weights, dtype=np.float64)[keep]
         d = paired_difference(a[keep], b[keep], weights=w, seed=seed)
-        mean = (lambda v: float((v * w).sum() / w.sum())) if w is not None else np.mean
+        mean = ((lambda v: float((v * w).sum() / w.sum())) if w is not None
+                else (lambda v: float(np.mean(v))))
         better = d["lo"] > 0 if higher else d["hi"] < 0
         worse = d["hi"] < 0 if higher else d["lo"] > 0
         verdict = ("identical" if np.allclose(a[keep], b[keep], atol=1e-9) else

@@ -350,7 +350,7 @@ def _add_docs(app: FastAPI) -> None:
                 "<a href='/openapi.json'>/openapi.json</a>. For the interactive docs here, "
                 "<code>pip install swagger-ui-bundle-v2</code>.</p>")
         return get_swagger_ui_html(
-            openapi_url=app.openapi_url, title=f"{app.title} API",
+            openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} API",
             swagger_js_url="/docs-assets/swagger-ui-bundle.js",
             swagger_css_url="/docs-assets/swagger-ui.css",
             swagger_favicon_url="/docs-assets/favicon-32x32.png",
