@@ -22,6 +22,9 @@ Issue 14's ten points, and the tests that cover them:
     test_upload_errors_beside_the_control, test_drop_an_image_on_a_panel
 10. the pair view uses the width; keyboard-reachable controls: test_layout_and_keyboard
 
+Gallery files that changed or went missing after the build (issue 26):
+test_gallery_view_marks_files_changed_or_gone_since_indexing.
+
 The documentation's screenshots of the page: `python scripts/web_screenshots.py`.
 """
 
@@ -629,3 +632,38 @@ def test_class_token_share_and_a_layer_without_spatial_map(browser, samples):
             page.screenshot(path=str(ARTIFACTS / f"class-token-{layer}.png"))
             assert not problems, problems
             page.close()
+
+
+def test_gallery_view_marks_files_changed_or_gone_since_indexing(browser, explainer,
+                                                                   gallery_dir, samples,
+                                                                   tmp_path):
+    """A result whose file changed after the build shows a stale note on its card; one whose
+    file is gone is listed under the results, not shown (its image is never served)."""
+    import shutil
+    from PIL import Image
+    from simexplain.retrieval import Index
+    from simexplain.web import create_app
+    gallery = tmp_path / "gallery"
+    shutil.copytree(gallery_dir, gallery)
+    Index.build(gallery, explainer, model_name="toy", out=tmp_path / "index", progress=False)
+    with serve(create_app(explainer=explainer, index=tmp_path / "index",
+                          samples=samples)) as url:
+        page, problems = open_page(browser, url + "/#gallery")
+        wait_stat(page, "searches", 1)
+        names = page.eval_on_selector_all("#results .card .name",
+                                          "n => n.map(x => x.textContent)")
+        assert page.locator("#results .stale").count() == 0
+        with Image.open(gallery / names[0]) as image:
+            Image.new(image.mode, image.size, "white").save(gallery / names[0])
+        (gallery / names[1]).unlink()
+        page.select_option("#k", "24")  # a new search of the whole image reads the files
+        wait_stat(page, "searches", 2)
+        shown = page.eval_on_selector_all("#results .card .name",
+                                          "n => n.map(x => x.textContent)")
+        assert shown[0] == names[0] and names[1] not in shown
+        first = page.locator("#results .card").nth(0)
+        assert "changed since it was indexed" in first.locator(".stale").inner_text()
+        note = page.locator("#results p.stale").inner_text()
+        assert names[1] in note and "missing" in note
+        assert stat(page, "errors") == 0, stat(page, "lastError")
+        assert problems == []
