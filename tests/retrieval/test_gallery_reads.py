@@ -182,3 +182,62 @@ def test_web_app_refuses_a_link_swapped_in(setting):
         shown = {hit["name"]: hit["stale"] for hit in body["hits"]}
         assert "img_0.png" not in shown and shown["img_1.png"] == "changed since it was indexed"
         assert shown["img_3.png"] is None
+
+
+class _CountedHashes:
+    """Counts the sha256 computations of gallery_files (each one a whole file hashed)."""
+
+    def __init__(self, monkeypatch):
+        import hashlib
+        import types
+        from simexplain import gallery_files
+        self.calls = 0
+
+        def counted(*args):
+            self.calls += 1
+            return hashlib.sha256(*args)
+        monkeypatch.setattr(gallery_files, "hashlib", types.SimpleNamespace(sha256=counted))
+        gallery_files._VERIFIED.clear()
+
+
+def test_a_verified_unchanged_file_is_not_read_again_for_its_status(setting, monkeypatch):
+    from simexplain import gallery_files
+    monkeypatch.setattr(gallery_files, "RACY_SECONDS", 0.0)
+    hashes = _CountedHashes(monkeypatch)
+    index = Index.load(setting["index"], explainer=setting["explainer"])
+    row = {Path(p).name: i for i, p in enumerate(index.paths)}["img_1.png"]
+    first = index.gallery_file(row)
+    assert first.status == "ok" and first.data is not None and hashes.calls == 1
+    status_only = index.gallery_file(row, data=False)
+    assert status_only.status == "ok" and status_only.data is None
+    again = index.gallery_file(row)  # the bytes are read, not hashed again
+    assert again.data == first.data and hashes.calls == 1
+    hits = index.search(setting["query"], k=4)  # each hit's status, the new files hashed
+    assert all(h.stale is None for h in hits)
+    calls = hashes.calls
+    assert [h.stale for h in index.search(setting["query"], k=4)] == [None] * 4
+    assert hashes.calls == calls  # the second search reads none of its hits' files
+    # rewritten with the same size and its old modification time put back: the change time
+    # moved, so the file is read and hashed again and found changed
+    path = setting["gallery"] / "img_1.png"
+    before = path.stat()
+    other = bytearray(path.read_bytes())
+    other[-13] ^= 0xFF  # inside the PNG's last chunk: same size, other bytes
+    path.write_bytes(bytes(other))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size
+    calls = hashes.calls
+    assert index.gallery_file(row, data=False).status == "changed"
+    assert hashes.calls == calls + 1
+
+
+def test_a_file_changed_just_before_its_check_is_not_remembered(setting, monkeypatch):
+    """A write in the same clock tick as the verification could leave size and times as they
+    were: a file changed less than RACY_SECONDS before is hashed on every check."""
+    hashes = _CountedHashes(monkeypatch)
+    index = Index.load(setting["index"], explainer=setting["explainer"])
+    row = {Path(p).name: i for i, p in enumerate(index.paths)}["img_2.png"]
+    os.utime(setting["gallery"] / "img_2.png")  # changed (its times) now
+    for _ in range(3):
+        assert index.gallery_file(row, data=False).status == "ok"
+    assert hashes.calls == 3

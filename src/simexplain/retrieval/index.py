@@ -424,12 +424,13 @@ class Index:
         return decode_image(read.data, hit.path), read.status == CHANGED
 
     # -- the gallery's files, read now ------------------------------------------------------------
-    def gallery_file(self, row: int) -> GalleryFile:
+    def gallery_file(self, row: int, data: bool = True) -> GalleryFile:
         """Gallery row `row`'s file read now, with its status (`gallery_files`): refused
         unless a regular file inside the gallery folder; "changed" when its sha256 differs
-        from the one recorded at indexing."""
+        from the one recorded at indexing. data=False: the status alone (a file verified
+        before and unchanged since is not read again)."""
         expected = self.hashes[row] if row < len(self.hashes) else ""
-        return read_gallery_file(self.paths[row], self.root, expected)
+        return read_gallery_file(self.paths[row], self.root, expected, data=data)
 
     def gallery_image(self, row: int) -> Image.Image:
         """Gallery row `row`'s image (RGB) from its file as read now: SimexplainError when the
@@ -443,14 +444,14 @@ class Index:
         return decode_image(read.data, self.paths[row])
 
     def mark_stale(self, hits: Sequence[Hit]) -> list[Hit]:
-        """Read each hit's file now and set `Hit.stale` where it changed, went missing or is
+        """Check each hit's file now and set `Hit.stale` where it changed, went missing or is
         refused (a warning each); returns the stale hits. Rows without a recorded sha256
         (`from_vectors`) have no file to check."""
         stale = []
         for hit in hits:
             if not (hit.index < len(self.hashes) and self.hashes[hit.index]):
                 continue
-            hit.stale = self.gallery_file(hit.index).stale
+            hit.stale = self.gallery_file(hit.index, data=False).stale
             if hit.stale is not None:
                 warnings.warn(f"{hit.path}: {hit.stale}", StaleHit, stacklevel=3)
                 stale.append(hit)
@@ -488,7 +489,7 @@ class Index:
         """The gallery file is not the one indexed: its content changed, or it is missing or
         refused (`gallery_file`)."""
         expected = self.hashes[row] if row < len(self.hashes) else ""
-        return bool(expected) and self.gallery_file(row).status != OK
+        return bool(expected) and self.gallery_file(row, data=False).status != OK
 
     def close(self) -> None:
         """Release what serves the index: the Ray actors of engine="ray" (nothing otherwise)."""
