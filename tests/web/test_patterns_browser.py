@@ -40,6 +40,11 @@ def test_patterns_are_drawn_across_the_two_images(headless_chromium):
                 assert y == pytest.approx(box["y"] + (point[0] + 0.5) / 28 * box["height"], abs=1.5)
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "pair-patterns.png"))
+        # the pair explained again (another method, the same decomposition): drawn again
+        page.select_option("#method", "gradcam")
+        wait_stat(page, "explains", 2)
+        page.wait_for_function("document.querySelectorAll('#patterns-layer circle').length >= 2",
+                               timeout=30_000)
         page.uncheck("#patterns")
         page.wait_for_function("document.querySelectorAll('#patterns-layer circle').length === 0",
                                timeout=5_000)

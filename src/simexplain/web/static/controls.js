@@ -25,6 +25,7 @@ export function createControls({ state }, { pair, gallery }) {
       pair.layout();
     }
     if (view === "gallery" && !state.gallery.search && state.gallery.query) gallery.runSearch(null);
+    document.dispatchEvent(new CustomEvent("simexplain:view"));
   }
 
   function redrawAll() {

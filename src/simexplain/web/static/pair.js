@@ -90,6 +90,7 @@ export function createPair({ state, stats, feedback }, pickers) {
       rest();
       showGrid(result);
       showIdentical(result.explanation_id);
+      document.dispatchEvent(new CustomEvent("simexplain:pair"));
     } catch (error) {
       if (error && error.name === "AbortError") return; // a newer request owns the panels
       await failed(error);
@@ -106,6 +107,7 @@ export function createPair({ state, stats, feedback }, pickers) {
   // are shown without maps, the score is gone, and the error sits on the image that failed
   async function failed(error) {
     state.pair.explanation = null;
+    document.dispatchEvent(new CustomEvent("simexplain:pair"));
     $("#grid-info").textContent = "";
     $("#method-note").textContent = "";
     for (const option of $("#method").options) option.textContent = option.value;

@@ -88,13 +88,10 @@ export function setupPatterns({ explanation, shown, api, report }) {
     drawPatterns();
   }
 
-  // follow the page without hooks into it: a new pair, a resize or the box ticked redraws
+  // the page's events: the box ticked, a new pair shown or failed ("simexplain:pair", from
+  // pair.js), the view switched ("simexplain:view", controls.js), a resize
   document.getElementById("patterns")?.addEventListener("change", updatePatterns);
+  document.addEventListener("simexplain:pair", updatePatterns);
+  document.addEventListener("simexplain:view", drawPatterns);
   window.addEventListener("resize", drawPatterns);
-  setInterval(() => {
-    const e = explanation();
-    const wanted = document.getElementById("patterns")?.checked && e ? e.explanation_id : null;
-    const drawn = document.getElementById("patterns-layer")?.childElementCount ? patternState.shownFor : null;
-    if (wanted !== drawn) updatePatterns();
-  }, 300);
 }
