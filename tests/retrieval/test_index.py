@@ -511,6 +511,17 @@ def direct_hits(index_path: Path, query: Path, k: int, region=None) -> list[dict
     return [hit.to_dict() for hit in index.search(str(query), k, region=region)]
 
 
+def assert_same_hits(got: list[dict], expected: list[dict]) -> None:
+    """The same hits (rows, paths, ranks, stale marks), scores to float32 rounding: queries
+    explained in a batch go through the model's forward pass together, which rounds
+    differently from one at a time (about 1e-8 here)."""
+    keys = ("rank", "index", "path", "stale")
+    assert [{k: h[k] for k in keys} for h in got] == [{k: h[k] for k in keys} for h in expected]
+    for a, b in zip(got, expected):
+        assert a["score"] == pytest.approx(b["score"], rel=1e-6, abs=1e-7)
+        assert a["full_score"] == pytest.approx(b["full_score"], rel=1e-6, abs=1e-7)
+
+
 def test_cli_search_many_queries_equal_single_searches(cli_index, query, query_folder, tmp_path,
                                                        capsys):
     listing = tmp_path / "queries.txt"
@@ -524,7 +535,7 @@ def test_cli_search_many_queries_equal_single_searches(cli_index, query, query_f
     assert [Path(r["query"]) for r in results] == expected
     for result, path in zip(results, expected):
         assert result["region"] == [2, 3, 20, 25]
-        assert result["hits"] == direct_hits(cli_index, path, 4, (2, 3, 20, 25))
+        assert_same_hits(result["hits"], direct_hits(cli_index, path, 4, (2, 3, 20, 25)))
     assert results[0]["hits"] != results[1]["hits"]  # the queries differ: a real comparison
 
 

@@ -19,6 +19,10 @@ from ..model_options import add_model_arguments
 from .basics import ENGINES
 from .manifest import KINDS
 
+# Queries of one `simexplain search` explained together (a forward pass for each batch of
+# inputs of one size)
+QUERY_BATCH = 16
+
 if TYPE_CHECKING:
     from ..explainer import Explainer
     from .index import Hit, Index, RegionQuery
@@ -202,7 +206,7 @@ def query_files(args: argparse.Namespace) -> list[str]:
 def cmd_search(args: argparse.Namespace) -> int:
     import warnings
 
-    from .index import Index, StaleHit
+    from .index import Index, RegionQuery, StaleHit
     if args.k < 1:
         raise SimexplainError(f"-k must be >= 1, got {args.k}")
     queries = query_files(args)
@@ -212,12 +216,14 @@ def cmd_search(args: argparse.Namespace) -> int:
         check_output(out)  # before any work: absent, empty or an output of ours
     explainer = explainer_for_index(args.index, args)
     index = Index.load(args.index, explainer=explainer)
-    # search every query before writing anything: a failure leaves no partial pages behind
+    # search every query before writing anything: a failure leaves no partial pages behind;
+    # the queries are explained a batch at a time (one forward pass for a batch of one size)
     results = []
+    sides = explainer.sides(queries, "a", batch_size=QUERY_BATCH)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", StaleHit)  # said once a hit, below
-        for query in queries:
-            prepared = index.region_vector(query, args.region)
+        for query, side in zip(queries, sides):
+            prepared = RegionQuery.from_side(side, args.region)
             results.append((query, prepared, index.search(prepared, args.k,
                                                           explain=args.explain)))
     summaries = [search_summary(args, index, query, prepared, hits)
