@@ -76,6 +76,15 @@ def forbid_hit_forwards(monkeypatch, explainer: Explainer) -> None:
     monkeypatch.setattr(explainer, "sides", refuse)
 
 
+def hits_forbidden(sides):
+    """`Explainer.sides` that explains queries (side a) and refuses gallery images (side b)."""
+    def guarded(self, images, side="b", *args, **kwargs):
+        if side != "a":
+            raise Forbidden("the model ran on a hit")
+        return sides(self, images, side, *args, **kwargs)
+    return guarded
+
+
 def assert_same_side(cached, computed) -> None:
     assert cached.grid == computed.grid
     torch.testing.assert_close(cached.contributions, computed.contributions,
@@ -352,8 +361,7 @@ def test_cli_build_explain_then_search_explain(gallery, query, tmp_path, capsys,
     for name, out in (("cached", cached_out), ("plain", plain_out)):
         with monkeypatch.context() as patch:
             if name == "cached":  # the hits come from the cache: the model never sees them
-                patch.setattr(Explainer, "sides", lambda *a, **k: (_ for _ in ()).throw(
-                    Forbidden("the model ran on a hit")))
+                patch.setattr(Explainer, "sides", hits_forbidden(Explainer.sides))
             assert main(["search", *TOY, str(out), str(query), "--region", "0,0,16,16", "-k", "3",
                          "--explain", "--out", str(tmp_path / f"page-{name}")]) == 0
         pages[name] = json.loads((tmp_path / f"page-{name}" / "results.json").read_text())
