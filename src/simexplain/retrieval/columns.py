@@ -26,7 +26,7 @@ from typing import Any, overload
 import numpy as np
 
 from ..errors import SimexplainError
-from .basics import Skipped
+from .basics import Skipped, require
 from .manifest import _relative, damaged
 
 BATCH_ROWS = 1 << 20  # rows a record batch (the file's chunks)
@@ -34,13 +34,8 @@ MAX_PATH = 4096
 
 
 def require_pyarrow() -> Any:  # the pyarrow module
-    try:
-        import pyarrow
-        import pyarrow.compute  # noqa: F401
-    except ImportError:
-        raise SimexplainError("index folders keep their per-image records in an Arrow file: "
-                              "pip install pyarrow") from None
-    return pyarrow
+    return require("pyarrow", "compute", install="index folders keep their per-image records "
+                                                 "in an Arrow file: pip install pyarrow")
 
 
 def schema() -> Any:

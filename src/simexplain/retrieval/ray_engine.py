@@ -27,7 +27,7 @@ import numpy as np
 import simexplain
 
 from ..errors import SimexplainError
-from .basics import Skipped
+from .basics import Skipped, require
 from .embedding import Embedded, embed_files
 from .explain_cache import CachedImage
 
@@ -36,13 +36,9 @@ if TYPE_CHECKING:
 
 
 def require_ray() -> Any:  # the ray module
-    try:
-        import ray
-        import ray.data  # noqa: F401 - the pipeline needs Ray Data, not only Ray core
-    except ImportError:
-        raise SimexplainError("--engine ray needs Ray Data: pip install 'ray[data]' (or the "
-                              "'scale' extra of simexplain)") from None
-    return ray
+    # the pipeline needs Ray Data, not only Ray core
+    return require("ray", "data", install="--engine ray needs Ray Data: pip install "
+                                          "'ray[data]' (or the 'scale' extra of simexplain)")
 
 
 class _Given:

@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import similarity as similarities
 from ..errors import SimexplainError
-from .basics import finite_rows, require_faiss
+from .basics import finite_rows, read_faiss_files, require_faiss
 from .compressed import ShardedVectors, merge_candidates, shard_bounds
 from .manifest import EMBEDDINGS, damaged
 
@@ -49,17 +49,8 @@ class ShardGroup:
 
     def _open(self, folder: Path, names: Sequence[str], first: int, similarity: str,
               threads: int) -> None:
-        faiss = require_faiss()
-        faiss.omp_set_num_threads(threads)
-        structures = []
-        for name in names:
-            try:
-                structures.append(faiss.read_index(str(folder / name)))
-            except RuntimeError as exc:
-                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                raise damaged(folder / name, "cannot read the FAISS index "
-                                             f"({first_line or 'unreadable'})") from None
-        self.vectors = ShardedVectors(structures)
+        require_faiss().omp_set_num_threads(threads)
+        self.vectors = ShardedVectors(read_faiss_files(folder, names))
         self.first = first
         self.stop = self.first + self.vectors.ntotal
         self.embeddings = np.load(folder / EMBEDDINGS, mmap_mode="r")

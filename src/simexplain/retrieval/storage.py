@@ -32,7 +32,7 @@ import numpy as np
 from .. import similarity as similarities
 from ..errors import SimexplainError
 from ..files import check_target, remove_leftovers, replace_folder, staging_folder, writing
-from .basics import file_sha256, finite_rows, require_faiss
+from .basics import file_sha256, finite_rows, read_faiss_files, require_faiss
 from .explain_cache import ExplainCache
 from .kinds import kind as index_kind
 
@@ -265,14 +265,7 @@ def _records(manifest: dict, path: Path, root: Path) -> columns.Records:
 
 def _read_vectors(path: Path, names: list[str], kind, count: int, expected_d: int):
     """The FAISS files of an index folder as its kind's searchable structure, checked."""
-    faiss = require_faiss()
-    structures = []
-    for name in names:
-        try:
-            structures.append(faiss.read_index(str(path / name)))
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
-            raise damaged(path / name, f"cannot read the FAISS index ({first})") from None
+    structures = read_faiss_files(path, names)
     if any(s.d != expected_d for s in structures) or sum(s.ntotal for s in structures) != count:
         where = path / names[0] if len(names) == 1 else path
         raise damaged(where, f"holds {sum(s.ntotal for s in structures)} vectors of dimension "
