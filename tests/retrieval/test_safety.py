@@ -8,6 +8,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -195,16 +196,22 @@ def outcome(explainer, path: Path, queries, expected) -> str:
     return "harmless"
 
 
+def write_flipped(original: bytes, file: Path, count: int, seed: int) -> Iterator[None]:
+    """`count` times: `original` with one random byte flipped (seeded), written to `file`."""
+    rng = random.Random(seed)
+    for _ in range(count):
+        data = bytearray(original)
+        data[rng.randrange(len(data))] ^= rng.randrange(1, 256)
+        file.write_bytes(bytes(data))
+        yield
+
+
 def test_single_byte_flips_are_refused_or_harmless(intact, tmp_path):
     explainer, path, original, queries, expected = intact
     copy = tmp_path / "copy"
     shutil.copytree(path, copy)
-    rng = random.Random(0)
     counts = {"refused": 0, "harmless": 0}
-    for _ in range(300):
-        data = bytearray(original)
-        data[rng.randrange(len(data))] ^= rng.randrange(1, 256)
-        (copy / MANIFEST).write_bytes(bytes(data))
+    for _ in write_flipped(original, copy / MANIFEST, 300, seed=0):
         counts[outcome(explainer, copy, queries, expected)] += 1
     assert counts["refused"] >= 250  # nearly every flip breaks the JSON or the checksum
 
@@ -345,12 +352,8 @@ def test_a_damaged_arrow_file_is_refused_in_one_line(intact, tmp_path, verify):
     (copy / GALLERY).write_bytes(b"\0" * len(original))
     with pytest.raises(IndexFormatError, match="index damaged"):
         Index.load(copy, verify=verify)
-    rng = random.Random(1)
     counts = {"refused": 0, "harmless": 0}
-    for _ in range(100):
-        data = bytearray(original)
-        data[rng.randrange(len(data))] ^= rng.randrange(1, 256)
-        (copy / GALLERY).write_bytes(bytes(data))
+    for _ in write_flipped(original, copy / GALLERY, 100, seed=1):
         try:
             index = Index.load(copy, explainer=explainer, verify=verify)
         except SimexplainError as exc:
