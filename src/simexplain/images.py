@@ -214,7 +214,7 @@ def quiet_decoders(tiff: bool = False) -> Iterator[None]:
     calls would then restore each other's state: the bomb warning no longer an error during
     the second decode, every warning silenced after both). While any decode runs, warnings of
     other threads are silenced as well."""
-    with _warnings_quieted():
+    with quiet_warnings():
         if not tiff:
             yield
             return
@@ -231,7 +231,11 @@ class _QuietWarnings:
 
 
 @contextmanager
-def _warnings_quieted() -> Iterator[None]:
+def quiet_warnings() -> Iterator[None]:
+    """Every warning silenced, Pillow's bomb warning an error, for the block: the process-wide
+    filters set when the first of the threads in such a block enters and restored when the last
+    leaves (`quiet_decoders` and the web app use it; a `warnings.catch_warnings` in one thread
+    would restore its own copy over the others')."""
     state = _QuietWarnings
     with state.lock:
         if state.users == 0:

@@ -241,3 +241,20 @@ def test_a_file_changed_just_before_its_check_is_not_remembered(setting, monkeyp
     for _ in range(3):
         assert index.gallery_file(row, data=False).status == "ok"
     assert hashes.calls == 3
+
+
+def test_mark_stale_without_warnings_for_callers_that_report_it(setting):
+    """warn=False (the web app, which puts the marks in its answer): the same marks, no
+    warning, so no caller needs to change the process-wide warning filters around it."""
+    index = Index.load(setting["index"], explainer=setting["explainer"])
+    (setting["gallery"] / "img_2.png").unlink()
+    hits = index.search(setting["query"], k=4, check_files=False)
+    assert all(hit.stale is None for hit in hits)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet = index.mark_stale(hits, warn=False)
+    assert not caught
+    assert [Path(h.path).name for h in quiet] == ["img_2.png"]
+    assert quiet[0].stale.startswith("missing")
+    with pytest.warns(StaleHit, match="img_2.png"):
+        assert index.mark_stale(hits) == quiet

@@ -443,17 +443,19 @@ class Index:
             warnings.warn(f"{self.paths[row]}: {read.stale}", StaleHit, stacklevel=2)
         return decode_image(read.data, self.paths[row])
 
-    def mark_stale(self, hits: Sequence[Hit]) -> list[Hit]:
+    def mark_stale(self, hits: Sequence[Hit], warn: bool = True) -> list[Hit]:
         """Check each hit's file now and set `Hit.stale` where it changed, went missing or is
-        refused (a warning each); returns the stale hits. Rows without a recorded sha256
-        (`from_vectors`) have no file to check."""
+        refused (a StaleHit warning each, unless warn=False: a caller that reports them
+        itself, with no change to the process's warning filters); returns the stale hits.
+        Rows without a recorded sha256 (`from_vectors`) have no file to check."""
         stale = []
         for hit in hits:
             if not (hit.index < len(self.hashes) and self.hashes[hit.index]):
                 continue
             hit.stale = self.gallery_file(hit.index, data=False).stale
             if hit.stale is not None:
-                warnings.warn(f"{hit.path}: {hit.stale}", StaleHit, stacklevel=3)
+                if warn:
+                    warnings.warn(f"{hit.path}: {hit.stale}", StaleHit, stacklevel=3)
                 stale.append(hit)
         return stale
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import secrets
 import threading
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
@@ -29,7 +28,7 @@ from PIL import Image
 from .. import regions
 from ..errors import NoPointMap, NotApplicable, SimexplainError
 from ..explanation import DEFAULT_POINT_MAP, PairExplanation, Side
-from ..images import MAX_PIXELS
+from ..images import MAX_PIXELS, quiet_warnings
 from ..live_maps import GridMap, check_box, point_answer, region_answer
 from ..methods import (Decomposition, PreparedPair, explanation_methods, get_method,
                        method_class)
@@ -285,8 +284,9 @@ class Engine:
                 missing.append((image_id, picture))
         if missing:
             # the explainer's input pipeline crops faces for face models, as everywhere else
-            with self._compute, warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            # quiet_warnings: the warning filters are process-wide, shared with the uploads'
+            # decoding threads (a per-call catch_warnings would undo theirs)
+            with self._compute, quiet_warnings():
                 computed = list(explainer.sides([picture for _, picture in missing], which,
                                                 batch_size=16))
             for (image_id, _), side in zip(missing, computed):
@@ -423,7 +423,7 @@ class Engine:
         if self.index is None:
             raise WebError("this server has no index: start it with `simexplain serve "
                            "--index INDEX` for the gallery search")
-        from ..retrieval.index import RegionQuery, StaleHit
+        from ..retrieval.index import RegionQuery
         model = self.index_model
         assert model is not None  # set with the index
         explainer = self.explainer(model)
@@ -431,9 +431,8 @@ class Engine:
         q = query_prepared.side
         prepared = RegionQuery.from_side(q, check_box(box) if box is not None else None)
         k = max(1, min(int(k), len(self.images.gallery_paths)))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", StaleHit)  # in the answer instead
-            found = self.index.search(prepared, k)  # reads each hit's file now (stale)
+        found = self.index.search(prepared, k, check_files=False)
+        self.index.mark_stale(found, warn=False)  # each hit's file now: in the answer instead
         shown = [hit for hit in found if hit.stale is None or hit.stale.startswith("changed")]
         unavailable = [{"rank": hit.rank, "index": hit.index, "stale": hit.stale,
                         "name": self.images.gallery_paths[hit.index].name}
