@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from . import geometry
-from .errors import LayerError, ModelError, SimexplainError
+from .errors import LayerError, ModelError, SimexplainError, first_line
 from .affine_head import AffineHeads, KnownHead, bind
 from .frozen import RawEmbeddings
 from .head import (STRATEGIES, Contributions, head_offsets, known_contributions, mask_shape,
@@ -113,7 +113,7 @@ class SplitModel:
             raise
         except RuntimeError as exc:
             raise ModelError(
-                f"the model failed on an input of shape {tuple(x.shape)}: {exc}".splitlines()[0]
+                f"the model failed on an input of shape {tuple(x.shape)}: {first_line(exc)}"
             ) from None
 
     def _check_embedding(self, out: torch.Tensor) -> None:
@@ -169,8 +169,8 @@ class SplitModel:
                                                      grid, prefix)
         except RuntimeError as exc:
             raise ModelError(
-                f"cannot push contributions through the head after {self.layer_name!r}: {exc}"
-                .splitlines()[0]) from None
+                f"cannot push contributions through the head after {self.layer_name!r}: "
+                f"{first_line(exc)}") from None
         self._check_embedding(result.embedding)
         return result
 

@@ -42,3 +42,12 @@ class NotApplicable(SimexplainError):
 class NoSpatialMap(UserWarning):
     """Warned where the explained layer's head reads only a transformer's prefix tokens (the
     class token at the last layer): the grid's maps have no spatial content."""
+
+
+def first_line(exc: BaseException, limit: int | None = None, empty: str | None = None) -> str:
+    """The first non-blank line of an exception's message, for a one-line error (cut to
+    `limit` characters); `empty` (by default the exception's type name) when it has none."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return empty or type(exc).__name__

@@ -19,7 +19,7 @@ from numpy.typing import ArrayLike
 import torch
 from PIL import Image
 
-from ..errors import SimexplainError
+from ..errors import SimexplainError, first_line
 from ..sides import pick
 from ..explanation import POINT_MAP_KINDS
 from ..methods import METHODS as _REGISTRY
@@ -133,7 +133,7 @@ def available_models(wanted: Iterable[str] | None = None) -> tuple[list[str], di
                 zoo.model(name)
                 ok.append(name)
             except Exception as exc:  # noqa: BLE001 - missing weights, packages ...
-                skipped[name] = f"cannot be loaded: {str(exc).splitlines()[0][:200]}"
+                skipped[name] = f"cannot be loaded: {first_line(exc, 200)}"
     return ok, skipped
 
 

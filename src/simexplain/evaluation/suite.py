@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..errors import SimexplainError
+from ..errors import SimexplainError, first_line
 from . import registry, report
 from .common import BOOTSTRAP, ALL_METHODS, MODELS, POINT_METHODS, available_models
 
@@ -83,7 +83,7 @@ def run_all(out: str | Path = "docs", quick: bool = False, seed: int = 0,
                 result = bench.run(model, samples=samples, quick=quick, seed=seed,
                                    show_progress=show_progress)
             except SimexplainError as exc:  # e.g. a data set missing for this model
-                skipped[f"{model} ({bench.NAME})"] = str(exc).splitlines()[0]
+                skipped[f"{model} ({bench.NAME})"] = first_line(exc)
                 log(f"{bench.NAME} {model}: skipped ({exc})")
                 continue
             results[bench.NAME].append(result)

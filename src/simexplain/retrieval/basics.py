@@ -11,7 +11,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import SimexplainError
+from ..errors import SimexplainError, first_line
 from ..files import file_sha256  # noqa: F401 - re-exported: the retrieval's file hashing
 from .manifest import damaged
 
@@ -47,8 +47,8 @@ def read_faiss_files(folder: Path, names: Sequence[str]) -> list:
         try:
             structures.append(faiss.read_index(str(folder / name)))
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
-            raise damaged(folder / name, f"cannot read the FAISS index ({first})") from None
+            raise damaged(folder / name, "cannot read the FAISS index "
+                          f"({first_line(exc, empty='unreadable')})") from None
     return structures
 
 

@@ -25,7 +25,7 @@ from typing import Any, overload
 
 import numpy as np
 
-from ..errors import SimexplainError
+from ..errors import SimexplainError, first_line
 from .basics import Skipped, require
 from .manifest import _relative, damaged
 
@@ -183,8 +183,8 @@ def open_file(file: Path, count: int, skipped: int, root: Path) -> Records:
         # in a lookup
         table.validate()
     except (OSError, ValueError, pa.ArrowException) as exc:
-        first = str(exc).strip().splitlines()[0][:80] if str(exc).strip() else "unreadable"
-        raise damaged(file, f"not a readable Arrow file ({first})") from None
+        raise damaged(file, "not a readable Arrow file "
+                            f"({first_line(exc, 80, empty='unreadable')})") from None
     records = _check(table, file, count, skipped, root, mapped)
     # the checks read every page; the process keeps none of them (they stay in the page
     # cache, and a lookup maps back only the page it needs)
@@ -250,7 +250,7 @@ def _check(table: Any, file: Path, count: int, skipped: int, root: Path,
     try:  # the small columns in full (the paths' offsets are checked with the paths)
         table.select(["sha256", "skipped"]).validate(full=True)
     except require_pyarrow().ArrowException as exc:
-        need(False, f"not a valid Arrow table ({str(exc).splitlines()[0][:80]})")
+        need(False, f"not a valid Arrow table ({first_line(exc, 80)})")
     need(table.num_rows == count + skipped, f"{table.num_rows} rows, the manifest says "
                                             f"{count} images and {skipped} skipped files")
     paths = table.column("path").slice(0, count)

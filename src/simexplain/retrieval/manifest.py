@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-from ..errors import SimexplainError
+from ..errors import SimexplainError, first_line
 
 FORMAT_NAME = "simexplain-index"
 FORMAT_VERSION = 3
@@ -102,7 +102,7 @@ def parse(text: str | bytes, where: Path) -> dict:
     try:
         manifest = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise damaged(where, f"not valid JSON ({str(exc).splitlines()[0][:80]})") from None
+        raise damaged(where, f"not valid JSON ({first_line(exc, 80)})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise IndexFormatError(f"{where}: not a simexplain index manifest")
     version = manifest.get("version")

@@ -26,7 +26,7 @@ import numpy as np
 
 import simexplain
 
-from ..errors import SimexplainError
+from ..errors import SimexplainError, first_line
 from .basics import Skipped, require
 from .embedding import Embedded, embed_files
 from .explain_cache import CachedImage
@@ -192,8 +192,7 @@ def _connect(ray, address: str | None, workers: int) -> bool:
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise SimexplainError(f"cannot start or join {where}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-                              ) from None
+                              f"{first_line(exc)}") from None
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     return True
 

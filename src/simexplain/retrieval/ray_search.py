@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .. import similarity as similarities
-from ..errors import SimexplainError
+from ..errors import SimexplainError, first_line
 from .basics import finite_rows, read_faiss_files, require_faiss
 from .compressed import ShardedVectors, merge_candidates, shard_bounds
 from .manifest import EMBEDDINGS, damaged
@@ -150,8 +150,8 @@ class RayShards:
             cause = _simexplain_cause(exc)
             if cause is not None:
                 raise cause from None
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise SimexplainError(f"a shard actor failed beyond its restarts: {first}") from None
+            raise SimexplainError("a shard actor failed beyond its restarts: "
+                                  f"{first_line(exc)}") from None
 
 
 def serve(folder: Path, names: list[str], counts_dim: tuple[int, int], similarity: str,

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import LayerError, ModelError
+from ..errors import LayerError, ModelError, first_line
 from ..images import Preprocess
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ class HFEmbedder(nn.Module):
         except Exception as exc:  # noqa: BLE001 - any failure of the model is the same problem
             raise ModelError(f"{type(self.model).__name__} failed on a blank "
                              f"{self.image_size[0]}x{self.image_size[1]} image: "
-                             f"{exc}".splitlines()[0]) from None
+                             f"{first_line(exc)}") from None
         finally:
             if handle is not None:
                 handle.remove()
@@ -344,7 +344,7 @@ def load_hf(folder: str | Path, pooling: str = "auto", normalize: bool = False,
         try:
             config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
         except (ValueError, KeyError, OSError) as exc:
-            raise ModelError(f"{folder}: unreadable config.json ({exc})".splitlines()[0]) \
+            raise ModelError(f"{folder}: unreadable config.json ({first_line(exc)})") \
                 from None
         cls, tower_config = _model_class(transformers, config, folder)
         if tower_config is not None:
@@ -352,7 +352,7 @@ def load_hf(folder: str | Path, pooling: str = "auto", normalize: bool = False,
         try:
             model, info = cls.from_pretrained(folder, output_loading_info=True, **options)
         except (ValueError, KeyError, OSError, RuntimeError) as exc:
-            raise ModelError(f"{folder}: cannot load the model ({exc})".splitlines()[0]) \
+            raise ModelError(f"{folder}: cannot load the model ({first_line(exc)})") \
                 from None
     # float32 whatever the folder's dtype: the decomposition's sums need its precision
     model = model.float()
