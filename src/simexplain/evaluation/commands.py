@@ -66,7 +66,7 @@ def run_benchmark_cli(args: argparse.Namespace, module: ModuleType) -> int:
         raise SimexplainError("--samples must be at least 1")
     out = Path(args.out)
     own = module.OPTIONS.models or MODELS
-    requested = args.model or list(own)  # (--model is required where it has no models of its own)
+    requested = args.model or list(own)  # no --model: only where it may be left out (shortcut)
     models, skipped = available_models(expand_models(requested, own))
     if "all" not in requested and skipped:
         name, why = next(iter(skipped.items()))
