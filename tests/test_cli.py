@@ -193,6 +193,38 @@ def test_help_and_argument_errors_import_no_heavy_module(argv):
     assert imported == [], f"{argv}: imported {imported}"
 
 
+def test_every_benchmarks_help_and_argument_errors_import_no_heavy_module():
+    """`eval NAME --help` and `eval NAME --no-such-option` for every registered benchmark, in
+    one fresh interpreter: what each imported is read from sys.modules after it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    from simexplain.evaluation.registry import BENCHMARKS
+    script = ("import json, sys\n"
+              "from simexplain.cli import build_parser\n"
+              "from simexplain.evaluation.registry import BENCHMARKS\n"
+              "seen = {}\n"
+              "for name in BENCHMARKS:\n"
+              "    for argv in (['eval', name, '--help'], ['eval', name, '--no-such-option']):\n"
+              "        try:\n"
+              "            build_parser().parse_args(argv)\n"
+              "        except SystemExit as exc:\n"
+              "            code = exc.code\n"
+              "        else:\n"
+              "            code = 'parsed'\n"
+              f"        heavy = sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)\n"
+              "        seen[' '.join(argv)] = [code, heavy]\n"
+              "print(json.dumps(seen))")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": src}, timeout=120)
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert len(seen) == 2 * len(BENCHMARKS) and "eval pointing --help" in seen, done.stderr
+    for argv, (code, imported) in seen.items():
+        assert code == (0 if argv.endswith("--help") else 2), (argv, done.stderr)
+        assert imported == [], f"{argv}: imported {imported}"
+
+
 def test_the_heavy_modules_are_seen_when_a_command_loads_them():
     """The check above can fail: the same script sees torch once the training is imported."""
     import subprocess

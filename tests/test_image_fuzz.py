@@ -12,7 +12,7 @@ from PIL import Image
 
 from simexplain import ImageError, Preprocess
 from simexplain.cli import main
-from simexplain.images import MAX_PIXELS, load_image
+from simexplain.images import MAX_PIXELS, check_image_file, load_image
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("fuzz_images", ROOT / "scripts" / "fuzz_images.py")
@@ -29,6 +29,38 @@ def test_seeded_fuzz_has_no_unhandled_exceptions():
     assert by_kind["bomb"] == {"ImageError": 50}  # and no bomb does
     assert by_kind["random"].get("loaded", 0) == 0
     assert by_kind["disguised"] == {"ImageError": 50}  # nor any bomb in disguise
+
+
+def outcome(read, path):
+    """What `read(path)` gives: ("ok", value) or ("ImageError", its message)."""
+    try:
+        return "ok", read(path)
+    except ImageError as exc:
+        return "ImageError", str(exc)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow's notes on the corrupt files
+def test_the_header_check_refuses_what_loading_refuses_before_decoding(tmp_path):
+    """check_image_file (the search's early check of its queries) on the fuzz cases: it takes
+    every file that loads, with its size; what it refuses, loading refuses with the same
+    message; every file too large to load it refuses already; files that are cut short it may
+    take (their pixels are what is missing): loading them is an ImageError naming the file."""
+    too_large = passed_but_cut = 0
+    for index in range(160):  # 20 of each kind
+        kind, path = fuzz.case(3, index, tmp_path)
+        checked = outcome(check_image_file, path)
+        loaded = outcome(load_image, path)
+        if loaded[0] == "ok":
+            assert checked == ("ok", loaded[1].size), (index, kind)
+        if checked[0] == "ImageError":
+            assert loaded == checked, (index, kind)
+        if loaded[0] == "ImageError" and "limit of" in loaded[1]:
+            assert checked == loaded, (index, kind)
+            too_large += 1
+        if kind == "truncated" and checked[0] == "ok" and loaded[0] == "ImageError":
+            assert loaded[1].startswith(str(path)), loaded
+            passed_but_cut += 1
+    assert too_large >= 20 and passed_but_cut >= 3  # both cases are there
 
 
 LIMIT = rf"bomb.img: .*limit of {MAX_PIXELS}"

@@ -1,11 +1,23 @@
 """Names, defaults and limits that the command line shows while it builds its parser, defined
 here without importing torch and imported from here by the modules that use them (each keeps
-its own name for them: `similarity.names()`, `images.MAX_PIXELS`, `patterns.DEFAULT_PATTERNS`)."""
+its own name for them: `similarity.names()`, `images.MAX_PIXELS`, `patterns.DEFAULT_PATTERNS`,
+`regions.POINT_MAP_KINDS`)."""
 
 from __future__ import annotations
 
 # The built-in similarities, in registration order (`simexplain.similarity` checks it).
 BUILTIN_SIMILARITIES = ("cosine", "dot", "euclidean")
+# The saliency methods, in display order: the names of `methods.METHODS` (which checks it), for
+# the benchmarks' `--method` help (simexplain.evaluation.options)
+METHOD_NAMES = ("decomposition", "relative", "gradcam", "gradcam-raw", "rgradcam",
+                "attention-rollout", "chefer", "gradcam-tokens", "occlusion", "random")
+# Point-map kinds (METHOD.md, "Point-map kinds") and the label shown with each (`regions` and
+# the benchmarks' point methods use them).
+POINT_MAP_KINDS: dict[str, str] = {
+    "match-centred": "match: cosine of centred contributions",
+    "match": "match: cosine of contributions",
+    "contribution": "share of the score",
+}
 # Refuse decompression bombs before decoding them (`images.load_image`).
 MAX_PIXELS = 40_000_000
 # Cross-view patterns `PairExplanation.patterns` finds and `simexplain pair` draws.

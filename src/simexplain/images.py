@@ -55,6 +55,28 @@ def load_image(source: str | Path | Image.Image) -> Image.Image:
     """
     if isinstance(source, Image.Image):
         return to_rgb(source)
+    with _open_file(source) as (handle, name):
+        return decode_image(handle, name)
+
+
+def check_image_file(source: str | Path) -> tuple[int, int]:
+    """What `load_image(source)` refuses before it decodes, found without decoding the pixels:
+    a missing or unreadable file, a file in none of FORMATS, an empty image or one over
+    MAX_PIXELS (declared size, icon entries, TIFF pages; `open_checked`), each an ImageError
+    naming the file. Returns the declared (width, height). What only the pixels show (data
+    cut short or damaged, unusable values) is found when the file is decoded (`load_image`),
+    an ImageError naming it as well.
+    """
+    with _open_file(source) as (handle, name), _as_image_errors(name), \
+            quiet_decoders(is_tiff(handle)), open_checked(handle, name) as opened:
+        width, height = opened.size
+    return width, height
+
+
+@contextmanager
+def _open_file(source: str | Path) -> Iterator[tuple[BinaryIO, str]]:
+    """The image file `source` open for reading, with the name its errors give it; a missing or
+    unopenable file is an ImageError naming it."""
     path = Path(source)
     name = _short(path)
     try:
@@ -68,7 +90,7 @@ def load_image(source: str | Path | Image.Image) -> Image.Image:
     except OSError as exc:
         raise ImageError(f"{name}: cannot open ({_reason(exc)})") from None
     with handle:
-        return decode_image(handle, name)
+        yield handle, name
 
 
 def decode_image(source: bytes | BinaryIO, name: str = "image") -> Image.Image:
@@ -76,10 +98,19 @@ def decode_image(source: bytes | BinaryIO, name: str = "image") -> Image.Image:
     checked first (`open_checked`), every failure an ImageError naming `name`, the decoders'
     own warnings kept off the terminal (`quiet_decoders`)."""
     handle = io.BytesIO(source) if isinstance(source, bytes) else source
+    with _as_image_errors(name), quiet_decoders(is_tiff(handle)), \
+            open_checked(handle, name) as opened:
+        opened.load()
+        image = opened.copy()
+    return to_rgb(image, name)
+
+
+@contextmanager
+def _as_image_errors(name: str) -> Iterator[None]:
+    """Every failure of opening or decoding the image `name` in the block as an ImageError
+    naming it (ImageTooLarge for a decompression bomb)."""
     try:
-        with quiet_decoders(is_tiff(handle)), open_checked(handle, name) as opened:
-            opened.load()
-            image = opened.copy()
+        yield
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -93,7 +124,6 @@ def decode_image(source: bytes | BinaryIO, name: str = "image") -> Image.Image:
     except Exception as exc:  # noqa: BLE001 - any decoder failure (OSError, SyntaxError,
         # struct.error, RuntimeError from a broken plugin ...) means the same: a bad file
         raise ImageError(f"{name}: cannot decode image ({_reason(exc)})") from None
-    return to_rgb(image, name)
 
 
 @contextmanager

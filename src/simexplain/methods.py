@@ -25,6 +25,7 @@ from typing import cast
 import torch
 
 from .attention import Trace, trace
+from .defaults import METHOD_NAMES
 from .errors import NotApplicable, SimexplainError
 from .sides import pick
 from .explanation import PairExplanation
@@ -483,6 +484,7 @@ METHODS: dict[str, type[Method]] = {
     cls.name: cls for cls in (Decomposition, Relative, GradCAM, GradCAMRaw, RGradCAM,
                               AttentionRollout, AttentionRelevance, GradCAMTokens, Occlusion,
                               RandomMap)}
+assert tuple(METHODS) == METHOD_NAMES, (tuple(METHODS), METHOD_NAMES)
 
 
 def explanation_methods() -> list[str]:

@@ -13,18 +13,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .defaults import POINT_MAP_KINDS
 from .errors import NoPointMap, SimexplainError
 from .similarity import Similarity
 
 if TYPE_CHECKING:
     from .explanation import Side
 
-# Point-map kinds (METHOD.md, "Point-map kinds") and the label shown with each.
-POINT_MAP_KINDS: dict[str, str] = {
-    "match-centred": "match: cosine of centred contributions",
-    "match": "match: cosine of contributions",
-    "contribution": "share of the score",
-}
 # The kind that finds correspondences best on the correspondence benchmark (best or tied best
 # on every model; README, "Evaluation"): used by the CLI, the demo report and the web app.
 DEFAULT_POINT_MAP = "match-centred"

@@ -90,6 +90,24 @@ def test_audit_errors_are_one_line(fmnist_index, tmp_path, capsys, extra, messag
     assert (tmp_path / "FOREIGN" / "mine.txt").read_text() == "keep"
 
 
+def test_a_query_cut_short_fails_naming_it_and_writes_no_report(fmnist_index, tmp_path, capsys):
+    """Queries are checked by their headers first and decoded once, when explained: one whose
+    pixels are cut short then fails, one line naming it, and no report is written."""
+    from simexplain.images import check_image_file
+    whole, other = sorted((fmnist_index / "gallery").iterdir())[:2]
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(data[:len(data) // 2])
+    assert check_image_file(cut) == (28, 28)  # the header is whole
+    out = tmp_path / "report"
+    capsys.readouterr()
+    assert main(["audit", "--index", str(fmnist_index / "index"), "--queries", str(other),
+                 str(cut), "-k", "2", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{cut}: cannot decode image" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
 def test_missing_index_and_bad_region_exit_2(tmp_path, capsys):
     assert main(["audit", "--index", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err

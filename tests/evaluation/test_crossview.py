@@ -34,7 +34,7 @@ def test_true_points_of_the_sketch_lie_on_the_item():
 def test_run_reports_pck_patterns_and_retrieval():
     result = crossview.run("fmnist-sketch", samples=3, quick=True)
     assert result["benchmark"] == "crossview" and result["samples"] == 3
-    assert set(result["methods"]) == set(crossview.ALLOWED)
+    assert set(result["methods"]) == set(crossview.OPTIONS.allowed)
     for figures in result["methods"].values():
         for alpha in ("pck@0.05", "pck@0.1"):
             ci = figures[alpha]

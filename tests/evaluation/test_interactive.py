@@ -13,9 +13,9 @@ import torch
 from simexplain import zoo
 from simexplain.cli import main
 from simexplain.errors import SimexplainError
-from simexplain.evaluation import interactive
 from simexplain.evaluation.interactive import (evaluate_model, make_composites, ranking_metrics,
                                                run_interactive)
+from simexplain.evaluation.options import INTERACTIVE
 from simexplain.metrics import map_at_r, recall_at_k
 from simexplain.explainer import Explainer
 from simexplain.images import Preprocess
@@ -125,8 +125,8 @@ def test_quick_run_and_cli(toy_zoo, tmp_path, capsys):
     saved = json.loads((out / "interactive.json").read_text())
     assert printed["models"].keys() == saved["models"].keys() == {toy_zoo}
     assert EXPECTED_KEYS <= set(saved["models"][toy_zoo])
-    assert saved["queries"] == interactive.QUICK_QUERIES
-    assert saved["gallery"] == interactive.QUICK_GALLERY
+    assert saved["queries"] == INTERACTIVE.quick_queries
+    assert saved["gallery"] == INTERACTIVE.quick_gallery
     assert "no-such-model" in saved["skipped"]
     assert toy_zoo in (out / "interactive.md").read_text()
     # seeded: the same figures again
@@ -153,25 +153,35 @@ def test_region_search_beats_global_search_for_a_trained_model(name):
 
 def test_a_broken_benchmark_module_fails_loudly_without_breaking_the_command_line(
         tmp_path, monkeypatch, capsys):
-    from simexplain.evaluation import registry
+    from simexplain.evaluation import options, registry
     (tmp_path / "broken_bench_for_test.py").write_text("from math import no_such_name\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setitem(registry.BENCHMARKS, "broken",
-                        registry.Benchmark("broken_bench_for_test", "fails to import"))
+                        registry.Benchmark("broken_bench_for_test", "fails to import",
+                                           options.POINTING.configure))
     monkeypatch.setitem(registry.BENCHMARKS, "absent",
-                        registry.Benchmark("simexplain.evaluation.no_such_module", "missing"))
+                        registry.Benchmark("simexplain.evaluation.no_such_module", "missing",
+                                           options.POINTING.configure))
     for name, module in (("broken", "broken_bench_for_test"),
                          ("absent", "simexplain.evaluation.no_such_module")):
-        assert main(["eval", name, "--quick"]) == 2  # offered, and fails naming the module
+        # its options come from the registry, so its help is there ...
+        with pytest.raises(SystemExit) as helped:
+            main(["eval", name, "--help"])
+        assert helped.value.code == 0 and "--samples" in capsys.readouterr().out
+        # ... and running it fails naming the module, before writing anything
+        out = tmp_path / f"out-{name}"
+        assert main(["eval", name, "--quick", "--model", "fmnist-gap", "--out", str(out)]) == 2
         err = capsys.readouterr().err
-        assert "unavailable" in err and module in err
+        assert "unavailable" in err and module in err and err.count("\n") == 1, err
+        assert not out.exists()
     assert main(["models"]) == 0
 
 
 def test_eval_all_fails_before_any_work_when_a_suite_benchmark_is_broken(monkeypatch):
     from simexplain.evaluation import registry, suite
     monkeypatch.setitem(registry.BENCHMARKS, "sanity",
-                        registry.Benchmark("simexplain.evaluation.no_such_module", "missing"))
+                        registry.Benchmark("simexplain.evaluation.no_such_module", "missing",
+                                           registry.BENCHMARKS["sanity"].configure))
     monkeypatch.setattr(suite, "available_models",
                         lambda wanted: pytest.fail("models were loaded before the check"))
     with pytest.raises(registry.BenchmarkUnavailable, match="'sanity'.*no_such_module"):

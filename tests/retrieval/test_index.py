@@ -568,9 +568,13 @@ def test_cli_search_many_queries_write_one_page_each(cli_index, query, query_fol
         str(query_folder / "c.png")
 
 
-@pytest.mark.parametrize("case", ["missing", "empty folder", "unreadable", "list names missing",
-                                  "missing list", "no query"])
-def test_cli_search_bad_queries_fail_before_any_work(case, cli_index, query, tmp_path, capsys):
+@pytest.mark.parametrize("case", ["missing", "empty folder", "unreadable", "too large",
+                                  "list names missing", "missing list", "no query"])
+def test_cli_search_bad_queries_fail_before_any_work(case, cli_index, query, tmp_path, capsys,
+                                                     monkeypatch):
+    import simexplain.images
+    if case == "too large":  # the query's header says more pixels than the limit
+        monkeypatch.setattr(simexplain.images, "MAX_PIXELS", SIDE * SIDE - 1)
     missing = tmp_path / "nowhere.png"
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
@@ -581,6 +585,7 @@ def test_cli_search_bad_queries_fail_before_any_work(case, cli_index, query, tmp
         "missing": ([str(query), str(missing)], str(missing)),
         "empty folder": ([str(tmp_path / "empty")], f"{tmp_path / 'empty'} holds no images"),
         "unreadable": ([str(query), str(broken)], f"{broken}: not a readable image"),
+        "too large": ([str(query)], f"{query}: {SIDE}x{SIDE} pixels exceeds the limit"),
         "list names missing": (["--queries-from", str(listing)], str(missing)),
         "missing list": (["--queries-from", str(tmp_path / "none.txt")],
                          f"cannot read the query list {tmp_path / 'none.txt'}"),
@@ -592,3 +597,40 @@ def test_cli_search_bad_queries_fail_before_any_work(case, cli_index, query, tmp
                  "no-such-model"]) == 2
     assert named in capsys.readouterr().err
     assert not out.exists()
+
+
+def cut_short(source: Path, target: Path) -> Path:
+    """`target`: the first half of the image file `source` (its header whole, pixels missing)."""
+    data = source.read_bytes()
+    target.write_bytes(data[:len(data) // 2])
+    return target
+
+
+@pytest.mark.parametrize("name", ["a.png", "b.jpg"])
+def test_cli_search_a_query_cut_short_fails_naming_it_and_writes_nothing(
+        name, cli_index, query, query_folder, tmp_path, capsys):
+    from simexplain.images import check_image_file
+    cut = cut_short(query_folder / name, tmp_path / f"cut-{name}")
+    assert check_image_file(cut) == Image.open(query_folder / name).size  # its header is whole
+    out = tmp_path / "out"
+    assert main(["search", *TOY, str(cli_index), str(query), str(cut),
+                 str(query_folder / "c.png"), "-k", "2", "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1, captured.err
+    assert f"{cut}: cannot decode image" in captured.err
+    assert captured.out == "" and not out.exists()
+
+
+def test_cli_search_decodes_each_query_once(cli_index, query, query_folder, monkeypatch, capsys):
+    import simexplain.images
+    decoded = []
+    decode = simexplain.images.decode_image
+
+    def counted(source, name="image"):
+        decoded.append(name)
+        return decode(source, name)
+    monkeypatch.setattr(simexplain.images, "decode_image", counted)
+    queries = [str(query), *(str(query_folder / n) for n in ("a.png", "b.jpg", "c.png"))]
+    assert main(["search", *TOY, str(cli_index), *queries, "-k", "2", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 4
+    assert sorted(decoded) == sorted(queries)  # the early check decoded none of them

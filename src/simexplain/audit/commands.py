@@ -111,7 +111,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 
 def _query_files(items: list[str]) -> list[str]:
-    """Every query file, folders' images included (sorted); each checked readable now."""
+    """Every query file, folders' images included (sorted); each one's header checked now
+    (`check_image_file`), its pixels decoded once, when it is explained."""
     from ..files import image_files
     found: list[str] = []
     for item in items:
@@ -125,9 +126,9 @@ def _query_files(items: list[str]) -> list[str]:
             raise SimexplainError(f"query {path} does not exist")
         else:
             found.append(str(path))
-    from ..images import load_image  # loads torch: after the quick checks
+    from ..images import check_image_file  # loads torch: after the quick checks
     for query in found:
-        load_image(query)  # ImageError naming the file
+        check_image_file(query)  # ImageError naming the file
     return found
 
 

@@ -21,24 +21,18 @@ from PIL import Image
 
 from ..errors import SimexplainError, first_line
 from ..sides import pick
-from ..explanation import POINT_MAP_KINDS
 from ..methods import METHODS as _REGISTRY
+# the methods, point methods and models the benchmarks share (light: their command lines)
+from .options import ALL_METHODS, MODELS, POINT_METHODS
 
 if TYPE_CHECKING:
     from ..explainer import Explainer
     from ..explanation import PairExplanation
     from .composites import ItemSource
+    from .options import Standard
 
 T = TypeVar("T")
 
-# The saliency methods compared everywhere: the registry's (simexplain.methods), in its order.
-ALL_METHODS = tuple(_REGISTRY)  # every registered method's name, controls included
-# Point-specific maps of the decomposition, one benchmark method per kind
-# (PairExplanation.point_map(kind=...)): "point-match-centred" etc.
-POINT_METHODS = {f"point-{kind}": kind for kind in POINT_MAP_KINDS}
-# The models benchmarked, in display order. fmnist-vit (a class-token ViT) adds the transformer
-# baselines (methods that need attention run only on models that have it: `applicable`).
-MODELS = ("fmnist-gap", "fmnist-gmp", "fmnist-vit", "efficientnet-lite0", "facenet")
 BOOTSTRAP = 2000  # bootstrap resamples for every confidence interval
 
 
@@ -159,16 +153,19 @@ def to_tensor(explainer: Explainer, image: Image.Image, side: str = "a") -> torc
 
 
 def start_run(model: str, methods: Sequence[str] | None, samples: int | None, quick: bool,
-              allowed: Sequence[str], default_samples: int, quick_samples: int
+              options: Standard, unlisted_samples: int
               ) -> tuple[list[str], int, Explainer, ModelSetup, ItemSource]:
     """What every benchmark's run() starts with: the methods asked for (checked against
-    `allowed`), the sample count, the loaded model, its settings and its item source."""
+    `options.allowed`), the sample count (its default: `options`' for the model,
+    `unlisted_samples` for a model it does not list), the loaded model, its settings and its
+    item source."""
     from .composites import item_source
     if model in SETUPS and model not in MODELS:
         raise SimexplainError(f"this benchmark runs on {', '.join(MODELS)}, not {model!r} (the "
                               "two-stream fmnist-sketch has its own: `simexplain eval crossview`)")
-    requested = resolve_methods(methods, allowed)
-    samples = samples or (quick_samples if quick else default_samples)
+    requested = resolve_methods(methods, options.allowed)
+    samples = samples or (options.quick_samples if quick else
+                          options.default_samples.get(model, unlisted_samples))
     explainer, setup = load_model(model)
     source = item_source(setup.domain)
     named = [] if not methods or "all" in methods else requested

@@ -50,6 +50,7 @@ from PIL import Image
 from .. import maps as maplib
 from ..geometry import (apply_affine, argmax_cell, cell_centres, channels_last_grid,
                         random_affine, warp)
+from . import options
 from .common import (bootstrap_ci, is_flat, new_result, point_map,
                      POINT_METHODS, progress, sample_seed, start_run, to_tensor, Timer)
 from .composites import FMNIST_FOREGROUND, grid2x2, random_view
@@ -63,13 +64,9 @@ if TYPE_CHECKING:
     from .common import ModelSetup
 
 NAME = "correspondence"
-ALLOWED = tuple(POINT_METHODS) + ("cosine", "random")
 ALPHAS = (0.05, 0.1)
 MAX_POINTS = 16
-DEFAULT_SAMPLES = {
-    "fmnist-gap": 300, "fmnist-gmp": 300, "fmnist-vit": 300,
-    "efficientnet-lite0": 40, "facenet": 24}
-QUICK_SAMPLES = 10
+OPTIONS = options.CORRESPONDENCE  # its command line: methods, sample counts
 _SALT = 4
 
 
@@ -266,7 +263,7 @@ def summarise(result: dict, scores: Scores, methods: Sequence[str], weights: Arr
 def run(model: str, methods: Sequence[str] | None = None, samples: int | None = None, seed: int = 0,
         quick: bool = False, show_progress: bool = False) -> dict:
     methods, samples, explainer, setup, source = start_run(
-        model, methods, samples, quick, ALLOWED, DEFAULT_SAMPLES.get(model, 10), QUICK_SAMPLES)
+        model, methods, samples, quick, OPTIONS, unlisted_samples=10)
     size = setup.corr
     rotation = 10.0 if setup.domain == "faces" else 15.0
     result = new_result(NAME, model, seed, samples, {

@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from .. import datasets
-from . import correspondence
+from . import correspondence, options
 from ..errors import SimexplainError
 from ..geometry import apply_affine
-from .common import (POINT_METHODS, bootstrap_ci, load_model, new_result, progress,
+from .common import (bootstrap_ci, load_model, new_result, progress,
                      resolve_methods, sample_seed, to_tensor, Timer)
 from .composites import FMNIST_FOREGROUND
 from .tables import fmt, markdown_table
@@ -46,10 +46,7 @@ if TYPE_CHECKING:
 
 NAME = "crossview"
 TITLE = "Cross-view correspondence (two-stream sketch-to-item model)"
-ALLOWED = tuple(POINT_METHODS) + ("cosine", "random")
-MODELS = ("fmnist-sketch",)  # the benchmark's own models (`eval all` runs it on these only)
-DEFAULT_SAMPLES = {"fmnist-sketch": 300}
-QUICK_SAMPLES = 10
+OPTIONS = options.CROSSVIEW  # its command line: methods, sample counts, its own models
 PATTERNS = 5  # cross-view patterns per pair (PairExplanation.patterns), scored like points
 ALPHAS = correspondence.ALPHAS
 RETRIEVAL_ITEMS = 10000  # the whole test split
@@ -85,11 +82,12 @@ def retrieval(explainer: Explainer, items: np.ndarray, labels: np.ndarray, seed:
 def run(model: str, methods: Sequence[str] | None = None, samples: int | None = None, seed: int = 0,
         quick: bool = False, show_progress: bool = False) -> dict:
     from ..zoo import sketch
-    if model not in MODELS:
+    if model not in OPTIONS.models:
         raise SimexplainError(f"the crossview benchmark needs a two-stream sketch model "
-                              f"({', '.join(MODELS)}), not {model!r}")
-    methods = resolve_methods(methods, ALLOWED)
-    samples = samples or (QUICK_SAMPLES if quick else DEFAULT_SAMPLES.get(model, 10))
+                              f"({', '.join(OPTIONS.models)}), not {model!r}")
+    methods = resolve_methods(methods, OPTIONS.allowed)
+    samples = samples or (OPTIONS.quick_samples if quick else
+                          OPTIONS.default_samples.get(model, 10))
     explainer, setup = load_model(model)
     items, labels = datasets.fashion_mnist("test")
     result = new_result(NAME, model, seed, samples, {

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from scipy import ndimage, sparse
 from scipy.sparse.linalg import splu
 
-from .common import (bootstrap_ci, cap_notes, method_map, ALL_METHODS, new_result, positive_form,
+from . import options
+from .common import (bootstrap_ci, cap_notes, method_map, new_result, positive_form,
                      progress, runs_on, sample_seed, score, start_run, to_tensor, usable_methods,
                      Timer)
 from .report import compare, finish_plot, methods_of, pyplot, style
@@ -46,13 +47,9 @@ if TYPE_CHECKING:
     from ..explainer import Explainer
 
 NAME = "faithfulness"
-ALLOWED = ALL_METHODS
 CURVES = ("deletion", "insertion", "road")
 BETTER = {"deletion": "lower", "insertion": "higher", "road": "lower"}
-DEFAULT_SAMPLES = {
-    "fmnist-gap": 200, "fmnist-gmp": 200, "fmnist-vit": 200,
-    "efficientnet-lite0": 12, "facenet": 10}
-QUICK_SAMPLES = 10
+OPTIONS = options.FAITHFULNESS  # its command line: methods, sample counts
 # b is a single item here (7x7 or 3x3 cells at 28 or 160 px): occlusion is cheap enough
 OCCLUSION_CAPS = {"fmnist-gap": None, "fmnist-gmp": None, "fmnist-vit": None, "facenet": None}
 MAX_STEPS = {"fmnist": 16, "photos": 8, "faces": 9}
@@ -225,7 +222,7 @@ def curves_for_map(explainer: Explainer, a: torch.Tensor, b: torch.Tensor,
 def run(model: str, methods: Sequence[str] | None = None, samples: int | None = None, seed: int = 0,
         quick: bool = False, show_progress: bool = False) -> dict:
     methods, samples, explainer, setup, source = start_run(
-        model, methods, samples, quick, ALLOWED, DEFAULT_SAMPLES.get(model, 10), QUICK_SAMPLES)
+        model, methods, samples, quick, OPTIONS, unlisted_samples=10)
     max_steps = MAX_STEPS[setup.domain] if not quick else min(MAX_STEPS[setup.domain], 8)
     result = new_result(NAME, model, seed, samples, {
         "image_size": setup.single, "max_steps": max_steps, "deletion_fill": "image mean",

@@ -41,18 +41,14 @@ from .. import maps, regions
 from .. import similarity as similarities
 from ..errors import SimexplainError
 from ..metrics import average_precision_at_r
+from .options import INTERACTIVE
 
 if TYPE_CHECKING:
     from ..explainer import Explainer
 
 ITEM = 28
-DEFAULT_MODELS = ("fmnist-gap", "fmnist-gmp", "efficientnet-lite0")
 # Pixels per item side for each model (others: the side of their own preprocessing).
 ITEM_SIZES = {"fmnist-gap": 28, "fmnist-gmp": 28, "efficientnet-lite0": 128}
-DEFAULT_QUERIES = 300
-DEFAULT_GALLERY = 1500
-QUICK_QUERIES = 24
-QUICK_GALLERY = 150
 
 
 @dataclass
@@ -201,7 +197,7 @@ def evaluate_model(explainer: Explainer, data: Composites, item_size: int | None
     }
 
 
-def run_interactive(models: Sequence[str] = DEFAULT_MODELS, n_queries: int | None = None,
+def run_interactive(models: Sequence[str] = INTERACTIVE.models, n_queries: int | None = None,
                     n_gallery: int | None = None, seed: int = 0, quick: bool = False,
                     batch_size: int = 64, data_root: str | Path | None = None,
                     item_sizes: dict | None = None) -> dict:
@@ -209,8 +205,8 @@ def run_interactive(models: Sequence[str] = DEFAULT_MODELS, n_queries: int | Non
     weights missing) are listed under "skipped" with the reason."""
     from .. import zoo
     from ..datasets import fashion_mnist
-    n_queries = n_queries or (QUICK_QUERIES if quick else DEFAULT_QUERIES)
-    n_gallery = n_gallery or (QUICK_GALLERY if quick else DEFAULT_GALLERY)
+    n_queries = n_queries or (INTERACTIVE.quick_queries if quick else INTERACTIVE.queries)
+    n_gallery = n_gallery or (INTERACTIVE.quick_gallery if quick else INTERACTIVE.gallery)
     images, labels = fashion_mnist("test", data_root)
     data = make_composites(images, labels, n_queries, n_gallery, seed)
     sizes = {**ITEM_SIZES, **(item_sizes or {})}
@@ -272,23 +268,8 @@ def markdown_table(results: dict) -> str:
 # command line: `simexplain eval interactive`
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", action="append", metavar="NAME",
-                        help="zoo model, repeatable (default: " + ", ".join(DEFAULT_MODELS) + ")")
-    parser.add_argument("--queries", type=int, help=f"composite queries (default "
-                        f"{DEFAULT_QUERIES}; quick: {QUICK_QUERIES})")
-    parser.add_argument("--gallery", type=int, help=f"gallery items (default {DEFAULT_GALLERY}; "
-                        f"quick: {QUICK_GALLERY})")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="a small run, for tests")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--data", help="folder with the Fashion-MNIST IDX files")
-    parser.add_argument("--out", help="write interactive.json and interactive.md here")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-
-
 def run_cli(args: argparse.Namespace) -> int:
-    results = run_interactive(models=args.model or DEFAULT_MODELS, n_queries=args.queries,
+    results = run_interactive(models=args.model or INTERACTIVE.models, n_queries=args.queries,
                               n_gallery=args.gallery, seed=args.seed, quick=args.quick,
                               batch_size=args.batch_size, data_root=args.data)
     table = markdown_table(results)

@@ -27,7 +27,8 @@ import numpy as np
 from scipy import ndimage
 
 from .. import maps as maplib
-from .common import (bootstrap_ci, cap_notes, ALL_METHODS, new_result, POINT_METHODS, progress,
+from . import options
+from .common import (bootstrap_ci, cap_notes, new_result, progress,
                      runs_on, sample_seed, start_run, to_tensor, usable_methods, Timer)
 from .composites import Box, box_iou, random_canvas
 from .pointing import pair_maps
@@ -35,14 +36,10 @@ from .report import compare, finish_plot, methods_of, pyplot, style
 from .tables import fmt, fmt_plain, markdown_table
 
 NAME = "localisation"
-ALLOWED = ALL_METHODS + tuple(POINT_METHODS)
 THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 SCALE = (0.35, 0.6)  # target side as a fraction of the canvas side
 IOU = 0.5
-DEFAULT_SAMPLES = {
-    "fmnist-gap": 300, "fmnist-gmp": 300, "fmnist-vit": 300,
-    "efficientnet-lite0": 40, "facenet": 20}
-QUICK_SAMPLES = 20
+OPTIONS = options.LOCALISATION  # its command line: methods, sample counts
 _SALT = 2
 
 
@@ -74,7 +71,7 @@ def correct(heat: np.ndarray, threshold: float, box: Box, iou: float = IOU) -> b
 def run(model: str, methods: Sequence[str] | None = None, samples: int | None = None, seed: int = 0,
         quick: bool = False, show_progress: bool = False) -> dict:
     methods, samples, explainer, setup, source = start_run(
-        model, methods, samples, quick, ALLOWED, DEFAULT_SAMPLES.get(model, 20), QUICK_SAMPLES)
+        model, methods, samples, quick, OPTIONS, unlisted_samples=20)
     result = new_result(NAME, model, seed, samples, {
         "query_size": setup.single, "canvas_size": 2 * setup.cell, "target_scale": list(SCALE),
         "thresholds": list(THRESHOLDS), "iou": IOU, "domain": setup.domain,

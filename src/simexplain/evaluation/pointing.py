@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from ..geometry import argmax_cell, cell_centres
+from . import options
 from .common import (bootstrap_ci, cap_notes, is_flat, method_map,
-                     ALL_METHODS, new_result, point_map, POINT_METHODS, progress, runs_on,
+                     new_result, point_map, POINT_METHODS, progress, runs_on,
                      sample_seed, start_run, to_tensor, usable_methods, Timer)
 from .composites import Box, matching_grid
 from .report import compare, methods_of
@@ -36,11 +37,7 @@ if TYPE_CHECKING:
     from ..explainer import Explainer
 
 NAME = "pointing"
-ALLOWED = ALL_METHODS + tuple(POINT_METHODS)
-DEFAULT_SAMPLES = {
-    "fmnist-gap": 300, "fmnist-gmp": 300, "fmnist-vit": 300,
-    "efficientnet-lite0": 40, "facenet": 20}
-QUICK_SAMPLES = 20
+OPTIONS = options.POINTING  # its command line: methods, sample counts
 _SALT = 1
 
 
@@ -91,7 +88,7 @@ def pair_maps(explainer: Explainer, methods: Sequence[str], a: torch.Tensor, b: 
 def run(model: str, methods: Sequence[str] | None = None, samples: int | None = None, seed: int = 0,
         quick: bool = False, show_progress: bool = False) -> dict:
     methods, samples, explainer, setup, source = start_run(
-        model, methods, samples, quick, ALLOWED, DEFAULT_SAMPLES.get(model, 20), QUICK_SAMPLES)
+        model, methods, samples, quick, OPTIONS, unlisted_samples=20)
     result = new_result(NAME, model, seed, samples, {
         "query_size": setup.single, "grid_size": 2 * setup.cell, "chance": 0.25,
         "domain": setup.domain})

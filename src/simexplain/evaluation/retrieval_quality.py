@@ -34,14 +34,6 @@ def evaluate(model: str, limit: int | None = None, batch_size: int = 256,
     }
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", action="append", required=True,
-                        help="zoo model (repeatable), e.g. fmnist-gap")
-    parser.add_argument("--limit", type=int, help="use only the first N test images")
-    parser.add_argument("--data", help="folder with the Fashion-MNIST IDX files")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-
-
 def run_cli(args: argparse.Namespace) -> int:
     results = [evaluate(name, args.limit, data=args.data) for name in args.model]
     if args.json:

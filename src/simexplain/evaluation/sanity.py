@@ -38,19 +38,16 @@ import numpy as np
 import torch
 
 from ..explainer import Explainer
-from .common import (bootstrap_ci, cap_notes, method_map, ALL_METHODS, new_result, positive_form,
+from . import options
+from .common import (bootstrap_ci, cap_notes, method_map, new_result, positive_form,
                      progress, runs_on, sample_seed, spearman, start_run, to_tensor,
                      usable_methods, Timer)
 from .report import finish_plot, methods_of, pyplot, style
 from .tables import fmt, fmt_plain, markdown_table
 
 NAME = "sanity"
-ALLOWED = ALL_METHODS
 PARTNERS = 3  # partners per image a in the reference check
-DEFAULT_SAMPLES = {
-    "fmnist-gap": 40, "fmnist-gmp": 40, "fmnist-vit": 40,
-    "efficientnet-lite0": 6, "facenet": 4}
-QUICK_SAMPLES = 4
+OPTIONS = options.SANITY  # its command line: methods, sample counts
 # occlusion maps are recomputed at every stage and for every partner: fewer samples
 OCCLUSION_CAPS = {"fmnist-gap": None, "fmnist-gmp": None, "fmnist-vit": None,
                   "efficientnet-lite0": 2, "facenet": 1}
@@ -135,7 +132,7 @@ def _with_model(explainer: Explainer, model: torch.nn.Module) -> Explainer:
 def run(model: str, methods: Sequence[str] | None = None, samples: int | None = None, seed: int = 0,
         quick: bool = False, show_progress: bool = False) -> dict:
     methods, samples, explainer, setup, source = start_run(
-        model, methods, samples, quick, ALLOWED, DEFAULT_SAMPLES.get(model, 5), QUICK_SAMPLES)
+        model, methods, samples, quick, OPTIONS, unlisted_samples=5)
     pairs, partners = [], []
     for i in range(samples):
         rng = np.random.default_rng(sample_seed(seed, i, _SALT))

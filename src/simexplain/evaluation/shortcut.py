@@ -28,10 +28,8 @@ sum to the score. Point maps predict no drop.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,7 +40,8 @@ import torch
 from numpy.typing import ArrayLike
 
 from ..errors import SimexplainError
-from .common import (ALL_METHODS, BOOTSTRAP, bootstrap_ci, is_flat, method_map, new_result,
+from . import options
+from .common import (BOOTSTRAP, bootstrap_ci, is_flat, method_map, new_result,
                      point_map, POINT_METHODS, progress, sample_seed, Timer)
 from .pointing import mass_in_box, pointing_hit
 from .report import compare, methods_of
@@ -55,10 +54,7 @@ if TYPE_CHECKING:
 
 NAME = "shortcut"
 TITLE = "Planted shortcut"
-ALLOWED = ALL_METHODS + tuple(POINT_METHODS)
-MODELS = ("fmnist-gap",)  # the zoo recipe retrained with and without marks
-DEFAULT_SAMPLES = {"fmnist-gap": 200}
-QUICK_SAMPLES = 20
+OPTIONS = options.SHORTCUT  # its command line: methods, sample counts, its model (the recipe)
 SIZE = 28  # Fashion-MNIST items, a 7x7 feature grid: one cell is 4x4 pixels
 MARK = 4  # side of the mark in pixels: exactly one feature cell
 CELLS = SIZE // MARK  # the feature grid's side
@@ -522,15 +518,15 @@ def run(model: str, methods: Sequence[str] | None = None, samples: int | None = 
     audit both models on a marked gallery."""
     from .. import datasets
     from .common import resolve_methods
-    if model not in MODELS:
-        raise SimexplainError(f"the shortcut benchmark retrains {', '.join(MODELS)}, not "
+    if model not in OPTIONS.models:
+        raise SimexplainError(f"the shortcut benchmark retrains {', '.join(OPTIONS.models)}, not "
                               f"{model!r}")
-    named = [] if not methods or "all" in methods else resolve_methods(methods, ALLOWED)
+    named = [] if not methods or "all" in methods else resolve_methods(methods, OPTIONS.allowed)
     for m in named:
         if m in NOT_APPLICABLE:
             raise SimexplainError(f"method {m!r} cannot run here: {NOT_APPLICABLE[m]}")
-    methods = [m for m in resolve_methods(methods, ALLOWED) if m not in NOT_APPLICABLE]
-    samples = samples or (QUICK_SAMPLES if quick else DEFAULT_SAMPLES[model])
+    methods = [m for m in resolve_methods(methods, OPTIONS.allowed) if m not in NOT_APPLICABLE]
+    samples = samples or (OPTIONS.quick_samples if quick else OPTIONS.default_samples[model])
     training = training or (QUICK_TRAINING if quick else FULL_TRAINING)
     audit = audit or (QUICK_AUDIT if quick else FULL_AUDIT)
     head = model.split("-")[1]
@@ -805,21 +801,3 @@ def brief_lines(results: list[dict]) -> list[str]:
                     f"{len(o['shortcut']['marks_named'])} of {len(a['marks_used'])} marks, "
                     f"{len(o['control']['marks_named'])} on the control.")
     return out
-
-
-# -- command line ------------------------------------------------------------------------------
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """The standard benchmark options, with --model optional (default: fmnist-gap)."""
-    from .commands import configure_benchmark_parser
-    configure_benchmark_parser(parser, ALLOWED, DEFAULT_SAMPLES, QUICK_SAMPLES)
-    for action in parser._actions:  # argparse offers no public way to relax one option
-        if "--model" in action.option_strings:
-            action.required = False
-            action.help = f"the zoo recipe retrained with and without marks: {', '.join(MODELS)}"
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    from .commands import run_benchmark_cli
-    args.model = args.model or list(MODELS)
-    return run_benchmark_cli(args, sys.modules[__name__])
-

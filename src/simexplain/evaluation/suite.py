@@ -29,13 +29,12 @@ import torch
 from ..errors import SimexplainError, first_line
 from . import registry, report
 from .common import BOOTSTRAP, ALL_METHODS, MODELS, POINT_METHODS, available_models
-
-QUICK_MODELS = ("fmnist-gap", "fmnist-gmp")
+from .options import INTERACTIVE, QUICK_MODELS
 
 
 def _interactive(interactive: ModuleType, models: list[str], quick: bool, seed: int,
                  log: Callable[[str], None]) -> tuple[dict | None, str | None]:
-    wanted = [m for m in models if m in getattr(interactive, "DEFAULT_MODELS", models)]
+    wanted = [m for m in models if m in INTERACTIVE.models]
     if not wanted:
         return {"error": "Not run: none of the benchmarked models is supported by it."}, None
     log(f"interactive retrieval: {', '.join(wanted)}")
@@ -64,14 +63,14 @@ def run_all(out: str | Path = "docs", quick: bool = False, seed: int = 0,
         raise SimexplainError("no benchmark model can be loaded: " + "; ".join(
             f"{k}: {v}" for k, v in skipped.items()))
     results: dict[str, list[dict]] = {}
-    extra: list[str] = []  # models of benchmarks with their own MODELS
+    extra: list[str] = []  # models of benchmarks with models of their own
     for bench in benchmarks:
-        # a benchmark with its own MODELS (crossview: the two-stream sketch model) runs on those
+        # a benchmark with its own models (crossview: the two-stream sketch model) runs on those
         bench_models = [m for m in loaded if m in MODELS]
-        if hasattr(bench, "MODELS"):
-            bench_models = [m for m in bench.MODELS if m in loaded]
+        if bench.OPTIONS.models:
+            bench_models = [m for m in bench.OPTIONS.models if m in loaded]
             if not models:  # by default: this benchmark's models where they load
-                bench_models, own_skipped = available_models(bench.MODELS)
+                bench_models, own_skipped = available_models(bench.OPTIONS.models)
                 skipped.update({f"{m} ({bench.NAME})": why for m, why in own_skipped.items()})
             if not bench_models:
                 continue  # none of its models asked for: no section
@@ -127,21 +126,6 @@ def render(out: str | Path = "docs") -> Path:
         table = registry.load("interactive").markdown_table(inter)
     return report.write_report(data["results"], out, data["meta"], registry.suite_modules(),
                                inter, table)
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true",
-                        help="Fashion-MNIST models only, a few samples each (minutes)")
-    parser.add_argument("--out", default="docs",
-                        help="folder for BENCHMARKS.md, benchmarks.json and img/benchmarks/ "
-                             "(default: docs)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every draw (default 0)")
-    parser.add_argument("--model", action="append", metavar="NAME",
-                        help="only these models (repeatable; default: " + ", ".join(MODELS) +
-                             "; --quick: " + ", ".join(QUICK_MODELS) + ")")
-    parser.add_argument("--samples", type=int,
-                        help="samples per benchmark and model (default: each benchmark's own)")
-    parser.add_argument("--progress", action="store_true", help="show progress bars")
 
 
 def run_cli(args: argparse.Namespace) -> int:

@@ -168,9 +168,11 @@ def explainer_for_index(index_path: str | Path, args: argparse.Namespace | None 
 
 def query_files(args: argparse.Namespace) -> list[str]:
     """Every query image the arguments name, in order: files, folders' images (sorted), then
-    the lines of each --queries-from list. Each one is checked to be a readable image here,
-    before the model loads, so that a bad one stops the command before any work (an error
-    naming the file)."""
+    the lines of each --queries-from list. Each one is checked here, before the model loads,
+    so that a bad one stops the command before any work (an error naming the file): its
+    header only (`check_image_file`: missing, unreadable, not an image, too large), since every
+    query is decoded once, later, when it is explained (a file whose pixels turn out damaged
+    then fails naming it, before anything is written)."""
     from ..files import image_files
     queries: list[str] = []  # as given: a single query is reported exactly as it was named
     for item in args.query:
@@ -195,11 +197,11 @@ def query_files(args: argparse.Namespace) -> list[str]:
         queries += listed
     if not queries:
         raise SimexplainError("give a query image, a folder of them or --queries-from FILE")
-    from ..images import load_image  # loads torch: after the quick checks
+    from ..images import check_image_file  # loads torch: after the quick checks
     for query in queries:
         if Path(query).is_dir():
             raise SimexplainError(f"query {query} is a folder; a list names image files")
-        load_image(query)  # ImageError naming the file: missing, unreadable, too large
+        check_image_file(query)  # ImageError naming the file: missing, unreadable, too large
     return queries
 
 
