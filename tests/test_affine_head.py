@@ -4,6 +4,9 @@ model's own forward embedding, on every head of the toy zoo and the zoo's affine
 anew when the weights change; refused when it disagrees with the autograd path; off on
 request."""
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 from torch import nn
@@ -420,3 +423,67 @@ def test_two_stream_models_know_each_stream_on_its_own():
         expected = torch.nn.functional.cosine_similarity(street(a), aerial(b)).item()
     assert result.score == pytest.approx(expected, abs=1e-6)
     assert float(result.pairwise_flat.sum()) == pytest.approx(expected, abs=1e-5)
+
+
+class _Meeting(nn.Module):
+    """The explained layer of a toy model, wrapped: while `barrier` is set, each call waits
+    there for another thread's call, so that two forward passes are inside the layer at once
+    (each thread's layer hook registered while the other thread's layer returns)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.barrier = None
+        self.met = []  # one entry per call that met the other thread's (append: thread-safe)
+
+    def forward(self, x):
+        out = self.inner(x)
+        if self.barrier is not None:
+            try:
+                self.barrier.wait(timeout=10)
+                self.met.append(True)
+            except threading.BrokenBarrierError:
+                pass  # a thread ran a pass more than the other (a refused call, recorded)
+        return out
+
+
+def test_two_threads_explaining_with_one_model_each_get_their_own_maps(monkeypatch):
+    """The known head's layer hook takes the layer output of its own thread only: a forward
+    pass of the same model in another thread is neither taken for ours (the maps would be of
+    the other input) nor counted as a second call of the layer (the head would be refused,
+    and every later call recorded)."""
+    model = make("dropout-bn")
+    model.features = _Meeting(model.features)
+    explainer = Explainer(model, "features")
+    counted = _Counted(model, monkeypatch)
+    pairs = [(images(1, seed=10 + i), images(1, seed=20 + i)) for i in range(2)]
+    for a, b in pairs:  # the first records the head, the second is answered by the known head
+        explainer.explain(a, b)
+    assert _known_calls(explainer) == 1
+    counted.reset()
+    rounds = 3
+    model.features.barrier = threading.Barrier(2)
+
+    def explain_in_turn(a, b):
+        return [explainer.explain(a, b) for _ in range(rounds)]
+    with ThreadPoolExecutor(2) as pool:
+        results = [f.result() for f in [pool.submit(explain_in_turn, *p) for p in pairs]]
+    model.features.barrier = None
+    # every call met the other thread's in the layer, and was answered by the known head
+    assert len(model.features.met) == 2 * rounds
+    assert counted.forwards == 2 * rounds and counted.tapes == 0
+    assert _known_calls(explainer) == 1 + 2 * rounds
+    for (a, b), explained in zip(pairs, results):
+        with torch.no_grad():
+            e_a, e_b = model(a)[0], model(b)[0]
+        score = float(torch.nn.functional.cosine_similarity(e_a, e_b, dim=0))
+        for result in explained:
+            assert torch.allclose(result.a.embedding, e_a, atol=1e-6, rtol=0)
+            assert torch.allclose(result.b.embedding, e_b, atol=1e-6, rtol=0)
+            assert result.score == pytest.approx(score, abs=1e-6)
+            assert float(result.pairwise_flat.sum()) == pytest.approx(score, abs=1e-5)
+            assert float(result.overall_a_flat.sum()) == pytest.approx(score, abs=1e-5)
+            # the maps of this pair: those of the pair explained alone
+            alone = explainer.explain(a, b)
+            assert torch.equal(result.a.contributions, alone.a.contributions)
+            assert torch.equal(result.b.contributions, alone.b.contributions)
