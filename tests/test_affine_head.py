@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from simexplain import Explainer, adapters, affine_head, zoo
@@ -487,3 +488,89 @@ def test_two_threads_explaining_with_one_model_each_get_their_own_maps(monkeypat
             alone = explainer.explain(a, b)
             assert torch.equal(result.a.contributions, alone.a.contributions)
             assert torch.equal(result.b.contributions, alone.b.contributions)
+
+
+class _SecondCall(nn.Module):
+    """Once `twice` is set, the explained layer (a ReLU after the trunk) runs a second time, on
+    the trunk's output rolled by one column, and the head pools that second output: the same
+    embedding (a mean does not see the order of the positions), maps rolled by one column."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk = trunk()
+        self.features = nn.ReLU()
+        self.fc = nn.Linear(32, 8)
+        self.twice = False
+
+    def forward(self, x):
+        t = self.trunk(x)
+        a = self.features(t)
+        if self.twice:
+            a = self.features(t.roll(1, dims=3))
+        return self.fc(a.mean((2, 3)))
+
+
+def test_a_layer_that_runs_twice_once_known_is_recorded(monkeypatch):
+    """The known head takes the layer output only when the layer ran once: the first of two
+    outputs would give the maps of the wrong output, with the model's own embedding."""
+    model = _SecondCall().eval()
+    explainer, counted, x = _known_after_two_calls(model, monkeypatch)
+    before = explainer.stream_a.contributions(x)
+    model.twice = True
+    counted.reset()
+    result = explainer.stream_a.contributions(x)
+    assert_matches_reference(explainer, x, result)
+    rolled = before.positions.reshape(2, 8, 8, -1).roll(1, dims=2).reshape(2, 64, -1)
+    assert torch.allclose(result.positions, rolled, atol=1e-6)
+    assert counted.tapes == 1 and _known_calls(explainer) == 2  # seen twice: refused, recorded
+
+
+class _PlainTensorHead(nn.Module):
+    """A head whose Linear weight is a plain tensor attribute, not a parameter or buffer of
+    the model: a known head could not see it replaced."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = trunk()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.weight = torch.randn(8, 32)
+
+    def forward(self, x):
+        return F.normalize(F.linear(self.pool(self.features(x)).flatten(1), self.weight), dim=1)
+
+
+def test_a_head_reading_a_tensor_the_model_does_not_hold_is_never_known(monkeypatch):
+    model = _PlainTensorHead().eval()
+    explainer = Explainer(model, "features")
+    counted = _Counted(model, monkeypatch)
+    x = images(2)
+    for _ in range(3):
+        result = explainer.stream_a.contributions(x)
+        assert result.path == f"mean pooling, {CACHED}"  # cached by identity and version
+        assert_matches_reference(explainer, x, result)
+    assert counted.tapes == 3 and _known_calls(explainer) == 0
+    model.weight = torch.randn(8, 32)  # replaced: another tensor, the cache's key changes
+    result = explainer.stream_a.contributions(x)
+    assert_matches_reference(explainer, x, result)
+
+
+def test_known_heads_are_kept_for_the_latest_input_sizes_only(monkeypatch):
+    monkeypatch.setattr(affine_head, "MAX_ENTRIES", 2)
+    model = make("gap")
+    explainer = Explainer(model, "features")
+    counted = _Counted(model, monkeypatch)
+    sizes = (32, 40, 48)
+    for size in sizes:  # each size recorded once, then known: the third size evicts the first
+        for _ in range(2):
+            explainer.stream_a.contributions(images(2, size=size))
+    assert _known_calls(explainer) == 3
+    counted.reset()
+    for size in sizes[1:]:
+        explainer.stream_a.contributions(images(2, size=size))
+    assert counted.tapes == 0 and _known_calls(explainer) == 5
+    x = images(2, size=sizes[0])
+    result = explainer.stream_a.contributions(x)  # forgotten: recorded again
+    assert counted.tapes == 1 and _known_calls(explainer) == 5
+    assert_matches_reference(explainer, x, result)
