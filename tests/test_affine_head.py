@@ -470,10 +470,10 @@ def test_two_threads_explaining_with_one_model_each_get_their_own_maps(monkeypat
     with ThreadPoolExecutor(2) as pool:
         results = [f.result() for f in [pool.submit(explain_in_turn, *p) for p in pairs]]
     model.features.barrier = None
-    # every call met the other thread's in the layer, and was answered by the known head
-    assert len(model.features.met) == 2 * rounds
-    assert counted.forwards == 2 * rounds and counted.tapes == 0
-    assert _known_calls(explainer) == 1 + 2 * rounds
+    # every call was answered by the known head (none refused, none recorded), and met the
+    # other thread's in the layer
+    assert counted.tapes == 0 and _known_calls(explainer) == 1 + 2 * rounds
+    assert counted.forwards == 2 * rounds and len(model.features.met) == 2 * rounds
     for (a, b), explained in zip(pairs, results):
         with torch.no_grad():
             e_a, e_b = model(a)[0], model(b)[0]
@@ -489,6 +489,53 @@ def test_two_threads_explaining_with_one_model_each_get_their_own_maps(monkeypat
             assert torch.equal(result.a.contributions, alone.a.contributions)
             assert torch.equal(result.b.contributions, alone.b.contributions)
 
+
+
+def _explained(explainer, work, a, b):
+    """What `work` gives for the pair (a, b): the tensors to compare."""
+    if work == "explain":
+        result = explainer.explain(a, b)
+        return result.a.contributions, result.b.contributions, torch.tensor(result.score)
+    return explainer.saliency(a, b, "gradcam")  # the layer output captured by a hook
+
+
+@pytest.mark.parametrize("work", ["explain", "gradcam"])
+def test_threads_sharing_a_fresh_model_get_what_each_gets_alone(work):
+    """Every hook that simexplain puts on the model acts in its own thread only: the probe's
+    (which counts the layer's calls), the recording's and Grad-CAM's capture. Two threads
+    explaining with one fresh explainer, each forward pass inside the layer while the other
+    thread's runs, get what each gets alone. (Not the reference path, strategy "tangents":
+    torch.func.functional_call puts its tangents into the shared model's own biases for the
+    duration of its pass.)"""
+    model = make("dropout-bn")
+    model.features = _Meeting(model.features)
+    explainer = Explainer(model, "features")
+    forwards = []
+    model.register_forward_pre_hook(lambda *_: forwards.append(True))
+    pairs = [(images(1, seed=10 + i), images(1, seed=20 + i)) for i in range(2)]
+    rounds = 3 if work == "explain" else 1  # explain: probe, recording, then the known head
+    model.features.barrier = threading.Barrier(2)
+
+    def explain_in_turn(a, b):
+        return [_explained(explainer, work, a, b) for _ in range(rounds)]
+    with ThreadPoolExecutor(2) as pool:
+        results = [f.result() for f in [pool.submit(explain_in_turn, *p) for p in pairs]]
+    model.features.barrier = None
+    assert len(model.features.met) == len(forwards)  # every pass met the other thread's
+    for (a, b), explained in zip(pairs, results):
+        alone = _explained(Explainer(model, "features"), work, a, b)
+        for tensors in explained:
+            for got, expected in zip(tensors, alone, strict=True):
+                assert torch.allclose(got, expected, atol=1e-6, rtol=0)
+        if work == "explain":
+            with torch.no_grad():
+                e_a, e_b = model(a), model(b)
+            score = float(torch.nn.functional.cosine_similarity(e_a, e_b))
+            assert float(explained[-1][2]) == pytest.approx(score, abs=1e-6)
+            assert float(explained[-1][0].sum(0) @ e_b[0]) / float(e_a.norm() * e_b.norm()) \
+                == pytest.approx(score, abs=1e-5)
+    if work == "explain":  # the first call of each thread recorded, the later ones known
+        assert _known_calls(explainer) == 2 * (rounds - 1)
 
 class _SecondCall(nn.Module):
     """Once `twice` is set, the explained layer (a ReLU after the trunk) runs a second time, on
