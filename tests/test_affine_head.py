@@ -4,8 +4,12 @@ model's own forward embedding, on every head of the toy zoo and the zoo's affine
 anew when the weights change; refused when it disagrees with the autograd path; off on
 request."""
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from simexplain import Explainer, adapters, affine_head, zoo
@@ -420,3 +424,200 @@ def test_two_stream_models_know_each_stream_on_its_own():
         expected = torch.nn.functional.cosine_similarity(street(a), aerial(b)).item()
     assert result.score == pytest.approx(expected, abs=1e-6)
     assert float(result.pairwise_flat.sum()) == pytest.approx(expected, abs=1e-5)
+
+
+class _Meeting(nn.Module):
+    """The explained layer of a toy model, wrapped: while `barrier` is set, each call waits
+    there for another thread's call, so that two forward passes are inside the layer at once
+    (each thread's layer hook registered while the other thread's layer returns)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.barrier = None
+        self.met = []  # one entry per call that met the other thread's (append: thread-safe)
+
+    def forward(self, x):
+        out = self.inner(x)
+        if self.barrier is not None:
+            try:
+                self.barrier.wait(timeout=30)
+                self.met.append(True)
+            except threading.BrokenBarrierError:
+                pass  # a thread ran a pass more than the other (a refused call, recorded)
+        return out
+
+
+def test_two_threads_explaining_with_one_model_each_get_their_own_maps(monkeypatch):
+    """The known head's layer hook takes the layer output of its own thread only: a forward
+    pass of the same model in another thread is neither taken for ours (the maps would be of
+    the other input) nor counted as a second call of the layer (the head would be refused,
+    and every later call recorded)."""
+    model = make("dropout-bn")
+    model.features = _Meeting(model.features)
+    explainer = Explainer(model, "features")
+    counted = _Counted(model, monkeypatch)
+    pairs = [(images(1, seed=10 + i), images(1, seed=20 + i)) for i in range(2)]
+    for a, b in pairs:  # the first records the head, the second is answered by the known head
+        explainer.explain(a, b)
+    assert _known_calls(explainer) == 1
+    counted.reset()
+    rounds = 3
+    model.features.barrier = threading.Barrier(2)
+
+    def explain_in_turn(a, b):
+        return [explainer.explain(a, b) for _ in range(rounds)]
+    with ThreadPoolExecutor(2) as pool:
+        results = [f.result() for f in [pool.submit(explain_in_turn, *p) for p in pairs]]
+    model.features.barrier = None
+    # every call was answered by the known head (none refused, none recorded), and met the
+    # other thread's in the layer
+    assert counted.tapes == 0 and _known_calls(explainer) == 1 + 2 * rounds
+    assert counted.forwards == 2 * rounds and len(model.features.met) == 2 * rounds
+    for (a, b), explained in zip(pairs, results):
+        with torch.no_grad():
+            e_a, e_b = model(a)[0], model(b)[0]
+        score = float(torch.nn.functional.cosine_similarity(e_a, e_b, dim=0))
+        for result in explained:
+            assert torch.allclose(result.a.embedding, e_a, atol=1e-6, rtol=0)
+            assert torch.allclose(result.b.embedding, e_b, atol=1e-6, rtol=0)
+            assert result.score == pytest.approx(score, abs=1e-6)
+            assert float(result.pairwise_flat.sum()) == pytest.approx(score, abs=1e-5)
+            assert float(result.overall_a_flat.sum()) == pytest.approx(score, abs=1e-5)
+            # the maps of this pair: those of the pair explained alone
+            alone = explainer.explain(a, b)
+            assert torch.equal(result.a.contributions, alone.a.contributions)
+            assert torch.equal(result.b.contributions, alone.b.contributions)
+
+
+
+def _explained(explainer, work, a, b):
+    """What `work` gives for the pair (a, b): the tensors to compare."""
+    if work == "explain":
+        result = explainer.explain(a, b)
+        return result.a.contributions, result.b.contributions, torch.tensor(result.score)
+    return explainer.saliency(a, b, "gradcam")  # the layer output captured by a hook
+
+
+@pytest.mark.parametrize("work", ["explain", "gradcam"])
+def test_threads_sharing_a_fresh_model_get_what_each_gets_alone(work):
+    """Every hook that simexplain puts on the model acts in its own thread only: the probe's
+    (which counts the layer's calls), the recording's and Grad-CAM's capture. Two threads
+    explaining with one fresh explainer, each forward pass inside the layer while the other
+    thread's runs, get what each gets alone. (Not the reference path, strategy "tangents":
+    torch.func.functional_call puts its tangents into the shared model's own biases for the
+    duration of its pass.)"""
+    model = make("dropout-bn")
+    model.features = _Meeting(model.features)
+    explainer = Explainer(model, "features")
+    forwards = []
+    model.register_forward_pre_hook(lambda *_: forwards.append(True))
+    pairs = [(images(1, seed=10 + i), images(1, seed=20 + i)) for i in range(2)]
+    rounds = 3 if work == "explain" else 1  # explain: probe, recording, then the known head
+    model.features.barrier = threading.Barrier(2)
+
+    def explain_in_turn(a, b):
+        return [_explained(explainer, work, a, b) for _ in range(rounds)]
+    with ThreadPoolExecutor(2) as pool:
+        results = [f.result() for f in [pool.submit(explain_in_turn, *p) for p in pairs]]
+    model.features.barrier = None
+    assert len(model.features.met) == len(forwards)  # every pass met the other thread's
+    for (a, b), explained in zip(pairs, results):
+        alone = _explained(Explainer(model, "features"), work, a, b)
+        for tensors in explained:
+            for got, expected in zip(tensors, alone, strict=True):
+                assert torch.allclose(got, expected, atol=1e-6, rtol=0)
+        if work == "explain":
+            with torch.no_grad():
+                e_a, e_b = model(a), model(b)
+            score = float(torch.nn.functional.cosine_similarity(e_a, e_b))
+            assert float(explained[-1][2]) == pytest.approx(score, abs=1e-6)
+            assert float(explained[-1][0].sum(0) @ e_b[0]) / float(e_a.norm() * e_b.norm()) \
+                == pytest.approx(score, abs=1e-5)
+    if work == "explain":  # the first call of each thread recorded, the later ones known
+        assert _known_calls(explainer) == 2 * (rounds - 1)
+
+class _SecondCall(nn.Module):
+    """Once `twice` is set, the explained layer (a ReLU after the trunk) runs a second time, on
+    the trunk's output rolled by one column, and the head pools that second output: the same
+    embedding (a mean does not see the order of the positions), maps rolled by one column."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk = trunk()
+        self.features = nn.ReLU()
+        self.fc = nn.Linear(32, 8)
+        self.twice = False
+
+    def forward(self, x):
+        t = self.trunk(x)
+        a = self.features(t)
+        if self.twice:
+            a = self.features(t.roll(1, dims=3))
+        return self.fc(a.mean((2, 3)))
+
+
+def test_a_layer_that_runs_twice_once_known_is_recorded(monkeypatch):
+    """The known head takes the layer output only when the layer ran once: the first of two
+    outputs would give the maps of the wrong output, with the model's own embedding."""
+    model = _SecondCall().eval()
+    explainer, counted, x = _known_after_two_calls(model, monkeypatch)
+    before = explainer.stream_a.contributions(x)
+    model.twice = True
+    counted.reset()
+    result = explainer.stream_a.contributions(x)
+    assert_matches_reference(explainer, x, result)
+    rolled = before.positions.reshape(2, 8, 8, -1).roll(1, dims=2).reshape(2, 64, -1)
+    assert torch.allclose(result.positions, rolled, atol=1e-6)
+    assert counted.tapes == 1 and _known_calls(explainer) == 2  # seen twice: refused, recorded
+
+
+class _PlainTensorHead(nn.Module):
+    """A head whose Linear weight is a plain tensor attribute, not a parameter or buffer of
+    the model: a known head could not see it replaced."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = trunk()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.weight = torch.randn(8, 32)
+
+    def forward(self, x):
+        return F.normalize(F.linear(self.pool(self.features(x)).flatten(1), self.weight), dim=1)
+
+
+def test_a_head_reading_a_tensor_the_model_does_not_hold_is_never_known(monkeypatch):
+    model = _PlainTensorHead().eval()
+    explainer = Explainer(model, "features")
+    counted = _Counted(model, monkeypatch)
+    x = images(2)
+    for _ in range(3):
+        result = explainer.stream_a.contributions(x)
+        assert result.path == f"mean pooling, {CACHED}"  # cached by identity and version
+        assert_matches_reference(explainer, x, result)
+    assert counted.tapes == 3 and _known_calls(explainer) == 0
+    model.weight = torch.randn(8, 32)  # replaced: another tensor, the cache's key changes
+    result = explainer.stream_a.contributions(x)
+    assert_matches_reference(explainer, x, result)
+
+
+def test_known_heads_are_kept_for_the_latest_input_sizes_only(monkeypatch):
+    monkeypatch.setattr(affine_head, "MAX_ENTRIES", 2)
+    model = make("gap")
+    explainer = Explainer(model, "features")
+    counted = _Counted(model, monkeypatch)
+    sizes = (32, 40, 48)
+    for size in sizes:  # each size recorded once, then known: the third size evicts the first
+        for _ in range(2):
+            explainer.stream_a.contributions(images(2, size=size))
+    assert _known_calls(explainer) == 3
+    counted.reset()
+    for size in sizes[1:]:
+        explainer.stream_a.contributions(images(2, size=size))
+    assert counted.tapes == 0 and _known_calls(explainer) == 5
+    x = images(2, size=sizes[0])
+    result = explainer.stream_a.contributions(x)  # forgotten: recorded again
+    assert counted.tapes == 1 and _known_calls(explainer) == 5
+    assert_matches_reference(explainer, x, result)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import threading
 from contextlib import contextmanager, nullcontext
 from collections.abc import Iterator
 
@@ -17,7 +16,7 @@ from .affine_head import AffineHeads, KnownHead, bind
 from .frozen import RawEmbeddings
 from .head import (STRATEGIES, Contributions, head_offsets, known_contributions, mask_shape,
                    tangent_contributions, tape_contributions)
-from .head_tape import HeadTape, pooling_reads
+from .head_tape import HeadTape, own_thread, pooling_reads
 
 
 # Floats of tangents (or cotangents) held at once in head analysis (about 1 GB).
@@ -73,7 +72,7 @@ class SplitModel:
         for name, module in self.model.named_modules():
             def pre(_m, _i, name=name):
                 order.append(name)
-            hooks.append(module.register_forward_pre_hook(pre))
+            hooks.append(module.register_forward_pre_hook(own_thread(pre)))
 
         def post(_m, _i, out):
             if not isinstance(out, torch.Tensor):
@@ -82,7 +81,7 @@ class SplitModel:
                     "choose a layer whose output is a feature map")
             calls.append(out.shape)
             layer_done_at.append(len(order))
-        hooks.append(self.layer.register_forward_hook(post))
+        hooks.append(self.layer.register_forward_hook(own_thread(post)))
         try:
             with torch.no_grad():
                 out = self._run(x[:1])
@@ -231,12 +230,11 @@ class SplitModel:
         is None unless the layer ran once in this thread and nothing wrote into its output
         afterwards (an in-place call of the head: the shares would be of other values)."""
         seen: list[tuple[torch.Tensor, int]] = []
-        thread = threading.get_ident()
 
         def hook(_module, _inputs, out):
-            if threading.get_ident() == thread and isinstance(out, torch.Tensor):
+            if isinstance(out, torch.Tensor):
                 seen.append((out, out._version))
-        handle = self.layer.register_forward_hook(hook)
+        handle = self.layer.register_forward_hook(own_thread(hook))
         try:
             with torch.no_grad():
                 embedding = self._run(x)
@@ -265,7 +263,7 @@ class SplitModel:
             leaf = out.detach().requires_grad_(requires_grad)
             captured.append(leaf)
             return leaf
-        handle = self.layer.register_forward_hook(hook)
+        handle = self.layer.register_forward_hook(own_thread(hook))
         try:
             yield captured
         finally:

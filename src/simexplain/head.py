@@ -52,7 +52,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .affine_head import AffineHead, AffineHeads, KnownHead
 from .frozen import FreezeScales
-from .head_tape import HeadTape, find_pooling, pooled_shares, replay_pooled, to_positions
+from .head_tape import (HeadTape, find_pooling, own_thread, pooled_shares, replay_pooled,
+                        to_positions)
 
 
 @dataclass
@@ -153,7 +154,7 @@ def tangent_contributions(
     ones = torch.ones(shape, device=device, dtype=dtype)
 
     def forward(mask: torch.Tensor, offset_values: dict[str, torch.Tensor]) -> torch.Tensor:
-        handle = layer.register_forward_hook(lambda _m, _i, out: out * mask)
+        handle = layer.register_forward_hook(own_thread(lambda _m, _i, out: out * mask))
         try:
             with FreezeScales():
                 return functional_call(model, offset_values, (x,), strict=False)

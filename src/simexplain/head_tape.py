@@ -6,6 +6,7 @@ the explained layer's output alone, and pooling heads recognised on the recordin
 from __future__ import annotations
 
 import math
+import threading
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +24,18 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 # The trunk runs once: during the model's own forward pass every torch call that reads the
 # explained layer's output (or anything computed from it) is recorded, and the recording is
 # replayed as a function of that output alone, under whichever transform is cheapest.
+
+
+def own_thread(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """A module (pre-)hook that acts only in the thread that made it. Hooks belong to the
+    module, so with a model shared by threads every thread's forward pass runs them all:
+    another thread's call of the layer must not be taken for ours (recorded, masked,
+    captured or counted)."""
+    thread = threading.get_ident()
+
+    def in_own_thread(*args: Any) -> Any:
+        return hook(*args) if threading.get_ident() == thread else None
+    return in_own_thread
 
 
 @dataclass(frozen=True)
@@ -100,7 +113,7 @@ class HeadTape(TorchFunctionMode):
         returns would take this one off the stack: the recording is then cut short
         (`complete` False) and the stack restored as it was before the block."""
         depth = _len_torch_function_stack()
-        handle = layer.register_forward_hook(self._hook)
+        handle = layer.register_forward_hook(own_thread(self._hook))
         try:
             yield self
         finally:
