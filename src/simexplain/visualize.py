@@ -205,8 +205,8 @@ class MarkStyle:
         displayed at (a figure's panel: `panel_side`), when not at its own size."""
         factor = max(size) / shown_side if shown_side else 1.0  # image pixels per shown one
         radius = max(6.0, min(size) / factor / 28)
-        line = max(2.0, radius * 0.16)
-        edge = max(2.0, 0.6 * line)
+        line = max(2.0, radius * 0.2)
+        edge = max(2.0, 0.75 * line)
         return cls(round(radius * factor), max(1, round(line * factor)),
                    max(1, round(edge * factor)))
 

@@ -248,13 +248,13 @@ export class MapView {
 export function markStyle(width, height) {
   const side = Math.min(width, height);
   const radius = Math.max(6, side / 28);
-  return { radius, ring: Math.max(2, radius * 0.16), line: Math.max(1.5, side / 400) };
+  return { radius, ring: Math.max(2, radius * 0.2), line: Math.max(1.5, side / 400) };
 }
 
 // stroke the current path light over a dark outline (a dark edge on both sides of the light
 // line), readable on any photo and any map colour
 export function outlined(ctx, width, light) {
-  ctx.lineWidth = width + 2 * Math.max(2, 0.6 * width);
+  ctx.lineWidth = width + 2 * Math.max(2, 0.75 * width);
   ctx.strokeStyle = "rgba(0,0,0,0.85)";
   ctx.stroke();
   ctx.lineWidth = width;

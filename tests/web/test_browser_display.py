@@ -1,0 +1,168 @@
+"""What the page draws, in a real headless Chromium: a face model's images shown as the crop
+the model saw (the gallery's thumbnails, the query, the pair's panels), and the rings on a
+map's strongest cells readable on any photo (a light line with a dark edge on both sides).
+
+The face model is the toy model with a stand-in face detector (`face_stub`: the same tall box
+of every photo), so the crops are known exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from browser_helpers import ARTIFACTS, hover_and_wait, open_page, serve, shoot, wait_stat
+from face_stub import face_box, fixed_faces
+
+PHOTO = 96  # the photos' side; their "faces" are face_box(96, 96) = 60 x 48 pixels
+THUMBNAIL = 180  # the gallery's result canvases are at most this large
+
+
+def photo(kind: int, kit) -> Image.Image:
+    """A photo of checks whose "face" (its face_box) shows pattern `kind` instead."""
+    image = np.asarray(Image.fromarray(kit.pattern(1, PHOTO))).copy()
+    top, left, bottom, right = face_box(PHOTO, PHOTO)
+    image[top:bottom, left:right] = kit.pattern(kind, PHOTO)[top:bottom, left:right]
+    return Image.fromarray(image)
+
+
+def face_mean(image: Image.Image) -> np.ndarray:
+    top, left, bottom, right = face_box(image.height, image.width)
+    return np.asarray(image.convert("RGB"), np.float64)[top:bottom, left:right].mean((0, 1))
+
+
+@pytest.fixture(scope="module")
+def browser(headless_chromium):
+    return headless_chromium
+
+
+@pytest.fixture(scope="module")
+def faces(kit, tmp_path_factory):
+    """{name: photo} of the gallery (the first two are the samples too)."""
+    folder = tmp_path_factory.mktemp("faces")
+    photos = {f"face{k}.png": photo(k, kit) for k in (0, 2, 3, 4, 5)}
+    for name, image in photos.items():
+        image.save(folder / name)
+    return folder, photos
+
+
+@pytest.fixture(scope="module")
+def face_server(faces, tmp_path_factory):
+    from simexplain.explainer import Explainer
+    from simexplain.images import Preprocess
+    from simexplain.retrieval import Index
+    from simexplain.toy import tiny_cnn
+    from simexplain.web import create_app
+    folder, photos = faces
+    explainer = Explainer(tiny_cnn(), "features", similarity="cosine", faces=True,
+                          transform=Preprocess(size=(64, 64)), model_name="toy-faces")
+    with fixed_faces():
+        index = tmp_path_factory.mktemp("index") / "faces"
+        Index.build(folder, explainer, model_name="toy-faces", out=index, progress=False)
+        samples = [(name, image) for name, image in list(photos.items())[:2]]
+        app = create_app(explainer=explainer, index=index, samples=samples)
+        with serve(app) as url:
+            yield url
+
+
+def canvas_base_mean(page, selector: str) -> np.ndarray:
+    """The mean colour of the image a canvas shows (its view's base, without map or marks)."""
+    data = page.eval_on_selector(selector, "c => Array.from(c.__view.base.data)")
+    return np.asarray(data, np.float64).reshape(-1, 4)[:, :3].mean(0)
+
+
+EXPOSE_VIEWS = """() => {
+  const s = window.simexplain;
+  for (const v of [s.pairViews.a, s.pairViews.b, s.queryView, ...s.results.map(r => r.view)])
+    v.canvas.__view = v;
+}"""
+
+
+def test_a_face_model_gallery_shows_the_crops(browser, face_server, faces):
+    _, photos = faces
+    page, problems = open_page(browser, face_server + "/#gallery")
+    wait_stat(page, "searches", 1)
+    page.evaluate(EXPOSE_VIEWS)
+    top, left, bottom, right = face_box(PHOTO, PHOTO)
+    crop_aspect = (right - left) / (bottom - top)
+    cards = page.locator("#results .card")
+    assert cards.count() == len(photos)
+    names = page.eval_on_selector_all("#results .card .name", "n => n.map(x => x.textContent)")
+    for i, name in enumerate(names):
+        canvas = cards.nth(i).locator("canvas")
+        width, height = canvas.evaluate("c => [c.width, c.height]")
+        # the crop's shape, as large as the card allows (not the square photo, face small)
+        assert abs(width / height - crop_aspect) < 0.02 and height == THUMBNAIL
+        # and the crop's pixels: the face's colours, not the photo's
+        shown = canvas.evaluate("c => Array.from(c.getContext('2d').getImageData(0, 0, 1, 1)"
+                                ".data)")  # a pixel, to see that it drew
+        assert shown[3] == 255
+        mean = np.asarray(canvas.evaluate(
+            "c => { const d = c.__view.base.data; const m = [0, 0, 0];"
+            " for (let k = 0; k < d.length; k += 4) for (let j = 0; j < 3; j++) m[j] += d[k + j];"
+            " return m.map(v => v / (d.length / 4)); }"))
+        whole = np.asarray(photos[name].convert("RGB"), np.float64).mean((0, 1))
+        assert np.abs(mean - face_mean(photos[name])).max() < 6
+        assert np.abs(mean - face_mean(photos[name])).max() < np.abs(mean - whole).max()
+    # the query too: its crop fills the panel, and a point on it is in the photo's pixels
+    width, height = page.eval_on_selector("#view-query", "c => [c.width, c.height]")
+    assert abs(width / height - crop_aspect) < 0.02
+    hover_and_wait(page, "#view-query", 0.5, 0.5)
+    cross = page.evaluate("window.simexplain.queryView.markers[0]")
+    assert cross["row"] == pytest.approx((top + bottom) / 2, abs=0.5)
+    assert cross["col"] == pytest.approx((left + right) / 2, abs=0.5)
+    shoot(page, ARTIFACTS / "web-faces-gallery.png")
+    assert problems == []
+
+
+# dark and light, as the rings are drawn (black at 0.85 opacity, white)
+DARK, LIGHT = 70, 200
+
+
+def runs(pixels: np.ndarray) -> list[tuple[str, int, int]]:
+    """(kind, start, length) runs of dark ("d"), light ("l") and other ("o") pixels."""
+    kinds = ["d" if p.max() <= DARK else "l" if p.min() >= LIGHT else "o" for p in pixels]
+    out: list[tuple[str, int, int]] = []
+    for i, kind in enumerate(kinds):
+        if out and out[-1][0] == kind:
+            out[-1] = (kind, out[-1][1], out[-1][2] + 1)
+        else:
+            out.append((kind, i, 1))
+    return out
+
+
+def test_rings_are_light_lines_edged_dark_on_both_sides(browser, face_server):
+    """The strongest match's ring, read off the canvas along a line from its centre: a light
+    line at least 3 pixels wide, a dark edge of at least 2 pixels inside and outside it (on
+    a panel some 600 pixels wide), where the crop puts that cell."""
+    page, problems = open_page(browser, face_server)
+    wait_stat(page, "explains", 1)
+    hover_and_wait(page, "#view-a", 0.3, 0.4)
+    ring = page.evaluate("window.simexplain.pairViews.b.markers[0]")
+    e = page.evaluate("window.simexplain.state.pair.explanation")
+    top, left, bottom, right = e["b"]["crop"]
+    assert [top, left, bottom, right] == list(face_box(*e["b"]["image_size"]))
+    width, height = page.eval_on_selector("#view-b", "c => [c.width, c.height]")
+    assert abs(width / height - (right - left) / (bottom - top)) < 0.02
+    assert width >= 300
+    # where the ring must be: the cell's centre in the crop's pixels, as the canvas shows it
+    x = (ring["col"] - left) * width / (right - left)
+    y = round((ring["row"] - top) * height / (bottom - top))
+    row = np.asarray(page.eval_on_selector(
+        "#view-b", f"c => Array.from(c.getContext('2d').getImageData(0, {y}, c.width, 1).data)"),
+        np.int32).reshape(-1, 4)[:, :3]
+    step = 1 if x < width / 2 else -1  # towards the middle: away from the canvas's edge
+    start = round(x)
+    reach = int(min(width, height) / 10)
+    line = row[start::step][:reach] if step == 1 else row[start::-1][:reach]
+    found = runs(line)
+    lights = [i for i, (kind, _, n) in enumerate(found) if kind == "l" and n >= 3]
+    assert lights, f"no light line of 3 pixels or more from the ring's centre: {found}"
+    i = lights[0]
+    # its neighbours, past one pixel of antialiasing between light and dark
+    inner = found[i - 2] if i >= 2 and found[i - 1][:3:2] == ("o", 1) else found[i - 1]
+    outer = found[i + 2] if found[i + 1][:3:2] == ("o", 1) else found[i + 1]
+    assert inner[0] == "d" and inner[2] >= 2, f"no dark edge inside the ring: {found}"
+    assert outer[0] == "d" and outer[2] >= 2, f"no dark edge outside the ring: {found}"
+    shoot(page, ARTIFACTS / "web-faces-pair.png")
+    assert problems == []
