@@ -33,3 +33,13 @@ def fixed_faces() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("simexplain.faces.crop_face", crop_face)
         yield
+
+
+def face_explainer(size: int = 64):
+    """The toy CNN as a face model: it explains the "face" of each photo (within
+    `fixed_faces()`), resized to size x size (an 8x8 grid at 64)."""
+    from simexplain.explainer import Explainer
+    from simexplain.images import Preprocess
+    from simexplain.toy import tiny_cnn
+    return Explainer(tiny_cnn(), "features", similarity="cosine", faces=True,
+                     transform=Preprocess(size=(size, size)), model_name="toy-faces")

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from browser_helpers import ARTIFACTS, hover_and_wait, open_page, serve, shoot, wait_stat
-from face_stub import face_box, fixed_faces
+from face_stub import face_box, face_explainer, fixed_faces
+from marks import ring_widths
 
 PHOTO = 96  # the photos' side; their "faces" are face_box(96, 96) = 60 x 48 pixels
 THUMBNAIL = 180  # the gallery's result canvases are at most this large
@@ -48,14 +49,10 @@ def faces(kit, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def face_server(faces, tmp_path_factory):
-    from simexplain.explainer import Explainer
-    from simexplain.images import Preprocess
     from simexplain.retrieval import Index
-    from simexplain.toy import tiny_cnn
     from simexplain.web import create_app
     folder, photos = faces
-    explainer = Explainer(tiny_cnn(), "features", similarity="cosine", faces=True,
-                          transform=Preprocess(size=(64, 64)), model_name="toy-faces")
+    explainer = face_explainer()
     with fixed_faces():
         index = tmp_path_factory.mktemp("index") / "faces"
         Index.build(folder, explainer, model_name="toy-faces", out=index, progress=False)
@@ -115,26 +112,10 @@ def test_a_face_model_gallery_shows_the_crops(browser, face_server, faces):
     assert problems == []
 
 
-# dark and light, as the rings are drawn (black at 0.85 opacity, white)
-DARK, LIGHT = 70, 200
-
-
-def runs(pixels: np.ndarray) -> list[tuple[str, int, int]]:
-    """(kind, start, length) runs of dark ("d"), light ("l") and other ("o") pixels."""
-    kinds = ["d" if p.max() <= DARK else "l" if p.min() >= LIGHT else "o" for p in pixels]
-    out: list[tuple[str, int, int]] = []
-    for i, kind in enumerate(kinds):
-        if out and out[-1][0] == kind:
-            out[-1] = (kind, out[-1][1], out[-1][2] + 1)
-        else:
-            out.append((kind, i, 1))
-    return out
-
-
 def test_rings_are_light_lines_edged_dark_on_both_sides(browser, face_server):
     """The strongest match's ring, read off the canvas along a line from its centre: a light
     line at least 3 pixels wide, a dark edge of at least 2 pixels inside and outside it (on
-    a panel some 600 pixels wide), where the crop puts that cell."""
+    a panel over 500 pixels wide), where the crop puts that cell."""
     page, problems = open_page(browser, face_server)
     wait_stat(page, "explains", 1)
     hover_and_wait(page, "#view-a", 0.3, 0.4)
@@ -144,7 +125,7 @@ def test_rings_are_light_lines_edged_dark_on_both_sides(browser, face_server):
     assert [top, left, bottom, right] == list(face_box(*e["b"]["image_size"]))
     width, height = page.eval_on_selector("#view-b", "c => [c.width, c.height]")
     assert abs(width / height - (right - left) / (bottom - top)) < 0.02
-    assert width >= 300
+    assert width >= 500
     # where the ring must be: the cell's centre in the crop's pixels, as the canvas shows it
     x = (ring["col"] - left) * width / (right - left)
     y = round((ring["row"] - top) * height / (bottom - top))
@@ -155,14 +136,7 @@ def test_rings_are_light_lines_edged_dark_on_both_sides(browser, face_server):
     start = round(x)
     reach = int(min(width, height) / 10)
     line = row[start::step][:reach] if step == 1 else row[start::-1][:reach]
-    found = runs(line)
-    lights = [i for i, (kind, _, n) in enumerate(found) if kind == "l" and n >= 3]
-    assert lights, f"no light line of 3 pixels or more from the ring's centre: {found}"
-    i = lights[0]
-    # its neighbours, past one pixel of antialiasing between light and dark
-    inner = found[i - 2] if i >= 2 and found[i - 1][:3:2] == ("o", 1) else found[i - 1]
-    outer = found[i + 2] if found[i + 1][:3:2] == ("o", 1) else found[i + 1]
-    assert inner[0] == "d" and inner[2] >= 2, f"no dark edge inside the ring: {found}"
-    assert outer[0] == "d" and outer[2] >= 2, f"no dark edge outside the ring: {found}"
+    inner, light, outer = ring_widths(line, light_at_least=3)
+    assert inner >= 2 and outer >= 2, f"dark edges {inner} and {outer} pixels wide"
     shoot(page, ARTIFACTS / "web-faces-pair.png")
     assert problems == []
