@@ -3,8 +3,9 @@
 // feature-grid map over an image (bilinear upsampling, cell-centre aligned, as the server's
 // `maps.upsample`) with rings on the top matches, the pointed cell, a box and a colour bar,
 // on the part of the photo that the model saw (a face crop fills the canvas; points and
-// boxes stay in the whole photo's pixels); and `gestures`, the pointer and keyboard gestures on a view (hover, drag a box, click,
-// leave, arrow keys). The pure parts live in colours.js, grid.js, labels.js and latest.js.
+// boxes stay in the whole photo's pixels); `gestures`, the pointer and keyboard gestures on
+// a view (hover, drag a box, click, leave, arrow keys); and how marks are drawn
+// (`markStyle`, `outlined`). The pure parts live in colours.js, grid.js, labels.js and latest.js.
 
 import { clamp01, tableFor } from "./colours.js";
 import { axis, boxOf, mapRange, valueAt } from "./grid.js";
@@ -107,16 +108,15 @@ export class MapView {
     const { lo, hi, signed, peak } = mapRange(this.map, this.display.signed);
     this.range = { lo, hi, signed };
     // the canvas shows the part of the photo the model saw: the map covers all of it
-    const top = 0; const left = 0; const bottom = height; const right = width;
-    const ys = axis(bottom - top, rows); const xs = axis(right - left, cols);
+    const ys = axis(height, rows); const xs = axis(width, cols);
     const data = out.data;
     const alpha = this.display.alpha;
     const table = tableFor(signed);
-    for (let y = top; y < bottom; y++) {
-      const r0 = ys.i0[y - top] * cols; const r1 = ys.i1[y - top] * cols;
-      const wy = ys.w[y - top];
-      for (let x = left; x < right; x++) {
-        const c0 = xs.i0[x - left]; const c1 = xs.i1[x - left]; const wx = xs.w[x - left];
+    for (let y = 0; y < height; y++) {
+      const r0 = ys.i0[y] * cols; const r1 = ys.i1[y] * cols;
+      const wy = ys.w[y];
+      for (let x = 0; x < width; x++) {
+        const c0 = xs.i0[x]; const c1 = xs.i1[x]; const wx = xs.w[x];
         const upper = flat[r0 + c0] * (1 - wx) + flat[r0 + c1] * wx;
         const lower = flat[r1 + c0] * (1 - wx) + flat[r1 + c1] * wx;
         const v = upper * (1 - wy) + lower * wy;
@@ -183,8 +183,9 @@ export class MapView {
     const ctx = this.ctx;
     ctx.putImageData(this.overlay, 0, 0);
     const style = markStyle(this.canvas.width, this.canvas.height);
-    const rect = (box) => {
-      const [l, t] = this.toCanvas([box[0], box[1]]); const [r, b] = this.toCanvas([box[2], box[3]]);
+    const rect = (box) => { // a box [top, left, bottom, right] in the photo's pixels
+      const [l, t] = this.toCanvas([box[0], box[1]]);
+      const [r, b] = this.toCanvas([box[2], box[3]]);
       ctx.beginPath(); ctx.rect(l, t, r - l, b - t);
     };
     if (this.box) {
@@ -245,15 +246,15 @@ export class MapView {
 
 // the sizes of the marks on a canvas of width x height pixels, growing with it so that they
 // read alike on a thumbnail and on a full panel: ring radius, ring and line stroke widths
-export function markStyle(width, height) {
+function markStyle(width, height) {
   const side = Math.min(width, height);
   const radius = Math.max(6, side / 28);
-  return { radius, ring: Math.max(2, radius * 0.2), line: Math.max(1.5, side / 400) };
+  return { radius, ring: Math.max(2, radius * 0.2), line: Math.max(2, side / 250) };
 }
 
 // stroke the current path light over a dark outline (a dark edge on both sides of the light
 // line), readable on any photo and any map colour
-export function outlined(ctx, width, light) {
+function outlined(ctx, width, light) {
   ctx.lineWidth = width + 2 * Math.max(2, 0.75 * width);
   ctx.strokeStyle = "rgba(0,0,0,0.85)";
   ctx.stroke();
