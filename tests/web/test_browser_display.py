@@ -140,3 +140,29 @@ def test_rings_are_light_lines_edged_dark_on_both_sides(browser, face_server):
     assert inner >= 2 and outer >= 2, f"dark edges {inner} and {outer} pixels wide"
     shoot(page, ARTIFACTS / "web-faces-pair.png")
     assert problems == []
+
+
+def test_patterns_are_drawn_where_the_crops_put_them(browser, face_server):
+    """The cross-view patterns layer places each point on the crop its canvas shows."""
+    page, problems = open_page(browser, face_server)
+    wait_stat(page, "explains", 1)
+    page.check("#patterns")
+    page.wait_for_function("document.querySelectorAll('#patterns-layer circle').length >= 2")
+    e = page.evaluate("window.simexplain.state.pair.explanation")
+    found = page.request.post(f"{face_server}/api/patterns",
+                              data={"explanation_id": e["explanation_id"]}).json()
+    circles = page.eval_on_selector_all(
+        "#patterns-layer circle", "cs => cs.map(c => { const b = c.getBoundingClientRect();"
+        " return [b.x + b.width / 2, b.y + b.height / 2]; })")
+    patterns = found["patterns"]
+    assert patterns and len(circles) == 2 * len(patterns)
+    for n, pattern in enumerate(patterns):
+        for (x, y), side in ((circles[2 * n], "a"), (circles[2 * n + 1], "b")):
+            row, col = pattern[f"point_{side}"]
+            top, left, bottom, right = e[side]["crop"]
+            box = page.locator(f"#view-{side}").bounding_box()
+            assert x == pytest.approx(box["x"] + (col + 0.5 - left) / (right - left)
+                                      * box["width"], abs=1.5)
+            assert y == pytest.approx(box["y"] + (row + 0.5 - top) / (bottom - top)
+                                      * box["height"], abs=1.5)
+    assert problems == []
