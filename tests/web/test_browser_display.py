@@ -62,16 +62,33 @@ def face_server(faces, tmp_path_factory):
             yield url
 
 
-def canvas_base_mean(page, selector: str) -> np.ndarray:
-    """The mean colour of the image a canvas shows (its view's base, without map or marks)."""
-    data = page.eval_on_selector(selector, "c => Array.from(c.__view.base.data)")
-    return np.asarray(data, np.float64).reshape(-1, 4)[:, :3].mean(0)
+def bilinear(grid: np.ndarray, crop, point) -> float:
+    """A grid map's value at a photo pixel (row, col), the grid spread evenly over `crop`:
+    feature coordinate (x + 0.5) * cells / size - 0.5 on each axis, clamped (METHOD.md)."""
+    top, left, bottom, right = crop
+    coords = []
+    for x, start, size, cells in ((point[0], top, bottom - top, grid.shape[0]),
+                                  (point[1], left, right - left, grid.shape[1])):
+        coords.append(min(max((x - start + 0.5) * cells / size - 0.5, 0), cells - 1))
+    (fy, fx) = coords
+    y0, x0 = int(fy), int(fx)
+    y1, x1 = min(y0 + 1, grid.shape[0] - 1), min(x0 + 1, grid.shape[1] - 1)
+    dy, dx = fy - y0, fx - x0
+    return float((grid[y0, x0] * (1 - dx) + grid[y0, x1] * dx) * (1 - dy)
+                 + (grid[y1, x0] * (1 - dx) + grid[y1, x1] * dx) * dy)
 
 
+# each canvas's MapView, reachable from the canvas
 EXPOSE_VIEWS = """() => {
   const s = window.simexplain;
   for (const v of [s.pairViews.a, s.pairViews.b, s.queryView, ...s.results.map(r => r.view)])
     v.canvas.__view = v;
+}"""
+# the mean RGB of the image a canvas shows (its view's base: without the map or marks)
+BASE_MEAN = """(c) => {
+  const d = c.__view.base.data; const m = [0, 0, 0];
+  for (let k = 0; k < d.length; k += 4) for (let j = 0; j < 3; j++) m[j] += d[k + j];
+  return m.map((v) => v / (d.length / 4));
 }"""
 
 
@@ -91,13 +108,7 @@ def test_a_face_model_gallery_shows_the_crops(browser, face_server, faces):
         # the crop's shape, as large as the card allows (not the square photo, face small)
         assert abs(width / height - crop_aspect) < 0.02 and height == THUMBNAIL
         # and the crop's pixels: the face's colours, not the photo's
-        shown = canvas.evaluate("c => Array.from(c.getContext('2d').getImageData(0, 0, 1, 1)"
-                                ".data)")  # a pixel, to see that it drew
-        assert shown[3] == 255
-        mean = np.asarray(canvas.evaluate(
-            "c => { const d = c.__view.base.data; const m = [0, 0, 0];"
-            " for (let k = 0; k < d.length; k += 4) for (let j = 0; j < 3; j++) m[j] += d[k + j];"
-            " return m.map(v => v / (d.length / 4)); }"))
+        mean = np.asarray(canvas.evaluate(BASE_MEAN))
         whole = np.asarray(photos[name].convert("RGB"), np.float64).mean((0, 1))
         assert np.abs(mean - face_mean(photos[name])).max() < 6
         assert np.abs(mean - face_mean(photos[name])).max() < np.abs(mean - whole).max()
@@ -112,15 +123,24 @@ def test_a_face_model_gallery_shows_the_crops(browser, face_server, faces):
     assert problems == []
 
 
-def test_rings_are_light_lines_edged_dark_on_both_sides(browser, face_server):
-    """The strongest match's ring, read off the canvas along a line from its centre: a light
-    line at least 3 pixels wide, a dark edge of at least 2 pixels inside and outside it (on
-    a panel over 500 pixels wide), where the crop puts that cell."""
+def test_pair_panels_show_the_crops_with_readable_rings(browser, face_server):
+    """On a face model's pair: the value read out under the pointer is the map's over the crop
+    (it was read as if the map covered the whole photo); the panel has the crop's shape; the
+    strongest match's ring, read off the canvas along a line from its centre where the crop
+    puts that cell, is a light line at least 3 pixels wide with a dark edge of at least 2
+    pixels inside and outside it (on a panel over 500 pixels wide)."""
     page, problems = open_page(browser, face_server)
     wait_stat(page, "explains", 1)
     hover_and_wait(page, "#view-a", 0.3, 0.4)
     ring = page.evaluate("window.simexplain.pairViews.b.markers[0]")
     e = page.evaluate("window.simexplain.state.pair.explanation")
+    # the value read out under the pointer: a's overall map at that photo pixel, the map
+    # spread over the crop (bilinear, cell-centre aligned)
+    cross = page.evaluate("window.simexplain.pairViews.a.markers[0]")
+    expected = bilinear(np.asarray(e["a"]["overall"]), e["a"]["crop"],
+                        (cross["row"], cross["col"]))
+    readout = page.inner_text("#readout-a")
+    assert float(readout.rsplit(" ", 1)[1]) == pytest.approx(expected, rel=5e-3, abs=1e-9)
     top, left, bottom, right = e["b"]["crop"]
     assert [top, left, bottom, right] == list(face_box(*e["b"]["image_size"]))
     width, height = page.eval_on_selector("#view-b", "c => [c.width, c.height]")
