@@ -1,6 +1,7 @@
 """What the page draws, in a real headless Chromium: a face model's images shown as the crop
-the model saw (the gallery's thumbnails, the query, the pair's panels), and the rings on a
-map's strongest cells readable on any photo (a light line with a dark edge on both sides).
+the model saw (the gallery's thumbnails, the query, the pair's panels, with the value readout
+and the patterns layer placed on the crop), and the rings on a map's strongest cells readable
+on any photo (a light line with a dark edge on both sides).
 
 The face model is the toy model with a stand-in face detector (`face_stub`: the same tall box
 of every photo), so the crops are known exactly."""

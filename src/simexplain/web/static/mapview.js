@@ -182,7 +182,7 @@ export class MapView {
     this.drawScale();
     const ctx = this.ctx;
     ctx.putImageData(this.overlay, 0, 0);
-    const style = markStyle(this.canvas.width, this.canvas.height);
+    const style = markStyle(this.canvas.width, this.canvas.height, this.map);
     const rect = (box) => { // a box [top, left, bottom, right] in the photo's pixels
       const [l, t] = this.toCanvas([box[0], box[1]]);
       const [r, b] = this.toCanvas([box[2], box[3]]);
@@ -245,10 +245,17 @@ export class MapView {
 }
 
 // the sizes of the marks on a canvas of width x height pixels, growing with it so that they
-// read alike on a thumbnail and on a full panel: ring radius, ring and line stroke widths
-function markStyle(width, height) {
+// read alike on a thumbnail and on a full panel: ring radius, ring and line stroke widths.
+// With the map's grid, rings stay small enough that those of neighbouring cells (the top
+// matches often are) do not overlap.
+function markStyle(width, height, grid) {
   const side = Math.min(width, height);
-  const radius = Math.max(6, side / 28);
+  let radius = side / 28;
+  if (grid) {
+    const cell = Math.min(width / grid[0].length, height / grid.length);
+    radius = Math.min(radius, 0.38 * cell);
+  }
+  radius = Math.max(6, radius);
   return { radius, ring: Math.max(2, radius * 0.2), line: Math.max(2, side / 250) };
 }
 
