@@ -202,8 +202,8 @@ class MarkStyle:
         """Sizes growing with the image's (width, height) as displayed, so that a ring reads
         alike on a thumbnail and on a full panel (the web page's map views: `markStyle` in
         mapview.js, which also keeps the rings of neighbouring cells apart); in the image's
-        pixels. shown_side: the longest side the image is
-        displayed at (a figure's panel: `panel_side`), when not at its own size."""
+        pixels. shown_side: the longest side the image is displayed at (a figure's panel:
+        `panel_side`), when not at its own size."""
         factor = max(size) / shown_side if shown_side else 1.0  # image pixels per shown one
         radius = max(6.0, min(size) / factor / 28)
         line = max(2.0, radius * 0.2)

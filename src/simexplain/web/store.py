@@ -377,7 +377,7 @@ class ImageStore:
         def encode() -> tuple[bytes, str]:
             image = self.pixels(image_id)
             if crop is not None:
-                image = cropped(image, crop, image_id)
+                image = _cropped(image, crop, image_id)
             if max_side and max(image.size) > max_side:
                 image = image.copy()
                 image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
@@ -398,7 +398,7 @@ class ImageStore:
         return int(self.uploads.total_cost + self._pixels.total_cost + self._encoded.total_cost)
 
 
-def cropped(image: Image.Image, crop: Sequence[int], image_id: str = "image") -> Image.Image:
+def _cropped(image: Image.Image, crop: Sequence[int], image_id: str = "image") -> Image.Image:
     """The part (top, left, bottom, right) of `image`; the image itself when that is all of
     it. A box that is empty or reaches outside the image is a WebError naming both."""
     top, left, bottom, right = (int(v) for v in crop)
