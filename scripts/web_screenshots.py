@@ -70,7 +70,7 @@ def docs_screenshots(out: Path = ROOT / "docs" / "img") -> None:
         wait_stat(page, "explains", 1, timeout=120_000)
         page.select_option("#size", "320")  # a 8x8 grid rather than 3x3
         wait_stat(page, "explains", 2, timeout=300_000)
-        hover_and_wait(page, "#view-a", 0.19, 0.6)  # an eye
+        hover_and_wait(page, "#view-a", 0.4, 0.68)  # an eye (of the face crop the page shows)
         shoot(page, out / "web-faces.png")
     from PIL import Image
     names = ("web-pair.png", "web-faces.png", "web-gallery.png")

@@ -180,3 +180,27 @@ def test_region_hits_show_the_region_map_on_each_thumbnail(tmp_path, explainer):
         assert np.array_equal(np.asarray(photo.convert("RGB")),
                               np.asarray(Image.open(hit.path).convert("RGB")))
         assert np.abs(np.asarray(image, np.int16) - np.asarray(photo, np.int16)).max() > 30
+
+
+def test_explained_hits_of_a_face_model_show_the_crops_it_saw(tmp_path):
+    """A face model's explained hits show their face crops (`View.seen`), enlarged to the
+    thumbnail, not whole photos with the face small in them."""
+    from face_stub import face_box, face_explainer, fixed_faces
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    for n in range(2):
+        noise((120, 200), 30 + n).save(gallery / f"face{n}.png")
+    explainer = face_explainer()
+    with fixed_faces():
+        index = Index.build(gallery, explainer, model_name="toy-faces", progress=False)
+        hits = index.search(noise((120, 200), 40), k=2, explain=True)
+    top, left, bottom, right = face_box(120, 200)
+    scale = THUMBNAIL_SIDE / max(bottom - top, right - left)
+    size = (round((right - left) * scale), round((bottom - top) * scale))
+    thumbnails = embedded_images(hits._repr_html_())
+    assert [t.size for t in thumbnails] == [size, size]
+    for hit, thumbnail in zip(hits, thumbnails):
+        expected = Image.open(hit.path).convert("RGB").crop((left, top, right, bottom))
+        expected = expected.resize(size, Image.Resampling.LANCZOS)
+        assert np.abs(np.asarray(thumbnail.convert("RGB"), np.int16)
+                      - np.asarray(expected, np.int16)).max() <= 1

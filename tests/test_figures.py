@@ -15,6 +15,8 @@ from simexplain.explanation import PairExplanation
 from simexplain.maps import Frame
 from simexplain.toy import toy_explainer
 
+from marks import ring_widths
+
 
 def noise(size: tuple[int, int], seed: int) -> Image.Image:
     rng = np.random.default_rng(seed)
@@ -105,3 +107,23 @@ def test_a_caption_under_linked_images_wraps_to_their_width():
     dark = np.argwhere(band.min(axis=2) < 128)
     assert dark.size and dark[:, 1].max() < image.width - 2  # no text cut at the edge
     assert np.array_equal(np.asarray(out)[-image.height:], np.asarray(image))
+
+
+@pytest.mark.parametrize("size, shown_side", [((180, 180), None), ((512, 400), None),
+                                              ((512, 400), visualize.panel_side())])
+def test_a_marked_point_is_a_light_ring_edged_dark_as_displayed(size, shown_side):
+    """A point's ring, read back from the image as it is displayed (at its own size, or shrunk
+    into a figure's panel as matplotlib shows it): a light line with a dark edge inside and
+    out, each at least 2 displayed pixels wide, on a mid-grey photo."""
+    width, height = size
+    photo = Image.new("RGB", size, (128, 128, 128))
+    centre = (height / 2, width / 2)
+    marked = visualize.mark_point(photo, centre, shown_side=shown_side)
+    if shown_side:
+        scale = shown_side / max(size)
+        marked = marked.resize((round(width * scale), round(height * scale)),
+                               Image.Resampling.LANCZOS)
+    pixels = np.asarray(marked, np.int32)
+    row, col = marked.height // 2, marked.width // 2
+    inner, light, outer = ring_widths(pixels[row, col:], light_at_least=2)
+    assert inner >= 2 and outer >= 2, (inner, light, outer)

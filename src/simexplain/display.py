@@ -117,9 +117,10 @@ def show(result: PairExplanation, kind: str, /, **options: Any) -> Image.Image:
 
 def _thumbnail(hit: Hit, hits: Sequence[Hit]) -> Image.Image:
     """The hit's photo shrunk to a thumbnail, its region map overlaid when it carries one; read
-    through the index searched (`Hits.image`: never a link out of the gallery)."""
+    through the index searched (`Hits.image`: never a link out of the gallery). An explained
+    hit shows what the model saw (`View.seen`: a face crop fills the thumbnail)."""
     if hit.explanation is not None:
-        view = visualize.View.whole(hit.explanation.b, THUMBNAIL_SIDE)
+        view = visualize.View.seen(hit.explanation.b, THUMBNAIL_SIDE)
         if hit.region_map is not None:
             return view.overlay(hit.region_map, signed=True)
         return view.photo()

@@ -106,7 +106,8 @@ def points_figure(result: PairExplanation, points: Sequence[tuple[float, float]]
     label = point_map_label(kind)
     for n, point in enumerate(points):
         color = POINT_COLORS[n % len(POINT_COLORS)]
-        top.append((visualize.mark_point(here_view.photo(), here_view.point(point), color),
+        top.append((visualize.mark_point(here_view.photo(), here_view.point(point), color,
+                                         shown_side=visualize.panel_side()),
                     f"point {n + 1} on {side}"))
         try:
             point_map = result.point_map(side, point, kind=kind)
@@ -116,7 +117,8 @@ def points_figure(result: PairExplanation, points: Sequence[tuple[float, float]]
             continue
         peak = there.frame.peak(point_map)
         bottom.append((visualize.mark_point(there_view.overlay(point_map),
-                                            there_view.point(peak), color),
+                                            there_view.point(peak), color,
+                                            shown_side=visualize.panel_side()),
                        f"point {n + 1} on {there_name}: {label}"))
         found.append(True)
     return visualize.figure_image([top, bottom]), found

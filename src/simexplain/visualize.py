@@ -113,13 +113,16 @@ class View:
         return cls(side, (0, 0, *side.image_size), display_size(side.image_size, max_side))
 
     @classmethod
-    def seen(cls, side: Side, max_side: int = DISPLAY_SIDE) -> View:
+    def seen(cls, side: Side, max_side: int = DISPLAY_SIDE, enlarge: bool = True) -> View:
         """What the model saw: the crop scaled so its longest side is `max_side` (enlarged or
-        shrunk); the whole photo (`View.whole`) when the model saw all of it."""
+        shrunk; with enlarge=False, only shrunk); the whole photo (`View.whole`) when the
+        model saw all of it. Every figure, page and widget that shows a photo next to its
+        maps shows this part (the web page: the answers' `crop`)."""
         if not side.frame.cropped:
             return cls.whole(side, max_side)
         top, left, bottom, right = (int(v) for v in side.frame.box)
-        scale = max_side / max(bottom - top, right - left)
+        longest = max(bottom - top, right - left)
+        scale = max_side / longest if enlarge else min(1.0, max_side / longest)
         size = (max(1, round((bottom - top) * scale)), max(1, round((right - left) * scale)))
         return cls(side, (top, left, bottom, right), size)
 
@@ -185,16 +188,54 @@ def to_display(side: Side, point: Sequence[float], max_side: int = DISPLAY_SIDE
     return View.whole(side, max_side).point(point)
 
 
+@dataclass(frozen=True)
+class MarkStyle:
+    """How large a ring marking a point is drawn on an image: its radius, the width of its
+    light line and of the dark edge on either side of it (pixels)."""
+
+    radius: int
+    line: int
+    edge: int
+
+    @classmethod
+    def for_size(cls, size: tuple[int, int], shown_side: int | None = None) -> MarkStyle:
+        """Sizes growing with the image's (width, height) as displayed, so that a ring reads
+        alike on a thumbnail and on a full panel (the web page's map views: `markStyle` in
+        mapview.js, which also keeps the rings of neighbouring cells apart); in the image's
+        pixels. shown_side: the longest side the image is displayed at (a figure's panel:
+        `panel_side`), when not at its own size."""
+        factor = max(size) / shown_side if shown_side else 1.0  # image pixels per shown one
+        radius = max(6.0, min(size) / factor / 28)
+        line = max(2.0, radius * 0.2)
+        edge = max(2.0, 0.75 * line)
+        return cls(round(radius * factor), max(1, round(line * factor)),
+                   max(1, round(edge * factor)))
+
+
+def _draw_ring(draw: ImageDraw.ImageDraw, centre: tuple[float, float], style: MarkStyle,
+              color: tuple[int, int, int] = (255, 255, 255)) -> None:
+    """A light ring of `color` around (x, y) `centre`, over a dark outline that edges it
+    inside and out: readable on any photo and any map colour."""
+    x, y = centre
+    # Pillow draws an outline inside its box: boxes grown by half a width centre each line on
+    # the radius
+    for width, fill in ((style.line + 2 * style.edge, (0, 0, 0)), (style.line, color)):
+        reach = style.radius + width / 2
+        draw.ellipse([x - reach, y - reach, x + reach, y + reach], outline=fill, width=width)
+
+
 def mark_point(image: Image.Image, point: Sequence[float],
                color: tuple[int, int, int] = (255, 255, 255),
-               radius: int | None = None) -> Image.Image:
-    """Draw a ringed cross at (row, col)."""
+               radius: int | None = None, shown_side: int | None = None) -> Image.Image:
+    """Draw a ring at (row, col): a light line of `color` edged dark on both sides, sized to
+    the image as displayed (`MarkStyle.for_size`: at its own size, or at `shown_side` pixels
+    long in a figure's panel); `radius` overrides the ring's radius."""
     out = image.copy()
-    draw = ImageDraw.Draw(out)
-    r = radius or max(3, min(out.size) // 30)
+    style = MarkStyle.for_size(out.size, shown_side)
+    if radius:
+        style = MarkStyle(radius, style.line, style.edge)
     row, col = point
-    draw.ellipse([col - r, row - r, col + r, row + r], outline=(0, 0, 0), width=3)
-    draw.ellipse([col - r, row - r, col + r, row + r], outline=color, width=1)
+    _draw_ring(ImageDraw.Draw(out), (col, row), style, color)
     return out
 
 
@@ -279,6 +320,7 @@ def captioned(image: Image.Image, caption: str, line_height: int = 14) -> Image.
 
 # Figures are rendered at this resolution; a figure `scale` unit is this many pixels.
 FIGURE_DPI = 100
+PANEL_SCALE = 2.0  # a panel's size in a figure, in inches (FIGURE_DPI pixels each)
 TITLE_SIZE = 8  # points
 TITLE_GAP = 12  # pixels kept free between neighbouring titles
 
@@ -296,7 +338,13 @@ def panel_width(figure: Figure, axes: Axes) -> float:
     return room * figure.bbox.width - TITLE_GAP
 
 
-def grid_figure(panels: list[list[tuple[Image.Image, str]]], scale: float = 2.0,
+def panel_side(scale: float = PANEL_SCALE) -> int:
+    """The most pixels a panel's image is displayed at in a figure of this `scale`
+    (`grid_figure`, rendered at FIGURE_DPI): what marks drawn on it are sized for."""
+    return round(scale * FIGURE_DPI)
+
+
+def grid_figure(panels: list[list[tuple[Image.Image, str]]], scale: float = PANEL_SCALE,
                 title: str | None = None) -> Figure:
     """Rows of (image, caption) panels as a matplotlib Figure, each caption wrapped to its
     panel's width (measured with the title font) so that neighbours never overlap."""
@@ -341,7 +389,7 @@ def grid_figure(panels: list[list[tuple[Image.Image, str]]], scale: float = 2.0,
     return figure
 
 
-def figure_image(panels: list[list[tuple[Image.Image, str]]], scale: float = 2.0,
+def figure_image(panels: list[list[tuple[Image.Image, str]]], scale: float = PANEL_SCALE,
                  title: str | None = None) -> Image.Image:
     """Rows of (image, caption) panels as one figure (`grid_figure`), rendered to an image."""
     buffer = io.BytesIO()

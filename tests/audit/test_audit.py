@@ -586,3 +586,28 @@ def test_occlusion_findings_name_the_planted_corner_and_nothing_on_the_control(i
 def test_an_unknown_audit_method_is_refused(indexes):
     with pytest.raises(SimexplainError, match="unknown audit method 'gradcam'.*occlusion"):
         audit(indexes[1.0], k=1, sample=1, method="gradcam", progress=False)
+
+
+def test_report_figures_of_a_face_model_show_the_crops(tmp_path):
+    """A face model's ranked pairs are drawn on the face crops the model saw (enlarged to the
+    display side), not on whole photos."""
+    from face_stub import face_box, face_explainer, fixed_faces
+    from simexplain.visualize import DISPLAY_SIDE
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    rng = np.random.default_rng(5)
+    for n in range(3):
+        Image.fromarray(rng.integers(0, 256, (120, 200, 3), dtype=np.uint8)).save(
+            gallery / f"face{n}.png")
+    with fixed_faces():
+        index = Index.build(gallery, face_explainer(), model_name="toy-faces", progress=False)
+        result = audit(index, k=1, regions={"top": (0, 0, 0.5, 1)}, progress=False)
+        folder = result.write_report(tmp_path / "report").parent
+    top, left, bottom, right = face_box(120, 200)
+    scale = DISPLAY_SIDE / max(bottom - top, right - left)
+    crop_size = (round((right - left) * scale), round((bottom - top) * scale))
+    figures = sorted(folder.glob("pair_*.png"))
+    assert len(figures) >= 2
+    for path in figures:
+        with Image.open(path) as image:
+            assert image.size == crop_size, path.name

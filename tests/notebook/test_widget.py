@@ -192,6 +192,27 @@ def test_a_point_without_contribution_answers_no_map(front_end):
     assert reply["no_map"] is False and reply["kind"] == DEFAULT_POINT_MAP
 
 
+def test_a_face_model_s_images_are_sent_as_the_crops_it_saw():
+    """The map views draw the part of each photo the model saw (its `crop`): a face model's
+    widget gets the face crops, at their own size below the display size, shrunk above it."""
+    from face_stub import face_box, face_explainer, fixed_faces
+    photos = [Image.fromarray(np.random.default_rng(n).integers(0, 256, (120, 200, 3),
+                                                                dtype=np.uint8))
+              for n in range(2)]
+    with fixed_faces():
+        result = face_explainer().explain(*photos)
+    top, left, bottom, right = face_box(120, 200)
+    widget = PointMapWidget(result)
+    assert widget.sides["a"]["crop"] == [top, left, bottom, right]
+    assert widget.sides["a"]["image_size"] == [120, 200]  # points stay in the photo's pixels
+    for png, photo in ((widget.image_a, photos[0]), (widget.image_b, photos[1])):
+        sent = Image.open(io.BytesIO(png)).convert("RGB")
+        assert np.array_equal(np.asarray(sent),
+                              np.asarray(photo.crop((left, top, right, bottom))))
+    small = Image.open(io.BytesIO(PointMapWidget(result, display_size=50).image_a))
+    assert small.size == (50, round(50 * (bottom - top) / (right - left)))
+
+
 def test_the_images_are_sent_once_as_png_at_display_size(textured_pair):
     widget = PointMapWidget(textured_pair, display_size=64)
     a = Image.open(io.BytesIO(widget.image_a))

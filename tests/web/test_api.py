@@ -142,6 +142,26 @@ def test_list_and_get_images(client):
     assert_error(client.get("/api/images/s0?max_side=1"), 422)
 
 
+def test_get_the_part_of_an_image_a_model_saw(client, samples):
+    """?crop=top,left,bottom,right (an answer's `crop`): that part of the image, shrunk to
+    max_side like the whole; a part outside the image, or empty, is a 400 naming both."""
+    response = client.get("/api/images/s0?crop=10,20,50,80")
+    assert response.status_code == 200
+    part = Image.open(io.BytesIO(response.content))
+    expected = samples[0][1].convert("RGB").crop((20, 10, 80, 50))  # (left, top, right, bottom)
+    assert part.size == (60, 40)
+    assert np.array_equal(np.asarray(part.convert("RGB")), np.asarray(expected))
+    small = client.get("/api/images/s0?crop=10,20,50,80&max_side=30")
+    assert Image.open(io.BytesIO(small.content)).size == (30, 20)
+    whole = client.get("/api/images/s0?crop=0,0,96,96")
+    assert whole.content == client.get("/api/images/s0").content
+    assert_error(client.get("/api/images/s0?crop=10,20,50,200"), 400,
+                 "crop [10, 20, 50, 200] is empty or outside image s0 (96x96 pixels)")
+    assert_error(client.get("/api/images/s0?crop=50,20,10,80"), 400, "empty or outside")
+    for bad in ("1,2,3", "a,b,c,d", "-1,0,10,10", "1,2,3,4,5"):
+        assert_error(client.get(f"/api/images/s0?crop={bad}"), 422)
+
+
 @pytest.mark.parametrize("image_id", ["s9", "g0", "u" + "0" * 24, "nope", "..", "%2e%2e",
                                       "..%2F..%2Fetc%2Fpasswd", "s0.png", "x" * 300])
 def test_get_unknown_image(client, image_id):

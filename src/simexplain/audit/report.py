@@ -220,20 +220,22 @@ def _pairs_section(result: Audit, work: Path, figures: int, progress: bool) -> l
 
 def _pair_figures(pair: PairExplanation, box: regionlib.RelativeBox, work: Path, stem: str
                   ) -> list[str]:
-    """The query's and the hit's signed overall maps with the box drawn, as PNG files."""
+    """The query's and the hit's signed overall maps with the box drawn, as PNG files, on what
+    the model saw of each (`View.seen`: a face model's crop, enlarged)."""
     from .. import visualize
     names = []
     for letter, side, grid_map in (("a", pair.a, pair.overall_a), ("b", pair.b, pair.overall_b)):
         height, width = side.input_size
         in_image = side.frame.box_to_image((box[0] * height, box[1] * width,
                                             box[2] * height, box[3] * width))
-        image = visualize.overlay_side(side, grid_map, signed=True)
+        view = visualize.View.seen(side)
+        image = view.overlay(grid_map, signed=True)
         scale = 1
         if max(image.size) < FIGURE_SIDE:  # small inputs (28 px items): enlarged, cells sharp
             scale = FIGURE_SIDE // max(image.size) + 1
             image = image.resize((image.width * scale, image.height * scale),
                                  Image.Resampling.NEAREST)
-        shown = [v * scale for v in visualize.to_display(side, in_image)]
+        shown = [v * scale for v in view.point(in_image)]
         image = visualize.mark_box(image, shown)
         name = f"{stem}_{letter}.png"
         image.save(work / name)

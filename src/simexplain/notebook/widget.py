@@ -25,9 +25,9 @@ import anywidget
 import traitlets
 from PIL import Image
 
-from .. import live_maps
+from .. import live_maps, visualize
 from ..errors import SimexplainError
-from ..explanation import PairExplanation
+from ..explanation import PairExplanation, Side
 from ..regions import DEFAULT_POINT_MAP, POINT_MAP_KINDS, check_kind
 from ..sides import SIDES, check_side, pick
 
@@ -110,6 +110,12 @@ def module_text() -> str:
     return text
 
 
+def seen_photo(side: Side, max_side: int) -> Image.Image:
+    """The part of a side's photo that the model saw (the face crop, or all of it), at most
+    `max_side` pixels long: what the front end's map views draw (their `crop`)."""
+    return visualize.View.seen(side, max_side, enlarge=False).photo()
+
+
 def png_bytes(image: Image.Image, max_side: int) -> bytes:
     """The image as PNG, shrunk so that its longest side is at most `max_side` pixels."""
     shown = image.convert("RGB")
@@ -143,8 +149,10 @@ class PointMapWidget(anywidget.AnyWidget):
     _esm = module_text()
     _css = WIDGET_CSS.read_text(encoding="utf-8")
 
-    image_a = traitlets.Bytes(help="image a as PNG, at display size").tag(sync=True)
-    image_b = traitlets.Bytes(help="image b as PNG, at display size").tag(sync=True)
+    image_a = traitlets.Bytes(help="the part of image a the model saw (its crop), as PNG, at "
+                              "display size").tag(sync=True)
+    image_b = traitlets.Bytes(help="the part of image b the model saw (its crop), as PNG, at "
+                              "display size").tag(sync=True)
     sides = traitlets.Dict(help="per side: image_size (the photo's pixels, which points "
                            "and boxes use), crop, grid and the signed overall map").tag(sync=True)
     info = traitlets.Dict(help="score, similarity, residual").tag(sync=True)
@@ -171,8 +179,8 @@ class PointMapWidget(anywidget.AnyWidget):
                            "crop": [int(v) for v in side.frame.box], "grid": list(side.grid),
                            "overall": live_maps.grid_list(overall), "spatial": side.spatial}
         super().__init__(
-            image_a=png_bytes(result.a.image, display_size),
-            image_b=png_bytes(result.b.image, display_size),
+            image_a=png_bytes(seen_photo(result.a, display_size), display_size),
+            image_b=png_bytes(seen_photo(result.b, display_size), display_size),
             sides=sides, kinds=[[k, label] for k, label in POINT_MAP_KINDS.items()],
             kind=check_kind(kind), display_size=display_size,
             info={"score": result.score, "similarity": result.similarity.name,

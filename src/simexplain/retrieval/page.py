@@ -79,13 +79,15 @@ def write_results_page(out: Path, prepared: RegionQuery, hits: list[Hit], index:
 
 def _hit_files(out: Path, hit: Hit, index: Index) -> dict:
     """Write a hit's image (its file as read now, or as explained) and maps; their names by
-    kind. A hit whose file cannot be read now (missing, or a link out of the gallery) gets
-    no image, and is marked stale."""
+    kind. An explained hit's image and maps show what the model saw (`View.seen`: a face
+    crop, enlarged). A hit whose file cannot be read now (missing, or a link out of the
+    gallery) gets no image, and is marked stale."""
     from .. import visualize
     cells = {}
     image = None
-    if hit.explanation is not None:
-        image = visualize.shown(hit.explanation.b)
+    seen = visualize.View.seen(hit.explanation.b) if hit.explanation is not None else None
+    if seen is not None:
+        image = seen.photo()
     else:  # the file as read now: never a link out of the gallery (`Index.gallery_image`)
         try:
             with warnings.catch_warnings():
@@ -97,14 +99,12 @@ def _hit_files(out: Path, hit: Hit, index: Index) -> dict:
         name = f"hit_{hit.rank:03d}.png"
         image.save(out / name)
         cells["image"] = name
-    if hit.explanation is not None:
+    if seen is not None and hit.explanation is not None:
         name = f"hit_{hit.rank:03d}_overall.png"
-        visualize.overlay_map(hit.explanation, hit.explanation.overall_b, "b",
-                              signed=True).save(out / name)
+        seen.overlay(hit.explanation.overall_b, signed=True).save(out / name)
         cells["overall"] = name
         if hit.region_map is not None:
             name = f"hit_{hit.rank:03d}_region.png"
-            visualize.overlay_map(hit.explanation, hit.region_map, "b",
-                                  signed=True).save(out / name)
+            seen.overlay(hit.region_map, signed=True).save(out / name)
             cells["region"] = name
     return cells

@@ -205,12 +205,18 @@ async def upload(file: UploadFile = File(description="the image file (PNG, JPEG,
 @images.get("/api/images/{image_id}",
             summary="the image with this id (re-encoded as PNG or JPEG)",
             responses={200: {"content": {"image/jpeg": {}, "image/png": {}}},
-                       404: {"model": ErrorBody}},
+                       400: {"model": ErrorBody}, 404: {"model": ErrorBody}},
             response_class=Response)
 def get_image(image_id: str,
               max_side: Annotated[int | None, Query(ge=16, le=4096)] = None,
+              crop: Annotated[str | None, Query(
+                  pattern=r"^\d{1,6}(,\d{1,6}){3}$",
+                  description="top,left,bottom,right: only this part of the image (the "
+                              "`crop` a model saw, as the explain and search answers give "
+                              "it), in the image's pixels")] = None,
               engine: Engine = Depends(current_engine)) -> Response:
-    data, mime = engine.images.encoded(image_id, max_side)
+    box = [int(v) for v in crop.split(",")] if crop else None
+    data, mime = engine.images.encoded(image_id, max_side, box)
     # a gallery file is checked again at every request (it may change on disk): no caching
     headers = {"Cache-Control": "no-cache" if image_id.startswith("g") else "max-age=3600"}
     stale = engine.images.stale(image_id)

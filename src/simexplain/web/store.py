@@ -369,10 +369,15 @@ class ImageStore:
             return items, total
         return self.samples[offset:offset + limit], len(self.samples)
 
-    def encoded(self, image_id: str, max_side: int | None = None) -> tuple[bytes, str]:
-        """The image re-encoded for a browser (JPEG, or PNG when small), optionally shrunk."""
+    def encoded(self, image_id: str, max_side: int | None = None,
+                crop: Sequence[int] | None = None) -> tuple[bytes, str]:
+        """The image re-encoded for a browser (JPEG, or PNG when small), optionally cut to
+        `crop` (top, left, bottom, right in its pixels: the part a model saw, `Frame.box`)
+        and shrunk to `max_side`."""
         def encode() -> tuple[bytes, str]:
             image = self.pixels(image_id)
+            if crop is not None:
+                image = _cropped(image, crop, image_id)
             if max_side and max(image.size) > max_side:
                 image = image.copy()
                 image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
@@ -383,13 +388,26 @@ class ImageStore:
             image.save(buffer, format="JPEG", quality=90)
             return buffer.getvalue(), "image/jpeg"
         path = self.record(image_id).path if image_id.startswith("g") else None
-        key = (image_id, max_side, _signature(path) if path is not None else None)
+        key = (image_id, max_side, tuple(crop) if crop is not None else None,
+               _signature(path) if path is not None else None)
         return self._encoded.get_or_create(key, encode)
 
     @property
     def memory(self) -> int:
         """Bytes the store accounts for: stored uploads, decoded pixels, encoded images."""
         return int(self.uploads.total_cost + self._pixels.total_cost + self._encoded.total_cost)
+
+
+def _cropped(image: Image.Image, crop: Sequence[int], image_id: str = "image") -> Image.Image:
+    """The part (top, left, bottom, right) of `image`; the image itself when that is all of
+    it. A box that is empty or reaches outside the image is a WebError naming both."""
+    top, left, bottom, right = (int(v) for v in crop)
+    if not (0 <= top < bottom <= image.height and 0 <= left < right <= image.width):
+        raise WebError(f"crop {[top, left, bottom, right]} is empty or outside image "
+                       f"{image_id} ({image.height}x{image.width} pixels)")
+    if (top, left, bottom, right) == (0, 0, image.height, image.width):
+        return image
+    return image.crop((left, top, right, bottom))
 
 
 def _signature(path: Path) -> tuple[int, ...] | None:

@@ -4,7 +4,7 @@
 // query panel and gives `runSearch(box)`, `queryView` and `results()` ({id, view, hit, card}
 // per result); clicking a result calls `openPair(queryId, resultId)`.
 
-import { api, errorText } from "./api.js";
+import { api, errorText, seenUrl } from "./api.js";
 import { $, escapeHtml } from "./dom.js";
 import { Latest } from "./latest.js";
 import { gestures, MapView } from "./mapview.js";
@@ -36,9 +36,10 @@ export function createGallery({ state, stats, feedback }, pickers, openPair) {
       state.gallery.search = result;
       state.gallery.box = result.box;
       const q = result.query;
-      if (queryView.loadedId !== q.shown_id) {
-        await queryView.setImage(`${q.url}?max_side=1024`, q.image_size, q.crop);
-        queryView.loadedId = q.shown_id;
+      const url = seenUrl(q, 1024);
+      if (queryView.loadedId !== url) {
+        await queryView.setImage(url, q.image_size, q.crop);
+        queryView.loadedId = url;
       }
       await showResults(result);
       stats.searches += 1;
@@ -91,7 +92,8 @@ export function createGallery({ state, stats, feedback }, pickers, openPair) {
       view.setMap(hit.map);
       resultViews.push({ id: hit.id, view, hit, card });
       card.addEventListener("click", () => openPair(result.query.id, hit.id));
-      loads.push(view.setImage(`${hit.url}?max_side=256`, hit.image_size, hit.crop));
+      // the part of the hit that the model saw (a face crop, not a face lost in its photo)
+      loads.push(view.setImage(seenUrl(hit, 256), hit.image_size, hit.crop));
     }
     for (const gone of result.unavailable || []) {  // ranked, but the file is not served
       const note = document.createElement("p");

@@ -1,9 +1,11 @@
 // Map views on canvases (DOM), shared by the web page and the notebook widget
 // (simexplain.notebook bundles this file and its imports): `MapView`, a canvas that draws a
 // feature-grid map over an image (bilinear upsampling, cell-centre aligned, as the server's
-// `maps.upsample`) with rings on the top matches, the pointed cell, a box and a colour bar;
-// and `gestures`, the pointer and keyboard gestures on a view (hover, drag a box, click,
-// leave, arrow keys). The pure parts live in colours.js, grid.js, labels.js and latest.js.
+// `maps.upsample`) with rings on the top matches, the pointed cell, a box and a colour bar,
+// on the part of the photo that the model saw (a face crop fills the canvas; points and
+// boxes stay in the whole photo's pixels); `gestures`, the pointer and keyboard gestures on
+// a view (hover, drag a box, click, leave, arrow keys); and how marks are drawn
+// (`markStyle`, `outlined`). The pure parts live in colours.js, grid.js, labels.js and latest.js.
 
 import { clamp01, tableFor } from "./colours.js";
 import { axis, boxOf, mapRange, valueAt } from "./grid.js";
@@ -21,7 +23,7 @@ export class MapView {
     this.cell = null; // the pointed cell's box, outlined
     this.image = null;
     this.imageSize = null; // [height, width] of the photo: points and boxes use its pixels
-    this.crop = null; // [top, left, bottom, right] of the photo that the model saw
+    this.crop = null; // [top, left, bottom, right] of the photo that the model saw: drawn
     this.base = null;
     this.map = null;
     this.overlay = null;
@@ -31,6 +33,8 @@ export class MapView {
     this.loading = null;
   }
 
+  // url: the image of the part `crop` of a photo of `imageSize` (api.js `seenUrl`; by
+  // default all of it), what the canvas shows
   async setImage(url, imageSize, crop = null) {
     const key = url;
     this.loadingKey = key;
@@ -54,9 +58,13 @@ export class MapView {
     const image = this.image;
     if (!image) return;
     const [maxWidth, maxHeight] = this.bounds();
-    const scale = Math.min(maxWidth / image.naturalWidth, maxHeight / image.naturalHeight);
-    const width = Math.max(1, Math.round(image.naturalWidth * scale));
-    const height = Math.max(1, Math.round(image.naturalHeight * scale));
+    // the crop's own shape (its image was rounded to whole pixels when it was shrunk)
+    const [shownHeight, shownWidth] = this.crop ?
+      [this.crop[2] - this.crop[0], this.crop[3] - this.crop[1]] :
+      [image.naturalHeight, image.naturalWidth];
+    const scale = Math.min(maxWidth / shownWidth, maxHeight / shownHeight);
+    const width = Math.max(1, Math.round(shownWidth * scale));
+    const height = Math.max(1, Math.round(shownHeight * scale));
     if (!redraw && this.base && this.canvas.width === width && this.canvas.height === height) {
       return;
     }
@@ -71,6 +79,7 @@ export class MapView {
   // an image alone, without a map and without pointer gestures (after an error)
   async showPlain(url) {
     this.map = null; this.markers = []; this.box = null; this.overlay = null; this.cell = null;
+    this.crop = null;
     try {
       await this.setImage(url, null);
     } catch (_) {
@@ -98,20 +107,16 @@ export class MapView {
     // the colour scale is in the map's own values (signed: -peak..peak; else 0..peak)
     const { lo, hi, signed, peak } = mapRange(this.map, this.display.signed);
     this.range = { lo, hi, signed };
-    // the map covers the part of the photo the model saw (all of it, or the face crop)
-    const top = Math.round(this.crop[0] * this.scale(0));
-    const left = Math.round(this.crop[1] * this.scale(1));
-    const bottom = Math.min(height, Math.max(top + 1, Math.round(this.crop[2] * this.scale(0))));
-    const right = Math.min(width, Math.max(left + 1, Math.round(this.crop[3] * this.scale(1))));
-    const ys = axis(bottom - top, rows); const xs = axis(right - left, cols);
+    // the canvas shows the part of the photo the model saw: the map covers all of it
+    const ys = axis(height, rows); const xs = axis(width, cols);
     const data = out.data;
     const alpha = this.display.alpha;
     const table = tableFor(signed);
-    for (let y = top; y < bottom; y++) {
-      const r0 = ys.i0[y - top] * cols; const r1 = ys.i1[y - top] * cols;
-      const wy = ys.w[y - top];
-      for (let x = left; x < right; x++) {
-        const c0 = xs.i0[x - left]; const c1 = xs.i1[x - left]; const wx = xs.w[x - left];
+    for (let y = 0; y < height; y++) {
+      const r0 = ys.i0[y] * cols; const r1 = ys.i1[y] * cols;
+      const wy = ys.w[y];
+      for (let x = 0; x < width; x++) {
+        const c0 = xs.i0[x]; const c1 = xs.i1[x]; const wx = xs.w[x];
         const upper = flat[r0 + c0] * (1 - wx) + flat[r0 + c1] * wx;
         const lower = flat[r1 + c0] * (1 - wx) + flat[r1 + c1] * wx;
         const v = upper * (1 - wy) + lower * wy;
@@ -137,10 +142,11 @@ export class MapView {
 
   invalidate() { this.overlay = null; }
 
-  // the map's value at a model pixel (bilinear, cell-centre aligned, as drawn)
+  // the map's value at a photo pixel (bilinear, cell-centre aligned over the crop, as drawn)
   valueAt(point) {
     if (!this.map || !this.imageSize) return null;
-    return valueAt(this.map, this.imageSize, point);
+    const [top, left, bottom, right] = this.crop;
+    return valueAt(this.map, [bottom - top, right - left], [point[0] - top, point[1] - left]);
   }
 
   // the value under the pointer, in the panel's readout line
@@ -176,26 +182,26 @@ export class MapView {
     this.drawScale();
     const ctx = this.ctx;
     ctx.putImageData(this.overlay, 0, 0);
+    const style = markStyle(this.canvas.width, this.canvas.height, this.map);
+    const rect = (box) => { // a box [top, left, bottom, right] in the photo's pixels
+      const [l, t] = this.toCanvas([box[0], box[1]]);
+      const [r, b] = this.toCanvas([box[2], box[3]]);
+      ctx.beginPath(); ctx.rect(l, t, r - l, b - t);
+    };
     if (this.box) {
-      const [t, l, b, r] = this.box.map((v, i) => v * this.scale(i % 2 === 0 ? 0 : 1));
-      ctx.lineWidth = 3; ctx.strokeStyle = "rgba(0,0,0,0.8)";
-      ctx.strokeRect(l, t, r - l, b - t);
-      ctx.lineWidth = 1.5; ctx.strokeStyle = "#ffeb3b";
-      ctx.strokeRect(l, t, r - l, b - t);
+      rect(this.box);
+      outlined(ctx, style.line, "#ffeb3b");
     }
     if (this.cell) { // the pointed cell: what the point map is of
-      const [t, l, b, r] = this.cell.map((v, i) => v * this.scale(i % 2 === 0 ? 0 : 1));
-      ctx.setLineDash([5, 4]);
-      ctx.lineWidth = 3; ctx.strokeStyle = "rgba(0,0,0,0.8)";
-      ctx.strokeRect(l, t, r - l, b - t);
-      ctx.lineWidth = 1.5; ctx.strokeStyle = "#fff";
-      ctx.strokeRect(l, t, r - l, b - t);
+      ctx.setLineDash([5 * style.line, 4 * style.line]);
+      rect(this.cell);
+      outlined(ctx, style.line, "#fff");
       ctx.setLineDash([]);
     }
-    const radius = Math.max(5, Math.min(this.canvas.width, this.canvas.height) / 28);
+    const radius = style.radius;
     // the strongest match last, so that its ring is on top
     for (const marker of [...this.markers].reverse()) {
-      const x = marker.col * this.scale(1); const y = marker.row * this.scale(0);
+      const [x, y] = this.toCanvas([marker.row, marker.col]);
       ctx.beginPath();
       if (marker.kind === "ring") {
         ctx.arc(x, y, radius, 0, 2 * Math.PI);
@@ -203,8 +209,7 @@ export class MapView {
         ctx.moveTo(x - radius, y); ctx.lineTo(x + radius, y);
         ctx.moveTo(x, y - radius); ctx.lineTo(x, y + radius);
       }
-      ctx.lineWidth = 4; ctx.strokeStyle = "rgba(0,0,0,0.85)"; ctx.stroke();
-      ctx.lineWidth = 2; ctx.strokeStyle = "#fff"; ctx.stroke();
+      outlined(ctx, style.ring, "#fff");
       if (marker.label) { // the rank of a match: 1 is the strongest
         ctx.font = `bold ${Math.round(Math.max(11, radius * 1.1))}px sans-serif`;
         ctx.textBaseline = "middle";
@@ -219,18 +224,50 @@ export class MapView {
   // display pixels per photo pixel along rows (0) or columns (1)
   scale(dim) {
     if (!this.imageSize) return 1;
-    return dim === 0 ? this.canvas.height / this.imageSize[0] : this.canvas.width / this.imageSize[1];
+    const [top, left, bottom, right] = this.crop;
+    return dim === 0 ? this.canvas.height / (bottom - top) : this.canvas.width / (right - left);
+  }
+
+  // a photo pixel [row, col] -> [x, y] on the canvas (which shows the crop)
+  toCanvas(point) {
+    const [top, left] = this.crop || [0, 0];
+    return [(point[1] - left) * this.scale(1), (point[0] - top) * this.scale(0)];
   }
 
   // pointer event -> [row, col] in the photo's pixels, clamped to the part the model saw
   toModel(event) {
     const rect = this.canvas.getBoundingClientRect();
-    const [h, w] = this.imageSize;
     const [top, left, bottom, right] = this.crop;
-    const row = Math.min(Math.max((event.clientY - rect.top) / rect.height * h, top), bottom);
-    const col = Math.min(Math.max((event.clientX - rect.left) / rect.width * w, left), right);
-    return [row, col];
+    const row = top + (event.clientY - rect.top) / rect.height * (bottom - top);
+    const col = left + (event.clientX - rect.left) / rect.width * (right - left);
+    return [Math.min(Math.max(row, top), bottom), Math.min(Math.max(col, left), right)];
   }
+}
+
+// the sizes of the marks on a canvas of width x height pixels, growing with it so that they
+// read alike on a thumbnail and on a full panel: ring radius, ring and line stroke widths.
+// With the map's grid, rings stay small enough that those of neighbouring cells (the top
+// matches often are) do not overlap.
+function markStyle(width, height, grid) {
+  const side = Math.min(width, height);
+  let radius = side / 28;
+  if (grid) {
+    const cell = Math.min(width / grid[0].length, height / grid.length);
+    radius = Math.min(radius, 0.38 * cell);
+  }
+  radius = Math.max(6, radius);
+  return { radius, ring: Math.max(2, radius * 0.2), line: Math.max(2, side / 250) };
+}
+
+// stroke the current path light over a dark outline (a dark edge on both sides of the light
+// line), readable on any photo and any map colour
+function outlined(ctx, width, light) {
+  ctx.lineWidth = width + 2 * Math.max(2, 0.75 * width);
+  ctx.strokeStyle = "rgba(0,0,0,0.85)";
+  ctx.stroke();
+  ctx.lineWidth = width;
+  ctx.strokeStyle = light;
+  ctx.stroke();
 }
 
 // pointer gestures on a view: hover, drag a box, click, leave

@@ -23,12 +23,13 @@ function patternsLayer() {
   return svg;
 }
 
-// a photo pixel (row, col) of one side -> a point of the layer (the canvas shows the photo)
+// a photo pixel (row, col) of one side -> a point of the layer (the canvas shows the part
+// `crop` of the photo that the model saw)
 function patternPoint(e, side, point, layerBox) {
   const box = document.getElementById(`view-${side}`).getBoundingClientRect();
-  const [height, width] = e[side].image_size;
-  return [box.left - layerBox.left + (point[1] + 0.5) / width * box.width,
-    box.top - layerBox.top + (point[0] + 0.5) / height * box.height];
+  const [top, left, bottom, right] = e[side].crop;
+  return [box.left - layerBox.left + (point[1] + 0.5 - left) / (right - left) * box.width,
+    box.top - layerBox.top + (point[0] + 0.5 - top) / (bottom - top) * box.height];
 }
 
 // explanation(): the pair's /api/explain answer shown (or null); shown(): whether the pair
