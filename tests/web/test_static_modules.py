@@ -225,3 +225,41 @@ def test_axis_and_grid_maths(page):
     assert got["signed"] == {"lo": -2, "hi": 2, "signed": True, "peak": 2}
     assert got["positive"] == {"lo": 0, "hi": 1, "signed": False, "peak": 1}
     assert got["unsignedOnly"]["signed"] is False  # no negative value: the positive ramp
+
+
+RING_LABEL = """async ([col, row]) => {
+  const { MapView } = await import('/mapview.js');
+  const grey = document.createElement('canvas'); grey.width = grey.height = 100;
+  const g = grey.getContext('2d'); g.fillStyle = 'rgb(128,128,128)'; g.fillRect(0, 0, 100, 100);
+  const canvas = document.createElement('canvas');
+  const view = new MapView(canvas, [280, 280]);
+  await view.setImage(grey.toDataURL(), [100, 100]);
+  view.markers = [{ kind: 'ring', row, col, label: '3' }];
+  view.render();
+  const [x, y] = view.toCanvas([row, col]);
+  const d = view.ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+  const white = []; // the light pixels off the ring's own line (radius 280 / 28 = 10, 2 wide)
+  for (let py = 0; py < canvas.height; py++) {
+    for (let px = 0; px < canvas.width; px++) {
+      const i = 4 * (py * canvas.width + px);
+      const offRing = Math.abs(Math.hypot(px - x, py - y) - 10) > 2.5;
+      if (d[i] > 200 && d[i + 1] > 200 && d[i + 2] > 200 && offRing) {
+        white.push([px, py]);
+      }
+    }
+  }
+  return { x, y, width: canvas.width, white };
+}"""
+
+
+@pytest.mark.parametrize("row, col, side", [(50, 50, "right"), (50, 99, "left"),
+                                            (0, 50, "right")])
+def test_a_ring_s_rank_is_drawn_on_the_canvas_beside_it(page, row, col, side):
+    # the label sits up and to the right of its ring; at the right edge it moves to the left
+    # (it used to be cut off there), at the top edge it moves down onto the canvas
+    got = page.evaluate(RING_LABEL, [col, row])
+    label = np.array(got["white"], dtype=float)
+    assert len(label) >= 5  # the digit's light strokes
+    left_of_ring = label[:, 0] < got["x"]
+    assert left_of_ring.all() if side == "left" else not left_of_ring.any()
+    assert label[:, 1].min() >= 1 and label[:, 0].max() <= got["width"] - 1

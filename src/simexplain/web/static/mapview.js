@@ -211,9 +211,14 @@ export class MapView {
       }
       outlined(ctx, style.ring, "#fff");
       if (marker.label) { // the rank of a match: 1 is the strongest
-        ctx.font = `bold ${Math.round(Math.max(11, radius * 1.1))}px sans-serif`;
+        const size = Math.round(Math.max(11, radius * 1.1));
+        ctx.font = `bold ${size}px sans-serif`;
         ctx.textBaseline = "middle";
-        const tx = x + radius * 0.8; const ty = y - radius * 0.9;
+        // up and to the right of the ring, or to its left where that would leave the canvas
+        const width = ctx.measureText(marker.label).width;
+        const right = x + radius * 0.8;
+        const tx = right + width + 2 <= this.canvas.width ? right : x - radius * 0.8 - width;
+        const ty = Math.max(y - radius * 0.9, size / 2 + 2);
         ctx.lineWidth = 3; ctx.strokeStyle = "rgba(0,0,0,0.9)";
         ctx.strokeText(marker.label, tx, ty);
         ctx.fillStyle = "#fff"; ctx.fillText(marker.label, tx, ty);
