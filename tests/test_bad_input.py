@@ -116,3 +116,108 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
     photo(size=(100, 100)).save(path)
     with pytest.raises(ImageError, match="exceeds the limit"):
         images.load_image(path)
+
+
+# -- found by the bad-input review: each failed with a traceback from torch, pathlib, difflib,
+# numpy or the model before its fix ------------------------------------------------------------
+
+class _Wrapped(HeadModel):
+    """HeadModel with its embedding changed by `change` (a model returning the wrong thing)."""
+
+    def __init__(self, change):
+        super().__init__("gap")
+        self.change = change
+
+    def forward(self, x):
+        return self.change(super().forward(x))
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda e: (e * 100).long(), r"torch.int64 embeddings; expected floating point"),
+    (lambda e: e[:1], r"shape \(1, 8\) for 2 inputs; expected \(2, D\)"),  # a row dropped
+    (lambda e: e[:, :0], r"shape \(1, 0\) for 1 input; expected \(1, D\) with D >= 1"),
+])
+def test_model_returning_unusable_embeddings(change, match):
+    explainer = Explainer(_Wrapped(change).eval(), "features")
+    with pytest.raises(ModelError, match=match):
+        list(explainer.sides([torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)]))
+
+
+@pytest.mark.parametrize("error", [AssertionError, ValueError, TypeError, IndexError])
+def test_model_raising_anything_is_a_model_error(error):
+    """timm asserts the input size, other models raise ValueError on a shape they refuse."""
+    def refuse(_embedding):
+        raise error("Input height (32) doesn't match model (224)")
+    explainer = Explainer(_Wrapped(refuse).eval(), "features")
+    with pytest.raises(ModelError, match=r"failed on an input of shape \(1, 3, 32, 32\): "
+                                         r"Input height \(32\)"):
+        explainer.explain(torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("layer", [None, 3])
+def test_layer_that_is_not_a_name(layer):
+    with pytest.raises(LayerError, match=f"layer must be a name .* got {type(layer).__name__}"):
+        Explainer(HeadModel("gap"), layer)
+
+
+@pytest.mark.parametrize("image,match", [
+    (np.zeros((32, 32, 3), np.uint8), r"got ndarray \(an array: PIL.Image.fromarray\(array\)\)"),
+    (None, "got NoneType"), ([1, 2], "got list"), (b"a.png", "got bytes"),
+    ("", "got an empty path"),
+])
+def test_image_of_the_wrong_type(explainer, image, match):
+    with pytest.raises(ImageError, match="expected an image file path, a PIL image or a "
+                                         r"\(1, C, H, W\) tensor, " + match):
+        explainer.explain(image, photo())
+
+
+def test_a_folder_given_as_an_image(explainer, tmp_path):
+    (tmp_path / "photo.png").mkdir()
+    with pytest.raises(ImageError, match="photo.png is a folder, not an image file"):
+        explainer.explain(tmp_path / "photo.png", photo())
+
+
+def test_empty_images_are_refused(explainer):
+    with pytest.raises(ImageError, match=r"the image is empty \(0x0 pixels\)"):
+        explainer.explain(Image.new("RGB", (0, 0)), photo())
+    with pytest.raises(ImageError, match=r"the tensor is empty, shape \(1, 3, 0, 0\)"):
+        explainer.explain(torch.randn(1, 3, 0, 0), photo())
+
+
+@pytest.mark.parametrize("size", [0, -1, (3,), (0, 5), 3.5, (2.5, 4), True])
+def test_sizes_that_are_no_size(explainer, size):
+    with pytest.raises(SimexplainError, match="size"):
+        explainer.resized(size)
+
+
+def test_a_resample_filter_that_does_not_exist():
+    from simexplain import Preprocess
+    with pytest.raises(SimexplainError, match="unknown resample filter 'sharp'"):
+        Preprocess(resample="sharp")
+
+
+@pytest.mark.parametrize("call", [
+    lambda e: e.embed([torch.randn(1, 3, 32, 32)], batch_size=0),
+    lambda e: list(e.sides([torch.randn(1, 3, 32, 32)], batch_size=0)),
+    lambda e: e.explain_gallery(torch.randn(1, 3, 32, 32), [photo()], batch_size=-2),
+])
+def test_batch_sizes_below_one(explainer, call):
+    with pytest.raises(SimexplainError, match="batch_size must be >= 1"):
+        call(explainer)
+
+
+def test_embedding_no_images(explainer):
+    with pytest.raises(SimexplainError, match="no images given"):
+        explainer.embed([])
+
+
+def test_method_options_it_does_not_take(explainer):
+    a, b = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)
+    with pytest.raises(SimexplainError, match=r"method 'occlusion' has no option 'windw'; its "
+                                              r"options: window, batch_size"):
+        explainer.saliency(a, b, method="occlusion", windw=2)
+    with pytest.raises(SimexplainError, match="method 'gradcam' has no option 'seed'; its "
+                                              "options: none"):
+        explainer.saliency(a, b, method="gradcam", seed=1)
+    with pytest.raises(SimexplainError, match="occlusion: window must be a whole number >= 1"):
+        explainer.saliency(a, b, method="occlusion", window=0)

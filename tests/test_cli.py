@@ -109,6 +109,69 @@ def test_pickled_module_file(tmp_path):
         load_user_model(str(state))
 
 
+USER_MODELS = """
+import torch
+from simexplain.toy import tiny_cnn
+
+
+def broken():
+    raise RuntimeError("weights file missing")
+
+
+def needs_argument(depth):
+    return tiny_cnn()
+
+
+class Refusing(torch.nn.Module):  # a model that asserts its input size, as timm's do
+    def __init__(self):
+        super().__init__()
+        self.inner = tiny_cnn()
+
+    def forward(self, x):
+        assert x.shape[-1] == 224, f"Input width ({x.shape[-1]}) doesn't match model (224)"
+        return self.inner(x)
+
+
+def refusing():
+    return Refusing()
+
+
+NOT_A_FACTORY = 3
+"""
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("user_models:broken", "user_models:broken: calling the factory with no arguments failed: "
+                           "weights file missing"),
+    ("user_models:needs_argument", "calling the factory with no arguments failed: "
+                                   "needs_argument.. missing 1 required positional argument"),
+    ("user_models:NOT_A_FACTORY", "user_models:NOT_A_FACTORY is a int, not a factory to call"),
+    ("failing_import:f", "cannot import 'failing_import:f': ZeroDivisionError|division by zero"),
+    (":f", "cannot import ':f': Empty module name"),
+])
+def test_user_models_that_cannot_be_built(tmp_path, monkeypatch, spec, match):
+    (tmp_path / "user_models.py").write_text(USER_MODELS)
+    (tmp_path / "failing_import.py").write_text("1 / 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModelError, match=match):
+        load_user_model(spec)
+
+
+def test_a_folder_given_as_a_model_file(tmp_path):
+    with pytest.raises(ModelError, match="is a folder, not a model file .*hf:"):
+        load_user_model(str(tmp_path))
+
+
+def test_a_model_asserting_its_input_size_is_one_line(pictures, tmp_path, monkeypatch, capsys):
+    (tmp_path / "user_models.py").write_text(USER_MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code = main(["pair", *pictures, "--model", "user_models:refusing", "--layer",
+                 "inner.features", "--size", "32", "--json"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "failed on an input of shape (1, 3, 32, 32): Input width (32) doesn't match" in err
+
+
 def test_pair_with_a_face_model_crops_the_faces(tmp_path):
     from simexplain.datasets import face_photos
     photos = face_photos()

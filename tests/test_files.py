@@ -127,3 +127,22 @@ def test_targets_no_folder_can_be_made_at(tmp_path, monkeypatch):
     with pytest.raises(SimexplainError, match="not a folder"):
         write_output(tmp_path / "afile", {"result.json": "1"})
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_no_folder_is_written_inside_an_index_or_an_output_of_ours(tmp_path):
+    """A folder written into an index made it unopenable (it holds exactly its own files), one
+    written into an output folder made that output one simexplain refuses to replace."""
+    from simexplain.files import INDEX_MARKER
+    index = tmp_path / "index"
+    index.mkdir()
+    (index / INDEX_MARKER).write_text("{}")
+    write_output(tmp_path / "out", {"result.json": "1"})
+    for target, holder, what in ((index / "sub", index, "an index"),
+                                 (index / "a" / "b", index, "an index"),
+                                 (tmp_path / "out" / "inner", tmp_path / "out",
+                                  "an output folder")):
+        with pytest.raises(SimexplainError, match=f"lies inside {holder}, {what} simexplain "
+                                                  "wrote"):
+            check_target(target)
+        assert not target.exists()
+    assert check_target(tmp_path / "beside") == tmp_path / "beside"

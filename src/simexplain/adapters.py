@@ -42,6 +42,9 @@ class SplitModel:
 
     @staticmethod
     def _resolve(model: nn.Module, layer: str) -> nn.Module:
+        if not isinstance(layer, str):
+            raise LayerError(f"layer must be a name from model.named_modules() (a str), got "
+                             f"{type(layer).__name__}")
         modules = dict(model.named_modules())
         if layer in modules and layer != "":
             return modules[layer]
@@ -100,7 +103,7 @@ class SplitModel:
             raise LayerError(
                 f"layer {self.layer_name!r} outputs shape {tuple(shape)}; expected a 4-D "
                 "feature map (B, C, H, W) or 3-D tokens (B, N, C)")
-        self._check_embedding(out)
+        self._check_embedding(out, 1)
         head = order[layer_done_at[0]:]
         self._probes[key] = (shape, head)
         return shape, head
@@ -108,17 +111,28 @@ class SplitModel:
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         try:
             return self.model(x)
-        except (LayerError, ModelError):
+        except SimexplainError:
             raise
-        except RuntimeError as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the model raises (RuntimeError from
+            # torch, an AssertionError or ValueError of its own on the input size) is the same
+            # user-facing failure: the model cannot run on this input
             raise ModelError(
                 f"the model failed on an input of shape {tuple(x.shape)}: {first_line(exc)}"
             ) from None
 
-    def _check_embedding(self, out: torch.Tensor) -> None:
+    def _check_embedding(self, out: torch.Tensor, batch: int) -> None:
+        """The model's output for a batch of `batch` inputs must be finite float embeddings,
+        one row an input."""
         if not isinstance(out, torch.Tensor) or out.dim() != 2:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ModelError(f"the model must return embeddings of shape (B, D), got {shape}")
+        if not torch.is_floating_point(out):
+            raise ModelError(f"the model returned {out.dtype} embeddings; expected floating "
+                             "point values")
+        if out.shape[0] != batch or out.shape[1] == 0:
+            raise ModelError(f"the model returned embeddings of shape {tuple(out.shape)} for "
+                             f"{batch} input{'s' if batch != 1 else ''}; expected ({batch}, D) "
+                             "with D >= 1")
         if not torch.isfinite(out).all():
             raise ModelError("the model returned NaN or infinite embeddings")
 
@@ -140,7 +154,7 @@ class SplitModel:
         """(B, D) embeddings, no gradients."""
         with torch.no_grad():
             out = self._run(x)
-        self._check_embedding(out)
+        self._check_embedding(out, len(x))
         return out
 
     def contributions(self, x: torch.Tensor, strategy: str = "auto") -> Contributions:
@@ -170,7 +184,7 @@ class SplitModel:
             raise ModelError(
                 f"cannot push contributions through the head after {self.layer_name!r}: "
                 f"{first_line(exc)}") from None
-        self._check_embedding(result.embedding)
+        self._check_embedding(result.embedding, len(x))
         return result
 
     def _tape_contributions(self, x, grid, prefix, strategy) -> Contributions | None:
@@ -181,7 +195,7 @@ class SplitModel:
         tape = HeadTape(head_offsets(self.model, [""]))
         with torch.no_grad(), tape.recording(self.layer):
             embedding = self._run(x)
-        self._check_embedding(embedding)
+        self._check_embedding(embedding, len(x))
         if not tape.complete:
             return None  # the reference path then
         offsets = tape.offsets_read()
@@ -212,7 +226,7 @@ class SplitModel:
         if known is None:
             return None
         features, embedding = self._forward_seeing_layer(x)
-        self._check_embedding(embedding)
+        self._check_embedding(embedding, len(x))
         try:
             result = None if features is None else known_contributions(
                 known, features, embedding, grid, prefix)
@@ -278,7 +292,7 @@ class SplitModel:
         with self.capture() as captured, torch.enable_grad(), \
                 RawEmbeddings() if raw else nullcontext():
             out = self._run(x)
-        self._check_embedding(out.detach())
+        self._check_embedding(out.detach(), len(x))
         return captured[0], out
 
 

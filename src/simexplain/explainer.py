@@ -11,7 +11,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .adapters import SplitModel
-from .errors import NoSpatialMap
+from .errors import NoSpatialMap, SimexplainError
 from .sides import pick
 from .explanation import PairExplanation, Side
 from .head import Contributions
@@ -75,7 +75,6 @@ class Explainer:
         same model(s), layer(s) and similarity; a larger input gives a finer feature grid."""
         import copy
 
-        from .errors import SimexplainError
         if not (isinstance(self.transform_a, Preprocess) and
                 isinstance(self.transform_b, Preprocess)):
             raise SimexplainError("this model's input transform has no size to change (only "
@@ -128,6 +127,9 @@ class Explainer:
               batch_size: int = 32, progress: bool = False) -> torch.Tensor:
         """(N, D) embeddings of images (paths, PIL images, or a (N, C, H, W) tensor)."""
         stream = self.stream(side)
+        _check_batch_size(batch_size)
+        if len(images) == 0:
+            raise SimexplainError("embed: no images given")
         if isinstance(images, torch.Tensor):
             return torch.cat([stream.embed(chunk) for chunk in images.split(batch_size)])
         out = []
@@ -247,7 +249,13 @@ def _by_shape(tensors: Sequence[torch.Tensor]) -> dict[tuple, list[int]]:
     return groups
 
 
+def _check_batch_size(size: int) -> None:
+    if not isinstance(size, int) or size < 1:
+        raise SimexplainError(f"batch_size must be >= 1, got {size!r}")
+
+
 def _batches(items: list, size: int, progress: bool, label: str):
+    _check_batch_size(size)
     bar = tqdm(total=len(items), desc=label, unit="img", disable=not progress)
     for start in range(0, len(items), size):
         chunk = items[start:start + size]

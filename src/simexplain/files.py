@@ -86,6 +86,7 @@ def image_files(folder: str | Path) -> list[Path]:
 STAGING = ("tmp", "old")
 OUTPUT_MARKER = "simexplain-output.json"  # in every output folder simexplain writes
 OUTPUT_FORMAT = "simexplain-output"
+INDEX_MARKER = "simexplain-index"  # in every index folder simexplain writes (retrieval.storage)
 
 
 def staging_folder(target: Path, kind: str) -> Path:
@@ -148,6 +149,12 @@ def check_target(path: str | Path, option: str = "--out") -> Path:
     if path == cwd or path in cwd.parents:
         raise SimexplainError(f"{option} {given} is the working folder (or holds it); name a "
                               f"new folder, e.g. {option} results")
+    for parent in path.parents:  # a folder written into one of ours would break it: an index
+        # opens only with exactly its own files, an output folder is replaced only unchanged
+        for marker, what in ((INDEX_MARKER, "an index"), (OUTPUT_MARKER, "an output folder")):
+            if (parent / marker).is_file():
+                raise SimexplainError(f"{option} {given} lies inside {parent}, {what} "
+                                      "simexplain wrote; choose a path outside it")
     existing = path.parent
     while not existing.exists() and not existing.is_symlink():
         existing = existing.parent

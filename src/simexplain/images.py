@@ -19,7 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .defaults import MAX_PIXELS
-from .errors import ImageError, ImageTooLarge
+from .errors import ImageError, ImageTooLarge, SimexplainError
 
 ImageInput = str | Path | Image.Image | torch.Tensor
 
@@ -54,6 +54,7 @@ def load_image(source: str | Path | Image.Image) -> Image.Image:
     decoded (`open_checked`).
     """
     if isinstance(source, Image.Image):
+        check_not_empty(source.width, source.height)
         return to_rgb(source)
     with _open_file(source) as (handle, name):
         return decode_image(handle, name)
@@ -77,12 +78,20 @@ def check_image_file(source: str | Path) -> tuple[int, int]:
 def _open_file(source: str | Path) -> Iterator[tuple[BinaryIO, str]]:
     """The image file `source` open for reading, with the name its errors give it; a missing or
     unopenable file is an ImageError naming it."""
+    if not isinstance(source, (str, os.PathLike)) or str(source) == "":
+        given = "an empty path" if isinstance(source, (str, os.PathLike)) else \
+            type(source).__name__
+        hint = " (an array: PIL.Image.fromarray(array))" if isinstance(source, np.ndarray) else ""
+        raise ImageError(f"expected an image file path, a PIL image or a (1, C, H, W) tensor, "
+                         f"got {given}{hint}")
     path = Path(source)
     name = _short(path)
     try:
         found = path.is_file()
     except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte
         raise ImageError(f"{name}: cannot open ({_reason(exc)})") from None
+    if not found and path.is_dir():
+        raise ImageError(f"{name} is a folder, not an image file")
     if not found:
         raise ImageError(f"image file not found: {name}")
     try:
@@ -152,10 +161,14 @@ def check_pixels(width: int, height: int, name: str = "image",
     """Refuse a declared size over `max_pixels` (default MAX_PIXELS) or an empty one before it
     is decoded."""
     max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
-    if width <= 0 or height <= 0:
-        raise ImageError(f"{name}: the image is empty ({width}x{height} pixels)")
+    check_not_empty(width, height, name)
     if width * height > max_pixels:
         raise ImageTooLarge(f"{name}: {width}x{height} pixels exceeds the limit of {max_pixels}")
+
+
+def check_not_empty(width: int, height: int, name: str = "image") -> None:
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{name}: the image is empty ({width}x{height} pixels)")
 
 
 def check_icon(handle: BinaryIO, name: str, max_pixels: int) -> int:
@@ -390,8 +403,13 @@ class Preprocess:
     resample: str = "bilinear"
 
     def __post_init__(self):
+        size = tuple(self.size) if isinstance(self.size, (tuple, list)) else ()
+        if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                     for v in size):
+            raise SimexplainError(f"an input size is (height, width) in whole pixels >= 1, "
+                                  f"got {self.size!r}")
         if self.resample not in RESAMPLE:
-            raise ValueError(f"unknown resample filter {self.resample!r}; choose one of "
+            raise SimexplainError(f"unknown resample filter {self.resample!r}; choose one of "
                              f"{', '.join(RESAMPLE)}")
 
     def input_size(self, width: int, height: int) -> tuple[int, int]:
@@ -411,10 +429,11 @@ class Preprocess:
         exactly that (squashed); None keeps it."""
         if size is None:
             return self
-        if isinstance(size, int):
+        if isinstance(size, int) and not isinstance(size, bool):
             return replace(self, size=(size, size))
-        height, width = (int(v) for v in size)
-        return replace(self, size=(height, width), keep_aspect=False)
+        if not isinstance(size, (tuple, list)) or len(size) != 2:
+            raise SimexplainError(f"a size is N or (height, width) in pixels, got {size!r}")
+        return replace(self, size=(size[0], size[1]), keep_aspect=False)
 
     def describe(self) -> str:
         """How inputs are sized, in words (for `simexplain models` and errors)."""
@@ -450,6 +469,8 @@ def check_tensor(tensor: torch.Tensor, name: str = "input") -> torch.Tensor:
             f"got {tuple(tensor.shape)}")
     if not torch.is_floating_point(tensor):
         raise ImageError(f"{name}: expected a float tensor, got {tensor.dtype}")
+    if tensor.numel() == 0:
+        raise ImageError(f"{name}: the tensor is empty, shape {tuple(tensor.shape)}")
     # the sum is finite for every finite input of sane magnitude: one cheap pass, and the
     # full elementwise check only when it is not (NaN, inf, or an overflowing sum)
     if not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all():

@@ -17,6 +17,7 @@ computed once).
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -428,6 +429,10 @@ class Occlusion(Method):
     per_cell_cost = True
 
     def __init__(self, window: int = 1, batch_size: int = 32):
+        for option, value in (("window", window), ("batch_size", batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise SimexplainError(f"occlusion: {option} must be a whole number >= 1, "
+                                      f"got {value!r}")
         self.window = window
         self.batch_size = batch_size
 
@@ -500,7 +505,14 @@ def method_class(name: str) -> type[Method]:
 
 def get_method(name: str, **options: object) -> Method:
     """A method by name, e.g. get_method("occlusion", window=2)."""
-    return method_class(name)(**options)
+    cls = method_class(name)
+    accepted = list(inspect.signature(cls).parameters)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise SimexplainError(
+            f"method {name!r} has no option {', '.join(map(repr, unknown))}; its options: "
+            f"{', '.join(accepted) or 'none'}")
+    return cls(**options)
 
 
 def applicable_methods(explainer: Explainer, names: Iterable[str], a: ImageInput | PreparedPair,

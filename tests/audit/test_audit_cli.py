@@ -76,18 +76,28 @@ def test_audit_of_a_gallery_folder_without_an_index(fmnist_index, capsys):
     (["--out", "FOREIGN"], "not empty and not an audit report"),
     (["-k", "0"], "-k must be >= 1"),
     (["--region", "a=0,0,1,1", "--region", "a=0,0,0.5,0.5"], "same name"),
+    (["--seed", "-5"], "--seed must be >= 0, got -5"),  # was numpy's ValueError
+    (["--out", "."], "is the working folder"),  # was an OSError from rmtree('.')
+    (["--out", "INDEX/report"], "an index simexplain wrote"),  # broke the index
 ])
-def test_audit_errors_are_one_line(fmnist_index, tmp_path, capsys, extra, message):
+def test_audit_errors_are_one_line(fmnist_index, tmp_path, capsys, monkeypatch, extra, message):
     (tmp_path / "EMPTY").mkdir()
     (tmp_path / "FOREIGN").mkdir()
     (tmp_path / "FOREIGN" / "mine.txt").write_text("keep")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")  # empty: an audit report could replace it
     extra = [str(tmp_path / e) if e in ("EMPTY", "FOREIGN", "NOWHERE/q.png") else e
+             for e in extra]
+    extra = [str(fmnist_index / "index" / "report") if e == "INDEX/report" else e
              for e in extra]
     capsys.readouterr()
     assert main(["audit", "--index", str(fmnist_index / "index"), "--quiet", *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert (tmp_path / "FOREIGN" / "mine.txt").read_text() == "keep"
+    assert not (fmnist_index / "index" / "report").exists()
+    assert main(["search", str(fmnist_index / "index"), str(fmnist_index / "gallery" /
+                                                            "000_class9.png"), "--json"]) == 0
 
 
 def test_a_query_cut_short_fails_naming_it_and_writes_no_report(fmnist_index, tmp_path, capsys):

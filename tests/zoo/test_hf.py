@@ -497,3 +497,15 @@ def test_the_map_one_block_deep_is_spatial(saved, pictures, kind):
     explanation = zoo.resolve(f"hf:{folder}", layer="block:-2").explain(*pictures)
     overall = np.asarray(explanation.overall_a, dtype=np.float64)
     assert overall.std() > 1e-3 * abs(overall.mean())
+
+
+@pytest.mark.parametrize("settings,match", [
+    ({"size": 24, "resample": "sharp"}, "unknown resample filter 'sharp'"),  # was a ValueError
+    ({"size": 0}, r"input size is \(height, width\) in whole pixels >= 1, got \(0, 0\)"),
+    ({"size": {"height": -3, "width": 8}}, r"got \(-3, 8\)"),
+])
+def test_preprocessing_settings_that_cannot_be_used(tmp_path, settings, match):
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(settings))
+    with pytest.raises(ModelError, match="preprocessor_config.json: cannot read the "
+                                         f"preprocessing settings .*{match}"):
+        hf_preprocess(tmp_path)

@@ -106,6 +106,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
         if getattr(args, name) < 1:
             flag = "-k" if name == "k" else "--" + name.replace("_", "-")
             raise SimexplainError(f"{flag} must be >= 1, got {getattr(args, name)}")
+    if args.seed < 0:
+        raise SimexplainError(f"--seed must be >= 0, got {args.seed}")
     if args.gallery and not args.model:
         raise SimexplainError("--gallery needs --model (the model to index it with)")
 

@@ -22,7 +22,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import SimexplainError
-from ..files import json_default
+from ..files import check_target, json_default
 from . import regions as regionlib
 
 if TYPE_CHECKING:
@@ -35,24 +35,27 @@ FIGURE_SIDE = 160  # pair figures smaller than this are enlarged
 OWN_SUFFIXES = {".png", ".html", ".json"}
 
 
-def check_out(folder: Path) -> None:
-    """Refuse (one line) unless `folder` is absent, empty, or an earlier audit report."""
+def check_out(folder: Path) -> Path:
+    """Refuse (one line) unless `folder` is absent, empty, or an earlier audit report, and a
+    path an output folder may take (`files.check_target`); returns its absolute path."""
+    given, folder = folder, check_target(folder)
     if not folder.exists() and not folder.is_symlink():
-        return
+        return folder
     if folder.is_symlink() or not folder.is_dir():
-        raise SimexplainError(f"{folder} exists and is not a folder; refusing to replace it "
+        raise SimexplainError(f"{given} exists and is not a folder; refusing to replace it "
                               "(choose another --out)")
     entries = list(folder.iterdir())
     if not entries:
-        return
+        return folder
     try:
         ours = json.loads((folder / "result.json").read_text()).get("kind") == KIND
     except (OSError, ValueError, AttributeError):
         ours = False
     strangers = [p.name for p in entries if p.suffix not in OWN_SUFFIXES or not p.is_file()]
     if not ours or strangers:
-        raise SimexplainError(f"{folder} is not empty and not an audit report simexplain wrote; "
+        raise SimexplainError(f"{given} is not empty and not an audit report simexplain wrote; "
                               "refusing to replace it (choose another --out)")
+    return folder
 
 
 def write_report(result: Audit, folder: Path, figures: int = 8, progress: bool = False

@@ -67,6 +67,8 @@ def audit(index: Index | str | Path, queries: Sequence[str | Path] | str | Path 
         raise SimexplainError(f"k must be >= 1, got {k}")
     if batch_size < 1:
         raise SimexplainError(f"batch_size must be >= 1, got {batch_size}")
+    if seed < 0:
+        raise SimexplainError(f"seed must be >= 0, got {seed}")
     check_options(finding_options)
     occlusion = _occlusion(check_method(method), batch_size)
     checked = regionlib.check_regions(regions)

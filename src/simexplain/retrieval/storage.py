@@ -31,7 +31,8 @@ import numpy as np
 
 from .. import similarity as similarities
 from ..errors import SimexplainError
-from ..files import check_target, remove_leftovers, replace_folder, staging_folder, writing
+from ..files import (INDEX_MARKER, check_target, remove_leftovers, replace_folder,
+                     staging_folder, writing)
 from .basics import file_sha256, finite_rows, read_faiss_files, require_faiss
 from .explain_cache import ExplainCache
 from .kinds import kind as index_kind
@@ -43,7 +44,7 @@ from .manifest import (CONTRIBUTIONS, EMBEDDINGS, FORMAT_NAME, FORMAT_VERSION, G
                        PROJECTED, READ_VERSIONS, SHAPES, VECTORS, IndexFormatError, damaged,
                        parse, REBUILD, seal, stored_files, vector_files)
 
-MARKER = "simexplain-index"  # present in every index folder simexplain writes
+MARKER = INDEX_MARKER  # present in every index folder simexplain writes
 OWN_FILES = (MARKER, MANIFEST, EMBEDDINGS, GALLERY, VECTORS, CONTRIBUTIONS, SHAPES, PROJECTED)
 SHARD_FILE = re.compile(r"^vectors-\d{5}\.faiss$")  # one FAISS file per shard
 _LEGACY_FILES = {MANIFEST, EMBEDDINGS, VECTORS}  # format 1 had no marker

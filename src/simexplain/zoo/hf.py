@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import LayerError, ModelError, first_line
+from ..errors import LayerError, ModelError, SimexplainError, first_line
 from ..images import Preprocess
 
 if TYPE_CHECKING:
@@ -393,11 +393,11 @@ def hf_preprocess(folder: str | Path | None, config: Any = None) -> Preprocess:
         scale = float(settings.get("rescale_factor", 1 / 255)) * 255.0 \
             if settings.get("do_rescale", True) else 255.0
         mean, std = [m / scale for m in mean], [s / scale for s in std]
-        resample = _resample_name(settings.get("resample", 2))
-    except (ValueError, TypeError, KeyError) as exc:
+        return Preprocess(size=size, mean=tuple(mean), std=tuple(std),
+                          grayscale=channels == 1,
+                          resample=_resample_name(settings.get("resample", 2)))
+    except (ValueError, TypeError, KeyError, SimexplainError) as exc:
         raise ModelError(f"{path}: cannot read the preprocessing settings ({exc})") from None
-    return Preprocess(size=size, mean=tuple(mean), std=tuple(std), grayscale=channels == 1,
-                      resample=resample)
 
 
 def _processor_size(size) -> tuple[int, int]:

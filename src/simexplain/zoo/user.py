@@ -17,6 +17,9 @@ def load_user_model(spec: str) -> nn.Module:
 
     path = Path(spec)
     if path.suffix in (".pt", ".pth", ".ts", ".jit") or path.exists():
+        if path.is_dir():
+            raise ModelError(f"{path} is a folder, not a model file (a Hugging Face model "
+                             f"saved there is hf:{path})")
         if not path.is_file():
             raise ModelError(f"model file not found: {path}")
         import warnings
@@ -43,12 +46,24 @@ def load_user_model(spec: str) -> nn.Module:
     module_name, factory_name = spec.split(":", 1)
     try:
         factory = getattr(importlib.import_module(module_name), factory_name)
-    except (ImportError, AttributeError) as exc:
-        raise ModelError(f"cannot import {spec!r}: {exc}") from None
-    built = factory()
+    except Exception as exc:  # noqa: BLE001 - a missing module or name, an empty name, or a
+        # module that fails as it is imported: the spec cannot be used either way
+        raise ModelError(f"cannot import {spec!r}: {_first_line(exc)}") from None
+    if not callable(factory):
+        raise ModelError(f"{spec} is a {type(factory).__name__}, not a factory to call")
+    try:
+        built = factory()
+    except Exception as exc:  # noqa: BLE001 - the user's factory failing, or needing arguments
+        raise ModelError(f"{spec}: calling the factory with no arguments failed: "
+                         f"{_first_line(exc)}") from None
     if not isinstance(built, nn.Module):
         raise ModelError(f"{spec} returned {type(built).__name__}, not a torch.nn.Module")
     return built.eval()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _eager_twin(script: torch.jit.ScriptModule) -> nn.Module | None:
