@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import SimexplainError
 from ..defaults import BUILTIN_SIMILARITIES, MAX_PIXELS
 from .hosts import LOCAL_HOSTS, served_hosts
-from .limits import MAX_INPUT_SIDE, MAX_UPLOAD_BYTES
+from .limits import MAX_INPUT_SIDE, MAX_UPLOAD_BYTES, check_limits
 
 if TYPE_CHECKING:  # FastAPI and torch are imported only when a server is built
     from fastapi import FastAPI
@@ -59,6 +59,7 @@ def create_app(model: str | None = None, index: Index | str | Path | None = None
         raise SimexplainError(
             f"the web server needs fastapi and uvicorn ({exc}): "
             "pip install 'simexplain[web]'") from None
+    check_limits(max_upload_bytes, max_input_side)
     from .engine import Engine
     engine = Engine(explainer=explainer, model=model, index=index, samples=samples,
                     models=models, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
@@ -126,6 +127,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError:
         raise SimexplainError("the web server needs uvicorn: pip install 'simexplain[web]'") \
             from None
+    if not 0 <= args.port <= 65535:
+        raise SimexplainError(f"--port must be 0 to 65535, got {args.port}")
+    check_limits(args.max_upload_mb * 2**20, args.max_size)  # before the model loads
     from .. import zoo
     explainer = None
     models = None

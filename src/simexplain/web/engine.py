@@ -35,7 +35,7 @@ from ..methods import (Decomposition, PreparedPair, explanation_methods, get_met
 from ..zoo import resolve
 from .cache import LRU
 from .errors import Busy, ImageFailed, NotFound, WebError
-from .limits import MAX_INPUT_SIDE, MAX_UPLOAD_BYTES
+from .limits import MAX_INPUT_SIDE, MAX_UPLOAD_BYTES, MIN_INPUT_SIDE
 from .store import (STORED_SIDE, UPLOAD_MEMORY, ImageStore, PixelBudget,
                     default_samples)
 
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 
 # the methods the page offers: every registered one but the random baseline
 SHOWN_METHODS = tuple(explanation_methods())  # the registry's, without controls (random)
-MIN_INPUT_SIDE = 16
 # two maps are "identical" when they differ by less than this fraction of their peak
 SAME_MAP_TOLERANCE = 1e-3
 
