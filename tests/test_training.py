@@ -166,3 +166,35 @@ def test_the_trainable_heads_named_in_the_help_are_the_zoos():
     from simexplain.zoo import vit
     from simexplain.zoo.fmnist import HEADS
     assert FMNIST_HEADS == HEADS + (vit.HEAD,)
+
+
+@pytest.mark.parametrize("options,message", [
+    (["--out", "VICTIM"], "victim.png exists and is not a checkpoint simexplain wrote"),
+    (["--out", "FOLDER"], "is a folder; name the checkpoint file to write"),
+    (["--lr", "-1"], "--lr must be a positive number, got -1"),
+    (["--lr", "nan"], "--lr must be a positive number, got nan"),
+    (["--seed", "-1"], "--seed must be 0 to 2**32 - 1, got -1"),
+    (["--device", "foo"], "--device 'foo' cannot be used"),
+    (["--epochs", "0"], "epochs must be >= 1"),  # was read as "the default"
+    (["--head", "gmp", "--sketch"], "--head chooses the fmnist model"),
+])
+def test_bad_train_options_are_refused_before_training(tmp_path, monkeypatch, capsys, options,
+                                                       message):
+    """Each trained the model first, then failed with a traceback (or overwrote the user's
+    file, or trained for the default number of epochs)."""
+    from simexplain import training
+    from simexplain.cli import main
+    monkeypatch.setattr(training, "_splits", lambda *a, **k: pytest.fail("the data was read"))
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"\x89PNG the user's picture")
+    (tmp_path / "folder").mkdir()
+    dataset = "sketch" if "--sketch" in options else "fmnist"
+    options = [{"VICTIM": str(victim), "FOLDER": str(tmp_path / "folder")}.get(o, o)
+               for o in options if o != "--sketch"]
+    if "--out" not in options:
+        options += ["--out", str(tmp_path / "new.pt")]
+    assert main(["train", dataset, *options]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert victim.read_bytes() == b"\x89PNG the user's picture"
+    assert not (tmp_path / "new.pt").exists()

@@ -15,9 +15,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("dataset", choices=list(TRAINABLE),
                         help="what to train: fmnist (fmnist-gap/gmp/vit: one stream) or "
                              "sketch (fmnist-sketch: two streams, sketch to item)")
-    parser.add_argument("--head", choices=list(FMNIST_HEADS), default="gap",
-                        help="fmnist: the CNN's global pooling, average (gap) or max (gmp), "
-                             "or the class-token ViT (vit)")
+    parser.add_argument("--head", choices=list(FMNIST_HEADS), default=None,
+                        help="fmnist: the CNN's global pooling, average (gap, the default) or "
+                             "max (gmp), or the class-token ViT (vit)")
     parser.add_argument("--epochs", type=int, default=None,
                         help=f"passes over the training split (default: fmnist "
                              f"{DEFAULT_EPOCHS}, fmnist --head vit {VIT_EPOCHS}, sketch "

@@ -12,6 +12,7 @@ the same seed, data and machine give the same weights.
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 import random
 import time
@@ -26,7 +27,7 @@ from .datasets import fashion_mnist
 from .defaults import (DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR,
                        FMNIST_HEADS, SKETCH_EPOCHS, TRAINABLE, VIT_EPOCHS)
 from .errors import SimexplainError
-from .files import atomic_path
+from .files import atomic_path, check_target
 from .metrics import hits_at_k, map_at_r, recall_at_k
 from .zoo import vit
 from .zoo.fmnist import FMNIST_MEAN, FMNIST_STD, FashionNet, float_state, weights_path
@@ -120,6 +121,35 @@ def _to_half(model: torch.nn.Module) -> dict:
     return state
 
 
+def check_run(out: str | Path, seed: int, lr: float, device: str) -> Path:
+    """Refuse (one line) what would fail only after training, or harm a user's file: an `out`
+    that is a folder, cannot be written, or is a file other than a checkpoint of ours (one
+    holding a "state_dict"); a seed outside 0..2**32-1, a learning rate that is not a positive
+    number, a device torch cannot use. Returns `out` as a Path."""
+    out = Path(out)
+    if out.is_dir():
+        raise SimexplainError(f"--out {out} is a folder; name the checkpoint file to write")
+    check_target(out)
+    if out.exists() or out.is_symlink():
+        try:
+            ours = "state_dict" in torch.load(out, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - whatever the file is, it is no checkpoint
+            ours = False
+        if not ours:
+            raise SimexplainError(f"--out {out} exists and is not a checkpoint simexplain "
+                                  "wrote; refusing to replace it (choose another --out)")
+    if not 0 <= seed < 2**32:
+        raise SimexplainError(f"--seed must be 0 to 2**32 - 1, got {seed}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise SimexplainError(f"--lr must be a positive number, got {lr:g}")
+    try:
+        torch.empty(0, device=device)
+    except Exception as exc:  # noqa: BLE001 - an unknown name, or a backend not built or absent
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SimexplainError(f"--device {device!r} cannot be used: {reason}") from None
+    return out
+
+
 def _save_atomic(obj: dict, out: Path) -> None:
     with atomic_path(out) as tmp:
         torch.save(obj, tmp)
@@ -185,7 +215,7 @@ def train_fmnist(head: str, epochs: int, seed: int, out: Path, data_root: str | 
     _check_head(head)  # before reading the data
     if epochs < 1 or batch_size < 2:
         raise SimexplainError("epochs must be >= 1 and batch size >= 2")
-    out = Path(out)
+    out = check_run(out, seed, lr, device)
     (train_x, train_y), (test_x, test_y) = _splits(data_root, limit, eval_limit, splits)
     train_images, train_labels = normalize_images(train_x), torch.from_numpy(train_y)
     test_images, test_labels = normalize_images(test_x), torch.from_numpy(test_y)
@@ -283,7 +313,7 @@ def train_sketch(epochs: int, seed: int, out: Path, data_root: str | Path | None
     width = width or DEFAULT_WIDTH
     if epochs < 1 or batch_size < 2:
         raise SimexplainError("epochs must be >= 1 and batch size >= 2")
-    out = Path(out)
+    out = check_run(out, seed, lr, device)
     (train_x, _), (test_x, test_y) = _splits(data_root, limit, eval_limit)
     train_items, train_edges = normalize_images(train_x), edges(train_x)
     test_items = normalize_images(test_x)
@@ -342,18 +372,22 @@ def cli_train(args: argparse.Namespace) -> int:
                    device=getattr(args, "device", "cpu"), limit=getattr(args, "limit", None),
                    eval_limit=getattr(args, "eval_limit", None))
     if args.dataset == "sketch":
+        if args.head is not None:
+            raise SimexplainError("--head chooses the fmnist model; sketch has one model")
         from .zoo.sketch import WEIGHTS
         out = args.out if args.out is not None else WEIGHTS
-        info = train_sketch(args.epochs or default_epochs("sketch"), args.seed, out, **options)
+        epochs = default_epochs("sketch") if args.epochs is None else args.epochs
+        info = train_sketch(epochs, args.seed, out, **options)
         m = info["metrics"]
         print(f"saved {out}: fmnist-sketch epochs={info['epochs']} seed={info['seed']} "
               f"sketch-to-item Recall@1={m['recall_at_1']:.4f} (own item), "
               f"{m['class_recall_at_1']:.4f} (its class) "
               f"({m['test_images']} test items, {m['train_seconds']}s)")
         return 0
-    out = args.out if args.out is not None else weights_path(args.head)
-    info = train_fmnist(args.head, args.epochs or default_epochs("fmnist", args.head), args.seed,
-                        out, **options)
+    head = args.head or "gap"
+    out = args.out if args.out is not None else weights_path(head)
+    epochs = default_epochs("fmnist", head) if args.epochs is None else args.epochs
+    info = train_fmnist(head, epochs, args.seed, out, **options)
     m = info["metrics"]
     print(f"saved {out}: head={info['head']} epochs={info['epochs']} seed={info['seed']} "
           f"Recall@1={m['recall_at_1']:.4f} MAP@R={m['map_at_r']:.4f} "
