@@ -149,12 +149,7 @@ def check_target(path: str | Path, option: str = "--out") -> Path:
     if path == cwd or path in cwd.parents:
         raise SimexplainError(f"{option} {given} is the working folder (or holds it); name a "
                               f"new folder, e.g. {option} results")
-    for parent in path.parents:  # a folder written into one of ours would break it: an index
-        # opens only with exactly its own files, an output folder is replaced only unchanged
-        for marker, what in ((INDEX_MARKER, "an index"), (OUTPUT_MARKER, "an output folder")):
-            if (parent / marker).is_file():
-                raise SimexplainError(f"{option} {given} lies inside {parent}, {what} "
-                                      "simexplain wrote; choose a path outside it")
+    check_outside_ours(path, option)
     existing = path.parent
     while not existing.exists() and not existing.is_symlink():
         existing = existing.parent
@@ -167,6 +162,17 @@ def check_target(path: str | Path, option: str = "--out") -> Path:
         raise SimexplainError(f"{option} {given}: cannot write into {existing} "
                               f"({exc.strerror or exc})") from None
     return path
+
+
+def check_outside_ours(path: str | Path, option: str = "--out") -> None:
+    """Refuse (one line) a path inside an index or an output folder simexplain wrote: anything
+    written there breaks it (an index opens only with exactly its own files, an output folder
+    is replaced only unchanged)."""
+    for parent in Path(os.path.abspath(path)).parents:
+        for marker, what in ((INDEX_MARKER, "an index"), (OUTPUT_MARKER, "an output folder")):
+            if (parent / marker).is_file():
+                raise SimexplainError(f"{option} {path} lies inside {parent}, {what} "
+                                      "simexplain wrote; choose a path outside it")
 
 
 @contextmanager

@@ -4,6 +4,7 @@ numbers)."""
 import json
 import re
 
+import pytest
 
 from simexplain.cli import main
 
@@ -88,3 +89,30 @@ def test_benchmark_subcommand_rejects_unknown_method(tmp_path, capsys):
                  "--out", str(tmp_path)])
     assert code == 2
     assert "not supported" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command,message", [
+    (["pointing", "--model", "fmnist-gap", "--seed", "-1", "--out", "OUT"],
+     "--seed must be >= 0, got -1"),  # was numpy's ValueError after the model loaded
+    (["all", "--quick", "--seed", "-1", "--out", "OUT"], "--seed must be >= 0"),
+    (["interactive", "--quick", "--seed", "-1"], "--seed must be >= 0"),
+    (["pointing", "--model", "fmnist-gap", "--out", "FILE"],
+     "--out FILE exists and is not a folder"),  # was FileExistsError from mkdir
+    (["pointing", "--model", "fmnist-gap", "--out", "INDEX/results"],
+     "an index simexplain wrote"),  # wrote into the index, which then no longer opened
+    (["retrieval", "--model", "fmnist-gap", "--limit", "0"], "--limit must be at least 2"),
+    (["retrieval", "--model", "fmnist-gap", "--limit", "-3"], "got -3"),  # was [:-3]
+    (["interactive", "--quick", "--queries", "0"], "need at least one query"),  # was default
+])
+def test_bad_eval_options_are_one_line_errors(tmp_path, monkeypatch, capsys, command, message):
+    from simexplain.files import INDEX_MARKER
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "FILE").write_text("mine")
+    (tmp_path / "INDEX").mkdir()
+    (tmp_path / "INDEX" / INDEX_MARKER).write_text("{}")
+    assert main(["eval", *command]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert (tmp_path / "FILE").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE", "INDEX"]
+    assert [p.name for p in (tmp_path / "INDEX").iterdir()] == [INDEX_MARKER]

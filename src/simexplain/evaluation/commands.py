@@ -41,6 +41,26 @@ def run_benchmark(name: str, args: argparse.Namespace) -> int:
     return run_benchmark_cli(args, module)
 
 
+def check_run_options(args: argparse.Namespace) -> None:
+    """The options the eval commands share, refused (one line) before any work: --samples
+    below 1, --seed below 0 (numpy's generators refuse it, after the models load), an --out
+    that is a file or lies inside an index or an output folder simexplain wrote (results are
+    added to an existing folder: `eval all --out docs`)."""
+    from pathlib import Path
+
+    from ..files import check_outside_ours
+    samples = getattr(args, "samples", None)
+    if samples is not None and samples < 1:
+        raise SimexplainError("--samples must be at least 1")
+    if getattr(args, "seed", 0) < 0:
+        raise SimexplainError(f"--seed must be >= 0, got {args.seed}")
+    out = getattr(args, "out", None)
+    if out:
+        if Path(out).exists() and not Path(out).is_dir():
+            raise SimexplainError(f"--out {out} exists and is not a folder")
+        check_outside_ours(out)
+
+
 def expand_models(requested: Sequence[str], every: Sequence[str] | None = None) -> list[str]:
     """The models asked for, 'all' expanded to `every` (a benchmark's own models, or all)."""
     every = MODELS if every is None else every
@@ -62,8 +82,7 @@ def run_benchmark_cli(args: argparse.Namespace, module: ModuleType) -> int:
     from ..files import json_default
     from . import report
     from .common import available_models
-    if args.samples is not None and args.samples < 1:
-        raise SimexplainError("--samples must be at least 1")
+    check_run_options(args)
     out = Path(args.out)
     own = module.OPTIONS.models or MODELS
     requested = args.model or list(own)  # no --model: only where it may be left out (shortcut)

@@ -205,8 +205,10 @@ def run_interactive(models: Sequence[str] = INTERACTIVE.models, n_queries: int |
     weights missing) are listed under "skipped" with the reason."""
     from .. import zoo
     from ..datasets import fashion_mnist
-    n_queries = n_queries or (INTERACTIVE.quick_queries if quick else INTERACTIVE.queries)
-    n_gallery = n_gallery or (INTERACTIVE.quick_gallery if quick else INTERACTIVE.gallery)
+    if n_queries is None:  # not `or`: 0 queries is an error, not the default
+        n_queries = INTERACTIVE.quick_queries if quick else INTERACTIVE.queries
+    if n_gallery is None:
+        n_gallery = INTERACTIVE.quick_gallery if quick else INTERACTIVE.gallery
     images, labels = fashion_mnist("test", data_root)
     data = make_composites(images, labels, n_queries, n_gallery, seed)
     sizes = {**ITEM_SIZES, **(item_sizes or {})}
@@ -269,6 +271,8 @@ def markdown_table(results: dict) -> str:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    from .commands import check_run_options
+    check_run_options(args)
     results = run_interactive(models=args.model or INTERACTIVE.models, n_queries=args.queries,
                               n_gallery=args.gallery, seed=args.seed, quick=args.quick,
                               batch_size=args.batch_size, data_root=args.data)

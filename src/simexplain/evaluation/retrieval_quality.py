@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from .. import datasets
+from ..errors import SimexplainError
 from ..metrics import map_at_r, recall_at_k
 
 
@@ -35,6 +36,8 @@ def evaluate(model: str, limit: int | None = None, batch_size: int = 256,
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 2:  # 0 and -N sliced the split ([:-3])
+        raise SimexplainError(f"--limit must be at least 2, got {args.limit}")
     results = [evaluate(name, args.limit, data=args.data) for name in args.model]
     if args.json:
         print(json.dumps(results, indent=2))

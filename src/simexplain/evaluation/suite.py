@@ -129,8 +129,8 @@ def render(out: str | Path = "docs") -> Path:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    if args.samples is not None and args.samples < 1:
-        raise SimexplainError("--samples must be at least 1")
+    from .commands import check_run_options
+    check_run_options(args)
     path = run_all(out=args.out, quick=args.quick, seed=args.seed, models=args.model,
                    show_progress=args.progress, samples=args.samples)
     print(f"wrote {path}")
