@@ -407,3 +407,15 @@ def test_figures_of_a_long_thin_photo_are_drawn_from_a_reduced_copy(pictures, tm
             (source, target)
     for name in summary["files"].values():
         assert max(Image.open(tmp_path / "out" / name).size) <= 4000, name
+
+
+def test_option_values_starting_with_a_minus_sign(pictures, capsys):
+    """`--region -5,0,40,60` (a box reaching past the edge, clipped) and `--point -1,5` were
+    taken for options by argparse ("expected one argument")."""
+    from simexplain.cli import build_parser
+    args = build_parser().parse_args(["search", "INDEX", "q.png", "--region", "-5,0,40,60"])
+    assert tuple(args.region) == (-5, 0, 40, 60)
+    assert main(["pair", *pictures, "--model", "simexplain.toy:tiny_cnn", "--layer",
+                 "features", "--size", "32", "--point", "-1,5", "--json"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "point (-1, 5) lies outside the image" in err

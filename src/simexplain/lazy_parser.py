@@ -11,6 +11,7 @@ line imports no command's code: `simexplain --help` lists the commands without l
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -21,6 +22,11 @@ class LazyParser(argparse.ArgumentParser):
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._configure = configure
+        # A value starting with a minus sign is an option to argparse unless it looks like a
+        # negative number; a comma list such as `--region -5,0,40,60` or `--point -1,5` is one
+        # too (argparse's own pattern, a private attribute, knows only single numbers), so that
+        # it reaches the option's own check instead of "expected one argument"
+        self._negative_number_matcher = re.compile(r"^-\.?\d[\d.,eE+-]*$")
 
     def complete(self) -> LazyParser:
         """Add the deferred options now (once)."""
