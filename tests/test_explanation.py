@@ -72,6 +72,24 @@ def test_point_outside_image_is_an_error(result):
         result.point_map("a", (100, 3))
 
 
+@pytest.mark.parametrize("point", [(1,), (1, 2, 3), "1,2", None, ("a", 1)])
+def test_a_point_that_is_not_two_numbers_is_an_error(result, point):
+    """Was an IndexError, ValueError or TypeError from inside the map code (three numbers
+    were taken as the first two)."""
+    with pytest.raises(SimexplainError, match=r"a point is \(row, col\) in pixels, got"):
+        result.point_map("a", point)
+
+
+def test_weights_of_the_wrong_shape_are_an_error(result):
+    cells = result.a.grid[0] * result.a.grid[1]
+    with pytest.raises(SimexplainError, match=rf"weights must have shape \({cells},\), one for "
+                                              "each cell of image a's"):
+        result.weighted_map("a", torch.ones(5))  # was torch's "shapes cannot be multiplied"
+    whole = result.weighted_map("a", torch.ones(cells, dtype=torch.float64))
+    torch.testing.assert_close(whole.reshape(result.overall_b.shape).double(),
+                               result.overall_b.double(), rtol=1e-5, atol=1e-7)
+
+
 def test_gallery_equals_repeated_explain(explainer):
     query = image(1)
     gallery = [image(s) for s in range(10, 15)]

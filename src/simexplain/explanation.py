@@ -210,6 +210,11 @@ class PairExplanation:
     def weighted_map(self, side: str, weights: torch.Tensor) -> torch.Tensor:
         """sum_p w_p D[p, :] over the other image's grid, for weights (P,) on `side`'s grid."""
         here, there = self._sides(side)
+        cells = here.grid[0] * here.grid[1]
+        if tuple(torch.as_tensor(weights).shape) != (cells,):
+            raise SimexplainError(
+                f"weights must have shape ({cells},), one for each cell of image {side}'s "
+                f"{here.grid[0]}x{here.grid[1]} grid, got {tuple(torch.as_tensor(weights).shape)}")
         return regions.side_map(self.similarity, weights, here, there, here_is_a=side == "a")
 
     def point_map(self, side: str, point: Sequence[float],

@@ -93,7 +93,7 @@ class Frame:
                       coords: Coords = "image") -> torch.Tensor:
         """(H*W,) bilinear weights of a pixel (row, col) on the grid (see `point_weights`)."""
         size, (top, left, bottom, right) = self._in(coords)
-        row, col = float(point[0]), float(point[1])
+        row, col = as_point(point)
         if not (0 <= row <= size[0] and 0 <= col <= size[1]):
             raise SimexplainError(
                 f"point ({row:g}, {col:g}) lies outside the image of size {size[0]}x{size[1]}"
@@ -187,6 +187,15 @@ class Frame:
         return heat, inside
 
 
+def as_point(point: Sequence[float]) -> tuple[float, float]:
+    """(row, col) of a point given as two numbers, else a SimexplainError."""
+    try:
+        row, col = (float(v) for v in point)
+    except (TypeError, ValueError):
+        raise SimexplainError(f"a point is (row, col) in pixels, got {point!r}") from None
+    return row, col
+
+
 def point_weights(point: Sequence[float], grid: Sequence[int],
                   image_size: Sequence[int]) -> torch.Tensor:
     """(H*W,) bilinear weights of an image pixel (row, col) on the feature grid.
@@ -196,7 +205,7 @@ def point_weights(point: Sequence[float], grid: Sequence[int],
     """
     rows, cols = grid
     height, width = image_size
-    row, col = float(point[0]), float(point[1])
+    row, col = as_point(point)
     if not (0 <= row <= height and 0 <= col <= width):
         raise SimexplainError(
             f"point ({row:g}, {col:g}) lies outside the image of size {height}x{width}")
