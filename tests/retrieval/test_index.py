@@ -132,6 +132,26 @@ def test_region_vector_and_search_vector(built, query):
     torch.testing.assert_close(whole.vector, prepared.embedding, rtol=1e-5, atol=1e-6)
 
 
+def test_bad_arguments_of_the_index_api(built, query):
+    """Each was an exception from inside numpy, FAISS or a list (a negative row silently
+    read the last file; NaN embeddings made an index)."""
+    index, _, _ = built["cosine"]
+    with pytest.raises(SimexplainError, match="k must be a whole number >= 1, got 2.5"):
+        index.search(query, k=2.5)
+    with pytest.raises(SimexplainError, match="a query vector is an array of numbers, got str"):
+        index.search_vector("abc")
+    for row in (-1, len(index)):
+        with pytest.raises(SimexplainError, match=f"row {row} is not in the index"):
+            index.gallery_image(row)
+    for embeddings, match in [
+            (np.zeros(4, np.float32), r"an \(N, D\) array with N, D >= 1, got shape \(4,\)"),
+            (np.zeros((0, 4), np.float32), r"got shape \(0, 4\)"),
+            (np.zeros((3, 0), np.float32), r"got shape \(3, 0\)"),
+            (np.full((3, 4), np.nan, np.float32), "NaN or infinite")]:
+        with pytest.raises(SimexplainError, match=match):
+            Index.from_vectors(embeddings)
+
+
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
 def test_approximate_kinds_agree_on_a_small_gallery(built, query, kind, tmp_path):
     index, _, explainer = built["dot"]

@@ -22,7 +22,7 @@ from ..gallery_files import CHANGED, OK, GalleryFile, read_gallery_file
 from ..images import ImageInput, decode_image
 from ..similarity import Similarity
 from . import build, storage
-from .basics import ENGINES, Skipped
+from .basics import ENGINES, Skipped, finite_rows
 from .columns import HashColumn, PathColumn
 from .explain_cache import ExplainCache
 from .kinds import kind as index_kind, with_defaults
@@ -215,6 +215,11 @@ class Index:
             embeddings = embeddings.detach().cpu().numpy()
         array = embeddings if isinstance(embeddings, np.ndarray) else np.asarray(
             embeddings, dtype=np.float32)
+        if array.ndim != 2 or 0 in array.shape:
+            raise SimexplainError(f"embeddings must be an (N, D) array with N, D >= 1, got shape "
+                                  f"{tuple(array.shape)}")
+        if not finite_rows(array, 0, len(array)):
+            raise SimexplainError("embeddings contain NaN or infinite values")
         if paths is None:
             paths = [f"#{i}" for i in range(len(array))]
         index_dim = similarities.get(similarity).index_vectors(
@@ -335,8 +340,8 @@ class Index:
         """Search one vector. Alone, `vector` is a whole query's embedding e_a (ordinary
         similarity search); with `query_embedding` (e_a), it is a region vector q_R and hits
         are ranked by the partial similarity s_R."""
-        if k < 1:
-            raise SimexplainError(f"k must be >= 1, got {k}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise SimexplainError(f"k must be a whole number >= 1, got {k!r}")
         v = _vector(vector)
         if v.shape[0] != self.dim:
             raise IndexMismatchError(f"query vector has {v.shape[0]} values, the index holds "
@@ -429,6 +434,8 @@ class Index:
         unless a regular file inside the gallery folder; "changed" when its sha256 differs
         from the one recorded at indexing. data=False: the status alone (a file verified
         before and unchanged since is not read again)."""
+        if not 0 <= row < len(self):
+            raise SimexplainError(f"row {row} is not in the index (rows 0 to {len(self) - 1})")
         expected = self.hashes[row] if row < len(self.hashes) else ""
         return read_gallery_file(self.paths[row], self.root, expected, data=data)
 
@@ -490,6 +497,8 @@ class Index:
     def _changed(self, row: int) -> bool:
         """The gallery file is not the one indexed: its content changed, or it is missing or
         refused (`gallery_file`)."""
+        if not 0 <= row < len(self):
+            raise SimexplainError(f"row {row} is not in the index (rows 0 to {len(self) - 1})")
         expected = self.hashes[row] if row < len(self.hashes) else ""
         return bool(expected) and self.gallery_file(row, data=False).status != OK
 
@@ -531,4 +540,8 @@ class Index:
 def _vector(value) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().double().numpy()
-    return np.asarray(value, dtype=np.float64).reshape(-1)
+    try:
+        return np.asarray(value, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise SimexplainError(f"a query vector is an array of numbers, got "
+                              f"{type(value).__name__}") from None
