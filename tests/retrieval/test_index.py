@@ -654,3 +654,15 @@ def test_cli_search_decodes_each_query_once(cli_index, query, query_folder, monk
     assert main(["search", *TOY, str(cli_index), *queries, "-k", "2", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 4
     assert sorted(decoded) == sorted(queries)  # the early check decoded none of them
+
+
+def test_an_index_is_not_written_inside_its_gallery(gallery, capsys):
+    """It was: the next build of that folder then took the index's files for gallery images
+    (listed as skipped) and an index was written into a folder it reads."""
+    before = sorted(p.name for p in gallery.iterdir())
+    assert main(["index", "build", str(gallery), "--model", "simexplain.toy:tiny_cnn",
+                 "--layer", "features", "--size", "32", "--out", str(gallery / "idx"),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "lies inside the gallery folder" in err
+    assert sorted(p.name for p in gallery.iterdir()) == before

@@ -75,6 +75,10 @@ def embed_gallery(images: str | Path | Iterable[str | Path],
     checkpoint = None
     if out is not None:  # refuse a bad --out before any work
         check_replaceable(out)
+        if isinstance(images, (str, Path)) and Path(os.path.abspath(out)).is_relative_to(root):
+            raise SimexplainError(f"--out {out} lies inside the gallery folder {images}: the "
+                                  "next build would take the index's files for gallery images; "
+                                  "choose a path outside it")
         checkpoint = checkpoint_path(out)
         check_checkpoint(checkpoint)
     # a factory (for Ray workers that load their own model) also gives the driver its copy
