@@ -666,3 +666,26 @@ def test_an_index_is_not_written_inside_its_gallery(gallery, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "lies inside the gallery folder" in err
     assert sorted(p.name for p in gallery.iterdir()) == before
+
+
+def test_links_to_nothing_in_a_gallery_are_reported_as_skipped(tmp_path, capsys):
+    """A broken link and a loop of links were left out without a word."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / name)
+    (folder / "broken.png").symlink_to(tmp_path / "gone.png")
+    (folder / "loop1.png").symlink_to(folder / "loop2.png")
+    (folder / "loop2.png").symlink_to(folder / "loop1.png")
+    (folder / "bad.png").write_text("not an image")
+    assert main(["index", "build", str(folder), "--model", "simexplain.toy:tiny_cnn",
+                 "--layer", "features", "--size", "32", "--out", str(tmp_path / "idx"),
+                 "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "indexed 2 images" in printed and "skipped 4" in printed
+    for name in ("broken.png", "loop1.png", "loop2.png"):
+        assert f"skipped {folder / name}: not found: a link to nothing" in printed
+    bad = str(folder / "bad.png")
+    assert printed.count(bad) == 1  # the path once, not again at the start of the reason
+    assert len(Index.load(tmp_path / "idx").skipped) == 4

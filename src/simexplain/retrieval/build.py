@@ -334,9 +334,10 @@ def gallery_files(images: str | Path | Iterable[str | Path]) -> tuple[Path, list
         if root.is_file():
             raise SimexplainError(f"{images} is a file; give a folder of images or a list of "
                                   "paths")
+        # links to nothing (broken, or a loop) are listed too, to be reported as skipped
         files = sorted(str(p) for p in root.rglob("*")
-                       if p.is_file() and not any(part.startswith(".")
-                                                  for part in p.relative_to(root).parts))
+                       if (p.is_file() or (p.is_symlink() and not p.exists()))
+                       and not any(part.startswith(".") for part in p.relative_to(root).parts))
         if not files:
             raise SimexplainError(f"gallery folder {images} holds no files")
         return root, files

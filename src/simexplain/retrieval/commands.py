@@ -132,7 +132,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     print(f"indexed {len(index)} images into {args.out} ({index.similarity}, {index.dim}-d, "
           f"{index.kind}{cached}); skipped {len(index.skipped)}")
     for item in index.skipped:
-        print(f"  skipped {item.path}: {item.reason}")
+        print(f"  skipped {item.path}: {item.reason.removeprefix(f'{item.path}: ')}")
     return 0
 
 

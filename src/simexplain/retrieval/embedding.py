@@ -39,6 +39,10 @@ def embed_files(chunk: list[str], offset: int, explainer: Explainer, stream: Spl
     skipped: list[Skipped] = []
     real_root = os.path.realpath(root)
     for i, path in enumerate(chunk, offset):
+        if not os.path.exists(path):
+            skipped.append(Skipped(path, "not found: a link to nothing (broken, or a loop of "
+                                         "links), or removed since the folder was listed"))
+            continue
         if os.path.commonpath([real_root, os.path.realpath(path)]) != real_root:
             skipped.append(Skipped(path, "a link to a file outside the gallery folder"))
             continue
