@@ -171,10 +171,14 @@ def test_image_of_the_wrong_type(explainer, image, match):
         explainer.explain(image, photo())
 
 
-def test_a_folder_given_as_an_image(explainer, tmp_path):
+def test_a_folder_or_a_link_to_nothing_given_as_an_image(explainer, tmp_path):
+    """Both were "image file not found"."""
     (tmp_path / "photo.png").mkdir()
     with pytest.raises(ImageError, match="photo.png is a folder, not an image file"):
         explainer.explain(tmp_path / "photo.png", photo())
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    with pytest.raises(ImageError, match=r"loop.png: a link to nothing \(broken, or a loop"):
+        explainer.explain(tmp_path / "loop.png", photo())
 
 
 def test_empty_images_are_refused(explainer):

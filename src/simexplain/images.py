@@ -92,6 +92,8 @@ def _open_file(source: str | Path) -> Iterator[tuple[BinaryIO, str]]:
         raise ImageError(f"{name}: cannot open ({_reason(exc)})") from None
     if not found and path.is_dir():
         raise ImageError(f"{name} is a folder, not an image file")
+    if not found and path.is_symlink():
+        raise ImageError(f"{name}: a link to nothing (broken, or a loop of links)")
     if not found:
         raise ImageError(f"image file not found: {name}")
     try:
