@@ -40,8 +40,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
+    """UTF-8 text through a temporary file and a rename. A file name that is not valid UTF-8
+    (Python holds its bytes as surrogates) is written as those bytes, not an error."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8", errors="surrogateescape")
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:

@@ -689,3 +689,26 @@ def test_links_to_nothing_in_a_gallery_are_reported_as_skipped(tmp_path, capsys)
     bad = str(folder / "bad.png")
     assert printed.count(bad) == 1  # the path once, not again at the start of the reason
     assert len(Index.load(tmp_path / "idx").skipped) == 4
+
+
+def test_file_names_that_are_not_utf8(tmp_path, capsys):
+    """A gallery file so named made the build fail with a UnicodeEncodeError when it saved
+    the index (after embedding everything); as a query it broke `search --out`'s page."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    odd = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: not UTF-8
+    for name in ("a.png", odd):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / name)
+    model = ["--model", "simexplain.toy:tiny_cnn", "--layer", "features", "--size", "32"]
+    assert main(["index", "build", str(folder), *model, "--out", str(tmp_path / "idx"),
+                 "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "indexed 1 images" in printed and "caf\ufffd.png: the file name is not valid UTF-8" \
+        in printed
+    index = Index.load(tmp_path / "idx")
+    assert [Path(p).name for p in index.paths] == ["a.png"]
+    assert [Path(s.path).name for s in index.skipped] == ["caf\ufffd.png"]
+    assert main(["search", str(tmp_path / "idx"), str(folder / odd), *model, "--out",
+                 str(tmp_path / "results")]) == 0
+    assert b"caf\xe9.png" in (tmp_path / "results" / "index.html").read_bytes()

@@ -72,6 +72,8 @@ def embed_gallery(images: str | Path | Iterable[str | Path],
     require_faiss()
     root, paths = gallery_files(images)
     check_count(kind, len(paths))  # before any work: too few files can only give too few images
+    listed = len(paths)
+    paths, unnamed = _utf8_names(paths)
     checkpoint = None
     if out is not None:  # refuse a bad --out before any work
         check_replaceable(out)
@@ -120,10 +122,10 @@ def embed_gallery(images: str | Path | Iterable[str | Path],
         bar.close()
     if not state.embeddings:
         raise SimexplainError(
-            f"no readable image among the {len(paths)} files; skipped: "
-            + "; ".join(f"{s.path} ({s.reason})" for s in state.skipped[:5]))
+            f"no readable image among the {listed} files; skipped: "
+            + "; ".join(f"{s.path} ({s.reason})" for s in (unnamed + state.skipped)[:5]))
     return EmbeddedGallery(np.concatenate(state.embeddings), [paths[i] for i in state.ok], info,
-                           state.hashes, state.skipped, root,
+                           state.hashes, unnamed + state.skipped, root,
                            ExplainCache.concat(state.cache) if explain else None, local,
                            resumed_from, checkpoint)
 
@@ -321,6 +323,21 @@ def remove_checkpoint(checkpoint: Path) -> None:
         return
     (checkpoint / PARTIAL_MARKER).unlink()
     checkpoint.rmdir()
+
+
+def _utf8_names(paths: list[str]) -> tuple[list[str], list[Skipped]]:
+    """The paths that are valid UTF-8 (an index stores its paths as UTF-8 text), and the
+    others as skipped files (their names shown with U+FFFD for the undecodable bytes)."""
+    kept, unnamed = [], []
+    for path in paths:
+        try:
+            path.encode("utf-8")
+            kept.append(path)
+        except UnicodeEncodeError:  # a file name's bytes that are not UTF-8 (surrogateescape)
+            shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            unnamed.append(Skipped(shown, "the file name is not valid UTF-8 (an index stores "
+                                          "names as UTF-8): rename the file to index it"))
+    return kept, unnamed
 
 
 def gallery_files(images: str | Path | Iterable[str | Path]) -> tuple[Path, list[str]]:
