@@ -66,6 +66,12 @@ def json_default(value: object) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def shown_name(text: str) -> str:
+    """A path or file name with the bytes that are not UTF-8 (which Python holds as
+    surrogates) shown as U+FFFD: text that JSON, HTML and Arrow files can hold."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 # What a folder of images offers: files with these suffixes (any case), hidden ones left out.
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 

@@ -819,3 +819,18 @@ def test_a_class_token_model_reports_its_token_share_and_whether_the_map_is_spat
             assert grid_total + body[side]["token_share"] == pytest.approx(body["score"],
                                                                            abs=1e-4)
             assert body[side]["token_share"] != 0
+
+
+def test_a_sample_whose_file_name_is_not_utf8(explainer, kit, tmp_path):
+    """Its name made every /api/images answer a 500 (pydantic cannot write the surrogates
+    Python holds such bytes as); it is shown with U+FFFD and explains like any other."""
+    import os
+    odd = tmp_path / os.fsdecode(b"caf\xe9.png")
+    kit.two_part(0, 4).save(odd)
+    app = create_app(explainer=explainer, samples=[odd, kit.two_part(1, 2)])
+    with TestClient(app, base_url="http://localhost") as client:
+        listed = client.get("/api/images")
+        assert listed.status_code == 200
+        assert listed.json()["images"][0]["name"] == "caf\ufffd.png"
+        explained = client.post("/api/explain", json={"a": "s0", "b": "s1"})
+        assert explained.status_code == 200, explained.text

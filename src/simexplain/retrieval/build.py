@@ -20,7 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import SimexplainError
-from ..files import atomic_path, writing
+from ..files import atomic_path, shown_name, writing
 from .basics import ENGINES, Skipped, require_faiss
 from .embedding import Embedded, embed_files
 from .explain_cache import ExplainCache
@@ -334,9 +334,8 @@ def _utf8_names(paths: list[str]) -> tuple[list[str], list[Skipped]]:
             path.encode("utf-8")
             kept.append(path)
         except UnicodeEncodeError:  # a file name's bytes that are not UTF-8 (surrogateescape)
-            shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-            unnamed.append(Skipped(shown, "the file name is not valid UTF-8 (an index stores "
-                                          "names as UTF-8): rename the file to index it"))
+            unnamed.append(Skipped(shown_name(path), "the file name is not valid UTF-8 (an "
+                                   "index stores names as UTF-8): rename the file to index it"))
     return kept, unnamed
 
 

@@ -30,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ImageError, ImageTooLarge, SimexplainError
+from ..files import shown_name
 from ..gallery_files import read_gallery_file
 from ..images import (MAX_PIXELS, check_icon, decode_image, is_tiff, load_image,
                       open_checked, quiet_decoders, to_gray8, to_rgb)
@@ -281,7 +282,8 @@ class ImageStore:
         for record in self.samples:
             if record.path == path or record.name in (path.name, path.stem):
                 return record
-        record = ImageRecord(f"s{len(self.samples)}", path.name, "sample", path=path)
+        record = ImageRecord(f"s{len(self.samples)}", shown_name(path.name), "sample",
+                             path=path)
         self.samples.append(record)
         return record
 
@@ -433,7 +435,7 @@ def _named_sample(sample: Any, i: int) -> tuple[str, Image.Image]:
         name, image = f"sample {i + 1}", sample
     else:
         name, image = Path(sample).name, sample
-    return str(name), load_image(image)
+    return shown_name(str(name)), load_image(image)
 
 
 def clean_name(name: str) -> str:
