@@ -419,3 +419,18 @@ def test_option_values_starting_with_a_minus_sign(pictures, capsys):
                  "features", "--size", "32", "--point", "-1,5", "--json"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "point (-1, 5) lies outside the image" in err
+
+
+def test_ctrl_c_is_one_line_and_status_130(pictures, monkeypatch, capsys):
+    """Ctrl-C printed the traceback of wherever the work was (deep inside torch)."""
+    from simexplain import Explainer
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Explainer, "explain_prepared", interrupted)
+    argv = ["pair", *pictures, "--model", "simexplain.toy:tiny_cnn", "--layer", "features",
+            "--size", "32", "--json"]
+    assert main(argv) == 130
+    assert capsys.readouterr().err == "simexplain: interrupted\n"
+    assert main(argv + ["--debug"]) == 130
+    assert "Traceback" in capsys.readouterr().err

@@ -37,8 +37,9 @@ GROUPS = ("pair", "models", "demo", "search", "audit", "eval", "serve")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run a command. Any SimexplainError is one line on stderr and exit status 2 (with
-    `--debug`, anywhere on the line, the traceback is printed too)."""
+    """Run a command. Any SimexplainError is one line on stderr and exit status 2, Ctrl-C one
+    line and status 130 (with `--debug`, anywhere on the line, the traceback is printed too;
+    an interrupted `index build` keeps its checkpoint and resumes)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     args = build_parser().parse_args([a for a in argv if a != "--debug"])
@@ -50,3 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"simexplain: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print("simexplain: interrupted", file=sys.stderr)
+        return 130
