@@ -87,6 +87,7 @@ def test_serve_options_no_server_can_use_are_refused_before_any_work(monkeypatch
     import pytest
     import uvicorn
 
+    import simexplain.web.engine  # noqa: F401 - imported now, it binds the real zoo.resolve
     from simexplain import zoo
     from simexplain.web import create_app
 
