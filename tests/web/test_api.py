@@ -601,6 +601,7 @@ def test_serve_command_binds_localhost(monkeypatch, capsys):
     monkeypatch.setattr(web_app, "create_app", lambda **kw: calls.update(app=kw))
     monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: calls.update(
         host=host, port=port))
+    monkeypatch.setattr(web_app, "_check_bind", lambda host, port: None)  # ports may be busy
     assert cli.main(["serve", "--index", "some/index", "--port", "8123"]) == 0
     assert calls["host"] == "127.0.0.1" and calls["port"] == 8123
     assert calls["app"]["index"] == "some/index"

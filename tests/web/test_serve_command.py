@@ -81,7 +81,8 @@ def test_index_build_then_serve(tmp_path):
 
 
 def test_serve_options_no_server_can_use_are_refused_before_any_work(monkeypatch, capsys):
-    """A port out of range was a traceback from bind() after the model had loaded; an upload
+    """A port out of range was a traceback from bind() after the model had loaded, an unknown
+    host or a port in use uvicorn's own log line after it; an upload
     limit of 0 or less or a --max-size of 0 started a server that refused every upload or
     every input size."""
     import pytest
@@ -96,16 +97,21 @@ def test_serve_options_no_server_can_use_are_refused_before_any_work(monkeypatch
     monkeypatch.setattr(zoo, "resolve", never)
     monkeypatch.setattr(uvicorn, "run", never)
     model = ["--model", "simexplain.toy:tiny_cnn", "--layer", "features"]
+    busy = socket.create_server(("127.0.0.1", 0))  # a port in use: uvicorn logged its own
+    # error and exited after the model had loaded
     for options, message in [
             (["--port", "-1"], "--port must be 0 to 65535, got -1"),
             (["--port", "99999"], "--port must be 0 to 65535, got 99999"),
             (["--max-upload-mb", "0"], "upload limit (--max-upload-mb) must be a positive size"),
             (["--max-upload-mb", "-1"], "got -1 MB"), (["--max-upload-mb", "inf"], "got inf MB"),
             (["--max-size", "0"], "largest input size (--max-size) must be 16 to 1024 px, got 0"),
-            (["--max-size", "100000"], "got 100000")]:
+            (["--max-size", "100000"], "got 100000"),
+            (["--host", "no-such-host.invalid"], "cannot serve on no-such-host.invalid:8000"),
+            (["--port", str(busy.getsockname()[1])], "Address already in use")]:
         assert main(["serve", *model, *options]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, (options, err)
+    busy.close()
     from simexplain.errors import SimexplainError
     with pytest.raises(SimexplainError, match="upload limit"):
         create_app(model="fmnist-gap", max_upload_bytes=0)

@@ -121,6 +121,20 @@ def _sample_paths(items: Sequence[str]) -> list[Path]:
     return paths
 
 
+def _check_bind(host: str, port: int) -> None:
+    """Refuse (one line) an address the server cannot bind: an unknown host name, a port in
+    use or not allowed; checked before the model loads (uvicorn would log its own error and
+    exit after it)."""
+    import socket
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.create_server((host, port), family=family):
+            pass
+    except (OSError, OverflowError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise SimexplainError(f"cannot serve on {host}:{port}: {reason}") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -130,6 +144,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise SimexplainError(f"--port must be 0 to 65535, got {args.port}")
     check_limits(args.max_upload_mb * 2**20, args.max_size)  # before the model loads
+    _check_bind(args.host, args.port)
     from .. import zoo
     explainer = None
     models = None
