@@ -26,7 +26,7 @@ from tqdm import tqdm
 from .datasets import fashion_mnist
 from .defaults import (DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR,
                        FMNIST_HEADS, SKETCH_EPOCHS, TRAINABLE, VIT_EPOCHS)
-from .errors import SimexplainError
+from .errors import SimexplainError, first_line
 from .files import atomic_path, check_target
 from .metrics import hits_at_k, map_at_r, recall_at_k
 from .zoo import vit
@@ -145,8 +145,8 @@ def check_run(out: str | Path, seed: int, lr: float, device: str) -> Path:
     try:
         torch.empty(0, device=device)
     except Exception as exc:  # noqa: BLE001 - an unknown name, or a backend not built or absent
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SimexplainError(f"--device {device!r} cannot be used: {reason}") from None
+        raise SimexplainError(f"--device {device!r} cannot be used: {first_line(exc)}") \
+            from None
     return out
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 
 
 def load_user_model(spec: str) -> nn.Module:
@@ -48,22 +48,17 @@ def load_user_model(spec: str) -> nn.Module:
         factory = getattr(importlib.import_module(module_name), factory_name)
     except Exception as exc:  # noqa: BLE001 - a missing module or name, an empty name, or a
         # module that fails as it is imported: the spec cannot be used either way
-        raise ModelError(f"cannot import {spec!r}: {_first_line(exc)}") from None
+        raise ModelError(f"cannot import {spec!r}: {first_line(exc)}") from None
     if not callable(factory):
         raise ModelError(f"{spec} is a {type(factory).__name__}, not a factory to call")
     try:
         built = factory()
     except Exception as exc:  # noqa: BLE001 - the user's factory failing, or needing arguments
         raise ModelError(f"{spec}: calling the factory with no arguments failed: "
-                         f"{_first_line(exc)}") from None
+                         f"{first_line(exc)}") from None
     if not isinstance(built, nn.Module):
         raise ModelError(f"{spec} returned {type(built).__name__}, not a torch.nn.Module")
     return built.eval()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _eager_twin(script: torch.jit.ScriptModule) -> nn.Module | None:
