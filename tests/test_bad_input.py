@@ -194,6 +194,14 @@ def test_sizes_that_are_no_size(explainer, size):
         explainer.resized(size)
 
 
+@pytest.mark.parametrize("size, expected", [(np.int64(40), (40, 40)),
+                                            ((np.int32(40), 48), (40, 48))])
+def test_numpy_integers_are_sizes(size, expected):
+    from simexplain import Preprocess
+    resized = Preprocess(size=(np.int64(32), 32)).resized(size)
+    assert resized.size == expected and all(type(v) is int for v in resized.size)
+
+
 def test_a_resample_filter_that_does_not_exist():
     from simexplain import Preprocess
     with pytest.raises(SimexplainError, match="unknown resample filter 'sharp'"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import numbers
 import os
 import struct
 import sys
@@ -406,10 +407,11 @@ class Preprocess:
 
     def __post_init__(self):
         size = tuple(self.size) if isinstance(self.size, (tuple, list)) else ()
-        if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
-                                     for v in size):
+        if len(size) != 2 or not all(isinstance(v, numbers.Integral) and
+                                     not isinstance(v, bool) and v >= 1 for v in size):
             raise SimexplainError(f"an input size is (height, width) in whole pixels >= 1, "
                                   f"got {self.size!r}")
+        object.__setattr__(self, "size", (int(size[0]), int(size[1])))  # numpy's ints too
         if self.resample not in RESAMPLE:
             raise SimexplainError(f"unknown resample filter {self.resample!r}; choose one of "
                              f"{', '.join(RESAMPLE)}")
@@ -431,8 +433,8 @@ class Preprocess:
         exactly that (squashed); None keeps it."""
         if size is None:
             return self
-        if isinstance(size, int) and not isinstance(size, bool):
-            return replace(self, size=(size, size))
+        if isinstance(size, numbers.Integral) and not isinstance(size, bool):
+            return replace(self, size=(int(size), int(size)))
         if not isinstance(size, (tuple, list)) or len(size) != 2:
             raise SimexplainError(f"a size is N or (height, width) in pixels, got {size!r}")
         return replace(self, size=(size[0], size[1]), keep_aspect=False)
