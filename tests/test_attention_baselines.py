@@ -363,3 +363,29 @@ def test_explaining_a_non_token_layer_is_a_clear_error():
     explainer = Explainer(model, "patch", transform=Preprocess(size=(16, 16)))  # (B, C, 4, 4)
     with pytest.raises(NotApplicable, match="explain a token layer"):
         explainer.saliency(images(1), images(2), "chefer")
+
+
+@pytest.mark.parametrize("method", ATTENTION_METHODS)
+def test_threads_sharing_a_model_get_the_attention_maps_each_gets_alone(method):
+    """The attention capture's block hooks act in their own thread only: two threads whose
+    forward passes meet inside the second block (a barrier) get the maps of their own pair."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    model = vit(depth=2)
+    explainer = explainer_for(model)
+    pairs = [(images(30 + i), images(40 + i)) for i in range(2)]
+    alone = [explainer.saliency(a, b, method) for a, b in pairs]
+    barrier = threading.Barrier(2, timeout=30)
+    met = []
+    handle = model.blocks[1].register_forward_pre_hook(
+        lambda *_: met.append(barrier.wait()))
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            together = [f.result() for f in
+                        [pool.submit(explainer.saliency, a, b, method) for a, b in pairs]]
+    finally:
+        handle.remove()
+    assert len(met) >= 4  # every pass of the two threads met the other's
+    for got, expected in zip(together, alone):
+        for g, e in zip(got, expected, strict=True):
+            assert torch.allclose(g, e, atol=1e-6, rtol=0)

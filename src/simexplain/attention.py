@@ -36,6 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .head_tape import own_thread
+
 SOFTMAX = frozenset({F.softmax, torch.softmax, torch.Tensor.softmax})  # the softmax calls
 
 
@@ -217,8 +219,9 @@ def capturing(model: nn.Module) -> Iterator[Trace]:
             tokens = _tokens(out)
             if tokens is not None:
                 found.block_outputs[name] = tokens
-        hooks += [modules[name].register_forward_pre_hook(enter, with_kwargs=True),
-                  modules[name].register_forward_hook(leave)]
+        # in this thread only: another thread's pass of a shared model is not this trace's
+        hooks += [modules[name].register_forward_pre_hook(own_thread(enter), with_kwargs=True),
+                  modules[name].register_forward_hook(own_thread(leave))]
     try:
         with mode:
             yield found
