@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from simexplain import Explainer, ImageError, LayerError, ModelError, SimexplainError
-from simexplain.toy import HeadModel
+from simexplain.toy import HeadModel, tiny_cnn
 from simexplain.toy import toy_explainer
 
 
@@ -192,6 +192,23 @@ def test_empty_images_are_refused(explainer):
 def test_sizes_that_are_no_size(explainer, size):
     with pytest.raises(SimexplainError, match="size"):
         explainer.resized(size)
+
+
+def test_an_input_size_beyond_the_pixel_limit():
+    from simexplain import Preprocess
+    from simexplain.defaults import MAX_PIXELS
+    with pytest.raises(SimexplainError, match=f"100000x100000 pixels exceeds the limit of "
+                                              f"{MAX_PIXELS}"):
+        Preprocess().resized(100_000)
+    assert Preprocess().resized((224, 1232)).size == (224, 1232)  # a panorama is fine
+
+
+@pytest.mark.parametrize("k", [1.5, 0, True, "3"])
+def test_pattern_counts_that_are_no_count(k):
+    explainer = Explainer(tiny_cnn(), "features")
+    result = explainer.explain(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))
+    with pytest.raises(SimexplainError, match="k must be a whole number >= 1"):
+        result.patterns(k)
 
 
 @pytest.mark.parametrize("size, expected", [(np.int64(40), (40, 40)),

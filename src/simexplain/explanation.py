@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TYPE_CHECKING
@@ -267,8 +268,8 @@ class PairExplanation:
         (`similarity.lower_is_better`: squared Euclidean) closeness is what counts: strength
         is -D[p, q] (how much the pair shortens the distance) and a contribution map's best
         match is its minimum."""
-        if k < 1:
-            raise SimexplainError(f"k must be at least 1, got {k}")
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+            raise SimexplainError(f"k must be a whole number >= 1, got {k!r}")
         matrix = self.point_map_matrix(kind)
         sign = -1.0 if self.similarity.lower_is_better else 1.0
         closeness = sign * self.pairwise_flat

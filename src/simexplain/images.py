@@ -411,6 +411,9 @@ class Preprocess:
                                      not isinstance(v, bool) and v >= 1 for v in size):
             raise SimexplainError(f"an input size is (height, width) in whole pixels >= 1, "
                                   f"got {self.size!r}")
+        if size[0] * size[1] > MAX_PIXELS:  # the same bound as a decoded image's
+            raise SimexplainError(f"an input size of {size[0]}x{size[1]} pixels exceeds the "
+                                  f"limit of {MAX_PIXELS}")
         object.__setattr__(self, "size", (int(size[0]), int(size[1])))  # numpy's ints too
         if self.resample not in RESAMPLE:
             raise SimexplainError(f"unknown resample filter {self.resample!r}; choose one of "
