@@ -458,19 +458,20 @@ class AffineHeads:
         with self._lock:
             if key in self._known and self._known[key] is None:
                 return
-            self._known[key] = known
-            self._known.move_to_end(key)
-            while len(self._known) > MAX_ENTRIES:
-                self._known.popitem(last=False)
+            self._put_known(key, known)
 
     def refuse(self, key: tuple) -> None:
         """A call by the known head disagreed with the model (its head branches on the data,
         was changed, or its layer ran twice): inputs of this key are recorded from now on."""
         with self._lock:
-            self._known[key] = None
-            self._known.move_to_end(key)
-            while len(self._known) > MAX_ENTRIES:
-                self._known.popitem(last=False)
+            self._put_known(key, None)
+
+    def _put_known(self, key: tuple, known: KnownHead | None) -> None:
+        """The newest entry for `key`, the oldest dropped past MAX_ENTRIES (lock held)."""
+        self._known[key] = known
+        self._known.move_to_end(key)
+        while len(self._known) > MAX_ENTRIES:
+            self._known.popitem(last=False)
 
     def answered(self) -> None:
         with self._lock:

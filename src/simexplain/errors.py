@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 
 class SimexplainError(Exception):
     """Base class: a problem with the user's input, model or files, stated plainly."""
@@ -51,3 +53,10 @@ def first_line(exc: BaseException, limit: int | None = None, empty: str | None =
         if line.strip():
             return line.strip()[:limit]
     return empty or type(exc).__name__
+
+
+def check_whole(value: object, name: str) -> None:
+    """Refuse a `value` of `name` that is no whole number >= 1 (a float, a bool, a string):
+    a SimexplainError naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise SimexplainError(f"{name} must be a whole number >= 1, got {value!r}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TYPE_CHECKING
@@ -14,7 +13,7 @@ from PIL import Image
 
 from . import maps, regions
 from . import patterns as patternlib
-from .errors import SimexplainError
+from .errors import SimexplainError, check_whole
 from .regions import DEFAULT_POINT_MAP, POINT_MAP_KINDS, point_map_label  # noqa: F401 (public here)
 from .sides import pick
 from .similarity import Similarity, get as get_similarity
@@ -268,8 +267,7 @@ class PairExplanation:
         (`similarity.lower_is_better`: squared Euclidean) closeness is what counts: strength
         is -D[p, q] (how much the pair shortens the distance) and a contribution map's best
         match is its minimum."""
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-            raise SimexplainError(f"k must be a whole number >= 1, got {k!r}")
+        check_whole(k, "k")
         matrix = self.point_map_matrix(kind)
         sign = -1.0 if self.similarity.lower_is_better else 1.0
         closeness = sign * self.pairwise_flat

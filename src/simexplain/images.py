@@ -69,8 +69,7 @@ def check_image_file(source: str | Path) -> tuple[int, int]:
     cut short or damaged, unusable values) is found when the file is decoded (`load_image`),
     an ImageError naming it as well.
     """
-    with _open_file(source) as (handle, name), _as_image_errors(name), \
-            quiet_decoders(is_tiff(handle)), open_checked(handle, name) as opened:
+    with _open_file(source) as (handle, name), _checked_open(handle, name) as opened:
         width, height = opened.size
     return width, height
 
@@ -110,19 +109,20 @@ def decode_image(source: bytes | BinaryIO, name: str = "image") -> Image.Image:
     checked first (`open_checked`), every failure an ImageError naming `name`, the decoders'
     own warnings kept off the terminal (`quiet_decoders`)."""
     handle = io.BytesIO(source) if isinstance(source, bytes) else source
-    with _as_image_errors(name), quiet_decoders(is_tiff(handle)), \
-            open_checked(handle, name) as opened:
+    with _checked_open(handle, name) as opened:
         opened.load()
         image = opened.copy()
     return to_rgb(image, name)
 
 
 @contextmanager
-def _as_image_errors(name: str) -> Iterator[None]:
-    """Every failure of opening or decoding the image `name` in the block as an ImageError
-    naming it (ImageTooLarge for a decompression bomb)."""
+def _checked_open(handle: BinaryIO, name: str) -> Iterator[Image.Image]:
+    """The image in `handle` opened once its size is checked (`open_checked`), the decoders
+    quiet (`quiet_decoders`), and every failure of opening or decoding it in the block an
+    ImageError naming `name` (ImageTooLarge for a decompression bomb)."""
     try:
-        yield
+        with quiet_decoders(is_tiff(handle)), open_checked(handle, name) as opened:
+            yield opened
     except ImageError:
         raise
     except UnidentifiedImageError:

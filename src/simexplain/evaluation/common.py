@@ -164,8 +164,7 @@ def start_run(model: str, methods: Sequence[str] | None, samples: int | None, qu
         raise SimexplainError(f"this benchmark runs on {', '.join(MODELS)}, not {model!r} (the "
                               "two-stream fmnist-sketch has its own: `simexplain eval crossview`)")
     requested = resolve_methods(methods, options.allowed)
-    samples = samples or (options.quick_samples if quick else
-                          options.default_samples.get(model, unlisted_samples))
+    samples = samples or options.samples(model, quick, unlisted_samples)
     explainer, setup = load_model(model)
     source = item_source(setup.domain)
     named = [] if not methods or "all" in methods else requested

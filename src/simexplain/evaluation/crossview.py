@@ -86,8 +86,7 @@ def run(model: str, methods: Sequence[str] | None = None, samples: int | None = 
         raise SimexplainError(f"the crossview benchmark needs a two-stream sketch model "
                               f"({', '.join(OPTIONS.models)}), not {model!r}")
     methods = resolve_methods(methods, OPTIONS.allowed)
-    samples = samples or (OPTIONS.quick_samples if quick else
-                          OPTIONS.default_samples.get(model, 10))
+    samples = samples or OPTIONS.samples(model, quick)
     explainer, setup = load_model(model)
     items, labels = datasets.fashion_mnist("test")
     result = new_result(NAME, model, seed, samples, {

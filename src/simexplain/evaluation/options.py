@@ -43,6 +43,11 @@ class Standard:
     models: tuple[str, ...] = ()
     model_help: str | None = None
 
+    def samples(self, model: str, quick: bool, unlisted: int = 10) -> int:
+        """The samples of a run without --samples: --quick's, else the model's (`unlisted`
+        for a model the table does not name)."""
+        return self.quick_samples if quick else self.default_samples.get(model, unlisted)
+
     def configure(self, parser: argparse.ArgumentParser) -> None:
         defaults = ", ".join(f"{k} {v}" for k, v in self.default_samples.items())
         models = ", ".join(self.models or MODELS)

@@ -526,7 +526,7 @@ def run(model: str, methods: Sequence[str] | None = None, samples: int | None = 
         if m in NOT_APPLICABLE:
             raise SimexplainError(f"method {m!r} cannot run here: {NOT_APPLICABLE[m]}")
     methods = [m for m in resolve_methods(methods, OPTIONS.allowed) if m not in NOT_APPLICABLE]
-    samples = samples or (OPTIONS.quick_samples if quick else OPTIONS.default_samples[model])
+    samples = samples or OPTIONS.samples(model, quick)
     training = training or (QUICK_TRAINING if quick else FULL_TRAINING)
     audit = audit or (QUICK_AUDIT if quick else FULL_AUDIT)
     head = model.split("-")[1]

@@ -15,7 +15,7 @@ from PIL import Image
 
 from .. import maps, regions
 from .. import similarity as similarities
-from ..errors import ImageError, SimexplainError
+from ..errors import ImageError, SimexplainError, check_whole
 from ..explainer import side_from
 from ..explanation import PairExplanation, Side
 from ..gallery_files import CHANGED, OK, GalleryFile, read_gallery_file
@@ -340,8 +340,7 @@ class Index:
         """Search one vector. Alone, `vector` is a whole query's embedding e_a (ordinary
         similarity search); with `query_embedding` (e_a), it is a region vector q_R and hits
         are ranked by the partial similarity s_R."""
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise SimexplainError(f"k must be a whole number >= 1, got {k!r}")
+        check_whole(k, "k")
         v = _vector(vector)
         if v.shape[0] != self.dim:
             raise IndexMismatchError(f"query vector has {v.shape[0]} values, the index holds "
