@@ -12,7 +12,8 @@ median of ratios of two timings taken back to back):
    position, the previous engine) where it finishes quickly, and the peak memory of `explain`
    above that of the two forward passes (resident set size, each grid in a fresh process).
 2. zoo: the same ratio on the named models whose weights are present (fmnist-vit explained one
-   transformer block before its class-token head).
+   transformer block before its class-token head), and on a ViT-S/16 at 224 px (random
+   weights from a Hugging Face config; one block before its class token).
 3. paper shapes: the reference loops written from the paper's description (per-position
    contributions u_p, then for each pair (p, q) the product u_p . v_q, in Python loops) against
    `explain` given the same activations (the explained layer is the model's input).
@@ -233,6 +234,32 @@ def zoo_row(name: str, repeats: int) -> dict | None:
     return {"model": ZOO_ROWS.get(name, name), "grid": f"{grid[0]}x{grid[1]}",
             "forwards_ms": t_fwd * 1e3,
             "explain": ratio, "path": explainer.stream_a.contributions(x_a).path}
+
+
+# A class-token transformer of a size people use (ViT-S/16 at 224 px: 196 patches + the class
+# token, 12 blocks), random weights from a Hugging Face config: its cost does not depend on them.
+VIT_SMALL = "vit-small/16 at 224 (random weights, head: 1 block)"
+
+
+def transformer_row(repeats: int) -> dict | None:
+    try:
+        import transformers
+    except ImportError:
+        print("  vit-small: skipped (transformers is not installed)")
+        return None
+    from simexplain.zoo.hf import HFEmbedder
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
+                                    intermediate_size=1536, image_size=224, patch_size=16)
+    model = HFEmbedder(transformers.ViTModel(config, add_pooling_layer=False).eval(),
+                       pooling="cls").to(DEVICE)
+    explainer = Explainer(model, "blocks.10", similarity="cosine")
+    x_a, x_b = (torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(seed))
+                .to(DEVICE) for seed in (1, 2))
+    t_fwd, ratio = compare(lambda: two_forwards(model, x_a, x_b),
+                           lambda: explainer.explain(x_a, x_b), repeats)
+    return {"model": VIT_SMALL, "grid": "14x14", "forwards_ms": t_fwd * 1e3, "explain": ratio,
+            "path": explainer.stream_a.contributions(x_a).path}
 
 
 # -- 3. the paper's shapes and reference loops -----------------------------------------------------
@@ -473,8 +500,10 @@ def main() -> None:
         results["grids"].append(grid_row(grid, args.repeats))
         print("  ", results["grids"][-1], flush=True)
     print("2. zoo models")
-    for name in () if args.quick or "zoo" not in sections else ZOO_ROWS:
-        row = zoo_row(name, args.repeats)
+    zoo_rows = [lambda name=name: zoo_row(name, args.repeats) for name in ZOO_ROWS] + [
+        lambda: transformer_row(args.repeats)]
+    for make_row in () if args.quick or "zoo" not in sections else zoo_rows:
+        row = make_row()
         if row:
             results["zoo"].append(row)
             print("  ", row, flush=True)

@@ -139,6 +139,9 @@ def backbones() -> list[tuple[str, torch.nn.Module, str]]:
         return [("resnet50 (timm)", timm.create_model("resnet50", num_classes=0), "layer4"),
                 ("ViT-S/16 avg (timm)", timm.create_model(
                     "vit_small_patch16_224", num_classes=0, global_pool="avg"), "blocks.10"),
+                # what DINOv2 and CLIP read: the class token (one block deep: packed)
+                ("ViT-S/16 class token (timm)", timm.create_model(
+                    "vit_small_patch16_224", num_classes=0, global_pool="token"), "blocks.10"),
                 ("ConvNeXt-T (timm)", timm.create_model("convnext_tiny", num_classes=0),
                  "stages.3")]
     except ImportError:

@@ -30,6 +30,10 @@ How it is computed (cost for P positions, C channels, D embedding dimensions):
   (transformer blocks, conv heads) takes the "batched" path: the head runs as that affine
   map on the layer output masked to each position in turn, all at once under vmap, with no
   derivative at all; an additivity check sends any other head on to the next item.
+  A head of one attention that reads one token in the end (a class-token transformer one
+  block deep) is first tried "packed" (token_packing.py): every position from one replay,
+  about one block's work instead of P + 2 replays; a check against the head sends any
+  head it misreads on to the batched path.
 * Otherwise J is applied by forward tangents (one per position) or by a reverse-mode Jacobian
   (one cotangent per embedding dimension), whichever is fewer, in chunks under a budget;
   small heads take the reverse path with one cotangent per image and dimension, which also
@@ -50,6 +54,7 @@ import torch
 from torch.func import functional_call, jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from . import token_packing
 from .affine_head import AffineHead, AffineHeads, KnownHead
 from .frozen import FreezeScales
 from .head_tape import (HeadTape, find_pooling, own_thread, pooled_shares, replay_pooled,
@@ -369,9 +374,19 @@ def _linear_parts(tape: HeadTape, slots: tuple[int, int, int], pooled: torch.Ten
     per_row = batch * dim * max(pooled.numel(), batch * dim) * dim <= PER_ROW_WORK
     chunk = max(1, budget // pooled.numel())  # tangents or cotangents at a time
     if shares is None and strategy in ("auto", "batched"):
+        # the head replayed once with its frozen values recorded: what both derivative-free
+        # paths start from
+        frozen: list = []
+        primal, marks = token_packing.record(tape, pooled, offsets, slots, frozen)
+        plan = token_packing.plan(tape, marks, out_slot) if start == 0 else None
+        if plan is not None:  # one attention read at one token: one replay in all
+            packed = token_packing.packed(tape, plan, pooled, offsets, frozen, marks, out_slot,
+                                          primal, post)
+            if packed is not None:
+                return (*packed, "packed")
         # each variant holds the head's intermediate values, not one tangent: fewer at once;
         # None where the head is not affine once frozen
-        batched = _batched(post, pooled, offsets, n_pos, max(1, chunk // 8))
+        batched = _batched(post, pooled, offsets, n_pos, max(1, chunk // 8), primal, frozen)
         if batched is not None:
             return (*batched, "batched")
     if strategy in ("auto", "batched"):  # the fewer tangents, or a cheap pullback
@@ -397,7 +412,8 @@ def _one_position(features: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return features * mask.view(1, -1, 1)
 
 
-def _batched(post, pooled, offsets, n_pos: int, chunk: int):
+def _batched(post, pooled, offsets, n_pos: int, chunk: int, primal: torch.Tensor,
+             frozen: list):
     """(embedding, (B, P, D) linear parts, (B, D) constant) without derivatives, or None.
 
     With its frozen values (attention weights, norm statistics, gates) recorded at the real
@@ -406,9 +422,8 @@ def _batched(post, pooled, offsets, n_pos: int, chunk: int):
     batched under vmap: plain arithmetic, no forward- or reverse-mode bookkeeping),
     u_p = h(A_p; 0) - h(0; 0) and c = h(0). Exact where h is affine; where it is not (an
     operation that is neither linear nor frozen) the parts do not add up to h(A), and None
-    says to take another path."""
-    frozen: list = []
-    primal = post(pooled, offsets, FreezeScales(record=frozen))
+    says to take another path. `primal` and `frozen`: h(A) and the values frozen in it
+    (token_packing.record)."""
 
     # index < n_pos: one position; n_pos: zeros without the offsets (what constants the offsets
     # do not hold give); n_pos + 1: zeros with them (c)

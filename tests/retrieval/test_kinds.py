@@ -49,6 +49,16 @@ def test_approximate_kinds_find_most_of_the_best():
         assert np.mean(found) >= 0.8, (name, np.mean(found))
 
 
+def test_a_small_ivf_gallery_builds_without_a_faiss_warning(capfd):
+    """Under 39 vectors the default is one list, which FAISS would warn needs more points."""
+    data = vectors(20)
+    params = kinds.with_defaults("ivf", len(data), None, data.shape[1])
+    assert params["nlist"] == 1
+    structure = kinds.kind("ivf").build(lambda a, b: data[a:b], len(data), data.shape[1], params)
+    assert structure.ntotal == 20
+    assert "WARNING" not in capfd.readouterr().err
+
+
 def test_defaults_and_refusals():
     assert kinds.list_count(10_000) == 100 and kinds.list_count(100) == 2
     assert kinds.list_count(1) == 1

@@ -164,6 +164,7 @@ def test_eager_and_sdpa_attention_agree(saved):
     by_eager = hf_explainer(eager, model_name="eager").contributions(x)
     scale = float(by_sdpa.positions.abs().max())
     assert torch.allclose(by_sdpa.positions, by_eager.positions, atol=1e-4 * scale, rtol=0)
+    assert by_sdpa.path == by_eager.path == "whole head, packed"
 
 
 def test_a_model_object_and_its_layers(saved):
@@ -356,9 +357,11 @@ def test_every_head_path_agrees_with_the_reference_path(saved, kind):
     x = torch.randn(2, 3, SIDE, SIDE)
     reference = stream.contributions(x, strategy="tangents")
     scale = float(reference.positions.abs().max())
-    for strategy in ("reverse", "forward"):
+    for strategy in ("auto", "reverse", "forward"):
         got = stream.contributions(x, strategy=strategy)
         assert got.path != "tangents"  # the tape recorded and replayed the head
+        if strategy == "auto":  # one block read at the class token: one packed replay
+            assert got.path == "whole head, packed"
         assert torch.allclose(got.positions, reference.positions, atol=1e-5 * scale, rtol=0)
         assert torch.allclose(got.embedding, reference.embedding, atol=1e-6)
 

@@ -105,6 +105,8 @@ class IVF(IndexKind):
         nlist = int(params["nlist"])
         n = len(data)
         sample = data if n <= 64 * nlist else data[rng.choice(n, 64 * nlist, replace=False)]
+        if nlist == 1:  # one list: nothing to cluster (FAISS would warn below 39 vectors)
+            structure.cp.min_points_per_centroid = 1
         structure.train(np.ascontiguousarray(sample))
 
     def configure(self, structure: Structure, params: dict, fetch: int) -> int:

@@ -1,0 +1,210 @@
+"""Class-token heads of one attention, explained by one packed replay (token_packing.py): equal
+to the reference path (one tangent per position through the whole model), whichever token the
+head reads; the check that sends a misread head to the batched path; the heads the packing
+does not fit."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from simexplain import token_packing
+from test_frozen import MODELS, TorchViT, _explained, _pair
+
+
+def _same(got, reference) -> None:
+    scale = max(float(reference.positions.abs().max()), float(reference.tokens.abs().max()))
+    for name in ("positions", "tokens", "constant", "embedding"):
+        torch.testing.assert_close(getattr(got, name), getattr(reference, name), rtol=0,
+                                   atol=1e-5 * scale, msg=name)
+
+
+def _batch(seed: int = 3) -> torch.Tensor:
+    return torch.cat(_pair(seed=seed))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_one_block_deep_a_class_token_head_is_packed_and_exact(name):
+    model, explainer = _explained(name, 1)
+    stream, x = explainer.stream_a, _batch()
+    reference = stream.contributions(x, "tangents")
+    packed = stream.contributions(x)
+    assert packed.path == "whole head, packed"
+    _same(packed, reference)
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(packed.positions.sum(1) + packed.tokens.sum(1), expected,
+                               rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_the_packed_path_equals_the_batched_path(name, monkeypatch):
+    _, explainer = _explained(name, 1)
+    stream, x = explainer.stream_a, _batch(seed=4)
+    packed = stream.contributions(x, "batched")
+    monkeypatch.setattr(token_packing, "plan", lambda *_: None)
+    batched = stream.contributions(x, "batched")
+    assert (packed.path, batched.path) == ("whole head, packed", "whole head, batched")
+    _same(packed, batched)
+
+
+class _TimmLikeBlock(nn.Module):
+    """timm's ViT block as written there: one qkv projection split by reshape, permute and
+    unbind, F.scaled_dot_product_attention, layer scale on both branches."""
+
+    def __init__(self, width=32, heads=4):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(width, eps=1e-6), nn.LayerNorm(width, eps=1e-6)
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.fc1, self.fc2 = nn.Linear(width, 4 * width), nn.Linear(4 * width, width)
+        self.gamma1 = nn.Parameter(torch.rand(width) + 0.5)
+        self.gamma2 = nn.Parameter(torch.rand(width) + 0.5)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        qkv = self.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, c // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c)
+        x = x + self.gamma1 * self.proj(attended)
+        return x + self.gamma2 * self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class _TimmLikeViT(TorchViT):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList(_TimmLikeBlock() for _ in range(3))
+
+
+def test_a_timm_like_block_is_packed_and_exact():
+    from simexplain import Explainer
+    torch.manual_seed(0)
+    stream = Explainer(_TimmLikeViT().eval(), "blocks.1", similarity="cosine").stream_a
+    x = _batch(seed=10)
+    packed = stream.contributions(x)
+    assert packed.path == "whole head, packed"
+    _same(packed, stream.contributions(x, "tangents"))
+
+
+class _ReadsAnotherToken(TorchViT):
+    """Reads a patch token instead of the class token, the way `read` says."""
+
+    def __init__(self, read):
+        super().__init__()
+        self.read = read
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(len(t), -1, -1), t], dim=1) + self.pos
+        for block in self.blocks:
+            t = block(t)
+        return F.normalize(self.proj(self.read(self.norm(t))), dim=1)
+
+
+@pytest.mark.parametrize("read", [lambda t: t[:, -1], lambda t: t.select(1, 5),
+                                  lambda t: t[:, 7, :]], ids=["last", "select", "getitem"])
+def test_any_one_token_read_by_the_head_is_packed(read):
+    from simexplain import Explainer
+    torch.manual_seed(0)
+    model = _ReadsAnotherToken(read).eval()
+    stream = Explainer(model, "blocks.1", similarity="cosine").stream_a
+    x = _batch(seed=5)
+    packed = stream.contributions(x)
+    assert packed.path == "whole head, packed"
+    _same(packed, stream.contributions(x, "tangents"))
+
+
+def test_a_misread_head_is_caught_by_the_check_and_goes_on_to_the_batched_path(monkeypatch):
+    """Frozen values after the attention left at their own token (a wrong plan): the parts
+    still add up to the embedding, so only the weighted replay can tell."""
+    _, explainer = _explained("torch-gelu-prenorm", 1)
+    stream, x = explainer.stream_a, _batch(seed=6)
+    reference = stream.contributions(x, "tangents")
+    monkeypatch.setattr(token_packing, "_at_token", lambda value, *_: value)
+    with monkeypatch.context() as unchecked:  # without the check: wrong parts, right total
+        unchecked.setattr(token_packing, "_agrees", lambda *_: True)
+        wrong = stream.contributions(x)
+        assert wrong.path == "whole head, packed"
+        assert float((wrong.positions - reference.positions).abs().max()) > \
+            1e-2 * float(reference.positions.abs().max())
+        torch.testing.assert_close(wrong.positions.sum(1) + wrong.tokens.sum(1),
+                                   reference.embedding, rtol=1e-4, atol=1e-5)
+    checked = stream.contributions(x)
+    assert checked.path == "whole head, batched"
+    _same(checked, reference)
+
+
+def test_a_plan_for_the_wrong_token_is_caught(monkeypatch):
+    _, explainer = _explained("hand-written", 1)
+    stream, x = explainer.stream_a, _batch(seed=7)
+    real_plan = token_packing.plan
+
+    def wrong_token(*args):
+        found = real_plan(*args)
+        return None if found is None else dataclasses.replace(found, token=1)
+    monkeypatch.setattr(token_packing, "plan", wrong_token)
+    got = stream.contributions(x)
+    assert got.path == "whole head, batched"
+    _same(got, stream.contributions(x, "tangents"))
+
+
+class _ConstantAfterTheBlock(TorchViT):
+    """Adds a constant of its own (a buffer, not a bias the engine moves) after the last
+    block: it leaks into every packed part, which the check sees. (One value on every channel
+    would not: the norm after it takes the mean away.)"""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("shift", torch.linspace(-1, 1, 32))
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(len(t), -1, -1), t], dim=1) + self.pos
+        for block in self.blocks:
+            t = block(t)
+        return F.normalize(self.proj(self.norm(t + self.shift)[:, 0]), dim=1)
+
+
+class _MeanAfterTheBlock(TorchViT):
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(len(t), -1, -1), t], dim=1) + self.pos
+        for block in self.blocks:
+            t = block(t)
+        return F.normalize(self.proj(self.norm(t).mean(1)), dim=1)
+
+
+def test_a_constant_of_the_heads_own_is_caught_by_the_check(monkeypatch):
+    """Packed, the buffer is added to every position's part; the batched path puts it in the
+    constant term (u_p = h(A_p) - h(0)), as the check makes the packed path do: refused."""
+    from simexplain import Explainer
+    torch.manual_seed(0)
+    stream = Explainer(_ConstantAfterTheBlock().eval(), "blocks.1",
+                       similarity="cosine").stream_a
+    x = _batch(seed=9)
+    got = stream.contributions(x)
+    assert got.path == "whole head, batched"
+    with monkeypatch.context() as unchecked:
+        unchecked.setattr(token_packing, "_agrees", lambda *_: True)
+        leaked = stream.contributions(x)
+    assert leaked.path == "whole head, packed"
+    assert float((leaked.positions - got.positions).abs().max()) > \
+        1e-2 * float(got.positions.abs().max())
+
+
+@pytest.mark.parametrize("model_class, layer", [
+    (_MeanAfterTheBlock, "blocks.1"),  # every token read: no plan
+    (TorchViT, "blocks.0"),  # two attentions: no plan
+])
+def test_heads_the_packing_does_not_fit_take_the_batched_path(model_class, layer):
+    from simexplain import Explainer
+    torch.manual_seed(0)
+    stream = Explainer(model_class().eval(), layer, similarity="cosine").stream_a
+    x = _batch(seed=8)
+    got = stream.contributions(x)
+    assert got.path == "whole head, batched"
+    _same(got, stream.contributions(x, "tangents"))
