@@ -59,20 +59,39 @@ class _Step:
     kwargs: dict
     outputs: list[int | None]  # slot of each flattened output leaf (None: not a tensor)
     reads: set[int]  # slots read
+    flat: tuple | None = None  # (leaves, spec) of (args, kwargs), where the recorder has them
 
     def __post_init__(self):
         # flattened once: a replay substitutes the few slot and offset leaves in place
-        self._leaves, self._spec = tree_flatten((self.args, self.kwargs))
+        self._leaves, self._spec = self.flat or tree_flatten((self.args, self.kwargs))
+        self.flat = None
         self._holes = [(i, leaf) for i, leaf in enumerate(self._leaves)
                        if isinstance(leaf, (_Slot, _Offset))]
+        # Most calls hold their slots and offsets at the top level (F.linear(x, w, b),
+        # x.view(2, 17, -1)): a replay puts them there without rebuilding the arguments'
+        # structure (pytree's unflatten, a fixed cost on every replayed call).
+        top_args = [(i, a) for i, a in enumerate(self.args) if isinstance(a, (_Slot, _Offset))]
+        top_kwargs = [(k, v) for k, v in self.kwargs.items() if isinstance(v, (_Slot, _Offset))]
+        self._top = (top_args, top_kwargs) if len(top_args) + len(top_kwargs) == len(
+            self._holes) else None
 
     def arguments(self, env: dict[int, torch.Tensor], offsets: dict[str, torch.Tensor]
                   ) -> tuple[tuple, dict]:
         """The call's (args, kwargs) with the slots taken from `env` and the offsets from
         `offsets`."""
+        def value(leaf):
+            return env[leaf.index] if isinstance(leaf, _Slot) else offsets[leaf.name]
+        if self._top is not None:
+            top_args, top_kwargs = self._top
+            args = list(self.args)
+            for i, leaf in top_args:
+                args[i] = value(leaf)
+            kwargs = {**self.kwargs, **{k: value(leaf) for k, leaf in top_kwargs}} \
+                if top_kwargs else self.kwargs
+            return tuple(args), kwargs
         leaves = list(self._leaves)
         for i, leaf in self._holes:
-            leaves[i] = env[leaf.index] if isinstance(leaf, _Slot) else offsets[leaf.name]
+            leaves[i] = value(leaf)
         return tree_unflatten(leaves, self._spec)
 
     def run(self, env: dict[int, torch.Tensor], offsets: dict[str, torch.Tensor]):
@@ -167,8 +186,10 @@ class HeadTape(TorchFunctionMode):
         out_leaves = tree_flatten(out)[0]
         name = getattr(func, "__name__", "")
         if not any(isinstance(o, torch.Tensor) for o in out_leaves) and not (
-                name.endswith("_") or name == "__setitem__"):
-            return out  # a query (size, dim, item): its value is baked into later calls
+                (name.endswith("_") and not name.endswith("__")) or name == "__setitem__"):
+            # a query (size, dim, item; a property such as shape or dtype, `__get__`): its
+            # value is baked into later calls
+            return out
 
         def record(leaf):
             slot = self.slot_of(leaf)
@@ -179,7 +200,8 @@ class HeadTape(TorchFunctionMode):
                 self._offsets_read.add(offset)
                 return _Offset(offset)
             return leaf
-        rec_args, rec_kwargs = tree_unflatten([record(v) for v in leaves], spec)
+        rec_leaves = [record(v) for v in leaves]
+        rec_args, rec_kwargs = tree_unflatten(rec_leaves, spec)
         outputs: list[int | None] = []
         for leaf in out_leaves:
             if isinstance(leaf, torch.Tensor):
@@ -189,7 +211,8 @@ class HeadTape(TorchFunctionMode):
                 self._next_slot += 1
             else:
                 outputs.append(None)
-        self.steps.append(_Step(func, rec_args, rec_kwargs, outputs, reads))
+        self.steps.append(_Step(func, rec_args, rec_kwargs, outputs, reads,
+                                (rec_leaves, spec)))
         return out
 
     def replay(self, inputs: dict[int, torch.Tensor], offsets: dict[str, torch.Tensor],
