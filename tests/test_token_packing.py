@@ -208,3 +208,79 @@ def test_heads_the_packing_does_not_fit_take_the_batched_path(model_class, layer
     got = stream.contributions(x)
     assert got.path == "whole head, batched"
     _same(got, stream.contributions(x, "tangents"))
+
+
+# -- known by input size: later calls replay the program without recording it --------------------
+def _count_tapes(monkeypatch) -> list[int]:
+    from simexplain import adapters
+    made, count = adapters.HeadTape, [0]
+
+    def tape(*args, **kwargs):
+        count[0] += 1
+        return made(*args, **kwargs)
+    monkeypatch.setattr(adapters, "HeadTape", tape)
+    return count
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_packed_head_is_known_by_input_size_after_one_call(name, monkeypatch):
+    _, explainer = _explained(name, 1)
+    stream, x = explainer.stream_a, _batch(seed=11)
+    tapes = _count_tapes(monkeypatch)
+    first = stream.contributions(x)
+    assert tapes[0] == 1 and stream.affine_heads.known_calls == 0
+    for other in (x, _batch(seed=12)):  # any batch of this input size and batch size
+        got = stream.contributions(other)
+        assert got.path == "whole head, packed"
+        _same(got, stream.contributions(other, "tangents"))
+    assert tapes[0] == 1  # the packed calls do not record (nor does the reference path)
+    assert stream.affine_heads.known_calls == 2
+    # another batch size is another program (its reshapes hold the batch): recorded once,
+    # known from then on, and the first stays known
+    single = _pair(seed=13)[0]
+    for _ in range(2):
+        got = stream.contributions(single)
+        _same(got, stream.contributions(single, "tangents"))
+    assert tapes[0] == 2 and stream.affine_heads.known_calls == 3
+    stream.contributions(x)
+    assert tapes[0] == 2 and stream.affine_heads.known_calls == 4
+    torch.testing.assert_close(stream.contributions(x).positions, first.positions, rtol=0,
+                               atol=0)
+
+
+def test_a_known_packed_head_follows_a_change_of_the_weights(monkeypatch):
+    model, explainer = _explained("torch-gelu-prenorm", 1)
+    stream, x = explainer.stream_a, _batch(seed=14)
+    stream.contributions(x)
+    stream.contributions(x)
+    assert stream.affine_heads.known_calls == 1
+    with torch.no_grad():  # in place: the tensors stay, their versions move
+        model.blocks[-1].linear1.weight.mul_(1.5)
+        model.norm.bias.add_(0.25)
+    tapes = _count_tapes(monkeypatch)
+    got = stream.contributions(x)
+    assert tapes[0] == 1 and stream.affine_heads.known_calls == 1  # recorded again
+    _same(got, stream.contributions(x, "tangents"))
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(got.positions.sum(1) + got.tokens.sum(1), expected, rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_a_known_packed_head_that_disagrees_is_refused(monkeypatch):
+    """A call whose replay freezes other values than the known program's (a head that
+    branches on the data) is not answered by it: recorded from then on, still exact."""
+    _, explainer = _explained("hand-written", 1)
+    stream, x = explainer.stream_a, _batch(seed=15)
+    stream.contributions(x)
+    real = token_packing.record
+
+    def one_more(*args):
+        primal, marks = real(*args)
+        return primal, marks + [marks[-1]]
+    monkeypatch.setattr(token_packing, "record", one_more)
+    tapes = _count_tapes(monkeypatch)
+    got = stream.contributions(x)
+    assert tapes[0] == 1 and stream.affine_heads.known_calls == 0
+    monkeypatch.setattr(token_packing, "record", real)
+    _same(got, stream.contributions(x, "tangents"))

@@ -12,11 +12,12 @@ from torch import nn
 
 from . import geometry
 from .errors import LayerError, ModelError, SimexplainError, first_line
-from .affine_head import AffineHeads, KnownHead, bind
+from .affine_head import AffineHead, AffineHeads, KnownHead, bind
 from .frozen import RawEmbeddings
 from .head import (STRATEGIES, Contributions, head_offsets, known_contributions, mask_shape,
                    tangent_contributions, tape_contributions)
-from .head_tape import HeadTape, own_thread, pooling_reads
+from .head_tape import HeadTape, own_thread, step_reads
+from .token_packing import PackedHead
 
 
 # Floats of tangents (or cotangents) held at once in head analysis (about 1 GB).
@@ -202,13 +203,18 @@ class SplitModel:
         features = tape.features
         assert features is not None  # a complete tape has recorded the layer
 
-        def remember(tape, pooling, cached):  # later calls of this size: `_known_contributions`
-            tensors, names = pooling_reads(tape, pooling)
+        def remember(tape, pooling, learned):  # later calls of this size: `_known_contributions`
+            # a cached head after a pooling reads the pooling's tensors and its own; a packed
+            # whole head, what every step reads
+            steps = pooling.steps() if pooling is not None else range(len(tape.steps))
+            tensors, names = step_reads(tape, steps)
+            own = learned.tensors if isinstance(learned, AffineHead) else []
             bound = bind(self.model, [name for name, _ in self.model.named_modules()],
-                         cached.tensors + tensors + [offsets[name] for name in names])
+                         own + tensors + [offsets[name] for name in names])
             if bound is not None:
-                self.affine_heads.remember(_input_key(x), KnownHead(
-                    tape.program(), pooling, cached, {name: offsets[name] for name in names},
+                key = _input_key(x, batch=isinstance(learned, PackedHead))
+                self.affine_heads.remember(key, KnownHead(
+                    tape.program(), pooling, learned, {name: offsets[name] for name in names},
                     (tuple(features.shape[1:]), features.dtype, features.device), bound))
         try:
             return tape_contributions(tape, embedding, offsets, grid, prefix, strategy,
@@ -221,9 +227,11 @@ class SplitModel:
         """The contributions by the head known for inputs of x's size (affine_head.KnownHead):
         one forward pass with a plain hook on the layer, no recording. None when no head is
         known, or when this call disagreed with it (inputs of this size are then recorded)."""
-        key = _input_key(x)
-        known = self.affine_heads.known(key)
-        if known is None:
+        for key in (_input_key(x), _input_key(x, batch=True)):
+            known = self.affine_heads.known(key)
+            if known is not None:
+                break
+        else:
             return None
         features, embedding = self._forward_seeing_layer(x)
         self._check_embedding(embedding, len(x))
@@ -296,6 +304,7 @@ class SplitModel:
         return captured[0], out
 
 
-def _input_key(x: torch.Tensor) -> tuple:
-    """What a known head is known for: the input's size (not the batch), dtype and device."""
-    return (tuple(x.shape[1:]), x.dtype, x.device)
+def _input_key(x: torch.Tensor, batch: bool = False) -> tuple:
+    """What a known head is known for: the input's size (not the batch), dtype and device;
+    and the batch size for a packed whole head, whose program holds it (x.view(B, N, -1))."""
+    return (tuple(x.shape[1:]), x.dtype, x.device) + ((len(x),) if batch else ())

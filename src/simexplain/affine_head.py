@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from .head_tape import HeadTape
+from .token_packing import PackedHead
 
 AFFINE_SWITCH = "SIMEXPLAIN_AFFINE_HEAD"
 GRAPH_SWITCH = "SIMEXPLAIN_CUDA_GRAPHS"
@@ -374,16 +375,17 @@ class _Bound:
 class KnownHead:
     """What a call with a checked cached head learned from its recording: the pooling (its
     steps kept, `program`), the cached head after it, the offsets it reads and the layer
-    output's size, dtype and device. Later calls with inputs of the same size run the model
+    output's size, dtype and device; or, for a packed whole head (token_packing.py), all its
+    steps and what the packing learned. Later calls with inputs of the same size run the model
     with a plain hook on the layer and compute the contributions from these alone, without
     recording the head again (`head.known_contributions`); every tensor read is checked to be
     still the model's own and unchanged first, and the result against the model's own
     embedding after."""
 
     program: HeadTape  # the recorded steps only (no recorded values)
-    pooling: Any  # head_tape._Pooling
-    head: AffineHead
-    offsets: dict[str, torch.Tensor]  # the module's own tensors, read by the pooling (a bias)
+    pooling: Any  # head_tape._Pooling; None for a packed whole head
+    head: AffineHead | PackedHead  # the cached head after the pooling, or a packed whole head
+    offsets: dict[str, torch.Tensor]  # the module's own tensors read (a bias)
     features: tuple  # (shape[1:], dtype, device) of the layer output
     bound: list[_Bound]
 

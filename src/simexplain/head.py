@@ -19,8 +19,9 @@ How it is computed (cost for P positions, C channels, D embedding dimensions):
 
 * `HeadTape` (head_tape.py) records the head during the model's one forward pass; the head is
   then analysed alone, from the recorded layer output: the trunk never runs again. A head
-  already analysed as a cached affine matrix for this input size is not recorded again
-  (`known_contributions`, affine_head.KnownHead).
+  already analysed as a cached affine matrix for this input size, or packed (below) for
+  this input and batch size, is not recorded again (`known_contributions`,
+  affine_head.KnownHead).
 * Pooling heads (average, max, GeM, token mean, class token; flatten + Linear, which maps each
   position on its own) are recognised on the tape (`find_pooling`). Each position's share of
   the pooled vector (a P x C matrix: A_pk / P for the average, A_pk at the argmax for max, ...)
@@ -217,9 +218,10 @@ STRATEGIES = ("auto", "batched", "forward", "reverse", "tangents")
 PER_ROW_WORK = 1 << 24
 
 
+# What a known head (affine_head.KnownHead) is made of.
 # Called with (the tape, its pooling, the checked cached head) when a call was answered by the
-# cached head: what a known head (affine_head.KnownHead) is made of.
-Remember = Callable[[HeadTape, Any, AffineHead], None]
+# cached head, or (the tape, None, what the packed path learned) when by a packed replay.
+Remember = Callable[[HeadTape, Any, "AffineHead | token_packing.PackedHead"], None]
 
 
 def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[str, torch.Tensor],
@@ -269,11 +271,12 @@ def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[st
             start, source, pooled = 0, 0, features
             pooled_constant = torch.zeros_like(features)
             shares, whole = None, None  # implicit: A masked to one position
+        learned = None  # a packed whole head (token_packing.PackedHead)
         if head is not None and head.checked:
             primal, linear, constant = head.apply(pooled, shares, pooled_constant)
             mode = "affine, cached"
         else:
-            primal, linear, constant, mode = _linear_parts(
+            primal, linear, constant, mode, learned = _linear_parts(
                 tape, (source, start, out_slot), pooled, offsets, shares, pooled_constant,
                 n_pos, embedding.shape[1], strategy, budget)
             if head is not None:  # a new cache entry: used once it agrees with this path
@@ -284,8 +287,11 @@ def tape_contributions(tape: HeadTape, embedding: torch.Tensor, offsets: dict[st
     path = f"{pooling.kind} pooling, {mode}" if pooling else f"whole head, {mode}"
     result = _checked(primal, linear, constant, embedding, n_pos, whole, grid, prefix_tokens,
                       path)
-    if result is not None and remember is not None and head is not None and head.checked:
-        remember(tape, pooling, head)
+    if result is not None and remember is not None:
+        if head is not None and head.checked:
+            remember(tape, pooling, head)
+        elif learned is not None:
+            remember(tape, None, learned)
     return result
 
 
@@ -293,18 +299,24 @@ def known_contributions(known: KnownHead, features: torch.Tensor, embedding: tor
                         grid: tuple[int, int], prefix_tokens: int = 0) -> Contributions | None:
     """The contributions by a known head (affine_head.KnownHead) from the layer output and the
     model's embedding of a plain forward pass: the pooling's shares and the cached matrix, as
-    `tape_contributions` computes them once the head is cached (the same bits), without the
-    recording. None when the head does not reproduce the model's embedding (a head that
+    `tape_contributions` computes them once the head is cached (the same bits), or the packed
+    replay of a whole head's recorded steps, without the recording. None when the head does not reproduce the model's embedding (a head that
     branches on its input or was changed), or the layer output is not what it was."""
     if (tuple(features.shape[1:]), features.dtype, features.device) != known.features:
         return None
     offsets = {k: v.detach() for k, v in known.offsets.items()}
+    n_pos = to_positions(features).shape[1]
+    if isinstance(known.head, token_packing.PackedHead):  # a whole head, replayed packed
+        with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
+            parts = token_packing.known_packed(known.program, known.head, features, offsets)
+        return None if parts is None else _checked(
+            *parts, embedding, n_pos, None, grid, prefix_tokens, "whole head, packed")
     with torch.no_grad():
         pooled, shares, pooled_constant, whole = _pooled_inputs(
             known.program, known.pooling, features, offsets, len(embedding))
         primal, linear, constant = known.head.apply(pooled, shares, pooled_constant)
-    return _checked(primal, linear, constant, embedding, to_positions(features).shape[1],
-                    whole, grid, prefix_tokens, f"{known.pooling.kind} pooling, affine, cached")
+    return _checked(primal, linear, constant, embedding, n_pos, whole, grid, prefix_tokens,
+                    f"{known.pooling.kind} pooling, affine, cached")
 
 
 def _checked(primal: torch.Tensor, linear: torch.Tensor, constant: torch.Tensor,
@@ -360,9 +372,9 @@ def _linear_parts(tape: HeadTape, slots: tuple[int, int, int], pooled: torch.Ten
                   offsets: dict[str, torch.Tensor], shares: torch.Tensor | None,
                   pooled_constant: torch.Tensor, n_pos: int, dim: int, strategy: str,
                   budget: int):
-    """(embedding, linear parts, constant, mode) of the head replayed from slot `source` on
-    (steps[start:], up to slot `out_slot`), by the strategy's transform (see
-    `tape_contributions`)."""
+    """(embedding, linear parts, constant, mode, what a packed replay learned or None) of the
+    head replayed from slot `source` on (steps[start:], up to slot `out_slot`), by the
+    strategy's transform (see `tape_contributions`)."""
     source, start, out_slot = slots
 
     def post(r, off, frozen=None):
@@ -383,24 +395,25 @@ def _linear_parts(tape: HeadTape, slots: tuple[int, int, int], pooled: torch.Ten
             packed = token_packing.packed(tape, plan, pooled, offsets, frozen, marks, out_slot,
                                           primal, post)
             if packed is not None:
-                return (*packed, "packed")
+                return (*packed, "packed", token_packing.PackedHead(plan, marks, out_slot))
         # each variant holds the head's intermediate values, not one tangent: fewer at once;
         # None where the head is not affine once frozen
         batched = _batched(post, pooled, offsets, n_pos, max(1, chunk // 8), primal, frozen)
         if batched is not None:
-            return (*batched, "batched")
+            return (*batched, "batched", None)
     if strategy in ("auto", "batched"):  # the fewer tangents, or a cheap pullback
         mode = "forward" if n_tangents <= dim and not per_row else "reverse"
     else:
         mode = strategy
     if mode == "forward":
         return (*_forward(post, pooled, offsets, shares, pooled_constant, n_tangents, chunk),
-                mode)
+                mode, None)
     if per_row:
-        return (*_reverse(post, pooled, offsets, shares, pooled_constant, dim, chunk), mode)
+        return (*_reverse(post, pooled, offsets, shares, pooled_constant, dim, chunk), mode,
+                None)
     primal, constant = jvp(post, (pooled, offsets), (pooled_constant, offsets))  # type: ignore[misc]  # torch's stub: a 3-tuple (has_aux)
     _, linear, _ = _reverse(post, pooled, offsets, shares, None, dim, chunk)
-    return primal, linear, constant, mode
+    return primal, linear, constant, mode, None
 
 
 def _one_position(features: torch.Tensor, p: torch.Tensor) -> torch.Tensor:

@@ -257,12 +257,13 @@ class _Pooling:
         return self.chain + [self.pool] + ([self.argument] if self.kind == "linear" else [])
 
 
-def pooling_reads(tape: HeadTape, pooling: _Pooling) -> tuple[list[torch.Tensor], list[str]]:
-    """The tensors the pooling's steps read besides the layer output (a Linear's weight, a
-    learnt scalar) and the names of the offsets they read (a Linear's bias)."""
+def step_reads(tape: HeadTape, indices) -> tuple[list[torch.Tensor], list[str]]:
+    """The tensors the steps at `indices` read besides the recorded ones (a Linear's weight, a
+    learnt scalar) and the names of the offsets they read (a Linear's bias): for a pooling,
+    its steps (`_Pooling.steps`); for a whole head, all."""
     tensors: list[torch.Tensor] = []
     names: list[str] = []
-    for i in pooling.steps():
+    for i in indices:
         for leaf in tape.steps[i]._leaves:
             if isinstance(leaf, torch.Tensor):
                 tensors.append(leaf)

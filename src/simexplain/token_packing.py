@@ -73,6 +73,18 @@ class Plan:
     axes: dict[int, int]  # slot -> token axis (DIAG and ROW slots)
     kinds: dict[int, str]  # slot -> kind
     row_steps: set[int]  # indices of steps with a ROW input (their frozen values: at token s)
+    dims: dict[int, int]  # slot -> its number of dimensions (DIAG and ROW slots)
+
+
+@dataclass
+class PackedHead:
+    """What a call answered by the packed path learned: with the program (the recorded steps),
+    later calls of the same input size replay it without recording it again
+    (`known_packed`)."""
+
+    plan: Plan
+    marks: list[int]  # frozen values after each step (`record`): the same program freezes alike
+    output: int  # the embedding's slot
 
 
 def record(tape: HeadTape, source_value: torch.Tensor, offsets: dict[str, torch.Tensor],
@@ -120,8 +132,9 @@ class _Reader:
         if self.select is None or self.attention is None or self.kinds.get(output) != TAIL:
             return None
         step, token, source, selected = self.select
+        dims = {slot: self.values[slot].dim() for slot in self.axes}
         return Plan(step, token, self.tokens, source, selected, self.attention, self.axes,
-                    self.kinds, self.row_steps)
+                    self.kinds, self.row_steps, dims)
 
     def read(self, i: int, step: _Step, consumed: int) -> bool:
         """Take step i (which froze `consumed` values); False where the plan cannot go on."""
@@ -216,7 +229,6 @@ def packed(tape: HeadTape, the_plan: Plan, features: torch.Tensor,
     the checks fail. `head(x, offsets, freeze)` replays the whole head from the layer output;
     `frozen` and `marks` come from `record`."""
     s, n = the_plan.token, the_plan.tokens
-    values = tape.recorded()
     replayed = list(frozen)
     first = 0
     for i, last in enumerate(marks):
@@ -226,7 +238,7 @@ def packed(tape: HeadTape, the_plan: Plan, features: torch.Tensor,
             elif i in the_plan.row_steps:
                 reader = next(slot for slot in tape.steps[i].reads
                               if the_plan.kinds[slot] == ROW)
-                replayed[k] = _at_token(frozen[k], values[reader].dim(),
+                replayed[k] = _at_token(frozen[k], the_plan.dims[reader],
                                         the_plan.axes[reader], s, n)
                 if replayed[k] is None:
                     return None
@@ -264,6 +276,24 @@ def packed(tape: HeadTape, the_plan: Plan, features: torch.Tensor,
     if not _agrees((linear * weights[..., None]).sum(1) + constant, probed, primal):
         return None
     return primal, linear, constant
+
+
+def known_packed(program: HeadTape, known: PackedHead, features: torch.Tensor,
+                 offsets: dict[str, torch.Tensor]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(embedding, linear parts, constant) of a head answered by the packed path before, from
+    its program and a new layer output of the same size, or None where this call freezes
+    other values or fails the check."""
+    frozen: list = []
+    primal, marks = record(program, features, offsets, (0, 0, known.output), frozen)
+    if marks != known.marks:
+        return None
+
+    def head(x, moved, freeze):
+        with freeze:
+            return program.replay({0: x}, moved, 0, known.output)
+    return packed(program, known.plan, features, offsets, frozen, marks, known.output, primal,
+                  head)
 
 
 def _agrees(parts: torch.Tensor, head: torch.Tensor, primal: torch.Tensor) -> bool:
