@@ -300,8 +300,9 @@ def known_contributions(known: KnownHead, features: torch.Tensor, embedding: tor
     """The contributions by a known head (affine_head.KnownHead) from the layer output and the
     model's embedding of a plain forward pass: the pooling's shares and the cached matrix, as
     `tape_contributions` computes them once the head is cached (the same bits), or the packed
-    replay of a whole head's recorded steps, without the recording. None when the head does not reproduce the model's embedding (a head that
-    branches on its input or was changed), or the layer output is not what it was."""
+    replay of a whole head's recorded steps, without the recording. None when the head does
+    not reproduce the model's embedding (a head that branches on its input or was changed),
+    or the layer output is not what it was."""
     if (tuple(features.shape[1:]), features.dtype, features.device) != known.features:
         return None
     offsets = {k: v.detach() for k, v in known.offsets.items()}

@@ -10,7 +10,7 @@ import threading
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -257,7 +257,7 @@ class _Pooling:
         return self.chain + [self.pool] + ([self.argument] if self.kind == "linear" else [])
 
 
-def step_reads(tape: HeadTape, indices) -> tuple[list[torch.Tensor], list[str]]:
+def step_reads(tape: HeadTape, indices: Iterable[int]) -> tuple[list[torch.Tensor], list[str]]:
     """The tensors the steps at `indices` read besides the recorded ones (a Linear's weight, a
     learnt scalar) and the names of the offsets they read (a Linear's bias): for a pooling,
     its steps (`_Pooling.steps`); for a whole head, all."""
