@@ -17,6 +17,7 @@ from .frozen import RawEmbeddings
 from .head import (STRATEGIES, Contributions, head_offsets, known_contributions, mask_shape,
                    tangent_contributions, tape_contributions)
 from .head_tape import HeadTape, own_thread, step_reads
+from .model_lock import lock_of
 from .token_packing import PackedHead
 
 
@@ -111,7 +112,8 @@ class SplitModel:
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         try:
-            return self.model(x)
+            with lock_of(self.model).shared():  # never during the reference path's pass
+                return self.model(x)
         except SimexplainError:
             raise
         except Exception as exc:  # noqa: BLE001 - whatever the model raises (RuntimeError from
@@ -172,15 +174,19 @@ class SplitModel:
                 f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
         shape, head = self._probe(x)
         grid, prefix = self.grid(x)
+        lock = lock_of(self.model)
         try:
             result = None
-            if strategy == "auto":
-                result = self._known_contributions(x, grid, prefix)
-            if result is None and strategy != "tangents":
-                result = self._tape_contributions(x, grid, prefix, strategy)
-            if result is None:  # the offsets of the modules that ran after the layer
-                result = self._tangent_contributions(x, shape, head_offsets(self.model, head),
-                                                     grid, prefix)
+            with lock.shared():  # the model's tensors are read until the analysis ends
+                if strategy == "auto":
+                    result = self._known_contributions(x, grid, prefix)
+                if result is None and strategy != "tangents":
+                    result = self._tape_contributions(x, grid, prefix, strategy)
+            if result is None:
+                with lock.alone():  # functional_call puts values into the model's biases
+                    # the offsets of the modules that ran after the layer
+                    result = self._tangent_contributions(
+                        x, shape, head_offsets(self.model, head), grid, prefix)
         except RuntimeError as exc:
             raise ModelError(
                 f"cannot push contributions through the head after {self.layer_name!r}: "

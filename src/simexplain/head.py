@@ -152,6 +152,8 @@ def tangent_contributions(
     and as the independent computation the tests compare the fast paths with.
 
     `feature_shape` is the layer's output shape for this input size (from a probe pass).
+    functional_call puts the offsets' values into the model's own biases for the pass: the
+    caller has the model alone (model_lock; SplitModel.contributions does).
     """
     offsets = {k: v.detach() for k, v in offsets.items()}
     shape = mask_shape(feature_shape)

@@ -26,6 +26,17 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 # replayed as a function of that output alone, under whichever transform is cheapest.
 
 
+_IN_PLACE_OPERATORS = {f"__i{op}__" for op in (
+    "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "and", "or", "xor", "lshift",
+    "rshift", "matmul")} | {"__setitem__"}
+
+
+def in_place(func: Callable[..., Any]) -> bool:
+    """Does the torch call write into a tensor it is given (relu_, add_, x[i] = v, x += y)?"""
+    name = getattr(func, "__name__", "")
+    return name in _IN_PLACE_OPERATORS or (name.endswith("_") and not name.endswith("__"))
+
+
 def own_thread(hook: Callable[..., Any]) -> Callable[..., Any]:
     """A module (pre-)hook that acts only in the thread that made it. Hooks belong to the
     module, so with a model shared by threads every thread's forward pass runs them all:
@@ -184,9 +195,7 @@ class HeadTape(TorchFunctionMode):
         if not reads:
             return out
         out_leaves = tree_flatten(out)[0]
-        name = getattr(func, "__name__", "")
-        if not any(isinstance(o, torch.Tensor) for o in out_leaves) and not (
-                (name.endswith("_") and not name.endswith("__")) or name == "__setitem__"):
+        if not any(isinstance(o, torch.Tensor) for o in out_leaves) and not in_place(func):
             # a query (size, dim, item; a property such as shape or dtype, `__get__`): its
             # value is baked into later calls
             return out

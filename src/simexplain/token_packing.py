@@ -21,10 +21,10 @@ token p. Three facts make one replay enough:
 
 The plan (`plan`) is read off the recorded tape with the shapes of its tensors: which axis is
 the token axis after each reshape, transpose or projection. Nothing is assumed about what a
-step means, so every call checks the result against the head itself (`packed`): the parts
-add up to the embedding, and the head run on X with each token scaled by a random weight
-gives the same weighted sum of the parts (wrong parts pass only if their errors cancel for
-those weights). A head that fails goes on to the batched path.
+step means, so every call checks the result against the head itself (`packed`): the head run
+on X with each token scaled by a random weight must give the parts weighted alike plus the
+constant term, which is what the parts leave of the embedding (wrong parts pass only if their
+errors cancel for those weights). A head that fails goes on to the batched path.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from torch.func import vmap
 
 from .attention import SOFTMAX
 from .frozen import FreezeScales
-from .head_tape import HeadTape, _Slot, _Step
+from .head_tape import HeadTape, _Slot, _Step, in_place
 
 _ATTENTION = {F.scaled_dot_product_attention, F.multi_head_attention_forward}
 _MATMUL = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm,
@@ -111,7 +111,7 @@ def plan(tape: HeadTape, marks: list[int], output: int) -> Plan | None:
     reader = _Reader(tape, features.shape[1])
     consumed = [marks[0], *(b - a for a, b in zip(marks, marks[1:]))]
     for i, step in enumerate(tape.steps):
-        if _in_place(step) or not reader.read(i, step, consumed[i]):
+        if in_place(step.func) or not reader.read(i, step, consumed[i]):
             return None
     return reader.plan(output)
 
@@ -197,7 +197,7 @@ class _Reader:
         return False
 
     def _row(self, i: int, step: _Step, outputs: list[int], read: dict) -> bool:
-        index = _selected_token(step, self.axes, self.kinds, self.tokens)
+        index = self._selected_token(step)
         if index is not None:
             self.select = (i, index, next(iter(step.reads)), outputs[0])
             self.kinds.update({slot: TAIL for slot in outputs})
@@ -216,6 +216,27 @@ class _Reader:
                 return False
             self.kinds[slot], self.axes[slot] = kind, out_axis
         return True
+
+    def _selected_token(self, step: _Step) -> int | None:
+        """The token that the step reads from a ROW tensor (x[:, s], x.select(1, s)), or
+        None."""
+        if len(step.reads) != 1 or not self._is(step.args[0], ROW):
+            return None
+        slot = step.args[0].index
+        axis, ndim = self.axes[slot], self.values[slot].dim()
+        if step.func is torch.Tensor.__getitem__:
+            index = step.args[1] if isinstance(step.args[1], tuple) else (step.args[1],)
+            picked = index[axis] if len(index) > axis else None
+            if not isinstance(picked, int) or isinstance(picked, bool) or any(
+                    entry != slice(None) for j, entry in enumerate(index) if j != axis):
+                return None
+            return picked % self.tokens
+        if step.func in _SELECT:
+            dim = step.args[1] if len(step.args) > 1 else step.kwargs.get("dim")
+            picked = step.args[2] if len(step.args) > 2 else step.kwargs.get("index")
+            if isinstance(dim, int) and isinstance(picked, int) and dim % ndim == axis:
+                return picked % self.tokens
+        return None
 
     def _is(self, leaf: Any, kind: str) -> bool:
         return isinstance(leaf, _Slot) and self.kinds.get(leaf.index) == kind
@@ -303,45 +324,9 @@ def _agrees(parts: torch.Tensor, head: torch.Tensor, primal: torch.Tensor) -> bo
     return torch.allclose(parts, head, rtol=1e-4, atol=1e-5 * scale)
 
 
-_IN_PLACE_OPERATORS = {f"__i{op}__" for op in (
-    "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "and", "or", "xor", "lshift",
-    "rshift", "matmul")} | {"__setitem__"}
-
-
-def _in_place(step: _Step) -> bool:
-    name = getattr(step.func, "__name__", "")
-    return name in _IN_PLACE_OPERATORS or (name.endswith("_") and not name.startswith("__"))
-
-
 def _value_argument(step: _Step) -> Any:
     """The values that an attention call mixes (its third argument)."""
     return step.args[2] if len(step.args) > 2 else step.kwargs.get("value")
-
-
-def _selected_token(step: _Step, axes: dict[int, int], kinds: dict[int, str],
-                    tokens: int) -> int | None:
-    """The token that the step reads from a ROW tensor (x[:, s], x.select(1, s)), or None."""
-    if len(step.reads) != 1 or not isinstance(step.args[0], _Slot):
-        return None
-    slot = step.args[0].index
-    if kinds.get(slot) != ROW:
-        return None
-    axis = axes[slot]
-    if step.func is torch.Tensor.__getitem__:
-        index = step.args[1]
-        index = index if isinstance(index, tuple) else (index,)
-        if len(index) <= axis or not isinstance(index[axis], int) or isinstance(
-                index[axis], bool):
-            return None
-        if any(entry != slice(None) for j, entry in enumerate(index) if j != axis):
-            return None
-        return index[axis] % tokens
-    if step.func in _SELECT:
-        dim = step.args[1] if len(step.args) > 1 else step.kwargs.get("dim")
-        picked = step.args[2] if len(step.args) > 2 else step.kwargs.get("index")
-        if isinstance(dim, int) and isinstance(picked, int) and dim % 100 == axis:
-            return picked % tokens
-    return None
 
 
 def _token_axis(step: _Step, shape: torch.Size, axis: int, out: torch.Size,
@@ -352,8 +337,9 @@ def _token_axis(step: _Step, shape: torch.Size, axis: int, out: torch.Size,
     if shape[axis] != tokens:
         return None
     if step.func in _TRANSPOSE:
-        ndim = len(shape)
-        a, b = (d % ndim for d in step.args[1:3])
+        if len(step.args) < 3:
+            return None  # dims given by name: not followed
+        a, b = (d % len(shape) for d in step.args[1:3])
         return b if axis == a else a if axis == b else axis
     if step.func in _UNBIND or step.func in _SPLIT:  # (dim: the third argument of a split)
         where = 1 if step.func in _UNBIND else 2
