@@ -487,11 +487,12 @@ class Index:
         if tuple(prepared.tensor.shape[2:]) != cached.input_size:
             return None  # another input size is another grid: the cache does not apply
         device = explainer.stream("b").device
-        projected = None if cached.projected is None else \
-            torch.from_numpy(cached.projected).to(device)
+
+        def tensor(array: np.ndarray | None) -> torch.Tensor | None:
+            return None if array is None else torch.from_numpy(array).to(device)
         return side_from(prepared, cached.grid, torch.from_numpy(cached.positions).to(device),
                          torch.from_numpy(np.array(self.embeddings[row], np.float32)).to(device),
-                         projected)
+                         tensor(cached.projected), tensor(cached.tokens), cached.spatial)
 
     def _changed(self, row: int) -> bool:
         """The gallery file is not the one indexed: its content changed, or it is missing or
