@@ -249,10 +249,11 @@ class Index:
         then also be a picklable zero-argument factory, so each worker loads its own model.
         The result, checkpoints and index folder are those of the default engine="local".
 
-        explain=True also keeps each image's per-position contributions, taken from the same
-        forward pass as its embedding (about the cost of embedding alone; P x D x 4 bytes an
-        image on disk and in memory): `explain_hits` (search with explain=True) then explains
-        hits without running the model (`explain_cache`).
+        explain=True also keeps each image's per-position contributions (and a transformer's
+        prefix tokens' rows), taken from the same forward pass as its embedding (for a CNN
+        about the cost of embedding alone; P x D x 4 bytes an image on disk and in memory):
+        `explain_hits` (search with explain=True) then explains hits without running the
+        model (`explain_cache`).
         """
         gallery = build.embed_gallery(images, explainer, model_name, batch_size, progress, out,
                                       resume, kind, checkpoint_every, shards, engine, ray,
