@@ -6,10 +6,11 @@ against recomputing them with the model.
     OMP_NUM_THREADS=1 python benchmarks/bench_explain_cache.py --threads 1 --model toy   # seconds
     python benchmarks/bench_explain_cache.py --model hf-vit-s --images 40 --repeats 2
 
-hf-vit-s: a class-token transformer (Hugging Face ViTModel, ViT-S/16 sizes: 384 wide, 12
-blocks, 224 px, a 14x14 grid after the class token) with random weights, saved with
-save_pretrained into the temporary folder and loaded as `--model hf:FOLDER` (explained one
-block before the end): its cache stores the class token's rows too (explain-tokens.npy).
+hf-vit-s: a class-token transformer (Hugging Face ViTModel with its pooler, ViT-S/16 sizes:
+384 wide, 12 blocks, 224 px, a 14x14 grid after the class token) with random weights, saved
+with save_pretrained into the temporary folder and loaded as `--model hf:FOLDER` (explained
+one block before the end, on the packed head path): its cache stores the class token's rows
+too (explain-tokens.npy).
 
 The gallery is generated: smooth random colour fields, half square and half 4:3 (a model that
 keeps the aspect ratio, as efficientnet-lite0 does, then sees two input sizes and two grids).
@@ -58,7 +59,7 @@ def load_model(name: str, tmp: Path):
                                         num_attention_heads=6, intermediate_size=1536,
                                         image_size=224, patch_size=16)
         folder = tmp / "vit-s"
-        transformers.ViTModel(config, add_pooling_layer=False).eval().save_pretrained(folder)
+        transformers.ViTModel(config, add_pooling_layer=True).eval().save_pretrained(folder)
         (folder / "preprocessor_config.json").write_text(json.dumps(
             {"size": {"height": 224, "width": 224}, "resample": 2,
              "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}))
