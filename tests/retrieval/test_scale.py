@@ -127,6 +127,7 @@ def vit_explainer(layer: str) -> Explainer:
 
 
 @pytest.mark.parametrize("layer", ["blocks.0", "blocks.1"])
+@pytest.mark.filterwarnings("ignore::simexplain.errors.NoSpatialMap")  # blocks.1, as meant
 def test_ray_explain_build_keeps_the_prefix_tokens(gallery, tmp_path, layer):
     """The workers return each image's prefix tokens' contributions and spatial flag too
     (blocks.1, the last block, reads only the class token: no spatial map)."""
