@@ -17,7 +17,6 @@ from PIL import Image
 
 from simexplain.cli import main
 from simexplain.explainer import Explainer
-from simexplain.images import Preprocess
 from simexplain.retrieval import Index, IndexFormatError, checkpoint_path
 from simexplain.retrieval.manifest import CONTRIBUTIONS, MANIFEST, SHAPES, seal
 from simexplain.toy import toy_explainer
@@ -31,8 +30,9 @@ def toy(head: str = "gap", keep_aspect: bool = False, seed: int = 0) -> Explaine
                          model_name=f"toy-{head}", dim=8, channels=8, depth=2)
 
 
-def save_noise(path: Path, rng: np.random.Generator, width: int = SIDE) -> Path:
-    Image.fromarray(rng.integers(0, 256, (SIDE, width, 3), dtype=np.uint8)).save(path)
+def save_noise(path: Path, rng: np.random.Generator, width: int = SIDE,
+               height: int = SIDE) -> Path:
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
     return path
 
 
@@ -380,18 +380,3 @@ def test_cli_build_explain_then_search_explain(gallery, query, tmp_path, capsys,
         torch.testing.assert_close(a.overall_map, b.overall_map, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(a.region_map, b.region_map, rtol=1e-5, atol=1e-6)
 
-
-def test_class_token_models_are_refused_before_anything_is_written(gallery, tmp_path):
-    """The cache has no place for a transformer's class-token rows yet: a clear error, no
-    index folder left behind (built without --explain, such a model indexes as usual)."""
-    from simexplain.errors import SimexplainError
-    from simexplain.toy import TokenModel
-    torch.manual_seed(0)
-    explainer = Explainer(TokenModel(pool="norm-mean").eval(), "tokens",
-                          transform=Preprocess(size=(SIDE, SIDE)), model_name="toy-tokens")
-    out = tmp_path / "index"
-    with pytest.raises(SimexplainError, match="without --explain"):
-        Index.build(gallery, explainer, progress=False, out=out, explain=True)
-    assert not out.exists()
-    index = Index.build(gallery, explainer, progress=False, out=out)
-    assert len(index) == N_IMAGES

@@ -120,6 +120,30 @@ def test_ray_explain_build_equals_the_local_one(gallery, tmp_path):
     np.testing.assert_allclose(ours.projected, theirs.projected, rtol=1e-5, atol=1e-6)
 
 
+def vit_explainer(layer: str) -> Explainer:
+    """A class-token transformer with two register tokens (three prefix tokens)."""
+    return Explainer(toys.tiny_vit(registers=2), layer, model_name="tiny-vit",
+                     transform=Preprocess(size=(28, 28)))
+
+
+@pytest.mark.parametrize("layer", ["blocks.0", "blocks.1"])
+@pytest.mark.filterwarnings("ignore::simexplain.errors.NoSpatialMap")  # blocks.1, as meant
+def test_ray_explain_build_keeps_the_prefix_tokens(gallery, tmp_path, layer):
+    """The workers return each image's prefix tokens' contributions and spatial flag too
+    (blocks.1, the last block, reads only the class token: no spatial map)."""
+    local = Index.build(gallery, vit_explainer(layer), batch_size=5, progress=False,
+                        out=tmp_path / "local", explain=True)
+    distributed = Index.build(gallery, functools.partial(vit_explainer, layer), batch_size=5,
+                              progress=False, out=tmp_path / "ray", engine="ray",
+                              ray={"workers": 2}, explain=True)
+    _same_index(local, distributed)
+    ours, theirs = local.explain_cache, Index.load(tmp_path / "ray").explain_cache
+    assert theirs.tokens.shape == (N_IMAGES, 3, local.dim)
+    np.testing.assert_allclose(ours.positions, theirs.positions, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours.tokens, theirs.tokens, rtol=1e-5, atol=1e-6)
+    assert theirs.spatial.tolist() == ours.spatial.tolist() == [layer == "blocks.0"] * N_IMAGES
+
+
 class Interrupt(Exception):
     pass
 

@@ -64,3 +64,34 @@ def test_other_input_sizes_compute(explainer, cached_index_dir, samples, monkeyp
     seen = _counting(monkeypatch, resized)
     engine.prepared("toy", ["g0", "g1"], "b", size=48)
     assert seen == [2]
+
+
+def test_a_class_token_models_sides_come_from_the_cache(samples, gallery_dir, tmp_path,
+                                                        monkeypatch):
+    """A transformer explained at a layer with prefix tokens: the cached sides carry the
+    tokens' contributions, so a pair's token share and spatial flag equal computed ones."""
+    from simexplain.explainer import Explainer
+    from simexplain.images import Preprocess
+    from simexplain.retrieval import Index
+    from simexplain.toy import tiny_vit
+
+    def vit() -> Explainer:
+        return Explainer(tiny_vit(registers=2), "blocks.0", model_name="vit",
+                         transform=Preprocess(size=(28, 28)))
+    explainer = vit()
+    Index.build(gallery_dir, explainer, out=tmp_path / "index", progress=False, explain=True)
+    Index.build(gallery_dir, explainer, out=tmp_path / "plain", progress=False)
+    with_cache = Engine(explainer=explainer, index=tmp_path / "index", samples=samples)
+    other = vit()  # its own explainer: the engines keep their sides apart
+    without = Engine(explainer=other, index=tmp_path / "plain", samples=samples)
+    seen = _counting(monkeypatch, explainer)
+    ours = with_cache.explain("s1", "g2")
+    assert seen == [1]  # side a alone: side b came from the cache
+    theirs = without.explain("s1", "g2")
+    pair, expected = ours.record.pair, theirs.record.pair
+    assert pair.b.tokens is not None and pair.b.tokens.shape[0] == 3
+    torch.testing.assert_close(pair.b.tokens, expected.b.tokens, rtol=1e-5, atol=1e-8)
+    assert pair.token_share_b == pytest.approx(expected.token_share_b, abs=1e-6)
+    assert pair.token_share_b != 0 and pair.b.spatial == expected.b.spatial
+    torch.testing.assert_close(ours.map_b, theirs.map_b, rtol=1e-5, atol=1e-8)
+    assert float(ours.map_b.sum()) + pair.token_share_b == pytest.approx(pair.score, abs=1e-5)

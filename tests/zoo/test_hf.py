@@ -512,3 +512,41 @@ def test_preprocessing_settings_that_cannot_be_used(tmp_path, settings, match):
     with pytest.raises(ModelError, match="preprocessor_config.json: cannot read the "
                                          f"preprocessing settings .*{match}"):
         hf_preprocess(tmp_path)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cli_index_build_explain_with_a_hf_folder(saved, pictures, tmp_path, capsys,
+                                                  monkeypatch, kind):
+    """`index build --explain` on a class-token transformer: the prefix tokens' rows are
+    cached, and hits explained from the cache (no model pass over them) equal the model's
+    own `explain` of each pair, token shares included, their rows summing to the model's
+    own output."""
+    from simexplain.retrieval import MANIFEST, Index
+    folder, model = saved[kind]
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    rng = np.random.default_rng(4)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (36, 44, 3), dtype=np.uint8)).save(
+            gallery / f"g{i}.png")
+    out = tmp_path / "index"
+    assert main(["index", "build", str(gallery), "--model", f"hf:{folder}", "--out", str(out),
+                 "--explain", "--quiet"]) == 0
+    assert "with explain cache" in capsys.readouterr().out
+    assert json.loads((out / MANIFEST).read_text())["explain"]["tokens"] == PREFIX_TOKENS[kind]
+    explainer = zoo.resolve(f"hf:{folder}")
+    index = Index.load(out, explainer)
+    with monkeypatch.context() as patch:
+        def refuse(*args, **kwargs):
+            raise AssertionError("the model ran on a hit")
+        patch.setattr(explainer, "sides", refuse)
+        hits = index.search(pictures[0], k=5, explain=True)
+    for hit in hits:
+        pair, direct = hit.explanation, explainer.explain(pictures[0], hit.path)
+        assert pair.score == pytest.approx(direct.score, abs=1e-5)
+        assert pair.token_share_b == pytest.approx(direct.token_share_b, abs=1e-5)
+        torch.testing.assert_close(pair.overall_b, direct.overall_b, rtol=1e-4, atol=1e-6)
+        side = pair.b
+        own = _own_embedding(kind, model, explainer.prepare(hit.path, "b").tensor)[0]
+        torch.testing.assert_close(side.contributions.sum(0) + side.tokens.sum(0), own,
+                                   rtol=1e-4, atol=1e-5)

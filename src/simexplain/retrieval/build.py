@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -23,7 +23,7 @@ from ..errors import SimexplainError
 from ..files import atomic_path, shown_name, writing
 from .basics import ENGINES, Skipped, require_faiss
 from .embedding import Embedded, embed_files
-from .explain_cache import ExplainCache
+from .explain_cache import ExplainCache, same_token_counts
 from .kinds import check_count, check_shards, kind as index_kind
 from .model import MODEL_KEYS, model_info
 from .ray_engine import embed_with_ray
@@ -147,7 +147,11 @@ class _BuildState:
     atomically) naming the shards that count."""
 
     STATE = "state.json"
-    _CACHE = ("explain_positions", "explain_shapes", "explain_projected")  # shard arrays
+    # shard arrays: ExplainCache's own, by attribute (projected, tokens and spatial only when
+    # the model gives them)
+    _CACHE = {"explain_positions": "positions", "explain_shapes": "shapes",
+              "explain_projected": "projected", "explain_tokens": "tokens",
+              "explain_spatial": "spatial"}
 
     def __init__(self, paths: list[str], info: dict, root: Path, explain: bool = False):
         self.paths = paths
@@ -217,11 +221,11 @@ class _BuildState:
         return state
 
     def _shard_cache(self, shard) -> ExplainCache:
-        positions, shapes, projected = self._CACHE
-        return ExplainCache(np.asarray(shard[positions], dtype=np.float32),
-                            np.asarray(shard[shapes], dtype=np.int64),
-                            np.asarray(shard[projected], dtype=np.float32)
-                            if projected in shard.files else None)
+        dtypes: dict[str, type] = {"shapes": np.int64, "spatial": np.bool_}
+        arrays: dict[str, Any] = {
+            attribute: np.asarray(shard[name], dtype=dtypes.get(attribute, np.float32))
+            for name, attribute in self._CACHE.items() if name in shard.files}
+        return ExplainCache(**arrays)
 
     def write(self, checkpoint: Path) -> None:
         """Write a shard with what is new since the last checkpoint, then atomically replace
@@ -235,9 +239,9 @@ class _BuildState:
                       "hashes": np.asarray(self.hashes[self._flushed_items:], dtype=str)}
             if self.explain:  # only the new batches' caches: no copy of the whole gallery's
                 cache = ExplainCache.concat(self.cache[self._flushed_cache:])
-                arrays.update(zip(self._CACHE[:2], (cache.positions, cache.shapes)))
-                if cache.projected is not None:
-                    arrays[self._CACHE[2]] = cache.projected
+                arrays.update({name: getattr(cache, attribute)
+                               for name, attribute in self._CACHE.items()
+                               if getattr(cache, attribute) is not None})
             name = f"shard-{len(self.shards):05d}-{uuid.uuid4().hex[:6]}.npz"
             with atomic_path(checkpoint / name) as tmp, open(tmp, "wb") as handle:
                 np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub: allow_pickle
@@ -264,8 +268,10 @@ class _BuildState:
                 if any(r.cached is None for r in results):
                     raise SimexplainError("an explain build got an image without its "
                                           "contributions")
-                self.cache.append(ExplainCache.stack([r.cached for r in results
-                                                      if r.cached is not None]))
+                batch = ExplainCache.stack([r.cached for r in results if r.cached is not None])
+                if self.cache:  # refused now, not when the whole gallery is put together
+                    same_token_counts([self.cache[0].token_count, batch.token_count])
+                self.cache.append(batch)
             self.embeddings.append(np.stack([r.embedding for r in results]).astype(np.float32))
             self.ok.extend(r.row for r in results)
             self.hashes.extend(r.sha256 for r in results)

@@ -249,10 +249,11 @@ class Index:
         then also be a picklable zero-argument factory, so each worker loads its own model.
         The result, checkpoints and index folder are those of the default engine="local".
 
-        explain=True also keeps each image's per-position contributions, taken from the same
-        forward pass as its embedding (about the cost of embedding alone; P x D x 4 bytes an
-        image on disk and in memory): `explain_hits` (search with explain=True) then explains
-        hits without running the model (`explain_cache`).
+        explain=True also keeps each image's per-position contributions (and a transformer's
+        prefix tokens' rows), taken from the same forward pass as its embedding (for a CNN
+        about the cost of embedding alone; P x D x 4 bytes an image on disk and in memory):
+        `explain_hits` (search with explain=True) then explains hits without running the
+        model (`explain_cache`).
         """
         gallery = build.embed_gallery(images, explainer, model_name, batch_size, progress, out,
                                       resume, kind, checkpoint_every, shards, engine, ray,
@@ -487,11 +488,12 @@ class Index:
         if tuple(prepared.tensor.shape[2:]) != cached.input_size:
             return None  # another input size is another grid: the cache does not apply
         device = explainer.stream("b").device
-        projected = None if cached.projected is None else \
-            torch.from_numpy(cached.projected).to(device)
+
+        def tensor(array: np.ndarray | None) -> torch.Tensor | None:
+            return None if array is None else torch.from_numpy(array).to(device)
         return side_from(prepared, cached.grid, torch.from_numpy(cached.positions).to(device),
                          torch.from_numpy(np.array(self.embeddings[row], np.float32)).to(device),
-                         projected)
+                         tensor(cached.projected), tensor(cached.tokens), cached.spatial)
 
     def _changed(self, row: int) -> bool:
         """The gallery file is not the one indexed: its content changed, or it is missing or

@@ -35,6 +35,11 @@ VECTORS = "vectors.faiss"
 CONTRIBUTIONS = "explain-contributions.npy"
 SHAPES = "explain-shapes.npy"
 PROJECTED = "explain-projected.npy"
+# a transformer's prefix tokens (class, registers): their contributions and each image's
+# `Side.spatial`, present only for models that have such tokens at the explained layer
+TOKENS = "explain-tokens.npy"
+SPATIAL = "explain-spatial.npy"
+MAX_PREFIX_TOKENS = 4096  # far above any model's (a class token, a few registers)
 # FAISS structures: exact, inverted lists, graph, and inverted lists of product-quantised codes
 # (compressed, split into shards, candidates re-scored from the stored float embeddings)
 KINDS = ("flat", "ivf", "hnsw", "ivfpq")
@@ -64,7 +69,8 @@ def explain_files(entry: dict | None) -> list[str]:
     """The explain cache's files for the manifest's "explain" field (None: no cache)."""
     if entry is None:
         return []
-    return [CONTRIBUTIONS, SHAPES] + ([PROJECTED] if entry.get("projected") else [])
+    return ([CONTRIBUTIONS, SHAPES] + ([PROJECTED] if entry.get("projected") else [])
+            + ([TOKENS, SPATIAL] if entry.get("tokens") else []))
 
 
 def stored_files(manifest: dict) -> list[str]:
@@ -172,9 +178,14 @@ def validate(m: dict, where: Path) -> None:
         need(_int(m["skipped"], 0, 2 ** 53), "skipped is not a count")
     if "explain" in m:
         entry = m["explain"]
-        need(isinstance(entry, dict) and set(entry) == {"positions", "projected"}
+        # tokens: the number of prefix tokens, absent without them (and from indexes written
+        # before they were cached)
+        need(isinstance(entry, dict)
+             and set(entry) - {"tokens"} == {"positions", "projected"}
              and _int(entry["positions"], m["count"], 2 ** 53)
-             and isinstance(entry["projected"], bool), "the explain cache entry is malformed")
+             and isinstance(entry["projected"], bool)
+             and _int(entry.get("tokens", 1), 1, MAX_PREFIX_TOKENS),
+             "the explain cache entry is malformed")
     need("owner" not in m or (isinstance(m["owner"], str) and bool(_OWNER.match(m["owner"]))),
          "owner is not an identifier")
     files = m["files"]

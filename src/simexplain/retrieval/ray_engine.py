@@ -77,7 +77,8 @@ class _Embedder:
     def __call__(self, batch: dict) -> dict:
         rows = [int(r) for r in batch["row"]]
         paths = [str(p) for p in batch["path"]]
-        columns = ("sha256", "reason", "embedding", "cells", "shape", "projected")
+        columns = ("sha256", "reason", "embedding", "cells", "shape", "projected", "tokens",
+                   "spatial")
         out: dict[str, list[Any]] = {
             name: [""] * len(rows) if name in ("sha256", "reason") else [b""] * len(rows)
             for name in columns}
@@ -95,6 +96,9 @@ class _Embedder:
                                               np.int64).tobytes()
                 if item.cached.projected is not None:
                     out["projected"][at] = item.cached.projected.tobytes()
+                if item.cached.tokens is not None:  # (T, D); read back by the embedding's D
+                    out["tokens"][at] = item.cached.tokens.tobytes()
+                    out["spatial"][at] = b"1" if item.cached.spatial else b"0"
         by_path = {path: i for i, path in enumerate(paths)}
         for skip in skipped:
             out["reason"][by_path[skip.path]] = skip.reason
@@ -166,8 +170,13 @@ def _unpack(batch: dict, paths: list[str]) -> tuple[list, list[Skipped], int]:
             def cells(data: bytes) -> np.ndarray:
                 # called right here, inside the iteration that set gh and gw
                 return np.frombuffer(data, dtype=np.float32).reshape(gh * gw, -1).copy()  # noqa: B023
+            tokens = None
+            if batch["tokens"][i]:
+                tokens = np.frombuffer(batch["tokens"][i], dtype=np.float32).reshape(
+                    -1, len(embedding)).copy()
             cached = CachedImage(cells(batch["cells"][i]), (h, w), (gh, gw),
-                                 cells(batch["projected"][i]) if batch["projected"][i] else None)
+                                 cells(batch["projected"][i]) if batch["projected"][i] else None,
+                                 tokens, batch["spatial"][i] != b"0")
         results.append(Embedded(row, str(batch["sha256"][i]), embedding, cached))
     return results, skipped, int(batch["row"][-1]) + 1
 

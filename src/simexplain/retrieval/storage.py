@@ -41,11 +41,13 @@ if TYPE_CHECKING:
     from .index import Index
 from . import columns
 from .manifest import (CONTRIBUTIONS, EMBEDDINGS, FORMAT_NAME, FORMAT_VERSION, GALLERY, MANIFEST,
-                       PROJECTED, READ_VERSIONS, SHAPES, VECTORS, IndexFormatError, damaged,
-                       parse, REBUILD, seal, stored_files, vector_files)
+                       PROJECTED, READ_VERSIONS, SHAPES, SPATIAL, TOKENS, VECTORS,
+                       IndexFormatError, damaged, parse, REBUILD, seal, stored_files,
+                       vector_files)
 
 MARKER = INDEX_MARKER  # present in every index folder simexplain writes
-OWN_FILES = (MARKER, MANIFEST, EMBEDDINGS, GALLERY, VECTORS, CONTRIBUTIONS, SHAPES, PROJECTED)
+OWN_FILES = (MARKER, MANIFEST, EMBEDDINGS, GALLERY, VECTORS, CONTRIBUTIONS, SHAPES, PROJECTED,
+             TOKENS, SPATIAL)
 SHARD_FILE = re.compile(r"^vectors-\d{5}\.faiss$")  # one FAISS file per shard
 _LEGACY_FILES = {MANIFEST, EMBEDDINGS, VECTORS}  # format 1 had no marker
 
