@@ -137,3 +137,27 @@ def test_a_head_that_picks_its_modules_later_stays_exact():
             score = float(model(a)[0] @ model(b)[0])
         assert pair.score == pytest.approx(score, abs=1e-6)
         assert float(pair.pairwise_flat.sum()) == pytest.approx(score, abs=1e-6)
+
+
+def test_a_transformer_fed_another_aspect_ratio_gets_a_grid_of_that_aspect():
+    """7x9 patches after a class token and 2 registers are 66 tokens, which is also 8x8 + 2:
+    the input's aspect tells them apart, for the decomposition and for Grad-CAM."""
+    from simexplain.toy import tiny_vit
+    model = tiny_vit(registers=2)
+    explainer = Explainer(model, "blocks.0", transform=Preprocess(size=(28, 28),
+                                                                  keep_aspect=True))
+    wide = Image.fromarray(np.random.default_rng(0).integers(0, 255, (28, 36, 3), np.uint8))
+    square = Image.fromarray(np.random.default_rng(1).integers(0, 255, (28, 28, 3), np.uint8))
+    result = explainer.explain(wide, square)
+    assert (result.a.grid, result.b.grid) == ((7, 9), (7, 7))
+    assert result.tokens_a.numel() == result.tokens_b.numel() == 3
+    x_a = explainer.prepare(wide).tensor
+    with torch.no_grad():
+        e_a = model(x_a)[0]
+    torch.testing.assert_close(result.a.contributions.sum(0) + result.a.tokens.sum(0), e_a,
+                               rtol=1e-4, atol=1e-5)
+    reference = explainer.stream_a.contributions(x_a, "tangents")
+    torch.testing.assert_close(result.a.contributions, reference.positions[0], rtol=0,
+                               atol=1e-5 * float(reference.positions.abs().max()))
+    gradcam_a, _ = explainer.saliency(wide, square, "gradcam")
+    assert tuple(gradcam_a.shape) == (7, 9)

@@ -14,6 +14,19 @@ def test_square_grid_after_at_most_eight_prefix_tokens(tokens, expected):
     assert geometry.square_grid(tokens) == expected
 
 
+@pytest.mark.parametrize("tokens, size, expected", [
+    (66, (28, 36), ((7, 9), 3)),    # 7x9 + 3, though 66 is also 8x8 + 2
+    (66, (32, 32), ((8, 8), 2)),    # a square input: the square grid
+    (50, None, ((7, 7), 1)),
+    (16, (24, 40), ((3, 5), 1)),    # 3x5 + 1, though 16 is also 4x4
+    (15, (40, 24), ((5, 3), 0)),    # portrait
+    (58, (28, 28), None),           # no square grid after at most 8 prefix tokens
+    (3, (100, 10), None),           # no grid with cells within 2:1
+])
+def test_token_grid_follows_the_inputs_aspect(tokens, size, expected):
+    assert geometry.token_grid(tokens, size) == expected
+
+
 def test_channels_last_grid_of_a_feature_map_and_of_tokens():
     fmap = torch.randn(1, 5, 3, 4)
     grid = geometry.channels_last_grid(fmap)
@@ -21,6 +34,9 @@ def test_channels_last_grid_of_a_feature_map_and_of_tokens():
     tokens = torch.randn(1, 2 + 9, 6)                  # class + register token, then 3x3 patches
     grid = geometry.channels_last_grid(tokens)
     assert grid.shape == (3, 3, 6) and torch.equal(grid[1, 2], tokens[0, 2 + 1 * 3 + 2])
+    tokens = torch.randn(1, 1 + 6, 4)                  # class token, then 2x3 patches
+    grid = geometry.channels_last_grid(tokens, ((2, 3), 1))
+    assert grid.shape == (2, 3, 4) and torch.equal(grid[1, 0], tokens[0, 1 + 3])
     with pytest.raises(ValueError, match="not a square grid"):
         geometry.channels_last_grid(torch.randn(1, 35, 6))   # 5x5 + 10
 

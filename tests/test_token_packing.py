@@ -118,6 +118,44 @@ def test_any_one_token_read_by_the_head_is_packed(read):
     _same(packed, stream.contributions(x, "tangents"))
 
 
+class _ReadsTwice(TorchViT):
+    """Reads the class token twice (an embedding and a pooler beside it, as Hugging Face's
+    ViTModel computes its pooler even when the embedding is the class token)."""
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(len(t), -1, -1), t], dim=1) + self.pos
+        for block in self.blocks:
+            t = block(t)
+        h = self.norm(t)
+        return F.normalize(self.proj(h[:, 0]) + self.proj(torch.tanh(h[:, 0])), dim=1)
+
+
+def test_a_token_read_twice_is_packed():
+    from simexplain import Explainer
+    torch.manual_seed(0)
+    stream = Explainer(_ReadsTwice().eval(), "blocks.1", similarity="cosine").stream_a
+    x = _batch(seed=16)
+    packed = stream.contributions(x)
+    assert packed.path == "whole head, packed"
+    _same(packed, stream.contributions(x, "tangents"))
+
+
+def test_a_hugging_face_vit_without_pooler_is_packed(tmp_path):
+    import transformers
+
+    from simexplain.zoo.hf import hf_explainer
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                                    intermediate_size=64, image_size=32, patch_size=8)
+    transformers.ViTModel(config, add_pooling_layer=False).eval().save_pretrained(tmp_path)
+    stream = hf_explainer(str(tmp_path)).stream_a
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(17))
+    packed = stream.contributions(x)
+    assert packed.path == "whole head, packed"
+    _same(packed, stream.contributions(x, "tangents"))
+
+
 def test_a_misread_head_is_caught_by_the_check_and_goes_on_to_the_batched_path(monkeypatch):
     """Frozen values after the attention left at their own token (a wrong plan): the parts
     still add up to the embedding, so only the weighted replay can tell."""

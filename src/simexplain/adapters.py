@@ -144,13 +144,15 @@ class SplitModel:
         shape, _ = self._probe(x)
         if len(shape) == 4:
             return (shape[2], shape[3]), 0
-        layout = geometry.square_grid(shape[1])
+        size = (int(x.shape[-2]), int(x.shape[-1])) if x.dim() == 4 else None
+        layout = geometry.token_grid(shape[1], size)
         if layout is None:
+            kind = "a square grid" if size is None or size[0] == size[1] else \
+                f"a grid of the input's {size[0]}x{size[1]} aspect"
             raise LayerError(
-                f"layer {self.layer_name!r} outputs {shape[1]} tokens, which is not a square "
-                f"grid (plus at most {geometry.MAX_PREFIX_TOKENS} prefix tokens)")
-        side, prefix = layout
-        return (side, side), prefix
+                f"layer {self.layer_name!r} outputs {shape[1]} tokens, which is not {kind} "
+                f"(plus at most {geometry.MAX_PREFIX_TOKENS} prefix tokens)")
+        return layout
 
     # -- computations ----------------------------------------------------------------------
     def embed(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ cells are numbered row-major.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -29,17 +30,44 @@ def square_grid(tokens: int) -> tuple[int, int] | None:
     return side, prefix
 
 
-def channels_last_grid(layer_output: torch.Tensor) -> torch.Tensor:
+@functools.lru_cache(maxsize=256)
+def token_grid(tokens: int, image_size: tuple[int, int] | None = None
+               ) -> tuple[tuple[int, int], int] | None:
+    """((rows, cols), prefix): `tokens` read as rows x cols patch tokens after at most
+    MAX_PREFIX_TOKENS prefix tokens. A square image (or none given) gives a square grid
+    (`square_grid`); another image the grid with its aspect: of the grids that fit, the one
+    whose cells (image height / rows by width / cols) are closest to square, then the one
+    with the fewest prefix tokens. None when nothing fits (cells within 2:1)."""
+    if image_size is None or image_size[0] == image_size[1]:
+        square = square_grid(tokens)
+        return None if square is None else ((square[0], square[0]), square[1])
+    height, width = image_size
+    best: tuple[float, int, tuple[int, int]] | None = None
+    for prefix in range(min(MAX_PREFIX_TOKENS, tokens - 1) + 1):
+        cells = tokens - prefix
+        for rows in range(1, cells + 1):
+            if cells % rows:
+                continue
+            cols = cells // rows
+            skew = abs(math.log((height / rows) / (width / cols)))
+            if skew <= math.log(2) and (best is None or (skew, prefix) < best[:2]):
+                best = (skew, prefix, (rows, cols))
+    return None if best is None else (best[2], best[1])
+
+
+def channels_last_grid(layer_output: torch.Tensor,
+                       layout: tuple[tuple[int, int], int] | None = None) -> torch.Tensor:
     """One image's layer output, a feature map (1, C, H, W) or tokens (1, N, C), as its grid of
-    feature vectors (H, W, C); prefix tokens (class, registers) are left out."""
+    feature vectors (H, W, C); prefix tokens (class, registers) are left out. `layout`:
+    ((rows, cols), prefix) of the tokens (SplitModel.grid); without it, a square grid."""
     if layer_output.dim() == 4:
         return layer_output[0].permute(1, 2, 0)
-    layout = square_grid(layer_output.shape[1])
+    layout = layout or token_grid(layer_output.shape[1])
     if layout is None:
         raise ValueError(f"{layer_output.shape[1]} tokens are not a square grid "
                          f"(plus at most {MAX_PREFIX_TOKENS} prefix tokens)")
-    side, prefix = layout
-    return layer_output[0, prefix:].reshape(side, side, -1)
+    (rows, cols), prefix = layout
+    return layer_output[0, prefix:].reshape(rows, cols, -1)
 
 
 # -- cells in pixels ----------------------------------------------------------------------------

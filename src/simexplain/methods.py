@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .explainer import Explainer
 
 Maps = tuple[torch.Tensor, torch.Tensor]  # (Ha, Wa), (Hb, Wb)
+Layout = tuple[tuple[int, int], int]  # ((rows, cols), prefix tokens) of a layer's grid
 
 
 @dataclass
@@ -179,17 +180,20 @@ class _GradientMethod(Method):
 
     def maps(self, explainer: Explainer, pair: PreparedPair, sides: str = "ab") -> Maps:
         (f_a, g_a), (f_b, g_b) = self.gradients(explainer, pair)
-        return self.combine(f_a, g_a), self.combine(f_b, g_b)
+        return (self.combine(f_a, g_a, explainer.stream_a.grid(pair.x_a)),
+                self.combine(f_b, g_b, explainer.stream_b.grid(pair.x_b)))
 
-    def combine(self, feats: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
-        """Feature map and gradient (1, C, H, W) or (1, N, C) -> map (H, W)."""
+    def combine(self, feats: torch.Tensor, grads: torch.Tensor, layout: Layout
+                ) -> torch.Tensor:
+        """Feature map and gradient (1, C, H, W) or (1, N, C) -> map (H, W); `layout`:
+        ((rows, cols), prefix tokens) of the layer (SplitModel.grid)."""
         raise NotImplementedError
 
 
-def grad_cam(feats: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+def grad_cam(feats: torch.Tensor, grads: torch.Tensor, layout: Layout) -> torch.Tensor:
     """Grad-CAM of a feature map or tokens and its gradient ((1, C, H, W) or (1, N, C)):
     alpha_k = mean_p ds/dA_pk over the grid (patch tokens only); map = ReLU(sum_k alpha_k A_pk)."""
-    f, g = channels_last_grid(feats), channels_last_grid(grads)
+    f, g = channels_last_grid(feats, layout), channels_last_grid(grads, layout)
     alpha = g.mean(dim=(0, 1))
     return torch.relu((f * alpha).sum(-1))
 
@@ -200,8 +204,9 @@ class GradCAM(_GradientMethod):
     name = "gradcam"
     label = "Grad-CAM"
 
-    def combine(self, feats: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
-        return grad_cam(feats, grads)
+    def combine(self, feats: torch.Tensor, grads: torch.Tensor, layout: Layout
+                ) -> torch.Tensor:
+        return grad_cam(feats, grads, layout)
 
 
 class GradCAMRaw(GradCAM):
@@ -218,8 +223,9 @@ class RGradCAM(_GradientMethod):
     name = "rgradcam"
     label = "RGrad-CAM"
 
-    def combine(self, feats: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
-        f, g = channels_last_grid(feats), channels_last_grid(grads)
+    def combine(self, feats: torch.Tensor, grads: torch.Tensor, layout: Layout
+                ) -> torch.Tensor:
+        f, g = channels_last_grid(feats, layout), channels_last_grid(grads, layout)
         return torch.relu((f * g).sum(-1))
 
 
@@ -413,7 +419,7 @@ class GradCAMTokens(_AttentionMethod):
             raise NotApplicable(
                 f"{self.label}: the last block's {self.tokens} has {tokens.shape[1]} tokens, "
                 f"not the {traced.prefix} + {rows}x{cols} of the explained layer")
-        return grad_cam(tokens, grads)
+        return grad_cam(tokens, grads, (traced.grid, traced.prefix))
 
 
 class Occlusion(Method):

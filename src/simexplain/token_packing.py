@@ -74,6 +74,7 @@ class Plan:
     kinds: dict[int, str]  # slot -> kind
     row_steps: set[int]  # indices of steps with a ROW input (their frozen values: at token s)
     dims: dict[int, int]  # slot -> its number of dimensions (DIAG and ROW slots)
+    again: dict[int, int]  # later reads of token s from the same tensor: step -> output slot
 
 
 @dataclass
@@ -127,6 +128,7 @@ class _Reader:
         self.row_steps: set[int] = set()
         self.attention: int | None = None
         self.select: tuple[int, int, int, int] | None = None  # step, token, source, output
+        self.again: dict[int, int] = {}
 
     def plan(self, output: int) -> Plan | None:
         if self.select is None or self.attention is None or self.kinds.get(output) != TAIL:
@@ -134,7 +136,7 @@ class _Reader:
         step, token, source, selected = self.select
         dims = {slot: self.values[slot].dim() for slot in self.axes}
         return Plan(step, token, self.tokens, source, selected, self.attention, self.axes,
-                    self.kinds, self.row_steps, dims)
+                    self.kinds, self.row_steps, dims, self.again)
 
     def read(self, i: int, step: _Step, consumed: int) -> bool:
         """Take step i (which froze `consumed` values); False where the plan cannot go on."""
@@ -147,6 +149,10 @@ class _Reader:
         found = set(read.values())
         if self.select is not None:  # after the read of token s: only what came of it
             self.kinds.update({slot: TAIL for slot in outputs})
+            if found == {ROW} and (self._selected_token(step), *step.reads) == \
+                    self.select[1:3]:  # token s read again (a pooler beside the embedding)
+                self.again[i] = outputs[0]
+                return True
             return found == {TAIL}
         if step.func in _ATTENTION or (step.func in SOFTMAX and consumed == 1):
             return self._attention(i, step, outputs, consumed)
@@ -281,9 +287,13 @@ def packed(tape: HeadTape, the_plan: Plan, features: torch.Tensor,
     rest = replayed[marks[the_plan.select]:]
 
     def tail(value):
+        # vmap takes the token axis away: `value` is what the select step gives
+        env = {slot: value for slot in (the_plan.output, *the_plan.again.values())}
         with FreezeScales(replay=rest):
-            # vmap takes the token axis away: `value` is what the select step gives
-            return tape.replay({the_plan.output: value}, zeros, the_plan.select + 1, output)
+            for i in range(the_plan.select + 1, len(tape.steps)):
+                if i not in the_plan.again:
+                    tape.steps[i].run(env, zeros)
+        return env[output]
     linear = vmap(tail)(per_token).transpose(0, 1)  # (B, N, D)
 
     # The check: the head replayed once more, from X with each token weighted at random, is

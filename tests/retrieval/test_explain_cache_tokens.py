@@ -176,18 +176,30 @@ def test_interrupted_build_resumes_with_the_tokens(gallery, cached, tmp_path, mo
     np.testing.assert_allclose(resumed.positions, fresh.positions, rtol=1e-5, atol=1e-6)
 
 
-def test_different_token_counts_are_refused_at_the_first_batch(tmp_path):
-    """A token layer read as a square grid gives inputs of another aspect ratio another
-    count of prefix tokens: one line, before the rest of the gallery is embedded."""
+def test_inputs_of_other_aspect_ratios_have_token_grids_of_their_own(tmp_path, query,
+                                                                      monkeypatch):
+    """A transformer fed images at their aspect ratio: 7x7 and 7x9 patch grids after the same
+    3 prefix tokens (7x9 + 3 tokens is also 8x8 + 2: the input's aspect tells them apart),
+    cached and explained from the cache as from the images."""
     gallery = tmp_path / "gallery"
     gallery.mkdir()
     rng = np.random.default_rng(0)
-    for i, width in enumerate((28, 28, 36, 36)):  # 7x7 + 3 tokens, then 7x9 + 3 = 8x8 + 2
+    for i, width in enumerate((28, 28, 36, 36)):
         save_noise(gallery / f"{i}.png", rng, width, height=VIT_SIDE)
-    with pytest.raises(SimexplainError, match="different numbers of prefix tokens"):
-        Index.build(gallery, vit(keep_aspect=True), progress=False, out=tmp_path / "index",
-                    batch_size=2, explain=True)
-    assert not (tmp_path / "index").exists()
+    explainer = vit(keep_aspect=True)
+    Index.build(gallery, explainer, progress=False, out=tmp_path / "index", batch_size=2,
+                explain=True)
+    loaded = Index.load(tmp_path / "index", explainer)
+    assert loaded.explain_cache.tokens.shape[1] == 3
+    assert sorted(tuple(int(v) for v in row[2:]) for row in loaded.explain_cache.shapes) == \
+        [(7, 7), (7, 7), (7, 9), (7, 9)]
+    with monkeypatch.context() as patch:
+        forbid_hit_forwards(patch, explainer)
+        hits = loaded.search(query, k=len(loaded), explain=True)
+    computed = list(explainer.sides([h.path for h in hits], "b"))
+    for hit, side in zip(hits, computed):
+        assert_same_side(hit.explanation.b, side)
+        assert_same_hit(hit, query, explainer)
 
 
 # -- damaged or mismatched token files ----------------------------------------------------------

@@ -214,12 +214,11 @@ def _check_tokens(tokens: np.ndarray | None, spatial: np.ndarray | None, count: 
 
 
 def same_token_counts(counts: Sequence[int | None]) -> None:
-    """One model gives every image the same prefix tokens (or none): refuse a mix. It comes
-    from a token layer whose grid is not square for some input sizes (images kept at their
-    aspect ratio), which `adapters.SplitModel.grid` reads as a square grid plus the rest."""
+    """One model gives every image the same prefix tokens (or none): refuse a mix, which
+    would come from token counts that `adapters.SplitModel.grid` reads as another grid and
+    prefix for some input sizes."""
     if len(set(counts)) > 1:
         shown = sorted({"none" if c is None else str(c) for c in counts})
         raise SimexplainError(f"explain cache: the model's layer gives images different "
-                              f"numbers of prefix tokens ({', '.join(shown)}): its token grid "
-                              "is read as a square one, so give it square inputs (no kept "
-                              "aspect ratio) or build without --explain")
+                              f"numbers of prefix tokens ({', '.join(shown)}): give it inputs "
+                              "of one size (no kept aspect ratio) or build without --explain")
