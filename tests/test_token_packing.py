@@ -80,16 +80,6 @@ class _TimmLikeViT(TorchViT):
         self.blocks = nn.ModuleList(_TimmLikeBlock() for _ in range(3))
 
 
-def test_a_timm_like_block_is_packed_and_exact():
-    from simexplain import Explainer
-    torch.manual_seed(0)
-    stream = Explainer(_TimmLikeViT().eval(), "blocks.1", similarity="cosine").stream_a
-    x = _batch(seed=10)
-    packed = stream.contributions(x)
-    assert packed.path == "whole head, packed"
-    _same(packed, stream.contributions(x, "tangents"))
-
-
 class _ReadsAnotherToken(TorchViT):
     """Reads a patch token instead of the class token, the way `read` says."""
 
@@ -131,11 +121,13 @@ class _ReadsTwice(TorchViT):
         return F.normalize(self.proj(h[:, 0]) + self.proj(torch.tanh(h[:, 0])), dim=1)
 
 
-def test_a_token_read_twice_is_packed():
+@pytest.mark.parametrize("model_class", [_TimmLikeViT, _ReadsTwice],
+                         ids=["timm-like block", "token read twice"])
+def test_other_forms_of_the_head_are_packed_and_exact(model_class):
     from simexplain import Explainer
     torch.manual_seed(0)
-    stream = Explainer(_ReadsTwice().eval(), "blocks.1", similarity="cosine").stream_a
-    x = _batch(seed=16)
+    stream = Explainer(model_class().eval(), "blocks.1", similarity="cosine").stream_a
+    x = _batch(seed=10)
     packed = stream.contributions(x)
     assert packed.path == "whole head, packed"
     _same(packed, stream.contributions(x, "tangents"))

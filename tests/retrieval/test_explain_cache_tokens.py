@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from simexplain.cli import main
-from simexplain.errors import NoSpatialMap, SimexplainError
+from simexplain.errors import NoSpatialMap
 from simexplain.explainer import Explainer
 from simexplain.images import Preprocess
 from simexplain.retrieval import Index, IndexFormatError, checkpoint_path

@@ -96,6 +96,16 @@ def pictures(tmp_path_factory) -> list[str]:
     return paths
 
 
+def _noise_gallery(folder: Path, count: int, seed: int) -> Path:
+    """`count` noise photos of 36x44 pixels (another aspect than the models' square input)."""
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (36, 44, 3), dtype=np.uint8)).save(
+            folder / f"g{i}.png")
+    return folder
+
+
 def _own(model: nn.Module, x: torch.Tensor):
     """The HF model's own output, computed without the adapter."""
     with torch.no_grad():
@@ -383,12 +393,7 @@ def test_cli_pair_with_a_hf_folder(saved, pictures, tmp_path):
 
 def test_cli_index_build_and_search_with_a_hf_folder(saved, pictures, tmp_path, capsys):
     folder, _ = saved["clip"]
-    gallery = tmp_path / "gallery"
-    gallery.mkdir()
-    rng = np.random.default_rng(2)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 255, (36, 44, 3), dtype=np.uint8)).save(
-            gallery / f"g{i}.png")
+    gallery = _noise_gallery(tmp_path / "gallery", 4, seed=2)
     out = tmp_path / "index"
     assert main(["index", "build", str(gallery), "--model", f"hf:{folder}", "--out", str(out),
                  "--quiet"]) == 0
@@ -523,12 +528,7 @@ def test_cli_index_build_explain_with_a_hf_folder(saved, pictures, tmp_path, cap
     own output."""
     from simexplain.retrieval import MANIFEST, Index
     folder, model = saved[kind]
-    gallery = tmp_path / "gallery"
-    gallery.mkdir()
-    rng = np.random.default_rng(4)
-    for i in range(5):
-        Image.fromarray(rng.integers(0, 255, (36, 44, 3), dtype=np.uint8)).save(
-            gallery / f"g{i}.png")
+    gallery = _noise_gallery(tmp_path / "gallery", 5, seed=4)
     out = tmp_path / "index"
     assert main(["index", "build", str(gallery), "--model", f"hf:{folder}", "--out", str(out),
                  "--explain", "--quiet"]) == 0
