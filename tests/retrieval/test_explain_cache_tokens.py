@@ -324,12 +324,17 @@ def test_cli_build_explain_then_search_explain(gallery, query, tmp_path, capsys,
             assert main(["search", *VIT, str(out), str(query), "-k", "3", "--explain",
                          "--out", str(tmp_path / f"page-{name}")]) == 0
         pages[name] = json.loads((tmp_path / f"page-{name}" / "results.json").read_text())
+    from simexplain.zoo import resolve
+    explainer = resolve("simexplain.toy:tiny_vit", "blocks.0", None, VIT_SIDE)
     for a, b in zip(pages["cached"]["hits"], pages["plain"]["hits"]):
         assert a["path"] == b["path"] and a["grid"] == b["grid"]
         assert a["score"] == pytest.approx(b["score"], abs=1e-6)
         assert a["residual"] == pytest.approx(b["residual"], abs=1e-6)
-    from simexplain.zoo import resolve
-    explainer = resolve("simexplain.toy:tiny_vit", "blocks.0", None, VIT_SIDE)
+        # the prefix tokens' share of the pair's score, as the model's own explain gives it
+        direct = explainer.explain(query, a["path"])
+        assert a["token_share"] == pytest.approx(direct.token_share_b, abs=1e-5)
+        assert b["token_share"] == pytest.approx(direct.token_share_b, abs=1e-5)
+        assert a["spatial"] is b["spatial"] is True
     with monkeypatch.context() as patch:
         forbid_hit_forwards(patch, explainer)
         hits = Index.load(cached_out, explainer).search(query, k=3, explain=True)

@@ -71,6 +71,9 @@ class Hit:
         if self.explanation is not None:
             out["residual"] = self.explanation.residual
             out["grid"] = list(self.explanation.b.grid)
+            # a transformer's prefix tokens carry a share of the pair's score beside the grid
+            out["token_share"] = self.explanation.token_share_b
+            out["spatial"] = self.explanation.b.spatial
             out["input"] = self.explanation.b.to_dict()  # sizes, crop, cells: file pixels
         return out
 
