@@ -163,6 +163,7 @@ def test_a_misread_head_is_caught_by_the_check_and_goes_on_to_the_batched_path(m
             1e-2 * float(reference.positions.abs().max())
         torch.testing.assert_close(wrong.positions.sum(1) + wrong.tokens.sum(1),
                                    reference.embedding, rtol=1e-4, atol=1e-5)
+    stream.affine_heads.clear()  # what the unchecked call learned (known heads skip the check)
     checked = stream.contributions(x)
     assert checked.path == "whole head, batched"
     _same(checked, reference)
@@ -314,3 +315,22 @@ def test_a_known_packed_head_that_disagrees_is_refused(monkeypatch):
     assert tapes[0] == 1 and stream.affine_heads.known_calls == 0
     monkeypatch.setattr(token_packing, "record", real)
     _same(got, stream.contributions(x, "tangents"))
+
+
+def test_a_known_packed_head_is_not_checked_again_but_its_embedding_is(monkeypatch):
+    """The check against the head holds for the program (made on the recorded call); a known
+    call still compares its embedding with the model's own, and a model that no longer
+    computes what the program says is recorded again."""
+    model, explainer = _explained("torch-gelu-prenorm", 1)
+    stream, x = explainer.stream_a, _batch(seed=18)
+    checks = []
+    real = token_packing._agrees
+    monkeypatch.setattr(token_packing, "_agrees", lambda *a: checks.append(1) or real(*a))
+    stream.contributions(x)
+    got = stream.contributions(_batch(seed=19))
+    assert len(checks) == 1 and stream.affine_heads.known_calls == 1
+    _same(got, stream.contributions(_batch(seed=19), "tangents"))
+    model.proj.weight = torch.nn.Parameter(model.proj.weight.detach() * 2)  # a new tensor
+    again = stream.contributions(x)
+    assert len(checks) == 2 and stream.affine_heads.known_calls == 1  # recorded and checked
+    _same(again, stream.contributions(x, "tangents"))

@@ -21,10 +21,13 @@ token p. Three facts make one replay enough:
 
 The plan (`plan`) is read off the recorded tape with the shapes of its tensors: which axis is
 the token axis after each reshape, transpose or projection. Nothing is assumed about what a
-step means, so every call checks the result against the head itself (`packed`): the head run
-on X with each token scaled by a random weight must give the parts weighted alike plus the
-constant term, which is what the parts leave of the embedding (wrong parts pass only if their
-errors cancel for those weights). A head that fails goes on to the batched path.
+step means, so a recorded call checks the result against the head itself (`packed`): the
+head run on X with each token scaled by a random weight must give the parts weighted alike
+plus the constant term, which is what the parts leave of the embedding (wrong parts pass only
+if their errors cancel for those weights). A head that fails goes on to the batched path. A
+head that passes is known for its input and batch size (`PackedHead`, `known_packed`): the
+packing holds for a program and its shapes, not for particular values, so later calls replay
+the checked program without the check.
 """
 
 from __future__ import annotations
@@ -250,11 +253,12 @@ class _Reader:
 
 def packed(tape: HeadTape, the_plan: Plan, features: torch.Tensor,
            offsets: dict[str, torch.Tensor], frozen: list, marks: list[int], output: int,
-           primal: torch.Tensor, head: Callable[..., torch.Tensor]
+           primal: torch.Tensor, head: Callable[..., torch.Tensor] | None
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """(embedding, (B, N, D) linear parts, (B, D) constant) by one packed replay, or None when
-    the checks fail. `head(x, offsets, freeze)` replays the whole head from the layer output;
-    `frozen` and `marks` come from `record`."""
+    the check fails. `head(x, offsets, freeze)` replays the whole head from the layer output
+    for the check (None: no check, for a plan already checked on this program); `frozen` and
+    `marks` come from `record`."""
     s, n = the_plan.token, the_plan.tokens
     replayed = list(frozen)
     first = 0
@@ -300,9 +304,11 @@ def packed(tape: HeadTape, the_plan: Plan, features: torch.Tensor,
     # the parts weighted alike plus the constant, which is what the parts leave of h(X)
     # (so that a wrong part shows in the weighted sum, not in a total that adds up anyway).
     # Weights in [1, 2): a constant that leaks into every part shows as well.
+    constant = primal - linear.sum(1)
+    if head is None:
+        return primal, linear, constant
     weights = torch.rand(features.shape[:2], generator=torch.Generator().manual_seed(0)
                          ).to(features) + 1.0  # (B, N)
-    constant = primal - linear.sum(1)
     probed = head(features * weights[..., None], offsets, FreezeScales(replay=frozen))
     if not _agrees((linear * weights[..., None]).sum(1) + constant, probed, primal):
         return None
@@ -314,17 +320,17 @@ def known_packed(program: HeadTape, known: PackedHead, features: torch.Tensor,
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """(embedding, linear parts, constant) of a head answered by the packed path before, from
     its program and a new layer output of the same size, or None where this call freezes
-    other values or fails the check."""
+    other values. Not checked again: whether the packing holds depends on the program and
+    its shapes (which steps act on each token alone, where the token axes lie, what is
+    frozen where), not on the values, and it was checked on this program; the embedding is
+    still compared with the model's own (head.known_contributions), as for a known affine
+    head."""
     frozen: list = []
     primal, marks = record(program, features, offsets, (0, 0, known.output), frozen)
     if marks != known.marks:
         return None
-
-    def head(x, moved, freeze):
-        with freeze:
-            return program.replay({0: x}, moved, 0, known.output)
     return packed(program, known.plan, features, offsets, frozen, marks, known.output, primal,
-                  head)
+                  None)
 
 
 def _agrees(parts: torch.Tensor, head: torch.Tensor, primal: torch.Tensor) -> bool:
