@@ -36,6 +36,7 @@ class SplitModel:
         if not isinstance(model, nn.Module):
             raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model.eval()
+        self._lock = lock_of(self.model)  # shared with every SplitModel of this model
         self.layer_name = layer
         self.layer = self._resolve(model, layer)
         self._probes: dict[tuple[int, ...], tuple[torch.Size, list[str]]] = {}
@@ -112,7 +113,7 @@ class SplitModel:
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         try:
-            with lock_of(self.model).shared():  # never during the reference path's pass
+            with self._lock.shared():  # never during the reference path's pass
                 return self.model(x)
         except SimexplainError:
             raise
@@ -176,16 +177,15 @@ class SplitModel:
                 f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
         shape, head = self._probe(x)
         grid, prefix = self.grid(x)
-        lock = lock_of(self.model)
         try:
             result = None
-            with lock.shared():  # the model's tensors are read until the analysis ends
+            with self._lock.shared():  # the model's tensors are read until the analysis ends
                 if strategy == "auto":
                     result = self._known_contributions(x, grid, prefix)
                 if result is None and strategy != "tangents":
                     result = self._tape_contributions(x, grid, prefix, strategy)
             if result is None:
-                with lock.alone():  # functional_call puts values into the model's biases
+                with self._lock.alone():  # functional_call puts values into the model's biases
                     # the offsets of the modules that ran after the layer
                     result = self._tangent_contributions(
                         x, shape, head_offsets(self.model, head), grid, prefix)

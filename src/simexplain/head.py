@@ -393,7 +393,7 @@ def _linear_parts(tape: HeadTape, slots: tuple[int, int, int], pooled: torch.Ten
         # paths start from
         frozen: list = []
         primal, marks = token_packing.record(tape, pooled, offsets, slots, frozen)
-        plan = token_packing.plan(tape, marks, out_slot) if start == 0 else None
+        plan = token_packing.plan(tape, marks, out_slot)  # a whole head: from slot 0
         if plan is not None:  # one attention read at one token: one replay in all
             packed = token_packing.packed(tape, plan, pooled, offsets, frozen, marks, out_slot,
                                           primal, post)

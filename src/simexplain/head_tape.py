@@ -9,7 +9,7 @@ import math
 import threading
 import weakref
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -70,12 +70,13 @@ class _Step:
     kwargs: dict
     outputs: list[int | None]  # slot of each flattened output leaf (None: not a tensor)
     reads: set[int]  # slots read
-    flat: tuple | None = None  # (leaves, spec) of (args, kwargs), where the recorder has them
+    flat: InitVar[tuple | None] = None  # (leaves, spec) of (args, kwargs), if already made
 
-    def __post_init__(self):
+    def __post_init__(self, flat: tuple | None):
         # flattened once: a replay substitutes the few slot and offset leaves in place
-        self._leaves, self._spec = self.flat or tree_flatten((self.args, self.kwargs))
-        self.flat = None
+        leaves, spec = flat or tree_flatten((self.args, self.kwargs))
+        self._leaves: list[Any] = leaves
+        self._spec: Any = spec
         self._holes = [(i, leaf) for i, leaf in enumerate(self._leaves)
                        if isinstance(leaf, (_Slot, _Offset))]
         # Most calls hold their slots and offsets at the top level (F.linear(x, w, b),
@@ -225,11 +226,14 @@ class HeadTape(TorchFunctionMode):
         return out
 
     def replay(self, inputs: dict[int, torch.Tensor], offsets: dict[str, torch.Tensor],
-               start: int, output: int) -> torch.Tensor:
-        """Rerun steps[start:] from the given slots; the tensor in slot `output`."""
+               start: int, output: int, skip: Iterable[int] = ()) -> torch.Tensor:
+        """Rerun steps[start:] from the given slots, but for the steps at the indices in
+        `skip` (whose outputs `inputs` holds); the tensor in slot `output`."""
         env = dict(inputs)
-        for step in self.steps[start:]:
-            step.run(env, offsets)
+        skipped = set(skip)
+        for i in range(start, len(self.steps)):
+            if i not in skipped:
+                self.steps[i].run(env, offsets)
         return env[output]
 
 

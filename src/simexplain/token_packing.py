@@ -75,7 +75,8 @@ class Plan:
     attention: int  # index of the step whose frozen value is the attention weights
     axes: dict[int, int]  # slot -> token axis (DIAG and ROW slots)
     kinds: dict[int, str]  # slot -> kind
-    row_steps: set[int]  # indices of steps with a ROW input (their frozen values: at token s)
+    # steps with a ROW input -> that input's slot (their frozen values are taken at token s)
+    row_steps: dict[int, int]
     dims: dict[int, int]  # slot -> its number of dimensions (DIAG and ROW slots)
     again: dict[int, int]  # later reads of token s from the same tensor: step -> output slot
 
@@ -128,7 +129,7 @@ class _Reader:
         self.tokens = tokens
         self.kinds: dict[int, str] = {0: DIAG}
         self.axes: dict[int, int] = {0: 1}
-        self.row_steps: set[int] = set()
+        self.row_steps: dict[int, int] = {}
         self.attention: int | None = None
         self.select: tuple[int, int, int, int] | None = None  # step, token, source, output
         self.again: dict[int, int] = {}
@@ -212,7 +213,7 @@ class _Reader:
             self.kinds.update({slot: TAIL for slot in outputs})
             return True
         row = next(slot for slot, kind in read.items() if kind == ROW)
-        self.row_steps.add(i)
+        self.row_steps[i] = row
         return self._follow(step, outputs, self.values[row].shape, self.axes[row], ROW)
 
     def _follow(self, step: _Step, outputs: list[int], shape: torch.Size, axis: int,
@@ -267,8 +268,7 @@ def packed(tape: HeadTape, the_plan: Plan, features: torch.Tensor,
             if i == the_plan.attention:  # diag(A[s, :]): token p gets A[s, p] v_p
                 replayed[k] = torch.diag_embed(frozen[k][..., s, :])
             elif i in the_plan.row_steps:
-                reader = next(slot for slot in tape.steps[i].reads
-                              if the_plan.kinds[slot] == ROW)
+                reader = the_plan.row_steps[i]
                 replayed[k] = _at_token(frozen[k], the_plan.dims[reader],
                                         the_plan.axes[reader], s, n)
                 if replayed[k] is None:
@@ -292,12 +292,9 @@ def packed(tape: HeadTape, the_plan: Plan, features: torch.Tensor,
 
     def tail(value):
         # vmap takes the token axis away: `value` is what the select step gives
-        env = {slot: value for slot in (the_plan.output, *the_plan.again.values())}
+        inputs = {slot: value for slot in (the_plan.output, *the_plan.again.values())}
         with FreezeScales(replay=rest):
-            for i in range(the_plan.select + 1, len(tape.steps)):
-                if i not in the_plan.again:
-                    tape.steps[i].run(env, zeros)
-        return env[output]
+            return tape.replay(inputs, zeros, the_plan.select + 1, output, the_plan.again)
     linear = vmap(tail)(per_token).transpose(0, 1)  # (B, N, D)
 
     # The check: the head replayed once more, from X with each token weighted at random, is

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from ..errors import SimexplainError, first_line
+from ..geometry import MAX_PREFIX_TOKENS
 
 FORMAT_NAME = "simexplain-index"
 FORMAT_VERSION = 3
@@ -39,7 +40,6 @@ PROJECTED = "explain-projected.npy"
 # `Side.spatial`, present only for models that have such tokens at the explained layer
 TOKENS = "explain-tokens.npy"
 SPATIAL = "explain-spatial.npy"
-MAX_PREFIX_TOKENS = 4096  # far above any model's (a class token, a few registers)
 # FAISS structures: exact, inverted lists, graph, and inverted lists of product-quantised codes
 # (compressed, split into shards, candidates re-scored from the stored float embeddings)
 KINDS = ("flat", "ivf", "hnsw", "ivfpq")

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LayerError, ModelError, SimexplainError, first_line
+from ..geometry import MAX_PREFIX_TOKENS
 from ..images import Preprocess
 
 if TYPE_CHECKING:
@@ -51,7 +52,6 @@ POOLINGS = ("auto", "image_embeds", "pooler", "cls", "mean")
 # Without a preprocessor_config.json: what most ViT checkpoints on the hub were trained with.
 FALLBACK_MEAN = (0.5, 0.5, 0.5)
 FALLBACK_STD = (0.5, 0.5, 0.5)
-MAX_PREFIX_TOKENS = 8  # class, distillation and register tokens (as SplitModel.grid allows)
 _BLOCK_SPEC = re.compile(r"^(?:block:)?(-?\d+)$")
 
 
