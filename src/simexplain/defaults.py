@@ -5,6 +5,9 @@ its own name for them: `similarity.names()`, `images.MAX_PIXELS`, `patterns.DEFA
 
 from __future__ import annotations
 
+# Prefix tokens (class, register and distillation tokens) before a transformer layer's patch
+# grid (`geometry.token_grid`); the index manifest bounds its explain cache's token count by it.
+MAX_PREFIX_TOKENS = 8
 # The built-in similarities, in registration order (`simexplain.similarity` checks it).
 BUILTIN_SIMILARITIES = ("cosine", "dot", "euclidean")
 # The saliency methods, in display order: the names of `methods.METHODS` (which checks it), for

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-MAX_PREFIX_TOKENS = 8   # class, register and distillation tokens before a patch grid
+from .defaults import MAX_PREFIX_TOKENS
 
 
 # -- feature grids ------------------------------------------------------------------------------

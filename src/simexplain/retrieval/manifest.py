@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from ..errors import SimexplainError, first_line
-from ..geometry import MAX_PREFIX_TOKENS
+from ..defaults import MAX_PREFIX_TOKENS
 
 FORMAT_NAME = "simexplain-index"
 FORMAT_VERSION = 3

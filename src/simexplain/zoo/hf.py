@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LayerError, ModelError, SimexplainError, first_line
-from ..geometry import MAX_PREFIX_TOKENS
+from ..defaults import MAX_PREFIX_TOKENS
 from ..images import Preprocess
 
 if TYPE_CHECKING:
