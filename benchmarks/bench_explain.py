@@ -236,29 +236,44 @@ def zoo_row(name: str, repeats: int) -> dict | None:
             "explain": ratio, "path": explainer.stream_a.contributions(x_a).path}
 
 
-# A class-token transformer of a size people use (ViT-S/16 at 224 px: 196 patches + the class
-# token, 12 blocks), random weights from a Hugging Face config: its cost does not depend on them.
+# Transformers of a size people use (ViT-S/16 at 224 px: 196 patches, 12 blocks), random
+# weights from a Hugging Face config (their cost does not depend on them), each explained at its
+# default layer: a class-token ViT one block deep, a ViT pooled by the mean of its patch tokens
+# (head: the final norm and the mean) and a SigLIP vision tower (head: the post-norm and its
+# attention pooling head, one learned query) at the last block.
 VIT_SMALL = "vit-small/16 at 224 (random weights, head: 1 block)"
+TRANSFORMERS = {
+    VIT_SMALL: ("vit", "cls"),
+    "vit-small/16 at 224, mean of the patches (random weights, head: norm + mean)":
+        ("vit", "mean"),
+    "siglip vision, vit-small/16 at 224 (random weights, head: pooling attention)":
+        ("siglip", "auto"),
+}
 
 
-def transformer_row(repeats: int) -> dict | None:
+def transformer_row(label: str, repeats: int) -> dict | None:
     try:
         import transformers
     except ImportError:
-        print("  vit-small: skipped (transformers is not installed)")
+        print(f"  {label}: skipped (transformers is not installed)")
         return None
     from simexplain.zoo.hf import HFEmbedder
+    kind, pooling = TRANSFORMERS[label]
     torch.manual_seed(0)
-    config = transformers.ViTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
-                                    intermediate_size=1536, image_size=224, patch_size=16)
-    model = HFEmbedder(transformers.ViTModel(config, add_pooling_layer=False).eval(),
-                       pooling="cls").to(DEVICE)
-    explainer = Explainer(model, "blocks.10", similarity="cosine")
+    shape = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
+                 intermediate_size=1536, image_size=224, patch_size=16)
+    if kind == "siglip":
+        hf_model = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**shape))
+    else:
+        hf_model = transformers.ViTModel(transformers.ViTConfig(**shape),
+                                         add_pooling_layer=False)
+    model = HFEmbedder(hf_model.eval(), pooling=pooling).to(DEVICE)
+    explainer = Explainer(model, model.default_layer, similarity="cosine")
     x_a, x_b = (torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(seed))
                 .to(DEVICE) for seed in (1, 2))
     t_fwd, ratio = compare(lambda: two_forwards(model, x_a, x_b),
                            lambda: explainer.explain(x_a, x_b), repeats)
-    return {"model": VIT_SMALL, "grid": "14x14", "forwards_ms": t_fwd * 1e3, "explain": ratio,
+    return {"model": label, "grid": "14x14", "forwards_ms": t_fwd * 1e3, "explain": ratio,
             "path": explainer.stream_a.contributions(x_a).path}
 
 
@@ -501,7 +516,7 @@ def main() -> None:
         print("  ", results["grids"][-1], flush=True)
     print("2. zoo models")
     zoo_rows = [lambda name=name: zoo_row(name, args.repeats) for name in ZOO_ROWS] + [
-        lambda: transformer_row(args.repeats)]
+        lambda label=label: transformer_row(label, args.repeats) for label in TRANSFORMERS]
     for make_row in () if args.quick or "zoo" not in sections else zoo_rows:
         row = make_row()
         if row:

@@ -107,8 +107,10 @@ EXPECTED_PATH = {
     "conv-head": "whole head", "flatten-bn": "linear pooling", "position-mixer": "whole head",
 }
 MODELS = list(EXPECTED_PATH)
-# whole heads that are affine once their gates and statistics are frozen ("batched" path)
-AFFINE_WHOLE_HEADS = {"tokens-norm-mean", "conv-head", "position-mixer"}
+# whole heads that are affine once their gates and statistics are frozen: no derivatives (a
+# norm per token, then the mean of the tokens: every position from one replay, "packed")
+AFFINE_WHOLE_HEADS = {"tokens-norm-mean": "whole head, packed",
+                      "conv-head": "whole head, batched", "position-mixer": "whole head, batched"}
 
 
 def _inputs(n=3, height=32, width=32, seed=1):
@@ -137,7 +139,7 @@ def test_fast_paths_equal_the_reference_path(name, strategy, largest_pullback, m
     if strategy not in ("auto", "batched"):
         assert fast.path.endswith(strategy)
     elif name in AFFINE_WHOLE_HEADS:  # affine once frozen: no derivatives at all
-        assert fast.path == "whole head, batched"
+        assert fast.path == AFFINE_WHOLE_HEADS[name]
     elif EXPECTED_PATH[name] == "whole head":  # max pooling is not affine: another path
         assert fast.path != "whole head, batched"
     scale = float(reference.positions.abs().max())

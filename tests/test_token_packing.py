@@ -17,14 +17,25 @@ from test_frozen import MODELS, TorchViT, _explained, _pair
 
 
 def _same(got, reference) -> None:
-    scale = max(float(reference.positions.abs().max()), float(reference.tokens.abs().max()))
-    for name in ("positions", "tokens", "constant", "embedding"):
+    scale = max(float(t.abs().max()) for t in (reference.positions, reference.tokens)
+                if t is not None)
+    assert (got.tokens is None) == (reference.tokens is None)
+    for name in ("positions", "constant", "embedding") + ("tokens",) * (got.tokens is not None):
         torch.testing.assert_close(getattr(got, name), getattr(reference, name), rtol=0,
                                    atol=1e-5 * scale, msg=name)
 
 
 def _batch(seed: int = 3) -> torch.Tensor:
     return torch.cat(_pair(seed=seed))
+
+
+def _blocks(model: TorchViT, x: torch.Tensor) -> torch.Tensor:
+    """The output of a TorchViT's last block, (B, 1 + 16, C): what the variants below read."""
+    t = model.patch(x).flatten(2).transpose(1, 2)
+    t = torch.cat([model.cls.expand(len(t), -1, -1), t], dim=1) + model.pos
+    for block in model.blocks:
+        t = block(t)
+    return t
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -80,18 +91,17 @@ class _TimmLikeViT(TorchViT):
         self.blocks = nn.ModuleList(_TimmLikeBlock() for _ in range(3))
 
 
-class _ReadsAnotherToken(TorchViT):
-    """Reads a patch token instead of the class token, the way `read` says."""
+class _ReadBy(TorchViT):
+    """The last block's output, normed, then read at one token or pooled the way `read` says
+    (another token than the class token one block deep; at the last block, with no attention
+    left in the head, a mean, a sum or any token)."""
 
     def __init__(self, read):
         super().__init__()
         self.read = read
 
     def forward(self, x):
-        t = self.patch(x).flatten(2).transpose(1, 2)
-        t = torch.cat([self.cls.expand(len(t), -1, -1), t], dim=1) + self.pos
-        for block in self.blocks:
-            t = block(t)
+        t = _blocks(self, x)
         return F.normalize(self.proj(self.read(self.norm(t))), dim=1)
 
 
@@ -100,7 +110,7 @@ class _ReadsAnotherToken(TorchViT):
 def test_any_one_token_read_by_the_head_is_packed(read):
     from simexplain import Explainer
     torch.manual_seed(0)
-    model = _ReadsAnotherToken(read).eval()
+    model = _ReadBy(read).eval()
     stream = Explainer(model, "blocks.1", similarity="cosine").stream_a
     x = _batch(seed=5)
     packed = stream.contributions(x)
@@ -113,10 +123,7 @@ class _ReadsTwice(TorchViT):
     ViTModel computes its pooler even when the embedding is the class token)."""
 
     def forward(self, x):
-        t = self.patch(x).flatten(2).transpose(1, 2)
-        t = torch.cat([self.cls.expand(len(t), -1, -1), t], dim=1) + self.pos
-        for block in self.blocks:
-            t = block(t)
+        t = _blocks(self, x)
         h = self.norm(t)
         return F.normalize(self.proj(h[:, 0]) + self.proj(torch.tanh(h[:, 0])), dim=1)
 
@@ -193,19 +200,13 @@ class _ConstantAfterTheBlock(TorchViT):
         self.register_buffer("shift", torch.linspace(-1, 1, 32))
 
     def forward(self, x):
-        t = self.patch(x).flatten(2).transpose(1, 2)
-        t = torch.cat([self.cls.expand(len(t), -1, -1), t], dim=1) + self.pos
-        for block in self.blocks:
-            t = block(t)
+        t = _blocks(self, x)
         return F.normalize(self.proj(self.norm(t + self.shift)[:, 0]), dim=1)
 
 
 class _MeanAfterTheBlock(TorchViT):
     def forward(self, x):
-        t = self.patch(x).flatten(2).transpose(1, 2)
-        t = torch.cat([self.cls.expand(len(t), -1, -1), t], dim=1) + self.pos
-        for block in self.blocks:
-            t = block(t)
+        t = _blocks(self, x)
         return F.normalize(self.proj(self.norm(t).mean(1)), dim=1)
 
 
@@ -334,3 +335,188 @@ def test_a_known_packed_head_is_not_checked_again_but_its_embedding_is(monkeypat
     again = stream.contributions(x)
     assert len(checks) == 2 and stream.affine_heads.known_calls == 1  # recorded and checked
     _same(again, stream.contributions(x, "tangents"))
+
+
+# -- pooled heads: a mean of the tokens, or an attention with one query ---------------------------
+POOLS = {
+    "mean of the patches": lambda h: h[:, 1:].mean(1),
+    "sum of every token": lambda h: h.sum(dim=1),
+    "mean, keepdim": lambda h: torch.mean(h[:, 2:-3, :], dim=(1,), keepdim=True)[:, 0] * 2,
+    "class token": lambda h: h[:, 0],
+}
+
+
+class _ProbePooled(TorchViT):
+    """SigLIP's pooling head: a learned probe attends to the tokens (nn.MultiheadAttention,
+    one query), then a norm and an MLP with a residual, and the one token is read."""
+
+    def __init__(self):
+        super().__init__()
+        self.probe = nn.Parameter(torch.randn(1, 1, 32))
+        self.attention = nn.MultiheadAttention(32, 4, batch_first=True)
+        self.pool_norm, self.fc1, self.fc2 = nn.LayerNorm(32), nn.Linear(32, 64), \
+            nn.Linear(64, 32)
+
+    def forward(self, x):
+        t = _blocks(self, x)
+        t = self.norm(t)
+        pooled = self.attention(self.probe.expand(len(t), -1, -1), t, t)[0]
+        pooled = pooled + self.fc2(F.gelu(self.fc1(self.pool_norm(pooled))))
+        return F.normalize(self.proj(pooled[:, 0]), dim=1)
+
+
+class _LatentPooled(TorchViT):
+    """timm's attention pooling (AttentionPoolLatent): a learned latent query, keys and
+    values from one projection, F.scaled_dot_product_attention (or written out: softmax, then
+    the weights times the values), the heads merged."""
+
+    def __init__(self, eager: bool = False):
+        super().__init__()
+        self.eager = eager
+        self.latent = nn.Parameter(torch.randn(1, 1, 32))
+        self.q, self.kv, self.out = nn.Linear(32, 32), nn.Linear(32, 64), nn.Linear(32, 32)
+
+    def forward(self, x):
+        t = _blocks(self, x)
+        b, n, c = t.shape
+        q = self.q(self.latent.expand(b, -1, -1)).reshape(b, 1, 4, 8).transpose(1, 2)
+        k, v = self.kv(self.norm(t)).reshape(b, n, 2, 4, 8).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.eager:
+            pooled = (q @ k.transpose(-2, -1) / 8 ** 0.5).softmax(dim=-1) @ v
+        else:
+            pooled = F.scaled_dot_product_attention(q, k, v)
+        pooled = pooled.transpose(1, 2).reshape(b, 1, c)
+        return F.normalize(self.proj(self.out(pooled).mean(1)), dim=1)
+
+
+def _last_block(model: nn.Module):
+    from simexplain import Explainer
+    return Explainer(model.eval(), "blocks.2", similarity="cosine").stream_a
+
+
+@pytest.mark.parametrize("pool", list(POOLS))
+def test_a_head_that_pools_the_tokens_without_attention_is_packed(pool):
+    torch.manual_seed(0)
+    model = _ReadBy(POOLS[pool])
+    stream, x = _last_block(model), _batch(seed=20)
+    packed = stream.contributions(x)
+    assert packed.path == "whole head, packed"
+    _same(packed, stream.contributions(x, "tangents"))
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(packed.positions.sum(1) + packed.tokens.sum(1), expected,
+                               rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_class", [_ProbePooled, _LatentPooled,
+                                         lambda: _LatentPooled(eager=True)],
+                         ids=["probe, nn.MultiheadAttention", "latent query, sdpa",
+                              "latent query, softmax"])
+def test_an_attention_pooling_head_of_one_query_is_packed(model_class):
+    torch.manual_seed(0)
+    stream, x = _last_block(model_class()), _batch(seed=21)
+    packed = stream.contributions(x)
+    assert packed.path == "whole head, packed"
+    _same(packed, stream.contributions(x, "tangents"))
+    assert float(packed.positions.abs().sum(-1).min()) > 0  # every position reaches it
+
+
+def _small_hf(kind: str, attn: str):
+    import transformers
+    torch.manual_seed(0)
+    shape = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                 intermediate_size=64, image_size=32, patch_size=8, attn_implementation=attn)
+    if kind == "siglip":
+        return transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**shape))
+    if kind == "dinov2":
+        return transformers.Dinov2Model(transformers.Dinov2Config(**shape))
+    return transformers.ViTModel(transformers.ViTConfig(**shape), add_pooling_layer=True)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("kind, pooling", [("siglip", "auto"), ("dinov2", "mean"),
+                                           ("vit", "mean")],
+                         ids=["siglip pooling head", "dinov2 mean", "vit mean, pooler unused"])
+def test_hugging_face_pooled_embeddings_at_their_default_layer_are_packed(kind, pooling, attn):
+    """The default layer of an embedding pooled over the patches is the last block: SigLIP's
+    probe attention, the mean of the patch tokens (ViT's pooler, computed from the class
+    token beside it and unused, is left out of the plan)."""
+    from simexplain.zoo.hf import hf_explainer
+    explainer = hf_explainer(_small_hf(kind, attn).eval(), pooling=pooling)
+    assert explainer.stream_a.layer_name == "blocks.2"
+    stream = explainer.stream_a
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(22))
+    packed = stream.contributions(x)
+    assert packed.path == "whole head, packed"
+    _same(packed, stream.contributions(x, "tangents"))
+
+
+def test_a_pooling_head_one_block_deep_takes_the_batched_path():
+    """SigLIP explained before its last block: the block's attention and the probe's (two)."""
+    from simexplain.zoo.hf import hf_explainer
+    stream = hf_explainer(_small_hf("siglip", "sdpa").eval(), layer="blocks.1").stream_a
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(23))
+    got = stream.contributions(x)
+    assert got.path == "whole head, batched"
+    _same(got, stream.contributions(x, "tangents"))
+
+
+@pytest.mark.parametrize("model_class, wrong", [
+    (lambda: _ReadBy(POOLS["mean of the patches"]), dict(first=0)),
+    (lambda: _ReadBy(POOLS["mean of the patches"]), dict(weights=(1.0,) * 16)),
+    (_ProbePooled, dict(keep=False)),
+], ids=["slice not followed", "mean taken as sum", "one query's axis dropped"])
+def test_a_misread_pooling_is_caught(model_class, wrong, monkeypatch):
+    """Wrong weights are caught by the check; a replay that fails on its shapes goes on to
+    the batched path as well."""
+    torch.manual_seed(0)
+    stream, x = _last_block(model_class()), _batch(seed=24)
+    real_plan = token_packing.plan
+
+    def misread(*args):
+        found = real_plan(*args)
+        return None if found is None else dataclasses.replace(found, **wrong)
+    monkeypatch.setattr(token_packing, "plan", misread)
+    got = stream.contributions(x)
+    assert got.path == "whole head, batched"
+    _same(got, stream.contributions(x, "tangents"))
+
+
+def test_a_pooled_head_is_known_after_one_call(monkeypatch):
+    """(A probe pooling head is not: its query is a copy of the probe made in the forward pass,
+    not a tensor of the model whose identity a known head could check.)"""
+    torch.manual_seed(0)
+    stream = _last_block(_ReadBy(POOLS["mean of the patches"]))
+    stream.contributions(_batch(seed=25))
+    tapes = _count_tapes(monkeypatch)
+    got = stream.contributions(_batch(seed=26))
+    assert got.path == "whole head, packed"
+    assert tapes[0] == 0 and stream.affine_heads.known_calls == 1
+    _same(got, stream.contributions(_batch(seed=26), "tangents"))
+
+
+def test_a_saved_siglip_dual_encoder_is_explained_packed_at_its_image_features(tmp_path):
+    """A whole SiglipModel folder: its vision tower, whose embedding is the model's
+    get_image_features, explained at the last block through the pooling head, packed."""
+    import transformers
+
+    from simexplain.zoo.hf import hf_explainer
+    torch.manual_seed(0)
+    config = transformers.SiglipConfig(
+        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, image_size=32, patch_size=8),
+        text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64))
+    dual = transformers.SiglipModel(config).eval()
+    dual.save_pretrained(tmp_path)
+    explainer = hf_explainer(str(tmp_path))
+    stream = explainer.stream_a
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(27))
+    with torch.no_grad():
+        features = dual.get_image_features(pixel_values=x)
+    features = getattr(features, "pooler_output", features)  # transformers 5: an output
+    packed = stream.contributions(x)
+    assert stream.layer_name == "blocks.1" and packed.path == "whole head, packed"
+    torch.testing.assert_close(packed.positions.sum(1) + packed.constant, features,
+                               rtol=1e-4, atol=1e-5)
+    _same(packed, stream.contributions(x, "tangents"))

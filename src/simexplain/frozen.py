@@ -337,7 +337,8 @@ def _multi_head_attention_frozen(keep, query, key, value, embed_dim_to_check, nu
         mask = padding if mask is None else mask + padding
     causal = is_causal and attn_mask is None
     weights = _frozen_weights(keep, q, k, mask, causal, None)
-    out = (weights @ v).permute(2, 0, 1, 3).reshape(length, batch, embed)
+    # as many rows as the weights have (the packed replay's diag(A[s, :]) of one query: N)
+    out = (weights @ v).permute(2, 0, 1, 3).reshape(-1, batch, embed)
     out = F.linear(out, out_proj_weight, out_proj_bias)
     if unbatched:
         out = out.squeeze(1)

@@ -31,10 +31,12 @@ How it is computed (cost for P positions, C channels, D embedding dimensions):
   (transformer blocks, conv heads) takes the "batched" path: the head runs as that affine
   map on the layer output masked to each position in turn, all at once under vmap, with no
   derivative at all; an additivity check sends any other head on to the next item.
-  A head of one attention that reads one token in the end (a class-token transformer one
-  block deep) is first tried "packed" (token_packing.py): every position from one replay,
-  about one block's work instead of P + 2 replays; a check against the head sends any
-  head it misreads on to the batched path.
+  A transformer head that pools its tokens once (one attention read at one token: a
+  class-token transformer one block deep; a mean of the tokens after the final norm; an
+  attention pooling head of one query, SigLIP's) is first tried "packed"
+  (token_packing.py): every position from one replay, about one block's work instead of
+  P + 2 replays; a check against the head sends any head it misreads on to the batched
+  path.
 * Otherwise J is applied by forward tangents (one per position) or by a reverse-mode Jacobian
   (one cotangent per embedding dimension), whichever is fewer, in chunks under a budget;
   small heads take the reverse path with one cotangent per image and dimension, which also

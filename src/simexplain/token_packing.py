@@ -1,23 +1,35 @@
-"""Heads with one attention that are read at one token (the class token after the last block):
-every position's contribution from one replay of the head ("packed"), instead of one replay per
-position (head.py's "batched" path, which costs P + 2 replays of the block).
+"""Transformer heads that pool their tokens once, explained by one replay of the head
+("packed") instead of one replay per position (head.py's "batched" path, which costs P + 2
+replays of the block). Three forms:
+
+* one attention read at one token (the class token after the last block, explained one block
+  deep);
+* no attention, the tokens pooled by a mean, a sum or the read of one token (the mean of the
+  patch tokens after the final norm, explained at the last block);
+* an attention of one query (a pooling head's learned probe, as SigLIP's or timm's
+  AttentionPoolLatent), explained at the last block.
 
 With its attention weights, norm statistics and gates frozen, such a head is linear in the
 layer output X (METHOD.md), and position p's linear part is the head applied to X masked to
 token p. Three facts make one replay enough:
 
-* Before the attention each step acts on every token alone, so X itself holds every masked
-  input at once: token p of a replay from X holds what the input masked to p has at token p
-  (the tokens packed as they are: "diag").
+* Before the attention (or the pooling) each step acts on every token alone, so X itself holds
+  every masked input at once: token p of a replay from X holds what the input masked to p has
+  at token p (the tokens packed as they are: "diag"). A pooling there takes token p's value
+  as position p's (weighted 1 / n for a mean of n tokens; positions left out of a slice give
+  nothing).
 * The attention mixes the tokens with its frozen weights A: the input masked to p gives
-  A[:, p] v_p, of which only row s, the token the head reads in the end, reaches the
-  embedding. With A replaced by diag(A[s, :]), token p of the attention's output holds
-  A[s, p] v_p: what the input masked to p has at token s ("row" packing). A path around the
-  attention (the residual) brings X's token s to the input masked to s alone, so it is
-  repacked as X at token s and zeros elsewhere.
+  A[:, p] v_p, of which only row s, the token the head reads in the end (the one query's row
+  0), reaches the embedding. With A replaced by diag(A[s, :]), token p of the attention's
+  output holds A[s, p] v_p: what the input masked to p has at token s ("row" packing). A path
+  around the attention (the residual) brings X's token s to the input masked to s alone, so
+  it is repacked as X at token s and zeros elsewhere.
 * After the attention each step again acts on every token alone, with its frozen values
   (statistics, gates) taken at token s for every token, until the head reads token s: there
   every token is one position's value, and the rest of the head runs on each under vmap.
+
+Steps whose results do not reach the embedding (a pooler the model computes beside it) are
+left out of the plan and of the packed replay.
 
 The plan (`plan`) is read off the recorded tape with the shapes of its tensors: which axis is
 the token axis after each reshape, transpose or projection. Nothing is assumed about what a
@@ -27,7 +39,8 @@ plus the constant term, which is what the parts leave of the embedding (wrong pa
 if their errors cancel for those weights). A head that fails goes on to the batched path. A
 head that passes is known for its input and batch size (`PackedHead`, `known_packed`): the
 packing holds for a program and its shapes, not for particular values, so later calls replay
-the checked program without the check.
+the checked program without the check (not a head that reads a tensor made during the forward
+pass, such as a copy of a pooling probe: affine_head.bind cannot check that it is unchanged).
 """
 
 from __future__ import annotations
@@ -67,18 +80,28 @@ class Plan:
     """How to replay a head packed: what each step's tensors are, where their token axis
     lies, and the token s that the head reads."""
 
-    select: int  # index of the step that reads token s (on the tape)
-    token: int  # s
+    select: int  # index of the step that pools the tokens (on the tape)
+    # s: the token the head reads (0 for a one-query attention; None: a mean or sum of them)
+    token: int | None
     tokens: int  # N, the tokens of the layer output
-    source: int  # the slot that the select step reads (ROW)
-    output: int  # the select step's output slot
-    attention: int  # index of the step whose frozen value is the attention weights
+    source: int  # the slot whose tokens hold the positions' values at the select step
+    output: int  # the select step's output slot (the tail's input)
+    attention: int | None  # index of the step whose frozen value is the attention weights
     axes: dict[int, int]  # slot -> token axis (DIAG and ROW slots)
     kinds: dict[int, str]  # slot -> kind
     # steps with a ROW input -> that input's slot (their frozen values are taken at token s)
     row_steps: dict[int, int]
     dims: dict[int, int]  # slot -> its number of dimensions (DIAG and ROW slots)
     again: dict[int, int]  # later reads of token s from the same tensor: step -> output slot
+    # the source's tokens: their weight in the select step's output (one-hot for a read
+    # token, 1 / n for a mean) and the first one's index in the layer output (a slice)
+    weights: tuple[float, ...]
+    first: int
+    # the select step runs packed (a one-query attention: the source is its output);
+    # otherwise the tail starts from its output
+    packed_select: bool
+    keep: bool  # the tail's input keeps the token axis, of length 1 (one query, keepdim)
+    live: frozenset[int]  # the steps whose results reach the embedding
 
 
 @dataclass
@@ -109,16 +132,31 @@ def record(tape: HeadTape, source_value: torch.Tensor, offsets: dict[str, torch.
 
 def plan(tape: HeadTape, marks: list[int], output: int) -> Plan | None:
     """The packed replay of a head recorded from slot 0 (steps[0:]), or None where the head is
-    not one attention read at one token, as far as the shapes tell. `marks`: `record`'s."""
+    not one of the forms in the module's docstring, as far as the shapes tell. `marks`:
+    `record`'s."""
     features = tape.recorded()[0]
     if features.dim() != 3:
         return None
+    live = _live(tape.steps, output)
     reader = _Reader(tape, features.shape[1])
     consumed = [marks[0], *(b - a for a, b in zip(marks, marks[1:]))]
     for i, step in enumerate(tape.steps):
-        if in_place(step.func) or not reader.read(i, step, consumed[i]):
+        if in_place(step.func):
             return None
-    return reader.plan(output)
+        if i in live and not reader.read(i, step, consumed[i]):
+            return None
+    return reader.plan(output, live)
+
+
+def _live(steps: list[_Step], output: int) -> frozenset[int]:
+    """The steps whose results reach slot `output` (a pooler that the embedding does not use
+    is left out of the plan and of the packed replay)."""
+    needed, live = {output}, set()
+    for i in range(len(steps) - 1, -1, -1):
+        if needed.intersection(steps[i].outputs):
+            live.add(i)
+            needed.update(steps[i].reads)
+    return frozenset(live)
 
 
 class _Reader:
@@ -129,18 +167,24 @@ class _Reader:
         self.tokens = tokens
         self.kinds: dict[int, str] = {0: DIAG}
         self.axes: dict[int, int] = {0: 1}
+        # DIAG and ROW slots: how many tokens the token axis holds, and the layer output's
+        # index of the first (a slice of the tokens); ROW tensors hold all N
+        self.counts: dict[int, int] = {0: tokens}
+        self.firsts: dict[int, int] = {0: 0}
         self.row_steps: dict[int, int] = {}
         self.attention: int | None = None
-        self.select: tuple[int, int, int, int] | None = None  # step, token, source, output
+        # step, token, source, output, weights, first, packed_select, keep
+        self.select: tuple | None = None
         self.again: dict[int, int] = {}
 
-    def plan(self, output: int) -> Plan | None:
-        if self.select is None or self.attention is None or self.kinds.get(output) != TAIL:
+    def plan(self, output: int, live: frozenset[int]) -> Plan | None:
+        if self.select is None or self.kinds.get(output) != TAIL:
             return None
-        step, token, source, selected = self.select
+        step, token, source, selected, weights, first, packed_select, keep = self.select
         dims = {slot: self.values[slot].dim() for slot in self.axes}
         return Plan(step, token, self.tokens, source, selected, self.attention, self.axes,
-                    self.kinds, self.row_steps, dims, self.again)
+                    self.kinds, self.row_steps, dims, self.again, weights, first,
+                    packed_select, keep, live)
 
     def read(self, i: int, step: _Step, consumed: int) -> bool:
         """Take step i (which froze `consumed` values); False where the plan cannot go on."""
@@ -151,9 +195,9 @@ class _Reader:
         if None in read.values():
             return False  # a tensor of a kind that cannot be read on (an output left unused)
         found = set(read.values())
-        if self.select is not None:  # after the read of token s: only what came of it
+        if self.select is not None:  # after the tokens were pooled: only what came of it
             self.kinds.update({slot: TAIL for slot in outputs})
-            if found == {ROW} and (self._selected_token(step), *step.reads) == \
+            if found == {ROW} and (self._selected_token(step, ROW), *step.reads) == \
                     self.select[1:3]:  # token s read again (a pooler beside the embedding)
                 self.again[i] = outputs[0]
                 return True
@@ -161,14 +205,19 @@ class _Reader:
         if step.func in _ATTENTION or (step.func in SOFTMAX and consumed == 1):
             return self._attention(i, step, outputs, consumed)
         if WEIGHTS in found:
-            return self._weighted(step, outputs, found)
+            return self._weighted(i, step, outputs, found)
         if ROW in found:
             return DEAD not in found and self._row(i, step, outputs, read)
         if found == {DIAG}:
-            inputs = {(tuple(self.values[s].shape), self.axes[s]) for s in step.reads}
+            if self.attention is None and self._pooled(i, step, outputs):
+                return True
+            inputs = {(tuple(self.values[s].shape), self.axes[s], self.counts[s],
+                       self.firsts[s]) for s in step.reads}
             if len(inputs) == 1:
-                shape, axis = inputs.pop()
-                if self._follow(step, outputs, torch.Size(shape), axis, DIAG):
+                shape, axis, count, first = inputs.pop()
+                if self._sliced(step, outputs, axis, count, first):
+                    return True
+                if self._follow(step, outputs, torch.Size(shape), axis, DIAG, count, first):
                     return True
         self.kinds.update({slot: DEAD for slot in outputs})  # logits: read by frozen values only
         return True
@@ -183,73 +232,150 @@ class _Reader:
         value = _value_argument(step)
         out = self.values[outputs[0]]
         axis = out.dim() - 2 if step.func is F.scaled_dot_product_attention else 0
-        if not self._is(value, DIAG) or self.axes[value.index] != axis or \
-                out.shape[axis] != self.tokens:
+        if not self._whole(value) or self.axes[value.index] != axis:
             return False
-        self.kinds[outputs[0]], self.axes[outputs[0]] = ROW, axis
         for slot in outputs[1:]:
             self.kinds.pop(slot, None)  # e.g. averaged weights: reading them falls back
-        return True
+        return self._mixed(i, outputs[0], axis)
 
-    def _weighted(self, step: _Step, outputs: list[int], found: set) -> bool:
+    def _weighted(self, i: int, step: _Step, outputs: list[int], found: set) -> bool:
         if step.func in _MATMUL and self._is(step.args[0], WEIGHTS) and \
-                self._is(step.args[1], DIAG):
+                self._whole(step.args[1]):
             slot, out = step.args[1].index, outputs[0]
-            axis = self.values[out].dim() - 2
-            if self.axes[slot] != self.values[slot].dim() - 2 or \
-                    self.values[out].shape[axis] != self.tokens:
+            if self.axes[slot] != self.values[slot].dim() - 2:
                 return False
-            self.kinds[out], self.axes[out] = ROW, axis
-            return True
+            return self._mixed(i, out, self.values[out].dim() - 2)
         if found == {WEIGHTS} and len(outputs) == 1:
             self.kinds[outputs[0]] = WEIGHTS  # dropout, a cast
             return True
         return False
 
-    def _row(self, i: int, step: _Step, outputs: list[int], read: dict) -> bool:
-        index = self._selected_token(step)
+    def _mixed(self, i: int, out: int, axis: int) -> bool:
+        """The attention's output `out` (token axis `axis`): N tokens (self-attention) are
+        ROW; one (a single query, such as a pooling head's learned probe) is the pooling
+        itself, run packed: its row 0 of weights, as diag(A[0, :]), gives every position's
+        value at the one token."""
+        length = self.values[out].shape[axis]
+        if length == self.tokens:
+            self.kinds[out], self.axes[out], self.counts[out] = ROW, axis, self.tokens
+            return True
+        if length != 1:
+            return False
+        self.select = (i, 0, out, out, (1.0,) * self.tokens, 0, True, True)
+        self.kinds[out], self.axes[out] = TAIL, axis
+        return True
+
+    def _pooled(self, i: int, step: _Step, outputs: list[int]) -> bool:
+        """A head without attention that reads one token (x[:, s]) or the mean or sum of the
+        tokens: the pooling (each token holds its own position's value before it)."""
+        if len(step.reads) != 1 or not self._is(step.args[0], DIAG):
+            return False
+        source = step.args[0].index
+        count, first = self.counts[source], self.firsts[source]
+        index, keep = self._selected_token(step, DIAG), False
         if index is not None:
-            self.select = (i, index, next(iter(step.reads)), outputs[0])
+            weights = tuple(float(t == index - first) for t in range(count))
+        else:
+            reduced = _token_reduction(step, self.axes.get(source), self.values[source])
+            if reduced is None:
+                return False
+            kind, keep = reduced
+            weights = (1.0 / count if kind == "mean" else 1.0,) * count
+        self.select = (i, index, source, outputs[0], weights, first, False, keep)
+        self.kinds.update({slot: TAIL for slot in outputs})
+        return True
+
+    def _sliced(self, step: _Step, outputs: list[int], axis: int, count: int,
+                first: int) -> bool:
+        """x[:, a:b] of a DIAG tensor (the patch tokens after the class token): DIAG with
+        fewer tokens."""
+        if step.func is not torch.Tensor.__getitem__ or len(step.reads) != 1 or \
+                len(outputs) != 1 or not self._is(step.args[0], DIAG):
+            return False
+        index = step.args[1] if isinstance(step.args[1], tuple) else (step.args[1],)
+        if len(index) <= axis or not isinstance(index[axis], slice) or any(
+                entry != slice(None) for j, entry in enumerate(index) if j != axis):
+            return False
+        start, stop, stride = index[axis].indices(count)
+        if stride != 1 or stop <= start or \
+                self.values[outputs[0]].shape[axis] != stop - start:
+            return False
+        out = outputs[0]
+        self.kinds[out], self.axes[out] = DIAG, axis
+        self.counts[out], self.firsts[out] = stop - start, first + start
+        return True
+
+    def _row(self, i: int, step: _Step, outputs: list[int], read: dict) -> bool:
+        index = self._selected_token(step, ROW)
+        if index is not None:
+            source = next(iter(step.reads))
+            self.select = (i, index, source, outputs[0], (1.0,) * self.tokens, 0, False,
+                           False)
             self.kinds.update({slot: TAIL for slot in outputs})
             return True
         row = next(slot for slot, kind in read.items() if kind == ROW)
         self.row_steps[i] = row
-        return self._follow(step, outputs, self.values[row].shape, self.axes[row], ROW)
+        return self._follow(step, outputs, self.values[row].shape, self.axes[row], ROW,
+                            self.tokens, 0)
 
     def _follow(self, step: _Step, outputs: list[int], shape: torch.Size, axis: int,
-                kind: str) -> bool:
+                kind: str, count: int, first: int) -> bool:
         """Give each output of the step the token axis that follows from an input of `shape`
-        with the token axis at `axis`; False where an output's shape does not tell."""
+        with its `count` tokens at `axis`; False where an output's shape does not tell."""
         for slot in outputs:
-            out_axis = _token_axis(step, shape, axis, self.values[slot].shape, self.tokens)
+            out_axis = _token_axis(step, shape, axis, self.values[slot].shape, count)
             if out_axis is None:
                 return False
             self.kinds[slot], self.axes[slot] = kind, out_axis
+            self.counts[slot], self.firsts[slot] = count, first
         return True
 
-    def _selected_token(self, step: _Step) -> int | None:
-        """The token that the step reads from a ROW tensor (x[:, s], x.select(1, s)), or
-        None."""
-        if len(step.reads) != 1 or not self._is(step.args[0], ROW):
+    def _selected_token(self, step: _Step, kind: str) -> int | None:
+        """The token (of the layer output) that the step reads from a tensor of `kind`
+        (x[:, s], x.select(1, s)), or None."""
+        if len(step.reads) != 1 or not self._is(step.args[0], kind):
             return None
         slot = step.args[0].index
-        axis, ndim = self.axes[slot], self.values[slot].dim()
+        axis, ndim, count = self.axes[slot], self.values[slot].dim(), self.counts[slot]
+        picked = None
         if step.func is torch.Tensor.__getitem__:
             index = step.args[1] if isinstance(step.args[1], tuple) else (step.args[1],)
-            picked = index[axis] if len(index) > axis else None
-            if not isinstance(picked, int) or isinstance(picked, bool) or any(
-                    entry != slice(None) for j, entry in enumerate(index) if j != axis):
-                return None
-            return picked % self.tokens
-        if step.func in _SELECT:
+            entry = index[axis] if len(index) > axis else None
+            if isinstance(entry, int) and not isinstance(entry, bool) and all(
+                    e == slice(None) for j, e in enumerate(index) if j != axis):
+                picked = entry
+        elif step.func in _SELECT:
             dim = step.args[1] if len(step.args) > 1 else step.kwargs.get("dim")
-            picked = step.args[2] if len(step.args) > 2 else step.kwargs.get("index")
-            if isinstance(dim, int) and isinstance(picked, int) and dim % ndim == axis:
-                return picked % self.tokens
-        return None
+            entry = step.args[2] if len(step.args) > 2 else step.kwargs.get("index")
+            if isinstance(dim, int) and isinstance(entry, int) and dim % ndim == axis:
+                picked = entry
+        return None if picked is None else self.firsts.get(slot, 0) + picked % count
+
+    def _whole(self, leaf: Any) -> bool:
+        """A DIAG tensor of all N tokens (what an attention may mix)."""
+        return self._is(leaf, DIAG) and self.counts[leaf.index] == self.tokens and \
+            self.firsts[leaf.index] == 0
 
     def _is(self, leaf: Any, kind: str) -> bool:
         return isinstance(leaf, _Slot) and self.kinds.get(leaf.index) == kind
+
+
+def _token_reduction(step: _Step, axis: int | None, value: torch.Tensor
+                     ) -> tuple[str, bool] | None:
+    """("mean" or "sum", keepdim) where the step reduces `value` over its token axis alone
+    (no dtype), else None."""
+    kind = "mean" if step.func in (torch.mean, torch.Tensor.mean) else \
+        "sum" if step.func in (torch.sum, torch.Tensor.sum) else None
+    if kind is None or axis is None or set(step.kwargs) - {"dim", "keepdim"}:
+        return None
+    dim = step.args[1] if len(step.args) > 1 else step.kwargs.get("dim")
+    if isinstance(dim, (tuple, list)) and len(dim) == 1:
+        dim = dim[0]
+    keepdim = step.args[2] if len(step.args) > 2 else step.kwargs.get("keepdim", False)
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim % value.dim() != axis or \
+            not isinstance(keepdim, bool):
+        return None
+    return kind, keepdim
 
 
 def packed(tape: HeadTape, the_plan: Plan, features: torch.Tensor,
@@ -260,42 +386,61 @@ def packed(tape: HeadTape, the_plan: Plan, features: torch.Tensor,
     the check fails. `head(x, offsets, freeze)` replays the whole head from the layer output
     for the check (None: no check, for a plan already checked on this program); `frozen` and
     `marks` come from `record`."""
-    s, n = the_plan.token, the_plan.tokens
-    replayed = list(frozen)
+    s, n, select = the_plan.token, the_plan.tokens, the_plan.select
+    if s is None:  # a mean of the tokens: no attention, no row to take
+        s = -1
+    per_step = []  # each step's frozen values, as the packed replay takes them
     first = 0
     for i, last in enumerate(marks):
-        for k in range(first, last):
-            if i == the_plan.attention:  # diag(A[s, :]): token p gets A[s, p] v_p
-                replayed[k] = torch.diag_embed(frozen[k][..., s, :])
-            elif i in the_plan.row_steps:
-                reader = the_plan.row_steps[i]
-                replayed[k] = _at_token(frozen[k], the_plan.dims[reader],
-                                        the_plan.axes[reader], s, n)
-                if replayed[k] is None:
-                    return None
+        values = frozen[first:last]
+        if i == the_plan.attention:  # diag(A[s, :]): token p gets A[s, p] v_p
+            values = [torch.diag_embed(value[..., s, :]) for value in values]
+        elif i in the_plan.row_steps:
+            reader = the_plan.row_steps[i]
+            values = [_at_token(value, the_plan.dims[reader], the_plan.axes[reader], s, n)
+                      for value in values]
+            if any(value is None for value in values):
+                return None
+        per_step.append(values)
         first = last
+    live = the_plan.live
+    end = select + 1 if the_plan.packed_select else select  # the packed part: steps[:end]
     zeros = {name: torch.zeros_like(value) for name, value in offsets.items()}
     env: dict[int, torch.Tensor] = {0: features}
-    with FreezeScales(replay=replayed[:marks[the_plan.select]]):
-        for i, step in enumerate(tape.steps[:the_plan.select]):
-            if i in the_plan.row_steps:  # a DIAG input of a ROW step: its token s only
-                view = dict(env)
-                for slot in step.reads:
-                    if the_plan.kinds[slot] == DIAG:
-                        view[slot] = _only_token(env[slot], the_plan.axes[slot], s)
-                step.run(view, zeros)
-                env.update({slot: view[slot] for slot in step.outputs if slot is not None})
-            else:
-                step.run(env, zeros)
-    per_token = env[the_plan.source].movedim(the_plan.axes[the_plan.source], 0)  # (N, ...)
-    rest = replayed[marks[the_plan.select]:]
+    axis = the_plan.axes[the_plan.source]
+    # after the select step: what came of token s (or of the pooled tokens), per position
+    rest = [value for i in range(select + 1, len(marks)) if i in live for value in per_step[i]]
+    skip = set(the_plan.again) | set(range(select + 1, len(tape.steps))) - live
 
     def tail(value):
         # vmap takes the token axis away: `value` is what the select step gives
+        if the_plan.keep:
+            value = value.unsqueeze(axis)
         inputs = {slot: value for slot in (the_plan.output, *the_plan.again.values())}
         with FreezeScales(replay=rest):
-            return tape.replay(inputs, zeros, the_plan.select + 1, output, the_plan.again)
-    linear = vmap(tail)(per_token).transpose(0, 1)  # (B, N, D)
+            return tape.replay(inputs, zeros, select + 1, output, skip)
+    try:
+        with FreezeScales(replay=[value for i in range(end) if i in live
+                                  for value in per_step[i]]):
+            for i in sorted(live.intersection(range(end))):
+                step = tape.steps[i]
+                if i in the_plan.row_steps:  # a DIAG input of a ROW step: its token s only
+                    view = dict(env)
+                    for slot in step.reads:
+                        if the_plan.kinds[slot] == DIAG:
+                            view[slot] = _only_token(env[slot], the_plan.axes[slot], s)
+                    step.run(view, zeros)
+                    env.update({slot: view[slot] for slot in step.outputs if slot is not None})
+                else:
+                    step.run(env, zeros)
+        tokens = env[the_plan.source].movedim(axis, 0)  # (tokens of the source, ...)
+        weights = torch.tensor(the_plan.weights, dtype=tokens.dtype, device=tokens.device)
+        tokens = tokens * weights.view(-1, *([1] * (tokens.dim() - 1)))
+        per_token = tokens.new_zeros((n, *tokens.shape[1:]))  # (N, ...): a slice's others 0
+        per_token[the_plan.first:the_plan.first + len(tokens)] = tokens
+        linear = vmap(tail)(per_token).transpose(0, 1)  # (B, N, D)
+    except RuntimeError:
+        return None  # a step that does not take the packed shapes: the batched path
 
     # The check: the head replayed once more, from X with each token weighted at random, is
     # the parts weighted alike plus the constant, which is what the parts leave of h(X)

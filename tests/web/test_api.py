@@ -835,3 +835,14 @@ def test_a_sample_whose_file_name_is_not_utf8(explainer, kit, tmp_path):
         assert listed.json()["images"][0]["name"] == "caf\ufffd.png"
         explained = client.post("/api/explain", json={"a": "s0", "b": "s1"})
         assert explained.status_code == 200, explained.text
+
+
+def test_upload_with_a_file_name_too_long_to_parse_names_the_cause(client, kit):
+    """The multipart parser refuses a part header over about 4 KB: the error says so instead
+    of an unexplained "Invalid multipart data."."""
+    data = png_bytes(kit.two_part(3, 1, size=40))
+    response = client.post("/api/images", files={"file": ("a" * 5000 + ".png", data)})
+    assert_error(response, 400, "header")
+    assert "file name" in response.json()["error"]
+    fine = client.post("/api/images", files={"file": ("a" * 300 + ".png", data)})
+    assert fine.status_code == 201 and len(fine.json()["name"]) <= 80

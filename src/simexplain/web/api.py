@@ -115,8 +115,26 @@ async def _http_error(_request: Request, exc: StarletteHTTPException):
         message = "no such endpoint"
     elif exc.status_code == 400 and message == "There was an error parsing the body":
         message = "malformed request body: not valid JSON (UTF-8) or form data"
+    elif exc.status_code == 400 and message == "Invalid multipart data.":
+        message = _multipart_problem(exc)
     return JSONResponse({"error": message}, status_code=exc.status_code,
                         headers=getattr(exc, "headers", None))
+
+def _multipart_problem(exc: BaseException) -> str:
+    """The multipart parser's own reason, which starlette's "Invalid multipart data." hides
+    (the exception it was raised from)."""
+    reason = None
+    seen: BaseException | None = exc
+    while seen is not None and reason is None:
+        if type(seen).__module__.startswith("python_multipart"):
+            reason = str(seen).rstrip(".")
+        seen = seen.__cause__ or seen.__context__
+    if reason is None:
+        return "malformed form data"
+    if "header size" in reason.lower():  # the part's header line holds the file name
+        reason += " (a part header over 4 KB: a file name of thousands of characters?)"
+    return f"malformed form data: {reason}"
+
 
 async def _validation_error(_request: Request, exc: RequestValidationError):
     problems = exc.errors()
