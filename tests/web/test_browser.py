@@ -196,6 +196,33 @@ def test_gallery_view(browser, server):
     assert problems == []
 
 
+def test_gallery_thumbnails_ring_the_strongest_match_readably(browser, server):
+    """A thumbnail's one ring (180 pixels, an 8x8 map) is not held to a fraction of a cell as
+    a panel's several rings are: its light line starts at least 9 pixels from the centre and
+    has dark edges on both sides."""
+    import numpy as np
+
+    from marks import ring_widths, runs
+    page, problems = open_page(browser, server + "/#gallery")
+    wait_stat(page, "searches", 1)
+    hover_and_wait(page, "#view-query", 0.3, 0.25)
+    x, y, width = page.evaluate("""() => {
+        const r = window.simexplain.results[0];
+        const m = r.view.markers[0];
+        return [...r.view.toCanvas([m.row, m.col]), r.view.canvas.width];
+    }""")
+    assert width == 180
+    row = np.asarray(page.evaluate(f"""() => Array.from(window.simexplain.results[0].view.canvas
+        .getContext('2d').getImageData(0, {round(y)}, {width}, 1).data)"""),
+        np.int32).reshape(-1, 4)[:, :3]
+    line = (row[round(x):] if x < width / 2 else row[round(x)::-1])[:30]  # to the middle
+    found = runs(line)
+    inner, light, outer = ring_widths(line, light_at_least=2)
+    start = next(s for kind, s, n in found if kind == "l" and n >= 2)
+    assert start >= 9 and inner >= 1 and outer >= 1, found
+    assert problems == []
+
+
 def test_docs_work_offline(browser, server):
     """/docs renders Swagger UI from files the app serves itself: no request leaves it."""
     context = browser.new_context(viewport=VIEWPORT)

@@ -182,7 +182,8 @@ export class MapView {
     this.drawScale();
     const ctx = this.ctx;
     ctx.putImageData(this.overlay, 0, 0);
-    const style = markStyle(this.canvas.width, this.canvas.height, this.map);
+    const rings = this.markers.filter((m) => m.kind === "ring").length;
+    const style = markStyle(this.canvas.width, this.canvas.height, this.map, rings);
     const rect = (box) => { // a box [top, left, bottom, right] in the photo's pixels
       const [l, t] = this.toCanvas([box[0], box[1]]);
       const [r, b] = this.toCanvas([box[2], box[3]]);
@@ -251,17 +252,20 @@ export class MapView {
 
 // the sizes of the marks on a canvas of width x height pixels, growing with it so that they
 // read alike on a thumbnail and on a full panel: ring radius, ring and line stroke widths.
-// With the map's grid, rings stay small enough that those of neighbouring cells (the top
-// matches often are) do not overlap.
-function markStyle(width, height, grid) {
+// With the map's grid, several rings stay small enough that those of neighbouring cells (the
+// top matches often are) do not overlap; a ring alone (a gallery thumbnail's strongest match)
+// has nothing to overlap and is drawn large enough to find at a glance on 180 pixels.
+function markStyle(width, height, grid, rings = 0) {
   const side = Math.min(width, height);
   let radius = side / 28;
-  if (grid) {
+  if (grid && rings !== 1) {
     const cell = Math.min(width / grid[0].length, height / grid.length);
     radius = Math.min(radius, 0.38 * cell);
   }
+  if (rings === 1) radius = Math.max(radius, Math.min(side / 16, 14));
   radius = Math.max(6, radius);
-  return { radius, ring: Math.max(2, radius * 0.2), line: Math.max(2, side / 250) };
+  const ring = Math.max(rings === 1 ? 3 : 2, radius * 0.2);
+  return { radius, ring, line: Math.max(2, side / 250) };
 }
 
 // stroke the current path light over a dark outline (a dark edge on both sides of the light
