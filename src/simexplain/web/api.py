@@ -132,7 +132,7 @@ def _multipart_problem(exc: BaseException) -> str:
     if reason is None:
         return "malformed form data"
     if "header size" in reason.lower():  # the part's header line holds the file name
-        reason += " (a part header over 4 KB: a file name of thousands of characters?)"
+        reason += " (a part header line over 4 KB, such as a file name of thousands of characters)"
     return f"malformed form data: {reason}"
 
 
