@@ -48,7 +48,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -102,6 +102,19 @@ class Plan:
     packed_select: bool
     keep: bool  # the tail's input keeps the token axis, of length 1 (one query, keepdim)
     live: frozenset[int]  # the steps whose results reach the embedding
+
+
+class _Pooling(NamedTuple):
+    """The step that pools the tokens, as the plan takes it (see Plan's fields)."""
+
+    select: int
+    token: int | None
+    source: int
+    output: int
+    weights: tuple[float, ...]
+    first: int
+    packed_select: bool
+    keep: bool
 
 
 @dataclass
@@ -173,18 +186,16 @@ class _Reader:
         self.firsts: dict[int, int] = {0: 0}
         self.row_steps: dict[int, int] = {}
         self.attention: int | None = None
-        # step, token, source, output, weights, first, packed_select, keep
-        self.select: tuple | None = None
+        self.select: _Pooling | None = None  # the step that pools the tokens, once found
         self.again: dict[int, int] = {}
 
     def plan(self, output: int, live: frozenset[int]) -> Plan | None:
         if self.select is None or self.kinds.get(output) != TAIL:
             return None
-        step, token, source, selected, weights, first, packed_select, keep = self.select
         dims = {slot: self.values[slot].dim() for slot in self.axes}
-        return Plan(step, token, self.tokens, source, selected, self.attention, self.axes,
-                    self.kinds, self.row_steps, dims, self.again, weights, first,
-                    packed_select, keep, live)
+        return Plan(**self.select._asdict(), tokens=self.tokens, attention=self.attention,
+                    axes=self.axes, kinds=self.kinds, row_steps=self.row_steps, dims=dims,
+                    again=self.again, live=live)
 
     def read(self, i: int, step: _Step, consumed: int) -> bool:
         """Take step i (which froze `consumed` values); False where the plan cannot go on."""
@@ -197,8 +208,9 @@ class _Reader:
         found = set(read.values())
         if self.select is not None:  # after the tokens were pooled: only what came of it
             self.kinds.update({slot: TAIL for slot in outputs})
+            # token s read again (a pooler beside the embedding)
             if found == {ROW} and (self._selected_token(step, ROW), *step.reads) == \
-                    self.select[1:3]:  # token s read again (a pooler beside the embedding)
+                    (self.select.token, self.select.source):
                 self.again[i] = outputs[0]
                 return True
             return found == {TAIL}
@@ -261,7 +273,7 @@ class _Reader:
             return True
         if length != 1:
             return False
-        self.select = (i, 0, out, out, (1.0,) * self.tokens, 0, True, True)
+        self.select = _Pooling(i, 0, out, out, (1.0,) * self.tokens, 0, True, True)
         self.kinds[out], self.axes[out] = TAIL, axis
         return True
 
@@ -281,7 +293,7 @@ class _Reader:
                 return False
             kind, keep = reduced
             weights = (1.0 / count if kind == "mean" else 1.0,) * count
-        self.select = (i, index, source, outputs[0], weights, first, False, keep)
+        self.select = _Pooling(i, index, source, outputs[0], weights, first, False, keep)
         self.kinds.update({slot: TAIL for slot in outputs})
         return True
 
@@ -309,8 +321,8 @@ class _Reader:
         index = self._selected_token(step, ROW)
         if index is not None:
             source = next(iter(step.reads))
-            self.select = (i, index, source, outputs[0], (1.0,) * self.tokens, 0, False,
-                           False)
+            self.select = _Pooling(i, index, source, outputs[0], (1.0,) * self.tokens, 0,
+                                   False, False)
             self.kinds.update({slot: TAIL for slot in outputs})
             return True
         row = next(slot for slot, kind in read.items() if kind == ROW)
