@@ -228,7 +228,7 @@ def test_axis_and_grid_maths(page):
 
 
 RING_LABEL = """async ([col, row]) => {
-  const { MapView } = await import('/mapview.js');
+  const { MapView, markStyle } = await import('/mapview.js');
   const grey = document.createElement('canvas'); grey.width = grey.height = 100;
   const g = grey.getContext('2d'); g.fillStyle = 'rgb(128,128,128)'; g.fillRect(0, 0, 100, 100);
   const canvas = document.createElement('canvas');
@@ -238,11 +238,13 @@ RING_LABEL = """async ([col, row]) => {
   view.render();
   const [x, y] = view.toCanvas([row, col]);
   const d = view.ctx.getImageData(0, 0, canvas.width, canvas.height).data;
-  const white = []; // the light pixels off the ring's own line (radius 280 / 28 = 10, 2 wide)
+  // the light pixels off the ring's own line (one ring on 280 px: radius 14, 3 wide)
+  const { radius, ring } = markStyle(canvas.width, canvas.height, view.map, 1);
+  const white = [];
   for (let py = 0; py < canvas.height; py++) {
     for (let px = 0; px < canvas.width; px++) {
       const i = 4 * (py * canvas.width + px);
-      const offRing = Math.abs(Math.hypot(px - x, py - y) - 10) > 2.5;
+      const offRing = Math.abs(Math.hypot(px - x, py - y) - radius) > ring / 2 + 1.5;
       if (d[i] > 200 && d[i + 1] > 200 && d[i + 2] > 200 && offRing) {
         white.push([px, py]);
       }
@@ -263,3 +265,19 @@ def test_a_ring_s_rank_is_drawn_on_the_canvas_beside_it(page, row, col, side):
     left_of_ring = label[:, 0] < got["x"]
     assert left_of_ring.all() if side == "left" else not left_of_ring.any()
     assert label[:, 1].min() >= 1 and label[:, 0].max() <= got["width"] - 1
+
+
+def test_a_lone_ring_is_not_held_to_a_cell_but_several_rings_are(page):
+    """markStyle: several rings on a map's grid stay within 0.38 of a cell (neighbouring top
+    matches do not overlap); a ring alone, a thumbnail's strongest match, is larger."""
+    got = page.evaluate("""async () => {
+      const { markStyle } = await import('/mapview.js');
+      const grid = Array.from({ length: 14 }, () => new Array(14).fill(0));
+      return [markStyle(180, 180, grid, 3), markStyle(180, 180, grid, 1),
+              markStyle(560, 560, grid, 1), markStyle(560, 560, grid, 3)];
+    }""")
+    several, alone, large_alone, large_several = got
+    assert several["radius"] == pytest.approx(6)  # 0.38 of a 12.9 px cell, raised to 6
+    assert alone["radius"] == pytest.approx(180 / 16) and alone["ring"] == 3
+    assert large_alone["radius"] == pytest.approx(560 / 28)  # a full panel: as before
+    assert large_several["radius"] == pytest.approx(0.38 * 40)

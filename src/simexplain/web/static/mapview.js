@@ -255,7 +255,7 @@ export class MapView {
 // With the map's grid, several rings stay small enough that those of neighbouring cells (the
 // top matches often are) do not overlap; a ring alone (a gallery thumbnail's strongest match)
 // has nothing to overlap and is drawn large enough to find at a glance on 180 pixels.
-function markStyle(width, height, grid, rings = 0) {
+export function markStyle(width, height, grid, rings = 0) {
   const side = Math.min(width, height);
   let radius = side / 28;
   if (grid && rings !== 1) {
