@@ -25,10 +25,14 @@ from simexplain.retrieval.basics import file_sha256
 from simexplain.retrieval.manifest import (CONTRIBUTIONS, MANIFEST, PROJECTED, SHAPES, SPATIAL,
                                            TOKENS)
 from simexplain.toy import tiny_vit
+from retrieval import test_explain_cache as plain
 from retrieval.test_explain_cache import (N_IMAGES, Interrupt, _copy, _fail_after, _forge,
                                            forbid_hit_forwards, hits_forbidden, save_noise,
-                                           toy, write_gallery)
+                                           toy)
 from test_frozen import TorchViT
+
+# the plain cache's gallery and query images (module-scoped: made again for this module)
+gallery, query = plain.gallery, plain.query
 
 VIT_SIDE = 28  # a 7x7 patch grid for tiny_vit
 
@@ -50,17 +54,6 @@ def torch_vit() -> Explainer:
 
 MODELS = {"registers": (vit, 3), "class token": (torch_vit, 1),
           "last block": (lambda: vit(0, "blocks.1"), 1)}
-
-
-@pytest.fixture(scope="module")
-def gallery(tmp_path_factory) -> Path:
-    return write_gallery(tmp_path_factory.mktemp("gallery"))
-
-
-@pytest.fixture(scope="module")
-def query(tmp_path_factory) -> Path:
-    return save_noise(tmp_path_factory.mktemp("query") / "query.png",
-                      np.random.default_rng(1))
 
 
 @pytest.fixture(scope="module")
