@@ -304,11 +304,10 @@ class _Reader:
         if step.func is not torch.Tensor.__getitem__ or len(step.reads) != 1 or \
                 len(outputs) != 1 or not self._is(step.args[0], DIAG):
             return False
-        index = step.args[1] if isinstance(step.args[1], tuple) else (step.args[1],)
-        if len(index) <= axis or not isinstance(index[axis], slice) or any(
-                entry != slice(None) for j, entry in enumerate(index) if j != axis):
+        entry = _indexed_along(step, axis)
+        if not isinstance(entry, slice):
             return False
-        start, stop, stride = index[axis].indices(count)
+        start, stop, stride = entry.indices(count)
         if stride != 1 or stop <= start or \
                 self.values[outputs[0]].shape[axis] != stop - start:
             return False
@@ -351,10 +350,8 @@ class _Reader:
         axis, ndim, count = self.axes[slot], self.values[slot].dim(), self.counts[slot]
         picked = None
         if step.func is torch.Tensor.__getitem__:
-            index = step.args[1] if isinstance(step.args[1], tuple) else (step.args[1],)
-            entry = index[axis] if len(index) > axis else None
-            if isinstance(entry, int) and not isinstance(entry, bool) and all(
-                    e == slice(None) for j, e in enumerate(index) if j != axis):
+            entry = _indexed_along(step, axis)
+            if isinstance(entry, int) and not isinstance(entry, bool):
                 picked = entry
         elif step.func in _SELECT:
             dim = step.args[1] if len(step.args) > 1 else step.kwargs.get("dim")
@@ -370,6 +367,16 @@ class _Reader:
 
     def _is(self, leaf: Any, kind: str) -> bool:
         return isinstance(leaf, _Slot) and self.kinds.get(leaf.index) == kind
+
+
+def _indexed_along(step: _Step, axis: int) -> Any:
+    """What x[...] (step: Tensor.__getitem__) takes along `axis` (an int, a slice), where it
+    takes every element of the other axes it names; None otherwise."""
+    index = step.args[1] if isinstance(step.args[1], tuple) else (step.args[1],)
+    if len(index) <= axis or any(entry != slice(None) for j, entry in enumerate(index)
+                                 if j != axis):
+        return None
+    return index[axis]
 
 
 def _token_reduction(step: _Step, axis: int | None, value: torch.Tensor
