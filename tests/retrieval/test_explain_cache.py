@@ -57,12 +57,17 @@ def query(tmp_path_factory) -> Path:
                       np.random.default_rng(1))
 
 
-@pytest.fixture(scope="module")
-def cached(gallery, tmp_path_factory) -> tuple[Path, Explainer]:
-    explainer = toy()
+def built_with_cache(gallery: Path, explainer: Explainer, tmp_path_factory
+                     ) -> tuple[Path, Explainer]:
+    """The gallery indexed with --explain in batches of 5: (its folder, the explainer)."""
     out = tmp_path_factory.mktemp("cached") / "index"
     Index.build(gallery, explainer, progress=False, out=out, batch_size=5, explain=True)
     return out, explainer
+
+
+@pytest.fixture(scope="module")
+def cached(gallery, tmp_path_factory) -> tuple[Path, Explainer]:
+    return built_with_cache(gallery, toy(), tmp_path_factory)
 
 
 class Forbidden(Exception):
@@ -304,10 +309,10 @@ def _fail_after(monkeypatch, explainer: Explainer, batches: int) -> None:
     monkeypatch.setattr(explainer, "contributions", contributions)
 
 
-def test_interrupted_explain_build_resumes_to_the_same_cache(gallery, cached, tmp_path,
-                                                             monkeypatch):
-    out = tmp_path / "index"
-    explainer = toy()
+def interrupted_then_resumed(gallery: Path, explainer: Explainer, out: Path, monkeypatch):
+    """An --explain build of batches of 5 that crashes after two batches (its checkpoint
+    kept, no index written), then the same build resumed from the 10 images done: the
+    resumed index's explain cache."""
     with monkeypatch.context() as patch:
         _fail_after(patch, explainer, 2)
         with pytest.raises(Interrupt):
@@ -317,7 +322,13 @@ def test_interrupted_explain_build_resumes_to_the_same_cache(gallery, cached, tm
     index = Index.build(gallery, explainer, progress=False, out=out, batch_size=5, explain=True)
     assert index.resumed_from == 10
     assert not checkpoint_path(out).exists()
-    resumed = Index.load(out, explainer).explain_cache
+    return Index.load(out, explainer).explain_cache
+
+
+def test_interrupted_explain_build_resumes_to_the_same_cache(gallery, cached, tmp_path,
+                                                             monkeypatch):
+    explainer = toy()
+    resumed = interrupted_then_resumed(gallery, explainer, tmp_path / "index", monkeypatch)
     fresh = Index.load(cached[0], explainer).explain_cache
     np.testing.assert_array_equal(resumed.shapes, fresh.shapes)
     np.testing.assert_allclose(resumed.positions, fresh.positions, rtol=1e-5, atol=1e-6)

@@ -20,15 +20,15 @@ from simexplain.cli import main
 from simexplain.errors import NoSpatialMap
 from simexplain.explainer import Explainer
 from simexplain.images import Preprocess
-from simexplain.retrieval import Index, IndexFormatError, checkpoint_path
+from simexplain.retrieval import Index, IndexFormatError
 from simexplain.retrieval.basics import file_sha256
 from simexplain.retrieval.manifest import (CONTRIBUTIONS, MANIFEST, PROJECTED, SHAPES, SPATIAL,
                                            TOKENS)
 from simexplain.toy import tiny_vit
 from retrieval import test_explain_cache as plain
-from retrieval.test_explain_cache import (N_IMAGES, Interrupt, _copy, _fail_after, _forge,
-                                           forbid_hit_forwards, hits_forbidden, save_noise,
-                                           toy)
+from retrieval.test_explain_cache import (N_IMAGES, _copy, _forge, built_with_cache,
+                                           forbid_hit_forwards, hits_forbidden,
+                                           interrupted_then_resumed, save_noise, toy)
 from test_frozen import TorchViT
 
 # the plain cache's gallery and query images (module-scoped: made again for this module)
@@ -58,10 +58,7 @@ MODELS = {"registers": (vit, 3), "class token": (torch_vit, 1),
 
 @pytest.fixture(scope="module")
 def cached(gallery, tmp_path_factory) -> tuple[Path, Explainer]:
-    explainer = vit()
-    out = tmp_path_factory.mktemp("cached") / "index"
-    Index.build(gallery, explainer, progress=False, out=out, batch_size=5, explain=True)
-    return out, explainer
+    return built_with_cache(gallery, vit(), tmp_path_factory)
 
 
 def own_embedding(explainer: Explainer, path) -> torch.Tensor:
@@ -152,17 +149,8 @@ def test_sharded_ivfpq_keeps_the_tokens(gallery, query, tmp_path, monkeypatch):
 
 
 def test_interrupted_build_resumes_with_the_tokens(gallery, cached, tmp_path, monkeypatch):
-    out = tmp_path / "index"
     explainer = vit()
-    with monkeypatch.context() as patch:
-        _fail_after(patch, explainer, 2)
-        with pytest.raises(Interrupt):
-            Index.build(gallery, explainer, progress=False, out=out, batch_size=5,
-                        checkpoint_every=1, explain=True)
-    assert checkpoint_path(out).is_dir() and not out.exists()
-    index = Index.build(gallery, explainer, progress=False, out=out, batch_size=5, explain=True)
-    assert index.resumed_from == 10
-    resumed = Index.load(out, explainer).explain_cache
+    resumed = interrupted_then_resumed(gallery, explainer, tmp_path / "index", monkeypatch)
     fresh = Index.load(cached[0], explainer).explain_cache
     np.testing.assert_allclose(resumed.tokens, fresh.tokens, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(resumed.spatial, fresh.spatial)
