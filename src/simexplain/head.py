@@ -396,7 +396,7 @@ def _linear_parts(tape: HeadTape, slots: tuple[int, int, int], pooled: torch.Ten
         frozen: list = []
         primal, marks = token_packing.record(tape, pooled, offsets, slots, frozen)
         plan = token_packing.plan(tape, marks, out_slot)  # a whole head: from slot 0
-        if plan is not None:  # one attention read at one token: one replay in all
+        if plan is not None:  # tokens pooled once (token_packing): one replay in all
             packed = token_packing.packed(tape, plan, pooled, offsets, frozen, marks, out_slot,
                                           primal, post)
             if packed is not None:
