@@ -22,6 +22,11 @@ median of ratios of two timings taken back to back):
    libraries such as pytorch-grad-cam run it (backward through the whole model), per image.
 5. galleries: `explain_gallery(query, gallery)` (one query against GALLERY images, batches of
    16) against one embedding pass over the same images (`Explainer.embed`).
+6. fixed cost: what `explain` adds to the forward pass and `explain_gallery` to an embedding
+   pass, counted (torch operations and reads of values to the host, each of which waits for
+   a GPU's queued work) and timed on a narrow grid model (width 8), whose operations cost
+   about what they take to launch: the regime of a GPU, where the fixed cost per call, not
+   the arithmetic, sets the price.
 
 Ratios are what counts: the machine may be shared. `--write` replaces the block between
 the `bench:start` and `bench:end` markers of the given README with the tables.
@@ -44,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from simexplain import Explainer, zoo
 from simexplain.explanation import PairExplanation, Side
@@ -51,7 +57,7 @@ from simexplain.toy import L2Norm
 from simexplain.images import blank_image
 
 GRIDS = (7, 14, 28, 32, 48, 64)
-SECTIONS = ("grids", "zoo", "paper", "saliency", "galleries")
+SECTIONS = ("grids", "zoo", "paper", "saliency", "galleries", "fixed")
 REFERENCE_PATH_MAX_GRID = 14  # the previous engine is O(P^2 C): minutes beyond this
 DEVICE = torch.device("cpu")  # --device: where models and inputs live (the code is agnostic)
 # --clock cpu: the process's CPU time instead of wall time. On a shared, oversubscribed CPU the
@@ -422,6 +428,101 @@ def gallery_row(name: str, explainer: Explainer, size: tuple[int, int], repeats:
     return {"model": name, "images": GALLERY + 1, "embed_ms": t_embed * 1e3, "gallery": ratio}
 
 
+# -- 6. fixed cost -----------------------------------------------------------------------------
+class CountCalls(TorchDispatchMode):
+    """Counts the torch operations run inside it (`ops`) and the reads of tensor values to the
+    host (`reads`: item, float, bool, tolist, numpy, cpu), each of which, on a GPU, waits until
+    the work queued before it is done."""
+
+    READS = ("tolist", "numpy", "cpu")
+
+    def __init__(self):
+        super().__init__()
+        self.ops = self.reads = 0
+        self._reading = False
+        self._saved: dict = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self._reading:  # the copy inside a counted read is that read
+            self.ops += 1
+            self.reads += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+    def _counted(self, method):
+        def read(tensor, *args, **kwargs):
+            if self._reading:
+                return method(tensor, *args, **kwargs)
+            self.reads += 1
+            self._reading = True
+            try:
+                return method(tensor, *args, **kwargs)
+            finally:
+                self._reading = False
+        return read
+
+    def __enter__(self):
+        for name in self.READS:  # on the CPU these do not dispatch: counted by name
+            self._saved[name] = torch.Tensor.__dict__.get(name)  # None: TensorBase's
+            setattr(torch.Tensor, name, self._counted(getattr(torch.Tensor, name)))
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        for name, method in self._saved.items():
+            if method is None:
+                delattr(torch.Tensor, name)
+            else:
+                setattr(torch.Tensor, name, method)
+        return super().__exit__(*exc)
+
+
+def counted(fn) -> tuple[int, int]:
+    """(torch operations, host reads) of one call of fn, after a warm-up call (heads known)."""
+    fn()
+    with CountCalls() as count:
+        fn()
+    return count.ops, count.reads
+
+
+def narrow_grid_model(width: int = 8) -> nn.Module:
+    """The grid model's layout at width 8 (input 16 x grid, GAP, Linear(8->16), L2): each
+    operation costs about what it takes to launch, as a small model's do on a GPU."""
+    torch.manual_seed(0)
+    trunk, c_in = [], 3
+    for stride in (2, 2, 2, 2, 1):
+        trunk += [nn.Conv2d(c_in, width, 3, stride=stride, padding=1), nn.ReLU()]
+        c_in = width
+    return nn.Sequential(OrderedDict(features=nn.Sequential(*trunk), pool=nn.AdaptiveAvgPool2d(1),
+                                     flat=nn.Flatten(), fc=nn.Linear(width, 16),
+                                     norm=L2Norm())).eval().to(DEVICE)
+
+
+def fixed_rows(repeats: int) -> list[dict]:
+    """`explain` against two forward passes on the grid model and the narrow one, and the
+    narrow one's `explain_gallery` (a query and GALLERY images) against one embedding pass."""
+    narrow = Explainer(narrow_grid_model(), "features")
+    cases = []
+    for label, explainer in (("grid model 7x7", Explainer(grid_model(), "features")),
+                             ("narrow grid model 7x7 (width 8)", narrow)):
+        model, (x_a, x_b) = explainer.stream_a.model, pair(16 * 7)
+        cases.append((f"{label}: `explain` / two forwards",
+                      lambda model=model, x_a=x_a, x_b=x_b: two_forwards(model, x_a, x_b),
+                      lambda explainer=explainer, x_a=x_a, x_b=x_b: explainer.explain(x_a, x_b)))
+    images = torch.randn(GALLERY + 1, 3, 112, 112,
+                         generator=torch.Generator().manual_seed(5)).to(DEVICE)
+    query, gallery = images[:1], list(images[1:, None])
+    cases.append((f"narrow grid model 7x7: `explain_gallery` of {GALLERY} images / one "
+                  f"embedding pass over {GALLERY + 1}",
+                  lambda: narrow.embed(images, batch_size=16),
+                  lambda: narrow.explain_gallery(query, gallery, batch_size=16)))
+    rows = []
+    for label, baseline, ours in cases:
+        (ops_base, reads_base), (ops, reads) = counted(baseline), counted(ours)
+        t_base, ratio = compare(baseline, ours, repeats)
+        rows.append({"case": label, "baseline_ops": ops_base, "baseline_reads": reads_base,
+                     "ops": ops, "reads": reads, "baseline_ms": t_base * 1e3, "ratio": ratio})
+    return rows
+
+
 # -- report ----------------------------------------------------------------------------------------
 def tables(results: dict) -> str:
     lines = ["| grid | two forwards | `explain` | reference head path | head analysis | "
@@ -455,7 +556,17 @@ def tables(results: dict) -> str:
                   "rest) |", "|---|---|---|---|"]
         lines += [f"| {r['model']} | {r['images']} | 1x ({r['embed_ms']:.0f} ms) | "
                   f"{r['gallery']:.2f}x |" for r in results["galleries"]]
+    if results.get("fixed"):
+        lines += [""] + fixed_table(results["fixed"])
     return "\n".join(lines)
+
+
+def fixed_table(rows: list[dict]) -> list[str]:
+    """Section 6's table (device_check.py prints it too)."""
+    return ["| case (fixed cost per call) | baseline: torch operations, host reads | ours: "
+            "torch operations, host reads | baseline | ours |", "|---|---|---|---|---|"] + [
+        f"| {r['case']} | {r['baseline_ops']}, {r['baseline_reads']} | {r['ops']}, "
+        f"{r['reads']} | 1x ({r['baseline_ms']:.1f} ms) | {r['ratio']:.2f}x |" for r in rows]
 
 
 def write_tables(path: Path, text: str, header: str, block: str = "bench") -> None:
@@ -509,7 +620,8 @@ def main() -> None:
         CLOCK = time.process_time
     MIN_SECONDS = 0.0 if args.quick else args.min_seconds
     started = time.perf_counter()
-    results: dict = {"grids": [], "zoo": [], "paper": [], "saliency": [], "galleries": []}
+    results: dict = {"grids": [], "zoo": [], "paper": [], "saliency": [], "galleries": [],
+                     "fixed": []}
     print("1. grids: conv trunk C=256 -> GAP -> Linear(256->128) -> L2")
     for grid in grids if "grids" in sections else ():
         results["grids"].append(grid_row(grid, args.repeats))
@@ -544,6 +656,11 @@ def main() -> None:
     for name, explainer, size in cases if "galleries" in sections else ():
         results["galleries"].append(gallery_row(name, explainer, size, args.repeats))
         print("  ", results["galleries"][-1], flush=True)
+    print("6. fixed cost per call")
+    if "fixed" in sections:
+        results["fixed"] = fixed_rows(args.repeats)
+        for row in results["fixed"]:
+            print("  ", row, flush=True)
     text = tables(results)
     print(text)
     print(f"({time.perf_counter() - started:.0f} s)")

@@ -10,7 +10,9 @@
    (affine_head.py) on the device, its CUDA graph replayed from a shape's second call, against
    the autograd path and against the same head with graphs off. Any disagreement: exit 1.
 2. `explain` against two forward passes: the grid rows of bench_explain.py, resnet50 / ViT-S/16
-   / ConvNeXt-T (timm, else torchvision, else skipped with the reason) and the zoo models.
+   / ConvNeXt-T (timm, else torchvision, else skipped with the reason) and the zoo models;
+   and bench_explain.py's fixed cost per call (torch operations, reads to the host, the
+   narrow grid model's ratio).
 3. images/s: `explain_gallery` against one embedding pass (grid model 28x28, the backbones), and
    `Index.build(..., explain=True)` (`index build --explain`) against a plain build of a
    generated gallery (efficientnet-lite0 when its weights are present, else the toy CNN).
@@ -234,12 +236,14 @@ def markdown(results: dict) -> str:
     for r in results["index"]:
         lines.append(f"| `index build --explain`, {r['model']} | {r['images']} | "
                      f"{r['plain_per_s']:.0f} | {r['explain_per_s']:.0f} | {r['ratio']:.2f}x |")
+    if results["fixed"]:
+        lines += [""] + bench.fixed_table(results["fixed"])
     return "\n".join(lines)
 
 
 def run(args) -> dict:
     results: dict = {"agreement": [], "grids": [], "backbones": [], "zoo": [],
-                     "galleries": [], "index": []}
+                     "galleries": [], "index": [], "fixed": []}
     print("1. agreement: device vs CPU, cached head vs autograd")
     results["agreement"] = agreement(args.quick)
     print("2. explain vs two forward passes")
@@ -258,6 +262,9 @@ def run(args) -> dict:
         if row:
             results["zoo"].append(row)
             print("  ", row, flush=True)
+    results["fixed"] = bench.fixed_rows(args.repeats)  # what sets the price on a GPU
+    for row in results["fixed"]:
+        print("  ", row, flush=True)
     print("3. images/s: explain_gallery and index build --explain against embedding")
     for name, explainer, size in gallery_cases:
         results["galleries"].append(bench.gallery_row(name, explainer, size, args.repeats))
@@ -291,13 +298,18 @@ def main() -> int:
     print(f"({time.perf_counter() - started:.0f} s)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
-    if args.write:
+    block = f"bench-{bench.DEVICE.type}"
+    if args.write and bench.DEVICE.type == "cpu" and \
+            f"<!-- {block}:start -->" not in args.write.read_text():
+        print(f"{args.write}: not written (no {block} block: a try on the CPU, whose numbers "
+              "are make bench's)")
+    elif args.write:
         where = (torch.cuda.get_device_name(bench.DEVICE) if bench.DEVICE.type == "cuda"
                  else f"the CPU, {torch.get_num_threads()} torch thread(s)")
         header = (f"Measured by `python benchmarks/device_check.py --device {args.device}` on "
                   f"{where} (torch {torch.__version__.split('+')[0]}), medians of at least "
                   f"{args.repeats} pairs.")
-        bench.write_tables(args.write, text, header, f"bench-{bench.DEVICE.type}")
+        bench.write_tables(args.write, text, header, block)
     failed = [r["model"] for r in results["agreement"] if not r["ok"]]
     if failed:
         print(f"DISAGREEMENT (device vs CPU or cached vs autograd): {', '.join(failed)}")

@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_explain.py"
 
@@ -63,3 +64,47 @@ def test_zoo_row_of_the_vit_names_its_head_depth(bench):
     assert row["forwards_ms"] > 0 and row["explain"] > 0
     text = bench.tables({"grids": [], "zoo": [row], "paper": [], "saliency": []})
     assert "| fmnist-vit (head: 1 block) | 7x7 | 1x (" in text
+
+
+def test_count_calls_counts_operations_and_reads_to_the_host(bench):
+    t = torch.ones(3)
+    methods = {name: getattr(torch.Tensor, name) for name in bench.CountCalls.READS}
+    with bench.CountCalls() as count:
+        total = (t + 1).sum()  # 2 operations
+        float(total)  # a read (item: one dispatched operation)
+        t.tolist(), t.numpy()  # reads that do not dispatch on the CPU
+    assert (count.ops, count.reads) == (3, 3)
+    assert all(getattr(torch.Tensor, name) is method for name, method in methods.items())
+
+
+def test_explain_on_a_known_head_reads_from_the_device_five_times(bench):
+    """Each read to the host stalls a GPU until its queue is done: a known head's `explain`
+    reads the two inputs' and the embedding's finiteness, the head's checks (agreement with
+    the model, residual, spatial) in one transfer, and the score; the forward passes none."""
+    from simexplain import Explainer
+    model = bench.narrow_grid_model()
+    explainer = Explainer(model, "features")
+    x_a, x_b = bench.pair(16 * 7)
+    ops, reads = bench.counted(lambda: explainer.explain(x_a, x_b))
+    forward_ops, forward_reads = bench.counted(lambda: bench.two_forwards(model, x_a, x_b))
+    assert explainer.stream_a.contributions(x_a).path == "mean pooling, affine, cached"
+    assert reads <= 5 and forward_reads == 0
+    assert ops <= forward_ops / 2 + 100  # one forward pass (batch of two) and the analysis
+
+
+def test_fixed_rows_count_and_time_each_case(bench):
+    rows = bench.fixed_rows(repeats=1)
+    assert [r["case"].split(":")[0] for r in rows] == [
+        "grid model 7x7", "narrow grid model 7x7 (width 8)", "narrow grid model 7x7"]
+    for row in rows:
+        assert row["baseline_reads"] <= 2 and row["ops"] > row["baseline_ops"] / 2
+        assert row["ratio"] > 0 and row["baseline_ms"] > 0
+    assert rows[0]["reads"] <= 5 and rows[1]["reads"] <= 5
+    assert rows[2]["reads"] <= GALLERY_READS
+    text = bench.tables({"grids": [], "zoo": [], "paper": [], "saliency": [], "fixed": rows})
+    assert "| narrow grid model 7x7 (width 8): `explain` / two forwards | 36, 0 | " in text
+
+
+# a gallery batch: each of its 17 inputs' finiteness, each batch's embedding (query, gallery)
+# and its head's checks, and every score in one read
+GALLERY_READS = 17 + 2 + 2 + 1

@@ -147,3 +147,43 @@ def test_pairwise_map_against_a_float64_product(similarity, grid):
     if similarity != "euclidean":  # its total is the overall maps' (the map is a cross term)
         total = float(pair.pairwise_flat.sum())
         assert total == pytest.approx(pair.total, abs=1e-9 if not large else 1e-6 * abs(pair.total))
+
+
+def _side(grid, seed, tokens=0, dim=6):
+    """A Side of random contributions whose embedding is their sum (an exact head)."""
+    from simexplain.explanation import Side
+    from simexplain.images import blank_image
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.randn(grid[0] * grid[1], dim, generator=gen)
+    t = torch.randn(tokens, dim, generator=gen) if tokens else None
+    e = u.sum(0) + (t.sum(0) if tokens else 0)
+    return Side(image=blank_image((4 * grid[0], 4 * grid[1])), grid=grid, contributions=u,
+                embedding=e, tokens=t)
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "dot", "euclidean"])
+def test_one_to_many_gives_each_pair_its_maps_and_score(similarity):
+    """Sides of mixed shapes (two grids, one with a class token) against one query: each
+    result's maps and score from the formulas of METHOD.md, written out here pair by pair."""
+    from simexplain.explanation import PairExplanation
+    query = _side((2, 3), 0, tokens=1)
+    others = [_side((2, 3), 1), _side((3, 3), 2), _side((2, 3), 3, tokens=1), _side((2, 3), 4)]
+    results = PairExplanation.one_to_many(query, others, similarity)
+    assert [r.b is b for r, b in zip(results, others)] == [True] * 4
+    for result, b in zip(results, others):
+        u = torch.cat([query.contributions, query.tokens]).double()
+        v = b.contributions if b.tokens is None else torch.cat([b.contributions, b.tokens])
+        e_a, e_b = query.embedding.double(), b.embedding.double()
+        if similarity == "euclidean":
+            o_a, o_b = u @ (e_a - e_b), -(v.double() @ (e_a - e_b))
+            score = float(((e_a - e_b) ** 2).sum())
+        else:
+            scale = 1 / (e_a.norm() * e_b.norm()) if similarity == "cosine" else 1.0
+            o_a, o_b = (u @ e_b) * scale, (v.double() @ e_a) * scale
+            score = float(e_a @ e_b * scale)
+        assert result.score == pytest.approx(score, rel=1e-5)
+        torch.testing.assert_close(torch.cat([result.overall_a_flat, result.tokens_a]), o_a)
+        torch.testing.assert_close(torch.cat([result.overall_b_flat, result.tokens_b]), o_b)
+        assert len(result.tokens_b) == (0 if b.tokens is None else 1)
+        single = PairExplanation.from_sides(query, b, similarity)
+        assert single.score == pytest.approx(result.score, rel=1e-6)

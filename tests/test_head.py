@@ -110,6 +110,32 @@ def test_transformer_tokens_with_class_token():
     assert result.residual <= 1e-4 * abs(expected)
 
 
+@pytest.mark.parametrize("pool, layer", [("mean", "tokens"), ("cls", "tokens"),
+                                         (None, "features")])
+def test_read_back_holds_the_worst_residual_and_each_rows_spatial(pool, layer):
+    """`Contributions.read_back` (one transfer from the device) against the tensors it reads:
+    the worst row's residual, recomputed here from the contributions and the model's
+    embedding, and `spatial` per row where there are prefix tokens (all True without)."""
+    torch.manual_seed(0)
+    model = TokenModel(pool=pool).eval() if pool else make("gap")
+    stream = Explainer(model, layer).stream_a
+    x = torch.cat([images(seed=1), images(seed=2)])
+    for _ in range(2):  # recorded, then known (read back with the known head's check)
+        c = stream.contributions(x)
+        total = c.positions.double().sum(1)
+        if c.tokens is not None:
+            total += c.tokens.double().sum(1)
+        with torch.no_grad():
+            embedding = model(x).double()
+        worst = float(((total - embedding).norm(dim=1) / embedding.norm(dim=1)).max())
+        assert c.read_back.worst_residual == pytest.approx(worst, rel=1e-3, abs=1e-7)
+        expected = [bool(v) for v in c.spatial] if c.tokens is not None else [True, True]
+        assert c.read_back.spatial == expected
+    if pool is None:  # set by the known head's check (token heads here are recorded: lazy)
+        assert c.path.endswith("affine, cached")
+    assert c.read_back.spatial == ([False, False] if pool == "cls" else [True, True])
+
+
 def test_inexact_head_warns_once_and_reports_residual():
     model = make("softplus")
     explainer = Explainer(model, "features", similarity="dot")

@@ -14,6 +14,7 @@ from . import geometry
 from .errors import LayerError, ModelError, SimexplainError, first_line
 from .affine_head import AffineHead, AffineHeads, KnownHead, bind
 from .frozen import RawEmbeddings
+from .images import all_finite
 from .head import (STRATEGIES, Contributions, head_offsets, known_contributions, mask_shape,
                    tangent_contributions, tape_contributions)
 from .head_tape import HeadTape, own_thread, step_reads
@@ -137,7 +138,7 @@ class SplitModel:
             raise ModelError(f"the model returned embeddings of shape {tuple(out.shape)} for "
                              f"{batch} input{'s' if batch != 1 else ''}; expected ({batch}, D) "
                              "with D >= 1")
-        if not torch.isfinite(out).all():
+        if not all_finite(out):
             raise ModelError("the model returned NaN or infinite embeddings")
 
     def grid(self, x: torch.Tensor) -> tuple[tuple[int, int], int]:
@@ -189,11 +190,12 @@ class SplitModel:
                     # the offsets of the modules that ran after the layer
                     result = self._tangent_contributions(
                         x, shape, head_offsets(self.model, head), grid, prefix)
+                # the other paths checked the model's own output, which their result holds
+                self._check_embedding(result.embedding, len(x))
         except RuntimeError as exc:
             raise ModelError(
                 f"cannot push contributions through the head after {self.layer_name!r}: "
                 f"{first_line(exc)}") from None
-        self._check_embedding(result.embedding, len(x))
         return result
 
     def _tape_contributions(self, x, grid, prefix, strategy) -> Contributions | None:

@@ -51,6 +51,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.linalg import vector_norm
 
 from .head_tape import HeadTape
 from .token_packing import PackedHead
@@ -286,7 +287,7 @@ class AffineHead:
         x, constant, norms = pooled, pooled_constant, []
         for stage in self.stages:
             if isinstance(stage, _Scale):  # the norm at the real input, frozen
-                norm = x.norm(stage.p, dim=1, keepdim=True).clamp_min(stage.eps)
+                norm = vector_norm(x, stage.p, dim=1, keepdim=True).clamp_min(stage.eps)
                 x, constant = x / norm, constant / norm
                 norms.append(norm)
             else:

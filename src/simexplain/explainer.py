@@ -147,14 +147,14 @@ class Explainer:
     def contributions(self, x: torch.Tensor, side: str = "a") -> Contributions:
         """Per-position contributions of a preprocessed batch (B, C, H, W)."""
         result = self.stream(side).contributions(x)
-        worst = float(result.residual.max())
+        worst = result.read_back.worst_residual
         if worst > EXACT_TOLERANCE and not self._warned_inexact:
             self._warned_inexact = True
             warnings.warn(
                 f"the head after layer {self.stream(side).layer_name!r} is not exactly "
                 f"decomposable (relative residual {worst:.2e}); maps are a first-order "
                 "linearisation and PairExplanation.residual reports the gap", stacklevel=3)
-        if result.tokens is not None and not bool(result.spatial.all()) \
+        if result.tokens is not None and not all(result.read_back.spatial) \
                 and not self._warned_flat:
             self._warned_flat = True
             warnings.warn(
@@ -196,8 +196,8 @@ class Explainer:
                         batch_size: int = 16, progress: bool = False) -> list[PairExplanation]:
         """Explain one query (side a) against many images (side b), in batches."""
         query_side = self.side(query, "a")
-        return [PairExplanation.from_sides(query_side, other, self.similarity)
-                for other in self.sides(gallery, "b", batch_size, progress)]
+        return PairExplanation.one_to_many(
+            query_side, list(self.sides(gallery, "b", batch_size, progress)), self.similarity)
 
     def sides(self, images: Iterable[ImageInput], side: str = "b", batch_size: int = 16,
               progress: bool = False) -> Iterator[Side]:
@@ -237,7 +237,7 @@ def _side(prepared: PreparedImage, c: Contributions, row: int) -> Side:
     """Row `row` of a batch's contributions as the Side of the image `prepared`."""
     return side_from(prepared, c.grid, c.positions[row], c.embedding[row],
                      None if c.projected is None else c.projected[row],
-                     None if c.tokens is None else c.tokens[row], bool(c.spatial[row]))
+                     None if c.tokens is None else c.tokens[row], c.read_back.spatial[row])
 
 
 def _by_shape(tensors: Sequence[torch.Tensor]) -> dict[tuple, list[int]]:

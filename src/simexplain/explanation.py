@@ -112,14 +112,34 @@ class PairExplanation:
 
     @classmethod
     def from_sides(cls, a: Side, b: Side, similarity: str | Similarity) -> PairExplanation:
+        return cls.one_to_many(a, [b], similarity)[0]
+
+    @classmethod
+    def one_to_many(cls, a: Side, others: Sequence[Side], similarity: str | Similarity
+                    ) -> list[PairExplanation]:
+        """`from_sides(a, b)` for each b of `others`, in order, computed together: the maps
+        of the sides of one shape as one batched product (`Similarity`'s side b takes a
+        leading batch dimension), every score read back in one transfer (one read a pair
+        would stall a GPU once a pair)."""
         similarity = get_similarity(similarity)
-        u, v = a.rows.double(), b.rows.double()
-        e_a, e_b = a.embedding.double(), b.embedding.double()
-        o_a, o_b = similarity.overall(u, v, e_a, e_b)
-        s = float(similarity.score(a.embedding, b.embedding))
-        n_a, n_b = len(a.contributions), len(b.contributions)
-        return cls(score=s, similarity=similarity, a=a, b=b, overall_a_flat=o_a[:n_a],
-                   overall_b_flat=o_b[:n_b], tokens_a=o_a[n_a:], tokens_b=o_b[n_b:])
+        u, e_a = a.rows.double(), a.embedding.double()
+        n_a = len(a.contributions)
+        rows = [b.rows for b in others]
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(rows):
+            groups.setdefault((tuple(r.shape), r.device), []).append(i)
+        found: dict[int, PairExplanation] = {}
+        for members in groups.values():
+            v = torch.stack([rows[i] for i in members]).double()  # (G, Q + T, D)
+            e_b = torch.stack([others[i].embedding for i in members])  # (G, D)
+            o_a, o_b = similarity.overall(u, v, e_a, e_b.double())  # (G, P + T), (G, Q + T)
+            scores = similarity.score(a.embedding, e_b).tolist()
+            n_b = len(others[members[0]].contributions)
+            for k, i in enumerate(members):
+                found[i] = cls(score=scores[k], similarity=similarity, a=a, b=others[i],
+                               overall_a_flat=o_a[k, :n_a], overall_b_flat=o_b[k, :n_b],
+                               tokens_a=o_a[k, n_a:], tokens_b=o_b[k, n_b:])
+        return [found[i] for i in range(len(others))]
 
     @property
     def token_share_a(self) -> float:

@@ -51,11 +51,12 @@ import functools
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.func import functional_call, jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.linalg import vector_norm as norm  # no Tensor.norm dispatch in Python
 
 from . import token_packing
 from .affine_head import AffineHead, AffineHeads, KnownHead
@@ -93,7 +94,7 @@ class Contributions:
         total = self.positions.sum(1)
         if self.tokens is not None:
             total = total + self.tokens.sum(1)
-        return (total - self.embedding).norm(dim=1) / self.embedding.norm(dim=1).clamp_min(1e-12)
+        return norm(total - self.embedding, dim=1) / norm(self.embedding, dim=1).clamp_min(1e-12)
 
     @functools.cached_property
     def spatial(self) -> torch.Tensor:
@@ -101,15 +102,44 @@ class Contributions:
         the evenly spread constant term)? False where the head reads only prefix tokens, e.g.
         a class-token model explained at its last layer: its map has nothing spatial in it.
         Computed once (each row's Side reads it; a pass over all B x P x D values); set by
-        `_assemble` from the linear parts it has at hand."""
+        `_assemble` from the linear parts it has at hand where there are prefix tokens."""
         return _spatial(self.positions - self.constant[:, None, :] / self.positions.shape[1],
                         self.embedding)
+
+    @functools.cached_property
+    def read_back(self) -> ReadBack:
+        """The worst row's residual and each row's `spatial`, read from the device in one
+        transfer: on a GPU each read stalls until the device is done, and `explain` needs
+        both per call. Set by `_checked` together with its own check (one transfer for all)."""
+        return _read_back(self)[1]
+
+
+class ReadBack(NamedTuple):
+    """What a caller reads of a batch's Contributions as Python values (`read_back`)."""
+
+    worst_residual: float
+    # per row, `Contributions.spatial`; True where there are no prefix tokens, which alone
+    # can take what the grid does not carry (the flat map of a conv head with no weights
+    # left is still its map)
+    spatial: list[bool]
+
+
+def _read_back(c: Contributions, *extra: torch.Tensor) -> tuple[list[float], ReadBack]:
+    """(the scalar tensors `extra` as floats, c's ReadBack), from one device transfer."""
+    values = torch.stack([*extra, c.residual.amax()]).float()
+    if c.tokens is not None:
+        values = torch.cat([values, c.spatial.float()])
+    floats = values.tolist()
+    n = len(extra)
+    spatial = [v > 0.5 for v in floats[n + 1:]] if c.tokens is not None else \
+        [True] * len(c.embedding)
+    return floats[:n], ReadBack(floats[n], spatial)
 
 
 def _spatial(linear: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
     """`Contributions.spatial` from the grid's linear parts (B, P, D)."""
-    size = embedding.norm(dim=1).clamp_min(1e-12)
-    return linear.norm(dim=2).amax(1) > 1e-6 * size
+    size = norm(embedding, dim=1).clamp_min(1e-12)
+    return norm(linear, dim=2).amax(1) > 1e-6 * size
 
 
 def head_offsets(model: torch.nn.Module, head_modules: list[str]) -> dict[str, torch.Tensor]:
@@ -201,12 +231,14 @@ def _assemble(embedding: torch.Tensor, linear: torch.Tensor, constant: torch.Ten
     if prefix_tokens:
         tokens = linear[:, :prefix_tokens]
         linear = linear[:, prefix_tokens:]
-    spatial = _spatial(linear, embedding)  # before the constant: no pass to take it off again
+    # before the constant: no pass to take it off again; read only next to prefix tokens
+    spatial = _spatial(linear, embedding) if prefix_tokens else None
     spread = constant[:, None, :] / linear.shape[1]
     positions = linear.add_(spread) if fresh else linear + spread
     result = Contributions(embedding=embedding, positions=positions, grid=grid,
                            constant=constant, tokens=tokens)
-    result.spatial = spatial
+    if spatial is not None:
+        result.spatial = spatial
     return result
 
 
@@ -331,13 +363,17 @@ def _checked(primal: torch.Tensor, linear: torch.Tensor, constant: torch.Tensor,
     embedding is not the model's own (to 1e-5 of the embedding's size): the analysed head is
     not the one the model ran. The linear parts' rows after the first `n_pos` are the whole
     feature vectors of a selective pooling (`whole` given)."""
-    scale = float(embedding.abs().max()) + 1e-12
-    if not torch.allclose(primal, embedding, rtol=1e-4, atol=1e-5 * scale):
-        return None
     projected = None
     if whole is not None:
         linear, projected = linear[:, :n_pos], linear[:, n_pos:, :][:, prefix_tokens:]
+    # allclose(primal, embedding, rtol=1e-4, atol=1e-5 max|e|), read back with the residual
+    # and `spatial` (one transfer); assembling first costs only when the check fails (rare)
+    size = embedding.abs()
+    excess = ((primal - embedding).abs() - 1e-4 * size).amax()
     result = _assemble(embedding, linear, constant, grid, prefix_tokens)
+    (gap, scale), result.read_back = _read_back(result, excess, size.amax())
+    if not gap <= 1e-5 * scale + 1e-12:  # a NaN fails too
+        return None
     result.path = path
     result.projected = projected
     return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import numbers
 import os
 import struct
@@ -478,11 +479,16 @@ def check_tensor(tensor: torch.Tensor, name: str = "input") -> torch.Tensor:
         raise ImageError(f"{name}: expected a float tensor, got {tensor.dtype}")
     if tensor.numel() == 0:
         raise ImageError(f"{name}: the tensor is empty, shape {tuple(tensor.shape)}")
-    # the sum is finite for every finite input of sane magnitude: one cheap pass, and the
-    # full elementwise check only when it is not (NaN, inf, or an overflowing sum)
-    if not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all():
+    if not all_finite(tensor):
         raise ImageError(f"{name}: tensor contains NaN or infinite values")
     return tensor
+
+
+def all_finite(tensor: torch.Tensor) -> bool:
+    """Are all values finite? The sum is, for every finite tensor of sane magnitude: one pass
+    and one read from the device (math on the Python float, not more kernels), and the
+    elementwise check only when it is not (NaN, inf, or an overflowing sum)."""
+    return math.isfinite(float(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
 
 def blank_image(size: tuple[int, int]) -> Image.Image:

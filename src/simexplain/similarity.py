@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.linalg import vector_norm as norm  # no Tensor.norm dispatch in Python
 
 from .errors import SimexplainError
 from .defaults import BUILTIN_SIMILARITIES
@@ -33,7 +34,12 @@ def dots_with(u: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     """u_p . e for rows u (..., P, D) and a vector e (..., D): (..., P), as a matrix-vector
     product (no P x D temporary), in the wider of the two dtypes."""
     dtype = torch.promote_types(u.dtype, e.dtype)
-    return (u.to(dtype) @ e.to(dtype)[..., :, None])[..., 0]
+    u, e = u.to(dtype), e.to(dtype)
+    if e.dim() == 1:  # one vector: one matrix-vector product over every leading row
+        return u @ e
+    if u.dim() == 2:  # one set of rows against a batch of vectors: one matrix product
+        return e @ u.T
+    return (u @ e[..., :, None])[..., 0]
 
 
 class Similarity:
@@ -169,10 +175,10 @@ class Cosine(Dot):
 
     @staticmethod
     def _scale(e_a: torch.Tensor, e_b: torch.Tensor) -> torch.Tensor:
-        return 1.0 / (e_a.norm(dim=-1) * e_b.norm(dim=-1)).clamp_min(_EPS)
+        return 1.0 / (norm(e_a, dim=-1) * norm(e_b, dim=-1)).clamp_min(_EPS)
 
     def score(self, e_a: torch.Tensor, e_b: torch.Tensor) -> torch.Tensor:
-        return (e_a * e_b).sum(-1) / (e_a.norm(dim=-1) * e_b.norm(dim=-1)).clamp_min(_EPS)
+        return (e_a * e_b).sum(-1) / (norm(e_a, dim=-1) * norm(e_b, dim=-1)).clamp_min(_EPS)
 
     def pairwise(self, u: torch.Tensor, v: torch.Tensor, e_a: torch.Tensor, e_b: torch.Tensor
                  ) -> torch.Tensor:
@@ -186,12 +192,12 @@ class Cosine(Dot):
         return o_a * scale, o_b * scale
 
     def scores(self, queries: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
-        norms = queries.norm(dim=1)[:, None] * gallery.norm(dim=1)[None, :]
+        norms = norm(queries, dim=1)[:, None] * norm(gallery, dim=1)[None, :]
         return (queries @ gallery.T) / norms.clamp_min(_EPS)
 
     def partial_scores(self, vectors: torch.Tensor, query_embeddings: torch.Tensor,
                        gallery: torch.Tensor) -> torch.Tensor:
-        norms = query_embeddings.norm(dim=1)[:, None] * gallery.norm(dim=1)[None, :]
+        norms = norm(query_embeddings, dim=1)[:, None] * norm(gallery, dim=1)[None, :]
         return (vectors @ gallery.T) / norms.clamp_min(_EPS)
 
     def without_normalisation(self) -> Similarity:

@@ -65,8 +65,8 @@ def embed_files(chunk: list[str], offset: int, explainer: Explainer, stream: Spl
         else:
             out = stream.embed(batch)
         vectors = out.detach().float().cpu().numpy()
-        for row, ((i, digest, _), vec) in enumerate(zip(items, vectors)):
-            cached = CachedImage.of(c, row, shape[2:]) if explain else None
-            results.append(Embedded(i, digest, vec, cached))
+        cached = CachedImage.each_of(c, shape[2:]) if explain else [None] * len(items)
+        for (i, digest, _), vec, image in zip(items, vectors, cached):
+            results.append(Embedded(i, digest, vec, image))
     results.sort(key=lambda r: r.row)
     return results, skipped

@@ -46,16 +46,19 @@ class CachedImage:
     spatial: bool = True  # see `head.Contributions.spatial`
 
     @classmethod
-    def of(cls, c: Contributions, row: int, input_size: Sequence[int]) -> CachedImage:
-        """Row `row` of a batch's contributions."""
-        def rows(t):
-            return np.ascontiguousarray(t[row].detach().float().cpu().numpy(), dtype=np.float32)
-        tokens = None if c.tokens is None else rows(c.tokens)
-        return cls(rows(c.positions), (int(input_size[0]), int(input_size[1])),
-                   (int(c.grid[0]), int(c.grid[1])),
-                   None if c.projected is None else rows(c.projected), tokens,
-                   # spatial only means something next to prefix tokens (`Contributions`)
-                   True if tokens is None else bool(c.spatial[row]))
+    def each_of(cls, c: Contributions, input_size: Sequence[int]) -> list[CachedImage]:
+        """Every row of a batch's contributions, in order: each tensor is read to the host
+        once for the batch (one read a row would stall a GPU once a row)."""
+        def host(t):
+            return None if t is None else t.detach().float().cpu().numpy()
+        positions, projected, tokens = host(c.positions), host(c.projected), host(c.tokens)
+        spatial = c.read_back.spatial  # only means something next to prefix tokens
+
+        def row(t, i):
+            return None if t is None else np.ascontiguousarray(t[i], dtype=np.float32)
+        size, grid = (int(input_size[0]), int(input_size[1])), (int(c.grid[0]), int(c.grid[1]))
+        return [cls(row(positions, i), size, grid, row(projected, i), row(tokens, i),
+                    True if tokens is None else spatial[i]) for i in range(len(positions))]
 
 
 class ExplainCache:

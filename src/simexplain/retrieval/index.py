@@ -412,10 +412,11 @@ class Index:
                 sides.update(zip(missing, computed))
         except ImageError as exc:
             raise SimexplainError(f"cannot explain the hits: {exc}") from None
-        for i, side_b in sides.items():
+        explained = PairExplanation.one_to_many(prepared.side, list(sides.values()),
+                                                explainer.similarity)
+        for (i, side_b), explanation in zip(sides.items(), explained):
             hit = hits[i]
-            hit.explanation = PairExplanation.from_sides(prepared.side, side_b,
-                                                         explainer.similarity)
+            hit.explanation = explanation
             if prepared.is_region:
                 hit.region_map = prepared.map_on(side_b, explainer.similarity)
 
