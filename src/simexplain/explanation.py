@@ -130,10 +130,16 @@ class PairExplanation:
             groups.setdefault((tuple(r.shape), r.device), []).append(i)
         found: dict[int, PairExplanation] = {}
         for members in groups.values():
-            v = torch.stack([rows[i] for i in members]).double()  # (G, Q + T, D)
-            e_b = torch.stack([others[i].embedding for i in members])  # (G, D)
-            o_a, o_b = similarity.overall(u, v, e_a, e_b.double())  # (G, P + T), (G, Q + T)
-            scores = similarity.score(a.embedding, e_b).tolist()
+            # (G, Q + T, D) and (G, D); a group of one as a single pair, with no batch
+            # dimension (the same numbers as ever, whatever the similarity broadcasts)
+            single = len(members) == 1
+            v = rows[members[0]] if single else torch.stack([rows[i] for i in members])
+            e_b = others[members[0]].embedding if single else \
+                torch.stack([others[i].embedding for i in members])
+            o_a, o_b = similarity.overall(u, v.double(), e_a, e_b.double())
+            if single:
+                o_a, o_b = o_a[None], o_b[None]  # (G, P + T), (G, Q + T)
+            scores = similarity.score(a.embedding, e_b).reshape(-1).tolist()
             n_b = len(others[members[0]].contributions)
             for k, i in enumerate(members):
                 found[i] = cls(score=scores[k], similarity=similarity, a=a, b=others[i],
