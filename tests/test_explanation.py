@@ -163,13 +163,15 @@ def _side(grid, seed, tokens=0, dim=6):
 
 @pytest.mark.parametrize("similarity", ["cosine", "dot", "euclidean"])
 def test_one_to_many_gives_each_pair_its_maps_and_score(similarity):
-    """Sides of mixed shapes (two grids, one with a class token) against one query: each
-    result's maps and score from the formulas of METHOD.md, written out here pair by pair."""
+    """Sides of mixed shapes (three grids, one with a class token, whose 6 + 1 rows are as
+    many as a 7x1 grid's) against one query: each result's maps and score from the formulas
+    of METHOD.md, written out here pair by pair."""
     from simexplain.explanation import PairExplanation
     query = _side((2, 3), 0, tokens=1)
-    others = [_side((2, 3), 1), _side((3, 3), 2), _side((2, 3), 3, tokens=1), _side((2, 3), 4)]
+    others = [_side((2, 3), 1), _side((3, 3), 2), _side((2, 3), 3, tokens=1), _side((2, 3), 4),
+              _side((7, 1), 5)]
     results = PairExplanation.one_to_many(query, others, similarity)
-    assert [r.b is b for r, b in zip(results, others)] == [True] * 4
+    assert [r.b is b for r, b in zip(results, others)] == [True] * 5
     for result, b in zip(results, others):
         u = torch.cat([query.contributions, query.tokens]).double()
         v = b.contributions if b.tokens is None else torch.cat([b.contributions, b.tokens])

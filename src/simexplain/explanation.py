@@ -126,8 +126,8 @@ class PairExplanation:
         n_a = len(a.contributions)
         rows = [b.rows for b in others]
         groups: dict[tuple, list[int]] = {}
-        for i, r in enumerate(rows):
-            groups.setdefault((tuple(r.shape), r.device), []).append(i)
+        for i, (b, r) in enumerate(zip(others, rows)):  # rows: the grid's, then the tokens'
+            groups.setdefault((tuple(r.shape), len(b.contributions), r.device), []).append(i)
         found: dict[int, PairExplanation] = {}
         for members in groups.values():
             # (G, Q + T, D) and (G, D); a group of one as a single pair, with no batch
