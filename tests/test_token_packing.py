@@ -482,17 +482,41 @@ def test_a_misread_pooling_is_caught(model_class, wrong, monkeypatch):
     _same(got, stream.contributions(x, "tangents"))
 
 
-def test_a_pooled_head_is_known_after_one_call(monkeypatch):
-    """(A probe pooling head is not: its query is a copy of the probe made in the forward pass,
-    not a tensor of the model whose identity a known head could check.)"""
+@pytest.mark.parametrize("make", [lambda: _ReadBy(POOLS["mean of the patches"]), _ProbePooled,
+                                  _LatentPooled],
+                         ids=["mean of the patches", "probe, nn.MultiheadAttention",
+                              "latent query, sdpa"])
+def test_a_pooled_head_is_known_after_one_call(make, monkeypatch):
+    """A probe or latent query that the head repeats or projects for the batch is made in
+    the forward pass: the known head checks the learned tensor it was made from."""
     torch.manual_seed(0)
-    stream = _last_block(_ReadBy(POOLS["mean of the patches"]))
+    model = make()
+    stream = _last_block(model)
     stream.contributions(_batch(seed=25))
     tapes = _count_tapes(monkeypatch)
     got = stream.contributions(_batch(seed=26))
     assert got.path == "whole head, packed"
     assert tapes[0] == 0 and stream.affine_heads.known_calls == 1
     _same(got, stream.contributions(_batch(seed=26), "tangents"))
+    query = getattr(model, "probe", getattr(model, "latent", None))
+    if query is not None:  # a new query: the known head no longer holds; recorded again
+        with torch.no_grad():
+            query.add_(0.5)
+        got = stream.contributions(_batch(seed=26))
+        assert tapes[0] == 1 and stream.affine_heads.known_calls == 1
+        _same(got, stream.contributions(_batch(seed=26), "tangents"))
+
+
+def test_a_siglip_pooling_head_is_known_after_one_call(monkeypatch):
+    from simexplain.zoo.hf import hf_explainer
+    stream = hf_explainer(_small_hf("siglip", "sdpa").eval()).stream_a
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(27))
+    stream.contributions(x)
+    tapes = _count_tapes(monkeypatch)
+    got = stream.contributions(x * 0.5)
+    assert got.path == "whole head, packed"
+    assert tapes[0] == 0 and stream.affine_heads.known_calls == 1
+    _same(got, stream.contributions(x * 0.5, "tangents"))
 
 
 def test_a_saved_siglip_dual_encoder_is_explained_packed_at_its_image_features(tmp_path):

@@ -218,6 +218,8 @@ class SplitModel:
             # whole head, what every step reads
             steps = pooling.steps() if pooling is not None else range(len(tape.steps))
             tensors, names = step_reads(tape, steps)
+            if isinstance(learned, PackedHead):  # known by batch size too: a probe repeated
+                tensors = tape.sources(tensors)  # for the batch is checked as the probe
             own = learned.tensors if isinstance(learned, AffineHead) else []
             bound = bind(self.model, [name for name, _ in self.model.named_modules()],
                          own + tensors + [offsets[name] for name in names])

@@ -134,6 +134,9 @@ class HeadTape(TorchFunctionMode):
         self.complete = True  # False: the recording was cut short (see `recording`)
         self._next_slot = 1
         self._offsets_read: set[str] = set()
+        # id -> (tensor, the tensors it was computed from) for the calls that read no recorded
+        # tensor (a pooling head's probe repeated for the batch): `sources`
+        self._derived: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
 
     @contextmanager
     def recording(self, layer: torch.nn.Module) -> Iterator[HeadTape]:
@@ -178,6 +181,22 @@ class HeadTape(TorchFunctionMode):
         copy.steps = self.steps
         return copy
 
+    def sources(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The tensors with each one that a call of the head computed from other tensors
+        without reading a recorded one (`probe.repeat(batch, 1, 1)`, a Linear of a learned
+        query) replaced by those, down to tensors no call made: the model's own, which a known
+        head can check are unchanged (affine_head.bind). While they are, such a tensor is
+        what the recorded call computed, for inputs of the same size and batch (and a call
+        that computes another value, at random say, fails the embedding's check)."""
+        found: list[torch.Tensor] = []
+        for t in tensors:
+            entry = self._derived.get(id(t))
+            if entry is not None and entry[0] is t:
+                found += self.sources(entry[1])
+            else:
+                found.append(t)
+        return found
+
     def recorded(self) -> dict[int, torch.Tensor]:
         """slot -> the tensor recorded there during the forward pass (the layer output's copy
         in slot 0)."""
@@ -194,6 +213,10 @@ class HeadTape(TorchFunctionMode):
         leaves, spec = tree_flatten((args, kwargs))
         reads = {s for s in map(self.slot_of, leaves) if s is not None}
         if not reads:
+            read = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
+            for leaf in tree_flatten(out)[0]:
+                if isinstance(leaf, torch.Tensor) and read:
+                    self._derived[id(leaf)] = (leaf, read)
             return out
         out_leaves = tree_flatten(out)[0]
         if not any(isinstance(o, torch.Tensor) for o in out_leaves) and not in_place(func):

@@ -39,8 +39,10 @@ plus the constant term, which is what the parts leave of the embedding (wrong pa
 if their errors cancel for those weights). A head that fails goes on to the batched path. A
 head that passes is known for its input and batch size (`PackedHead`, `known_packed`): the
 packing holds for a program and its shapes, not for particular values, so later calls replay
-the checked program without the check (not a head that reads a tensor made during the forward
-pass, such as a copy of a pooling probe: affine_head.bind cannot check that it is unchanged).
+the checked program without the check. A tensor the head makes from the model's own without
+reading the layer output (a pooling probe repeated for the batch, a latent query's
+projection) is checked as the tensors it was made from (`HeadTape.sources`); a head that reads
+a tensor made otherwise during the forward pass is not known.
 """
 
 from __future__ import annotations
