@@ -214,8 +214,9 @@ class HeadTape(TorchFunctionMode):
         reads = {s for s in map(self.slot_of, leaves) if s is not None}
         if not reads:
             read = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
-            for leaf in tree_flatten(out)[0]:
-                if isinstance(leaf, torch.Tensor) and read:
+            for leaf in tree_flatten(out)[0]:  # not a tensor returned as it was (in place)
+                if isinstance(leaf, torch.Tensor) and read and \
+                        not any(leaf is r for r in read):
                     self._derived[id(leaf)] = (leaf, read)
             return out
         out_leaves = tree_flatten(out)[0]
