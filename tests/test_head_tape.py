@@ -354,3 +354,20 @@ def test_in_place_head_calls_keep_the_fast_paths(structured, strategy, monkeypat
     fast = SplitModel(model, "features").contributions(x, strategy)
     assert fast.path.endswith(strategy)  # not the reference path it falls back to
     torch.testing.assert_close(fast.positions, reference.positions, rtol=1e-4, atol=1e-6)
+
+
+def test_sources_follow_tensors_made_from_the_models_own_back_to_them():
+    """What a head makes without reading the layer output (a probe repeated, then scaled) is
+    followed back to the tensors it was made from; a call that returns its input as it was
+    (contiguous, in place) makes nothing new."""
+    from simexplain.head_tape import HeadTape
+    tape = HeadTape({})
+    probe = torch.nn.Parameter(torch.ones(3))
+    other = torch.ones(6)
+    with tape:
+        same = probe.contiguous()
+        repeated = probe.repeat(2)
+        scaled = (repeated * other).contiguous()
+    assert same is probe and tape.sources([same]) == [same]
+    found = tape.sources([scaled, other])
+    assert len(found) == 3 and found[0] is probe and found[1] is other and found[2] is other
