@@ -189,3 +189,21 @@ def test_one_to_many_gives_each_pair_its_maps_and_score(similarity):
         assert len(result.tokens_b) == (0 if b.tokens is None else 1)
         single = PairExplanation.from_sides(query, b, similarity)
         assert single.score == pytest.approx(result.score, rel=1e-6)
+
+
+def test_one_to_many_turns_a_large_gallery_into_float64_a_chunk_at_a_time(monkeypatch):
+    """Chunks of two sides (a budget of 2 x 6 x 6 values): the same maps and scores."""
+    from simexplain import explanation
+    query, others = _side((2, 3), 0, tokens=1), [_side((2, 3), 10 + k) for k in range(5)]
+    whole = explanation.PairExplanation.one_to_many(query, others, "cosine")
+    monkeypatch.setattr(explanation, "ONE_TO_MANY_VALUES", 2 * 6 * 6)
+    stacked = []
+    real_stack = torch.stack
+    monkeypatch.setattr(torch, "stack", lambda ts, *a, **k: stacked.append(len(ts)) or
+                        real_stack(ts, *a, **k))
+    chunked = explanation.PairExplanation.one_to_many(query, others, "cosine")
+    assert stacked == [2, 2, 2, 2]  # each chunk's rows and embeddings; the fifth side alone
+    for got, expected in zip(chunked, whole):
+        assert got.score == pytest.approx(expected.score, rel=1e-6)
+        torch.testing.assert_close(got.overall_b_flat, expected.overall_b_flat)
+        torch.testing.assert_close(got.overall_a_flat, expected.overall_a_flat)

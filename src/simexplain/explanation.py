@@ -90,6 +90,11 @@ class Side:
         return torch.cat([self.contributions, self.tokens.to(self.contributions)])
 
 
+# Values of the gallery sides' contributions that `PairExplanation.one_to_many` turns into
+# float64 at once (128 MB): a whole gallery's would not fit in memory.
+ONE_TO_MANY_VALUES = 1 << 24
+
+
 @dataclass
 class PairExplanation:
     """Why the model finds images a and b similar.
@@ -124,16 +129,22 @@ class PairExplanation:
         similarity = get_similarity(similarity)
         u, e_a = a.rows.double(), a.embedding.double()
         n_a = len(a.contributions)
-        rows = [b.rows for b in others]
         groups: dict[tuple, list[int]] = {}
-        for i, (b, r) in enumerate(zip(others, rows)):  # rows: the grid's, then the tokens'
-            groups.setdefault((tuple(r.shape), len(b.contributions), r.device), []).append(i)
+        for i, b in enumerate(others):  # by the rows' shape: the grid's, then the tokens'
+            tokens = 0 if b.tokens is None else len(b.tokens)
+            groups.setdefault((tuple(b.contributions.shape), tokens, b.contributions.device),
+                              []).append(i)
         found: dict[int, PairExplanation] = {}
-        for members in groups.values():
+        chunks = []  # at most ONE_TO_MANY_VALUES contributions turned into float64 at once
+        for (shape, tokens, _), members in groups.items():
+            size = max(1, ONE_TO_MANY_VALUES // ((shape[0] + tokens) * shape[1]))
+            chunks += [members[k:k + size] for k in range(0, len(members), size)]
+        for members in chunks:
             # (G, Q + T, D) and (G, D); a group of one as a single pair, with no batch
             # dimension (the same numbers as ever, whatever the similarity broadcasts)
             single = len(members) == 1
-            v = rows[members[0]] if single else torch.stack([rows[i] for i in members])
+            v = others[members[0]].rows if single else \
+                torch.stack([others[i].rows for i in members])
             e_b = others[members[0]].embedding if single else \
                 torch.stack([others[i].embedding for i in members])
             o_a, o_b = similarity.overall(u, v.double(), e_a, e_b.double())
